@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make run` and `make test`. Each creates .venv
+# and installs the pinned dependencies on first use; later calls skip that step.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha256sum | cut -c1-12)
+RUNS   ?= runs
+
+.PHONY: setup run test test-all ui bench clean help
+
+help:
+	@echo "make run       set up, then run a small real search on the built-in digits dataset"
+	@echo "make test      set up, then run the test suite (slow tests excluded)"
+	@echo "make test-all  the whole test suite, slow tests included"
+	@echo "make clean     remove .venv and the contents of runs/"
+
+$(STAMP): pyproject.toml requirements.lock
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: edgesearch needs Python 3.11 (the torch CPU wheel is cp311)"; exit 1; }
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip==25.3
+	$(BIN)/pip install --quiet -c requirements.lock -e ".[test]"
+	touch $@
+
+setup: $(STAMP)
+
+run: setup
+	$(BIN)/edgesearch --runs-dir $(RUNS) evaluate --dataset digits --target host --precision int8-ptq \
+		--sparsity 0.5 --temperature 4 --alpha 0.5 --width 0.5
+
+test: setup
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test-all: setup
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV)
+	find $(RUNS) -mindepth 1 ! -name README.md -exec rm -rf {} +

@@ -1,0 +1,34 @@
+"""The measurement backend interface: one per way of getting a latency for a target."""
+
+from __future__ import annotations
+
+import abc
+from typing import ClassVar
+
+import numpy as np
+
+from search.candidate import Metric
+from search.stages.compile import CompiledArtifact
+
+
+class Backend(abc.ABC):
+    """Times a compiled artifact on (or for) a target; says how it knows."""
+
+    provenance: ClassVar[str]
+
+    @abc.abstractmethod
+    def measure_latency(self, artifact: CompiledArtifact, sample: np.ndarray, repeats: int) -> dict[str, Metric]:
+        """Latency of one inference: at least ``latency_ms_median`` and ``latency_ms_p90``."""
+
+
+def latency_metrics(seconds_per_call: list[float], provenance: str, prefix: str = "latency") -> dict[str, Metric]:
+    ms = np.asarray(seconds_per_call) * 1e3
+    return {
+        f"{prefix}_ms_median": Metric(float(np.median(ms)), "ms", provenance),
+        f"{prefix}_ms_p90": Metric(float(np.percentile(ms, 90)), "ms", provenance),
+    }
+
+
+def calls_per_repeat(seconds_per_call: float, target_seconds: float = 2e-3) -> int:
+    """How many calls make one timing repeat long enough to rise above timer noise."""
+    return int(min(1000, max(1, target_seconds / max(seconds_per_call, 1e-7))))

@@ -1,0 +1,29 @@
+"""Accuracy of a compiled artifact, computed by running the artifact itself."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def predict_tvm(library: str, x: np.ndarray, dtype: str) -> np.ndarray:
+    """Class predictions of a TVM-compiled batch-1 library, one sample at a time."""
+    import tvm
+
+    from search.stages.compile import load_vm
+
+    vm = load_vm(library)
+    main = vm["main"]
+    preds = np.empty(len(x), dtype=np.int64)
+    for i in range(len(x)):
+        out = main(tvm.runtime.tensor(np.ascontiguousarray(x[i : i + 1], dtype=dtype)))
+        preds[i] = int(np.argmax(out.numpy()))
+    return preds
+
+
+def predict_onnx(session, x: np.ndarray, dtype: str) -> np.ndarray:
+    name = session.get_inputs()[0].name
+    return np.array([int(np.argmax(session.run(None, {name: x[i : i + 1].astype(dtype)})[0])) for i in range(len(x))])
+
+
+def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
+    return float((np.asarray(predictions) == np.asarray(labels)).mean())

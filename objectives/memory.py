@@ -1,0 +1,52 @@
+"""Peak activation memory, estimated from a liveness plan over the ONNX graph.
+
+Tensors are allocated when produced and freed after their last consumer, in
+the graph's topological order; weights, and values computed from weights only
+(dequantized weights, constants), are excluded: they live in flash.
+This is an estimate of what a static memory planner needs, not a measurement.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _tensor_bytes(value_info) -> int:
+    from onnx import helper
+
+    t = value_info.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else 1 for d in t.shape.dim]
+    return int(np.prod(dims, dtype=np.int64)) * np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type)).itemsize
+
+
+def peak_activation_bytes(onnx_path: str | Path) -> int:
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(onnx_path)))
+    graph = model.graph
+    weights = {init.name for init in graph.initializer}
+    sizes = {vi.name: _tensor_bytes(vi) for vi in list(graph.value_info) + list(graph.input) + list(graph.output)}
+    last_use: dict[str, int] = {}
+    for i, node in enumerate(graph.node):
+        for name in node.input:
+            last_use[name] = i
+    outputs = {o.name for o in graph.output}
+    live = {vi.name for vi in graph.input if vi.name not in weights}
+    current = sum(sizes.get(n, 0) for n in live)
+    peak = current
+    for i, node in enumerate(graph.node):
+        if node.op_type == "Constant" or all(n in weights for n in node.input if n):
+            weights.update(node.output)  # computed from weights only (e.g. dequantized weights): folded at compile time
+            continue
+        for name in node.output:
+            if name and name not in weights:
+                live.add(name)
+                current += sizes.get(name, 0)
+        peak = max(peak, current)
+        for name in list(live):
+            if last_use.get(name, -1) <= i and name not in outputs:
+                live.discard(name)
+                current -= sizes.get(name, 0)
+    return int(peak)

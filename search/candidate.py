@@ -1,0 +1,147 @@
+"""The two values that travel between pipeline stages: the knobs and the outcome."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from search.errors import ConfigError
+
+PRECISIONS = ("fp32", "fp16", "int8-ptq", "int8-qat")
+PRUNING_MODES = ("unstructured", "structured")
+PROVENANCES = ("measured", "emulated", "estimated")
+
+Provenance = Literal["measured", "emulated", "estimated"]
+
+
+def _check_range(owner: str, name: str, value: float, low: float, high: float) -> None:
+    if not (low <= value <= high):
+        raise ConfigError(
+            f"The '{name}' parameter of {owner} must be in [{low}, {high}]. Got {value!r} instead."
+        )
+
+
+def _check_option(owner: str, name: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ConfigError(
+            f"The '{name}' parameter of {owner} must be one of {list(options)}. Got {value!r} instead."
+        )
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much work one candidate may cost; not a knob the search tunes."""
+
+    epochs: int = 15  # training epochs of the student
+    finetune_epochs: int = 3  # epochs of fine-tuning after each pruning step / for QAT
+    prune_steps: int = 3  # iterative pruning: prune, fine-tune, repeat
+    tuning_trials: int = 0  # MetaSchedule trials per model; 0 = no tuning
+    calibration_samples: int = 128  # int8 PTQ calibration batch (training split)
+    timing_repeats: int = 30  # latency repeats; median and p90 are over these
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "prune_steps", "timing_repeats"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(
+                    f"The '{name}' parameter of Budget must be an integer >= 1. Got {getattr(self, name)!r} instead."
+                )
+        for name in ("finetune_epochs", "tuning_trials", "calibration_samples"):
+            if int(getattr(self, name)) < 0:
+                raise ConfigError(
+                    f"The '{name}' parameter of Budget must be an integer >= 0. Got {getattr(self, name)!r} instead."
+                )
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One point of the search space: the four knobs of the design card."""
+
+    precision: str = "fp32"
+    sparsity: float = 0.0
+    pruning: str = "unstructured"
+    temperature: float = 1.0  # distillation temperature T
+    alpha: float = 1.0  # weight of the hard-label loss; 1.0 = no distillation
+    width: float = 1.0  # width multiplier of the DS-CNN
+    budget: Budget = field(default_factory=Budget)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_option("Candidate", "precision", self.precision, PRECISIONS)
+        _check_option("Candidate", "pruning", self.pruning, PRUNING_MODES)
+        _check_range("Candidate", "sparsity", self.sparsity, 0.0, 0.99)
+        _check_range("Candidate", "temperature", self.temperature, 1.0, 100.0)
+        _check_range("Candidate", "alpha", self.alpha, 0.0, 1.0)
+        _check_range("Candidate", "width", self.width, 0.05, 8.0)
+
+    @property
+    def distills(self) -> bool:
+        return self.alpha < 1.0
+
+    def knobs(self) -> dict[str, Any]:
+        """The searched knobs only, flat, for logging and tables."""
+        return {
+            "precision": self.precision,
+            "sparsity": self.sparsity,
+            "pruning": self.pruning,
+            "temperature": self.temperature,
+            "alpha": self.alpha,
+            "width": self.width,
+        }
+
+    def key(self) -> str:
+        """A short, stable name for the candidate's artifact folder."""
+        k = self.knobs()
+        return (
+            f"{k['precision']}_w{k['width']:g}_s{k['sparsity']:g}{k['pruning'][0]}"
+            f"_T{k['temperature']:g}_a{k['alpha']:g}_seed{self.seed}"
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Candidate":
+        data = dict(data)
+        budget = data.pop("budget", {}) or {}
+        return cls(budget=Budget(**budget), **data)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A number with its unit and where it came from; no bare figures."""
+
+    value: float
+    unit: str
+    provenance: Provenance
+
+    def __post_init__(self) -> None:
+        _check_option("Metric", "provenance", self.provenance, PROVENANCES)
+
+
+@dataclass(frozen=True)
+class CandidateResult:
+    """What one candidate produced: metrics with provenance, artifacts, timings."""
+
+    candidate: Candidate
+    dataset: str
+    target: str
+    metrics: dict[str, Metric]
+    artifacts: dict[str, str]  # name -> path
+    stage_seconds: dict[str, float]
+    versions: dict[str, str]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def value(self, name: str) -> float:
+        return self.metrics[name].value
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CandidateResult":
+        data = dict(data)
+        data["candidate"] = Candidate.from_dict(data["candidate"])
+        data["metrics"] = {k: Metric(**v) for k, v in data["metrics"].items()}
+        return cls(**data)

@@ -1,0 +1,191 @@
+"""Datasets, loaded by one function from a built-in name or a user ``.npz`` file.
+
+Nothing is downloaded: ``digits`` ships inside scikit-learn and ``mnist1d`` is
+generated locally by its procedural generator. Splits are stratified with a
+fixed seed; the test split is only read to report the final accuracy of a
+compiled artifact, never to make a search decision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from search.errors import DatasetError
+
+BUILTIN_DATASETS = ("digits", "mnist1d")
+SPLIT_SEED = 0
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Channel-first arrays: signals are (N, C, L), images are (N, C, H, W)."""
+
+    name: str
+    fingerprint: str  # changes whenever the data changes; keys caches
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def spatial_dims(self) -> int:
+        """1 for signals, 2 for images; picks the 1-D or 2-D DS-CNN."""
+        return len(self.sample_shape) - 1
+
+    def summary(self) -> str:
+        return (
+            f"{self.name}: {len(self.x_train)} train / {len(self.x_val)} val / {len(self.x_test)} test, "
+            f"sample shape {self.sample_shape}, {self.num_classes} classes"
+        )
+
+
+def load_dataset(name_or_path: str) -> Dataset:
+    """Load a built-in dataset by name, or a user dataset from an ``.npz`` path."""
+    if name_or_path in BUILTIN_DATASETS:
+        return _BUILTIN_LOADERS[name_or_path]()
+    path = Path(name_or_path)
+    if path.suffix == ".npz" or path.exists():
+        return load_npz(path)
+    raise DatasetError(
+        f"Unknown dataset {name_or_path!r}: expected one of {list(BUILTIN_DATASETS)} "
+        "or the path of an .npz file with x_train, y_train, x_test, y_test."
+    )
+
+
+def _stratified_split(x, y, fraction, seed=SPLIT_SEED):
+    from sklearn.model_selection import train_test_split
+
+    return train_test_split(x, y, test_size=fraction, stratify=y, random_state=seed)
+
+
+def _finish(name, fingerprint, x_train, y_train, x_test, y_test, x_val=None, y_val=None) -> Dataset:
+    if x_val is None:
+        x_train, x_val, y_train, y_val = _stratified_split(x_train, y_train, 0.15)
+    num_classes = int(max(y_train.max(), y_val.max(), y_test.max())) + 1
+    return Dataset(
+        name=name,
+        fingerprint=fingerprint,
+        x_train=np.ascontiguousarray(x_train, dtype=np.float32),
+        y_train=np.asarray(y_train, dtype=np.int64),
+        x_val=np.ascontiguousarray(x_val, dtype=np.float32),
+        y_val=np.asarray(y_val, dtype=np.int64),
+        x_test=np.ascontiguousarray(x_test, dtype=np.float32),
+        y_test=np.asarray(y_test, dtype=np.int64),
+        num_classes=num_classes,
+    )
+
+
+def _load_digits() -> Dataset:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (bunch.data / 16.0).reshape(-1, 1, 8, 8)
+    x_train, x_test, y_train, y_test = _stratified_split(x, bunch.target, 0.2)
+    return _finish("digits", "sklearn-digits-v1", x_train, y_train, x_test, y_test)
+
+
+def _load_mnist1d() -> Dataset:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    data = make_dataset(get_dataset_args())  # procedural, seeded; no download
+    mean, std = data["x"].mean(), data["x"].std()
+    x_train = ((data["x"] - mean) / std)[:, None, :]
+    x_test = ((data["x_test"] - mean) / std)[:, None, :]
+    return _finish("mnist1d", "mnist1d-default-args-v1", x_train, data["y"], x_test, data["y_test"])
+
+
+_BUILTIN_LOADERS = {"digits": _load_digits, "mnist1d": _load_mnist1d}
+
+_REQUIRED_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def load_npz(path: str | Path) -> Dataset:
+    """Load and validate a user dataset; every problem names the key at fault."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"Dataset file {str(path)!r} does not exist.")
+    if not zipfile.is_zipfile(path):
+        raise DatasetError(f"{path}: not a readable .npz archive (save it with numpy.savez).")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except ValueError as exc:  # object arrays need pickle, which we refuse
+        raise DatasetError(f"{path}: cannot be read without pickle ({exc}); save plain numeric arrays.") from exc
+    except Exception as exc:
+        raise DatasetError(f"{path}: not a readable .npz archive ({type(exc).__name__}: {exc}).") from exc
+
+    missing = [key for key in _REQUIRED_KEYS if key not in arrays]
+    if missing:
+        raise DatasetError(f"{path}: missing key(s) {missing}; an .npz dataset needs {list(_REQUIRED_KEYS)}.")
+    if ("x_val" in arrays) != ("y_val" in arrays):
+        raise DatasetError(f"{path}: 'x_val' and 'y_val' must be given together or not at all.")
+
+    splits = ["train", "test"] + (["val"] if "x_val" in arrays else [])
+    sample_shape = None
+    for split in splits:
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        _check_x(path, f"x_{split}", x)
+        _check_y(path, f"y_{split}", y)
+        if len(x) == 0:
+            raise DatasetError(f"{path}: 'x_{split}' is empty; every split needs at least one sample.")
+        if len(x) != len(y):
+            raise DatasetError(
+                f"{path}: 'x_{split}' has {len(x)} samples but 'y_{split}' has {len(y)}; they must match."
+            )
+        if sample_shape is None:
+            sample_shape = x.shape[1:]
+        elif x.shape[1:] != sample_shape:
+            raise DatasetError(
+                f"{path}: 'x_{split}' has sample shape {x.shape[1:]} but 'x_train' has {sample_shape}; they must match."
+            )
+
+    x = {s: arrays[f"x_{s}"] for s in splits}
+    if x["train"].ndim == 2:  # (N, L): single-channel signals
+        x = {s: v[:, None, :] for s, v in x.items()}
+    num_classes = int(max(arrays[f"y_{s}"].max() for s in splits)) + 1
+    if num_classes < 2:
+        raise DatasetError(f"{path}: labels must cover at least 2 classes; got {num_classes}.")
+    missing_classes = sorted(set(range(num_classes)) - set(np.unique(arrays["y_train"]).tolist()))
+    if missing_classes:
+        raise DatasetError(
+            f"{path}: 'y_train' has no sample of class(es) {missing_classes}; labels must be 0..{num_classes - 1} "
+            "and every class must appear in training."
+        )
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return _finish(
+        path.stem, f"npz-{digest}", x["train"], arrays["y_train"], x["test"], arrays["y_test"],
+        x.get("val"), arrays.get("y_val"),
+    )
+
+
+def _check_x(path: Path, key: str, x: np.ndarray) -> None:
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise DatasetError(f"{path}: '{key}' must hold numbers (float or int); got dtype {x.dtype}.")
+    if x.ndim not in (2, 3, 4):
+        raise DatasetError(
+            f"{path}: '{key}' must have shape (N, L) or (N, C, L) for signals or (N, C, H, W) for images; "
+            f"got shape {x.shape}."
+        )
+    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+        raise DatasetError(f"{path}: '{key}' contains NaN or Inf values.")
+
+
+def _check_y(path: Path, key: str, y: np.ndarray) -> None:
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DatasetError(f"{path}: '{key}' must hold integer class labels; got dtype {y.dtype}.")
+    if y.ndim != 1:
+        raise DatasetError(f"{path}: '{key}' must be 1-D (one label per sample); got shape {y.shape}.")
+    if y.size and y.min() < 0:
+        raise DatasetError(f"{path}: '{key}' has negative label {int(y.min())}; labels must be 0..K-1.")

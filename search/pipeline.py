@@ -1,0 +1,177 @@
+"""The candidate pipeline: train -> distil -> prune -> quantize -> ONNX -> TVM -> measure.
+
+``evaluate_candidate`` strings the stage functions together; each stage lives
+in ``search/stages`` and can be called alone. Accuracy is measured on the
+compiled artifact (validation split for the search, test split for the report),
+never on the torch model.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from hardware_targets import TargetProfile, get_backend
+from hardware_targets.backends.local import time_onnxruntime
+from objectives.accuracy import accuracy, predict_onnx, predict_tvm
+from objectives.memory import peak_activation_bytes
+from objectives.size import file_bytes, weight_bytes
+from search.candidate import Candidate, CandidateResult, Metric
+from search.data import Dataset
+from search.models import build_model, count_parameters
+from search.stages.compile import compile_tvm
+from search.stages.compress import prune_model, quantization_aware_finetune
+from search.stages.export import export_onnx, input_dtype, ort_session
+from search.stages.train import fit, get_teacher
+
+Progress = Callable[[str, str], None]
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where a pipeline run reads caches from and writes artifacts to."""
+
+    root: Path  # usually runs/
+
+    @property
+    def candidates(self) -> Path:
+        return self.root / "candidates"
+
+    @property
+    def teachers(self) -> Path:
+        return self.root / "teachers"
+
+    @property
+    def tuning(self) -> Path:
+        return self.root / "tuning"
+
+
+def versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import tvm
+
+    from importlib.metadata import version
+
+    return {
+        "edgesearch": version("edgesearch"),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "tvm": tvm.__version__,
+    }
+
+
+def set_threads(threads: int) -> None:
+    """Pin torch, TVM and (per session) onnxruntime to the worker's CPUs."""
+    torch.set_num_threads(threads)
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+
+
+def evaluate_candidate(
+    candidate: Candidate,
+    dataset: Dataset,
+    profile: TargetProfile,
+    paths: Paths,
+    *,
+    threads: int = 1,
+    progress: Progress | None = None,
+) -> CandidateResult:
+    """Build, compile and measure one candidate; raises ``CandidateError`` naming the failed stage."""
+    say = progress or (lambda stage, message: None)
+    set_threads(threads)
+    torch.manual_seed(candidate.seed)
+    np.random.seed(candidate.seed)
+    seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(name: str, message: str):
+        say(name, message)
+        started = time.perf_counter()
+        yield
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
+
+    out_dir = paths.candidates / dataset.name / profile.name / candidate.key()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    teacher = None
+    if candidate.distills:
+        with stage("teacher", "loading or training the teacher"):
+            teacher = get_teacher(dataset, candidate.seed, paths.teachers)
+
+    with stage("train", f"training width {candidate.width:g} for {candidate.budget.epochs} epochs"
+               + (f", distilling at T={candidate.temperature:g}, alpha={candidate.alpha:g}" if teacher else "")):
+        model = build_model(dataset.sample_shape, dataset.num_classes, candidate.width)
+        fit(model, dataset, candidate.budget.epochs, teacher=teacher, temperature=candidate.temperature,
+            alpha=candidate.alpha, seed=candidate.seed)
+    dense_params = count_parameters(model)
+
+    with stage("prune", f"{candidate.pruning} pruning to sparsity {candidate.sparsity:g}"):
+        model, sparsity = prune_model(model, candidate, dataset, teacher)
+
+    if candidate.precision == "int8-qat":
+        with stage("quantize", "quantization-aware fine-tuning (int8 fake quantization)"):
+            model = quantization_aware_finetune(model, candidate, dataset, teacher)
+
+    dtype = input_dtype(candidate.precision)
+    onnx_path = out_dir / "model.onnx"
+    with stage("export", f"exporting ONNX ({candidate.precision})"):
+        export_onnx(model, candidate, dataset, onnx_path)
+
+    trials = candidate.budget.tuning_trials
+    with stage("compile", f"compiling with TVM for {profile.name}" + (f", tuning {trials} trials" if trials else "")):
+        artifact = compile_tvm(
+            onnx_path, profile.tvm_target, out_dir / "model.so", (1, *dataset.sample_shape), dtype.name,
+            tuning_trials=trials, cache_dir=paths.tuning, seed=candidate.seed,
+        )
+
+    backend = get_backend(profile)
+    sample = dataset.x_val[:1].astype(dtype)
+    repeats = candidate.budget.timing_repeats
+    with stage("measure", f"timing on {profile.name} ({backend.provenance})"):
+        metrics = dict(backend.measure_latency(artifact, sample, repeats))
+        session = ort_session(onnx_path, threads)
+        metrics.update(time_onnxruntime(session, sample, repeats))
+
+    with stage("accuracy", "accuracy of the compiled artifact (validation and test splits)"):
+        metrics["accuracy"] = Metric(accuracy(predict_tvm(artifact.library, dataset.x_val, dtype.name), dataset.y_val),
+                                     "fraction", "measured")
+        metrics["accuracy_test"] = Metric(
+            accuracy(predict_tvm(artifact.library, dataset.x_test, dtype.name), dataset.y_test), "fraction", "measured")
+        metrics["accuracy_test_onnxruntime"] = Metric(
+            accuracy(predict_onnx(session, dataset.x_test, dtype.name), dataset.y_test), "fraction", "measured")
+
+    weights = weight_bytes(onnx_path)
+    metrics.update({
+        "size_bytes": Metric(float(weights["weight_bytes"]), "bytes", "measured"),
+        "onnx_bytes": Metric(float(file_bytes(onnx_path)), "bytes", "measured"),
+        "library_bytes": Metric(float(file_bytes(artifact.library)), "bytes", "measured"),
+        "peak_activation_bytes": Metric(float(peak_activation_bytes(onnx_path)), "bytes", "estimated"),
+        "sparsity": Metric(float(sparsity), "fraction", "measured"),
+        "nonzero_weight_fraction": Metric(
+            weights["nonzero_weights"] / max(1, weights["weights"]), "fraction", "measured"),
+    })
+    result = CandidateResult(
+        candidate=candidate,
+        dataset=dataset.name,
+        target=profile.name,
+        metrics=metrics,
+        artifacts={"onnx": str(onnx_path), "library": artifact.library},
+        stage_seconds=seconds,
+        versions=versions(),
+        info={
+            "provenance": backend.provenance,
+            "dense_parameters": dense_params,
+            "tuning": {"tasks": artifact.tasks_total, "tuned": artifact.tasks_tuned, "reused": artifact.tasks_reused,
+                       "seconds": round(artifact.tuning_seconds, 3)},
+            "threads": threads,
+        },
+    )
+    (out_dir / "result.json").write_text(result.to_json())
+    return result

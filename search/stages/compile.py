@@ -1,0 +1,150 @@
+"""Compile stage: ONNX -> Relax (TVM's ONNX frontend) -> MetaSchedule tuning -> shared library.
+
+Tuning records live in one JSON database per target under the tuning cache.
+Before tuning, tasks whose workload already has a record are dropped, so a
+second candidate with the same layer shapes reuses the schedules instead of
+re-tuning them. A file lock serialises tuning per target: two workers never
+write the same database at once, and the second one sees the first one's records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from search.errors import CandidateError
+
+TRIALS_PER_ROUND = 32  # MetaSchedule pays a fixed builder cost per round; keep rounds full
+
+
+@dataclass(frozen=True)
+class CompiledArtifact:
+    """A TVM-compiled model for one target, and what tuning did for it."""
+
+    library: str  # path of the exported shared library
+    target: dict[str, Any]
+    input_shape: tuple[int, ...]
+    input_dtype: str
+    tasks_total: int = 0
+    tasks_tuned: int = 0
+    tasks_reused: int = 0
+    tuning_seconds: float = 0.0
+
+
+def target_key(target: dict[str, Any]) -> str:
+    """A stable folder name for a target's tuning records."""
+    digest = hashlib.sha256(json.dumps(target, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{target.get('kind', 'target')}-{digest}"
+
+
+def tuning_dir(cache_dir: Path, target: dict[str, Any]) -> Path:
+    return Path(cache_dir) / target_key(target)
+
+
+def import_onnx(onnx_path: Path, input_shape: tuple[int, ...], input_dtype: str):
+    import onnx
+    from tvm.relax.frontend.onnx import from_onnx
+
+    model = onnx.load(str(onnx_path))
+    name = model.graph.input[0].name
+    return from_onnx(
+        model, shape_dict={name: list(input_shape)}, dtype_dict={name: input_dtype}, keep_params_in_input=False
+    )
+
+
+def _has_record(database, task) -> bool:
+    mod = task.dispatched[0]
+    if not database.has_workload(mod):
+        return False
+    return bool(database.get_top_k(database.commit_workload(mod), 1))
+
+
+def _tune(mod, target, work_dir: Path, trials: int, seed: int) -> tuple[int, int, int]:
+    """Tune the tasks that have no record yet; returns (total, tuned, reused)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    tasks = ms.relax_integration.extract_tasks(mod, target)
+    database = ms.database.JSONDatabase(work_dir=str(work_dir))
+    fresh = [t for t in tasks if not _has_record(database, t)]
+    if fresh and trials > 0:
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            fresh, work_dir=str(work_dir), seed=seed
+        )
+        # Spread the budget over the new tasks so a small budget still gives every task a first round.
+        per_task = max(1, min(TRIALS_PER_ROUND, trials // len(fresh)))
+        ms.tune.tune_tasks(
+            tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=trials,
+            max_trials_per_task=per_task, num_trials_per_iter=per_task, database=database,
+        )
+    return len(tasks), len(fresh) if trials > 0 else 0, len(tasks) - len(fresh)
+
+
+def compile_tvm(
+    onnx_path: Path,
+    target: dict[str, Any],
+    out_path: Path,
+    input_shape: tuple[int, ...],
+    input_dtype: str,
+    *,
+    tuning_trials: int = 0,
+    cache_dir: Path | None = None,
+    seed: int = 0,
+    cc: str | None = None,
+) -> CompiledArtifact:
+    """Compile ``onnx_path`` for ``target`` (a TVM target dict) and export the library to ``out_path``.
+
+    With a ``cache_dir``, records already tuned for this target are applied
+    even when ``tuning_trials`` is 0.
+    """
+    import tvm
+    from filelock import FileLock
+    from tvm import relax
+
+    try:
+        tvm_target = tvm.target.Target(target)
+    except Exception as exc:
+        raise CandidateError("compile", f"invalid TVM target {target}: {exc}") from exc
+    try:
+        mod = import_onnx(onnx_path, input_shape, input_dtype)
+        total = tuned = reused = 0
+        started = time.perf_counter()
+        with tvm_target:
+            mod = tvm.transform.Sequential(
+                [
+                    relax.transform.DecomposeOpsForInference(),
+                    relax.transform.CanonicalizeBindings(),
+                    relax.get_pipeline("zero"),
+                ]
+            )(mod)
+            if cache_dir is not None:
+                work_dir = tuning_dir(cache_dir, target)
+                work_dir.mkdir(parents=True, exist_ok=True)
+                with FileLock(str(work_dir / ".lock")):
+                    total, tuned, reused = _tune(mod, tvm_target, work_dir, tuning_trials, seed)
+                    mod = relax.transform.MetaScheduleApplyDatabase(str(work_dir))(mod)
+        tuning_seconds = time.perf_counter() - started
+        executable = tvm.compile(mod, tvm_target)
+        out_path = Path(out_path)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        executable.export_library(str(out_path), **({"cc": cc} if cc else {}))
+    except CandidateError:
+        raise
+    except Exception as exc:
+        raise CandidateError("compile", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    return CompiledArtifact(
+        library=str(out_path), target=dict(target), input_shape=tuple(input_shape), input_dtype=input_dtype,
+        tasks_total=total, tasks_tuned=tuned, tasks_reused=reused, tuning_seconds=tuning_seconds,
+    )
+
+
+def load_vm(library: str, device=None):
+    """A Relax VM over an exported library, on the host CPU unless told otherwise."""
+    import tvm
+    from tvm import relax
+
+    lib = tvm.runtime.load_module(library)
+    return relax.VirtualMachine(lib, device or tvm.cpu())

@@ -1,0 +1,144 @@
+"""Compression stage: magnitude pruning (unstructured or structured) and QAT preparation.
+
+Pruning is iterative: prune a share, fine-tune, repeat until the requested
+sparsity, then make the masks permanent so the exported graph is plain dense
+tensors with zeros (unstructured) or genuinely smaller layers (structured).
+
+Sparsity means, per mode, what the mode controls exactly:
+- unstructured: the fraction of zero weights in the conv and linear layers;
+- structured: the fraction of output channels removed from the prunable conv layers.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from search.candidate import Candidate
+from search.data import Dataset
+from search.stages.train import fit
+
+_PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
+def _weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    return [(m, "weight") for m in model.modules() if isinstance(m, _PRUNABLE)]
+
+
+def weight_sparsity(model: nn.Module) -> float:
+    """Fraction of exactly-zero weights over conv and linear layers."""
+    total = zeros = 0
+    for module, name in _weights(model):
+        w = getattr(module, name)
+        total += w.numel()
+        zeros += int((w == 0).sum())
+    return zeros / total if total else 0.0
+
+
+def conv_channels(model: nn.Module) -> int:
+    return sum(m.out_channels for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d)))
+
+
+def prune_model(
+    model: nn.Module,
+    candidate: Candidate,
+    dataset: Dataset,
+    teacher: nn.Module | None = None,
+) -> tuple[nn.Module, float]:
+    """Prune to ``candidate.sparsity`` with fine-tuning in between; returns the model and measured sparsity."""
+    if candidate.sparsity <= 0:
+        return model, 0.0
+    if candidate.pruning == "structured":
+        return _prune_structured(model, candidate, dataset, teacher)
+    return _prune_unstructured(model, candidate, dataset, teacher)
+
+
+def _finetune(model, candidate, dataset, teacher, step):
+    b = candidate.budget
+    if b.finetune_epochs:
+        fit(
+            model, dataset, b.finetune_epochs, teacher=teacher, temperature=candidate.temperature,
+            alpha=candidate.alpha, seed=candidate.seed + 1000 + step, lr=3e-3,
+        )
+
+
+def _prune_unstructured(model, candidate, dataset, teacher):
+    params = _weights(model)
+    total = sum(getattr(m, n).numel() for m, n in params)
+    steps = candidate.budget.prune_steps
+    pruned = 0
+    for step in range(1, steps + 1):
+        target = int(round(candidate.sparsity * total * step / steps))
+        # global_unstructured counts among weights not yet pruned, so pass the increment.
+        prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=target - pruned)
+        pruned = target
+        _finetune(model, candidate, dataset, teacher, step)  # masks keep pruned weights at zero
+    for module, name in params:
+        prune.remove(module, name)
+    return model, weight_sparsity(model)
+
+
+def _prune_structured(model, candidate, dataset, teacher):
+    import torch_pruning as tp
+
+    example = torch.from_numpy(dataset.x_train[:1])
+    before = conv_channels(model)
+    steps = candidate.budget.prune_steps
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruner = tp.pruner.MagnitudePruner(
+            model,
+            example,
+            importance=tp.importance.MagnitudeImportance(p=1),
+            pruning_ratio=candidate.sparsity,
+            iterative_steps=steps,
+            ignored_layers=[model.classifier],
+        )
+        for step in range(1, steps + 1):
+            pruner.step()
+            _finetune(model, candidate, dataset, teacher, step)
+    return model, 1.0 - conv_channels(model) / before
+
+
+def zero_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Where weights are zero now; re-applied after optimizer steps so QAT keeps the sparsity."""
+    return {n: (p != 0) for n, p in model.named_parameters() if n.endswith("weight") and (p == 0).any()}
+
+
+def reapply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    if not masks:
+        return
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, mask in masks.items():
+            params[name].mul_(mask)
+
+
+def quantization_aware_finetune(
+    model: nn.Module, candidate: Candidate, dataset: Dataset, teacher: nn.Module | None = None
+) -> nn.Module:
+    """Insert fake quantization (int8, straight-through estimator) and fine-tune.
+
+    Uses torch.ao's FX QAT with the non-fused ``FakeQuantize`` modules, which the
+    ONNX exporter turns into QuantizeLinear/DequantizeLinear pairs.
+    """
+    from torch.ao.quantization import QConfigMapping, default_qat_qconfig
+    from torch.ao.quantization.quantize_fx import prepare_qat_fx
+
+    example = (torch.from_numpy(dataset.x_train[:1]),)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qat = prepare_qat_fx(model.train(), QConfigMapping().set_global(default_qat_qconfig), example)
+    masks = zero_masks(qat)
+    epochs = max(1, candidate.budget.finetune_epochs)
+    fit(
+        qat, dataset, epochs, teacher=teacher, temperature=candidate.temperature, alpha=candidate.alpha,
+        seed=candidate.seed + 2000, lr=3e-3, after_step=lambda: reapply_masks(qat, masks),
+    )
+    from torch.ao.quantization import disable_observer
+
+    qat.apply(disable_observer)  # freeze scales so export sees what was trained
+    return qat.eval()

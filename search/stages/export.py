@@ -1,0 +1,116 @@
+"""Export stage: the trained model as an ONNX graph at the candidate's precision.
+
+- fp32: the float graph as is;
+- fp16: weights and activations in float16 (the model is cast before export);
+- int8-ptq: onnxruntime's static quantization in QDQ format, calibrated on training data;
+- int8-qat: the fake-quantized torch model exported as QuantizeLinear/DequantizeLinear pairs.
+
+Every graph is checked with ``onnx.checker`` and run once in onnxruntime.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from torch import nn
+
+from search.candidate import Candidate
+from search.data import Dataset
+from search.errors import CandidateError
+
+OPSET = 17
+INPUT_NAME = "x"
+OUTPUT_NAME = "logits"
+
+
+def input_dtype(precision: str) -> np.dtype:
+    return np.dtype(np.float16) if precision == "fp16" else np.dtype(np.float32)
+
+
+def _torch_export(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (example,), str(path), opset_version=OPSET, dynamo=False,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+        )
+
+
+class _CalibrationReader(CalibrationDataReader):
+    """Feeds training samples, one per call, to onnxruntime's calibrator."""
+
+    def __init__(self, x: np.ndarray):
+        self._samples = iter(x[:, None])
+
+    def get_next(self):
+        sample = next(self._samples, None)
+        return None if sample is None else {INPUT_NAME: sample}
+
+
+def _quantize_ptq(fp32_path: Path, out_path: Path, dataset: Dataset, samples: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = min(max(1, samples), len(dataset.x_train))
+    calibration = dataset.x_train[rng.choice(len(dataset.x_train), n, replace=False)]
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime logs a pre-processing hint on the root logger
+    try:
+        quantize_static(
+            str(fp32_path), str(out_path), _CalibrationReader(calibration), quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=False,
+        )
+    finally:
+        root.setLevel(level)
+
+
+def export_onnx(model: nn.Module, candidate: Candidate, dataset: Dataset, path: Path) -> Path:
+    """Write ``model`` to ``path`` as ONNX for batch size 1 and check it runs."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.from_numpy(dataset.x_train[:1])
+    model = model.eval()
+    try:
+        if candidate.precision == "fp16":
+            _torch_export(copy.deepcopy(model).half(), example.half(), path)
+        elif candidate.precision == "int8-ptq":
+            with tempfile.TemporaryDirectory() as tmp:
+                fp32 = Path(tmp) / "fp32.onnx"
+                _torch_export(model, example, fp32)
+                _quantize_ptq(fp32, path, dataset, candidate.budget.calibration_samples, candidate.seed)
+        else:  # fp32, and int8-qat whose model already carries its fake-quant modules
+            _torch_export(model, example, path)
+        check_onnx(path, dataset.x_train[:1].astype(input_dtype(candidate.precision)))
+    except CandidateError:
+        raise
+    except Exception as exc:
+        raise CandidateError("export", f"{type(exc).__name__}: {exc}") from exc
+    return path
+
+
+def ort_session(path: Path, threads: int = 1):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def check_onnx(path: Path, sample: np.ndarray) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+        out = ort_session(path).run(None, {INPUT_NAME: sample})[0]
+    except Exception as exc:
+        raise CandidateError("export", f"ONNX check failed for {path.name}: {exc}") from exc
+    if not np.isfinite(out.astype(np.float32)).all():
+        raise CandidateError("export", f"{path.name} produces non-finite outputs in onnxruntime")

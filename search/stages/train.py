@@ -1,0 +1,131 @@
+"""Training stage: plain training, knowledge distillation, and the cached teacher.
+
+The distillation loss is Hinton's: ``alpha * CE(student, y) + (1 - alpha) * T^2 *
+KL(softmax(teacher / T) || softmax(student / T))``. The T^2 factor keeps the soft
+term's gradient on the same scale as the hard term's when T changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from search.data import Dataset
+from search.models import TEACHER_WIDTH, build_model
+
+BATCH_SIZE = 32
+LEARNING_RATE = 1e-2
+TEACHER_EPOCHS = 30
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    labels: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    temperature: float,
+    alpha: float,
+) -> torch.Tensor:
+    hard = F.cross_entropy(student_logits, labels)
+    if teacher_logits is None or alpha >= 1.0:
+        return hard
+    t = temperature
+    soft = F.kl_div(
+        F.log_softmax(student_logits / t, dim=1),
+        F.log_softmax(teacher_logits / t, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    return alpha * hard + (1.0 - alpha) * (t * t) * soft
+
+
+def _batches(x: np.ndarray, y: np.ndarray, generator: torch.Generator):
+    order = torch.randperm(len(x), generator=generator)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    for start in range(0, len(x), BATCH_SIZE):
+        idx = order[start : start + BATCH_SIZE]
+        yield xt[idx], yt[idx]
+
+
+def fit(
+    model: nn.Module,
+    dataset: Dataset,
+    epochs: int,
+    *,
+    teacher: nn.Module | None = None,
+    temperature: float = 1.0,
+    alpha: float = 1.0,
+    seed: int = 0,
+    lr: float = LEARNING_RATE,
+    after_step: Callable[[], None] | None = None,
+) -> nn.Module:
+    """Train ``model`` in place on the training split; distil from ``teacher`` if alpha < 1.
+
+    ``after_step`` runs after every optimizer step; pruning uses it to keep
+    pruned weights at zero while QAT fine-tunes.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    steps = epochs * -(-len(dataset.x_train) // BATCH_SIZE)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
+    use_teacher = teacher is not None and alpha < 1.0
+    if use_teacher:
+        teacher.eval()
+    model.train()
+    for _ in range(epochs):
+        for xb, yb in _batches(dataset.x_train, dataset.y_train, generator):
+            logits = model(xb)
+            teacher_logits = None
+            if use_teacher:
+                with torch.no_grad():
+                    teacher_logits = teacher(xb)
+            loss = distillation_loss(logits, yb, teacher_logits, temperature, alpha)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            if after_step is not None:
+                after_step()
+    model.eval()
+    return model
+
+
+def torch_accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    """Accuracy of the torch model; only for training diagnostics, never reported as the result."""
+    model.eval()
+    with torch.no_grad():
+        pred = model(torch.from_numpy(x)).argmax(1).numpy()
+    return float((pred == y).mean())
+
+
+def _code_version() -> str:
+    """Changes whenever the model or training code changes, so stale teachers are not reused."""
+    here = Path(__file__).resolve()
+    sources = [here, here.parent.parent / "models.py"]
+    return hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:12]
+
+
+def teacher_path(dataset: Dataset, seed: int, cache_dir: Path) -> Path:
+    return Path(cache_dir) / f"{dataset.name}-{dataset.fingerprint}-seed{seed}-{_code_version()}.pt"
+
+
+def get_teacher(dataset: Dataset, seed: int, cache_dir: Path, epochs: int = TEACHER_EPOCHS) -> nn.Module:
+    """The widest model of the family, trained once per (dataset, seed, code version) and cached."""
+    path = teacher_path(dataset, seed, cache_dir)
+    model = build_model(dataset.sample_shape, dataset.num_classes, TEACHER_WIDTH)
+    if path.exists():
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return model.eval()
+    torch.manual_seed(seed)
+    model = build_model(dataset.sample_shape, dataset.num_classes, TEACHER_WIDTH)
+    fit(model, dataset, epochs, seed=seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{np.random.randint(1 << 30)}")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(path)  # atomic: two workers training the same teacher never see a half file
+    return model.eval()

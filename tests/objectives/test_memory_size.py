@@ -1,0 +1,29 @@
+import torch
+from torch import nn
+
+from objectives.memory import peak_activation_bytes
+from objectives.size import weight_bytes
+
+
+class _Chain(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(100, 50)
+        self.b = nn.Linear(50, 10)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_peak_activation_and_weight_bytes_of_a_known_graph(tmp_path):
+    path = tmp_path / "chain.onnx"
+    model = _Chain().eval()
+    with torch.no_grad():
+        model.a.weight[:, :50] = 0
+    torch.onnx.export(model, (torch.zeros(1, 100),), str(path), dynamo=False)
+    # live at once at worst: the 50-float output of `a` and the 50-float ReLU output (200 + 200 bytes),
+    # or the 100-float input with the output of `a` (400 + 200 bytes)
+    assert peak_activation_bytes(path) == 600
+    w = weight_bytes(path)
+    assert w["weight_bytes"] == 4 * (100 * 50 + 50 + 50 * 10 + 10)
+    assert w["weights"] == 100 * 50 + 50 * 10 and w["nonzero_weights"] == 50 * 50 + 50 * 10

@@ -1,0 +1,30 @@
+import pytest
+
+from search.candidate import Budget, Candidate, CandidateResult, Metric
+from search.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [({"precision": "int4"}, "precision"), ({"sparsity": 1.5}, "sparsity"), ({"alpha": -0.1}, "alpha"),
+     ({"temperature": 0.5}, "temperature"), ({"pruning": "random"}, "pruning"), ({"width": 0}, "width")],
+)
+def test_bad_knobs_name_the_parameter(kwargs, field):
+    with pytest.raises(ConfigError, match=f"'{field}' parameter of Candidate"):
+        Candidate(**kwargs)
+
+
+def test_bad_budget_and_provenance():
+    with pytest.raises(ConfigError, match="'epochs'"):
+        Budget(epochs=0)
+    with pytest.raises(ConfigError, match="provenance"):
+        Metric(1.0, "ms", "guessed")
+
+
+def test_result_round_trips_through_json():
+    import json
+
+    r = CandidateResult(Candidate(width=0.5), "digits", "host", {"accuracy": Metric(0.9, "fraction", "measured")},
+                        {}, {"train": 1.0}, {"torch": "x"})
+    back = CandidateResult.from_dict(json.loads(r.to_json()))
+    assert back == r and back.candidate.width == 0.5

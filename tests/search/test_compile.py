@@ -1,0 +1,86 @@
+"""Real TVM: imported from ONNX, compiled, run, compared with onnxruntime, tuned and reused."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from objectives.accuracy import predict_onnx, predict_tvm
+from search.candidate import Candidate
+from search.models import build_model
+from search.stages.compile import compile_tvm, load_vm, tuning_dir
+from search.stages.export import export_onnx, input_dtype, ort_session
+from search.stages.train import fit
+
+HOST = {"kind": "llvm", "num-cores": 2}
+TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "int8-ptq": 1e-3, "int8-qat": 5e-2}
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    torch.manual_seed(0)
+    return fit(build_model(digits.sample_shape, 10, 0.5), digits, 2)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8-ptq", "int8-qat"])
+def test_tvm_matches_onnxruntime(digits, trained, tiny_budget, tmp_path, precision):
+    import copy
+
+    import tvm
+
+    from search.stages.compress import quantization_aware_finetune
+
+    c = Candidate(precision=precision, budget=tiny_budget)
+    model = copy.deepcopy(trained)
+    if precision == "int8-qat":
+        model = quantization_aware_finetune(model, c, digits)
+    onnx_path = export_onnx(model, c, digits, tmp_path / "m.onnx")
+    dtype = input_dtype(precision).name
+    art = compile_tvm(onnx_path, HOST, tmp_path / "m.so", (1, 1, 8, 8), dtype)
+    vm = load_vm(art.library)
+    session = ort_session(onnx_path)
+    for i in range(5):
+        x = digits.x_test[i : i + 1].astype(dtype)
+        ours = vm["main"](tvm.runtime.tensor(x)).numpy().astype(np.float32)
+        ref = session.run(None, {"x": x})[0].astype(np.float32)
+        np.testing.assert_allclose(ours, ref, atol=TOLERANCE[precision], rtol=TOLERANCE[precision])
+    agree = (predict_tvm(art.library, digits.x_test, dtype) == predict_onnx(session, digits.x_test, dtype)).mean()
+    assert agree >= 0.99
+
+
+class _TinyMLP(nn.Module):
+    """One dense layer: a single tuning task, so the tuning test stays short."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 8)
+
+    def forward(self, x):
+        return torch.relu(self.fc(x))
+
+
+def test_tuning_writes_records_and_a_second_compile_reuses_them(tmp_path):
+    onnx_path = tmp_path / "mlp.onnx"
+    torch.onnx.export(_TinyMLP().eval(), (torch.zeros(1, 16),), str(onnx_path), dynamo=False,
+                      input_names=["x"], output_names=["y"])
+    cache = tmp_path / "tuning"
+    first = compile_tvm(onnx_path, HOST, tmp_path / "a.so", (1, 16), "float32", tuning_trials=2, cache_dir=cache)
+    assert first.tasks_total >= 1 and first.tasks_tuned == first.tasks_total and first.tasks_reused == 0
+    records = tuning_dir(cache, HOST) / "database_tuning_record.json"
+    assert records.exists() and records.read_text().strip()
+    second = compile_tvm(onnx_path, HOST, tmp_path / "b.so", (1, 16), "float32", tuning_trials=2, cache_dir=cache)
+    assert second.tasks_tuned == 0 and second.tasks_reused == first.tasks_total
+    assert second.tuning_seconds < first.tuning_seconds
+    x = np.ones((1, 16), np.float32)
+    import tvm
+
+    np.testing.assert_allclose(load_vm(second.library)["main"](tvm.runtime.tensor(x)).numpy(),
+                               load_vm(first.library)["main"](tvm.runtime.tensor(x)).numpy(), rtol=1e-5)
+
+
+def test_invalid_target_is_a_compile_error(digits, trained, tiny_budget, tmp_path):
+    from search.errors import CandidateError
+
+    onnx_path = export_onnx(trained, Candidate(budget=tiny_budget), digits, tmp_path / "m.onnx")
+    with pytest.raises(CandidateError, match="compile"):
+        compile_tvm(onnx_path, {"kind": "no-such-backend"}, tmp_path / "m.so", (1, 1, 8, 8), "float32")

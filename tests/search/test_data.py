@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+
+from search.data import load_dataset, load_npz
+from search.errors import DatasetError
+
+
+def test_builtin_datasets_have_disjoint_stratified_splits(digits, mnist1d):
+    assert digits.sample_shape == (1, 8, 8) and digits.spatial_dims == 2
+    assert mnist1d.sample_shape == (1, 40) and mnist1d.spatial_dims == 1
+    for ds in (digits, mnist1d):
+        assert ds.num_classes == 10
+        for y in (ds.y_train, ds.y_val, ds.y_test):
+            assert set(np.unique(y)) == set(range(10))  # stratified: every class in every split
+        train = {row.tobytes() for row in ds.x_train}
+        assert not any(row.tobytes() in train for row in ds.x_test)
+
+
+def test_builtin_datasets_are_reproducible():
+    a, b = load_dataset("digits"), load_dataset("digits")
+    np.testing.assert_array_equal(a.x_test, b.x_test)
+    np.testing.assert_array_equal(a.y_train, b.y_train)
+
+
+def test_unknown_dataset_names_the_options():
+    with pytest.raises(DatasetError, match="digits"):
+        load_dataset("cifar100")
+
+
+def _good(n=40, classes=4):
+    rng = np.random.default_rng(0)
+    y = np.arange(n) % classes
+    return dict(x_train=rng.normal(size=(n, 16)).astype(np.float32), y_train=y,
+                x_test=rng.normal(size=(n // 2, 16)).astype(np.float32), y_test=y[: n // 2])
+
+
+def test_valid_npz_loads_as_signals(tmp_path):
+    path = tmp_path / "ok.npz"
+    np.savez(path, **_good())
+    ds = load_npz(path)
+    assert ds.sample_shape == (1, 16) and ds.num_classes == 4 and len(ds.x_val) > 0
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d.pop("y_test"), "missing key"),
+        (lambda d: d.update(x_train=d["x_train"][:0], y_train=d["y_train"][:0]), "'x_train' is empty"),
+        (lambda d: d.update(y_train=d["y_train"].astype(np.float32)), "'y_train' must hold integer"),
+        (lambda d: d.update(y_train=d["y_train"][:-1]), "must match"),
+        (lambda d: d["x_test"].__setitem__((0, 0), np.nan), "'x_test' contains NaN"),
+        (lambda d: d.update(x_test=d["x_test"][:, :8]), "sample shape"),
+        (lambda d: d.update(y_train=d["y_train"] - 1), "negative label"),
+        (lambda d: d.update(x_train=np.zeros((40,), np.float32)), "'x_train' must have shape"),
+        (lambda d: d.update(x_val=d["x_test"]), "given together"),
+        (lambda d: d.update(y_train=np.where(d["y_train"] == 2, 0, d["y_train"])), "no sample of class"),
+    ],
+)
+def test_bad_npz_gives_a_clear_error(tmp_path, change, message):
+    data = _good()
+    change(data)
+    path = tmp_path / "bad.npz"
+    np.savez(path, **data)
+    with pytest.raises(DatasetError, match=message):
+        load_npz(path)
+
+
+def test_npz_with_objects_or_garbage_is_refused(tmp_path):
+    data = _good()
+    data["x_train"] = np.array([object()] * 40, dtype=object)
+    path = tmp_path / "pickled.npz"
+    np.savez(path, **data)
+    with pytest.raises(DatasetError, match="pickle"):
+        load_npz(path)
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"not a zip file")
+    with pytest.raises(DatasetError, match="not a readable"):
+        load_npz(garbage)

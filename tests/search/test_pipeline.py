@@ -1,0 +1,48 @@
+"""One candidate end to end, through the library and through the CLI."""
+
+import json
+
+import pytest
+
+from search.candidate import Candidate, CandidateResult
+from search.cli import main
+from search.pipeline import Paths, evaluate_candidate
+
+
+def test_evaluate_candidate_measures_the_compiled_artifact(digits, host, tiny_budget, shared_runs):
+    c = Candidate(precision="int8-ptq", sparsity=0.5, temperature=4, alpha=0.5, width=0.5, budget=tiny_budget)
+    stages = []
+    r = evaluate_candidate(c, digits, host, Paths(shared_runs), threads=1, progress=lambda s, m: stages.append(s))
+    assert stages[:3] == ["teacher", "train", "prune"] and "compile" in stages and "accuracy" in stages
+    m = r.metrics
+    for name in ("latency_ms_median", "latency_ms_p90", "ort_latency_ms_median", "accuracy", "accuracy_test"):
+        assert m[name].provenance == "measured"
+    assert m["peak_activation_bytes"].provenance == "estimated"
+    assert 0 < m["latency_ms_median"].value <= m["latency_ms_p90"].value
+    assert m["accuracy"].value > 0.3  # trained for 3 epochs; chance is 0.1
+    assert abs(m["sparsity"].value - 0.5) <= 0.01
+    assert m["size_bytes"].value > 0 and m["library_bytes"].value > 0
+    assert r.info["provenance"] == "measured" and r.target == "host"
+    saved = CandidateResult.from_dict(json.loads((shared_runs / "candidates" / "digits" / "host" / c.key()
+                                                  / "result.json").read_text()))
+    assert saved == r
+
+
+def test_cli_evaluate_json(shared_runs, capsys):
+    code = main(["--runs-dir", str(shared_runs), "evaluate", "--precision", "fp32", "--width", "0.25",
+                 "--epochs", "1", "--finetune-epochs", "0", "--repeats", "3", "--threads", "1", "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["candidate"]["width"] == 0.25 and out["metrics"]["accuracy"]["provenance"] == "measured"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["evaluate", "--target", "no-such-board"], "Unknown target 'no-such-board'"),
+     (["evaluate", "--dataset", "imagenet"], "Unknown dataset 'imagenet'"),
+     (["evaluate", "--sparsity", "1.5"], "'sparsity' parameter")],
+)
+def test_cli_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
+    assert main(["--runs-dir", str(tmp_path)] + argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

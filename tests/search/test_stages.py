@@ -1,0 +1,110 @@
+"""Each knob really changes the model; each stage is called alone."""
+
+import math
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto
+
+from search.candidate import Candidate
+from search.models import build_model, count_parameters
+from search.stages.compress import prune_model, quantization_aware_finetune, weight_sparsity
+from search.stages.export import export_onnx
+from search.stages.train import distillation_loss, fit, get_teacher, teacher_path, torch_accuracy
+
+
+def test_distillation_loss_matches_hand_computation():
+    s = torch.tensor([[2.0, 0.0, -1.0]])
+    t = torch.tensor([[1.0, 1.0, 0.0]])
+    y = torch.tensor([0])
+    T, a = 2.0, 0.3
+    ps = [math.exp(v / T) for v in (2.0, 0.0, -1.0)]
+    ps = [p / sum(ps) for p in ps]
+    pt = [math.exp(v / T) for v in (1.0, 1.0, 0.0)]
+    pt = [p / sum(pt) for p in pt]
+    kl = sum(q * math.log(q / p) for q, p in zip(pt, ps))  # KL(teacher || student)
+    e = [math.exp(v) for v in (2.0, 0.0, -1.0)]
+    ce = -math.log(e[0] / sum(e))
+    expected = a * ce + (1 - a) * T * T * kl
+    assert float(distillation_loss(s, y, t, T, a)) == pytest.approx(expected, rel=1e-6)
+    assert float(distillation_loss(s, y, t, T, 1.0)) == pytest.approx(ce, rel=1e-6)  # alpha=1: no distillation
+
+
+def test_wider_models_have_more_parameters():
+    counts = [count_parameters(build_model((1, 8, 8), 10, w)) for w in (0.25, 0.5, 1.0, 2.0)]
+    assert counts == sorted(counts) and len(set(counts)) == 4
+    assert build_model((1, 40), 10, 1.0).spatial_dims == 1
+
+
+def test_training_learns_and_teacher_is_cached(digits, tmp_path):
+    torch.manual_seed(0)
+    model = fit(build_model(digits.sample_shape, 10, 0.5), digits, 3)
+    assert torch_accuracy(model, digits.x_val, digits.y_val) > 0.5  # chance is 0.1
+    teacher = get_teacher(digits, seed=0, cache_dir=tmp_path, epochs=2)
+    path = teacher_path(digits, 0, tmp_path)
+    assert path.exists()
+    mtime = path.stat().st_mtime_ns
+    again = get_teacher(digits, seed=0, cache_dir=tmp_path, epochs=2)
+    assert path.stat().st_mtime_ns == mtime  # loaded, not retrained
+    x = torch.from_numpy(digits.x_val[:4])
+    torch.testing.assert_close(teacher(x), again(x))
+
+
+@pytest.mark.parametrize("sparsity", [0.3, 0.75])
+def test_unstructured_sparsity_matches_request(digits, tiny_budget, sparsity):
+    torch.manual_seed(0)
+    model = fit(build_model(digits.sample_shape, 10, 1.0), digits, 1)
+    c = Candidate(sparsity=sparsity, pruning="unstructured", budget=tiny_budget)
+    model, measured = prune_model(model, c, digits)
+    assert abs(measured - sparsity) <= 0.01
+    assert abs(weight_sparsity(model) - sparsity) <= 0.01
+    assert not any(name.endswith("_orig") for name, _ in model.named_parameters())  # masks made permanent
+
+
+def test_structured_pruning_removes_channels(digits, tiny_budget):
+    torch.manual_seed(0)
+    model = fit(build_model(digits.sample_shape, 10, 1.0), digits, 1)
+    before = count_parameters(model)
+    model, measured = prune_model(model, Candidate(sparsity=0.5, pruning="structured", budget=tiny_budget), digits)
+    assert abs(measured - 0.5) <= 0.02  # channel granularity: 1 channel of the narrowest layer
+    assert count_parameters(model) < 0.5 * before
+    assert model(torch.from_numpy(digits.x_val[:2])).shape == (2, 10)
+
+
+def _initializer_types(path):
+    return {init.data_type for init in onnx.load(str(path)).graph.initializer}
+
+
+def _ops(path):
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+def test_precisions_change_the_exported_graph(digits, tiny_budget, tmp_path):
+    torch.manual_seed(0)
+    model = fit(build_model(digits.sample_shape, 10, 0.5), digits, 1)
+    paths = {}
+    for precision in ("fp32", "fp16", "int8-ptq"):
+        paths[precision] = export_onnx(model, Candidate(precision=precision, budget=tiny_budget), digits,
+                                       tmp_path / f"{precision}.onnx")
+    assert TensorProto.FLOAT16 in _initializer_types(paths["fp16"])
+    assert TensorProto.FLOAT not in _initializer_types(paths["fp16"])
+    assert {"QuantizeLinear", "DequantizeLinear"} <= _ops(paths["int8-ptq"])
+    assert TensorProto.INT8 in _initializer_types(paths["int8-ptq"])
+    assert "QuantizeLinear" not in _ops(paths["fp32"])
+
+
+def test_qat_exports_qdq_and_keeps_sparsity(digits, tiny_budget, tmp_path):
+    torch.manual_seed(0)
+    model = fit(build_model(digits.sample_shape, 10, 0.5), digits, 1)
+    c = Candidate(precision="int8-qat", sparsity=0.5, budget=tiny_budget)
+    model, _ = prune_model(model, c, digits)
+    qat = quantization_aware_finetune(model, c, digits)
+    assert any("FakeQuantize" in type(m).__name__ for m in qat.modules())
+    # fine-tuning must not bring pruned weights back
+    weights = [p for n, p in qat.named_parameters() if n.endswith("weight") and p.dim() > 1]
+    zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    assert zeros >= 0.49
+    path = export_onnx(qat, c, digits, tmp_path / "qat.onnx")
+    assert {"QuantizeLinear", "DequantizeLinear"} <= _ops(path)
