@@ -71,6 +71,152 @@ def cmd_targets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_outcome(outcome_rows, front, best, hv, spec, storage) -> None:
+    failed = [r for r in outcome_rows if r.state == "FAIL"]
+    done = [r for r in outcome_rows if r.state == "COMPLETE"]
+    print(f"\nsearch {spec.name!r}: {len(done)} complete, {len(failed)} failed; "
+          f"latency budget {spec.latency_budget_ms} ms on {spec.target}")
+    if not front:
+        print("no feasible candidate yet (none within the latency budget)")
+    else:
+        print(f"\nfeasible Pareto front ({len(front)} candidate(s)):")
+        print(f"{'trial':>5}  {'precision':<9}{'width':>6}{'sparsity':>9} {'pruning':<13}{'T':>5}{'alpha':>6}"
+              f"{'accuracy':>10}{'latency ms':>12}{'size KiB':>10}  provenance")
+        for r in sorted(front, key=lambda r: r.value("latency_ms_median")):
+            k = r.knobs
+            print(f"{r.number:>5}  {k['precision']:<9}{k['width']:>6g}{k['sparsity']:>9g} {k['pruning']:<13}"
+                  f"{k['temperature']:>5g}{k['alpha']:>6g}{r.value('accuracy'):>10.4f}"
+                  f"{r.value('latency_ms_median'):>12.4f}{r.value('size_bytes') / 1024:>10.1f}  "
+                  f"{r.metrics['latency_ms_median'][2]}")
+    if best:
+        print(f"\nbest within budget: trial {best.number}, validation accuracy {best.value('accuracy'):.4f}, "
+              f"test accuracy {best.value('accuracy_test'):.4f}, {best.value('latency_ms_median'):.4f} ms "
+              f"({best.metrics['latency_ms_median'][2]}), {best.value('size_bytes') / 1024:.1f} KiB")
+    print(f"hypervolume of the feasible front: {hv:.6g} (reference point {list(spec.reference_point)})")
+    for r in failed[-3:]:
+        print(f"failed trial {r.number}: {r.error}")
+    print(f"stored in {storage} (study {spec.name!r})")
+
+
+def _spec_from_args(args: argparse.Namespace):
+    from search.spec import SearchSpec, load_spec_file
+
+    data = load_spec_file(args.spec) if args.spec else {}
+    for key in ("name", "dataset", "target", "latency_budget_ms", "trials", "workers", "sampler", "seed", "timeout_s"):
+        value = getattr(args, key)
+        if value is not None:
+            data[key] = value
+    budget = dict(data.get("budget") or {})
+    for key in ("epochs", "tuning_trials"):
+        value = getattr(args, key)
+        if value is not None:
+            budget[key] = value
+    if budget:
+        data["budget"] = budget
+    if "name" not in data:
+        from search.errors import ConfigError
+
+        raise ConfigError("A search needs a name: pass --name NAME or set 'name' in the spec file.")
+    return SearchSpec.from_dict(data)
+
+
+def _storage_url(args: argparse.Namespace) -> str:
+    from search.study import default_storage
+
+    return args.storage or default_storage(args.runs_dir)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from search.study import load_study, stored_spec
+    from search.workers import run_search
+
+    storage = _storage_url(args)
+    if args.resume:
+        if not args.name and not args.spec:
+            from search.errors import ConfigError
+
+            raise ConfigError("--resume needs the --name of the search to continue.")
+        name = args.name or _spec_from_args(args).name
+        spec = stored_spec(load_study(name, storage))
+        if args.trials is not None:
+            import dataclasses
+
+            spec = dataclasses.replace(spec, trials=args.trials)
+    else:
+        spec = _spec_from_args(args)
+    if args.detach:
+        from search.service import submit_job
+
+        job_id = submit_job(spec, args.address, storage=storage, runs_dir=args.runs_dir, resume=args.resume)
+        print(f"submitted search {spec.name!r} as Ray job {job_id} to {args.address}")
+        print(f"follow it with: edgesearch status {spec.name} | edgesearch logs {spec.name} | edgesearch stop {spec.name}")
+        return 0
+    _write_spec(args.runs_dir, spec)
+    outcome = run_search(spec, args.runs_dir, storage_url=storage, resume=args.resume, address=args.address,
+                         report=lambda line: print(line, flush=True))
+    _print_outcome(outcome.rows, outcome.front, outcome.best, outcome.hypervolume, spec, storage)
+    return 0
+
+
+def _write_spec(runs_dir: Path, spec) -> None:
+    folder = Path(runs_dir) / "searches" / spec.name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "spec.json").write_text(json.dumps(spec.to_dict(), indent=2))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from search.study import (
+        best_within_budget, feasible_front, front_hypervolume, load_study, requeue_interrupted, rows, stored_spec,
+    )
+
+    storage = _storage_url(args)
+    study = load_study(args.name, storage)
+    spec = stored_spec(study)
+    from search.service import job_status
+
+    job = job_status(args.runs_dir, spec.name)
+    if job:
+        print(f"Ray job {job['job_id']} at {job['address']}: {job['status']}")
+    all_rows = rows(study)
+    running = len(study.get_trials(deepcopy=False, states=(__import__("optuna").trial.TrialState.RUNNING,)))
+    print(f"{len(all_rows)} of {spec.trials} trials finished, {running} running")
+    front = feasible_front(all_rows)
+    _print_outcome(all_rows, front, best_within_budget(all_rows), front_hypervolume(front, spec), spec, storage)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    import optuna
+
+    storage = _storage_url(args)
+    summaries = optuna.get_all_study_summaries(storage) if Path(args.runs_dir, "optuna.db").exists() or args.storage \
+        else []
+    if not summaries:
+        print(f"no searches in {storage}")
+        return 0
+    print(f"{'search':<28}{'trials':>7}  {'started':<20}")
+    for s in sorted(summaries, key=lambda s: s.datetime_start or 0):
+        started = s.datetime_start.strftime("%Y-%m-%d %H:%M:%S") if s.datetime_start else "-"
+        print(f"{s.study_name:<28}{s.n_trials:>7}  {started:<20}")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from search.service import job_logs
+
+    print(job_logs(args.runs_dir, args.name), end="")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from search.service import stop_job
+
+    stopped = stop_job(args.runs_dir, args.name)
+    print(f"stop requested for search {args.name!r}" if stopped else f"search {args.name!r} was not running")
+    print(f"resume it with: edgesearch submit --name {args.name} --resume")
+    return 0
+
+
 def _add_candidate_options(p: argparse.ArgumentParser) -> None:
     from search.candidate import PRECISIONS, PRUNING_MODES
 
@@ -114,6 +260,54 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("targets", help="list the target profiles", description="List the shipped target profiles.")
     p.set_defaults(func=cmd_targets)
+
+    p = sub.add_parser(
+        "submit", help="run a multi-objective search (or submit it to a Ray cluster)",
+        description="Search precision, sparsity, distillation and width with Optuna on Ray workers: maximise "
+                    "accuracy, minimise latency and size, under a latency budget (a constraint: the reported front "
+                    "is feasible). Options override the fields of --spec.")
+    p.add_argument("--spec", type=Path, help="YAML or TOML file with the spec fields (name, dataset, target, "
+                   "latency_budget_ms, trials, workers, sampler, seed, space, budget, reference_point, timeout_s)")
+    p.add_argument("--name", help="search name: the study, MLflow experiment and output folder are named after it")
+    p.add_argument("--dataset", help="digits, mnist1d or an .npz path [default: digits]")
+    p.add_argument("--target", help="target profile [default: host]")
+    p.add_argument("--latency-budget-ms", dest="latency_budget_ms", type=float,
+                   help="latency budget per inference in ms: candidates above it are infeasible [default: 1.0]")
+    p.add_argument("--trials", type=int, help="number of candidates to evaluate [default: 24]")
+    p.add_argument("--workers", type=int, help="candidates evaluated in parallel, one CPU each [default: 2]")
+    p.add_argument("--sampler", choices=("nsga2", "tpe", "random"), help="Optuna sampler [default: nsga2]")
+    p.add_argument("--seed", type=int, help="seed of the sampler and of training [default: 0]")
+    p.add_argument("--epochs", type=int, help="training epochs per candidate [default: 15]")
+    p.add_argument("--tuning-trials", dest="tuning_trials", type=int,
+                   help="MetaSchedule trials per candidate; records are shared, so later candidates reuse them "
+                        "[default: 0]")
+    p.add_argument("--timeout", dest="timeout_s", type=float, help="per-candidate time limit in seconds")
+    p.add_argument("--resume", action="store_true", help="continue the stored search NAME without repeating "
+                   "finished trials; trials interrupted by a dead driver are re-queued")
+    p.add_argument("--address", help="an existing Ray cluster (ray://..., host:port, or http://host:8265 with "
+                   "--detach); default: start a local cluster")
+    p.add_argument("--detach", action="store_true", help="submit the search as a Ray Job to --address "
+                   "(the dashboard URL) and return at once with the job id")
+    p.add_argument("--storage", help="Optuna RDB storage URL [default: sqlite:///RUNS/optuna.db]")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("status", help="progress and Pareto front of a search",
+                       description="Show a running or finished search: trials, feasible front, best candidate.")
+    p.add_argument("name")
+    p.add_argument("--storage", help="Optuna RDB storage URL [default: sqlite:///RUNS/optuna.db]")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("list", help="list the stored searches", description="List the searches in the storage.")
+    p.add_argument("--storage", help="Optuna RDB storage URL [default: sqlite:///RUNS/optuna.db]")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("logs", help="logs of a detached search (Ray job)")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("stop", help="stop a detached search (Ray job); resume it later with submit --resume")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_stop)
     return parser
 
 

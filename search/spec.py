@@ -1,0 +1,179 @@
+"""The search spec: what a user submits, validated before any work starts.
+
+A spec comes from CLI options or a YAML/TOML file with the same fields; the
+resolved spec is stored with the study and next to the search's outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from search.candidate import PRECISIONS, PRUNING_MODES, Budget
+from search.errors import ConfigError
+
+SAMPLERS = ("nsga2", "tpe", "random")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def _err(field_name: str, rule: str, value: Any) -> ConfigError:
+    return ConfigError(f"The '{field_name}' field of the search spec must be {rule}. Got {value!r} instead.")
+
+
+def _range(name: str, value: Any, low: float, high: float) -> tuple[float, float]:
+    if (not isinstance(value, (list, tuple)) or len(value) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+        raise _err(name, "a [low, high] pair of numbers", value)
+    lo, hi = float(value[0]), float(value[1])
+    if not (low <= lo <= hi <= high):
+        raise _err(name, f"a range with {low} <= low <= high <= {high}", value)
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Ranges and choices of the four knobs; a single value fixes a knob."""
+
+    precision: tuple[str, ...] = PRECISIONS
+    pruning: tuple[str, ...] = PRUNING_MODES
+    sparsity: tuple[float, float] = (0.0, 0.95)
+    temperature: tuple[float, float] = (1.0, 10.0)
+    alpha: tuple[float, float] = (0.0, 1.0)
+    width: tuple[float, float] = (0.25, 2.0)
+
+    def __post_init__(self) -> None:
+        for name, options in (("precision", PRECISIONS), ("pruning", PRUNING_MODES)):
+            values = getattr(self, name)
+            if isinstance(values, str):
+                values = (values,)
+            if not isinstance(values, (list, tuple)) or not values:
+                raise _err(f"space.{name}", f"a non-empty list of {list(options)}", getattr(self, name))
+            bad = [v for v in values if v not in options]
+            if bad:
+                raise _err(f"space.{name}", f"a non-empty list of {list(options)}", list(values))
+            object.__setattr__(self, name, tuple(dict.fromkeys(values)))
+        for name, (low, high) in {"sparsity": (0.0, 0.95), "temperature": (1.0, 100.0), "alpha": (0.0, 1.0),
+                                  "width": (0.05, 8.0)}.items():
+            object.__setattr__(self, name, _range(f"space.{name}", getattr(self, name), low, high))
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    name: str
+    dataset: str = "digits"
+    target: str = "host"
+    latency_budget_ms: float = 1.0
+    trials: int = 24
+    workers: int = 2
+    sampler: str = "nsga2"
+    seed: int = 0
+    space: SearchSpace = field(default_factory=SearchSpace)
+    budget: Budget = field(default_factory=Budget)
+    # hypervolume reference point: (accuracy, latency ms, size bytes); None = derived from the budget
+    reference_point: tuple[float, float, float] | None = None
+    timeout_s: float | None = None  # per candidate; None = no limit
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise _err("name", "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit "
+                       "(no path separators or control characters)", self.name)
+        for name in ("trials", "workers"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise _err(name, "a positive integer", v)
+        v = self.latency_budget_ms
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not (0 < v < float("inf")):
+            raise _err("latency_budget_ms", "a positive number of milliseconds", v)
+        if self.sampler not in SAMPLERS:
+            raise _err("sampler", f"one of {list(SAMPLERS)}", self.sampler)
+        if self.timeout_s is not None and not (isinstance(self.timeout_s, (int, float)) and self.timeout_s > 0):
+            raise _err("timeout_s", "a positive number of seconds or null", self.timeout_s)
+        if self.reference_point is None:
+            object.__setattr__(self, "reference_point", (0.0, float(self.latency_budget_ms), 1e7))
+        elif (not isinstance(self.reference_point, (list, tuple)) or len(self.reference_point) != 3):
+            raise _err("reference_point", "[accuracy, latency_ms, size_bytes]", self.reference_point)
+        else:
+            object.__setattr__(self, "reference_point", tuple(float(v) for v in self.reference_point))
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SearchSpec":
+        if not isinstance(data, dict):
+            raise ConfigError(f"A search spec must be a mapping of fields; got {type(data).__name__}.")
+        data = dict(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"Unknown field(s) {unknown} in the search spec; known fields: {sorted(known)}.")
+        if "name" not in data:
+            raise ConfigError("The search spec needs a 'name'.")
+        for key, sub in (("space", SearchSpace), ("budget", Budget)):
+            value = data.get(key)
+            if value is None:
+                data.pop(key, None)
+                continue
+            if not isinstance(value, dict):
+                raise _err(key, "a mapping", value)
+            sub_known = {f.name for f in dataclasses.fields(sub)}
+            bad = sorted(set(value) - sub_known)
+            if bad:
+                raise ConfigError(f"Unknown field(s) {bad} in '{key}'; known fields: {sorted(sub_known)}.")
+            try:
+                data[key] = sub(**value)
+            except (TypeError, ValueError) as exc:
+                if isinstance(exc, ConfigError):
+                    raise
+                raise ConfigError(f"Invalid '{key}' in the search spec: {exc}.") from exc
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ConfigError(f"Invalid search spec: {exc}.") from exc
+
+
+def load_spec_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or TOML spec file into a plain dict (validated by ``SearchSpec.from_dict``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Spec file {str(path)!r} does not exist.")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as exc:
+        raise ConfigError(f"{path}: cannot be parsed ({type(exc).__name__}: {exc}).") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a spec file must hold a mapping of fields.")
+    return data
+
+
+def check_resources(spec: SearchSpec, available_cpus: int | None = None) -> None:
+    """Refuse more workers than CPUs: each worker owns at least one CPU thread."""
+    cpus = available_cpus if available_cpus is not None else (os.cpu_count() or 1)
+    if spec.workers > cpus:
+        raise _err("workers", f"at most the {cpus} available CPU(s)", spec.workers)
+
+
+def check_inputs(spec: SearchSpec) -> None:
+    """Dataset and target must exist before any work starts."""
+    from hardware_targets import load_profile
+    from search.data import BUILTIN_DATASETS
+
+    load_profile(spec.target)
+    if spec.dataset not in BUILTIN_DATASETS and not Path(spec.dataset).is_file():
+        from search.errors import DatasetError
+
+        raise DatasetError(f"Unknown dataset {spec.dataset!r}: expected one of {list(BUILTIN_DATASETS)} "
+                           "or the path of an .npz file.")

@@ -1,0 +1,201 @@
+"""Ray side of a search: candidates run as Ray tasks; the driver asks and tells Optuna.
+
+The driver keeps ``workers`` tasks in flight and handles whichever finishes
+first, so one slow candidate never stalls the others. A task that raises, or
+whose worker process dies, becomes a failed trial with its reason.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import optuna
+
+from search.candidate import Candidate, CandidateResult
+from search.errors import CandidateError, ConfigError
+from search.spec import SearchSpec, check_inputs, check_resources
+from search.study import (
+    Row, best_within_budget, create_study, feasible_front, finished_count, front_hypervolume, record_failure,
+    record_result, requeue_interrupted, rows, suggest_candidate,
+)
+
+THREADS_PER_WORKER = 1
+
+
+@functools.lru_cache(maxsize=4)
+def _dataset(name: str):
+    from search.data import load_dataset
+
+    return load_dataset(name)
+
+
+def run_candidate(candidate_dict: dict, dataset: str, target: str, runs_dir: str, threads: int) -> dict:
+    """Body of the Ray task: one candidate through the pipeline, returned as a plain dict."""
+    from hardware_targets import load_profile
+    from search.pipeline import Paths, evaluate_candidate
+
+    result = evaluate_candidate(Candidate.from_dict(candidate_dict), _dataset(dataset), load_profile(target),
+                                Paths(Path(runs_dir)), threads=threads)
+    return result.to_dict()
+
+
+@dataclass
+class SearchOutcome:
+    name: str
+    storage: str
+    rows: list[Row]
+    front: list[Row]
+    best: Row | None
+    hypervolume: float
+
+
+def start_ray(address: str | None, workers: int):
+    """Connect to a cluster at ``address``, or start a local one sized for ``workers``."""
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    env = {"env_vars": {"TVM_NUM_THREADS": str(THREADS_PER_WORKER), "OMP_NUM_THREADS": str(THREADS_PER_WORKER)}}
+    try:
+        if address:
+            ray.init(address=address, runtime_env=env, logging_level="ERROR", log_to_driver=False)
+        else:
+            ray.init(num_cpus=workers * THREADS_PER_WORKER, include_dashboard=False, runtime_env=env,
+                     logging_level="ERROR", log_to_driver=False)
+    except Exception as exc:
+        raise ConfigError(f"Cannot start or reach Ray{f' at {address}' if address else ''}: {exc}") from exc
+    return ray
+
+
+def _cluster_cpus(ray) -> int:
+    return int(ray.cluster_resources().get("CPU", 0))
+
+
+Reporter = Callable[[str], None]
+
+
+def run_search(
+    spec: SearchSpec,
+    runs_dir: Path,
+    *,
+    storage_url: str,
+    resume: bool = False,
+    address: str | None = None,
+    report: Reporter = print,
+    on_trial: Callable[[optuna.Study, Row], None] | None = None,
+) -> SearchOutcome:
+    """Run (or resume) ``spec`` to ``spec.trials`` finished trials and return the front."""
+    check_inputs(spec)
+    if not address:
+        check_resources(spec)
+    study = create_study(spec, storage_url, resume)
+    requeued = requeue_interrupted(study) if resume else 0
+    if requeued:
+        report(f"re-queued {requeued} trial(s) interrupted by the previous driver")
+    done = finished_count(study)
+    remaining = spec.trials - done
+    report(f"search {spec.name!r}: {done} of {spec.trials} trials finished, {max(0, remaining)} to go "
+           f"({spec.workers} worker(s), sampler {spec.sampler}, budget {spec.latency_budget_ms} ms on {spec.target})")
+
+    if remaining > 0:
+        ray = start_ray(address, spec.workers)
+        if address and spec.workers > _cluster_cpus(ray):
+            raise ConfigError(f"The 'workers' field of the search spec must be at most the {_cluster_cpus(ray)} CPU(s) "
+                              f"of the cluster at {address}. Got {spec.workers} instead.")
+        task = ray.remote(num_cpus=THREADS_PER_WORKER, max_retries=0)(run_candidate)
+        _drive(ray, task, study, spec, runs_dir, remaining, report, on_trial)
+
+    all_rows = rows(study)
+    front = feasible_front(all_rows)
+    return SearchOutcome(spec.name, storage_url, all_rows, front, best_within_budget(all_rows),
+                         front_hypervolume(front, spec))
+
+
+def _drive(ray, task, study, spec, runs_dir, remaining, report, on_trial) -> None:
+    in_flight: dict = {}  # ray ref -> (trial, started)
+    submitted = finished = 0
+    started_all = time.perf_counter()
+    while finished < remaining:
+        while len(in_flight) < spec.workers and submitted < remaining:
+            trial = study.ask()
+            candidate = suggest_candidate(trial, spec)
+            ref = task.remote(_as_dict(candidate), spec.dataset, spec.target, str(Path(runs_dir).resolve()),
+                              THREADS_PER_WORKER)
+            in_flight[ref] = (trial, time.perf_counter())
+            submitted += 1
+        wait = None
+        if spec.timeout_s:
+            now = time.perf_counter()
+            wait = max(0.1, min(started + spec.timeout_s - now for _, started in in_flight.values()))
+        ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=wait)
+        if not ready:  # the oldest candidate(s) went over the per-candidate time limit
+            now = time.perf_counter()
+            for ref, (trial, started) in list(in_flight.items()):
+                if now - started >= spec.timeout_s:
+                    ray.cancel(ref, force=True)
+                    del in_flight[ref]
+                    reason = f"timeout: exceeded the per-candidate limit of {spec.timeout_s} s"
+                    record_failure(study, trial, reason)
+                    finished += 1
+                    _report_failure(report, trial.number, reason, finished, remaining, started_all)
+            continue
+        ref = ready[0]
+        trial, _ = in_flight.pop(ref)
+        try:
+            result = CandidateResult.from_dict(ray.get(ref))
+        except Exception as exc:
+            reason = _failure_reason(exc)
+            record_failure(study, trial, reason)
+            finished += 1
+            _report_failure(report, trial.number, reason, finished, remaining, started_all)
+        else:
+            record_result(study, trial, spec, result)
+            finished += 1
+            row = Row.from_trial(study._storage.get_trial(trial._trial_id))
+            report(_progress_line(row, finished, remaining, started_all))
+            if on_trial:
+                on_trial(study, row)
+
+
+def _as_dict(candidate: Candidate) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(candidate)
+
+
+def _failure_reason(exc: Exception) -> str:
+    """One line saying why a candidate failed, whether it raised or its worker died."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, CandidateError):
+        return str(cause)
+    if cause is not None:
+        return f"{type(cause).__name__}: {cause}".splitlines()[0]
+    name = type(exc).__name__
+    if "WorkerCrashed" in name or "ActorDied" in name or "NodeDied" in name or "OutOfMemory" in name:
+        return f"worker died: {name}"
+    text = "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()
+    return text[-1] if text else name
+
+
+def _eta(finished: int, remaining: int, started: float) -> str:
+    elapsed = time.perf_counter() - started
+    left = elapsed / finished * (remaining - finished) if finished else 0
+    return f"{int(left // 60)}m{int(left % 60):02d}s"
+
+
+def _progress_line(row: Row, finished: int, remaining: int, started: float) -> str:
+    k = row.knobs
+    return (f"[{finished}/{remaining}] trial {row.number}: {k['precision']:<8} w={k['width']:<5g} "
+            f"s={k['sparsity']:<4g}{k['pruning'][0]} T={k['temperature']:<4g} a={k['alpha']:<4g} -> "
+            f"acc {row.value('accuracy'):.3f}, {row.value('latency_ms_median'):.4f} ms "
+            f"({row.metrics['latency_ms_median'][2]}), {row.value('size_bytes') / 1024:.1f} KiB, "
+            f"{'feasible' if row.feasible else 'over budget'}  ETA {_eta(finished, remaining, started)}")
+
+
+def _report_failure(report, number, reason, finished, remaining, started) -> None:
+    report(f"[{finished}/{remaining}] trial {number}: FAILED - {reason}  ETA {_eta(finished, remaining, started)}")
