@@ -24,9 +24,10 @@ $(STAMP): pyproject.toml requirements.lock
 
 setup: $(STAMP)
 
+# A small real search: 12 candidates on 2 local Ray workers, digits, host CPU, 0.05 ms budget.
 run: setup
-	$(BIN)/edgesearch --runs-dir $(RUNS) evaluate --dataset digits --target host --precision int8-ptq \
-		--sparsity 0.5 --temperature 4 --alpha 0.5 --width 0.5
+	$(BIN)/edgesearch --runs-dir $(RUNS) submit --name demo-$(shell date +%Y%m%d-%H%M%S) --dataset digits \
+		--target host --latency-budget-ms 0.05 --trials 12 --workers 2 --epochs 10
 
 test: setup
 	$(BIN)/python -m pytest -m "not slow" -q

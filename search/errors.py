@@ -27,6 +27,10 @@ class CandidateError(EdgeSearchError, RuntimeError):
     def __init__(self, stage: str, message: str):
         super().__init__(f"{stage} failed: {message}")
         self.stage = stage
+        self.message = message
+
+    def __reduce__(self):  # keeps (stage, message) across process boundaries (Ray workers)
+        return (type(self), (self.stage, self.message))
 
 
 class SearchNotFoundError(EdgeSearchError, LookupError):

@@ -65,7 +65,7 @@ def start_ray(address: str | None, workers: int):
         if address:
             ray.init(address=address, runtime_env=env, logging_level="ERROR", log_to_driver=False)
         else:
-            ray.init(num_cpus=workers * THREADS_PER_WORKER, include_dashboard=False, runtime_env=env,
+            ray.init(address="local", num_cpus=workers * THREADS_PER_WORKER, include_dashboard=False, runtime_env=env,
                      logging_level="ERROR", log_to_driver=False)
     except Exception as exc:
         raise ConfigError(f"Cannot start or reach Ray{f' at {address}' if address else ''}: {exc}") from exc
@@ -103,12 +103,19 @@ def run_search(
            f"({spec.workers} worker(s), sampler {spec.sampler}, budget {spec.latency_budget_ms} ms on {spec.target})")
 
     if remaining > 0:
+        import ray as ray_module
+
+        owns_ray = not ray_module.is_initialized()
         ray = start_ray(address, spec.workers)
-        if address and spec.workers > _cluster_cpus(ray):
-            raise ConfigError(f"The 'workers' field of the search spec must be at most the {_cluster_cpus(ray)} CPU(s) "
-                              f"of the cluster at {address}. Got {spec.workers} instead.")
-        task = ray.remote(num_cpus=THREADS_PER_WORKER, max_retries=0)(run_candidate)
-        _drive(ray, task, study, spec, runs_dir, remaining, report, on_trial)
+        try:
+            if address and spec.workers > _cluster_cpus(ray):
+                raise ConfigError(f"The 'workers' field of the search spec must be at most the {_cluster_cpus(ray)} "
+                                  f"CPU(s) of the cluster at {address}. Got {spec.workers} instead.")
+            task = ray.remote(num_cpus=THREADS_PER_WORKER, max_retries=0)(run_candidate)
+            _drive(ray, task, study, spec, runs_dir, remaining, report, on_trial)
+        finally:
+            if owns_ray:
+                ray.shutdown()
 
     all_rows = rows(study)
     front = feasible_front(all_rows)

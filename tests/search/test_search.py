@@ -1,0 +1,165 @@
+"""Whole searches with real Ray, real Optuna storage and the real pipeline, on tiny budgets."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from objectives.pareto import OBJECTIVES, non_dominated
+from search.candidate import Budget
+from search.spec import SearchSpace, SearchSpec
+from search.study import default_storage, load_study, rows
+from search.workers import run_search
+
+TINY = Budget(epochs=2, finetune_epochs=1, prune_steps=1, tuning_trials=0, timing_repeats=5)
+FAST_SPACE = SearchSpace(precision=("fp32", "int8-ptq", "fp16"), width=(0.25, 0.75))
+
+
+def test_four_trials_on_two_workers_give_a_feasible_non_dominated_front(tmp_path):
+    spec = SearchSpec(name="four", trials=4, workers=2, latency_budget_ms=0.1, budget=TINY, space=FAST_SPACE)
+    storage = default_storage(tmp_path)
+    lines = []
+    outcome = run_search(spec, tmp_path, storage_url=storage, report=lines.append)
+    study = load_study("four", storage)
+    assert len(study.trials) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)
+    assert sum("trial" in line and "ETA" in line for line in lines) == 4  # one progress line per trial
+    assert outcome.front, "some candidate of these sizes should fit 0.1 ms on the host"
+    for row in outcome.front:
+        assert row.feasible and row.value("latency_ms_median") <= spec.latency_budget_ms
+        assert row.metrics["latency_ms_median"][2] == "measured"
+    points = [[r.value(n) for n, _ in OBJECTIVES] for r in outcome.front]
+    assert len(non_dominated(points, [d for _, d in OBJECTIVES])) == len(points)
+    infeasible = [r for r in outcome.rows if not r.feasible]
+    assert all(r not in outcome.front for r in infeasible)
+    assert outcome.best in outcome.front and outcome.hypervolume > 0
+    with pytest.raises(Exception, match="already exists"):
+        run_search(spec, tmp_path, storage_url=storage, report=lines.append)
+
+
+def test_a_failing_candidate_is_recorded_and_the_search_finishes(tmp_path):
+    profile = tmp_path / "broken-board.yaml"
+    profile.write_text(yaml.safe_dump({"name": "broken-board", "backend": "local",
+                                       "tvm_target": {"kind": "llvm", "mtriple": "no-such-arch-xyz"}}))
+    spec = SearchSpec(name="broken", trials=2, workers=2, target=str(profile), budget=TINY, space=FAST_SPACE)
+    outcome = run_search(spec, tmp_path, storage_url=default_storage(tmp_path), report=lambda line: None)
+    assert [r.state for r in outcome.rows] == ["FAIL", "FAIL"]
+    assert all(r.error.startswith("compile failed") for r in outcome.rows)
+    assert outcome.front == [] and outcome.best is None
+
+
+def _cli(runs, *args):
+    return [sys.executable, "-m", "search.cli", "--runs-dir", str(runs), *args]
+
+
+def _wait_for(predicate, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _complete(storage, name):
+    try:
+        return [t for t in optuna.load_study(study_name=name, storage=storage).trials if t.state.name == "COMPLETE"]
+    except KeyError:
+        return []
+
+
+def test_killed_driver_resumes_without_repeating_finished_trials(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "resumable", "trials": 5, "workers": 2, "budget": {"epochs": 2, "finetune_epochs": 1,
+                                                                   "prune_steps": 1, "timing_repeats": 5},
+        "space": {"precision": ["fp32", "int8-ptq"], "width": [0.25, 0.5]}}))
+    storage = default_storage(tmp_path)
+    driver = subprocess.Popen(_cli(tmp_path, "submit", "--spec", str(spec)), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _wait_for(lambda: len(_complete(storage, "resumable")) >= 2, 240, "two finished trials")
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started
+        driver.wait()
+    before = {t.number: t.values for t in _complete(storage, "resumable")}
+    assert 2 <= len(before) < 5
+    done = subprocess.run(_cli(tmp_path, "submit", "--name", "resumable", "--resume"), capture_output=True,
+                          text=True, timeout=400)
+    assert done.returncode == 0, done.stderr
+    study = load_study("resumable", storage)
+    complete = {t.number: t.values for t in study.trials if t.state.name == "COMPLETE"}
+    assert all(complete[n] == v for n, v in before.items())  # finished trials kept, not re-run
+    counted = [r for r in rows(study) if not study.trials[r.number].user_attrs.get("requeued")]
+    assert len(counted) == 5
+    requeued = [t for t in study.trials if t.user_attrs.get("requeued")]
+    for t in requeued:  # interrupted trials were re-run with the same knobs
+        assert any(o.params == t.params and o.state.name == "COMPLETE" for o in study.trials if o.number > t.number)
+    assert "feasible Pareto front" in done.stdout
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A real `ray start --head` cluster with token authentication, stopped at the end."""
+    import socket
+
+    def free_port():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
+    port, dash = free_port(), free_port()
+    subprocess.run([ray_bin, "start", "--head", "--num-cpus", "2", "--port", str(port), "--dashboard-host",
+                    "127.0.0.1", "--dashboard-port", str(dash), "--disable-usage-stats"],
+                   env=env, check=True, capture_output=True, timeout=120)
+    old = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "token"
+    try:
+        yield {"gcs": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "env": env}
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        if old is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+
+
+def test_search_on_an_existing_cluster(ray_head, tmp_path):
+    spec = SearchSpec(name="on-cluster", trials=2, workers=2, budget=TINY, space=FAST_SPACE)
+    outcome = run_search(spec, tmp_path, storage_url=default_storage(tmp_path), address=ray_head["gcs"],
+                         report=lambda line: None)
+    assert len(outcome.rows) == 2 and all(r.state == "COMPLETE" for r in outcome.rows)
+    too_many = SearchSpec(name="too-many", trials=1, workers=3, budget=TINY)
+    with pytest.raises(Exception, match="'workers' field .* at most the 2"):
+        run_search(too_many, tmp_path, storage_url=default_storage(tmp_path), address=ray_head["gcs"],
+                   report=lambda line: None)
+
+
+def test_detached_search_status_logs_stop_and_resume(ray_head, tmp_path):
+    env = ray_head["env"]
+    addr = ray_head["dashboard"]
+    run = lambda *a, **kw: subprocess.run(_cli(tmp_path, *a), capture_output=True, text=True, env=env, timeout=300)
+    sub = run("submit", "--name", "svc", "--trials", "6", "--workers", "1", "--epochs", "2", "--address", addr,
+              "--detach")
+    assert sub.returncode == 0, sub.stderr
+    assert "raysubmit_" in sub.stdout
+    storage = default_storage(tmp_path)
+    _wait_for(lambda: len(_complete(storage, "svc")) >= 1, 240, "the job's first trial")
+    status = run("status", "svc")
+    assert status.returncode == 0 and "Ray job raysubmit_" in status.stdout and "of 6 trials finished" in status.stdout
+    stop = run("stop", "svc")
+    assert stop.returncode == 0 and "--resume" in stop.stdout
+    _wait_for(lambda: "STOPPED" in run("status", "svc").stdout, 120, "the job to stop")
+    logs = run("logs", "svc")
+    assert logs.returncode == 0 and "trial" in logs.stdout
+    stopped_at = len(_complete(storage, "svc"))
+    resumed = run("submit", "--name", "svc", "--resume", "--address", ray_head["gcs"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert len([r for r in rows(load_study("svc", storage)) if r.state == "COMPLETE"]) >= max(stopped_at, 1)
+    assert "6 of 6" in run("status", "svc").stdout or "feasible Pareto front" in resumed.stdout

@@ -1,0 +1,54 @@
+import pytest
+
+from search.errors import ConfigError, DatasetError, ProfileError
+from search.spec import SearchSpace, SearchSpec, check_inputs, check_resources, load_spec_file
+
+
+def test_defaults_cover_all_four_knobs():
+    spec = SearchSpec(name="s")
+    assert set(spec.space.precision) == {"fp32", "fp16", "int8-ptq", "int8-qat"}
+    assert spec.space.sparsity == (0.0, 0.95) and spec.space.temperature == (1.0, 10.0)
+    assert spec.reference_point == (0.0, spec.latency_budget_ms, 1e7)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [({"trials": 0}, "'trials' field"), ({"trials": -3}, "'trials' field"), ({"workers": 0}, "'workers' field"),
+     ({"latency_budget_ms": 0}, "'latency_budget_ms' field"), ({"latency_budget_ms": -1.0}, "'latency_budget_ms'"),
+     ({"sampler": "grid"}, "'sampler' field"), ({"name": "../etc"}, "'name' field"), ({"name": "a\nb"}, "'name'"),
+     ({"space": {"precision": []}}, "'space.precision' field"),
+     ({"space": {"precision": ["int4"]}}, "'space.precision' field"),
+     ({"space": {"sparsity": [0.9, 0.1]}}, "'space.sparsity' field"),
+     ({"space": {"width": "wide"}}, "'space.width' field"),
+     ({"space": {"depth": [1, 2]}}, "Unknown field"), ({"colour": "red"}, "Unknown field"),
+     ({"budget": {"epochs": 0}}, "'epochs'")],
+)
+def test_invalid_specs_name_the_field(fields, message):
+    with pytest.raises(ConfigError, match=message):
+        SearchSpec.from_dict({"name": "s", **fields})
+
+
+def test_spec_files_yaml_and_toml(tmp_path):
+    y = tmp_path / "s.yaml"
+    y.write_text("name: y\ntrials: 3\nspace:\n  precision: [fp32, int8-ptq]\n  width: [0.5, 1.0]\n")
+    spec = SearchSpec.from_dict(load_spec_file(y))
+    assert spec.trials == 3 and spec.space.precision == ("fp32", "int8-ptq") and spec.space.width == (0.5, 1.0)
+    t = tmp_path / "s.toml"
+    t.write_text('name = "t"\nlatency_budget_ms = 0.2\n[budget]\nepochs = 2\n')
+    spec = SearchSpec.from_dict(load_spec_file(t))
+    assert spec.latency_budget_ms == 0.2 and spec.budget.epochs == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [oops\n")
+    with pytest.raises(ConfigError, match="cannot be parsed"):
+        load_spec_file(bad)
+
+
+def test_round_trip_and_inputs():
+    spec = SearchSpec(name="rt", space=SearchSpace(precision=("fp32",)))
+    assert SearchSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(ProfileError, match="Unknown target"):
+        check_inputs(SearchSpec(name="x", target="toaster"))
+    with pytest.raises(DatasetError, match="Unknown dataset"):
+        check_inputs(SearchSpec(name="x", dataset="imagenet"))
+    with pytest.raises(ConfigError, match="'workers' field .* at most the 2 available"):
+        check_resources(SearchSpec(name="x", workers=3), available_cpus=2)
