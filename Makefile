@@ -11,6 +11,7 @@ RUNS   ?= runs
 help:
 	@echo "make run       set up, then run a small real search on the built-in digits dataset"
 	@echo "make test      set up, then run the test suite (slow tests excluded)"
+	@echo "make ui        serve the MLflow UI for runs/ on http://127.0.0.1:5000"
 	@echo "make test-all  the whole test suite, slow tests included"
 	@echo "make clean     remove .venv and the contents of runs/"
 
@@ -28,6 +29,9 @@ setup: $(STAMP)
 run: setup
 	$(BIN)/edgesearch --runs-dir $(RUNS) submit --name demo-$(shell date +%Y%m%d-%H%M%S) --dataset digits \
 		--target host --latency-budget-ms 0.05 --trials 12 --workers 2 --epochs 10
+
+ui: setup
+	$(BIN)/edgesearch --runs-dir $(RUNS) ui
 
 test: setup
 	$(BIN)/python -m pytest -m "not slow" -q

@@ -152,10 +152,40 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(f"follow it with: edgesearch status {spec.name} | edgesearch logs {spec.name} | edgesearch stop {spec.name}")
         return 0
     _write_spec(args.runs_dir, spec)
+    tracking = None if args.no_mlflow else _tracking_uri(args)
     outcome = run_search(spec, args.runs_dir, storage_url=storage, resume=args.resume, address=args.address,
-                         report=lambda line: print(line, flush=True))
+                         report=lambda line: print(line, flush=True), tracking_uri=tracking)
     _print_outcome(outcome.rows, outcome.front, outcome.best, outcome.hypervolume, spec, storage)
+    if tracking:
+        print(f"MLflow: experiment {spec.name!r} in {tracking}; review it with 'make ui' "
+              f"(or 'edgesearch ui') and open the experiment's runs page")
     return 0
+
+
+def _tracking_uri(args: argparse.Namespace) -> str:
+    from search.tracking import default_tracking_uri
+
+    return args.tracking_uri or default_tracking_uri(args.runs_dir)
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from search.tracking import default_tracking_uri
+
+    uri = args.tracking_uri or default_tracking_uri(args.runs_dir)
+    if not uri.startswith("sqlite:"):
+        print(f"the tracking store is a server already: open {uri}")
+        return 0
+    Path(args.runs_dir).mkdir(parents=True, exist_ok=True)
+    url = f"http://{args.host}:{args.port}"
+    print(f"MLflow UI for {uri} at {url} (Ctrl-C to stop)", flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print("warning: the UI has no authentication; anyone who reaches this host and port can read and change "
+              "your runs", file=sys.stderr)
+    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", uri, "--host", args.host,
+               "--port", str(args.port), "--workers", "1"]
+    return subprocess.call(command)
 
 
 def _write_spec(runs_dir: Path, spec) -> None:
@@ -289,7 +319,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detach", action="store_true", help="submit the search as a Ray Job to --address "
                    "(the dashboard URL) and return at once with the job id")
     p.add_argument("--storage", help="Optuna RDB storage URL [default: sqlite:///RUNS/optuna.db]")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or "
+                   "sqlite:///RUNS/mlflow.db]")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("ui", help="start the MLflow UI on the local tracking store",
+                       description="Serve the MLflow UI for runs/mlflow.db on 127.0.0.1 (local only by default).")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind [default: 127.0.0.1, this machine only]")
+    p.add_argument("--port", type=int, default=5000, help="port [default: 5000]")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI [default: sqlite:///RUNS/mlflow.db]")
+    p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("status", help="progress and Pareto front of a search",
                        description="Show a running or finished search: trials, feasible front, best candidate.")

@@ -72,6 +72,40 @@ def start_ray(address: str | None, workers: int):
     return ray
 
 
+class _Tracking:
+    """Keeps MLflow in step with the study; a logging failure never stops the search.
+
+    Whatever could not be logged when its trial finished is logged by the next
+    successful sync (the next trial, or the end of the search).
+    """
+
+    def __init__(self, spec, study, uri, runs_dir, report):
+        from search.tracking import SearchTracker
+
+        self.study, self.report, self.pending = study, report, False
+        self.tracker = SearchTracker(spec, study, uri, runs_dir)
+        report(f"MLflow: experiment {spec.name!r} at {uri} (parent run {self.tracker.parent_id})")
+        self._sync()
+
+    def _sync(self, finished: bool = False) -> None:
+        try:
+            self.tracker.sync(rows(self.study), finished=finished)
+            self.pending = False
+        except Exception as exc:
+            self.pending = True
+            self.report(f"MLflow logging failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                        "will retry after the next trial")
+
+    def on_trial(self, study, row) -> None:
+        self._sync()
+
+    def finish(self, all_rows) -> None:
+        self._sync(finished=True)
+        if self.pending:
+            self.report("MLflow is still unreachable: every trial is in the Optuna storage; "
+                        "'edgesearch submit --name NAME --resume' logs the missing ones")
+
+
 def _cluster_cpus(ray) -> int:
     return int(ray.cluster_resources().get("CPU", 0))
 
@@ -87,13 +121,22 @@ def run_search(
     resume: bool = False,
     address: str | None = None,
     report: Reporter = print,
-    on_trial: Callable[[optuna.Study, Row], None] | None = None,
+    tracking_uri: str | None = None,
 ) -> SearchOutcome:
-    """Run (or resume) ``spec`` to ``spec.trials`` finished trials and return the front."""
+    """Run (or resume) ``spec`` to ``spec.trials`` finished trials and return the front.
+
+    With a ``tracking_uri`` every trial is logged to MLflow as it finishes; the
+    store is checked before any work starts.
+    """
     check_inputs(spec)
     if not address:
         check_resources(spec)
+    if tracking_uri:
+        from search.tracking import check_tracking
+
+        check_tracking(tracking_uri)
     study = create_study(spec, storage_url, resume)
+    tracker = _Tracking(spec, study, tracking_uri, runs_dir, report) if tracking_uri else None
     requeued = requeue_interrupted(study) if resume else 0
     if requeued:
         report(f"re-queued {requeued} trial(s) interrupted by the previous driver")
@@ -112,12 +155,14 @@ def run_search(
                 raise ConfigError(f"The 'workers' field of the search spec must be at most the {_cluster_cpus(ray)} "
                                   f"CPU(s) of the cluster at {address}. Got {spec.workers} instead.")
             task = ray.remote(num_cpus=THREADS_PER_WORKER, max_retries=0)(run_candidate)
-            _drive(ray, task, study, spec, runs_dir, remaining, report, on_trial)
+            _drive(ray, task, study, spec, runs_dir, remaining, report, tracker.on_trial if tracker else None)
         finally:
             if owns_ray:
                 ray.shutdown()
 
     all_rows = rows(study)
+    if tracker:
+        tracker.finish(all_rows)
     front = feasible_front(all_rows)
     return SearchOutcome(spec.name, storage_url, all_rows, front, best_within_budget(all_rows),
                          front_hypervolume(front, spec))
@@ -160,6 +205,8 @@ def _drive(ray, task, study, spec, runs_dir, remaining, report, on_trial) -> Non
             record_failure(study, trial, reason)
             finished += 1
             _report_failure(report, trial.number, reason, finished, remaining, started_all)
+            if on_trial:
+                on_trial(study, Row.from_trial(study._storage.get_trial(trial._trial_id)))
         else:
             record_result(study, trial, spec, result)
             finished += 1

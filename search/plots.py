@@ -1,0 +1,152 @@
+"""Pareto plots of a search, as PNG (matplotlib) and interactive HTML (plotly).
+
+One function computes what a plot shows; the two renderers only draw it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from search.spec import SearchSpec
+from search.study import Row, feasible_front, front_hypervolume
+
+AXES = {"latency_ms_median": "latency (ms, median)", "size_bytes": "size (bytes of weights)",
+        "energy_mj": "energy per inference (mJ)"}
+
+
+@dataclass(frozen=True)
+class ScatterInfo:
+    x_metric: str
+    x_label: str
+    points: list[tuple[float, float, bool, str]]  # x, accuracy, feasible, hover text
+    front: list[tuple[float, float]]
+    budget: float | None
+    provenance: str
+
+
+def _hover(r: Row) -> str:
+    k = r.knobs
+    return (f"trial {r.number}<br>{k['precision']} width {k['width']:g}<br>sparsity {k['sparsity']:g} "
+            f"({k['pruning']})<br>T {k['temperature']:g}, alpha {k['alpha']:g}")
+
+
+def scatter_info(all_rows: list[Row], front: list[Row], x_metric: str, spec: SearchSpec) -> ScatterInfo | None:
+    done = [r for r in all_rows if r.state == "COMPLETE" and x_metric in r.metrics]
+    if not done:
+        return None
+    points = [(r.value(x_metric), r.value("accuracy"), r.feasible, _hover(r)) for r in done]
+    line = sorted((r.value(x_metric), r.value("accuracy")) for r in front if x_metric in r.metrics)
+    provenance = ", ".join(sorted({r.metrics[x_metric][2] for r in done}))
+    return ScatterInfo(x_metric, AXES.get(x_metric, x_metric), points, line,
+                       spec.latency_budget_ms if x_metric == "latency_ms_median" else None, provenance)
+
+
+def hypervolume_history(all_rows: list[Row], spec: SearchSpec) -> list[tuple[int, float]]:
+    ordered = sorted(all_rows, key=lambda r: r.number)
+    return [(i + 1, front_hypervolume(feasible_front(ordered[: i + 1]), spec)) for i in range(len(ordered))]
+
+
+def _png(info: ScatterInfo, path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for feasible, style in ((True, dict(c="tab:blue", marker="o", label="feasible")),
+                            (False, dict(c="tab:gray", marker="x", label="infeasible (over budget)"))):
+        pts = [(x, y) for x, y, f, _ in info.points if f == feasible]
+        if pts:
+            ax.scatter(*zip(*pts), **style)
+    if info.front:
+        ax.step(*zip(*info.front), where="post", color="tab:red", marker="o", mfc="none", ms=10,
+                label="feasible Pareto front")
+    if info.budget is not None:
+        ax.axvline(info.budget, color="tab:orange", linestyle="--", label=f"latency budget {info.budget:g} ms")
+    ax.set_xlabel(f"{info.x_label} [{info.provenance}]")
+    ax.set_ylabel("accuracy (validation, compiled artifact)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _html(info: ScatterInfo, path: Path, title: str) -> Path:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for feasible, name, symbol in ((True, "feasible", "circle"), (False, "infeasible (over budget)", "x")):
+        pts = [p for p in info.points if p[2] == feasible]
+        if pts:
+            fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers", name=name,
+                                     marker_symbol=symbol, text=[p[3] for p in pts], hoverinfo="text+x+y"))
+    if info.front:
+        fig.add_trace(go.Scatter(x=[p[0] for p in info.front], y=[p[1] for p in info.front], mode="lines",
+                                 line_shape="hv", name="feasible Pareto front"))
+    if info.budget is not None:
+        fig.add_vline(x=info.budget, line_dash="dash", annotation_text=f"budget {info.budget:g} ms")
+    fig.update_layout(title=title, xaxis_title=f"{info.x_label} [{info.provenance}]",
+                      yaxis_title="accuracy (validation, compiled artifact)")
+    fig.write_html(str(path), include_plotlyjs=True, full_html=True)
+    return path
+
+
+def pareto_figures(all_rows: list[Row], front: list[Row], spec: SearchSpec, out_dir: Path) -> list[Path]:
+    """Every plot of the parent run, written to ``out_dir``."""
+    out = []
+    for metric in ("latency_ms_median", "size_bytes", "energy_mj"):
+        info = scatter_info(all_rows, front, metric, spec)
+        if info is None:
+            continue
+        stem = f"pareto_accuracy_vs_{metric.split('_')[0]}"
+        title = f"{spec.name}: accuracy vs {metric.split('_')[0]} on {spec.target}"
+        out += [_png(info, out_dir / f"{stem}.png", title), _html(info, out_dir / f"{stem}.html", title)]
+    history = hypervolume_history(all_rows, spec)
+    if history:
+        out.append(_hypervolume_png(history, out_dir / "hypervolume.png", spec))
+    parallel = _parallel_html(all_rows, out_dir / "knobs_to_objectives.html")
+    if parallel:
+        out.append(parallel)
+    return out
+
+
+def _hypervolume_png(history, path: Path, spec: SearchSpec) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    ax.plot(*zip(*history), marker=".")
+    ax.set_xlabel("finished trials")
+    ax.set_ylabel("hypervolume of the feasible front")
+    ax.set_title(f"{spec.name}: hypervolume (ref {list(spec.reference_point)})", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _parallel_html(all_rows: list[Row], path: Path) -> Path | None:
+    import plotly.graph_objects as go
+
+    done = [r for r in all_rows if r.state == "COMPLETE"]
+    if not done:
+        return None
+    precisions = sorted({r.knobs["precision"] for r in done})
+    dims = [dict(label="precision", values=[precisions.index(r.knobs["precision"]) for r in done],
+                 tickvals=list(range(len(precisions))), ticktext=precisions)]
+    dims += [dict(label=k, values=[float(r.knobs[k]) for r in done]) for k in ("width", "sparsity", "temperature",
+                                                                                  "alpha")]
+    dims += [dict(label=m, values=[r.value(m) for r in done]) for m in ("accuracy", "latency_ms_median",
+                                                                          "size_bytes")]
+    fig = go.Figure(go.Parcoords(line=dict(color=[r.value("accuracy") for r in done], colorscale="Viridis",
+                                           showscale=True), dimensions=dims))
+    fig.update_layout(title="knobs -> objectives (colour: accuracy)")
+    fig.write_html(str(path), include_plotlyjs=True, full_html=True)
+    return path

@@ -1,0 +1,198 @@
+"""MLflow logging: one experiment per search, a parent run, one nested run per candidate.
+
+Only the driver talks to MLflow. Each finished trial is logged as it lands; the
+parent run's front, plots and hypervolume are refreshed after every trial, and
+the ``on_pareto_front`` tags follow the front as it changes. On resume, trials
+already in the Optuna storage but missing in MLflow are logged first, so the two
+stores agree.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from objectives.pareto import OBJECTIVES
+from search.errors import ConfigError
+from search.spec import SearchSpec
+from search.study import Row, best_within_budget, feasible_front, front_hypervolume
+
+PARENT_ATTR = "mlflow_parent_run_id"
+TRIAL_TAG = "edgesearch.trial"
+
+
+def default_tracking_uri(runs_dir: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(runs_dir).resolve() / 'mlflow.db'}"
+
+
+def _artifact_root(runs_dir: Path) -> str:
+    return (Path(runs_dir).resolve() / "mlartifacts").as_uri()
+
+
+def check_tracking(uri: str) -> None:
+    """Fail before any training if the tracking server cannot be reached."""
+    from mlflow.tracking import MlflowClient
+
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    if uri.startswith(("http://", "https://")):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"Cannot reach the MLflow tracking store at {uri}: {first}. Start the server or pass "
+                          "another --tracking-uri; nothing was run.") from exc
+
+
+class SearchTracker:
+    """Logs a search to MLflow; safe to create again on resume."""
+
+    def __init__(self, spec: SearchSpec, study, tracking_uri: str, runs_dir: Path):
+        from mlflow.tracking import MlflowClient
+
+        self.spec = spec
+        self.study = study
+        self.uri = tracking_uri
+        self.client = MlflowClient(tracking_uri)
+        self.experiment_id = self._experiment(runs_dir)
+        self.parent_id = self._parent_run()
+        self.children: dict[int, str] = self._existing_children()
+        self.on_front: dict[int, bool] = {}
+
+    def _experiment(self, runs_dir: Path) -> str:
+        exp = self.client.get_experiment_by_name(self.spec.name)
+        if exp is not None:
+            return exp.experiment_id
+        kwargs = {}
+        if self.uri.startswith("sqlite:"):
+            kwargs["artifact_location"] = f"{_artifact_root(runs_dir)}/{self.spec.name}"
+        return self.client.create_experiment(
+            self.spec.name, tags={"mlflow.experimentKind": "custom_model_development", "edgesearch.search": "true"},
+            **kwargs,
+        )
+
+    def _parent_run(self) -> str:
+        run_id = self.study.user_attrs.get(PARENT_ATTR)
+        if run_id:
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(self.experiment_id, run_name=f"search {self.spec.name}",
+                                     tags={"edgesearch.role": "search", "target": self.spec.target,
+                                           "dataset": self.spec.dataset})
+        params = _flatten(self.spec.to_dict())
+        for key, value in params.items():
+            self.client.log_param(run.info.run_id, key, str(value)[:500])
+        self.client.log_dict(run.info.run_id, self.spec.to_dict(), "spec.json")
+        self._log_profile(run.info.run_id)
+        self.study.set_user_attr(PARENT_ATTR, run.info.run_id)
+        return run.info.run_id
+
+    def _log_profile(self, run_id: str) -> None:
+        from hardware_targets import load_profile
+
+        profile = load_profile(self.spec.target)
+        self.client.log_artifact(run_id, profile.source, "target_profile")
+
+    def _existing_children(self) -> dict[int, str]:
+        runs = self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.parent_id}'",
+                                       max_results=5000)
+        return {int(r.data.tags[TRIAL_TAG]): r.info.run_id for r in runs if TRIAL_TAG in r.data.tags}
+
+    def log_trial(self, row: Row) -> None:
+        """One nested run for one finished trial: knobs, metrics with provenance, tags, ONNX model."""
+        if row.number in self.children:
+            return
+        tags = {"mlflow.parentRunId": self.parent_id, TRIAL_TAG: str(row.number), "target": self.spec.target,
+                "state": row.state, "feasible": str(row.feasible).lower(), "on_pareto_front": "false"}
+        trial = self.study._storage.get_trial(self.study._storage.get_trial_id_from_study_id_trial_number(
+            self.study._study_id, row.number))
+        if row.state == "FAIL":
+            tags["failure_reason"] = (row.error or "unknown")[:5000]
+        else:
+            tags["provenance"] = str(trial.user_attrs.get("provenance"))
+        run = self.client.create_run(self.experiment_id, run_name=f"trial {row.number}", tags=tags)
+        run_id = run.info.run_id
+        for key, value in (row.knobs or {}).items():
+            self.client.log_param(run_id, key, str(value))
+        from mlflow.entities import Metric as MlflowMetric
+        import time
+
+        now = int(time.time() * 1000)
+        metrics = [MlflowMetric(name, float(value), now, 0) for name, (value, _, _) in row.metrics.items()]
+        for stage, seconds in (trial.user_attrs.get("stage_seconds") or {}).items():
+            metrics.append(MlflowMetric(f"seconds_{stage}", float(seconds), now, 0))
+        if metrics:
+            self.client.log_batch(run_id, metrics=metrics)
+        provenance = {name: prov for name, (_, _, prov) in row.metrics.items()}
+        if provenance:
+            self.client.log_dict(run_id, {"metrics": {n: {"value": v, "unit": u, "provenance": p}
+                                                      for n, (v, u, p) in row.metrics.items()}},
+                                 "metrics_with_provenance.json")
+        onnx = (trial.user_attrs.get("artifacts") or {}).get("onnx")
+        if onnx and Path(onnx).is_file():
+            self.client.log_artifact(run_id, onnx, "model")
+        self.client.set_terminated(run_id, "FINISHED" if row.state == "COMPLETE" else "FAILED")
+        self.children[row.number] = run_id
+
+    def update_front(self, all_rows: list[Row], finished: bool = False) -> None:
+        """Refresh the front-dependent tags, the parent's metrics, table and plots."""
+        front = feasible_front(all_rows)
+        members = {r.number for r in front}
+        for number, run_id in self.children.items():
+            now = number in members
+            if self.on_front.get(number) != now:
+                self.client.set_tag(run_id, "on_pareto_front", str(now).lower())
+                self.on_front[number] = now
+        hv = front_hypervolume(front, self.spec)
+        step = len(all_rows)
+        self.client.log_metric(self.parent_id, "hypervolume", hv, step=step)
+        self.client.log_metric(self.parent_id, "trials_finished", step, step=step)
+        self.client.log_metric(self.parent_id, "front_size", len(front), step=step)
+        best = best_within_budget(all_rows)
+        if best is not None:
+            for name, _ in OBJECTIVES:
+                self.client.log_metric(self.parent_id, f"best_{name}", best.value(name), step=step)
+            self.client.set_tag(self.parent_id, "best_trial", str(best.number))
+        self.client.log_dict(self.parent_id, [_row_dict(r) for r in front], "pareto_front.json")
+        self._log_plots(all_rows, front)
+        if finished:
+            self.client.set_terminated(self.parent_id, "FINISHED")
+
+    def _log_plots(self, all_rows: list[Row], front: list[Row]) -> None:
+        from search.plots import pareto_figures
+
+        with tempfile.TemporaryDirectory() as tmp:
+            for path in pareto_figures(all_rows, front, self.spec, Path(tmp)):
+                self.client.log_artifact(self.parent_id, str(path), "plots")
+
+    def sync(self, all_rows: list[Row], finished: bool = False) -> None:
+        for row in all_rows:
+            self.log_trial(row)
+        self.update_front(all_rows, finished)
+
+    def fail(self) -> None:
+        self.client.set_terminated(self.parent_id, "FAILED")
+
+    @property
+    def experiment_url_path(self) -> str:
+        return f"#/experiments/{self.experiment_id}/runs"
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = json.dumps(v) if isinstance(v, (list, tuple)) else v
+    return out
+
+
+def _row_dict(r: Row) -> dict:
+    return {"trial": r.number, **r.knobs, **{n: {"value": v, "unit": u, "provenance": p}
+                                             for n, (v, u, p) in r.metrics.items()}}

@@ -1,0 +1,98 @@
+"""MLflow: a real tracking store after a real tiny search, and a real server that is down."""
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from objectives.pareto import OBJECTIVES, non_dominated
+from search.candidate import Budget
+from search.errors import ConfigError
+from search.spec import SearchSpace, SearchSpec
+from search.study import default_storage
+from search.tracking import default_tracking_uri
+from search.workers import run_search
+
+TINY = Budget(epochs=2, finetune_epochs=1, prune_steps=1, tuning_trials=0, timing_repeats=5)
+
+
+@pytest.fixture(scope="module")
+def tracked_search(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("tracked")
+    spec = SearchSpec(name="tracked", trials=4, workers=2, latency_budget_ms=0.05, budget=TINY,
+                      space=SearchSpace(precision=("fp32", "fp16", "int8-ptq"), width=(0.25, 1.0)))
+    uri = default_tracking_uri(runs)
+    outcome = run_search(spec, runs, storage_url=default_storage(runs), tracking_uri=uri, report=lambda line: None)
+    return spec, outcome, MlflowClient(uri), runs
+
+
+def test_parent_and_children_match_the_study(tracked_search):
+    spec, outcome, client, _ = tracked_search
+    exp = client.get_experiment_by_name("tracked")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == len(outcome.rows) == 4
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["latency_budget_ms"] == "0.05" and parent.data.params["trials"] == "4"
+    assert "hypervolume" in parent.data.metrics
+    history = client.get_metric_history(parent.info.run_id, "hypervolume")
+    assert len(history) >= 4  # refreshed as trials finished, not only at the end
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert set(child.data.params) >= {"precision", "sparsity", "pruning", "temperature", "alpha", "width"}
+        assert {"accuracy", "latency_ms_median", "latency_ms_p90", "size_bytes", "peak_activation_bytes",
+                "seconds_train", "seconds_compile"} <= set(child.data.metrics)
+        assert child.data.tags["provenance"] == "measured" and child.data.tags["target"] == "host"
+        assert child.data.tags["feasible"] in ("true", "false")
+        names = [a.path for a in client.list_artifacts(child.info.run_id, "model")]
+        assert names == ["model/model.onnx"]
+        prov = client.download_artifacts(child.info.run_id, "metrics_with_provenance.json")
+        assert json.loads(Path(prov).read_text())["metrics"]["peak_activation_bytes"]["provenance"] == "estimated"
+
+
+def test_on_pareto_front_tags_equal_the_recomputed_front(tracked_search):
+    spec, outcome, client, _ = tracked_search
+    exp = client.get_experiment_by_name("tracked")
+    children = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    feasible = [r for r in children if r.data.tags["feasible"] == "true"]
+    for r in feasible:
+        assert r.data.metrics["latency_ms_median"] <= spec.latency_budget_ms
+    points = [[r.data.metrics[n] for n, _ in OBJECTIVES] for r in feasible]
+    expected = {feasible[i].info.run_id for i in non_dominated(points, [d for _, d in OBJECTIVES])} if feasible else set()
+    tagged = {r.info.run_id for r in children if r.data.tags["on_pareto_front"] == "true"}
+    assert tagged == expected
+
+
+def test_plots_are_valid_images_and_html(tracked_search):
+    _, _, client, _ = tracked_search
+    exp = client.get_experiment_by_name("tracked")
+    parent = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags][0]
+    folder = Path(client.download_artifacts(parent.info.run_id, "plots"))
+    for name in ("pareto_accuracy_vs_latency", "pareto_accuracy_vs_size"):
+        assert (folder / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        html = (folder / f"{name}.html").read_text()
+        assert "<html" in html and "plotly" in html.lower() and "trial" in html
+    assert (folder / "hypervolume.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Parcoords" in (folder / "knobs_to_objectives.html").read_text() or "parcoords" in \
+        (folder / "knobs_to_objectives.html").read_text()
+    table = json.loads(Path(client.download_artifacts(parent.info.run_id, "pareto_front.json")).read_text())
+    assert all(row["latency_ms_median"]["provenance"] == "measured" for row in table)
+
+
+def test_unreachable_tracking_server_fails_before_any_work(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    spec = SearchSpec(name="nowhere", trials=1, workers=1, budget=TINY)
+    with pytest.raises(ConfigError, match="Cannot reach the MLflow tracking store"):
+        run_search(spec, tmp_path, storage_url=default_storage(tmp_path), tracking_uri=f"http://127.0.0.1:{port}",
+                   report=lambda line: None)
+    assert not (tmp_path / "candidates").exists()  # nothing trained
+    import optuna
+
+    assert "nowhere" not in [s.study_name for s in optuna.get_all_study_summaries(default_storage(tmp_path))]
