@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha256sum | cut -c1-12)
 RUNS   ?= runs
 
-.PHONY: setup run test test-all ui bench clean help
+.PHONY: setup browser run test test-all ui clean help
 
 help:
 	@echo "make run       set up, then run a small real search on the built-in digits dataset"
@@ -33,10 +33,16 @@ run: setup
 ui: setup
 	$(BIN)/edgesearch --runs-dir $(RUNS) ui
 
-test: setup
+# The UI test drives a real headless Chromium, from Debian's packages.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "warning: could not install Debian's chromium; the MLflow UI browser test will fail"
+
+test: setup browser
 	$(BIN)/python -m pytest -m "not slow" -q
 
-test-all: setup
+test-all: setup browser
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -6,13 +6,16 @@ __all__ = ["TargetProfile", "available_profiles", "get_backend", "load_profile"]
 
 
 def get_backend(profile: TargetProfile):
-    """The measurement backend a profile asks for; heavy modules load only when chosen."""
-    from search.errors import ProfileError
-
+    """The backend a profile asks for; each module loads only when chosen."""
     if profile.backend == "local":
         from hardware_targets.backends.local import LocalBackend
 
-        return LocalBackend()
-    raise ProfileError(
-        f"{profile.source}: backend {profile.backend!r} is not available yet; use a profile with backend 'local'."
-    )
+        return LocalBackend(profile)
+    if profile.backend == "remote":
+        from hardware_targets.backends.remote import RemoteBackend
+
+        return RemoteBackend(profile)
+    from hardware_targets.backends.emulated import EmulatedBackend
+    from hardware_targets.calibration import load_calibration
+
+    return EmulatedBackend(profile, load_calibration(profile))

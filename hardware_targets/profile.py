@@ -5,6 +5,7 @@ Adding a device means adding ``profiles/<name>.yaml``; nothing in code names a d
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from search.errors import ProfileError
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 BACKENDS = ("local", "remote", "emulated")
+PRECISION_KEYS = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)
@@ -25,10 +27,35 @@ class TargetProfile:
     description: str = ""
     cores: int | None = None
     clock_mhz: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # device figures the backend may use
+    peak_macs_per_cycle: dict[str, float] | None = None  # per core, per precision; 0 = unsupported
+    efficiency: dict[str, float] | None = None  # achieved / peak, per precision
+    memory_bandwidth_gbps: float | None = None
+    op_overhead_us: float | None = None
+    call_overhead_us: float | None = None
+    sram_bytes: int | None = None
+    flash_bytes: int | None = None
+    runtime_ram_overhead_bytes: int | None = None
+    power_active_mw: float | None = None
+    power_idle_mw: float | None = None
+    energy_pj_per_mac: dict[str, float] | None = None
+    energy_pj_per_byte: float | None = None
+    unstructured_sparsity_speedup: bool = False  # True only where kernels skip zeros
+    rpc: dict[str, Any] | None = None  # remote backend: host, port, or tracker + key
+    cross_compiler: str | None = None  # e.g. aarch64-linux-gnu-gcc, for exporting the library
     source: str = ""  # the file it came from
 
+    def supports(self, precision: str) -> bool:
+        """Whether the device has arithmetic for a candidate precision (int8-ptq / int8-qat -> int8)."""
+        if not self.peak_macs_per_cycle:
+            return True
+        return self.peak_macs_per_cycle.get(arithmetic(precision), 0) > 0
 
+
+def arithmetic(precision: str) -> str:
+    return "int8" if precision.startswith("int8") else precision
+
+
+_NUM = (int, float)
 # field -> (accepted types, required)
 _SCHEMA: dict[str, tuple[tuple[type, ...], bool]] = {
     "name": ((str,), True),
@@ -36,8 +63,25 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], bool]] = {
     "tvm_target": ((dict,), True),
     "description": ((str,), False),
     "cores": ((int,), False),
-    "clock_mhz": ((int, float), False),
+    "clock_mhz": (_NUM, False),
+    "peak_macs_per_cycle": ((dict,), False),
+    "efficiency": ((dict,), False),
+    "memory_bandwidth_gbps": (_NUM, False),
+    "op_overhead_us": (_NUM, False),
+    "call_overhead_us": (_NUM, False),
+    "sram_bytes": ((int,), False),
+    "flash_bytes": ((int,), False),
+    "runtime_ram_overhead_bytes": ((int,), False),
+    "power_active_mw": (_NUM, False),
+    "power_idle_mw": (_NUM, False),
+    "energy_pj_per_mac": ((dict,), False),
+    "energy_pj_per_byte": (_NUM, False),
+    "unstructured_sparsity_speedup": ((bool,), False),
+    "rpc": ((dict,), False),
+    "cross_compiler": ((str,), False),
 }
+_PER_PRECISION = ("peak_macs_per_cycle", "efficiency", "energy_pj_per_mac")
+_EMULATOR_NEEDS = ("clock_mhz", "peak_macs_per_cycle", "efficiency", "power_active_mw")
 
 
 def available_profiles(directory: Path = PROFILE_DIR) -> list[str]:
@@ -63,24 +107,45 @@ def load_profile(name_or_path: str | Path, directory: Path = PROFILE_DIR) -> Tar
     return _validate(data, path)
 
 
+def _type_names(types: tuple[type, ...]) -> str:
+    return "a number" if types == _NUM else " or ".join(t.__name__ for t in types)
+
+
 def _validate(data: Any, path: Path) -> TargetProfile:
     if not isinstance(data, dict):
         raise ProfileError(f"{path}: a profile must be a YAML mapping of fields; got {type(data).__name__}.")
+    unknown = sorted(set(data) - set(_SCHEMA))
+    if unknown:
+        raise ProfileError(f"{path}: unknown field(s) {unknown}; known fields: {sorted(_SCHEMA)}.")
     for key, (types, required) in _SCHEMA.items():
         value = data.get(key)
         if value is None:
             if required:
-                raise ProfileError(f"{path}: field '{key}' is required ({' or '.join(t.__name__ for t in types)}).")
+                raise ProfileError(f"{path}: field '{key}' is required ({_type_names(types)}).")
             continue
-        if not isinstance(value, types) or isinstance(value, bool):
-            raise ProfileError(
-                f"{path}: field '{key}' must be {' or '.join(t.__name__ for t in types)}; "
-                f"got {type(value).__name__} {value!r}."
-            )
+        bad_bool = isinstance(value, bool) and bool not in types
+        if not isinstance(value, types) or bad_bool:
+            raise ProfileError(f"{path}: field '{key}' must be {_type_names(types)}; "
+                               f"got {type(value).__name__} {value!r}.")
+        if isinstance(value, _NUM) and not isinstance(value, bool) and value < 0:
+            raise ProfileError(f"{path}: field '{key}' must be >= 0; got {value!r}.")
+    for key in _PER_PRECISION:
+        value = data.get(key)
+        if value is None:
+            continue
+        for p in PRECISION_KEYS:
+            v = value.get(p)
+            if not isinstance(v, _NUM) or isinstance(v, bool) or v < 0:
+                raise ProfileError(f"{path}: field '{key}.{p}' must be a number >= 0 (0 = unsupported); got {v!r}.")
     if data["backend"] not in BACKENDS:
         raise ProfileError(f"{path}: field 'backend' must be one of {list(BACKENDS)}; got {data['backend']!r}.")
     if "kind" not in data["tvm_target"]:
         raise ProfileError(f"{path}: field 'tvm_target' must have a 'kind' (e.g. llvm).")
-    known = {k: data[k] for k in _SCHEMA if k in data}
-    extra = {k: v for k, v in data.items() if k not in _SCHEMA}
-    return TargetProfile(**known, extra=extra, source=str(path))
+    if data["backend"] == "emulated":
+        missing = [k for k in _EMULATOR_NEEDS if data.get(k) is None]
+        if missing:
+            raise ProfileError(f"{path}: an emulated profile needs field(s) {missing}.")
+    if data["backend"] == "remote" and not (data.get("rpc") or {}).get("port"):
+        raise ProfileError(f"{path}: a remote profile needs 'rpc' with host and port (or tracker) of the device.")
+    names = {f.name for f in dataclasses.fields(TargetProfile)}
+    return TargetProfile(**{k: v for k, v in data.items() if k in names}, source=str(path))

@@ -11,6 +11,7 @@ OBJECTIVES: tuple[tuple[str, str], ...] = (
     ("accuracy", "maximize"),
     ("latency_ms_median", "minimize"),
     ("size_bytes", "minimize"),
+    ("energy_mj", "minimize"),
 )
 
 

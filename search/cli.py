@@ -21,7 +21,7 @@ def _print_result(result) -> None:
     print(f"\ncandidate  {c.key()}  on {result.target} ({result.info['provenance']}), dataset {result.dataset}")
     print(f"{'metric':<28}{'value':>14}  {'unit':<9}provenance")
     for name, m in result.metrics.items():
-        value = f"{m.value:.4f}" if m.unit in ("ms", "fraction") else f"{m.value:,.0f}"
+        value = f"{m.value:,.0f}" if m.unit in ("bytes", "count") else f"{m.value:.4g}"
         print(f"{name:<28}{value:>14}  {m.unit:<9}{m.provenance}")
     t = result.info["tuning"]
     print(f"tuning: {t['tasks']} tasks, {t['tuned']} tuned now, {t['reused']} reused from records ({t['seconds']} s)")
@@ -63,11 +63,33 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_targets(args: argparse.Namespace) -> int:
     from hardware_targets import available_profiles, load_profile
 
-    print(f"{'target':<24}{'backend':<10}{'tvm target':<48}description")
+    def num(v, scale=1.0, fmt="{:g}"):
+        return "-" if v is None else fmt.format(v / scale)
+
+    print(f"{'target':<22}{'backend':<10}{'MHz':>6}{'cores':>6}  {'peak MAC/cycle fp32/fp16/int8':<30}"
+          f"{'RAM KiB':>10}{'flash KiB':>11}{'power mW':>10}  provenance")
     for name in available_profiles():
         p = load_profile(name)
-        target = json.dumps(p.tvm_target, separators=(",", ":"))
-        print(f"{p.name:<24}{p.backend:<10}{target:<48}{p.description}")
+        peak = "/".join(num(p.peak_macs_per_cycle.get(k)) for k in ("fp32", "fp16", "int8")) \
+            if p.peak_macs_per_cycle else "-"
+        provenance = {"local": "measured", "remote": "measured (RPC)", "emulated": "emulated"}[p.backend]
+        print(f"{p.name:<22}{p.backend:<10}{num(p.clock_mhz):>6}{num(p.cores):>6}  {peak:<30}"
+              f"{num(p.sram_bytes, 1024, '{:,.0f}'):>10}{num(p.flash_bytes, 1024, '{:,.0f}'):>11}"
+              f"{num(p.power_active_mw):>10}  {provenance}")
+    print("\nsources of every figure: the comments in hardware_targets/profiles/*.yaml")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from hardware_targets import load_profile
+    from hardware_targets.calibration import calibrate_host
+
+    report = calibrate_host(load_profile(args.target), args.runs_dir, candidates=args.candidates, seed=args.seed,
+                            progress=lambda line: print(line, flush=True))
+    print(f"emulator vs measured on {args.target}, held-out candidates: median absolute error "
+          f"{report['mape_uncalibrated']:.1f}% uncalibrated -> {report['mape_calibrated']:.1f}% calibrated "
+          f"({report['train']} fitted, {report['held_out']} held out)")
+    print(f"fitted factors written to {report['path']}")
     return 0
 
 
@@ -247,6 +269,36 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from search.export import Pick, export_search
+
+    min_accuracy = None
+    if args.pick and args.pick[0] == "fastest-above-accuracy":
+        if len(args.pick) != 2:
+            from search.errors import ConfigError
+
+            raise ConfigError("--pick fastest-above-accuracy needs a threshold, e.g. 0.95.")
+        min_accuracy = float(args.pick[1])
+    elif args.pick and (args.pick[0] != "best-accuracy-within-budget" or len(args.pick) != 1):
+        from search.errors import ConfigError
+
+        raise ConfigError(f"--pick must be 'best-accuracy-within-budget' or 'fastest-above-accuracy X'; "
+                          f"got {' '.join(args.pick)!r}.")
+    print(f"exporting from search {args.search!r} ...", flush=True)
+    card = export_search(args.search, args.out, storage_url=_storage_url(args), runs_dir=args.runs_dir,
+                         pick=Pick(args.trial, min_accuracy, args.force), target=args.target,
+                         tracking_uri=None if args.no_mlflow else _tracking_uri(args), overwrite=args.overwrite)
+    v = card["verification"]
+    print(f"exported trial {card['trial']} ({card['why']}) for {card['target_profile']} to {Path(args.out).resolve()}")
+    print(f"verified: test accuracy onnxruntime {v['onnxruntime_test_accuracy']:.4f}, TVM {v['tvm_host_test_accuracy']:.4f} "
+          f"(as recorded); library {v['library_architecture']}")
+    for name, m in card["metrics"].items():
+        print(f"  {name:<28}{m['value']:>14.6g} {m['unit']:<9}{m['provenance']}")
+    if card.get("registered_version"):
+        print(f"registered as MLflow model 'edgesearch-{card['search']}' version {card['registered_version']}")
+    return 0
+
+
 def _add_candidate_options(p: argparse.ArgumentParser) -> None:
     from search.candidate import PRECISIONS, PRUNING_MODES
 
@@ -290,6 +342,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("targets", help="list the target profiles", description="List the shipped target profiles.")
     p.set_defaults(func=cmd_targets)
+
+    p = sub.add_parser("calibrate", help="fit the emulator's factors against real host measurements",
+                       description="Evaluate a spread of candidates on a measured target, fit the emulator's "
+                                   "efficiency and overhead factors on two thirds and report its median absolute "
+                                   "percentage error on the rest.")
+    p.add_argument("--target", default="host", help="a measured target (backend local) [default: host]")
+    p.add_argument("--candidates", type=int, default=12, help="candidates to measure [default: 12]")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser(
         "submit", help="run a multi-objective search (or submit it to a Ray cluster)",
@@ -340,6 +401,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list the stored searches", description="List the searches in the storage.")
     p.add_argument("--storage", help="Optuna RDB storage URL [default: sqlite:///RUNS/optuna.db]")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("export", help="export a search's winner for deployment",
+                       description="Copy the measured ONNX of the chosen candidate, build the TVM library for the "
+                                   "target, write a model card with every figure and its provenance, verify that the "
+                                   "artifacts reproduce the recorded test accuracy, and register the model in MLflow.")
+    p.add_argument("--search", required=True, help="name of a finished (or running) search")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--trial", type=int, help="export this trial (must be on the feasible front unless --force)")
+    group.add_argument("--pick", nargs="+", metavar="RULE", help="best-accuracy-within-budget (default) or "
+                       "fastest-above-accuracy X")
+    p.add_argument("--out", type=Path, required=True, help="directory to write (must be new or empty)")
+    p.add_argument("--target", help="target profile to build the library for [default: the search's target]")
+    p.add_argument("--force", action="store_true", help="allow a --trial that is not on the feasible front")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out directory")
+    p.add_argument("--storage", help="Optuna RDB storage URL [default: sqlite:///RUNS/optuna.db]")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI [default: sqlite:///RUNS/mlflow.db]")
+    p.add_argument("--no-mlflow", action="store_true", help="do not look up the run nor register the model")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("logs", help="logs of a detached search (Ray job)")
     p.add_argument("name")

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from hardware_targets import TargetProfile, get_backend
+from hardware_targets import TargetProfile, get_backend, load_profile
 from hardware_targets.backends.local import time_onnxruntime
 from objectives.accuracy import accuracy, predict_onnx, predict_tvm
 from objectives.memory import peak_activation_bytes
@@ -124,20 +124,23 @@ def evaluate_candidate(
     with stage("export", f"exporting ONNX ({candidate.precision})"):
         export_onnx(model, candidate, dataset, onnx_path)
 
+    # Accuracy always runs the compiled artifact here, on the host; a local target is the host itself.
     trials = candidate.budget.tuning_trials
-    with stage("compile", f"compiling with TVM for {profile.name}" + (f", tuning {trials} trials" if trials else "")):
+    host_target = profile.tvm_target if profile.backend == "local" else load_profile("host").tvm_target
+    with stage("compile", "compiling with TVM for this machine" + (f", tuning {trials} trials" if trials else "")):
         artifact = compile_tvm(
-            onnx_path, profile.tvm_target, out_dir / "model.so", (1, *dataset.sample_shape), dtype.name,
+            onnx_path, host_target, out_dir / "model.so", (1, *dataset.sample_shape), dtype.name,
             tuning_trials=trials, cache_dir=paths.tuning, seed=candidate.seed,
         )
 
     backend = get_backend(profile)
     sample = dataset.x_val[:1].astype(dtype)
     repeats = candidate.budget.timing_repeats
-    with stage("measure", f"timing on {profile.name} ({backend.provenance})"):
-        metrics = dict(backend.measure_latency(artifact, sample, repeats))
-        session = ort_session(onnx_path, threads)
-        metrics.update(time_onnxruntime(session, sample, repeats))
+    session = ort_session(onnx_path, threads)
+    with stage("measure", f"latency on {profile.name} ({backend.provenance})"):
+        metrics = dict(backend.measure(artifact, onnx_path, candidate.precision, sample, repeats))
+        if profile.backend == "local":
+            metrics.update(time_onnxruntime(session, sample, repeats))
 
     with stage("accuracy", "accuracy of the compiled artifact (validation and test splits)"):
         metrics["accuracy"] = Metric(accuracy(predict_tvm(artifact.library, dataset.x_val, dtype.name), dataset.y_val),
@@ -148,11 +151,14 @@ def evaluate_candidate(
             accuracy(predict_onnx(session, dataset.x_test, dtype.name), dataset.y_test), "fraction", "measured")
 
     weights = weight_bytes(onnx_path)
+    peak = peak_activation_bytes(onnx_path)
     metrics.update({
         "size_bytes": Metric(float(weights["weight_bytes"]), "bytes", "measured"),
+        "flash_bytes": Metric(float(weights["weight_bytes"]), "bytes", "measured"),
+        "ram_bytes": Metric(float(peak + (profile.runtime_ram_overhead_bytes or 0)), "bytes", "estimated"),
         "onnx_bytes": Metric(float(file_bytes(onnx_path)), "bytes", "measured"),
         "library_bytes": Metric(float(file_bytes(artifact.library)), "bytes", "measured"),
-        "peak_activation_bytes": Metric(float(peak_activation_bytes(onnx_path)), "bytes", "estimated"),
+        "peak_activation_bytes": Metric(float(peak), "bytes", "estimated"),
         "sparsity": Metric(float(sparsity), "fraction", "measured"),
         "nonzero_weight_fraction": Metric(
             weights["nonzero_weights"] / max(1, weights["weights"]), "fraction", "measured"),
@@ -171,6 +177,7 @@ def evaluate_candidate(
             "tuning": {"tasks": artifact.tasks_total, "tuned": artifact.tasks_tuned, "reused": artifact.tasks_reused,
                        "seconds": round(artifact.tuning_seconds, 3)},
             "threads": threads,
+            "limits": {"ram_bytes": profile.sram_bytes, "flash_bytes": profile.flash_bytes},
         },
     )
     (out_dir / "result.json").write_text(result.to_json())

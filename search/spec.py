@@ -74,8 +74,8 @@ class SearchSpec:
     seed: int = 0
     space: SearchSpace = field(default_factory=SearchSpace)
     budget: Budget = field(default_factory=Budget)
-    # hypervolume reference point: (accuracy, latency ms, size bytes); None = derived from the budget
-    reference_point: tuple[float, float, float] | None = None
+    # hypervolume reference point: (accuracy, latency ms, size bytes, energy mJ); None = derived from the budget
+    reference_point: tuple[float, float, float, float] | None = None
     timeout_s: float | None = None  # per candidate; None = no limit
 
     def __post_init__(self) -> None:
@@ -94,9 +94,10 @@ class SearchSpec:
         if self.timeout_s is not None and not (isinstance(self.timeout_s, (int, float)) and self.timeout_s > 0):
             raise _err("timeout_s", "a positive number of seconds or null", self.timeout_s)
         if self.reference_point is None:
-            object.__setattr__(self, "reference_point", (0.0, float(self.latency_budget_ms), 1e7))
-        elif (not isinstance(self.reference_point, (list, tuple)) or len(self.reference_point) != 3):
-            raise _err("reference_point", "[accuracy, latency_ms, size_bytes]", self.reference_point)
+            object.__setattr__(self, "reference_point", (0.0, float(self.latency_budget_ms), 1e7, 1e3))
+        elif (not isinstance(self.reference_point, (list, tuple)) or len(self.reference_point) != 4
+              or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.reference_point)):
+            raise _err("reference_point", "[accuracy, latency_ms, size_bytes, energy_mj]", self.reference_point)
         else:
             object.__setattr__(self, "reference_point", tuple(float(v) for v in self.reference_point))
 
@@ -166,14 +167,15 @@ def check_resources(spec: SearchSpec, available_cpus: int | None = None) -> None
         raise _err("workers", f"at most the {cpus} available CPU(s)", spec.workers)
 
 
-def check_inputs(spec: SearchSpec) -> None:
+def check_inputs(spec: SearchSpec):
     """Dataset and target must exist before any work starts."""
     from hardware_targets import load_profile
     from search.data import BUILTIN_DATASETS
 
-    load_profile(spec.target)
+    profile = load_profile(spec.target)
     if spec.dataset not in BUILTIN_DATASETS and not Path(spec.dataset).is_file():
         from search.errors import DatasetError
 
         raise DatasetError(f"Unknown dataset {spec.dataset!r}: expected one of {list(BUILTIN_DATASETS)} "
                            "or the path of an .npz file.")
+    return profile

@@ -126,6 +126,9 @@ def record_result(study: optuna.Study, trial: optuna.Trial, spec: SearchSpec, re
     """Tell Optuna the objectives, the budget constraint, and every metric with its provenance."""
     latency = result.value("latency_ms_median")
     trial.set_constraint("latency_budget", latency - spec.latency_budget_ms)
+    for name, limit in (result.info.get("limits") or {}).items():  # the target's RAM and flash, when known
+        if limit:
+            trial.set_constraint(f"fits_{name.split('_')[0]}", result.value(name) - limit)
     for name, metric in result.metrics.items():
         trial.set_user_attr(f"metric:{name}", [metric.value, metric.unit, metric.provenance])
     trial.set_user_attr("provenance", result.info.get("provenance"))

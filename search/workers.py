@@ -72,6 +72,21 @@ def start_ray(address: str | None, workers: int):
     return ray
 
 
+def _supported_space(spec: SearchSpec, profile, report: Reporter) -> SearchSpec:
+    """Leave out precisions the target has no arithmetic for, and say so."""
+    import dataclasses
+
+    kept = tuple(p for p in spec.space.precision if profile.supports(p))
+    if not kept:
+        raise ConfigError(f"Target {profile.name} supports none of the precisions {list(spec.space.precision)} "
+                          "of the search space; add one it supports (see its peak_macs_per_cycle).")
+    if kept != spec.space.precision:
+        dropped = sorted(set(spec.space.precision) - set(kept))
+        report(f"target {profile.name} has no arithmetic for {dropped}: left out of the search space")
+        spec = dataclasses.replace(spec, space=dataclasses.replace(spec.space, precision=kept))
+    return spec
+
+
 class _Tracking:
     """Keeps MLflow in step with the study; a logging failure never stops the search.
 
@@ -128,7 +143,7 @@ def run_search(
     With a ``tracking_uri`` every trial is logged to MLflow as it finishes; the
     store is checked before any work starts.
     """
-    check_inputs(spec)
+    spec = _supported_space(spec, check_inputs(spec), report)
     if not address:
         check_resources(spec)
     if tracking_uri:

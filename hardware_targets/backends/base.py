@@ -1,8 +1,9 @@
-"""The measurement backend interface: one per way of getting a latency for a target."""
+"""The measurement backend interface: one per way of getting figures for a target."""
 
 from __future__ import annotations
 
 import abc
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -12,13 +13,14 @@ from search.stages.compile import CompiledArtifact
 
 
 class Backend(abc.ABC):
-    """Times a compiled artifact on (or for) a target; says how it knows."""
+    """Gives the latency (and energy, where it can) of a compiled candidate on a target; says how it knows."""
 
     provenance: ClassVar[str]
 
     @abc.abstractmethod
-    def measure_latency(self, artifact: CompiledArtifact, sample: np.ndarray, repeats: int) -> dict[str, Metric]:
-        """Latency of one inference: at least ``latency_ms_median`` and ``latency_ms_p90``."""
+    def measure(self, artifact: CompiledArtifact, onnx_path: Path, precision: str, sample: np.ndarray,
+                repeats: int) -> dict[str, Metric]:
+        """At least ``latency_ms_median`` and ``latency_ms_p90``; ``energy_mj`` where the target allows."""
 
 
 def latency_metrics(seconds_per_call: list[float], provenance: str, prefix: str = "latency") -> dict[str, Metric]:

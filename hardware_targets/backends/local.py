@@ -1,20 +1,48 @@
-"""Local backend: the artifact runs on this machine and is timed by TVM's time evaluator."""
+"""Local backend: the artifact runs on this machine and is timed by TVM's time evaluator.
+
+Energy comes from the CPU's RAPL counters when they are readable (measured);
+most VMs expose none, and then it is estimated from per-operation energies.
+"""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 
 from hardware_targets.backends.base import Backend, calls_per_repeat, latency_metrics
+from hardware_targets.emulator import energy_joules
+from hardware_targets.graph import op_costs
+from hardware_targets.profile import TargetProfile
 from search.candidate import Metric
 from search.stages.compile import CompiledArtifact, load_vm
+
+RAPL = Path("/sys/class/powercap")
+
+
+def read_rapl_uj() -> int | None:
+    """Sum of the package energy counters in µJ, or None when none is readable."""
+    total, found = 0, False
+    for counter in RAPL.glob("intel-rapl:*/energy_uj"):
+        if counter.parent.name.count(":") != 1:  # packages only, not their sub-domains
+            continue
+        try:
+            total += int(counter.read_text())
+            found = True
+        except (OSError, ValueError):
+            return None
+    return total if found else None
 
 
 class LocalBackend(Backend):
     provenance = "measured"
 
-    def measure_latency(self, artifact: CompiledArtifact, sample: np.ndarray, repeats: int) -> dict[str, Metric]:
+    def __init__(self, profile: TargetProfile):
+        self.profile = profile
+
+    def measure(self, artifact: CompiledArtifact, onnx_path: Path, precision: str, sample: np.ndarray,
+                repeats: int) -> dict[str, Metric]:
         import tvm
 
         device = tvm.cpu()
@@ -25,8 +53,19 @@ class LocalBackend(Backend):
         started = time.perf_counter()
         vm["main"](data)
         number = calls_per_repeat(time.perf_counter() - started)
+        before = read_rapl_uj()
         result = vm.time_evaluator("main", device, number=number, repeat=repeats)(data)
-        return latency_metrics(list(result.results), self.provenance)
+        after = read_rapl_uj()
+        metrics = latency_metrics(list(result.results), self.provenance)
+        ops = op_costs(onnx_path)
+        metrics["macs"] = Metric(float(sum(op.macs for op in ops)), "count", "measured")
+        if before is not None and after is not None and after > before:
+            calls = number * repeats + 1
+            metrics["energy_mj"] = Metric((after - before) * 1e-3 / calls, "mJ", "measured")
+        else:
+            joules = energy_joules(ops, precision, self.profile, metrics["latency_ms_median"].value * 1e-3)
+            metrics["energy_mj"] = Metric(joules * 1e3, "mJ", "estimated")
+        return metrics
 
 
 def time_onnxruntime(session, sample: np.ndarray, repeats: int) -> dict[str, Metric]:

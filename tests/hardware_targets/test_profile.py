@@ -37,3 +37,40 @@ def test_malformed_profiles_name_file_and_field(tmp_path, text, message):
 def test_unknown_target_lists_the_known_ones():
     with pytest.raises(ProfileError, match="Known targets: .*host"):
         load_profile("toaster")
+
+
+def test_the_required_devices_ship():
+    assert {"host", "rpi4", "rpi5", "jetson-orin-nano-cpu", "cortex-m7", "cortex-m4", "esp32-s3"} <= \
+        set(available_profiles())
+    m4 = load_profile("cortex-m4")
+    assert (m4.clock_mhz, m4.sram_bytes, m4.flash_bytes) == (64, 256 * 1024, 1024 * 1024)
+    assert not m4.supports("fp16") and m4.supports("int8-qat")
+
+
+def test_every_number_in_a_shipped_profile_cites_a_source():
+    """Each numeric line carries a comment: a source tag or an explanation."""
+    from hardware_targets.profile import PROFILE_DIR
+
+    for path in PROFILE_DIR.glob("*.yaml"):
+        for line in path.read_text().splitlines():
+            body = line.split("#")[0]
+            key = body.split(":", 1)[0].strip()
+            if key in ("name", "description", "tvm_target") or ":" not in body:
+                continue
+            if any(ch.isdigit() for ch in body.split(":", 1)[1]):
+                assert "#" in line or line.startswith("efficiency: {"), f"{path.name}: uncited figure: {line!r}"
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [("clock_mhz: 64\n", "an emulated profile needs field"),
+     ("clock_mhz: 64\npeak_macs_per_cycle: {fp32: 1, fp16: 0}\nefficiency: {fp32: 1, fp16: 0, int8: 1}\n"
+      "power_active_mw: 1\n", "'peak_macs_per_cycle.int8' must be a number"),
+     ("clock_mhz: -5\n", "'clock_mhz' must be >= 0"),
+     ("clock_speed: 64\n", "unknown field")],
+)
+def test_emulated_profile_schema(tmp_path, extra, message):
+    path = tmp_path / "mcu.yaml"
+    path.write_text("name: mcu\nbackend: emulated\ntvm_target: {kind: llvm}\n" + extra)
+    with pytest.raises(ProfileError, match=message):
+        load_profile(path)

@@ -13,7 +13,31 @@ from search.stages.export import export_onnx, input_dtype, ort_session
 from search.stages.train import fit
 
 HOST = {"kind": "llvm", "num-cores": 2}
-TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "int8-ptq": 1e-3, "int8-qat": 5e-2}
+TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "int8-ptq": 1e-4, "int8-qat": 1e-4}
+
+
+def _output_step(onnx_path) -> float:
+    """Scale of the DequantizeLinear that produces the graph output (0 for float outputs).
+
+    TVM computes QDQ graphs in float; a value that lands on a rounding boundary may
+    go to the neighbouring int8 level, so int8 outputs may differ by one step.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_path))
+    consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    name = model.graph.output[0].name
+    while name in producer and producer[name].op_type in ("Identity", "Reshape", "Flatten"):
+        name = producer[name].input[0]
+    node = producer.get(name)
+    if node is not None and node.op_type == "DequantizeLinear":
+        return float(np.max(consts[node.input[1]]))
+    return 0.0
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +67,8 @@ def test_tvm_matches_onnxruntime(digits, trained, tiny_budget, tmp_path, precisi
         x = digits.x_test[i : i + 1].astype(dtype)
         ours = vm["main"](tvm.runtime.tensor(x)).numpy().astype(np.float32)
         ref = session.run(None, {"x": x})[0].astype(np.float32)
-        np.testing.assert_allclose(ours, ref, atol=TOLERANCE[precision], rtol=TOLERANCE[precision])
+        step = _output_step(onnx_path)
+        assert np.abs(ours - ref).max() <= TOLERANCE[precision] * (1 + np.abs(ref).max()) + step * 1.001
     agree = (predict_tvm(art.library, digits.x_test, dtype) == predict_onnx(session, digits.x_test, dtype)).mean()
     assert agree >= 0.99
 

@@ -12,12 +12,11 @@ import pytest
 import yaml
 
 from objectives.pareto import OBJECTIVES, non_dominated
-from search.candidate import Budget
 from search.spec import SearchSpace, SearchSpec
 from search.study import default_storage, load_study, rows
 from search.workers import run_search
+from tests.search.conftest import TINY
 
-TINY = Budget(epochs=2, finetune_epochs=1, prune_steps=1, tuning_trials=0, timing_repeats=5)
 FAST_SPACE = SearchSpace(precision=("fp32", "int8-ptq", "fp16"), width=(0.25, 0.75))
 
 

@@ -8,7 +8,7 @@ def test_defaults_cover_all_four_knobs():
     spec = SearchSpec(name="s")
     assert set(spec.space.precision) == {"fp32", "fp16", "int8-ptq", "int8-qat"}
     assert spec.space.sparsity == (0.0, 0.95) and spec.space.temperature == (1.0, 10.0)
-    assert spec.reference_point == (0.0, spec.latency_budget_ms, 1e7)
+    assert spec.reference_point == (0.0, spec.latency_budget_ms, 1e7, 1e3)
 
 
 @pytest.mark.parametrize(

@@ -5,27 +5,14 @@ import socket
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from objectives.pareto import OBJECTIVES, non_dominated
-from search.candidate import Budget
 from search.errors import ConfigError
-from search.spec import SearchSpace, SearchSpec
+from search.spec import SearchSpec
 from search.study import default_storage
-from search.tracking import default_tracking_uri
 from search.workers import run_search
 
-TINY = Budget(epochs=2, finetune_epochs=1, prune_steps=1, tuning_trials=0, timing_repeats=5)
-
-
-@pytest.fixture(scope="module")
-def tracked_search(tmp_path_factory):
-    runs = tmp_path_factory.mktemp("tracked")
-    spec = SearchSpec(name="tracked", trials=4, workers=2, latency_budget_ms=0.05, budget=TINY,
-                      space=SearchSpace(precision=("fp32", "fp16", "int8-ptq"), width=(0.25, 1.0)))
-    uri = default_tracking_uri(runs)
-    outcome = run_search(spec, runs, storage_url=default_storage(runs), tracking_uri=uri, report=lambda line: None)
-    return spec, outcome, MlflowClient(uri), runs
+from tests.search.conftest import TINY
 
 
 def test_parent_and_children_match_the_study(tracked_search):

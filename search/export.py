@@ -1,0 +1,278 @@
+"""Export a finished search's winner: the measured ONNX, a TVM library for the target, a model card.
+
+The export verifies itself: the shipped ONNX and a host build of the same graph
+are run on the test split and must reproduce the recorded accuracies exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from search.errors import ConfigError, EdgeSearchError
+from search.study import Row, best_within_budget, feasible_front, load_study, rows, stored_spec
+
+ELF_MACHINES = {3: "x86", 40: "arm", 62: "x86_64", 183: "aarch64", 243: "riscv"}
+
+
+class VerificationError(EdgeSearchError, RuntimeError):
+    """The exported artifacts do not reproduce the recorded figures."""
+
+
+@dataclass(frozen=True)
+class Pick:
+    trial: int | None = None
+    min_accuracy: float | None = None  # fastest feasible candidate at or above this accuracy
+    force: bool = False
+
+
+def choose(all_rows: list[Row], pick: Pick, budget_ms: float) -> tuple[Row, str]:
+    """The row to export and a sentence saying why; clear errors when there is none."""
+    front = feasible_front(all_rows)
+    if pick.trial is not None:
+        match = [r for r in all_rows if r.number == pick.trial]
+        if not match or match[0].state != "COMPLETE":
+            raise ConfigError(f"Trial {pick.trial} is not a finished trial of this search.")
+        if match[0] not in front:
+            if not pick.force:
+                raise ConfigError(f"Trial {pick.trial} is not on the feasible Pareto front "
+                                  f"(front: {sorted(r.number for r in front)}); pass --force to export it anyway.")
+            return match[0], f"trial {pick.trial} chosen by hand with --force (not on the feasible front)"
+        return match[0], f"trial {pick.trial} chosen by hand (on the feasible front)"
+    feasible = [r for r in all_rows if r.feasible]
+    if not feasible:
+        done = [r for r in all_rows if r.state == "COMPLETE"]
+        if not done:
+            raise ConfigError("The search has no finished candidate to export.")
+        closest = min(done, key=lambda r: r.value("latency_ms_median"))
+        raise ConfigError(f"No candidate is feasible. The closest, trial {closest.number}, takes "
+                          f"{closest.value('latency_ms_median'):.4g} ms against the {budget_ms:g} ms budget "
+                          f"(over by {closest.value('latency_ms_median') - budget_ms:.4g} ms) or misses a memory limit.")
+    if pick.min_accuracy is not None:
+        good = [r for r in feasible if r.value("accuracy") >= pick.min_accuracy]
+        if not good:
+            top = max(feasible, key=lambda r: r.value("accuracy"))
+            raise ConfigError(f"No feasible candidate reaches accuracy {pick.min_accuracy:g}; the best is trial "
+                              f"{top.number} at {top.value('accuracy'):.4f} (short by "
+                              f"{pick.min_accuracy - top.value('accuracy'):.4f}).")
+        row = min(good, key=lambda r: (r.value("latency_ms_median"), r.value("size_bytes")))
+        return row, f"fastest feasible candidate with validation accuracy >= {pick.min_accuracy:g}"
+    return best_within_budget(all_rows), "most accurate feasible candidate within the latency budget"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def elf_machines(path: Path) -> set[str]:
+    """Architectures of an ELF shared object, or of the objects inside a .tar."""
+    import tarfile
+
+    def machine(data: bytes) -> str:
+        if data[:4] != b"\x7fELF":
+            return "not-elf"
+        order = "little" if data[5] == 1 else "big"
+        return ELF_MACHINES.get(int.from_bytes(data[18:20], order), "unknown")
+
+    if str(path).endswith(".tar"):
+        with tarfile.open(path) as tar:
+            return {machine(tar.extractfile(m).read(64)) for m in tar.getmembers() if m.isfile()}
+    return {machine(Path(path).read_bytes()[:64])}
+
+
+def expected_machine(tvm_target: dict) -> str:
+    triple = tvm_target.get("mtriple", "")
+    if triple.startswith("aarch64"):
+        return "aarch64"
+    if triple.startswith(("thumb", "arm")):
+        return "arm"
+    if triple.startswith("riscv"):
+        return "riscv"
+    return "x86_64"
+
+
+def _make_reproducible(tar_path: Path) -> None:
+    """Re-pack a tar with fixed times, owners and order, so two exports hash the same."""
+    import io
+    import tarfile
+
+    with tarfile.open(tar_path) as tar:
+        members = sorted((m.name, tar.extractfile(m).read()) for m in tar.getmembers() if m.isfile())
+    with tarfile.open(tar_path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _prepare_dir(out: Path, overwrite: bool) -> Path:
+    out = Path(out).resolve()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise ConfigError(f"Export directory {out} exists and is not empty; pass --overwrite to replace it.")
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _mlflow_run_id(tracking_uri: str | None, search: str, trial: int) -> str | None:
+    if not tracking_uri:
+        return None
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(search)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], f"tags.`edgesearch.trial` = '{trial}'", max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+PREDICT_PY = '''"""Classify one input with the exported model (onnxruntime only)."""
+import sys
+
+import numpy as np
+import onnxruntime as ort
+
+session = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
+inp = session.get_inputs()[0]
+shape = [d if isinstance(d, int) else 1 for d in inp.shape]
+dtype = np.float16 if "float16" in inp.type else np.float32
+x = np.load(sys.argv[1]).astype(dtype).reshape(shape) if len(sys.argv) > 1 else np.zeros(shape, dtype)
+logits = session.run(None, {inp.name: x})[0]
+print("class", int(np.argmax(logits)), "logits", np.round(logits.astype(np.float32), 3).tolist())
+'''
+
+
+def export_search(
+    search: str, out: Path, *, storage_url: str, runs_dir: Path, pick: Pick = Pick(), target: str | None = None,
+    tracking_uri: str | None = None, overwrite: bool = False, register: bool = True,
+) -> dict:
+    """Export a search's chosen candidate to ``out``; returns the model card."""
+    from hardware_targets import load_profile
+    from search.data import load_dataset
+    from search.pipeline import versions
+    from search.stages.compile import compile_tvm, tuning_dir
+    from search.stages.export import input_dtype, ort_session
+    from objectives.accuracy import accuracy, predict_onnx, predict_tvm
+
+    study = load_study(search, storage_url)
+    spec = stored_spec(study)
+    all_rows = rows(study)
+    row, reason = choose(all_rows, pick, spec.latency_budget_ms)
+    trial = study.trials[row.number]
+    onnx_src = Path(trial.user_attrs["artifacts"]["onnx"])
+    if not onnx_src.is_file():
+        raise ConfigError(f"The measured ONNX of trial {row.number} is gone ({onnx_src}); re-run the search.")
+    profile = load_profile(target or spec.target)
+    out = _prepare_dir(out, overwrite)
+    precision = row.knobs["precision"]
+    dtype = input_dtype(precision).name
+    dataset = load_dataset(spec.dataset)
+    shape = (1, *dataset.sample_shape)
+
+    onnx_path = out / "model.onnx"
+    shutil.copyfile(onnx_src, onnx_path)  # the exact graph that was measured
+    cross = "mtriple" in profile.tvm_target
+    library = out / ("model.tar" if cross else "model.so")
+    tuning_cache = Path(runs_dir) / "tuning"
+    compile_tvm(onnx_path, profile.tvm_target, library, shape, dtype, cache_dir=tuning_cache)
+    if cross:
+        _make_reproducible(library)
+    machines = elf_machines(library)
+    if machines != {expected_machine(profile.tvm_target)}:
+        raise VerificationError(f"{library.name} holds {sorted(machines)} code, but target {profile.name} needs "
+                                f"{expected_machine(profile.tvm_target)}.")
+    records = tuning_dir(tuning_cache, profile.tvm_target)
+    if records.is_dir():
+        (out / "tuning_records").mkdir()
+        for name in ("database_workload.json", "database_tuning_record.json"):
+            if (records / name).is_file():
+                shutil.copyfile(records / name, out / "tuning_records" / name)
+    (out / "predict.py").write_text(PREDICT_PY)
+
+    # Verification: the shipped ONNX and a host build must reproduce the recorded test accuracies exactly.
+    recorded_tvm, recorded_ort = row.value("accuracy_test"), row.value("accuracy_test_onnxruntime")
+    got_ort = accuracy(predict_onnx(ort_session(onnx_path), dataset.x_test, dtype), dataset.y_test)
+    host_lib = library if not cross else out / ".verify_host.so"
+    if cross:
+        compile_tvm(onnx_path, load_profile("host").tvm_target, host_lib, shape, dtype, cache_dir=tuning_cache)
+    got_tvm = accuracy(predict_tvm(str(host_lib), dataset.x_test, dtype), dataset.y_test)
+    if cross:
+        host_lib.unlink()
+    verification = {"onnxruntime_test_accuracy": got_ort, "recorded_onnxruntime_test_accuracy": recorded_ort,
+                    "tvm_host_test_accuracy": got_tvm, "recorded_tvm_test_accuracy": recorded_tvm,
+                    "library_architecture": sorted(machines)}
+    if got_ort != recorded_ort or got_tvm != recorded_tvm:
+        raise VerificationError(f"exported artifacts do not reproduce the recorded accuracy: {verification}")
+
+    def fig(name):
+        value, unit, provenance = row.metrics[name]
+        return {"value": value, "unit": unit, "provenance": provenance}
+
+    run_id = _mlflow_run_id(tracking_uri, search, row.number)
+    card = {
+        "search": search, "trial": row.number, "why": reason, "mlflow_run_id": run_id,
+        "dataset": spec.dataset, "target_profile": profile.name, "measured_on": spec.target,
+        "knobs": row.knobs,
+        "metrics": {n: fig(n) for n in ("accuracy", "accuracy_test", "accuracy_test_onnxruntime",
+                                         "latency_ms_median", "latency_ms_p90", "size_bytes",
+                                         "peak_activation_bytes", "ram_bytes", "energy_mj") if n in row.metrics},
+        "latency_budget_ms": spec.latency_budget_ms,
+        "input": {"shape": list(shape), "dtype": dtype},
+        "versions": versions(),
+        "verification": verification,
+        "artifacts": {p.relative_to(out).as_posix(): sha256(p) for p in sorted(out.rglob("*")) if p.is_file()},
+    }
+    (out / "model_card.json").write_text(json.dumps(card, indent=2, sort_keys=True))
+    (out / "MODEL_CARD.md").write_text(model_card_markdown(card))
+    if register and tracking_uri:
+        card["registered_version"] = _register(tracking_uri, search, run_id, out, card)
+        (out / "model_card.json").write_text(json.dumps(card, indent=2, sort_keys=True))
+    return card
+
+
+def model_card_markdown(card: dict) -> str:
+    lines = [f"# Model card: {card['search']} / trial {card['trial']}", "",
+             f"Chosen as the {card['why']}.", "",
+             f"- dataset: `{card['dataset']}`; input {card['input']['shape']} {card['input']['dtype']}",
+             f"- target profile: `{card['target_profile']}` (search measured on `{card['measured_on']}`)",
+             f"- knobs: " + ", ".join(f"{k}={v}" for k, v in card["knobs"].items()),
+             f"- MLflow run: `{card['mlflow_run_id']}`", "", "| figure | value | unit | provenance |",
+             "|---|---|---|---|"]
+    for name, m in card["metrics"].items():
+        lines.append(f"| {name} | {m['value']:.6g} | {m['unit']} | {m['provenance']} |")
+    v = card["verification"]
+    lines += ["", "## Verification", "",
+              f"Test accuracy re-run at export: onnxruntime {v['onnxruntime_test_accuracy']:.4f} (recorded "
+              f"{v['recorded_onnxruntime_test_accuracy']:.4f}), TVM host build {v['tvm_host_test_accuracy']:.4f} "
+              f"(recorded {v['recorded_tvm_test_accuracy']:.4f}); library architecture {v['library_architecture']}.",
+              "", "## Files", "", "| file | sha256 |", "|---|---|"]
+    lines += [f"| `{name}` | `{digest}` |" for name, digest in card["artifacts"].items()]
+    lines += ["", "## Versions", ""] + [f"- {k} {v}" for k, v in card["versions"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _register(tracking_uri: str, search: str, run_id: str | None, out: Path, card: dict) -> str:
+    """One registered model per search, a version per export, the card as tags and description."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    name = f"edgesearch-{search}"
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description=f"Exports of edgesearch search {search!r}")
+    tags = {"trial": str(card["trial"]), "target": card["target_profile"], "dataset": card["dataset"],
+            **{f"knob.{k}": str(v) for k, v in card["knobs"].items()},
+            **{m: f"{f['value']:.6g} {f['unit']} ({f['provenance']})" for m, f in card["metrics"].items()},
+            "model.onnx.sha256": card["artifacts"]["model.onnx"]}
+    version = client.create_model_version(name, source=out.as_uri(), run_id=run_id, tags=tags,
+                                          description=model_card_markdown(card))
+    return str(version.version)

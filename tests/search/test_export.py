@@ -1,0 +1,114 @@
+"""Export after a real tiny search: files, card, verification, registry, errors."""
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from search.errors import ConfigError
+from search.export import Pick, elf_machines, export_search
+from search.study import default_storage
+
+
+@pytest.fixture(scope="module")
+def exported(tracked_search, tmp_path_factory):
+    spec, outcome, client, runs = tracked_search
+    if outcome.best is None:
+        pytest.fail("the tracked search found no feasible candidate to export")
+    out = tmp_path_factory.mktemp("export") / "winner"
+    card = export_search(spec.name, out, storage_url=default_storage(runs), runs_dir=runs,
+                         tracking_uri=client.tracking_uri)
+    return out, card, outcome, client, runs
+
+
+def test_export_writes_the_deployable_folder(exported):
+    out, card, outcome, _, _ = exported
+    for name in ("model.onnx", "model.so", "model_card.json", "MODEL_CARD.md", "predict.py",
+                 "tuning_records/database_workload.json"):
+        assert (out / name).is_file(), name
+    assert card["trial"] == outcome.best.number
+    assert elf_machines(out / "model.so") == {"x86_64"}
+    for name, digest in card["artifacts"].items():
+        if name not in ("model_card.json", "MODEL_CARD.md"):
+            assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
+    for figure in card["metrics"].values():
+        assert figure["provenance"] in ("measured", "emulated", "estimated")
+    assert card["metrics"]["latency_ms_median"]["provenance"] == "measured"
+    assert json.loads((out / "model_card.json").read_text())["trial"] == card["trial"]
+    assert "| latency_ms_median |" in (out / "MODEL_CARD.md").read_text()
+    run = subprocess.run([sys.executable, "predict.py"], cwd=out, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout.startswith("class ")
+
+
+def test_card_agrees_with_mlflow_and_is_registered(exported):
+    _, card, _, client, _ = exported
+    run = client.get_run(card["mlflow_run_id"])
+    assert run.data.tags["edgesearch.trial"] == str(card["trial"])
+    for name in ("accuracy", "latency_ms_median", "size_bytes"):
+        assert run.data.metrics[name] == pytest.approx(card["metrics"][name]["value"])
+    version = client.get_model_version(f"edgesearch-{card['search']}", card["registered_version"])
+    assert version.tags["model.onnx.sha256"] == card["artifacts"]["model.onnx"]
+    assert version.run_id == card["mlflow_run_id"]
+
+
+def test_verification_reproduces_the_recorded_accuracy(exported):
+    _, card, outcome, _, _ = exported
+    v = card["verification"]
+    assert v["onnxruntime_test_accuracy"] == v["recorded_onnxruntime_test_accuracy"]
+    assert v["tvm_host_test_accuracy"] == v["recorded_tvm_test_accuracy"] == outcome.best.value("accuracy_test")
+
+
+def test_exporting_twice_is_byte_identical(exported, tracked_search, tmp_path):
+    out, card, _, _, runs = exported
+    spec = tracked_search[0]
+    again = export_search(spec.name, tmp_path / "again", storage_url=default_storage(runs), runs_dir=runs,
+                          register=False)
+    assert (tmp_path / "again" / "model.onnx").read_bytes() == (out / "model.onnx").read_bytes()
+    assert again["artifacts"] == card["artifacts"]
+
+
+def test_cross_compiled_export_matches_the_profile(tracked_search, tmp_path):
+    spec, _, _, runs = tracked_search
+    card = export_search(spec.name, tmp_path / "pi", storage_url=default_storage(runs), runs_dir=runs,
+                         target="rpi4", register=False)
+    assert card["verification"]["library_architecture"] == ["aarch64"]
+    assert elf_machines(tmp_path / "pi" / "model.tar") == {"aarch64"}
+
+
+def test_export_errors(tracked_search, tmp_path):
+    spec, outcome, _, runs = tracked_search
+    storage = default_storage(runs)
+    with pytest.raises(Exception, match="No search named 'missing'"):
+        export_search("missing", tmp_path / "x", storage_url=storage, runs_dir=runs)
+    off_front = [r for r in outcome.rows if r.state == "COMPLETE" and r not in outcome.front]
+    if off_front:
+        with pytest.raises(ConfigError, match="not on the feasible Pareto front"):
+            export_search(spec.name, tmp_path / "y", storage_url=storage, runs_dir=runs,
+                          pick=Pick(trial=off_front[0].number))
+        card = export_search(spec.name, tmp_path / "forced", storage_url=storage, runs_dir=runs, register=False,
+                             pick=Pick(trial=off_front[0].number, force=True))
+        assert "--force" in card["why"]
+    with pytest.raises(ConfigError, match="No feasible candidate reaches accuracy 1.01"):
+        export_search(spec.name, tmp_path / "z", storage_url=storage, runs_dir=runs, pick=Pick(min_accuracy=1.01))
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="exists and is not empty"):
+        export_search(spec.name, full, storage_url=storage, runs_dir=runs)
+    assert (full / "keep.txt").read_text() == "mine"
+
+
+def test_no_feasible_candidate_says_what_the_closest_misses_by(tmp_path):
+    from search.candidate import Budget
+    from search.spec import SearchSpace, SearchSpec
+    from search.workers import run_search
+
+    spec = SearchSpec(name="impossible", trials=1, workers=1, latency_budget_ms=1e-6,
+                      budget=Budget(epochs=1, finetune_epochs=0, prune_steps=1, timing_repeats=3),
+                      space=SearchSpace(precision=("fp32",), width=(0.25, 0.25), sparsity=(0.0, 0.0)))
+    run_search(spec, tmp_path, storage_url=default_storage(tmp_path), report=lambda line: None)
+    with pytest.raises(ConfigError, match=r"No candidate is feasible. The closest, trial 0, .*over by"):
+        export_search("impossible", tmp_path / "out", storage_url=default_storage(tmp_path), runs_dir=tmp_path)

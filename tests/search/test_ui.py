@@ -1,0 +1,78 @@
+"""The MLflow UI as a user sees it: a real server, a real headless Chromium, real screenshots."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+
+SCREENSHOTS = Path(os.environ.get("EDGESEARCH_TEST_OUTPUTS", Path(__file__).parents[2] / "runs" / "test-outputs"))
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1400,900", "--virtual-time-budget=15000"]
+
+
+def _chromium(*args) -> subprocess.CompletedProcess:
+    with tempfile.TemporaryDirectory() as profile:
+        return subprocess.run([shutil.which("chromium"), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+                              capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def ui_server(tracked_search):
+    if shutil.which("chromium") is None:
+        pytest.fail("chromium is not installed: `make test` installs Debian's chromium package")
+    _, _, client, runs = tracked_search
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "search.cli", "--runs-dir", str(runs), "ui", "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/health", timeout=2).read() == b"OK":
+                break
+        except OSError:
+            time.sleep(1)
+    else:
+        server.kill()
+        pytest.fail("the MLflow UI did not come up")
+    yield url, client
+    os.killpg(server.pid, 15)
+    server.wait(timeout=30)
+
+
+def test_ui_binds_to_localhost_only(ui_server):
+    url, _ = ui_server
+    assert url.startswith("http://127.0.0.1:")
+    out = subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout if shutil.which("ss") else ""
+    port = url.rsplit(":", 1)[1]
+    assert f"0.0.0.0:{port}" not in out
+
+
+def test_experiment_page_and_pareto_plot_render(ui_server):
+    url, client = ui_server
+    exp = client.get_experiment_by_name("tracked")
+    parent = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags][0]
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page = f"{url}/#/experiments/{exp.experiment_id}/runs"
+    dom = _chromium("--dump-dom", page).stdout
+    assert "tracked" in dom and "search tracked" in dom  # experiment and parent run names on the page
+    shot = SCREENSHOTS / "mlflow_experiment.png"
+    _chromium(f"--screenshot={shot}", page)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+    plot = f"{url}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}/artifacts/plots/pareto_accuracy_vs_latency.png"
+    dom = _chromium("--dump-dom", plot).stdout
+    assert "pareto_accuracy_vs_latency.png" in dom and "Artifacts" in dom
+    shot = SCREENSHOTS / "mlflow_pareto_plot.png"
+    _chromium(f"--screenshot={shot}", plot)
+    assert shot.stat().st_size > 20_000
