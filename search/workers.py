@@ -66,7 +66,7 @@ def start_ray(address: str | None, workers: int):
             ray.init(address=address, runtime_env=env, logging_level="ERROR", log_to_driver=False)
         else:
             ray.init(address="local", num_cpus=workers * THREADS_PER_WORKER, include_dashboard=False, runtime_env=env,
-                     logging_level="ERROR", log_to_driver=False)
+                     logging_level="ERROR", log_to_driver=False, _node_ip_address="127.0.0.1")
     except Exception as exc:
         raise ConfigError(f"Cannot start or reach Ray{f' at {address}' if address else ''}: {exc}") from exc
     return ray

@@ -56,6 +56,25 @@ def import_onnx(onnx_path: Path, input_shape: tuple[int, ...], input_dtype: str)
     )
 
 
+def open_database(work_dir: Path):
+    """The target's JSON tuning database; a corrupted one is moved aside (with a warning) and started afresh."""
+    import warnings
+
+    from tvm.s_tir import meta_schedule as ms
+
+    try:
+        return ms.database.JSONDatabase(work_dir=str(work_dir))
+    except Exception as exc:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for name in ("database_workload.json", "database_tuning_record.json"):
+            path = Path(work_dir) / name
+            if path.exists():
+                path.rename(path.with_name(f"{name}.corrupt-{stamp}"))
+        warnings.warn(f"tuning records in {work_dir} could not be read ({type(exc).__name__}); moved aside as "
+                      f"*.corrupt-{stamp}, tuning starts afresh", RuntimeWarning, stacklevel=2)
+        return ms.database.JSONDatabase(work_dir=str(work_dir))
+
+
 def _has_record(database, task) -> bool:
     mod = task.dispatched[0]
     if not database.has_workload(mod):
@@ -68,7 +87,7 @@ def _tune(mod, target, work_dir: Path, trials: int, seed: int) -> tuple[int, int
     from tvm.s_tir import meta_schedule as ms
 
     tasks = ms.relax_integration.extract_tasks(mod, target)
-    database = ms.database.JSONDatabase(work_dir=str(work_dir))
+    database = open_database(work_dir)
     fresh = [t for t in tasks if not _has_record(database, t)]
     if fresh and trials > 0:
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(

@@ -1,0 +1,151 @@
+"""Faults injected for real: dead workers, slow candidates, corrupted tuning records, concurrent searches,
+and fuzzed specs."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from search.candidate import Budget
+from search.errors import ConfigError
+from search.spec import SearchSpace, SearchSpec, load_spec_file
+from search.stages.compile import compile_tvm, tuning_dir
+from search.study import default_storage, load_study
+from search.workers import run_search
+
+SLOWER = Budget(epochs=40, finetune_epochs=0, prune_steps=1, timing_repeats=5)
+FAST = Budget(epochs=1, finetune_epochs=0, prune_steps=1, timing_repeats=3)
+SMALL = SearchSpace(precision=("fp32",), width=(0.25, 0.5), sparsity=(0.0, 0.0))
+
+
+def test_killed_worker_fails_its_trial_and_the_search_completes(tmp_path):
+    spec = SearchSpec(name="killed", trials=3, workers=1, budget=SLOWER, space=SMALL)
+    lines = []
+    done = {}
+    thread = threading.Thread(target=lambda: done.setdefault("outcome", run_search(
+        spec, tmp_path, storage_url=default_storage(tmp_path), report=lines.append)))
+    thread.start()
+    victim = None
+    deadline = time.time() + 120
+    while victim is None and time.time() < deadline:
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            if "ray::run_candidate" in " ".join(proc.info["cmdline"] or []):
+                victim = proc
+                break
+        time.sleep(0.2)
+    assert victim is not None, "no Ray worker ran a candidate"
+    os.kill(victim.pid, signal.SIGKILL)
+    thread.join(timeout=600)
+    outcome = done["outcome"]
+    assert len(outcome.rows) == 3
+    failed = [r for r in outcome.rows if r.state == "FAIL"]
+    assert len(failed) == 1 and "worker died" in failed[0].error
+    assert any("FAILED - worker died" in line for line in lines)
+
+
+def test_candidate_over_its_time_limit_fails_and_others_go_on(tmp_path):
+    spec = SearchSpec(name="slow", trials=2, workers=2, budget=SLOWER, space=SMALL, timeout_s=2.0)
+    outcome = run_search(spec, tmp_path, storage_url=default_storage(tmp_path), report=lambda line: None)
+    assert [r.state for r in outcome.rows] == ["FAIL", "FAIL"]
+    assert all("timeout" in r.error for r in outcome.rows)
+
+
+def test_corrupted_tuning_records_are_moved_aside(tmp_path, digits):
+    import torch
+
+    from search.candidate import Candidate
+    from search.models import build_model
+    from search.stages.export import export_onnx
+
+    onnx_path = export_onnx(build_model(digits.sample_shape, 10, 0.25).eval(), Candidate(budget=FAST), digits,
+                            tmp_path / "m.onnx")
+    target = {"kind": "llvm", "num-cores": 2}
+    records = tuning_dir(tmp_path / "tuning", target)
+    records.mkdir(parents=True)
+    (records / "database_workload.json").write_text('["0x1f", {"truncated')
+    (records / "database_tuning_record.json").write_text("[0, [[")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        artifact = compile_tvm(onnx_path, target, tmp_path / "m.so", (1, 1, 8, 8), "float32",
+                               cache_dir=tmp_path / "tuning")
+    assert Path(artifact.library).is_file() and artifact.tasks_total > 0
+    assert any("moved aside" in str(w.message) for w in caught)
+    assert len(list(records.glob("*.corrupt-*"))) == 2
+    del torch
+
+
+def _cli(runs, *args):
+    return [sys.executable, "-m", "search.cli", "--runs-dir", str(runs), *args]
+
+
+def test_concurrent_searches_are_isolated_and_a_duplicate_name_is_refused(tmp_path):
+    spec = {"trials": 2, "workers": 1, "budget": {"epochs": 1, "finetune_epochs": 0, "prune_steps": 1,
+                                                   "timing_repeats": 3},
+            "space": {"precision": ["fp32"], "width": [0.25, 0.5], "sparsity": [0.0, 0.0]}}
+    procs = {}
+    for name in ("alpha", "beta"):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({**spec, "name": name}))
+        procs[name] = subprocess.Popen(_cli(tmp_path, "submit", "--spec", str(path), "--no-mlflow"),
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    dup = subprocess.run(_cli(tmp_path, "submit", "--spec", str(tmp_path / "alpha.yaml"), "--no-mlflow"),
+                         capture_output=True, text=True, timeout=120)
+    assert dup.returncode == 2 and "already exists" in dup.stderr and "Traceback" not in dup.stderr
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    storage = default_storage(tmp_path)
+    for name in ("alpha", "beta"):
+        study = load_study(name, storage)
+        assert len(study.trials) == 2 and all(t.state.name == "COMPLETE" for t in study.trials)
+
+
+_values = st.one_of(st.none(), st.booleans(), st.integers(-5, 100), st.floats(allow_nan=True),
+                    st.text(max_size=12), st.lists(st.floats(-2, 20), max_size=3))
+_fields = st.sampled_from(["name", "dataset", "target", "latency_budget_ms", "trials", "workers", "sampler", "seed",
+                           "space", "budget", "reference_point", "timeout_s", "bogus"])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(_fields, _values, max_size=6),
+       st.dictionaries(st.sampled_from(["precision", "sparsity", "width", "alpha", "temperature", "pruning", "x"]),
+                       _values, max_size=3))
+def test_fuzzed_specs_either_validate_or_name_the_field(fields, space):
+    data = {"name": "fuzz", **fields}
+    if space:
+        data["space"] = space
+    try:
+        SearchSpec.from_dict(data)
+    except ConfigError as exc:
+        assert "'" in str(exc) or "field" in str(exc)  # names what is wrong
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(max_size=200))
+def test_fuzzed_spec_files_never_crash(tmp_path_factory, text):
+    path = tmp_path_factory.mktemp("fuzz") / "spec.yaml"
+    path.write_text(text)
+    try:
+        SearchSpec.from_dict(load_spec_file(path))
+    except ConfigError:
+        pass
+
+
+def test_no_untrusted_deserialisation_or_shell():
+    root = Path(__file__).parents[2]
+    sources = [p for d in ("search", "hardware_targets", "objectives") for p in (root / d).rglob("*.py")]
+    text = "\n".join(p.read_text() for p in sources)
+    assert "shell=True" not in text
+    assert "allow_pickle=True" not in text
+    assert "weights_only=False" not in text and "torch.load(path, weights_only=True)" in text
