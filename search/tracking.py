@@ -98,9 +98,23 @@ class SearchTracker:
         self.client.log_artifact(run_id, profile.source, "target_profile")
 
     def _existing_children(self) -> dict[int, str]:
+        """Completely logged trial runs; a run left half-logged by a failure is deleted, to be logged again."""
         runs = self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.parent_id}'",
                                        max_results=5000)
-        return {int(r.data.tags[TRIAL_TAG]): r.info.run_id for r in runs if TRIAL_TAG in r.data.tags}
+        children = {}
+        for r in runs:
+            if TRIAL_TAG not in r.data.tags:
+                continue
+            if r.info.status == "RUNNING":
+                self.client.delete_run(r.info.run_id)
+            else:
+                children[int(r.data.tags[TRIAL_TAG])] = r.info.run_id
+        return children
+
+    def recover(self) -> None:
+        """After a failed sync: forget what may be half-written and rebuild from the store."""
+        self.children = self._existing_children()
+        self.on_front = {}
 
     def log_trial(self, row: Row) -> None:
         """One nested run for one finished trial: knobs, metrics with provenance, tags, ONNX model."""

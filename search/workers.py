@@ -104,6 +104,8 @@ class _Tracking:
 
     def _sync(self, finished: bool = False) -> None:
         try:
+            if self.pending:
+                self.tracker.recover()
             self.tracker.sync(rows(self.study), finished=finished)
             self.pending = False
         except Exception as exc:

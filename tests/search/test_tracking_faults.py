@@ -1,0 +1,78 @@
+"""A real MLflow server stopped mid-search and restarted: nothing is missing at the end."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from search.candidate import Budget
+from search.spec import SearchSpace, SearchSpec
+from search.study import default_storage, load_study
+from search.workers import run_search
+
+
+def _start(store: Path, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
+                             f"sqlite:///{store / 'mlflow.db'}", "--artifacts-destination",
+                             str(store / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read() == b"OK":
+                return proc
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError("mlflow server did not start")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=60)
+
+
+def test_server_down_mid_search_loses_no_metric(tmp_path):
+    store = tmp_path / "mlflow"
+    store.mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    server = _start(store, port)
+    spec = SearchSpec(name="flaky", trials=4, workers=1,
+                      budget=Budget(epochs=4, finetune_epochs=0, prune_steps=1, timing_repeats=3),
+                      space=SearchSpace(precision=("fp32", "int8-ptq"), width=(0.25, 0.5), sparsity=(0.0, 0.0)))
+    lines, result = [], {}
+    worker = threading.Thread(target=lambda: result.setdefault("outcome", run_search(
+        spec, tmp_path, storage_url=default_storage(tmp_path), tracking_uri=uri, report=lines.append)))
+    worker.start()
+    deadline = time.time() + 240
+    while not any(line.startswith("[1/4]") for line in lines) and time.time() < deadline:
+        time.sleep(0.5)
+    _stop(server)  # down while trials 2.. finish
+    while not any(line.startswith("[2/4]") for line in lines) and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(2)
+    server = _start(store, port)
+    try:
+        worker.join(timeout=600)
+        assert "outcome" in result
+        assert any("MLflow logging failed" in line for line in lines)
+        study = load_study("flaky", default_storage(tmp_path))
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name("flaky")
+        children = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+        assert sorted(int(r.data.tags["edgesearch.trial"]) for r in children) == [t.number for t in study.trials]
+        for run in children:
+            trial = study.trials[int(run.data.tags["edgesearch.trial"])]
+            stored = {k.split(":", 1)[1]: v[0] for k, v in trial.user_attrs.items() if k.startswith("metric:")}
+            assert stored and all(run.data.metrics[k] == v for k, v in stored.items())
+    finally:
+        _stop(server)
