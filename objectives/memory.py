@@ -2,7 +2,10 @@
 
 Tensors are allocated when produced and freed after their last consumer, in
 the graph's topological order; weights, and values computed from weights only
-(dequantized weights, constants), are excluded: they live in flash.
+(dequantized weights, constants), are excluded: they live in flash. Element-wise
+operators are fused into their producer as the compiler does (TVM fuses conv +
+bias + ReLU and the (de)quantization around them): when such an operator is the
+last user of its input, it writes in place and allocates nothing new.
 This is an estimate of what a static memory planner needs, not a measurement.
 """
 
@@ -11,6 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
+
+_FUSED = {"Relu", "Clip", "Add", "Mul", "Sigmoid", "QuantizeLinear", "DequantizeLinear", "Identity", "Cast",
+          "Reshape", "Flatten", "BatchNormalization"}
 
 
 def _tensor_bytes(value_info) -> int:
@@ -40,6 +47,11 @@ def peak_activation_bytes(onnx_path: str | Path) -> int:
         if node.op_type == "Constant" or all(n in weights for n in node.input if n):
             weights.update(node.output)  # computed from weights only (e.g. dequantized weights): folded at compile time
             continue
+        source = node.input[0] if node.input else ""
+        if (node.op_type in _FUSED and source in live and last_use.get(source) == i and len(node.output) == 1
+                and sizes.get(node.output[0], 0) <= sizes.get(source, 0) and source not in outputs):
+            live.discard(source)  # computed in place, inside the producer's fused kernel
+            current -= sizes.get(source, 0)
         for name in node.output:
             if name and name not in weights:
                 live.add(name)

@@ -228,7 +228,8 @@ def _drive(ray, task, study, spec, runs_dir, remaining, report, on_trial) -> Non
             record_result(study, trial, spec, result)
             finished += 1
             row = Row.from_trial(study._storage.get_trial(trial._trial_id))
-            report(_progress_line(row, finished, remaining, started_all))
+            hv = front_hypervolume(feasible_front(rows(study)), spec)
+            report(_progress_line(row, finished, remaining, started_all) + f"  HV {hv:.4g}")
             if on_trial:
                 on_trial(study, row)
 

@@ -21,9 +21,27 @@ def test_peak_activation_and_weight_bytes_of_a_known_graph(tmp_path):
     with torch.no_grad():
         model.a.weight[:, :50] = 0
     torch.onnx.export(model, (torch.zeros(1, 100),), str(path), dynamo=False)
-    # live at once at worst: the 50-float output of `a` and the 50-float ReLU output (200 + 200 bytes),
-    # or the 100-float input with the output of `a` (400 + 200 bytes)
+    # live at once at worst: the 100-float input with the 50-float output of `a` (400 + 200 bytes);
+    # the ReLU runs in place inside `a`'s fused kernel, so it adds nothing
     assert peak_activation_bytes(path) == 600
     w = weight_bytes(path)
     assert w["weight_bytes"] == 4 * (100 * 50 + 50 + 50 * 10 + 10)
     assert w["weights"] == 100 * 50 + 50 * 10 and w["nonzero_weights"] == 50 * 50 + 50 * 10
+
+
+class _Wide(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(1, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_fused_elementwise_ops_add_no_buffer(tmp_path):
+    path = tmp_path / "conv.onnx"
+    torch.onnx.export(_Wide().eval(), (torch.zeros(1, 1, 16, 16),), str(path), dynamo=False)
+    # input 1x16x16 (1 KiB), conv a + ReLU in place (8 KiB), conv b output (8 KiB): at most input + a
+    # or a + b live at once, never a, relu(a) and b together
+    assert peak_activation_bytes(path) == 2 * 8 * 16 * 16 * 4

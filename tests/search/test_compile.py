@@ -89,11 +89,11 @@ def test_tuning_writes_records_and_a_second_compile_reuses_them(tmp_path):
     torch.onnx.export(_TinyMLP().eval(), (torch.zeros(1, 16),), str(onnx_path), dynamo=False,
                       input_names=["x"], output_names=["y"])
     cache = tmp_path / "tuning"
-    first = compile_tvm(onnx_path, HOST, tmp_path / "a.so", (1, 16), "float32", tuning_trials=2, cache_dir=cache)
+    first = compile_tvm(onnx_path, HOST, tmp_path / "a.so", (1, 16), "float32", tuning_trials=4, cache_dir=cache)
     assert first.tasks_total >= 1 and first.tasks_tuned == first.tasks_total and first.tasks_reused == 0
     records = tuning_dir(cache, HOST) / "database_tuning_record.json"
     assert records.exists() and records.read_text().strip()
-    second = compile_tvm(onnx_path, HOST, tmp_path / "b.so", (1, 16), "float32", tuning_trials=2, cache_dir=cache)
+    second = compile_tvm(onnx_path, HOST, tmp_path / "b.so", (1, 16), "float32", tuning_trials=4, cache_dir=cache)
     assert second.tasks_tuned == 0 and second.tasks_reused == first.tasks_total
     assert second.tuning_seconds < first.tuning_seconds
     x = np.ones((1, 16), np.float32)

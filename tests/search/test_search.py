@@ -100,6 +100,33 @@ def test_killed_driver_resumes_without_repeating_finished_trials(tmp_path):
     for t in requeued:  # interrupted trials were re-run with the same knobs
         assert any(o.params == t.params and o.state.name == "COMPLETE" for o in study.trials if o.number > t.number)
     assert "feasible Pareto front" in done.stdout
+    from mlflow.tracking import MlflowClient
+
+    from search.tracking import default_tracking_uri
+
+    client = MlflowClient(default_tracking_uri(tmp_path))  # MLflow and Optuna agree at the end
+    exp = client.get_experiment_by_name("resumable")
+    children = {int(r.data.tags["edgesearch.trial"]): r for r in client.search_runs([exp.experiment_id])
+                if "mlflow.parentRunId" in r.data.tags}
+    finished = [t for t in study.trials if t.state.name in ("COMPLETE", "FAIL")]
+    assert sorted(children) == [t.number for t in finished]
+    for t in finished:
+        if t.state.name == "COMPLETE":
+            assert children[t.number].data.metrics["accuracy"] == t.values[0]
+
+
+def _stop_cluster(temp_dir: str) -> None:
+    import psutil
+
+    procs = [p for p in psutil.process_iter(["cmdline"]) if temp_dir in " ".join(p.info["cmdline"] or [])]
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=20)
+    for p in alive:
+        p.kill()
 
 
 @pytest.fixture(scope="module")
@@ -116,15 +143,16 @@ def ray_head(tmp_path_factory):
     ray_bin = str(Path(sys.executable).parent / "ray")
     subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
     port, dash = free_port(), free_port()
+    temp_dir = tmp_path_factory.mktemp("rayhead")  # our cluster's processes are the ones that name it
     subprocess.run([ray_bin, "start", "--head", "--num-cpus", "2", "--port", str(port), "--dashboard-host",
-                    "127.0.0.1", "--dashboard-port", str(dash), "--disable-usage-stats"],
+                    "127.0.0.1", "--dashboard-port", str(dash), "--disable-usage-stats", f"--temp-dir={temp_dir}"],
                    env=env, check=True, capture_output=True, timeout=120)
     old = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_AUTH_MODE"] = "token"
     try:
         yield {"gcs": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "env": env}
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        _stop_cluster(str(temp_dir))  # not `ray stop`, which would stop every Ray cluster on the machine
         if old is None:
             os.environ.pop("RAY_AUTH_MODE", None)
 
