@@ -115,10 +115,20 @@ def test_killed_driver_resumes_without_repeating_finished_trials(tmp_path):
             assert children[t.number].data.metrics["accuracy"] == t.values[0]
 
 
-def _stop_cluster(temp_dir: str) -> None:
+def _stop_cluster(temp_dir: str, port: int) -> None:
     import psutil
 
-    procs = [p for p in psutil.process_iter(["cmdline"]) if temp_dir in " ".join(p.info["cmdline"] or [])]
+    def ours(cmdline: str) -> bool:
+        return temp_dir in cmdline or f":{port} " in cmdline + " "
+
+    roots = [p for p in psutil.process_iter(["cmdline"]) if ours(" ".join(p.info["cmdline"] or []))]
+    procs = {p.pid: p for p in roots}
+    for p in roots:  # agents rename themselves (ray::DashboardAgent): find them as children
+        try:
+            procs.update({c.pid: c for c in p.children(recursive=True)})
+        except psutil.NoSuchProcess:
+            pass
+    procs = list(procs.values())
     for p in procs:
         try:
             p.terminate()
@@ -145,14 +155,15 @@ def ray_head(tmp_path_factory):
     port, dash = free_port(), free_port()
     temp_dir = tmp_path_factory.mktemp("rayhead")  # our cluster's processes are the ones that name it
     subprocess.run([ray_bin, "start", "--head", "--num-cpus", "2", "--port", str(port), "--dashboard-host",
-                    "127.0.0.1", "--dashboard-port", str(dash), "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+                    "127.0.0.1", "--dashboard-port", str(dash), "--disable-usage-stats", f"--temp-dir={temp_dir}",
+                    "--node-ip-address=127.0.0.1"],
                    env=env, check=True, capture_output=True, timeout=120)
     old = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_AUTH_MODE"] = "token"
     try:
         yield {"gcs": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "env": env}
     finally:
-        _stop_cluster(str(temp_dir))  # not `ray stop`, which would stop every Ray cluster on the machine
+        _stop_cluster(str(temp_dir), port)  # not `ray stop`, which would stop every Ray cluster on the machine
         if old is None:
             os.environ.pop("RAY_AUTH_MODE", None)
 
