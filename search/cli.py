@@ -173,6 +173,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(f"submitted search {spec.name!r} as Ray job {job_id} to {args.address}")
         print(f"follow it with: edgesearch status {spec.name} | edgesearch logs {spec.name} | edgesearch stop {spec.name}")
         return 0
+    from search.spec import check_inputs, check_resources
+
+    check_inputs(spec)  # bad input is refused before anything is written
+    if not args.address:
+        check_resources(spec)
     _write_spec(args.runs_dir, spec)
     tracking = None if args.no_mlflow else _tracking_uri(args)
     outcome = run_search(spec, args.runs_dir, storage_url=storage, resume=args.resume, address=args.address,
@@ -217,9 +222,7 @@ def _write_spec(runs_dir: Path, spec) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from search.study import (
-        best_within_budget, feasible_front, front_hypervolume, load_study, requeue_interrupted, rows, stored_spec,
-    )
+    from search.study import best_within_budget, feasible_front, front_hypervolume, load_study, rows, stored_spec
 
     storage = _storage_url(args)
     study = load_study(args.name, storage)
@@ -229,8 +232,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     job = job_status(args.runs_dir, spec.name)
     if job:
         print(f"Ray job {job['job_id']} at {job['address']}: {job['status']}")
+    from optuna.trial import TrialState
+
     all_rows = rows(study)
-    running = len(study.get_trials(deepcopy=False, states=(__import__("optuna").trial.TrialState.RUNNING,)))
+    running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
     print(f"{len(all_rows)} of {spec.trials} trials finished, {running} running")
     front = feasible_front(all_rows)
     _print_outcome(all_rows, front, best_within_budget(all_rows), front_hypervolume(front, spec), spec, storage)
@@ -241,8 +246,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     import optuna
 
     storage = _storage_url(args)
-    summaries = optuna.get_all_study_summaries(storage) if Path(args.runs_dir, "optuna.db").exists() or args.storage \
-        else []
+    # the default SQLite file is only created by a first search, not by listing
+    exists = args.storage or Path(args.runs_dir, "optuna.db").exists()
+    summaries = optuna.get_all_study_summaries(storage) if exists else []
     if not summaries:
         print(f"no searches in {storage}")
         return 0
@@ -355,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "submit", help="run a multi-objective search (or submit it to a Ray cluster)",
         description="Search precision, sparsity, distillation and width with Optuna on Ray workers: maximise "
-                    "accuracy, minimise latency and size, under a latency budget (a constraint: the reported front "
+                    "accuracy, minimise latency, size and energy, under a latency budget (a constraint: the reported front "
                     "is feasible). Options override the fields of --spec.")
     p.add_argument("--spec", type=Path, help="YAML or TOML file with the spec fields (name, dataset, target, "
                    "latency_budget_ms, trials, workers, sampler, seed, space, budget, reference_point, timeout_s)")
@@ -444,6 +450,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgesearch: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

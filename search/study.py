@@ -40,10 +40,21 @@ def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
 
 
 def _storage(url: str) -> optuna.storages.BaseStorage:
+    """Open an RDB storage; for SQLite, a file lock serialises the first-time schema creation
+    (two searches starting at once on a new file would otherwise race in it)."""
+    from contextlib import nullcontext
+
+    from filelock import FileLock
+
+    lock = nullcontext()
+    if url.startswith("sqlite:///"):
+        lock = FileLock(url[len("sqlite:///"):] + ".lock")
     try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=None)
+        with lock:
+            return optuna.storages.RDBStorage(url, heartbeat_interval=None)
     except Exception as exc:
-        raise ConfigError(f"Cannot open the Optuna storage {url!r}: {exc}") from exc
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"Cannot open the Optuna storage {url!r}: {first}") from exc
 
 
 def create_study(spec: SearchSpec, storage_url: str, resume: bool) -> optuna.Study:

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 
 from objectives.pareto import OBJECTIVES
@@ -21,6 +22,7 @@ from search.spec import SearchSpec
 from search.study import Row, best_within_budget, feasible_front, front_hypervolume
 
 PARENT_ATTR = "mlflow_parent_run_id"
+PLOT_INTERVAL_S = 30.0  # plots are re-drawn at most this often while a search runs, and always at its end
 TRIAL_TAG = "edgesearch.trial"
 
 
@@ -40,8 +42,15 @@ def check_tracking(uri: str) -> None:
     if uri.startswith(("http://", "https://")):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    from contextlib import nullcontext
+
+    from filelock import FileLock
+
+    # a new SQLite store is created (schema migrations) by the first call: serialise it across processes
+    lock = FileLock(uri[len("sqlite:///"):] + ".lock") if uri.startswith("sqlite:///") else nullcontext()
     try:
-        MlflowClient(uri).search_experiments(max_results=1)
+        with lock:
+            MlflowClient(uri).search_experiments(max_results=1)
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(f"Cannot reach the MLflow tracking store at {uri}: {first}. Start the server or pass "
@@ -62,6 +71,7 @@ class SearchTracker:
         self.parent_id = self._parent_run()
         self.children: dict[int, str] = self._existing_children()
         self.on_front: dict[int, bool] = {}
+        self._plotted_at = float("-inf")
 
     def _experiment(self, runs_dir: Path) -> str:
         exp = self.client.get_experiment_by_name(self.spec.name)
@@ -133,7 +143,6 @@ class SearchTracker:
         for key, value in (row.knobs or {}).items():
             self.client.log_param(run_id, key, str(value))
         from mlflow.entities import Metric as MlflowMetric
-        import time
 
         now = int(time.time() * 1000)
         metrics = [MlflowMetric(name, float(value), now, 0) for name, (value, _, _) in row.metrics.items()]
@@ -172,7 +181,9 @@ class SearchTracker:
                 self.client.log_metric(self.parent_id, f"best_{name}", best.value(name), step=step)
             self.client.set_tag(self.parent_id, "best_trial", str(best.number))
         self.client.log_dict(self.parent_id, [_row_dict(r) for r in front], "pareto_front.json")
-        self._log_plots(all_rows, front)
+        if finished or time.monotonic() - self._plotted_at >= PLOT_INTERVAL_S:
+            self._log_plots(all_rows, front)
+            self._plotted_at = time.monotonic()
         if finished:
             self.client.set_terminated(self.parent_id, "FINISHED")
 

@@ -96,7 +96,7 @@ def test_concurrent_searches_are_isolated_and_a_duplicate_name_is_refused(tmp_pa
     for name in ("alpha", "beta"):
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump({**spec, "name": name}))
-        procs[name] = subprocess.Popen(_cli(tmp_path, "submit", "--spec", str(path), "--no-mlflow"),
+        procs[name] = subprocess.Popen(_cli(tmp_path, "submit", "--spec", str(path)),
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(3)
     dup = subprocess.run(_cli(tmp_path, "submit", "--spec", str(tmp_path / "alpha.yaml"), "--no-mlflow"),
@@ -149,3 +149,44 @@ def test_no_untrusted_deserialisation_or_shell():
     assert "shell=True" not in text
     assert "allow_pickle=True" not in text
     assert "weights_only=False" not in text and "torch.load(path, weights_only=True)" in text
+
+
+_option_values = st.one_of(st.integers(-3, 10).map(str), st.floats(-1, 5).map(str), st.just("nan"), st.just("inf"),
+                           st.sampled_from(["digits", "mnist1d", "host", "cortex-m4", "nsga2", "x/y", "", "a\x00b"]),
+                           st.text(max_size=8))
+_options = st.sampled_from(["--name", "--dataset", "--target", "--latency-budget-ms", "--trials", "--workers",
+                            "--sampler", "--seed", "--epochs", "--tuning-trials", "--timeout"])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(_options, _option_values), max_size=6))
+def test_fuzzed_cli_options_validate_or_exit_2(pairs):
+    """Every combination of submit options is either a valid spec or a clean usage/validation error."""
+    from search.cli import _spec_from_args, build_parser
+    from search.errors import EdgeSearchError
+    from search.spec import check_inputs
+
+    argv = ["submit"] + [item for pair in pairs for item in pair]
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: usage message and exit code 2
+        assert exc.code == 2
+        return
+    try:
+        check_inputs(_spec_from_args(args))
+    except EdgeSearchError as exc:
+        assert str(exc) and "\n" not in str(exc).strip()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--target", "toaster"], "Unknown target"), (["--dataset", "nope.npz"], "Unknown dataset"),
+    (["--workers", "64"], "'workers' field"), (["--latency-budget-ms", "-1"], "'latency_budget_ms' field"),
+    (["--name", "../../etc"], "'name' field"), (["--trials", "0"], "'trials' field")])
+def test_bad_submit_writes_nothing(tmp_path, capsys, argv, message):
+    from search.cli import main
+
+    code = main(["--runs-dir", str(tmp_path / "runs"), "submit", "--name", "ok"] + argv)
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*"))
