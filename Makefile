@@ -6,13 +6,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha256sum | cut -c1-12)
 RUNS   ?= runs
 
-.PHONY: setup browser run test test-all ui soak clean help
+.PHONY: setup browser run test test-all ui bench soak clean help
 
 help:
 	@echo "make run       set up, then run a small real search on the built-in digits dataset"
 	@echo "make test      set up, then run the test suite (slow tests excluded)"
 	@echo "make ui        serve the MLflow UI for runs/ on http://127.0.0.1:5000"
 	@echo "make test-all  the whole test suite, slow tests included"
+	@echo "make bench     benchmarks (BENCH_ARGS=--quick for a short run), runs/bench/REPORT.md"
 	@echo "make soak      100-trial load test, figures in runs/bench/soak.json"
 	@echo "make clean     remove .venv and the contents of runs/"
 
@@ -45,6 +46,10 @@ test: setup browser
 
 test-all: setup browser
 	$(BIN)/python -m pytest -q
+
+# Benchmarks (not tests): runs/bench/results.json and REPORT.md. BENCH_ARGS=--quick for a short run.
+bench: setup
+	$(BIN)/python benchmarks/bench.py --runs-dir $(RUNS) $(BENCH_ARGS)
 
 # Load test: 100 cheapest candidates on 2 workers; writes runs/bench/soak.json (about 10 minutes).
 soak: setup
