@@ -6,7 +6,7 @@ Adding a device means adding ``profiles/<name>.yaml``; nothing in code names a d
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 

@@ -12,7 +12,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from search.errors import ConfigError, EdgeSearchError
 from search.study import Row, best_within_budget, feasible_front, load_study, rows, stored_spec
@@ -242,7 +241,7 @@ def model_card_markdown(card: dict) -> str:
              f"Chosen as the {card['why']}.", "",
              f"- dataset: `{card['dataset']}`; input {card['input']['shape']} {card['input']['dtype']}",
              f"- target profile: `{card['target_profile']}` (search measured on `{card['measured_on']}`)",
-             f"- knobs: " + ", ".join(f"{k}={v}" for k, v in card["knobs"].items()),
+             "- knobs: " + ", ".join(f"{k}={v}" for k, v in card["knobs"].items()),
              f"- MLflow run: `{card['mlflow_run_id']}`", "", "| figure | value | unit | provenance |",
              "|---|---|---|---|"]
     for name, m in card["metrics"].items():

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import optuna
 
 from search.candidate import Candidate, CandidateResult
 from search.errors import CandidateError, ConfigError

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from search.errors import ConfigError
 from search.export import Pick, elf_machines, export_search

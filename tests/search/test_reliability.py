@@ -61,8 +61,6 @@ def test_candidate_over_its_time_limit_fails_and_others_go_on(tmp_path):
 
 
 def test_corrupted_tuning_records_are_moved_aside(tmp_path, digits):
-    import torch
-
     from search.candidate import Candidate
     from search.models import build_model
     from search.stages.export import export_onnx
@@ -81,7 +79,6 @@ def test_corrupted_tuning_records_are_moved_aside(tmp_path, digits):
     assert Path(artifact.library).is_file() and artifact.tasks_total > 0
     assert any("moved aside" in str(w.message) for w in caught)
     assert len(list(records.glob("*.corrupt-*"))) == 2
-    del torch
 
 
 def _cli(runs, *args):
