@@ -183,6 +183,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     outcome = run_search(spec, args.runs_dir, storage_url=storage, resume=args.resume, address=args.address,
                          report=lambda line: print(line, flush=True), tracking_uri=tracking)
     _print_outcome(outcome.rows, outcome.front, outcome.best, outcome.hypervolume, spec, storage)
+    t = outcome.timings
+    if t.get("wall"):
+        own = t["ray_start"] + t["optuna"] + t["logging"]
+        print(f"wall time {t['wall']:.0f} s; the service's own share {100 * own / t['wall']:.1f}% "
+              f"(Ray start/stop {t['ray_start']:.1f} s, Optuna {t['optuna']:.1f} s, MLflow {t['logging']:.1f} s)")
     if tracking:
         print(f"MLflow: experiment {spec.name!r} in {tracking}; review it with 'make ui' "
               f"(or 'edgesearch ui') and open the experiment's runs page")

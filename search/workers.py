@@ -7,6 +7,8 @@ whose worker process dies, becomes a failed trial with its reason.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import time
 import traceback
@@ -51,6 +53,8 @@ class SearchOutcome:
     front: list[Row]
     best: Row | None
     hypervolume: float
+    # the driver's own time, by part: ray_start, optuna (ask, tell, storage), logging (MLflow), wall
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def start_ray(address: str | None, workers: int):
@@ -73,8 +77,6 @@ def start_ray(address: str | None, workers: int):
 
 def _supported_space(spec: SearchSpec, profile, report: Reporter) -> SearchSpec:
     """Leave out precisions the target has no arithmetic for, and say so."""
-    import dataclasses
-
     kept = tuple(p for p in spec.space.precision if profile.supports(p))
     if not kept:
         raise ConfigError(f"Target {profile.name} supports none of the precisions {list(spec.space.precision)} "
@@ -144,6 +146,8 @@ def run_search(
     With a ``tracking_uri`` every trial is logged to MLflow as it finishes; the
     store is checked before any work starts.
     """
+    wall_started = time.perf_counter()
+    timings = {"ray_start": 0.0, "optuna": 0.0, "logging": 0.0}
     spec = _supported_space(spec, check_inputs(spec), report)
     if not address:
         check_resources(spec)
@@ -165,33 +169,48 @@ def run_search(
         import ray as ray_module
 
         owns_ray = not ray_module.is_initialized()
-        ray = start_ray(address, spec.workers)
+        with _timed(timings, "ray_start"):
+            ray = start_ray(address, spec.workers)
         try:
             if address and spec.workers > _cluster_cpus(ray):
                 raise ConfigError(f"The 'workers' field of the search spec must be at most the {_cluster_cpus(ray)} "
                                   f"CPU(s) of the cluster at {address}. Got {spec.workers} instead.")
             task = ray.remote(num_cpus=THREADS_PER_WORKER, max_retries=0)(run_candidate)
-            _drive(ray, task, study, spec, runs_dir, remaining, report, tracker.on_trial if tracker else None)
+            _drive(ray, task, study, spec, runs_dir, remaining, report, tracker.on_trial if tracker else None,
+                   timings)
         finally:
             if owns_ray:
-                ray.shutdown()
+                with _timed(timings, "ray_start"):
+                    ray.shutdown()
 
     all_rows = rows(study)
     if tracker:
-        tracker.finish(all_rows)
+        with _timed(timings, "logging"):
+            tracker.finish(all_rows)
     front = feasible_front(all_rows)
+    timings["wall"] = time.perf_counter() - wall_started
     return SearchOutcome(spec.name, storage_url, all_rows, front, best_within_budget(all_rows),
-                         front_hypervolume(front, spec))
+                         front_hypervolume(front, spec), timings)
 
 
-def _drive(ray, task, study, spec, runs_dir, remaining, report, on_trial) -> None:
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], part: str):
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[part] = timings.get(part, 0.0) + time.perf_counter() - started
+
+
+def _drive(ray, task, study, spec, runs_dir, remaining, report, on_trial, timings) -> None:
     in_flight: dict = {}  # ray ref -> (trial, started)
     submitted = finished = 0
     started_all = time.perf_counter()
     while finished < remaining:
         while len(in_flight) < spec.workers and submitted < remaining:
-            trial = study.ask()
-            candidate = suggest_candidate(trial, spec)
+            with _timed(timings, "optuna"):
+                trial = study.ask()
+                candidate = suggest_candidate(trial, spec)
             ref = task.remote(_as_dict(candidate), spec.dataset, spec.target, str(Path(runs_dir).resolve()),
                               THREADS_PER_WORKER)
             in_flight[ref] = (trial, time.perf_counter())
@@ -218,24 +237,24 @@ def _drive(ray, task, study, spec, runs_dir, remaining, report, on_trial) -> Non
             result = CandidateResult.from_dict(ray.get(ref))
         except Exception as exc:
             reason = _failure_reason(exc)
-            record_failure(study, trial, reason)
+            with _timed(timings, "optuna"):
+                record_failure(study, trial, reason)
+                row = Row.from_trial(study._storage.get_trial(trial._trial_id))
             finished += 1
             _report_failure(report, trial.number, reason, finished, remaining, started_all)
-            if on_trial:
-                on_trial(study, Row.from_trial(study._storage.get_trial(trial._trial_id)))
         else:
-            record_result(study, trial, spec, result)
+            with _timed(timings, "optuna"):
+                record_result(study, trial, spec, result)
+                row = Row.from_trial(study._storage.get_trial(trial._trial_id))
+                hv = front_hypervolume(feasible_front(rows(study)), spec)
             finished += 1
-            row = Row.from_trial(study._storage.get_trial(trial._trial_id))
-            hv = front_hypervolume(feasible_front(rows(study)), spec)
             report(_progress_line(row, finished, remaining, started_all) + f"  HV {hv:.4g}")
-            if on_trial:
+        if on_trial:
+            with _timed(timings, "logging"):
                 on_trial(study, row)
 
 
 def _as_dict(candidate: Candidate) -> dict:
-    import dataclasses
-
     return dataclasses.asdict(candidate)
 
 

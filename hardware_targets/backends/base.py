@@ -8,6 +8,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from hardware_targets.emulator import energy_joules
+from hardware_targets.graph import op_costs
 from search.candidate import Metric
 from search.stages.compile import CompiledArtifact
 
@@ -34,3 +36,17 @@ def latency_metrics(seconds_per_call: list[float], provenance: str, prefix: str 
 def calls_per_repeat(seconds_per_call: float, target_seconds: float = 2e-3) -> int:
     """How many calls make one timing repeat long enough to rise above timer noise."""
     return int(min(1000, max(1, target_seconds / max(seconds_per_call, 1e-7))))
+
+
+def add_work_and_energy(metrics: dict[str, Metric], onnx_path: Path, precision: str, profile,
+                        measured_mj: float | None = None) -> dict[str, Metric]:
+    """Add the graph's MAC count and the energy per inference: measured when a counter gave it, else estimated
+    from per-operation energies over the measured latency."""
+    ops = op_costs(onnx_path)
+    metrics["macs"] = Metric(float(sum(op.macs for op in ops)), "count", "measured")
+    if measured_mj is not None:
+        metrics["energy_mj"] = Metric(measured_mj, "mJ", "measured")
+    else:
+        joules = energy_joules(ops, precision, profile, metrics["latency_ms_median"].value * 1e-3)
+        metrics["energy_mj"] = Metric(joules * 1e3, "mJ", "estimated")
+    return metrics

@@ -11,9 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hardware_targets.backends.base import Backend, calls_per_repeat, latency_metrics
-from hardware_targets.emulator import energy_joules
-from hardware_targets.graph import op_costs
+from hardware_targets.backends.base import Backend, add_work_and_energy, calls_per_repeat, latency_metrics
 from hardware_targets.profile import TargetProfile
 from search.candidate import Metric
 from search.stages.compile import CompiledArtifact, load_vm
@@ -56,16 +54,11 @@ class LocalBackend(Backend):
         before = read_rapl_uj()
         result = vm.time_evaluator("main", device, number=number, repeat=repeats)(data)
         after = read_rapl_uj()
-        metrics = latency_metrics(list(result.results), self.provenance)
-        ops = op_costs(onnx_path)
-        metrics["macs"] = Metric(float(sum(op.macs for op in ops)), "count", "measured")
+        measured_mj = None
         if before is not None and after is not None and after > before:
-            calls = number * repeats + 1
-            metrics["energy_mj"] = Metric((after - before) * 1e-3 / calls, "mJ", "measured")
-        else:
-            joules = energy_joules(ops, precision, self.profile, metrics["latency_ms_median"].value * 1e-3)
-            metrics["energy_mj"] = Metric(joules * 1e3, "mJ", "estimated")
-        return metrics
+            measured_mj = (after - before) * 1e-3 / (number * repeats + 1)
+        return add_work_and_energy(latency_metrics(list(result.results), self.provenance), onnx_path, precision,
+                                   self.profile, measured_mj)
 
 
 def time_onnxruntime(session, sample: np.ndarray, repeats: int) -> dict[str, Metric]:

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hardware_targets.backends.base import Backend, calls_per_repeat, latency_metrics
-from hardware_targets.emulator import energy_joules
-from hardware_targets.graph import op_costs
+from hardware_targets.backends.base import Backend, add_work_and_energy, calls_per_repeat, latency_metrics
 from hardware_targets.profile import TargetProfile
 from search.candidate import Metric
 from search.errors import CandidateError
@@ -63,9 +61,5 @@ class RemoteBackend(Backend):
             vm["main"](data)
             number = calls_per_repeat(time.perf_counter() - started)  # includes the network round trip: fewer calls
             result = vm.time_evaluator("main", device, number=number, repeat=repeats)(data)
-        metrics = latency_metrics(list(result.results), self.provenance)
-        ops = op_costs(onnx_path)
-        metrics["macs"] = Metric(float(sum(op.macs for op in ops)), "count", "measured")
-        joules = energy_joules(ops, precision, self.profile, metrics["latency_ms_median"].value * 1e-3)
-        metrics["energy_mj"] = Metric(joules * 1e3, "mJ", "estimated")
-        return metrics
+        return add_work_and_energy(latency_metrics(list(result.results), self.provenance), onnx_path, precision,
+                                   self.profile)

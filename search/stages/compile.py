@@ -19,6 +19,9 @@ from typing import Any
 from search.errors import CandidateError
 
 TRIALS_PER_ROUND = 32  # MetaSchedule pays a fixed builder cost per round; keep rounds full
+# MetaSchedule's default evolves 512 schedules per round, several seconds on 2 cores for rounds of a few
+# dozen trials on these small kernels; 128 keeps the cost model's pick without most of that time.
+POPULATION = 128
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,23 @@ def _has_record(database, task) -> bool:
     return bool(database.get_top_k(database.commit_workload(mod), 1))
 
 
+def build_kernel(mod, target, _params):
+    """MetaSchedule's default build, minus its import of every tensor intrinsic.
+
+    That import parses hundreds of TVMScript functions (about 20 s on our 2-core
+    machines) in each fresh builder process, and MetaSchedule starts fresh
+    builder processes every round, so it dominated tuning time. CPU LLVM
+    targets without tensorization rules never need the intrinsics; other
+    targets still get them.
+    """
+    from tvm.driver import build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    if target.kind.name != "llvm" or target.attrs.get("mcpu"):
+        import tvm.s_tir.tensor_intrin  # noqa: F401  (registers intrinsics for tensorized schedules)
+    return build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+
+
 def _tune(mod, target, work_dir: Path, trials: int, seed: int) -> tuple[int, int, int]:
     """Tune the tasks that have no record yet; returns (total, tuned, reused)."""
     from tvm.s_tir import meta_schedule as ms
@@ -91,13 +111,14 @@ def _tune(mod, target, work_dir: Path, trials: int, seed: int) -> tuple[int, int
     fresh = [t for t in tasks if not _has_record(database, t)]
     if fresh and trials > 0:
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            fresh, work_dir=str(work_dir), seed=seed
+            fresh, work_dir=str(work_dir), seed=seed, strategy=ms.search_strategy.EvolutionarySearch(population_size=POPULATION),
         )
         # Spread the budget over the new tasks so a small budget still gives every task a first round.
         per_task = max(1, min(TRIALS_PER_ROUND, trials // len(fresh)))
         ms.tune.tune_tasks(
             tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=trials,
             max_trials_per_task=per_task, num_trials_per_iter=per_task, database=database,
+            builder=ms.builder.LocalBuilder(f_build=build_kernel),
         )
     return len(tasks), len(fresh) if trials > 0 else 0, len(tasks) - len(fresh)
 
@@ -130,7 +151,7 @@ def compile_tvm(
     try:
         mod = import_onnx(onnx_path, input_shape, input_dtype)
         total = tuned = reused = 0
-        started = time.perf_counter()
+        tuning_seconds = 0.0
         with tvm_target:
             mod = tvm.transform.Sequential(
                 [
@@ -143,9 +164,10 @@ def compile_tvm(
                 work_dir = tuning_dir(cache_dir, target)
                 work_dir.mkdir(parents=True, exist_ok=True)
                 with FileLock(str(work_dir / ".lock")):
+                    started = time.perf_counter()  # after the lock: waiting for another worker is not tuning
                     total, tuned, reused = _tune(mod, tvm_target, work_dir, tuning_trials, seed)
+                    tuning_seconds = time.perf_counter() - started
                     mod = relax.transform.MetaScheduleApplyDatabase(str(work_dir))(mod)
-        tuning_seconds = time.perf_counter() - started
         executable = tvm.compile(mod, tvm_target)
         out_path = Path(out_path)
         out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,7 @@
 """Real TVM: imported from ONNX, compiled, run, compared with onnxruntime, tuned and reused."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -96,6 +98,9 @@ def test_tuning_writes_records_and_a_second_compile_reuses_them(tmp_path):
     second = compile_tvm(onnx_path, HOST, tmp_path / "b.so", (1, 16), "float32", tuning_trials=4, cache_dir=cache)
     assert second.tasks_tuned == 0 and second.tasks_reused == first.tasks_total
     assert second.tuning_seconds < first.tuning_seconds
+    # every tuned schedule was built by our builder and ran: a failed build is recorded as 1e10 s
+    run_secs = [json.loads(line)[1][1] for line in records.read_text().splitlines()]
+    assert run_secs and all(secs and max(secs) < 1.0 for secs in run_secs)
     x = np.ones((1, 16), np.float32)
     import tvm
 

@@ -13,7 +13,7 @@ def test_evaluate_candidate_measures_the_compiled_artifact(digits, host, tiny_bu
     c = Candidate(precision="int8-ptq", sparsity=0.5, temperature=4, alpha=0.5, width=0.5, budget=tiny_budget)
     stages = []
     r = evaluate_candidate(c, digits, host, Paths(shared_runs), threads=1, progress=lambda s, m: stages.append(s))
-    assert stages[:3] == ["teacher", "train", "prune"] and "compile" in stages and "accuracy" in stages
+    assert stages[:3] == ["teacher", "distill", "prune"] and "compile" in stages and "accuracy" in stages
     m = r.metrics
     for name in ("latency_ms_median", "latency_ms_p90", "ort_latency_ms_median", "accuracy", "accuracy_test"):
         assert m[name].provenance == "measured"

@@ -33,7 +33,8 @@ def test_parent_and_children_match_the_study(tracked_search):
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert set(child.data.params) >= {"precision", "sparsity", "pruning", "temperature", "alpha", "width"}
         assert {"accuracy", "latency_ms_median", "latency_ms_p90", "size_bytes", "peak_activation_bytes",
-                "seconds_train", "seconds_compile"} <= set(child.data.metrics)
+                "seconds_compile", "seconds_tune"} <= set(child.data.metrics)
+        assert {"seconds_train", "seconds_distill"} & set(child.data.metrics)  # distilling when alpha < 1
         assert child.data.tags["provenance"] == "measured" and child.data.tags["target"] == "host"
         assert child.data.tags["feasible"] in ("true", "false")
         names = [a.path for a in client.list_artifacts(child.info.run_id, "model")]
@@ -83,3 +84,11 @@ def test_unreachable_tracking_server_fails_before_any_work(tmp_path):
     import optuna
 
     assert "nowhere" not in [s.study_name for s in optuna.get_all_study_summaries(default_storage(tmp_path))]
+
+
+def test_the_service_reports_its_own_time_by_part(tracked_search):
+    _, outcome, _, _ = tracked_search
+    t = outcome.timings
+    assert set(t) == {"ray_start", "optuna", "logging", "wall"}
+    assert all(v > 0 for v in t.values())  # Ray was started, trials told, MLflow written
+    assert t["ray_start"] + t["optuna"] + t["logging"] < t["wall"]
