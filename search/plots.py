@@ -5,6 +5,7 @@ One function computes what a plot shows; the two renderers only draw it.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,13 +48,31 @@ def hypervolume_history(all_rows: list[Row], spec: SearchSpec) -> list[tuple[int
     return [(i + 1, front_hypervolume(feasible_front(ordered[: i + 1]), spec)) for i in range(len(ordered))]
 
 
-def _png(info: ScatterInfo, path: Path, title: str) -> Path:
+@contextmanager
+def png_axes(path: Path, size: tuple[float, float] = (7, 4.5)):
+    """Axes of a new headless matplotlib figure, laid out and written to ``path`` when the block ends."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    fig, ax = plt.subplots(figsize=size, dpi=110)
+    try:
+        yield ax
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+
+
+def _png(info: ScatterInfo, path: Path, title: str) -> Path:
+    with png_axes(path) as ax:
+        _draw_scatter(ax, info, title)
+    return path
+
+
+def _draw_scatter(ax, info: ScatterInfo, title: str) -> None:
     for feasible, style in ((True, dict(c="tab:blue", marker="o", label="feasible")),
                             (False, dict(c="tab:gray", marker="x", label="infeasible (over budget)"))):
         pts = [(x, y) for x, y, f, _ in info.points if f == feasible]
@@ -67,12 +86,7 @@ def _png(info: ScatterInfo, path: Path, title: str) -> Path:
     ax.set_xlabel(f"{info.x_label} [{info.provenance}]")
     ax.set_ylabel("accuracy (validation, compiled artifact)")
     ax.set_title(title)
-    ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
 
 
 def _html(info: ScatterInfo, path: Path, title: str) -> Path:
@@ -115,20 +129,11 @@ def pareto_figures(all_rows: list[Row], front: list[Row], spec: SearchSpec, out_
 
 
 def _hypervolume_png(history, path: Path, spec: SearchSpec) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
-    ax.plot(*zip(*history), marker=".")
-    ax.set_xlabel("finished trials")
-    ax.set_ylabel("hypervolume of the feasible front")
-    ax.set_title(f"{spec.name}: hypervolume (ref {list(spec.reference_point)})", fontsize=9)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with png_axes(path, (6, 3.5)) as ax:
+        ax.plot(*zip(*history), marker=".")
+        ax.set_xlabel("finished trials")
+        ax.set_ylabel("hypervolume of the feasible front")
+        ax.set_title(f"{spec.name}: hypervolume (ref {list(spec.reference_point)})", fontsize=9)
     return path
 
 

@@ -204,6 +204,9 @@ def _timed(timings: dict[str, float], part: str):
 
 def _drive(ray, task, study, spec, runs_dir, remaining, report, on_trial, timings) -> None:
     in_flight: dict = {}  # ray ref -> (trial, started)
+    # Samplers (NSGA-II's crossover especially) propose knobs already evaluated; the result is reused, not
+    # rebuilt. Keyed per driver: the same spec, so the same budget, seed, dataset and target.
+    results: dict[str, tuple[int, CandidateResult]] = {}
     submitted = finished = 0
     started_all = time.perf_counter()
     while finished < remaining:
@@ -211,6 +214,20 @@ def _drive(ray, task, study, spec, runs_dir, remaining, report, on_trial, timing
             with _timed(timings, "optuna"):
                 trial = study.ask()
                 candidate = suggest_candidate(trial, spec)
+            if candidate.key() in results:
+                number, result = results[candidate.key()]
+                with _timed(timings, "optuna"):
+                    trial.set_user_attr("reused_from_trial", number)
+                    record_result(study, trial, spec, result)
+                    row = Row.from_trial(study._storage.get_trial(trial._trial_id))
+                submitted += 1
+                finished += 1
+                report(_progress_line(row, finished, remaining, started_all) + f"  (same knobs as trial {number}: "
+                       "result reused)")
+                if on_trial:
+                    with _timed(timings, "logging"):
+                        on_trial(study, row)
+                continue
             ref = task.remote(_as_dict(candidate), spec.dataset, spec.target, str(Path(runs_dir).resolve()),
                               THREADS_PER_WORKER)
             in_flight[ref] = (trial, time.perf_counter())
@@ -243,6 +260,7 @@ def _drive(ray, task, study, spec, runs_dir, remaining, report, on_trial, timing
             finished += 1
             _report_failure(report, trial.number, reason, finished, remaining, started_all)
         else:
+            results.setdefault(result.candidate.key(), (trial.number, result))
             with _timed(timings, "optuna"):
                 record_result(study, trial, spec, result)
                 row = Row.from_trial(study._storage.get_trial(trial._trial_id))

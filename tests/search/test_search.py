@@ -41,6 +41,19 @@ def test_four_trials_on_two_workers_give_a_feasible_non_dominated_front(tmp_path
         run_search(spec, tmp_path, storage_url=storage, report=lines.append)
 
 
+def test_knobs_already_evaluated_reuse_the_result(tmp_path):
+    one_point = SearchSpace(precision=("fp32",), pruning=("unstructured",), sparsity=(0.0, 0.0),
+                            temperature=(1.0, 1.0), alpha=(1.0, 1.0), width=(0.25, 0.25))
+    spec = SearchSpec(name="dupes", trials=3, workers=1, budget=TINY, space=one_point)
+    lines = []
+    outcome = run_search(spec, tmp_path, storage_url=default_storage(tmp_path), report=lines.append)
+    trials = load_study("dupes", default_storage(tmp_path)).trials
+    assert [t.user_attrs.get("reused_from_trial") for t in trials] == [None, 0, 0]
+    assert all(t.state.name == "COMPLETE" for t in trials)
+    assert len({tuple(t.values) for t in trials}) == 1
+    assert sum("result reused" in line for line in lines) == 2 and len(outcome.rows) == 3
+
+
 def test_a_failing_candidate_is_recorded_and_the_search_finishes(tmp_path):
     profile = tmp_path / "broken-board.yaml"
     profile.write_text(yaml.safe_dump({"name": "broken-board", "backend": "local",
@@ -140,15 +153,8 @@ def _stop_cluster(temp_dir: str, port: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def ray_head(tmp_path_factory):
+def ray_head(tmp_path_factory, free_port):
     """A real `ray start --head` cluster with token authentication, stopped at the end."""
-    import socket
-
-    def free_port():
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
     ray_bin = str(Path(sys.executable).parent / "ray")
     subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)

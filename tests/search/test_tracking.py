@@ -1,7 +1,6 @@
 """MLflow: a real tracking store after a real tiny search, and a real server that is down."""
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -72,10 +71,8 @@ def test_plots_are_valid_images_and_html(tracked_search):
     assert all(row["latency_ms_median"]["provenance"] == "measured" for row in table)
 
 
-def test_unreachable_tracking_server_fails_before_any_work(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+def test_unreachable_tracking_server_fails_before_any_work(tmp_path, free_port):
+    port = free_port()
     spec = SearchSpec(name="nowhere", trials=1, workers=1, budget=TINY)
     with pytest.raises(ConfigError, match="Cannot reach the MLflow tracking store"):
         run_search(spec, tmp_path, storage_url=default_storage(tmp_path), tracking_uri=f"http://127.0.0.1:{port}",

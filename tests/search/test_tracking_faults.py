@@ -2,7 +2,6 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -38,12 +37,10 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait(timeout=60)
 
 
-def test_server_down_mid_search_loses_no_metric(tmp_path):
+def test_server_down_mid_search_loses_no_metric(tmp_path, free_port):
     store = tmp_path / "mlflow"
     store.mkdir()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
     server = _start(store, port)
     spec = SearchSpec(name="flaky", trials=4, workers=1,

@@ -2,7 +2,6 @@
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,13 +25,11 @@ def _chromium(*args) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def ui_server(tracked_search):
+def ui_server(tracked_search, free_port):
     if shutil.which("chromium") is None:
         pytest.fail("chromium is not installed: `make test` installs Debian's chromium package")
     _, _, client, runs = tracked_search
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "search.cli", "--runs-dir", str(runs), "ui", "--port", str(port)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
