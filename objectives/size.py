@@ -10,18 +10,43 @@ import numpy as np
 def weight_bytes(onnx_path: str | Path) -> dict[str, int]:
     """Bytes of the stored weights and how many weight values are non-zero.
 
-    Counts every initializer as stored (int8 = 1 byte, fp16 = 2). Unstructured
-    zeros still cost their bytes in a dense format; ``nonzero_weights`` shows how
-    much a sparse format could save.
+    Counts every initializer as stored (int8 = 1 byte, fp16 = 2), except a float
+    weight whose only use is a QuantizeLinear: a QAT export keeps such weights in
+    float, and the quantization of a constant folds away at compile time, so it is
+    counted at the quantized width it is deployed with. Unstructured zeros still
+    cost their bytes in a dense format; ``nonzero_weights`` shows how much a
+    sparse format could save.
     """
     import onnx
     from onnx import numpy_helper
 
     model = onnx.load(str(onnx_path))
+    initializers = {i.name: i for i in model.graph.initializer}
+    aliases = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Identity"}
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def quantized_itemsize(name: str) -> int | None:
+        users = consumers.get(name, [])
+        if len(users) != 1 or users[0].op_type != "QuantizeLinear" or users[0].input[0] != name:
+            return None
+        if len(users[0].input) < 3 or not users[0].input[2]:
+            return 1  # no zero point: uint8
+        zero_point = users[0].input[2]
+        while zero_point in aliases:
+            zero_point = aliases[zero_point]
+        return numpy_helper.to_array(initializers[zero_point]).itemsize if zero_point in initializers else None
+
     total = nonzero = count = 0
     for init in model.graph.initializer:
         arr = numpy_helper.to_array(init)
-        total += arr.nbytes
+        itemsize = quantized_itemsize(init.name) if arr.dtype.kind == "f" else None
+        if itemsize:
+            total += arr.size * itemsize
+        else:
+            total += arr.nbytes
         if arr.ndim >= 2:  # weight tensors; scales, zero points and biases are 0-/1-D
             count += arr.size
             nonzero += int(np.count_nonzero(arr))

@@ -75,6 +75,26 @@ def test_tvm_matches_onnxruntime(digits, trained, tiny_budget, tmp_path, precisi
     assert agree >= 0.99
 
 
+def test_int8_sizes_count_weights_at_their_deployed_width(digits, trained, tiny_budget, tmp_path):
+    """A QAT export keeps its weights in float before a QuantizeLinear; they ship as int8 like PTQ's."""
+    import copy
+
+    from objectives.size import weight_bytes
+    from search.stages.compress import quantization_aware_finetune
+
+    sizes = {}
+    for precision in ("fp32", "int8-ptq", "int8-qat"):
+        c = Candidate(precision=precision, budget=tiny_budget)
+        model = copy.deepcopy(trained)
+        if precision == "int8-qat":
+            model = quantization_aware_finetune(model, c, digits)
+        sizes[precision] = weight_bytes(export_onnx(model, c, digits, tmp_path / f"{precision}.onnx"))
+    fp32 = sizes["fp32"]["weight_bytes"]
+    assert sizes["int8-ptq"]["weight_bytes"] < 0.4 * fp32
+    # QAT keeps batch-norm statistics in float (folded at compile time): a little above PTQ, far below fp32
+    assert sizes["int8-qat"]["weight_bytes"] < 0.6 * fp32
+
+
 class _TinyMLP(nn.Module):
     """One dense layer: a single tuning task, so the tuning test stays short."""
 
