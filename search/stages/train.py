@@ -8,6 +8,7 @@ term's gradient on the same scale as the hard term's when T changes.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -115,17 +116,23 @@ def teacher_path(dataset: Dataset, seed: int, cache_dir: Path) -> Path:
 
 
 def get_teacher(dataset: Dataset, seed: int, cache_dir: Path, epochs: int = TEACHER_EPOCHS) -> nn.Module:
-    """The widest model of the family, trained once per (dataset, seed, code version) and cached."""
+    """The widest model of the family, trained once per (dataset, seed, code version) and cached.
+
+    A file lock makes concurrent workers train it once: the others wait and load it.
+    """
+    from filelock import FileLock
+
     path = teacher_path(dataset, seed, cache_dir)
-    model = build_model(dataset.sample_shape, dataset.num_classes, TEACHER_WIDTH)
-    if path.exists():
-        model.load_state_dict(torch.load(path, weights_only=True))
-        return model.eval()
-    torch.manual_seed(seed)
-    model = build_model(dataset.sample_shape, dataset.num_classes, TEACHER_WIDTH)
-    fit(model, dataset, epochs, seed=seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{np.random.randint(1 << 30)}")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(path)  # atomic: two workers training the same teacher never see a half file
+    with FileLock(str(path.with_suffix(".lock"))):
+        model = build_model(dataset.sample_shape, dataset.num_classes, TEACHER_WIDTH)
+        if path.exists():
+            model.load_state_dict(torch.load(path, weights_only=True))
+            return model.eval()
+        torch.manual_seed(seed)
+        model = build_model(dataset.sample_shape, dataset.num_classes, TEACHER_WIDTH)
+        fit(model, dataset, epochs, seed=seed)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(model.state_dict(), tmp)
+        tmp.replace(path)  # atomic: a reader without the lock never sees a half-written file
     return model.eval()

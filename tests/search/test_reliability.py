@@ -85,6 +85,20 @@ def _cli(runs, *args):
     return [sys.executable, "-m", "search.cli", "--runs-dir", str(runs), *args]
 
 
+def _study_exists(runs, name) -> bool:
+    """Read-only look at the SQLite store, so the check itself never races the schema creation."""
+    import sqlite3
+
+    db = runs / "optuna.db"
+    if not db.exists():
+        return False
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            return bool(conn.execute("SELECT 1 FROM studies WHERE study_name = ?", (name,)).fetchall())
+    except sqlite3.Error:  # the schema is still being created
+        return False
+
+
 def test_concurrent_searches_are_isolated_and_a_duplicate_name_is_refused(tmp_path):
     spec = {"trials": 2, "workers": 1, "budget": {"epochs": 1, "finetune_epochs": 0, "prune_steps": 1,
                                                    "timing_repeats": 3},
@@ -95,7 +109,9 @@ def test_concurrent_searches_are_isolated_and_a_duplicate_name_is_refused(tmp_pa
         path.write_text(yaml.safe_dump({**spec, "name": name}))
         procs[name] = subprocess.Popen(_cli(tmp_path, "submit", "--spec", str(path)),
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(3)
+    deadline = time.time() + 120  # submit the duplicate once "alpha" exists in storage, however slow its start
+    while time.time() < deadline and not _study_exists(tmp_path, "alpha"):
+        time.sleep(0.5)
     dup = subprocess.run(_cli(tmp_path, "submit", "--spec", str(tmp_path / "alpha.yaml"), "--no-mlflow"),
                          capture_output=True, text=True, timeout=120)
     assert dup.returncode == 2 and "already exists" in dup.stderr and "Traceback" not in dup.stderr

@@ -51,6 +51,21 @@ def test_training_learns_and_teacher_is_cached(digits, tmp_path):
     torch.testing.assert_close(teacher(x), again(x))
 
 
+def test_two_workers_needing_the_teacher_at_once_train_it_once(digits, tmp_path):
+    """Workers run seeded, so anything they draw at random is equal: the cache must not depend on it."""
+    import subprocess
+    import sys
+
+    script = ("import numpy as np, sys; from pathlib import Path; np.random.seed(0); "
+              "from search.data import load_dataset; from search.stages.train import get_teacher; "
+              "get_teacher(load_dataset('digits'), 0, Path(sys.argv[1]), epochs=2); print('ok')")
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outcomes = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-500:] for _, err in outcomes]
+    assert sorted(f.suffix for f in tmp_path.iterdir()) == [".lock", ".pt"]  # no temporary file left
+
+
 @pytest.mark.parametrize("sparsity", [0.3, 0.75])
 def test_unstructured_sparsity_matches_request(digits, tiny_budget, sparsity):
     torch.manual_seed(0)
