@@ -553,12 +553,14 @@ def log_to_mlflow(results: dict, bench: Path, runs_dir: Path) -> str:
 
     from mlflow.tracking import MlflowClient
 
-    from search.tracking import default_tracking_uri
+    from search.tracking import artifact_root, default_tracking_uri
 
-    client = MlflowClient(default_tracking_uri(runs_dir))
+    uri = default_tracking_uri(runs_dir)
+    client = MlflowClient(uri)
     exp = client.get_experiment_by_name("bench")
+    location = {"artifact_location": f"{artifact_root(runs_dir)}/bench"} if uri.startswith("sqlite:") else {}
     exp_id = exp.experiment_id if exp else client.create_experiment(
-        "bench", tags={"mlflow.experimentKind": "custom_model_development"})
+        "bench", tags={"mlflow.experimentKind": "custom_model_development"}, **location)
     run = client.create_run(exp_id, run_name=f"{results['date']} {'quick' if results['quick'] else 'full'}",
                             tags={"cpu": results["machine"]["cpu"], "mode": "quick" if results["quick"] else "full"})
     numbers = {k: v for k, v in _numbers({k: v for k, v in results.items() if k not in ("machine",)}).items()

@@ -30,7 +30,8 @@ def default_tracking_uri(runs_dir: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(runs_dir).resolve() / 'mlflow.db'}"
 
 
-def _artifact_root(runs_dir: Path) -> str:
+def artifact_root(runs_dir: Path) -> str:
+    """Where runs of a local (SQLite) store keep their files: beside the store, never the working directory."""
     return (Path(runs_dir).resolve() / "mlartifacts").as_uri()
 
 
@@ -79,7 +80,7 @@ class SearchTracker:
             return exp.experiment_id
         kwargs = {}
         if self.uri.startswith("sqlite:"):
-            kwargs["artifact_location"] = f"{_artifact_root(runs_dir)}/{self.spec.name}"
+            kwargs["artifact_location"] = f"{artifact_root(runs_dir)}/{self.spec.name}"
         return self.client.create_experiment(
             self.spec.name, tags={"mlflow.experimentKind": "custom_model_development", "edgesearch.search": "true"},
             **kwargs,
