@@ -1,0 +1,39 @@
+"""The benchmark script's own plumbing (its figures are measured by `make bench`, never asserted here)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench", ROOT / "benchmarks" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_results_go_to_the_bench_experiment_beside_the_store(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from search.tracking import default_tracking_uri
+
+    bench = _bench()
+    out = tmp_path / "bench"
+    out.mkdir()
+    results = {"date": "2026-11-25 10:00:00", "quick": True, "plots": [],
+               "machine": {"cpu": "test", "cores": 2, "versions": {"torch": "x"}},
+               "reuse": {"ratio": 142.0, "first": {"seconds": 208.4}}, "note": "text is not a metric"}
+    (out / "results.json").write_text(json.dumps(results))
+    (out / "REPORT.md").write_text("# report\n")
+    run_id = bench.log_to_mlflow(results, out, tmp_path)
+    client = MlflowClient(default_tracking_uri(tmp_path))
+    exp = client.get_experiment_by_name("bench")
+    assert exp.artifact_location.startswith((tmp_path / "mlartifacts").resolve().as_uri())
+    run = client.get_run(run_id)
+    assert run.data.metrics == {"reuse.ratio": 142.0, "reuse.first.seconds": 208.4}
+    assert run.data.params["cores"] == "2" and run.data.tags["mode"] == "quick"
+    assert sorted(a.path for a in client.list_artifacts(run_id)) == ["REPORT.md", "results.json"]
