@@ -102,12 +102,12 @@ def _search_budget(**overrides):
     return replace(Budget(epochs=4, finetune_epochs=1, prune_steps=1, timing_repeats=10), **overrides)
 
 
-def _run(spec, runs: Path, tracking: bool = False):
+def _run(spec, runs: Path, tracking: bool = False, resume: bool = False):
     from search.study import default_storage
     from search.tracking import default_tracking_uri
     from search.workers import run_search
 
-    return run_search(spec, runs, storage_url=default_storage(runs), report=lambda line: None,
+    return run_search(spec, runs, storage_url=default_storage(runs), report=lambda line: None, resume=resume,
                       tracking_uri=default_tracking_uri(runs) if tracking else None)
 
 
@@ -279,7 +279,6 @@ def reuse_figures(runs: Path, plan: Plan) -> dict:
 
 def quality_figures(runs: Path, plan: Plan) -> dict:
     """Hypervolume per sampler and seed on one spec, and the single-technique recipes run the same way."""
-    from objectives.pareto import non_dominated
     from search.spec import SearchSpec
     from search.plots import hypervolume_history
     from search.study import OBJECTIVES, create_study, default_storage
@@ -289,33 +288,32 @@ def quality_figures(runs: Path, plan: Plan) -> dict:
     base = SearchSpec(name="bench-quality", trials=plan.quality_trials, workers=2, budget=_search_budget(),
                       latency_budget_ms=0.1, reference_point=(0.0, 0.1, 131072.0, 0.03))
     curves: dict[str, dict[int, list[float]]] = {}
-    fronts = []
+    fronts = []  # each search's front, as objective vectors
     for sampler in SAMPLERS:
         for seed in plan.quality_seeds:
             spec = replace(base, name=f"bench-q-{sampler}-s{seed}-{_stamp()}", sampler=sampler, seed=seed)
             _say(f"  {spec.name}: {plan.quality_trials} trials")
             outcome = _run(spec, runs)
             curves.setdefault(sampler, {})[seed] = [hv for _, hv in hypervolume_history(outcome.rows, base)]
-            fronts.append((sampler, seed, outcome.front))
+            fronts.append([_point(r) for r in outcome.front])
 
     recipes_spec = replace(base, name=f"bench-recipes-{_stamp()}", trials=len(RECIPES), sampler="random")
     study = create_study(recipes_spec, default_storage(runs), resume=False)
     for change in RECIPES.values():
         study.enqueue_trial({**PLAIN, **change})
     _say(f"  {len(RECIPES)} single-technique recipes, run through the same service")
-    recipe_rows = sorted(_resume(recipes_spec, runs).rows, key=lambda r: r.number)
+    recipe_rows = sorted(_run(recipes_spec, runs, resume=True).rows, key=lambda r: r.number)
 
-    directions = [d for _, d in OBJECTIVES]
     recipes = {}
     for (label, _), row in zip(RECIPES.items(), recipe_rows):
         if row.state != "COMPLETE":
             recipes[label] = {"error": row.error}
             continue
-        point = [row.value(n) for n, _ in OBJECTIVES]
-        covered = sum(_covers([[r.value(n) for n, _ in OBJECTIVES] for r in front], point) for _, _, front in fronts)
+        point = _point(row)
         recipes[label] = {"point": dict(zip([n for n, _ in OBJECTIVES], point)), "feasible": row.feasible,
-                          "searches_covering": covered, "searches": len(fronts),
-                          "on_union_front": _on_union_front(point, fronts, directions, non_dominated)}
+                          "searches_covering": sum(_covers(front, point) for front in fronts),
+                          "searches": len(fronts),
+                          "on_union_front": _on_union_front(point, [q for front in fronts for q in front])}
     final = {s: [c[-1] for c in seeds.values()] for s, seeds in curves.items()}
     return {"trials": plan.quality_trials, "seeds": list(plan.quality_seeds), "curves": curves,
             "final_hypervolume": {s: _spread(v) for s, v in final.items()},
@@ -325,11 +323,10 @@ def quality_figures(runs: Path, plan: Plan) -> dict:
             "recipes": recipes}
 
 
-def _resume(spec, runs: Path):
-    from search.study import default_storage
-    from search.workers import run_search
+def _point(row) -> list[float]:
+    from search.study import OBJECTIVES
 
-    return run_search(spec, runs, storage_url=default_storage(runs), resume=True, report=lambda line: None)
+    return [row.value(n) for n, _ in OBJECTIVES]
 
 
 # Measurement noise on a shared 2-core machine: a front point within this of a recipe counts as matching it.
@@ -352,12 +349,12 @@ def _covers(front: list[list[float]], point: list[float]) -> bool:
     return any(ok(q) for q in front)
 
 
-def _on_union_front(point, fronts, directions, non_dominated) -> bool:
-    """Whether the recipe found something every search missed: it is not dominated by any search's point."""
+def _on_union_front(point: list[float], union: list[list[float]]) -> bool:
+    """Whether the recipe found something every search missed: no point of any search's front dominates it."""
+    from objectives.pareto import non_dominated
     from search.study import OBJECTIVES
 
-    union = [[r.value(n) for n, _ in OBJECTIVES] for _, _, front in fronts for r in front]
-    return len(union) in non_dominated(union + [point], directions)
+    return len(union) in non_dominated(union + [point], [d for _, d in OBJECTIVES])
 
 
 # Figure 6 ------------------------------------------------------------------------------------------------------
@@ -553,14 +550,11 @@ def log_to_mlflow(results: dict, bench: Path, runs_dir: Path) -> str:
 
     from mlflow.tracking import MlflowClient
 
-    from search.tracking import artifact_root, default_tracking_uri
+    from search.tracking import default_tracking_uri, experiment_id
 
     uri = default_tracking_uri(runs_dir)
     client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("bench")
-    location = {"artifact_location": f"{artifact_root(runs_dir)}/bench"} if uri.startswith("sqlite:") else {}
-    exp_id = exp.experiment_id if exp else client.create_experiment(
-        "bench", tags={"mlflow.experimentKind": "custom_model_development"}, **location)
+    exp_id = experiment_id(client, uri, runs_dir, "bench", {})
     run = client.create_run(exp_id, run_name=f"{results['date']} {'quick' if results['quick'] else 'full'}",
                             tags={"cpu": results["machine"]["cpu"], "mode": "quick" if results["quick"] else "full"})
     numbers = {k: v for k, v in _numbers({k: v for k, v in results.items() if k not in ("machine",)}).items()

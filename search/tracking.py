@@ -35,6 +35,16 @@ def artifact_root(runs_dir: Path) -> str:
     return (Path(runs_dir).resolve() / "mlartifacts").as_uri()
 
 
+def experiment_id(client, uri: str, runs_dir: Path, name: str, tags: dict[str, str]) -> str:
+    """The experiment ``name``, created if new; a local store keeps its artifacts under ``artifact_root``."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = {"artifact_location": f"{artifact_root(runs_dir)}/{name}"} if uri.startswith("sqlite:") else {}
+    return client.create_experiment(name, tags={"mlflow.experimentKind": "custom_model_development", **tags},
+                                    **location)
+
+
 def check_tracking(uri: str) -> None:
     """Fail before any training if the tracking server cannot be reached."""
     from mlflow.tracking import MlflowClient
@@ -75,16 +85,7 @@ class SearchTracker:
         self._plotted_at = float("-inf")
 
     def _experiment(self, runs_dir: Path) -> str:
-        exp = self.client.get_experiment_by_name(self.spec.name)
-        if exp is not None:
-            return exp.experiment_id
-        kwargs = {}
-        if self.uri.startswith("sqlite:"):
-            kwargs["artifact_location"] = f"{artifact_root(runs_dir)}/{self.spec.name}"
-        return self.client.create_experiment(
-            self.spec.name, tags={"mlflow.experimentKind": "custom_model_development", "edgesearch.search": "true"},
-            **kwargs,
-        )
+        return experiment_id(self.client, self.uri, runs_dir, self.spec.name, {"edgesearch.search": "true"})
 
     def _parent_run(self) -> str:
         run_id = self.study.user_attrs.get(PARENT_ATTR)

@@ -209,29 +209,34 @@ def _drive(ray, task, study, spec, runs_dir, remaining, report, on_trial, timing
     results: dict[str, tuple[int, CandidateResult]] = {}
     submitted = finished = 0
     started_all = time.perf_counter()
+
+    def tell(trial, result: CandidateResult, note: str = "") -> None:
+        """Record a finished candidate, print its progress line and log it."""
+        nonlocal finished
+        with _timed(timings, "optuna"):
+            record_result(study, trial, spec, result)
+            row = Row.from_trial(study._storage.get_trial(trial._trial_id))
+            hv = front_hypervolume(feasible_front(rows(study)), spec)
+        finished += 1
+        report(_progress_line(row, finished, remaining, started_all) + f"  HV {hv:.4g}{note}")
+        if on_trial:
+            with _timed(timings, "logging"):
+                on_trial(study, row)
+
     while finished < remaining:
         while len(in_flight) < spec.workers and submitted < remaining:
             with _timed(timings, "optuna"):
                 trial = study.ask()
                 candidate = suggest_candidate(trial, spec)
+            submitted += 1
             if candidate.key() in results:
                 number, result = results[candidate.key()]
-                with _timed(timings, "optuna"):
-                    trial.set_user_attr("reused_from_trial", number)
-                    record_result(study, trial, spec, result)
-                    row = Row.from_trial(study._storage.get_trial(trial._trial_id))
-                submitted += 1
-                finished += 1
-                report(_progress_line(row, finished, remaining, started_all) + f"  (same knobs as trial {number}: "
-                       "result reused)")
-                if on_trial:
-                    with _timed(timings, "logging"):
-                        on_trial(study, row)
+                trial.set_user_attr("reused_from_trial", number)
+                tell(trial, result, f"  (same knobs as trial {number}: result reused)")
                 continue
             ref = task.remote(_as_dict(candidate), spec.dataset, spec.target, str(Path(runs_dir).resolve()),
                               THREADS_PER_WORKER)
             in_flight[ref] = (trial, time.perf_counter())
-            submitted += 1
         wait = None
         if spec.timeout_s:
             now = time.perf_counter()
@@ -259,17 +264,12 @@ def _drive(ray, task, study, spec, runs_dir, remaining, report, on_trial, timing
                 row = Row.from_trial(study._storage.get_trial(trial._trial_id))
             finished += 1
             _report_failure(report, trial.number, reason, finished, remaining, started_all)
+            if on_trial:
+                with _timed(timings, "logging"):
+                    on_trial(study, row)
         else:
             results.setdefault(result.candidate.key(), (trial.number, result))
-            with _timed(timings, "optuna"):
-                record_result(study, trial, spec, result)
-                row = Row.from_trial(study._storage.get_trial(trial._trial_id))
-                hv = front_hypervolume(feasible_front(rows(study)), spec)
-            finished += 1
-            report(_progress_line(row, finished, remaining, started_all) + f"  HV {hv:.4g}")
-        if on_trial:
-            with _timed(timings, "logging"):
-                on_trial(study, row)
+            tell(trial, result)
 
 
 def _as_dict(candidate: Candidate) -> dict:

@@ -111,7 +111,8 @@ def _tune(mod, target, work_dir: Path, trials: int, seed: int) -> tuple[int, int
     fresh = [t for t in tasks if not _has_record(database, t)]
     if fresh and trials > 0:
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            fresh, work_dir=str(work_dir), seed=seed, strategy=ms.search_strategy.EvolutionarySearch(population_size=POPULATION),
+            fresh, work_dir=str(work_dir), seed=seed,
+            strategy=ms.search_strategy.EvolutionarySearch(population_size=POPULATION),
         )
         # Spread the budget over the new tasks so a small budget still gives every task a first round.
         per_task = max(1, min(TRIALS_PER_ROUND, trials // len(fresh)))
