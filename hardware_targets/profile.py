@@ -16,6 +16,7 @@ from search.errors import ProfileError
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 BACKENDS = ("local", "remote", "emulated")
+TRACKER_FIELDS = ("tracker_host", "tracker_port", "key")
 PRECISION_KEYS = ("fp32", "fp16", "int8")
 
 
@@ -145,7 +146,9 @@ def _validate(data: Any, path: Path) -> TargetProfile:
         missing = [k for k in _EMULATOR_NEEDS if data.get(k) is None]
         if missing:
             raise ProfileError(f"{path}: an emulated profile needs field(s) {missing}.")
-    if data["backend"] == "remote" and not (data.get("rpc") or {}).get("port"):
-        raise ProfileError(f"{path}: a remote profile needs 'rpc' with host and port (or tracker) of the device.")
+    rpc = data.get("rpc") or {}
+    if data["backend"] == "remote" and not (rpc.get("port") or all(rpc.get(k) for k in TRACKER_FIELDS)):
+        raise ProfileError(f"{path}: a remote profile needs 'rpc' with the device's host and port, or "
+                           f"{', '.join(TRACKER_FIELDS)} of an RPC tracker.")
     names = {f.name for f in dataclasses.fields(TargetProfile)}
     return TargetProfile(**{k: v for k, v in data.items() if k in names}, source=str(path))

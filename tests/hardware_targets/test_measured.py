@@ -14,41 +14,82 @@ import yaml
 from hardware_targets import get_backend, load_profile
 from hardware_targets.backends.local import read_rapl_uj
 from hardware_targets.calibration import calibrate_host, load_calibration
-from search.candidate import Candidate
+from search.candidate import Budget, Candidate
 from search.models import build_model
 from search.stages.compile import compile_tvm
 from search.stages.export import export_onnx
 from search.stages.train import fit
 
 
+def _wait_for_port(port: int, process: subprocess.Popen) -> None:
+    deadline = time.time() + 60
+    while time.time() < deadline and process.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} (exit code {process.poll()})")
+
+
+def _start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def _stop(*processes: subprocess.Popen) -> None:
+    for process in processes:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
 @pytest.fixture(scope="module")
 def rpc_server(free_port):
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port",
-                               str(port), "--port-end", str(port + 1)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
+    server = _start("tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(port), "--port-end", str(port + 1))
+    _wait_for_port(port, server)
+    yield {"host": "127.0.0.1", "port": port}
+    _stop(server)
+
+
+@pytest.fixture(scope="module")
+def rpc_tracker(free_port):
+    """A tracker and one board registered with it under a key, as a lab shares its boards."""
+    from tvm import rpc
+
+    port = free_port()
+    tracker = _start("tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port), "--port-end", str(port + 1))
+    _wait_for_port(port, tracker)
+    board_port = free_port()
+    board = _start("tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(board_port), "--port-end",
+                   str(board_port + 1), "--tracker", f"127.0.0.1:{port}", "--key", "loopback")
     deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.5)
-    yield port
-    os.killpg(server.pid, signal.SIGTERM)
-    server.wait(timeout=30)
+    while "loopback" not in rpc.connect_tracker("127.0.0.1", port).text_summary():
+        assert time.time() < deadline and board.poll() is None, "the board never registered with the tracker"
+        time.sleep(0.5)
+    yield {"tracker_host": "127.0.0.1", "tracker_port": port, "key": "loopback"}
+    _stop(board, tracker)
 
 
-def test_remote_backend_matches_local_within_2x(rpc_server, digits, tiny_budget, tmp_path):
+@pytest.fixture(scope="module")
+def host_build(digits, tmp_path_factory):
     torch.manual_seed(0)
     model = fit(build_model(digits.sample_shape, 10, 1.0), digits, 1)
-    onnx_path = export_onnx(model, Candidate(budget=tiny_budget), digits, tmp_path / "m.onnx")
+    tmp = tmp_path_factory.mktemp("host-build")
+    onnx_path = export_onnx(model, Candidate(budget=Budget(epochs=1, finetune_epochs=1, timing_repeats=10)),
+                            digits, tmp / "m.onnx")
+    artifact = compile_tvm(onnx_path, load_profile("host").tvm_target, tmp / "m.so", (1, 1, 8, 8), "float32")
+    return onnx_path, artifact
+
+
+@pytest.mark.parametrize("connection", ["rpc_server", "rpc_tracker"])
+def test_remote_backend_matches_local_within_2x(connection, request, host_build, digits, tmp_path):
+    onnx_path, artifact = host_build
     host = load_profile("host")
-    artifact = compile_tvm(onnx_path, host.tvm_target, tmp_path / "m.so", (1, 1, 8, 8), "float32")
     profile_path = tmp_path / "loopback-board.yaml"
     profile_path.write_text(yaml.safe_dump({"name": "loopback-board", "backend": "remote",
                                             "tvm_target": host.tvm_target,
-                                            "rpc": {"host": "127.0.0.1", "port": rpc_server}}))
+                                            "rpc": request.getfixturevalue(connection)}))
     remote = get_backend(load_profile(profile_path))
     sample = digits.x_val[:1]
     r = remote.measure(artifact, onnx_path, "fp32", sample, 10)["latency_ms_median"]

@@ -24,7 +24,10 @@ def test_host_profile_measures_locally():
      ("name: x\nbackend: quantum\ntvm_target: {kind: llvm}\n", "field 'backend' must be one of"),
      ("name: x\nbackend: local\ntvm_target: {kind: llvm}\ncores: two\n", "field 'cores' must be int"),
      ("name: x\nbackend: local\ntvm_target: {mcpu: a}\n", "must have a 'kind'"),
-     ("name: [unclosed\n", "not valid YAML")],
+     ("name: [unclosed\n", "not valid YAML"),
+     ("name: x\nbackend: remote\ntvm_target: {kind: llvm}\n", "needs 'rpc' with the device's host and port"),
+     ("name: x\nbackend: remote\ntvm_target: {kind: llvm}\nrpc: {tracker_host: lab, tracker_port: 9190}\n",
+      "tracker_host, tracker_port, key of an RPC tracker")],
 )
 def test_malformed_profiles_name_file_and_field(tmp_path, text, message):
     path = tmp_path / "board.yaml"

@@ -38,6 +38,10 @@ def test_export_writes_the_deployable_folder(exported):
     assert card["metrics"]["latency_ms_median"]["provenance"] == "measured"
     assert json.loads((out / "model_card.json").read_text())["trial"] == card["trial"]
     assert "| latency_ms_median |" in (out / "MODEL_CARD.md").read_text()
+    alone, p90 = card["metrics"]["latency_ms_median_at_export"], card["metrics"]["latency_ms_p90_at_export"]
+    assert alone["provenance"] == p90["provenance"] == "measured"
+    assert 0 < alone["value"] <= p90["value"]
+    assert "| latency_ms_median_at_export |" in (out / "MODEL_CARD.md").read_text()
     run = subprocess.run([sys.executable, "predict.py"], cwd=out, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and run.stdout.startswith("class ")
 
@@ -74,6 +78,7 @@ def test_cross_compiled_export_matches_the_profile(tracked_search, tmp_path):
     card = export_search(spec.name, tmp_path / "pi", storage_url=default_storage(runs), runs_dir=runs,
                          target="rpi4", register=False)
     assert card["verification"]["library_architecture"] == ["aarch64"]
+    assert "latency_ms_median_at_export" not in card["metrics"]  # an emulated board is not timed again
     assert elf_machines(tmp_path / "pi" / "model.tar") == {"aarch64"}
 
 
