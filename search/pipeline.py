@@ -62,7 +62,7 @@ def versions() -> dict[str, str]:
 
     return {
         "edgesearch": version("edgesearch"),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a TorchVersion would make every unpickler import torch
         "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,
         "tvm": tvm.__version__,

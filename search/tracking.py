@@ -183,7 +183,7 @@ class SearchTracker:
                 self.client.log_metric(self.parent_id, f"best_{name}", best.value(name), step=step)
             self.client.set_tag(self.parent_id, "best_trial", str(best.number))
         self.client.log_dict(self.parent_id, [_row_dict(r) for r in front], "pareto_front.json")
-        if finished or time.monotonic() - self._plotted_at >= PLOT_INTERVAL_S:
+        if finished or (all_rows and time.monotonic() - self._plotted_at >= PLOT_INTERVAL_S):
             self._log_plots(all_rows, front)
             self._plotted_at = time.monotonic()
         if finished:

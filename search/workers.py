@@ -53,7 +53,8 @@ class SearchOutcome:
     front: list[Row]
     best: Row | None
     hypervolume: float
-    # the driver's own time, by part: ray_start, optuna (ask, tell, storage), logging (MLflow), wall
+    # the driver's own time, by part: ray_start, optuna (ask, tell, storage), logging (MLflow), wall; and
+    # dispatch: how long freed workers waited for their next candidate, over `dispatches` hand-overs
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
@@ -114,7 +115,7 @@ class _Tracking:
             self.report(f"MLflow logging failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
                         "will retry after the next trial")
 
-    def on_trial(self, study, row) -> None:
+    def on_trial(self, study) -> None:
         self._sync()
 
     def finish(self, all_rows) -> None:
@@ -147,16 +148,19 @@ def run_search(
     store is checked before any work starts.
     """
     wall_started = time.perf_counter()
-    timings = {"ray_start": 0.0, "optuna": 0.0, "logging": 0.0}
+    timings = {"ray_start": 0.0, "optuna": 0.0, "logging": 0.0, "dispatch": 0.0, "dispatches": 0}
     spec = _supported_space(spec, check_inputs(spec), report)
     if not address:
         check_resources(spec)
     if tracking_uri:
         from search.tracking import check_tracking
 
-        check_tracking(tracking_uri)
-    study = create_study(spec, storage_url, resume)
-    tracker = _Tracking(spec, study, tracking_uri, runs_dir, report) if tracking_uri else None
+        with _timed(timings, "logging"):
+            check_tracking(tracking_uri)
+    with _timed(timings, "optuna"):
+        study = create_study(spec, storage_url, resume)
+    with _timed(timings, "logging"):
+        tracker = _Tracking(spec, study, tracking_uri, runs_dir, report) if tracking_uri else None
     requeued = requeue_interrupted(study) if resume else 0
     if requeued:
         report(f"re-queued {requeued} trial(s) interrupted by the previous driver")
@@ -203,27 +207,47 @@ def _timed(timings: dict[str, float], part: str):
 
 
 def _drive(ray, task, study, spec, runs_dir, remaining, report, on_trial, timings) -> None:
+    """Keep every worker busy; tell Optuna each result as it lands.
+
+    A free worker gets its next candidate right after Optuna is told, before the progress line and the MLflow
+    logging: those run while the workers compute, so they never hold a worker idle."""
     in_flight: dict = {}  # ray ref -> (trial, started)
     # Samplers (NSGA-II's crossover especially) propose knobs already evaluated; the result is reused, not
     # rebuilt. Keyed per driver: the same spec, so the same budget, seed, dataset and target.
     results: dict[str, tuple[int, CandidateResult]] = {}
+    told: list[tuple[object, int, str]] = []  # (trial, finished count, note) told to Optuna, not yet published
     submitted = finished = 0
     started_all = time.perf_counter()
+    landed = None  # when the last result came back: a worker is free from then until its next candidate is sent
 
-    def tell(trial, result: CandidateResult, note: str = "") -> None:
-        """Record a finished candidate, print its progress line and log it."""
+    def tell(trial, result: CandidateResult | None, note: str) -> None:
+        """Record a finished candidate, or a failure when ``result`` is None (``note`` says why)."""
         nonlocal finished
         with _timed(timings, "optuna"):
-            record_result(study, trial, spec, result)
-            row = Row.from_trial(study._storage.get_trial(trial._trial_id))
-            hv = front_hypervolume(feasible_front(rows(study)), spec)
+            if result is None:
+                record_failure(study, trial, note)
+            else:
+                record_result(study, trial, spec, result)
         finished += 1
-        report(_progress_line(row, finished, remaining, started_all) + f"  HV {hv:.4g}{note}")
-        if on_trial:
-            with _timed(timings, "logging"):
-                on_trial(study, row)
+        told.append((trial, finished, note))
 
-    while finished < remaining:
+    def publish() -> None:
+        """Progress lines and MLflow logging for what Optuna was told since the last call."""
+        for trial, count, note in told:
+            with _timed(timings, "optuna"):
+                row = Row.from_trial(study._storage.get_trial(trial._trial_id))
+                hv = front_hypervolume(feasible_front(rows(study)), spec) if row.state == "COMPLETE" else None
+            if hv is None:
+                report(f"[{count}/{remaining}] trial {row.number}: FAILED - {note}  "
+                       f"ETA {_eta(count, remaining, started_all)}")
+            else:
+                report(_progress_line(row, count, remaining, started_all) + f"  HV {hv:.4g}{note}")
+        if told and on_trial:
+            with _timed(timings, "logging"):
+                on_trial(study)
+        told.clear()
+
+    while True:
         while len(in_flight) < spec.workers and submitted < remaining:
             with _timed(timings, "optuna"):
                 trial = study.ask()
@@ -237,6 +261,13 @@ def _drive(ray, task, study, spec, runs_dir, remaining, report, on_trial, timing
             ref = task.remote(_as_dict(candidate), spec.dataset, spec.target, str(Path(runs_dir).resolve()),
                               THREADS_PER_WORKER)
             in_flight[ref] = (trial, time.perf_counter())
+            if landed is not None:
+                timings["dispatch"] = timings.get("dispatch", 0.0) + time.perf_counter() - landed
+                timings["dispatches"] = timings.get("dispatches", 0) + 1
+                landed = None
+        publish()
+        if finished >= remaining:
+            return
         wait = None
         if spec.timeout_s:
             now = time.perf_counter()
@@ -248,28 +279,18 @@ def _drive(ray, task, study, spec, runs_dir, remaining, report, on_trial, timing
                 if now - started >= spec.timeout_s:
                     ray.cancel(ref, force=True)
                     del in_flight[ref]
-                    reason = f"timeout: exceeded the per-candidate limit of {spec.timeout_s} s"
-                    record_failure(study, trial, reason)
-                    finished += 1
-                    _report_failure(report, trial.number, reason, finished, remaining, started_all)
+                    tell(trial, None, f"timeout: exceeded the per-candidate limit of {spec.timeout_s} s")
             continue
         ref = ready[0]
+        landed = time.perf_counter()
         trial, _ = in_flight.pop(ref)
         try:
             result = CandidateResult.from_dict(ray.get(ref))
         except Exception as exc:
-            reason = _failure_reason(exc)
-            with _timed(timings, "optuna"):
-                record_failure(study, trial, reason)
-                row = Row.from_trial(study._storage.get_trial(trial._trial_id))
-            finished += 1
-            _report_failure(report, trial.number, reason, finished, remaining, started_all)
-            if on_trial:
-                with _timed(timings, "logging"):
-                    on_trial(study, row)
+            tell(trial, None, _failure_reason(exc))
         else:
             results.setdefault(result.candidate.key(), (trial.number, result))
-            tell(trial, result)
+            tell(trial, result, "")
 
 
 def _as_dict(candidate: Candidate) -> dict:
@@ -304,6 +325,3 @@ def _progress_line(row: Row, finished: int, remaining: int, started: float) -> s
             f"({row.metrics['latency_ms_median'][2]}), {row.value('size_bytes') / 1024:.1f} KiB, "
             f"{'feasible' if row.feasible else 'over budget'}  ETA {_eta(finished, remaining, started)}")
 
-
-def _report_failure(report, number, reason, finished, remaining, started) -> None:
-    report(f"[{finished}/{remaining}] trial {number}: FAILED - {reason}  ETA {_eta(finished, remaining, started)}")

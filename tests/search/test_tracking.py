@@ -86,6 +86,7 @@ def test_unreachable_tracking_server_fails_before_any_work(tmp_path, free_port):
 def test_the_service_reports_its_own_time_by_part(tracked_search):
     _, outcome, _, _ = tracked_search
     t = outcome.timings
-    assert set(t) == {"ray_start", "optuna", "logging", "wall"}
-    assert all(v > 0 for v in t.values())  # Ray was started, trials told, MLflow written
+    assert set(t) == {"ray_start", "optuna", "logging", "dispatch", "dispatches", "wall"}
+    assert all(v > 0 for v in t.values())  # Ray was started, trials told, MLflow written, workers re-fed
     assert t["ray_start"] + t["optuna"] + t["logging"] < t["wall"]
+    assert t["dispatch"] < t["optuna"]  # a freed worker waits for Optuna's tell and ask, not for MLflow
