@@ -31,6 +31,7 @@ class Plan:
     """How big each figure's run is; ``quick`` keeps the whole run under 10 minutes on 2 cores."""
 
     search_trials: int  # figures 1-2
+    search_default_budget: bool  # figures 1-2: the default per-candidate budget, as a user's search runs
     search_repeats: int  # 1-vs-2-worker pairs
     runtime_widths: tuple[float, ...]  # figure 3, built-in candidates
     tuned_precisions: tuple[str, ...]  # figure 3: which precisions are also tuned
@@ -44,10 +45,10 @@ class Plan:
     calibration_candidates: int  # figure 7
 
 
-QUICK = Plan(search_trials=4, search_repeats=1, runtime_widths=(0.5, 1.0), tuned_precisions=("fp32",), tuned_widths=(1.0,),
+QUICK = Plan(search_trials=4, search_default_budget=False, search_repeats=1, runtime_widths=(0.5, 1.0), tuned_precisions=("fp32",), tuned_widths=(1.0,),
              tuning_trials=10, mobilenet_tuning_trials=22, timing_repeats=10, reuse_trials=2, quality_trials=5,
              quality_seeds=(0,), calibration_candidates=9)
-FULL = Plan(search_trials=10, search_repeats=2, runtime_widths=(0.5, 1.0, 2.0),
+FULL = Plan(search_trials=24, search_default_budget=True, search_repeats=2, runtime_widths=(0.5, 1.0, 2.0),
             tuned_precisions=("fp32", "int8-ptq", "int8-qat"), tuned_widths=(0.5, 1.0, 2.0), tuning_trials=40, mobilenet_tuning_trials=132,
             timing_repeats=30, reuse_trials=4, quality_trials=12, quality_seeds=(0, 1, 2), calibration_candidates=18)
 
@@ -120,19 +121,21 @@ def _stamp() -> str:
 def search_figures(runs: Path, plan: Plan) -> dict:
     """The same spec (same seed, so the same candidates) with 1 and 2 workers, as a user runs it: each search
     starts its own Ray cluster and logs to MLflow. Pairs alternate their order so warm caches favour neither."""
+    from search.candidate import Budget
     from search.data import load_dataset
-    from search.spec import SearchSpace, SearchSpec
+    from search.spec import SearchSpec
     from search.stages.train import get_teacher
 
     get_teacher(load_dataset("digits"), 0, runs / "teachers")  # trained once, before anything is timed
+    budget = Budget() if plan.search_default_budget else _search_budget()
     runs_by_workers: dict[int, list[dict]] = {1: [], 2: []}
     for repeat in range(plan.search_repeats):
         for workers in ((1, 2) if repeat % 2 == 0 else (2, 1)):
             name = f"bench-w{workers}-r{repeat}-{_stamp()}"
             _say(f"  {name}: {plan.search_trials} trials on {workers} worker(s)")
+            # Random sampling draws the same candidates whatever order results come back in.
             spec = SearchSpec(name=name, trials=plan.search_trials, workers=workers, sampler="random", seed=0,
-                              budget=_search_budget(),
-                              space=SearchSpace(precision=("fp32", "int8-ptq", "int8-qat")))
+                              budget=budget)
             outcome = _run(spec, runs, tracking=True)
             runs_by_workers[workers].append(_search_costs(outcome, runs, workers))
     two, one = runs_by_workers[2], runs_by_workers[1]
@@ -142,10 +145,13 @@ def search_figures(runs: Path, plan: Plan) -> dict:
             stage_share.setdefault(k, []).append(v)
     return {
         "trials": plan.search_trials,
+        "budget": {"default": plan.search_default_budget, **budget.__dict__},
         "candidates_per_hour": _spread([r["candidates_per_hour"] for r in two]),
         "stage_share": {k: _spread(v) for k, v in stage_share.items()},
         "service_share": _spread([r["service_share"] for r in two]),
         "service_seconds": {k: _spread([r["timings"][k] for r in two]) for k in ("ray_start", "optuna", "logging")},
+        "dispatch_ms": _spread([r["dispatch_ms"] for r in two]),
+        "dispatch_share": _spread([r["dispatch_share"] for r in two]),
         "idle_capacity_share": _spread([r["idle_capacity_share"] for r in two]),
         "parallel_speedup": _spread([a["loop_seconds"] / b["loop_seconds"] for a, b in zip(one, two)]),
         "loop_seconds": {"1": _spread([r["loop_seconds"] for r in one]), "2": _spread([r["loop_seconds"] for r in two])},
@@ -164,10 +170,14 @@ def _search_costs(outcome, runs: Path, workers: int) -> dict:
             stages[stage] = stages.get(stage, 0.0) + sec
     busy = sum(stages.values())
     loop = t["wall"] - t["ray_start"]  # the trials themselves: what more workers can shorten
+    work = busy + t["logging"]  # the workers' stages and the driver's MLflow logging
     return {"wall_seconds": t["wall"], "loop_seconds": loop, "timings": t,
             "candidates_per_hour": len(outcome.rows) / t["wall"] * 3600,
-            "stage_share": {k: v / busy for k, v in stages.items()},
+            "stage_share": {**{k: v / work for k, v in stages.items()}, "logging (MLflow, driver)": t["logging"] / work},
             "service_share": (t["ray_start"] + t["optuna"] + t["logging"]) / t["wall"],
+            # what the service costs the workers: the time a freed worker waits for its next candidate
+            "dispatch_ms": 1e3 * t["dispatch"] / max(1, t["dispatches"]),
+            "dispatch_share": t["dispatch"] / (loop * workers),
             "idle_capacity_share": max(0.0, 1 - busy / (loop * workers))}
 
 
@@ -199,7 +209,7 @@ def runtime_figures(tmp: Path, plan: Plan) -> dict:
         art = compile_tvm(onnx_path, host.tvm_target, tmp / f"{label}-{trials}.so", shape, dtype,
                           tuning_trials=trials, cache_dir=cache if trials else None)
         ms = backend.measure(art, onnx_path, precision, sample, plan.timing_repeats)["latency_ms_median"].value
-        return ms, art.tuning_seconds
+        return ms, art
 
     models = []
     for precision in ("fp32", "fp16", "int8-ptq", "int8-qat"):
@@ -219,15 +229,15 @@ def runtime_figures(tmp: Path, plan: Plan) -> dict:
                    "tvm_untuned_ms": untuned}
             if precision in plan.tuned_precisions and width in plan.tuned_widths:
                 _say(f"  tuning {label} ({plan.tuning_trials} trials)")
-                row["tvm_tuned_ms"], row["tuning_seconds"] = timed(path, precision, (1, 1, 8, 8), dtype.name, sample,
-                                                                   label, plan.tuning_trials)
+                row["tvm_tuned_ms"], art = timed(path, precision, (1, 1, 8, 8), dtype.name, sample, label,
+                                                 plan.tuning_trials)
+                row["tuning_seconds"] = art.tuning_seconds
             models.append(row)
     _say(f"  MobileNetV1-0.25 at 96x96x3, tuning {plan.mobilenet_tuning_trials} trials")
     mobilenet = export_mobilenet_v1(tmp / "mobilenet.onnx")
     x = np.random.default_rng(0).standard_normal((1, 3, 96, 96)).astype(np.float32)
     untuned, _ = timed(mobilenet, "fp32", (1, 3, 96, 96), "float32", x, "mobilenet", 0)
-    tuned, tuning_seconds = timed(mobilenet, "fp32", (1, 3, 96, 96), "float32", x, "mobilenet",
-                                  plan.mobilenet_tuning_trials)
+    tuned, art = timed(mobilenet, "fp32", (1, 3, 96, 96), "float32", x, "mobilenet", plan.mobilenet_tuning_trials)
     ort = time_onnxruntime(ort_session(mobilenet, 1), x, plan.timing_repeats)["ort_latency_ms_median"].value
     ratios = {}
     for precision in ("fp32", "fp16", "int8-ptq", "int8-qat"):
@@ -242,7 +252,8 @@ def runtime_figures(tmp: Path, plan: Plan) -> dict:
                                                                for m in tuned_rows])
     return {"models": models, "ratios": ratios,
             "mobilenet_v1_025_96": {"onnxruntime_ms": ort, "tvm_untuned_ms": untuned, "tvm_tuned_ms": tuned,
-                                    "tuning_trials": plan.mobilenet_tuning_trials, "tuning_seconds": tuning_seconds,
+                                    "tuning_trials": plan.mobilenet_tuning_trials, "tuning_seconds": art.tuning_seconds,
+                                    "tuning_tasks": art.tasks_total,
                                     "tuned_over_onnxruntime": tuned / ort, "untuned_over_onnxruntime": untuned / ort}}
 
 
@@ -457,6 +468,38 @@ def _fmt(s: dict, digits: int = 2, scale: float = 1.0) -> str:
     return f"{s['median'] * scale:.{digits}f} ({s['min'] * scale:.{digits}f}-{s['max'] * scale:.{digits}f}, n={s['n']})"
 
 
+# Why TVM can be slower than onnxruntime here, per precision (facts about these builds, see NOTES.md).
+WHY_SLOWER = {
+    "fp32": "the digits models take about 10 µs, so a call's fixed cost (argument checks, dispatch) weighs as much "
+            "as the arithmetic in both runtimes",
+    "fp16": "TVM's LLVM code for x86 has no fp16 arithmetic here and converts every fp16 operation in software, "
+            "while onnxruntime casts fp16 nodes to its float32 kernels",
+    "int8-ptq": "TVM's Relax ONNX frontend lowers QuantizeLinear/DequantizeLinear pairs to float arithmetic, while "
+                "onnxruntime fuses them into integer kernels",
+    "int8-qat": "TVM's Relax ONNX frontend lowers QuantizeLinear/DequantizeLinear pairs to float arithmetic, while "
+                "onnxruntime fuses them into integer kernels",
+}
+
+
+def _slower_because(r: dict) -> list[str]:
+    """The issue's aim is tuned TVM at least as fast as onnxruntime; say why wherever it is not."""
+    out = []
+    for precision, v in r["ratios"].items():
+        kind = "tuned" if "tuned_over_onnxruntime" in v else "untuned"
+        ratio = v[f"{kind}_over_onnxruntime"]["median"]
+        if ratio > 1:
+            out.append(f"- {precision}: {kind} TVM takes {ratio:.2f}x onnxruntime's time: {WHY_SLOWER[precision]}.")
+    mb = r["mobilenet_v1_025_96"]
+    if mb["tuned_over_onnxruntime"] > 1:
+        per_task = (f" over {mb['tuning_tasks']} tuning tasks, about "
+                    f"{mb['tuning_trials'] / max(1, mb['tuning_tasks']):.0f} per task," if "tuning_tasks" in mb else "")
+        out.append(f"- MobileNetV1-0.25: tuned TVM takes {mb['tuned_over_onnxruntime']:.2f}x onnxruntime's time after "
+                   f"{mb['tuning_trials']} MetaSchedule trials{per_task} where MetaSchedule usually needs thousands "
+                   "per model to catch up with onnxruntime's hand-written AVX-512 convolutions (MLAS).")
+    return (["Where TVM is slower:", "", *out, ""]) if out else ["Tuned TVM is at least as fast as onnxruntime "
+                                                                  "for every tuned precision.", ""]
+
+
 def report_markdown(results: dict) -> str:
     m = results["machine"]
     lines = [f"# edgesearch benchmarks ({results['date']}, {'quick' if results['quick'] else 'full'} mode)", "",
@@ -467,13 +510,20 @@ def report_markdown(results: dict) -> str:
              "machine; energy in figure 5 is estimated (no RAPL counters here).", ""]
     s = results.get("search")
     if s:
+        b = s["budget"]
+        budget = (f"{'the default' if b['default'] else 'a reduced'} budget ({b['epochs']} epochs, "
+                  f"{b['prune_steps']} pruning step(s) of {b['finetune_epochs']} fine-tuning epoch(s), "
+                  f"{b['timing_repeats']} timing repeats)")
         lines += ["## 1. Search throughput (digits, 2 workers)", "",
-                  f"{_fmt(s['candidates_per_hour'], 0)} candidates per hour over {s['trials']} trials per search, "
-                  f"wall time including starting Ray. The service's own share of wall time: "
+                  f"{_fmt(s['candidates_per_hour'], 0)} candidates per hour over {s['trials']} trials per search with "
+                  f"{budget}, wall time including starting Ray. The service's own share of wall time: "
                   f"{_fmt(s['service_share'], 1, 100)}% (Ray start and stop {_fmt(s['service_seconds']['ray_start'], 1)} "
                   f"s, Optuna {_fmt(s['service_seconds']['optuna'], 2)} s, MLflow logging "
-                  f"{_fmt(s['service_seconds']['logging'], 2)} s). Worker capacity left idle while trials ran: "
-                  f"{_fmt(s['idle_capacity_share'], 1, 100)}% (task dispatch, the last trial running alone).", "",
+                  f"{_fmt(s['service_seconds']['logging'], 2)} s; start-up is a fixed cost, the rest runs while workers "
+                  f"compute). What the service costs the workers: a freed worker waits {_fmt(s['dispatch_ms'], 0)} ms "
+                  f"for its next candidate, {_fmt(s['dispatch_share'], 2, 100)}% of worker time. Worker capacity left "
+                  f"idle while trials ran: {_fmt(s['idle_capacity_share'], 1, 100)}% (mostly the last trials running "
+                  "alone).", "",
                   "| stage | share of stage time |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v, 1, 100)}% |"
                   for k, v in sorted(s["stage_share"].items(), key=lambda kv: -kv[1]["median"])]
@@ -495,6 +545,7 @@ def report_markdown(results: dict) -> str:
                   f"TVM untuned {mb['tvm_untuned_ms']:.3f} ms ({mb['untuned_over_onnxruntime']:.2f}x), TVM tuned "
                   f"{mb['tvm_tuned_ms']:.3f} ms ({mb['tuned_over_onnxruntime']:.2f}x) after {mb['tuning_trials']} "
                   f"MetaSchedule trials ({mb['tuning_seconds']:.0f} s).", ""]
+        lines += _slower_because(r)
         lines += ["![latency ratios](latency_ratios.png)", ""] if "latency_ratios.png" in results["plots"] else []
     u = results.get("reuse")
     if u:
@@ -592,12 +643,21 @@ def main(argv=None) -> int:
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
     parser.add_argument("--only", nargs="+", choices=FIGURES, metavar="FIGURE",
                         help=f"run only these figures ({', '.join(FIGURES)}; 1 includes 2)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="measure nothing: re-render REPORT.md and the plots from RUNS/bench/results.json "
+                             "(MLflow keeps the run's original files)")
     args = parser.parse_args(argv)
     import tempfile
 
     plan = QUICK if args.quick else FULL
     wanted = set(args.only or FIGURES)
     bench = args.runs_dir / "bench"
+    if args.report_only:
+        results = json.loads((bench / "results.json").read_text())
+        results["plots"] = plots(results, bench)
+        (bench / "REPORT.md").write_text(report_markdown(results))
+        print(f"re-rendered {bench / 'REPORT.md'} from {bench / 'results.json'}")
+        return 0
     work = bench / "work"
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

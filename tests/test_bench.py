@@ -37,3 +37,21 @@ def test_results_go_to_the_bench_experiment_beside_the_store(tmp_path):
     assert run.data.metrics == {"reuse.ratio": 142.0, "reuse.first.seconds": 208.4}
     assert run.data.params["cores"] == "2" and run.data.tags["mode"] == "quick"
     assert sorted(a.path for a in client.list_artifacts(run_id)) == ["REPORT.md", "results.json"]
+
+
+def test_the_report_says_why_wherever_tvm_is_slower_than_onnxruntime():
+    bench = _bench()
+
+    def ratio(x):
+        return {"median": x, "min": x, "max": x, "n": 1}
+
+    runtime = {"ratios": {"fp32": {"untuned_over_onnxruntime": ratio(1.2), "tuned_over_onnxruntime": ratio(0.8)},
+                          "fp16": {"untuned_over_onnxruntime": ratio(97.0)}},
+               "mobilenet_v1_025_96": {"tuned_over_onnxruntime": 5.4, "tuning_trials": 132, "tuning_tasks": 22}}
+    text = "\n".join(bench._slower_because(runtime))
+    assert "fp32" not in text  # tuned fp32 met the aim: nothing to explain
+    assert "- fp16: untuned TVM takes 97.00x" in text and "software" in text
+    assert "132 MetaSchedule trials over 22 tuning tasks, about 6 per task" in text
+    runtime["ratios"].pop("fp16")
+    runtime["mobilenet_v1_025_96"]["tuned_over_onnxruntime"] = 0.9
+    assert bench._slower_because(runtime)[0].startswith("Tuned TVM is at least as fast")
