@@ -9,9 +9,12 @@ write the same database at once, and the second one sees the first one's records
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import sys
 import time
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,6 +105,34 @@ def build_kernel(mod, target, _params):
     return build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
 
 
+TENSOR_INTRIN = "tvm.s_tir.tensor_intrin"
+
+
+def generic_cpu(target: dict[str, Any]) -> bool:
+    """An LLVM target for no particular CPU: MetaSchedule gives it its plain LLVM rules, which tensorize nothing."""
+    return target.get("kind") == "llvm" and not any(target.get(k) for k in ("mcpu", "mattr", "mtriple"))
+
+
+@contextlib.contextmanager
+def _without_tensor_intrinsics(target: dict[str, Any]):
+    """Let MetaSchedule tune a generic CPU target without registering every tensor intrinsic.
+
+    Each ``TuneContext`` imports ``tvm.s_tir.tensor_intrin`` so that schedule rules can name intrinsics; the
+    import parses hundreds of TVMScript functions, 40 s to 2 minutes on our 2-core machines, once per process
+    (each Ray worker's first tuned candidate). A generic CPU target's rules name none, so an empty placeholder
+    module stands in while it tunes, and is removed after: other targets still import the real one.
+    """
+    if not generic_cpu(target) or TENSOR_INTRIN in sys.modules:
+        yield
+        return
+    placeholder = sys.modules[TENSOR_INTRIN] = types.ModuleType(TENSOR_INTRIN)
+    try:
+        yield
+    finally:
+        if sys.modules.get(TENSOR_INTRIN) is placeholder:
+            del sys.modules[TENSOR_INTRIN]
+
+
 def _tune(mod, target, work_dir: Path, trials: int, seed: int) -> tuple[int, int, int]:
     """Tune the tasks that have no record yet; returns (total, tuned, reused)."""
     from tvm.s_tir import meta_schedule as ms
@@ -166,7 +197,8 @@ def compile_tvm(
                 work_dir.mkdir(parents=True, exist_ok=True)
                 with FileLock(str(work_dir / ".lock")):
                     started = time.perf_counter()  # after the lock: waiting for another worker is not tuning
-                    total, tuned, reused = _tune(mod, tvm_target, work_dir, tuning_trials, seed)
+                    with _without_tensor_intrinsics(target):
+                        total, tuned, reused = _tune(mod, tvm_target, work_dir, tuning_trials, seed)
                     tuning_seconds = time.perf_counter() - started
                     mod = relax.transform.MetaScheduleApplyDatabase(str(work_dir))(mod)
         executable = tvm.compile(mod, tvm_target)
