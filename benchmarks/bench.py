@@ -403,7 +403,7 @@ def sampler_figures(checkpoints=(100, 1000), asks: int = 5) -> dict:
         out[name] = {}
         for n in checkpoints:
             study.sampler = filler
-            while len(study.trials) < n - 1:
+            while len(study.get_trials(deepcopy=False)) < n - 1:  # study.trials deep-copies every trial
                 step(study, False)
             study.sampler = sampler
             out[name][str(n)] = _spread([step(study, True) * 1e3 for _ in range(asks)])
