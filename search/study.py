@@ -91,14 +91,27 @@ def stored_spec(study: optuna.Study) -> SearchSpec:
     return SearchSpec.from_dict(study.user_attrs[SPEC_ATTR])
 
 
+def knob_names(spec: SearchSpec) -> set[str]:
+    """The parameters ``suggest_candidate`` asks Optuna for under ``spec`` (a fixed range is not asked)."""
+    s = spec.space
+    return {"precision", "pruning"} | {n for n in ("sparsity", "temperature", "alpha", "width")
+                                       if getattr(s, n)[0] != getattr(s, n)[1]}
+
+
 def requeue_interrupted(study: optuna.Study) -> int:
-    """Trials left RUNNING by a driver that died: mark them failed and enqueue their knobs again."""
+    """Trials left RUNNING by a driver that died: mark them failed and enqueue their knobs again.
+
+    A driver killed while it was drawing a trial's knobs leaves some of them undrawn; that candidate never
+    started, and its partial knobs are not worth re-running (the search draws a new one instead)."""
     count = 0
+    names = knob_names(stored_spec(study))
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        drawn = set(t.params) >= names
         study._storage.set_trial_user_attr(t._trial_id, REQUEUED_ATTR, True)
-        study._storage.set_trial_user_attr(t._trial_id, "error", "interrupted: the driver stopped while it ran")
+        study._storage.set_trial_user_attr(t._trial_id, "error", "interrupted: the driver stopped while it ran" if drawn
+                                           else "interrupted before its knobs were drawn; not re-run")
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        if t.params:
+        if drawn:
             study.enqueue_trial(t.params, skip_if_exists=False)
         count += 1
     return count

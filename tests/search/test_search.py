@@ -13,7 +13,8 @@ import yaml
 
 from objectives.pareto import OBJECTIVES, non_dominated
 from search.spec import SearchSpace, SearchSpec
-from search.study import default_storage, load_study, rows
+from search.study import (create_study, default_storage, knob_names, load_study, requeue_interrupted, rows,
+                          stored_spec, suggest_candidate)
 from search.workers import run_search
 from tests.search.conftest import TINY
 
@@ -85,6 +86,23 @@ def _complete(storage, name):
         return []
 
 
+def test_resume_reruns_interrupted_candidates_but_not_half_drawn_knobs(tmp_path):
+    storage = default_storage(tmp_path)
+    spec = SearchSpec(name="halfway", trials=4, budget=TINY)
+    study = create_study(spec, storage, resume=False)
+    running = study.ask()
+    suggest_candidate(running, spec)  # dispatched when the driver died
+    half = study.ask()
+    half.suggest_categorical("precision", list(spec.space.precision))  # killed while drawing the rest
+    assert requeue_interrupted(study) == 2
+    trials = load_study("halfway", storage).trials
+    assert all(trials[t.number].state.name == "FAIL" and trials[t.number].user_attrs["requeued"]
+               for t in (running, half))
+    assert "not re-run" in trials[half.number].user_attrs["error"]
+    waiting = [t for t in trials if t.state.name == "WAITING"]
+    assert [t.system_attrs["fixed_params"] for t in waiting] == [trials[running.number].params]
+
+
 def test_killed_driver_resumes_without_repeating_finished_trials(tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({
@@ -109,7 +127,8 @@ def test_killed_driver_resumes_without_repeating_finished_trials(tmp_path):
     assert all(complete[n] == v for n, v in before.items())  # finished trials kept, not re-run
     counted = [r for r in rows(study) if not study.trials[r.number].user_attrs.get("requeued")]
     assert len(counted) == 5
-    requeued = [t for t in study.trials if t.user_attrs.get("requeued")]
+    knobs = knob_names(stored_spec(study))  # killed while drawing its knobs: nothing to re-run
+    requeued = [t for t in study.trials if t.user_attrs.get("requeued") and set(t.params) >= knobs]
     for t in requeued:  # interrupted trials were re-run with the same knobs
         assert any(o.params == t.params and o.state.name == "COMPLETE" for o in study.trials if o.number > t.number)
     assert "feasible Pareto front" in done.stdout
