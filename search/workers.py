@@ -115,7 +115,7 @@ class _Tracking:
             self.report(f"MLflow logging failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
                         "will retry after the next trial")
 
-    def on_trial(self, study) -> None:
+    def on_trial(self) -> None:
         self._sync()
 
     def finish(self, all_rows) -> None:
@@ -244,7 +244,7 @@ def _drive(ray, task, study, spec, runs_dir, remaining, report, on_trial, timing
                 report(_progress_line(row, count, remaining, started_all) + f"  HV {hv:.4g}{note}")
         if told and on_trial:
             with _timed(timings, "logging"):
-                on_trial(study)
+                on_trial()
         told.clear()
 
     while True:
@@ -262,8 +262,8 @@ def _drive(ray, task, study, spec, runs_dir, remaining, report, on_trial, timing
                               THREADS_PER_WORKER)
             in_flight[ref] = (trial, time.perf_counter())
             if landed is not None:
-                timings["dispatch"] = timings.get("dispatch", 0.0) + time.perf_counter() - landed
-                timings["dispatches"] = timings.get("dispatches", 0) + 1
+                timings["dispatch"] += time.perf_counter() - landed
+                timings["dispatches"] += 1
                 landed = None
         publish()
         if finished >= remaining:
@@ -324,4 +324,3 @@ def _progress_line(row: Row, finished: int, remaining: int, started: float) -> s
             f"acc {row.value('accuracy'):.3f}, {row.value('latency_ms_median'):.4f} ms "
             f"({row.metrics['latency_ms_median'][2]}), {row.value('size_bytes') / 1024:.1f} KiB, "
             f"{'feasible' if row.feasible else 'over budget'}  ETA {_eta(finished, remaining, started)}")
-
