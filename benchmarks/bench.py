@@ -469,15 +469,15 @@ def _fmt(s: dict, digits: int = 2, scale: float = 1.0) -> str:
 
 
 # Why TVM can be slower than onnxruntime here, per precision (facts about these builds, see NOTES.md).
+_QDQ_AS_FLOAT = ("TVM's Relax ONNX frontend lowers QuantizeLinear/DequantizeLinear pairs to float arithmetic, while "
+                 "onnxruntime fuses them into integer kernels")
 WHY_SLOWER = {
     "fp32": "the digits models take about 10 µs, so a call's fixed cost (argument checks, dispatch) weighs as much "
             "as the arithmetic in both runtimes",
     "fp16": "TVM's LLVM code for x86 has no fp16 arithmetic here and converts every fp16 operation in software, "
             "while onnxruntime casts fp16 nodes to its float32 kernels",
-    "int8-ptq": "TVM's Relax ONNX frontend lowers QuantizeLinear/DequantizeLinear pairs to float arithmetic, while "
-                "onnxruntime fuses them into integer kernels",
-    "int8-qat": "TVM's Relax ONNX frontend lowers QuantizeLinear/DequantizeLinear pairs to float arithmetic, while "
-                "onnxruntime fuses them into integer kernels",
+    "int8-ptq": _QDQ_AS_FLOAT,
+    "int8-qat": _QDQ_AS_FLOAT,
 }
 
 
