@@ -41,15 +41,33 @@ class TargetProfile:
     energy_pj_per_mac: dict[str, float] | None = None
     energy_pj_per_byte: float | None = None
     unstructured_sparsity_speedup: bool = False  # True only where kernels skip zeros
+    # local backends: precision -> CPU flags (any of) the host needs for native arithmetic in it
+    cpu_flags: dict[str, list[str]] | None = None
     rpc: dict[str, Any] | None = None  # remote backend: host, port, or tracker + key
     cross_compiler: str | None = None  # e.g. aarch64-linux-gnu-gcc, for exporting the library
     source: str = ""  # the file it came from
 
     def supports(self, precision: str) -> bool:
         """Whether the device has arithmetic for a candidate precision (int8-ptq / int8-qat -> int8)."""
-        if not self.peak_macs_per_cycle:
-            return True
-        return self.peak_macs_per_cycle.get(arithmetic(precision), 0) > 0
+        return self.unsupported_reason(precision) is None
+
+    def unsupported_reason(self, precision: str) -> str | None:
+        """Why the device cannot run ``precision`` natively, or None when it can.
+
+        Emulated and remote devices say so in their peak MAC rates; the host is what it is, so a
+        local profile names the CPU flags a precision needs and this machine's CPU is read."""
+        kind = arithmetic(precision)
+        if self.peak_macs_per_cycle and self.peak_macs_per_cycle.get(kind, 0) <= 0:
+            return f"no {kind} arithmetic (peak_macs_per_cycle.{kind} is 0 in its profile)"
+        needed = (self.cpu_flags or {}).get(kind)
+        if needed and self.backend == "local":
+            from hardware_targets.host import host_cpu
+
+            cpu = host_cpu()
+            if not cpu.has_any(needed):
+                return (f"no native {kind} arithmetic on this CPU ({cpu.model}: none of the flags "
+                        f"{', '.join(needed)}; it would run in software)")
+        return None
 
 
 def arithmetic(precision: str) -> str:
@@ -78,6 +96,7 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], bool]] = {
     "energy_pj_per_mac": ((dict,), False),
     "energy_pj_per_byte": (_NUM, False),
     "unstructured_sparsity_speedup": ((bool,), False),
+    "cpu_flags": ((dict,), False),
     "rpc": ((dict,), False),
     "cross_compiler": ((str,), False),
 }
@@ -146,6 +165,10 @@ def _validate(data: Any, path: Path) -> TargetProfile:
         missing = [k for k in _EMULATOR_NEEDS if data.get(k) is None]
         if missing:
             raise ProfileError(f"{path}: an emulated profile needs field(s) {missing}.")
+    for p, flags in (data.get("cpu_flags") or {}).items():
+        if p not in PRECISION_KEYS or not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
+            raise ProfileError(f"{path}: field 'cpu_flags' maps a precision ({', '.join(PRECISION_KEYS)}) to a list of "
+                               f"CPU flag names; got {p!r}: {flags!r}.")
     rpc = data.get("rpc") or {}
     if data["backend"] == "remote" and not (rpc.get("port") or all(rpc.get(k) for k in TRACKER_FIELDS)):
         raise ProfileError(f"{path}: a remote profile needs 'rpc' with the device's host and port, or "

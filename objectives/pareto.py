@@ -9,7 +9,7 @@ import numpy as np
 # (metric name, direction) of the search objectives, in study order
 OBJECTIVES: tuple[tuple[str, str], ...] = (
     ("accuracy", "maximize"),
-    ("latency_ms_median", "minimize"),
+    ("latency_ms_p90", "minimize"),  # the budget is a promise about the deployed model: its p90
     ("size_bytes", "minimize"),
     ("energy_mj", "minimize"),
 )
@@ -29,6 +29,25 @@ def non_dominated(points: Sequence[Sequence[float]], directions: Sequence[str]) 
         if not dominated:
             keep.append(i)
     return keep
+
+
+def normalised_hypervolume(points: Sequence[Sequence[float]], bounds: Sequence[float]) -> float:
+    """Hypervolume of (accuracy, latency, size, energy) points on a unit scale, so it lies in [0, 1].
+
+    Accuracy is already a fraction (scaled as its loss, 1 - accuracy); each cost is divided by its
+    bound (``bounds`` = latency budget, size bound, energy bound) and clipped to [0, 1]. The reference
+    point is the worst corner (accuracy 0, every cost at its bound): a search whose front held a perfect,
+    free model would score 1, and two searches over the same bounds compare directly.
+    """
+    if len(points) == 0:
+        return 0.0
+    p = np.asarray(points, dtype=float).reshape(len(points), 4)
+    scale = np.asarray(bounds, dtype=float)
+    if scale.shape != (3,) or not np.all(scale > 0):
+        raise ValueError(f"`bounds` must be three positive numbers (latency, size, energy); got {list(bounds)}.")
+    losses = np.column_stack([1.0 - p[:, 0], p[:, 1:] / scale])
+    losses = np.clip(losses, 0.0, 1.0)
+    return hypervolume(losses, [1.0] * 4, ["minimize"] * 4)
 
 
 def hypervolume(points: Sequence[Sequence[float]], reference: Sequence[float], directions: Sequence[str]) -> float:

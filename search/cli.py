@@ -93,28 +93,34 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_outcome(outcome_rows, front, best, hv, spec, storage) -> None:
+def _print_outcome(outcome_rows, front, best, hv, spec, storage, floor=None) -> None:
     failed = [r for r in outcome_rows if r.state == "FAIL"]
-    done = [r for r in outcome_rows if r.state == "COMPLETE"]
-    print(f"\nsearch {spec.name!r}: {len(done)} complete, {len(failed)} failed; "
-          f"latency budget {spec.latency_budget_ms} ms on {spec.target}")
+    done = [r for r in outcome_rows if r.state == "COMPLETE" and r.reused_from is None]
+    screened = [r for r in outcome_rows if r.stopped == "screened"]
+    stopped = [r for r in outcome_rows if r.stopped and r.stopped != "screened"]
+    reused = [r for r in outcome_rows if r.reused_from is not None]
+    print(f"\nsearch {spec.name!r}: {len(done)} trained to the full budget, {len(screened)} screened out before "
+          f"training, {len(stopped)} stopped early by successive halving, {len(reused)} reused an earlier result, "
+          f"{len(failed)} failed; latency budget {spec.latency_budget_ms} ms (p90) on {spec.target}"
+          + (f"; accuracy floor {floor:.4f}" if floor is not None else ""))
     if not front:
-        print("no feasible candidate yet (none within the latency budget)")
+        print("no feasible candidate yet (none within the latency budget, memory limits and accuracy floor)")
     else:
-        print(f"\nfeasible Pareto front ({len(front)} candidate(s)):")
+        print(f"\nfeasible Pareto front ({len(front)} candidate(s), each once):")
         print(f"{'trial':>5}  {'precision':<9}{'width':>6}{'sparsity':>9} {'pruning':<13}{'T':>5}{'alpha':>6}"
-              f"{'accuracy':>10}{'latency ms':>12}{'size KiB':>10}  provenance")
-        for r in sorted(front, key=lambda r: r.value("latency_ms_median")):
+              f"{'accuracy':>10}{'p90 ms':>10}{'size KiB':>10}  provenance  recipe")
+        for r in sorted(front, key=lambda r: r.value("latency_ms_p90")):
             k = r.knobs
             print(f"{r.number:>5}  {k['precision']:<9}{k['width']:>6g}{k['sparsity']:>9g} {k['pruning']:<13}"
                   f"{k['temperature']:>5g}{k['alpha']:>6g}{r.value('accuracy'):>10.4f}"
-                  f"{r.value('latency_ms_median'):>12.4f}{r.value('size_bytes') / 1024:>10.1f}  "
-                  f"{r.metrics['latency_ms_median'][2]}")
+                  f"{r.value('latency_ms_p90'):>10.4f}{r.value('size_bytes') / 1024:>10.1f}  "
+                  f"{r.metrics['latency_ms_p90'][2]:<10}  {r.recipe or '-'}")
     if best:
         print(f"\nbest within budget: trial {best.number}, validation accuracy {best.value('accuracy'):.4f}, "
-              f"test accuracy {best.value('accuracy_test'):.4f}, {best.value('latency_ms_median'):.4f} ms "
-              f"({best.metrics['latency_ms_median'][2]}), {best.value('size_bytes') / 1024:.1f} KiB")
-    print(f"hypervolume of the feasible front: {hv:.6g} (reference point {list(spec.reference_point)})")
+              f"test accuracy {best.value('accuracy_test'):.4f}, p90 {best.value('latency_ms_p90'):.4f} ms "
+              f"({best.metrics['latency_ms_p90'][2]}), {best.value('size_bytes') / 1024:.1f} KiB")
+    print(f"hypervolume of the feasible front: {hv:.4f} on a 0-1 scale (accuracy; latency / budget; size and "
+          "energy / the search's bounds)")
     for r in failed[-3:]:
         print(f"failed trial {r.number}: {r.error}")
     print(f"stored in {storage} (study {spec.name!r})")
@@ -124,7 +130,8 @@ def _spec_from_args(args: argparse.Namespace):
     from search.spec import SearchSpec, load_spec_file
 
     data = load_spec_file(args.spec) if args.spec else {}
-    for key in ("name", "dataset", "target", "latency_budget_ms", "trials", "workers", "sampler", "seed", "timeout_s"):
+    for key in ("name", "dataset", "target", "latency_budget_ms", "trials", "workers", "sampler", "seed", "timeout_s",
+                "recipes", "halving", "max_accuracy_drop", "min_accuracy"):
         value = getattr(args, key)
         if value is not None:
             data[key] = value
@@ -182,7 +189,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     tracking = None if args.no_mlflow else _tracking_uri(args)
     outcome = run_search(spec, args.runs_dir, storage_url=storage, resume=args.resume, address=args.address,
                          report=lambda line: print(line, flush=True), tracking_uri=tracking)
-    _print_outcome(outcome.rows, outcome.front, outcome.best, outcome.hypervolume, spec, storage)
+    from search.study import FLOOR_ATTR, load_study
+
+    floor = (load_study(spec.name, storage).user_attrs.get(FLOOR_ATTR) or {}).get("value")
+    _print_outcome(outcome.rows, outcome.front, outcome.best, outcome.hypervolume, spec, storage, floor)
     t = outcome.timings
     if t.get("wall"):
         own = t["ray_start"] + t["optuna"] + t["logging"]
@@ -229,7 +239,8 @@ def _write_spec(runs_dir: Path, spec) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from search.study import best_within_budget, feasible_front, front_hypervolume, load_study, rows, stored_spec
+    from search.study import (FLOOR_ATTR, best_within_budget, feasible_front, front_hypervolume, load_study, rows,
+                              search_bounds, stored_spec)
 
     storage = _storage_url(args)
     study = load_study(args.name, storage)
@@ -245,7 +256,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
     print(f"{len(all_rows)} of {spec.trials} trials finished, {running} running")
     front = feasible_front(all_rows)
-    _print_outcome(all_rows, front, best_within_budget(all_rows), front_hypervolume(front, spec), spec, storage)
+    floor = (study.user_attrs.get(FLOOR_ATTR) or {}).get("value")
+    _print_outcome(all_rows, front, best_within_budget(all_rows), front_hypervolume(front, search_bounds(study, spec)),
+                   spec, storage, floor)
     return 0
 
 
@@ -371,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "accuracy, minimise latency, size and energy, under a latency budget (a constraint: the reported front "
                     "is feasible). Options override the fields of --spec.")
     p.add_argument("--spec", type=Path, help="YAML or TOML file with the spec fields (name, dataset, target, "
-                   "latency_budget_ms, trials, workers, sampler, seed, space, budget, reference_point, timeout_s)")
+                   "latency_budget_ms, trials, workers, sampler, seed, space, budget, timeout_s, recipes, halving, "
+                   "max_accuracy_drop, min_accuracy)")
     p.add_argument("--name", help="search name: the study, MLflow experiment and output folder are named after it")
     p.add_argument("--dataset", help="digits, mnist1d or an .npz path [default: digits]")
     p.add_argument("--target", help="target profile [default: host]")
@@ -379,7 +393,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="latency budget per inference in ms: candidates above it are infeasible [default: 1.0]")
     p.add_argument("--trials", type=int, help="number of candidates to evaluate [default: 24]")
     p.add_argument("--workers", type=int, help="candidates evaluated in parallel, one CPU each [default: 2]")
-    p.add_argument("--sampler", choices=("nsga2", "tpe", "random"), help="Optuna sampler [default: nsga2]")
+    p.add_argument("--sampler", choices=("auto", "tpe", "nsga2", "random"), help="Optuna sampler; auto is "
+                   "multivariate TPE (constant liar across workers) below 100 trials and NSGA-II from 100, as Optuna's "
+                   "guidance puts them [default: auto]")
+    p.add_argument("--no-recipes", dest="recipes", action="store_const", const=False, help="do not start from "
+                   "the classic single-technique recipes (fp16, int8 PTQ, int8 QAT, 50%% and 90%% pruning, "
+                   "distillation into width 0.5, width 0.5), which are otherwise the first trials")
+    halving = p.add_mutually_exclusive_group()
+    halving.add_argument("--halving", dest="halving", action="store_const", const=True, help="successive halving "
+                         "on epochs: train a third of the epochs first, continue the best third [default: on from "
+                         "24 trials]")
+    halving.add_argument("--no-halving", dest="halving", action="store_const", const=False,
+                         help="train every candidate that passes screening to the full budget")
+    floor = p.add_mutually_exclusive_group()
+    floor.add_argument("--max-accuracy-drop", dest="max_accuracy_drop", type=float, metavar="FRACTION",
+                       help="accuracy floor as a relative drop from the fp32 full-width model of the same dataset "
+                            "and budget (trained once and cached), e.g. 0.02 = at most 2%% below it")
+    floor.add_argument("--min-accuracy", dest="min_accuracy", type=float, metavar="FRACTION",
+                       help="accuracy floor as an absolute validation accuracy, e.g. 0.9")
     p.add_argument("--seed", type=int, help="seed of the sampler and of training [default: 0]")
     p.add_argument("--epochs", type=int, help="training epochs per candidate [default: 15]")
     p.add_argument("--tuning-trials", dest="tuning_trials", type=int,

@@ -75,6 +75,28 @@ def set_threads(threads: int) -> None:
     os.environ["TVM_NUM_THREADS"] = str(threads)
 
 
+def memory_metrics(onnx_path: Path, library: str | None, profile: TargetProfile) -> dict[str, Metric]:
+    """Size, flash and RAM of a graph: what decides whether it fits the target's memories."""
+    weights = weight_bytes(onnx_path)
+    peak = peak_activation_bytes(onnx_path)
+    metrics = {
+        "size_bytes": Metric(float(weights["weight_bytes"]), "bytes", "measured"),
+        "flash_bytes": Metric(float(weights["weight_bytes"]), "bytes", "measured"),
+        "ram_bytes": Metric(float(peak + (profile.runtime_ram_overhead_bytes or 0)), "bytes", "estimated"),
+        "onnx_bytes": Metric(float(file_bytes(onnx_path)), "bytes", "measured"),
+        "peak_activation_bytes": Metric(float(peak), "bytes", "estimated"),
+        "nonzero_weight_fraction": Metric(
+            weights["nonzero_weights"] / max(1, weights["weights"]), "fraction", "measured"),
+    }
+    if library:
+        metrics["library_bytes"] = Metric(float(file_bytes(library)), "bytes", "measured")
+    return metrics
+
+
+def limits(profile: TargetProfile) -> dict[str, int | None]:
+    return {"ram_bytes": profile.sram_bytes, "flash_bytes": profile.flash_bytes}
+
+
 def evaluate_candidate(
     candidate: Candidate,
     dataset: Dataset,
@@ -154,19 +176,8 @@ def evaluate_candidate(
         metrics["accuracy_test_onnxruntime"] = Metric(
             accuracy(predict_onnx(session, dataset.x_test, dtype.name), dataset.y_test), "fraction", "measured")
 
-    weights = weight_bytes(onnx_path)
-    peak = peak_activation_bytes(onnx_path)
-    metrics.update({
-        "size_bytes": Metric(float(weights["weight_bytes"]), "bytes", "measured"),
-        "flash_bytes": Metric(float(weights["weight_bytes"]), "bytes", "measured"),
-        "ram_bytes": Metric(float(peak + (profile.runtime_ram_overhead_bytes or 0)), "bytes", "estimated"),
-        "onnx_bytes": Metric(float(file_bytes(onnx_path)), "bytes", "measured"),
-        "library_bytes": Metric(float(file_bytes(artifact.library)), "bytes", "measured"),
-        "peak_activation_bytes": Metric(float(peak), "bytes", "estimated"),
-        "sparsity": Metric(float(sparsity), "fraction", "measured"),
-        "nonzero_weight_fraction": Metric(
-            weights["nonzero_weights"] / max(1, weights["weights"]), "fraction", "measured"),
-    })
+    metrics.update(memory_metrics(onnx_path, artifact.library, profile))
+    metrics["sparsity"] = Metric(float(sparsity), "fraction", "measured")
     result = CandidateResult(
         candidate=candidate,
         dataset=dataset.name,
@@ -181,8 +192,57 @@ def evaluate_candidate(
             "tuning": {"tasks": artifact.tasks_total, "tuned": artifact.tasks_tuned, "reused": artifact.tasks_reused,
                        "seconds": round(artifact.tuning_seconds, 3)},
             "threads": threads,
-            "limits": {"ram_bytes": profile.sram_bytes, "flash_bytes": profile.flash_bytes},
+            "limits": limits(profile),
         },
     )
     (out_dir / "result.json").write_text(result.to_json())
     return result
+
+
+def retime(result: CandidateResult, dataset: Dataset, profile: TargetProfile, *, threads: int = 1) -> CandidateResult:
+    """Time a finished candidate's artifact again; the caller makes sure no other work runs meanwhile.
+
+    The figures timed during the search (beside other workers) stay as ``*_loaded``."""
+    import dataclasses
+
+    from search.stages.compile import CompiledArtifact
+
+    set_threads(threads)
+    dtype = input_dtype(result.candidate.precision)
+    artifact = CompiledArtifact(result.artifacts["library"], dict(profile.tvm_target),
+                                (1, *dataset.sample_shape), dtype.name)
+    fresh = get_backend(profile).measure(artifact, Path(result.artifacts["onnx"]), result.candidate.precision,
+                                         dataset.x_val[:1].astype(dtype), result.candidate.budget.timing_repeats)
+    metrics = dict(result.metrics)
+    for name in ("latency_ms_median", "latency_ms_p90"):
+        metrics[f"{name}_loaded"] = result.metrics[name]
+        metrics[name] = fresh[name]
+    if "energy_mj" in fresh:
+        metrics["energy_mj"] = fresh["energy_mj"]
+    return dataclasses.replace(result, metrics=metrics, info={**result.info, "retimed": True})
+
+
+def baseline_accuracy(dataset: Dataset, paths: Paths, budget, seed: int, *, threads: int = 1) -> dict:
+    """Validation accuracy of the fp32 full-width model (compiled artifact), trained once per dataset, budget
+    and seed and cached: what an accuracy floor given as a relative drop is measured against."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    from filelock import FileLock
+
+    from search.stages.train import code_version
+
+    key = hashlib.sha256(json.dumps({"budget": asdict(budget), "seed": seed, "code": code_version()},
+                                    sort_keys=True).encode()).hexdigest()[:12]
+    path = paths.root / "baselines" / f"{dataset.name}-{dataset.fingerprint}-{key}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path.with_suffix(".lock"))):
+        if path.is_file():
+            return {**json.loads(path.read_text()), "cached": True}
+        result = evaluate_candidate(Candidate(budget=budget, seed=seed), dataset, load_profile("host"), paths,
+                                    threads=threads)
+        figures = {"accuracy": result.value("accuracy"), "accuracy_test": result.value("accuracy_test"),
+                   "candidate": result.candidate.key()}
+        path.write_text(json.dumps(figures))
+    return {**figures, "cached": False}

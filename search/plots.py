@@ -12,7 +12,7 @@ from pathlib import Path
 from search.spec import SearchSpec
 from search.study import Row, feasible_front, front_hypervolume
 
-AXES = {"latency_ms_median": "latency (ms, median)", "size_bytes": "size (bytes of weights)",
+AXES = {"latency_ms_p90": "latency (ms, p90)", "size_bytes": "size (bytes of weights)",
         "energy_mj": "energy per inference (mJ)"}
 
 
@@ -24,6 +24,7 @@ class ScatterInfo:
     front: list[tuple[float, float]]
     budget: float | None
     provenance: str
+    floor: float | None = None  # the accuracy floor, when the search has one
 
 
 def _hover(r: Row) -> str:
@@ -32,20 +33,22 @@ def _hover(r: Row) -> str:
             f"({k['pruning']})<br>T {k['temperature']:g}, alpha {k['alpha']:g}")
 
 
-def scatter_info(all_rows: list[Row], front: list[Row], x_metric: str, spec: SearchSpec) -> ScatterInfo | None:
-    done = [r for r in all_rows if r.state == "COMPLETE" and x_metric in r.metrics]
+def scatter_info(all_rows: list[Row], front: list[Row], x_metric: str, spec: SearchSpec,
+                 floor: float | None = None) -> ScatterInfo | None:
+    done = [r for r in all_rows if r.state == "COMPLETE" and x_metric in r.metrics and r.reused_from is None]
     if not done:
         return None
     points = [(r.value(x_metric), r.value("accuracy"), r.feasible, _hover(r)) for r in done]
     line = sorted((r.value(x_metric), r.value("accuracy")) for r in front if x_metric in r.metrics)
     provenance = ", ".join(sorted({r.metrics[x_metric][2] for r in done}))
     return ScatterInfo(x_metric, AXES.get(x_metric, x_metric), points, line,
-                       spec.latency_budget_ms if x_metric == "latency_ms_median" else None, provenance)
+                       spec.latency_budget_ms if x_metric == "latency_ms_p90" else None, provenance, floor)
 
 
-def hypervolume_history(all_rows: list[Row], spec: SearchSpec) -> list[tuple[int, float]]:
+def hypervolume_history(all_rows: list[Row], bounds: list[float]) -> list[tuple[int, float]]:
+    """Normalised hypervolume of the feasible front after each finished trial."""
     ordered = sorted(all_rows, key=lambda r: r.number)
-    return [(i + 1, front_hypervolume(feasible_front(ordered[: i + 1]), spec)) for i in range(len(ordered))]
+    return [(i + 1, front_hypervolume(feasible_front(ordered[: i + 1]), bounds)) for i in range(len(ordered))]
 
 
 @contextmanager
@@ -83,6 +86,8 @@ def _draw_scatter(ax, info: ScatterInfo, title: str) -> None:
                 label="feasible Pareto front")
     if info.budget is not None:
         ax.axvline(info.budget, color="tab:orange", linestyle="--", label=f"latency budget {info.budget:g} ms")
+    if info.floor is not None:
+        ax.axhline(info.floor, color="tab:purple", linestyle=":", label=f"accuracy floor {info.floor:.3f}")
     ax.set_xlabel(f"{info.x_label} [{info.provenance}]")
     ax.set_ylabel("accuracy (validation, compiled artifact)")
     ax.set_title(title)
@@ -103,23 +108,26 @@ def _html(info: ScatterInfo, path: Path, title: str) -> Path:
                                  line_shape="hv", name="feasible Pareto front"))
     if info.budget is not None:
         fig.add_vline(x=info.budget, line_dash="dash", annotation_text=f"budget {info.budget:g} ms")
+    if info.floor is not None:
+        fig.add_hline(y=info.floor, line_dash="dot", annotation_text=f"accuracy floor {info.floor:.3f}")
     fig.update_layout(title=title, xaxis_title=f"{info.x_label} [{info.provenance}]",
                       yaxis_title="accuracy (validation, compiled artifact)")
     fig.write_html(str(path), include_plotlyjs=True, full_html=True)
     return path
 
 
-def pareto_figures(all_rows: list[Row], front: list[Row], spec: SearchSpec, out_dir: Path) -> list[Path]:
+def pareto_figures(all_rows: list[Row], front: list[Row], spec: SearchSpec, out_dir: Path, bounds: list[float],
+                   floor: float | None = None) -> list[Path]:
     """Every plot of the parent run, written to ``out_dir``."""
     out = []
-    for metric in ("latency_ms_median", "size_bytes", "energy_mj"):
-        info = scatter_info(all_rows, front, metric, spec)
+    for metric in ("latency_ms_p90", "size_bytes", "energy_mj"):
+        info = scatter_info(all_rows, front, metric, spec, floor)
         if info is None:
             continue
         stem = f"pareto_accuracy_vs_{metric.split('_')[0]}"
         title = f"{spec.name}: accuracy vs {metric.split('_')[0]} on {spec.target}"
         out += [_png(info, out_dir / f"{stem}.png", title), _html(info, out_dir / f"{stem}.html", title)]
-    history = hypervolume_history(all_rows, spec)
+    history = hypervolume_history(all_rows, bounds)
     if history:
         out.append(_hypervolume_png(history, out_dir / "hypervolume.png", spec))
     parallel = _parallel_html(all_rows, out_dir / "knobs_to_objectives.html")
@@ -132,15 +140,17 @@ def _hypervolume_png(history, path: Path, spec: SearchSpec) -> Path:
     with png_axes(path, (6, 3.5)) as ax:
         ax.plot(*zip(*history), marker=".")
         ax.set_xlabel("finished trials")
-        ax.set_ylabel("hypervolume of the feasible front")
-        ax.set_title(f"{spec.name}: hypervolume (ref {list(spec.reference_point)})", fontsize=9)
+        ax.set_ylabel("normalised hypervolume (0-1)")
+        ax.set_ylim(0, max(0.05, min(1.0, max(hv for _, hv in history) * 1.15)))
+        ax.set_title(f"{spec.name}: hypervolume of the feasible front (accuracy, latency/budget, size, energy "
+                     "on a unit scale)", fontsize=8)
     return path
 
 
 def _parallel_html(all_rows: list[Row], path: Path) -> Path | None:
     import plotly.graph_objects as go
 
-    done = [r for r in all_rows if r.state == "COMPLETE"]
+    done = [r for r in all_rows if r.state == "COMPLETE" and r.reused_from is None]
     if not done:
         return None
     precisions = sorted({r.knobs["precision"] for r in done})
@@ -148,7 +158,7 @@ def _parallel_html(all_rows: list[Row], path: Path) -> Path | None:
                  tickvals=list(range(len(precisions))), ticktext=precisions)]
     dims += [dict(label=k, values=[float(r.knobs[k]) for r in done]) for k in ("width", "sparsity", "temperature",
                                                                                   "alpha")]
-    dims += [dict(label=m, values=[r.value(m) for r in done]) for m in ("accuracy", "latency_ms_median",
+    dims += [dict(label=m, values=[r.value(m) for r in done]) for m in ("accuracy", "latency_ms_p90",
                                                                           "size_bytes")]
     fig = go.Figure(go.Parcoords(line=dict(color=[r.value("accuracy") for r in done], colorscale="Viridis",
                                            showscale=True), dimensions=dims))

@@ -17,7 +17,8 @@ from typing import Any
 from search.candidate import PRECISIONS, PRUNING_MODES, Budget
 from search.errors import ConfigError
 
-SAMPLERS = ("nsga2", "tpe", "random")
+SAMPLERS = ("auto", "tpe", "nsga2", "random")
+HALVING_FROM_TRIALS = 24  # successive halving is on by default from this many trials
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -70,13 +71,17 @@ class SearchSpec:
     latency_budget_ms: float = 1.0
     trials: int = 24
     workers: int = 2
-    sampler: str = "nsga2"
+    # auto: multivariate TPE below 100 trials (model-guided from the first few), NSGA-II from 100 on
+    sampler: str = "auto"
     seed: int = 0
     space: SearchSpace = field(default_factory=SearchSpace)
     budget: Budget = field(default_factory=Budget)
-    # hypervolume reference point: (accuracy, latency ms, size bytes, energy mJ); None = derived from the budget
-    reference_point: tuple[float, float, float, float] | None = None
     timeout_s: float | None = None  # per candidate; None = no limit
+    recipes: bool = True  # start with the classic single-technique recipes that fit the space
+    halving: bool | None = None  # successive halving on training epochs; None = on from HALVING_FROM_TRIALS trials
+    # accuracy floor, a second constraint: relative drop allowed from the fp32 full-width model, or an absolute floor
+    max_accuracy_drop: float | None = None
+    min_accuracy: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -93,13 +98,23 @@ class SearchSpec:
             raise _err("sampler", f"one of {list(SAMPLERS)}", self.sampler)
         if self.timeout_s is not None and not (isinstance(self.timeout_s, (int, float)) and self.timeout_s > 0):
             raise _err("timeout_s", "a positive number of seconds or null", self.timeout_s)
-        if self.reference_point is None:
-            object.__setattr__(self, "reference_point", (0.0, float(self.latency_budget_ms), 1e7, 1e3))
-        elif (not isinstance(self.reference_point, (list, tuple)) or len(self.reference_point) != 4
-              or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.reference_point)):
-            raise _err("reference_point", "[accuracy, latency_ms, size_bytes, energy_mj]", self.reference_point)
-        else:
-            object.__setattr__(self, "reference_point", tuple(float(v) for v in self.reference_point))
+        for name in ("recipes", "halving"):
+            v = getattr(self, name)
+            if not (isinstance(v, bool) or (name == "halving" and v is None)):
+                raise _err(name, "true or false" + (" (or null: on from "
+                           f"{HALVING_FROM_TRIALS} trials)" if name == "halving" else ""), v)
+        for name, rule, ok in (("max_accuracy_drop", "a fraction in (0, 1) or null", lambda x: 0 < x < 1),
+                               ("min_accuracy", "a fraction in (0, 1] or null", lambda x: 0 < x <= 1)):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not ok(v)):
+                raise _err(name, rule, v)
+        if self.max_accuracy_drop is not None and self.min_accuracy is not None:
+            raise ConfigError("Give at most one of 'max_accuracy_drop' and 'min_accuracy' in the search spec; "
+                              f"got both ({self.max_accuracy_drop}, {self.min_accuracy}).")
+
+    @property
+    def uses_halving(self) -> bool:
+        return self.trials >= HALVING_FROM_TRIALS if self.halving is None else self.halving
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))

@@ -14,7 +14,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from objectives.pareto import OBJECTIVES, hypervolume, non_dominated
+from objectives.pareto import OBJECTIVES, non_dominated, normalised_hypervolume
 from search.candidate import Candidate, CandidateResult
 from search.errors import ConfigError, SearchNotFoundError
 from search.spec import SearchSpec
@@ -23,6 +23,25 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 SPEC_ATTR = "edgesearch_spec"
 REQUEUED_ATTR = "requeued"
+BOUNDS_ATTR = "hv_bounds"  # [latency ms, size bytes, energy mJ]: the unit box of the normalised hypervolume
+FLOOR_ATTR = "accuracy_floor"  # {"value", "baseline", "max_drop"} when the search has an accuracy floor
+SAMPLER_ATTR = "sampler_resolved"
+FINISHED_STATES = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+# Optuna's guidance: NSGA-II needs 100+ trials (its first generation is random); TPE is model-guided far sooner.
+NSGA2_FROM_TRIALS = 100
+
+# The classic optimisation guide's single-technique recipes: one technique applied to the plain fp32, width-1 model.
+PLAIN = {"precision": "fp32", "pruning": "unstructured", "sparsity": 0.0, "temperature": 1.0, "alpha": 1.0,
+         "width": 1.0}
+RECIPES: dict[str, dict[str, Any]] = {
+    "fp16 only": {"precision": "fp16"},
+    "int8 post-training only": {"precision": "int8-ptq"},
+    "int8 quantisation-aware only": {"precision": "int8-qat"},
+    "50% pruning": {"sparsity": 0.5},
+    "90% pruning": {"sparsity": 0.9},
+    "distillation into width 0.5": {"width": 0.5, "temperature": 4.0, "alpha": 0.5},
+    "width 0.5 only": {"width": 0.5},
+}
 
 
 def default_storage(runs_dir: Path) -> str:
@@ -31,11 +50,40 @@ def default_storage(runs_dir: Path) -> str:
     return f"sqlite:///{runs_dir / 'optuna.db'}"
 
 
+def recipes_for(spec: SearchSpec) -> list[tuple[str, dict[str, Any]]]:
+    """The recipes whose every knob lies in the search space, as full parameter sets, at most ``spec.trials``."""
+    if not spec.recipes:
+        return []
+    s = spec.space
+    out = []
+    for label, change in RECIPES.items():
+        params = {**PLAIN, **change}
+        fits = params["precision"] in s.precision and params["pruning"] in s.pruning and all(
+            getattr(s, k)[0] <= params[k] <= getattr(s, k)[1] for k in ("sparsity", "temperature", "alpha", "width"))
+        if fits:
+            out.append((label, params))
+    return out[: spec.trials]
+
+
+def resolved_sampler(spec: SearchSpec) -> str:
+    if spec.sampler != "auto":
+        return spec.sampler
+    return "nsga2" if spec.trials >= NSGA2_FROM_TRIALS else "tpe"
+
+
 def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
-    if spec.sampler == "nsga2":
+    """The sampler ``spec`` asks for; ``auto`` follows the trial count (see ``resolved_sampler``)."""
+    name = resolved_sampler(spec)
+    if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=spec.seed, population_size=max(4, min(50, spec.trials // 2)))
-    if spec.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=spec.seed, multivariate=True, n_startup_trials=min(10, spec.trials))
+    if name == "tpe":
+        # Few random start-up trials: the recipes are informative start-up points already, and TPE counts
+        # screened-out (pruned, infeasible) trials too. The constant liar keeps parallel workers apart.
+        startup = len(recipes_for(spec)) + 2 if spec.recipes else max(4, min(10, spec.trials // 4))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=spec.seed, multivariate=True, constant_liar=spec.workers > 1,
+                                              n_startup_trials=min(startup, spec.trials))
     return optuna.samplers.RandomSampler(seed=spec.seed)
 
 
@@ -72,9 +120,12 @@ def create_study(spec: SearchSpec, storage_url: str, resume: bool) -> optuna.Stu
     )
     if not exists:
         study.set_user_attr(SPEC_ATTR, spec.to_dict())
+        study.set_user_attr(SAMPLER_ATTR, resolved_sampler(spec))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([n for n, _ in OBJECTIVES])
+        for label, params in recipes_for(spec):  # the first trials, in this order
+            study.enqueue_trial(params, user_attrs={"recipe": label})
     return study
 
 
@@ -88,7 +139,9 @@ def load_study(name: str, storage_url: str) -> optuna.Study:
 
 
 def stored_spec(study: optuna.Study) -> SearchSpec:
-    return SearchSpec.from_dict(study.user_attrs[SPEC_ATTR])
+    data = dict(study.user_attrs[SPEC_ATTR])
+    data.pop("reference_point", None)  # stored by searches from before the hypervolume was normalised
+    return SearchSpec.from_dict(data)
 
 
 def knob_names(spec: SearchSpec) -> set[str]:
@@ -112,17 +165,16 @@ def requeue_interrupted(study: optuna.Study) -> int:
                                            else "interrupted before its knobs were drawn; not re-run")
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         if drawn:
-            study.enqueue_trial(t.params, skip_if_exists=False)
+            recipe = t.user_attrs.get("recipe")
+            study.enqueue_trial(t.params, skip_if_exists=False, user_attrs={"recipe": recipe} if recipe else None)
         count += 1
     return count
 
 
 def finished_count(study: optuna.Study) -> int:
     """Trials that count towards the requested total (re-queued ones do not)."""
-    return sum(
-        1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
-        if not t.user_attrs.get(REQUEUED_ATTR)
-    )
+    return sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED_STATES)
+               if not t.user_attrs.get(REQUEUED_ATTR))
 
 
 def suggest_candidate(trial: optuna.trial.BaseTrial, spec: SearchSpec) -> Candidate:
@@ -146,26 +198,93 @@ def suggest_candidate(trial: optuna.trial.BaseTrial, spec: SearchSpec) -> Candid
     )
 
 
-def record_result(study: optuna.Study, trial: optuna.Trial, spec: SearchSpec, result: CandidateResult) -> None:
-    """Tell Optuna the objectives, the budget constraint, and every metric with its provenance."""
-    latency = result.value("latency_ms_median")
-    trial.set_constraint("latency_budget", latency - spec.latency_budget_ms)
-    for name, limit in (result.info.get("limits") or {}).items():  # the target's RAM and flash, when known
-        if limit:
-            trial.set_constraint(f"fits_{name.split('_')[0]}", result.value(name) - limit)
-    for name, metric in result.metrics.items():
-        trial.set_user_attr(f"metric:{name}", [metric.value, metric.unit, metric.provenance])
-    trial.set_user_attr("provenance", result.info.get("provenance"))
+def _set_metrics(trial: optuna.Trial, metrics: dict[str, tuple[float, str, str]]) -> None:
+    for name, (value, unit, provenance) in metrics.items():
+        trial.set_user_attr(f"metric:{name}", [value, unit, provenance])
+
+
+def _set_limits(trial: optuna.Trial, spec: SearchSpec, metrics: dict, limits: dict | None) -> None:
+    """The latency budget (judged on the p90) and the target's RAM and flash limits, as constraints."""
+    trial.set_constraint("latency_budget", metrics["latency_ms_p90"][0] - spec.latency_budget_ms)
+    for name, limit in (limits or {}).items():
+        if limit and name in metrics:
+            trial.set_constraint(f"fits_{name.split('_')[0]}", metrics[name][0] - limit)
+
+
+def _metric_tuples(result: CandidateResult) -> dict[str, tuple[float, str, str]]:
+    return {n: (m.value, m.unit, m.provenance) for n, m in result.metrics.items()}
+
+
+def record_result(study: optuna.Study, trial: optuna.Trial, spec: SearchSpec, result: CandidateResult,
+                  stopped: str | None = None) -> None:
+    """Tell Optuna the objectives, the constraints, and every metric with its provenance.
+
+    With ``stopped`` (successive halving ended the candidate early) the trial is PRUNED: its figures are
+    real but for a smaller training budget, so they inform the sampler without entering the front."""
+    metrics = _metric_tuples(result)
+    _set_limits(trial, spec, metrics, result.info.get("limits"))
+    floor = study.user_attrs.get(FLOOR_ATTR)
+    if floor:
+        trial.set_constraint("accuracy_floor", floor["value"] - result.value("accuracy"))
+    _set_metrics(trial, metrics)
+    for key in ("provenance", "tuning", "rung", "retimed"):
+        if result.info.get(key) is not None:
+            trial.set_user_attr(key, result.info[key])
     trial.set_user_attr("stage_seconds", result.stage_seconds)
     trial.set_user_attr("artifacts", result.artifacts)
-    trial.set_user_attr("tuning", result.info.get("tuning"))
     trial.set_user_attr("candidate", json.loads(json.dumps(result.candidate.knobs())))
-    study.tell(trial, [result.value(name) for name, _ in OBJECTIVES])
+    trial.set_user_attr("candidate_key", result.candidate.key())
+    if stopped:
+        trial.set_user_attr("stopped", stopped)
+        study.tell(trial, state=TrialState.PRUNED)
+    else:
+        study.tell(trial, [result.value(name) for name, _ in OBJECTIVES])
+
+
+def record_screened(study: optuna.Study, trial: optuna.Trial, spec: SearchSpec, candidate: Candidate,
+                    screening: dict[str, Any], note: str = "") -> None:
+    """A candidate ruled out before training: PRUNED, with the figures of its untrained graph as constraints,
+    so the sampler learns where the budget lies (TPE counts a pruned trial's violated constraint)."""
+    metrics = {n: tuple(v) for n, v in screening["metrics"].items()}
+    _set_limits(trial, spec, metrics, screening.get("limits"))
+    _set_metrics(trial, metrics)
+    trial.set_user_attr("candidate", json.loads(json.dumps(candidate.knobs())))
+    trial.set_user_attr("candidate_key", candidate.key())
+    trial.set_user_attr("stopped", "screened")
+    trial.set_user_attr("screened_out", screening["reason"] + note)
+    trial.set_user_attr("stage_seconds", {} if note else {"screen": screening.get("seconds", 0.0)})
+    study.tell(trial, state=TrialState.PRUNED)
+
+
+def record_reuse(study: optuna.Study, trial: optuna.Trial, source: FrozenTrial) -> None:
+    """The same knobs as ``source``, already finished: its outcome, marked as reused (never a second front point)."""
+    for key, value in source.constraints.items():
+        trial.set_constraint(key, value)
+    for key, value in source.user_attrs.items():
+        if key.startswith("metric:") or key in ("provenance", "artifacts", "tuning", "candidate", "candidate_key",
+                                                "stopped", "screened_out", "rung", "retimed"):
+            trial.set_user_attr(key, value)
+    trial.set_user_attr("stage_seconds", {})
+    trial.set_user_attr("reused_from_trial", source.number)
+    if source.state == TrialState.COMPLETE:
+        study.tell(trial, list(source.values))
+    else:
+        study.tell(trial, state=TrialState.PRUNED)
 
 
 def record_failure(study: optuna.Study, trial: optuna.Trial, error: str) -> None:
     trial.set_user_attr("error", error[:2000])
     study.tell(trial, state=TrialState.FAIL)
+
+
+def reusable_trials(study: optuna.Study) -> dict[str, FrozenTrial]:
+    """Finished trials by candidate key, first one wins: what a repeat of the same knobs reuses, across restarts."""
+    out: dict[str, FrozenTrial] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        key = t.user_attrs.get("candidate_key")
+        if key and "reused_from_trial" not in t.user_attrs:
+            out.setdefault(key, t)
+    return out
 
 
 @dataclass(frozen=True)
@@ -178,39 +297,74 @@ class Row:
     metrics: dict[str, tuple[float, str, str]]
     feasible: bool
     error: str | None
+    reused_from: int | None = None  # same knobs as this trial: its result, not a candidate of its own
+    recipe: str | None = None
+    stopped: str | None = None  # "screened", or the halving rung where training stopped
 
     def value(self, name: str) -> float:
         return self.metrics[name][0]
+
+    @property
+    def note(self) -> str:
+        """Why a trial is not a plain finished candidate, in a few words; empty when it is."""
+        if self.reused_from is not None:
+            return f"reused from trial {self.reused_from}"
+        if self.stopped == "screened":
+            return "screened out before training"
+        if self.stopped:
+            return f"stopped at {self.stopped}"
+        return ""
 
     @classmethod
     def from_trial(cls, t: FrozenTrial) -> "Row":
         metrics = {k.split(":", 1)[1]: tuple(v) for k, v in t.user_attrs.items() if k.startswith("metric:")}
         constraints = t.constraints.values()
         feasible = t.state == TrialState.COMPLETE and all(c <= 0 for c in constraints)
-        return cls(t.number, t.state.name, t.user_attrs.get("candidate", t.params), metrics, feasible,
-                   t.user_attrs.get("error"))
+        error = t.user_attrs.get("error") or t.user_attrs.get("screened_out")
+        return cls(t.number, t.state.name, t.user_attrs.get("candidate", t.params), metrics, feasible, error,
+                   t.user_attrs.get("reused_from_trial"), t.user_attrs.get("recipe"), t.user_attrs.get("stopped"))
 
 
 def rows(study: optuna.Study) -> list[Row]:
-    return [Row.from_trial(t) for t in study.get_trials(deepcopy=False)
-            if t.state in (TrialState.COMPLETE, TrialState.FAIL)]
+    return [Row.from_trial(t) for t in study.get_trials(deepcopy=False, states=FINISHED_STATES)]
 
 
 def feasible_front(all_rows: list[Row]) -> list[Row]:
-    feasible = [r for r in all_rows if r.feasible]
+    """The feasible Pareto front, each candidate once: a reused result is its source trial's point."""
+    feasible = [r for r in all_rows if r.feasible and r.reused_from is None]
     if not feasible:
         return []
     points = [[r.value(n) for n, _ in OBJECTIVES] for r in feasible]
     return [feasible[i] for i in non_dominated(points, [d for _, d in OBJECTIVES])]
 
 
-def front_hypervolume(front: list[Row], spec: SearchSpec) -> float:
-    points = [[r.value(n) for n, _ in OBJECTIVES] for r in front]
-    return hypervolume(points, spec.reference_point, [d for _, d in OBJECTIVES])
+def search_bounds(study: optuna.Study, spec: SearchSpec) -> list[float]:
+    """The unit box of the normalised hypervolume: [latency budget, size bound, energy bound].
+
+    Fixed when the search starts (``set_bounds``) and stored with it; a search stored before that
+    falls back to the largest figures among its own trials."""
+    stored = study.user_attrs.get(BOUNDS_ATTR)
+    if stored:
+        return [float(v) for v in stored["values"]]
+    done = [r for r in rows(study) if r.state == "COMPLETE"]
+    size = max((r.value("size_bytes") for r in done), default=1.0)
+    energy = max((r.value("energy_mj") for r in done), default=1.0)
+    return [float(spec.latency_budget_ms), max(size, 1e-12), max(energy, 1e-12)]
+
+
+def set_bounds(study: optuna.Study, spec: SearchSpec, size: float, energy: float, source: str) -> list[float]:
+    bounds = [float(spec.latency_budget_ms), float(size), float(energy)]
+    study.set_user_attr(BOUNDS_ATTR, {"values": bounds, "source": source})
+    return bounds
+
+
+def front_hypervolume(front: list[Row], bounds: list[float]) -> float:
+    """Normalised hypervolume in [0, 1] (``objectives.pareto.normalised_hypervolume``)."""
+    return normalised_hypervolume([[r.value(n) for n, _ in OBJECTIVES] for r in front], bounds)
 
 
 def best_within_budget(all_rows: list[Row]) -> Row | None:
-    feasible = [r for r in all_rows if r.feasible]
+    feasible = [r for r in all_rows if r.feasible and r.reused_from is None]
     if not feasible:
         return None
-    return min(feasible, key=lambda r: (-r.value("accuracy"), r.value("latency_ms_median"), r.value("size_bytes")))
+    return min(feasible, key=lambda r: (-r.value("accuracy"), r.value("latency_ms_p90"), r.value("size_bytes")))

@@ -19,7 +19,7 @@ from pathlib import Path
 from objectives.pareto import OBJECTIVES
 from search.errors import ConfigError
 from search.spec import SearchSpec
-from search.study import Row, best_within_budget, feasible_front, front_hypervolume
+from search.study import FLOOR_ATTR, Row, best_within_budget, feasible_front, front_hypervolume, search_bounds
 
 PARENT_ATTR = "mlflow_parent_run_id"
 PLOT_INTERVAL_S = 30.0  # plots are re-drawn at most this often while a search runs, and always at its end
@@ -140,6 +140,11 @@ class SearchTracker:
             tags["failure_reason"] = (row.error or "unknown")[:5000]
         else:
             tags["provenance"] = str(trial.user_attrs.get("provenance"))
+        for key, value in (("reused_from_trial", row.reused_from), ("recipe", row.recipe), ("stopped", row.stopped),
+                           ("screened_out", trial.user_attrs.get("screened_out")),
+                           ("retimed", trial.user_attrs.get("retimed")), ("rung", trial.user_attrs.get("rung"))):
+            if value is not None:
+                tags[key] = str(value)[:5000]
         run = self.client.create_run(self.experiment_id, run_name=f"trial {row.number}", tags=tags)
         run_id = run.info.run_id
         for key, value in (row.knobs or {}).items():
@@ -172,7 +177,7 @@ class SearchTracker:
             if self.on_front.get(number) != now:
                 self.client.set_tag(run_id, "on_pareto_front", str(now).lower())
                 self.on_front[number] = now
-        hv = front_hypervolume(front, self.spec)
+        hv = front_hypervolume(front, search_bounds(self.study, self.spec))
         step = len(all_rows)
         self.client.log_metric(self.parent_id, "hypervolume", hv, step=step)
         self.client.log_metric(self.parent_id, "trials_finished", step, step=step)
@@ -193,7 +198,9 @@ class SearchTracker:
         from search.plots import pareto_figures
 
         with tempfile.TemporaryDirectory() as tmp:
-            for path in pareto_figures(all_rows, front, self.spec, Path(tmp)):
+            floor = (self.study.user_attrs.get(FLOOR_ATTR) or {}).get("value")
+            for path in pareto_figures(all_rows, front, self.spec, Path(tmp), search_bounds(self.study, self.spec),
+                                       floor):
                 self.client.log_artifact(self.parent_id, str(path), "plots")
 
     def sync(self, all_rows: list[Row], finished: bool = False) -> None:

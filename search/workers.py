@@ -1,8 +1,17 @@
 """Ray side of a search: candidates run as Ray tasks; the driver asks and tells Optuna.
 
-The driver keeps ``workers`` tasks in flight and handles whichever finishes
-first, so one slow candidate never stalls the others. A task that raises, or
-whose worker process dies, becomes a failed trial with its reason.
+What a search does, in order:
+1. the classic single-technique recipes are its first trials (``study.recipes_for``);
+2. every new candidate is screened first: its untrained graph at its final shapes is compiled and timed (or
+   emulated), and one that cannot fit the latency budget or the target's memories is recorded as an infeasible
+   trial in seconds, without training (``stages.screen``);
+3. with successive halving, a candidate that fits trains on a third of the epochs first, and only the best third
+   (by non-dominated rank on accuracy and latency) goes on to the full budget;
+4. a measured candidate whose p90 latency lies within the measurement noise of the budget is timed again with
+   no other work running before it is called feasible or not.
+
+The driver keeps ``workers`` tasks in flight and handles whichever finishes first, so one slow candidate never
+stalls the others. A task that raises, or whose worker process dies, becomes a failed trial with its reason.
 """
 
 from __future__ import annotations
@@ -10,22 +19,26 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-
-from search.candidate import Candidate, CandidateResult
+from objectives.latency import FEASIBLE, RETIME, budget_verdict
+from objectives.pareto import non_dominated
+from search.candidate import Budget, Candidate, CandidateResult
 from search.errors import CandidateError, ConfigError
 from search.spec import SearchSpec, check_inputs, check_resources
 from search.study import (
-    Row, best_within_budget, create_study, feasible_front, finished_count, front_hypervolume, record_failure,
-    record_result, requeue_interrupted, rows, suggest_candidate,
+    FLOOR_ATTR, BOUNDS_ATTR, Row, best_within_budget, create_study, feasible_front, finished_count, front_hypervolume,
+    recipes_for, record_failure, record_result, record_reuse, record_screened, requeue_interrupted,
+    resolved_sampler, reusable_trials, rows, search_bounds, set_bounds, suggest_candidate,
 )
 
 THREADS_PER_WORKER = 1
+HALVING_ETA = 3  # successive halving: a third of the epochs at the first rung, the best third goes on
 
 
 @functools.lru_cache(maxsize=4)
@@ -35,14 +48,69 @@ def _dataset(name: str):
     return load_dataset(name)
 
 
-def run_candidate(candidate_dict: dict, dataset: str, target: str, runs_dir: str, threads: int) -> dict:
-    """Body of the Ray task: one candidate through the pipeline, returned as a plain dict."""
+def run_candidate(candidate_dict: dict, dataset: str, target: str, runs_dir: str, threads: int,
+                  screen_budget_ms: float | None = None) -> dict:
+    """Body of the Ray task: screening (when a budget is given), then the pipeline, returned as plain dicts.
+
+    ``{"screening": ...}`` alone means the candidate was ruled out before training."""
     from hardware_targets import load_profile
     from search.pipeline import Paths, evaluate_candidate
+    from search.stages.screen import screen_candidate
 
-    result = evaluate_candidate(Candidate.from_dict(candidate_dict), _dataset(dataset), load_profile(target),
-                                Paths(Path(runs_dir)), threads=threads)
-    return result.to_dict()
+    candidate, data, profile = Candidate.from_dict(candidate_dict), _dataset(dataset), load_profile(target)
+    screening = None
+    if screen_budget_ms is not None:
+        screening = screen_candidate(candidate, data, profile, Path(runs_dir), latency_budget_ms=screen_budget_ms,
+                                     threads=threads)
+        if not screening["fits"]:
+            return {"screening": screening}
+    result = evaluate_candidate(candidate, data, profile, Paths(Path(runs_dir)), threads=threads)
+    if screening:
+        result.stage_seconds["screen"] = screening["seconds"]
+    return {"screening": screening, "result": result.to_dict()}
+
+
+def retime_results(result_dicts: list[dict], dataset: str, target: str, threads: int) -> list[dict]:
+    """Body of the re-timing task, which holds every CPU of the search so nothing else runs beside it."""
+    from hardware_targets import load_profile
+    from search.pipeline import retime
+
+    profile = load_profile(target)
+    return [retime(CandidateResult.from_dict(d), _dataset(dataset), profile, threads=threads).to_dict()
+            for d in result_dicts]
+
+
+def widest_candidate(spec: SearchSpec) -> Candidate:
+    """The largest model the space holds: the widest, least pruned, at its widest precision."""
+    s = spec.space
+    precision = next(p for p in ("fp32", "fp16", "int8-qat", "int8-ptq") if p in s.precision)
+    return Candidate(precision=precision, pruning=s.pruning[0], sparsity=s.sparsity[0], width=s.width[1],
+                     budget=spec.budget, seed=spec.seed)
+
+
+def prepare_search(spec_dict: dict, runs_dir: str, threads: int, bounds: bool, baseline: bool) -> dict:
+    """Body of the task that fixes what a search is judged by before its first trial: the figures of the largest
+    model of the space (bounds of the normalised hypervolume) and the fp32 full-width baseline's accuracy."""
+    from hardware_targets import load_profile
+    from search.pipeline import Paths, baseline_accuracy
+    from search.stages.screen import screen_candidate
+
+    spec = SearchSpec.from_dict(spec_dict)
+    data, out = _dataset(spec.dataset), {}
+    if bounds:
+        screening = screen_candidate(widest_candidate(spec), data, load_profile(spec.target), Path(runs_dir),
+                                     latency_budget_ms=spec.latency_budget_ms, threads=threads)
+        out["widest"] = {k: screening["metrics"][k][0] for k in ("size_bytes", "energy_mj")}
+    if baseline:
+        out["baseline"] = baseline_accuracy(data, Paths(Path(runs_dir)), spec.budget, spec.seed, threads=threads)
+    return out
+
+
+def rung_budget(budget: Budget) -> Budget:
+    """The first rung of successive halving: a third of the training, the same pruning steps (same shapes)."""
+    return dataclasses.replace(budget, epochs=max(1, budget.epochs // HALVING_ETA),
+                               finetune_epochs=min(budget.finetune_epochs,
+                                                   max(1, budget.finetune_epochs // HALVING_ETA)))
 
 
 @dataclass
@@ -77,14 +145,17 @@ def start_ray(address: str | None, workers: int):
 
 
 def _supported_space(spec: SearchSpec, profile, report: Reporter) -> SearchSpec:
-    """Leave out precisions the target has no arithmetic for, and say so."""
-    kept = tuple(p for p in spec.space.precision if profile.supports(p))
+    """Leave out precisions the target cannot run natively (for the host: this machine's CPU), and say why."""
+    reasons = {p: profile.unsupported_reason(p) for p in spec.space.precision}
+    kept = tuple(p for p in spec.space.precision if reasons[p] is None)
     if not kept:
-        raise ConfigError(f"Target {profile.name} supports none of the precisions {list(spec.space.precision)} "
-                          "of the search space; add one it supports (see its peak_macs_per_cycle).")
+        raise ConfigError(f"Target {profile.name} runs none of the precisions {list(spec.space.precision)} of the "
+                          f"search space natively ({'; '.join(f'{p}: {r}' for p, r in reasons.items())}); "
+                          "add one it supports.")
+    for p in spec.space.precision:
+        if reasons[p]:
+            report(f"precision {p} left out of the search space: target {profile.name} has {reasons[p]}")
     if kept != spec.space.precision:
-        dropped = sorted(set(spec.space.precision) - set(kept))
-        report(f"target {profile.name} has no arithmetic for {dropped}: left out of the search space")
         spec = dataclasses.replace(spec, space=dataclasses.replace(spec.space, precision=kept))
     return spec
 
@@ -149,7 +220,8 @@ def run_search(
     """
     wall_started = time.perf_counter()
     timings = {"ray_start": 0.0, "optuna": 0.0, "logging": 0.0, "dispatch": 0.0, "dispatches": 0}
-    spec = _supported_space(spec, check_inputs(spec), report)
+    profile = check_inputs(spec)
+    spec = _supported_space(spec, profile, report)
     if not address:
         check_resources(spec)
     if tracking_uri:
@@ -166,8 +238,17 @@ def run_search(
         report(f"re-queued {requeued} trial(s) interrupted by the previous driver")
     done = finished_count(study)
     remaining = spec.trials - done
+    recipes = recipes_for(spec)
     report(f"search {spec.name!r}: {done} of {spec.trials} trials finished, {max(0, remaining)} to go "
-           f"({spec.workers} worker(s), sampler {spec.sampler}, budget {spec.latency_budget_ms} ms on {spec.target})")
+           f"({spec.workers} worker(s), budget {spec.latency_budget_ms} ms on {spec.target} judged on p90 latency)")
+    report(f"order: screen every candidate before training; "
+           + (f"{len(recipes)} classic recipe(s) first ({', '.join(label for label, _ in recipes)}); " if recipes
+              else "no recipes; ")
+           + f"then sampler {resolved_sampler(spec)}"
+           + (f" (auto: {'NSGA-II from' if resolved_sampler(spec) == 'nsga2' else 'TPE below'} 100 trials)"
+              if spec.sampler == "auto" else "")
+           + ("; successive halving on epochs" if spec.uses_halving else "")
+           + "; near-budget latencies re-timed alone")
 
     if remaining > 0:
         import ray as ray_module
@@ -179,9 +260,9 @@ def run_search(
             if address and spec.workers > _cluster_cpus(ray):
                 raise ConfigError(f"The 'workers' field of the search spec must be at most the {_cluster_cpus(ray)} "
                                   f"CPU(s) of the cluster at {address}. Got {spec.workers} instead.")
-            task = ray.remote(num_cpus=THREADS_PER_WORKER, max_retries=0)(run_candidate)
-            _drive(ray, task, study, spec, runs_dir, remaining, report, tracker.on_trial if tracker else None,
-                   timings)
+            _prepare(ray, study, spec, profile, runs_dir, report)
+            _Driver(ray, study, spec, profile, runs_dir, remaining, report, tracker.on_trial if tracker else None,
+                    timings).run()
         finally:
             if owns_ray:
                 with _timed(timings, "ray_start"):
@@ -194,7 +275,51 @@ def run_search(
     front = feasible_front(all_rows)
     timings["wall"] = time.perf_counter() - wall_started
     return SearchOutcome(spec.name, storage_url, all_rows, front, best_within_budget(all_rows),
-                         front_hypervolume(front, spec), timings)
+                         front_hypervolume(front, search_bounds(study, spec)), timings)
+
+
+def _prepare(ray, study, spec: SearchSpec, profile, runs_dir: Path, report: Reporter) -> None:
+    """Fix the hypervolume's bounds and the accuracy floor once per search, stored with it (a resume keeps them)."""
+    size = profile.flash_bytes  # a feasible candidate can be no larger than the target's flash
+    energy = profile.power_active_mw * spec.latency_budget_ms * 1e-3 if profile.power_active_mw else None
+    need_bounds = BOUNDS_ATTR not in study.user_attrs
+    need_baseline = spec.max_accuracy_drop is not None and FLOOR_ATTR not in study.user_attrs
+    if spec.min_accuracy is not None and FLOOR_ATTR not in study.user_attrs:
+        study.set_user_attr(FLOOR_ATTR, {"value": spec.min_accuracy, "baseline": None, "max_drop": None})
+    if not need_bounds and not need_baseline:
+        return
+    screen_widest = need_bounds and (size is None or energy is None)
+    if screen_widest or need_baseline:
+        if need_baseline:
+            report("training the fp32 full-width baseline for the accuracy floor (once per dataset and budget)")
+        task = ray.remote(num_cpus=THREADS_PER_WORKER, max_retries=0)(prepare_search)
+        try:
+            out = ray.get(task.remote(spec.to_dict(), str(Path(runs_dir).resolve()), THREADS_PER_WORKER,
+                                      screen_widest, need_baseline))
+        except Exception as exc:
+            if need_baseline:
+                raise ConfigError(f"The fp32 full-width baseline for --max-accuracy-drop failed: "
+                                  f"{_failure_reason(exc)}") from exc
+            out = {}
+            report(f"could not screen the widest model ({_failure_reason(exc)}); hypervolume bounds come from "
+                   "the trials")
+    else:
+        out = {}
+    if need_bounds and (not screen_widest or "widest" in out):
+        widest = out.get("widest", {})
+        sources = ["latency: the budget",
+                   "size: the target's flash" if size else "size: the widest model of the space",
+                   "energy: active power x budget" if energy else "energy: the widest model of the space"]
+        set_bounds(study, spec, size or widest["size_bytes"], energy or widest["energy_mj"], "; ".join(sources))
+    if need_baseline:
+        base = out["baseline"]
+        floor = base["accuracy"] * (1 - spec.max_accuracy_drop)
+        study.set_user_attr(FLOOR_ATTR, {"value": floor, "baseline": base["accuracy"],
+                                         "max_drop": spec.max_accuracy_drop})
+        report(f"accuracy floor {floor:.4f}: fp32 full-width baseline {base['accuracy']:.4f} (measured, validation, "
+               f"{'cached' if base['cached'] else 'trained now'}) less {100 * spec.max_accuracy_drop:g}%")
+    elif spec.min_accuracy is not None and need_bounds:
+        report(f"accuracy floor {spec.min_accuracy:g} (validation accuracy of the compiled artifact)")
 
 
 @contextlib.contextmanager
@@ -206,95 +331,278 @@ def _timed(timings: dict[str, float], part: str):
         timings[part] = timings.get(part, 0.0) + time.perf_counter() - started
 
 
-def _drive(ray, task, study, spec, runs_dir, remaining, report, on_trial, timings) -> None:
-    """Keep every worker busy; tell Optuna each result as it lands.
+@dataclass
+class _Job:
+    """A trial on a worker: which candidate, at which halving rung (None = the full budget, no halving)."""
+
+    trial: object
+    candidate: Candidate
+    rung: int | None
+    started: float
+
+
+class _Driver:
+    """Keeps every worker busy and tells Optuna each result as it lands.
 
     A free worker gets its next candidate right after Optuna is told, before the progress line and the MLflow
     logging: those run while the workers compute, so they never hold a worker idle."""
-    in_flight: dict = {}  # ray ref -> (trial, started)
-    # Samplers (NSGA-II's crossover especially) propose knobs already evaluated; the result is reused, not
-    # rebuilt. Keyed per driver: the same spec, so the same budget, seed, dataset and target.
-    results: dict[str, tuple[int, CandidateResult]] = {}
-    told: list[tuple[object, int, str]] = []  # (trial, finished count, note) told to Optuna, not yet published
-    submitted = finished = 0
-    started_all = time.perf_counter()
-    landed = None  # when the last result came back: a worker is free from then until its next candidate is sent
 
-    def tell(trial, result: CandidateResult | None, note: str) -> None:
-        """Record a finished candidate, or a failure when ``result`` is None (``note`` says why)."""
-        nonlocal finished
-        with _timed(timings, "optuna"):
-            if result is None:
-                record_failure(study, trial, note)
-            else:
-                record_result(study, trial, spec, result)
-        finished += 1
-        told.append((trial, finished, note))
+    def __init__(self, ray, study, spec: SearchSpec, profile, runs_dir: Path, remaining: int, report: Reporter,
+                 on_trial, timings: dict):
+        from search.stages.screen import shape_knobs
 
-    def publish() -> None:
-        """Progress lines and MLflow logging for what Optuna was told since the last call."""
-        for trial, count, note in told:
-            with _timed(timings, "optuna"):
-                row = Row.from_trial(study._storage.get_trial(trial._trial_id))
-                hv = front_hypervolume(feasible_front(rows(study)), spec) if row.state == "COMPLETE" else None
-            if hv is None:
-                report(f"[{count}/{remaining}] trial {row.number}: FAILED - {note}  "
-                       f"ETA {_eta(count, remaining, started_all)}")
-            else:
-                report(_progress_line(row, count, remaining, started_all) + f"  HV {hv:.4g}{note}")
-        if told and on_trial:
-            with _timed(timings, "logging"):
-                on_trial()
-        told.clear()
+        self.ray, self.study, self.spec, self.profile = ray, study, spec, profile
+        self.runs_dir = str(Path(runs_dir).resolve())
+        self.remaining, self.report, self.on_trial, self.timings = remaining, report, on_trial, timings
+        self.task = ray.remote(num_cpus=THREADS_PER_WORKER, max_retries=0)(run_candidate)
+        # holds every CPU of the search: Ray starts it only when no candidate runs beside it
+        self.retime_task = ray.remote(num_cpus=spec.workers * THREADS_PER_WORKER, max_retries=0)(retime_results)
+        self.shape_knobs = functools.partial(shape_knobs, profile=profile)
+        self.in_flight: dict = {}  # ray ref -> _Job
+        self.done = reusable_trials(study)  # candidate key -> finished trial: repeats reuse it, across restarts too
+        self.running: dict[str, _Job] = {}  # candidate key -> its job: a repeat waits for it instead of running twice
+        self.waiting: dict[str, list] = {}  # candidate key -> trials waiting for the running one
+        self.screened: dict[tuple, tuple[int, dict]] = {}  # shapes -> (trial, screening) of shapes that cannot fit
+        self.pending_retime: list[tuple[_Job, CandidateResult]] = []
+        self.rung0: list[tuple[float, float, bool]] = []  # (accuracy, p90 latency, fits) at the first rung
+        self.bounds = search_bounds(study, spec)
+        self.told: list[tuple[object, int, str]] = []  # (trial, finished count, note) not yet published
+        self.submitted = self.finished = 0
+        self.counts = {"screened": 0, "retimed": 0, "retime_changed": 0, "promoted": 0, "stopped": 0, "reused": 0}
+        self.started_all = time.perf_counter()
+        self.landed = None  # when the last result came back: a worker is free until its next candidate is sent
 
-    while True:
-        while len(in_flight) < spec.workers and submitted < remaining:
-            with _timed(timings, "optuna"):
-                trial = study.ask()
-                candidate = suggest_candidate(trial, spec)
-            submitted += 1
-            if candidate.key() in results:
-                number, result = results[candidate.key()]
-                trial.set_user_attr("reused_from_trial", number)
-                tell(trial, result, f"  (same knobs as trial {number}: result reused)")
+    def run(self) -> None:
+        while True:
+            if not self.in_flight and self.pending_retime:
+                self._retime()
+            self._fill()
+            self._publish()
+            if self.finished >= self.remaining:
+                break
+            if not self.in_flight:
+                if self.pending_retime:
+                    continue
+                for key, trials in list(self.waiting.items()):  # cannot happen: a waiting trial's source runs
+                    for trial in trials:
+                        self._fail(trial, "internal: waited for a candidate that is not running")
+                    del self.waiting[key]
                 continue
-            ref = task.remote(_as_dict(candidate), spec.dataset, spec.target, str(Path(runs_dir).resolve()),
-                              THREADS_PER_WORKER)
-            in_flight[ref] = (trial, time.perf_counter())
-            if landed is not None:
-                timings["dispatch"] += time.perf_counter() - landed
-                timings["dispatches"] += 1
-                landed = None
-        publish()
-        if finished >= remaining:
-            return
+            self._wait_one()
+        c = self.counts
+        self.report(f"screened out before training: {c['screened']}; re-timed alone near the budget: {c['retimed']} "
+                    f"({c['retime_changed']} changed verdict); reused results: {c['reused']}"
+                    + (f"; halving: {c['promoted']} promoted to the full budget, {c['stopped']} stopped at the first "
+                       "rung" if self.spec.uses_halving else ""))
+
+    # --- dispatch ------------------------------------------------------------------------------------------
+
+    def _fill(self) -> None:
+        while len(self.in_flight) < self.spec.workers and self.submitted < self.remaining:
+            with _timed(self.timings, "optuna"):
+                trial = self.study.ask()
+                candidate = suggest_candidate(trial, self.spec)
+            self.submitted += 1
+            key = candidate.key()
+            if key in self.done:
+                self._reuse(trial, self.done[key])
+            elif key in self.running:
+                self.waiting.setdefault(key, []).append(trial)
+            elif self.shape_knobs(candidate) in self.screened:
+                number, screening = self.screened[self.shape_knobs(candidate)]
+                with _timed(self.timings, "optuna"):
+                    record_screened(self.study, trial, self.spec, candidate, screening,
+                                    note=f" (same shapes as trial {number}: not screened again)")
+                self.counts["screened"] += 1
+                self._told(trial, "")
+            else:
+                halve = self.spec.uses_halving and not trial.user_attrs.get("recipe")
+                self._submit(_Job(trial, candidate, 0 if halve else None, time.perf_counter()), screen=True)
+
+    def _submit(self, job: _Job, screen: bool) -> None:
+        budget = rung_budget(self.spec.budget) if job.rung == 0 else self.spec.budget
+        candidate = dataclasses.replace(job.candidate, budget=budget)
+        ref = self.task.remote(dataclasses.asdict(candidate), self.spec.dataset, self.spec.target, self.runs_dir,
+                               THREADS_PER_WORKER, self.spec.latency_budget_ms if screen else None)
+        self.in_flight[ref] = job
+        self.running[job.candidate.key()] = job
+        if self.landed is not None:
+            self.timings["dispatch"] += time.perf_counter() - self.landed
+            self.timings["dispatches"] += 1
+            self.landed = None
+
+    def _wait_one(self) -> None:
+        timeout = self.spec.timeout_s
         wait = None
-        if spec.timeout_s:
-            now = time.perf_counter()
-            wait = max(0.1, min(started + spec.timeout_s - now for _, started in in_flight.values()))
-        ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=wait)
+        if timeout:
+            wait = max(0.1, min(j.started + timeout - time.perf_counter() for j in self.in_flight.values()))
+        ready, _ = self.ray.wait(list(self.in_flight), num_returns=1, timeout=wait)
         if not ready:  # the oldest candidate(s) went over the per-candidate time limit
             now = time.perf_counter()
-            for ref, (trial, started) in list(in_flight.items()):
-                if now - started >= spec.timeout_s:
-                    ray.cancel(ref, force=True)
-                    del in_flight[ref]
-                    tell(trial, None, f"timeout: exceeded the per-candidate limit of {spec.timeout_s} s")
-            continue
+            for ref, job in list(self.in_flight.items()):
+                if now - job.started >= timeout:
+                    self.ray.cancel(ref, force=True)
+                    del self.in_flight[ref]
+                    self._fail_job(job, f"timeout: exceeded the per-candidate limit of {timeout} s")
+            return
         ref = ready[0]
-        landed = time.perf_counter()
-        trial, _ = in_flight.pop(ref)
+        self.landed = time.perf_counter()
+        job = self.in_flight.pop(ref)
         try:
-            result = CandidateResult.from_dict(ray.get(ref))
+            out = self.ray.get(ref)
         except Exception as exc:
-            tell(trial, None, _failure_reason(exc))
-        else:
-            results.setdefault(result.candidate.key(), (trial.number, result))
-            tell(trial, result, "")
+            self._fail_job(job, _failure_reason(exc))
+            return
+        if out.get("result") is None:
+            self._screened_out(job, out["screening"])
+            return
+        result = CandidateResult.from_dict(out["result"])
+        if job.rung == 0:
+            self._halving_decision(job, result)
+            return
+        if self.spec.uses_halving:
+            result = dataclasses.replace(result, info={**result.info, "rung": "full budget"})
+        median, p90 = result.value("latency_ms_median"), result.value("latency_ms_p90")
+        provenance = result.metrics["latency_ms_median"].provenance
+        if budget_verdict(median, p90, self.spec.latency_budget_ms, provenance) == RETIME:
+            self.pending_retime.append((job, result))
+            return
+        self._finish(job, result)
+
+    # --- outcomes ------------------------------------------------------------------------------------------
+
+    def _told(self, trial, note: str) -> None:
+        self.finished += 1
+        self.told.append((trial, self.finished, note))
+
+    def _finish(self, job: _Job, result: CandidateResult, stopped: str | None = None) -> None:
+        with _timed(self.timings, "optuna"):
+            record_result(self.study, job.trial, self.spec, result, stopped=stopped)
+        self._told(job.trial, "")
+        self._release(job, lambda trial, source: self._reuse(trial, source))
+
+    def _release(self, job: _Job, waiter) -> None:
+        """The job's trial is told: remember it for repeats and hand it to the trials that waited for it."""
+        key = job.candidate.key()
+        self.running.pop(key, None)
+        frozen = self.study._storage.get_trial(job.trial._trial_id)
+        if frozen.state.name in ("COMPLETE", "PRUNED"):
+            self.done.setdefault(key, frozen)
+        for trial in self.waiting.pop(key, []):
+            waiter(trial, frozen)
+
+    def _reuse(self, trial, source) -> None:
+        with _timed(self.timings, "optuna"):
+            record_reuse(self.study, trial, source)
+        self.counts["reused"] += 1
+        self._told(trial, f"  (same knobs as trial {source.number}: result reused)")
+
+    def _screened_out(self, job: _Job, screening: dict) -> None:
+        with _timed(self.timings, "optuna"):
+            record_screened(self.study, job.trial, self.spec, job.candidate, screening)
+        self.screened[self.shape_knobs(job.candidate)] = (job.trial.number, screening)
+        self.counts["screened"] += 1
+        self._told(job.trial, "")
+        self._release(job, lambda trial, source: self._reuse(trial, source))
+
+    def _fail(self, trial, reason: str) -> None:
+        with _timed(self.timings, "optuna"):
+            record_failure(self.study, trial, reason)
+        self._told(trial, reason)
+
+    def _fail_job(self, job: _Job, reason: str) -> None:
+        self._fail(job.trial, reason)
+        self.running.pop(job.candidate.key(), None)
+        for trial in self.waiting.pop(job.candidate.key(), []):
+            self._fail(trial, f"same knobs as trial {job.trial.number}, which failed: {reason}")
+
+    def _halving_decision(self, job: _Job, result: CandidateResult) -> None:
+        """Asynchronous successive halving: go on to the full budget when the first-rung result ranks in the best
+        third of the first-rung results so far (non-dominated rank on accuracy and p90 latency, then accuracy).
+        Size and energy are left out of the rank: they follow the shapes, which training does not change."""
+        accuracy, p90 = result.value("accuracy"), result.value("latency_ms_p90")
+        fits = p90 <= self.spec.latency_budget_ms and all(
+            result.value(n) <= limit for n, limit in (result.info.get("limits") or {}).items() if limit)
+        self.rung0.append((accuracy, p90, fits))
+        pool = [(a, lat) for a, lat, ok in self.rung0 if ok]
+        if fits and _halving_position(pool, (accuracy, p90)) < math.ceil(len(pool) / HALVING_ETA):
+            self.counts["promoted"] += 1
+            self._submit(dataclasses.replace(job, rung=1, started=time.perf_counter()), screen=False)
+            return
+        self.counts["stopped"] += 1
+        epochs = rung_budget(self.spec.budget).epochs
+        result = dataclasses.replace(result, info={**result.info, "rung": "first rung"})
+        self._finish(job, result, stopped=f"the first rung ({epochs} of {self.spec.budget.epochs} epochs)")
+
+    def _retime(self) -> None:
+        """Time the pending near-budget candidates again, alone: called when no candidate is running."""
+        pending, self.pending_retime = self.pending_retime, []
+        ref = self.retime_task.remote([r.to_dict() for _, r in pending], self.spec.dataset, self.spec.target,
+                                      THREADS_PER_WORKER)
+        try:
+            fresh = [CandidateResult.from_dict(d) for d in self.ray.get(ref)]
+        except Exception as exc:
+            self.report(f"re-timing failed ({_failure_reason(exc)}); the figures timed during the search stand")
+            fresh = [r for _, r in pending]
+        budget = self.spec.latency_budget_ms
+        for (job, before), after in zip(pending, fresh):
+            self.counts["retimed"] += after.info.get("retimed", False)
+            verdict = [budget_verdict(r.value("latency_ms_median"), r.value("latency_ms_p90"), budget,
+                                      r.metrics["latency_ms_median"].provenance, retimed=True) for r in (before, after)]
+            self.counts["retime_changed"] += verdict[0] != verdict[1]
+            self._finish(job, after)
+
+    # --- reporting -----------------------------------------------------------------------------------------
+
+    def _publish(self) -> None:
+        """Progress lines and MLflow logging for what Optuna was told since the last call."""
+        for trial, count, note in self.told:
+            with _timed(self.timings, "optuna"):
+                row = Row.from_trial(self.study._storage.get_trial(trial._trial_id))
+                hv = front_hypervolume(feasible_front(rows(self.study)), self.bounds)
+            eta = _eta(count, self.remaining, self.started_all)
+            prefix = f"[{count}/{self.remaining}] trial {row.number}: {_knobs(row)}"
+            if row.state == "FAIL":
+                self.report(f"{prefix} FAILED - {note}  ETA {eta}")
+            elif row.stopped == "screened":
+                self.report(f"{prefix} -> screened out, not trained: {row.error}  ETA {eta}{note}")
+            else:
+                self.report(f"{prefix} -> {_outcome(row, self.spec)}  HV {hv:.3f}  ETA {eta}{note}")
+        if self.told and self.on_trial:
+            with _timed(self.timings, "logging"):
+                self.on_trial()
+        self.told.clear()
 
 
-def _as_dict(candidate: Candidate) -> dict:
-    return dataclasses.asdict(candidate)
+def _halving_position(pool: list[tuple[float, float]], point: tuple[float, float]) -> int:
+    """How many points of ``pool`` rank before ``point``: by non-dominated rank (accuracy up, latency down),
+    then by accuracy."""
+    remaining = list(range(len(pool)))
+    rank = {}
+    level = 0
+    while remaining:
+        front = non_dominated([pool[i] for i in remaining], ["maximize", "minimize"])
+        for j in front:
+            rank[remaining[j]] = level
+        remaining = [i for k, i in enumerate(remaining) if k not in set(front)]
+        level += 1
+    mine = next(i for i in reversed(range(len(pool))) if pool[i] == point)
+    order = (rank[mine], -point[0])
+    return sum(1 for i in range(len(pool)) if (rank[i], -pool[i][0]) < order)
+
+
+def _knobs(row: Row) -> str:
+    k = row.knobs
+    return (f"{k['precision']:<8} w={k['width']:<5g} s={k['sparsity']:<4g}{k['pruning'][0]} "
+            f"T={k['temperature']:<4g} a={k['alpha']:<4g}" + (f" [{row.recipe}]" if row.recipe else ""))
+
+
+def _outcome(row: Row, spec: SearchSpec) -> str:
+    text = (f"acc {row.value('accuracy'):.3f}, p90 {row.value('latency_ms_p90'):.4g} ms "
+            f"({row.metrics['latency_ms_p90'][2]}), {row.value('size_bytes') / 1024:.1f} KiB, ")
+    if row.stopped:
+        return text + f"stopped at {row.stopped}"
+    return text + ("feasible" if row.feasible else "infeasible")
 
 
 def _failure_reason(exc: Exception) -> str:
@@ -315,12 +623,3 @@ def _eta(finished: int, remaining: int, started: float) -> str:
     elapsed = time.perf_counter() - started
     left = elapsed / finished * (remaining - finished) if finished else 0
     return f"{int(left // 60)}m{int(left % 60):02d}s"
-
-
-def _progress_line(row: Row, finished: int, remaining: int, started: float) -> str:
-    k = row.knobs
-    return (f"[{finished}/{remaining}] trial {row.number}: {k['precision']:<8} w={k['width']:<5g} "
-            f"s={k['sparsity']:<4g}{k['pruning'][0]} T={k['temperature']:<4g} a={k['alpha']:<4g} -> "
-            f"acc {row.value('accuracy'):.3f}, {row.value('latency_ms_median'):.4f} ms "
-            f"({row.metrics['latency_ms_median'][2]}), {row.value('size_bytes') / 1024:.1f} KiB, "
-            f"{'feasible' if row.feasible else 'over budget'}  ETA {_eta(finished, remaining, started)}")

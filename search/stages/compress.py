@@ -117,28 +117,35 @@ def reapply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
             params[name].mul_(mask)
 
 
-def quantization_aware_finetune(
-    model: nn.Module, candidate: Candidate, dataset: Dataset, teacher: nn.Module | None = None
-) -> nn.Module:
-    """Insert fake quantization (int8, straight-through estimator) and fine-tune.
-
-    Uses torch.ao's FX QAT with the non-fused ``FakeQuantize`` modules, which the
-    ONNX exporter turns into QuantizeLinear/DequantizeLinear pairs.
-    """
+def prepare_qat(model: nn.Module, dataset: Dataset) -> nn.Module:
+    """Insert int8 fake quantization (torch.ao FX QAT, non-fused ``FakeQuantize``, which the ONNX exporter turns
+    into QuantizeLinear/DequantizeLinear pairs)."""
     from torch.ao.quantization import QConfigMapping, default_qat_qconfig
     from torch.ao.quantization.quantize_fx import prepare_qat_fx
 
     example = (torch.from_numpy(dataset.x_train[:1]),)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        qat = prepare_qat_fx(model.train(), QConfigMapping().set_global(default_qat_qconfig), example)
+        return prepare_qat_fx(model.train(), QConfigMapping().set_global(default_qat_qconfig), example)
+
+
+def freeze_qat(qat: nn.Module) -> nn.Module:
+    """Freeze the scales so export sees what was trained (or observed)."""
+    from torch.ao.quantization import disable_observer
+
+    qat.apply(disable_observer)
+    return qat.eval()
+
+
+def quantization_aware_finetune(
+    model: nn.Module, candidate: Candidate, dataset: Dataset, teacher: nn.Module | None = None
+) -> nn.Module:
+    """Insert fake quantization (int8, straight-through estimator) and fine-tune."""
+    qat = prepare_qat(model, dataset)
     masks = zero_masks(qat)
     epochs = max(1, candidate.budget.finetune_epochs)
     fit(
         qat, dataset, epochs, teacher=teacher, temperature=candidate.temperature, alpha=candidate.alpha,
         seed=candidate.seed + 2000, lr=3e-3, after_step=lambda: reapply_masks(qat, masks),
     )
-    from torch.ao.quantization import disable_observer
-
-    qat.apply(disable_observer)  # freeze scales so export sees what was trained
-    return qat.eval()
+    return freeze_qat(qat)

@@ -104,7 +104,7 @@ def torch_accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     return float((pred == y).mean())
 
 
-def _code_version() -> str:
+def code_version() -> str:
     """Changes whenever the model or training code changes, so stale teachers are not reused."""
     here = Path(__file__).resolve()
     sources = [here, here.parent.parent / "models.py"]
@@ -112,7 +112,7 @@ def _code_version() -> str:
 
 
 def teacher_path(dataset: Dataset, seed: int, cache_dir: Path) -> Path:
-    return Path(cache_dir) / f"{dataset.name}-{dataset.fingerprint}-seed{seed}-{_code_version()}.pt"
+    return Path(cache_dir) / f"{dataset.name}-{dataset.fingerprint}-seed{seed}-{code_version()}.pt"
 
 
 def get_teacher(dataset: Dataset, seed: int, cache_dir: Path, epochs: int = TEACHER_EPOCHS) -> nn.Module:

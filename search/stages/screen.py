@@ -1,0 +1,129 @@
+"""Screening stage: does a candidate fit the target at all, before any training?
+
+Latency, RAM and flash of a dense graph depend on its shapes and precision, not on its
+trained weights. So the candidate is built untrained at its final shapes (width, the
+channels structured pruning removes, the zeros unstructured pruning leaves where the
+target's kernels skip them), exported at its precision with placeholder quantization
+parameters (calibrated on a few training samples), compiled and timed (or emulated)
+exactly as the trained one will be. A candidate that cannot fit is ruled out in seconds
+instead of after a training run. Results are cached per shape and target.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from hardware_targets import TargetProfile, get_backend, load_profile
+from hardware_targets.host import host_cpu
+from objectives.latency import clearly_over_budget
+from search.candidate import Candidate
+from search.data import Dataset
+
+SCREEN_REPEATS = 10
+CALIBRATION_SAMPLES = 8  # placeholder int8 scales: enough for onnxruntime's calibrator, weights are untrained
+# the sources whose change alters a screened graph: a cached figure from older code is not reused
+_SOURCES = ("models.py", "stages/compress.py", "stages/export.py", "stages/screen.py")
+
+
+def shape_knobs(candidate: Candidate, profile: TargetProfile) -> tuple:
+    """The knobs that decide latency and memory on ``profile``: temperature and alpha never do, and unstructured
+    zeros only where the profile's kernels skip them."""
+    structured = candidate.sparsity if candidate.pruning == "structured" else 0.0
+    unstructured = candidate.sparsity if (candidate.pruning == "unstructured"
+                                          and profile.unstructured_sparsity_speedup) else 0.0
+    return (candidate.precision, candidate.width, structured, unstructured)
+
+
+def _code_version() -> str:
+    root = Path(__file__).resolve().parent.parent
+    return hashlib.sha256(b"".join((root / s).read_bytes() for s in _SOURCES)).hexdigest()[:12]
+
+
+def shape_key(candidate: Candidate, dataset: Dataset, profile: TargetProfile) -> str:
+    """Names one screened graph on one target (and, for the host, one CPU kind)."""
+    parts = {"knobs": shape_knobs(candidate, profile), "prune_steps": candidate.budget.prune_steps,
+             "shape": list(dataset.sample_shape), "classes": dataset.num_classes, "target": profile.tvm_target,
+             "profile": profile.name, "code": _code_version(),
+             "cpu": host_cpu().key if profile.backend == "local" else None}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _untrained_graph(candidate: Candidate, dataset: Dataset, onnx_path: Path) -> None:
+    import torch
+
+    from search.models import build_model
+    from search.stages.compress import freeze_qat, prepare_qat, prune_model
+    from search.stages.export import export_onnx
+
+    torch.manual_seed(candidate.seed)
+    no_training = dataclasses.replace(candidate.budget, finetune_epochs=0, calibration_samples=CALIBRATION_SAMPLES)
+    candidate = dataclasses.replace(candidate, budget=no_training)
+    model, _ = prune_model(build_model(dataset.sample_shape, dataset.num_classes, candidate.width), candidate, dataset)
+    if candidate.precision == "int8-qat":
+        model = prepare_qat(model, dataset)
+        with torch.no_grad():  # observers set placeholder scales from a few samples
+            model(torch.from_numpy(dataset.x_train[:CALIBRATION_SAMPLES]))
+        model = freeze_qat(model)
+    export_onnx(model.eval(), candidate, dataset, onnx_path)
+
+
+def _measure(candidate: Candidate, dataset: Dataset, profile: TargetProfile, cache_dir: Path, threads: int) -> dict:
+    from search.pipeline import memory_metrics, set_threads
+    from search.stages.compile import CompiledArtifact, compile_tvm
+    from search.stages.export import input_dtype
+
+    set_threads(threads)
+    dtype = input_dtype(candidate.precision)
+    shape = (1, *dataset.sample_shape)
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = Path(tmp) / "screen.onnx"
+        _untrained_graph(candidate, dataset, onnx_path)
+        if profile.backend == "emulated":  # the device model reads the graph; nothing to compile
+            artifact = CompiledArtifact("", dict(profile.tvm_target), shape, dtype.name)
+        else:  # a remote backend cross-compiles from the ONNX itself; only the host library is built here
+            host = profile.tvm_target if profile.backend == "local" else load_profile("host").tvm_target
+            artifact = compile_tvm(onnx_path, host, Path(tmp) / "screen.so", shape, dtype.name,
+                                   cache_dir=cache_dir, seed=candidate.seed)
+        sample = dataset.x_val[:1].astype(dtype)
+        metrics = dict(get_backend(profile).measure(artifact, onnx_path, candidate.precision, sample, SCREEN_REPEATS))
+        metrics.update(memory_metrics(onnx_path, None, profile))
+    return {name: [m.value, m.unit, m.provenance] for name, m in metrics.items()}
+
+
+def screen_candidate(candidate: Candidate, dataset: Dataset, profile: TargetProfile, root: Path, *,
+                     latency_budget_ms: float, threads: int = 1) -> dict[str, Any]:
+    """Whether ``candidate`` can fit ``profile``'s latency budget and memories, from its untrained graph.
+
+    Returns ``fits``, a ``reason`` when it cannot, the figures of the untrained graph (``metrics``, each
+    ``[value, unit, provenance]``), the target's ``limits``, ``seconds`` spent and whether it was ``cached``."""
+    from search.pipeline import limits
+
+    started = time.perf_counter()
+    cache = Path(root) / "screening" / f"{shape_key(candidate, dataset, profile)}.json"
+    cached = cache.is_file()
+    if cached:
+        metrics = json.loads(cache.read_text())
+    else:
+        metrics = _measure(candidate, dataset, profile, Path(root) / "tuning", threads)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(metrics))
+        tmp.replace(cache)
+    median, p90 = metrics["latency_ms_median"][0], metrics["latency_ms_p90"][0]
+    provenance = metrics["latency_ms_median"][2]
+    reasons = []
+    if clearly_over_budget(median, p90, latency_budget_ms, provenance):
+        reasons.append(f"{median:.4g} ms ({provenance}, untrained graph of the same shapes) is over the "
+                       f"{latency_budget_ms:g} ms budget")
+    for name, limit in limits(profile).items():
+        if limit and metrics[name][0] > limit:
+            reasons.append(f"{name.split('_')[0]} {metrics[name][0] / 1024:,.0f} KiB > {limit / 1024:,.0f} KiB")
+    return {"fits": not reasons, "reason": "; ".join(reasons) or None, "metrics": metrics,
+            "limits": limits(profile), "seconds": time.perf_counter() - started, "cached": cached}
