@@ -51,11 +51,11 @@ class TargetProfile:
         """Whether the device has arithmetic for a candidate precision (int8-ptq / int8-qat -> int8)."""
         return self.unsupported_reason(precision) is None
 
-    def unsupported_reason(self, precision: str) -> str | None:
+    def unsupported_reason(self, precision: str, cpu=None) -> str | None:
         """Why the device cannot run ``precision`` natively, or None when it can.
 
         Emulated and remote devices say so in their peak MAC rates; the host is what it is, so a
-        local profile names the CPU flags a precision needs and this machine's CPU is read."""
+        local profile names the CPU flags a precision needs and this machine's CPU (or ``cpu``) is read."""
         kind = arithmetic(precision)
         if self.peak_macs_per_cycle and self.peak_macs_per_cycle.get(kind, 0) <= 0:
             return f"no {kind} arithmetic (peak_macs_per_cycle.{kind} is 0 in its profile)"
@@ -63,7 +63,7 @@ class TargetProfile:
         if needed and self.backend == "local":
             from hardware_targets.host import host_cpu
 
-            cpu = host_cpu()
+            cpu = cpu or host_cpu()
             if not cpu.has_any(needed):
                 return (f"no native {kind} arithmetic on this CPU ({cpu.model}: none of the flags "
                         f"{', '.join(needed)}; it would run in software)")

@@ -592,9 +592,14 @@ def _halving_position(pool: list[tuple[float, float]], point: tuple[float, float
 
 
 def _knobs(row: Row) -> str:
+    """The trial's knobs in one short line (a failed trial holds only the knobs its space let vary)."""
     k = row.knobs
-    return (f"{k['precision']:<8} w={k['width']:<5g} s={k['sparsity']:<4g}{k['pruning'][0]} "
-            f"T={k['temperature']:<4g} a={k['alpha']:<4g}" + (f" [{row.recipe}]" if row.recipe else ""))
+
+    def num(name: str) -> str:
+        return f"{k[name]:<4g}" if name in k else "-   "
+
+    return (f"{k.get('precision', '-'):<8} w={num('width')} s={num('sparsity')}{k.get('pruning', '-')[0]} "
+            f"T={num('temperature')} a={num('alpha')}" + (f" [{row.recipe}]" if row.recipe else ""))
 
 
 def _outcome(row: Row, spec: SearchSpec) -> str:

@@ -65,7 +65,13 @@ def _untrained_graph(candidate: Candidate, dataset: Dataset, onnx_path: Path) ->
     torch.manual_seed(candidate.seed)
     no_training = dataclasses.replace(candidate.budget, finetune_epochs=0, calibration_samples=CALIBRATION_SAMPLES)
     candidate = dataclasses.replace(candidate, budget=no_training)
-    model, _ = prune_model(build_model(dataset.sample_shape, dataset.num_classes, candidate.width), candidate, dataset)
+    model = build_model(dataset.sample_shape, dataset.num_classes, candidate.width)
+    with torch.no_grad():  # a fresh batch norm folds into an all-zero bias, which the exporter drops: a trained one
+        for bn in model.modules():  # does not, so give it statistics of the kind training leaves
+            if isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
+                bn.running_mean.normal_(0, 0.1)
+                bn.bias.normal_(0, 0.1)
+    model, _ = prune_model(model, candidate, dataset)
     if candidate.precision == "int8-qat":
         model = prepare_qat(model, dataset)
         with torch.no_grad():  # observers set placeholder scales from a few samples

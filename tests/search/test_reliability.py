@@ -127,7 +127,8 @@ def test_concurrent_searches_are_isolated_and_a_duplicate_name_is_refused(tmp_pa
 _values = st.one_of(st.none(), st.booleans(), st.integers(-5, 100), st.floats(allow_nan=True),
                     st.text(max_size=12), st.lists(st.floats(-2, 20), max_size=3))
 _fields = st.sampled_from(["name", "dataset", "target", "latency_budget_ms", "trials", "workers", "sampler", "seed",
-                           "space", "budget", "reference_point", "timeout_s", "bogus"])
+                           "space", "budget", "timeout_s", "recipes", "halving", "max_accuracy_drop",
+                           "min_accuracy", "bogus"])
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

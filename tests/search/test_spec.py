@@ -8,7 +8,16 @@ def test_defaults_cover_all_four_knobs():
     spec = SearchSpec(name="s")
     assert set(spec.space.precision) == {"fp32", "fp16", "int8-ptq", "int8-qat"}
     assert spec.space.sparsity == (0.0, 0.95) and spec.space.temperature == (1.0, 10.0)
-    assert spec.reference_point == (0.0, spec.latency_budget_ms, 1e7, 1e3)
+    assert spec.sampler == "auto" and spec.recipes and spec.halving is None
+    assert spec.uses_halving and not SearchSpec(name="s", trials=12).uses_halving  # on from 24 trials
+
+
+@pytest.mark.parametrize("fields", [{"max_accuracy_drop": 1.5}, {"max_accuracy_drop": 0}, {"min_accuracy": 0},
+                                    {"min_accuracy": "high"}, {"recipes": "yes"}, {"halving": 1},
+                                    {"max_accuracy_drop": 0.1, "min_accuracy": 0.9}])
+def test_floor_recipe_and_halving_fields_are_checked(fields):
+    with pytest.raises(ConfigError, match="max_accuracy_drop|min_accuracy|'recipes'|'halving'"):
+        SearchSpec.from_dict({"name": "s", **fields})
 
 
 @pytest.mark.parametrize(

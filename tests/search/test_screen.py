@@ -1,0 +1,69 @@
+"""Screening: a candidate that cannot fit is ruled out from its untrained graph, without any training."""
+
+import dataclasses
+
+import pytest
+import yaml
+
+import search.pipeline
+import search.stages.compress
+from hardware_targets import load_profile
+from search.candidate import Candidate
+from search.stages.screen import screen_candidate, shape_knobs
+from search.workers import run_candidate
+from tests.search.conftest import TINY
+
+
+@pytest.fixture
+def training_calls(monkeypatch):
+    """Counts calls of the real training loop wherever the pipeline calls it (the loop still runs)."""
+    calls = []
+    real = search.pipeline.fit
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("seed"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search.pipeline, "fit", counting)
+    monkeypatch.setattr(search.stages.compress, "fit", counting)
+    return calls
+
+
+def test_a_screened_out_candidate_never_trains(tmp_path, training_calls):
+    wide = Candidate(precision="fp32", width=2.0, sparsity=0.5, pruning="unstructured", budget=TINY)
+    out = run_candidate(dataclasses.asdict(wide), "digits", "host", str(tmp_path), 1, screen_budget_ms=1e-5)
+    assert "result" not in out and not out["screening"]["fits"]
+    assert "over the 1e-05 ms budget" in out["screening"]["reason"]
+    assert out["screening"]["metrics"]["latency_ms_p90"][2] == "measured"
+    assert training_calls == []
+    assert not (tmp_path / "candidates").exists()  # no artifact of a trained candidate either
+    out = run_candidate(dataclasses.asdict(wide), "digits", "host", str(tmp_path), 1, screen_budget_ms=100.0)
+    assert out["screening"]["fits"] and out["result"]["stage_seconds"]["screen"] > 0
+    assert len(training_calls) >= 2  # the spy sees real training: training plus pruning fine-tuning
+
+
+@pytest.mark.parametrize("precision, pruning", [("int8-ptq", "structured"), ("int8-qat", "unstructured")])
+def test_screening_figures_match_the_trained_candidate_and_are_cached(tmp_path, digits, host, precision, pruning):
+    candidate = Candidate(precision=precision, width=0.75, sparsity=0.5, pruning=pruning, budget=TINY)
+    first = screen_candidate(candidate, digits, host, tmp_path, latency_budget_ms=1.0)
+    assert first["fits"] and not first["cached"]
+    trained = search.pipeline.evaluate_candidate(candidate, digits, host, search.pipeline.Paths(tmp_path))
+    for name in ("size_bytes", "ram_bytes", "flash_bytes"):  # shapes decide these, not the trained weights
+        assert first["metrics"][name][0] == trained.value(name), name
+    again = screen_candidate(dataclasses.replace(candidate, temperature=4.0, alpha=0.5), digits, host, tmp_path,
+                             latency_budget_ms=1.0)
+    assert again["cached"] and again["metrics"] == first["metrics"]  # T and alpha never change the graph
+    assert shape_knobs(candidate, host) != shape_knobs(dataclasses.replace(candidate, width=1.0), host)
+
+
+def test_a_candidate_over_the_targets_ram_is_screened_out_on_an_emulated_board(tmp_path, digits, training_calls):
+    board = yaml.safe_load(load_profile("cortex-m4").source and open(load_profile("cortex-m4").source).read())
+    board.update(name="tiny-ram-board", sram_bytes=20_000)
+    path = tmp_path / "tiny-ram-board.yaml"
+    path.write_text(yaml.safe_dump(board))
+    profile = load_profile(path)
+    out = screen_candidate(Candidate(precision="int8-ptq", width=2.0, budget=TINY), digits, profile, tmp_path,
+                           latency_budget_ms=1e6)
+    assert not out["fits"] and out["reason"].startswith("ram ")
+    assert out["metrics"]["latency_ms_median"][2] == "emulated" and out["metrics"]["ram_bytes"][0] > 20_000
+    assert training_calls == []
