@@ -66,10 +66,14 @@ def _untrained_graph(candidate: Candidate, dataset: Dataset, onnx_path: Path) ->
     no_training = dataclasses.replace(candidate.budget, finetune_epochs=0, calibration_samples=CALIBRATION_SAMPLES)
     candidate = dataclasses.replace(candidate, budget=no_training)
     model = build_model(dataset.sample_shape, dataset.num_classes, candidate.width)
-    with torch.no_grad():  # a fresh batch norm folds into an all-zero bias, which the exporter drops: a trained one
-        for bn in model.modules():  # does not, so give it statistics of the kind training leaves
+    # A fresh batch norm folds into an all-zero bias, which the exporter drops, and its all-ones tensors are
+    # shared as one constant; a trained one's are not. Give it parameters of the kind training leaves.
+    with torch.no_grad():
+        for bn in model.modules():
             if isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
                 bn.running_mean.normal_(0, 0.1)
+                bn.running_var.uniform_(0.5, 1.5)
+                bn.weight.normal_(1, 0.1)
                 bn.bias.normal_(0, 0.1)
     model, _ = prune_model(model, candidate, dataset)
     if candidate.precision == "int8-qat":
