@@ -8,7 +8,8 @@ Figures (numbered as in the benchmark issue):
 3. compiler vs runtime: TVM tuned and untuned vs onnxruntime on the same ONNX, per precision,
    on the built-in candidates and on MobileNetV1-0.25 at 96x96x3;
 4. tuning reuse: a second search on the same target and dataset, over the first one's records;
-5. search quality: hypervolume after N trials per sampler and seed, against single-technique recipes;
+5. search quality: the default search at N trials against random sampling at 2N (hypervolume, Mann-Whitney), recipes
+   covered, worker time spent on infeasible candidates, and `make run` before and after the budget-first search;
 6. sampler cost: time per ``ask`` at 100 and 1,000 trials;
 7. emulator fidelity: median absolute percentage error on held-out host measurements.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import time
@@ -46,27 +48,13 @@ class Plan:
 
 
 QUICK = Plan(search_trials=4, search_default_budget=False, search_repeats=1, runtime_widths=(0.5, 1.0), tuned_precisions=("fp32",), tuned_widths=(1.0,),
-             tuning_trials=10, mobilenet_tuning_trials=22, timing_repeats=10, reuse_trials=2, quality_trials=5,
-             quality_seeds=(0,), calibration_candidates=9)
+             tuning_trials=10, mobilenet_tuning_trials=22, timing_repeats=10, reuse_trials=2, quality_trials=12,
+             quality_seeds=(0, 1), calibration_candidates=9)
 FULL = Plan(search_trials=24, search_default_budget=True, search_repeats=2, runtime_widths=(0.5, 1.0, 2.0),
             tuned_precisions=("fp32", "int8-ptq", "int8-qat"), tuned_widths=(0.5, 1.0, 2.0), tuning_trials=40, mobilenet_tuning_trials=132,
-            timing_repeats=30, reuse_trials=4, quality_trials=12, quality_seeds=(0, 1, 2), calibration_candidates=18)
+            timing_repeats=30, reuse_trials=4, quality_trials=24, quality_seeds=(0, 1, 2, 3, 4), calibration_candidates=18)
 
 SAMPLERS = ("nsga2", "tpe", "random")
-# Single-technique recipes: one knob moved from the plain fp32, width-1 student.
-RECIPES = {
-    "fp16 only": {"precision": "fp16"},
-    "int8 PTQ only": {"precision": "int8-ptq"},
-    "int8 QAT only": {"precision": "int8-qat"},
-    "50% pruning": {"sparsity": 0.5},
-    "90% pruning": {"sparsity": 0.9},
-    "distillation only": {"temperature": 4.0, "alpha": 0.5},
-    "width only": {"width": 0.5},
-}
-PLAIN = {"precision": "fp32", "pruning": "unstructured", "sparsity": 0.0, "temperature": 1.0, "alpha": 1.0,
-         "width": 1.0}
-
-
 def _spread(values) -> dict:
     values = [float(v) for v in values]
     return {"median": float(np.median(values)), "min": min(values), "max": max(values), "n": len(values)}
@@ -288,84 +276,104 @@ def reuse_figures(runs: Path, plan: Plan) -> dict:
 
 # Figure 5 ------------------------------------------------------------------------------------------------------
 
+# The revision before the budget-first search (screening, recipes, auto sampler, halving): `make run` is timed at it
+# and at the working tree, side by side.
+BEFORE_BUDGET_FIRST = "a965cd8"
+
+
 def quality_figures(runs: Path, plan: Plan) -> dict:
-    """Hypervolume per sampler and seed on one spec, and the single-technique recipes run the same way."""
-    from search.spec import SearchSpec
+    """The default search at N trials against random sampling at 2N, per seed, on the same spec and bounds; the
+    recipes the default search covers; the share of worker time spent on candidates that end infeasible; and the
+    wall time of `make run` before and after the budget-first search."""
+    from scipy.stats import mannwhitneyu
+
     from search.plots import hypervolume_history
-    from search.study import OBJECTIVES, create_study, default_storage
+    from search.spec import SearchSpec
+    from search.study import load_study, default_storage, search_bounds
 
-    # A budget and reference point on the scale of digits models on this host (about 0.005-0.07 ms, 1-120 KiB,
-    # 1e-4-0.03 mJ), so each objective moves the hypervolume; fp16 (emulated by TVM on x86) is over budget.
+    # digits on this host take about 0.003-0.03 ms: a 0.01 ms budget rules out the wider half of the space
     base = SearchSpec(name="bench-quality", trials=plan.quality_trials, workers=2, budget=_search_budget(),
-                      latency_budget_ms=0.1, reference_point=(0.0, 0.1, 131072.0, 0.03))
-    curves: dict[str, dict[int, list[float]]] = {}
-    fronts = []  # each search's front, as objective vectors
-    for sampler in SAMPLERS:
-        for seed in plan.quality_seeds:
-            spec = replace(base, name=f"bench-q-{sampler}-s{seed}-{_stamp()}", sampler=sampler, seed=seed)
-            _say(f"  {spec.name}: {plan.quality_trials} trials")
+                      latency_budget_ms=0.01)
+    arms = {"default": dict(trials=plan.quality_trials),
+            "random": dict(trials=2 * plan.quality_trials, sampler="random", recipes=False, halving=False)}
+    out: dict = {"trials": {k: v["trials"] for k, v in arms.items()}, "seeds": list(plan.quality_seeds),
+                 "latency_budget_ms": base.latency_budget_ms, "curves": {}, "final": {}, "infeasible_share": {},
+                 "recipes": [], "wall_s": {}}
+    for seed in plan.quality_seeds:
+        for arm, fields in arms.items():
+            spec = replace(base, name=f"bench-q-{arm}-s{seed}-{_stamp()}", seed=seed, **fields)
+            _say(f"  {spec.name}: {spec.trials} trials")
+            started = time.perf_counter()
             outcome = _run(spec, runs)
-            curves.setdefault(sampler, {})[seed] = [hv for _, hv in hypervolume_history(outcome.rows, base)]
-            fronts.append([_point(r) for r in outcome.front])
-
-    recipes_spec = replace(base, name=f"bench-recipes-{_stamp()}", trials=len(RECIPES), sampler="random")
-    study = create_study(recipes_spec, default_storage(runs), resume=False)
-    for change in RECIPES.values():
-        study.enqueue_trial({**PLAIN, **change})
-    _say(f"  {len(RECIPES)} single-technique recipes, run through the same service")
-    recipe_rows = sorted(_run(recipes_spec, runs, resume=True).rows, key=lambda r: r.number)
-
-    recipes = {}
-    for (label, _), row in zip(RECIPES.items(), recipe_rows):
-        if row.state != "COMPLETE":
-            recipes[label] = {"error": row.error}
-            continue
-        point = _point(row)
-        recipes[label] = {"point": dict(zip([n for n, _ in OBJECTIVES], point)), "feasible": row.feasible,
-                          "searches_covering": sum(_covers(front, point) for front in fronts),
-                          "searches": len(fronts),
-                          "on_union_front": _on_union_front(point, [q for front in fronts for q in front])}
-    final = {s: [c[-1] for c in seeds.values()] for s, seeds in curves.items()}
-    return {"trials": plan.quality_trials, "seeds": list(plan.quality_seeds), "curves": curves,
-            "final_hypervolume": {s: _spread(v) for s, v in final.items()},
-            "over_random": {s: _spread([a / b for a, b in zip(final[s], final["random"]) if b > 0])
-                            for s in SAMPLERS if s != "random"},
-            "reference_point": list(base.reference_point), "latency_budget_ms": base.latency_budget_ms,
-            "recipes": recipes}
+            out["wall_s"].setdefault(arm, []).append(time.perf_counter() - started)
+            study = load_study(spec.name, default_storage(runs))
+            bounds = search_bounds(study, spec)
+            out["curves"].setdefault(arm, {})[seed] = [hv for _, hv in hypervolume_history(outcome.rows, bounds)]
+            out["final"].setdefault(arm, []).append(outcome.hypervolume)
+            out["infeasible_share"].setdefault(arm, []).append(_infeasible_share(study))
+            if arm == "default":
+                recipes = [r for r in outcome.rows if r.recipe]
+                feasible = [r for r in recipes if r.feasible]
+                out["recipes"].append({"seed": seed, "enqueued": len(recipes), "feasible": len(feasible),
+                                       "covered": sum(_covers(outcome.front, r) for r in feasible),
+                                       "labels": [r.recipe for r in recipes]})
+    test = mannwhitneyu(out["final"]["default"], out["final"]["random"], alternative="greater")
+    out["mann_whitney"] = {"u": float(test.statistic), "p": float(test.pvalue), "alpha": 0.10,
+                           "default_higher": bool(test.pvalue < 0.10)}
+    out["final_spread"] = {arm: _spread(v) for arm, v in out["final"].items()}
+    out["infeasible_spread"] = {arm: _spread(v) for arm, v in out["infeasible_share"].items()}
+    out["make_run"] = _make_run_before_after(runs)
+    return out
 
 
-def _point(row) -> list[float]:
+def _infeasible_share(study) -> float:
+    """Worker time spent on trials that end infeasible (screened out, over a limit or stopped and over), over all
+    worker time of the search."""
+    total = wasted = 0.0
+    for t in study.get_trials(deepcopy=False):
+        seconds = sum((t.user_attrs.get("stage_seconds") or {}).values())
+        total += seconds
+        feasible = t.state.name == "COMPLETE" and all(v <= 0 for v in t.constraints.values())
+        if t.state.name in ("COMPLETE", "PRUNED") and not feasible and any(v > 0 for v in t.constraints.values()):
+            wasted += seconds
+    return wasted / total if total else 0.0
+
+
+def _covers(front, recipe) -> bool:
+    """A front point at least as good as the recipe in every objective (the recipe itself counts)."""
     from search.study import OBJECTIVES
 
-    return [row.value(n) for n, _ in OBJECTIVES]
+    return any(all((f.value(n) >= recipe.value(n)) if d == "maximize" else (f.value(n) <= recipe.value(n))
+                   for n, d in OBJECTIVES) for f in front)
 
 
-# Measurement noise on a shared 2-core machine: a front point within this of a recipe counts as matching it.
-TOLERANCE = {"accuracy": 0.01, "latency_ms_median": 0.10, "size_bytes": 0.0, "energy_mj": 0.10}
+def _make_run_before_after(runs: Path) -> dict:
+    """Wall time of `make run`'s search (12 trials, digits, host, 0.05 ms, 10 epochs) at the revision before the
+    budget-first search and at the working tree, each in a fresh runs folder (both train their teacher)."""
+    import subprocess
+    import sys
 
-
-def _covers(front: list[list[float]], point: list[float]) -> bool:
-    """Whether some front point dominates or matches ``point`` (accuracy up, the rest down, within TOLERANCE)."""
-    from search.study import OBJECTIVES
-
-    def ok(q):
-        for (name, direction), a, b in zip(OBJECTIVES, q, point):
-            tol = TOLERANCE[name]
-            if direction == "maximize" and a < b - tol:
-                return False
-            if direction == "minimize" and a > b * (1 + tol):
-                return False
-        return True
-
-    return any(ok(q) for q in front)
-
-
-def _on_union_front(point: list[float], union: list[list[float]]) -> bool:
-    """Whether the recipe found something every search missed: no point of any search's front dominates it."""
-    from objectives.pareto import non_dominated
-    from search.study import OBJECTIVES
-
-    return len(union) in non_dominated(union + [point], [d for _, d in OBJECTIVES])
+    root = Path(__file__).resolve().parents[1]
+    old = runs / "before-budget-first"
+    if subprocess.run(["git", "-C", str(root), "cat-file", "-e", BEFORE_BUDGET_FIRST], capture_output=True).returncode:
+        return {"error": f"revision {BEFORE_BUDGET_FIRST} is not in this clone"}
+    if not old.exists():
+        subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", str(old), BEFORE_BUDGET_FIRST],
+                       check=True, capture_output=True)
+    args = ["submit", "--dataset", "digits", "--target", "host", "--latency-budget-ms", "0.05", "--trials", "12",
+            "--workers", "2", "--epochs", "10", "--no-mlflow"]
+    out = {}
+    for label, code in (("before", old), ("after", root)):
+        folder = runs / f"make-run-{label}-{_stamp()}"
+        _say(f"  make run's search, {label} the budget-first search")
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "search.cli", "--runs-dir", str(folder), *args, "--name",
+                               f"make-run-{label}"], cwd=code, env={**os.environ, "PYTHONPATH": str(code)},
+                              capture_output=True, text=True)
+        out[label] = {"seconds": time.perf_counter() - started, "returncode": done.returncode,
+                      "tail": done.stdout.splitlines()[-12:] if done.returncode == 0 else done.stderr[-2000:]}
+    out["after_over_before"] = out["after"]["seconds"] / out["before"]["seconds"]
+    return out
 
 
 # Figure 6 ------------------------------------------------------------------------------------------------------
@@ -430,12 +438,12 @@ def plots(results: dict, out: Path) -> list[str]:
     q = results.get("quality")
     if q:
         with png_axes(out / "hypervolume_vs_trials.png", (6, 4)) as ax:
-            for color, (sampler, seeds) in zip(("C0", "C1", "C2"), q["curves"].items()):
+            for color, (arm, seeds) in zip(("C0", "C1", "C2"), q["curves"].items()):
                 for i, curve in enumerate(seeds.values()):
                     ax.plot(range(1, len(curve) + 1), curve, color=color, alpha=0.8,
-                            label=sampler if i == 0 else None)
-            ax.set(xlabel="finished trials", ylabel="hypervolume (4 objectives)",
-                   title=f"Hypervolume vs trials ({len(q['seeds'])} seed(s) per sampler)")
+                            label=f"{arm} search" if i == 0 else None)
+            ax.set(xlabel="finished trials", ylabel="normalised hypervolume (0-1)",
+                   title=f"Hypervolume vs trials ({len(q['seeds'])} seed(s) each)")
             ax.legend()
         files.append("hypervolume_vs_trials.png")
     r = results.get("runtime")
@@ -557,28 +565,38 @@ def report_markdown(results: dict) -> str:
                   f"({u['first']['tuned']} tasks tuned in the first, {u['second']['tuned']} in the second).", ""]
     q = results.get("quality")
     if q:
+        t, mw = q["trials"], q["mann_whitney"]
         lines += ["## 5. Search quality", "",
-                  f"Hypervolume of the feasible front after {q['trials']} trials, seeds {q['seeds']}:", "",
-                  "| sampler | hypervolume | over random sampling |", "|---|---|---|"]
-        for sampler, v in q["final_hypervolume"].items():
-            ratio = q["over_random"].get(sampler)
-            lines.append(f"| {sampler} | {_fmt(v, 4)} | {_fmt(ratio) if ratio and ratio['n'] else '-'} |")
-        lines += ["", "![hypervolume vs trials](hypervolume_vs_trials.png)", ""] if "hypervolume_vs_trials.png" in \
-            results["plots"] else [""]
-        lines += ["Single-technique recipes, run through the same service. Covered: how many searches have a front "
-                  "point that dominates or matches the recipe (accuracy within 0.01, latency and energy within 10%, "
-                  "size no larger). Beyond every front: no point of any search dominates the recipe.", "",
-                  "| recipe | accuracy | latency ms | size KiB | energy mJ | covered | beyond every front |",
-                  "|---|---|---|---|---|---|---|"]
-        for label, v in q["recipes"].items():
-            if "error" in v:
-                lines.append(f"| {label} | failed: {v['error']} | | | | | |")
-                continue
-            p = v["point"]
-            lines.append(f"| {label} | {p['accuracy']:.3f} | {p['latency_ms_median']:.4f} | "
-                         f"{p['size_bytes'] / 1024:.1f} | {p['energy_mj']:.2e} | {v['searches_covering']}/"
-                         f"{v['searches']} | {'yes' if v['on_union_front'] else 'no'} |")
-        lines.append("")
+                  f"The default search (auto sampler, recipes first, screening, halving from 24 trials) after "
+                  f"{t['default']} trials against random sampling after {t['random']} trials (screening too, no "
+                  f"recipes, no halving), seeds {q['seeds']}, digits on the host, {q['latency_budget_ms']} ms budget "
+                  "(p90). Hypervolume is normalised (accuracy; latency / budget; size and energy / the widest model "
+                  "of the space), so it lies in [0, 1].", "",
+                  "| search | trials | hypervolume | worker time on candidates that end infeasible | wall s |",
+                  "|---|---|---|---|---|"]
+        for arm in ("default", "random"):
+            lines.append(f"| {arm} | {t[arm]} | {_fmt(q['final_spread'][arm], 4)} | "
+                         f"{_fmt(q['infeasible_spread'][arm], 1, 100)}% | {_fmt(_spread(q['wall_s'][arm]), 0)} |")
+        seeds = len(q["seeds"])
+        floor = f" (with {seeds} seeds each, the smallest possible p is {1 / math.comb(2 * seeds, seeds):.3f})"
+        lines += ["", f"One-sided Mann-Whitney U test, default higher than random: U = {mw['u']:.1f}, "
+                  f"p = {mw['p']:.3f} at alpha = {mw['alpha']}: "
+                  f"{'the default search is higher' if mw['default_higher'] else 'not shown higher'}"
+                  f"{floor if seeds < 5 else ''}.", ""]
+        lines += ["![hypervolume vs trials](hypervolume_vs_trials.png)", ""] if "hypervolume_vs_trials.png" in \
+            results["plots"] else []
+        lines += ["Recipes in the default search: enqueued first, and covered when a front point is at least as "
+                  "good in all four objectives (the recipe itself counts).", "",
+                  "| seed | recipes enqueued | feasible | covered by the front |", "|---|---|---|---|"]
+        lines += [f"| {r['seed']} | {r['enqueued']} | {r['feasible']} | {r['covered']} of {r['feasible']} |"
+                  for r in q["recipes"]]
+        m = q["make_run"]
+        if "error" in m:
+            lines += ["", f"`make run` before/after: not measured ({m['error']}).", ""]
+        else:
+            lines += ["", f"`make run`'s search (12 trials, 10 epochs, 0.05 ms, 2 workers) at revision "
+                      f"{BEFORE_BUDGET_FIRST} took {m['before']['seconds']:.0f} s, with the budget-first search "
+                      f"{m['after']['seconds']:.0f} s ({m['after_over_before']:.2f}x), run one after the other.", ""]
     samplers = results.get("samplers")
     if samplers:
         lines += ["## 6. Sampler cost per ask", "", "Milliseconds per ask plus five suggests (median of 5 asks):", "",

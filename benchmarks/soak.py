@@ -45,7 +45,8 @@ def main(argv=None) -> int:
     runs = args.runs_dir / "soak"
     name = f"soak-{time.strftime('%Y%m%d-%H%M%S')}"
     spec = SearchSpec(name=name, target="cortex-m4", trials=args.trials, workers=2, latency_budget_ms=50,
-                      sampler="random", budget=Budget(epochs=1, finetune_epochs=0, prune_steps=1, timing_repeats=1),
+                      sampler="random", recipes=False, halving=False,
+                      budget=Budget(epochs=1, finetune_epochs=0, prune_steps=1, timing_repeats=1),
                       space=SearchSpace(precision=("fp32", "int8-ptq"), width=(0.25, 0.5), sparsity=(0.0, 0.0)))
     before = {p.pid for p in psutil.process_iter()}
     me = psutil.Process()

@@ -46,13 +46,17 @@ def choose(all_rows: list[Row], pick: Pick, budget_ms: float) -> tuple[Row, str]
         return match[0], f"trial {pick.trial} chosen by hand (on the feasible front)"
     feasible = [r for r in all_rows if r.feasible]
     if not feasible:
-        done = [r for r in all_rows if r.state == "COMPLETE"]
-        if not done:
+        timed = [r for r in all_rows if "latency_ms_p90" in r.metrics and r.reused_from is None]
+        if not timed:
             raise ConfigError("The search has no finished candidate to export.")
-        closest = min(done, key=lambda r: r.value("latency_ms_p90"))
-        raise ConfigError(f"No candidate is feasible. The fastest, trial {closest.number}, takes "
-                          f"{closest.value('latency_ms_p90'):.4g} ms (p90) against the {budget_ms:g} ms budget, "
-                          "or a candidate misses a memory limit or the accuracy floor.")
+        closest = min(timed, key=lambda r: r.value("latency_ms_p90"))
+        p90, over = closest.value("latency_ms_p90"), closest.value("latency_ms_p90") - budget_ms
+        how = " (screened out before training)" if closest.stopped == "screened" else ""
+        message = (f"No candidate is feasible. The closest, trial {closest.number}{how}, takes {p90:.4g} ms (p90) "
+                   f"against the {budget_ms:g} ms budget")
+        if over > 0:
+            raise ConfigError(f"{message}, over by {over:.4g} ms.")
+        raise ConfigError(f"{message}; the candidates within the budget miss a memory limit or the accuracy floor.")
     if pick.min_accuracy is not None:
         good = [r for r in feasible if r.value("accuracy") >= pick.min_accuracy]
         if not good:

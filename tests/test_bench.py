@@ -55,3 +55,22 @@ def test_the_report_says_why_wherever_tvm_is_slower_than_onnxruntime():
     runtime["ratios"].pop("fp16")
     runtime["mobilenet_v1_025_96"]["tuned_over_onnxruntime"] = 0.9
     assert bench._slower_because(runtime)[0].startswith("Tuned TVM is at least as fast")
+
+
+def test_worker_time_on_infeasible_candidates_is_counted_by_outcome():
+    import optuna
+
+    bench = _bench()
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for seconds, violation, state in ((10.0, -1.0, "COMPLETE"), (1.0, 3.0, "PRUNED"), (5.0, 0.5, "COMPLETE"),
+                                      (2.0, None, "FAIL")):
+        trial = study.ask()
+        trial.set_user_attr("stage_seconds", {"train": seconds * 0.8, "measure": seconds * 0.2})
+        if violation is not None:
+            trial.set_constraint("latency_budget", violation)
+        if state == "COMPLETE":
+            study.tell(trial, [0.9, 1.0])
+        else:
+            study.tell(trial, state=getattr(optuna.trial.TrialState, state))
+    # infeasible: the screened-out 1 s and the over-budget 5 s, of 18 s in all (a failure is not "infeasible")
+    assert bench._infeasible_share(study) == 6.0 / 18.0

@@ -114,5 +114,6 @@ def test_no_feasible_candidate_says_what_the_closest_misses_by(tmp_path):
                       budget=Budget(epochs=1, finetune_epochs=0, prune_steps=1, timing_repeats=3),
                       space=SearchSpace(precision=("fp32",), width=(0.25, 0.25), sparsity=(0.0, 0.0)))
     run_search(spec, tmp_path, storage_url=default_storage(tmp_path), report=lambda line: None)
-    with pytest.raises(ConfigError, match=r"No candidate is feasible. The closest, trial 0, .*over by"):
+    with pytest.raises(ConfigError, match=r"No candidate is feasible. The closest, trial 0 \(screened out before "
+                                          r"training\), takes .* ms \(p90\) .*over by"):
         export_search("impossible", tmp_path / "out", storage_url=default_storage(tmp_path), runs_dir=tmp_path)

@@ -99,8 +99,10 @@ def test_resume_reruns_interrupted_candidates_but_not_half_drawn_knobs(tmp_path)
     assert all(trials[t.number].state.name == "FAIL" and trials[t.number].user_attrs["requeued"]
                for t in (running, half))
     assert "not re-run" in trials[half.number].user_attrs["error"]
-    waiting = [t for t in trials if t.state.name == "WAITING"]
-    assert [t.system_attrs["fixed_params"] for t in waiting] == [trials[running.number].params]
+    requeued = [t for t in trials if t.state.name == "WAITING" and t.number > half.number]
+    assert [t.system_attrs["fixed_params"] for t in requeued] == [trials[running.number].params]
+    assert trials[running.number].user_attrs["recipe"] == "fp16 only"  # the first trial of a search is a recipe
+    assert requeued[0].user_attrs["recipe"] == "fp16 only"  # and its re-run still says so
 
 
 def test_killed_driver_resumes_without_repeating_finished_trials(tmp_path):
