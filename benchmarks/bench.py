@@ -423,7 +423,7 @@ def sampler_figures(checkpoints=(100, 1000), asks: int = 5) -> dict:
 
 def emulator_figures(runs: Path, plan: Plan) -> dict:
     from hardware_targets import load_profile
-    from hardware_targets.calibration import calibrate_host
+    from search.calibrate import calibrate_host
 
     report = calibrate_host(load_profile("host"), runs, candidates=plan.calibration_candidates, seed=1)
     return {k: report[k] for k in ("mape_uncalibrated", "mape_calibrated", "train", "held_out")}

@@ -5,8 +5,9 @@ from hardware_targets.profile import TargetProfile, available_profiles, load_pro
 __all__ = ["TargetProfile", "available_profiles", "get_backend", "load_profile"]
 
 
-def get_backend(profile: TargetProfile):
-    """The backend a profile asks for; each module loads only when chosen."""
+def get_backend(profile: TargetProfile, runs_dir=None):
+    """The backend a profile asks for; each module loads only when chosen. An emulated profile applies the
+    calibration stored under ``runs_dir`` when one is valid for it."""
     if profile.backend == "local":
         from hardware_targets.backends.local import LocalBackend
 
@@ -18,4 +19,4 @@ def get_backend(profile: TargetProfile):
     from hardware_targets.backends.emulated import EmulatedBackend
     from hardware_targets.calibration import load_calibration
 
-    return EmulatedBackend(profile, load_calibration(profile))
+    return EmulatedBackend(profile, load_calibration(profile, runs_dir) if runs_dir else None)

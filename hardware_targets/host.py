@@ -15,11 +15,36 @@ from pathlib import Path
 CPUINFO = Path("/proc/cpuinfo")
 
 
+# Instruction-set flags worth naming when a figure depends on them (x86 /proc/cpuinfo names, then Arm's).
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
+             "amx_int8", "asimd", "asimdhp", "asimddp", "sve")
+
+
 @dataclass(frozen=True)
 class HostCPU:
     model: str
     flags: frozenset[str]
     cores: int
+    mhz: float | None = None  # as /proc/cpuinfo reports it (a VM reports its nominal clock)
+
+    @property
+    def isa(self) -> list[str]:
+        return [f for f in ISA_FLAGS if f in self.flags]
+
+    def summary(self) -> dict:
+        """What a result or model card records of the CPU it was measured on."""
+        return {"model": self.model, "isa": self.isa, "key": self.key}
+
+    def peak_macs_per_cycle(self) -> dict[str, float]:
+        """Per core, from the vector width and FMA units the flags show: fp32 lanes x 2 FMA pipes (1 without FMA).
+        int8 QDQ graphs run in float (TVM and onnxruntime's QDQ fallback), so int8 gets the fp32 rate; fp16 runs
+        natively only with AVX512-FP16 or Arm FP16, else in software. Derived, not measured: Zen 4 issues
+        AVX-512 in two 256-bit halves, so its true fp32 peak is half of this."""
+        lanes = 16 if "avx512f" in self.flags else 8 if self.has_any(("avx2", "avx")) else 4
+        fma = 2 if self.has_any(("fma", "asimd")) else 1
+        fp32 = float(lanes * fma)
+        native_fp16 = self.has_any(("avx512_fp16", "asimdhp"))
+        return {"fp32": fp32, "fp16": 2 * fp32 if native_fp16 else 0.0, "int8": fp32}
 
     def has_any(self, flags) -> bool:
         return any(f in self.flags for f in flags)
@@ -32,16 +57,45 @@ class HostCPU:
 
 
 def parse_cpuinfo(text: str, cores: int = 1) -> HostCPU:
-    """The first processor's model and flags from ``/proc/cpuinfo`` text (x86 ``flags``, Arm ``Features``)."""
-    model, flags = platform.machine() or "unknown", frozenset()
+    """The first processor's model, flags and clock from ``/proc/cpuinfo`` text (x86 ``flags``, Arm ``Features``)."""
+    unknown = platform.machine() or "unknown"
+    model, flags, mhz = unknown, frozenset(), None
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip().lower()
-        if key in ("model name", "cpu model", "hardware") and model == (platform.machine() or "unknown"):
+        if key in ("model name", "cpu model", "hardware") and model == unknown:
             model = value.strip()
         elif key in ("flags", "features") and not flags:
             flags = frozenset(value.split())
-    return HostCPU(model, flags, cores)
+        elif key == "cpu mhz" and mhz is None:
+            try:
+                mhz = float(value)
+            except ValueError:
+                pass
+    return HostCPU(model, flags, cores, mhz)
+
+
+def describe_host(data: dict, cpu: HostCPU) -> dict:
+    """A local profile's fields filled in from the detected CPU: cores, clock, peak MAC rates and active power.
+
+    ``power_mw_per_core`` maps substrings of CPU model names to one core's active power (the profile's data, with
+    sources); the first that the model contains applies, else its ``default``. A worker times on one thread, so a
+    candidate's energy is that power times its measured latency."""
+    out = dict(data)
+    out["cores"] = cpu.cores
+    if cpu.mhz:
+        out["clock_mhz"] = cpu.mhz
+    peak = dict(data.get("peak_macs_per_cycle") or {})
+    derived = cpu.peak_macs_per_cycle()
+    out["peak_macs_per_cycle"] = {k: (derived[k] or peak.get(k, 0.0)) for k in derived}
+    classes = data.get("power_mw_per_core") or {}
+    match = next((v for k, v in classes.items() if k != "default" and k.lower() in cpu.model.lower()),
+                 classes.get("default"))
+    if match:
+        out["power_active_mw"] = float(match)
+    out["description"] = f"{data.get('description', 'this machine')}: {cpu.model}, {cpu.cores} cores" + (
+        f" at {cpu.mhz:.0f} MHz" if cpu.mhz else "") + f"; {' '.join(cpu.isa) or 'no vector ISA flags read'}"
+    return out
 
 
 @functools.lru_cache(maxsize=1)

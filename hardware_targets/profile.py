@@ -43,6 +43,9 @@ class TargetProfile:
     unstructured_sparsity_speedup: bool = False  # True only where kernels skip zeros
     # local backends: precision -> CPU flags (any of) the host needs for native arithmetic in it
     cpu_flags: dict[str, list[str]] | None = None
+    calibration_reference: dict[str, str] | None = None  # MLPerf Tiny results of this class: {core, engine}
+    detect_host: bool = False  # local profiles: cores, clock, peak rates and power come from the detected CPU
+    power_mw_per_core: dict[str, float] | None = None  # CPU-model substring (or "default") -> one core's active mW
     rpc: dict[str, Any] | None = None  # remote backend: host, port, or tracker + key
     cross_compiler: str | None = None  # e.g. aarch64-linux-gnu-gcc, for exporting the library
     source: str = ""  # the file it came from
@@ -97,6 +100,9 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], bool]] = {
     "energy_pj_per_byte": (_NUM, False),
     "unstructured_sparsity_speedup": ((bool,), False),
     "cpu_flags": ((dict,), False),
+    "detect_host": ((bool,), False),
+    "calibration_reference": ((dict,), False),
+    "power_mw_per_core": ((dict,), False),
     "rpc": ((dict,), False),
     "cross_compiler": ((str,), False),
 }
@@ -123,7 +129,7 @@ def load_profile(name_or_path: str | Path, directory: Path = PROFILE_DIR) -> Tar
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ProfileError(f"{path}: not valid YAML ({exc}).") from exc
+        raise ProfileError(f"{path}: not valid YAML ({' '.join(str(exc).split())}).") from exc
     return _validate(data, path)
 
 
@@ -173,5 +179,12 @@ def _validate(data: Any, path: Path) -> TargetProfile:
     if data["backend"] == "remote" and not (rpc.get("port") or all(rpc.get(k) for k in TRACKER_FIELDS)):
         raise ProfileError(f"{path}: a remote profile needs 'rpc' with the device's host and port, or "
                            f"{', '.join(TRACKER_FIELDS)} of an RPC tracker.")
+    if data.get("detect_host"):
+        if data["backend"] != "local":
+            raise ProfileError(f"{path}: 'detect_host' describes the machine edgesearch runs on; it needs backend "
+                               f"local, not {data['backend']!r}.")
+        from hardware_targets.host import describe_host, host_cpu
+
+        data = describe_host(data, host_cpu())
     names = {f.name for f in dataclasses.fields(TargetProfile)}
     return TargetProfile(**{k: v for k, v in data.items() if k in names}, source=str(path))

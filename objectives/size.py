@@ -55,3 +55,42 @@ def weight_bytes(onnx_path: str | Path) -> dict[str, int]:
 
 def file_bytes(path: str | Path) -> int:
     return Path(path).stat().st_size
+
+
+SHF_ALLOC = 0x2
+SHT_NOBITS = 8
+
+
+def _elf_loaded_bytes(data: bytes) -> int:
+    """Bytes of an ELF file's sections that occupy memory and come from the file (code, constants, initialised
+    data; not .bss, symbols or debug information): what a device keeps in flash."""
+    if data[:4] != b"\x7fELF":
+        raise ValueError("not an ELF file")
+    wide, order = data[4] == 2, "little" if data[5] == 1 else "big"
+
+    def num(offset: int, size: int) -> int:
+        return int.from_bytes(data[offset:offset + size], order)
+
+    shoff, shentsize, shnum = (num(0x28, 8), num(0x3A, 2), num(0x3C, 2)) if wide else \
+        (num(0x20, 4), num(0x2E, 2), num(0x30, 2))
+    total = 0
+    for i in range(shnum):
+        h = shoff + i * shentsize
+        sh_type = num(h + 4, 4)
+        flags, size = (num(h + 8, 8), num(h + 32, 8)) if wide else (num(h + 8, 4), num(h + 20, 4))
+        if flags & SHF_ALLOC and sh_type != SHT_NOBITS:
+            total += size
+    return total
+
+
+def flash_bytes(library: str | Path) -> int:
+    """Code and constants of a compiled library (an ELF shared object, or a .tar of object files), counted from the
+    file's section headers."""
+    import tarfile
+
+    path = Path(library)
+    if path.suffix == ".tar":
+        with tarfile.open(path) as tar:
+            return sum(_elf_loaded_bytes(tar.extractfile(m).read()) for m in tar.getmembers()
+                       if m.isfile() and m.name.endswith(".o"))
+    return _elf_loaded_bytes(path.read_bytes())

@@ -73,23 +73,52 @@ def cmd_targets(args: argparse.Namespace) -> int:
         peak = "/".join(num(p.peak_macs_per_cycle.get(k)) for k in ("fp32", "fp16", "int8")) \
             if p.peak_macs_per_cycle else "-"
         provenance = {"local": "measured", "remote": "measured (RPC)", "emulated": "emulated"}[p.backend]
-        print(f"{p.name:<22}{p.backend:<10}{num(p.clock_mhz):>6}{num(p.cores):>6}  {peak:<30}"
+        print(f"{p.name:<22}{p.backend:<10}{num(p.clock_mhz, 1, '{:.0f}'):>6}{num(p.cores):>6}  {peak:<30}"
               f"{num(p.sram_bytes, 1024, '{:,.0f}'):>10}{num(p.flash_bytes, 1024, '{:,.0f}'):>11}"
               f"{num(p.power_active_mw):>10}  {provenance}")
+    from hardware_targets.host import host_cpu
+
+    cpu, host = host_cpu(), load_profile("host")
+    print(f"\nhost (detected, this machine): {cpu.model}, {cpu.cores} cores"
+          + (f" at {cpu.mhz:.0f} MHz" if cpu.mhz else "") + f"; ISA {' '.join(cpu.isa) or 'none read'}; "
+          f"CPU kind {cpu.key}")
+    print(f"  peak MAC/cycle per core derived from the ISA flags: "
+          + ", ".join(f"{k} {v:g}" for k, v in (host.peak_macs_per_cycle or {}).items())
+          + f"; fp16 {'native' if host.supports('fp16') else 'not native (left out of host searches)'}; "
+          f"active power {host.power_active_mw:g} mW per core (estimated, by CPU class)")
     print("\nsources of every figure: the comments in hardware_targets/profiles/*.yaml")
     return 0
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from hardware_targets import load_profile
-    from hardware_targets.calibration import calibrate_host
+    from search.calibrate import calibrate
 
-    report = calibrate_host(load_profile(args.target), args.runs_dir, candidates=args.candidates, seed=args.seed,
-                            progress=lambda line: print(line, flush=True))
-    print(f"emulator vs measured on {args.target}, held-out candidates: median absolute error "
-          f"{report['mape_uncalibrated']:.1f}% uncalibrated -> {report['mape_calibrated']:.1f}% calibrated "
-          f"({report['train']} fitted, {report['held_out']} held out)")
-    print(f"fitted factors written to {report['path']}")
+    report = calibrate(load_profile(args.target), args.runs_dir, candidates=args.candidates, seed=args.seed,
+                       progress=lambda line: print(line, flush=True))
+    if report["kind"] == "published references":
+        print(f"\n{args.target} emulated against published MLPerf Tiny results (int8; energy at the board's "
+              f"published power), aim: within {report['within']}x")
+        print(f"{'task':<5}{'board':<15}{'engine':<16}{'published ms':>13}{'emulated ms':>13}{'ratio':>7}"
+              f"{'held out':>9}{'published uJ':>14}{'emulated uJ':>13}{'ratio':>7}  within")
+        for r in report["references"]:
+            energy = (f"{r['published_uj']:>14,.0f}{r['emulated_uj']:>13,.0f}{r['energy_ratio']:>7.2f}"
+                      if "energy_ratio" in r else f"{'-':>14}{'-':>13}{'-':>7}")
+            print(f"{r['task']:<5}{r['board']:<15}{r['engine']:<16}{r['published_ms']:>13.4g}"
+                  f"{r['emulated_ms']:>13.4g}{r['latency_ratio']:>7.2f}"
+                  + (f"{r['held_out_ratio']:>9.2f}" if "held_out_ratio" in r else f"{'-':>9}")
+                  + f"{energy}  {'yes' if r['within'] else 'NO'}"
+                  + ("" if r.get("applied", True) else "  (fitted on its own, not applied)"))
+        print("ratio: emulated / published; held out: the same, fitted without that reference")
+        print(f"engine {report['engine']}: median absolute error {report['mape_uncalibrated']:.1f}% with the "
+              f"profile's own factors -> {report['mape_calibrated']:.1f}% calibrated, on the {report['train']} "
+              f"references it was fitted on; every reference within {report['within']}x: "
+              f"{'yes' if report['all_within'] else 'no'}")
+    else:
+        print(f"emulator vs measured on {args.target}, held-out candidates: median absolute error "
+              f"{report['mape_uncalibrated']:.1f}% uncalibrated -> {report['mape_calibrated']:.1f}% calibrated "
+              f"({report['train']} fitted, {report['held_out']} held out)")
+    print(f"fitted factors written to {report['path']}; searches with --runs-dir {args.runs_dir} apply them")
     return 0
 
 
@@ -259,7 +288,34 @@ def cmd_status(args: argparse.Namespace) -> int:
     floor = (study.user_attrs.get(FLOOR_ATTR) or {}).get("value")
     _print_outcome(all_rows, front, best_within_budget(all_rows), front_hypervolume(front, search_bounds(study, spec)),
                    spec, storage, floor)
+    _sync_quietly(study, spec, args)
     return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from search.study import load_study, stored_spec
+    from search.tracking import sync_search
+
+    study = load_study(args.name, _storage_url(args))
+    uri = _tracking_uri(args)
+    logged = sync_search(study, stored_spec(study), uri, args.runs_dir)
+    print(f"MLflow {uri}: {logged} missing run(s) of search {args.name!r} logged; it now holds every finished trial"
+          if logged else f"MLflow {uri} already held every finished trial of search {args.name!r}")
+    return 0
+
+
+def _sync_quietly(study, spec, args: argparse.Namespace) -> None:
+    """Catch MLflow up after an outage when a command reads a finished search; never fails the command."""
+    if getattr(args, "no_mlflow", False):
+        return
+    from search.tracking import sync_search
+
+    try:
+        logged = sync_search(study, spec, _tracking_uri(args), args.runs_dir)
+    except Exception:  # still running, or MLflow unreachable: `edgesearch sync NAME` says which
+        return
+    if logged:
+        print(f"MLflow was missing {logged} run(s) of this search (a tracking outage); logged them now")
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -369,11 +425,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("targets", help="list the target profiles", description="List the shipped target profiles.")
     p.set_defaults(func=cmd_targets)
 
-    p = sub.add_parser("calibrate", help="fit the emulator's factors against real host measurements",
-                       description="Evaluate a spread of candidates on a measured target, fit the emulator's "
-                                   "efficiency and overhead factors on two thirds and report its median absolute "
-                                   "percentage error on the rest.")
-    p.add_argument("--target", default="host", help="a measured target (backend local) [default: host]")
+    p = sub.add_parser("calibrate", help="fit a target's emulator to measurements and report its error",
+                       description="For the host: evaluate a spread of candidates, fit the emulator's efficiency and "
+                                   "overhead factors on two thirds and report its median absolute percentage error "
+                                   "on the rest. For an emulated board: fit them to the published MLPerf Tiny "
+                                   "results of its class and report the error against each. Searches with the same "
+                                   "--runs-dir apply the fit.")
+    p.add_argument("--target", default="host", help="host, or an emulated board with published references "
+                   "(cortex-m4, cortex-m7) [default: host]")
     p.add_argument("--candidates", type=int, default=12, help="candidates to measure [default: 12]")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_calibrate)
@@ -440,7 +499,20 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Show a running or finished search: trials, feasible front, best candidate.")
     p.add_argument("name")
     p.add_argument("--storage", help="Optuna RDB storage URL [default: sqlite:///RUNS/optuna.db]")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI, caught up if an outage left runs out [default: "
+                   "$MLFLOW_TRACKING_URI or sqlite:///RUNS/mlflow.db]")
+    p.add_argument("--no-mlflow", action="store_true", help="do not touch MLflow")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("sync", help="log to MLflow what a tracking outage left out",
+                       description="Log every finished trial of a search that the MLflow store is missing (say, the "
+                                   "tracking server was down when the search ended), and refresh its front. status "
+                                   "and export do this too when they can reach the store.")
+    p.add_argument("name")
+    p.add_argument("--storage", help="Optuna RDB storage URL [default: sqlite:///RUNS/optuna.db]")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or "
+                   "sqlite:///RUNS/mlflow.db]")
+    p.set_defaults(func=cmd_sync)
 
     p = sub.add_parser("list", help="list the stored searches", description="List the searches in the storage.")
     p.add_argument("--storage", help="Optuna RDB storage URL [default: sqlite:///RUNS/optuna.db]")

@@ -6,6 +6,7 @@ are run on the test split and must reproduce the recorded accuracies exactly.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -159,6 +160,7 @@ def export_search(
 ) -> dict:
     """Export a search's chosen candidate to ``out``; returns the model card."""
     from hardware_targets import load_profile
+    from hardware_targets.host import host_cpu
     from search.data import load_dataset
     from search.pipeline import versions
     from search.stages.compile import compile_tvm, tuning_dir
@@ -169,6 +171,11 @@ def export_search(
     spec = stored_spec(study)
     all_rows = rows(study)
     row, reason = choose(all_rows, pick, spec.latency_budget_ms)
+    if tracking_uri:  # the exported trial's MLflow run is looked up and registered: catch up after an outage first
+        from search.tracking import sync_search
+
+        with contextlib.suppress(EdgeSearchError):  # a running search is logged by its own driver
+            sync_search(study, spec, tracking_uri, Path(runs_dir))
     trial = study.trials[row.number]
     onnx_src = Path(trial.user_attrs["artifacts"]["onnx"])
     if not onnx_src.is_file():
@@ -223,7 +230,8 @@ def export_search(
         return {"value": value, "unit": unit, "provenance": provenance}
 
     metrics = {n: fig(n) for n in ("accuracy", "accuracy_test", "accuracy_test_onnxruntime", "latency_ms_median",
-                                   "latency_ms_p90", "size_bytes", "peak_activation_bytes", "ram_bytes", "energy_mj")
+                                   "latency_ms_p90", "size_bytes", "flash_bytes", "peak_activation_bytes", "ram_bytes",
+                                   "energy_mj")
                if n in row.metrics}
     metrics.update(remeasured)
 
@@ -231,6 +239,8 @@ def export_search(
     card = {
         "search": search, "trial": row.number, "why": reason, "mlflow_run_id": run_id,
         "dataset": spec.dataset, "target_profile": profile.name, "measured_on": spec.target,
+        # the CPU the search's host figures (accuracy always, latency for host targets) were measured on, and this one
+        "measured_on_cpu": trial.user_attrs.get("host_cpu"), "exported_on_cpu": host_cpu().summary(),
         "knobs": row.knobs,
         "metrics": metrics,
         "latency_budget_ms": spec.latency_budget_ms,
@@ -260,11 +270,17 @@ def _remeasure(artifact, onnx_path: Path, precision: str, sample, profile) -> di
             for name, m in got.items() if name in ("latency_ms_median", "latency_ms_p90")}
 
 
+def _cpu_line(cpu: dict | None) -> str:
+    return "not recorded" if not cpu else f"{cpu['model']} ({' '.join(cpu['isa']) or 'no ISA flags read'})"
+
+
 def model_card_markdown(card: dict) -> str:
     lines = [f"# Model card: {card['search']} / trial {card['trial']}", "",
              f"Chosen as the {card['why']}.", "",
              f"- dataset: `{card['dataset']}`; input {card['input']['shape']} {card['input']['dtype']}",
              f"- target profile: `{card['target_profile']}` (search measured on `{card['measured_on']}`)",
+             f"- host CPU of the search: {_cpu_line(card.get('measured_on_cpu'))}; of this export: "
+             f"{_cpu_line(card.get('exported_on_cpu'))}",
              "- knobs: " + ", ".join(f"{k}={v}" for k, v in card["knobs"].items()),
              f"- MLflow run: `{card['mlflow_run_id']}`", "", "| figure | value | unit | provenance |",
              "|---|---|---|---|"]

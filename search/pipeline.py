@@ -20,9 +20,10 @@ import torch
 
 from hardware_targets import TargetProfile, get_backend, load_profile
 from hardware_targets.backends.local import time_onnxruntime
+from hardware_targets.host import host_cpu
 from objectives.accuracy import accuracy, predict_onnx, predict_tvm
 from objectives.memory import peak_activation_bytes
-from objectives.size import file_bytes, weight_bytes
+from objectives.size import file_bytes, flash_bytes, weight_bytes
 from search.candidate import Candidate, CandidateResult, Metric
 from search.data import Dataset
 from search.models import build_model, count_parameters
@@ -75,22 +76,34 @@ def set_threads(threads: int) -> None:
     os.environ["TVM_NUM_THREADS"] = str(threads)
 
 
-def memory_metrics(onnx_path: Path, library: str | None, profile: TargetProfile) -> dict[str, Metric]:
-    """Size, flash and RAM of a graph: what decides whether it fits the target's memories."""
+def target_library(onnx_path: Path, profile: TargetProfile, host_library: str, out_dir: Path,
+                   shape: tuple[int, ...], dtype: str, cache_dir: Path) -> str:
+    """The library the target itself would load: the host build for a local target, else a build for the
+    profile's TVM target (a .tar of object files when it names another architecture)."""
+    if profile.backend == "local":
+        return host_library
+    cross = "mtriple" in profile.tvm_target
+    path = Path(out_dir) / ("target_model.tar" if cross else "target_model.so")
+    return compile_tvm(onnx_path, profile.tvm_target, path, shape, dtype, cache_dir=cache_dir).library
+
+
+def memory_metrics(onnx_path: Path, library: str, profile: TargetProfile) -> dict[str, Metric]:
+    """Size, flash and RAM of a candidate: what decides whether it fits the target's memories.
+
+    ``library`` is the build for the target: its code and constants, counted from the file, are the flash."""
     weights = weight_bytes(onnx_path)
     peak = peak_activation_bytes(onnx_path)
-    metrics = {
-        "size_bytes": Metric(float(weights["weight_bytes"]), "bytes", "measured"),
-        "flash_bytes": Metric(float(weights["weight_bytes"]), "bytes", "measured"),
+    return {
+        # weights at their deployed width, derived from the graph (dense storage; QAT weights at int8)
+        "size_bytes": Metric(float(weights["weight_bytes"]), "bytes", "estimated"),
+        "flash_bytes": Metric(float(flash_bytes(library)), "bytes", "measured"),
         "ram_bytes": Metric(float(peak + (profile.runtime_ram_overhead_bytes or 0)), "bytes", "estimated"),
         "onnx_bytes": Metric(float(file_bytes(onnx_path)), "bytes", "measured"),
+        "library_bytes": Metric(float(file_bytes(library)), "bytes", "measured"),
         "peak_activation_bytes": Metric(float(peak), "bytes", "estimated"),
         "nonzero_weight_fraction": Metric(
             weights["nonzero_weights"] / max(1, weights["weights"]), "fraction", "measured"),
     }
-    if library:
-        metrics["library_bytes"] = Metric(float(file_bytes(library)), "bytes", "measured")
-    return metrics
 
 
 def limits(profile: TargetProfile) -> dict[str, int | None]:
@@ -159,7 +172,7 @@ def evaluate_candidate(
         seconds["tune"] = artifact.tuning_seconds
         seconds["compile"] = max(0.0, seconds["compile"] - artifact.tuning_seconds)
 
-    backend = get_backend(profile)
+    backend = get_backend(profile, paths.root)
     sample = dataset.x_val[:1].astype(dtype)
     repeats = candidate.budget.timing_repeats
     session = ort_session(onnx_path, threads)
@@ -176,7 +189,10 @@ def evaluate_candidate(
         metrics["accuracy_test_onnxruntime"] = Metric(
             accuracy(predict_onnx(session, dataset.x_test, dtype.name), dataset.y_test), "fraction", "measured")
 
-    metrics.update(memory_metrics(onnx_path, artifact.library, profile))
+    with stage("compile", f"building for {profile.name} to count its flash"):
+        library = target_library(onnx_path, profile, artifact.library, out_dir, (1, *dataset.sample_shape),
+                                 dtype.name, paths.tuning)
+    metrics.update(memory_metrics(onnx_path, library, profile))
     metrics["sparsity"] = Metric(float(sparsity), "fraction", "measured")
     result = CandidateResult(
         candidate=candidate,
@@ -193,13 +209,15 @@ def evaluate_candidate(
                        "seconds": round(artifact.tuning_seconds, 3)},
             "threads": threads,
             "limits": limits(profile),
+            "host_cpu": host_cpu().summary(),  # where accuracy (always) and host latency were measured
         },
     )
     (out_dir / "result.json").write_text(result.to_json())
     return result
 
 
-def retime(result: CandidateResult, dataset: Dataset, profile: TargetProfile, *, threads: int = 1) -> CandidateResult:
+def retime(result: CandidateResult, dataset: Dataset, profile: TargetProfile, runs_dir: Path, *,
+           threads: int = 1) -> CandidateResult:
     """Time a finished candidate's artifact again; the caller makes sure no other work runs meanwhile.
 
     The figures timed during the search (beside other workers) stay as ``*_loaded``."""
@@ -211,7 +229,7 @@ def retime(result: CandidateResult, dataset: Dataset, profile: TargetProfile, *,
     dtype = input_dtype(result.candidate.precision)
     artifact = CompiledArtifact(result.artifacts["library"], dict(profile.tvm_target),
                                 (1, *dataset.sample_shape), dtype.name)
-    fresh = get_backend(profile).measure(artifact, Path(result.artifacts["onnx"]), result.candidate.precision,
+    fresh = get_backend(profile, runs_dir).measure(artifact, Path(result.artifacts["onnx"]), result.candidate.precision,
                                          dataset.x_val[:1].astype(dtype), result.candidate.budget.timing_repeats)
     metrics = dict(result.metrics)
     for name in ("latency_ms_median", "latency_ms_p90"):

@@ -169,7 +169,7 @@ def load_spec_file(path: str | Path) -> dict[str, Any]:
 
             data = yaml.safe_load(text)
     except Exception as exc:
-        raise ConfigError(f"{path}: cannot be parsed ({type(exc).__name__}: {exc}).") from exc
+        raise ConfigError(f"{path}: cannot be parsed ({type(exc).__name__}: {' '.join(str(exc).split())}).") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a spec file must hold a mapping of fields.")
     return data

@@ -227,7 +227,7 @@ def record_result(study: optuna.Study, trial: optuna.Trial, spec: SearchSpec, re
     if floor:
         trial.set_constraint("accuracy_floor", floor["value"] - result.value("accuracy"))
     _set_metrics(trial, metrics)
-    for key in ("provenance", "tuning", "rung", "retimed"):
+    for key in ("provenance", "tuning", "rung", "retimed", "host_cpu"):
         if result.info.get(key) is not None:
             trial.set_user_attr(key, result.info[key])
     trial.set_user_attr("stage_seconds", result.stage_seconds)
@@ -262,7 +262,7 @@ def record_reuse(study: optuna.Study, trial: optuna.Trial, source: FrozenTrial) 
         trial.set_constraint(key, value)
     for key, value in source.user_attrs.items():
         if key.startswith("metric:") or key in ("provenance", "artifacts", "tuning", "candidate", "candidate_key",
-                                                "stopped", "screened_out", "rung", "retimed"):
+                                                "stopped", "screened_out", "rung", "retimed", "host_cpu"):
             trial.set_user_attr(key, value)
     trial.set_user_attr("stage_seconds", {})
     trial.set_user_attr("reused_from_trial", source.number)

@@ -230,3 +230,20 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def _row_dict(r: Row) -> dict:
     return {"trial": r.number, **r.knobs, **{n: {"value": v, "unit": u, "provenance": p}
                                              for n, (v, u, p) in r.metrics.items()}}
+
+
+def sync_search(study, spec: SearchSpec, tracking_uri: str, runs_dir: Path) -> int:
+    """Log to MLflow every finished trial it is missing (after an outage), and the front; returns how many runs were
+    logged. A search whose driver is still running is left to its driver, which logs its own trials."""
+    from optuna.trial import TrialState
+
+    from search.study import rows
+
+    if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        raise ConfigError(f"Search {spec.name!r} is still running; its driver logs its trials to MLflow. "
+                          "Sync it once it has finished or stopped.")
+    check_tracking(tracking_uri)
+    tracker = SearchTracker(spec, study, tracking_uri, runs_dir)
+    before = len(tracker.children)
+    tracker.sync(rows(study), finished=True)
+    return len(tracker.children) - before

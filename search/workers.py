@@ -70,13 +70,13 @@ def run_candidate(candidate_dict: dict, dataset: str, target: str, runs_dir: str
     return {"screening": screening, "result": result.to_dict()}
 
 
-def retime_results(result_dicts: list[dict], dataset: str, target: str, threads: int) -> list[dict]:
+def retime_results(result_dicts: list[dict], dataset: str, target: str, runs_dir: str, threads: int) -> list[dict]:
     """Body of the re-timing task, which holds every CPU of the search so nothing else runs beside it."""
     from hardware_targets import load_profile
     from search.pipeline import retime
 
     profile = load_profile(target)
-    return [retime(CandidateResult.from_dict(d), _dataset(dataset), profile, threads=threads).to_dict()
+    return [retime(CandidateResult.from_dict(d), _dataset(dataset), profile, Path(runs_dir), threads=threads).to_dict()
             for d in result_dicts]
 
 
@@ -538,7 +538,7 @@ class _Driver:
         """Time the pending near-budget candidates again, alone: called when no candidate is running."""
         pending, self.pending_retime = self.pending_retime, []
         ref = self.retime_task.remote([r.to_dict() for _, r in pending], self.spec.dataset, self.spec.target,
-                                      THREADS_PER_WORKER)
+                                      self.runs_dir, THREADS_PER_WORKER)
         try:
             fresh = [CandidateResult.from_dict(d) for d in self.ray.get(ref)]
         except Exception as exc:

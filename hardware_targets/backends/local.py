@@ -1,7 +1,8 @@
 """Local backend: the artifact runs on this machine and is timed by TVM's time evaluator.
 
-Energy comes from the CPU's RAPL counters when they are readable (measured);
-most VMs expose none, and then it is estimated from per-operation energies.
+Energy comes from the CPU's RAPL counters when they are readable (measured, less the package's baseline power
+just before); most VMs expose none, and then it is estimated as the profile's active power per core times the
+measured latency.
 """
 
 from __future__ import annotations
@@ -17,20 +18,36 @@ from search.candidate import Metric
 from search.stages.compile import CompiledArtifact, load_vm
 
 RAPL = Path("/sys/class/powercap")
+RAPL_BASELINE_S = 0.2
 
 
-def read_rapl_uj() -> int | None:
-    """Sum of the package energy counters in µJ, or None when none is readable."""
-    total, found = 0, False
-    for counter in RAPL.glob("intel-rapl:*/energy_uj"):
+def read_rapl(root: Path = RAPL) -> list[tuple[int, int]] | None:
+    """Each CPU package's energy counter and its wrap-around range, in µJ; None when none is readable."""
+    counters = []
+    for counter in sorted(Path(root).glob("intel-rapl:*/energy_uj")):
         if counter.parent.name.count(":") != 1:  # packages only, not their sub-domains
             continue
         try:
-            total += int(counter.read_text())
-            found = True
+            wrap = counter.with_name("max_energy_range_uj")
+            counters.append((int(counter.read_text()), int(wrap.read_text()) if wrap.exists() else 0))
         except (OSError, ValueError):
             return None
-    return total if found else None
+    return counters or None
+
+
+def rapl_delta_uj(before: list[tuple[int, int]], after: list[tuple[int, int]]) -> int:
+    """Energy between two readings, across a counter's wrap-around (it restarts at 0 past its range)."""
+    total = 0
+    for (b, wrap), (a, _) in zip(before, after):
+        total += a - b if a >= b else a + wrap - b
+    return total
+
+
+def inference_energy_mj(baseline_uj: int, baseline_s: float, timed_uj: int, timed_s: float, calls: int) -> float:
+    """Energy one call adds: the timed energy less what the package drew at the baseline's power over the same time
+    (idle, and any other work running beside it, such as another worker's training), per call."""
+    extra = timed_uj - baseline_uj / baseline_s * timed_s
+    return max(extra, 0.0) * 1e-3 / calls
 
 
 class LocalBackend(Backend):
@@ -51,12 +68,19 @@ class LocalBackend(Backend):
         started = time.perf_counter()
         vm["main"](data)
         number = calls_per_repeat(time.perf_counter() - started)
-        before = read_rapl_uj()
-        result = vm.time_evaluator("main", device, number=number, repeat=repeats)(data)
-        after = read_rapl_uj()
         measured_mj = None
-        if before is not None and after is not None and after > before:
-            measured_mj = (after - before) * 1e-3 / (number * repeats + 1)
+        idle = read_rapl()
+        if idle is not None:  # the package's power just before, with whatever else runs, is subtracted
+            started = time.perf_counter()
+            time.sleep(RAPL_BASELINE_S)
+            before = read_rapl()
+            baseline = (rapl_delta_uj(idle, before), time.perf_counter() - started)
+        started = time.perf_counter()
+        result = vm.time_evaluator("main", device, number=number, repeat=repeats)(data)
+        if idle is not None:
+            after, elapsed = read_rapl(), time.perf_counter() - started
+            measured_mj = inference_energy_mj(*baseline, rapl_delta_uj(before, after), elapsed,
+                                              number * repeats + 1)
         return add_work_and_energy(latency_metrics(list(result.results), self.provenance), onnx_path, precision,
                                    self.profile, measured_mj)
 

@@ -48,7 +48,13 @@ def target_key(target: dict[str, Any]) -> str:
 
 
 def tuning_dir(cache_dir: Path, target: dict[str, Any]) -> Path:
-    return Path(cache_dir) / target_key(target)
+    """Records per target; a target for this machine (no triple) per CPU kind too, since the schedules tuned on one
+    CPU are what that CPU ran fastest."""
+    if "mtriple" in target:
+        return Path(cache_dir) / target_key(target)
+    from hardware_targets.host import host_cpu
+
+    return Path(cache_dir) / f"{target_key(target)}-{host_cpu().key}"
 
 
 def import_onnx(onnx_path: Path, input_shape: tuple[int, ...], input_dtype: str):

@@ -62,9 +62,13 @@ def _quantize_ptq(fp32_path: Path, out_path: Path, dataset: Dataset, samples: in
     level = root.level
     root.setLevel(logging.ERROR)  # onnxruntime logs a pre-processing hint on the root logger
     try:
+        # reduce_range: 7-bit weights. On x86 without VNNI onnxruntime multiplies u8 activations by s8 weights in
+        # 16-bit pairs (vpmaddubsw), which saturate at 255 x 127 x 2; with 7-bit weights they cannot, so
+        # onnxruntime and TVM (which computes the QDQ graph in float) agree on every x86 CPU, and the artifact
+        # does not depend on the CPU that built it. Its accuracy cost is in NOTES.md.
         quantize_static(
             str(fp32_path), str(out_path), _CalibrationReader(calibration), quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=False,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=False, reduce_range=True,
         )
     finally:
         root.setLevel(level)

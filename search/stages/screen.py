@@ -46,9 +46,15 @@ def _code_version() -> str:
     return hashlib.sha256(b"".join((root / s).read_bytes() for s in _SOURCES)).hexdigest()[:12]
 
 
-def shape_key(candidate: Candidate, dataset: Dataset, profile: TargetProfile) -> str:
-    """Names one screened graph on one target (and, for the host, one CPU kind)."""
-    parts = {"knobs": shape_knobs(candidate, profile), "prune_steps": candidate.budget.prune_steps,
+def shape_key(candidate: Candidate, dataset: Dataset, profile: TargetProfile, root: Path) -> str:
+    """Names one screened graph on one target (for the host, one CPU kind; for an emulated profile, the
+    calibration it is emulated with)."""
+    from dataclasses import asdict
+
+    from hardware_targets.calibration import load_calibration
+
+    calibration = load_calibration(profile, root) if profile.backend == "emulated" else None
+    parts = {"calibration": asdict(calibration) if calibration else None,"knobs": shape_knobs(candidate, profile), "prune_steps": candidate.budget.prune_steps,
              "shape": list(dataset.sample_shape), "classes": dataset.num_classes, "target": profile.tvm_target,
              "profile": profile.name, "code": _code_version(),
              "cpu": host_cpu().key if profile.backend == "local" else None}
@@ -84,26 +90,28 @@ def _untrained_graph(candidate: Candidate, dataset: Dataset, onnx_path: Path) ->
     export_onnx(model.eval(), candidate, dataset, onnx_path)
 
 
-def _measure(candidate: Candidate, dataset: Dataset, profile: TargetProfile, cache_dir: Path, threads: int) -> dict:
-    from search.pipeline import memory_metrics, set_threads
+def _measure(candidate: Candidate, dataset: Dataset, profile: TargetProfile, root: Path, threads: int) -> dict:
+    from search.pipeline import memory_metrics, set_threads, target_library
     from search.stages.compile import CompiledArtifact, compile_tvm
     from search.stages.export import input_dtype
 
     set_threads(threads)
+    cache_dir = root / "tuning"
     dtype = input_dtype(candidate.precision)
     shape = (1, *dataset.sample_shape)
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "screen.onnx"
         _untrained_graph(candidate, dataset, onnx_path)
-        if profile.backend == "emulated":  # the device model reads the graph; nothing to compile
+        host = profile.tvm_target if profile.backend == "local" else load_profile("host").tvm_target
+        if profile.backend == "emulated":  # the device model reads the graph: no host build to time
             artifact = CompiledArtifact("", dict(profile.tvm_target), shape, dtype.name)
-        else:  # a remote backend cross-compiles from the ONNX itself; only the host library is built here
-            host = profile.tvm_target if profile.backend == "local" else load_profile("host").tvm_target
+        else:  # a remote backend cross-compiles from the ONNX itself; the host build is what is timed here
             artifact = compile_tvm(onnx_path, host, Path(tmp) / "screen.so", shape, dtype.name,
                                    cache_dir=cache_dir, seed=candidate.seed)
         sample = dataset.x_val[:1].astype(dtype)
-        metrics = dict(get_backend(profile).measure(artifact, onnx_path, candidate.precision, sample, SCREEN_REPEATS))
-        metrics.update(memory_metrics(onnx_path, None, profile))
+        metrics = dict(get_backend(profile, root).measure(artifact, onnx_path, candidate.precision, sample, SCREEN_REPEATS))
+        library = target_library(onnx_path, profile, artifact.library, Path(tmp), shape, dtype.name, cache_dir)
+        metrics.update(memory_metrics(onnx_path, library, profile))
     return {name: [m.value, m.unit, m.provenance] for name, m in metrics.items()}
 
 
@@ -116,12 +124,12 @@ def screen_candidate(candidate: Candidate, dataset: Dataset, profile: TargetProf
     from search.pipeline import limits
 
     started = time.perf_counter()
-    cache = Path(root) / "screening" / f"{shape_key(candidate, dataset, profile)}.json"
+    cache = Path(root) / "screening" / f"{shape_key(candidate, dataset, profile, root)}.json"
     cached = cache.is_file()
     if cached:
         metrics = json.loads(cache.read_text())
     else:
-        metrics = _measure(candidate, dataset, profile, Path(root) / "tuning", threads)
+        metrics = _measure(candidate, dataset, profile, Path(root), threads)
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(metrics))

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 from hardware_targets import load_profile
 from hardware_targets.host import host_cpu, parse_cpuinfo
 
@@ -43,3 +45,36 @@ def test_device_profiles_say_it_in_their_peak_rates():
     assert load_profile("rpi5").supports("fp16")  # Cortex-A76: fp16 arithmetic
     assert not load_profile("cortex-m4").supports("fp16")
     assert "peak_macs_per_cycle.fp16 is 0" in load_profile("cortex-m4").unsupported_reason("fp16")
+
+
+def test_the_host_profile_is_filled_in_from_the_detected_cpu():
+    from hardware_targets.host import describe_host
+
+    data = {"name": "host", "backend": "local", "description": "this machine", "peak_macs_per_cycle":
+            {"fp32": 1, "fp16": 2, "int8": 1}, "power_mw_per_core": {"EPYC": 3750, "Xeon": 6750, "default": 5000}}
+    epyc = describe_host(data, parse_cpuinfo(AVX2_EPYC + "cpu MHz : 2450.0\n", cores=2))
+    assert epyc["cores"] == 2 and epyc["clock_mhz"] == 2450.0 and epyc["power_active_mw"] == 3750
+    assert epyc["peak_macs_per_cycle"] == {"fp32": 16.0, "fp16": 2, "int8": 16.0}  # 8 lanes x 2 FMA; fp16 software
+    assert "AMD EPYC 7B13" in epyc["description"] and "avx2 fma" in epyc["description"]
+    xeon = describe_host(data, parse_cpuinfo(SAPPHIRE, cores=2))
+    assert xeon["power_active_mw"] == 6750
+    assert xeon["peak_macs_per_cycle"] == {"fp32": 16.0 * 1, "fp16": 32.0, "int8": 16.0}  # no fma flag listed here
+    assert describe_host(data, parse_cpuinfo(ARM))["power_active_mw"] == 5000
+
+
+def test_rapl_counters_wrap_and_the_baseline_power_is_taken_off(tmp_path):
+    from hardware_targets.backends.local import inference_energy_mj, rapl_delta_uj, read_rapl
+
+    package = tmp_path / "intel-rapl:0"
+    package.mkdir()
+    (package / "energy_uj").write_text("999000\n")
+    (package / "max_energy_range_uj").write_text("1000000\n")
+    (tmp_path / "intel-rapl:0:0").mkdir()  # a sub-domain (core): not counted twice
+    (tmp_path / "intel-rapl:0:0" / "energy_uj").write_text("5\n")
+    before = read_rapl(tmp_path)
+    assert before == [(999000, 1000000)]
+    (package / "energy_uj").write_text("2000\n")  # wrapped past 1,000,000
+    assert rapl_delta_uj(before, read_rapl(tmp_path)) == 3000
+    # baseline 10 W (2 J in 0.2 s); timed 0.5 s drew 6 J: 1 J over the baseline, over 1,000 calls = 1 mJ each
+    assert inference_energy_mj(2_000_000, 0.2, 6_000_000, 0.5, 1000) == pytest.approx(1.0)
+    assert read_rapl(tmp_path / "nothing") is None

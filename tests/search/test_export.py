@@ -83,18 +83,23 @@ def test_cross_compiled_export_matches_the_profile(tracked_search, tmp_path):
 
 
 def test_export_errors(tracked_search, tmp_path):
+    from search.spec import SearchSpace, SearchSpec
+    from search.workers import run_search
+    from tests.search.conftest import TINY
+
     spec, outcome, _, runs = tracked_search
     storage = default_storage(runs)
+    one = SearchSpace(precision=("fp32",), pruning=("unstructured",), sparsity=(0.0, 0.0), temperature=(1.0, 1.0),
+                      alpha=(1.0, 1.0), width=(0.25, 0.25))  # one candidate: trial 1 repeats trial 0
+    run_search(SearchSpec(name="twice", trials=2, workers=1, budget=TINY, space=one, recipes=False), runs,
+               storage_url=storage, report=lambda line: None)
     with pytest.raises(Exception, match="No search named 'missing'"):
         export_search("missing", tmp_path / "x", storage_url=storage, runs_dir=runs)
-    off_front = [r for r in outcome.rows if r.state == "COMPLETE" and r not in outcome.front]
-    if off_front:
-        with pytest.raises(ConfigError, match="not on the feasible Pareto front"):
-            export_search(spec.name, tmp_path / "y", storage_url=storage, runs_dir=runs,
-                          pick=Pick(trial=off_front[0].number))
-        card = export_search(spec.name, tmp_path / "forced", storage_url=storage, runs_dir=runs, register=False,
-                             pick=Pick(trial=off_front[0].number, force=True))
-        assert "--force" in card["why"]
+    with pytest.raises(ConfigError, match="not on the feasible Pareto front"):  # a reused result never is
+        export_search("twice", tmp_path / "y", storage_url=default_storage(runs), runs_dir=runs, pick=Pick(trial=1))
+    card = export_search("twice", tmp_path / "forced", storage_url=default_storage(runs), runs_dir=runs,
+                         register=False, pick=Pick(trial=1, force=True))
+    assert "--force" in card["why"] and card["trial"] == 1
     with pytest.raises(ConfigError, match="No feasible candidate reaches accuracy 1.01"):
         export_search(spec.name, tmp_path / "z", storage_url=storage, runs_dir=runs, pick=Pick(min_accuracy=1.01))
     full = tmp_path / "full"

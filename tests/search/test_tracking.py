@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from objectives.pareto import OBJECTIVES, non_dominated
+from tests.oracles import OBJECTIVES, pareto_front
 from search.errors import ConfigError
 from search.spec import SearchSpec
 from search.study import default_storage
@@ -47,12 +47,13 @@ def test_on_pareto_front_tags_equal_the_recomputed_front(tracked_search):
     exp = client.get_experiment_by_name("tracked")
     children = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
     feasible = [r for r in children if r.data.tags["feasible"] == "true"]
+    assert feasible, "digits candidates of width <= 1 fit 0.05 ms on the project's CPUs"
     for r in feasible:
-        assert r.data.metrics["latency_ms_median"] <= spec.latency_budget_ms
-    points = [[r.data.metrics[n] for n, _ in OBJECTIVES] for r in feasible]
-    expected = {feasible[i].info.run_id for i in non_dominated(points, [d for _, d in OBJECTIVES])} if feasible else set()
+        assert r.data.metrics["latency_ms_p90"] <= spec.latency_budget_ms
+    points = {r.info.run_id: {n: r.data.metrics[n] for n, _ in OBJECTIVES} for r in feasible
+              if "reused_from_trial" not in r.data.tags}
     tagged = {r.info.run_id for r in children if r.data.tags["on_pareto_front"] == "true"}
-    assert tagged == expected
+    assert tagged == pareto_front(points)
 
 
 def test_plots_are_valid_images_and_html(tracked_search):
