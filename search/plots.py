@@ -16,15 +16,25 @@ AXES = {"latency_ms_p90": "latency (ms, p90)", "size_bytes": "size (bytes of wei
         "energy_mj": "energy per inference (mJ)"}
 
 
+# Above this ratio between the largest and smallest x, the axis is logarithmic: candidates 100x over the budget
+# would otherwise squeeze every feasible point into one vertical line at the left.
+LOG_AXIS_RATIO = 20.0
+
+
 @dataclass(frozen=True)
 class ScatterInfo:
     x_metric: str
     x_label: str
     points: list[tuple[float, float, bool, str]]  # x, accuracy, feasible, hover text
-    front: list[tuple[float, float]]
+    front: list[tuple[float, float, int]]  # x, accuracy, trial number
     budget: float | None
     provenance: str
     floor: float | None = None  # the accuracy floor, when the search has one
+
+    @property
+    def log_x(self) -> bool:
+        xs = [p[0] for p in self.points if p[0] > 0] + ([self.budget] if self.budget else [])
+        return bool(xs) and max(xs) / min(xs) > LOG_AXIS_RATIO
 
 
 def _hover(r: Row) -> str:
@@ -39,7 +49,7 @@ def scatter_info(all_rows: list[Row], front: list[Row], x_metric: str, spec: Sea
     if not done:
         return None
     points = [(r.value(x_metric), r.value("accuracy"), r.feasible, _hover(r)) for r in done]
-    line = sorted((r.value(x_metric), r.value("accuracy")) for r in front if x_metric in r.metrics)
+    line = sorted((r.value(x_metric), r.value("accuracy"), r.number) for r in front if x_metric in r.metrics)
     provenance = ", ".join(sorted({r.metrics[x_metric][2] for r in done}))
     return ScatterInfo(x_metric, AXES.get(x_metric, x_metric), points, line,
                        spec.latency_budget_ms if x_metric == "latency_ms_p90" else None, provenance, floor)
@@ -76,16 +86,22 @@ def _png(info: ScatterInfo, path: Path, title: str) -> Path:
 
 
 def _draw_scatter(ax, info: ScatterInfo, title: str) -> None:
+    if info.log_x:
+        ax.set_xscale("log")
     for feasible, style in ((True, dict(c="tab:blue", marker="o", label="feasible")),
-                            (False, dict(c="tab:gray", marker="x", label="infeasible (over budget)"))):
+                            (False, dict(c="tab:gray", marker="x", label="infeasible"))):
         pts = [(x, y) for x, y, f, _ in info.points if f == feasible]
         if pts:
             ax.scatter(*zip(*pts), **style)
     if info.front:
-        ax.step(*zip(*info.front), where="post", color="tab:red", marker="o", mfc="none", ms=10,
-                label="feasible Pareto front")
+        xs, ys, numbers = zip(*info.front)
+        ax.step(xs, ys, where="post", color="tab:red", marker="o", mfc="none", ms=10, label="feasible Pareto front")
+        for x, y, n in info.front:
+            ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color="tab:red")
     if info.budget is not None:
         ax.axvline(info.budget, color="tab:orange", linestyle="--", label=f"latency budget {info.budget:g} ms")
+        ax.axvspan(info.budget, max([info.budget * 1.05] + [p[0] for p in info.points]) * 1.1, color="tab:gray",
+                   alpha=0.12, label="over budget")
     if info.floor is not None:
         ax.axhline(info.floor, color="tab:purple", linestyle=":", label=f"accuracy floor {info.floor:.3f}")
     ax.set_xlabel(f"{info.x_label} [{info.provenance}]")
@@ -104,10 +120,15 @@ def _html(info: ScatterInfo, path: Path, title: str) -> Path:
             fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers", name=name,
                                      marker_symbol=symbol, text=[p[3] for p in pts], hoverinfo="text+x+y"))
     if info.front:
-        fig.add_trace(go.Scatter(x=[p[0] for p in info.front], y=[p[1] for p in info.front], mode="lines",
-                                 line_shape="hv", name="feasible Pareto front"))
+        fig.add_trace(go.Scatter(x=[p[0] for p in info.front], y=[p[1] for p in info.front], mode="lines+markers+text",
+                                 line_shape="hv", name="feasible Pareto front", text=[f"trial {p[2]}" for p in info.front],
+                                 textposition="top left"))
     if info.budget is not None:
         fig.add_vline(x=info.budget, line_dash="dash", annotation_text=f"budget {info.budget:g} ms")
+        fig.add_vrect(x0=info.budget, x1=max([info.budget * 1.05] + [p[0] for p in info.points]) * 1.1,
+                      fillcolor="grey", opacity=0.12, line_width=0, annotation_text="over budget")
+    if info.log_x:
+        fig.update_xaxes(type="log")
     if info.floor is not None:
         fig.add_hline(y=info.floor, line_dash="dot", annotation_text=f"accuracy floor {info.floor:.3f}")
     fig.update_layout(title=title, xaxis_title=f"{info.x_label} [{info.provenance}]",

@@ -193,7 +193,7 @@ class _Tracking:
         self._sync(finished=True)
         if self.pending:
             self.report("MLflow is still unreachable: every trial is in the Optuna storage; "
-                        "'edgesearch submit --name NAME --resume' logs the missing ones")
+                        f"'edgesearch sync {self.tracker.spec.name}' logs the missing ones once it is back")
 
 
 def _cluster_cpus(ray) -> int:

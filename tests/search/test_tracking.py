@@ -91,3 +91,30 @@ def test_the_service_reports_its_own_time_by_part(tracked_search):
     assert all(v > 0 for v in t.values())  # Ray was started, trials told, MLflow written, workers re-fed
     assert t["ray_start"] + t["optuna"] + t["logging"] < t["wall"]
     assert t["dispatch"] < t["optuna"]  # a freed worker waits for Optuna's tell and ask, not for MLflow
+
+
+def test_feasible_points_stay_apart_when_others_are_far_over_budget():
+    """Points 100x over a 0.05 ms budget must not squeeze the feasible ones into one line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from search.plots import ScatterInfo, _draw_scatter
+
+    feasible = [(0.004, 0.90), (0.012, 0.93), (0.03, 0.95)]
+    over = [(5.0, 0.97), (2.5, 0.96)]
+    info = ScatterInfo("latency_ms_p90", "latency (ms, p90)",
+                       [(x, y, True, "") for x, y in feasible] + [(x, y, False, "") for x, y in over],
+                       [(x, y, i) for i, (x, y) in enumerate(feasible)], 0.05, "measured")
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    try:
+        _draw_scatter(ax, info, "t")
+        fig.canvas.draw()
+        pixels = sorted(ax.transData.transform(feasible)[:, 0])
+        assert min(b - a for a, b in zip(pixels, pixels[1:])) > 20  # distinct on screen
+        assert ax.get_xscale() == "log"
+        labels = [t.get_text() for t in ax.texts]
+        assert labels == ["0", "1", "2"]  # each front point carries its trial number
+    finally:
+        plt.close(fig)
