@@ -242,23 +242,19 @@ def _tracking_uri(args: argparse.Namespace) -> str:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    import subprocess
-
-    from search.tracking import default_tracking_uri
+    from search.tracking import check_tracking, default_tracking_uri
+    from search.ui import serve
 
     uri = args.tracking_uri or default_tracking_uri(args.runs_dir)
     if not uri.startswith("sqlite:"):
         print(f"the tracking store is a server already: open {uri}")
         return 0
     Path(args.runs_dir).mkdir(parents=True, exist_ok=True)
-    url = f"http://{args.host}:{args.port}"
-    print(f"MLflow UI for {uri} at {url} (Ctrl-C to stop)", flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print("warning: the UI has no authentication; anyone who reaches this host and port can read and change "
               "your runs", file=sys.stderr)
-    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", uri, "--host", args.host,
-               "--port", str(args.port), "--workers", "1"]
-    return subprocess.call(command)
+    check_tracking(uri)  # creates the store on first use, so the landing page can be looked up
+    return serve(uri, args.host, args.port, args.search, say=lambda line: print(line, flush=True))
 
 
 def _write_spec(runs_dir: Path, spec) -> None:
@@ -281,9 +277,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"Ray job {job['job_id']} at {job['address']}: {job['status']}")
     from optuna.trial import TrialState
 
+    from search.study import spent_budget
+
     all_rows = rows(study)
     running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-    print(f"{len(all_rows)} of {spec.trials} trials finished, {running} running")
+    print(f"{spent_budget(study):g} of {spec.trials} trials of training budget spent ({len(all_rows)} trials "
+          f"finished, {running} running; a candidate screened out costs nothing, one stopped by halving a third)")
     front = feasible_front(all_rows)
     floor = (study.user_attrs.get(FLOOR_ATTR) or {}).get("value")
     _print_outcome(all_rows, front, best_within_budget(all_rows), front_hypervolume(front, search_bounds(study, spec)),
@@ -450,7 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", help="target profile [default: host]")
     p.add_argument("--latency-budget-ms", dest="latency_budget_ms", type=float,
                    help="latency budget per inference in ms: candidates above it are infeasible [default: 1.0]")
-    p.add_argument("--trials", type=int, help="number of candidates to evaluate [default: 24]")
+    p.add_argument("--trials", type=int, help="training budget, in fully trained candidates: a candidate screened "
+                   "out before training costs nothing, one stopped by successive halving a third [default: 24]")
     p.add_argument("--workers", type=int, help="candidates evaluated in parallel, one CPU each [default: 2]")
     p.add_argument("--sampler", choices=("auto", "tpe", "nsga2", "random"), help="Optuna sampler; auto is "
                    "multivariate TPE (constant liar across workers) below 100 trials and NSGA-II from 100, as Optuna's "
@@ -489,7 +489,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("ui", help="start the MLflow UI on the local tracking store",
-                       description="Serve the MLflow UI for runs/mlflow.db on 127.0.0.1 (local only by default).")
+                       description="Serve the MLflow UI for runs/mlflow.db on 127.0.0.1 (local only by default) and "
+                                   "print the link to a search's runs in MLflow's model-training view. SIGINT, "
+                                   "SIGTERM and SIGHUP stop the server and everything it started.")
+    p.add_argument("search", nargs="?", help="the search to open [default: the newest one]")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind [default: 127.0.0.1, this machine only]")
     p.add_argument("--port", type=int, default=5000, help="port [default: 5000]")
     p.add_argument("--tracking-uri", help="MLflow tracking URI [default: sqlite:///RUNS/mlflow.db]")

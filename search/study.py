@@ -171,8 +171,33 @@ def requeue_interrupted(study: optuna.Study) -> int:
     return count
 
 
+HALVING_ETA = 3  # successive halving: a third of the epochs at the first rung, the best third goes on
+ASKS_PER_TRIAL = 5  # at most this many candidates asked per trial of budget (screened ones cost nothing)
+
+
+def trial_cost(t: FrozenTrial) -> float:
+    """What a finished trial spent of the search's budget, counted in fully trained candidates: screening out
+    costs nothing, stopping at the first rung of halving a third, a promoted candidate a third more than one
+    (it trained at both rungs). A repeat of earlier knobs and a failure count as one, so a sampler that keeps
+    proposing them still ends."""
+    if t.user_attrs.get(REQUEUED_ATTR):
+        return 0.0
+    if t.user_attrs.get("stopped") == "screened" and "reused_from_trial" not in t.user_attrs:
+        return 0.0
+    if str(t.user_attrs.get("stopped", "")).startswith("the first rung") and "reused_from_trial" not in t.user_attrs:
+        return 1.0 / HALVING_ETA
+    if t.user_attrs.get("rung") == "full budget" and "reused_from_trial" not in t.user_attrs:
+        return 1.0 + 1.0 / HALVING_ETA
+    return 1.0
+
+
+def spent_budget(study: optuna.Study) -> float:
+    """The budget the finished trials used (``trial_cost``); a search runs until it reaches ``spec.trials``."""
+    return sum(trial_cost(t) for t in study.get_trials(deepcopy=False, states=FINISHED_STATES))
+
+
 def finished_count(study: optuna.Study) -> int:
-    """Trials that count towards the requested total (re-queued ones do not)."""
+    """Trials finished, re-queued ones left out."""
     return sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED_STATES)
                if not t.user_attrs.get(REQUEUED_ATTR))
 

@@ -32,13 +32,13 @@ from search.candidate import Budget, Candidate, CandidateResult
 from search.errors import CandidateError, ConfigError
 from search.spec import SearchSpec, check_inputs, check_resources
 from search.study import (
-    FLOOR_ATTR, BOUNDS_ATTR, Row, best_within_budget, create_study, feasible_front, finished_count, front_hypervolume,
+    ASKS_PER_TRIAL, FLOOR_ATTR, BOUNDS_ATTR, HALVING_ETA, Row, best_within_budget, create_study, feasible_front,
+    finished_count, front_hypervolume, spent_budget, trial_cost,
     recipes_for, record_failure, record_result, record_reuse, record_screened, requeue_interrupted,
     resolved_sampler, reusable_trials, rows, search_bounds, set_bounds, suggest_candidate,
 )
 
 THREADS_PER_WORKER = 1
-HALVING_ETA = 3  # successive halving: a third of the epochs at the first rung, the best third goes on
 
 
 @functools.lru_cache(maxsize=4)
@@ -236,11 +236,13 @@ def run_search(
     requeued = requeue_interrupted(study) if resume else 0
     if requeued:
         report(f"re-queued {requeued} trial(s) interrupted by the previous driver")
-    done = finished_count(study)
-    remaining = spec.trials - done
+    spent = spent_budget(study)
+    remaining = spec.trials - spent
     recipes = recipes_for(spec)
-    report(f"search {spec.name!r}: {done} of {spec.trials} trials finished, {max(0, remaining)} to go "
-           f"({spec.workers} worker(s), budget {spec.latency_budget_ms} ms on {spec.target} judged on p90 latency)")
+    report(f"search {spec.name!r}: {spent:g} of {spec.trials} trials of training budget spent "
+           f"({finished_count(study)} finished), {max(0, remaining):g} to go ({spec.workers} worker(s), "
+           f"budget {spec.latency_budget_ms} ms on {spec.target} judged on p90 latency; a candidate screened out "
+           "costs nothing, one stopped by halving a third)")
     report(f"order: screen every candidate before training; "
            + (f"{len(recipes)} classic recipe(s) first ({', '.join(label for label, _ in recipes)}); " if recipes
               else "no recipes; ")
@@ -347,7 +349,7 @@ class _Driver:
     A free worker gets its next candidate right after Optuna is told, before the progress line and the MLflow
     logging: those run while the workers compute, so they never hold a worker idle."""
 
-    def __init__(self, ray, study, spec: SearchSpec, profile, runs_dir: Path, remaining: int, report: Reporter,
+    def __init__(self, ray, study, spec: SearchSpec, profile, runs_dir: Path, remaining: float, report: Reporter,
                  on_trial, timings: dict):
         from search.stages.screen import shape_knobs
 
@@ -367,10 +369,17 @@ class _Driver:
         self.rung0: list[tuple[float, float, bool]] = []  # (accuracy, p90 latency, fits) at the first rung
         self.bounds = search_bounds(study, spec)
         self.told: list[tuple[object, int, str]] = []  # (trial, finished count, note) not yet published
-        self.submitted = self.finished = 0
+        self.spent = 0.0  # of the budget, in fully trained candidates (``trial_cost``)
+        self.asks = 0
+        self.max_asks = max(1, int(ASKS_PER_TRIAL * remaining))
         self.counts = {"screened": 0, "retimed": 0, "retime_changed": 0, "promoted": 0, "stopped": 0, "reused": 0}
         self.started_all = time.perf_counter()
         self.landed = None  # when the last result came back: a worker is free until its next candidate is sent
+
+    def _can_ask(self) -> bool:
+        """Whether another candidate fits the budget, counting each running or waiting one as a full one."""
+        committed = self.spent + len(self.in_flight) + len(self.pending_retime) + sum(map(len, self.waiting.values()))
+        return committed < self.remaining - 1e-9 and self.asks < self.max_asks
 
     def run(self) -> None:
         while True:
@@ -378,7 +387,7 @@ class _Driver:
                 self._retime()
             self._fill()
             self._publish()
-            if self.finished >= self.remaining:
+            if not self.in_flight and not self.pending_retime and not self._can_ask():
                 break
             if not self.in_flight:
                 if self.pending_retime:
@@ -389,6 +398,9 @@ class _Driver:
                     del self.waiting[key]
                 continue
             self._wait_one()
+        if self.asks >= self.max_asks and self.spent < self.remaining:
+            self.report(f"stopped after {self.asks} candidates, {ASKS_PER_TRIAL} per trial of budget: most were "
+                        "screened out; a looser budget or another target leaves more that fit")
         c = self.counts
         self.report(f"screened out before training: {c['screened']}; re-timed alone near the budget: {c['retimed']} "
                     f"({c['retime_changed']} changed verdict); reused results: {c['reused']}"
@@ -398,11 +410,11 @@ class _Driver:
     # --- dispatch ------------------------------------------------------------------------------------------
 
     def _fill(self) -> None:
-        while len(self.in_flight) < self.spec.workers and self.submitted < self.remaining:
+        while len(self.in_flight) < self.spec.workers and self._can_ask():
             with _timed(self.timings, "optuna"):
                 trial = self.study.ask()
                 candidate = suggest_candidate(trial, self.spec)
-            self.submitted += 1
+            self.asks += 1
             key = candidate.key()
             if key in self.done:
                 self._reuse(trial, self.done[key])
@@ -472,8 +484,8 @@ class _Driver:
     # --- outcomes ------------------------------------------------------------------------------------------
 
     def _told(self, trial, note: str) -> None:
-        self.finished += 1
-        self.told.append((trial, self.finished, note))
+        self.spent += trial_cost(self.study._storage.get_trial(trial._trial_id))
+        self.told.append((trial, self.spent, note))
 
     def _finish(self, job: _Job, result: CandidateResult, stopped: str | None = None) -> None:
         with _timed(self.timings, "optuna"):
@@ -556,12 +568,12 @@ class _Driver:
 
     def _publish(self) -> None:
         """Progress lines and MLflow logging for what Optuna was told since the last call."""
-        for trial, count, note in self.told:
+        for trial, spent, note in self.told:
             with _timed(self.timings, "optuna"):
                 row = Row.from_trial(self.study._storage.get_trial(trial._trial_id))
                 hv = front_hypervolume(feasible_front(rows(self.study)), self.bounds)
-            eta = _eta(count, self.remaining, self.started_all)
-            prefix = f"[{count}/{self.remaining}] trial {row.number}: {_knobs(row)}"
+            eta = _eta(spent, self.remaining, self.started_all)
+            prefix = f"[{spent:.3g}/{self.remaining:g}] trial {row.number}: {_knobs(row)}"
             if row.state == "FAIL":
                 self.report(f"{prefix} FAILED - {note}  ETA {eta}")
             elif row.stopped == "screened":
@@ -624,7 +636,7 @@ def _failure_reason(exc: Exception) -> str:
     return text[-1] if text else name
 
 
-def _eta(finished: int, remaining: int, started: float) -> str:
+def _eta(spent: float, remaining: float, started: float) -> str:
     elapsed = time.perf_counter() - started
-    left = elapsed / finished * (remaining - finished) if finished else 0
+    left = elapsed / spent * max(0.0, remaining - spent) if spent else 0
     return f"{int(left // 60)}m{int(left % 60):02d}s"

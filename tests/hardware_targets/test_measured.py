@@ -110,7 +110,7 @@ def test_host_energy_is_labelled_by_how_it_was_obtained(digits, tiny_budget, tmp
     assert energy.value > 0
     assert energy.provenance == ("measured" if read_rapl() is not None else "estimated")
     if energy.provenance == "estimated":  # energy follows latency: one core's active power x measured latency
-        assert energy.value == pytest.approx(host.power_active_mw * figures["latency_ms_median"].value * 1e-6)
+        assert energy.value == pytest.approx(host.power_active_mw * figures["latency_ms_median"].value * 1e-3)  # mW x ms = uJ
 
 
 def test_calibration_beats_the_uncalibrated_model_on_held_out_candidates(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 
 from objectives.latency import noise_ms
 from search.spec import SearchSpace, SearchSpec
-from search.study import BOUNDS_ATTR, FLOOR_ATTR, RECIPES, load_study, rows
+from search.study import BOUNDS_ATTR, FLOOR_ATTR, RECIPES, load_study, rows, spent_budget
 from search.tracking import default_tracking_uri
 from search.workers import _halving_position, run_search
 from tests.search.conftest import TINY
@@ -87,7 +87,15 @@ def test_screening_and_halving_in_a_search(tmp_path):
     full = [t for t in trials.values() if t.state.name == "COMPLETE"]
     assert all(t.user_attrs["rung"] == "full budget" for t in full)
     assert all(t.state == optuna.trial.TrialState.PRUNED and t.user_attrs["rung"] == "first rung" for t in stopped)
-    assert len(screened) + len(stopped) + len(full) == 8
+    assert len(screened) + len(stopped) + len(full) == len(trials)
+    # the budget counts training: screening is free, a first-rung stop a third, a promoted candidate 4/3
+    assert sum(t.user_attrs["rung"] == "full budget" for t in full) == len(full)
+    spent = spent_budget(load_study("halving", storage))
+    assert spent == pytest.approx(len(stopped) / 3 + len(full) * 4 / 3)
+    capped = len(trials) >= 5 * 8  # at most 5 candidates asked per trial of budget, when most are screened out
+    # the last ask comes while spent + running < 8; the (at most two) running ones may each end up costing 4/3
+    assert (8 <= spent or capped) and spent < 8 + 5 / 3 + 1e-9
+    assert capped == any(line.startswith("stopped after 40 candidates") for line in lines)
     assert any(line.startswith("screened out before training:") for line in lines)
     assert all(r.number in {t.number for t in full} for r in outcome.front)
 

@@ -43,13 +43,15 @@ def ui_server(tracked_search, free_port):
     else:
         server.kill()
         pytest.fail("the MLflow UI did not come up")
-    yield url, client
+    printed = [server.stdout.readline() for _ in range(2)]  # "MLflow UI for ... at ...", then the link to open
+    link = printed[1].split("open: ", 1)[1].strip()
+    yield url, client, link
     os.killpg(server.pid, 15)
     server.wait(timeout=30)
 
 
 def test_ui_binds_to_localhost_only(ui_server):
-    url, _ = ui_server
+    url, _, _ = ui_server
     assert url.startswith("http://127.0.0.1:")
     assert shutil.which("ss"), "the listener check needs ss (Debian's iproute2)"
     port = url.rsplit(":", 1)[1]
@@ -60,11 +62,12 @@ def test_ui_binds_to_localhost_only(ui_server):
 
 
 def test_experiment_page_and_pareto_plot_render(ui_server):
-    url, client = ui_server
+    url, client, link = ui_server
     exp = client.get_experiment_by_name("tracked")
     parent = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags][0]
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page = f"{url}/#/experiments/{exp.experiment_id}/runs"
+    page = link  # what `edgesearch ui` tells the user to open: the search's runs, model-training view
+    assert page == f"{url}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
     dom = _chromium("--dump-dom", page).stdout
     assert "tracked" in dom and "search tracked" in dom  # experiment and parent run names on the page
     shot = SCREENSHOTS / "mlflow_experiment.png"
@@ -76,3 +79,49 @@ def test_experiment_page_and_pareto_plot_render(ui_server):
     shot = SCREENSHOTS / "mlflow_pareto_plot.png"
     _chromium(f"--screenshot={shot}", plot)
     assert shot.stat().st_size > 20_000
+
+
+def _start_ui(runs, port):
+    proc = subprocess.Popen([sys.executable, "-m", "search.cli", "--runs-dir", str(runs), "ui", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read() == b"OK":
+                return proc
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    pytest.fail("the MLflow UI did not come up")
+
+
+def test_sigterm_stops_the_whole_ui_tree_and_frees_the_port(tracked_search, free_port):
+    import psutil
+
+    from search.ui import port_owner
+
+    _, _, _, runs = tracked_search
+    port = free_port()
+    ui = _start_ui(runs, port)
+    tree = [ui.pid] + [c.pid for c in psutil.Process(ui.pid).children(recursive=True)]
+    assert len(tree) >= 2  # edgesearch ui and the mlflow server (and its workers)
+    ui.send_signal(15)
+    assert ui.wait(timeout=60) is not None
+    _, alive = psutil.wait_procs([psutil.Process(p) for p in tree if psutil.pid_exists(p)], timeout=15)
+    assert [p.pid for p in alive if p.status() != psutil.STATUS_ZOMBIE] == []
+    assert port_owner("127.0.0.1", port) is None
+
+
+def test_a_taken_port_is_refused_with_who_holds_it(tracked_search, free_port):
+    import socket
+
+    _, _, _, runs = tracked_search
+    port = free_port()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        done = subprocess.run([sys.executable, "-m", "search.cli", "--runs-dir", str(runs), "ui", "--port", str(port)],
+                              capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert f"Port {port} on 127.0.0.1 is already in use by process {os.getpid()}" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

@@ -1,0 +1,110 @@
+"""Serving the MLflow UI for a runs folder: on the right page, quiet, and gone when it is told to stop.
+
+``edgesearch ui`` starts ``mlflow server`` as a child in its own session and stops the whole tree (the server, its
+workers, any job runner) on SIGINT, SIGTERM or SIGHUP, so a service manager or a test fixture never leaves a
+server listening behind it. Telemetry and MLflow's GenAI job runners are off: this is a local review tool.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from search.errors import ConfigError
+
+QUIET_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
+             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+STOP_GRACE_S = 10.0
+
+
+def port_owner(host: str, port: int) -> str | None:
+    """None when ``host:port`` can be bound; else who holds it, as far as this user can tell."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+            return None
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise ConfigError(f"Cannot listen on {host}:{port}: {exc.strerror}.") from exc
+    import psutil
+
+    try:
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+                proc = psutil.Process(conn.pid)
+                return f"process {conn.pid} ({' '.join(proc.cmdline())[:120] or proc.name()})"
+    except (psutil.AccessDenied, psutil.NoSuchProcess):
+        pass
+    return "another process"
+
+
+def stop_tree(pid: int, grace_s: float = STOP_GRACE_S) -> None:
+    """Terminate a process and everything it started, then kill what is left after ``grace_s``."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    procs = [root, *root.children(recursive=True)]  # taken before any exits, so orphans are not lost
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace_s)
+
+
+def landing_path(tracking_uri: str, search: str | None) -> str:
+    """The runs page of the search's experiment (the newest search when none is named), in MLflow's model-training
+    view (its ``workflowType`` URL parameter); the experiments list when there is no search yet."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    if search:
+        exp = client.get_experiment_by_name(search)
+        if exp is None:
+            raise ConfigError(f"No search named {search!r} in {tracking_uri}; 'edgesearch list' shows them.")
+    else:
+        found = client.search_experiments(filter_string="tags.`edgesearch.search` = 'true'",
+                                          order_by=["creation_time DESC"], max_results=1)
+        exp = found[0] if found else None
+    if exp is None:
+        return "/#/experiments?workflowType=machine_learning"
+    return f"/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+
+
+def serve(tracking_uri: str, host: str, port: int, search: str | None = None, say=print) -> int:
+    """Run the MLflow UI until it exits or a stop signal arrives; returns the server's exit code."""
+    owner = port_owner(host, port)
+    if owner:
+        raise ConfigError(f"Port {port} on {host} is already in use by {owner}; stop it or pass --port.")
+    url = f"http://{host}:{port}"
+    say(f"MLflow UI for {tracking_uri} at {url} (Ctrl-C to stop)")
+    say(f"open: {url}{landing_path(tracking_uri, search)}")
+    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", tracking_uri,
+               "--host", host, "--port", str(port), "--workers", "1"]
+    server = subprocess.Popen(command, env={**os.environ, **QUIET_ENV}, start_new_session=True)
+
+    def stop(signum, _frame):
+        stop_tree(server.pid)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return server.wait()
+    finally:
+        stop_tree(server.pid)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
