@@ -82,7 +82,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
     print(f"\nhost (detected, this machine): {cpu.model}, {cpu.cores} cores"
           + (f" at {cpu.mhz:.0f} MHz" if cpu.mhz else "") + f"; ISA {' '.join(cpu.isa) or 'none read'}; "
           f"CPU kind {cpu.key}")
-    print(f"  peak MAC/cycle per core derived from the ISA flags: "
+    print("  peak MAC/cycle per core derived from the ISA flags: "
           + ", ".join(f"{k} {v:g}" for k, v in (host.peak_macs_per_cycle or {}).items())
           + f"; fp16 {'native' if host.supports('fp16') else 'not native (left out of host searches)'}; "
           f"active power {host.power_active_mw:g} mW per core (estimated, by CPU class)")
@@ -230,8 +230,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
               + (f"; a freed worker waited {1e3 * t['dispatch'] / t['dispatches']:.0f} ms on average for its next "
                  "candidate" if t.get("dispatches") else ""))
     if tracking:
-        print(f"MLflow: experiment {spec.name!r} in {tracking}; review it with 'make ui' "
-              f"(or 'edgesearch ui') and open the experiment's runs page")
+        print(f"MLflow: experiment {spec.name!r} in {tracking}; review it with 'make ui' or "
+              f"'edgesearch ui {spec.name}', which prints the link to its runs")
     return 0
 
 

@@ -238,6 +238,8 @@ def export_search(
     run_id = _mlflow_run_id(tracking_uri, search, row.number)
     card = {
         "search": search, "trial": row.number, "why": reason, "mlflow_run_id": run_id,
+        "mlflow_search_run_id": study.user_attrs.get("mlflow_parent_run_id"),
+        "accuracy_floor": (study.user_attrs.get("accuracy_floor") or {}).get("value"),
         "dataset": spec.dataset, "target_profile": profile.name, "measured_on": spec.target,
         # the CPU the search's host figures (accuracy always, latency for host targets) were measured on, and this one
         "measured_on_cpu": trial.user_attrs.get("host_cpu"), "exported_on_cpu": host_cpu().summary(),
@@ -314,7 +316,14 @@ def _register(tracking_uri: str, search: str, run_id: str | None, out: Path, car
     tags = {"trial": str(card["trial"]), "target": card["target_profile"], "dataset": card["dataset"],
             **{f"knob.{k}": str(v) for k, v in card["knobs"].items()},
             **{m: f"{f['value']:.6g} {f['unit']} ({f['provenance']})" for m, f in card["metrics"].items()},
-            "model.onnx.sha256": card["artifacts"]["model.onnx"]}
+            "model.onnx.sha256": card["artifacts"]["model.onnx"], "search": search,
+            "latency_budget_ms": str(card["latency_budget_ms"])}
+    if card.get("accuracy_floor") is not None:
+        tags["accuracy_floor"] = f"{card['accuracy_floor']:.4f}"
+    search_run = card.get("mlflow_search_run_id")
+    if search_run:  # back to the search: its parent run holds the front, the plots and every candidate
+        experiment = client.get_run(search_run).info.experiment_id
+        tags["search_run"] = f"#/experiments/{experiment}/runs/{search_run}"
     version = client.create_model_version(name, source=out.as_uri(), run_id=run_id, tags=tags,
                                           description=model_card_markdown(card))
     return str(version.version)

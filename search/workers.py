@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from objectives.latency import FEASIBLE, RETIME, budget_verdict
+from objectives.latency import RETIME, budget_verdict
 from objectives.pareto import non_dominated
 from search.candidate import Budget, Candidate, CandidateResult
 from search.errors import CandidateError, ConfigError
@@ -243,7 +243,7 @@ def run_search(
            f"({finished_count(study)} finished), {max(0, remaining):g} to go ({spec.workers} worker(s), "
            f"budget {spec.latency_budget_ms} ms on {spec.target} judged on p90 latency; a candidate screened out "
            "costs nothing, one stopped by halving a third)")
-    report(f"order: screen every candidate before training; "
+    report("order: screen every candidate before training; "
            + (f"{len(recipes)} classic recipe(s) first ({', '.join(label for label, _ in recipes)}); " if recipes
               else "no recipes; ")
            + f"then sampler {resolved_sampler(spec)}"

@@ -55,6 +55,13 @@ def test_card_agrees_with_mlflow_and_is_registered(exported):
     version = client.get_model_version(f"edgesearch-{card['search']}", card["registered_version"])
     assert version.tags["model.onnx.sha256"] == card["artifacts"]["model.onnx"]
     assert version.run_id == card["mlflow_run_id"]
+    # the registry version leads back to its search and says what it was chosen under
+    parent = run.data.tags["mlflow.parentRunId"]
+    assert version.tags["search_run"] == f"#/experiments/{run.info.experiment_id}/runs/{parent}"
+    assert float(version.tags["latency_budget_ms"]) == card["latency_budget_ms"]
+    assert version.tags["latency_ms_p90"].endswith("(measured)") and version.tags["target"] == card["target_profile"]
+    assert card["measured_on_cpu"]["model"] and card["exported_on_cpu"]["key"] == card["measured_on_cpu"]["key"]
+    assert card["metrics"]["flash_bytes"]["provenance"] == "measured"
 
 
 def test_verification_reproduces_the_recorded_accuracy(exported):

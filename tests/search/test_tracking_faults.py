@@ -6,7 +6,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -15,6 +14,7 @@ from search.candidate import Budget
 from search.spec import SearchSpace, SearchSpec
 from search.study import default_storage, load_study
 from search.tracking import sync_search
+from tests.servers import wait_until_healthy
 from search.workers import run_search
 
 
@@ -23,14 +23,8 @@ def _start(store: Path, port: int) -> subprocess.Popen:
                              f"sqlite:///{store / 'mlflow.db'}", "--artifacts-destination",
                              str(store / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read() == b"OK":
-                return proc
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError("mlflow server did not start")
+    wait_until_healthy(f"http://127.0.0.1:{port}", proc)
+    return proc
 
 
 def _stop(proc: subprocess.Popen) -> None:

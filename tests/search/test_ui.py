@@ -5,11 +5,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.servers import wait_until_healthy
 
 
 SCREENSHOTS = Path(os.environ.get("EDGESEARCH_TEST_OUTPUTS", Path(__file__).parents[2] / "runs" / "test-outputs"))
@@ -33,16 +33,7 @@ def ui_server(tracked_search, free_port):
     server = subprocess.Popen([sys.executable, "-m", "search.cli", "--runs-dir", str(runs), "ui", "--port", str(port)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/health", timeout=2).read() == b"OK":
-                break
-        except OSError:
-            time.sleep(1)
-    else:
-        server.kill()
-        pytest.fail("the MLflow UI did not come up")
+    wait_until_healthy(url, server)
     printed = [server.stdout.readline() for _ in range(2)]  # "MLflow UI for ... at ...", then the link to open
     link = printed[1].split("open: ", 1)[1].strip()
     yield url, client, link
@@ -84,15 +75,8 @@ def test_experiment_page_and_pareto_plot_render(ui_server):
 def _start_ui(runs, port):
     proc = subprocess.Popen([sys.executable, "-m", "search.cli", "--runs-dir", str(runs), "ui", "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read() == b"OK":
-                return proc
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    pytest.fail("the MLflow UI did not come up")
+    wait_until_healthy(f"http://127.0.0.1:{port}", proc)
+    return proc
 
 
 def test_sigterm_stops_the_whole_ui_tree_and_frees_the_port(tracked_search, free_port):
