@@ -26,6 +26,8 @@ def port_owner(host: str, port: int) -> str | None:
     """None when ``host:port`` can be bound; else who holds it, as far as this user can tell."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
+        # as servers bind: a port whose last connections linger in TIME_WAIT is free, a listening one is not
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
             return None
