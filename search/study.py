@@ -182,13 +182,14 @@ def trial_cost(t: FrozenTrial) -> float:
     proposing them still ends."""
     if t.user_attrs.get(REQUEUED_ATTR):
         return 0.0
-    if t.user_attrs.get("stopped") == "screened" and "reused_from_trial" not in t.user_attrs:
+    if "reused_from_trial" in t.user_attrs:
+        return 1.0
+    stopped = str(t.user_attrs.get("stopped", ""))
+    if stopped == "screened":
         return 0.0
-    if str(t.user_attrs.get("stopped", "")).startswith("the first rung") and "reused_from_trial" not in t.user_attrs:
+    if stopped.startswith("the first rung"):
         return 1.0 / HALVING_ETA
-    if t.user_attrs.get("rung") == "full budget" and "reused_from_trial" not in t.user_attrs:
-        return 1.0 + 1.0 / HALVING_ETA
-    return 1.0
+    return 1.0 + 1.0 / HALVING_ETA if t.user_attrs.get("rung") == "full budget" else 1.0
 
 
 def spent_budget(study: optuna.Study) -> float:

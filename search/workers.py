@@ -491,9 +491,9 @@ class _Driver:
         with _timed(self.timings, "optuna"):
             record_result(self.study, job.trial, self.spec, result, stopped=stopped)
         self._told(job.trial, "")
-        self._release(job, lambda trial, source: self._reuse(trial, source))
+        self._release(job)
 
-    def _release(self, job: _Job, waiter) -> None:
+    def _release(self, job: _Job) -> None:
         """The job's trial is told: remember it for repeats and hand it to the trials that waited for it."""
         key = job.candidate.key()
         self.running.pop(key, None)
@@ -501,7 +501,7 @@ class _Driver:
         if frozen.state.name in ("COMPLETE", "PRUNED"):
             self.done.setdefault(key, frozen)
         for trial in self.waiting.pop(key, []):
-            waiter(trial, frozen)
+            self._reuse(trial, frozen)
 
     def _reuse(self, trial, source) -> None:
         with _timed(self.timings, "optuna"):
@@ -515,7 +515,7 @@ class _Driver:
         self.screened[self.shape_knobs(job.candidate)] = (job.trial.number, screening)
         self.counts["screened"] += 1
         self._told(job.trial, "")
-        self._release(job, lambda trial, source: self._reuse(trial, source))
+        self._release(job)
 
     def _fail(self, trial, reason: str) -> None:
         with _timed(self.timings, "optuna"):
@@ -579,7 +579,7 @@ class _Driver:
             elif row.stopped == "screened":
                 self.report(f"{prefix} -> screened out, not trained: {row.error}  ETA {eta}{note}")
             else:
-                self.report(f"{prefix} -> {_outcome(row, self.spec)}  HV {hv:.3f}  ETA {eta}{note}")
+                self.report(f"{prefix} -> {_outcome(row)}  HV {hv:.3f}  ETA {eta}{note}")
         if self.told and self.on_trial:
             with _timed(self.timings, "logging"):
                 self.on_trial()
@@ -614,7 +614,7 @@ def _knobs(row: Row) -> str:
             f"T={num('temperature')} a={num('alpha')}" + (f" [{row.recipe}]" if row.recipe else ""))
 
 
-def _outcome(row: Row, spec: SearchSpec) -> str:
+def _outcome(row: Row) -> str:
     text = (f"acc {row.value('accuracy'):.3f}, p90 {row.value('latency_ms_p90'):.4g} ms "
             f"({row.metrics['latency_ms_p90'][2]}), {row.value('size_bytes') / 1024:.1f} KiB, ")
     if row.stopped:
