@@ -76,6 +76,12 @@ def set_threads(threads: int) -> None:
     os.environ["TVM_NUM_THREADS"] = str(threads)
 
 
+def host_build_target(profile: TargetProfile) -> dict:
+    """The TVM target of the build that runs on this machine (accuracy, host timing): the profile's own for a
+    local target, the host profile's otherwise."""
+    return profile.tvm_target if profile.backend == "local" else load_profile("host").tvm_target
+
+
 def target_library(onnx_path: Path, profile: TargetProfile, host_library: str, out_dir: Path,
                    shape: tuple[int, ...], dtype: str, cache_dir: Path) -> str:
     """The library the target itself would load: the host build for a local target, else a build for the
@@ -162,7 +168,7 @@ def evaluate_candidate(
 
     # Accuracy always runs the compiled artifact here, on the host; a local target is the host itself.
     trials = candidate.budget.tuning_trials
-    host_target = profile.tvm_target if profile.backend == "local" else load_profile("host").tvm_target
+    host_target = host_build_target(profile)
     with stage("compile", "compiling with TVM for this machine" + (f", tuning {trials} trials" if trials else "")):
         artifact = compile_tvm(
             onnx_path, host_target, out_dir / "model.so", (1, *dataset.sample_shape), dtype.name,

@@ -472,7 +472,7 @@ class _Driver:
         if job.rung == 0:
             self._halving_decision(job, result)
             return
-        if self.spec.uses_halving:
+        if job.rung == 1:  # promoted from the first rung (recipes train fully from the start: no rung)
             result = dataclasses.replace(result, info={**result.info, "rung": "full budget"})
         median, p90 = result.value("latency_ms_median"), result.value("latency_ms_p90")
         provenance = result.metrics["latency_ms_median"].provenance

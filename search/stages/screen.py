@@ -12,6 +12,7 @@ instead of after a training run. Results are cached per shape and target.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hardware_targets import TargetProfile, get_backend, load_profile
+from hardware_targets import TargetProfile, get_backend
 from hardware_targets.host import host_cpu
 from objectives.latency import clearly_over_budget
 from search.candidate import Candidate
@@ -41,6 +42,7 @@ def shape_knobs(candidate: Candidate, profile: TargetProfile) -> tuple:
     return (candidate.precision, candidate.width, structured, unstructured)
 
 
+@functools.lru_cache(maxsize=1)
 def _code_version() -> str:
     root = Path(__file__).resolve().parent.parent
     return hashlib.sha256(b"".join((root / s).read_bytes() for s in _SOURCES)).hexdigest()[:12]
@@ -49,15 +51,14 @@ def _code_version() -> str:
 def shape_key(candidate: Candidate, dataset: Dataset, profile: TargetProfile, root: Path) -> str:
     """Names one screened graph on one target (for the host, one CPU kind; for an emulated profile, the
     calibration it is emulated with)."""
-    from dataclasses import asdict
-
     from hardware_targets.calibration import load_calibration
 
     calibration = load_calibration(profile, root) if profile.backend == "emulated" else None
-    parts = {"calibration": asdict(calibration) if calibration else None,"knobs": shape_knobs(candidate, profile), "prune_steps": candidate.budget.prune_steps,
+    parts = {"knobs": shape_knobs(candidate, profile), "prune_steps": candidate.budget.prune_steps,
              "shape": list(dataset.sample_shape), "classes": dataset.num_classes, "target": profile.tvm_target,
              "profile": profile.name, "code": _code_version(),
-             "cpu": host_cpu().key if profile.backend == "local" else None}
+             "cpu": host_cpu().key if profile.backend == "local" else None,
+             "calibration": dataclasses.asdict(calibration) if calibration else None}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -91,7 +92,7 @@ def _untrained_graph(candidate: Candidate, dataset: Dataset, onnx_path: Path) ->
 
 
 def _measure(candidate: Candidate, dataset: Dataset, profile: TargetProfile, root: Path, threads: int) -> dict:
-    from search.pipeline import memory_metrics, set_threads, target_library
+    from search.pipeline import host_build_target, memory_metrics, set_threads, target_library
     from search.stages.compile import CompiledArtifact, compile_tvm
     from search.stages.export import input_dtype
 
@@ -102,12 +103,11 @@ def _measure(candidate: Candidate, dataset: Dataset, profile: TargetProfile, roo
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "screen.onnx"
         _untrained_graph(candidate, dataset, onnx_path)
-        host = profile.tvm_target if profile.backend == "local" else load_profile("host").tvm_target
         if profile.backend == "emulated":  # the device model reads the graph: no host build to time
             artifact = CompiledArtifact("", dict(profile.tvm_target), shape, dtype.name)
         else:  # a remote backend cross-compiles from the ONNX itself; the host build is what is timed here
-            artifact = compile_tvm(onnx_path, host, Path(tmp) / "screen.so", shape, dtype.name,
-                                   cache_dir=cache_dir, seed=candidate.seed)
+            artifact = compile_tvm(onnx_path, host_build_target(profile), Path(tmp) / "screen.so", shape,
+                                   dtype.name, cache_dir=cache_dir, seed=candidate.seed)
         sample = dataset.x_val[:1].astype(dtype)
         metrics = dict(get_backend(profile, root).measure(artifact, onnx_path, candidate.precision, sample, SCREEN_REPEATS))
         library = target_library(onnx_path, profile, artifact.library, Path(tmp), shape, dtype.name, cache_dir)

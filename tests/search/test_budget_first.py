@@ -154,3 +154,24 @@ def test_a_candidate_timed_near_the_budget_is_timed_again_alone(tmp_path):
         median, p90_now = metrics["latency_ms_median"][0], metrics["latency_ms_p90"][0]
         assert abs(p90_now - p90) > noise_ms(median, p90_now, p90, "measured")
         assert "latency_ms_p90_loaded" not in metrics
+
+
+def test_the_trial_budget_counts_training_not_candidates():
+    from search.study import trial_cost
+
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize", "minimize"])
+    cases = [({"stopped": "screened"}, "PRUNED", 0.0),  # ruled out before training
+             ({"stopped": "the first rung (1 of 3 epochs)", "rung": "first rung"}, "PRUNED", 1 / 3),
+             ({"rung": "full budget"}, "COMPLETE", 4 / 3),  # promoted: trained at both rungs
+             ({"recipe": "width 0.5 only"}, "COMPLETE", 1.0),  # a recipe trains fully once, even with halving on
+             ({"stopped": "screened", "reused_from_trial": 0}, "PRUNED", 1.0),  # a repeat counts, so searches end
+             ({}, "FAIL", 1.0)]
+    for attrs, state, cost in cases:
+        trial = study.ask()
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        if state == "COMPLETE":
+            study.tell(trial, [0.9, 0.01, 1000.0, 0.1])
+        else:
+            study.tell(trial, state=getattr(optuna.trial.TrialState, state))
+        assert trial_cost(study.trials[-1]) == pytest.approx(cost), attrs
