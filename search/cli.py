@@ -226,7 +226,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if t.get("wall"):
         own = t["ray_start"] + t["optuna"] + t["logging"]
         print(f"wall time {t['wall']:.0f} s; the service's own share {100 * own / t['wall']:.1f}% "
-              f"(Ray start/stop {t['ray_start']:.1f} s, Optuna {t['optuna']:.1f} s, MLflow {t['logging']:.1f} s)"
+              f"(Ray start/stop {t['ray_start']:.1f} s, Optuna {t['optuna']:.1f} s, MLflow {t['logging']:.1f} s; "
+              f"MLflow's thread logged beside the search for another {t.get('logging_background', 0.0):.1f} s)"
               + (f"; a freed worker waited {1e3 * t['dispatch'] / t['dispatches']:.0f} ms on average for its next "
                  "candidate" if t.get("dispatches") else ""))
     if tracking:

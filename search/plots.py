@@ -55,6 +55,16 @@ def scatter_info(all_rows: list[Row], front: list[Row], x_metric: str, spec: Sea
                        spec.latency_budget_ms if x_metric == "latency_ms_p90" else None, provenance, floor)
 
 
+def staircase(front: list[tuple[float, float, int]]) -> list[tuple[float, float]]:
+    """The front's points that no other beats on both axes of this view (x down, accuracy up), by x: the step line.
+    A point of the four-objective front can lie below it when it wins on an objective the view does not show."""
+    steps: list[tuple[float, float]] = []
+    for x, y, _ in sorted(front, key=lambda p: (p[0], -p[1])):
+        if not steps or y > steps[-1][1]:
+            steps.append((x, y))
+    return steps
+
+
 def hypervolume_history(all_rows: list[Row], bounds: list[float]) -> list[tuple[int, float]]:
     """Normalised hypervolume of the feasible front after each finished trial."""
     ordered = sorted(all_rows, key=lambda r: r.number)
@@ -94,8 +104,9 @@ def _draw_scatter(ax, info: ScatterInfo, title: str) -> None:
         if pts:
             ax.scatter(*zip(*pts), **style)
     if info.front:
-        xs, ys, numbers = zip(*info.front)
-        ax.step(xs, ys, where="post", color="tab:red", marker="o", mfc="none", ms=10, label="feasible Pareto front")
+        xs, ys, _ = zip(*info.front)
+        ax.scatter(xs, ys, s=110, facecolors="none", edgecolors="tab:red", label="feasible Pareto front (all objectives)")
+        ax.step(*zip(*staircase(info.front)), where="post", color="tab:red", label="front in this view")
         for x, y, n in info.front:
             ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color="tab:red")
     if info.budget is not None:
@@ -120,9 +131,12 @@ def _html(info: ScatterInfo, path: Path, title: str) -> Path:
             fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers", name=name,
                                      marker_symbol=symbol, text=[p[3] for p in pts], hoverinfo="text+x+y"))
     if info.front:
-        fig.add_trace(go.Scatter(x=[p[0] for p in info.front], y=[p[1] for p in info.front], mode="lines+markers+text",
-                                 line_shape="hv", name="feasible Pareto front", text=[f"trial {p[2]}" for p in info.front],
-                                 textposition="top left"))
+        fig.add_trace(go.Scatter(x=[p[0] for p in info.front], y=[p[1] for p in info.front], mode="markers+text",
+                                 name="feasible Pareto front (all objectives)", marker=dict(size=14, symbol="circle-open"),
+                                 text=[f"trial {p[2]}" for p in info.front], textposition="top left"))
+        line = staircase(info.front)
+        fig.add_trace(go.Scatter(x=[p[0] for p in line], y=[p[1] for p in line], mode="lines", line_shape="hv",
+                                 name="front in this view"))
     if info.budget is not None:
         fig.add_vline(x=info.budget, line_dash="dash", annotation_text=f"budget {info.budget:g} ms")
         fig.add_vrect(x0=info.budget, x1=max([info.budget * 1.05] + [p[0] for p in info.points]) * 1.1,
@@ -134,6 +148,64 @@ def _html(info: ScatterInfo, path: Path, title: str) -> Path:
     fig.update_layout(title=title, xaxis_title=f"{info.x_label} [{info.provenance}]",
                       yaxis_title="accuracy (validation, compiled artifact)")
     fig.write_html(str(path), include_plotlyjs=True, full_html=True)
+    return path
+
+
+SUMMARY_COLUMNS = ("trial", "precision", "width", "sparsity", "accuracy", "p90 ms", "KiB", "mJ")
+
+
+def front_table(front: list[Row]) -> list[tuple[str, ...]]:
+    """The knobs and objectives of the front, one row per candidate, most accurate first."""
+    table = []
+    for r in sorted(front, key=lambda r: -r.value("accuracy")):
+        k = r.knobs
+        table.append((str(r.number), k["precision"], f"{k['width']:g}", f"{k['sparsity']:g} {k['pruning'][:5]}",
+                      f"{r.value('accuracy'):.4f}", f"{r.value('latency_ms_p90'):.4g}",
+                      f"{r.value('size_bytes') / 1024:.1f}", f"{r.value('energy_mj'):.3g}"))
+    return table
+
+
+def summary_figure(all_rows: list[Row], front: list[Row], spec: SearchSpec, path: Path, bounds: list[float],
+                   floor: float | None = None) -> Path | None:
+    """One picture of a search: accuracy vs latency with the front, hypervolume over trials, the front's knobs."""
+    info = scatter_info(all_rows, front, "latency_ms_p90", spec, floor)
+    history = hypervolume_history(all_rows, bounds)
+    if info is None or not history:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = front_table(front)
+    fig = plt.figure(figsize=(11, 5 + 0.3 * len(table)), dpi=110)
+    grid = fig.add_gridspec(2, 2, height_ratios=[3, 0.5 + 0.3 * max(1, len(table))], width_ratios=[1.5, 1])
+    try:
+        _draw_scatter(fig.add_subplot(grid[0, 0]), info, "accuracy vs p90 latency")
+        ax = fig.add_subplot(grid[0, 1])
+        ax.plot(*zip(*history), marker=".")
+        ax.set_xlabel("finished trials")
+        ax.set_ylabel("normalised hypervolume (0-1)")
+        ax.set_ylim(0, max(0.05, min(1.0, max(hv for _, hv in history) * 1.15)))
+        ax.set_title("hypervolume of the feasible front")
+        for a in fig.axes:
+            a.grid(alpha=0.3)
+        ax = fig.add_subplot(grid[1, :])
+        ax.axis("off")
+        if table:
+            cells = ax.table(cellText=table, colLabels=SUMMARY_COLUMNS, loc="upper center", cellLoc="center")
+            cells.auto_set_font_size(False)
+            cells.set_fontsize(9)
+            cells.scale(1, 1.3)
+            ax.set_title(f"the feasible front ({len(table)} candidates); latency {info.provenance}", fontsize=9)
+        else:
+            ax.set_title("no candidate met the latency budget", fontsize=9)
+        fig.suptitle(f"search {spec.name}: {spec.dataset} on {spec.target}, budget {spec.latency_budget_ms:g} ms "
+                     f"(p90), {len(all_rows)} trials")
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -24,6 +24,19 @@ from search.study import FLOOR_ATTR, Row, best_within_budget, feasible_front, fr
 PARENT_ATTR = "mlflow_parent_run_id"
 PLOT_INTERVAL_S = 30.0  # plots are re-drawn at most this often while a search runs, and always at its end
 TRIAL_TAG = "edgesearch.trial"
+SUMMARY_FILE = "summary.png"  # at the parent run's artifact root, where the UI lists it beside the front's table
+FRONT_TABLE_FILE = "pareto_front_table.json"  # an MLflow table (log_table): the UI shows it as one
+VIEW_KEY = "edgesearch"  # the runs table's shared view: MLflow reads it from this experiment tag and the URL's key
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+REVIEW_COLUMNS = (*(f"metrics.`{name}`" for name, _ in OBJECTIVES), "metrics.`feasible`", "metrics.`on_front`",
+                  "params.`precision`", "params.`width`", "params.`sparsity`")
+
+
+def review_view_state() -> str:
+    """The runs table a search is reviewed in: its objectives, feasibility and front membership as columns, the front
+    first. Sorting by anything but the start time also lists the candidates flat instead of under their parent."""
+    return json.dumps({"orderByKey": "metrics.`on_front`", "orderByAsc": False,
+                       "selectedColumns": list(REVIEW_COLUMNS)})
 
 
 def default_tracking_uri(runs_dir: Path) -> str:
@@ -39,10 +52,12 @@ def experiment_id(client, uri: str, runs_dir: Path, name: str, tags: dict[str, s
     """The experiment ``name``, created if new; a local store keeps its artifacts under ``artifact_root``."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        if exp.tags.get(VIEW_TAG) != review_view_state():
+            client.set_experiment_tag(exp.experiment_id, VIEW_TAG, review_view_state())
         return exp.experiment_id
     location = {"artifact_location": f"{artifact_root(runs_dir)}/{name}"} if uri.startswith("sqlite:") else {}
-    return client.create_experiment(name, tags={"mlflow.experimentKind": "custom_model_development", **tags},
-                                    **location)
+    return client.create_experiment(name, tags={"mlflow.experimentKind": "custom_model_development",
+                                                VIEW_TAG: review_view_state(), **tags}, **location)
 
 
 def check_tracking(uri: str) -> None:
@@ -153,6 +168,7 @@ class SearchTracker:
 
         now = int(time.time() * 1000)
         metrics = [MlflowMetric(name, float(value), now, 0) for name, (value, _, _) in row.metrics.items()]
+        metrics += [MlflowMetric("feasible", float(row.feasible), now, 0), MlflowMetric("on_front", 0.0, now, 0)]
         for stage, seconds in (trial.user_attrs.get("stage_seconds") or {}).items():
             metrics.append(MlflowMetric(f"seconds_{stage}", float(seconds), now, 0))
         if metrics:
@@ -170,15 +186,19 @@ class SearchTracker:
 
     def update_front(self, all_rows: list[Row], finished: bool = False) -> None:
         """Refresh the front-dependent tags, the parent's metrics, table and plots."""
+        from mlflow.entities import Metric as MlflowMetric
+        from mlflow.entities import RunTag
+
         front = feasible_front(all_rows)
         members = {r.number for r in front}
+        stamp, step = int(time.time() * 1000), len(all_rows)  # MLflow's latest value is that of the highest step
         for number, run_id in self.children.items():
             now = number in members
-            if self.on_front.get(number) != now:
-                self.client.set_tag(run_id, "on_pareto_front", str(now).lower())
+            if self.on_front.get(number) != now:  # a tag to filter on, a metric to sort and chart by
+                self.client.log_batch(run_id, metrics=[MlflowMetric("on_front", float(now), stamp, step)],
+                                      tags=[RunTag("on_pareto_front", str(now).lower())])
                 self.on_front[number] = now
         hv = front_hypervolume(front, search_bounds(self.study, self.spec))
-        step = len(all_rows)
         self.client.log_metric(self.parent_id, "hypervolume", hv, step=step)
         self.client.log_metric(self.parent_id, "trials_finished", step, step=step)
         self.client.log_metric(self.parent_id, "front_size", len(front), step=step)
@@ -189,19 +209,30 @@ class SearchTracker:
             self.client.set_tag(self.parent_id, "best_trial", str(best.number))
         self.client.log_dict(self.parent_id, [_row_dict(r) for r in front], "pareto_front.json")
         if finished or (all_rows and time.monotonic() - self._plotted_at >= PLOT_INTERVAL_S):
-            self._log_plots(all_rows, front)
+            self._log_plots(all_rows, front, finished)
             self._plotted_at = time.monotonic()
         if finished:
             self.client.set_terminated(self.parent_id, "FINISHED")
 
-    def _log_plots(self, all_rows: list[Row], front: list[Row]) -> None:
-        from search.plots import pareto_figures
+    def _log_plots(self, all_rows: list[Row], front: list[Row], finished: bool) -> None:
+        """The plots, the summary figure at the top of the parent's artifacts, and the front as an MLflow table."""
+        from search.plots import SUMMARY_COLUMNS, front_table, pareto_figures, summary_figure
 
+        bounds = search_bounds(self.study, self.spec)
+        floor = (self.study.user_attrs.get(FLOOR_ATTR) or {}).get("value")
         with tempfile.TemporaryDirectory() as tmp:
-            floor = (self.study.user_attrs.get(FLOOR_ATTR) or {}).get("value")
-            for path in pareto_figures(all_rows, front, self.spec, Path(tmp), search_bounds(self.study, self.spec),
-                                       floor):
-                self.client.log_artifact(self.parent_id, str(path), "plots")
+            plots = Path(tmp) / "plots"
+            plots.mkdir()
+            if pareto_figures(all_rows, front, self.spec, plots, bounds, floor):
+                self.client.log_artifacts(self.parent_id, str(plots), "plots")
+            summary = summary_figure(all_rows, front, self.spec, Path(tmp) / SUMMARY_FILE, bounds, floor)
+            if summary:
+                self.client.log_artifact(self.parent_id, str(summary))
+        if finished:  # MLflow appends to a logged table: one block per finish (a resumed search adds another)
+            table = front_table(front)
+            data = {"after_trials": [len(all_rows)] * len(table),
+                    **{c: [row[i] for row in table] for i, c in enumerate(SUMMARY_COLUMNS)}}
+            self.client.log_table(self.parent_id, data, FRONT_TABLE_FILE)
 
     def sync(self, all_rows: list[Row], finished: bool = False) -> None:
         for row in all_rows:

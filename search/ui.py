@@ -1,6 +1,6 @@
 """Serving the MLflow UI for a runs folder: on the right page, quiet, and gone when it is told to stop.
 
-``edgesearch ui`` starts ``mlflow server`` as a child in its own session and stops the whole tree (the server, its
+``edgesearch ui`` starts ``mlflow server`` (with the landing page of ``search.ui_app``) as a child in its own session and stops the whole tree (the server, its
 workers, any job runner) on SIGINT, SIGTERM or SIGHUP, so a service manager or a test fixture never leaves a
 server listening behind it. Telemetry and MLflow's GenAI job runners are off: this is a local review tool.
 """
@@ -20,6 +20,7 @@ from search.errors import ConfigError
 QUIET_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
              "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 STOP_GRACE_S = 10.0
+LANDING_ROUTE = "/edgesearch/open"  # served by search.ui_app inside the MLflow server
 
 
 def port_owner(host: str, port: int) -> str | None:
@@ -69,10 +70,13 @@ def stop_tree(pid: int, grace_s: float = STOP_GRACE_S) -> None:
     psutil.wait_procs(alive, timeout=grace_s)
 
 
-def landing_path(tracking_uri: str, search: str | None) -> str:
-    """The runs page of the search's experiment (the newest search when none is named), in MLflow's model-training
-    view (its ``workflowType`` URL parameter); the experiments list when there is no search yet."""
+def landing_paths(tracking_uri: str, search: str | None) -> list[tuple[str, str]]:
+    """What to open, as (label, path): the landing page for the runs of the search's experiment (the newest search
+    when none is named) in MLflow's model-training view with the review columns, and for the search's summary
+    figure; the experiments list when there is no search yet."""
     from mlflow.tracking import MlflowClient
+
+    from search.tracking import SUMMARY_FILE, VIEW_KEY, VIEW_TAG, review_view_state
 
     client = MlflowClient(tracking_uri)
     if search:
@@ -84,8 +88,15 @@ def landing_path(tracking_uri: str, search: str | None) -> str:
                                           order_by=["creation_time DESC"], max_results=1)
         exp = found[0] if found else None
     if exp is None:
-        return "/#/experiments?workflowType=machine_learning"
-    return f"/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+        return [("open", "/#/experiments?workflowType=machine_learning")]
+    if exp.tags.get(VIEW_TAG) != review_view_state():  # a search logged before the view existed
+        client.set_experiment_tag(exp.experiment_id, VIEW_TAG, review_view_state())
+    paths = [("open", f"{LANDING_ROUTE}?experiment={exp.experiment_id}&view={VIEW_KEY}")]
+    parent = client.search_runs([exp.experiment_id], "tags.`edgesearch.role` = 'search'", max_results=1)
+    if parent and any(f.path == SUMMARY_FILE for f in client.list_artifacts(parent[0].info.run_id)):
+        paths.append(("summary", f"{LANDING_ROUTE}?experiment={exp.experiment_id}&run={parent[0].info.run_id}"
+                                 f"&artifact={SUMMARY_FILE}"))
+    return paths
 
 
 def serve(tracking_uri: str, host: str, port: int, search: str | None = None, say=print) -> int:
@@ -95,9 +106,10 @@ def serve(tracking_uri: str, host: str, port: int, search: str | None = None, sa
         raise ConfigError(f"Port {port} on {host} is already in use by {owner}; stop it or pass --port.")
     url = f"http://{host}:{port}"
     say(f"MLflow UI for {tracking_uri} at {url} (Ctrl-C to stop)")
-    say(f"open: {url}{landing_path(tracking_uri, search)}")
+    for label, path in landing_paths(tracking_uri, search):
+        say(f"{label}: {url}{path}")
     command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", tracking_uri,
-               "--host", host, "--port", str(port), "--workers", "1"]
+               "--host", host, "--port", str(port), "--workers", "1", "--app-name", "edgesearch"]
     server = subprocess.Popen(command, env={**os.environ, **QUIET_ENV}, start_new_session=True)
 
     def stop(signum, _frame):

@@ -161,19 +161,53 @@ def _supported_space(spec: SearchSpec, profile, report: Reporter) -> SearchSpec:
 
 
 class _Tracking:
-    """Keeps MLflow in step with the study; a logging failure never stops the search.
+    """Keeps MLflow in step with the study from a thread of its own; a logging failure never stops the search.
 
-    Whatever could not be logged when its trial finished is logged by the next
-    successful sync (the next trial, or the end of the search).
+    The driver only signals that trials were told; the thread logs them, so MLflow never delays the hand-over of a
+    candidate to a freed worker. Whatever could not be logged is logged by the next successful sync (after the next
+    trial, or at the end of the search). ``timings["logging"]`` counts only the time the driver waited for MLflow;
+    ``timings["logging_background"]`` the thread's own.
     """
 
-    def __init__(self, spec, study, uri, runs_dir, report):
-        from search.tracking import SearchTracker
+    def __init__(self, spec, study, uri, runs_dir, report, timings):
+        import threading
 
-        self.study, self.report, self.pending = study, report, False
-        self.tracker = SearchTracker(spec, study, uri, runs_dir)
-        report(f"MLflow: experiment {spec.name!r} at {uri} (parent run {self.tracker.parent_id})")
-        self._sync()
+        self.spec, self.study, self.uri, self.runs_dir, self.report = spec, study, uri, runs_dir, report
+        self.timings, self.pending, self.tracker, self.error = timings, False, None, None
+        self._wake, self._done = threading.Event(), False
+        self._thread = threading.Thread(target=self._run, name="edgesearch-mlflow", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        started = time.perf_counter()
+        try:
+            from search.tracking import SearchTracker, check_tracking
+
+            check_tracking(self.uri)
+            self.tracker = SearchTracker(self.spec, self.study, self.uri, self.runs_dir)
+        except BaseException as exc:  # handed to the driver by ready()
+            self.error = exc
+            return
+        finally:
+            self.timings["logging_background"] += time.perf_counter() - started
+        self.report(f"MLflow: experiment {self.spec.name!r} at {self.uri} (parent run {self.tracker.parent_id})")
+        self._wake.set()  # a resumed search may have trials MLflow is missing
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            started, done = time.perf_counter(), self._done  # a finish asked for during a sync gets its own
+            self._sync(finished=done)
+            self.timings["logging_background"] += time.perf_counter() - started
+            if done:
+                return
+
+    def ready(self) -> None:
+        """Wait until the store is reached and the search's runs exist; raise what stopped them."""
+        with _timed(self.timings, "logging"):
+            while self.tracker is None and self.error is None and self._thread.is_alive():
+                self._thread.join(0.05)
+        if self.error is not None:
+            raise self.error
 
     def _sync(self, finished: bool = False) -> None:
         try:
@@ -187,13 +221,22 @@ class _Tracking:
                         "will retry after the next trial")
 
     def on_trial(self) -> None:
-        self._sync()
+        self._wake.set()
 
-    def finish(self, all_rows) -> None:
-        self._sync(finished=True)
+    def begin_finish(self) -> None:
+        """Let the thread log what is left, the final front and its plots, while Ray shuts down."""
+        self._done = True
+        self._wake.set()
+
+    def finish(self) -> None:
+        """Wait for the final sync (begun here if ``begin_finish`` was not called)."""
+        self.ready()
+        self.begin_finish()
+        with _timed(self.timings, "logging"):
+            self._thread.join()
         if self.pending:
             self.report("MLflow is still unreachable: every trial is in the Optuna storage; "
-                        f"'edgesearch sync {self.tracker.spec.name}' logs the missing ones once it is back")
+                        f"'edgesearch sync {self.spec.name}' logs the missing ones once it is back")
 
 
 def _cluster_cpus(ray) -> int:
@@ -219,20 +262,16 @@ def run_search(
     store is checked before any work starts.
     """
     wall_started = time.perf_counter()
-    timings = {"ray_start": 0.0, "optuna": 0.0, "logging": 0.0, "dispatch": 0.0, "dispatches": 0}
+    timings = {"ray_start": 0.0, "optuna": 0.0, "logging": 0.0, "logging_background": 0.0, "dispatch": 0.0,
+               "dispatches": 0}
     profile = check_inputs(spec)
     spec = _supported_space(spec, profile, report)
     if not address:
         check_resources(spec)
-    if tracking_uri:
-        from search.tracking import check_tracking
-
-        with _timed(timings, "logging"):
-            check_tracking(tracking_uri)
     with _timed(timings, "optuna"):
         study = create_study(spec, storage_url, resume)
-    with _timed(timings, "logging"):
-        tracker = _Tracking(spec, study, tracking_uri, runs_dir, report) if tracking_uri else None
+    # reaching MLflow (and creating a new store) overlaps Ray's start; no candidate runs before it is reached
+    tracker = _Tracking(spec, study, tracking_uri, runs_dir, report, timings) if tracking_uri else None
     requeued = requeue_interrupted(study) if resume else 0
     if requeued:
         report(f"re-queued {requeued} trial(s) interrupted by the previous driver")
@@ -252,19 +291,41 @@ def run_search(
            + ("; successive halving on epochs" if spec.uses_halving else "")
            + "; near-budget latencies re-timed alone")
 
+    def tracking_ready() -> None:
+        """No candidate runs before MLflow is reached; a new search whose MLflow is unreachable leaves no study."""
+        if tracker is None:
+            return
+        try:
+            tracker.ready()
+        except ConfigError:
+            if not resume:
+                import optuna
+
+                optuna.delete_study(study_name=spec.name, storage=study._storage)
+            raise
+
+    if remaining <= 0:
+        tracking_ready()
     if remaining > 0:
         import ray as ray_module
 
         owns_ray = not ray_module.is_initialized()
-        with _timed(timings, "ray_start"):
-            ray = start_ray(address, spec.workers)
         try:
+            with _timed(timings, "ray_start"):
+                ray = start_ray(address, spec.workers)
+        except ConfigError:
+            tracking_ready()  # an unreachable MLflow is the first thing to report
+            raise
+        try:
+            tracking_ready()
             if address and spec.workers > _cluster_cpus(ray):
                 raise ConfigError(f"The 'workers' field of the search spec must be at most the {_cluster_cpus(ray)} "
                                   f"CPU(s) of the cluster at {address}. Got {spec.workers} instead.")
             _prepare(ray, study, spec, profile, runs_dir, report)
             _Driver(ray, study, spec, profile, runs_dir, remaining, report, tracker.on_trial if tracker else None,
                     timings).run()
+            if tracker:
+                tracker.begin_finish()
         finally:
             if owns_ray:
                 with _timed(timings, "ray_start"):
@@ -272,8 +333,7 @@ def run_search(
 
     all_rows = rows(study)
     if tracker:
-        with _timed(timings, "logging"):
-            tracker.finish(all_rows)
+        tracker.finish()
     front = feasible_front(all_rows)
     timings["wall"] = time.perf_counter() - wall_started
     return SearchOutcome(spec.name, storage_url, all_rows, front, best_within_budget(all_rows),
@@ -581,8 +641,7 @@ class _Driver:
             else:
                 self.report(f"{prefix} -> {_outcome(row)}  HV {hv:.3f}  ETA {eta}{note}")
         if self.told and self.on_trial:
-            with _timed(self.timings, "logging"):
-                self.on_trial()
+            self.on_trial()
         self.told.clear()
 
 

@@ -54,6 +54,9 @@ def test_on_pareto_front_tags_equal_the_recomputed_front(tracked_search):
               if "reused_from_trial" not in r.data.tags}
     tagged = {r.info.run_id for r in children if r.data.tags["on_pareto_front"] == "true"}
     assert tagged == pareto_front(points)
+    # the same membership as a metric, which the runs table sorts on, and the feasibility the table shows
+    assert {r.info.run_id for r in children if r.data.metrics.get("on_front") == 1.0} == tagged
+    assert all(r.data.metrics["feasible"] == float(r.data.tags["feasible"] == "true") for r in children)
 
 
 def test_plots_are_valid_images_and_html(tracked_search):
@@ -70,6 +73,14 @@ def test_plots_are_valid_images_and_html(tracked_search):
         (folder / "knobs_to_objectives.html").read_text()
     table = json.loads(Path(client.download_artifacts(parent.info.run_id, "pareto_front.json")).read_text())
     assert all(row["latency_ms_median"]["provenance"] == "measured" for row in table)
+    assert Path(client.download_artifacts(parent.info.run_id, "summary.png")).read_bytes()[:4] == b"\x89PNG"
+    import pandas as pd
+
+    # MlflowClient.load_table searches the global tracking URI, not its own: read what log_table wrote instead
+    assert {"path": "pareto_front_table.json", "type": "table"} in json.loads(parent.data.tags["mlflow.loggedArtifacts"])
+    logged = pd.read_json(client.download_artifacts(parent.info.run_id, "pareto_front_table.json"), orient="split")
+    assert sorted(logged["trial"].astype(int)) == sorted(row["trial"] for row in table)
+    assert set(logged["after_trials"]) == {4}
 
 
 def test_unreachable_tracking_server_fails_before_any_work(tmp_path, free_port):
@@ -87,7 +98,7 @@ def test_unreachable_tracking_server_fails_before_any_work(tmp_path, free_port):
 def test_the_service_reports_its_own_time_by_part(tracked_search):
     _, outcome, _, _ = tracked_search
     t = outcome.timings
-    assert set(t) == {"ray_start", "optuna", "logging", "dispatch", "dispatches", "wall"}
+    assert set(t) == {"ray_start", "optuna", "logging", "logging_background", "dispatch", "dispatches", "wall"}
     assert all(v > 0 for v in t.values())  # Ray was started, trials told, MLflow written, workers re-fed
     assert t["ray_start"] + t["optuna"] + t["logging"] < t["wall"]
     assert t["dispatch"] < t["optuna"]  # a freed worker waits for Optuna's tell and ask, not for MLflow
@@ -118,3 +129,11 @@ def test_feasible_points_stay_apart_when_others_are_far_over_budget():
         assert labels == ["0", "1", "2"]  # each front point carries its trial number
     finally:
         plt.close(fig)
+
+
+def test_front_step_line_holds_only_points_this_view_shows_as_better():
+    from search.plots import staircase
+
+    # trial 8 is on the four-objective front (smallest) but beaten here by trial 2; 4 ties 5 on latency and loses
+    front = [(0.010, 0.97, 2), (0.011, 0.82, 8), (0.005, 0.93, 4), (0.005, 0.95, 5), (0.0186, 0.986, 1)]
+    assert staircase(front) == [(0.005, 0.95), (0.010, 0.97), (0.0186, 0.986)]

@@ -1,6 +1,7 @@
 """The MLflow UI as a user sees it: a real server, a real headless Chromium, real screenshots."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from tests.servers import wait_until_healthy
 SCREENSHOTS = Path(os.environ.get("EDGESEARCH_TEST_OUTPUTS", Path(__file__).parents[2] / "runs" / "test-outputs"))
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1400,900", "--virtual-time-budget=15000"]
+                  "--window-size=1600,1000", "--virtual-time-budget=20000"]
 
 
 def _chromium(*args) -> subprocess.CompletedProcess:
@@ -34,15 +35,17 @@ def ui_server(tracked_search, free_port):
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     wait_until_healthy(url, server)
-    printed = [server.stdout.readline() for _ in range(2)]  # "MLflow UI for ... at ...", then the link to open
+    # "MLflow UI for ... at ...", then the links to the search's runs and to its summary
+    printed = [server.stdout.readline() for _ in range(3)]
     link = printed[1].split("open: ", 1)[1].strip()
-    yield url, client, link
+    summary = printed[2].split("summary: ", 1)[1].strip()
+    yield url, client, link, summary
     os.killpg(server.pid, 15)
     server.wait(timeout=30)
 
 
 def test_ui_binds_to_localhost_only(ui_server):
-    url, _, _ = ui_server
+    url = ui_server[0]
     assert url.startswith("http://127.0.0.1:")
     assert shutil.which("ss"), "the listener check needs ss (Debian's iproute2)"
     port = url.rsplit(":", 1)[1]
@@ -52,23 +55,45 @@ def test_ui_binds_to_localhost_only(ui_server):
     assert on_port == [f"127.0.0.1:{port}"], on_port  # not 0.0.0.0, *, [::] or a public address
 
 
-def test_experiment_page_and_pareto_plot_render(ui_server):
-    url, client, link = ui_server
+def test_ui_lands_on_the_search_runs_with_its_objectives_front_first(ui_server):
+    """What `edgesearch ui` links to, as a browser renders it: the model-training runs page of the search, every
+    candidate a row (not folded under the parent), the objectives as columns, the front's rows first."""
+    url, client, link, _ = ui_server
+    exp = client.get_experiment_by_name("tracked")
+    assert link == f"{url}/edgesearch/open?experiment={exp.experiment_id}&view=edgesearch"
+    dom = _chromium("--dump-dom", link).stdout
+    current = re.findall(r'aria-current="page"[^>]*href="([^"]+)"', dom)
+    assert any(h.startswith(f"#/experiments/{exp.experiment_id}/runs?") and "workflowType=machine_learning" in h
+               for h in current), current
+    columns = set(re.findall(r'col-id="((?:metrics|params)\.`[^`]+`)"', dom))
+    wanted = {f"metrics.`{m}`" for m in ("accuracy", "latency_ms_p90", "size_bytes", "energy_mj", "feasible",
+                                           "on_front")}
+    assert wanted <= columns, wanted - columns
+    shown = {int(i): run for i, run in re.findall(r'role="row" row-index="(\d+)" row-id="([0-9a-f]+)"', dom)}
+    order = [shown[i] for i in sorted(shown)]
+    children = client.search_runs([exp.experiment_id], "tags.`mlflow.parentRunId` != ''")
+    candidates = {r.info.run_id for r in children if "mlflow.parentRunId" in r.data.tags}
+    front = {r.info.run_id for r in children if r.data.tags.get("on_pareto_front") == "true"}
+    assert len(candidates) == 4 and candidates <= set(order)
+    assert front and set(order[:len(front)]) == front
+    assert "Ask questions about your experiments" not in dom  # MLflow's assistant panel did not open on its own
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shot = SCREENSHOTS / "mlflow_search_runs.png"
+    _chromium(f"--screenshot={shot}", link)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+def test_summary_figure_renders_among_the_search_run_artifacts(ui_server):
+    url, client, _, summary = ui_server
     exp = client.get_experiment_by_name("tracked")
     parent = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags][0]
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page = link  # what `edgesearch ui` tells the user to open: the search's runs, model-training view
-    assert page == f"{url}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
-    dom = _chromium("--dump-dom", page).stdout
-    assert "tracked" in dom and "search tracked" in dom  # experiment and parent run names on the page
-    shot = SCREENSHOTS / "mlflow_experiment.png"
-    _chromium(f"--screenshot={shot}", page)
-    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
-    plot = f"{url}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}/artifacts/plots/pareto_accuracy_vs_latency.png"
-    dom = _chromium("--dump-dom", plot).stdout
-    assert "pareto_accuracy_vs_latency.png" in dom and "Artifacts" in dom
-    shot = SCREENSHOTS / "mlflow_pareto_plot.png"
-    _chromium(f"--screenshot={shot}", plot)
+    assert summary == (f"{url}/edgesearch/open?experiment={exp.experiment_id}&run={parent.info.run_id}"
+                       "&artifact=summary.png")
+    dom = _chromium("--dump-dom", summary).stdout
+    assert "summary.png" in dom and "pareto_front_table.json" in dom and "Artifacts" in dom
+    assert re.search(r'<img[^>]*alt="summary\.png"[^>]*src="blob:', dom)  # shown, not just listed
+    shot = SCREENSHOTS / "mlflow_search_summary.png"
+    _chromium(f"--screenshot={shot}", summary)
     assert shot.stat().st_size > 20_000
 
 
