@@ -40,6 +40,10 @@ class Budget:
     tuning_trials: int = 0  # MetaSchedule trials per model; 0 = no tuning
     calibration_samples: int = 128  # int8 PTQ calibration batch (training split)
     timing_repeats: int = 30  # latency repeats; median and p90 are over these
+    # the shipping stage, after the search, on a local target: MetaSchedule trials for every task of each candidate
+    # on (or near) the front, and the stage's wall-time cap; 0 trials = runtimes compared, nothing tuned
+    front_tuning_trials: int = 4
+    front_tuning_minutes: float = 3.0
 
     def __post_init__(self) -> None:
         for name in ("epochs", "prune_steps", "timing_repeats"):
@@ -47,7 +51,10 @@ class Budget:
                 raise ConfigError(
                     f"The '{name}' parameter of Budget must be an integer >= 1. Got {getattr(self, name)!r} instead."
                 )
-        for name in ("finetune_epochs", "tuning_trials", "calibration_samples"):
+        if not isinstance(self.front_tuning_minutes, (int, float)) or not self.front_tuning_minutes >= 0:
+            raise ConfigError("The 'front_tuning_minutes' parameter of Budget must be a number of minutes >= 0. "
+                              f"Got {self.front_tuning_minutes!r} instead.")
+        for name in ("finetune_epochs", "tuning_trials", "calibration_samples", "front_tuning_trials"):
             if int(getattr(self, name)) < 0:
                 raise ConfigError(
                     f"The '{name}' parameter of Budget must be an integer >= 0. Got {getattr(self, name)!r} instead."

@@ -122,6 +122,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ships_as(r) -> str:
+    """The runtime the shipping stage chose for a candidate; TVM untuned when it did not reach it."""
+    return r.shipped["option"] if r.shipped else "tvm (searched)"
+
+
 def _print_outcome(outcome_rows, front, best, hv, spec, storage, floor=None) -> None:
     failed = [r for r in outcome_rows if r.state == "FAIL"]
     done = [r for r in outcome_rows if r.state == "COMPLETE" and r.reused_from is None]
@@ -137,13 +142,13 @@ def _print_outcome(outcome_rows, front, best, hv, spec, storage, floor=None) -> 
     else:
         print(f"\nfeasible Pareto front ({len(front)} candidate(s), each once):")
         print(f"{'trial':>5}  {'precision':<9}{'width':>6}{'sparsity':>9} {'pruning':<13}{'T':>5}{'alpha':>6}"
-              f"{'accuracy':>10}{'p90 ms':>10}{'size KiB':>10}  provenance  recipe")
+              f"{'accuracy':>10}{'p90 ms':>10}{'size KiB':>10}  provenance  {'ships as':<16}recipe")
         for r in sorted(front, key=lambda r: r.value("latency_ms_p90")):
             k = r.knobs
             print(f"{r.number:>5}  {k['precision']:<9}{k['width']:>6g}{k['sparsity']:>9g} {k['pruning']:<13}"
                   f"{k['temperature']:>5g}{k['alpha']:>6g}{r.value('accuracy'):>10.4f}"
                   f"{r.value('latency_ms_p90'):>10.4f}{r.value('size_bytes') / 1024:>10.1f}  "
-                  f"{r.metrics['latency_ms_p90'][2]:<10}  {r.recipe or '-'}")
+                  f"{r.metrics['latency_ms_p90'][2]:<10}  {_ships_as(r):<16}{r.recipe or '-'}")
     if best:
         print(f"\nbest within budget: trial {best.number}, validation accuracy {best.value('accuracy'):.4f}, "
               f"test accuracy {best.value('accuracy_test'):.4f}, p90 {best.value('latency_ms_p90'):.4f} ms "
@@ -160,12 +165,12 @@ def _spec_from_args(args: argparse.Namespace):
 
     data = load_spec_file(args.spec) if args.spec else {}
     for key in ("name", "dataset", "target", "latency_budget_ms", "trials", "workers", "sampler", "seed", "timeout_s",
-                "recipes", "halving", "max_accuracy_drop", "min_accuracy"):
+                "recipes", "halving", "max_accuracy_drop", "min_accuracy", "runtime"):
         value = getattr(args, key)
         if value is not None:
             data[key] = value
     budget = dict(data.get("budget") or {})
-    for key in ("epochs", "tuning_trials"):
+    for key in ("epochs", "tuning_trials", "front_tuning_trials", "front_tuning_minutes"):
         value = getattr(args, key)
         if value is not None:
             budget[key] = value
@@ -476,6 +481,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tuning-trials", dest="tuning_trials", type=int,
                    help="MetaSchedule trials per candidate; records are shared, so later candidates reuse them "
                         "[default: 0]")
+    p.add_argument("--front-tuning-trials", dest="front_tuning_trials", type=int, metavar="N",
+                   help="after the search, on a local target: MetaSchedule trials for every task of each candidate "
+                        "on or near the front, tuned for the detected CPU; 0 = compare runtimes only [default: 4]")
+    p.add_argument("--front-tuning-minutes", dest="front_tuning_minutes", type=float, metavar="MIN",
+                   help="wall-time cap of that shipping stage [default: 3]")
+    p.add_argument("--runtime", choices=("auto", "tvm", "onnxruntime"), help="what ships on a local target: auto "
+                   "times untuned and tuned TVM and onnxruntime side by side and keeps the fastest [default: auto]")
     p.add_argument("--timeout", dest="timeout_s", type=float, help="per-candidate time limit in seconds")
     p.add_argument("--resume", action="store_true", help="continue the stored search NAME without repeating "
                    "finished trials; trials interrupted by a dead driver are re-queued")

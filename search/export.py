@@ -189,20 +189,27 @@ def export_search(
 
     onnx_path = out / "model.onnx"
     shutil.copyfile(onnx_src, onnx_path)  # the exact graph that was measured
-    cross = "mtriple" in profile.tvm_target
+    same_target = profile.name == spec.target
+    # what the search's shipping stage measured ships: its TVM target (tuned for this CPU, same records) and runtime
+    shipped = row.shipped if same_target else None
+    build_target = (shipped.get("target") if shipped else None) or profile.tvm_target
+    runtime = shipped["runtime"] if shipped else "tvm"
+    cross = "mtriple" in build_target
     library = out / ("model.tar" if cross else "model.so")
     tuning_cache = Path(runs_dir) / "tuning"
-    artifact = compile_tvm(onnx_path, profile.tvm_target, library, shape, dtype, cache_dir=tuning_cache)
+    artifact = compile_tvm(onnx_path, build_target, library, shape, dtype, cache_dir=tuning_cache)
     if cross:
         _make_reproducible(library)
     machines = elf_machines(library)
-    if machines != {expected_machine(profile.tvm_target)}:
+    if machines != {expected_machine(build_target)}:
         raise VerificationError(f"{library.name} holds {sorted(machines)} code, but target {profile.name} needs "
-                                f"{expected_machine(profile.tvm_target)}.")
+                                f"{expected_machine(build_target)}.")
     # Timed before the verification below runs TVM: the runtime's thread pool reads its size once per process.
-    remeasured = _remeasure(artifact, onnx_path, precision, dataset.x_val[:1].astype(dtype), profile) \
-        if profile.backend == "local" else {}
-    records = tuning_dir(tuning_cache, profile.tvm_target)
+    # Another target than the search's is measured (or emulated) here: its figures replace the search's.
+    remeasured = _remeasure(artifact, onnx_path, precision, dataset.x_val[:1].astype(dtype), profile,
+                            runtime, suffix="_at_export" if same_target else "") \
+        if profile.backend == "local" or (not same_target and profile.backend == "emulated") else {}
+    records = tuning_dir(tuning_cache, build_target)
     if records.is_dir():
         (out / "tuning_records").mkdir()
         for name in ("database_workload.json", "database_tuning_record.json"):
@@ -211,7 +218,9 @@ def export_search(
     (out / "predict.py").write_text(PREDICT_PY)
 
     # Verification: the shipped ONNX and a host build must reproduce the recorded test accuracies exactly.
-    recorded_tvm, recorded_ort = row.value("accuracy_test"), row.value("accuracy_test_onnxruntime")
+    # what the TVM build and onnxruntime each scored; a candidate shipped on onnxruntime records its score as its own
+    tvm_key = "accuracy_test_search" if shipped and shipped["option"] == "onnxruntime" else "accuracy_test"
+    recorded_tvm, recorded_ort = row.value(tvm_key), row.value("accuracy_test_onnxruntime")
     got_ort = accuracy(predict_onnx(ort_session(onnx_path), dataset.x_test, dtype), dataset.y_test)
     host_lib = library if not cross else out / ".verify_host.so"
     if cross:
@@ -229,9 +238,9 @@ def export_search(
         value, unit, provenance = row.metrics[name]
         return {"value": value, "unit": unit, "provenance": provenance}
 
-    metrics = {n: fig(n) for n in ("accuracy", "accuracy_test", "accuracy_test_onnxruntime", "latency_ms_median",
-                                   "latency_ms_p90", "size_bytes", "flash_bytes", "peak_activation_bytes", "ram_bytes",
-                                   "energy_mj")
+    searched_figures = ("latency_ms_median", "latency_ms_p90", "energy_mj") if same_target else ()
+    metrics = {n: fig(n) for n in ("accuracy", "accuracy_test", "accuracy_test_onnxruntime", *searched_figures,
+                                   "size_bytes", "flash_bytes", "peak_activation_bytes", "ram_bytes")
                if n in row.metrics}
     metrics.update(remeasured)
 
@@ -244,6 +253,10 @@ def export_search(
         # the CPU the search's host figures (accuracy always, latency for host targets) were measured on, and this one
         "measured_on_cpu": trial.user_attrs.get("host_cpu"), "exported_on_cpu": host_cpu().summary(),
         "knobs": row.knobs,
+        "runtime": runtime, "tvm_target": build_target,
+        # every runtime the shipping stage timed side by side (p90 and median ms); the fastest ships unless forced
+        "runtime_figures": shipped["figures"] if shipped else None,
+        "runtime_forced": bool(shipped and shipped.get("forced")),
         "metrics": metrics,
         "latency_budget_ms": spec.latency_budget_ms,
         "input": {"shape": list(shape), "dtype": dtype},
@@ -259,17 +272,24 @@ def export_search(
     return card
 
 
-def _remeasure(artifact, onnx_path: Path, precision: str, sample, profile) -> dict:
-    """Time the shipped library again with no search running: during a search the other workers share the
-    machine's caches and memory bandwidth, so the search's figure can be slower than the device alone."""
+def _remeasure(artifact, onnx_path: Path, precision: str, sample, profile, runtime: str, suffix: str) -> dict:
+    """Time what ships again with no search running (during a search the other workers share the machine's caches
+    and memory bandwidth), in the runtime that ships; for another target than the search's, its only figures."""
     from hardware_targets import get_backend
+    from hardware_targets.backends.local import time_onnxruntime
     from search.pipeline import set_threads
+    from search.stages.export import ort_session
     from search.workers import THREADS_PER_WORKER
 
     set_threads(THREADS_PER_WORKER)  # the threads each search worker measured with
-    got = get_backend(profile).measure(artifact, onnx_path, precision, sample, EXPORT_TIMING_REPEATS)
-    return {f"{name}_at_export": {"value": m.value, "unit": m.unit, "provenance": m.provenance}
-            for name, m in got.items() if name in ("latency_ms_median", "latency_ms_p90")}
+    if runtime == "onnxruntime":
+        got = {n.replace("ort_latency", "latency"): m for n, m in
+               time_onnxruntime(ort_session(onnx_path, THREADS_PER_WORKER), sample, EXPORT_TIMING_REPEATS).items()}
+    else:
+        got = get_backend(profile).measure(artifact, onnx_path, precision, sample, EXPORT_TIMING_REPEATS)
+    names = ("latency_ms_median", "latency_ms_p90") + (() if suffix else ("energy_mj",))
+    return {f"{name}{suffix}": {"value": m.value, "unit": m.unit, "provenance": m.provenance}
+            for name, m in got.items() if name in names}
 
 
 def _cpu_line(cpu: dict | None) -> str:
@@ -284,6 +304,10 @@ def model_card_markdown(card: dict) -> str:
              f"- host CPU of the search: {_cpu_line(card.get('measured_on_cpu'))}; of this export: "
              f"{_cpu_line(card.get('exported_on_cpu'))}",
              "- knobs: " + ", ".join(f"{k}={v}" for k, v in card["knobs"].items()),
+             f"- runtime: {card.get('runtime', 'tvm')}" + (" (forced)" if card.get("runtime_forced") else "")
+             + (" - p90 ms timed side by side after the search: " + ", ".join(
+                 f"{k} {v['latency_ms_p90']:.4g}" for k, v in card["runtime_figures"].items())
+                if card.get("runtime_figures") else ""),
              f"- MLflow run: `{card['mlflow_run_id']}`", "", "| figure | value | unit | provenance |",
              "|---|---|---|---|"]
     for name, m in card["metrics"].items():

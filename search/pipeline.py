@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from hardware_targets import TargetProfile, get_backend, load_profile
+from hardware_targets.backends.base import add_work_and_energy
 from hardware_targets.backends.local import time_onnxruntime
 from hardware_targets.host import host_cpu
 from objectives.accuracy import accuracy, predict_onnx, predict_tvm
@@ -270,3 +271,59 @@ def baseline_accuracy(dataset: Dataset, paths: Paths, budget, seed: int, *, thre
                    "candidate": result.candidate.key()}
         path.write_text(json.dumps(figures))
     return {**figures, "cached": False}
+
+
+def tuned_build_target(profile: TargetProfile) -> dict:
+    """The target tuned and shipped code is built for: the host build's, for the CPU detected here (``mcpu``).
+    Untuned code stays generic, where ``mcpu`` measured slower (NOTES.md); tuned code is what the CPU ran fastest."""
+    import tvm
+
+    return {**host_build_target(profile), "mcpu": tvm.target.codegen.llvm_get_system_cpu()}
+
+
+def ship_candidate(result: CandidateResult, dataset: Dataset, profile: TargetProfile, paths: Paths, *,
+                   trials_per_task: int, runtime: str = "auto", threads: int = 1) -> dict:
+    """The shipping stage of one trained candidate on a local target: tune it for this CPU (``trials_per_task`` for
+    every task; records shared per target), then time the untuned and tuned TVM libraries and onnxruntime side by
+    side, same graph and threads, and keep the fastest (or the forced ``runtime``). Accuracy is measured again on
+    the artifact that ships when it is not the one the search measured."""
+    set_threads(threads)
+    dtype = input_dtype(result.candidate.precision)
+    shape, onnx_path = (1, *dataset.sample_shape), Path(result.artifacts["onnx"])
+    sample, repeats = dataset.x_val[:1].astype(dtype), result.candidate.budget.timing_repeats
+    backend = get_backend(profile, paths.root)
+    options: dict[str, dict] = {}
+    from search.stages.compile import CompiledArtifact
+
+    untuned = CompiledArtifact(result.artifacts["library"], host_build_target(profile), shape, dtype.name)
+    options["tvm"] = {"library": untuned.library, "target": untuned.target, "tuned": False,
+                      "metrics": backend.measure(untuned, onnx_path, result.candidate.precision, sample, repeats)}
+    tuning = None
+    if trials_per_task > 0:
+        tuned = compile_tvm(onnx_path, tuned_build_target(profile), onnx_path.with_name("model_tuned.so"), shape,
+                            dtype.name, trials_per_task=trials_per_task, cache_dir=paths.tuning, seed=result.candidate.seed)
+        tuning = {"tasks": tuned.tasks_total, "tuned": tuned.tasks_tuned, "reused": tuned.tasks_reused,
+                  "seconds": round(tuned.tuning_seconds, 3), "trials_per_task": trials_per_task}
+        options["tvm-tuned"] = {"library": tuned.library, "target": tuned.target, "tuned": True,
+                                "metrics": backend.measure(tuned, onnx_path, result.candidate.precision, sample,
+                                                           repeats)}
+    session = ort_session(onnx_path, threads)
+    ort = {n.replace("ort_latency", "latency"): m for n, m in time_onnxruntime(session, sample, repeats).items()}
+    options["onnxruntime"] = {"library": None, "target": None, "tuned": False,
+                              "metrics": add_work_and_energy(ort, onnx_path, result.candidate.precision, profile)}
+    allowed = [k for k in options if runtime == "auto" or k.split("-")[0] == runtime]
+    chosen = min(allowed, key=lambda k: options[k]["metrics"]["latency_ms_p90"].value)
+    ship = options[chosen]
+    metrics = {n: ship["metrics"][n] for n in ("latency_ms_median", "latency_ms_p90", "energy_mj")}
+    if chosen != "tvm":  # the search measured the untuned library's accuracy; any other artifact is measured anew
+        predict, model = (predict_onnx, session) if chosen == "onnxruntime" else (predict_tvm, ship["library"])
+        for name, x, y in (("accuracy", dataset.x_val, dataset.y_val), ("accuracy_test", dataset.x_test,
+                                                                            dataset.y_test)):
+            metrics[name] = Metric(accuracy(predict(model, x, dtype.name), y), "fraction", "measured")
+    return {
+        "runtime": chosen.split("-")[0], "option": chosen, "library": ship["library"], "target": ship["target"],
+        "forced": runtime != "auto", "tuning": tuning, "host_cpu": host_cpu().summary(),
+        "metrics": {n: [m.value, m.unit, m.provenance] for n, m in metrics.items()},
+        "figures": {k: {n: o["metrics"][n].value for n in ("latency_ms_median", "latency_ms_p90")}
+                    for k, o in options.items()},
+    }

@@ -18,6 +18,7 @@ from search.candidate import PRECISIONS, PRUNING_MODES, Budget
 from search.errors import ConfigError
 
 SAMPLERS = ("auto", "tpe", "nsga2", "random")
+RUNTIMES = ("auto", "tvm", "onnxruntime")  # what ships on a local target; auto = the fastest measured
 HALVING_FROM_TRIALS = 24  # successive halving is on by default from this many trials
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -82,6 +83,8 @@ class SearchSpec:
     # accuracy floor, a second constraint: relative drop allowed from the fp32 full-width model, or an absolute floor
     max_accuracy_drop: float | None = None
     min_accuracy: float | None = None
+    # what ships on a local target: the fastest measured of TVM (untuned, tuned) and onnxruntime, or the one forced
+    runtime: str = "auto"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -94,6 +97,8 @@ class SearchSpec:
         v = self.latency_budget_ms
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not (0 < v < float("inf")):
             raise _err("latency_budget_ms", "a positive number of milliseconds", v)
+        if self.runtime not in RUNTIMES:
+            raise _err("runtime", f"one of {list(RUNTIMES)}", self.runtime)
         if self.sampler not in SAMPLERS:
             raise _err("sampler", f"one of {list(SAMPLERS)}", self.sampler)
         if self.timeout_s is not None and not (isinstance(self.timeout_s, (int, float)) and self.timeout_s > 0):

@@ -326,6 +326,8 @@ class Row:
     reused_from: int | None = None  # same knobs as this trial: its result, not a candidate of its own
     recipe: str | None = None
     stopped: str | None = None  # "screened", or the halving rung where training stopped
+    shipped: dict | None = None  # the shipping stage's outcome (runtime, figures); its metrics replace the search's
+    fits_but_latency: bool = False  # finished, and within every limit but the latency budget
 
     def value(self, name: str) -> float:
         return self.metrics[name][0]
@@ -342,17 +344,66 @@ class Row:
         return ""
 
     @classmethod
-    def from_trial(cls, t: FrozenTrial) -> "Row":
+    def from_trial(cls, t: FrozenTrial, shipped: dict | None = None) -> "Row":
+        """A trial as stored; with ``shipped``, its figures after the shipping stage, the search's kept beside them
+        as ``<name>_search`` and the constraints judged again on the shipped figures."""
         metrics = {k.split(":", 1)[1]: tuple(v) for k, v in t.user_attrs.items() if k.startswith("metric:")}
-        constraints = t.constraints.values()
-        feasible = t.state == TrialState.COMPLETE and all(c <= 0 for c in constraints)
+        constraints = dict(t.constraints)
+        if shipped:
+            for name, figure in shipped["metrics"].items():
+                if name in metrics:
+                    metrics[f"{name}_search"] = metrics[name]
+                    for constraint, (sign, metric) in SHIPPED_CONSTRAINTS.items():
+                        if metric == name and constraint in constraints:
+                            constraints[constraint] += sign * (figure[0] - metrics[name][0])
+                metrics[name] = tuple(figure)
+        complete = t.state == TrialState.COMPLETE
+        feasible = complete and all(c <= 0 for c in constraints.values())
+        others = complete and all(c <= 0 for k, c in constraints.items() if k != "latency_budget")
         error = t.user_attrs.get("error") or t.user_attrs.get("screened_out")
         return cls(t.number, t.state.name, t.user_attrs.get("candidate", t.params), metrics, feasible, error,
-                   t.user_attrs.get("reused_from_trial"), t.user_attrs.get("recipe"), t.user_attrs.get("stopped"))
+                   t.user_attrs.get("reused_from_trial"), t.user_attrs.get("recipe"), t.user_attrs.get("stopped"),
+                   shipped, others and not feasible)
+
+
+# constraints that a shipped figure changes: (sign, metric); latency_budget = p90 - budget, floor = floor - accuracy
+SHIPPED_CONSTRAINTS = {"latency_budget": (1, "latency_ms_p90"), "accuracy_floor": (-1, "accuracy")}
+SHIPPED_PREFIX = "shipped:"  # study attribute per trial number: what the shipping stage measured
 
 
 def rows(study: optuna.Study) -> list[Row]:
-    return [Row.from_trial(t) for t in study.get_trials(deepcopy=False, states=FINISHED_STATES)]
+    attrs = study.user_attrs
+    return [Row.from_trial(t, attrs.get(f"{SHIPPED_PREFIX}{t.number}"))
+            for t in study.get_trials(deepcopy=False, states=FINISHED_STATES)]
+
+
+SHIP_MARGIN = 1.5  # a candidate this much over the budget, or off the front, may still make it once tuned
+
+
+def shipping_picks(all_rows: list[Row], budget_ms: float, margin: float = SHIP_MARGIN) -> list[Row]:
+    """The candidates the shipping stage tunes and times, in order: the feasible front, most accurate first, then
+    those within ``margin`` of it (over the budget by at most ``margin``, or dominated only until their latency is
+    divided by it). Candidates already shipped are left out."""
+    front = feasible_front(all_rows)
+    on_front = {r.number for r in front}
+    names = [n for n, _ in OBJECTIVES]
+    signs = [1 if d == "maximize" else -1 for _, d in OBJECTIVES]
+
+    def beats(a: list[float], b: list[float]) -> bool:
+        return all(s * x >= s * y for s, x, y in zip(signs, a, b)) and a != b
+
+    points = [[r.value(n) for n in names] for r in front]
+    near = []
+    for r in all_rows:
+        if r.number in on_front or r.reused_from is not None or not (r.feasible or r.fits_but_latency):
+            continue
+        if r.value("latency_ms_p90") > margin * budget_ms:
+            continue
+        hoped = [r.value(n) / (margin if n == "latency_ms_p90" else 1) for n in names]
+        if not any(beats(p, hoped) for p in points):
+            near.append(r)
+    ordered = sorted(front, key=lambda r: -r.value("accuracy")) + sorted(near, key=lambda r: -r.value("accuracy"))
+    return [r for r in ordered if r.shipped is None]
 
 
 def feasible_front(all_rows: list[Row]) -> list[Row]:

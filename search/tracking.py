@@ -26,6 +26,7 @@ PLOT_INTERVAL_S = 30.0  # plots are re-drawn at most this often while a search r
 TRIAL_TAG = "edgesearch.trial"
 SUMMARY_FILE = "summary.png"  # at the parent run's artifact root, where the UI lists it beside the front's table
 FRONT_TABLE_FILE = "pareto_front_table.json"  # an MLflow table (log_table): the UI shows it as one
+TABLE_TAG = "edgesearch.front_table_after_trials"
 VIEW_KEY = "edgesearch"  # the runs table's shared view: MLflow reads it from this experiment tag and the URL's key
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 REVIEW_COLUMNS = (*(f"metrics.`{name}`" for name, _ in OBJECTIVES), "metrics.`feasible`", "metrics.`on_front`",
@@ -97,6 +98,7 @@ class SearchTracker:
         self.parent_id = self._parent_run()
         self.children: dict[int, str] = self._existing_children()
         self.on_front: dict[int, bool] = {}
+        self.shipped_logged: set[int] = set()
         self._plotted_at = float("-inf")
 
     def _experiment(self, runs_dir: Path) -> str:
@@ -141,7 +143,7 @@ class SearchTracker:
     def recover(self) -> None:
         """After a failed sync: forget what may be half-written and rebuild from the store."""
         self.children = self._existing_children()
-        self.on_front = {}
+        self.on_front, self.shipped_logged = {}, set()
 
     def log_trial(self, row: Row) -> None:
         """One nested run for one finished trial: knobs, metrics with provenance, tags, ONNX model."""
@@ -192,6 +194,15 @@ class SearchTracker:
         front = feasible_front(all_rows)
         members = {r.number for r in front}
         stamp, step = int(time.time() * 1000), len(all_rows)  # MLflow's latest value is that of the highest step
+        for r in all_rows:  # the shipping stage's figures replace the searched ones (kept as their step 0)
+            if r.shipped and r.number in self.children and r.number not in self.shipped_logged:
+                figures = [MlflowMetric(n, float(v), stamp, step) for n, (v, _, _) in r.shipped["metrics"].items()]
+                figures.append(MlflowMetric("feasible", float(r.feasible), stamp, step))
+                tags = [RunTag("ships_as", r.shipped["option"]),
+                        RunTag("runtime_figures", json.dumps(r.shipped["figures"])),
+                        RunTag("feasible", str(r.feasible).lower())]
+                self.client.log_batch(self.children[r.number], metrics=figures, tags=tags)
+                self.shipped_logged.add(r.number)
         for number, run_id in self.children.items():
             now = number in members
             if self.on_front.get(number) != now:  # a tag to filter on, a metric to sort and chart by
@@ -228,11 +239,14 @@ class SearchTracker:
             summary = summary_figure(all_rows, front, self.spec, Path(tmp) / SUMMARY_FILE, bounds, floor)
             if summary:
                 self.client.log_artifact(self.parent_id, str(summary))
-        if finished:  # MLflow appends to a logged table: one block per finish (a resumed search adds another)
+        logged_after = self.client.get_run(self.parent_id).data.tags.get(TABLE_TAG) if finished else None
+        if finished and logged_after != str(len(all_rows)):
+            # MLflow appends to a logged table: one block per finish with new trials (a resumed search adds one)
             table = front_table(front)
             data = {"after_trials": [len(all_rows)] * len(table),
                     **{c: [row[i] for row in table] for i, c in enumerate(SUMMARY_COLUMNS)}}
             self.client.log_table(self.parent_id, data, FRONT_TABLE_FILE)
+            self.client.set_tag(self.parent_id, TABLE_TAG, str(len(all_rows)))
 
     def sync(self, all_rows: list[Row], finished: bool = False) -> None:
         for row in all_rows:
@@ -259,8 +273,9 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def _row_dict(r: Row) -> dict:
-    return {"trial": r.number, **r.knobs, **{n: {"value": v, "unit": u, "provenance": p}
-                                             for n, (v, u, p) in r.metrics.items()}}
+    shipped = {"ships_as": r.shipped["option"], "runtime_figures": r.shipped["figures"]} if r.shipped else {}
+    return {"trial": r.number, **r.knobs, **shipped, **{n: {"value": v, "unit": u, "provenance": p}
+                                                        for n, (v, u, p) in r.metrics.items()}}
 
 
 def sync_search(study, spec: SearchSpec, tracking_uri: str, runs_dir: Path) -> int:

@@ -32,7 +32,8 @@ from search.candidate import Budget, Candidate, CandidateResult
 from search.errors import CandidateError, ConfigError
 from search.spec import SearchSpec, check_inputs, check_resources
 from search.study import (
-    ASKS_PER_TRIAL, FLOOR_ATTR, BOUNDS_ATTR, HALVING_ETA, Row, best_within_budget, create_study, feasible_front,
+    ASKS_PER_TRIAL, FLOOR_ATTR, BOUNDS_ATTR, HALVING_ETA, SHIPPED_PREFIX, Row, best_within_budget, create_study,
+    feasible_front, shipping_picks,
     finished_count, front_hypervolume, spent_budget, trial_cost,
     recipes_for, record_failure, record_result, record_reuse, record_screened, requeue_interrupted,
     resolved_sampler, reusable_trials, rows, search_bounds, set_bounds, suggest_candidate,
@@ -78,6 +79,64 @@ def retime_results(result_dicts: list[dict], dataset: str, target: str, runs_dir
     profile = load_profile(target)
     return [retime(CandidateResult.from_dict(d), _dataset(dataset), profile, Path(runs_dir), threads=threads).to_dict()
             for d in result_dicts]
+
+
+def ship_result(result_dict: dict, dataset: str, target: str, runs_dir: str, threads: int, trials_per_task: int,
+                runtime: str) -> dict:
+    """Body of the shipping task, which holds every CPU of the search: tuning and side-by-side timing alone."""
+    from hardware_targets import load_profile
+    from search.pipeline import Paths, ship_candidate
+
+    return ship_candidate(CandidateResult.from_dict(result_dict), _dataset(dataset), load_profile(target),
+                          Paths(Path(runs_dir)), trials_per_task=trials_per_task, runtime=runtime, threads=threads)
+
+
+def _ship_stage(ray, study, spec: SearchSpec, profile, runs_dir: Path, report: Reporter) -> None:
+    """After the search: tune the front (and what is near it) for this CPU, time TVM and onnxruntime side by side,
+    and record what ships; the front is then judged on those figures (``rows`` reads them)."""
+    import json
+
+    if profile.backend != "local":
+        report(f"shipping stage skipped: latency on {profile.name} is {profile.backend}, not timed here; the front "
+               "ships as searched (TVM)")
+        return
+    picks = shipping_picks(rows(study), spec.latency_budget_ms)
+    budget = spec.budget
+    if not picks:
+        return
+    report(f"shipping stage: {len(picks)} candidate(s) on or near the front; "
+           + (f"tuning {budget.front_tuning_trials} trial(s) per task for this CPU, " if budget.front_tuning_trials
+              else "no tuning (front_tuning_trials 0), ")
+           + f"then TVM and onnxruntime timed side by side ({spec.runtime}); at most "
+             f"{budget.front_tuning_minutes:g} min")
+    task = ray.remote(num_cpus=_cluster_cpus(ray), max_retries=0)(ship_result)
+    started = time.perf_counter()
+    deadline = started + 60 * budget.front_tuning_minutes
+    for i, row in enumerate(picks):
+        if i and time.perf_counter() >= deadline:
+            report(f"shipping stage: wall-time cap of {budget.front_tuning_minutes:g} min reached; "
+                   f"{len(picks) - i} candidate(s) ship as searched")
+            break
+        trial = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(study._study_id,
+                                                                                                row.number))
+        result_path = Path(trial.user_attrs["artifacts"]["onnx"]).with_name("result.json")
+        try:
+            shipped = ray.get(task.remote(json.loads(result_path.read_text()), spec.dataset, spec.target,
+                                          str(Path(runs_dir).resolve()), THREADS_PER_WORKER,
+                                          budget.front_tuning_trials, spec.runtime))
+        except Exception as exc:  # a candidate that cannot be shipped keeps its searched figures
+            report(f"[ship {i + 1}/{len(picks)}] trial {row.number}: failed ({type(exc).__name__}); ships as searched")
+            continue
+        study.set_user_attr(f"{SHIPPED_PREFIX}{row.number}", shipped)
+        f = shipped["figures"]
+        elapsed = time.perf_counter() - started
+        eta = min(elapsed / (i + 1) * (len(picks) - i - 1), max(0.0, deadline - time.perf_counter()))
+        report(f"[ship {i + 1}/{len(picks)}] trial {row.number}: p90 TVM {f['tvm']['latency_ms_p90']:.4g} ms"
+               + (f", tuned {f['tvm-tuned']['latency_ms_p90']:.4g} ms" if "tvm-tuned" in f else "")
+               + f", onnxruntime {f['onnxruntime']['latency_ms_p90']:.4g} ms -> ships {shipped['option']}"
+               + (f" ({shipped['tuning']['tuned']} of {shipped['tuning']['tasks']} tasks tuned, "
+                  f"{shipped['tuning']['seconds']:.0f} s)" if shipped.get("tuning") else "")
+               + f"  ETA {int(eta // 60)}m{int(eta % 60):02d}s")
 
 
 def widest_candidate(spec: SearchSpec) -> Candidate:
@@ -324,6 +383,7 @@ def run_search(
             _prepare(ray, study, spec, profile, runs_dir, report)
             _Driver(ray, study, spec, profile, runs_dir, remaining, report, tracker.on_trial if tracker else None,
                     timings).run()
+            _ship_stage(ray, study, spec, profile, runs_dir, report)
             if tracker:
                 tracker.begin_finish()
         finally:

@@ -139,26 +139,31 @@ def _without_tensor_intrinsics(target: dict[str, Any]):
             del sys.modules[TENSOR_INTRIN]
 
 
-def _tune(mod, target, work_dir: Path, trials: int, seed: int) -> tuple[int, int, int]:
-    """Tune the tasks that have no record yet; returns (total, tuned, reused)."""
+def _tune(mod, target, work_dir: Path, trials: int, seed: int, trials_per_task: int = 0) -> tuple[int, int, int]:
+    """Tune the tasks that have no record yet; returns (total, tuned, reused).
+
+    ``trials_per_task`` gives every new task that many trials (MetaSchedule's task scheduler otherwise hands whole
+    rounds to the first tasks, and a small global budget never reaches the rest); else ``trials`` are spread over
+    the new tasks."""
     from tvm.s_tir import meta_schedule as ms
 
     tasks = ms.relax_integration.extract_tasks(mod, target)
     database = open_database(work_dir)
     fresh = [t for t in tasks if not _has_record(database, t)]
-    if fresh and trials > 0:
+    if fresh and (trials > 0 or trials_per_task > 0):
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             fresh, work_dir=str(work_dir), seed=seed,
             strategy=ms.search_strategy.EvolutionarySearch(population_size=POPULATION),
         )
-        # Spread the budget over the new tasks so a small budget still gives every task a first round.
-        per_task = max(1, min(TRIALS_PER_ROUND, trials // len(fresh)))
+        per_task = trials_per_task or max(1, min(TRIALS_PER_ROUND, trials // len(fresh)))
         ms.tune.tune_tasks(
-            tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=trials,
-            max_trials_per_task=per_task, num_trials_per_iter=per_task, database=database,
+            tasks=contexts, task_weights=weights, work_dir=str(work_dir),
+            max_trials_global=per_task * len(fresh) if trials_per_task else trials,
+            max_trials_per_task=per_task, num_trials_per_iter=min(per_task, TRIALS_PER_ROUND), database=database,
             builder=ms.builder.LocalBuilder(f_build=build_kernel),
         )
-    return len(tasks), len(fresh) if trials > 0 else 0, len(tasks) - len(fresh)
+    tuned = len(fresh) if (trials > 0 or trials_per_task > 0) else 0
+    return len(tasks), tuned, len(tasks) - len(fresh)
 
 
 def compile_tvm(
@@ -169,6 +174,7 @@ def compile_tvm(
     input_dtype: str,
     *,
     tuning_trials: int = 0,
+    trials_per_task: int = 0,
     cache_dir: Path | None = None,
     seed: int = 0,
     cc: str | None = None,
@@ -204,7 +210,8 @@ def compile_tvm(
                 with FileLock(str(work_dir / ".lock")):
                     started = time.perf_counter()  # after the lock: waiting for another worker is not tuning
                     with _without_tensor_intrinsics(target):
-                        total, tuned, reused = _tune(mod, tvm_target, work_dir, tuning_trials, seed)
+                        total, tuned, reused = _tune(mod, tvm_target, work_dir, tuning_trials, seed,
+                                                     trials_per_task)
                     tuning_seconds = time.perf_counter() - started
                     mod = relax.transform.MetaScheduleApplyDatabase(str(work_dir))(mod)
         executable = tvm.compile(mod, tvm_target)

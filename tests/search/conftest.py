@@ -8,7 +8,7 @@ from search.study import default_storage
 from search.tracking import default_tracking_uri
 from search.workers import run_search
 
-TINY = Budget(epochs=2, finetune_epochs=1, prune_steps=1, tuning_trials=0, timing_repeats=5)
+TINY = Budget(epochs=2, finetune_epochs=1, prune_steps=1, tuning_trials=0, timing_repeats=5, front_tuning_trials=0)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,77 @@
+"""The shipping stage: the front tuned for this CPU, TVM and onnxruntime timed side by side, the front re-ranked."""
+
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from objectives.pareto import OBJECTIVES
+from search.candidate import Budget, Candidate
+from search.study import SHIPPED_PREFIX, feasible_front, rows, shipping_picks
+
+BUDGET_MS = 0.05
+
+
+def _trial(p90: float, accuracy: float, size: float) -> optuna.trial.FrozenTrial:
+    metrics = {"accuracy": accuracy, "latency_ms_p90": p90, "latency_ms_median": p90 * 0.9, "size_bytes": size,
+               "energy_mj": p90 * 2, "accuracy_test": accuracy}
+    trial = create_trial(state=TrialState.COMPLETE, values=[metrics[n] for n, _ in OBJECTIVES],
+                         params={"width": 1.0}, distributions={"width": FloatDistribution(0.25, 2.0)},
+                         user_attrs={f"metric:{n}": [v, "ms", "measured"] for n, v in metrics.items()},
+                         system_attrs={"constraints:latency_budget": p90 - BUDGET_MS})
+    return trial
+
+
+@pytest.fixture
+def study():
+    s = optuna.create_study(directions=[d for _, d in OBJECTIVES])
+    # 0: feasible, accurate, slow; 1: feasible, faster, less accurate; 2: 20% over the budget, the most accurate
+    for p90, accuracy, size in ((0.04, 0.95, 1000.0), (0.02, 0.90, 1000.0), (0.06, 0.97, 1000.0)):
+        s.add_trial(_trial(p90, accuracy, size))
+    return s
+
+
+def _ship(study, number: int, p90: float, option: str = "tvm-tuned") -> None:
+    study.set_user_attr(f"{SHIPPED_PREFIX}{number}", {
+        "runtime": option.split("-")[0], "option": option, "library": None, "target": None, "forced": False,
+        "tuning": None, "figures": {option: {"latency_ms_p90": p90, "latency_ms_median": p90}},
+        "metrics": {"latency_ms_p90": [p90, "ms", "measured"], "latency_ms_median": [p90, "ms", "measured"],
+                    "energy_mj": [p90 * 2, "mJ", "estimated"]}})
+
+
+def test_the_stage_picks_the_front_then_what_tuning_could_bring_onto_it(study):
+    picks = shipping_picks(rows(study), BUDGET_MS, margin=1.5)
+    assert [r.number for r in picks] == [0, 1, 2]  # the front by accuracy, then the 20%-over candidate
+    assert [r.number for r in shipping_picks(rows(study), BUDGET_MS, margin=1.1)] == [0, 1]  # 1.2x is beyond 1.1x
+    _ship(study, 0, 0.03)
+    assert 0 not in [r.number for r in shipping_picks(rows(study), BUDGET_MS)]  # shipped once
+
+
+def test_a_shipped_latency_replaces_the_searched_one_and_the_front_is_recomputed(study):
+    assert {r.number for r in feasible_front(rows(study))} == {0, 1}
+    _ship(study, 2, 0.035)  # tuned, the over-budget candidate fits: it becomes feasible and dominates trial 0
+    shipped = {r.number: r for r in rows(study)}
+    assert shipped[2].feasible and shipped[2].value("latency_ms_p90") == 0.035
+    assert shipped[2].metrics["latency_ms_p90_search"][0] == 0.06  # the searched figure is kept beside it
+    assert {r.number for r in feasible_front(rows(study))} == {1, 2}
+    _ship(study, 1, 0.07, "onnxruntime")  # a forced runtime can also push a candidate over the budget
+    assert {r.number for r in feasible_front(rows(study))} == {2}
+
+
+def test_ship_candidate_times_every_runtime_and_keeps_the_fastest(digits, host, shared_runs):
+    from search.pipeline import Paths, evaluate_candidate, ship_candidate
+
+    budget = Budget(epochs=2, finetune_epochs=1, prune_steps=1, timing_repeats=5)
+    result = evaluate_candidate(Candidate(precision="int8-ptq", width=0.5, budget=budget), digits, host,
+                                Paths(shared_runs))
+    out = ship_candidate(result, digits, host, Paths(shared_runs), trials_per_task=1)
+    figures = out["figures"]
+    assert set(figures) == {"tvm", "tvm-tuned", "onnxruntime"}
+    assert out["option"] == min(figures, key=lambda k: figures[k]["latency_ms_p90"])
+    assert out["metrics"]["latency_ms_p90"][0] == figures[out["option"]]["latency_ms_p90"]
+    assert out["tuning"]["tasks"] >= 5 and out["tuning"]["tuned"] + out["tuning"]["reused"] == out["tuning"]["tasks"]
+    assert out["target"] is None or out["target"]["mcpu"]  # a TVM library that ships is built for this CPU
+    forced = ship_candidate(result, digits, host, Paths(shared_runs), trials_per_task=0, runtime="onnxruntime")
+    assert forced["option"] == "onnxruntime" and forced["forced"]
+    # accuracy measured on what ships: onnxruntime's own test accuracy, as the search recorded it
+    assert forced["metrics"]["accuracy_test"][0] == result.value("accuracy_test_onnxruntime")
