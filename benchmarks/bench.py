@@ -88,7 +88,7 @@ def machine() -> dict:
 def _search_budget(**overrides):
     from search.candidate import Budget
 
-    return replace(Budget(epochs=4, finetune_epochs=1, prune_steps=1, timing_repeats=10), **overrides)
+    return replace(Budget(epochs=4, finetune_epochs=1, prune_steps=1, timing_repeats=10, front_tuning_trials=0), **overrides)
 
 
 def _run(spec, runs: Path, tracking: bool = False, resume: bool = False):
@@ -115,7 +115,7 @@ def search_figures(runs: Path, plan: Plan) -> dict:
     from search.stages.train import get_teacher
 
     get_teacher(load_dataset("digits"), 0, runs / "teachers")  # trained once, before anything is timed
-    budget = Budget() if plan.search_default_budget else _search_budget()
+    budget = Budget(front_tuning_trials=0) if plan.search_default_budget else _search_budget()
     runs_by_workers: dict[int, list[dict]] = {1: [], 2: []}
     for repeat in range(plan.search_repeats):
         for workers in ((1, 2) if repeat % 2 == 0 else (2, 1)):

@@ -24,8 +24,8 @@ from search.stages.compile import compile_tvm, tuning_dir
 from search.study import default_storage, load_study
 from search.workers import run_search
 
-SLOWER = Budget(epochs=40, finetune_epochs=0, prune_steps=1, timing_repeats=5)
-FAST = Budget(epochs=1, finetune_epochs=0, prune_steps=1, timing_repeats=3)
+SLOWER = Budget(epochs=40, finetune_epochs=0, prune_steps=1, timing_repeats=5, front_tuning_trials=0)
+FAST = Budget(epochs=1, finetune_epochs=0, prune_steps=1, timing_repeats=3, front_tuning_trials=0)
 SMALL = SearchSpace(precision=("fp32",), width=(0.25, 0.5), sparsity=(0.0, 0.0))
 
 
@@ -102,7 +102,7 @@ def _study_exists(runs, name) -> bool:
 
 def test_concurrent_searches_are_isolated_and_a_duplicate_name_is_refused(tmp_path):
     spec = {"trials": 2, "workers": 1, "budget": {"epochs": 1, "finetune_epochs": 0, "prune_steps": 1,
-                                                   "timing_repeats": 3},
+                                                   "timing_repeats": 3, "front_tuning_trials": 0},
             "space": {"precision": ["fp32"], "width": [0.25, 0.5], "sparsity": [0.0, 0.0]}}
     procs = {}
     for name in ("alpha", "beta"):
@@ -184,7 +184,8 @@ _option_values = st.one_of(st.integers(-3, 10).map(str), st.floats(-1, 5).map(st
                            st.sampled_from(["digits", "mnist1d", "host", "cortex-m4", "nsga2", "x/y", "", "a\x00b"]),
                            st.text(max_size=8))
 _options = st.sampled_from(["--name", "--dataset", "--target", "--latency-budget-ms", "--trials", "--workers",
-                            "--sampler", "--seed", "--epochs", "--tuning-trials", "--timeout"])
+                            "--sampler", "--seed", "--epochs", "--tuning-trials", "--timeout",
+                            "--front-tuning-trials", "--front-tuning-minutes", "--runtime"])
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -118,7 +118,8 @@ def test_killed_driver_resumes_without_repeating_finished_trials(tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({
         "name": "resumable", "trials": 5, "workers": 2, "budget": {"epochs": 2, "finetune_epochs": 1,
-                                                                   "prune_steps": 1, "timing_repeats": 5},
+                                                                   "prune_steps": 1, "timing_repeats": 5,
+                                                                   "front_tuning_trials": 0},
         "space": {"precision": ["fp32", "int8-ptq"], "width": [0.25, 0.5]}}))
     storage = default_storage(tmp_path)
     driver = subprocess.Popen(_cli(tmp_path, "submit", "--spec", str(spec)), stdout=subprocess.DEVNULL,
@@ -220,7 +221,7 @@ def test_detached_search_status_logs_stop_and_resume(ray_head, tmp_path):
     addr = ray_head["dashboard"]
     run = lambda *a, **kw: subprocess.run(_cli(tmp_path, *a), capture_output=True, text=True, env=env, timeout=300)
     sub = run("submit", "--name", "svc", "--trials", "6", "--workers", "1", "--epochs", "2", "--address", addr,
-              "--detach")
+              "--front-tuning-trials", "0", "--detach")
     assert sub.returncode == 0, sub.stderr
     assert "raysubmit_" in sub.stdout
     storage = default_storage(tmp_path)

@@ -39,7 +39,8 @@ def test_server_down_mid_search_loses_no_metric(tmp_path, free_port):
     uri = f"http://127.0.0.1:{port}"
     server = _start(store, port)
     spec = SearchSpec(name="flaky", trials=4, workers=1,
-                      budget=Budget(epochs=4, finetune_epochs=0, prune_steps=1, timing_repeats=3),
+                      budget=Budget(epochs=4, finetune_epochs=0, prune_steps=1, timing_repeats=3,
+                                    front_tuning_trials=0),
                       space=SearchSpace(precision=("fp32", "int8-ptq"), width=(0.25, 0.5), sparsity=(0.0, 0.0)))
     lines, result = [], {}
     worker = threading.Thread(target=lambda: result.setdefault("outcome", run_search(
