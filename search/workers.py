@@ -233,7 +233,7 @@ class _Tracking:
 
         self.spec, self.study, self.uri, self.runs_dir, self.report = spec, study, uri, runs_dir, report
         self.timings, self.pending, self.tracker, self.error = timings, False, None, None
-        self._wake, self._done = threading.Event(), False
+        self._wake, self._done, self._abandoned = threading.Event(), False, False
         self._thread = threading.Thread(target=self._run, name="edgesearch-mlflow", daemon=True)
         self._thread.start()
 
@@ -254,6 +254,8 @@ class _Tracking:
         while True:
             self._wake.wait()
             self._wake.clear()
+            if self._abandoned:
+                return
             started, done = time.perf_counter(), self._done  # a finish asked for during a sync gets its own
             self._sync(finished=done)
             self.timings["logging_background"] += time.perf_counter() - started
@@ -281,6 +283,12 @@ class _Tracking:
 
     def on_trial(self) -> None:
         self._wake.set()
+
+    def abandon(self) -> None:
+        """Stop the thread without a final sync (the search failed; what it logged stays)."""
+        self._abandoned = True
+        self._wake.set()
+        self._thread.join(timeout=30)
 
     def begin_finish(self) -> None:
         """Let the thread log what is left, the final front and its plots, while Ray shuts down."""
@@ -331,69 +339,74 @@ def run_search(
         study = create_study(spec, storage_url, resume)
     # reaching MLflow (and creating a new store) overlaps Ray's start; no candidate runs before it is reached
     tracker = _Tracking(spec, study, tracking_uri, runs_dir, report, timings) if tracking_uri else None
-    requeued = requeue_interrupted(study) if resume else 0
-    if requeued:
-        report(f"re-queued {requeued} trial(s) interrupted by the previous driver")
-    spent = spent_budget(study)
-    remaining = spec.trials - spent
-    recipes = recipes_for(spec)
-    report(f"search {spec.name!r}: {spent:g} of {spec.trials} trials of training budget spent "
-           f"({finished_count(study)} finished), {max(0, remaining):g} to go ({spec.workers} worker(s), "
-           f"budget {spec.latency_budget_ms} ms on {spec.target} judged on p90 latency; a candidate screened out "
-           "costs nothing, one stopped by halving a third)")
-    report("order: screen every candidate before training; "
-           + (f"{len(recipes)} classic recipe(s) first ({', '.join(label for label, _ in recipes)}); " if recipes
-              else "no recipes; ")
-           + f"then sampler {resolved_sampler(spec)}"
-           + (f" (auto: {'NSGA-II from' if resolved_sampler(spec) == 'nsga2' else 'TPE below'} 100 trials)"
-              if spec.sampler == "auto" else "")
-           + ("; successive halving on epochs" if spec.uses_halving else "")
-           + "; near-budget latencies re-timed alone")
+    try:
+        requeued = requeue_interrupted(study) if resume else 0
+        if requeued:
+            report(f"re-queued {requeued} trial(s) interrupted by the previous driver")
+        spent = spent_budget(study)
+        remaining = spec.trials - spent
+        recipes = recipes_for(spec)
+        report(f"search {spec.name!r}: {spent:g} of {spec.trials} trials of training budget spent "
+               f"({finished_count(study)} finished), {max(0, remaining):g} to go ({spec.workers} worker(s), "
+               f"budget {spec.latency_budget_ms} ms on {spec.target} judged on p90 latency; a candidate screened out "
+               "costs nothing, one stopped by halving a third)")
+        report("order: screen every candidate before training; "
+               + (f"{len(recipes)} classic recipe(s) first ({', '.join(label for label, _ in recipes)}); " if recipes
+                  else "no recipes; ")
+               + f"then sampler {resolved_sampler(spec)}"
+               + (f" (auto: {'NSGA-II from' if resolved_sampler(spec) == 'nsga2' else 'TPE below'} 100 trials)"
+                  if spec.sampler == "auto" else "")
+               + ("; successive halving on epochs" if spec.uses_halving else "")
+               + "; near-budget latencies re-timed alone")
 
-    def tracking_ready() -> None:
-        """No candidate runs before MLflow is reached; a new search whose MLflow is unreachable leaves no study."""
-        if tracker is None:
-            return
-        try:
-            tracker.ready()
-        except ConfigError:
-            if not resume:
-                import optuna
+        def tracking_ready() -> None:
+            """No candidate runs before MLflow is reached; a new search whose MLflow is unreachable leaves no study."""
+            if tracker is None:
+                return
+            try:
+                tracker.ready()
+            except ConfigError:
+                if not resume:
+                    import optuna
 
-                optuna.delete_study(study_name=spec.name, storage=study._storage)
-            raise
+                    optuna.delete_study(study_name=spec.name, storage=study._storage)
+                raise
 
-    if remaining <= 0:
-        tracking_ready()
-    if remaining > 0:
-        import ray as ray_module
-
-        owns_ray = not ray_module.is_initialized()
-        try:
-            with _timed(timings, "ray_start"):
-                ray = start_ray(address, spec.workers)
-        except ConfigError:
-            tracking_ready()  # an unreachable MLflow is the first thing to report
-            raise
-        try:
+        if remaining <= 0:
             tracking_ready()
-            if address and spec.workers > _cluster_cpus(ray):
-                raise ConfigError(f"The 'workers' field of the search spec must be at most the {_cluster_cpus(ray)} "
-                                  f"CPU(s) of the cluster at {address}. Got {spec.workers} instead.")
-            _prepare(ray, study, spec, profile, runs_dir, report)
-            _Driver(ray, study, spec, profile, runs_dir, remaining, report, tracker.on_trial if tracker else None,
-                    timings).run()
-            _ship_stage(ray, study, spec, profile, runs_dir, report)
-            if tracker:
-                tracker.begin_finish()
-        finally:
-            if owns_ray:
-                with _timed(timings, "ray_start"):
-                    ray.shutdown()
+        if remaining > 0:
+            import ray as ray_module
 
-    all_rows = rows(study)
-    if tracker:
-        tracker.finish()
+            owns_ray = not ray_module.is_initialized()
+            try:
+                with _timed(timings, "ray_start"):
+                    ray = start_ray(address, spec.workers)
+            except ConfigError:
+                tracking_ready()  # an unreachable MLflow is the first thing to report
+                raise
+            try:
+                tracking_ready()
+                if address and spec.workers > _cluster_cpus(ray):
+                    raise ConfigError(f"The 'workers' field of the search spec must be at most the {_cluster_cpus(ray)} "
+                                      f"CPU(s) of the cluster at {address}. Got {spec.workers} instead.")
+                _prepare(ray, study, spec, profile, runs_dir, report)
+                _Driver(ray, study, spec, profile, runs_dir, remaining, report, tracker.on_trial if tracker else None,
+                        timings).run()
+                _ship_stage(ray, study, spec, profile, runs_dir, report)
+                if tracker:
+                    tracker.begin_finish()
+            finally:
+                if owns_ray:
+                    with _timed(timings, "ray_start"):
+                        ray.shutdown()
+
+        all_rows = rows(study)
+        if tracker:
+            tracker.finish()
+    except BaseException:
+        if tracker:
+            tracker.abandon()  # no thread left logging behind a failed search
+        raise
     front = feasible_front(all_rows)
     timings["wall"] = time.perf_counter() - wall_started
     return SearchOutcome(spec.name, storage_url, all_rows, front, best_within_budget(all_rows),

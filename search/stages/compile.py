@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import sys
 import time
 import types
@@ -139,6 +140,14 @@ def _without_tensor_intrinsics(target: dict[str, Any]):
             del sys.modules[TENSOR_INTRIN]
 
 
+def _drop_unnamed_handlers(logger: logging.Logger) -> None:
+    """MetaSchedule rebuilds its loggers with ``logging.config.dictConfig``, naming the handlers it finds on its
+    logger; one without a name (left by another logging set-up in the same process) makes that call fail."""
+    for handler in list(logger.handlers):
+        if handler.get_name() is None:
+            logger.removeHandler(handler)
+
+
 def _tune(mod, target, work_dir: Path, trials: int, seed: int, trials_per_task: int = 0) -> tuple[int, int, int]:
     """Tune the tasks that have no record yet; returns (total, tuned, reused).
 
@@ -151,6 +160,7 @@ def _tune(mod, target, work_dir: Path, trials: int, seed: int, trials_per_task: 
     database = open_database(work_dir)
     fresh = [t for t in tasks if not _has_record(database, t)]
     if fresh and (trials > 0 or trials_per_task > 0):
+        _drop_unnamed_handlers(logging.getLogger("tvm.s_tir.meta_schedule"))
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             fresh, work_dir=str(work_dir), seed=seed,
             strategy=ms.search_strategy.EvolutionarySearch(population_size=POPULATION),

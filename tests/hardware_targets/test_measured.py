@@ -117,7 +117,9 @@ def test_calibration_beats_the_uncalibrated_model_on_held_out_candidates(tmp_pat
     host = load_profile("host")
     report = calibrate_host(host, tmp_path, candidates=9, seed=0)
     assert report["held_out"] == 3 and report["train"] == 6
-    assert report["mape_calibrated"] < report["mape_uncalibrated"]
-    assert report["mape_calibrated"] < 25.0
+    # quiet, the calibrated error is ~7% against ~96% uncalibrated (Zen 5 EPYC); these ~10 us models move by a
+    # quarter when the other core is busy, so the bound is relative, with an absolute one against a broken fit
+    assert report["mape_calibrated"] < report["mape_uncalibrated"] / 2
+    assert report["mape_calibrated"] < 50.0
     params = load_calibration(host, tmp_path)
     assert params is not None and params.efficiency["fp32"] > 0

@@ -36,6 +36,13 @@ def test_export_writes_the_deployable_folder(exported):
     for figure in card["metrics"].values():
         assert figure["provenance"] in ("measured", "emulated", "estimated")
     assert card["metrics"]["latency_ms_median"]["provenance"] == "measured"
+    # what ships is what the shipping stage timed fastest: TVM and onnxruntime side by side, the same figure here
+    figures = card["runtime_figures"]
+    assert set(figures) >= {"tvm", "onnxruntime"} and card["runtime"] in ("tvm", "onnxruntime")
+    fastest = min(figures, key=lambda k: figures[k]["latency_ms_p90"])
+    assert card["runtime"] == fastest.split("-")[0]
+    assert card["metrics"]["latency_ms_p90"]["value"] == figures[fastest]["latency_ms_p90"]
+    assert f"runtime: {card['runtime']}" in (out / "MODEL_CARD.md").read_text()
     assert json.loads((out / "model_card.json").read_text())["trial"] == card["trial"]
     assert "| latency_ms_median |" in (out / "MODEL_CARD.md").read_text()
     alone, p90 = card["metrics"]["latency_ms_median_at_export"], card["metrics"]["latency_ms_p90_at_export"]
@@ -86,6 +93,8 @@ def test_cross_compiled_export_matches_the_profile(tracked_search, tmp_path):
                          target="rpi4", register=False)
     assert card["verification"]["library_architecture"] == ["aarch64"]
     assert "latency_ms_median_at_export" not in card["metrics"]  # an emulated board is not timed again
+    # another target than the search's: its latency is emulated for it here, not the host's figure relabelled
+    assert card["metrics"]["latency_ms_p90"]["provenance"] == "emulated" and card["runtime_figures"] is None
     assert elf_machines(tmp_path / "pi" / "model.tar") == {"aarch64"}
 
 
