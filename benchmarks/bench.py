@@ -40,6 +40,7 @@ class Plan:
     tuned_widths: tuple[float, ...]  # figure 3: at which widths
     tuning_trials: int  # figure 3 (per built-in model) and figure 4 (per candidate)
     mobilenet_tuning_trials: int
+    mobilenet_trials_per_task: tuple[int, ...]  # figure 3: the shipping stage's per-task budgets, detected target
     timing_repeats: int
     reuse_trials: int  # figure 4, per search
     quality_trials: int  # figure 5, per search
@@ -48,11 +49,11 @@ class Plan:
 
 
 QUICK = Plan(search_trials=4, search_default_budget=False, search_repeats=1, runtime_widths=(0.5, 1.0), tuned_precisions=("fp32",), tuned_widths=(1.0,),
-             tuning_trials=10, mobilenet_tuning_trials=22, timing_repeats=10, reuse_trials=2, quality_trials=12,
+             tuning_trials=10, mobilenet_tuning_trials=22, mobilenet_trials_per_task=(1, 4), timing_repeats=10, reuse_trials=2, quality_trials=12,
              quality_seeds=(0, 1), calibration_candidates=9)
 FULL = Plan(search_trials=24, search_default_budget=True, search_repeats=2, runtime_widths=(0.5, 1.0, 2.0),
             tuned_precisions=("fp32", "int8-ptq", "int8-qat"), tuned_widths=(0.5, 1.0, 2.0), tuning_trials=40, mobilenet_tuning_trials=132,
-            timing_repeats=30, reuse_trials=4, quality_trials=24, quality_seeds=(0, 1, 2, 3, 4), calibration_candidates=18)
+            mobilenet_trials_per_task=(1, 4, 16), timing_repeats=30, reuse_trials=4, quality_trials=24, quality_seeds=(0, 1, 2, 3, 4), calibration_candidates=18)
 
 SAMPLERS = ("nsga2", "tpe", "random")
 def _spread(values) -> dict:
@@ -88,7 +89,8 @@ def machine() -> dict:
 def _search_budget(**overrides):
     from search.candidate import Budget
 
-    return replace(Budget(epochs=4, finetune_epochs=1, prune_steps=1, timing_repeats=10, front_tuning_trials=0), **overrides)
+    return replace(Budget(epochs=4, finetune_epochs=1, prune_steps=1, timing_repeats=10, front_tuning_trials=0,
+                          front_tuning_minutes=0), **overrides)
 
 
 def _run(spec, runs: Path, tracking: bool = False, resume: bool = False):
@@ -115,7 +117,7 @@ def search_figures(runs: Path, plan: Plan) -> dict:
     from search.stages.train import get_teacher
 
     get_teacher(load_dataset("digits"), 0, runs / "teachers")  # trained once, before anything is timed
-    budget = Budget(front_tuning_trials=0) if plan.search_default_budget else _search_budget()
+    budget = Budget(front_tuning_minutes=0) if plan.search_default_budget else _search_budget()
     runs_by_workers: dict[int, list[dict]] = {1: [], 2: []}
     for repeat in range(plan.search_repeats):
         for workers in ((1, 2) if repeat % 2 == 0 else (2, 1)):
@@ -227,6 +229,7 @@ def runtime_figures(tmp: Path, plan: Plan) -> dict:
     untuned, _ = timed(mobilenet, "fp32", (1, 3, 96, 96), "float32", x, "mobilenet", 0)
     tuned, art = timed(mobilenet, "fp32", (1, 3, 96, 96), "float32", x, "mobilenet", plan.mobilenet_tuning_trials)
     ort = time_onnxruntime(ort_session(mobilenet, 1), x, plan.timing_repeats)["ort_latency_ms_median"].value
+    staged = _staged_tuning(mobilenet, x, host, backend, tmp, plan, untuned, ort)
     ratios = {}
     for precision in ("fp32", "fp16", "int8-ptq", "int8-qat"):
         rows = [m for m in models if m["precision"] == precision]
@@ -242,7 +245,34 @@ def runtime_figures(tmp: Path, plan: Plan) -> dict:
             "mobilenet_v1_025_96": {"onnxruntime_ms": ort, "tvm_untuned_ms": untuned, "tvm_tuned_ms": tuned,
                                     "tuning_trials": plan.mobilenet_tuning_trials, "tuning_seconds": art.tuning_seconds,
                                     "tuning_tasks": art.tasks_total,
-                                    "tuned_over_onnxruntime": tuned / ort, "untuned_over_onnxruntime": untuned / ort}}
+                                    "tuned_over_onnxruntime": tuned / ort, "untuned_over_onnxruntime": untuned / ort,
+                                    "staged": staged}}
+
+
+def _staged_tuning(onnx_path: Path, x, host, backend, tmp: Path, plan: Plan, untuned_ms: float, ort_ms: float) -> dict:
+    """The shipping stage on the bench workload: tuned for the detected CPU with a per-task budget (each budget
+    from fresh records), what would ship (the fastest of untuned TVM, tuned TVM and onnxruntime), and that figure
+    against the CPU's fp32 compute limit: MACs / (1 thread x fp32 MACs per cycle x clock), from the detected host."""
+    from hardware_targets.graph import op_costs
+    from search.pipeline import tuned_build_target
+    from search.stages.compile import compile_tvm
+
+    target = tuned_build_target(host)
+    per_task = {}
+    for trials in plan.mobilenet_trials_per_task:
+        _say(f"  MobileNetV1-0.25, {trials} trial(s) per task for {target.get('mcpu')}")
+        art = compile_tvm(onnx_path, target, tmp / f"mobilenet-pt{trials}.so", (1, 3, 96, 96), "float32",
+                          trials_per_task=trials, cache_dir=tmp / f"tuning-pt{trials}")
+        ms = backend.measure(art, onnx_path, "fp32", x, plan.timing_repeats)["latency_ms_median"].value
+        per_task[str(trials)] = {"tvm_tuned_ms": ms, "tuned_over_onnxruntime": ms / ort_ms,
+                                 "tuning_seconds": art.tuning_seconds, "tasks": art.tasks_total}
+    shipped = min([untuned_ms, ort_ms] + [v["tvm_tuned_ms"] for v in per_task.values()])
+    macs = sum(op.macs for op in op_costs(onnx_path))
+    limit_ms = macs / (host.peak_macs_per_cycle["fp32"] * host.clock_mhz * 1e6) * 1e3
+    return {"target": target, "per_task": per_task, "shipped_ms": shipped, "shipped_over_onnxruntime": shipped / ort_ms,
+            "macs": macs, "fp32_limit_ms": limit_ms, "shipped_over_limit": shipped / limit_ms,
+            "limit_from": {"fp32_macs_per_cycle": host.peak_macs_per_cycle["fp32"], "clock_mhz": host.clock_mhz,
+                           "threads": 1}}
 
 
 # Figure 4 ------------------------------------------------------------------------------------------------------
@@ -556,6 +586,20 @@ def report_markdown(results: dict) -> str:
                   f"TVM untuned {mb['tvm_untuned_ms']:.3f} ms ({mb['untuned_over_onnxruntime']:.2f}x), TVM tuned "
                   f"{mb['tvm_tuned_ms']:.3f} ms ({mb['tuned_over_onnxruntime']:.2f}x) after {mb['tuning_trials']} "
                   f"MetaSchedule trials ({mb['tuning_seconds']:.0f} s).", ""]
+        st = mb.get("staged")
+        if st:
+            lines += [f"The shipping stage on the same workload, tuned for `{st['target'].get('mcpu')}` (detected) with a "
+                      "per-task budget, each from fresh records (medians; below 1: faster than onnxruntime):", "",
+                      "| trials per task | tasks | tuning s | tuned TVM ms | tuned TVM / ORT |", "|---|---|---|---|---|"]
+            for trials, v in st["per_task"].items():
+                lines.append(f"| {trials} | {v['tasks']} | {v['tuning_seconds']:.0f} | {v['tvm_tuned_ms']:.3f} | "
+                             f"{v['tuned_over_onnxruntime']:.2f} |")
+            lim = st["limit_from"]
+            lines += ["", f"What would ship (the fastest of the above, untuned TVM and onnxruntime): {st['shipped_ms']:.3f} "
+                      f"ms, {st['shipped_over_onnxruntime']:.2f}x onnxruntime, {st['shipped_over_limit']:.1f}x the "
+                      f"CPU's fp32 compute limit ({st['macs'] / 1e6:.2f} M MACs / ({lim['threads']} thread x "
+                      f"{lim['fp32_macs_per_cycle']:g} MACs per cycle x {lim['clock_mhz']:g} MHz) = "
+                      f"{st['fp32_limit_ms']:.3f} ms).", ""]
         lines += _slower_because(r)
         lines += ["![latency ratios](latency_ratios.png)", ""] if "latency_ratios.png" in results["plots"] else []
     u = results.get("reuse")

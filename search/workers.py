@@ -104,6 +104,9 @@ def _ship_stage(ray, study, spec: SearchSpec, profile, runs_dir: Path, report: R
     budget = spec.budget
     if not picks:
         return
+    if budget.front_tuning_minutes == 0:
+        report("shipping stage off (front_tuning_minutes 0): the front ships as searched (TVM, untuned)")
+        return
     report(f"shipping stage: {len(picks)} candidate(s) on or near the front; "
            + (f"tuning {budget.front_tuning_trials} trial(s) per task for this CPU, " if budget.front_tuning_trials
               else "no tuning (front_tuning_trials 0), ")

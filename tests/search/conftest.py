@@ -1,5 +1,7 @@
 """Fixtures of the search tests: one real tracked search, shared by the MLflow and UI tests."""
 
+import dataclasses
+
 import pytest
 
 from search.candidate import Budget
@@ -8,7 +10,10 @@ from search.study import default_storage
 from search.tracking import default_tracking_uri
 from search.workers import run_search
 
-TINY = Budget(epochs=2, finetune_epochs=1, prune_steps=1, tuning_trials=0, timing_repeats=5, front_tuning_trials=0)
+# no shipping stage: the searches below test other things; SHIP adds the stage's runtime comparison, without tuning
+TINY = Budget(epochs=2, finetune_epochs=1, prune_steps=1, tuning_trials=0, timing_repeats=5, front_tuning_trials=0,
+              front_tuning_minutes=0)
+SHIP = dataclasses.replace(TINY, front_tuning_minutes=3)
 
 
 @pytest.fixture(scope="session")
@@ -16,7 +21,7 @@ def tracked_search(tmp_path_factory):
     from mlflow.tracking import MlflowClient
 
     runs = tmp_path_factory.mktemp("tracked")
-    spec = SearchSpec(name="tracked", trials=4, workers=2, latency_budget_ms=0.05, budget=TINY,
+    spec = SearchSpec(name="tracked", trials=4, workers=2, latency_budget_ms=0.05, budget=SHIP,
                       space=SearchSpace(precision=("fp32", "fp16", "int8-ptq"), width=(0.25, 1.0)))
     uri = default_tracking_uri(runs)
     outcome = run_search(spec, runs, storage_url=default_storage(runs), tracking_uri=uri, report=lambda line: None)

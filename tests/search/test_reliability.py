@@ -24,8 +24,10 @@ from search.stages.compile import compile_tvm, tuning_dir
 from search.study import default_storage, load_study
 from search.workers import run_search
 
-SLOWER = Budget(epochs=40, finetune_epochs=0, prune_steps=1, timing_repeats=5, front_tuning_trials=0)
-FAST = Budget(epochs=1, finetune_epochs=0, prune_steps=1, timing_repeats=3, front_tuning_trials=0)
+SLOWER = Budget(epochs=40, finetune_epochs=0, prune_steps=1, timing_repeats=5, front_tuning_trials=0,
+                front_tuning_minutes=0)
+FAST = Budget(epochs=1, finetune_epochs=0, prune_steps=1, timing_repeats=3, front_tuning_trials=0,
+              front_tuning_minutes=0)
 SMALL = SearchSpace(precision=("fp32",), width=(0.25, 0.5), sparsity=(0.0, 0.0))
 
 
@@ -102,7 +104,8 @@ def _study_exists(runs, name) -> bool:
 
 def test_concurrent_searches_are_isolated_and_a_duplicate_name_is_refused(tmp_path):
     spec = {"trials": 2, "workers": 1, "budget": {"epochs": 1, "finetune_epochs": 0, "prune_steps": 1,
-                                                   "timing_repeats": 3, "front_tuning_trials": 0},
+                                                   "timing_repeats": 3, "front_tuning_trials": 0,
+                                                   "front_tuning_minutes": 0},
             "space": {"precision": ["fp32"], "width": [0.25, 0.5], "sparsity": [0.0, 0.0]}}
     procs = {}
     for name in ("alpha", "beta"):

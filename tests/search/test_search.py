@@ -16,13 +16,13 @@ from search.study import (create_study, default_storage, finished_count, knob_na
                           requeue_interrupted, rows, spent_budget, stored_spec, suggest_candidate)
 from search.workers import run_search
 from tests.oracles import OBJECTIVES, pareto_front
-from tests.search.conftest import TINY
+from tests.search.conftest import SHIP, TINY
 
 FAST_SPACE = SearchSpace(precision=("fp32", "int8-ptq", "fp16"), width=(0.25, 0.75))
 
 
 def test_four_trials_on_two_workers_give_a_feasible_non_dominated_front(tmp_path):
-    spec = SearchSpec(name="four", trials=4, workers=2, latency_budget_ms=0.1, budget=TINY, space=FAST_SPACE)
+    spec = SearchSpec(name="four", trials=4, workers=2, latency_budget_ms=0.1, budget=SHIP, space=FAST_SPACE)
     storage = default_storage(tmp_path)
     lines = []
     outcome = run_search(spec, tmp_path, storage_url=storage, report=lines.append)
@@ -119,7 +119,7 @@ def test_killed_driver_resumes_without_repeating_finished_trials(tmp_path):
     spec.write_text(yaml.safe_dump({
         "name": "resumable", "trials": 5, "workers": 2, "budget": {"epochs": 2, "finetune_epochs": 1,
                                                                    "prune_steps": 1, "timing_repeats": 5,
-                                                                   "front_tuning_trials": 0},
+                                                                   "front_tuning_minutes": 0},
         "space": {"precision": ["fp32", "int8-ptq"], "width": [0.25, 0.5]}}))
     storage = default_storage(tmp_path)
     driver = subprocess.Popen(_cli(tmp_path, "submit", "--spec", str(spec)), stdout=subprocess.DEVNULL,
@@ -221,7 +221,7 @@ def test_detached_search_status_logs_stop_and_resume(ray_head, tmp_path):
     addr = ray_head["dashboard"]
     run = lambda *a, **kw: subprocess.run(_cli(tmp_path, *a), capture_output=True, text=True, env=env, timeout=300)
     sub = run("submit", "--name", "svc", "--trials", "6", "--workers", "1", "--epochs", "2", "--address", addr,
-              "--front-tuning-trials", "0", "--detach")
+              "--front-tuning-minutes", "0", "--detach")
     assert sub.returncode == 0, sub.stderr
     assert "raysubmit_" in sub.stdout
     storage = default_storage(tmp_path)
