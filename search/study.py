@@ -371,6 +371,12 @@ SHIPPED_CONSTRAINTS = {"latency_budget": (1, "latency_ms_p90"), "accuracy_floor"
 SHIPPED_PREFIX = "shipped:"  # study attribute per trial number: what the shipping stage measured
 
 
+def stored_trial(study: optuna.Study, number: int) -> FrozenTrial:
+    """One trial by its number, read from storage (not the whole study's trials)."""
+    storage = study._storage
+    return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
+
+
 def rows(study: optuna.Study) -> list[Row]:
     attrs = study.user_attrs
     return [Row.from_trial(t, attrs.get(f"{SHIPPED_PREFIX}{t.number}"))
@@ -386,12 +392,7 @@ def shipping_picks(all_rows: list[Row], budget_ms: float, margin: float = SHIP_M
     divided by it). Candidates already shipped are left out."""
     front = feasible_front(all_rows)
     on_front = {r.number for r in front}
-    names = [n for n, _ in OBJECTIVES]
-    signs = [1 if d == "maximize" else -1 for _, d in OBJECTIVES]
-
-    def beats(a: list[float], b: list[float]) -> bool:
-        return all(s * x >= s * y for s, x, y in zip(signs, a, b)) and a != b
-
+    names, directions = [n for n, _ in OBJECTIVES], [d for _, d in OBJECTIVES]
     points = [[r.value(n) for n in names] for r in front]
     near = []
     for r in all_rows:
@@ -400,7 +401,7 @@ def shipping_picks(all_rows: list[Row], budget_ms: float, margin: float = SHIP_M
         if r.value("latency_ms_p90") > margin * budget_ms:
             continue
         hoped = [r.value(n) / (margin if n == "latency_ms_p90" else 1) for n in names]
-        if not any(beats(p, hoped) for p in points):
+        if len(points) in non_dominated(points + [hoped], directions):  # no front point dominates it
             near.append(r)
     ordered = sorted(front, key=lambda r: -r.value("accuracy")) + sorted(near, key=lambda r: -r.value("accuracy"))
     return [r for r in ordered if r.shipped is None]

@@ -19,7 +19,8 @@ from pathlib import Path
 from objectives.pareto import OBJECTIVES
 from search.errors import ConfigError
 from search.spec import SearchSpec
-from search.study import FLOOR_ATTR, Row, best_within_budget, feasible_front, front_hypervolume, search_bounds
+from search.study import (FLOOR_ATTR, Row, best_within_budget, feasible_front, front_hypervolume, search_bounds,
+                          stored_trial)
 
 PARENT_ATTR = "mlflow_parent_run_id"
 PLOT_INTERVAL_S = 30.0  # plots are re-drawn at most this often while a search runs, and always at its end
@@ -151,8 +152,7 @@ class SearchTracker:
             return
         tags = {"mlflow.parentRunId": self.parent_id, TRIAL_TAG: str(row.number), "target": self.spec.target,
                 "state": row.state, "feasible": str(row.feasible).lower(), "on_pareto_front": "false"}
-        trial = self.study._storage.get_trial(self.study._storage.get_trial_id_from_study_id_trial_number(
-            self.study._study_id, row.number))
+        trial = stored_trial(self.study, row.number)
         if row.state == "FAIL":
             tags["failure_reason"] = (row.error or "unknown")[:5000]
         else:

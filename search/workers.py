@@ -33,7 +33,7 @@ from search.errors import CandidateError, ConfigError
 from search.spec import SearchSpec, check_inputs, check_resources
 from search.study import (
     ASKS_PER_TRIAL, FLOOR_ATTR, BOUNDS_ATTR, HALVING_ETA, SHIPPED_PREFIX, Row, best_within_budget, create_study,
-    feasible_front, shipping_picks,
+    feasible_front, shipping_picks, stored_trial,
     finished_count, front_hypervolume, spent_budget, trial_cost,
     recipes_for, record_failure, record_result, record_reuse, record_screened, requeue_interrupted,
     resolved_sampler, reusable_trials, rows, search_bounds, set_bounds, suggest_candidate,
@@ -120,8 +120,7 @@ def _ship_stage(ray, study, spec: SearchSpec, profile, runs_dir: Path, report: R
             report(f"shipping stage: wall-time cap of {budget.front_tuning_minutes:g} min reached; "
                    f"{len(picks) - i} candidate(s) ship as searched")
             break
-        trial = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(study._study_id,
-                                                                                                row.number))
+        trial = stored_trial(study, row.number)
         result_path = Path(trial.user_attrs["artifacts"]["onnx"]).with_name("result.json")
         try:
             shipped = ray.get(task.remote(json.loads(result_path.read_text()), spec.dataset, spec.target,
