@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from objectives.latency import RETIME, budget_verdict
+from objectives.latency import INFEASIBLE, RETIME, budget_verdict
 from objectives.pareto import non_dominated
 from search.candidate import Budget, Candidate, CandidateResult
 from search.errors import CandidateError, ConfigError
@@ -627,6 +627,9 @@ class _Driver:
             record_result(self.study, job.trial, self.spec, result, stopped=stopped)
         self._told(job.trial, "")
         self._release(job)
+        ruled_out = _shapes_ruled_out(result, self.spec.latency_budget_ms)
+        if ruled_out:
+            self.screened.setdefault(self.shape_knobs(job.candidate), (job.trial.number, ruled_out))
 
     def _release(self, job: _Job) -> None:
         """The job's trial is told: remember it for repeats and hand it to the trials that waited for it."""
@@ -718,6 +721,29 @@ class _Driver:
         if self.told and self.on_trial:
             self.on_trial()
         self.told.clear()
+
+
+def _shapes_ruled_out(result: CandidateResult, budget_ms: float) -> dict | None:
+    """A trained candidate's latency and memories follow its shapes, as screening's do, and are measured better
+    (re-timed alone near the budget): when they miss the budget or a limit, a later candidate of the same shapes
+    is ruled out as if screened, without a task. Returns that screening record, or None."""
+    median, p90 = result.value("latency_ms_median"), result.value("latency_ms_p90")
+    provenance = result.metrics["latency_ms_median"].provenance
+    retimed = bool(result.info.get("retimed"))
+    reasons = []
+    if budget_verdict(median, p90, budget_ms, provenance, retimed=retimed) == INFEASIBLE:
+        how = "re-timed alone" if retimed else "timed"
+        reasons.append(f"{p90:.4g} ms p90 ({provenance}, {how}, trained candidate of the same shapes) is over the "
+                       f"{budget_ms:g} ms budget")
+    limits = result.info.get("limits") or {}
+    for name, limit in limits.items():
+        if limit and name in result.metrics and result.value(name) > limit:
+            reasons.append(f"{name.split('_')[0]} {result.value(name) / 1024:,.0f} KiB > {limit / 1024:,.0f} KiB")
+    if not reasons:
+        return None
+    figures = {n: [m.value, m.unit, m.provenance] for n, m in result.metrics.items()
+               if not n.startswith(("accuracy", "ort_")) and n not in ("sparsity", "nonzero_weight_fraction")}
+    return {"fits": False, "reason": "; ".join(reasons), "metrics": figures, "limits": limits, "seconds": 0.0}
 
 
 def _halving_position(pool: list[tuple[float, float]], point: tuple[float, float]) -> int:

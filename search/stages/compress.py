@@ -130,11 +130,40 @@ def prepare_qat(model: nn.Module, dataset: Dataset) -> nn.Module:
 
 
 def freeze_qat(qat: nn.Module) -> nn.Module:
-    """Freeze the scales so export sees what was trained (or observed)."""
+    """Freeze the scales so export sees what was trained (or observed), and fold each batch norm into its conv.
+
+    FX QAT trains conv+bn as one fused module that still runs the batch norm (and a division by its scale) at
+    inference; exported as is, the graph keeps both, which every runtime then computes. Folded, the graph is the
+    deployed one: the fake-quantised weight is the one QAT trained (it already quantised the folded weight)."""
     from torch.ao.quantization import disable_observer
 
     qat.apply(disable_observer)
-    return qat.eval()
+    return _fold_qat_batchnorm(qat.eval())
+
+
+def _fold_qat_batchnorm(qat: nn.Module) -> nn.Module:
+    import torch.ao.nn.intrinsic.qat as fused
+    import torch.ao.nn.qat as plain
+
+    folded_kind = {fused.ConvBnReLU1d: fused.ConvReLU1d, fused.ConvBn1d: plain.Conv1d,
+                   fused.ConvBnReLU2d: fused.ConvReLU2d, fused.ConvBn2d: plain.Conv2d}
+    for name, conv in list(qat.named_modules()):
+        kind = folded_kind.get(type(conv))
+        if kind is None:
+            continue
+        bn = conv.bn
+        factor = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(factor)
+        new = kind(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                   dilation=conv.dilation, groups=conv.groups, bias=True, padding_mode=conv.padding_mode,
+                   qconfig=conv.qconfig)
+        with torch.no_grad():
+            new.weight.copy_(conv.weight * factor.reshape(-1, *([1] * (conv.weight.dim() - 1))))
+            new.bias.copy_(bn.bias + (bias - bn.running_mean) * factor)
+        new.weight_fake_quant = conv.weight_fake_quant
+        parent, _, leaf = name.rpartition(".")
+        setattr(qat.get_submodule(parent) if parent else qat, leaf, new.eval())
+    return qat
 
 
 def quantization_aware_finetune(

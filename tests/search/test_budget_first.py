@@ -1,6 +1,8 @@
 """Whole searches, budget first: recipes lead, screening, halving, the floor, and each candidate once on the front."""
 
+import dataclasses
 import json
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -9,7 +11,7 @@ from objectives.latency import noise_ms
 from search.spec import SearchSpace, SearchSpec
 from search.study import BOUNDS_ATTR, FLOOR_ATTR, RECIPES, load_study, rows, spent_budget
 from search.tracking import default_tracking_uri
-from search.workers import _halving_position, run_search
+from search.workers import _halving_position, _shapes_ruled_out, run_search
 from tests.search.conftest import TINY
 
 NO_FP16 = SearchSpace(precision=("fp32", "int8-ptq", "int8-qat"))
@@ -175,3 +177,56 @@ def test_the_trial_budget_counts_training_not_candidates():
         else:
             study.tell(trial, state=getattr(optuna.trial.TrialState, state))
         assert trial_cost(study.trials[-1]) == pytest.approx(cost), attrs
+
+
+def test_a_trained_candidate_over_the_budget_rules_out_its_shapes(digits, host, tiny_budget, shared_runs):
+    """Latency and memories follow the shapes: the trained figure is the better measurement of them, so a later
+    candidate of the same shapes is recorded from it, free, with the figures that ruled it out."""
+    from search.candidate import Candidate
+    from search.pipeline import Paths, evaluate_candidate
+    from search.study import record_screened, trial_cost
+
+    c = Candidate(precision="fp32", sparsity=0.0, temperature=1.0, alpha=1.0, width=0.25, budget=tiny_budget)
+    result = evaluate_candidate(c, digits, host, Paths(shared_runs), threads=1)
+    p90 = result.value("latency_ms_p90")
+    assert _shapes_ruled_out(result, budget_ms=4 * p90) is None
+    ruled = _shapes_ruled_out(result, budget_ms=p90 / 4)
+    assert ruled["fits"] is False and f"{p90:.4g} ms p90 (measured" in ruled["reason"]
+    assert not any(n.startswith("accuracy") for n in ruled["metrics"])  # the next candidate's accuracy is unknown
+    ram = result.value("ram_bytes")
+    tight = dataclasses.replace(result, info={**result.info, "limits": {"ram_bytes": ram - 1, "flash_bytes": 0}})
+    assert _shapes_ruled_out(tight, budget_ms=4 * p90)["reason"].startswith("ram ")
+
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize", "minimize"])
+    spec = SearchSpec(name="ruled", budget=tiny_budget, latency_budget_ms=p90 / 4)
+    later = dataclasses.replace(c, temperature=4.0)  # other knobs, same shapes
+    record_screened(study, study.ask(), spec, later, ruled, note=" (same shapes as trial 0: not screened again)")
+    t = study.trials[-1]
+    assert t.state.name == "PRUNED" and trial_cost(t) == 0.0 and t.user_attrs["stage_seconds"] == {}
+    assert t.constraints["latency_budget"] == pytest.approx(p90 - p90 / 4)
+
+
+def test_no_two_trained_candidates_of_shapes_already_over_the_budget(tmp_path):
+    """With the budget a little under a shape's own latency, screening lets it through (within its margin); once
+    one candidate of those shapes has trained and ended over the budget, no other candidate of them trains."""
+    from search.stages.screen import shape_knobs
+    from hardware_targets import load_profile
+
+    same_shapes = SearchSpace(precision=("fp32",), pruning=("unstructured",), sparsity=(0.0, 0.0),
+                              temperature=(1.0, 8.0), alpha=(0.2, 1.0), width=(0.5, 0.5))
+    storage = f"sqlite:///{tmp_path}/o.db"
+    probe = run_search(SearchSpec(name="probe", trials=1, workers=1, budget=TINY, space=same_shapes, recipes=False),
+                       tmp_path, storage_url=storage, report=lambda line: None)
+    budget = probe.rows[0].value("latency_ms_p90") / 1.15
+    run_search(SearchSpec(name="tight", trials=4, workers=1, budget=TINY, space=same_shapes, recipes=False,
+                          latency_budget_ms=budget), tmp_path, storage_url=storage, report=lambda line: None)
+    host = load_profile("host")
+    over: set = set()
+    for t in sorted(load_study("tight", storage).trials, key=lambda t: t.number):
+        knobs = t.user_attrs["candidate"]
+        shapes = shape_knobs(SimpleNamespace(**knobs), host)
+        trained = "train" in t.user_attrs["stage_seconds"] or "distill" in t.user_attrs["stage_seconds"]
+        if shapes in over:
+            assert not trained and t.user_attrs["stopped"] == "screened", t.number
+        if trained and t.constraints["latency_budget"] > 0:
+            over.add(shapes)

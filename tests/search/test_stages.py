@@ -122,3 +122,25 @@ def test_qat_exports_qdq_and_keeps_sparsity(digits, tiny_budget, tmp_path):
     assert zeros >= 0.49
     path = export_onnx(qat, c, digits, tmp_path / "qat.onnx")
     assert {"QuantizeLinear", "DequantizeLinear"} <= _ops(path)
+    assert not {"BatchNormalization", "Div"} & _ops(path)  # folded: the graph that ships computes no batch norm
+
+
+def test_folding_qat_batchnorm_keeps_the_outputs(digits):
+    import copy
+
+    from torch.ao.quantization import disable_observer
+
+    from search.stages.compress import freeze_qat, prepare_qat
+
+    torch.manual_seed(0)
+    qat = prepare_qat(fit(build_model(digits.sample_shape, 10, 0.5), digits, 1), digits)
+    fit(qat, digits, 1)  # trains the scales and the batch norms
+    qat.apply(disable_observer)
+    unfolded = qat.eval()
+    folded = freeze_qat(copy.deepcopy(unfolded))
+    assert not any(type(m).__name__.startswith("ConvBn") for m in folded.modules())
+    x = torch.from_numpy(digits.x_val)
+    with torch.no_grad():
+        a, b = unfolded(x), folded(x)
+    assert (a.argmax(1) == b.argmax(1)).float().mean() >= 0.99
+    assert (a - b).abs().max() <= 0.05 * a.abs().max()
