@@ -318,7 +318,7 @@ def quality_figures(runs: Path, plan: Plan) -> dict:
     from scipy.stats import mannwhitneyu
 
     from search.plots import hypervolume_history
-    from search.spec import SearchSpec
+    from search.spec import HALVING_FROM_TRIALS, SearchSpec
     from search.study import load_study, default_storage, search_bounds
 
     # digits on this host take about 0.003-0.03 ms: a 0.01 ms budget rules out the wider half of the space
@@ -327,6 +327,7 @@ def quality_figures(runs: Path, plan: Plan) -> dict:
     arms = {"default": dict(trials=plan.quality_trials),
             "random": dict(trials=2 * plan.quality_trials, sampler="random", recipes=False, halving=False)}
     out: dict = {"trials": {k: v["trials"] for k, v in arms.items()}, "seeds": list(plan.quality_seeds),
+                 "halving_from": HALVING_FROM_TRIALS,
                  "latency_budget_ms": base.latency_budget_ms, "curves": {}, "final": {}, "infeasible_share": {},
                  "recipes": [], "wall_s": {}}
     for seed in plan.quality_seeds:
@@ -614,7 +615,8 @@ def report_markdown(results: dict) -> str:
     if q:
         t, mw = q["trials"], q["mann_whitney"]
         lines += ["## 5. Search quality", "",
-                  f"The default search (auto sampler, recipes first, screening, halving from 24 trials) after "
+                  f"The default search (auto sampler, recipes first, screening, halving from {q.get('halving_from', 24)} "
+                  f"trials) after "
                   f"{t['default']} trials against random sampling after {t['random']} trials (screening too, no "
                   f"recipes, no halving), seeds {q['seeds']}, digits on the host, {q['latency_budget_ms']} ms budget "
                   "(p90). Hypervolume is normalised (accuracy; latency / budget; size and energy / the widest model "

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from search.errors import EdgeSearchError
+from search.spec import HALVING_FROM_TRIALS
 
 DEFAULT_RUNS = Path(os.environ.get("EDGESEARCH_RUNS", "runs"))
 
@@ -467,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     halving = p.add_mutually_exclusive_group()
     halving.add_argument("--halving", dest="halving", action="store_const", const=True, help="successive halving "
                          "on epochs: train a third of the epochs first, continue the best third [default: on from "
-                         "24 trials]")
+                         f"{HALVING_FROM_TRIALS} trials]")
     halving.add_argument("--no-halving", dest="halving", action="store_const", const=False,
                          help="train every candidate that passes screening to the full budget")
     floor = p.add_mutually_exclusive_group()

@@ -9,7 +9,7 @@ def test_defaults_cover_all_four_knobs():
     assert set(spec.space.precision) == {"fp32", "fp16", "int8-ptq", "int8-qat"}
     assert spec.space.sparsity == (0.0, 0.95) and spec.space.temperature == (1.0, 10.0)
     assert spec.sampler == "auto" and spec.recipes and spec.halving is None
-    assert spec.uses_halving and not SearchSpec(name="s", trials=12).uses_halving  # on from 24 trials
+    assert not spec.uses_halving and SearchSpec(name="s", trials=100).uses_halving  # on from 100 trials
 
 
 @pytest.mark.parametrize("fields", [{"max_accuracy_drop": 1.5}, {"max_accuracy_drop": 0}, {"min_accuracy": 0},
