@@ -4,6 +4,10 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha256sum | cut -c1-12)
+# The TFLite converter (litert-torch) pins typing-extensions below what TVM's FFI needs: it gets its own
+# environment, which the microcontroller pipeline calls in a subprocess (search/stages/tflite_convert.py).
+MCU_VENV  := .venv-mcu
+MCU_STAMP := $(MCU_VENV)/.installed-$(shell cat requirements-mcu.lock | sha256sum | cut -c1-12)
 RUNS   ?= runs
 
 .PHONY: setup browser run test test-all ui bench soak clean help
@@ -15,17 +19,24 @@ help:
 	@echo "make test-all  the whole test suite, slow tests included"
 	@echo "make bench     benchmarks (BENCH_ARGS=--quick for a short run), runs/bench/REPORT.md"
 	@echo "make soak      100-trial load test, figures in runs/bench/soak.json"
-	@echo "make clean     remove .venv and the contents of runs/"
+	@echo "make clean     remove .venv, .venv-mcu and the contents of runs/"
 
 $(STAMP): pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: edgesearch needs Python 3.11 (the torch CPU wheel is cp311)"; exit 1; }
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip==25.3
-	$(BIN)/pip install --quiet -c requirements.lock -e ".[test]"
+	$(BIN)/pip install --quiet -c requirements.lock -e ".[test,mcu]"
 	touch $@
 
-setup: $(STAMP)
+$(MCU_STAMP): requirements-mcu.lock
+	rm -rf $(MCU_VENV)
+	$(PYTHON) -m venv $(MCU_VENV)
+	$(MCU_VENV)/bin/pip install --quiet --upgrade pip==25.3
+	$(MCU_VENV)/bin/pip install --quiet -r requirements-mcu.lock
+	touch $@
+
+setup: $(STAMP) $(MCU_STAMP)
 
 # A small real search: 12 candidates on 2 local Ray workers, digits, host CPU, 0.05 ms budget.
 run: setup
@@ -56,5 +67,5 @@ soak: setup
 	$(BIN)/python benchmarks/soak.py --runs-dir $(RUNS)
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(MCU_VENV)
 	find $(RUNS) -mindepth 1 ! -name README.md -exec rm -rf {} +

@@ -16,6 +16,11 @@ from search.errors import ProfileError
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 BACKENDS = ("local", "remote", "emulated")
+# what runs the model on the device: TVM's runtime (CPU targets), or TensorFlow Lite Micro (microcontrollers,
+# for which TVM 0.27 has no runtime)
+RUNTIMES = ("tvm", "tflite-micro")
+# what TFLite Micro converts: int8 is fully integer post-training; fp16 has no MCU arithmetic, QAT no converter
+TFLM_PRECISIONS = ("fp32", "int8-ptq")
 TRACKER_FIELDS = ("tracker_host", "tracker_port", "key")
 PRECISION_KEYS = ("fp32", "fp16", "int8")
 
@@ -48,6 +53,8 @@ class TargetProfile:
     power_mw_per_core: dict[str, float] | None = None  # CPU-model substring (or "default") -> one core's active mW
     rpc: dict[str, Any] | None = None  # remote backend: host, port, or tracker + key
     cross_compiler: str | None = None  # e.g. aarch64-linux-gnu-gcc, for exporting the library
+    runtime: str = "tvm"  # one of RUNTIMES
+    runtime_flash_bytes: int | None = None  # tflite-micro: the interpreter and the kernels of a small CNN, in flash
     source: str = ""  # the file it came from
 
     def supports(self, precision: str) -> bool:
@@ -55,7 +62,14 @@ class TargetProfile:
         return self.unsupported_reason(precision) is None
 
     def unsupported_reason(self, precision: str, cpu=None) -> str | None:
-        """Why the device cannot run ``precision`` natively, or None when it can.
+        """Why a candidate of ``precision`` cannot ship to the device, or None when it can: no native arithmetic
+        for it, or no export of it for the device's runtime."""
+        if self.runtime == "tflite-micro" and precision not in TFLM_PRECISIONS and not self.arithmetic_reason(precision):
+            return f"no TFLite Micro export of {precision} here (exported: {', '.join(TFLM_PRECISIONS)})"
+        return self.arithmetic_reason(precision, cpu)
+
+    def arithmetic_reason(self, precision: str, cpu=None) -> str | None:
+        """Why the device has no native arithmetic for ``precision``, or None when it has.
 
         Emulated and remote devices say so in their peak MAC rates; the host is what it is, so a
         local profile names the CPU flags a precision needs and this machine's CPU (or ``cpu``) is read."""
@@ -105,6 +119,8 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], bool]] = {
     "power_mw_per_core": ((dict,), False),
     "rpc": ((dict,), False),
     "cross_compiler": ((str,), False),
+    "runtime": ((str,), False),
+    "runtime_flash_bytes": ((int,), False),
 }
 _PER_PRECISION = ("peak_macs_per_cycle", "efficiency", "energy_pj_per_mac")
 _EMULATOR_NEEDS = ("clock_mhz", "peak_macs_per_cycle", "efficiency", "power_active_mw")
@@ -165,6 +181,10 @@ def _validate(data: Any, path: Path) -> TargetProfile:
                 raise ProfileError(f"{path}: field '{key}.{p}' must be a number >= 0 (0 = unsupported); got {v!r}.")
     if data["backend"] not in BACKENDS:
         raise ProfileError(f"{path}: field 'backend' must be one of {list(BACKENDS)}; got {data['backend']!r}.")
+    if data.get("runtime", "tvm") not in RUNTIMES:
+        raise ProfileError(f"{path}: field 'runtime' must be one of {list(RUNTIMES)}; got {data['runtime']!r}.")
+    if data.get("runtime") == "tflite-micro" and data["backend"] != "emulated":
+        raise ProfileError(f"{path}: a tflite-micro profile is emulated (no board runs TFLite Micro over TVM RPC).")
     if "kind" not in data["tvm_target"]:
         raise ProfileError(f"{path}: field 'tvm_target' must have a 'kind' (e.g. llvm).")
     if data["backend"] == "emulated":

@@ -160,9 +160,7 @@ def export_search(
 ) -> dict:
     """Export a search's chosen candidate to ``out``; returns the model card."""
     from hardware_targets import load_profile
-    from hardware_targets.host import host_cpu
     from search.data import load_dataset
-    from search.pipeline import versions
     from search.stages.compile import compile_tvm, tuning_dir
     from search.stages.export import input_dtype, ort_session
     from objectives.accuracy import accuracy, predict_onnx, predict_tvm
@@ -190,6 +188,15 @@ def export_search(
     onnx_path = out / "model.onnx"
     shutil.copyfile(onnx_src, onnx_path)  # the exact graph that was measured
     same_target = profile.name == spec.target
+    searched_runtime = load_profile(spec.target).runtime
+    if "tflite-micro" in (profile.runtime, searched_runtime):
+        if not same_target:
+            raise ConfigError(f"Search {search!r} ran on {spec.target} ({searched_runtime}); {profile.name} runs "
+                              f"{profile.runtime}. A TFLite Micro export ships the .tflite its search measured: search "
+                              f"on {profile.name} itself, then export.")
+        card = {**_card_head(search, study, spec, row, trial, reason, profile, tracking_uri),
+                **_ship_tflm(trial, row, out, dataset, profile)}
+        return _write_card(card, out, search, tracking_uri, register)
     # what the search's shipping stage measured ships: its TVM target (tuned for this CPU, same records) and runtime
     shipped = row.shipped if same_target else None
     build_target = (shipped.get("target") if shipped else None) or profile.tvm_target
@@ -234,42 +241,139 @@ def export_search(
     if got_ort != recorded_ort or got_tvm != recorded_tvm:
         raise VerificationError(f"exported artifacts do not reproduce the recorded accuracy: {verification}")
 
+    card = _card_head(search, study, spec, row, trial, reason, profile, tracking_uri,
+                      searched=("latency_ms_median", "latency_ms_p90", "energy_mj") if same_target else ())
+    card["metrics"].update(remeasured)
+    card.update({
+        "runtime": runtime, "tvm_target": build_target,
+        # every runtime the shipping stage timed side by side (p90 and median ms); the fastest ships unless forced
+        "runtime_figures": shipped["figures"] if shipped else None,
+        "runtime_forced": bool(shipped and shipped.get("forced")),
+        "input": {"shape": list(shape), "dtype": dtype},
+        "verification": verification,
+    })
+    return _write_card(card, out, search, tracking_uri, register)
+
+
+def _card_head(search, study, spec, row, trial, reason, profile, tracking_uri,
+               searched=("latency_ms_median", "latency_ms_p90", "energy_mj")) -> dict:
+    """What every model card says: which candidate, why, from which search, its knobs and its recorded figures."""
+    from hardware_targets.host import host_cpu
+    from search.pipeline import versions
+
     def fig(name):
         value, unit, provenance = row.metrics[name]
         return {"value": value, "unit": unit, "provenance": provenance}
 
-    searched_figures = ("latency_ms_median", "latency_ms_p90", "energy_mj") if same_target else ()
-    metrics = {n: fig(n) for n in ("accuracy", "accuracy_test", "accuracy_test_onnxruntime", *searched_figures,
-                                   "size_bytes", "flash_bytes", "peak_activation_bytes", "ram_bytes")
-               if n in row.metrics}
-    metrics.update(remeasured)
-
-    run_id = _mlflow_run_id(tracking_uri, search, row.number)
-    card = {
-        "search": search, "trial": row.number, "why": reason, "mlflow_run_id": run_id,
+    names = ("accuracy", "accuracy_test", "accuracy_test_onnxruntime", *searched, "size_bytes", "flash_bytes",
+             "tflite_bytes", "tflm_arena_bytes", "peak_activation_bytes", "ram_bytes")
+    return {
+        "search": search, "trial": row.number, "why": reason,
+        "mlflow_run_id": _mlflow_run_id(tracking_uri, search, row.number),
         "mlflow_search_run_id": study.user_attrs.get("mlflow_parent_run_id"),
         "accuracy_floor": (study.user_attrs.get("accuracy_floor") or {}).get("value"),
         "dataset": spec.dataset, "target_profile": profile.name, "measured_on": spec.target,
         # the CPU the search's host figures (accuracy always, latency for host targets) were measured on, and this one
         "measured_on_cpu": trial.user_attrs.get("host_cpu"), "exported_on_cpu": host_cpu().summary(),
         "knobs": row.knobs,
-        "runtime": runtime, "tvm_target": build_target,
-        # every runtime the shipping stage timed side by side (p90 and median ms); the fastest ships unless forced
-        "runtime_figures": shipped["figures"] if shipped else None,
-        "runtime_forced": bool(shipped and shipped.get("forced")),
-        "metrics": metrics,
+        "metrics": {n: fig(n) for n in names if n in row.metrics},
         "latency_budget_ms": spec.latency_budget_ms,
-        "input": {"shape": list(shape), "dtype": dtype},
         "versions": versions(),
-        "verification": verification,
-        "artifacts": {p.relative_to(out).as_posix(): sha256(p) for p in sorted(out.rglob("*")) if p.is_file()},
     }
+
+
+def _write_card(card: dict, out: Path, search: str, tracking_uri: str | None, register: bool) -> dict:
+    card["artifacts"] = {p.relative_to(out).as_posix(): sha256(p) for p in sorted(out.rglob("*")) if p.is_file()}
     (out / "model_card.json").write_text(json.dumps(card, indent=2, sort_keys=True))
     (out / "MODEL_CARD.md").write_text(model_card_markdown(card))
     if register and tracking_uri:
-        card["registered_version"] = _register(tracking_uri, search, run_id, out, card)
+        card["registered_version"] = _register(tracking_uri, search, card["mlflow_run_id"], out, card)
         (out / "model_card.json").write_text(json.dumps(card, indent=2, sort_keys=True))
     return card
+
+
+MAIN_CC = """// A minimal TensorFlow Lite Micro program for the exported model (a sketch: wire the input to your sensor).
+// Build it with TFLM (github.com/tensorflow/tflite-micro) and, for speed, its {kernels} kernels.
+#include <cstdint>
+
+#include "model_data.h"
+#include "tensorflow/lite/micro/micro_interpreter.h"
+#include "tensorflow/lite/micro/micro_mutable_op_resolver.h"
+#include "tensorflow/lite/schema/schema_generated.h"
+
+// What the TFLM interpreter needed for this model on the host, measured at export ({arena} bytes), rounded up to
+// 16; add the runtime's own bookkeeping if your port allocates it from the same arena.
+constexpr int kTensorArenaSize = {arena_aligned};
+alignas(16) static uint8_t tensor_arena[kTensorArenaSize];
+
+int classify(const {input_c_type}* input, int input_len) {{
+  const tflite::Model* model = tflite::GetModel(g_model);
+  static tflite::MicroMutableOpResolver<{op_count}> resolver;
+{registrations}
+  static tflite::MicroInterpreter interpreter(model, resolver, tensor_arena, kTensorArenaSize);
+  if (interpreter.AllocateTensors() != kTfLiteOk) return -1;
+  TfLiteTensor* in = interpreter.input(0);
+  // input: {input_note}
+  for (int i = 0; i < input_len; ++i) in->data.{input_field}[i] = input[i];
+  if (interpreter.Invoke() != kTfLiteOk) return -1;
+  TfLiteTensor* out = interpreter.output(0);
+  int best = 0;
+  for (int i = 1; i < out->dims->data[out->dims->size - 1]; ++i)
+    if (out->data.{output_field}[i] > out->data.{output_field}[best]) best = i;
+  return best;
+}}
+"""
+# builtin operator -> MicroMutableOpResolver method
+_RESOLVER = {"CONV_2D": "AddConv2D", "DEPTHWISE_CONV_2D": "AddDepthwiseConv2D", "FULLY_CONNECTED": "AddFullyConnected",
+             "AVERAGE_POOL_2D": "AddAveragePool2D", "MEAN": "AddMean", "RESHAPE": "AddReshape", "RELU": "AddRelu",
+             "SOFTMAX": "AddSoftmax", "QUANTIZE": "AddQuantize", "DEQUANTIZE": "AddDequantize", "ADD": "AddAdd",
+             "MAX_POOL_2D": "AddMaxPool2D", "PAD": "AddPad", "TRANSPOSE": "AddTranspose", "MUL": "AddMul",
+             "SQUEEZE": "AddSqueeze", "EXPAND_DIMS": "AddExpandDims", "CONCATENATION": "AddConcatenation",
+             "STRIDED_SLICE": "AddStridedSlice", "RELU6": "AddRelu6", "SUM": "AddSum"}
+
+
+def _ship_tflm(trial, row: Row, out: Path, dataset, profile) -> dict:
+    """The microcontroller export: the .tflite the search measured, as a file and as a C array, the arena it
+    needs, a main.cc sketch, verified by re-running the test split in the TFLM interpreter."""
+    import numpy as np
+
+    from objectives.accuracy import accuracy
+    from search.stages.tflite import ARENA_ALIGNMENT, arena_bytes, c_array, interpreter, op_names, predict_tflm
+
+    src = Path((trial.user_attrs.get("artifacts") or {}).get("tflite", ""))
+    if not src.is_file():
+        raise ConfigError(f"The measured .tflite of trial {row.number} is gone ({src}); re-run the search.")
+    tflite = out / "model.tflite"
+    shutil.copyfile(src, tflite)
+    header, source = c_array(tflite)
+    (out / "model_data.h").write_text(header)
+    (out / "model_data.cc").write_text(source)
+    arena = arena_bytes(tflite)
+    aligned = -(-arena // ARENA_ALIGNMENT) * ARENA_ALIGNMENT
+    ops = op_names(tflite)
+    details = interpreter(tflite).get_input_details(0)
+    integer = np.issubdtype(details["dtype"], np.integer)
+    quant = details["quantization_parameters"]
+    note = (f"int8, q = round(x / {float(quant['scales'][0]):.8g}) + {int(quant['zero_points'][0])}" if integer
+            else "float32, as in training")
+    registrations = "\n".join(f"  resolver.{_RESOLVER[op]}();" if op in _RESOLVER
+                               else f"  // {op}: register it (no MicroMutableOpResolver method known to edgesearch)"
+                               for op in ops)
+    (out / "main.cc").write_text(MAIN_CC.format(
+        kernels="ESP-NN" if profile.name.startswith("esp32") else "CMSIS-NN", arena=arena,
+        arena_aligned=aligned, input_c_type="int8_t" if integer else "float", op_count=len(ops),
+        registrations=registrations, input_note=note, input_field="int8" if integer else "f",
+        output_field="int8" if integer else "f"))
+    got = accuracy(predict_tflm(tflite, dataset.x_test), dataset.y_test)
+    recorded, recorded_arena = row.value("accuracy_test"), row.value("tflm_arena_bytes")
+    verification = {"tflm_test_accuracy": got, "recorded_tflm_test_accuracy": recorded,
+                    "tflm_arena_bytes": arena, "recorded_tflm_arena_bytes": recorded_arena}
+    if got != recorded or arena != recorded_arena:
+        raise VerificationError(f"the exported .tflite does not reproduce the recorded figures: {verification}")
+    return {"runtime": "tflite-micro", "tflm": {"arena_bytes": arena, "arena_bytes_aligned": aligned, "ops": ops,
+                                                 "input_dtype": str(np.dtype(details["dtype"]))},
+            "input": {"shape": [int(d) for d in details["shape"]], "dtype": str(np.dtype(details["dtype"]))},
+            "verification": verification}
 
 
 def _remeasure(artifact, onnx_path: Path, precision: str, sample, profile, runtime: str, suffix: str) -> dict:
@@ -316,11 +420,18 @@ def model_card_markdown(card: dict) -> str:
         lines += ["", "The search timed each candidate while its other workers trained beside it; the `_at_export` "
                   "figures time the shipped library again at export, with no search running."]
     v = card["verification"]
-    lines += ["", "## Verification", "",
-              f"Test accuracy re-run at export: onnxruntime {v['onnxruntime_test_accuracy']:.4f} (recorded "
-              f"{v['recorded_onnxruntime_test_accuracy']:.4f}), TVM host build {v['tvm_host_test_accuracy']:.4f} "
-              f"(recorded {v['recorded_tvm_test_accuracy']:.4f}); library architecture {v['library_architecture']}.",
-              "", "## Files", "", "| file | sha256 |", "|---|---|"]
+    if "tflm_test_accuracy" in v:
+        t = card["tflm"]
+        check = (f"Test accuracy re-run at export in the TFLite Micro interpreter: {v['tflm_test_accuracy']:.4f} "
+                 f"(recorded {v['recorded_tflm_test_accuracy']:.4f}); tensor arena {v['tflm_arena_bytes']:,} bytes "
+                 f"(recorded {v['recorded_tflm_arena_bytes']:,.0f}); allocate {t['arena_bytes_aligned']:,} "
+                 f"(`main.cc`). Operators to register: {', '.join(t['ops'])}.")
+    else:
+        check = (f"Test accuracy re-run at export: onnxruntime {v['onnxruntime_test_accuracy']:.4f} (recorded "
+                 f"{v['recorded_onnxruntime_test_accuracy']:.4f}), TVM host build {v['tvm_host_test_accuracy']:.4f} "
+                 f"(recorded {v['recorded_tvm_test_accuracy']:.4f}); library architecture "
+                 f"{v['library_architecture']}.")
+    lines += ["", "## Verification", "", check, "", "## Files", "", "| file | sha256 |", "|---|---|"]
     lines += [f"| `{name}` | `{digest}` |" for name, digest in card["artifacts"].items()]
     lines += ["", "## Versions", ""] + [f"- {k} {v}" for k, v in card["versions"].items()]
     return "\n".join(lines) + "\n"

@@ -167,6 +167,10 @@ def evaluate_candidate(
     with stage("export", f"exporting ONNX ({candidate.precision})"):
         export_onnx(model, candidate, dataset, onnx_path)
 
+    if profile.runtime == "tflite-micro":  # a microcontroller ships a .tflite, not a TVM build
+        return _finish_tflm(model, candidate, dataset, profile, out_dir, onnx_path, stage, seconds,
+                            root=paths.root, threads=threads, dense_params=dense_params, sparsity=sparsity)
+
     # Accuracy always runs the compiled artifact here, on the host; a local target is the host itself.
     trials = candidate.budget.tuning_trials
     host_target = host_build_target(profile)
@@ -221,6 +225,79 @@ def evaluate_candidate(
     )
     (out_dir / "result.json").write_text(result.to_json())
     return result
+
+
+def _finish_tflm(model, candidate: Candidate, dataset: Dataset, profile: TargetProfile, out_dir: Path,
+                 onnx_path: Path, stage, seconds: dict, *, root: Path, threads: int, dense_params: int,
+                 sparsity: float) -> CandidateResult:
+    """The rest of the pipeline for a TFLite Micro profile: convert, find the arena, emulate the latency from the
+    graph, and measure accuracy by running the ``.tflite`` in the TFLM interpreter (what the board runs)."""
+    from search.stages.compile import CompiledArtifact
+    from search.stages.tflite import arena_bytes, convert_tflite, predict_tflm
+
+    kind = "fully integer int8" if candidate.precision.startswith("int8") else candidate.precision
+    with stage("convert", f"converting to TFLite Micro ({kind})"):
+        tflite_path = convert_tflite(model, candidate, dataset, out_dir / "model.tflite")
+        arena = arena_bytes(tflite_path)
+    dtype = input_dtype(candidate.precision)
+    backend = get_backend(profile, root)
+    with stage("measure", f"latency on {profile.name} ({backend.provenance})"):
+        graph_only = CompiledArtifact("", dict(profile.tvm_target), (1, *dataset.sample_shape), dtype.name)
+        metrics = dict(backend.measure(graph_only, onnx_path, candidate.precision, dataset.x_val[:1].astype(dtype),
+                                       candidate.budget.timing_repeats))
+    with stage("accuracy", "accuracy of the .tflite in the TFLite Micro interpreter (validation and test splits)"):
+        metrics["accuracy"] = Metric(accuracy(predict_tflm(tflite_path, dataset.x_val), dataset.y_val),
+                                     "fraction", "measured")
+        metrics["accuracy_test"] = Metric(accuracy(predict_tflm(tflite_path, dataset.x_test), dataset.y_test),
+                                          "fraction", "measured")
+        metrics["accuracy_test_onnxruntime"] = Metric(
+            accuracy(predict_onnx(ort_session(onnx_path, threads), dataset.x_test, dtype.name), dataset.y_test),
+            "fraction", "measured")
+    metrics.update(tflm_memory_metrics(tflite_path, onnx_path, arena, profile))
+    metrics["sparsity"] = Metric(float(sparsity), "fraction", "measured")
+    result = CandidateResult(
+        candidate=candidate, dataset=dataset.name, target=profile.name, metrics=metrics,
+        artifacts={"onnx": str(onnx_path), "tflite": str(tflite_path)}, stage_seconds=seconds, versions=versions(),
+        info={"provenance": backend.provenance, "dense_parameters": dense_params, "runtime": profile.runtime,
+              "threads": threads, "limits": limits(profile), "host_cpu": host_cpu().summary()},
+    )
+    (out_dir / "result.json").write_text(result.to_json())
+    return result
+
+
+def graph_memory_metrics(onnx_path: Path, profile: TargetProfile) -> dict[str, Metric]:
+    """RAM and flash of a TFLite Micro deployment estimated from the graph alone (screening, before any
+    conversion): peak activations plus the runtime's overhead, weights plus the runtime and its kernels."""
+    weights = weight_bytes(onnx_path)
+    peak = peak_activation_bytes(onnx_path)
+    return {
+        "size_bytes": Metric(float(weights["weight_bytes"]), "bytes", "estimated"),
+        "ram_bytes": Metric(float(peak + (profile.runtime_ram_overhead_bytes or 0)), "bytes", "estimated"),
+        "flash_bytes": Metric(float(weights["weight_bytes"] + (profile.runtime_flash_bytes or 0)), "bytes",
+                              "estimated"),
+        "peak_activation_bytes": Metric(float(peak), "bytes", "estimated"),
+    }
+
+
+def tflm_memory_metrics(tflite_path: Path, onnx_path: Path, arena: int, profile: TargetProfile) -> dict[str, Metric]:
+    """RAM and flash of a TFLite Micro deployment: the arena the interpreter needed (measured) plus the profile's
+    runtime overhead, and the flatbuffer (measured) plus the profile's figure for the runtime and its kernels."""
+    weights = weight_bytes(onnx_path)
+    model_bytes = file_bytes(tflite_path)
+    runtime_ram, runtime_flash = profile.runtime_ram_overhead_bytes or 0, profile.runtime_flash_bytes or 0
+    return {
+        "size_bytes": Metric(float(weights["weight_bytes"]), "bytes", "estimated"),
+        "tflite_bytes": Metric(float(model_bytes), "bytes", "measured"),
+        "tflm_arena_bytes": Metric(float(arena), "bytes", "measured"),
+        # a sum with a profile figure is an estimate, however exact its measured part
+        "ram_bytes": Metric(float(arena + runtime_ram), "bytes", "measured" if not runtime_ram else "estimated"),
+        "flash_bytes": Metric(float(model_bytes + runtime_flash), "bytes",
+                              "measured" if not runtime_flash else "estimated"),
+        "onnx_bytes": Metric(float(file_bytes(onnx_path)), "bytes", "measured"),
+        "peak_activation_bytes": Metric(float(peak_activation_bytes(onnx_path)), "bytes", "estimated"),
+        "nonzero_weight_fraction": Metric(
+            weights["nonzero_weights"] / max(1, weights["weights"]), "fraction", "measured"),
+    }
 
 
 def retime(result: CandidateResult, dataset: Dataset, profile: TargetProfile, runs_dir: Path, *,

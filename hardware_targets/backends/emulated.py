@@ -20,7 +20,7 @@ class EmulatedBackend(Backend):
         self.params = params or EmulatorParams.from_profile(profile)
 
     def measure(self, artifact, onnx_path: Path, precision: str, sample, repeats: int) -> dict[str, Metric]:
-        if not self.profile.supports(precision):
+        if self.profile.arithmetic_reason(precision):
             raise CandidateError("measure", f"target {self.profile.name} has no {precision} arithmetic "
                                             "(peak_macs_per_cycle is 0 in its profile)")
         ops = op_costs(onnx_path)

@@ -92,7 +92,7 @@ def _untrained_graph(candidate: Candidate, dataset: Dataset, onnx_path: Path) ->
 
 
 def _measure(candidate: Candidate, dataset: Dataset, profile: TargetProfile, root: Path, threads: int) -> dict:
-    from search.pipeline import host_build_target, memory_metrics, set_threads, target_library
+    from search.pipeline import graph_memory_metrics, host_build_target, memory_metrics, set_threads, target_library
     from search.stages.compile import CompiledArtifact, compile_tvm
     from search.stages.export import input_dtype
 
@@ -110,8 +110,11 @@ def _measure(candidate: Candidate, dataset: Dataset, profile: TargetProfile, roo
                                    dtype.name, cache_dir=cache_dir, seed=candidate.seed)
         sample = dataset.x_val[:1].astype(dtype)
         metrics = dict(get_backend(profile, root).measure(artifact, onnx_path, candidate.precision, sample, SCREEN_REPEATS))
-        library = target_library(onnx_path, profile, artifact.library, Path(tmp), shape, dtype.name, cache_dir)
-        metrics.update(memory_metrics(onnx_path, library, profile))
+        if profile.runtime == "tflite-micro":  # no TVM build ships; converting costs seconds: estimate from the graph
+            metrics.update(graph_memory_metrics(onnx_path, profile))
+        else:
+            library = target_library(onnx_path, profile, artifact.library, Path(tmp), shape, dtype.name, cache_dir)
+            metrics.update(memory_metrics(onnx_path, library, profile))
     return {name: [m.value, m.unit, m.provenance] for name, m in metrics.items()}
 
 

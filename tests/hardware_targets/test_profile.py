@@ -47,7 +47,8 @@ def test_the_required_devices_ship():
         set(available_profiles())
     m4 = load_profile("cortex-m4")
     assert (m4.clock_mhz, m4.sram_bytes, m4.flash_bytes) == (64, 256 * 1024, 1024 * 1024)
-    assert not m4.supports("fp16") and m4.supports("int8-qat")
+    assert not m4.supports("fp16") and m4.arithmetic_reason("int8-qat") is None
+    assert "TFLite Micro" in m4.unsupported_reason("int8-qat")  # it has the arithmetic, but no export ships it
 
 
 def test_every_number_in_a_shipped_profile_cites_a_source():

@@ -1,0 +1,206 @@
+"""TensorFlow Lite Micro stage: what a microcontroller profile ships.
+
+TVM 0.27 has no microcontroller runtime (microTVM, its C runtime and AOT executor were removed upstream), so a
+profile whose ``runtime`` is ``tflite-micro`` ships a ``.tflite`` flatbuffer for TensorFlow Lite Micro instead:
+float32, or fully integer int8 (int8 input and output, per-channel weights) through PyTorch 2 export
+quantization. Accuracy and the tensor arena come from running that file in the TFLM interpreter on the host,
+whose reference kernels CMSIS-NN and ESP-NN match bit for bit by design.
+
+The interpreter (``tflite-micro``) is the ``mcu`` extra; the converter (``litert-torch``) pins packages TVM's
+FFI cannot live with, so it runs in its own environment (``.venv-mcu``, made by ``make setup``) on a saved
+``torch.export`` program (``tflite_convert.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from search.candidate import Candidate
+from search.data import Dataset
+from search.errors import CandidateError, ConfigError
+
+RUNTIME = "tflite-micro"
+CONVERTED = ("fp32", "int8-ptq")  # what this stage converts; the others are left out of a TFLM profile's space
+ARENA_ALIGNMENT = 16  # TFLM aligns its arena to 16 bytes; the export rounds the arena up to it
+
+
+def _require(module: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ConfigError(f"Microcontroller profiles need the TFLite Micro interpreter ({module} is missing): "
+                          "`make setup` installs it (`pip install -e '.[mcu]'`).") from exc
+
+
+def converter_python() -> Path:
+    """The Python of the converter's environment: $EDGESEARCH_MCU_PYTHON, else the checkout's ``.venv-mcu``."""
+    configured = os.environ.get("EDGESEARCH_MCU_PYTHON")
+    path = Path(configured) if configured else Path(__file__).resolve().parents[2] / ".venv-mcu" / "bin" / "python"
+    if not path.is_file():
+        raise ConfigError(f"The TFLite converter's environment is missing ({path}): `make setup` creates it, or set "
+                          "EDGESEARCH_MCU_PYTHON to a Python with torch==2.13.0 and litert-torch (requirements-mcu.lock).")
+    return path
+
+
+def convert_tflite(model: torch.nn.Module, candidate: Candidate, dataset: Dataset, path: Path) -> Path:
+    """Convert the trained (pruned) float model to ``path``: float32 for fp32, fully integer int8 for int8-ptq,
+    calibrated on ``candidate.budget.calibration_samples`` training samples, one at a time (batch 1, as deployed).
+
+    The model crosses to the converter's environment as a ``torch.export`` program."""
+    import subprocess
+    import tempfile
+
+    if candidate.precision not in CONVERTED:
+        raise CandidateError("convert", f"{candidate.precision} candidates are not converted to TFLite Micro "
+                             f"(converted: {', '.join(CONVERTED)})")
+    python = converter_python()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(candidate.seed)
+    count = min(len(dataset.x_train), max(1, candidate.budget.calibration_samples))
+    samples = dataset.x_train[np.sort(rng.choice(len(dataset.x_train), size=count, replace=False))]
+    with tempfile.TemporaryDirectory() as tmp:
+        program, sample_file = Path(tmp) / "model.pt2", Path(tmp) / "samples.npy"
+        with torch.no_grad():
+            torch.export.save(torch.export.export(model.eval(), (torch.from_numpy(samples[:1]),)), str(program))
+        np.save(sample_file, samples)
+        kind = "fp32" if candidate.precision == "fp32" else "int8"
+        done = subprocess.run([str(python), str(Path(__file__).with_name("tflite_convert.py")), str(program),
+                               str(path), kind, str(sample_file)], capture_output=True, text=True)
+    if done.returncode or not path.is_file():
+        lines = [ln for ln in (done.stderr or done.stdout).strip().splitlines() if ln.strip()]
+        raise CandidateError("convert", lines[-1] if lines else f"converter exited with {done.returncode}")
+    return path
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The TFLM interpreter prints to the process's stdout and stderr (failed allocations too); keep it quiet."""
+    saved = [os.dup(1), os.dup(2)]
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 1)
+        os.dup2(null.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
+def interpreter(path: Path, arena_bytes: int | None = None):
+    """A TFLM interpreter over ``path`` with a generous arena unless one is given. An arena too small makes TFLM
+    fail in a way that can crash the process later, so sizes that may not fit are tried by ``allocates``."""
+    runtime = _require("tflite_micro.python.tflite_micro.runtime")
+    size = arena_bytes or max(10 * Path(path).stat().st_size, 1 << 20)
+    with _quiet():
+        return runtime.Interpreter.from_file(str(path), arena_size=size)
+
+
+def _run_once(it) -> None:
+    details = it.get_input_details(0)
+    it.set_input(np.zeros(details["shape"], dtype=details["dtype"]), 0)
+    it.invoke()
+
+
+def allocates(path: Path, arena: int) -> bool:
+    """Whether TFLM can allocate and run the model in ``arena`` bytes; tried in a process of its own."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, numpy as np; from tflite_micro.python.tflite_micro import runtime; "
+             "it = runtime.Interpreter.from_file(sys.argv[1], arena_size=int(sys.argv[2])); "
+             "d = it.get_input_details(0); it.set_input(np.zeros(d['shape'], d['dtype']), 0); it.invoke()")
+    return subprocess.run([sys.executable, "-c", probe, str(path), str(int(arena))], capture_output=True).returncode == 0
+
+
+def recorded_arena(path: Path) -> int:
+    """What TFLM's recording allocator reports using after an inference (head + tail of the arena). The temporary
+    allocations of preparation come on top while it runs, so the arena needed can be larger."""
+    import re
+    import tempfile
+
+    it = interpreter(path)
+    _run_once(it)
+    with tempfile.TemporaryFile() as log:
+        saved = os.dup(2)
+        os.dup2(log.fileno(), 2)
+        try:
+            it.print_allocations()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        log.seek(0)
+        found = re.search(rb"Arena allocation total (\d+) bytes", log.read())
+    if not found:
+        raise CandidateError("convert", "TFLM's recording allocator reported no arena total")
+    return int(found.group(1))
+
+
+def arena_bytes(path: Path) -> int:
+    """The smallest tensor arena in which the TFLM interpreter allocates this model and runs it: bisection over
+    real allocations (each in its own process) from what the recording allocator reports. Measured by the runtime
+    itself, not estimated from the graph."""
+    recorded = recorded_arena(path)
+    low, high = max(256, recorded * 3 // 4), recorded * 3 // 2 + 1024
+    if allocates(path, low):
+        return low
+    while not allocates(path, high):
+        low, high = high, 2 * high
+        if high > 1 << 31:
+            raise CandidateError("convert", "TFLM could not allocate the model in 2 GiB")
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if allocates(path, mid) else (mid, high)
+    return high
+
+
+def predict_tflm(path: Path, x: np.ndarray, arena: int | None = None) -> np.ndarray:
+    """Class predictions of the ``.tflite`` in the TFLM interpreter, one sample at a time; int8 inputs are
+    quantised with the model's own input scale and zero point, as the device code does."""
+    it = interpreter(path, arena)
+    details = it.get_input_details(0)
+    dtype = details["dtype"]
+    quant = details["quantization_parameters"]
+    out = []
+    for sample in x:
+        sample = sample[None]
+        if np.issubdtype(dtype, np.integer):
+            scale, zero = float(quant["scales"][0]), int(quant["zero_points"][0])
+            info = np.iinfo(dtype)
+            sample = np.clip(np.round(sample / scale) + zero, info.min, info.max).astype(dtype)
+        it.set_input(sample.astype(dtype), 0)
+        it.invoke()
+        out.append(int(np.argmax(it.get_output(0).reshape(-1))))
+    return np.asarray(out)
+
+
+def c_array(path: Path, name: str = "g_model") -> tuple[str, str]:
+    """``model_data.h`` and ``model_data.cc`` holding the flatbuffer as an aligned C array, as TFLM examples do."""
+    data = Path(path).read_bytes()
+    header = (f"// {Path(path).name}: {len(data)} bytes. Generated by edgesearch export.\n#pragma once\n\n"
+              f"#include <cstddef>\n\nextern const unsigned char {name}[];\nextern const size_t {name}_len;\n")
+    rows = ",\n".join("  " + ", ".join(f"0x{b:02x}" for b in data[i:i + 12]) for i in range(0, len(data), 12))
+    source = (f'#include "model_data.h"\n\n// TFLM reads the flatbuffer in place: keep it 16-byte aligned.\n'
+              f"alignas(16) const unsigned char {name}[] = {{\n{rows}\n}};\nconst size_t {name}_len = {len(data)};\n")
+    return header, source
+
+
+def op_names(path: Path) -> list[str]:
+    """The builtin operators the model uses: what the device's op resolver must register."""
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(Path(path).read_bytes(), 0))
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    return sorted({names.get(max(c.builtinCode, c.deprecatedBuiltinCode), str(c.builtinCode))
+                   for c in model.operatorCodes})

@@ -1,0 +1,44 @@
+"""Convert a saved ``torch.export`` program to a ``.tflite`` flatbuffer; run in the converter's own environment.
+
+The converter (litert-torch, with litert-converter) pins typing-extensions below what TVM's FFI needs, so it
+cannot share edgesearch's environment: ``make setup`` gives it ``.venv-mcu`` (the same torch), and
+``search.stages.tflite`` calls this file there. It imports nothing from edgesearch.
+
+Usage: python tflite_convert.py PROGRAM.pt2 OUT.tflite fp32|int8 SAMPLES.npy
+(SAMPLES: calibration inputs for int8; the first one is the example input either way)
+"""
+
+import sys
+
+import numpy as np
+import torch
+
+
+def main(program: str, out: str, kind: str, samples: str) -> None:
+    import litert_torch
+
+    module = torch.export.load(program).module()
+    calibration_x = np.load(samples)
+    example = (torch.from_numpy(calibration_x[:1]),)
+    if kind == "fp32":
+        edge = litert_torch.convert(module, example)
+    else:
+        # PyTorch 2 export quantization, as the converter documents it: symmetric int8, per-channel weights,
+        # static activation ranges from the calibration samples, one at a time (batch 1, as on the device)
+        from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+        from litert_torch.quantize.quant_config import QuantConfig
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        quantizer = PT2EQuantizer().set_global(
+            get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
+        graph = prepare_pt2e(torch.export.export(module, example).module(), quantizer)
+        with torch.no_grad():
+            for i in range(len(calibration_x)):
+                graph(torch.from_numpy(calibration_x[i:i + 1]))
+        graph = convert_pt2e(graph, fold_quantize=False)
+        edge = litert_torch.convert(graph, example, quant_config=QuantConfig(pt2e_quantizer=quantizer))
+    edge.export(out)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:5])

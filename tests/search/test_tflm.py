@@ -1,0 +1,99 @@
+"""Microcontroller profiles ship TensorFlow Lite Micro: a real search on cortex-m4, its export, the arena."""
+
+import hashlib
+import re
+
+import numpy as np
+import pytest
+import yaml
+
+from hardware_targets import load_profile
+from objectives.accuracy import accuracy
+from search.export import export_search
+from search.spec import SearchSpace, SearchSpec
+from search.stages.tflite import allocates, arena_bytes, interpreter, predict_tflm
+from search.study import default_storage, load_study, rows
+from search.workers import run_search
+from tests.search.conftest import TINY
+
+SMALL = SearchSpace(precision=("fp32", "int8-ptq", "int8-qat"), pruning=("unstructured", "structured"),
+                    sparsity=(0.0, 0.5), width=(0.25, 0.5))
+
+
+@pytest.fixture(scope="module")
+def m4_search(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("m4")
+    spec = SearchSpec(name="m4", dataset="digits", target="cortex-m4", trials=3, workers=2, budget=TINY,
+                      space=SMALL, latency_budget_ms=50, recipes=False)
+    lines = []
+    outcome = run_search(spec, runs, storage_url=default_storage(runs), report=lines.append)
+    return spec, outcome, runs, lines
+
+
+def test_a_cortex_m4_search_measures_accuracy_on_the_tflite(m4_search, digits):
+    spec, outcome, runs, lines = m4_search
+    assert any("precision int8-qat left out" in ln and "TFLite Micro" in ln for ln in lines)
+    done = [r for r in outcome.rows if r.state == "COMPLETE"]
+    assert done, lines
+    for row in done:
+        trial = load_study(spec.name, default_storage(runs)).trials[row.number]
+        tflite = trial.user_attrs["artifacts"]["tflite"]
+        # the search's accuracy is the .tflite's in the TFLM interpreter, recomputed here from the file
+        assert row.value("accuracy") == accuracy(predict_tflm(tflite, digits.x_val), digits.y_val)
+        assert row.metrics["tflm_arena_bytes"][2] == "measured" and row.metrics["latency_ms_p90"][2] == "emulated"
+        m4 = load_profile("cortex-m4")
+        assert row.value("ram_bytes") == row.value("tflm_arena_bytes") + m4.runtime_ram_overhead_bytes
+        assert row.value("flash_bytes") == row.value("tflite_bytes") + m4.runtime_flash_bytes
+        if row.knobs["precision"] == "int8-ptq":  # fully integer: int8 in, int8 out
+            assert np.dtype(interpreter(tflite).get_input_details(0)["dtype"]) == np.int8
+
+
+def test_the_export_is_something_a_board_can_flash(m4_search, digits, tmp_path):
+    spec, outcome, runs, _ = m4_search
+    if outcome.best is None:
+        pytest.fail("the cortex-m4 search found no feasible candidate to export")
+    out = tmp_path / "board"
+    card = export_search(spec.name, out, storage_url=default_storage(runs), runs_dir=runs, register=False)
+    for name in ("model.tflite", "model_data.h", "model_data.cc", "main.cc", "model.onnx", "model_card.json",
+                 "MODEL_CARD.md"):
+        assert (out / name).is_file(), name
+    assert card["runtime"] == "tflite-micro"
+    tflite = (out / "model.tflite").read_bytes()
+    assert hashlib.sha256(tflite).hexdigest() == card["artifacts"]["model.tflite"]
+    # the C array holds the flatbuffer byte for byte, aligned as TFLM reads it in place
+    source = (out / "model_data.cc").read_text()
+    assert "alignas(16)" in source and f"g_model_len = {len(tflite)};" in source
+    assert bytes(int(h, 16) for h in re.findall(r"0x([0-9a-f]{2})", source)) == tflite
+    # the card's test accuracy is what the TFLM interpreter gives on the shipped file
+    assert card["metrics"]["accuracy_test"]["value"] == accuracy(predict_tflm(out / "model.tflite", digits.x_test),
+                                                                 digits.y_test)
+    # the arena is what the interpreter needed: it allocates in that, not in 10% less
+    arena = card["tflm"]["arena_bytes"]
+    assert arena == arena_bytes(out / "model.tflite")
+    assert allocates(out / "model.tflite", arena) and not allocates(out / "model.tflite", int(arena * 0.9))
+    main = (out / "main.cc").read_text()
+    assert f"kTensorArenaSize = {card['tflm']['arena_bytes_aligned']};" in main
+    assert card["tflm"]["arena_bytes_aligned"] % 16 == 0 and "AddConv2D" in main and "tflm" in card
+    assert "TFLite Micro interpreter" in (out / "MODEL_CARD.md").read_text()
+
+
+def test_a_candidate_whose_arena_exceeds_the_ram_is_infeasible(m4_search, tmp_path):
+    """The board's RAM set just under what the best candidate needs (its measured arena plus the runtime's
+    overhead): the same candidate, searched again there, is infeasible on RAM."""
+    spec, outcome, runs, _ = m4_search
+    best = outcome.best
+    board = yaml.safe_load(open(load_profile("cortex-m4").source).read())
+    board.update(name="m4-short-of-ram", sram_bytes=int(best.value("ram_bytes")) - 1)
+    path = tmp_path / "m4-short-of-ram.yaml"
+    path.write_text(yaml.safe_dump(board))
+    k = best.knobs
+    one = SearchSpace(precision=(k["precision"],), pruning=(k["pruning"],), sparsity=(k["sparsity"],) * 2,
+                      temperature=(k["temperature"],) * 2, alpha=(k["alpha"],) * 2, width=(k["width"],) * 2)
+    tight = SearchSpec(name="short", dataset="digits", target=str(path), trials=1, workers=1, budget=TINY, space=one,
+                       latency_budget_ms=50, recipes=False)
+    run_search(tight, runs, storage_url=default_storage(runs), report=lambda line: None)
+    study = load_study("short", default_storage(runs))
+    (row,) = rows(study)
+    assert not row.feasible and study.trials[0].constraints["fits_ram"] > 0
+    if best.value("peak_activation_bytes") < best.value("tflm_arena_bytes"):  # screening's estimate let it through:
+        assert row.stopped is None and row.value("tflm_arena_bytes") == best.value("tflm_arena_bytes")  # the arena
