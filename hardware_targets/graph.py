@@ -92,5 +92,41 @@ def op_costs(onnx_path: str | Path) -> list[OpCost]:
     return costs
 
 
+def tflite_op_costs(tflite_path: str | Path) -> list[OpCost]:
+    """Per-operator costs of a ``.tflite`` as TensorFlow Lite Micro runs it: one entry per operator of the
+    flatbuffer (TFLM fuses nothing, so the PAD, RESHAPE and MEAN the converter wrote each cost a dispatch), with
+    the multiply-accumulates of convolutions, depthwise convolutions and fully connected layers."""
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(Path(tflite_path).read_bytes(), 0))
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    dtypes = {schema.TensorType.INT8: np.int8, schema.TensorType.FLOAT32: np.float32,
+              schema.TensorType.INT32: np.int32, schema.TensorType.FLOAT16: np.float16}
+    graph = model.subgraphs[0]
+    costs = []
+    for op in graph.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
+        inputs = [graph.tensors[i] for i in op.inputs if i >= 0]
+        out_elems = int(np.prod(graph.tensors[op.outputs[0]].shape))
+        in_elems = int(np.prod(inputs[0].shape)) if inputs else 0
+        macs = wcount = nonzero = 0
+        if name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") and len(inputs) > 1:
+            w = inputs[1]
+            shape = [int(d) for d in w.shape]
+            # CONV_2D [O, KH, KW, I] and FULLY_CONNECTED [O, I]: all but the first dim per output;
+            # DEPTHWISE_CONV_2D [1, KH, KW, C * multiplier]: the kernel window per output
+            per_output = int(np.prod(shape[1:3] if name == "DEPTHWISE_CONV_2D" else shape[1:]))
+            macs = out_elems * per_output
+            wcount = int(np.prod(shape))
+            data = model.buffers[w.buffer].data
+            nonzero = (int(np.count_nonzero(np.frombuffer(bytes(data), dtype=dtypes.get(w.type, np.int8))))
+                       if data is not None and len(data) else wcount)
+        elif name in ("MEAN", "AVERAGE_POOL_2D", "MAX_POOL_2D", "SOFTMAX", "SUM"):
+            macs = in_elems  # one add (or compare) per input element
+        costs.append(OpCost(name, macs, wcount, nonzero, in_elems + out_elems))
+    return costs
+
+
 def _trans_b(node) -> bool:
     return any(a.name == "transB" and a.i == 1 for a in node.attribute)

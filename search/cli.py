@@ -126,8 +126,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _ships_as(r) -> str:
-    """The runtime the shipping stage chose for a candidate; TVM untuned when it did not reach it."""
-    return r.shipped["option"] if r.shipped else "tvm (searched)"
+    """The runtime the shipping stage chose for a candidate; TVM untuned when it did not reach it; TFLite Micro on
+    microcontroller profiles, whose .tflite is what the search measured."""
+    if r.shipped:
+        return r.shipped["option"]
+    return "tflite-micro" if "tflm_arena_bytes" in r.metrics else "tvm (searched)"
 
 
 def _print_outcome(outcome_rows, front, best, hv, spec, storage, floor=None) -> None:

@@ -243,7 +243,7 @@ def _finish_tflm(model, candidate: Candidate, dataset: Dataset, profile: TargetP
     backend = get_backend(profile, root)
     with stage("measure", f"latency on {profile.name} ({backend.provenance})"):
         graph_only = CompiledArtifact("", dict(profile.tvm_target), (1, *dataset.sample_shape), dtype.name)
-        metrics = dict(backend.measure(graph_only, onnx_path, candidate.precision, dataset.x_val[:1].astype(dtype),
+        metrics = dict(backend.measure(graph_only, tflite_path, candidate.precision, dataset.x_val[:1].astype(dtype),
                                        candidate.budget.timing_repeats))
     with stage("accuracy", "accuracy of the .tflite in the TFLite Micro interpreter (validation and test splits)"):
         metrics["accuracy"] = Metric(accuracy(predict_tflm(tflite_path, dataset.x_val), dataset.y_val),

@@ -180,9 +180,10 @@ class SearchTracker:
             self.client.log_dict(run_id, {"metrics": {n: {"value": v, "unit": u, "provenance": p}
                                                       for n, (v, u, p) in row.metrics.items()}},
                                  "metrics_with_provenance.json")
-        onnx = (trial.user_attrs.get("artifacts") or {}).get("onnx")
-        if onnx and Path(onnx).is_file():
-            self.client.log_artifact(run_id, onnx, "model")
+        for kind in ("onnx", "tflite"):  # the graph, and for a microcontroller the flatbuffer that ships
+            path = (trial.user_attrs.get("artifacts") or {}).get(kind)
+            if path and Path(path).is_file():
+                self.client.log_artifact(run_id, path, "model")
         self.client.set_terminated(run_id, "FINISHED" if row.state == "COMPLETE" else "FAILED")
         self.children[row.number] = run_id
 

@@ -500,6 +500,13 @@ class _Driver:
         self.running: dict[str, _Job] = {}  # candidate key -> its job: a repeat waits for it instead of running twice
         self.waiting: dict[str, list] = {}  # candidate key -> trials waiting for the running one
         self.screened: dict[tuple, tuple[int, dict]] = {}  # shapes -> (trial, screening) of shapes that cannot fit
+        # Measured targets: the first candidate of new shapes is their probe; later candidates of the same shapes
+        # wait for its verdict (a worker takes the next candidate meanwhile), so two candidates never both train
+        # for shapes that turn out over the budget. Emulated figures are exact at screening: nothing waits there.
+        self.probing: dict[tuple, _Job] = {}  # shapes -> the running candidate that decides them
+        self.proven: set[tuple] = set()  # shapes a finished candidate fitted
+        self.shape_waiting: dict[tuple, list[tuple[object, Candidate]]] = {}  # shapes -> (trial, candidate) waiting
+        self.ready: list[tuple[object, Candidate]] = []  # released from waiting: sent before any new ask
         self.pending_retime: list[tuple[_Job, CandidateResult]] = []
         self.rung0: list[tuple[float, float, bool]] = []  # (accuracy, p90 latency, fits) at the first rung
         self.bounds = search_bounds(study, spec)
@@ -507,13 +514,15 @@ class _Driver:
         self.spent = 0.0  # of the budget, in fully trained candidates (``trial_cost``)
         self.asks = 0
         self.max_asks = max(1, int(ASKS_PER_TRIAL * remaining))
-        self.counts = {"screened": 0, "retimed": 0, "retime_changed": 0, "promoted": 0, "stopped": 0, "reused": 0}
+        self.counts = {"screened": 0, "retimed": 0, "retime_changed": 0, "promoted": 0, "stopped": 0, "reused": 0,
+                       "waited": 0}
         self.started_all = time.perf_counter()
         self.landed = None  # when the last result came back: a worker is free until its next candidate is sent
 
     def _can_ask(self) -> bool:
         """Whether another candidate fits the budget, counting each running or waiting one as a full one."""
-        committed = self.spent + len(self.in_flight) + len(self.pending_retime) + sum(map(len, self.waiting.values()))
+        committed = (self.spent + len(self.in_flight) + len(self.pending_retime) + len(self.ready)
+                     + sum(map(len, self.waiting.values())) + sum(map(len, self.shape_waiting.values())))
         return committed < self.remaining - 1e-9 and self.asks < self.max_asks
 
     def run(self) -> None:
@@ -522,7 +531,8 @@ class _Driver:
                 self._retime()
             self._fill()
             self._publish()
-            if not self.in_flight and not self.pending_retime and not self._can_ask():
+            idle = not self.in_flight and not self.pending_retime
+            if idle and not self.ready and not self.shape_waiting and not self._can_ask():
                 break
             if not self.in_flight:
                 if self.pending_retime:
@@ -531,6 +541,9 @@ class _Driver:
                     for trial in trials:
                         self._fail(trial, "internal: waited for a candidate that is not running")
                     del self.waiting[key]
+                for shapes in list(self.shape_waiting):  # nor this: the probe of waiting shapes runs
+                    self.probing.pop(shapes, None)
+                    self.ready.extend(self.shape_waiting.pop(shapes))
                 continue
             self._wait_one()
         if self.asks >= self.max_asks and self.spent < self.remaining:
@@ -538,33 +551,48 @@ class _Driver:
                         "screened out; a looser budget or another target leaves more that fit")
         c = self.counts
         self.report(f"screened out before training: {c['screened']}; re-timed alone near the budget: {c['retimed']} "
-                    f"({c['retime_changed']} changed verdict); reused results: {c['reused']}"
+                    f"({c['retime_changed']} changed verdict); reused results: {c['reused']}; waited for the first "
+                    f"candidate of the same shapes: {c['waited']}"
                     + (f"; halving: {c['promoted']} promoted to the full budget, {c['stopped']} stopped at the first "
                        "rung" if self.spec.uses_halving else ""))
 
     # --- dispatch ------------------------------------------------------------------------------------------
 
     def _fill(self) -> None:
-        while len(self.in_flight) < self.spec.workers and self._can_ask():
+        while len(self.in_flight) < self.spec.workers and (self.ready or self._can_ask()):
+            if self.ready:
+                self._dispatch(*self.ready.pop(0))
+                continue
             with _timed(self.timings, "optuna"):
                 trial = self.study.ask()
                 candidate = suggest_candidate(trial, self.spec)
             self.asks += 1
-            key = candidate.key()
-            if key in self.done:
-                self._reuse(trial, self.done[key])
-            elif key in self.running:
-                self.waiting.setdefault(key, []).append(trial)
-            elif self.shape_knobs(candidate) in self.screened:
-                number, screening = self.screened[self.shape_knobs(candidate)]
-                with _timed(self.timings, "optuna"):
-                    record_screened(self.study, trial, self.spec, candidate, screening,
-                                    note=f" (same shapes as trial {number}: not screened again)")
-                self.counts["screened"] += 1
-                self._told(trial, "")
-            else:
-                halve = self.spec.uses_halving and not trial.user_attrs.get("recipe")
-                self._submit(_Job(trial, candidate, 0 if halve else None, time.perf_counter()), screen=True)
+            self._dispatch(trial, candidate)
+
+    def _dispatch(self, trial, candidate: Candidate) -> None:
+        """Send a candidate to a worker, unless an earlier result (or a running candidate) decides it."""
+        key = candidate.key()
+        shapes = self.shape_knobs(candidate)
+        if key in self.done:
+            self._reuse(trial, self.done[key])
+        elif key in self.running:
+            self.waiting.setdefault(key, []).append(trial)
+        elif shapes in self.screened:
+            number, screening = self.screened[shapes]
+            with _timed(self.timings, "optuna"):
+                record_screened(self.study, trial, self.spec, candidate, screening,
+                                note=f" (same shapes as trial {number}: not screened again)")
+            self.counts["screened"] += 1
+            self._told(trial, "")
+        elif shapes in self.probing and shapes not in self.proven:
+            self.shape_waiting.setdefault(shapes, []).append((trial, candidate))
+            self.counts["waited"] += 1
+        else:
+            halve = self.spec.uses_halving and not trial.user_attrs.get("recipe")
+            job = _Job(trial, candidate, 0 if halve else None, time.perf_counter())
+            if self.profile.backend != "emulated" and shapes not in self.proven:
+                self.probing.setdefault(shapes, job)
+            self._submit(job, screen=True)
 
     def _submit(self, job: _Job, screen: bool) -> None:
         budget = rung_budget(self.spec.budget) if job.rung == 0 else self.spec.budget
@@ -627,9 +655,13 @@ class _Driver:
             record_result(self.study, job.trial, self.spec, result, stopped=stopped)
         self._told(job.trial, "")
         self._release(job)
+        shapes = self.shape_knobs(job.candidate)
         ruled_out = _shapes_ruled_out(result, self.spec.latency_budget_ms)
         if ruled_out:
-            self.screened.setdefault(self.shape_knobs(job.candidate), (job.trial.number, ruled_out))
+            self.screened.setdefault(shapes, (job.trial.number, ruled_out))
+        else:
+            self.proven.add(shapes)
+        self._release_shapes(job)
 
     def _release(self, job: _Job) -> None:
         """The job's trial is told: remember it for repeats and hand it to the trials that waited for it."""
@@ -654,6 +686,7 @@ class _Driver:
         self.counts["screened"] += 1
         self._told(job.trial, "")
         self._release(job)
+        self._release_shapes(job)
 
     def _fail(self, trial, reason: str) -> None:
         with _timed(self.timings, "optuna"):
@@ -665,6 +698,16 @@ class _Driver:
         self.running.pop(job.candidate.key(), None)
         for trial in self.waiting.pop(job.candidate.key(), []):
             self._fail(trial, f"same knobs as trial {job.trial.number}, which failed: {reason}")
+        self._release_shapes(job)
+
+    def _release_shapes(self, job: _Job) -> None:
+        """The candidates that waited for ``job``'s shapes go on: to the screened-out record when they were ruled
+        out, else to a worker (ahead of new asks); another candidate becomes the probe of still-open shapes."""
+        shapes = self.shape_knobs(job.candidate)
+        if self.probing.get(shapes) is not job:
+            return
+        del self.probing[shapes]
+        self.ready.extend(self.shape_waiting.pop(shapes, []))
 
     def _halving_decision(self, job: _Job, result: CandidateResult) -> None:
         """Asynchronous successive halving: go on to the full budget when the first-rung result ranks in the best
@@ -677,7 +720,11 @@ class _Driver:
         pool = [(a, lat) for a, lat, ok in self.rung0 if ok]
         if fits and _halving_position(pool, (accuracy, p90)) < math.ceil(len(pool) / HALVING_ETA):
             self.counts["promoted"] += 1
-            self._submit(dataclasses.replace(job, rung=1, started=time.perf_counter()), screen=False)
+            promoted = dataclasses.replace(job, rung=1, started=time.perf_counter())
+            shapes = self.shape_knobs(job.candidate)
+            if self.probing.get(shapes) is job:  # still the probe of its shapes: its final result decides them
+                self.probing[shapes] = promoted
+            self._submit(promoted, screen=False)
             return
         self.counts["stopped"] += 1
         epochs = rung_budget(self.spec.budget).epochs

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from hardware_targets.backends.base import Backend
 from hardware_targets.emulator import EmulatorParams, energy_joules, latency_seconds
-from hardware_targets.graph import op_costs
+from hardware_targets.graph import op_costs, tflite_op_costs
 from hardware_targets.profile import TargetProfile
 from search.candidate import Metric
 from search.errors import CandidateError
@@ -23,7 +23,8 @@ class EmulatedBackend(Backend):
         if self.profile.arithmetic_reason(precision):
             raise CandidateError("measure", f"target {self.profile.name} has no {precision} arithmetic "
                                             "(peak_macs_per_cycle is 0 in its profile)")
-        ops = op_costs(onnx_path)
+        # the operators the device runs: a .tflite's own for TFLite Micro, else the ONNX graph's as a compiler fuses them
+        ops = tflite_op_costs(onnx_path) if Path(onnx_path).suffix == ".tflite" else op_costs(onnx_path)
         seconds = latency_seconds(ops, precision, self.profile, self.params)
         ms = seconds * 1e3
         metrics = {

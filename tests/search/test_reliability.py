@@ -1,6 +1,7 @@
 """Faults injected for real: dead workers, slow candidates, corrupted tuning records, concurrent searches,
 and fuzzed specs."""
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -41,10 +42,11 @@ def test_killed_worker_fails_its_trial_and_the_search_completes(tmp_path):
     victim = None
     deadline = time.time() + 120
     while victim is None and time.time() < deadline:
-        for proc in psutil.process_iter(["pid", "cmdline"]):
-            if "ray::run_candidate" in " ".join(proc.info["cmdline"] or []):
-                victim = proc
-                break
+        for proc in psutil.Process().children(recursive=True):  # this search's workers, not another session's
+            with contextlib.suppress(psutil.Error):
+                if "ray::run_candidate" in " ".join(proc.cmdline()):
+                    victim = proc
+                    break
         time.sleep(0.2)
     assert victim is not None, "no Ray worker ran a candidate"
     os.kill(victim.pid, signal.SIGKILL)

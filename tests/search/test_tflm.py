@@ -13,6 +13,7 @@ from search.export import export_search
 from search.spec import SearchSpace, SearchSpec
 from search.stages.tflite import allocates, arena_bytes, interpreter, predict_tflm
 from search.study import default_storage, load_study, rows
+from search.tracking import default_tracking_uri
 from search.workers import run_search
 from tests.search.conftest import TINY
 
@@ -26,7 +27,8 @@ def m4_search(tmp_path_factory):
     spec = SearchSpec(name="m4", dataset="digits", target="cortex-m4", trials=3, workers=2, budget=TINY,
                       space=SMALL, latency_budget_ms=50, recipes=False)
     lines = []
-    outcome = run_search(spec, runs, storage_url=default_storage(runs), report=lines.append)
+    outcome = run_search(spec, runs, storage_url=default_storage(runs), report=lines.append,
+                         tracking_uri=default_tracking_uri(runs))
     return spec, outcome, runs, lines
 
 
@@ -46,6 +48,29 @@ def test_a_cortex_m4_search_measures_accuracy_on_the_tflite(m4_search, digits):
         assert row.value("flash_bytes") == row.value("tflite_bytes") + m4.runtime_flash_bytes
         if row.knobs["precision"] == "int8-ptq":  # fully integer: int8 in, int8 out
             assert np.dtype(interpreter(tflite).get_input_details(0)["dtype"]) == np.int8
+    from hardware_targets.backends.emulated import EmulatedBackend
+    from hardware_targets.graph import op_costs, tflite_op_costs
+
+    row = done[0]
+    artifacts = load_study(spec.name, default_storage(runs)).trials[row.number].user_attrs["artifacts"]
+    ops, onnx_ops = tflite_op_costs(artifacts["tflite"]), op_costs(artifacts["onnx"])
+    # two parsers, two files of the same trained model: the same multiply-accumulates
+    assert sum(o.macs for o in ops if o.op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")) == \
+        sum(o.macs for o in onnx_ops if o.op in ("Conv", "Gemm"))
+    # latency is emulated over what TFLM runs: each operator of the flatbuffer pays a dispatch, the converter's
+    # PAD and RESHAPE too, which a compiler would have fused
+    assert len(ops) > len(onnx_ops)
+    onnx_figure = EmulatedBackend(load_profile("cortex-m4")).measure(None, artifacts["onnx"], row.knobs["precision"],
+                                                                      None, 1)["latency_ms_p90"].value
+    assert row.value("latency_ms_p90") > onnx_figure
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(default_tracking_uri(runs))
+    experiment = client.get_experiment_by_name(spec.name)
+    for row in done:  # the flatbuffer that ships is in the candidate's MLflow run, beside its graph
+        (run,) = client.search_runs([experiment.experiment_id], f"tags.`edgesearch.trial` = '{row.number}'")
+        assert {"model/model.tflite", "model/model.onnx"} <= {a.path for a in client.list_artifacts(run.info.run_id,
+                                                                                                    "model")}
 
 
 def test_the_export_is_something_a_board_can_flash(m4_search, digits, tmp_path):
