@@ -10,7 +10,7 @@ MCU_VENV  := .venv-mcu
 MCU_STAMP := $(MCU_VENV)/.installed-$(shell cat requirements-mcu.lock | sha256sum | cut -c1-12)
 RUNS   ?= runs
 
-.PHONY: setup browser run test test-all ui bench soak clean help
+.PHONY: setup browser postgres run test test-all ui bench soak clean help
 
 help:
 	@echo "make run       set up, then run a small real search on the built-in digits dataset"
@@ -52,10 +52,16 @@ browser:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 		echo "warning: could not install Debian's chromium; the MLflow UI browser test will fail"
 
-test: setup browser
+# The multi-user storage tests start a real PostgreSQL server, from Debian's packages.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
+		echo "warning: could not install Debian's postgresql; the PostgreSQL storage tests will fail"
+
+test: setup browser postgres
 	$(BIN)/python -m pytest -m "not slow" -q
 
-test-all: setup browser
+test-all: setup browser postgres
 	$(BIN)/python -m pytest -q
 
 # Benchmarks (not tests): runs/bench/results.json and REPORT.md. BENCH_ARGS=--quick for a short run.

@@ -87,9 +87,12 @@ def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=spec.seed)
 
 
-def _storage(url: str) -> optuna.storages.BaseStorage:
-    """Open an RDB storage; for SQLite, a file lock serialises the first-time schema creation
-    (two searches starting at once on a new file would otherwise race in it)."""
+def _storage(url: str, attempts: int = 3) -> optuna.storages.BaseStorage:
+    """Open an RDB storage. Two searches starting at once on a new database race in its first-time schema
+    creation: for SQLite a file lock serialises it; a server database (PostgreSQL) has no file to lock, so a failed
+    open is tried again once the other search's schema is in place."""
+    import random
+    import time
     from contextlib import nullcontext
 
     from filelock import FileLock
@@ -97,12 +100,16 @@ def _storage(url: str) -> optuna.storages.BaseStorage:
     lock = nullcontext()
     if url.startswith("sqlite:///"):
         lock = FileLock(url[len("sqlite:///"):] + ".lock")
-    try:
-        with lock:
-            return optuna.storages.RDBStorage(url, heartbeat_interval=None)
-    except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"Cannot open the Optuna storage {url!r}: {first}") from exc
+    for attempt in range(attempts):
+        try:
+            with lock:
+                return optuna.storages.RDBStorage(url, heartbeat_interval=None)
+        except Exception as exc:
+            if attempt + 1 < attempts and not url.startswith("sqlite"):
+                time.sleep(1 + random.random())
+                continue
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigError(f"Cannot open the Optuna storage {url!r}: {first}") from exc
 
 
 def create_study(spec: SearchSpec, storage_url: str, resume: bool) -> optuna.Study:

@@ -1,0 +1,148 @@
+"""Multi-user storage: Optuna studies and the MLflow tracking store on a real PostgreSQL server (Debian's), which
+the fixture starts on 127.0.0.1 in a folder of its own and stops afterwards."""
+
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from search.study import load_study, rows
+from tests.servers import wait_until_healthy
+
+
+def _pg_bin(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) or [shutil.which(name)]
+    if not found or not found[-1]:
+        raise AssertionError(f"PostgreSQL's {name} is missing: `make test` installs Debian's postgresql")
+    return found[-1]
+
+
+def _as_postgres(args: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: as root, run it as Debian's postgres user."""
+    return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
+
+
+@pytest.fixture(scope="module")
+def postgres(free_port):
+    """A PostgreSQL server for this module; yields ``url(database)``, a function that creates a database."""
+    port = free_port()
+    data = Path(tempfile.mkdtemp(prefix="edgesearch-pg-"))  # not under pytest's 0700 folders: postgres reads it
+    if os.geteuid() == 0:
+        shutil.chown(data, "postgres", "postgres")
+    subprocess.run(_as_postgres([_pg_bin("initdb"), "-D", str(data / "db"), "-A", "trust", "-U", "postgres"]),
+                   check=True, capture_output=True)
+    subprocess.run(_as_postgres([_pg_bin("pg_ctl"), "-D", str(data / "db"), "-w", "-l", str(data / "log"), "-o",
+                                 f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"]),
+                   check=True, capture_output=True)
+
+    def url(database: str) -> str:
+        subprocess.run(_as_postgres([_pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
+                                     database]), check=True, capture_output=True)
+        return f"postgresql://postgres@127.0.0.1:{port}/{database}"
+
+    try:
+        yield url
+    finally:
+        subprocess.run(_as_postgres([_pg_bin("pg_ctl"), "-D", str(data / "db"), "-m", "fast", "-w", "stop"]),
+                       capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def _spec(folder: Path, name: str, trials: int) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": name, "trials": trials, "workers": 1, "recipes": False,
+        "budget": {"epochs": 1, "finetune_epochs": 0, "prune_steps": 1, "timing_repeats": 3,
+                   "front_tuning_minutes": 0},
+        "space": {"precision": ["fp32"], "width": [0.25, 0.5], "sparsity": [0.0, 0.0]}}))
+    return path
+
+
+def _submit(runs: Path, storage: str, *args: str, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "search.cli", "--runs-dir", str(runs), "submit", "--storage",
+                             storage, "--no-mlflow", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **popen)
+
+
+def _complete(storage: str, name: str) -> list:
+    """The finished trials of a study, or none while it (or the schema, which the searches create) is not there."""
+    try:
+        return [t for t in optuna.load_study(study_name=name, storage=storage).trials if t.state.name == "COMPLETE"]
+    except Exception:  # the searches may be creating the schema at this moment: poll again
+        return []
+
+
+def test_two_searches_at_once_and_a_restarted_driver_on_postgresql(postgres, tmp_path):
+    """Two users' searches share one PostgreSQL database at the same time; one driver is killed and resumed."""
+    storage = postgres("optuna")
+    steady = _submit(tmp_path / "a", storage, "--spec", str(_spec(tmp_path, "steady", 3)))
+    killed = _submit(tmp_path / "b", storage, "--spec", str(_spec(tmp_path, "restarted", 4)),
+                     start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while len(_complete(storage, "restarted")) < 1 and time.time() < deadline:
+            time.sleep(1)
+        assert _complete(storage, "restarted"), "the second search finished no trial in 300 s"
+    finally:
+        os.killpg(killed.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started
+        killed.wait()
+    before = {t.number: t.values for t in _complete(storage, "restarted")}
+    resumed = _submit(tmp_path / "b", storage, "--name", "restarted", "--resume")
+    for proc in (steady, resumed):
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-2000:]
+        assert "feasible Pareto front" in out
+    steady_rows = rows(load_study("steady", storage))
+    assert len(steady_rows) == 3 and all(r.state == "COMPLETE" for r in steady_rows)
+    study = load_study("restarted", storage)
+    complete = {t.number: t.values for t in study.trials if t.state.name == "COMPLETE"}
+    assert all(complete[n] == v for n, v in before.items())  # finished before the kill: kept, not re-run
+    counted = [r for r in rows(study) if not study.trials[r.number].user_attrs.get("requeued")]
+    assert len(counted) == 4
+    assert {s.study_name for s in optuna.get_all_study_summaries(storage)} == {"steady", "restarted"}
+
+
+def test_an_mlflow_tracking_server_on_postgresql_holds_every_candidate(postgres, free_port, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from search.spec import SearchSpace, SearchSpec
+    from search.workers import run_search
+    from tests.search.conftest import TINY
+
+    port = free_port()
+    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
+                               postgres("mlflow"), "--artifacts-destination", str(tmp_path / "artifacts"),
+                               "--host", "127.0.0.1",
+                               "--port", str(port), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                              env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    try:
+        uri = f"http://127.0.0.1:{port}"
+        wait_until_healthy(uri, server, timeout=120)
+        storage = postgres("optuna_tracked")
+        spec = SearchSpec(name="tracked-pg", trials=2, workers=1, budget=TINY, recipes=False,
+                          space=SearchSpace(precision=("fp32",), width=(0.25, 0.5), sparsity=(0.0, 0.0)))
+        outcome = run_search(spec, tmp_path, storage_url=storage, report=lambda line: None, tracking_uri=uri)
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name("tracked-pg")
+        children = {int(r.data.tags["edgesearch.trial"]): r for r in client.search_runs([experiment.experiment_id])
+                    if "edgesearch.trial" in r.data.tags}
+        assert sorted(children) == [r.number for r in outcome.rows]
+        for r in outcome.rows:
+            if r.state == "COMPLETE":
+                assert children[r.number].data.metrics["accuracy"] == r.value("accuracy")
+                # the graph went through the server to its artifact store, not a path on this machine
+                assert "model/model.onnx" in {a.path for a in client.list_artifacts(children[r.number].info.run_id,
+                                                                                     "model")}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
