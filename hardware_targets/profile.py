@@ -64,9 +64,10 @@ class TargetProfile:
     def unsupported_reason(self, precision: str, cpu=None) -> str | None:
         """Why a candidate of ``precision`` cannot ship to the device, or None when it can: no native arithmetic
         for it, or no export of it for the device's runtime."""
-        if self.runtime == "tflite-micro" and precision not in TFLM_PRECISIONS and not self.arithmetic_reason(precision):
+        reason = self.arithmetic_reason(precision, cpu)
+        if reason is None and self.runtime == "tflite-micro" and precision not in TFLM_PRECISIONS:
             return f"no TFLite Micro export of {precision} here (exported: {', '.join(TFLM_PRECISIONS)})"
-        return self.arithmetic_reason(precision, cpu)
+        return reason
 
     def arithmetic_reason(self, precision: str, cpu=None) -> str | None:
         """Why the device has no native arithmetic for ``precision``, or None when it has.

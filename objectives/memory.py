@@ -62,3 +62,9 @@ def peak_activation_bytes(onnx_path: str | Path) -> int:
                 live.discard(name)
                 current -= sizes.get(name, 0)
     return int(peak)
+
+
+def over_limits(values: dict[str, float], limits: dict[str, int | None]) -> list[str]:
+    """Which of a target's memories (``ram_bytes``, ``flash_bytes`` in ``limits``) ``values`` do not fit, in words."""
+    return [f"{name.split('_')[0]} {values[name] / 1024:,.0f} KiB > {limit / 1024:,.0f} KiB"
+            for name, limit in limits.items() if limit and name in values and values[name] > limit]

@@ -94,23 +94,34 @@ def target_library(onnx_path: Path, profile: TargetProfile, host_library: str, o
     return compile_tvm(onnx_path, profile.tvm_target, path, shape, dtype, cache_dir=cache_dir).library
 
 
-def memory_metrics(onnx_path: Path, library: str, profile: TargetProfile) -> dict[str, Metric]:
-    """Size, flash and RAM of a candidate: what decides whether it fits the target's memories.
-
-    ``library`` is the build for the target: its code and constants, counted from the file, are the flash."""
+def graph_memory_metrics(onnx_path: Path, profile: TargetProfile) -> dict[str, Metric]:
+    """What the graph alone says of a candidate's memories: its weights, its peak activations, and RAM estimated
+    from them. For a TFLite Micro profile, flash too (weights plus the runtime and its kernels): screening has no
+    ``.tflite`` to count yet."""
     weights = weight_bytes(onnx_path)
     peak = peak_activation_bytes(onnx_path)
-    return {
+    figures = {
         # weights at their deployed width, derived from the graph (dense storage; QAT weights at int8)
         "size_bytes": Metric(float(weights["weight_bytes"]), "bytes", "estimated"),
-        "flash_bytes": Metric(float(flash_bytes(library)), "bytes", "measured"),
         "ram_bytes": Metric(float(peak + (profile.runtime_ram_overhead_bytes or 0)), "bytes", "estimated"),
         "onnx_bytes": Metric(float(file_bytes(onnx_path)), "bytes", "measured"),
-        "library_bytes": Metric(float(file_bytes(library)), "bytes", "measured"),
         "peak_activation_bytes": Metric(float(peak), "bytes", "estimated"),
         "nonzero_weight_fraction": Metric(
             weights["nonzero_weights"] / max(1, weights["weights"]), "fraction", "measured"),
     }
+    if profile.runtime == "tflite-micro":
+        figures["flash_bytes"] = Metric(float(weights["weight_bytes"] + (profile.runtime_flash_bytes or 0)), "bytes",
+                                        "estimated")
+    return figures
+
+
+def memory_metrics(onnx_path: Path, library: str, profile: TargetProfile) -> dict[str, Metric]:
+    """Size, flash and RAM of a candidate: what decides whether it fits the target's memories.
+
+    ``library`` is the build for the target: its code and constants, counted from the file, are the flash."""
+    return {**graph_memory_metrics(onnx_path, profile),
+            "flash_bytes": Metric(float(flash_bytes(library)), "bytes", "measured"),
+            "library_bytes": Metric(float(file_bytes(library)), "bytes", "measured")}
 
 
 def limits(profile: TargetProfile) -> dict[str, int | None]:
@@ -265,38 +276,19 @@ def _finish_tflm(model, candidate: Candidate, dataset: Dataset, profile: TargetP
     return result
 
 
-def graph_memory_metrics(onnx_path: Path, profile: TargetProfile) -> dict[str, Metric]:
-    """RAM and flash of a TFLite Micro deployment estimated from the graph alone (screening, before any
-    conversion): peak activations plus the runtime's overhead, weights plus the runtime and its kernels."""
-    weights = weight_bytes(onnx_path)
-    peak = peak_activation_bytes(onnx_path)
-    return {
-        "size_bytes": Metric(float(weights["weight_bytes"]), "bytes", "estimated"),
-        "ram_bytes": Metric(float(peak + (profile.runtime_ram_overhead_bytes or 0)), "bytes", "estimated"),
-        "flash_bytes": Metric(float(weights["weight_bytes"] + (profile.runtime_flash_bytes or 0)), "bytes",
-                              "estimated"),
-        "peak_activation_bytes": Metric(float(peak), "bytes", "estimated"),
-    }
-
-
 def tflm_memory_metrics(tflite_path: Path, onnx_path: Path, arena: int, profile: TargetProfile) -> dict[str, Metric]:
     """RAM and flash of a TFLite Micro deployment: the arena the interpreter needed (measured) plus the profile's
     runtime overhead, and the flatbuffer (measured) plus the profile's figure for the runtime and its kernels."""
-    weights = weight_bytes(onnx_path)
     model_bytes = file_bytes(tflite_path)
     runtime_ram, runtime_flash = profile.runtime_ram_overhead_bytes or 0, profile.runtime_flash_bytes or 0
     return {
-        "size_bytes": Metric(float(weights["weight_bytes"]), "bytes", "estimated"),
+        **graph_memory_metrics(onnx_path, profile),
         "tflite_bytes": Metric(float(model_bytes), "bytes", "measured"),
         "tflm_arena_bytes": Metric(float(arena), "bytes", "measured"),
         # a sum with a profile figure is an estimate, however exact its measured part
         "ram_bytes": Metric(float(arena + runtime_ram), "bytes", "measured" if not runtime_ram else "estimated"),
         "flash_bytes": Metric(float(model_bytes + runtime_flash), "bytes",
                               "measured" if not runtime_flash else "estimated"),
-        "onnx_bytes": Metric(float(file_bytes(onnx_path)), "bytes", "measured"),
-        "peak_activation_bytes": Metric(float(peak_activation_bytes(onnx_path)), "bytes", "estimated"),
-        "nonzero_weight_fraction": Metric(
-            weights["nonzero_weights"] / max(1, weights["weights"]), "fraction", "measured"),
     }
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from objectives.latency import INFEASIBLE, RETIME, budget_verdict
+from objectives.memory import over_limits
 from objectives.pareto import non_dominated
 from search.candidate import Budget, Candidate, CandidateResult
 from search.errors import CandidateError, ConfigError
@@ -783,9 +784,7 @@ def _shapes_ruled_out(result: CandidateResult, budget_ms: float) -> dict | None:
         reasons.append(f"{p90:.4g} ms p90 ({provenance}, {how}, trained candidate of the same shapes) is over the "
                        f"{budget_ms:g} ms budget")
     limits = result.info.get("limits") or {}
-    for name, limit in limits.items():
-        if limit and name in result.metrics and result.value(name) > limit:
-            reasons.append(f"{name.split('_')[0]} {result.value(name) / 1024:,.0f} KiB > {limit / 1024:,.0f} KiB")
+    reasons += over_limits({name: m.value for name, m in result.metrics.items()}, limits)
     if not reasons:
         return None
     figures = {n: [m.value, m.unit, m.provenance] for n, m in result.metrics.items()

@@ -24,6 +24,7 @@ from typing import Any
 from hardware_targets import TargetProfile, get_backend
 from hardware_targets.host import host_cpu
 from objectives.latency import clearly_over_budget
+from objectives.memory import over_limits
 from search.candidate import Candidate
 from search.data import Dataset
 
@@ -143,8 +144,6 @@ def screen_candidate(candidate: Candidate, dataset: Dataset, profile: TargetProf
     if clearly_over_budget(median, latency_budget_ms, provenance):
         reasons.append(f"{median:.4g} ms ({provenance}, untrained graph of the same shapes) is over the "
                        f"{latency_budget_ms:g} ms budget")
-    for name, limit in limits(profile).items():
-        if limit and metrics[name][0] > limit:
-            reasons.append(f"{name.split('_')[0]} {metrics[name][0] / 1024:,.0f} KiB > {limit / 1024:,.0f} KiB")
+    reasons += over_limits({name: figure[0] for name, figure in metrics.items()}, limits(profile))
     return {"fits": not reasons, "reason": "; ".join(reasons) or None, "metrics": metrics,
             "limits": limits(profile), "seconds": time.perf_counter() - started, "cached": cached}

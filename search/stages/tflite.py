@@ -21,12 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hardware_targets.profile import TFLM_PRECISIONS
 from search.candidate import Candidate
 from search.data import Dataset
 from search.errors import CandidateError, ConfigError
 
-RUNTIME = "tflite-micro"
-CONVERTED = ("fp32", "int8-ptq")  # what this stage converts; the others are left out of a TFLM profile's space
 ARENA_ALIGNMENT = 16  # TFLM aligns its arena to 16 bytes; the export rounds the arena up to it
 
 
@@ -58,9 +57,9 @@ def convert_tflite(model: torch.nn.Module, candidate: Candidate, dataset: Datase
     import subprocess
     import tempfile
 
-    if candidate.precision not in CONVERTED:
+    if candidate.precision not in TFLM_PRECISIONS:
         raise CandidateError("convert", f"{candidate.precision} candidates are not converted to TFLite Micro "
-                             f"(converted: {', '.join(CONVERTED)})")
+                             f"(converted: {', '.join(TFLM_PRECISIONS)})")
     python = converter_python()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,20 +81,24 @@ def convert_tflite(model: torch.nn.Module, candidate: Candidate, dataset: Datase
 
 
 @contextlib.contextmanager
+def _fds_to(file, fds=(1, 2)):
+    """Point the process's own file descriptors (what the TFLM C++ code prints to) at ``file`` meanwhile."""
+    saved = [os.dup(fd) for fd in fds]
+    for fd in fds:
+        os.dup2(file.fileno(), fd)
+    try:
+        yield
+    finally:
+        for fd, copy in zip(fds, saved):
+            os.dup2(copy, fd)
+            os.close(copy)
+
+
+@contextlib.contextmanager
 def _quiet():
     """The TFLM interpreter prints to the process's stdout and stderr (failed allocations too); keep it quiet."""
-    saved = [os.dup(1), os.dup(2)]
-    with open(os.devnull, "w") as null:
-        os.dup2(null.fileno(), 1)
-        os.dup2(null.fileno(), 2)
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                yield
-        finally:
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
+    with open(os.devnull, "w") as null, _fds_to(null), contextlib.redirect_stdout(io.StringIO()):
+        yield
 
 
 def interpreter(path: Path, arena_bytes: int | None = None):
@@ -133,13 +136,8 @@ def recorded_arena(path: Path) -> int:
     it = interpreter(path)
     _run_once(it)
     with tempfile.TemporaryFile() as log:
-        saved = os.dup(2)
-        os.dup2(log.fileno(), 2)
-        try:
+        with _fds_to(log, fds=(2,)):  # the recording allocator prints to stderr
             it.print_allocations()
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
         log.seek(0)
         found = re.search(rb"Arena allocation total (\d+) bytes", log.read())
     if not found:
@@ -198,9 +196,6 @@ def c_array(path: Path, name: str = "g_model") -> tuple[str, str]:
 
 def op_names(path: Path) -> list[str]:
     """The builtin operators the model uses: what the device's op resolver must register."""
-    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+    from hardware_targets.graph import tflite_op_costs
 
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(Path(path).read_bytes(), 0))
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    return sorted({names.get(max(c.builtinCode, c.deprecatedBuiltinCode), str(c.builtinCode))
-                   for c in model.operatorCodes})
+    return sorted({op.op for op in tflite_op_costs(path)})
