@@ -69,6 +69,15 @@ class TargetProfile:
             return f"no TFLite Micro export of {precision} here (exported: {', '.join(TFLM_PRECISIONS)})"
         return reason
 
+    def pruning_reason(self, mode: str) -> str | None:
+        """Why pruning in ``mode`` cannot pay on the device, or None when it can. Zeroed weights in dense
+        kernels and dense storage cost the same time, bytes and energy as the weights they replace."""
+        if mode == "unstructured" and not self.unstructured_sparsity_speedup:
+            return ("kernels that do not skip zero weights and dense weight storage (unstructured_sparsity_speedup "
+                    "is not set in its profile): unstructured sparsity lowers no latency, size or energy there, "
+                    "only accuracy")
+        return None
+
     def arithmetic_reason(self, precision: str, cpu=None) -> str | None:
         """Why the device has no native arithmetic for ``precision``, or None when it has.
 

@@ -55,9 +55,13 @@ def recipes_for(spec: SearchSpec) -> list[tuple[str, dict[str, Any]]]:
     if not spec.recipes:
         return []
     s = spec.space
+    # the guide prunes weights (unstructured); where the target's space has only channel pruning, that is the one
+    mode = "unstructured" if "unstructured" in s.pruning else s.pruning[0]
     out = []
     for label, change in RECIPES.items():
-        params = {**PLAIN, **change}
+        params = {**PLAIN, "pruning": mode, **change}
+        if params["sparsity"] > 0 and mode != "unstructured":
+            label = f"{label} ({mode})"
         fits = params["precision"] in s.precision and params["pruning"] in s.pruning and all(
             getattr(s, k)[0] <= params[k] <= getattr(s, k)[1] for k in ("sparsity", "temperature", "alpha", "width"))
         if fits:

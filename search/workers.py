@@ -207,7 +207,8 @@ def start_ray(address: str | None, workers: int):
 
 
 def _supported_space(spec: SearchSpec, profile, report: Reporter) -> SearchSpec:
-    """Leave out precisions the target cannot run natively (for the host: this machine's CPU), and say why."""
+    """Leave out what the target cannot run fast, and say why: precisions without native arithmetic (for the host:
+    this machine's CPU), and pruning that its kernels and storage do not turn into fewer operations or bytes."""
     reasons = {p: profile.unsupported_reason(p) for p in spec.space.precision}
     kept = tuple(p for p in spec.space.precision if reasons[p] is None)
     if not kept:
@@ -217,9 +218,16 @@ def _supported_space(spec: SearchSpec, profile, report: Reporter) -> SearchSpec:
     for p in spec.space.precision:
         if reasons[p]:
             report(f"precision {p} left out of the search space: target {profile.name} has {reasons[p]}")
-    if kept != spec.space.precision:
-        spec = dataclasses.replace(spec, space=dataclasses.replace(spec.space, precision=kept))
-    return spec
+    space = dataclasses.replace(spec.space, precision=kept)
+    if space.sparsity[1] > 0:
+        pays = tuple(m for m in space.pruning if profile.pruning_reason(m) is None)
+        for m in space.pruning:
+            if m not in pays:
+                report(f"{m} pruning left out of the search space: target {profile.name} has "
+                       f"{profile.pruning_reason(m)}" + ("" if pays else "; sparsity fixed at 0 (add 'structured' "
+                                                          "to space.pruning to search channel pruning)"))
+        space = dataclasses.replace(space, pruning=pays) if pays else dataclasses.replace(space, sparsity=(0.0, 0.0))
+    return spec if space == spec.space else dataclasses.replace(spec, space=space)
 
 
 class _Tracking:

@@ -27,11 +27,16 @@ def test_recipes_come_first_and_the_front_covers_every_feasible_recipe(tmp_path)
     spec = SearchSpec(name="recipes", trials=8, workers=2, latency_budget_ms=0.1, budget=TINY, space=NO_FP16)
     outcome = run_search(spec, tmp_path, storage_url=f"sqlite:///{tmp_path}/o.db", report=lambda line: None)
     trials = sorted(load_study("recipes", f"sqlite:///{tmp_path}/o.db").trials, key=lambda t: t.number)
-    expected = [label for label, change in RECIPES.items() if change.get("precision", "fp32") != "fp16"]
+    # the host's kernels do not skip zeros, so the guide's pruning recipes remove channels there
+    expected = [label + (" (structured)" if "sparsity" in change else "") for label, change in RECIPES.items()
+                if change.get("precision", "fp32") != "fp16"]
     assert [t.user_attrs.get("recipe") for t in trials[:len(expected)]] == expected
     assert trials[0].user_attrs["candidate"]["precision"] == "int8-ptq"
-    assert trials[4].user_attrs["candidate"] == {"precision": "fp32", "sparsity": 0.0, "pruning": "unstructured",
+    assert trials[3].user_attrs["candidate"]["pruning"] == "structured"
+    assert trials[3].user_attrs["candidate"]["sparsity"] == 0.9
+    assert trials[4].user_attrs["candidate"] == {"precision": "fp32", "sparsity": 0.0, "pruning": "structured",
                                                  "temperature": 4.0, "alpha": 0.5, "width": 0.5}
+    assert all(t.params.get("pruning", "structured") == "structured" for t in trials)
     assert all("recipe" not in t.user_attrs for t in trials[len(expected):])
     recipes = [r for r in outcome.rows if r.recipe and r.feasible]
     assert recipes, "digits recipes fit 0.1 ms on any of the project's CPUs"
@@ -234,3 +239,30 @@ def test_no_two_trained_candidates_of_shapes_already_over_the_budget(tmp_path):
             over.add(shapes)
     # every candidate has the same shapes: while the first one ran, the other worker's candidates waited for it
     assert "waited for the first candidate of the same shapes: 0" not in " ".join(lines)
+
+
+def test_unstructured_pruning_is_searched_only_where_kernels_skip_zeros():
+    from hardware_targets import load_profile
+    from search.study import recipes_for
+    from search.workers import _supported_space
+
+    host, lines = load_profile("host"), []
+    spec = SearchSpec(name="space", space=NO_FP16)
+    dense = _supported_space(spec, host, lines.append)
+    assert dense.space.pruning == ("structured",) and dense.space.sparsity == (0.0, 0.95)
+    assert any(ln.startswith("unstructured pruning left out") and "do not skip zero" in ln for ln in lines)
+    assert dict(recipes_for(dense))["90% pruning (structured)"]["pruning"] == "structured"
+
+    skipping = dataclasses.replace(host, unstructured_sparsity_speedup=True)
+    kept = _supported_space(spec, skipping, lines.append)
+    assert kept.space.pruning == ("unstructured", "structured")
+    assert dict(recipes_for(kept))["90% pruning"] == {**dict(recipes_for(kept))["width 0.5 only"], "width": 1.0,
+                                                      "sparsity": 0.9}
+
+    only_zeros = dataclasses.replace(spec, space=dataclasses.replace(NO_FP16, pruning=("unstructured",)))
+    lines.clear()
+    fixed = _supported_space(only_zeros, host, lines.append)
+    assert fixed.space.sparsity == (0.0, 0.0) and "sparsity fixed at 0" in lines[-1]
+    assert not any(label.startswith(("50%", "90%")) for label, _ in recipes_for(fixed))
+    unpruned = dataclasses.replace(only_zeros, space=dataclasses.replace(only_zeros.space, sparsity=(0.0, 0.0)))
+    assert _supported_space(unpruned, host, lines.append) == unpruned  # nothing to leave out, nothing said
