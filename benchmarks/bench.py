@@ -11,7 +11,9 @@ Figures (numbered as in the benchmark issue):
 5. search quality: the default search at N trials against random sampling at 2N (hypervolume, Mann-Whitney), recipes
    covered, worker time spent on infeasible candidates, and `make run` before and after the budget-first search;
 6. sampler cost: time per ``ask`` at 100 and 1,000 trials;
-7. emulator fidelity: median absolute percentage error on held-out host measurements.
+7. emulator fidelity: median absolute percentage error on held-out host measurements;
+8. the classic guide's single-technique rows on the host, with the runtime that would ship: size, latency and
+   accuracy against the fp32 full-width model, per runtime, beside the guide's published figures.
 """
 
 from __future__ import annotations
@@ -46,14 +48,16 @@ class Plan:
     quality_trials: int  # figure 5, per search
     quality_seeds: tuple[int, ...]
     calibration_candidates: int  # figure 7
+    guide_datasets: tuple[str, ...]  # figure 8
 
 
 QUICK = Plan(search_trials=4, search_default_budget=False, search_repeats=1, runtime_widths=(0.5, 1.0), tuned_precisions=("fp32",), tuned_widths=(1.0,),
              tuning_trials=10, mobilenet_tuning_trials=22, mobilenet_trials_per_task=(1, 4), timing_repeats=10, reuse_trials=2, quality_trials=12,
-             quality_seeds=(0, 1), calibration_candidates=9)
+             quality_seeds=(0, 1), calibration_candidates=9, guide_datasets=("digits",))
 FULL = Plan(search_trials=24, search_default_budget=True, search_repeats=2, runtime_widths=(0.5, 1.0, 2.0),
             tuned_precisions=("fp32", "int8-ptq", "int8-qat"), tuned_widths=(0.5, 1.0, 2.0), tuning_trials=40, mobilenet_tuning_trials=132,
-            mobilenet_trials_per_task=(1, 4, 16), timing_repeats=30, reuse_trials=4, quality_trials=24, quality_seeds=(0, 1, 2, 3, 4), calibration_candidates=18)
+            mobilenet_trials_per_task=(1, 4, 16), timing_repeats=30, reuse_trials=4, quality_trials=24, quality_seeds=(0, 1, 2, 3, 4), calibration_candidates=18,
+            guide_datasets=("digits", "mnist1d"))
 
 SAMPLERS = ("nsga2", "tpe", "random")
 def _spread(values) -> dict:
@@ -464,6 +468,68 @@ def emulator_figures(runs: Path, plan: Plan) -> dict:
     return {k: report[k] for k in ("mape_uncalibrated", "mape_calibrated", "train", "held_out")}
 
 
+# Figure 8 ------------------------------------------------------------------------------------------------------
+
+# What the guides publish for each technique (sources in the report). Pruning's figures are ImageNet top-1 losses.
+GUIDE = {
+    "fp16 only": "2x smaller; faster on GPUs only [TFLite PTQ table]",
+    "int8 post-training only": "4x smaller, 3x+ faster (full integer) [TFLite PTQ table]",
+    "int8 quantisation-aware only": "4x smaller, as int8 PTQ, with accuracy closer to float [TF MOT QAT]",
+    "50% unstructured pruning": "-0.1 to -0.2 points; smaller only compressed; faster only where zeros are skipped "
+                                "[TF MOT pruning]",
+    "75% unstructured pruning": "-2.0 points (InceptionV3) [TF MOT pruning]",
+    "90% unstructured pruning": "-3.5 points at 87.5% (InceptionV3) [TF MOT pruning]",
+}
+GUIDE_SOURCES = ("TFLite PTQ table: https://www.tensorflow.org/lite/performance/post_training_quantization; "
+                 "TF MOT pruning: https://www.tensorflow.org/model_optimization/guide/pruning (results table); "
+                 "TF MOT QAT: https://www.tensorflow.org/model_optimization/guide/quantization/training")
+
+
+def guide_rows() -> list[tuple[str, dict]]:
+    """The guide's single techniques, each on the fp32 full-width model, and pruning at 50/75/90% in both modes."""
+    rows = [("fp32 full width", {}), ("fp16 only", {"precision": "fp16"}),
+            ("int8 post-training only", {"precision": "int8-ptq"}),
+            ("int8 quantisation-aware only", {"precision": "int8-qat"})]
+    rows += [(f"{int(100 * s)}% {mode} pruning", {"sparsity": s, "pruning": mode})
+             for mode in ("unstructured", "structured") for s in (0.5, 0.75, 0.9)]
+    return rows + [("distillation into width 0.5", {"width": 0.5, "temperature": 4.0, "alpha": 0.5}),
+                   ("width 0.5 only", {"width": 0.5})]
+
+
+def guide_figures(runs: Path, plan: Plan) -> dict:
+    """Each row trained with the default budget, then put through the shipping stage (untuned TVM against
+    onnxruntime, no tuning), alone on the machine; ratios are against the fp32 full-width row of the same dataset."""
+    from hardware_targets import load_profile
+    from search.candidate import Budget, Candidate
+    from search.data import load_dataset
+    from search.pipeline import Paths, evaluate_candidate, ship_candidate
+
+    host, paths = load_profile("host"), Paths(runs / f"guide-{_stamp()}")
+    out: dict = {"budget": Budget().__dict__, "datasets": {}, "fp16_native": host.supports("fp16"),
+                 "sources": GUIDE_SOURCES}
+    for name in plan.guide_datasets:
+        data, rows = load_dataset(name), []
+        for label, change in guide_rows():
+            _say(f"  {name}: {label}")
+            result = evaluate_candidate(Candidate(**change), data, host, paths)
+            shipped = ship_candidate(result, data, host, paths, trials_per_task=0)
+            metric = {n: v[0] for n, v in shipped["metrics"].items()}
+            rows.append({"label": label, "candidate": result.candidate.key(), "runtime": shipped["runtime"],
+                         "latency_ms_p90": metric["latency_ms_p90"],
+                         "accuracy_test": metric.get("accuracy_test", result.value("accuracy_test")),
+                         "size_bytes": result.value("size_bytes"), "sparsity": result.value("sparsity"),
+                         "per_runtime_ms": {k: v["latency_ms_median"] for k, v in shipped["figures"].items()}})
+        base = rows[0]
+        for r in rows:
+            r["smaller_x"] = base["size_bytes"] / r["size_bytes"]
+            r["faster_x"] = base["latency_ms_p90"] / r["latency_ms_p90"]
+            r["accuracy_points"] = 100 * (r["accuracy_test"] - base["accuracy_test"])
+            r["faster_x_per_runtime"] = {k: base["per_runtime_ms"][k] / v for k, v in r["per_runtime_ms"].items()
+                                         if k in base["per_runtime_ms"]}
+        out["datasets"][name] = rows
+    return out
+
+
 # Report --------------------------------------------------------------------------------------------------------
 
 def plots(results: dict, out: Path) -> list[str]:
@@ -664,6 +730,26 @@ def report_markdown(results: dict) -> str:
                   f"Median absolute percentage error on {e['held_out']} held-out candidates: "
                   f"{e['mape_uncalibrated']:.1f}% uncalibrated, {e['mape_calibrated']:.1f}% calibrated "
                   f"(fitted on {e['train']}).", ""]
+    g = results.get("guide")
+    if g:
+        b = g["budget"]
+        lines += ["## 8. The classic guide's rows on this host", "",
+                  f"Each technique alone on the fp32 full-width DS-CNN, trained with the default budget ({b['epochs']} "
+                  f"epochs; pruning in {b['prune_steps']} steps of {b['finetune_epochs']} fine-tuning epochs, weights "
+                  "ranked globally), then the shipping stage's choice of runtime (untuned TVM or onnxruntime, the "
+                  "faster p90, one thread). Ratios are against the fp32 full-width row of the same run; accuracy is "
+                  "the shipped artifact's test accuracy. fp16 is "
+                  f"{'native' if g['fp16_native'] else 'not native on this CPU (left out of host searches)'}.", ""]
+        for name, rows in g["datasets"].items():
+            lines += [f"**{name}**", "", "| technique | runtime | smaller | faster (shipped) | faster: TVM / "
+                      "onnxruntime | accuracy change | the guide |", "|---|---|---|---|---|---|---|"]
+            for r in rows:
+                per = r["faster_x_per_runtime"]
+                lines.append(f"| {r['label']} | {r['runtime']} | {r['smaller_x']:.2f}x | {r['faster_x']:.2f}x | "
+                             f"{per.get('tvm', float('nan')):.2f}x / {per.get('onnxruntime', float('nan')):.2f}x | "
+                             f"{r['accuracy_points']:+.1f} points | {GUIDE.get(r['label'], '-')} |")
+            lines.append("")
+        lines += [f"Sources: {g['sources']}.", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -703,12 +789,12 @@ def _numbers(d: dict, prefix: str = "") -> dict:
     return out
 
 
-FIGURES = ("3", "6", "7", "1", "4", "5")
+FIGURES = ("3", "6", "7", "1", "4", "5", "8")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        description="edgesearch benchmarks (not tests): figures 1-7 of the benchmark issue, measured side by side. "
+        description="edgesearch benchmarks (not tests): figures 1-8 (the benchmark issue, and the guide rows of issue 16), measured side by side. "
                     "Writes RUNS/bench/results.json, REPORT.md and plots, and logs them to the MLflow experiment "
                     "'bench'. Full mode took 38 minutes on 2 cores at its last run (at most 40), --quick 9.4.")
     parser.add_argument("--quick", action="store_true", help="smaller repeats and searches (under 10 minutes)")
@@ -740,7 +826,8 @@ def main(argv=None) -> int:
              ("7", "figure 7: emulator fidelity", "emulator", lambda: emulator_figures(work, plan)),
              ("1", "figures 1-2: the same searches with 1 and 2 workers", "search", lambda: search_figures(work, plan)),
              ("4", "figure 4: tuning reuse", "reuse", lambda: reuse_figures(work, plan)),
-             ("5", "figure 5: search quality, samplers and recipes", "quality", lambda: quality_figures(work, plan))]
+             ("5", "figure 5: search quality, samplers and recipes", "quality", lambda: quality_figures(work, plan)),
+             ("8", "figure 8: the classic guide's rows", "guide", lambda: guide_figures(work, plan))]
     for figure, title, key, run in steps:
         if figure not in wanted:
             continue

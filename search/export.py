@@ -18,6 +18,7 @@ from search.errors import ConfigError, EdgeSearchError
 from search.study import Row, best_within_budget, feasible_front, load_study, rows, stored_spec
 
 EXPORT_TIMING_REPEATS = 30
+INT8_FASTER = 1.1  # below this speed-up over fp32 (10%, about the timing noise of a loaded machine) int8 is "not faster"
 ELF_MACHINES = {3: "x86", 40: "arm", 62: "x86_64", 183: "aarch64", 243: "riscv"}
 
 
@@ -216,6 +217,11 @@ def export_search(
     remeasured = _remeasure(artifact, onnx_path, precision, dataset.x_val[:1].astype(dtype), profile,
                             runtime, suffix="_at_export" if same_target else "") \
         if profile.backend == "local" or (not same_target and profile.backend == "emulated") else {}
+    if precision.startswith("int8") and profile.backend == "local":
+        shipped_ms = remeasured[f"latency_ms_median{'_at_export' if same_target else ''}"]["value"]
+        int8_vs_fp32 = _int8_against_fp32(row, spec, dataset, profile, build_target, runtime, shipped_ms, tuning_cache)
+    else:
+        int8_vs_fp32 = None
     records = tuning_dir(tuning_cache, build_target)
     if records.is_dir():
         (out / "tuning_records").mkdir()
@@ -251,6 +257,7 @@ def export_search(
         "runtime_forced": bool(shipped and shipped.get("forced")),
         "input": {"shape": list(shape), "dtype": dtype},
         "verification": verification,
+        "int8_against_fp32": int8_vs_fp32,
     })
     return _write_card(card, out, search, tracking_uri, register)
 
@@ -396,6 +403,31 @@ def _remeasure(artifact, onnx_path: Path, precision: str, sample, profile, runti
             for name, m in got.items() if name in names}
 
 
+def _int8_against_fp32(row, spec, dataset, profile, build_target, runtime: str, int8_ms: float,
+                       tuning_cache: Path) -> dict:
+    """An int8 model's speed against fp32 of the same shapes in the runtime that ships, both timed here, so that
+    "int8" is not read as a speed-up it may not have (TVM computes QDQ graphs in float; onnxruntime has integer
+    kernels). The fp32 graph has untrained weights: its latency depends on its shapes alone."""
+    import tempfile
+
+    from search.candidate import Candidate
+    from search.stages.compile import compile_tvm
+    from search.stages.screen import untrained_graph
+
+    fp32 = Candidate(**{**row.knobs, "precision": "fp32"}, budget=spec.budget, seed=spec.seed)
+    shape = (1, *dataset.sample_shape)
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = Path(tmp) / "fp32.onnx"
+        untrained_graph(fp32, dataset, onnx_path)
+        artifact = compile_tvm(onnx_path, build_target, Path(tmp) / "fp32.so", shape, "float32",
+                               cache_dir=tuning_cache) if runtime == "tvm" else None
+        got = _remeasure(artifact, onnx_path, "fp32", dataset.x_val[:1].astype("float32"), profile, runtime, "")
+    fp32_ms = got["latency_ms_median"]["value"]
+    return {"runtime": runtime, "int8_ms": int8_ms, "fp32_ms": fp32_ms, "speedup": fp32_ms / int8_ms,
+            "provenance": "measured", "how": "medians timed at export one after the other; the fp32 graph has the "
+                                             "same shapes and untrained weights"}
+
+
 def _cpu_line(cpu: dict | None) -> str:
     return "not recorded" if not cpu else f"{cpu['model']} ({' '.join(cpu['isa']) or 'no ISA flags read'})"
 
@@ -416,6 +448,12 @@ def model_card_markdown(card: dict) -> str:
              "|---|---|---|---|"]
     for name, m in card["metrics"].items():
         lines.append(f"| {name} | {m['value']:.6g} | {m['unit']} | {m['provenance']} |")
+    q = card.get("int8_against_fp32")
+    if q:
+        verdict = (f"{q['speedup']:.2f}x faster" if q["speedup"] >= INT8_FASTER else
+                   f"not faster ({q['speedup']:.2f}x): int8 buys 4x smaller weights here, not speed")
+        lines += ["", f"int8 against fp32 of the same shapes in {q['runtime']} on this CPU: {verdict} (int8 "
+                  f"{q['int8_ms']:.4g} ms, fp32 {q['fp32_ms']:.4g} ms; {q['how']}; {q['provenance']})."]
     if "latency_ms_median_at_export" in card["metrics"]:
         lines += ["", "The search timed each candidate while its other workers trained beside it; the `_at_export` "
                   "figures time the shipped library again at export, with no search running."]

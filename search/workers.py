@@ -227,6 +227,13 @@ def _supported_space(spec: SearchSpec, profile, report: Reporter) -> SearchSpec:
                        f"{profile.pruning_reason(m)}" + ("" if pays else "; sparsity fixed at 0 (add 'structured' "
                                                           "to space.pruning to search channel pruning)"))
         space = dataclasses.replace(space, pruning=pays) if pays else dataclasses.replace(space, sparsity=(0.0, 0.0))
+        # the range was meant for zeroed weights too; removing more channels than 1 - the narrowest width from a
+        # width-1 model makes it narrower than any width the space allows
+        most = round(1.0 - space.width[0], 4)
+        if pays == ("structured",) and len(spec.space.pruning) > 1 and space.sparsity[1] > most > space.sparsity[0]:
+            report(f"sparsity range narrowed to [{space.sparsity[0]:g}, {most:g}] for channel pruning: more would "
+                   f"leave a width-1 model narrower than the space's narrowest width ({space.width[0]:g})")
+            space = dataclasses.replace(space, sparsity=(space.sparsity[0], most))
     return spec if space == spec.space else dataclasses.replace(spec, space=space)
 
 

@@ -63,7 +63,9 @@ def shape_key(candidate: Candidate, dataset: Dataset, profile: TargetProfile, ro
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _untrained_graph(candidate: Candidate, dataset: Dataset, onnx_path: Path) -> None:
+def untrained_graph(candidate: Candidate, dataset: Dataset, onnx_path: Path) -> None:
+    """The ONNX graph ``candidate`` deploys, at its final shapes and precision, with untrained weights: latency and
+    memory depend on these alone (dense kernels)."""
     import torch
 
     from search.models import build_model
@@ -103,7 +105,7 @@ def _measure(candidate: Candidate, dataset: Dataset, profile: TargetProfile, roo
     shape = (1, *dataset.sample_shape)
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "screen.onnx"
-        _untrained_graph(candidate, dataset, onnx_path)
+        untrained_graph(candidate, dataset, onnx_path)
         if profile.backend == "emulated":  # the device model reads the graph: no host build to time
             artifact = CompiledArtifact("", dict(profile.tvm_target), shape, dtype.name)
         else:  # a remote backend cross-compiles from the ONNX itself; the host build is what is timed here

@@ -29,12 +29,12 @@ def test_recipes_come_first_and_the_front_covers_every_feasible_recipe(tmp_path)
     trials = sorted(load_study("recipes", f"sqlite:///{tmp_path}/o.db").trials, key=lambda t: t.number)
     # the host's kernels do not skip zeros, so the guide's pruning recipes remove channels there
     expected = [label + (" (structured)" if "sparsity" in change else "") for label, change in RECIPES.items()
-                if change.get("precision", "fp32") != "fp16"]
+                if change.get("precision", "fp32") != "fp16" and change.get("sparsity", 0) <= 0.75]
     assert [t.user_attrs.get("recipe") for t in trials[:len(expected)]] == expected
     assert trials[0].user_attrs["candidate"]["precision"] == "int8-ptq"
-    assert trials[3].user_attrs["candidate"]["pruning"] == "structured"
-    assert trials[3].user_attrs["candidate"]["sparsity"] == 0.9
-    assert trials[4].user_attrs["candidate"] == {"precision": "fp32", "sparsity": 0.0, "pruning": "structured",
+    assert trials[2].user_attrs["candidate"]["pruning"] == "structured"
+    assert trials[2].user_attrs["candidate"]["sparsity"] == 0.5
+    assert trials[3].user_attrs["candidate"] == {"precision": "fp32", "sparsity": 0.0, "pruning": "structured",
                                                  "temperature": 4.0, "alpha": 0.5, "width": 0.5}
     assert all(t.params.get("pruning", "structured") == "structured" for t in trials)
     assert all("recipe" not in t.user_attrs for t in trials[len(expected):])
@@ -249,9 +249,14 @@ def test_unstructured_pruning_is_searched_only_where_kernels_skip_zeros():
     host, lines = load_profile("host"), []
     spec = SearchSpec(name="space", space=NO_FP16)
     dense = _supported_space(spec, host, lines.append)
-    assert dense.space.pruning == ("structured",) and dense.space.sparsity == (0.0, 0.95)
+    # the weights' range narrowed for channels: no fewer than the narrowest width's share of them is left
+    assert dense.space.pruning == ("structured",) and dense.space.sparsity == (0.0, 0.75)
     assert any(ln.startswith("unstructured pruning left out") and "do not skip zero" in ln for ln in lines)
-    assert dict(recipes_for(dense))["90% pruning (structured)"]["pruning"] == "structured"
+    assert "narrowed to [0, 0.75]" in lines[-1]
+    assert dict(recipes_for(dense))["50% pruning (structured)"]["pruning"] == "structured"
+    assert "90% pruning (structured)" not in dict(recipes_for(dense))
+    chosen = dataclasses.replace(spec, space=dataclasses.replace(NO_FP16, pruning=("structured",)))
+    assert _supported_space(chosen, host, lines.append) == chosen  # a user's own channel range stays
 
     skipping = dataclasses.replace(host, unstructured_sparsity_speedup=True)
     kept = _supported_space(spec, skipping, lines.append)

@@ -138,3 +138,24 @@ def test_no_feasible_candidate_says_what_the_closest_misses_by(tmp_path):
     with pytest.raises(ConfigError, match=r"No candidate is feasible. The closest, trial 0 \(screened out before "
                                           r"training\), takes .* ms \(p90\) .*over by"):
         export_search("impossible", tmp_path / "out", storage_url=default_storage(tmp_path), runs_dir=tmp_path)
+
+
+def test_an_int8_card_says_whether_int8_is_faster_than_fp32(tmp_path):
+    from search.export import INT8_FASTER
+    from search.spec import SearchSpace, SearchSpec
+    from search.workers import run_search
+    from tests.search.conftest import TINY
+
+    int8 = SearchSpace(precision=("int8-ptq",), pruning=("structured",), sparsity=(0.0, 0.0), temperature=(1.0, 1.0),
+                       alpha=(1.0, 1.0), width=(0.5, 0.5))
+    storage = default_storage(tmp_path)
+    run_search(SearchSpec(name="int8", trials=1, workers=1, budget=TINY, space=int8, recipes=False,
+                          latency_budget_ms=100), tmp_path, storage_url=storage, report=lambda line: None)
+    card = export_search("int8", tmp_path / "out", storage_url=storage, runs_dir=tmp_path, register=False)
+    q = card["int8_against_fp32"]
+    assert q["runtime"] == card["runtime"] and q["provenance"] == "measured"
+    assert q["int8_ms"] == card["metrics"]["latency_ms_median_at_export"]["value"]  # the shipped int8, timed again
+    assert q["fp32_ms"] > 0 and q["speedup"] == pytest.approx(q["fp32_ms"] / q["int8_ms"])
+    text = (tmp_path / "out" / "MODEL_CARD.md").read_text()
+    said = f"{q['speedup']:.2f}x faster" if q["speedup"] >= INT8_FASTER else "not faster"
+    assert f"int8 against fp32 of the same shapes in {q['runtime']} on this CPU: {said}" in text
