@@ -56,6 +56,15 @@ class HostCPU:
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
+CPU_KIND_PREFIX = "edgesearch-cpu-"
+
+
+def cpu_kind_resource(key: str) -> str:
+    """The Ray custom resource a node of one CPU kind advertises (``ray start --resources``), so that a host
+    target's candidates are timed on the kind of CPU the search was submitted from."""
+    return f"{CPU_KIND_PREFIX}{key}"
+
+
 def parse_cpuinfo(text: str, cores: int = 1) -> HostCPU:
     """The first processor's model, flags and clock from ``/proc/cpuinfo`` text (x86 ``flags``, Arm ``Features``)."""
     unknown = platform.machine() or "unknown"

@@ -79,16 +79,21 @@ def cmd_targets(args: argparse.Namespace) -> int:
         print(f"{p.name:<22}{p.backend:<10}{num(p.clock_mhz, 1, '{:.0f}'):>6}{num(p.cores):>6}  {peak:<30}"
               f"{num(p.sram_bytes, 1024, '{:,.0f}'):>10}{num(p.flash_bytes, 1024, '{:,.0f}'):>11}"
               f"{num(p.power_active_mw):>10}  {provenance}")
-    from hardware_targets.host import host_cpu
+    from hardware_targets.host import cpu_kind_resource, host_cpu
 
     cpu, host = host_cpu(), load_profile("host")
     print(f"\nhost (detected, this machine): {cpu.model}, {cpu.cores} cores"
           + (f" at {cpu.mhz:.0f} MHz" if cpu.mhz else "") + f"; ISA {' '.join(cpu.isa) or 'none read'}; "
           f"CPU kind {cpu.key}")
+    print(f"  as a Ray worker node for host searches: ray start ... --resources "
+          f"'{{\"{cpu_kind_resource(cpu.key)}\": {cpu.cores}}}'")
     print("  peak MAC/cycle per core derived from the ISA flags: "
           + ", ".join(f"{k} {v:g}" for k, v in (host.peak_macs_per_cycle or {}).items())
           + f"; fp16 {'native' if host.supports('fp16') else 'not native (left out of host searches)'}; "
           f"active power {host.power_active_mw:g} mW per core (estimated, by CPU class)")
+    skipping = [n for n in available_profiles() if load_profile(n).pruning_reason("unstructured") is None]
+    print("unstructured pruning is searched only where a profile's kernels skip zero weights "
+          f"(unstructured_sparsity_speedup): {', '.join(skipping) or 'none of these'}; elsewhere channels are pruned")
     print("\nsources of every figure: the comments in hardware_targets/profiles/*.yaml")
     return 0
 

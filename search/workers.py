@@ -92,7 +92,7 @@ def ship_result(result_dict: dict, dataset: str, target: str, runs_dir: str, thr
                           Paths(Path(runs_dir)), trials_per_task=trials_per_task, runtime=runtime, threads=threads)
 
 
-def _ship_stage(ray, study, spec: SearchSpec, profile, runs_dir: Path, report: Reporter) -> None:
+def _ship_stage(ray, study, spec: SearchSpec, profile, runs_dir: Path, report: Reporter, placement: dict) -> None:
     """After the search: tune the front (and what is near it) for this CPU, time TVM and onnxruntime side by side,
     and record what ships; the front is then judged on those figures (``rows`` reads them)."""
     import json
@@ -113,7 +113,7 @@ def _ship_stage(ray, study, spec: SearchSpec, profile, runs_dir: Path, report: R
               else "no tuning (front_tuning_trials 0), ")
            + f"then TVM and onnxruntime timed side by side ({spec.runtime}); at most "
              f"{budget.front_tuning_minutes:g} min")
-    task = ray.remote(num_cpus=_cluster_cpus(ray), max_retries=0)(ship_result)
+    task = ray.remote(num_cpus=_cluster_cpus(ray), max_retries=0, **placement)(ship_result)
     started = time.perf_counter()
     deadline = started + 60 * budget.front_tuning_minutes
     for i, row in enumerate(picks):
@@ -199,11 +199,62 @@ def start_ray(address: str | None, workers: int):
         if address:
             ray.init(address=address, runtime_env=env, logging_level="ERROR", log_to_driver=False)
         else:
+            from hardware_targets.host import cpu_kind_resource, host_cpu
+
             ray.init(address="local", num_cpus=workers * THREADS_PER_WORKER, include_dashboard=False, runtime_env=env,
-                     logging_level="ERROR", log_to_driver=False, _node_ip_address="127.0.0.1")
+                     logging_level="ERROR", log_to_driver=False, _node_ip_address="127.0.0.1",
+                     resources={cpu_kind_resource(host_cpu().key): workers * THREADS_PER_WORKER})
     except Exception as exc:
         raise ConfigError(f"Cannot start or reach Ray{f' at {address}' if address else ''}: {exc}") from exc
     return ray
+
+
+def _node_kinds(ray) -> dict[str, str]:
+    """Node id -> CPU kind of each alive node with CPUs: advertised as a resource, else read by a task on the node."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from hardware_targets.host import CPU_KIND_PREFIX, host_cpu
+
+    kinds, probes = {}, {}
+    probe = ray.remote(num_cpus=0, max_retries=0)(lambda: host_cpu().key)
+    for node in ray.nodes():
+        if not node.get("Alive") or not node.get("Resources", {}).get("CPU"):
+            continue
+        advertised = [r[len(CPU_KIND_PREFIX):] for r in node["Resources"] if r.startswith(CPU_KIND_PREFIX)]
+        if advertised:
+            kinds[node["NodeID"]] = advertised[0]
+        else:
+            probes[node["NodeID"]] = probe.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote()
+    kinds.update(zip(probes, ray.get(list(probes.values()), timeout=120)))
+    return kinds
+
+
+def measurement_placement(ray, profile, report: Reporter) -> dict:
+    """Ray options that keep a host target's candidates on nodes of the CPU kind the search was submitted from.
+
+    Emulated targets run anywhere; a remote board is reached from any node. A cluster whose nodes of another kind
+    do not say so (no ``edgesearch-cpu-*`` resource) would mix kinds in one profile's figures, so it is refused."""
+    if profile.backend != "local":
+        return {}
+    from hardware_targets.host import cpu_kind_resource, host_cpu
+
+    cpu = host_cpu()
+    wanted = cpu_kind_resource(cpu.key)
+    if ray.cluster_resources().get(wanted):
+        if sum(1 for n in ray.nodes() if n.get("Alive")) > 1:
+            report(f"{profile.name} candidates run on the nodes of CPU kind {cpu.key} ({cpu.model}), as submitted")
+        return {"resources": {wanted: 0.001}}
+    kinds = _node_kinds(ray)
+    if kinds and set(kinds.values()) == {cpu.key}:
+        return {}
+    others = sorted(set(kinds.values()) - {cpu.key})
+    raise ConfigError(
+        f"Target {profile.name} is timed on CPUs of the kind this search was submitted from ({cpu.model}, CPU kind "
+        f"{cpu.key}), but the Ray cluster has no node of that kind that says so"
+        + (f" (kinds found: {', '.join(others)})" if others else "") + ". Start such nodes with "
+        f"`ray start ... --resources '{{\"{wanted}\": <CPUs>}}'` ('edgesearch targets' prints a node's CPU kind), "
+        "submit from a machine of the cluster's kind, or search an emulated profile.")
 
 
 def _supported_space(spec: SearchSpec, profile, report: Reporter) -> SearchSpec:
@@ -404,13 +455,22 @@ def run_search(
                 raise
             try:
                 tracking_ready()
-                if address and spec.workers > _cluster_cpus(ray):
-                    raise ConfigError(f"The 'workers' field of the search spec must be at most the {_cluster_cpus(ray)} "
-                                      f"CPU(s) of the cluster at {address}. Got {spec.workers} instead.")
-                _prepare(ray, study, spec, profile, runs_dir, report)
+                try:
+                    if address and spec.workers > _cluster_cpus(ray):
+                        raise ConfigError(f"The 'workers' field of the search spec must be at most the "
+                                          f"{_cluster_cpus(ray)} CPU(s) of the cluster at {address}. Got {spec.workers} "
+                                          "instead.")
+                    placement = measurement_placement(ray, profile, report)
+                except ConfigError:
+                    if not resume:  # refused before any work: the same command, fixed, starts afresh
+                        import optuna
+
+                        optuna.delete_study(study_name=spec.name, storage=study._storage)
+                    raise
+                _prepare(ray, study, spec, profile, runs_dir, report, placement)
                 _Driver(ray, study, spec, profile, runs_dir, remaining, report, tracker.on_trial if tracker else None,
-                        timings).run()
-                _ship_stage(ray, study, spec, profile, runs_dir, report)
+                        timings, placement).run()
+                _ship_stage(ray, study, spec, profile, runs_dir, report, placement)
                 if tracker:
                     tracker.begin_finish()
             finally:
@@ -431,7 +491,7 @@ def run_search(
                          front_hypervolume(front, search_bounds(study, spec)), timings)
 
 
-def _prepare(ray, study, spec: SearchSpec, profile, runs_dir: Path, report: Reporter) -> None:
+def _prepare(ray, study, spec: SearchSpec, profile, runs_dir: Path, report: Reporter, placement: dict) -> None:
     """Fix the hypervolume's bounds and the accuracy floor once per search, stored with it (a resume keeps them)."""
     size = profile.flash_bytes  # a feasible candidate can be no larger than the target's flash
     energy = profile.power_active_mw * spec.latency_budget_ms * 1e-3 if profile.power_active_mw else None
@@ -445,7 +505,7 @@ def _prepare(ray, study, spec: SearchSpec, profile, runs_dir: Path, report: Repo
     if screen_widest or need_baseline:
         if need_baseline:
             report("training the fp32 full-width baseline for the accuracy floor (once per dataset and budget)")
-        task = ray.remote(num_cpus=THREADS_PER_WORKER, max_retries=0)(prepare_search)
+        task = ray.remote(num_cpus=THREADS_PER_WORKER, max_retries=0, **placement)(prepare_search)
         try:
             out = ray.get(task.remote(spec.to_dict(), str(Path(runs_dir).resolve()), THREADS_PER_WORKER,
                                       screen_widest, need_baseline))
@@ -501,15 +561,16 @@ class _Driver:
     logging: those run while the workers compute, so they never hold a worker idle."""
 
     def __init__(self, ray, study, spec: SearchSpec, profile, runs_dir: Path, remaining: float, report: Reporter,
-                 on_trial, timings: dict):
+                 on_trial, timings: dict, placement: dict):
         from search.stages.screen import shape_knobs
 
         self.ray, self.study, self.spec, self.profile = ray, study, spec, profile
         self.runs_dir = str(Path(runs_dir).resolve())
         self.remaining, self.report, self.on_trial, self.timings = remaining, report, on_trial, timings
-        self.task = ray.remote(num_cpus=THREADS_PER_WORKER, max_retries=0)(run_candidate)
+        self.task = ray.remote(num_cpus=THREADS_PER_WORKER, max_retries=0, **placement)(run_candidate)
         # holds every CPU of the search: Ray starts it only when no candidate runs beside it
-        self.retime_task = ray.remote(num_cpus=spec.workers * THREADS_PER_WORKER, max_retries=0)(retime_results)
+        self.retime_task = ray.remote(num_cpus=spec.workers * THREADS_PER_WORKER, max_retries=0,
+                                      **placement)(retime_results)
         self.shape_knobs = functools.partial(shape_knobs, profile=profile)
         self.in_flight: dict = {}  # ray ref -> _Job
         self.done = reusable_trials(study)  # candidate key -> finished trial: repeats reuse it, across restarts too

@@ -78,3 +78,15 @@ def test_rapl_counters_wrap_and_the_baseline_power_is_taken_off(tmp_path):
     # baseline 10 W (2 J in 0.2 s); timed 0.5 s drew 6 J: 1 J over the baseline, over 1,000 calls = 1 mJ each
     assert inference_energy_mj(2_000_000, 0.2, 6_000_000, 0.5, 1000) == pytest.approx(1.0)
     assert read_rapl(tmp_path / "nothing") is None
+
+
+def test_targets_lists_every_profile_and_what_this_host_runs(capsys):
+    from hardware_targets import available_profiles
+    from search.cli import main
+
+    assert main(["targets"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"\n{name} " in out for name in available_profiles())
+    assert f"CPU kind {host_cpu().key}" in out
+    assert f"--resources '{{\"edgesearch-cpu-{host_cpu().key}\": {host_cpu().cores}}}'" in out
+    assert "unstructured pruning is searched only where" in out and "none of these" in out

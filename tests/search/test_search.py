@@ -1,5 +1,7 @@
 """Whole searches with real Ray, real Optuna storage and the real pipeline, on tiny budgets."""
 
+import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -186,6 +188,10 @@ def _stop_cluster(temp_dir: str, port: int) -> None:
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory, free_port):
     """A real `ray start --head` cluster with token authentication, stopped at the end."""
+    yield from _ray_head(tmp_path_factory, free_port)
+
+
+def _ray_head(tmp_path_factory, free_port, *options):
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
     ray_bin = str(Path(sys.executable).parent / "ray")
     subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
@@ -193,7 +199,7 @@ def ray_head(tmp_path_factory, free_port):
     temp_dir = tmp_path_factory.mktemp("rayhead")  # our cluster's processes are the ones that name it
     subprocess.run([ray_bin, "start", "--head", "--num-cpus", "2", "--port", str(port), "--dashboard-host",
                     "127.0.0.1", "--dashboard-port", str(dash), "--disable-usage-stats", f"--temp-dir={temp_dir}",
-                    "--node-ip-address=127.0.0.1"],
+                    "--node-ip-address=127.0.0.1", *options],
                    env=env, check=True, capture_output=True, timeout=120)
     old = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_AUTH_MODE"] = "token"
@@ -214,6 +220,29 @@ def test_search_on_an_existing_cluster(ray_head, tmp_path):
     with pytest.raises(Exception, match="'workers' field .* at most the 2"):
         run_search(too_many, tmp_path, storage_url=default_storage(tmp_path), address=ray_head["gcs"],
                    report=lambda line: None)
+
+
+def test_host_candidates_stay_on_nodes_of_the_submitted_cpu_kind(tmp_path_factory, free_port, tmp_path):
+    """A cluster whose only node says it is another CPU kind: host figures would mix kinds, so the search is refused
+    with what to do; an emulated target runs there."""
+    from hardware_targets.host import cpu_kind_resource
+    from search.errors import ConfigError
+
+    other = cpu_kind_resource("0" * 10)
+    head = _ray_head(tmp_path_factory, free_port, "--resources", json.dumps({other: 2}))
+    cluster = next(head)
+    try:
+        host = SearchSpec(name="other-kind", trials=1, workers=1, budget=TINY, space=FAST_SPACE, recipes=False)
+        with pytest.raises(ConfigError, match=f"no node of that kind that says so \\(kinds found: {'0' * 10}\\)"):
+            run_search(host, tmp_path, storage_url=default_storage(tmp_path), address=cluster["gcs"],
+                       report=lambda line: None)
+        assert "other-kind" not in {st.study_name for st in optuna.get_all_study_summaries(default_storage(tmp_path))}
+        emulated = dataclasses.replace(host, name="emulated-anywhere", target="rpi4")
+        outcome = run_search(emulated, tmp_path, storage_url=default_storage(tmp_path), address=cluster["gcs"],
+                             report=lambda line: None)
+        assert [r.state for r in outcome.rows] == ["COMPLETE"]
+    finally:
+        next(head, None)
 
 
 def test_detached_search_status_logs_stop_and_resume(ray_head, tmp_path):
