@@ -270,6 +270,10 @@ def _supported_space(spec: SearchSpec, profile, report: Reporter) -> SearchSpec:
         if reasons[p]:
             report(f"precision {p} left out of the search space: target {profile.name} has {reasons[p]}")
     space = dataclasses.replace(spec.space, precision=kept)
+    if profile.backend == "local" and any(p.startswith("int8") for p in kept):
+        report("int8 on this CPU: TVM computes int8 (QDQ) graphs in float, so there int8 buys 4x smaller weights, not "
+               "speed (onnxruntime has integer kernels; the shipping stage times both); an int8 model card gives "
+               "int8 against fp32 of the same shapes, measured in the runtime that ships")
     if space.sparsity[1] > 0:
         pays = tuple(m for m in space.pruning if profile.pruning_reason(m) is None)
         for m in space.pruning:

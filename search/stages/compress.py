@@ -1,8 +1,11 @@
 """Compression stage: magnitude pruning (unstructured or structured) and QAT preparation.
 
-Pruning is iterative: prune a share, fine-tune, repeat until the requested
-sparsity, then make the masks permanent so the exported graph is plain dense
-tensors with zeros (unstructured) or genuinely smaller layers (structured).
+Pruning is gradual: prune a share, fine-tune, repeat until the requested sparsity
+(a cubic schedule: large steps while the network is redundant, small ones near the
+end), then make the masks permanent so the exported graph is plain dense tensors
+with zeros (unstructured) or genuinely smaller layers (structured). Unstructured
+pruning ranks weights across layers by LAMP scores, so that small layers (a
+depthwise 3x3 filter has 9 weights) are not emptied by a global magnitude cut.
 
 Sparsity means, per mode, what the mode controls exactly:
 - unstructured: the fraction of zero weights in the conv and linear layers;
@@ -56,6 +59,24 @@ def prune_model(
     return _prune_unstructured(model, candidate, dataset, teacher)
 
 
+def cubic_schedule(final: float, steps: int) -> list[float]:
+    """Sparsity after each of ``steps`` pruning steps, starting from 0 (Zhu and Gupta, "To prune, or not to prune",
+    2017): most of it early, while fine-tuning can still recover, and the last steps small."""
+    return [final * (1 - (1 - i / steps) ** 3) for i in range(steps + 1)]
+
+
+def lamp_scores(weight: torch.Tensor) -> torch.Tensor:
+    """Layer-adaptive magnitude scores (Lee et al., ICLR 2021): a weight's square over the sum of the squares of the
+    layer's weights at least as large. Comparable across layers, and the largest weight of every layer scores 1."""
+    flat = weight.detach().abs().flatten()
+    order = torch.argsort(flat)
+    squares = flat[order] ** 2
+    tail = torch.flip(torch.cumsum(torch.flip(squares, [0]), 0), [0])
+    scores = torch.empty_like(flat)
+    scores[order] = squares / tail.clamp_min(torch.finfo(squares.dtype).tiny)
+    return scores.view_as(weight)
+
+
 def _finetune(model, candidate, dataset, teacher, step):
     b = candidate.budget
     if b.finetune_epochs:
@@ -69,11 +90,14 @@ def _prune_unstructured(model, candidate, dataset, teacher):
     params = _weights(model)
     total = sum(getattr(m, n).numel() for m, n in params)
     steps = candidate.budget.prune_steps
+    schedule = cubic_schedule(candidate.sparsity, steps)
     pruned = 0
     for step in range(1, steps + 1):
-        target = int(round(candidate.sparsity * total * step / steps))
+        target = int(round(schedule[step] * total))
+        scores = {(module, name): lamp_scores(getattr(module, name)) for module, name in params}
         # global_unstructured counts among weights not yet pruned, so pass the increment.
-        prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=target - pruned)
+        prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=target - pruned,
+                                  importance_scores=scores)
         pruned = target
         _finetune(model, candidate, dataset, teacher, step)  # masks keep pruned weights at zero
     for module, name in params:
@@ -95,6 +119,7 @@ def _prune_structured(model, candidate, dataset, teacher):
             importance=tp.importance.MagnitudeImportance(p=1),
             pruning_ratio=candidate.sparsity,
             iterative_steps=steps,
+            iterative_pruning_ratio_scheduler=cubic_schedule,
             ignored_layers=[model.classifier],
         )
         for step in range(1, steps + 1):

@@ -271,3 +271,15 @@ def test_unstructured_pruning_is_searched_only_where_kernels_skip_zeros():
     assert not any(label.startswith(("50%", "90%")) for label, _ in recipes_for(fixed))
     unpruned = dataclasses.replace(only_zeros, space=dataclasses.replace(only_zeros.space, sparsity=(0.0, 0.0)))
     assert _supported_space(unpruned, host, lines.append) == unpruned  # nothing to leave out, nothing said
+
+
+def test_the_host_space_says_int8_is_not_a_speed_up_in_tvm():
+    from hardware_targets import load_profile
+    from search.workers import _supported_space
+
+    lines = []
+    _supported_space(SearchSpec(name="int8-said", space=NO_FP16), load_profile("host"), lines.append)
+    assert any(ln.startswith("int8 on this CPU: TVM computes int8 (QDQ) graphs in float") for ln in lines)
+    lines.clear()
+    _supported_space(SearchSpec(name="int8-said", space=NO_FP16), load_profile("rpi4"), lines.append)
+    assert not any(ln.startswith("int8 on this CPU") for ln in lines)  # emulated: its int8 rate is its profile's

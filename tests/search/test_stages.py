@@ -144,3 +144,22 @@ def test_folding_qat_batchnorm_keeps_the_outputs(digits):
         a, b = unfolded(x), folded(x)
     assert (a.argmax(1) == b.argmax(1)).float().mean() >= 0.99
     assert (a - b).abs().max() <= 0.05 * a.abs().max()
+
+
+def test_pruning_is_gradual_and_never_empties_a_small_layer():
+    from torch.nn.utils import prune
+
+    from search.stages.compress import cubic_schedule, lamp_scores
+
+    assert cubic_schedule(0.9, 3) == pytest.approx([0.0, 0.9 * 19 / 27, 0.9 * 26 / 27, 0.9])  # 1 - (2/3)^3, 1 - (1/3)^3
+    assert lamp_scores(torch.tensor([1.0, 2.0, 3.0])).tolist() == pytest.approx([1 / 14, 4 / 13, 1.0])
+    # a 9-weight layer of small weights beside a 91-weight one: a global magnitude cut to 90% empties it
+    small, large = torch.nn.Linear(9, 1, bias=False), torch.nn.Linear(91, 1, bias=False)
+    with torch.no_grad():
+        small.weight.copy_(torch.linspace(0.01, 0.09, 9))
+        large.weight.copy_(torch.linspace(1.0, 2.0, 91))
+    params = [(small, "weight"), (large, "weight")]
+    prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=90,
+                              importance_scores={p: lamp_scores(getattr(*p)) for p in params})
+    assert int((small.weight != 0).sum()) >= 1 and int((large.weight != 0).sum()) >= 1
+    assert int((small.weight == 0).sum()) + int((large.weight == 0).sum()) == 90
