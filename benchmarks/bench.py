@@ -735,8 +735,8 @@ def report_markdown(results: dict) -> str:
         b = g["budget"]
         lines += ["## 8. The classic guide's rows on this host", "",
                   f"Each technique alone on the fp32 full-width DS-CNN, trained with the default budget ({b['epochs']} "
-                  f"epochs; pruning in {b['prune_steps']} steps of {b['finetune_epochs']} fine-tuning epochs, weights "
-                  "ranked globally), then the shipping stage's choice of runtime (untuned TVM or onnxruntime, the "
+                  f"epochs; pruning in {b['prune_steps']} steps of {b['finetune_epochs']} fine-tuning epochs on a cubic "
+                  "schedule, unstructured weights ranked across layers by LAMP scores), then the shipping stage's choice of runtime (untuned TVM or onnxruntime, the "
                   "faster p90, one thread). Ratios are against the fp32 full-width row of the same run; accuracy is "
                   "the shipped artifact's test accuracy. fp16 is "
                   f"{'native' if g['fp16_native'] else 'not native on this CPU (left out of host searches)'}.", ""]
