@@ -396,21 +396,26 @@ def _make_run_before_after(runs: Path) -> dict:
     old = runs / "before-budget-first"
     if subprocess.run(["git", "-C", str(root), "cat-file", "-e", BEFORE_BUDGET_FIRST], capture_output=True).returncode:
         return {"error": f"revision {BEFORE_BUDGET_FIRST} is not in this clone"}
-    if not old.exists():
+    made = not old.exists()
+    if made:
         subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", str(old), BEFORE_BUDGET_FIRST],
                        check=True, capture_output=True)
     args = ["submit", "--dataset", "digits", "--target", "host", "--latency-budget-ms", "0.05", "--trials", "12",
             "--workers", "2", "--epochs", "10", "--no-mlflow"]
     out = {}
-    for label, code, extra in (("before", old, []), ("after", root, ["--front-tuning-minutes", "0"])):
-        folder = runs / f"make-run-{label}-{_stamp()}"
-        _say(f"  make run's search, {label} the budget-first search")
-        started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "search.cli", "--runs-dir", str(folder), *args, *extra,
-                               "--name", f"make-run-{label}"], cwd=code, env={**os.environ, "PYTHONPATH": str(code)},
-                              capture_output=True, text=True)
-        out[label] = {"seconds": time.perf_counter() - started, "returncode": done.returncode,
-                      "tail": done.stdout.splitlines()[-12:] if done.returncode == 0 else done.stderr[-2000:]}
+    try:
+        for label, code, extra in (("before", old, []), ("after", root, ["--front-tuning-minutes", "0"])):
+            folder = runs / f"make-run-{label}-{_stamp()}"
+            _say(f"  make run's search, {label} the budget-first search")
+            started = time.perf_counter()
+            done = subprocess.run([sys.executable, "-m", "search.cli", "--runs-dir", str(folder), *args, *extra,
+                                   "--name", f"make-run-{label}"], cwd=code,
+                                  env={**os.environ, "PYTHONPATH": str(code)}, capture_output=True, text=True)
+            out[label] = {"seconds": time.perf_counter() - started, "returncode": done.returncode,
+                          "tail": done.stdout.splitlines()[-12:] if done.returncode == 0 else done.stderr[-2000:]}
+    finally:
+        if made:  # the old revision's checkout is not left registered in the user's repository
+            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(old)], capture_output=True)
     out["after_over_before"] = out["after"]["seconds"] / out["before"]["seconds"]
     return out
 
