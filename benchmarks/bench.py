@@ -491,14 +491,15 @@ GUIDE_SOURCES = ("TFLite PTQ table: https://www.tensorflow.org/lite/performance/
 
 
 def guide_rows() -> list[tuple[str, dict]]:
-    """The guide's single techniques, each on the fp32 full-width model, and pruning at 50/75/90% in both modes."""
-    rows = [("fp32 full width", {}), ("fp16 only", {"precision": "fp16"}),
-            ("int8 post-training only", {"precision": "int8-ptq"}),
-            ("int8 quantisation-aware only", {"precision": "int8-qat"})]
-    rows += [(f"{int(100 * s)}% {mode} pruning", {"sparsity": s, "pruning": mode})
-             for mode in ("unstructured", "structured") for s in (0.5, 0.75, 0.9)]
-    return rows + [("distillation into width 0.5", {"width": 0.5, "temperature": 4.0, "alpha": 0.5}),
-                   ("width 0.5 only", {"width": 0.5})]
+    """The search's recipes (the guide's single techniques, each on the fp32 full-width model), with pruning at
+    50/75/90% in both modes in place of the recipes' two pruning rows."""
+    from search.study import RECIPES
+
+    quantised = [(label, change) for label, change in RECIPES.items() if "precision" in change]
+    narrower = [(label, change) for label, change in RECIPES.items() if "width" in change]
+    pruned = [(f"{int(100 * s)}% {mode} pruning", {"sparsity": s, "pruning": mode})
+              for mode in ("unstructured", "structured") for s in (0.5, 0.75, 0.9)]
+    return [("fp32 full width", {}), *quantised, *pruned, *narrower]
 
 
 def guide_figures(runs: Path, plan: Plan) -> dict:

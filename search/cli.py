@@ -71,8 +71,11 @@ def cmd_targets(args: argparse.Namespace) -> int:
 
     print(f"{'target':<22}{'backend':<10}{'MHz':>6}{'cores':>6}  {'peak MAC/cycle fp32/fp16/int8':<30}"
           f"{'RAM KiB':>10}{'flash KiB':>11}{'power mW':>10}  provenance")
+    skipping = []  # profiles whose kernels skip zero weights: the only ones whose searches prune unstructured
     for name in available_profiles():
         p = load_profile(name)
+        if p.pruning_reason("unstructured") is None:
+            skipping.append(name)
         peak = "/".join(num(p.peak_macs_per_cycle.get(k)) for k in ("fp32", "fp16", "int8")) \
             if p.peak_macs_per_cycle else "-"
         provenance = {"local": "measured", "remote": "measured (RPC)", "emulated": "emulated"}[p.backend]
@@ -91,7 +94,6 @@ def cmd_targets(args: argparse.Namespace) -> int:
           + ", ".join(f"{k} {v:g}" for k, v in (host.peak_macs_per_cycle or {}).items())
           + f"; fp16 {'native' if host.supports('fp16') else 'not native (left out of host searches)'}; "
           f"active power {host.power_active_mw:g} mW per core (estimated, by CPU class)")
-    skipping = [n for n in available_profiles() if load_profile(n).pruning_reason("unstructured") is None]
     print("unstructured pruning is searched only where a profile's kernels skip zero weights "
           f"(unstructured_sparsity_speedup): {', '.join(skipping) or 'none of these'}; elsewhere channels are pruned")
     print("\nsources of every figure: the comments in hardware_targets/profiles/*.yaml")
