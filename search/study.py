@@ -29,6 +29,7 @@ SAMPLER_ATTR = "sampler_resolved"
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 # Optuna's guidance: NSGA-II needs 100+ trials (its first generation is random); TPE is model-guided far sooner.
 NSGA2_FROM_TRIALS = 100
+WIDTH_STEP = 0.25  # the width knob's grid
 
 # The classic optimisation guide's single-technique recipes: one technique applied to the plain fp32, width-1 model.
 PLAIN = {"precision": "fp32", "pruning": "unstructured", "sparsity": 0.0, "temperature": 1.0, "alpha": 1.0,
@@ -67,6 +68,19 @@ def recipes_for(spec: SearchSpec) -> list[tuple[str, dict[str, Any]]]:
         if fits:
             out.append((label, params))
     return out[: spec.trials]
+
+
+def narrower_recipe(label: str, knobs: dict[str, Any], spec: SearchSpec) -> tuple[str, dict[str, Any]] | None:
+    """A recipe screened out on the target, one width step narrower: the guide's technique on a model that can fit.
+
+    A recipe the budget rules out teaches the sampler only where the budget lies; the same technique on the widest
+    network that fits is the informative start-up point the recipe was meant to be. None when no narrower width is
+    left in the space (or recipes are off)."""
+    width = round(knobs["width"] - WIDTH_STEP, 4)
+    if not spec.recipes or width < spec.space.width[0] - 1e-9:
+        return None
+    base = label.split(", width ")[0]
+    return f"{base}, width {width:g}", {**knobs, "width": width}
 
 
 def resolved_sampler(spec: SearchSpec) -> str:
@@ -229,7 +243,7 @@ def suggest_candidate(trial: optuna.trial.BaseTrial, spec: SearchSpec) -> Candid
         sparsity=round(num("sparsity", s.sparsity, 0.05), 4),
         temperature=round(num("temperature", s.temperature, 0.5), 4),
         alpha=round(num("alpha", s.alpha, 0.1), 4),
-        width=round(num("width", s.width, 0.25), 4),
+        width=round(num("width", s.width, WIDTH_STEP), 4),
         budget=spec.budget,
         seed=spec.seed,
     )

@@ -35,7 +35,7 @@ from search.spec import SearchSpec, check_inputs, check_resources
 from search.study import (
     ASKS_PER_TRIAL, FLOOR_ATTR, BOUNDS_ATTR, HALVING_ETA, SHIPPED_PREFIX, Row, best_within_budget, create_study,
     feasible_front, shipping_picks, stored_trial,
-    finished_count, front_hypervolume, spent_budget, trial_cost,
+    finished_count, front_hypervolume, narrower_recipe, spent_budget, trial_cost,
     recipes_for, record_failure, record_result, record_reuse, record_screened, requeue_interrupted,
     resolved_sampler, reusable_trials, rows, search_bounds, set_bounds, suggest_candidate,
 )
@@ -665,6 +665,7 @@ class _Driver:
                                 note=f" (same shapes as trial {number}: not screened again)")
             self.counts["screened"] += 1
             self._told(trial, "")
+            self._narrow_recipe(trial, candidate)
         elif shapes in self.probing and shapes not in self.proven:
             self.shape_waiting.setdefault(shapes, []).append((trial, candidate))
             self.counts["waited"] += 1
@@ -768,6 +769,17 @@ class _Driver:
         self._told(job.trial, "")
         self._release(job)
         self._release_shapes(job)
+        self._narrow_recipe(job.trial, job.candidate)
+
+    def _narrow_recipe(self, trial, candidate: Candidate) -> None:
+        """A screened-out recipe comes back one width step narrower, next in the queue, until it fits."""
+        label = trial.user_attrs.get("recipe")
+        narrower = narrower_recipe(label, candidate.knobs(), self.spec) if label else None
+        if narrower is None:
+            return
+        with _timed(self.timings, "optuna"):
+            self.study.enqueue_trial(narrower[1], user_attrs={"recipe": narrower[0]})
+        self.report(f"recipe {label!r} does not fit the target; next: {narrower[0]!r}")
 
     def _fail(self, trial, reason: str) -> None:
         with _timed(self.timings, "optuna"):

@@ -37,7 +37,8 @@ def test_recipes_come_first_and_the_front_covers_every_feasible_recipe(tmp_path)
     assert trials[3].user_attrs["candidate"] == {"precision": "fp32", "sparsity": 0.0, "pruning": "structured",
                                                  "temperature": 4.0, "alpha": 0.5, "width": 0.5}
     assert all(t.params.get("pruning", "structured") == "structured" for t in trials)
-    assert all("recipe" not in t.user_attrs for t in trials[len(expected):])
+    # after them only the sampler's trials, and any recipe the budget ruled out, one width step narrower
+    assert all(", width " in t.user_attrs.get("recipe", ", width ") for t in trials[len(expected):])
     recipes = [r for r in outcome.rows if r.recipe and r.feasible]
     assert recipes, "digits recipes fit 0.1 ms on any of the project's CPUs"
     for recipe in recipes:
@@ -286,3 +287,24 @@ def test_the_host_space_says_int8_is_not_a_speed_up_in_tvm():
     lines.clear()
     _supported_space(SearchSpec(name="int8-said", space=NO_FP16), load_profile("rpi4"), lines.append)
     assert not any(ln.startswith("int8 on this CPU") for ln in lines)  # emulated: its int8 rate is its profile's
+
+
+def test_a_recipe_that_cannot_fit_comes_back_narrower_down_to_the_narrowest_width(tmp_path):
+    from search.study import narrower_recipe
+
+    space = SearchSpace(precision=("int8-ptq",), pruning=("structured",), sparsity=(0.0, 0.0), temperature=(1.0, 1.0),
+                        alpha=(1.0, 1.0), width=(0.25, 1.0))
+    spec = SearchSpec(name="narrower", trials=1, workers=1, budget=TINY, space=space, latency_budget_ms=1e-4)
+    lines = []
+    run_search(spec, tmp_path, storage_url=f"sqlite:///{tmp_path}/o.db", report=lines.append)
+    trials = sorted(load_study("narrower", f"sqlite:///{tmp_path}/o.db").trials, key=lambda t: t.number)
+    recipes = [(t.user_attrs.get("recipe"), t.user_attrs["candidate"]["width"]) for t in trials[:4]]
+    # 0.1 us fits nothing: the one recipe of this space is screened at every width of the grid, widest first
+    assert recipes == [("int8 post-training only", 1.0), ("int8 post-training only, width 0.75", 0.75),
+                       ("int8 post-training only, width 0.5", 0.5), ("int8 post-training only, width 0.25", 0.25)]
+    assert all(t.user_attrs["stopped"] == "screened" for t in trials)  # nothing trained
+    assert not any(", width 0" in t.user_attrs.get("recipe", "") for t in trials[4:])  # none under 0.25
+    assert any("does not fit the target; next: 'int8 post-training only, width 0.75'" in ln for ln in lines)
+    knobs = dict(trials[3].user_attrs["candidate"])
+    assert narrower_recipe("int8 post-training only, width 0.25", knobs, spec) is None
+    assert narrower_recipe("x", {**knobs, "width": 1.0}, dataclasses.replace(spec, recipes=False)) is None
