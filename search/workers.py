@@ -32,6 +32,9 @@ from objectives.pareto import non_dominated
 from search.candidate import Budget, Candidate, CandidateResult
 from search.errors import CandidateError, ConfigError
 from search.spec import SearchSpec, check_inputs, check_resources
+from search.transfer import (
+    RECORD_FILES, Bundle, mark_driver_disk, merge_records, pack, shares_disk, unmark_driver_disk, unpack,
+)
 from search.study import (
     ASKS_PER_TRIAL, FLOOR_ATTR, BOUNDS_ATTR, HALVING_ETA, SHIPPED_PREFIX, Row, best_within_budget, create_study,
     feasible_front, shipping_picks, stored_trial,
@@ -44,55 +47,118 @@ THREADS_PER_WORKER = 1
 
 
 @functools.lru_cache(maxsize=4)
-def _dataset(name: str):
+def _load_dataset(name: str):
     from search.data import load_dataset
 
     return load_dataset(name)
 
 
-def run_candidate(candidate_dict: dict, dataset: str, target: str, runs_dir: str, threads: int,
-                  screen_budget_ms: float | None = None) -> dict:
-    """Body of the Ray task: screening (when a budget is given), then the pipeline, returned as plain dicts.
+@functools.lru_cache(maxsize=4)
+def _checked_dataset(name: str, digest: str):
+    data = _load_dataset(name)
+    if data.content_digest() != digest:
+        raise CandidateError("data", f"built-in dataset {name!r} came out different on this node than on the driver "
+                                     f"(content {data.content_digest()} against {digest}): install the same "
+                                     "requirements.lock on every node")
+    return data
+
+
+def _dataset(dataset):
+    """A built-in dataset by name (each node makes its own: checked against the driver's by content), or a user's
+    ``Dataset`` sent by value."""
+    if isinstance(dataset, str):
+        return _load_dataset(dataset)
+    if isinstance(dataset, tuple):
+        return _checked_dataset(*dataset)
+    return dataset
+
+
+def _profile(target):
+    """A target profile sent by value (a user's YAML file need not exist on the node), or a shipped one by name."""
+    from hardware_targets import load_profile
+
+    return load_profile(target) if isinstance(target, (str, Path)) else target
+
+
+def _arrive(runs_dir: str, inputs: dict | None) -> bool:
+    """Whether this node shares the driver's runs folder; if not, write the files the task needs there first."""
+    if inputs is None or shares_disk(Path(runs_dir), inputs["token"]):
+        return True
+    import ray
+
+    for bundle in ray.get(inputs["bundles"]):
+        unpack(bundle, Path(runs_dir), skip=RECORD_FILES)
+        merge_records(bundle, Path(runs_dir))
+    return False
+
+
+def _outputs(shared: bool, runs_dir: str, *paths) -> Bundle | None:
+    """The files a task made, by value, for a driver that does not share this node's runs folder."""
+    return None if shared else pack(Path(runs_dir), *paths)
+
+
+def run_candidate(candidate_dict: dict, dataset, target, runs_dir: str, threads: int,
+                  screen_budget_ms: float | None = None, inputs: dict | None = None) -> dict:
+    """Body of the Ray task: screening (when a budget is given), then the pipeline, returned as plain dicts, with
+    the candidate's files by value when this node does not share the driver's runs folder.
 
     ``{"screening": ...}`` alone means the candidate was ruled out before training."""
-    from hardware_targets import load_profile
     from search.pipeline import Paths, evaluate_candidate
     from search.stages.screen import screen_candidate
+    from search.stages.train import teacher_path
 
-    candidate, data, profile = Candidate.from_dict(candidate_dict), _dataset(dataset), load_profile(target)
+    candidate, data, profile = Candidate.from_dict(candidate_dict), _dataset(dataset), _profile(target)
+    started = time.perf_counter()
+    shared = _arrive(runs_dir, inputs)  # records first: screening applies them too
+    moving = time.perf_counter() - started
     screening = None
     if screen_budget_ms is not None:
         screening = screen_candidate(candidate, data, profile, Path(runs_dir), latency_budget_ms=screen_budget_ms,
                                      threads=threads)
         if not screening["fits"]:
-            return {"screening": screening}
-    result = evaluate_candidate(candidate, data, profile, Paths(Path(runs_dir)), threads=threads)
+            return {"screening": screening, "transfer_s": moving}
+    paths = Paths(Path(runs_dir))
+    result = evaluate_candidate(candidate, data, profile, paths, threads=threads)
     if screening:
         result.stage_seconds["screen"] = screening["seconds"]
-    return {"screening": screening, "result": result.to_dict()}
+    made = [Path(result.artifacts["onnx"]).parent]
+    if candidate.distills:
+        made.append(teacher_path(data, candidate.seed, paths.teachers))
+    if candidate.budget.tuning_trials:
+        made.append(paths.tuning)
+    started = time.perf_counter()
+    files = _outputs(shared, runs_dir, *made)
+    return {"screening": screening, "result": result.to_dict(), "files": files,
+            "transfer_s": moving + time.perf_counter() - started}
 
 
-def retime_results(result_dicts: list[dict], dataset: str, target: str, runs_dir: str, threads: int) -> list[dict]:
-    """Body of the re-timing task, which holds every CPU of the search so nothing else runs beside it."""
-    from hardware_targets import load_profile
+def retime_results(result_dicts: list[dict], dataset, target, runs_dir: str, threads: int,
+                   inputs: dict | None = None) -> list[dict]:
+    """Body of the re-timing task, which holds every CPU of its node so nothing else runs beside it."""
     from search.pipeline import retime
 
-    profile = load_profile(target)
+    _arrive(runs_dir, inputs)
+    profile = _profile(target)
     return [retime(CandidateResult.from_dict(d), _dataset(dataset), profile, Path(runs_dir), threads=threads).to_dict()
             for d in result_dicts]
 
 
-def ship_result(result_dict: dict, dataset: str, target: str, runs_dir: str, threads: int, trials_per_task: int,
-                runtime: str) -> dict:
-    """Body of the shipping task, which holds every CPU of the search: tuning and side-by-side timing alone."""
-    from hardware_targets import load_profile
+def ship_result(result_dict: dict, dataset, target, runs_dir: str, threads: int, trials_per_task: int,
+                runtime: str, inputs: dict | None = None) -> dict:
+    """Body of the shipping task, which holds every CPU of its node: tuning and side-by-side timing alone."""
     from search.pipeline import Paths, ship_candidate
 
-    return ship_candidate(CandidateResult.from_dict(result_dict), _dataset(dataset), load_profile(target),
-                          Paths(Path(runs_dir)), trials_per_task=trials_per_task, runtime=runtime, threads=threads)
+    shared = _arrive(runs_dir, inputs)
+    paths = Paths(Path(runs_dir))
+    result = CandidateResult.from_dict(result_dict)
+    shipped = ship_candidate(result, _dataset(dataset), _profile(target), paths, trials_per_task=trials_per_task,
+                             runtime=runtime, threads=threads)
+    return {"shipped": shipped,
+            "files": _outputs(shared, runs_dir, Path(result.artifacts["onnx"]).parent, paths.tuning)}
 
 
-def _ship_stage(ray, study, spec: SearchSpec, profile, runs_dir: Path, report: Reporter, placement: dict) -> None:
+def _ship_stage(ray, study, spec: SearchSpec, profile, runs_dir: Path, report: Reporter, placement: dict,
+                transport: _Transport) -> None:
     """After the search: tune the front (and what is near it) for this CPU, time TVM and onnxruntime side by side,
     and record what ships; the front is then judged on those figures (``rows`` reads them)."""
     import json
@@ -113,7 +179,7 @@ def _ship_stage(ray, study, spec: SearchSpec, profile, runs_dir: Path, report: R
               else "no tuning (front_tuning_trials 0), ")
            + f"then TVM and onnxruntime timed side by side ({spec.runtime}); at most "
              f"{budget.front_tuning_minutes:g} min")
-    task = ray.remote(num_cpus=_cluster_cpus(ray), max_retries=0, **placement)(ship_result)
+    task = ray.remote(num_cpus=_node_cpus(ray, placement), max_retries=0, **placement)(ship_result)
     started = time.perf_counter()
     deadline = started + 60 * budget.front_tuning_minutes
     for i, row in enumerate(picks):
@@ -124,9 +190,11 @@ def _ship_stage(ray, study, spec: SearchSpec, profile, runs_dir: Path, report: R
         trial = stored_trial(study, row.number)
         result_path = Path(trial.user_attrs["artifacts"]["onnx"]).with_name("result.json")
         try:
-            shipped = ray.get(task.remote(json.loads(result_path.read_text()), spec.dataset, spec.target,
-                                          str(Path(runs_dir).resolve()), THREADS_PER_WORKER,
-                                          budget.front_tuning_trials, spec.runtime))
+            out = ray.get(task.remote(json.loads(result_path.read_text()), transport.dataset, profile,
+                                      str(transport.root), THREADS_PER_WORKER, budget.front_tuning_trials,
+                                      spec.runtime, transport.inputs(result_path.parent)))
+            transport.land(out["files"])
+            shipped = out["shipped"]
         except Exception as exc:  # a candidate that cannot be shipped keeps its searched figures
             report(f"[ship {i + 1}/{len(picks)}] trial {row.number}: failed ({type(exc).__name__}); ships as searched")
             continue
@@ -150,17 +218,17 @@ def widest_candidate(spec: SearchSpec) -> Candidate:
                      budget=spec.budget, seed=spec.seed)
 
 
-def prepare_search(spec_dict: dict, runs_dir: str, threads: int, bounds: bool, baseline: bool) -> dict:
+def prepare_search(spec_dict: dict, runs_dir: str, threads: int, bounds: bool, baseline: bool, dataset=None,
+                   target=None) -> dict:
     """Body of the task that fixes what a search is judged by before its first trial: the figures of the largest
     model of the space (bounds of the normalised hypervolume) and the fp32 full-width baseline's accuracy."""
-    from hardware_targets import load_profile
     from search.pipeline import Paths, baseline_accuracy
     from search.stages.screen import screen_candidate
 
     spec = SearchSpec.from_dict(spec_dict)
-    data, out = _dataset(spec.dataset), {}
+    data, out = _dataset(dataset or spec.dataset), {}
     if bounds:
-        screening = screen_candidate(widest_candidate(spec), data, load_profile(spec.target), Path(runs_dir),
+        screening = screen_candidate(widest_candidate(spec), data, _profile(target or spec.target), Path(runs_dir),
                                      latency_budget_ms=spec.latency_budget_ms, threads=threads)
         out["widest"] = {k: screening["metrics"][k][0] for k in ("size_bytes", "energy_mj")}
     if baseline:
@@ -184,7 +252,9 @@ class SearchOutcome:
     best: Row | None
     hypervolume: float
     # the driver's own time, by part: ray_start, optuna (ask, tell, storage), logging (MLflow), wall; and
-    # dispatch: how long freed workers waited for their next candidate, over `dispatches` hand-overs
+    # dispatch: how long freed workers waited for their next candidate, over `dispatches` hand-overs; transfer and
+    # transfer_workers: moving files to and from nodes that do not share the runs folder, here and on the workers
+    # (seconds), of transfer_bundles results that brought transfer_bytes
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
@@ -383,6 +453,73 @@ def _cluster_cpus(ray) -> int:
     return int(ray.cluster_resources().get("CPU", 0))
 
 
+def _node_cpus(ray, placement: dict) -> int:
+    """The CPUs of the largest node a task with ``placement`` can run on: a task that must run alone holds them."""
+    wanted = set(placement.get("resources", {}))
+    sizes = [n["Resources"].get("CPU", 0) for n in ray.nodes()
+             if n.get("Alive") and wanted <= set(n.get("Resources", {}))]
+    return max(1, int(max(sizes, default=_cluster_cpus(ray))))
+
+
+class _Transport:
+    """What a search's tasks need from the driver's disk, and where the files they make land on it.
+
+    A node that shares the driver's runs folder finds the driver's mark there and reads and writes in place; any
+    other node gets the files by value through Ray's object store (``search.transfer``)."""
+
+    def __init__(self, ray, spec: SearchSpec, profile, runs_dir: Path, timings: dict):
+        from search.data import BUILTIN_DATASETS
+
+        self.ray, self.spec, self.profile, self.timings = ray, spec, profile, timings
+        self.root = Path(runs_dir).resolve()
+        self.token = mark_driver_disk(self.root)
+        # a built-in dataset is made on each node and checked against this one's content; a user's file goes by value
+        data = _load_dataset(spec.dataset)
+        self.dataset = (spec.dataset, data.content_digest()) if spec.dataset in BUILTIN_DATASETS else ray.put(data)
+        self._caches = None  # this search's tuning records and teacher, put once per change
+        self.written = 0  # bytes written on the driver's disk from other nodes
+
+    def cache_paths(self) -> list[Path]:
+        from search.pipeline import Paths, host_build_target, tuned_build_target
+        from search.stages.compile import tuning_dir
+        from search.stages.train import teacher_path
+
+        paths = Paths(self.root)
+        targets = [host_build_target(self.profile), dict(self.profile.tvm_target)]
+        if self.profile.backend == "local":
+            targets.append(tuned_build_target(self.profile))
+        return ([tuning_dir(paths.tuning, t) for t in targets]
+                + [teacher_path(_load_dataset(self.spec.dataset), self.spec.seed, paths.teachers)])
+
+    def inputs(self, *folders: Path) -> dict:
+        """A task's ``inputs``: the driver's mark, the search's caches and ``folders``, by reference."""
+        with _timed(self.timings, "transfer"):
+            if self._caches is None:
+                self._caches = self.ray.put(pack(self.root, *self.cache_paths()))
+            return {"token": self.token,
+                    "bundles": [self._caches, *(self.ray.put(pack(self.root, f)) for f in folders)]}
+
+    def land(self, files: Bundle | None) -> None:
+        """Write a task's files at their places in the driver's runs folder; merge its tuning records."""
+        if not files:
+            return
+        with _timed(self.timings, "transfer"):
+            written = unpack(files, self.root, skip=RECORD_FILES)
+            merged = merge_records(files, self.root)
+        self.written += written
+        self.timings["transfer_bundles"] = self.timings.get("transfer_bundles", 0) + 1
+        self.timings["transfer_bytes"] = self.timings.get("transfer_bytes", 0) + files.size
+        if merged or any(rel.startswith("teachers/") for rel in files.files):
+            self._caches = None  # the next tasks get what this one added
+
+    def close(self, report: Reporter) -> None:
+        unmark_driver_disk(self.root, self.token)
+        if self.written:
+            report(f"files from nodes that do not share this runs folder: {self.written / 1e6:.2f} MB written here; "
+                   f"moving files took {self.timings['transfer']:.1f} s here and "
+                   f"{self.timings['transfer_workers']:.1f} s on the workers")
+
+
 Reporter = Callable[[str], None]
 
 
@@ -403,7 +540,8 @@ def run_search(
     """
     wall_started = time.perf_counter()
     timings = {"ray_start": 0.0, "optuna": 0.0, "logging": 0.0, "logging_background": 0.0, "dispatch": 0.0,
-               "dispatches": 0}
+               "dispatches": 0, "transfer": 0.0,
+               "transfer_workers": 0.0}
     profile = check_inputs(spec)
     spec = _supported_space(spec, profile, report)
     if not address:
@@ -471,10 +609,14 @@ def run_search(
 
                         optuna.delete_study(study_name=spec.name, storage=study._storage)
                     raise
-                _prepare(ray, study, spec, profile, runs_dir, report, placement)
-                _Driver(ray, study, spec, profile, runs_dir, remaining, report, tracker.on_trial if tracker else None,
-                        timings, placement).run()
-                _ship_stage(ray, study, spec, profile, runs_dir, report, placement)
+                transport = _Transport(ray, spec, profile, runs_dir, timings)
+                try:
+                    _prepare(ray, study, spec, profile, runs_dir, report, placement, transport)
+                    _Driver(ray, study, spec, profile, runs_dir, remaining, report,
+                            tracker.on_trial if tracker else None, timings, placement, transport).run()
+                    _ship_stage(ray, study, spec, profile, runs_dir, report, placement, transport)
+                finally:
+                    transport.close(report)
                 if tracker:
                     tracker.begin_finish()
             finally:
@@ -495,7 +637,8 @@ def run_search(
                          front_hypervolume(front, search_bounds(study, spec)), timings)
 
 
-def _prepare(ray, study, spec: SearchSpec, profile, runs_dir: Path, report: Reporter, placement: dict) -> None:
+def _prepare(ray, study, spec: SearchSpec, profile, runs_dir: Path, report: Reporter, placement: dict,
+             transport: _Transport) -> None:
     """Fix the hypervolume's bounds and the accuracy floor once per search, stored with it (a resume keeps them)."""
     size = profile.flash_bytes  # a feasible candidate can be no larger than the target's flash
     energy = profile.power_active_mw * spec.latency_budget_ms * 1e-3 if profile.power_active_mw else None
@@ -511,8 +654,8 @@ def _prepare(ray, study, spec: SearchSpec, profile, runs_dir: Path, report: Repo
             report("training the fp32 full-width baseline for the accuracy floor (once per dataset and budget)")
         task = ray.remote(num_cpus=THREADS_PER_WORKER, max_retries=0, **placement)(prepare_search)
         try:
-            out = ray.get(task.remote(spec.to_dict(), str(Path(runs_dir).resolve()), THREADS_PER_WORKER,
-                                      screen_widest, need_baseline))
+            out = ray.get(task.remote(spec.to_dict(), str(transport.root), THREADS_PER_WORKER, screen_widest,
+                                      need_baseline, transport.dataset, profile))
         except Exception as exc:
             if need_baseline:
                 raise ConfigError(f"The fp32 full-width baseline for --max-accuracy-drop failed: "
@@ -565,16 +708,16 @@ class _Driver:
     logging: those run while the workers compute, so they never hold a worker idle."""
 
     def __init__(self, ray, study, spec: SearchSpec, profile, runs_dir: Path, remaining: float, report: Reporter,
-                 on_trial, timings: dict, placement: dict):
+                 on_trial, timings: dict, placement: dict, transport: _Transport):
         from search.stages.screen import shape_knobs
 
         self.ray, self.study, self.spec, self.profile = ray, study, spec, profile
-        self.runs_dir = str(Path(runs_dir).resolve())
+        self.runs_dir, self.transport = str(transport.root), transport
         self.remaining, self.report, self.on_trial, self.timings = remaining, report, on_trial, timings
         self.task = ray.remote(num_cpus=THREADS_PER_WORKER, max_retries=0, **placement)(run_candidate)
         # holds every CPU of the search: Ray starts it only when no candidate runs beside it
-        self.retime_task = ray.remote(num_cpus=spec.workers * THREADS_PER_WORKER, max_retries=0,
-                                      **placement)(retime_results)
+        self.retime_task = ray.remote(num_cpus=min(spec.workers * THREADS_PER_WORKER, _node_cpus(ray, placement)),
+                                      max_retries=0, **placement)(retime_results)
         self.shape_knobs = functools.partial(shape_knobs, profile=profile)
         self.in_flight: dict = {}  # ray ref -> _Job
         self.done = reusable_trials(study)  # candidate key -> finished trial: repeats reuse it, across restarts too
@@ -679,8 +822,9 @@ class _Driver:
     def _submit(self, job: _Job, screen: bool) -> None:
         budget = rung_budget(self.spec.budget) if job.rung == 0 else self.spec.budget
         candidate = dataclasses.replace(job.candidate, budget=budget)
-        ref = self.task.remote(dataclasses.asdict(candidate), self.spec.dataset, self.spec.target, self.runs_dir,
-                               THREADS_PER_WORKER, self.spec.latency_budget_ms if screen else None)
+        ref = self.task.remote(dataclasses.asdict(candidate), self.transport.dataset, self.profile, self.runs_dir,
+                               THREADS_PER_WORKER, self.spec.latency_budget_ms if screen else None,
+                               self.transport.inputs())
         self.in_flight[ref] = job
         self.running[job.candidate.key()] = job
         if self.landed is not None:
@@ -710,9 +854,11 @@ class _Driver:
         except Exception as exc:
             self._fail_job(job, _failure_reason(exc))
             return
+        self.timings["transfer_workers"] += out.get("transfer_s", 0.0)
         if out.get("result") is None:
             self._screened_out(job, out["screening"])
             return
+        self.transport.land(out.get("files"))
         result = CandidateResult.from_dict(out["result"])
         if job.rung == 0:
             self._halving_decision(job, result)
@@ -827,8 +973,9 @@ class _Driver:
     def _retime(self) -> None:
         """Time the pending near-budget candidates again, alone: called when no candidate is running."""
         pending, self.pending_retime = self.pending_retime, []
-        ref = self.retime_task.remote([r.to_dict() for _, r in pending], self.spec.dataset, self.spec.target,
-                                      self.runs_dir, THREADS_PER_WORKER)
+        ref = self.retime_task.remote([r.to_dict() for _, r in pending], self.transport.dataset, self.profile,
+                                      self.runs_dir, THREADS_PER_WORKER,
+                                      self.transport.inputs(*(Path(r.artifacts["onnx"]).parent for _, r in pending)))
         try:
             fresh = [CandidateResult.from_dict(d) for d in self.ray.get(ref)]
         except Exception as exc:

@@ -7,21 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.servers import free_tcp_port
+
 warnings.filterwarnings("ignore")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
 def free_port():
     """Gives TCP ports on 127.0.0.1 that nothing listens on right now."""
-    return _free_port
+    return free_tcp_port
 
 
 @pytest.fixture(scope="session")

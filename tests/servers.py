@@ -1,7 +1,20 @@
-"""Waiting for the servers the tests start (MLflow, the edgesearch UI) to answer."""
+"""The servers the tests start: waiting for MLflow and the edgesearch UI to answer; real Ray clusters."""
 
+import os
+import subprocess
+import sys
 import time
 import urllib.request
+from pathlib import Path
+
+
+def free_tcp_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_until_healthy(url: str, proc, timeout: float = 90.0) -> None:
@@ -15,3 +28,63 @@ def wait_until_healthy(url: str, proc, timeout: float = 90.0) -> None:
             time.sleep(0.5)
     proc.kill()
     raise AssertionError(f"the server at {url} did not come up within {timeout:g} s")
+
+
+def stop_ray_cluster(temp_dir: str, port: int) -> None:
+    """Stop the Ray processes of one cluster: those naming its temp folder or its port (`ray stop` stops all)."""
+    import psutil
+
+    def ours(cmdline: str) -> bool:
+        return temp_dir in cmdline or f":{port} " in cmdline + " "
+
+    roots = [p for p in psutil.process_iter(["cmdline"]) if ours(" ".join(p.info["cmdline"] or []))]
+    procs = {p.pid: p for p in roots}
+    for p in roots:  # agents rename themselves (ray::DashboardAgent): find them as children
+        try:
+            procs.update({c.pid: c for c in p.children(recursive=True)})
+        except psutil.NoSuchProcess:
+            pass
+    procs = list(procs.values())
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=20)
+    for p in alive:
+        p.kill()
+
+
+def ray_cluster(temp_dir: Path, free_port, *options, num_cpus: int = 2):
+    """A real `ray start --head` cluster with token authentication, its files in ``temp_dir``; stopped when the
+    generator ends (with any node that joined it)."""
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
+    port, dash = free_port(), free_port()
+    subprocess.run([ray_bin, "start", "--head", "--num-cpus", str(num_cpus), "--port", str(port), "--dashboard-host",
+                    "127.0.0.1", "--dashboard-port", str(dash), "--disable-usage-stats", f"--temp-dir={temp_dir}",
+                    "--node-ip-address=127.0.0.1", *options],
+                   env=env, check=True, capture_output=True, timeout=120)
+    old = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "token"
+    try:
+        yield {"gcs": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "env": env, "ray": ray_bin}
+    finally:
+        stop_ray_cluster(str(temp_dir), port)  # not `ray stop`, which would stop every Ray cluster on the machine
+        if old is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+
+
+def node_sharing_nothing(cluster: dict, private_over: Path, cpus: int, resources: dict) -> None:
+    """`ray start` a node that joins ``cluster`` from its own mount namespace, where a fresh tmpfs hides
+    ``private_over`` (and its temp folder lies): the node shares nothing under that folder with this process.
+    Needs root and util-linux `unshare`."""
+    import json
+
+    own = private_over / "node-sharing-nothing"  # exists only inside the node's tmpfs
+    script = (f"mount -t tmpfs tmpfs '{private_over}' && mkdir -p '{own}' && TMPDIR='{own}' exec '{cluster['ray']}' "
+              f"start --address={cluster['gcs']} --num-cpus={cpus} --resources='{json.dumps(resources)}' "
+              f"--temp-dir='{own}' --node-ip-address=127.0.0.1 --disable-usage-stats")
+    subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], env=cluster["env"],
+                   check=True, capture_output=True, timeout=120)

@@ -88,6 +88,33 @@ def open_database(work_dir: Path):
         return ms.database.JSONDatabase(work_dir=str(work_dir))
 
 
+def merge_databases(src_dir: Path, dst_dir: Path) -> int:
+    """Commit the records of the database in ``src_dir`` that the one in ``dst_dir`` lacks; returns how many.
+
+    Record by record, under the target's lock: a record names its workload by its line in its own database's
+    workload file, so the files cannot simply be concatenated."""
+    from filelock import FileLock
+    from tvm.s_tir import meta_schedule as ms
+
+    def key(record) -> tuple:  # the workload's structural hash and the schedule's trace
+        return str(record.workload.as_json()[0]), str(record.trace.as_json())
+
+    Path(dst_dir).mkdir(parents=True, exist_ok=True)
+    with FileLock(str(Path(dst_dir) / ".lock")):
+        src, dst = open_database(src_dir), open_database(dst_dir)
+        have = {key(r) for r in dst.get_all_tuning_records()}
+        added = 0
+        for record in src.get_all_tuning_records():
+            if key(record) in have:
+                continue
+            workload = dst.commit_workload(record.workload.mod)
+            dst.commit_tuning_record(ms.database.TuningRecord(record.trace, workload, record.run_secs, record.target,
+                                                              record.args_info))
+            have.add(key(record))
+            added += 1
+    return added
+
+
 def _has_record(database, task) -> bool:
     mod = task.dispatched[0]
     if not database.has_workload(mod):

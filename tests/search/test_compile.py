@@ -127,6 +127,27 @@ def test_tuning_writes_records_and_a_second_compile_reuses_them(tmp_path):
     np.testing.assert_allclose(load_vm(second.library)["main"](tvm.runtime.tensor(x)).numpy(),
                                load_vm(first.library)["main"](tvm.runtime.tensor(x)).numpy(), rtol=1e-5)
 
+    # records travel by value to a node that has none, and merge into a database that has them without doubling
+    from search.transfer import merge_records, pack
+
+    bundle = pack(tmp_path, cache)
+    elsewhere = tmp_path / "other-node"
+    assert merge_records(bundle, elsewhere) == len(run_secs)
+    third = compile_tvm(onnx_path, HOST, elsewhere / "c.so", (1, 16), "float32", tuning_trials=4,
+                        cache_dir=elsewhere / "tuning")
+    assert third.tasks_tuned == 0 and third.tasks_reused == first.tasks_total
+    assert merge_records(bundle, elsewhere) == 0
+    from search.stages.compile import merge_databases
+
+    assert merge_databases(tuning_dir(cache, HOST), tuning_dir(elsewhere / "tuning", HOST)) == 0
+    started = tuning_dir(tmp_path / "third-node" / "tuning", HOST)  # a database of its own: merged record by record
+    started.mkdir(parents=True)
+    for name in ("database_workload.json", "database_tuning_record.json"):
+        (started / name).touch()
+    assert merge_records(bundle, tmp_path / "third-node") == len(run_secs)
+    assert compile_tvm(onnx_path, HOST, tmp_path / "d.so", (1, 16), "float32", tuning_trials=4,
+                       cache_dir=tmp_path / "third-node" / "tuning").tasks_reused == first.tasks_total
+
 
 def test_invalid_target_is_a_compile_error(digits, trained, tiny_budget, tmp_path):
     from search.errors import CandidateError

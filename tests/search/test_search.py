@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import optuna
 import pytest
@@ -19,6 +18,7 @@ from search.study import (create_study, default_storage, finished_count, knob_na
 from search.workers import run_search
 from tests.oracles import OBJECTIVES, pareto_front
 from tests.search.conftest import SHIP, TINY
+from tests.servers import ray_cluster
 
 FAST_SPACE = SearchSpace(precision=("fp32", "int8-ptq", "fp16"), width=(0.25, 0.75))
 
@@ -161,54 +161,10 @@ def test_killed_driver_resumes_without_repeating_finished_trials(tmp_path):
             assert children[t.number].data.metrics["accuracy"] == t.values[0]
 
 
-def _stop_cluster(temp_dir: str, port: int) -> None:
-    import psutil
-
-    def ours(cmdline: str) -> bool:
-        return temp_dir in cmdline or f":{port} " in cmdline + " "
-
-    roots = [p for p in psutil.process_iter(["cmdline"]) if ours(" ".join(p.info["cmdline"] or []))]
-    procs = {p.pid: p for p in roots}
-    for p in roots:  # agents rename themselves (ray::DashboardAgent): find them as children
-        try:
-            procs.update({c.pid: c for c in p.children(recursive=True)})
-        except psutil.NoSuchProcess:
-            pass
-    procs = list(procs.values())
-    for p in procs:
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=20)
-    for p in alive:
-        p.kill()
-
-
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory, free_port):
     """A real `ray start --head` cluster with token authentication, stopped at the end."""
-    yield from _ray_head(tmp_path_factory, free_port)
-
-
-def _ray_head(tmp_path_factory, free_port, *options):
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
-    port, dash = free_port(), free_port()
-    temp_dir = tmp_path_factory.mktemp("rayhead")  # our cluster's processes are the ones that name it
-    subprocess.run([ray_bin, "start", "--head", "--num-cpus", "2", "--port", str(port), "--dashboard-host",
-                    "127.0.0.1", "--dashboard-port", str(dash), "--disable-usage-stats", f"--temp-dir={temp_dir}",
-                    "--node-ip-address=127.0.0.1", *options],
-                   env=env, check=True, capture_output=True, timeout=120)
-    old = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "token"
-    try:
-        yield {"gcs": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "env": env}
-    finally:
-        _stop_cluster(str(temp_dir), port)  # not `ray stop`, which would stop every Ray cluster on the machine
-        if old is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
+    yield from ray_cluster(tmp_path_factory.mktemp("rayhead"), free_port)
 
 
 def test_search_on_an_existing_cluster(ray_head, tmp_path):
@@ -229,7 +185,7 @@ def test_host_candidates_stay_on_nodes_of_the_submitted_cpu_kind(tmp_path_factor
     from search.errors import ConfigError
 
     other = cpu_kind_resource("0" * 10)
-    head = _ray_head(tmp_path_factory, free_port, "--resources", json.dumps({other: 2}))
+    head = ray_cluster(tmp_path_factory.mktemp("rayhead"), free_port, "--resources", json.dumps({other: 2}))
     cluster = next(head)
     try:
         host = SearchSpec(name="other-kind", trials=1, workers=1, budget=TINY, space=FAST_SPACE, recipes=False)

@@ -1,0 +1,91 @@
+"""A search across two Ray nodes that share nothing but the network: the worker node runs in its own mount
+namespace, with a private tmpfs over the tests' folders (the driver's runs folder among them) and its temp folder."""
+
+import dataclasses
+import os
+import shutil
+import time
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from hardware_targets.profile import PROFILE_DIR
+from hardware_targets.host import cpu_kind_resource, host_cpu
+from search.export import export_search
+from search.spec import SearchSpace, SearchSpec
+from search.study import SHIPPED_PREFIX, default_storage, load_study
+from search.tracking import default_tracking_uri
+from search.workers import run_search
+from tests.search.conftest import TINY
+from tests.servers import node_sharing_nothing, ray_cluster
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                                reason="a private mount namespace needs root and unshare (the test machines have both)")
+
+
+# one shape, four candidates apart in distillation (a teacher to share); the slow run tunes what ships
+SAME_SHAPES = SearchSpace(precision=("fp32",), pruning=("structured",), sparsity=(0.0, 0.0), temperature=(1.0, 8.0),
+                          alpha=(0.0, 1.0), width=(0.5, 0.5))
+
+
+@pytest.mark.parametrize("tuning", [0, pytest.param(1, marks=pytest.mark.slow)])
+def test_a_search_on_a_node_that_shares_no_disk_ships_its_winner_from_the_driver(tmp_path_factory, free_port,
+                                                                                  tmp_path, digits, tuning):
+    kind = cpu_kind_resource(host_cpu().key)
+    head = ray_cluster(tmp_path_factory.mktemp("rayhead"), free_port, num_cpus=0)  # no CPU: all runs on the other
+    cluster = next(head)
+    try:
+        node_sharing_nothing(cluster, tmp_path_factory.getbasetemp(), 2, {kind: 2})
+        # the user's files exist on the driver only: a dataset and a target profile
+        data = tmp_path / "mine.npz"
+        np.savez(data, x_train=digits.x_train, y_train=digits.y_train, x_test=digits.x_test, y_test=digits.y_test)
+        target = tmp_path / "my-host.yaml"
+        shutil.copyfile(PROFILE_DIR / "host.yaml", target)
+        import ray  # after the cluster set token authentication up: Ray reads its mode once
+
+        ray.init(address=cluster["gcs"], logging_level="ERROR", log_to_driver=False)
+        try:
+            deadline = time.time() + 60
+            while not ray.cluster_resources().get(kind) and time.time() < deadline:
+                time.sleep(0.5)
+            exists = ray.remote(num_cpus=1, resources={kind: 0.001})(lambda path: os.path.exists(path))
+            seen = ray.get(exists.remote(str(data)))
+            assert seen is False, "the worker node must not see the driver's runs folder"
+        finally:
+            ray.shutdown()
+
+        spec = SearchSpec(name="apart", dataset=str(data), target=str(target), trials=4, workers=2, recipes=False,
+                          budget=dataclasses.replace(TINY, front_tuning_minutes=3, front_tuning_trials=tuning),
+                          space=SAME_SHAPES, latency_budget_ms=1.0)
+        storage, uri = default_storage(tmp_path), default_tracking_uri(tmp_path)
+        lines = []
+        outcome = run_search(spec, tmp_path, storage_url=storage, address=cluster["gcs"], tracking_uri=uri,
+                             report=lines.append)
+    finally:
+        next(head, None)
+
+    done = [r for r in outcome.rows if r.state == "COMPLETE"]
+    assert done and outcome.timings["transfer"] > 0, lines
+    study = load_study("apart", storage)
+    for row in done:  # every candidate's files came back to the driver's disk, at the paths the trial records
+        artifacts = study.trials[row.number].user_attrs["artifacts"]
+        assert os.path.isfile(artifacts["onnx"]) and os.path.isfile(artifacts["library"])
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("apart").experiment_id])
+    child = next(r for r in runs if r.data.tags.get("edgesearch.trial") == str(done[0].number))
+    assert {f.path for f in client.list_artifacts(child.info.run_id, "model")} >= {"model/model.onnx"}
+    shipped = [study.user_attrs[k] for k in study.user_attrs if k.startswith(SHIPPED_PREFIX)]
+    assert shipped, "\n".join(lines)
+    if tuning:  # tuned on the worker node; the records came back and the later candidates reused them there
+        assert all(s["tuning"]["tuned"] + s["tuning"]["reused"] == s["tuning"]["tasks"] > 0 for s in shipped)
+    if any(r.knobs["alpha"] < 1 for r in done):  # the teacher was trained on the worker node and came back
+        assert list((tmp_path / "teachers").glob("*.pt"))
+
+    # the winner is exported on the driver: its ONNX and the records its tuned library was built with are here, and
+    # the export rebuilds and verifies it against the accuracies the worker node recorded
+    card = export_search("apart", tmp_path / "export", storage_url=storage, runs_dir=tmp_path, register=False)
+    assert card["verification"]["onnxruntime_test_accuracy"] == card["verification"]["recorded_onnxruntime_test_accuracy"]
+    assert (tmp_path / "export" / "model.onnx").is_file()
+    if card["runtime"] == "tvm" and card["tvm_target"].get("mcpu"):  # shipped tuned: the records came back too
+        assert (tmp_path / "export" / "tuning_records" / "database_tuning_record.json").stat().st_size > 0
