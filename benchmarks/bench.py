@@ -548,6 +548,7 @@ def cluster_figures(runs: Path, plan: Plan) -> dict:
     through Ray's object store costs, as a share of the search's wall time (issue 17)."""
     import shutil
     import sys
+    import tempfile
 
     from hardware_targets.host import cpu_kind_resource, host_cpu
     from search.spec import SearchSpec
@@ -568,17 +569,19 @@ def cluster_figures(runs: Path, plan: Plan) -> dict:
     two = runs / f"cluster-two-nodes-{_stamp()}"
     two.mkdir(parents=True)
     kind = cpu_kind_resource(host_cpu().key)
-    head_dir = runs / f"cluster-head-{_stamp()}"  # outside the folder the second node hides
-    head_dir.mkdir()
+    head_dir = Path(tempfile.mkdtemp(prefix="esh-"))  # short: Ray's socket paths must fit 107 bytes
     head = ray_cluster(head_dir, free_tcp_port, "--resources", json.dumps({kind: 1}), num_cpus=1)
-    cluster = next(head)
+    cluster, node_dir = next(head), None
     try:
-        node_sharing_nothing(cluster, two, 1, {kind: 1})
+        node_dir = node_sharing_nothing(cluster, two, 1, {kind: 1})
         _say(f"  two nodes (one CPU each, the second sharing nothing): {spec.trials} trials, 2 workers")
         out["two_nodes"] = _cluster_run(run_search(spec, two, storage_url=default_storage(two), address=cluster["gcs"],
                                                    report=lambda line: None))
     finally:
         next(head, None)
+        shutil.rmtree(head_dir, ignore_errors=True)
+        if node_dir:
+            node_dir.rmdir()
     out["wall_ratio"] = out["two_nodes"]["wall_s"] / out["one_node"]["wall_s"]
     return out
 
@@ -591,6 +594,10 @@ def _cluster_run(outcome) -> dict:
             "bundles": t.get("transfer_bundles", 0), "megabytes": t.get("transfer_bytes", 0) / 1e6,
             "hypervolume": outcome.hypervolume,
             "completed": sum(r.state == "COMPLETE" for r in outcome.rows)}
+
+
+def _measured(results: dict) -> dict:
+    return {k: v for k, v in results.items() if not (isinstance(v, dict) and "failed" in v)}
 
 
 def plots(results: dict, out: Path) -> list[str]:
@@ -672,12 +679,15 @@ def _slower_because(r: dict) -> list[str]:
 
 def report_markdown(results: dict) -> str:
     m = results["machine"]
+    failed = {k: v["failed"] for k, v in results.items() if isinstance(v, dict) and "failed" in v}
+    results = _measured(results)
     lines = [f"# edgesearch benchmarks ({results['date']}, {'quick' if results['quick'] else 'full'} mode)", "",
              f"Machine: {m['cpu']}, {m['cores']} cores; Python {m['python']}; "
              + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + f". Took {results['minutes']:.1f} min.", "",
              "Every comparison is measured in this run, side by side. Figures are medians, with the range and the "
              "number of repeats in brackets where there was more than one. All latencies are measured on this "
              "machine; energy in figure 5 is estimated (no RAPL counters here).", ""]
+    lines += [f"**Not measured in this run: {key} failed** ({reason}).\n" for key, reason in failed.items()]
     s = results.get("search")
     if s:
         b = s["budget"]
@@ -894,7 +904,7 @@ def main(argv=None) -> int:
     bench = args.runs_dir / "bench"
     if args.report_only:
         results = json.loads((bench / "results.json").read_text())
-        results["plots"] = plots(results, bench)
+        results["plots"] = plots(_measured(results), bench)
         (bench / "REPORT.md").write_text(report_markdown(results))
         print(f"re-rendered {bench / 'REPORT.md'} from {bench / 'results.json'}")
         return 0
@@ -915,14 +925,18 @@ def main(argv=None) -> int:
         if figure not in wanted:
             continue
         _say(title)
-        if figure == "3":
-            with tempfile.TemporaryDirectory() as tmp:
-                results[key] = runtime_figures(Path(tmp), plan)
-        else:
-            results[key] = run()
+        try:  # a figure that fails is reported as such; the others are kept
+            if figure == "3":
+                with tempfile.TemporaryDirectory() as tmp:
+                    results[key] = runtime_figures(Path(tmp), plan)
+            else:
+                results[key] = run()
+        except Exception as exc:
+            results[key] = {"failed": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+            _say(f"  FAILED: {results[key]['failed']}")
         _say(f"  done ({(time.perf_counter() - started) / 60:.1f} min so far)")
     results["minutes"] = (time.perf_counter() - started) / 60
-    results["plots"] = plots(results, bench)
+    results["plots"] = plots(_measured(results), bench)
     (bench / "results.json").write_text(json.dumps(results, indent=2, default=str))
     (bench / "REPORT.md").write_text(report_markdown(results))
     print(report_markdown(results))

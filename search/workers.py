@@ -474,22 +474,25 @@ class _Transport:
         self.root = Path(runs_dir).resolve()
         self.token = mark_driver_disk(self.root)
         # a built-in dataset is made on each node and checked against this one's content; a user's file goes by value
-        data = _load_dataset(spec.dataset)
-        self.dataset = (spec.dataset, data.content_digest()) if spec.dataset in BUILTIN_DATASETS else ray.put(data)
+        self.data = _load_dataset(spec.dataset)
+        self.dataset = ((spec.dataset, self.data.content_digest()) if spec.dataset in BUILTIN_DATASETS
+                        else ray.put(self.data))
         self._caches = None  # this search's tuning records and teacher, put once per change
         self.written = 0  # bytes written on the driver's disk from other nodes
 
     def cache_paths(self) -> list[Path]:
-        from search.pipeline import Paths, host_build_target, tuned_build_target
+        """This CPU kind's tuning records (and the cross-compiled target's), and this dataset's teachers: found by
+        their names, so the driver imports neither torch nor TVM."""
+        from hardware_targets.host import host_cpu
         from search.stages.compile import tuning_dir
-        from search.stages.train import teacher_path
 
-        paths = Paths(self.root)
-        targets = [host_build_target(self.profile), dict(self.profile.tvm_target)]
-        if self.profile.backend == "local":
-            targets.append(tuned_build_target(self.profile))
-        return ([tuning_dir(paths.tuning, t) for t in targets]
-                + [teacher_path(_load_dataset(self.spec.dataset), self.spec.seed, paths.teachers)])
+        tuning, teachers = self.root / "tuning", self.root / "teachers"
+        found = sorted(tuning.glob(f"*-{host_cpu().key}")) if tuning.is_dir() else []
+        if "mtriple" in self.profile.tvm_target:
+            found.append(tuning_dir(tuning, dict(self.profile.tvm_target)))
+        if teachers.is_dir():
+            found += sorted(teachers.glob(f"{self.data.name}-{self.data.fingerprint}-seed{self.spec.seed}-*.pt"))
+        return found
 
     def inputs(self, *folders: Path) -> dict:
         """A task's ``inputs``: the driver's mark, the search's caches and ``folders``, by reference."""

@@ -62,10 +62,12 @@ def ray_cluster(temp_dir: Path, free_port, *options, num_cpus: int = 2):
     ray_bin = str(Path(sys.executable).parent / "ray")
     subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
     port, dash = free_port(), free_port()
-    subprocess.run([ray_bin, "start", "--head", "--num-cpus", str(num_cpus), "--port", str(port), "--dashboard-host",
-                    "127.0.0.1", "--dashboard-port", str(dash), "--disable-usage-stats", f"--temp-dir={temp_dir}",
-                    "--node-ip-address=127.0.0.1", *options],
-                   env=env, check=True, capture_output=True, timeout=120)
+    started = subprocess.run([ray_bin, "start", "--head", "--num-cpus", str(num_cpus), "--port", str(port),
+                              "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--disable-usage-stats",
+                              f"--temp-dir={temp_dir}", "--node-ip-address=127.0.0.1", *options],
+                             env=env, capture_output=True, text=True, timeout=120)
+    if started.returncode:
+        raise RuntimeError(f"ray start --head failed: {started.stderr[-2000:]}")
     old = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_AUTH_MODE"] = "token"
     try:
@@ -76,15 +78,21 @@ def ray_cluster(temp_dir: Path, free_port, *options, num_cpus: int = 2):
             os.environ.pop("RAY_AUTH_MODE", None)
 
 
-def node_sharing_nothing(cluster: dict, private_over: Path, cpus: int, resources: dict) -> None:
+def node_sharing_nothing(cluster: dict, private_over: Path, cpus: int, resources: dict) -> Path:
     """`ray start` a node that joins ``cluster`` from its own mount namespace, where a fresh tmpfs hides
-    ``private_over`` (and its temp folder lies): the node shares nothing under that folder with this process.
-    Needs root and util-linux `unshare`."""
+    ``private_over``, and another holds its temp folder: the node shares nothing under either with this process.
+    Needs root and util-linux `unshare`; ``stop_ray_cluster`` of the cluster stops it too."""
     import json
+    import tempfile
 
-    own = private_over / "node-sharing-nothing"  # exists only inside the node's tmpfs
-    script = (f"mount -t tmpfs tmpfs '{private_over}' && mkdir -p '{own}' && TMPDIR='{own}' exec '{cluster['ray']}' "
+    # the node's temp folder: empty here, its own tmpfs there; short, since Ray's socket paths must fit 107 bytes
+    own = tempfile.mkdtemp(prefix="esn-")
+    script = (f"mount -t tmpfs tmpfs '{private_over}' && mount -t tmpfs tmpfs '{own}' && TMPDIR='{own}' "
+              f"exec '{cluster['ray']}' "
               f"start --address={cluster['gcs']} --num-cpus={cpus} --resources='{json.dumps(resources)}' "
               f"--temp-dir='{own}' --node-ip-address=127.0.0.1 --disable-usage-stats")
-    subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], env=cluster["env"],
-                   check=True, capture_output=True, timeout=120)
+    started = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                             env=cluster["env"], capture_output=True, text=True, timeout=120)
+    if started.returncode:
+        raise RuntimeError(f"ray start of the node sharing nothing failed: {started.stderr[-2000:]}")
+    return Path(own)  # empty on this side: remove it once the cluster is stopped

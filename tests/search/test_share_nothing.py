@@ -34,9 +34,9 @@ def test_a_search_on_a_node_that_shares_no_disk_ships_its_winner_from_the_driver
                                                                                   tmp_path, digits, tuning):
     kind = cpu_kind_resource(host_cpu().key)
     head = ray_cluster(tmp_path_factory.mktemp("rayhead"), free_port, num_cpus=0)  # no CPU: all runs on the other
-    cluster = next(head)
+    cluster, node_dir = next(head), None
     try:
-        node_sharing_nothing(cluster, tmp_path_factory.getbasetemp(), 2, {kind: 2})
+        node_dir = node_sharing_nothing(cluster, tmp_path_factory.getbasetemp(), 2, {kind: 2})
         # the user's files exist on the driver only: a dataset and a target profile
         data = tmp_path / "mine.npz"
         np.savez(data, x_train=digits.x_train, y_train=digits.y_train, x_test=digits.x_test, y_test=digits.y_test)
@@ -64,6 +64,8 @@ def test_a_search_on_a_node_that_shares_no_disk_ships_its_winner_from_the_driver
                              report=lines.append)
     finally:
         next(head, None)
+        if node_dir:
+            node_dir.rmdir()
 
     done = [r for r in outcome.rows if r.state == "COMPLETE"]
     assert done and outcome.timings["transfer"] > 0, lines
