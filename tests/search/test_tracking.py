@@ -98,8 +98,11 @@ def test_unreachable_tracking_server_fails_before_any_work(tmp_path, free_port):
 def test_the_service_reports_its_own_time_by_part(tracked_search):
     _, outcome, _, _ = tracked_search
     t = outcome.timings
-    assert set(t) == {"ray_start", "optuna", "logging", "logging_background", "dispatch", "dispatches", "wall"}
-    assert all(v > 0 for v in t.values())  # Ray was started, trials told, MLflow written, workers re-fed
+    assert set(t) == {"ray_start", "optuna", "logging", "logging_background", "dispatch", "dispatches", "wall",
+                      "transfer", "transfer_workers"}  # on one machine no result brought files (no transfer_bundles)
+    moving = {"transfer", "transfer_workers"}
+    assert all(v > 0 for k, v in t.items() if k not in moving)  # Ray started, trials told, MLflow written, re-fed
+    assert t["transfer"] + t["transfer_workers"] < 0.01 * t["wall"]  # a shared disk: a check per task, no files
     assert t["ray_start"] + t["optuna"] + t["logging"] < t["wall"]
     assert t["dispatch"] < t["optuna"]  # a freed worker waits for Optuna's tell and ask, not for MLflow
 
