@@ -119,3 +119,9 @@ def merge_records(bundle: Bundle | None, root: Path) -> int:
                 (Path(tmp) / name).write_bytes(data)
             added += merge_databases(Path(tmp), dest)
     return added
+
+
+def receive(bundle: Bundle | None, root: Path) -> tuple[int, int]:
+    """Land a bundle under ``root``: its files where missing or different, its tuning records merged; returns the
+    bytes written and the records added."""
+    return unpack(bundle, root, skip=RECORD_FILES), merge_records(bundle, root)

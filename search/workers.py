@@ -33,7 +33,7 @@ from search.candidate import Budget, Candidate, CandidateResult
 from search.errors import CandidateError, ConfigError
 from search.spec import SearchSpec, check_inputs, check_resources
 from search.transfer import (
-    RECORD_FILES, Bundle, mark_driver_disk, merge_records, pack, shares_disk, unmark_driver_disk, unpack,
+    Bundle, mark_driver_disk, pack, receive, shares_disk, unmark_driver_disk,
 )
 from search.study import (
     ASKS_PER_TRIAL, FLOOR_ATTR, BOUNDS_ATTR, HALVING_ETA, SHIPPED_PREFIX, Row, best_within_budget, create_study,
@@ -87,8 +87,7 @@ def _arrive(runs_dir: str, inputs: dict | None) -> bool:
     import ray
 
     for bundle in ray.get(inputs["bundles"]):
-        unpack(bundle, Path(runs_dir), skip=RECORD_FILES)
-        merge_records(bundle, Path(runs_dir))
+        receive(bundle, Path(runs_dir))
     return False
 
 
@@ -157,7 +156,7 @@ def ship_result(result_dict: dict, dataset, target, runs_dir: str, threads: int,
             "files": _outputs(shared, runs_dir, Path(result.artifacts["onnx"]).parent, paths.tuning)}
 
 
-def _ship_stage(ray, study, spec: SearchSpec, profile, runs_dir: Path, report: Reporter, placement: dict,
+def _ship_stage(ray, study, spec: SearchSpec, profile, report: Reporter, placement: dict,
                 transport: _Transport) -> None:
     """After the search: tune the front (and what is near it) for this CPU, time TVM and onnxruntime side by side,
     and record what ships; the front is then judged on those figures (``rows`` reads them)."""
@@ -218,17 +217,17 @@ def widest_candidate(spec: SearchSpec) -> Candidate:
                      budget=spec.budget, seed=spec.seed)
 
 
-def prepare_search(spec_dict: dict, runs_dir: str, threads: int, bounds: bool, baseline: bool, dataset=None,
-                   target=None) -> dict:
+def prepare_search(spec_dict: dict, runs_dir: str, threads: int, bounds: bool, baseline: bool, dataset,
+                   target) -> dict:
     """Body of the task that fixes what a search is judged by before its first trial: the figures of the largest
     model of the space (bounds of the normalised hypervolume) and the fp32 full-width baseline's accuracy."""
     from search.pipeline import Paths, baseline_accuracy
     from search.stages.screen import screen_candidate
 
     spec = SearchSpec.from_dict(spec_dict)
-    data, out = _dataset(dataset or spec.dataset), {}
+    data, out = _dataset(dataset), {}
     if bounds:
-        screening = screen_candidate(widest_candidate(spec), data, _profile(target or spec.target), Path(runs_dir),
+        screening = screen_candidate(widest_candidate(spec), data, _profile(target), Path(runs_dir),
                                      latency_budget_ms=spec.latency_budget_ms, threads=threads)
         out["widest"] = {k: screening["metrics"][k][0] for k in ("size_bytes", "energy_mj")}
     if baseline:
@@ -507,8 +506,7 @@ class _Transport:
         if not files:
             return
         with _timed(self.timings, "transfer"):
-            written = unpack(files, self.root, skip=RECORD_FILES)
-            merged = merge_records(files, self.root)
+            written, merged = receive(files, self.root)
         self.written += written
         self.timings["transfer_bundles"] = self.timings.get("transfer_bundles", 0) + 1
         self.timings["transfer_bytes"] = self.timings.get("transfer_bytes", 0) + files.size
@@ -614,10 +612,10 @@ def run_search(
                     raise
                 transport = _Transport(ray, spec, profile, runs_dir, timings)
                 try:
-                    _prepare(ray, study, spec, profile, runs_dir, report, placement, transport)
-                    _Driver(ray, study, spec, profile, runs_dir, remaining, report,
-                            tracker.on_trial if tracker else None, timings, placement, transport).run()
-                    _ship_stage(ray, study, spec, profile, runs_dir, report, placement, transport)
+                    _prepare(ray, study, spec, profile, report, placement, transport)
+                    _Driver(ray, study, spec, profile, remaining, report, tracker.on_trial if tracker else None,
+                            timings, placement, transport).run()
+                    _ship_stage(ray, study, spec, profile, report, placement, transport)
                 finally:
                     transport.close(report)
                 if tracker:
@@ -640,7 +638,7 @@ def run_search(
                          front_hypervolume(front, search_bounds(study, spec)), timings)
 
 
-def _prepare(ray, study, spec: SearchSpec, profile, runs_dir: Path, report: Reporter, placement: dict,
+def _prepare(ray, study, spec: SearchSpec, profile, report: Reporter, placement: dict,
              transport: _Transport) -> None:
     """Fix the hypervolume's bounds and the accuracy floor once per search, stored with it (a resume keeps them)."""
     size = profile.flash_bytes  # a feasible candidate can be no larger than the target's flash
@@ -710,8 +708,8 @@ class _Driver:
     A free worker gets its next candidate right after Optuna is told, before the progress line and the MLflow
     logging: those run while the workers compute, so they never hold a worker idle."""
 
-    def __init__(self, ray, study, spec: SearchSpec, profile, runs_dir: Path, remaining: float, report: Reporter,
-                 on_trial, timings: dict, placement: dict, transport: _Transport):
+    def __init__(self, ray, study, spec: SearchSpec, profile, remaining: float, report: Reporter, on_trial,
+                 timings: dict, placement: dict, transport: _Transport):
         from search.stages.screen import shape_knobs
 
         self.ray, self.study, self.spec, self.profile = ray, study, spec, profile
