@@ -278,7 +278,7 @@ def record_result(study: optuna.Study, trial: optuna.Trial, spec: SearchSpec, re
     if floor:
         trial.set_constraint("accuracy_floor", floor["value"] - result.value("accuracy"))
     _set_metrics(trial, metrics)
-    for key in ("provenance", "tuning", "rung", "retimed", "host_cpu"):
+    for key in ("provenance", "tuning", "rung", "retimed", "host_cpu", "teacher"):
         if result.info.get(key) is not None:
             trial.set_user_attr(key, result.info[key])
     trial.set_user_attr("stage_seconds", result.stage_seconds)

@@ -96,6 +96,60 @@ def _outputs(shared: bool, runs_dir: str, *paths) -> Bundle | None:
     return None if shared else pack(Path(runs_dir), *paths)
 
 
+class TeacherOnce:
+    """A Ray actor that has a search's teacher trained once across nodes that do not share a disk (one node's file
+    lock covers only that node): the first distilling candidate to ask trains it, later ones wait for its bytes."""
+
+    TRAIN = "train"
+
+    def __init__(self):
+        import asyncio
+
+        self._asyncio = asyncio
+        self.teachers: dict[str, bytes] = {}
+        self.training: dict[str, object] = {}
+
+    async def claim(self, name: str):
+        """The teacher's bytes, or TRAIN if the caller is to train it (first caller, or its trainer failed)."""
+        while name not in self.teachers:
+            if name not in self.training:
+                self.training[name] = self._asyncio.Event()
+                return self.TRAIN
+            await self.training[name].wait()
+        return self.teachers[name]
+
+    def put(self, name: str, data: bytes | None) -> None:
+        """The trained teacher's bytes; None when training failed, so the next waiter trains it."""
+        if data is not None:
+            self.teachers[name] = data
+        self.training.pop(name).set()
+
+
+def _teacher_once(store, data, seed: int, folder: Path) -> str:
+    """Make this dataset's teacher present in ``folder``, trained once for the whole search; how it came."""
+    import ray
+
+    from search.stages.train import get_teacher, teacher_path
+
+    path = teacher_path(data, seed, folder)
+    if path.exists():
+        return "found on this node"
+    got = ray.get(store.claim.remote(path.name))
+    if got != TeacherOnce.TRAIN:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".part")
+        tmp.write_bytes(got)
+        tmp.replace(path)
+        return "received from the node that trained it"
+    try:
+        get_teacher(data, seed, folder)
+    except BaseException:
+        store.put.remote(path.name, None)
+        raise
+    ray.get(store.put.remote(path.name, path.read_bytes()))
+    return "trained on this node"
+
+
 def run_candidate(candidate_dict: dict, dataset, target, runs_dir: str, threads: int,
                   screen_budget_ms: float | None = None, inputs: dict | None = None) -> dict:
     """Body of the Ray task: screening (when a budget is given), then the pipeline, returned as plain dicts, with
@@ -117,7 +171,14 @@ def run_candidate(candidate_dict: dict, dataset, target, runs_dir: str, threads:
         if not screening["fits"]:
             return {"screening": screening, "transfer_s": moving}
     paths = Paths(Path(runs_dir))
+    started, teacher = time.perf_counter(), None
+    if candidate.distills and inputs and inputs.get("teachers"):
+        teacher = _teacher_once(inputs["teachers"], data, candidate.seed, paths.teachers)
+    waited = time.perf_counter() - started
     result = evaluate_candidate(candidate, data, profile, paths, threads=threads)
+    if teacher:  # training it, or waiting for another node to, is the teacher stage's time too
+        result.info["teacher"] = teacher
+        result.stage_seconds["teacher"] = result.stage_seconds.get("teacher", 0.0) + waited
     if screening:
         result.stage_seconds["screen"] = screening["seconds"]
     made = [Path(result.artifacts["onnx"]).parent]
@@ -478,6 +539,9 @@ class _Transport:
                         else ray.put(self.data))
         self._caches = None  # this search's tuning records and teacher, put once per change
         self.written = 0  # bytes written on the driver's disk from other nodes
+        # a file lock trains the teacher once per node; across several nodes this actor does
+        several = sum(1 for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0) > 1
+        self.teachers = ray.remote(num_cpus=0)(TeacherOnce).remote() if several and spec.space.alpha[0] < 1 else None
 
     def cache_paths(self) -> list[Path]:
         """This CPU kind's tuning records (and the cross-compiled target's), and this dataset's teachers: found by
@@ -498,7 +562,7 @@ class _Transport:
         with _timed(self.timings, "transfer"):
             if self._caches is None:
                 self._caches = self.ray.put(pack(self.root, *self.cache_paths()))
-            return {"token": self.token,
+            return {"token": self.token, "teachers": self.teachers,
                     "bundles": [self._caches, *(self.ray.put(pack(self.root, f)) for f in folders)]}
 
     def land(self, files: Bundle | None) -> None:

@@ -2,6 +2,7 @@
 namespace, with a private tmpfs over the tests' folders (the driver's runs folder among them) and its temp folder."""
 
 import dataclasses
+import json
 import os
 import shutil
 import time
@@ -33,10 +34,13 @@ SAME_SHAPES = SearchSpace(precision=("fp32",), pruning=("structured",), sparsity
 def test_a_search_on_a_node_that_shares_no_disk_ships_its_winner_from_the_driver(tmp_path_factory, free_port,
                                                                                   tmp_path, digits, tuning):
     kind = cpu_kind_resource(host_cpu().key)
-    head = ray_cluster(tmp_path_factory.mktemp("rayhead"), free_port, num_cpus=0)  # no CPU: all runs on the other
+    # one CPU on the driver's node, which works in place, and one on a node that shares nothing: the two workers'
+    # first candidates start at once, one on each, and both distil from a teacher that neither node has yet
+    head = ray_cluster(tmp_path_factory.mktemp("rayhead"), free_port, "--resources", json.dumps({kind: 1}),
+                       num_cpus=1)
     cluster, node_dir = next(head), None
     try:
-        node_dir = node_sharing_nothing(cluster, tmp_path_factory.getbasetemp(), 2, {kind: 2})
+        node_dir = node_sharing_nothing(cluster, tmp_path_factory.getbasetemp(), 1, {kind: 1, "apart": 1})
         # the user's files exist on the driver only: a dataset and a target profile
         data = tmp_path / "mine.npz"
         np.savez(data, x_train=digits.x_train, y_train=digits.y_train, x_test=digits.x_test, y_test=digits.y_test)
@@ -47,9 +51,9 @@ def test_a_search_on_a_node_that_shares_no_disk_ships_its_winner_from_the_driver
         ray.init(address=cluster["gcs"], logging_level="ERROR", log_to_driver=False)
         try:
             deadline = time.time() + 60
-            while not ray.cluster_resources().get(kind) and time.time() < deadline:
+            while not ray.cluster_resources().get("apart") and time.time() < deadline:
                 time.sleep(0.5)
-            exists = ray.remote(num_cpus=1, resources={kind: 0.001})(lambda path: os.path.exists(path))
+            exists = ray.remote(num_cpus=1, resources={"apart": 0.001})(lambda path: os.path.exists(path))
             seen = ray.get(exists.remote(str(data)))
             assert seen is False, "the worker node must not see the driver's runs folder"
         finally:
@@ -81,7 +85,9 @@ def test_a_search_on_a_node_that_shares_no_disk_ships_its_winner_from_the_driver
     assert shipped, "\n".join(lines)
     if tuning:  # tuned on the worker node; the records came back and the later candidates reused them there
         assert all(s["tuning"]["tuned"] + s["tuning"]["reused"] == s["tuning"]["tasks"] > 0 for s in shipped)
-    if any(r.knobs["alpha"] < 1 for r in done):  # the teacher was trained on the worker node and came back
+    distilled = [study.trials[r.number].user_attrs["teacher"] for r in done if r.knobs["alpha"] < 1]
+    if distilled:  # one teacher for the search, trained on one of the nodes, and on the driver's disk
+        assert distilled.count("trained on this node") == 1, distilled
         assert list((tmp_path / "teachers").glob("*.pt"))
 
     # the winner is exported on the driver: its ONNX and the records its tuned library was built with are here, and
