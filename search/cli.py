@@ -206,27 +206,19 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from search.study import load_study, stored_spec
     from search.workers import run_search
 
+    if args.detach:
+        return _submit_detached(args)
     storage = _storage_url(args)
     if args.resume:
-        if not args.name and not args.spec:
-            from search.errors import ConfigError
-
-            raise ConfigError("--resume needs the --name of the search to continue.")
-        name = args.name or _spec_from_args(args).name
-        spec = stored_spec(load_study(name, storage))
+        spec = stored_spec(load_study(_resumed_name(args), storage))
         if args.trials is not None:
             import dataclasses
 
             spec = dataclasses.replace(spec, trials=args.trials)
     else:
         spec = _spec_from_args(args)
-    if args.detach:
-        from search.service import submit_job
-
-        job_id = submit_job(spec, args.address, storage=storage, runs_dir=args.runs_dir, resume=args.resume)
-        print(f"submitted search {spec.name!r} as Ray job {job_id} to {args.address}")
-        print(f"follow it with: edgesearch status {spec.name} | edgesearch logs {spec.name} | edgesearch stop {spec.name}")
-        return 0
+        if args.keep_inputs:
+            spec = _keep_inputs(spec, args.runs_dir)
     from search.spec import check_inputs, check_resources
 
     check_inputs(spec)  # bad input is refused before anything is written
@@ -252,6 +244,68 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(f"MLflow: experiment {spec.name!r} in {tracking}; review it with 'make ui' or "
               f"'edgesearch ui {spec.name}', which prints the link to its runs")
     return 0
+
+
+def _resumed_name(args: argparse.Namespace) -> str:
+    if not args.name and not args.spec:
+        from search.errors import ConfigError
+
+        raise ConfigError("--resume needs the --name of the search to continue.")
+    return args.name or _spec_from_args(args).name
+
+
+def _keep_inputs(spec, runs_dir: Path):
+    """The spec naming copies of its dataset and profile files in the search's folder (a detached search's inputs
+    arrive in the job's temporary working folder; resuming needs them later)."""
+    import dataclasses
+    import shutil
+
+    folder = Path(runs_dir).resolve() / "searches" / spec.name / "inputs"
+    kept = {}
+    for field, suffixes in (("dataset", (".npz",)), ("target", (".yaml", ".yml"))):
+        path = Path(getattr(spec, field))
+        if path.suffix in suffixes and path.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, folder / path.name)
+            kept[field] = str(folder / path.name)
+    return dataclasses.replace(spec, **kept)
+
+
+def _submit_detached(args: argparse.Namespace) -> int:
+    """Send the search to the cluster by value; what runs there names only the cluster's folders and stores."""
+    from search.service import submit_job
+
+    where = {"runs_dir": args.cluster_runs_dir or "", "storage": args.storage or "",
+             "tracking_uri": "none" if args.no_mlflow else args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", ""),
+             "client_runs": args.runs_dir}
+    if args.resume:
+        name = _resumed_name(args)
+        job_id = submit_job(args.address, name, trials=args.trials, **where)
+    else:
+        from search.spec import check_inputs
+
+        spec = _spec_from_args(args)
+        check_inputs(spec)  # bad input is refused here, before anything reaches the cluster
+        name = spec.name
+        job_id = submit_job(args.address, name, spec=spec, **where)
+    print(f"submitted search {name!r} as Ray job {job_id} to {args.address}")
+    print(f"follow it with: edgesearch status {name} | edgesearch logs {name} | edgesearch stop {name} "
+          f"(from another machine, add --address {args.address})")
+    return 0
+
+
+def _cluster(args: argparse.Namespace, name: str, needed: bool = False) -> str | None:
+    """The cluster a detached search runs on: --address, else the one this machine submitted it to (unless
+    --storage points at the search's store directly)."""
+    from search.service import remembered_address
+
+    address = args.address or (None if getattr(args, "storage", None) else remembered_address(args.runs_dir, name))
+    if needed and not address:
+        from search.errors import ConfigError
+
+        raise ConfigError(f"Search {name!r} was not submitted from this machine: pass --address with the cluster's "
+                          "dashboard URL (e.g. http://HOST:8265).")
+    return address
 
 
 def _tracking_uri(args: argparse.Namespace) -> str:
@@ -286,14 +340,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     from search.study import (FLOOR_ATTR, best_within_budget, feasible_front, front_hypervolume, load_study, rows,
                               search_bounds, stored_spec)
 
+    address = _cluster(args, args.name)
+    if address:  # a detached search: its stores are the cluster's, so status runs there
+        from search.service import job_status, status_on_cluster
+
+        job = job_status(address, args.name)
+        print(f"Ray job {job['job_id']} at {address}: {job['status']}")
+        print(status_on_cluster(address, args.name))
+        return 0
     storage = _storage_url(args)
     study = load_study(args.name, storage)
     spec = stored_spec(study)
-    from search.service import job_status
-
-    job = job_status(args.runs_dir, spec.name)
-    if job:
-        print(f"Ray job {job['job_id']} at {job['address']}: {job['status']}")
     from optuna.trial import TrialState
 
     from search.study import spent_budget
@@ -356,16 +413,17 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     from search.service import job_logs
 
-    print(job_logs(args.runs_dir, args.name), end="")
+    print(job_logs(_cluster(args, args.name, needed=True), args.name), end="")
     return 0
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
     from search.service import stop_job
 
-    stopped = stop_job(args.runs_dir, args.name)
+    address = _cluster(args, args.name, needed=True)
+    stopped = stop_job(address, args.name)
     print(f"stop requested for search {args.name!r}" if stopped else f"search {args.name!r} was not running")
-    print(f"resume it with: edgesearch submit --name {args.name} --resume")
+    print(f"resume it with: edgesearch submit --name {args.name} --resume --detach --address {address}")
     return 0
 
 
@@ -384,10 +442,22 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         raise ConfigError(f"--pick must be 'best-accuracy-within-budget' or 'fastest-above-accuracy X'; "
                           f"got {' '.join(args.pick)!r}.")
-    print(f"exporting from search {args.search!r} ...", flush=True)
-    card = export_search(args.search, args.out, storage_url=_storage_url(args), runs_dir=args.runs_dir,
-                         pick=Pick(args.trial, min_accuracy, args.force), target=args.target,
-                         tracking_uri=None if args.no_mlflow else _tracking_uri(args), overwrite=args.overwrite)
+    address = _cluster(args, args.search)
+    if address:  # a detached search: export where its files are; the folder comes back through MLflow
+        from search.service import export_on_cluster
+
+        print(f"exporting search {args.search!r} on the cluster at {address} ...", flush=True)
+        options = [*(["--trial", str(args.trial)] if args.trial is not None else []),
+                   *(["--pick", *args.pick] if args.pick else []), *(["--target", args.target] if args.target else []),
+                   *(["--force"] if args.force else [])]
+        card = export_on_cluster(address, args.search, args.out, options, tracking_uri=args.tracking_uri,
+                                 overwrite=args.overwrite)
+        print("downloaded from MLflow (each file checked against the model card's hash)")
+    else:
+        print(f"exporting from search {args.search!r} ...", flush=True)
+        card = export_search(args.search, args.out, storage_url=_storage_url(args), runs_dir=args.runs_dir,
+                             pick=Pick(args.trial, min_accuracy, args.force), target=args.target,
+                             tracking_uri=None if args.no_mlflow else _tracking_uri(args), overwrite=args.overwrite)
     v = card["verification"]
     print(f"exported trial {card['trial']} ({card['why']}) for {card['target_profile']} to {Path(args.out).resolve()}")
     print(f"verified: test accuracy onnxruntime {v['onnxruntime_test_accuracy']:.4f}, TVM {v['tvm_host_test_accuracy']:.4f} "
@@ -507,7 +577,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="an existing Ray cluster (ray://..., host:port, or http://host:8265 with "
                    "--detach); default: start a local cluster")
     p.add_argument("--detach", action="store_true", help="submit the search as a Ray Job to --address "
-                   "(the dashboard URL) and return at once with the job id")
+                   "(the dashboard URL) and return at once with the job id. The spec and a dataset or profile "
+                   "file go with it; the driver runs from the edgesearch installed on the cluster ('python' on "
+                   "its PATH), and --storage and --tracking-uri name stores as the cluster reaches them")
+    p.add_argument("--cluster-runs-dir", metavar="DIR", help="with --detach: the runs folder on the cluster "
+                   "[default: $EDGESEARCH_RUNS there, else ~/edgesearch-runs]")
+    p.add_argument("--keep-inputs", action="store_true", help="copy a dataset or profile file into the search's "
+                   "folder and use the copy (a detached search does this on the cluster)")
     p.add_argument("--storage", help="Optuna RDB storage URL [default: sqlite:///RUNS/optuna.db]")
     p.add_argument("--tracking-uri", help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or "
                    "sqlite:///RUNS/mlflow.db]")
@@ -531,6 +607,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI, caught up if an outage left runs out [default: "
                    "$MLFLOW_TRACKING_URI or sqlite:///RUNS/mlflow.db]")
     p.add_argument("--no-mlflow", action="store_true", help="do not touch MLflow")
+    p.add_argument("--address", help="the dashboard URL (http://HOST:8265) of the cluster a detached search runs "
+                   "on [default: the one this machine submitted it to]")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("sync", help="log to MLflow what a tracking outage left out",
@@ -563,14 +641,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="Optuna RDB storage URL [default: sqlite:///RUNS/optuna.db]")
     p.add_argument("--tracking-uri", help="MLflow tracking URI [default: sqlite:///RUNS/mlflow.db]")
     p.add_argument("--no-mlflow", action="store_true", help="do not look up the run nor register the model")
+    p.add_argument("--address", help="the dashboard URL (http://HOST:8265) of the cluster a detached search runs "
+                   "on; the export runs there and comes back through the search's MLflow tracking server "
+                   "[default: the one this machine submitted it to]")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("logs", help="logs of a detached search (Ray job)")
     p.add_argument("name")
+    p.add_argument("--address", help="the dashboard URL (http://HOST:8265) of the cluster a detached search runs "
+                   "on [default: the one this machine submitted it to]")
     p.set_defaults(func=cmd_logs)
 
     p = sub.add_parser("stop", help="stop a detached search (Ray job); resume it later with submit --resume")
     p.add_argument("name")
+    p.add_argument("--address", help="the dashboard URL (http://HOST:8265) of the cluster a detached search runs "
+                   "on [default: the one this machine submitted it to]")
     p.set_defaults(func=cmd_stop)
     return parser
 

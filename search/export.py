@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,7 +117,8 @@ def _make_reproducible(tar_path: Path) -> None:
             tar.addfile(info, io.BytesIO(data))
 
 
-def _prepare_dir(out: Path, overwrite: bool) -> Path:
+def prepare_dir(out: Path, overwrite: bool) -> Path:
+    """``out`` resolved and empty: refused if it holds anything, unless ``overwrite``."""
     out = Path(out).resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
@@ -180,7 +182,7 @@ def export_search(
     if not onnx_src.is_file():
         raise ConfigError(f"The measured ONNX of trial {row.number} is gone ({onnx_src}); re-run the search.")
     profile = load_profile(target or spec.target)
-    out = _prepare_dir(out, overwrite)
+    out = prepare_dir(out, overwrite)
     precision = row.knobs["precision"]
     dtype = input_dtype(precision).name
     dataset = load_dataset(spec.dataset)
@@ -296,6 +298,10 @@ def _write_card(card: dict, out: Path, search: str, tracking_uri: str | None, re
     if register and tracking_uri:
         card["registered_version"] = _register(tracking_uri, search, card["mlflow_run_id"], out, card)
         (out / "model_card.json").write_text(json.dumps(card, indent=2, sort_keys=True))
+        if card["mlflow_artifact_path"]:  # the version's source: the folder as written, card included
+            from mlflow.tracking import MlflowClient
+
+            MlflowClient(tracking_uri).log_artifacts(card["mlflow_run_id"], str(out), card["mlflow_artifact_path"])
     return card
 
 
@@ -475,13 +481,22 @@ def model_card_markdown(card: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def registered_model_name(search: str) -> str:
+    return f"edgesearch-{search}"
+
+
 def _register(tracking_uri: str, search: str, run_id: str | None, out: Path, card: dict) -> str:
-    """One registered model per search, a version per export, the card as tags and description."""
+    """One registered model per search, a version per export, the card as tags and description.
+
+    With the trial's run, the export's files become that run's ``exports/<id>/`` artifacts and the version's source, so
+    the version can be downloaded wherever the tracking server reaches (a local folder is refused as a source by a
+    tracking server, and would name another machine's disk).
+    """
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
-    name = f"edgesearch-{search}"
+    name = registered_model_name(search)
     try:
         client.get_registered_model(name)
     except MlflowException:
@@ -490,13 +505,15 @@ def _register(tracking_uri: str, search: str, run_id: str | None, out: Path, car
             **{f"knob.{k}": str(v) for k, v in card["knobs"].items()},
             **{m: f"{f['value']:.6g} {f['unit']} ({f['provenance']})" for m, f in card["metrics"].items()},
             "model.onnx.sha256": card["artifacts"]["model.onnx"], "search": search,
-            "latency_budget_ms": str(card["latency_budget_ms"])}
+            "latency_budget_ms": str(card["latency_budget_ms"]), "exported_to": str(out)}
     if card.get("accuracy_floor") is not None:
         tags["accuracy_floor"] = f"{card['accuracy_floor']:.4f}"
     search_run = card.get("mlflow_search_run_id")
     if search_run:  # back to the search: its parent run holds the front, the plots and every candidate
         experiment = client.get_run(search_run).info.experiment_id
         tags["search_run"] = f"#/experiments/{experiment}/runs/{search_run}"
-    version = client.create_model_version(name, source=out.as_uri(), run_id=run_id, tags=tags,
-                                          description=model_card_markdown(card))
+    card["mlflow_artifact_path"] = f"exports/{uuid.uuid4().hex[:12]}" if run_id else None
+    version = client.create_model_version(
+        name, source=f"runs:/{run_id}/{card['mlflow_artifact_path']}" if run_id else out.as_uri(), run_id=run_id,
+        tags=tags, description=model_card_markdown(card))
     return str(version.version)

@@ -1,19 +1,34 @@
-"""Service mode: a search submitted as a Ray Job; the Ray cluster is the service.
+"""Service mode: the Ray cluster is the service, and a client needs only its job API (the dashboard's URL).
 
-``submit_job`` hands the search to Ray's job submission API and remembers the
-job id next to the search's outputs, so ``status``, ``logs`` and ``stop`` can
-find it by the search's name.
+A search goes to the cluster by value: the spec, and a user's dataset or profile file, travel in the job's
+working folder, which Ray uploads; the driver runs from the edgesearch installed on the cluster, in the cluster's
+runs folder. ``status`` and ``export`` run as short jobs beside it, and an export comes back through the MLflow
+tracking server; ``logs`` and ``stop`` ask Ray. Jobs are found by the search's name in their metadata, so any
+client that reaches the dashboard can follow any search; nothing is read from the client's disk but its own
+inputs.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import shlex
-import sys
+import shutil
+import tempfile
+import time
+import uuid
 from pathlib import Path
 
-from search.errors import ConfigError, SearchNotFoundError
+from search.errors import ConfigError, EdgeSearchError, SearchNotFoundError
 from search.spec import SearchSpec
+
+# the shell on the cluster expands this: the nodes' $EDGESEARCH_RUNS, else a folder in the job user's home
+CLUSTER_RUNS = "${EDGESEARCH_RUNS:-$HOME/edgesearch-runs}"
+_KEY = "edgesearch_search"
+IN_JOB = "EDGESEARCH_IN_JOB"  # set for commands that run as jobs: their stores are where they run
+_TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+_RAY_LINE = re.compile(r"Running entrypoint for job |\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\t[A-Z]+ \S+\.py:\d+ -- ")
 
 
 def _job_file(runs_dir: Path, name: str) -> Path:
@@ -24,55 +39,176 @@ def _client(address: str):
     from ray.job_submission import JobSubmissionClient
 
     if not address or not address.startswith(("http://", "https://")):
-        raise ConfigError(f"--detach needs --address with the cluster's dashboard URL (e.g. http://127.0.0.1:8265); "
-                          f"got {address!r}.")
+        raise ConfigError(f"A detached search needs --address with the cluster's dashboard URL (e.g. "
+                          f"http://127.0.0.1:8265); got {address!r}.")
     try:
         return JobSubmissionClient(address)
     except Exception as exc:
         raise ConfigError(f"Cannot reach the Ray job service at {address}: {type(exc).__name__}: {exc}") from exc
 
 
-def submit_job(spec: SearchSpec, address: str, *, storage: str, runs_dir: Path, resume: bool = False) -> str:
+def _entrypoint(runs_dir: str, argv: list[str], in_runs: bool = False) -> str:
+    """The job's shell command; ``in_runs`` runs it in the runs folder, where relative paths then land."""
+    runs = shlex.quote(runs_dir) if runs_dir else f'"{CLUSTER_RUNS}"'
+    cd = f"mkdir -p {runs} && cd {runs} && " if in_runs else ""
+    return f"{cd}{IN_JOB}=1 python -m search.cli --runs-dir {runs} {shlex.join(argv)}"
+
+
+def _stores(meta: dict[str, str], tracking: bool = True) -> list[str]:
+    """The options that point a command on the cluster at the search's own Optuna and MLflow stores."""
+    argv = ["--storage", meta["edgesearch_storage"]] if meta.get("edgesearch_storage") else []
+    if not tracking:
+        return argv
+    uri = meta.get("edgesearch_tracking_uri", "")
+    return argv + (["--no-mlflow"] if uri == "none" else ["--tracking-uri", uri] if uri else [])
+
+
+def _payload(spec: SearchSpec) -> Path:
+    """A folder with the spec and the input files it names, which Ray uploads as the job's working folder."""
+    folder = Path(tempfile.mkdtemp(prefix="edgesearch-job-"))
+    data = spec.to_dict()
+    for field, suffixes in (("dataset", (".npz",)), ("target", (".yaml", ".yml"))):
+        path = Path(str(data[field]))
+        if path.suffix in suffixes:
+            if not path.is_file():
+                raise ConfigError(f"The search's {field} file {str(path)!r} does not exist on this machine.")
+            (folder / "inputs").mkdir(exist_ok=True)
+            shutil.copyfile(path, folder / "inputs" / f"{field}{path.suffix}")
+            data[field] = f"inputs/{field}{path.suffix}"
+    (folder / "spec.json").write_text(json.dumps(data, indent=2))
+    return folder
+
+
+def submit_job(address: str, name: str, *, spec: SearchSpec | None = None, trials: int | None = None,
+               runs_dir: str = "", storage: str = "", tracking_uri: str = "", client_runs: Path | None = None) -> str:
+    """Submit a new search (``spec``) or the resumption of search ``name``; returns the Ray job id.
+
+    ``runs_dir``, ``storage`` and ``tracking_uri`` are as seen from the cluster ("" = the cluster's defaults;
+    ``tracking_uri`` "none" = no MLflow). A resumption reuses those of the search's last job unless given.
+    """
     client = _client(address)
-    runs_dir = Path(runs_dir).resolve()
-    folder = runs_dir / "searches" / spec.name
-    folder.mkdir(parents=True, exist_ok=True)
-    spec_path = folder / "spec.json"
-    spec_path.write_text(json.dumps(spec.to_dict(), indent=2))
-    argv = [sys.executable, "-m", "search.cli", "--runs-dir", str(runs_dir), "submit", "--spec", str(spec_path),
-            "--storage", storage, "--address", "auto"]
-    if resume:
-        argv.append("--resume")
-    job_id = client.submit_job(entrypoint=shlex.join(argv), metadata={"edgesearch_search": spec.name})
-    _job_file(runs_dir, spec.name).write_text(json.dumps({"job_id": job_id, "address": address}))
+    runtime_env = None
+    if spec is not None:
+        payload = _payload(spec)
+        runtime_env = {"working_dir": str(payload)}
+        argv = ["submit", "--spec", "spec.json", "--keep-inputs"]
+    else:
+        last = find_job(address, name).metadata
+        runs_dir = runs_dir or last.get("edgesearch_runs_dir", "")
+        storage = storage or last.get("edgesearch_storage", "")
+        tracking_uri = tracking_uri or last.get("edgesearch_tracking_uri", "")
+        argv = ["submit", "--name", name, "--resume", *(["--trials", str(trials)] if trials is not None else [])]
+    meta = {_KEY: name, "edgesearch_command": "submit", "edgesearch_runs_dir": runs_dir,
+            "edgesearch_storage": storage, "edgesearch_tracking_uri": tracking_uri}
+    try:
+        job_id = client.submit_job(entrypoint=_entrypoint(runs_dir, argv + ["--address", "auto", *_stores(meta)]),
+                                   runtime_env=runtime_env, metadata=meta)
+    finally:
+        if runtime_env:
+            shutil.rmtree(runtime_env["working_dir"], ignore_errors=True)
+    if client_runs is not None:  # this client's memory of where the search went, so --address can be left out
+        _job_file(client_runs, name).parent.mkdir(parents=True, exist_ok=True)
+        _job_file(client_runs, name).write_text(json.dumps({"job_id": job_id, "address": address}))
     return job_id
 
 
-def _job(runs_dir: Path, name: str) -> dict:
+def remembered_address(runs_dir: Path, name: str) -> str | None:
+    """The cluster this client submitted search ``name`` to, if it did (never within a job: it is there)."""
     path = _job_file(runs_dir, name)
-    if not path.is_file():
-        raise SearchNotFoundError(f"Search {name!r} was not submitted as a Ray job from {runs_dir} "
-                                  "(no job record); use 'edgesearch status' for searches run in the foreground.")
-    return json.loads(path.read_text())
-
-
-def job_status(runs_dir: Path, name: str) -> dict | None:
-    """The job's id, address and Ray status, or None if the search did not run as a job."""
-    if not _job_file(runs_dir, name).is_file():
+    if os.environ.get(IN_JOB):
         return None
-    job = _job(runs_dir, name)
-    try:
-        status = str(_client(job["address"]).get_job_status(job["job_id"]).value)
-    except Exception as exc:
-        status = f"unknown (cluster unreachable: {type(exc).__name__})"
-    return {**job, "status": status}
+    return json.loads(path.read_text())["address"] if path.is_file() else None
 
 
-def job_logs(runs_dir: Path, name: str) -> str:
-    job = _job(runs_dir, name)
-    return _client(job["address"]).get_job_logs(job["job_id"])
+def find_job(address: str, name: str):
+    """The newest job that ran search ``name`` (its first run or a resumption)."""
+    jobs = [j for j in _client(address).list_jobs()
+            if (j.metadata or {}).get(_KEY) == name and j.metadata.get("edgesearch_command") == "submit"]
+    if not jobs:
+        raise SearchNotFoundError(f"No search named {name!r} was submitted to the cluster at {address}.")
+    return max(jobs, key=lambda j: j.start_time or 0)
 
 
-def stop_job(runs_dir: Path, name: str) -> bool:
-    job = _job(runs_dir, name)
-    return bool(_client(job["address"]).stop_job(job["job_id"]))
+def job_status(address: str, name: str) -> dict:
+    job = find_job(address, name)
+    return {"job_id": job.submission_id, "address": address, "status": str(job.status.value)}
+
+
+def job_logs(address: str, name: str) -> str:
+    return _client(address).get_job_logs(find_job(address, name).submission_id)
+
+
+def stop_job(address: str, name: str) -> bool:
+    return bool(_client(address).stop_job(find_job(address, name).submission_id))
+
+
+def _run_beside(address: str, name: str, argv: list[str], timeout_s: float, in_runs: bool = False) -> str:
+    """Run an edgesearch command as a job on the cluster, against search ``name``'s stores; its output.
+
+    A command that failed on the cluster raises its own message (an ``EdgeSearchError`` there) or its log's tail.
+    """
+    client = _client(address)
+    meta = find_job(address, name).metadata
+    job_id = client.submit_job(entrypoint=_entrypoint(meta.get("edgesearch_runs_dir", ""), argv, in_runs),
+                               metadata={_KEY: name, "edgesearch_command": argv[0]})
+    deadline = time.monotonic() + timeout_s
+    while (status := str(client.get_job_status(job_id).value)) not in _TERMINAL:
+        if time.monotonic() > deadline:
+            client.stop_job(job_id)
+            raise EdgeSearchError(f"'{argv[0]}' did not finish on the cluster within {timeout_s:g} s (Ray job "
+                                  f"{job_id}, stopped).")
+        time.sleep(0.5)
+    logs = client.get_job_logs(job_id)
+    if status != "SUCCEEDED":
+        said = [line for line in logs.splitlines() if line.startswith("edgesearch: error: ")]
+        raise EdgeSearchError(said[-1].removeprefix("edgesearch: error: ") if said else
+                              f"'{argv[0]}' {status.lower()} on the cluster (Ray job {job_id}):\n{logs[-2000:]}")
+    return "\n".join(line for line in logs.splitlines() if not _RAY_LINE.match(line))
+
+
+def status_on_cluster(address: str, name: str) -> str:
+    meta = find_job(address, name).metadata
+    return _run_beside(address, name, ["status", name, *_stores(meta)], timeout_s=300)
+
+
+def export_on_cluster(address: str, name: str, out: Path, options: list[str], *, tracking_uri: str | None = None,
+                      overwrite: bool = False) -> dict:
+    """Export on the cluster (where the trial's files and tuning records are), then download the export from the
+    MLflow tracking server into ``out``, checking every file against the model card's hashes; the card."""
+    from search.export import prepare_dir
+
+    meta = find_job(address, name).metadata
+    searched_with = meta.get("edgesearch_tracking_uri", "")
+    if not searched_with.startswith(("http://", "https://")):
+        raise ConfigError(f"Search {name!r} logs to {searched_with or 'the cluster’s local MLflow store'}, which "
+                          "this machine cannot read: an export comes back through an MLflow tracking server. Submit "
+                          "the search with --tracking-uri http://HOST:5000 (an `mlflow server` with "
+                          "--artifacts-destination), or run export on the cluster.")
+    out = prepare_dir(out, overwrite)
+    there = f"exports/{name}-{uuid.uuid4().hex[:12]}"  # in the cluster's runs folder, kept there
+    _run_beside(address, name, ["export", "--search", name, "--out", there, *options, *_stores(meta)],
+                timeout_s=1800, in_runs=True)
+    return _download_export(tracking_uri or searched_with, name, there, out)
+
+
+def _download_export(tracking_uri: str, name: str, there: str, out: Path) -> dict:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from search.export import registered_model_name, sha256
+
+    versions = [v for v in MlflowClient(tracking_uri, registry_uri=tracking_uri).search_model_versions(
+        f"name='{registered_model_name(name)}'") if (v.tags or {}).get("exported_to", "").endswith(there)]
+    if not versions:
+        raise EdgeSearchError(f"The export of {name!r} finished on the cluster but is not registered in {tracking_uri}.")
+    with tempfile.TemporaryDirectory(prefix="edgesearch-export-") as tmp:
+        got = Path(mlflow.artifacts.download_artifacts(artifact_uri=versions[0].source, dst_path=tmp,
+                                                       tracking_uri=tracking_uri))
+        card = json.loads((got / "model_card.json").read_text())
+        for rel, digest in card["artifacts"].items():
+            if not (got / rel).is_file() or sha256(got / rel) != digest:
+                raise EdgeSearchError(f"{rel} of the export downloaded from {tracking_uri} does not match the "
+                                      "model card's hash.")
+        for path in got.iterdir():
+            shutil.move(str(path), out / path.name)
+    return card

@@ -1,6 +1,8 @@
 """The servers the tests start: waiting for MLflow and the edgesearch UI to answer; real Ray clusters."""
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -30,6 +32,23 @@ def wait_until_healthy(url: str, proc, timeout: float = 90.0) -> None:
     raise AssertionError(f"the server at {url} did not come up within {timeout:g} s")
 
 
+@contextlib.contextmanager
+def mlflow_server(backend_store_uri: str, artifacts: Path, port: int):
+    """A real `mlflow server` on 127.0.0.1 that proxies its artifacts to ``artifacts``; yields its URL."""
+    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
+                               backend_store_uri, "--artifacts-destination", str(artifacts), "--host", "127.0.0.1",
+                               "--port", str(port), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                              env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    try:
+        uri = f"http://127.0.0.1:{port}"
+        wait_until_healthy(uri, server, timeout=120)
+        yield uri
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
 def stop_ray_cluster(temp_dir: str, port: int) -> None:
     """Stop the Ray processes of one cluster: those naming its temp folder or its port (`ray stop` stops all)."""
     import psutil
@@ -50,15 +69,17 @@ def stop_ray_cluster(temp_dir: str, port: int) -> None:
             p.terminate()
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(procs, timeout=20)
+    # the GCS server and the autoscaler monitor outlast SIGTERM by 20 s and more; a test cluster keeps nothing
+    _, alive = psutil.wait_procs(procs, timeout=5)
     for p in alive:
         p.kill()
 
 
 def ray_cluster(temp_dir: Path, free_port, *options, num_cpus: int = 2):
     """A real `ray start --head` cluster with token authentication, its files in ``temp_dir``; stopped when the
-    generator ends (with any node that joined it)."""
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    generator ends (with any node that joined it). Its `python` is this one, as a cluster's image has edgesearch."""
+    env = {**os.environ, "RAY_AUTH_MODE": "token",
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     ray_bin = str(Path(sys.executable).parent / "ray")
     subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
     port, dash = free_port(), free_port()

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from search.study import load_study, rows
-from tests.servers import wait_until_healthy
+from tests.servers import mlflow_server
 
 
 def _pg_bin(name: str) -> str:
@@ -118,16 +118,7 @@ def test_an_mlflow_tracking_server_on_postgresql_holds_every_candidate(postgres,
     from search.workers import run_search
     from tests.search.conftest import TINY
 
-    port = free_port()
-    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
-                               postgres("mlflow"), "--artifacts-destination", str(tmp_path / "artifacts"),
-                               "--host", "127.0.0.1",
-                               "--port", str(port), "--workers", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                              env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
-    try:
-        uri = f"http://127.0.0.1:{port}"
-        wait_until_healthy(uri, server, timeout=120)
+    with mlflow_server(postgres("mlflow"), tmp_path / "artifacts", free_port()) as uri:
         storage = postgres("optuna_tracked")
         spec = SearchSpec(name="tracked-pg", trials=2, workers=1, budget=TINY, recipes=False,
                           space=SearchSpace(precision=("fp32",), width=(0.25, 0.5), sparsity=(0.0, 0.0)))
@@ -143,6 +134,3 @@ def test_an_mlflow_tracking_server_on_postgresql_holds_every_candidate(postgres,
                 # the graph went through the server to its artifact store, not a path on this machine
                 assert "model/model.onnx" in {a.path for a in client.list_artifacts(children[r.number].info.run_id,
                                                                                      "model")}
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)

@@ -3,14 +3,17 @@
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import optuna
 import pytest
 import yaml
+from mlflow import MlflowClient
 
 from search.spec import SearchSpace, SearchSpec
 from search.study import (create_study, default_storage, finished_count, knob_names, load_study,
@@ -201,27 +204,85 @@ def test_host_candidates_stay_on_nodes_of_the_submitted_cpu_kind(tmp_path_factor
         next(head, None)
 
 
-def test_detached_search_status_logs_stop_and_resume(ray_head, tmp_path):
-    env = ray_head["env"]
-    addr = ray_head["dashboard"]
-    run = lambda *a, **kw: subprocess.run(_cli(tmp_path, *a), capture_output=True, text=True, env=env, timeout=300)
-    sub = run("submit", "--name", "svc", "--trials", "6", "--workers", "1", "--epochs", "2", "--address", addr,
-              "--front-tuning-minutes", "0", "--detach")
-    assert sub.returncode == 0, sub.stderr
-    assert "raysubmit_" in sub.stdout
-    storage = default_storage(tmp_path)
-    _wait_for(lambda: len(_complete(storage, "svc")) >= 1, 240, "the job's first trial")
-    status = run("status", "svc")
-    assert status.returncode == 0 and "Ray job raysubmit_" in status.stdout and "of 6 trials of training budget spent" in status.stdout
-    stop = run("stop", "svc")
-    assert stop.returncode == 0 and "--resume" in stop.stdout
-    _wait_for(lambda: "STOPPED" in run("status", "svc").stdout, 120, "the job to stop")
-    logs = run("logs", "svc")
-    assert logs.returncode == 0 and "trial" in logs.stdout
-    before = {t.number: t.values for t in _complete(storage, "svc")}
-    resumed = run("submit", "--name", "svc", "--resume", "--address", ray_head["gcs"])
-    assert resumed.returncode == 0, resumed.stderr
-    study = load_study("svc", storage)
-    assert spent_budget(study) >= 6 and finished_count(study) >= 6  # the resume ran the rest of the search
-    assert all(study.trials[n].values == v for n, v in before.items())  # and kept what was done
-    assert f"{spent_budget(study):g} of 6 trials of training budget spent" in run("status", "svc").stdout
+def _client_sharing_only_the_network(hidden, own, runs, env):
+    """The CLI as a client machine runs it: in its own mount namespace, a tmpfs hides ``hidden`` (the cluster's
+    runs folder and MLflow's stores) and another makes ``own`` a folder the cluster cannot see."""
+    def run(*argv, prepare=""):
+        script = (f"mount -t tmpfs tmpfs '{hidden}' && mount -t tmpfs tmpfs '{own}' && {prepare} "
+                  'exec "$0" "$@"')
+        return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, sys.executable,
+                               "-m", "search.cli", "--runs-dir", str(runs), *argv],
+                              capture_output=True, text=True, env=env, timeout=900)
+    return run
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                    reason="a private mount namespace needs root and unshare (the test machines have both)")
+def test_a_client_sharing_only_the_network_submits_follows_stops_resumes_and_exports(
+        ray_head, free_port, tmp_path_factory, tmp_path, digits):
+    from ray.job_submission import JobSubmissionClient
+
+    from hardware_targets.profile import PROFILE_DIR
+    from objectives.accuracy import accuracy, predict_onnx
+    from search.data import load_dataset
+    from search.stages.export import ort_session
+    from tests.servers import mlflow_server
+
+    hidden, own = tmp_path_factory.mktemp("cluster"), tmp_path_factory.mktemp("client-own")
+    data = tmp_path / "mine.npz"
+    np.savez(data, x_train=digits.x_train, y_train=digits.y_train, x_test=digits.x_test, y_test=digits.y_test)
+    with mlflow_server(f"sqlite:///{hidden}/mlflow.db", hidden / "artifacts", free_port()) as tracking:
+        client = _client_sharing_only_the_network(hidden, own, tmp_path / "client", ray_head["env"])
+        address = ray_head["dashboard"]
+        # the user's dataset and profile exist only in the client's own folder
+        sub = client("submit", "--name", "svc", "--dataset", f"{own}/mine.npz", "--target", f"{own}/my-host.yaml",
+                     "--trials", "4", "--workers", "1", "--epochs", "2", "--front-tuning-minutes", "0",
+                     "--address", address, "--detach", "--cluster-runs-dir", str(hidden / "runs"),
+                     "--tracking-uri", tracking,
+                     prepare=f"cp '{data}' '{own}/mine.npz' && cp '{PROFILE_DIR / 'host.yaml'}' '{own}/my-host.yaml' &&")
+        assert sub.returncode == 0, sub.stderr
+        assert "raysubmit_" in sub.stdout
+        jobs = JobSubmissionClient(address)
+
+        def newest_status():
+            mine = [j for j in jobs.list_jobs() if (j.metadata or {}).get("edgesearch_command") == "submit"
+                    and j.metadata.get("edgesearch_search") == "svc"]
+            newest = max(mine, key=lambda j: j.start_time)
+            assert newest.status.value != "FAILED", jobs.get_job_logs(newest.submission_id)[-3000:]
+            return str(newest.status.value)
+
+        storage = f"sqlite:///{hidden}/runs/optuna.db"
+        _wait_for(lambda: newest_status() and (hidden / "runs" / "optuna.db").is_file()
+                  and len(_complete(storage, "svc")) >= 1, 300, "the job's first trial")
+        status = client("status", "svc")  # the cluster this client submitted to is remembered
+        assert status.returncode == 0, status.stderr
+        assert "Ray job raysubmit_" in status.stdout and "of 4 trials of training budget spent" in status.stdout
+        stop = client("stop", "svc", "--address", address)
+        assert stop.returncode == 0 and "--resume --detach" in stop.stdout
+        _wait_for(lambda: newest_status() == "STOPPED", 120, "the job to stop")
+        logs = client("logs", "svc", "--address", address)
+        assert logs.returncode == 0 and "trial" in logs.stdout
+        before = {t.number: t.values for t in _complete(storage, "svc")}
+        resumed = client("submit", "--name", "svc", "--resume", "--detach", "--address", address)
+        assert resumed.returncode == 0, resumed.stderr
+        _wait_for(lambda: newest_status() == "SUCCEEDED", 600, "the resumed job to finish")
+        study = load_study("svc", storage)
+        assert spent_budget(study) >= 4 and finished_count(study) >= 4  # the resume ran the rest of the search
+        assert all(study.trials[n].values == v for n, v in before.items())  # and kept what was done
+        # the cluster keeps its copies of the inputs, which the stored spec names
+        kept = stored_spec(study).dataset
+        assert kept.startswith(str(hidden / "runs")) and np.load(kept)["y_test"].tolist() == digits.y_test.tolist()
+
+        out = tmp_path / "exported"
+        exported = client("export", "--search", "svc", "--out", str(out), "--address", address)
+        assert exported.returncode == 0, exported.stderr
+        card = json.loads((out / "model_card.json").read_text())
+        dataset = load_dataset(str(data))
+        got = accuracy(predict_onnx(ort_session(out / "model.onnx"), dataset.x_test, card["input"]["dtype"]),
+                       dataset.y_test)
+        assert got == card["verification"]["recorded_onnxruntime_test_accuracy"]
+        version = MlflowClient(tracking).get_model_version("edgesearch-svc", card["registered_version"])
+        assert version.source.startswith(f"runs:/{card['mlflow_run_id']}/")
+    # this client wrote only its note of where the search went: no store, no trial files
+    assert sorted(p.relative_to(tmp_path / "client").as_posix() for p in (tmp_path / "client").rglob("*")
+                  if p.is_file()) == ["searches/svc/job.json"]
