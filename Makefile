@@ -59,7 +59,7 @@ postgres:
 		echo "warning: could not install Debian's postgresql; the PostgreSQL storage tests will fail"
 
 test: setup browser postgres
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q --durations=12
 
 test-all: setup browser postgres
 	$(BIN)/python -m pytest -q

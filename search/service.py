@@ -87,6 +87,11 @@ def submit_job(address: str, name: str, *, spec: SearchSpec | None = None, trial
     ``tracking_uri`` "none" = no MLflow). A resumption reuses those of the search's last job unless given.
     """
     client = _client(address)
+    running = _running_job(address, name)
+    if running:
+        raise ConfigError(f"Search {name!r} is already {running.status.value.lower()} on the cluster at {address} "
+                          f"(Ray job {running.submission_id}): follow it with 'edgesearch status {name}', or stop it "
+                          "first.")
     runtime_env = None
     if spec is not None:
         payload = _payload(spec)
@@ -103,6 +108,9 @@ def submit_job(address: str, name: str, *, spec: SearchSpec | None = None, trial
     try:
         job_id = client.submit_job(entrypoint=_entrypoint(runs_dir, argv + ["--address", "auto", *_stores(meta)]),
                                    runtime_env=runtime_env, metadata=meta)
+    except Exception as exc:  # an upload over Ray's size limit, say: said in one line, not a traceback
+        raise EdgeSearchError(f"The cluster at {address} refused the search: {type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:500]}") from exc
     finally:
         if runtime_env:
             shutil.rmtree(runtime_env["working_dir"], ignore_errors=True)
@@ -118,6 +126,14 @@ def remembered_address(runs_dir: Path, name: str) -> str | None:
     if os.environ.get(IN_JOB):
         return None
     return json.loads(path.read_text())["address"] if path.is_file() else None
+
+
+def _running_job(address: str, name: str):
+    try:
+        job = find_job(address, name)
+    except SearchNotFoundError:
+        return None
+    return job if str(job.status.value) in ("PENDING", "RUNNING") else None
 
 
 def find_job(address: str, name: str):

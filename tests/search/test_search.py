@@ -254,6 +254,8 @@ def test_a_client_sharing_only_the_network_submits_follows_stops_resumes_and_exp
         storage = f"sqlite:///{hidden}/runs/optuna.db"
         _wait_for(lambda: newest_status() and (hidden / "runs" / "optuna.db").is_file()
                   and len(_complete(storage, "svc")) >= 1, 300, "the job's first trial")
+        twice = client("submit", "--name", "svc", "--trials", "4", "--address", address, "--detach")
+        assert twice.returncode == 2 and "already running" in twice.stderr
         status = client("status", "svc")  # the cluster this client submitted to is remembered
         assert status.returncode == 0, status.stderr
         assert "Ray job raysubmit_" in status.stdout and "of 4 trials of training budget spent" in status.stdout
