@@ -36,7 +36,12 @@ def _job_file(runs_dir: Path, name: str) -> Path:
 
 
 def _client(address: str):
+    import logging
+
     from ray.job_submission import JobSubmissionClient
+
+    for name in ("ray", "ray.dashboard.modules.dashboard_sdk"):  # not a line per upload step on the terminal
+        logging.getLogger(name).setLevel(logging.WARNING)
 
     if not address or not address.startswith(("http://", "https://")):
         raise ConfigError(f"A detached search needs --address with the cluster's dashboard URL (e.g. "
@@ -217,6 +222,7 @@ def _download_export(tracking_uri: str, name: str, there: str, out: Path) -> dic
         f"name='{registered_model_name(name)}'") if (v.tags or {}).get("exported_to", "").endswith(there)]
     if not versions:
         raise EdgeSearchError(f"The export of {name!r} finished on the cluster but is not registered in {tracking_uri}.")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a few small files
     with tempfile.TemporaryDirectory(prefix="edgesearch-export-") as tmp:
         got = Path(mlflow.artifacts.download_artifacts(artifact_uri=versions[0].source, dst_path=tmp,
                                                        tracking_uri=tracking_uri))
