@@ -446,6 +446,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     if address:  # a detached search: export where its files are; the folder comes back through MLflow
         from search.service import export_on_cluster
 
+        if args.no_mlflow:
+            from search.errors import ConfigError
+
+            raise ConfigError("--no-mlflow: an export made on the cluster comes back through MLflow; pass "
+                              "--storage to export on a machine that has the search's files instead.")
+
         print(f"exporting search {args.search!r} on the cluster at {address} ...", flush=True)
         options = [*(["--trial", str(args.trial)] if args.trial is not None else []),
                    *(["--pick", *args.pick] if args.pick else []), *(["--target", args.target] if args.target else []),

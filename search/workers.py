@@ -102,27 +102,34 @@ class TeacherOnce:
 
     TRAIN = "train"
 
-    def __init__(self):
+    def __init__(self, patience_s: float = 900.0):
         import asyncio
 
         self._asyncio = asyncio
+        self.patience_s = patience_s  # a trainer whose node died never reports: then a waiter trains it too
         self.teachers: dict[str, bytes] = {}
         self.training: dict[str, object] = {}
 
     async def claim(self, name: str):
-        """The teacher's bytes, or TRAIN if the caller is to train it (first caller, or its trainer failed)."""
+        """The teacher's bytes, or TRAIN if the caller is to train it (first caller, its trainer failed, or it
+        has not reported within the patience)."""
         while name not in self.teachers:
             if name not in self.training:
                 self.training[name] = self._asyncio.Event()
                 return self.TRAIN
-            await self.training[name].wait()
+            try:
+                await self._asyncio.wait_for(self.training[name].wait(), self.patience_s)
+            except TimeoutError:
+                return self.TRAIN
         return self.teachers[name]
 
     def put(self, name: str, data: bytes | None) -> None:
         """The trained teacher's bytes; None when training failed, so the next waiter trains it."""
         if data is not None:
             self.teachers[name] = data
-        self.training.pop(name).set()
+        event = self.training.pop(name, None)
+        if event is not None:
+            event.set()
 
 
 def _teacher_once(store, data, seed: int, folder: Path) -> str:
