@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from search.errors import EdgeSearchError
@@ -396,6 +397,19 @@ def _sync_quietly(study, spec, args: argparse.Namespace) -> None:
 def cmd_list(args: argparse.Namespace) -> int:
     import optuna
 
+    if args.address:
+        from search.service import searches_on_cluster
+
+        jobs = searches_on_cluster(args.address)
+        if not jobs:
+            print(f"no searches were submitted to the cluster at {args.address}")
+        else:
+            print(f"{'search':<28}{'status':<11}{'submitted':<21}job")
+            for name, job in jobs.items():
+                print(f"{name:<28}{str(job.status.value):<11}"
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(job.start_time / 1e3)):<21}"
+                      f"{job.submission_id}")
+        return 0
     storage = _storage_url(args)
     # the default SQLite file is only created by a first search, not by listing
     exists = args.storage or Path(args.runs_dir, "optuna.db").exists()
@@ -627,8 +641,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "sqlite:///RUNS/mlflow.db]")
     p.set_defaults(func=cmd_sync)
 
-    p = sub.add_parser("list", help="list the stored searches", description="List the searches in the storage.")
+    p = sub.add_parser("list", help="list the stored searches", description="List the searches in the storage, "
+                       "or those submitted to a cluster with their newest job's status.")
     p.add_argument("--storage", help="Optuna RDB storage URL [default: sqlite:///RUNS/optuna.db]")
+    p.add_argument("--address", help="list the searches submitted to the cluster at this dashboard URL instead")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("export", help="export a search's winner for deployment",

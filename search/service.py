@@ -133,6 +133,18 @@ def remembered_address(runs_dir: Path, name: str) -> str | None:
     return json.loads(path.read_text())["address"] if path.is_file() else None
 
 
+def searches_on_cluster(address: str) -> dict:
+    """Each search submitted to the cluster, with its newest job, oldest search first."""
+    newest = {}
+    for job in _client(address).list_jobs():
+        meta = job.metadata or {}
+        if meta.get("edgesearch_command") == "submit" and meta.get(_KEY):
+            seen = newest.get(meta[_KEY])
+            if seen is None or (job.start_time or 0) > (seen.start_time or 0):
+                newest[meta[_KEY]] = job
+    return dict(sorted(newest.items(), key=lambda item: item[1].start_time or 0))
+
+
 def _running_job(address: str, name: str):
     try:
         job = find_job(address, name)
@@ -143,11 +155,10 @@ def _running_job(address: str, name: str):
 
 def find_job(address: str, name: str):
     """The newest job that ran search ``name`` (its first run or a resumption)."""
-    jobs = [j for j in _client(address).list_jobs()
-            if (j.metadata or {}).get(_KEY) == name and j.metadata.get("edgesearch_command") == "submit"]
-    if not jobs:
+    job = searches_on_cluster(address).get(name)
+    if job is None:
         raise SearchNotFoundError(f"No search named {name!r} was submitted to the cluster at {address}.")
-    return max(jobs, key=lambda j: j.start_time or 0)
+    return job
 
 
 def job_status(address: str, name: str) -> dict:

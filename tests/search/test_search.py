@@ -236,7 +236,7 @@ def test_a_client_sharing_only_the_network_submits_follows_stops_resumes_and_exp
         address = ray_head["dashboard"]
         # the user's dataset and profile exist only in the client's own folder
         sub = client("submit", "--name", "svc", "--dataset", f"{own}/mine.npz", "--target", f"{own}/my-host.yaml",
-                     "--trials", "4", "--workers", "1", "--epochs", "2", "--front-tuning-minutes", "0",
+                     "--trials", "8", "--workers", "1", "--epochs", "2", "--front-tuning-minutes", "0",
                      "--address", address, "--detach", "--cluster-runs-dir", str(hidden / "runs"),
                      "--tracking-uri", tracking,
                      prepare=f"cp '{data}' '{own}/mine.npz' && cp '{PROFILE_DIR / 'host.yaml'}' '{own}/my-host.yaml' &&")
@@ -254,11 +254,13 @@ def test_a_client_sharing_only_the_network_submits_follows_stops_resumes_and_exp
         storage = f"sqlite:///{hidden}/runs/optuna.db"
         _wait_for(lambda: newest_status() and (hidden / "runs" / "optuna.db").is_file()
                   and len(_complete(storage, "svc")) >= 1, 300, "the job's first trial")
-        twice = client("submit", "--name", "svc", "--trials", "4", "--address", address, "--detach")
+        twice = client("submit", "--name", "svc", "--address", address, "--detach")
         assert twice.returncode == 2 and "already running" in twice.stderr
+        listed = client("list", "--address", address)
+        assert listed.returncode == 0 and listed.stdout.splitlines()[1].split()[:2] == ["svc", "RUNNING"]
         status = client("status", "svc")  # the cluster this client submitted to is remembered
         assert status.returncode == 0, status.stderr
-        assert "Ray job raysubmit_" in status.stdout and "of 4 trials of training budget spent" in status.stdout
+        assert "Ray job raysubmit_" in status.stdout and "of 8 trials of training budget spent" in status.stdout
         stop = client("stop", "svc", "--address", address)
         assert stop.returncode == 0 and "--resume --detach" in stop.stdout
         _wait_for(lambda: newest_status() == "STOPPED", 120, "the job to stop")
@@ -269,7 +271,7 @@ def test_a_client_sharing_only_the_network_submits_follows_stops_resumes_and_exp
         assert resumed.returncode == 0, resumed.stderr
         _wait_for(lambda: newest_status() == "SUCCEEDED", 600, "the resumed job to finish")
         study = load_study("svc", storage)
-        assert spent_budget(study) >= 4 and finished_count(study) >= 4  # the resume ran the rest of the search
+        assert spent_budget(study) >= 8 and finished_count(study) >= 8  # the resume ran the rest of the search
         assert all(study.trials[n].values == v for n, v in before.items())  # and kept what was done
         # the cluster keeps its copies of the inputs, which the stored spec names
         kept = stored_spec(study).dataset
