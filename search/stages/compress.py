@@ -22,9 +22,14 @@ from torch.nn.utils import prune
 
 from search.candidate import Candidate
 from search.data import Dataset
-from search.stages.train import fit
+from search.stages.train import LEARNING_RATE, fit
 
 _PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
+# Fine-tuning after a pruning step restarts at twice the training rate, annealed to zero: the surviving weights must
+# take over from the removed ones (as learning-rate rewinding does; Renda et al., ICLR 2020). Measured here at the
+# default budget, 90% unstructured lost 11.9 / 15.0 points (digits / mnist1d) fine-tuned at 3e-3, 3.3 / 6.4 at this
+# rate; 75% of the channels 4.4 / 18.6 against 2.5 / 9.0 (NOTES.md).
+PRUNE_FINETUNE_LR = 2 * LEARNING_RATE
 
 
 def _weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
@@ -82,7 +87,7 @@ def _finetune(model, candidate, dataset, teacher, step):
     if b.finetune_epochs:
         fit(
             model, dataset, b.finetune_epochs, teacher=teacher, temperature=candidate.temperature,
-            alpha=candidate.alpha, seed=candidate.seed + 1000 + step, lr=3e-3,
+            alpha=candidate.alpha, seed=candidate.seed + 1000 + step, lr=PRUNE_FINETUNE_LR,
         )
 
 
