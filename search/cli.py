@@ -261,11 +261,12 @@ def _keep_inputs(spec, runs_dir: Path):
     import dataclasses
     import shutil
 
+    from search.spec import input_files
+
     folder = Path(runs_dir).resolve() / "searches" / spec.name / "inputs"
     kept = {}
-    for field, suffixes in (("dataset", (".npz",)), ("target", (".yaml", ".yml"))):
-        path = Path(getattr(spec, field))
-        if path.suffix in suffixes and path.is_file():
+    for field, path in input_files(spec).items():
+        if path.is_file():
             folder.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, folder / path.name)
             kept[field] = str(folder / path.name)
@@ -343,11 +344,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     address = _cluster(args, args.name)
     if address:  # a detached search: its stores are the cluster's, so status runs there
-        from search.service import job_status, status_on_cluster
+        from search.service import find_job, status_on_cluster
 
-        job = job_status(address, args.name)
-        print(f"Ray job {job['job_id']} at {address}: {job['status']}")
-        print(status_on_cluster(address, args.name))
+        job = find_job(address, args.name)
+        print(f"Ray job {job.submission_id} at {address}: {job.status.value}")
+        print(status_on_cluster(address, job))
         return 0
     storage = _storage_url(args)
     study = load_study(args.name, storage)

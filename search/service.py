@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 
 from search.errors import ConfigError, EdgeSearchError, SearchNotFoundError
-from search.spec import SearchSpec
+from search.spec import SearchSpec, input_files
 
 # the shell on the cluster expands this: the nodes' $EDGESEARCH_RUNS, else a folder in the job user's home
 CLUSTER_RUNS = "${EDGESEARCH_RUNS:-$HOME/edgesearch-runs}"
@@ -72,14 +72,12 @@ def _payload(spec: SearchSpec) -> Path:
     """A folder with the spec and the input files it names, which Ray uploads as the job's working folder."""
     folder = Path(tempfile.mkdtemp(prefix="edgesearch-job-"))
     data = spec.to_dict()
-    for field, suffixes in (("dataset", (".npz",)), ("target", (".yaml", ".yml"))):
-        path = Path(str(data[field]))
-        if path.suffix in suffixes:
-            if not path.is_file():
-                raise ConfigError(f"The search's {field} file {str(path)!r} does not exist on this machine.")
-            (folder / "inputs").mkdir(exist_ok=True)
-            shutil.copyfile(path, folder / "inputs" / f"{field}{path.suffix}")
-            data[field] = f"inputs/{field}{path.suffix}"
+    for field, path in input_files(spec).items():
+        if not path.is_file():
+            raise ConfigError(f"The search's {field} file {str(path)!r} does not exist on this machine.")
+        (folder / "inputs").mkdir(exist_ok=True)
+        shutil.copyfile(path, folder / "inputs" / f"{field}{path.suffix}")
+        data[field] = f"inputs/{field}{path.suffix}"
     (folder / "spec.json").write_text(json.dumps(data, indent=2))
     return folder
 
@@ -92,10 +90,10 @@ def submit_job(address: str, name: str, *, spec: SearchSpec | None = None, trial
     ``tracking_uri`` "none" = no MLflow). A resumption reuses those of the search's last job unless given.
     """
     client = _client(address)
-    running = _running_job(address, name)
-    if running:
-        raise ConfigError(f"Search {name!r} is already {running.status.value.lower()} on the cluster at {address} "
-                          f"(Ray job {running.submission_id}): follow it with 'edgesearch status {name}', or stop it "
+    last = searches_on_cluster(address).get(name)
+    if last is not None and str(last.status.value) in ("PENDING", "RUNNING"):
+        raise ConfigError(f"Search {name!r} is already {last.status.value.lower()} on the cluster at {address} "
+                          f"(Ray job {last.submission_id}): follow it with 'edgesearch status {name}', or stop it "
                           "first.")
     runtime_env = None
     if spec is not None:
@@ -103,7 +101,9 @@ def submit_job(address: str, name: str, *, spec: SearchSpec | None = None, trial
         runtime_env = {"working_dir": str(payload)}
         argv = ["submit", "--spec", "spec.json", "--keep-inputs"]
     else:
-        last = find_job(address, name).metadata
+        if last is None:
+            raise SearchNotFoundError(f"No search named {name!r} was submitted to the cluster at {address}.")
+        last = last.metadata
         runs_dir = runs_dir or last.get("edgesearch_runs_dir", "")
         storage = storage or last.get("edgesearch_storage", "")
         tracking_uri = tracking_uri or last.get("edgesearch_tracking_uri", "")
@@ -145,25 +145,12 @@ def searches_on_cluster(address: str) -> dict:
     return dict(sorted(newest.items(), key=lambda item: item[1].start_time or 0))
 
 
-def _running_job(address: str, name: str):
-    try:
-        job = find_job(address, name)
-    except SearchNotFoundError:
-        return None
-    return job if str(job.status.value) in ("PENDING", "RUNNING") else None
-
-
 def find_job(address: str, name: str):
     """The newest job that ran search ``name`` (its first run or a resumption)."""
     job = searches_on_cluster(address).get(name)
     if job is None:
         raise SearchNotFoundError(f"No search named {name!r} was submitted to the cluster at {address}.")
     return job
-
-
-def job_status(address: str, name: str) -> dict:
-    job = find_job(address, name)
-    return {"job_id": job.submission_id, "address": address, "status": str(job.status.value)}
 
 
 def job_logs(address: str, name: str) -> str:
@@ -174,15 +161,14 @@ def stop_job(address: str, name: str) -> bool:
     return bool(_client(address).stop_job(find_job(address, name).submission_id))
 
 
-def _run_beside(address: str, name: str, argv: list[str], timeout_s: float, in_runs: bool = False) -> str:
-    """Run an edgesearch command as a job on the cluster, against search ``name``'s stores; its output.
-
-    A command that failed on the cluster raises its own message (an ``EdgeSearchError`` there) or its log's tail.
+def _run_beside(address: str, search_job, argv: list[str], timeout_s: float, in_runs: bool = False) -> str:
+    """Run an edgesearch command as a job on the cluster, in the runs folder of the search that ``search_job``
+    ran; its output. A command that failed there raises its own message (an ``EdgeSearchError``) or its log's tail.
     """
     client = _client(address)
-    meta = find_job(address, name).metadata
+    meta = search_job.metadata
     job_id = client.submit_job(entrypoint=_entrypoint(meta.get("edgesearch_runs_dir", ""), argv, in_runs),
-                               metadata={_KEY: name, "edgesearch_command": argv[0]})
+                               metadata={_KEY: meta[_KEY], "edgesearch_command": argv[0]})
     deadline = time.monotonic() + timeout_s
     while (status := str(client.get_job_status(job_id).value)) not in _TERMINAL:
         if time.monotonic() > deadline:
@@ -198,9 +184,10 @@ def _run_beside(address: str, name: str, argv: list[str], timeout_s: float, in_r
     return "\n".join(line for line in logs.splitlines() if not _RAY_LINE.match(line))
 
 
-def status_on_cluster(address: str, name: str) -> str:
-    meta = find_job(address, name).metadata
-    return _run_beside(address, name, ["status", name, *_stores(meta)], timeout_s=300)
+def status_on_cluster(address: str, search_job) -> str:
+    """What ``edgesearch status`` prints for the search that ``search_job`` (``find_job``) ran, run there."""
+    return _run_beside(address, search_job, ["status", search_job.metadata[_KEY], *_stores(search_job.metadata)],
+                       timeout_s=300)
 
 
 def export_on_cluster(address: str, name: str, out: Path, options: list[str], *, tracking_uri: str | None = None,
@@ -209,7 +196,8 @@ def export_on_cluster(address: str, name: str, out: Path, options: list[str], *,
     MLflow tracking server into ``out``, checking every file against the model card's hashes; the card."""
     from search.export import prepare_dir
 
-    meta = find_job(address, name).metadata
+    job = find_job(address, name)
+    meta = job.metadata
     searched_with = meta.get("edgesearch_tracking_uri", "")
     if not searched_with.startswith(("http://", "https://")):
         raise ConfigError(f"Search {name!r} logs to {searched_with or 'the cluster’s local MLflow store'}, which "
@@ -218,7 +206,7 @@ def export_on_cluster(address: str, name: str, out: Path, options: list[str], *,
                           "--artifacts-destination), or run export on the cluster.")
     out = prepare_dir(out, overwrite)
     there = f"exports/{name}-{uuid.uuid4().hex[:12]}"  # in the cluster's runs folder, kept there
-    _run_beside(address, name, ["export", "--search", name, "--out", there, *options, *_stores(meta)],
+    _run_beside(address, job, ["export", "--search", name, "--out", there, *options, *_stores(meta)],
                 timeout_s=1800, in_runs=True)
     return _download_export(tracking_uri or searched_with, name, there, out)
 

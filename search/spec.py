@@ -180,6 +180,16 @@ def load_spec_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def input_files(spec: SearchSpec) -> dict[str, Path]:
+    """The fields of ``spec`` that name a file (a user's dataset, a profile), with their paths."""
+    found = {}
+    for name, suffixes in (("dataset", (".npz",)), ("target", (".yaml", ".yml"))):
+        path = Path(str(getattr(spec, name)))
+        if path.suffix in suffixes:
+            found[name] = path
+    return found
+
+
 def check_resources(spec: SearchSpec, available_cpus: int | None = None) -> None:
     """Refuse more workers than CPUs: each worker owns at least one CPU thread."""
     cpus = available_cpus if available_cpus is not None else (os.cpu_count() or 1)
