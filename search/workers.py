@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -144,7 +145,7 @@ def _teacher_once(store, data, seed: int, folder: Path) -> str:
     got = ray.get(store.claim.remote(path.name))
     if got != TeacherOnce.TRAIN:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".part")
+        tmp = path.with_suffix(f".{os.getpid()}.part")  # two workers of a node may receive it at once
         tmp.write_bytes(got)
         tmp.replace(path)
         return "received from the node that trained it"

@@ -6,7 +6,7 @@ import pytest
 
 from search.candidate import Budget
 from search.spec import SearchSpace, SearchSpec
-from search.study import default_storage
+from search.study import default_storage, load_study
 from search.tracking import default_tracking_uri
 from search.workers import run_search
 
@@ -14,6 +14,16 @@ from search.workers import run_search
 TINY = Budget(epochs=2, finetune_epochs=1, prune_steps=1, tuning_trials=0, timing_repeats=5, front_tuning_trials=0,
               front_tuning_minutes=0)
 SHIP = dataclasses.replace(TINY, front_tuning_minutes=3)
+
+
+def complete_trials(storage: str, name: str) -> list:
+    """The finished trials of search ``name``, or none while it is not stored yet. The store is opened as the
+    searches open it (under a file lock for SQLite): a bare open while a driver creates the schema made that
+    driver's own open fail (UNIQUE constraint failed: alembic_version)."""
+    try:
+        return [t for t in load_study(name, storage).trials if t.state.name == "COMPLETE"]
+    except Exception:  # not there yet, or a server database whose schema a search is creating: poll again
+        return []
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from search.study import load_study, rows
+from tests.search.conftest import complete_trials
 from tests.servers import mlflow_server
 
 
@@ -73,14 +74,6 @@ def _submit(runs: Path, storage: str, *args: str, **popen) -> subprocess.Popen:
                             text=True, **popen)
 
 
-def _complete(storage: str, name: str) -> list:
-    """The finished trials of a study, or none while it (or the schema, which the searches create) is not there."""
-    try:
-        return [t for t in optuna.load_study(study_name=name, storage=storage).trials if t.state.name == "COMPLETE"]
-    except Exception:  # the searches may be creating the schema at this moment: poll again
-        return []
-
-
 def test_two_searches_at_once_and_a_restarted_driver_on_postgresql(postgres, tmp_path):
     """Two users' searches share one PostgreSQL database at the same time; one driver is killed and resumed."""
     storage = postgres("optuna")
@@ -89,13 +82,13 @@ def test_two_searches_at_once_and_a_restarted_driver_on_postgresql(postgres, tmp
                      start_new_session=True)
     try:
         deadline = time.time() + 300
-        while len(_complete(storage, "restarted")) < 1 and time.time() < deadline:
+        while len(complete_trials(storage, "restarted")) < 1 and time.time() < deadline:
             time.sleep(1)
-        assert _complete(storage, "restarted"), "the second search finished no trial in 300 s"
+        assert complete_trials(storage, "restarted"), "the second search finished no trial in 300 s"
     finally:
         os.killpg(killed.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started
         killed.wait()
-    before = {t.number: t.values for t in _complete(storage, "restarted")}
+    before = {t.number: t.values for t in complete_trials(storage, "restarted")}
     resumed = _submit(tmp_path / "b", storage, "--name", "restarted", "--resume")
     for proc in (steady, resumed):
         out, err = proc.communicate(timeout=600)

@@ -20,7 +20,7 @@ from search.study import (create_study, default_storage, finished_count, knob_na
                           requeue_interrupted, rows, spent_budget, stored_spec, suggest_candidate)
 from search.workers import run_search
 from tests.oracles import OBJECTIVES, pareto_front
-from tests.search.conftest import SHIP, TINY
+from tests.search.conftest import SHIP, TINY, complete_trials
 from tests.servers import ray_cluster
 
 FAST_SPACE = SearchSpace(precision=("fp32", "int8-ptq", "fp16"), width=(0.25, 0.75))
@@ -91,13 +91,6 @@ def _wait_for(predicate, timeout, what):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _complete(storage, name):
-    try:
-        return [t for t in optuna.load_study(study_name=name, storage=storage).trials if t.state.name == "COMPLETE"]
-    except KeyError:
-        return []
-
-
 def test_resume_reruns_interrupted_candidates_but_not_half_drawn_knobs(tmp_path):
     storage = default_storage(tmp_path)
     spec = SearchSpec(name="halfway", trials=4, budget=TINY)
@@ -130,11 +123,11 @@ def test_killed_driver_resumes_without_repeating_finished_trials(tmp_path):
     driver = subprocess.Popen(_cli(tmp_path, "submit", "--spec", str(spec)), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        _wait_for(lambda: len(_complete(storage, "resumable")) >= 2, 240, "two finished trials")
+        _wait_for(lambda: len(complete_trials(storage, "resumable")) >= 2, 240, "two finished trials")
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started
         driver.wait()
-    before = {t.number: t.values for t in _complete(storage, "resumable")}
+    before = {t.number: t.values for t in complete_trials(storage, "resumable")}
     assert 2 <= len(before) < 5
     done = subprocess.run(_cli(tmp_path, "submit", "--name", "resumable", "--resume"), capture_output=True,
                           text=True, timeout=400)
@@ -253,7 +246,7 @@ def test_a_client_sharing_only_the_network_submits_follows_stops_resumes_and_exp
 
         storage = f"sqlite:///{hidden}/runs/optuna.db"
         _wait_for(lambda: newest_status() and (hidden / "runs" / "optuna.db").is_file()
-                  and len(_complete(storage, "svc")) >= 1, 300, "the job's first trial")
+                  and len(complete_trials(storage, "svc")) >= 1, 300, "the job's first trial")
         twice = client("submit", "--name", "svc", "--address", address, "--detach")
         assert twice.returncode == 2 and "already running" in twice.stderr
         listed = client("list", "--address", address)
@@ -266,7 +259,7 @@ def test_a_client_sharing_only_the_network_submits_follows_stops_resumes_and_exp
         _wait_for(lambda: newest_status() == "STOPPED", 120, "the job to stop")
         logs = client("logs", "svc", "--address", address)
         assert logs.returncode == 0 and "trial" in logs.stdout
-        before = {t.number: t.values for t in _complete(storage, "svc")}
+        before = {t.number: t.values for t in complete_trials(storage, "svc")}
         resumed = client("submit", "--name", "svc", "--resume", "--detach", "--address", address)
         assert resumed.returncode == 0, resumed.stderr
         _wait_for(lambda: newest_status() == "SUCCEEDED", 600, "the resumed job to finish")
