@@ -563,8 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "out before training costs nothing, one stopped by successive halving a third [default: 24]")
     p.add_argument("--workers", type=int, help="candidates evaluated in parallel, one CPU each [default: 2]")
     p.add_argument("--sampler", choices=("auto", "tpe", "nsga2", "random"), help="Optuna sampler; auto is "
-                   "multivariate TPE (constant liar across workers; its good trials chosen by the search's own "
-                   "hypervolume) below 100 trials and NSGA-II from 100, as Optuna's guidance puts them [default: auto]")
+                   "multivariate TPE (constant liar across workers) below 100 trials and NSGA-II from 100, as Optuna's "
+                   "guidance puts them [default: auto]")
     p.add_argument("--no-recipes", dest="recipes", action="store_const", const=False, help="do not start from "
                    "the classic single-technique recipes (fp16, int8 PTQ, int8 QAT, 50%% and 90%% pruning, "
                    "distillation into width 0.5, width 0.5), which are otherwise the first trials")

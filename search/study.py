@@ -17,7 +17,6 @@ from optuna.trial import FrozenTrial, TrialState
 from objectives.pareto import OBJECTIVES, non_dominated, normalised_hypervolume
 from search.candidate import Candidate, CandidateResult
 from search.errors import ConfigError, SearchNotFoundError
-from search.sampler import HypervolumeTPESampler
 from search.spec import SearchSpec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -99,14 +98,11 @@ def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
         # Few random start-up trials: the recipes are informative start-up points already, and TPE counts
         # screened-out (pruned, infeasible) trials too. The constant liar keeps parallel workers apart.
         startup = len(recipes_for(spec)) + 2 if spec.recipes else max(4, min(10, spec.trials // 4))
-        return HypervolumeTPESampler(_stored_bounds, seed=spec.seed, constant_liar=spec.workers > 1,
-                                     n_startup_trials=min(startup, spec.trials))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=spec.seed, multivariate=True, constant_liar=spec.workers > 1,
+                                              n_startup_trials=min(startup, spec.trials))
     return optuna.samplers.RandomSampler(seed=spec.seed)
-
-
-def _stored_bounds(study: optuna.Study) -> list[float] | None:
-    stored = study.user_attrs.get(BOUNDS_ATTR)
-    return stored["values"] if stored else None
 
 
 def _storage(url: str, attempts: int = 3) -> optuna.storages.BaseStorage:
