@@ -893,6 +893,8 @@ def main(argv=None) -> int:
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
     parser.add_argument("--only", nargs="+", choices=FIGURES, metavar="FIGURE",
                         help=f"run only these figures ({', '.join(FIGURES)}; 1 includes 2)")
+    parser.add_argument("--quality-seeds", nargs="+", type=int, metavar="SEED",
+                        help="figure 5's seeds (default: 0 1 2 3 4; 0 1 with --quick)")
     parser.add_argument("--report-only", action="store_true",
                         help="measure nothing: re-render REPORT.md and the plots from RUNS/bench/results.json "
                              "(MLflow keeps the run's original files)")
@@ -900,6 +902,8 @@ def main(argv=None) -> int:
     import tempfile
 
     plan = QUICK if args.quick else FULL
+    if args.quality_seeds:
+        plan = replace(plan, quality_seeds=tuple(args.quality_seeds))
     wanted = set(args.only or FIGURES)
     bench = args.runs_dir / "bench"
     if args.report_only:
