@@ -349,6 +349,7 @@ def quality_figures(runs: Path, plan: Plan) -> dict:
             out["final"].setdefault(arm, []).append(outcome.hypervolume)
             out["infeasible_share"].setdefault(arm, []).append(_infeasible_share(study))
             out.setdefault("candidates", {}).setdefault(arm, []).append(len(study.trials))
+            out.setdefault("studies", {}).setdefault(arm, []).append(spec.name)
             out.setdefault("trained_fully", {}).setdefault(arm, []).append(
                 sum(1 for t in study.trials if t.state.name == "COMPLETE" and "reused_from_trial" not in t.user_attrs))
             if arm == "default":
@@ -357,6 +358,7 @@ def quality_figures(runs: Path, plan: Plan) -> dict:
                 out["recipes"].append({"seed": seed, "enqueued": len(recipes), "feasible": len(feasible),
                                        "covered": sum(_covers(outcome.front, r) for r in feasible),
                                        "labels": [r.recipe for r in recipes]})
+    out["best_known"] = _best_known(runs, out)
     test = mannwhitneyu(out["final"]["default"], out["final"]["random"], alternative="greater")
     out["mann_whitney"] = {"u": float(test.statistic), "p": float(test.pvalue), "alpha": 0.10,
                            "default_higher": bool(test.pvalue < 0.10)}
@@ -364,6 +366,23 @@ def quality_figures(runs: Path, plan: Plan) -> dict:
     out["infeasible_spread"] = {arm: _spread(v) for arm, v in out["infeasible_share"].items()}
     out["make_run"] = _make_run_before_after(runs)
     return out
+
+
+def _best_known(runs: Path, out: dict) -> dict:
+    """The hypervolume of the union of every feasible candidate this figure's searches trained (both arms, all
+    seeds, on the same bounds): what the run found at all, as a ceiling for either arm."""
+    from search.study import (default_storage, feasible_front, front_hypervolume, load_study, rows, search_bounds,
+                              stored_spec)
+
+    pool, bounds = [], None
+    for arm, names in out["studies"].items():
+        for name in names:
+            study = load_study(name, default_storage(runs))
+            bounds = bounds or search_bounds(study, stored_spec(study))
+            pool += [r for r in rows(study) if r.feasible and r.reused_from is None]
+    front = feasible_front(pool)
+    return {"hypervolume": front_hypervolume(front, bounds) if front else 0.0, "candidates": len(pool),
+            "front": len(front)}
 
 
 def _infeasible_share(study) -> float:
@@ -773,6 +792,12 @@ def report_markdown(results: dict) -> str:
                   f"p = {mw['p']:.3f} at alpha = {mw['alpha']}: "
                   f"{'the default search is higher' if mw['default_higher'] else 'not shown higher'}"
                   f"{floor if seeds < 5 else ''}.", ""]
+        best = q.get("best_known")
+        if best:
+            lines += [f"Best known: the front of all {best['candidates']} feasible candidates the run trained (both "
+                      f"arms, every seed) has {best['front']} points and a hypervolume of {best['hypervolume']:.4f}; "
+                      f"the median default search reached {q['final_spread']['default']['median'] / best['hypervolume']:.0%} "
+                      f"of it, random sampling {q['final_spread']['random']['median'] / best['hypervolume']:.0%}.", ""]
         lines += ["![hypervolume vs trials](hypervolume_vs_trials.png)", ""] if "hypervolume_vs_trials.png" in \
             results["plots"] else []
         lines += ["Recipes in the default search: enqueued first, and covered when a front point is at least as "
