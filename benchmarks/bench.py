@@ -793,11 +793,12 @@ def report_markdown(results: dict) -> str:
                   f"{'the default search is higher' if mw['default_higher'] else 'not shown higher'}"
                   f"{floor if seeds < 5 else ''}.", ""]
         best = q.get("best_known")
-        if best:
+        if best and best["hypervolume"] > 0:
+            share = {arm: q["final_spread"][arm]["median"] / best["hypervolume"] for arm in ("default", "random")}
             lines += [f"Best known: the front of all {best['candidates']} feasible candidates the run trained (both "
                       f"arms, every seed) has {best['front']} points and a hypervolume of {best['hypervolume']:.4f}; "
-                      f"the median default search reached {q['final_spread']['default']['median'] / best['hypervolume']:.0%} "
-                      f"of it, random sampling {q['final_spread']['random']['median'] / best['hypervolume']:.0%}.", ""]
+                      f"the median default search reached {share['default']:.0%} of it, random sampling "
+                      f"{share['random']:.0%}.", ""]
         lines += ["![hypervolume vs trials](hypervolume_vs_trials.png)", ""] if "hypervolume_vs_trials.png" in \
             results["plots"] else []
         lines += ["Recipes in the default search: enqueued first, and covered when a front point is at least as "
