@@ -90,7 +90,8 @@ def submit_job(address: str, name: str, *, spec: SearchSpec | None = None, trial
     ``tracking_uri`` "none" = no MLflow). A resumption reuses those of the search's last job unless given.
     """
     client = _client(address)
-    last = searches_on_cluster(address).get(name)
+    jobs = searches_on_cluster(address)
+    last = jobs.get(name)
     if last is not None and str(last.status.value) in ("PENDING", "RUNNING"):
         raise ConfigError(f"Search {name!r} is already {last.status.value.lower()} on the cluster at {address} "
                           f"(Ray job {last.submission_id}): follow it with 'edgesearch status {name}', or stop it "
@@ -101,9 +102,7 @@ def submit_job(address: str, name: str, *, spec: SearchSpec | None = None, trial
         runtime_env = {"working_dir": str(payload)}
         argv = ["submit", "--spec", "spec.json", "--keep-inputs"]
     else:
-        if last is None:
-            raise SearchNotFoundError(f"No search named {name!r} was submitted to the cluster at {address}.")
-        last = last.metadata
+        last = find_job(address, name, jobs).metadata
         runs_dir = runs_dir or last.get("edgesearch_runs_dir", "")
         storage = storage or last.get("edgesearch_storage", "")
         tracking_uri = tracking_uri or last.get("edgesearch_tracking_uri", "")
@@ -145,9 +144,10 @@ def searches_on_cluster(address: str) -> dict:
     return dict(sorted(newest.items(), key=lambda item: item[1].start_time or 0))
 
 
-def find_job(address: str, name: str):
-    """The newest job that ran search ``name`` (its first run or a resumption)."""
-    job = searches_on_cluster(address).get(name)
+def find_job(address: str, name: str, jobs: dict | None = None):
+    """The newest job that ran search ``name`` (its first run or a resumption), among ``jobs`` (as
+    ``searches_on_cluster`` gives them) when the caller has listed them already."""
+    job = (searches_on_cluster(address) if jobs is None else jobs).get(name)
     if job is None:
         raise SearchNotFoundError(f"No search named {name!r} was submitted to the cluster at {address}.")
     return job
