@@ -336,6 +336,7 @@ def quality_figures(runs: Path, plan: Plan) -> dict:
                  "halving_from": HALVING_FROM_TRIALS,
                  "latency_budget_ms": base.latency_budget_ms, "curves": {}, "final": {}, "infeasible_share": {},
                  "recipes": [], "wall_s": {}}
+    pool = []  # every feasible candidate either arm trained: the best known front
     for seed in plan.quality_seeds:
         for arm, fields in arms.items():
             spec = replace(base, name=f"bench-q-{arm}-s{seed}-{_stamp()}", seed=seed, **fields)
@@ -349,7 +350,7 @@ def quality_figures(runs: Path, plan: Plan) -> dict:
             out["final"].setdefault(arm, []).append(outcome.hypervolume)
             out["infeasible_share"].setdefault(arm, []).append(_infeasible_share(study))
             out.setdefault("candidates", {}).setdefault(arm, []).append(len(study.trials))
-            out.setdefault("studies", {}).setdefault(arm, []).append(spec.name)
+            pool += [r for r in outcome.rows if r.feasible and r.reused_from is None]
             out.setdefault("trained_fully", {}).setdefault(arm, []).append(
                 sum(1 for t in study.trials if t.state.name == "COMPLETE" and "reused_from_trial" not in t.user_attrs))
             if arm == "default":
@@ -358,7 +359,7 @@ def quality_figures(runs: Path, plan: Plan) -> dict:
                 out["recipes"].append({"seed": seed, "enqueued": len(recipes), "feasible": len(feasible),
                                        "covered": sum(_covers(outcome.front, r) for r in feasible),
                                        "labels": [r.recipe for r in recipes]})
-    out["best_known"] = _best_known(runs, out)
+    out["best_known"] = _best_known(pool, bounds)
     test = mannwhitneyu(out["final"]["default"], out["final"]["random"], alternative="greater")
     out["mann_whitney"] = {"u": float(test.statistic), "p": float(test.pvalue), "alpha": 0.10,
                            "default_higher": bool(test.pvalue < 0.10)}
@@ -368,18 +369,11 @@ def quality_figures(runs: Path, plan: Plan) -> dict:
     return out
 
 
-def _best_known(runs: Path, out: dict) -> dict:
-    """The hypervolume of the union of every feasible candidate this figure's searches trained (both arms, all
-    seeds, on the same bounds): what the run found at all, as a ceiling for either arm."""
-    from search.study import (default_storage, feasible_front, front_hypervolume, load_study, rows, search_bounds,
-                              stored_spec)
+def _best_known(pool: list, bounds: list[float]) -> dict:
+    """The front of every feasible candidate this figure's searches trained (both arms, all seeds, one spec's
+    bounds): what the run found at all, as a ceiling for either arm."""
+    from search.study import feasible_front, front_hypervolume
 
-    pool, bounds = [], None
-    for arm, names in out["studies"].items():
-        for name in names:
-            study = load_study(name, default_storage(runs))
-            bounds = bounds or search_bounds(study, stored_spec(study))
-            pool += [r for r in rows(study) if r.feasible and r.reused_from is None]
     front = feasible_front(pool)
     return {"hypervolume": front_hypervolume(front, bounds) if front else 0.0, "candidates": len(pool),
             "front": len(front)}
