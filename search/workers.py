@@ -811,8 +811,8 @@ class _Driver:
         self.spent = 0.0  # of the budget, in fully trained candidates (``trial_cost``)
         self.asks = 0
         self.max_asks = max(1, int(ASKS_PER_TRIAL * remaining))
-        self.counts = {"screened": 0, "retimed": 0, "retime_changed": 0, "promoted": 0, "stopped": 0, "reused": 0,
-                       "waited": 0}
+        self.counts = {"screened": 0, "retimed": 0, "retime_changed": 0, "against_fit": 0, "promoted": 0,
+                       "stopped": 0, "reused": 0, "waited": 0}
         self.started_all = time.perf_counter()
         self.landed = None  # when the last result came back: a worker is free until its next candidate is sent
 
@@ -848,7 +848,9 @@ class _Driver:
                         "screened out; a looser budget or another target leaves more that fit")
         c = self.counts
         self.report(f"screened out before training: {c['screened']}; re-timed alone near the budget: {c['retimed']} "
-                    f"({c['retime_changed']} changed verdict); reused results: {c['reused']}; waited for the first "
+                    f"({c['retime_changed']} changed verdict"
+                    + (f"; {c['against_fit']} over the budget where its shapes had fitted" if c['against_fit'] else "")
+                    + f"); reused results: {c['reused']}; waited for the first "
                     f"candidate of the same shapes: {c['waited']}"
                     + (f"; halving: {c['promoted']} promoted to the full budget, {c['stopped']} stopped at the first "
                        "rung" if self.spec.uses_halving else ""))
@@ -940,7 +942,13 @@ class _Driver:
             result = dataclasses.replace(result, info={**result.info, "rung": "full budget"})
         median, p90 = result.value("latency_ms_median"), result.value("latency_ms_p90")
         provenance = result.metrics["latency_ms_median"].provenance
-        if budget_verdict(median, p90, self.spec.latency_budget_ms, provenance) == RETIME:
+        verdict = budget_verdict(median, p90, self.spec.latency_budget_ms, provenance)
+        # an earlier candidate of the same shapes fitted: a loaded timing over the budget contradicts a measurement
+        # of the same graph, so it is timed again alone before it rules the shapes out
+        against_fit = verdict == INFEASIBLE and provenance == "measured" and \
+            self.shape_knobs(job.candidate) in self.proven
+        if verdict == RETIME or against_fit:
+            self.counts["against_fit"] += against_fit
             self.pending_retime.append((job, result))
             return
         self._finish(job, result)
