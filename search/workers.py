@@ -32,7 +32,7 @@ from objectives.memory import over_limits
 from objectives.pareto import non_dominated
 from search.candidate import Budget, Candidate, CandidateResult
 from search.errors import CandidateError, ConfigError
-from search.spec import SearchSpec, check_inputs, check_resources
+from search.spec import SearchSpace, SearchSpec, check_inputs, check_resources
 from search.transfer import (
     Bundle, mark_driver_disk, pack, receive, shares_disk, unmark_driver_disk,
 )
@@ -408,10 +408,8 @@ def _supported_space(spec: SearchSpec, profile, report: Reporter) -> SearchSpec:
         if reasons[p]:
             report(f"precision {p} left out of the search space: target {profile.name} has {reasons[p]}")
     space = dataclasses.replace(spec.space, precision=kept)
-    if profile.backend == "local" and any(p.startswith("int8") for p in kept):
-        report("int8 on this CPU: TVM computes int8 (QDQ) graphs in float, so there int8 buys 4x smaller weights, not "
-               "speed (onnxruntime has integer kernels; the shipping stage times both); an int8 model card gives "
-               "int8 against fp32 of the same shapes, measured in the runtime that ships")
+    if profile.backend == "local" and any(p.startswith("int8") for p in kept) and not _int8_measured(spec):
+        report(INT8_ON_HOST)
     if space.sparsity[1] > 0:
         pays = tuple(m for m in space.pruning if profile.pruning_reason(m) is None)
         for m in space.pruning:
@@ -428,6 +426,48 @@ def _supported_space(spec: SearchSpec, profile, report: Reporter) -> SearchSpec:
                    f"leave a width-1 model narrower than the space's narrowest width ({space.width[0]:g})")
             space = dataclasses.replace(space, sparsity=(space.sparsity[0], most))
     return spec if space == spec.space else dataclasses.replace(spec, space=space)
+
+
+INT8_ON_HOST = ("int8 on this CPU: TVM computes int8 (QDQ) graphs in float, so there int8 buys 4x smaller weights, "
+                "not speed (onnxruntime has integer kernels; the shipping stage times both); an int8 model card gives "
+                "int8 against fp32 of the same shapes, measured in the runtime that ships")
+
+
+def _int8_measured(spec: SearchSpec) -> bool:
+    """Whether the space's int8 is decided by measurement: the default space, which holds fp32 to compare with.
+    A spec that lists its precisions keeps the ones it lists."""
+    return spec.space.precision == SearchSpace().precision
+
+
+def _int8_where_faster(spec: SearchSpec, profile, runs_dir: Path, report: Reporter, measured: bool) -> SearchSpec:
+    """On the host, leave int8 out of the default space when its graph is slower than fp32's of the same shapes at
+    both ends of the width range: there it only shrinks the weights, and each int8 trial costs a slower, less
+    accurate candidate (of 60 default searches, the four that trained 15 or more int8 candidates ended lowest)."""
+    precisions = spec.space.precision
+    if (profile.backend != "local" or not measured or "fp32" not in precisions
+            or not any(p.startswith("int8") for p in precisions)):
+        return spec
+    from search.stages.native import fds_to
+    from search.stages.screen import int8_against_fp32
+
+    try:
+        with open(os.devnull, "w") as null, fds_to(null, fds=(2,)):  # TVM logs each tuning database it opens
+            timed = int8_against_fp32(spec.space, _load_dataset(spec.dataset), profile, Path(runs_dir),
+                                      budget=spec.budget, seed=spec.seed, latency_budget_ms=spec.latency_budget_ms,
+                                      threads=THREADS_PER_WORKER)
+    except Exception as exc:
+        report(f"could not time int8 against fp32 ({_failure_reason(exc)}); int8 stays in the search space")
+        return spec
+    figures = ", ".join(f"{i8 / f32:.2f}x fp32's at width {w:g} ({i8:.3g} against {f32:.3g} ms)"
+                        for w, f32, i8 in timed)
+    if any(i8 < f32 for _, f32, i8 in timed):
+        report(f"int8 kept in the search space: its untrained graph timed {figures} (measured, median)")
+        return spec
+    report(f"int8 left out of the search space: on this CPU TVM computes int8 (QDQ) graphs in float, and the "
+           f"untrained int8 graph timed {figures} (measured, median), so int8 would buy 4x smaller weights only; "
+           "list space.precision in the spec to search it anyway")
+    kept = tuple(p for p in precisions if not p.startswith("int8"))
+    return dataclasses.replace(spec, space=dataclasses.replace(spec.space, precision=kept))
 
 
 class _Tracking:
@@ -616,7 +656,8 @@ def run_search(
                "dispatches": 0, "transfer": 0.0,
                "transfer_workers": 0.0}
     profile = check_inputs(spec)
-    spec = _supported_space(spec, profile, report)
+    int8_measured = _int8_measured(spec)
+    spec = _int8_where_faster(_supported_space(spec, profile, report), profile, runs_dir, report, int8_measured)
     if not address:
         check_resources(spec)
     with _timed(timings, "optuna"):

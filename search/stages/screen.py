@@ -149,3 +149,21 @@ def screen_candidate(candidate: Candidate, dataset: Dataset, profile: TargetProf
     reasons += over_limits({name: figure[0] for name, figure in metrics.items()}, limits(profile))
     return {"fits": not reasons, "reason": "; ".join(reasons) or None, "metrics": metrics,
             "limits": limits(profile), "seconds": time.perf_counter() - started, "cached": cached}
+
+
+def int8_against_fp32(space, dataset: Dataset, profile: TargetProfile, root: Path, *, budget, seed: int,
+                      latency_budget_ms: float, threads: int = 1) -> list[tuple[float, float, float]]:
+    """Median latency of the untrained fp32 and int8 graphs of the same shapes at the space's narrowest and widest
+    widths, as ``(width, fp32_ms, int8_ms)``: whether int8 is a speed-up on ``profile`` at all. Screened (and
+    cached) like any candidate, so the search's own screenings of these shapes are free afterwards."""
+    out = []
+    for width in sorted({space.width[0], space.width[1]}):
+        medians = []
+        for precision in ("fp32", "int8-ptq"):
+            c = Candidate(precision=precision, pruning=space.pruning[0], sparsity=0.0, width=width, budget=budget,
+                          seed=seed)
+            screening = screen_candidate(c, dataset, profile, root, latency_budget_ms=latency_budget_ms,
+                                         threads=threads)
+            medians.append(screening["metrics"]["latency_ms_median"][0])
+        out.append((width, *medians))
+    return out

@@ -13,8 +13,6 @@ FFI cannot live with, so it runs in its own environment (``.venv-mcu``, made by 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from hardware_targets.profile import TFLM_PRECISIONS
 from search.candidate import Candidate
 from search.data import Dataset
 from search.errors import CandidateError, ConfigError
+from search.stages.native import fds_to, quiet_native
 
 ARENA_ALIGNMENT = 16  # TFLM aligns its arena to 16 bytes; the export rounds the arena up to it
 
@@ -80,33 +79,12 @@ def convert_tflite(model: torch.nn.Module, candidate: Candidate, dataset: Datase
     return path
 
 
-@contextlib.contextmanager
-def _fds_to(file, fds=(1, 2)):
-    """Point the process's own file descriptors (what the TFLM C++ code prints to) at ``file`` meanwhile."""
-    saved = [os.dup(fd) for fd in fds]
-    for fd in fds:
-        os.dup2(file.fileno(), fd)
-    try:
-        yield
-    finally:
-        for fd, copy in zip(fds, saved):
-            os.dup2(copy, fd)
-            os.close(copy)
-
-
-@contextlib.contextmanager
-def _quiet():
-    """The TFLM interpreter prints to the process's stdout and stderr (failed allocations too); keep it quiet."""
-    with open(os.devnull, "w") as null, _fds_to(null), contextlib.redirect_stdout(io.StringIO()):
-        yield
-
-
 def interpreter(path: Path, arena_bytes: int | None = None):
     """A TFLM interpreter over ``path`` with a generous arena unless one is given. An arena too small makes TFLM
     fail in a way that can crash the process later, so sizes that may not fit are tried by ``allocates``."""
     runtime = _require("tflite_micro.python.tflite_micro.runtime")
     size = arena_bytes or max(10 * Path(path).stat().st_size, 1 << 20)
-    with _quiet():
+    with quiet_native():
         return runtime.Interpreter.from_file(str(path), arena_size=size)
 
 
@@ -136,7 +114,7 @@ def recorded_arena(path: Path) -> int:
     it = interpreter(path)
     _run_once(it)
     with tempfile.TemporaryFile() as log:
-        with _fds_to(log, fds=(2,)):  # the recording allocator prints to stderr
+        with fds_to(log, fds=(2,)):  # the recording allocator prints to stderr
             it.print_allocations()
         log.seek(0)
         found = re.search(rb"Arena allocation total (\d+) bytes", log.read())
