@@ -315,12 +315,16 @@ def reuse_figures(runs: Path, plan: Plan) -> dict:
 # The revision before the budget-first search (screening, recipes, auto sampler, halving): `make run` is timed at it
 # and at the working tree, side by side.
 BEFORE_BUDGET_FIRST = "a965cd8"
+# figure 5f: an accuracy floor a digits user would state (the fp32 full-width model reaches about 0.98), under which
+# the tiny models at the runtime's per-call floor, which the plain hypervolume rewards, are infeasible
+QUALITY_FLOOR = 0.95
 
 
-def quality_figures(runs: Path, plan: Plan) -> dict:
+def quality_figures(runs: Path, plan: Plan, min_accuracy: float | None = None) -> dict:
     """The default search at N trials against random sampling at 2N, per seed, on the same spec and bounds; the
     recipes the default search covers; the share of worker time spent on candidates that end infeasible; and the
-    wall time of `make run` before and after the budget-first search."""
+    wall time of `make run` before and after the budget-first search. With ``min_accuracy``, both arms search under
+    that accuracy floor (and `make run` is not timed again)."""
     from scipy.stats import mannwhitneyu
 
     from search.plots import hypervolume_history
@@ -329,17 +333,18 @@ def quality_figures(runs: Path, plan: Plan) -> dict:
 
     # digits on this host take about 0.003-0.03 ms: a 0.01 ms budget rules out the wider half of the space
     base = SearchSpec(name="bench-quality", trials=plan.quality_trials, workers=2, budget=_search_budget(),
-                      latency_budget_ms=0.01)
+                      latency_budget_ms=0.01, min_accuracy=min_accuracy)
+    tag = "" if min_accuracy is None else "f"
     arms = {"default": dict(trials=plan.quality_trials),
             "random": dict(trials=2 * plan.quality_trials, sampler="random", recipes=False, halving=False)}
     out: dict = {"trials": {k: v["trials"] for k, v in arms.items()}, "seeds": list(plan.quality_seeds),
                  "halving_from": HALVING_FROM_TRIALS,
-                 "latency_budget_ms": base.latency_budget_ms, "curves": {}, "final": {}, "infeasible_share": {},
+                 "latency_budget_ms": base.latency_budget_ms, "min_accuracy": min_accuracy, "curves": {}, "final": {}, "infeasible_share": {},
                  "recipes": [], "wall_s": {}}
     pool = []  # every feasible candidate either arm trained: the best known front
     for seed in plan.quality_seeds:
         for arm, fields in arms.items():
-            spec = replace(base, name=f"bench-q-{arm}-s{seed}-{_stamp()}", seed=seed, **fields)
+            spec = replace(base, name=f"bench-q{tag}-{arm}-s{seed}-{_stamp()}", seed=seed, **fields)
             _say(f"  {spec.name}: {spec.trials} trials")
             started = time.perf_counter()
             outcome = _run(spec, runs)
@@ -365,7 +370,8 @@ def quality_figures(runs: Path, plan: Plan) -> dict:
                            "default_higher": bool(test.pvalue < 0.10)}
     out["final_spread"] = {arm: _spread(v) for arm, v in out["final"].items()}
     out["infeasible_spread"] = {arm: _spread(v) for arm, v in out["infeasible_share"].items()}
-    out["make_run"] = _make_run_before_after(runs)
+    if min_accuracy is None:
+        out["make_run"] = _make_run_before_after(runs)
     return out
 
 
@@ -690,6 +696,58 @@ def _slower_because(r: dict) -> list[str]:
                                                                   "for every tuned precision.", ""]
 
 
+def _quality_lines(q: dict, heading: str, plots_made: list[str]) -> list[str]:
+    """Figure 5's section of the report, for one run of it."""
+    t, mw = q["trials"], q["mann_whitney"]
+    lines = [heading, "",
+             f"The default search (auto sampler, recipes first, screening, halving from {q.get('halving_from', 24)} "
+             f"trials) after "
+             f"{t['default']} trials against random sampling after {t['random']} trials (screening too, no "
+             f"recipes, no halving), seeds {q['seeds']}, digits on the host, {q['latency_budget_ms']} ms budget "
+             "(p90)" + (f", accuracy floor {q['min_accuracy']:g} (validation)" if q.get("min_accuracy") else "")
+             + ". Hypervolume is normalised (accuracy; latency / budget; size and energy / the widest model of "
+             "the space), so it lies in [0, 1].", "",
+             "The trial budget counts training: a candidate screened out costs nothing, one stopped at the first "
+             "rung of halving a third.", "",
+             "| search | trial budget | candidates asked | trained fully | hypervolume | worker time on "
+             "candidates that end infeasible | wall s |", "|---|---|---|---|---|---|---|"]
+    for arm in ("default", "random"):
+        lines.append(f"| {arm} | {t[arm]} | {_fmt(_spread(q['candidates'][arm]), 0)} | "
+                     f"{_fmt(_spread(q['trained_fully'][arm]), 0)} | {_fmt(q['final_spread'][arm], 4)} | "
+                     f"{_fmt(q['infeasible_spread'][arm], 1, 100)}% | {_fmt(_spread(q['wall_s'][arm]), 0)} |")
+    seeds = len(q["seeds"])
+    floor = f" (with {seeds} seeds each, the smallest possible p is {1 / math.comb(2 * seeds, seeds):.3f})"
+    lines += ["", f"One-sided Mann-Whitney U test, default higher than random: U = {mw['u']:.1f}, "
+              f"p = {mw['p']:.3f} at alpha = {mw['alpha']}: "
+              f"{'the default search is higher' if mw['default_higher'] else 'not shown higher'}"
+              f"{floor if seeds < 5 else ''}.", ""]
+    best = q.get("best_known")
+    if best and best["hypervolume"] > 0:
+        share = {arm: q["final_spread"][arm]["median"] / best["hypervolume"] for arm in ("default", "random")}
+        lines += [f"Best known: the front of all {best['candidates']} feasible candidates the run trained (both "
+                  f"arms, every seed) has {best['front']} points and a hypervolume of {best['hypervolume']:.4f}; "
+                  f"the median default search reached {share['default']:.0%} of it, random sampling "
+                  f"{share['random']:.0%}.", ""]
+    lines += ["![hypervolume vs trials](hypervolume_vs_trials.png)", ""] if "hypervolume_vs_trials.png" in \
+        plots_made else []
+    lines += ["Recipes in the default search: enqueued first, and covered when a front point is at least as "
+              "good in all four objectives (the recipe itself counts).", "",
+              "| seed | recipes enqueued | feasible | covered by the front |", "|---|---|---|---|"]
+    lines += [f"| {r['seed']} | {r['enqueued']} | {r['feasible']} | {r['covered']} of {r['feasible']} |"
+              for r in q["recipes"]]
+    m = q.get("make_run")
+    if m is None:
+        return lines
+    if "error" in m:
+        lines += ["", f"`make run` before/after: not measured ({m['error']}).", ""]
+    else:
+        lines += ["", f"`make run`'s search (12 trials, 10 epochs, 0.05 ms, 2 workers) at revision "
+                  f"{BEFORE_BUDGET_FIRST} took {m['before']['seconds']:.0f} s, with the budget-first search "
+                  f"{m['after']['seconds']:.0f} s ({m['after_over_before']:.2f}x), run one after the other (the "
+                  "shipping stage that now follows the search turned off in both).", ""]
+    return lines
+
+
 def report_markdown(results: dict) -> str:
     m = results["machine"]
     failed = {k: v["failed"] for k, v in results.items() if isinstance(v, dict) and "failed" in v}
@@ -762,52 +820,10 @@ def report_markdown(results: dict) -> str:
                   f"{u['first']['seconds']:.1f} s then {u['second']['seconds']:.1f} s, ratio {u['ratio']:.1f}x; "
                   f"{100 * u['second_reused_share']:.0f}% of the second search's tasks came from records "
                   f"({u['first']['tuned']} tasks tuned in the first, {u['second']['tuned']} in the second).", ""]
-    q = results.get("quality")
-    if q:
-        t, mw = q["trials"], q["mann_whitney"]
-        lines += ["## 5. Search quality", "",
-                  f"The default search (auto sampler, recipes first, screening, halving from {q.get('halving_from', 24)} "
-                  f"trials) after "
-                  f"{t['default']} trials against random sampling after {t['random']} trials (screening too, no "
-                  f"recipes, no halving), seeds {q['seeds']}, digits on the host, {q['latency_budget_ms']} ms budget "
-                  "(p90). Hypervolume is normalised (accuracy; latency / budget; size and energy / the widest model "
-                  "of the space), so it lies in [0, 1].", "",
-                  "The trial budget counts training: a candidate screened out costs nothing, one stopped at the first "
-                  "rung of halving a third.", "",
-                  "| search | trial budget | candidates asked | trained fully | hypervolume | worker time on "
-                  "candidates that end infeasible | wall s |", "|---|---|---|---|---|---|---|"]
-        for arm in ("default", "random"):
-            lines.append(f"| {arm} | {t[arm]} | {_fmt(_spread(q['candidates'][arm]), 0)} | "
-                         f"{_fmt(_spread(q['trained_fully'][arm]), 0)} | {_fmt(q['final_spread'][arm], 4)} | "
-                         f"{_fmt(q['infeasible_spread'][arm], 1, 100)}% | {_fmt(_spread(q['wall_s'][arm]), 0)} |")
-        seeds = len(q["seeds"])
-        floor = f" (with {seeds} seeds each, the smallest possible p is {1 / math.comb(2 * seeds, seeds):.3f})"
-        lines += ["", f"One-sided Mann-Whitney U test, default higher than random: U = {mw['u']:.1f}, "
-                  f"p = {mw['p']:.3f} at alpha = {mw['alpha']}: "
-                  f"{'the default search is higher' if mw['default_higher'] else 'not shown higher'}"
-                  f"{floor if seeds < 5 else ''}.", ""]
-        best = q.get("best_known")
-        if best and best["hypervolume"] > 0:
-            share = {arm: q["final_spread"][arm]["median"] / best["hypervolume"] for arm in ("default", "random")}
-            lines += [f"Best known: the front of all {best['candidates']} feasible candidates the run trained (both "
-                      f"arms, every seed) has {best['front']} points and a hypervolume of {best['hypervolume']:.4f}; "
-                      f"the median default search reached {share['default']:.0%} of it, random sampling "
-                      f"{share['random']:.0%}.", ""]
-        lines += ["![hypervolume vs trials](hypervolume_vs_trials.png)", ""] if "hypervolume_vs_trials.png" in \
-            results["plots"] else []
-        lines += ["Recipes in the default search: enqueued first, and covered when a front point is at least as "
-                  "good in all four objectives (the recipe itself counts).", "",
-                  "| seed | recipes enqueued | feasible | covered by the front |", "|---|---|---|---|"]
-        lines += [f"| {r['seed']} | {r['enqueued']} | {r['feasible']} | {r['covered']} of {r['feasible']} |"
-                  for r in q["recipes"]]
-        m = q["make_run"]
-        if "error" in m:
-            lines += ["", f"`make run` before/after: not measured ({m['error']}).", ""]
-        else:
-            lines += ["", f"`make run`'s search (12 trials, 10 epochs, 0.05 ms, 2 workers) at revision "
-                      f"{BEFORE_BUDGET_FIRST} took {m['before']['seconds']:.0f} s, with the budget-first search "
-                      f"{m['after']['seconds']:.0f} s ({m['after_over_before']:.2f}x), run one after the other (the "
-                      "shipping stage that now follows the search turned off in both).", ""]
+    for key, heading in (("quality", "## 5. Search quality"),
+                         ("quality_floor", "## 5f. Search quality under an accuracy floor")):
+        if results.get(key):
+            lines += _quality_lines(results[key], heading, results["plots"])
     samplers = results.get("samplers")
     if samplers:
         lines += ["## 6. Sampler cost per ask", "", "Milliseconds per ask plus five suggests (median of 5 asks):", "",
@@ -901,7 +917,7 @@ def _numbers(d: dict, prefix: str = "") -> dict:
     return out
 
 
-FIGURES = ("3", "6", "7", "1", "4", "5", "8", "9")
+FIGURES = ("3", "6", "7", "1", "4", "5", "5f", "8", "9")
 
 
 def main(argv=None) -> int:
@@ -943,6 +959,8 @@ def main(argv=None) -> int:
              ("1", "figures 1-2: the same searches with 1 and 2 workers", "search", lambda: search_figures(work, plan)),
              ("4", "figure 4: tuning reuse", "reuse", lambda: reuse_figures(work, plan)),
              ("5", "figure 5: search quality, samplers and recipes", "quality", lambda: quality_figures(work, plan)),
+             ("5f", "figure 5f: search quality under an accuracy floor", "quality_floor",
+              lambda: quality_figures(work, plan, min_accuracy=QUALITY_FLOOR)),
              ("8", "figure 8: the classic guide's rows", "guide", lambda: guide_figures(work, plan)),
              ("9", "figure 9: one node against two that share nothing", "cluster", lambda: cluster_figures(work, plan))]
     for figure, title, key, run in steps:
