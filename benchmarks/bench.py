@@ -10,6 +10,7 @@ Figures (numbered as in the benchmark issue):
 4. tuning reuse: a second search on the same target and dataset, over the first one's records;
 5. search quality: the default search at N trials against random sampling at 2N (hypervolume, Mann-Whitney), recipes
    covered, worker time spent on infeasible candidates, and `make run` before and after the budget-first search;
+5f. the same comparison under an accuracy floor a user would state;
 6. sampler cost: time per ``ask`` at 100 and 1,000 trials;
 7. emulator fidelity: median absolute percentage error on held-out host measurements;
 8. the classic guide's single-technique rows on the host, with the runtime that would ship: size, latency and
@@ -924,7 +925,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description="edgesearch benchmarks (not tests): figures 1-8 (the benchmark issue, and the guide rows of issue 16), measured side by side. "
                     "Writes RUNS/bench/results.json, REPORT.md and plots, and logs them to the MLflow experiment "
-                    "'bench'. Full mode took 38 minutes on 2 cores at its last run (at most 40), --quick 9.4.")
+                    "'bench'. Full mode took 38 minutes on 2 cores at its last run before figures 5f and 9, "
+                    "--quick 9.4.")
     parser.add_argument("--quick", action="store_true", help="smaller repeats and searches (under 10 minutes)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
     parser.add_argument("--only", nargs="+", choices=FIGURES, metavar="FIGURE",
