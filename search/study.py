@@ -255,11 +255,14 @@ def _set_metrics(trial: optuna.Trial, metrics: dict[str, tuple[float, str, str]]
 
 
 def _set_limits(trial: optuna.Trial, spec: SearchSpec, metrics: dict, limits: dict | None) -> None:
-    """The latency budget (judged on the p90) and the target's RAM and flash limits, as constraints."""
-    trial.set_constraint("latency_budget", metrics["latency_ms_p90"][0] - spec.latency_budget_ms)
+    """The latency budget (judged on the p90) and the target's RAM and flash limits, as constraints relative to
+    each limit (0.5: half over it). TPE and NSGA-II rank infeasible trials by the sum of their violations, so the
+    terms must be comparable: in ms and bytes, a RAM overflow outweighed any latency and a latency overrun any
+    accuracy shortfall, whatever their size."""
+    trial.set_constraint("latency_budget", metrics["latency_ms_p90"][0] / spec.latency_budget_ms - 1)
     for name, limit in (limits or {}).items():
         if limit and name in metrics:
-            trial.set_constraint(f"fits_{name.split('_')[0]}", metrics[name][0] - limit)
+            trial.set_constraint(f"fits_{name.split('_')[0]}", metrics[name][0] / limit - 1)
 
 
 def _metric_tuples(result: CandidateResult) -> dict[str, tuple[float, str, str]]:
@@ -378,9 +381,13 @@ class Row:
             for name, figure in shipped["metrics"].items():
                 if name in metrics:
                     metrics[f"{name}_search"] = metrics[name]
-                    for constraint, (sign, metric) in SHIPPED_CONSTRAINTS.items():
-                        if metric == name and constraint in constraints:
-                            constraints[constraint] += sign * (figure[0] - metrics[name][0])
+                    for constraint, (kind, metric) in SHIPPED_CONSTRAINTS.items():
+                        if metric != name or constraint not in constraints:
+                            continue
+                        if kind == "relative":  # figure / limit - 1
+                            constraints[constraint] = (constraints[constraint] + 1) * figure[0] / metrics[name][0] - 1
+                        else:  # floor - accuracy
+                            constraints[constraint] -= figure[0] - metrics[name][0]
                 metrics[name] = tuple(figure)
         complete = t.state == TrialState.COMPLETE
         feasible = complete and all(c <= 0 for c in constraints.values())
@@ -391,8 +398,9 @@ class Row:
                    shipped, others and not feasible)
 
 
-# constraints that a shipped figure changes: (sign, metric); latency_budget = p90 - budget, floor = floor - accuracy
-SHIPPED_CONSTRAINTS = {"latency_budget": (1, "latency_ms_p90"), "accuracy_floor": (-1, "accuracy")}
+# constraints that a shipped figure changes: (kind, metric); latency_budget = p90 / budget - 1 (relative),
+# accuracy_floor = floor - accuracy (a fraction already)
+SHIPPED_CONSTRAINTS = {"latency_budget": ("relative", "latency_ms_p90"), "accuracy_floor": ("floor", "accuracy")}
 SHIPPED_PREFIX = "shipped:"  # study attribute per trial number: what the shipping stage measured
 
 

@@ -160,7 +160,7 @@ def test_a_candidate_timed_near_the_budget_is_timed_again_alone(tmp_path):
     if trial.user_attrs.get("retimed"):  # the figure timed first lay within its noise of the budget
         median, p90_loaded = metrics["latency_ms_median_loaded"][0], metrics["latency_ms_p90_loaded"][0]
         assert abs(p90_loaded - p90) <= noise_ms(median, p90_loaded, p90, "measured")
-        assert trial.constraints["latency_budget"] == pytest.approx(metrics["latency_ms_p90"][0] - p90)
+        assert trial.constraints["latency_budget"] == pytest.approx(metrics["latency_ms_p90"][0] / p90 - 1)
         assert "re-timed alone near the budget: 1" in " ".join(lines)
     else:  # the first timing was clear of the noise band: it was trusted
         median, p90_now = metrics["latency_ms_median"][0], metrics["latency_ms_p90"][0]
@@ -189,6 +189,26 @@ def test_the_trial_budget_counts_training_not_candidates():
         assert trial_cost(study.trials[-1]) == pytest.approx(cost), attrs
 
 
+def test_constraints_are_relative_so_samplers_can_weigh_one_violation_against_another():
+    """TPE and NSGA-II rank infeasible trials by the sum of their violations: half over the budget and half over the
+    RAM must weigh the same, and both more than a 0.1 accuracy shortfall."""
+    from search.candidate import CandidateResult, Metric
+    from search.study import record_result
+
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize", "minimize"])
+    study.set_user_attr(FLOOR_ATTR, {"value": 0.9, "baseline": None, "max_drop": None})
+    spec = SearchSpec(name="relative", budget=TINY, latency_budget_ms=0.01)
+    figures = {"accuracy": 0.8, "accuracy_test": 0.8, "latency_ms_median": 0.014, "latency_ms_p90": 0.015,
+               "size_bytes": 4000.0, "energy_mj": 0.001, "ram_bytes": 300_000.0, "flash_bytes": 50_000.0}
+    result = CandidateResult(
+        candidate=Candidate(precision="fp32", width=0.5, budget=TINY), dataset="digits", target="host",
+        metrics={n: Metric(v, "", "measured") for n, v in figures.items()}, artifacts={}, stage_seconds={},
+        versions={}, info={"limits": {"ram_bytes": 200_000, "flash_bytes": 100_000}})
+    record_result(study, study.ask(), spec, result)
+    assert study.trials[0].constraints == pytest.approx({"latency_budget": 0.5, "fits_ram": 0.5, "fits_flash": -0.5,
+                                                         "accuracy_floor": 0.1})
+
+
 def test_a_trained_candidate_over_the_budget_rules_out_its_shapes(digits, host, tiny_budget, shared_runs):
     """Latency and memories follow the shapes: the trained figure is the better measurement of them, so a later
     candidate of the same shapes is recorded from it, free, with the figures that ruled it out."""
@@ -213,7 +233,7 @@ def test_a_trained_candidate_over_the_budget_rules_out_its_shapes(digits, host, 
     record_screened(study, study.ask(), spec, later, ruled, note=" (same shapes as trial 0: not screened again)")
     t = study.trials[-1]
     assert t.state.name == "PRUNED" and trial_cost(t) == 0.0 and t.user_attrs["stage_seconds"] == {}
-    assert t.constraints["latency_budget"] == pytest.approx(p90 - tight_budget)
+    assert t.constraints["latency_budget"] == pytest.approx(p90 / tight_budget - 1)  # relative to the budget
 
 
 def test_no_two_trained_candidates_of_shapes_already_over_the_budget(tmp_path):

@@ -18,7 +18,7 @@ def _trial(p90: float, accuracy: float, size: float) -> optuna.trial.FrozenTrial
     trial = create_trial(state=TrialState.COMPLETE, values=[metrics[n] for n, _ in OBJECTIVES],
                          params={"width": 1.0}, distributions={"width": FloatDistribution(0.25, 2.0)},
                          user_attrs={f"metric:{n}": [v, "ms", "measured"] for n, v in metrics.items()},
-                         system_attrs={"constraints:latency_budget": p90 - BUDGET_MS})
+                         system_attrs={"constraints:latency_budget": p90 / BUDGET_MS - 1})
     return trial
 
 
