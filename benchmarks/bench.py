@@ -340,8 +340,8 @@ def quality_figures(runs: Path, plan: Plan, min_accuracy: float | None = None) -
             "random": dict(trials=2 * plan.quality_trials, sampler="random", recipes=False, halving=False)}
     out: dict = {"trials": {k: v["trials"] for k, v in arms.items()}, "seeds": list(plan.quality_seeds),
                  "halving_from": HALVING_FROM_TRIALS,
-                 "latency_budget_ms": base.latency_budget_ms, "min_accuracy": min_accuracy, "curves": {}, "final": {}, "infeasible_share": {},
-                 "recipes": [], "wall_s": {}}
+                 "latency_budget_ms": base.latency_budget_ms, "min_accuracy": min_accuracy, "curves": {}, "final": {},
+                 "infeasible_share": {}, "recipes": [], "wall_s": {}}
     pool = []  # every feasible candidate either arm trained: the best known front
     for seed in plan.quality_seeds:
         for arm, fields in arms.items():

@@ -447,11 +447,11 @@ def _int8_where_faster(spec: SearchSpec, profile, runs_dir: Path, report: Report
     if (profile.backend != "local" or not measured or "fp32" not in precisions
             or not any(p.startswith("int8") for p in precisions)):
         return spec
-    from search.stages.native import fds_to
+    from search.stages.native import quiet_native
     from search.stages.screen import int8_against_fp32
 
     try:
-        with open(os.devnull, "w") as null, fds_to(null, fds=(2,)):  # TVM logs each tuning database it opens
+        with quiet_native():  # TVM logs each tuning database it opens
             timed = int8_against_fp32(spec.space, _load_dataset(spec.dataset), profile, Path(runs_dir),
                                       budget=spec.budget, seed=spec.seed, latency_budget_ms=spec.latency_budget_ms,
                                       threads=THREADS_PER_WORKER)
