@@ -50,17 +50,18 @@ class Plan:
     quality_seeds: tuple[int, ...]
     calibration_candidates: int  # figure 7
     guide_datasets: tuple[str, ...]  # figure 8
+    guide_seeds: tuple[int, ...]  # figure 8: each row trained once per seed, against the same seed's fp32 model
     cluster_trials: int  # figure 9, per search
 
 
 QUICK = Plan(search_trials=4, search_default_budget=False, search_repeats=1, runtime_widths=(0.5, 1.0), tuned_precisions=("fp32",), tuned_widths=(1.0,),
              tuning_trials=10, mobilenet_tuning_trials=22, mobilenet_trials_per_task=(1, 4), timing_repeats=10, reuse_trials=2, quality_trials=12,
              quality_seeds=(0, 1), calibration_candidates=9, guide_datasets=("digits",),
-             cluster_trials=4)
+             guide_seeds=(0,), cluster_trials=4)
 FULL = Plan(search_trials=24, search_default_budget=True, search_repeats=2, runtime_widths=(0.5, 1.0, 2.0),
             tuned_precisions=("fp32", "int8-ptq", "int8-qat"), tuned_widths=(0.5, 1.0, 2.0), tuning_trials=40, mobilenet_tuning_trials=132,
             mobilenet_trials_per_task=(1, 4, 16), timing_repeats=30, reuse_trials=4, quality_trials=24, quality_seeds=(0, 1, 2, 3, 4), calibration_candidates=18,
-            guide_datasets=("digits", "mnist1d"), cluster_trials=8)
+            guide_datasets=("digits", "mnist1d"), guide_seeds=(0, 1, 2), cluster_trials=8)
 
 SAMPLERS = ("nsga2", "tpe", "random")
 def _spread(values) -> dict:
@@ -526,7 +527,8 @@ def guide_rows() -> list[tuple[str, dict]]:
 
 def guide_figures(runs: Path, plan: Plan) -> dict:
     """Each row trained with the default budget, then put through the shipping stage (untuned TVM against
-    onnxruntime, no tuning), alone on the machine; ratios are against the fp32 full-width row of the same dataset."""
+    onnxruntime, no tuning), alone on the machine; ratios are against the fp32 full-width row of the same dataset and
+    seed, then summarised over the seeds (one seed's accuracy moves by a point or two either way)."""
     from hardware_targets import load_profile
     from search.candidate import Budget, Candidate
     from search.data import load_dataset
@@ -534,28 +536,55 @@ def guide_figures(runs: Path, plan: Plan) -> dict:
 
     host, paths = load_profile("host"), Paths(runs / f"guide-{_stamp()}")
     out: dict = {"budget": Budget().__dict__, "datasets": {}, "fp16_native": host.supports("fp16"),
-                 "sources": GUIDE_SOURCES}
+                 "sources": GUIDE_SOURCES, "seeds": list(plan.guide_seeds)}
     for name in plan.guide_datasets:
-        data, rows = load_dataset(name), []
-        for label, change in guide_rows():
-            _say(f"  {name}: {label}")
-            result = evaluate_candidate(Candidate(**change), data, host, paths)
-            shipped = ship_candidate(result, data, host, paths, trials_per_task=0)
-            metric = {n: v[0] for n, v in shipped["metrics"].items()}
-            rows.append({"label": label, "candidate": result.candidate.key(), "runtime": shipped["runtime"],
-                         "latency_ms_p90": metric["latency_ms_p90"],
-                         "accuracy_test": metric.get("accuracy_test", result.value("accuracy_test")),
-                         "size_bytes": result.value("size_bytes"), "sparsity": result.value("sparsity"),
-                         "per_runtime_ms": {k: v["latency_ms_median"] for k, v in shipped["figures"].items()}})
-        base = rows[0]
-        for r in rows:
-            r["smaller_x"] = base["size_bytes"] / r["size_bytes"]
-            r["faster_x"] = base["latency_ms_p90"] / r["latency_ms_p90"]
-            r["accuracy_points"] = 100 * (r["accuracy_test"] - base["accuracy_test"])
-            r["faster_x_per_runtime"] = {k: base["per_runtime_ms"][k] / v for k, v in r["per_runtime_ms"].items()
-                                         if k in base["per_runtime_ms"]}
-        out["datasets"][name] = rows
+        data, per_seed = load_dataset(name), []
+        for seed in plan.guide_seeds:
+            rows = []
+            for label, change in guide_rows():
+                _say(f"  {name}, seed {seed}: {label}")
+                result = evaluate_candidate(Candidate(**change, seed=seed), data, host, paths)
+                shipped = ship_candidate(result, data, host, paths, trials_per_task=0)
+                metric = {n: v[0] for n, v in shipped["metrics"].items()}
+                rows.append({"label": label, "candidate": result.candidate.key(), "runtime": shipped["runtime"],
+                             "latency_ms_p90": metric["latency_ms_p90"],
+                             "accuracy_test": metric.get("accuracy_test", result.value("accuracy_test")),
+                             "size_bytes": result.value("size_bytes"), "sparsity": result.value("sparsity"),
+                             "per_runtime_ms": {k: v["latency_ms_median"] for k, v in shipped["figures"].items()}})
+            per_seed.append(_against_first_row(rows))
+        out["datasets"][name] = [_over_seeds([rows[i] for rows in per_seed]) for i in range(len(per_seed[0]))]
     return out
+
+
+def _against_first_row(rows: list[dict]) -> list[dict]:
+    """Ratios and accuracy points of each row against the first (the fp32 full-width model)."""
+    base = rows[0]
+    for r in rows:
+        r["smaller_x"] = base["size_bytes"] / r["size_bytes"]
+        r["faster_x"] = base["latency_ms_p90"] / r["latency_ms_p90"]
+        r["accuracy_points"] = 100 * (r["accuracy_test"] - base["accuracy_test"])
+        r["faster_x_per_runtime"] = {k: base["per_runtime_ms"][k] / v for k, v in r["per_runtime_ms"].items()
+                                     if k in base["per_runtime_ms"]}
+    return rows
+
+
+def _over_seeds(runs: list[dict]) -> dict:
+    """One guide row over its seeds: medians of the ratios, the accuracy change's spread, how often each runtime
+    shipped; each seed's row kept as measured."""
+    from collections import Counter
+
+    shipped = Counter(r["runtime"] for r in runs)
+    runtimes = sorted({k for r in runs for k in r["faster_x_per_runtime"]})
+    return {"label": runs[0]["label"],
+            "runtime": " / ".join(f"{k}" + (f" ({n} of {len(runs)})" if len(shipped) > 1 else "")
+                                  for k, n in shipped.most_common()),
+            "smaller_x": float(np.median([r["smaller_x"] for r in runs])),
+            "faster_x": float(np.median([r["faster_x"] for r in runs])),
+            "faster_x_per_runtime": {k: float(np.median([r["faster_x_per_runtime"][k] for r in runs
+                                                         if k in r["faster_x_per_runtime"]])) for k in runtimes},
+            "accuracy_points": float(np.median([r["accuracy_points"] for r in runs])),
+            "accuracy_points_spread": _spread([r["accuracy_points"] for r in runs]),
+            "per_seed": runs}
 
 
 # Report --------------------------------------------------------------------------------------------------------
@@ -614,6 +643,13 @@ def _cluster_run(outcome) -> dict:
             "bundles": t.get("transfer_bundles", 0), "megabytes": t.get("transfer_bytes", 0) / 1e6,
             "hypervolume": outcome.hypervolume,
             "completed": sum(r.state == "COMPLETE" for r in outcome.rows)}
+
+
+def _points(row: dict) -> str:
+    spread = row.get("accuracy_points_spread")
+    if not spread or spread["n"] < 2:
+        return f"{row['accuracy_points']:+.1f} points"
+    return f"{row['accuracy_points']:+.1f} points ({spread['min']:+.1f} to {spread['max']:+.1f})"
 
 
 def _measured(results: dict) -> dict:
@@ -844,9 +880,11 @@ def report_markdown(results: dict) -> str:
         lines += ["## 8. The classic guide's rows on this host", "",
                   f"Each technique alone on the fp32 full-width DS-CNN, trained with the default budget ({b['epochs']} "
                   f"epochs; pruning in {b['prune_steps']} steps of {b['finetune_epochs']} fine-tuning epochs on a cubic "
-                  "schedule, unstructured weights ranked across layers by LAMP scores), then the shipping stage's choice of runtime (untuned TVM or onnxruntime, the "
-                  "faster p90, one thread). Ratios are against the fp32 full-width row of the same run; accuracy is "
-                  "the shipped artifact's test accuracy. fp16 is "
+                  "schedule, unstructured weights ranked across layers by LAMP scores), then the shipping stage's "
+                  "choice of runtime (untuned TVM or onnxruntime, the faster p90, one thread). Ratios are against the "
+                  "fp32 full-width row of the same run and seed; accuracy is the shipped artifact's test accuracy"
+                  + (f"; medians over seeds {', '.join(map(str, g['seeds']))}, the accuracy change's range in "
+                     "brackets" if len(g.get("seeds", [0])) > 1 else "") + ". fp16 is "
                   f"{'native' if g['fp16_native'] else 'not native on this CPU (left out of host searches)'}.", ""]
         for name, rows in g["datasets"].items():
             lines += [f"**{name}**", "", "| technique | runtime | smaller | faster (shipped) | faster: TVM / "
@@ -855,7 +893,7 @@ def report_markdown(results: dict) -> str:
                 per = r["faster_x_per_runtime"]
                 lines.append(f"| {r['label']} | {r['runtime']} | {r['smaller_x']:.2f}x | {r['faster_x']:.2f}x | "
                              f"{per.get('tvm', float('nan')):.2f}x / {per.get('onnxruntime', float('nan')):.2f}x | "
-                             f"{r['accuracy_points']:+.1f} points | {GUIDE.get(r['label'], '-')} |")
+                             f"{_points(r)} | {GUIDE.get(r['label'], '-')} |")
             lines.append("")
         lines += [f"Sources: {g['sources']}.", ""]
     c = results.get("cluster")
@@ -933,6 +971,8 @@ def main(argv=None) -> int:
                         help=f"run only these figures ({', '.join(FIGURES)}; 1 includes 2)")
     parser.add_argument("--quality-seeds", nargs="+", type=int, metavar="SEED",
                         help="figure 5's seeds (default: 0 1 2 3 4; 0 1 with --quick)")
+    parser.add_argument("--guide-seeds", nargs="+", type=int, metavar="SEED",
+                        help="figure 8's seeds (default: 0 1 2; 0 with --quick)")
     parser.add_argument("--report-only", action="store_true",
                         help="measure nothing: re-render REPORT.md and the plots from RUNS/bench/results.json "
                              "(MLflow keeps the run's original files)")
@@ -942,6 +982,8 @@ def main(argv=None) -> int:
     plan = QUICK if args.quick else FULL
     if args.quality_seeds:
         plan = replace(plan, quality_seeds=tuple(args.quality_seeds))
+    if args.guide_seeds:
+        plan = replace(plan, guide_seeds=tuple(args.guide_seeds))
     wanted = set(args.only or FIGURES)
     bench = args.runs_dir / "bench"
     if args.report_only:

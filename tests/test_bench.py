@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -74,3 +76,25 @@ def test_worker_time_on_infeasible_candidates_is_counted_by_outcome():
             study.tell(trial, state=getattr(optuna.trial.TrialState, state))
     # infeasible: the screened-out 1 s and the over-budget 5 s, of 18 s in all (a failure is not "infeasible")
     assert bench._infeasible_share(study) == 6.0 / 18.0
+
+
+def test_a_guide_row_over_seeds_reports_medians_and_the_accuracy_range():
+    bench = _bench()
+
+    def seed(acc_base, acc, p90, runtime):
+        base = {"label": "fp32 full width", "runtime": "onnxruntime", "latency_ms_p90": 0.010, "size_bytes": 4000,
+                "accuracy_test": acc_base, "per_runtime_ms": {"tvm": 0.012, "onnxruntime": 0.010}}
+        row = {"label": "90% unstructured pruning", "runtime": runtime, "latency_ms_p90": p90, "size_bytes": 4000,
+               "accuracy_test": acc, "per_runtime_ms": {"tvm": 0.012, "onnxruntime": p90}}
+        return bench._against_first_row([base, row])[1]
+
+    # accuracy points by hand: -4.0, -6.0, -2.0; faster: 1.0, 2.0, 0.5
+    runs = [seed(0.97, 0.93, 0.010, "onnxruntime"), seed(0.96, 0.90, 0.005, "tvm"), seed(0.95, 0.93, 0.020, "onnxruntime")]
+    row = bench._over_seeds(runs)
+    assert row["accuracy_points"] == pytest.approx(-4.0)
+    assert (row["accuracy_points_spread"]["min"], row["accuracy_points_spread"]["max"]) == pytest.approx((-6.0, -2.0))
+    assert row["faster_x"] == pytest.approx(1.0) and row["smaller_x"] == pytest.approx(1.0)
+    assert row["faster_x_per_runtime"]["onnxruntime"] == pytest.approx(1.0)
+    assert row["runtime"] == "onnxruntime (2 of 3) / tvm (1 of 3)"
+    assert bench._points(row) == "-4.0 points (-6.0 to -2.0)"
+    assert bench._points(bench._over_seeds(runs[:1])) == "-4.0 points"
