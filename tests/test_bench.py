@@ -89,7 +89,8 @@ def test_a_guide_row_over_seeds_reports_medians_and_the_accuracy_range():
         return bench._against_first_row([base, row])[1]
 
     # accuracy points by hand: -4.0, -6.0, -2.0; faster: 1.0, 2.0, 0.5
-    runs = [seed(0.97, 0.93, 0.010, "onnxruntime"), seed(0.96, 0.90, 0.005, "tvm"), seed(0.95, 0.93, 0.020, "onnxruntime")]
+    runs = [seed(0.97, 0.93, 0.010, "onnxruntime"), seed(0.96, 0.90, 0.005, "tvm"),
+            seed(0.95, 0.93, 0.020, "onnxruntime")]
     row = bench._over_seeds(runs)
     assert row["accuracy_points"] == pytest.approx(-4.0)
     assert (row["accuracy_points_spread"]["min"], row["accuracy_points_spread"]["max"]) == pytest.approx((-6.0, -2.0))
