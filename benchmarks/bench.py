@@ -645,13 +645,6 @@ def _cluster_run(outcome) -> dict:
             "completed": sum(r.state == "COMPLETE" for r in outcome.rows)}
 
 
-def _points(row: dict) -> str:
-    spread = row.get("accuracy_points_spread")
-    if not spread or spread["n"] < 2:
-        return f"{row['accuracy_points']:+.1f} points"
-    return f"{row['accuracy_points']:+.1f} points ({spread['min']:+.1f} to {spread['max']:+.1f})"
-
-
 def _measured(results: dict) -> dict:
     return {k: v for k, v in results.items() if not (isinstance(v, dict) and "failed" in v)}
 
@@ -783,6 +776,14 @@ def _quality_lines(q: dict, heading: str, plots_made: list[str]) -> list[str]:
                   f"{m['after']['seconds']:.0f} s ({m['after_over_before']:.2f}x), run one after the other (the "
                   "shipping stage that now follows the search turned off in both).", ""]
     return lines
+
+
+def _points(row: dict) -> str:
+    """A guide row's accuracy change, with its range over the seeds when there was more than one."""
+    spread = row.get("accuracy_points_spread")
+    if not spread or spread["n"] < 2:
+        return f"{row['accuracy_points']:+.1f} points"
+    return f"{row['accuracy_points']:+.1f} points ({spread['min']:+.1f} to {spread['max']:+.1f})"
 
 
 def report_markdown(results: dict) -> str:
