@@ -25,6 +25,7 @@ import math
 import os
 import platform
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -571,9 +572,8 @@ def _against_first_row(rows: list[dict]) -> list[dict]:
 def _over_seeds(runs: list[dict]) -> dict:
     """One guide row over its seeds: medians of the ratios, the accuracy change's spread, how often each runtime
     shipped; each seed's row kept as measured."""
-    from collections import Counter
-
     shipped = Counter(r["runtime"] for r in runs)
+    accuracy = _spread([r["accuracy_points"] for r in runs])
     runtimes = sorted({k for r in runs for k in r["faster_x_per_runtime"]})
     return {"label": runs[0]["label"],
             "runtime": " / ".join(f"{k}" + (f" ({n} of {len(runs)})" if len(shipped) > 1 else "")
@@ -582,8 +582,7 @@ def _over_seeds(runs: list[dict]) -> dict:
             "faster_x": float(np.median([r["faster_x"] for r in runs])),
             "faster_x_per_runtime": {k: float(np.median([r["faster_x_per_runtime"][k] for r in runs
                                                          if k in r["faster_x_per_runtime"]])) for k in runtimes},
-            "accuracy_points": float(np.median([r["accuracy_points"] for r in runs])),
-            "accuracy_points_spread": _spread([r["accuracy_points"] for r in runs]),
+            "accuracy_points": accuracy["median"], "accuracy_points_spread": accuracy,
             "per_seed": runs}
 
 
