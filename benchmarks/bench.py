@@ -192,7 +192,7 @@ def runtime_figures(tmp: Path, plan: Plan) -> dict:
     from search.candidate import Budget, Candidate
     from search.data import load_dataset
     from search.models import build_model
-    from search.pipeline import set_threads
+    from search.pipeline import host_build_target, set_threads
     from search.stages.compile import compile_tvm
     from search.stages.compress import quantization_aware_finetune
     from search.stages.export import export_onnx, input_dtype, ort_session
@@ -205,7 +205,7 @@ def runtime_figures(tmp: Path, plan: Plan) -> dict:
     cache = tmp / "tuning"  # fresh: every tuned figure here includes its tuning
 
     def timed(onnx_path, precision, shape, dtype, sample, label, trials):
-        art = compile_tvm(onnx_path, host.tvm_target, tmp / f"{label}-{trials}.so", shape, dtype,
+        art = compile_tvm(onnx_path, host_build_target(host, precision), tmp / f"{label}-{trials}.so", shape, dtype,
                           tuning_trials=trials, cache_dir=cache if trials else None)
         ms = backend.measure(art, onnx_path, precision, sample, plan.timing_repeats)["latency_ms_median"].value
         return ms, art
@@ -250,7 +250,7 @@ def runtime_figures(tmp: Path, plan: Plan) -> dict:
                                                                    for m in tuned_rows])
             ratios[precision]["tuned_over_untuned"] = _spread([m["tvm_tuned_ms"] / m["tvm_untuned_ms"]
                                                                for m in tuned_rows])
-    return {"models": models, "ratios": ratios,
+    return {"models": models, "ratios": ratios, "fp16_native": host.supports("fp16"),
             "mobilenet_v1_025_96": {"onnxruntime_ms": ort, "tvm_untuned_ms": untuned, "tvm_tuned_ms": tuned,
                                     "tuning_trials": plan.mobilenet_tuning_trials, "tuning_seconds": art.tuning_seconds,
                                     "tuning_tasks": art.tasks_total,
@@ -699,8 +699,10 @@ _QDQ_AS_FLOAT = ("TVM's Relax ONNX frontend lowers QuantizeLinear/DequantizeLine
 WHY_SLOWER = {
     "fp32": "the digits models take about 10 µs, so a call's fixed cost (argument checks, dispatch) weighs as much "
             "as the arithmetic in both runtimes",
-    "fp16": "TVM's LLVM code for x86 has no fp16 arithmetic here and converts every fp16 operation in software, "
-            "while onnxruntime casts fp16 nodes to its float32 kernels",
+    "fp16": "this CPU has no fp16 arithmetic (no AVX512-FP16), so TVM's LLVM code converts every fp16 operation in "
+            "software, while onnxruntime casts fp16 nodes to its float32 kernels",
+    "fp16-native": "TVM builds fp16 for this CPU's AVX512-FP16 arithmetic; at these sizes a call's fixed cost weighs "
+                   "as much as the arithmetic, and onnxruntime casts fp16 nodes to its float32 kernels",
     "int8-ptq": _QDQ_AS_FLOAT,
     "int8-qat": _QDQ_AS_FLOAT,
 }
@@ -713,7 +715,8 @@ def _slower_because(r: dict) -> list[str]:
         kind = "tuned" if "tuned_over_onnxruntime" in v else "untuned"
         ratio = v[f"{kind}_over_onnxruntime"]["median"]
         if ratio > 1:
-            out.append(f"- {precision}: {kind} TVM takes {ratio:.2f}x onnxruntime's time: {WHY_SLOWER[precision]}.")
+            why = WHY_SLOWER["fp16-native" if precision == "fp16" and r.get("fp16_native") else precision]
+            out.append(f"- {precision}: {kind} TVM takes {ratio:.2f}x onnxruntime's time: {why}.")
     mb = r["mobilenet_v1_025_96"]
     if mb["tuned_over_onnxruntime"] > 1:
         per_task = (f" over {mb['tuning_tasks']} tuning tasks, about "

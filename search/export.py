@@ -164,6 +164,7 @@ def export_search(
     """Export a search's chosen candidate to ``out``; returns the model card."""
     from hardware_targets import load_profile
     from search.data import load_dataset
+    from search.pipeline import host_build_target
     from search.stages.compile import compile_tvm, tuning_dir
     from search.stages.export import input_dtype, ort_session
     from objectives.accuracy import accuracy, predict_onnx, predict_tvm
@@ -202,7 +203,8 @@ def export_search(
         return _write_card(card, out, search, tracking_uri, register)
     # what the search's shipping stage measured ships: its TVM target (tuned for this CPU, same records) and runtime
     shipped = row.shipped if same_target else None
-    build_target = (shipped.get("target") if shipped else None) or profile.tvm_target
+    build_target = (shipped.get("target") if shipped else None) or (
+        host_build_target(profile, precision) if profile.backend == "local" else profile.tvm_target)
     runtime = shipped["runtime"] if shipped else "tvm"
     cross = "mtriple" in build_target
     library = out / ("model.tar" if cross else "model.so")
@@ -239,7 +241,7 @@ def export_search(
     got_ort = accuracy(predict_onnx(ort_session(onnx_path), dataset.x_test, dtype), dataset.y_test)
     host_lib = library if not cross else out / ".verify_host.so"
     if cross:
-        compile_tvm(onnx_path, load_profile("host").tvm_target, host_lib, shape, dtype, cache_dir=tuning_cache)
+        compile_tvm(onnx_path, host_build_target(profile, precision), host_lib, shape, dtype, cache_dir=tuning_cache)
     got_tvm = accuracy(predict_tvm(str(host_lib), dataset.x_test, dtype), dataset.y_test)
     if cross:
         host_lib.unlink()

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from hardware_targets.profile import arithmetic
 from objectives.latency import INFEASIBLE, RETIME, budget_verdict
 from objectives.memory import over_limits
 from objectives.pareto import non_dominated
@@ -408,7 +409,7 @@ def _supported_space(spec: SearchSpec, profile, report: Reporter) -> SearchSpec:
         if reasons[p]:
             report(f"precision {p} left out of the search space: target {profile.name} has {reasons[p]}")
     space = dataclasses.replace(spec.space, precision=kept)
-    if profile.backend == "local" and any(p.startswith("int8") for p in kept) and not _int8_measured(spec):
+    if profile.backend == "local" and any(p.startswith("int8") for p in kept) and not _precisions_measured(spec):
         report(INT8_ON_HOST)
     if space.sparsity[1] > 0:
         pays = tuple(m for m in space.pruning if profile.pruning_reason(m) is None)
@@ -433,41 +434,51 @@ INT8_ON_HOST = ("int8 on this CPU: TVM computes int8 (QDQ) graphs in float, so t
                 "int8 against fp32 of the same shapes, measured in the runtime that ships")
 
 
-def _int8_measured(spec: SearchSpec) -> bool:
-    """Whether the space's int8 is decided by measurement: the default space, which holds fp32 to compare with.
-    A spec that lists its precisions keeps the ones it lists."""
+def _precisions_measured(spec: SearchSpec) -> bool:
+    """Whether the space's narrower precisions are decided by measurement: the default space, which holds fp32 to
+    compare with. A spec that lists its precisions keeps the ones it lists."""
     return spec.space.precision == SearchSpace().precision
 
 
-def _int8_where_faster(spec: SearchSpec, profile, runs_dir: Path, report: Reporter, measured: bool) -> SearchSpec:
-    """On the host, leave int8 out of the default space when its graph is slower than fp32's of the same shapes at
-    both ends of the width range: there it only shrinks the weights, and each int8 trial costs a slower, less
-    accurate candidate (of 60 default searches, the four that trained 15 or more int8 candidates ended lowest)."""
+# what each narrower precision buys when it is not faster than fp32, and why it can be slower on a CPU
+_NARROWER = {"fp16": ("fp16", "2x smaller weights", "the fp16 code built for this CPU is no faster"),
+             "int8": ("int8-ptq", "4x smaller weights", "TVM computes int8 (QDQ) graphs in float")}
+
+
+def _narrower_where_faster(spec: SearchSpec, profile, runs_dir: Path, report: Reporter, measured: bool) -> SearchSpec:
+    """On the host, leave fp16 or int8 out of the default space when its graph is slower than fp32's of the same
+    shapes at both ends of the width range: there it only shrinks the weights, and each trial of it costs a slower,
+    less accurate candidate (of 60 default searches, the four that trained 15 or more int8 candidates ended
+    lowest). A CPU flag says what the CPU can do, not what the compiled code does: this is measured."""
     precisions = spec.space.precision
-    if (profile.backend != "local" or not measured or "fp32" not in precisions
-            or not any(p.startswith("int8") for p in precisions)):
+    kinds = [k for k in _NARROWER if any(arithmetic(p) == k for p in precisions)]
+    if profile.backend != "local" or not measured or "fp32" not in precisions or not kinds:
         return spec
     from search.stages.native import quiet_native
-    from search.stages.screen import int8_against_fp32
+    from search.stages.screen import against_fp32
 
-    try:
-        with quiet_native():  # TVM logs each tuning database it opens
-            timed = int8_against_fp32(spec.space, _load_dataset(spec.dataset), profile, Path(runs_dir),
-                                      budget=spec.budget, seed=spec.seed, latency_budget_ms=spec.latency_budget_ms,
-                                      threads=THREADS_PER_WORKER)
-    except Exception as exc:
-        report(f"could not time int8 against fp32 ({_failure_reason(exc)}); int8 stays in the search space")
+    for kind in kinds:
+        probe, smaller, why = _NARROWER[kind]
+        try:
+            with quiet_native():  # TVM logs each tuning database it opens
+                timed = against_fp32(probe, spec.space, _load_dataset(spec.dataset), profile,
+                                     Path(runs_dir), budget=spec.budget, seed=spec.seed,
+                                     latency_budget_ms=spec.latency_budget_ms, threads=THREADS_PER_WORKER)
+        except Exception as exc:
+            report(f"could not time {kind} against fp32 ({_failure_reason(exc)}); {kind} stays in the search space")
+            continue
+        figures = ", ".join(f"{ms / f32:.2f}x fp32's at width {w:g} ({ms:.3g} against {f32:.3g} ms)"
+                            for w, f32, ms in timed)
+        if any(ms < f32 for _, f32, ms in timed):
+            report(f"{kind} kept in the search space: its untrained graph timed {figures} (measured, median)")
+            continue
+        report(f"{kind} left out of the search space: its untrained graph timed {figures} (measured, median): "
+               f"slower than fp32 at both ends of the width range ({why}), so {kind} would buy {smaller} only; list "
+               "space.precision in the spec to search it anyway")
+        precisions = tuple(p for p in precisions if arithmetic(p) != kind)
+    if precisions == spec.space.precision:
         return spec
-    figures = ", ".join(f"{i8 / f32:.2f}x fp32's at width {w:g} ({i8:.3g} against {f32:.3g} ms)"
-                        for w, f32, i8 in timed)
-    if any(i8 < f32 for _, f32, i8 in timed):
-        report(f"int8 kept in the search space: its untrained graph timed {figures} (measured, median)")
-        return spec
-    report(f"int8 left out of the search space: on this CPU TVM computes int8 (QDQ) graphs in float, and the "
-           f"untrained int8 graph timed {figures} (measured, median), so int8 would buy 4x smaller weights only; "
-           "list space.precision in the spec to search it anyway")
-    kept = tuple(p for p in precisions if not p.startswith("int8"))
-    return dataclasses.replace(spec, space=dataclasses.replace(spec.space, precision=kept))
+    return dataclasses.replace(spec, space=dataclasses.replace(spec.space, precision=precisions))
 
 
 class _Tracking:
@@ -656,8 +667,8 @@ def run_search(
                "dispatches": 0, "transfer": 0.0,
                "transfer_workers": 0.0}
     profile = check_inputs(spec)
-    int8_measured = _int8_measured(spec)
-    spec = _int8_where_faster(_supported_space(spec, profile, report), profile, runs_dir, report, int8_measured)
+    measured = _precisions_measured(spec)
+    spec = _narrower_where_faster(_supported_space(spec, profile, report), profile, runs_dir, report, measured)
     if not address:
         check_resources(spec)
     with _timed(timings, "optuna"):

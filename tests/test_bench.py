@@ -53,6 +53,7 @@ def test_the_report_says_why_wherever_tvm_is_slower_than_onnxruntime():
     text = "\n".join(bench._slower_because(runtime))
     assert "fp32" not in text  # tuned fp32 met the aim: nothing to explain
     assert "- fp16: untuned TVM takes 97.00x" in text and "software" in text
+    assert "software" not in "\n".join(bench._slower_because({**runtime, "fp16_native": True}))
     assert "132 MetaSchedule trials over 22 tuning tasks, about 6 per task" in text
     runtime["ratios"].pop("fp16")
     runtime["mobilenet_v1_025_96"]["tuned_over_onnxruntime"] = 0.9

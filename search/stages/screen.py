@@ -53,10 +53,12 @@ def shape_key(candidate: Candidate, dataset: Dataset, profile: TargetProfile, ro
     """Names one screened graph on one target (for the host, one CPU kind; for an emulated profile, the
     calibration it is emulated with)."""
     from hardware_targets.calibration import load_calibration
+    from search.pipeline import host_build_target
 
     calibration = load_calibration(profile, root) if profile.backend == "emulated" else None
     parts = {"knobs": shape_knobs(candidate, profile), "prune_steps": candidate.budget.prune_steps,
              "shape": list(dataset.sample_shape), "classes": dataset.num_classes, "target": profile.tvm_target,
+             "build": host_build_target(profile, candidate.precision) if profile.backend != "emulated" else None,
              "profile": profile.name, "code": _code_version(),
              "cpu": host_cpu().key if profile.backend == "local" else None,
              "calibration": dataclasses.asdict(calibration) if calibration else None}
@@ -109,7 +111,7 @@ def _measure(candidate: Candidate, dataset: Dataset, profile: TargetProfile, roo
         if profile.backend == "emulated":  # the device model reads the graph: no host build to time
             artifact = CompiledArtifact("", dict(profile.tvm_target), shape, dtype.name)
         else:  # a remote backend cross-compiles from the ONNX itself; the host build is what is timed here
-            artifact = compile_tvm(onnx_path, host_build_target(profile), Path(tmp) / "screen.so", shape,
+            artifact = compile_tvm(onnx_path, host_build_target(profile, candidate.precision), Path(tmp) / "screen.so", shape,
                                    dtype.name, cache_dir=cache_dir, seed=candidate.seed)
         sample = dataset.x_val[:1].astype(dtype)
         metrics = dict(get_backend(profile, root).measure(artifact, onnx_path, candidate.precision, sample, SCREEN_REPEATS))
@@ -151,17 +153,17 @@ def screen_candidate(candidate: Candidate, dataset: Dataset, profile: TargetProf
             "limits": limits(profile), "seconds": time.perf_counter() - started, "cached": cached}
 
 
-def int8_against_fp32(space, dataset: Dataset, profile: TargetProfile, root: Path, *, budget, seed: int,
-                      latency_budget_ms: float, threads: int = 1) -> list[tuple[float, float, float]]:
-    """Median latency of the untrained fp32 and int8 graphs of the same shapes at the space's narrowest and widest
-    widths, as ``(width, fp32_ms, int8_ms)``: whether int8 is a speed-up on ``profile`` at all. Screened (and
-    cached) like any candidate, so the search's own screenings of these shapes are free afterwards."""
+def against_fp32(precision: str, space, dataset: Dataset, profile: TargetProfile, root: Path, *, budget, seed: int,
+                 latency_budget_ms: float, threads: int = 1) -> list[tuple[float, float, float]]:
+    """Median latency of the untrained fp32 and ``precision`` graphs of the same shapes at the space's narrowest and
+    widest widths, as ``(width, fp32_ms, precision_ms)``: whether the narrower precision is a speed-up on
+    ``profile`` at all. Screened (and cached) like any candidate, so the search's own screenings of these shapes
+    are free afterwards."""
     out = []
     for width in sorted({space.width[0], space.width[1]}):
         medians = []
-        for precision in ("fp32", "int8-ptq"):
-            c = Candidate(precision=precision, pruning=space.pruning[0], sparsity=0.0, width=width, budget=budget,
-                          seed=seed)
+        for p in ("fp32", precision):
+            c = Candidate(precision=p, pruning=space.pruning[0], sparsity=0.0, width=width, budget=budget, seed=seed)
             screening = screen_candidate(c, dataset, profile, root, latency_budget_ms=latency_budget_ms,
                                          threads=threads)
             medians.append(screening["metrics"]["latency_ms_median"][0])

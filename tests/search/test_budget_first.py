@@ -319,37 +319,43 @@ def test_the_host_space_says_int8_is_not_a_speed_up_in_tvm():
     assert not any(ln.startswith("int8 on this CPU") for ln in lines)  # emulated: its int8 rate is its profile's
 
 
-def test_int8_leaves_the_default_host_space_where_its_graph_is_slower_than_fp32(tmp_path):
+def test_fp16_and_int8_leave_the_default_host_space_where_their_graphs_are_slower_than_fp32(tmp_path):
     from hardware_targets import load_profile
     from search.stages.screen import screen_candidate
-    from search.workers import INT8_ON_HOST, _int8_measured, _int8_where_faster, _supported_space
+    from search.workers import INT8_ON_HOST, _narrower_where_faster, _precisions_measured, _supported_space
     from search.data import load_dataset
 
     host, lines = load_profile("host"), []
-    spec = SearchSpec(name="int8-measured", budget=TINY, latency_budget_ms=0.05)
-    assert _int8_measured(spec) and not _int8_measured(SearchSpec(name="listed", space=NO_FP16))
-    decided = _int8_where_faster(_supported_space(spec, host, lines.append), host, tmp_path, lines.append, True)
+    spec = SearchSpec(name="narrower-measured", budget=TINY, latency_budget_ms=0.05)
+    assert _precisions_measured(spec) and not _precisions_measured(SearchSpec(name="listed", space=NO_FP16))
+    supported = _supported_space(spec, host, lines.append)
+    assert ("fp16" in supported.space.precision) == host.supports("fp16")  # the CPU's flags decide first
+    decided = _narrower_where_faster(supported, host, tmp_path, lines.append, True)
     # the figures it judged by are screenings, cached like the search's own: read them back from the cache
     digits, medians = load_dataset("digits"), {}
+    probes = {"fp16": "fp16", "int8": "int8-ptq"}
+    kinds = [k for k in probes if any(p.startswith(k) for p in supported.space.precision)]
     for width in (0.25, 2.0):
-        for precision in ("fp32", "int8-ptq"):
+        for precision in ("fp32", *(probes[k] for k in kinds)):
             c = Candidate(precision=precision, pruning="structured", sparsity=0.0, width=width, budget=TINY, seed=0)
             again = screen_candidate(c, digits, host, tmp_path, latency_budget_ms=0.05)
             assert again["cached"]
             medians[precision, width] = again["metrics"]["latency_ms_median"][0]
-    slower = all(medians["int8-ptq", w] >= medians["fp32", w] for w in (0.25, 2.0))
-    assert (decided.space.precision == ("fp32",)) == slower
-    said = next(ln for ln in lines if ln.startswith("int8 "))
-    assert said.startswith("int8 left out of the search space" if slower else "int8 kept in the search space")
-    assert f"{medians['int8-ptq', 2.0] / medians['fp32', 2.0]:.2f}x fp32's at width 2" in said
+    for kind in kinds:
+        slower = all(medians[probes[kind], w] >= medians["fp32", w] for w in (0.25, 2.0))
+        assert any(p.startswith(kind) for p in decided.space.precision) != slower
+        said = next(ln for ln in lines if ln.startswith(f"{kind} ") and "search space:" in ln)
+        assert said.startswith(f"{kind} left out of the search space" if slower else f"{kind} kept in the search space")
+        assert f"{medians[probes[kind], 2.0] / medians['fp32', 2.0]:.2f}x fp32's at width 2" in said
+    assert "fp32" in decided.space.precision
     assert INT8_ON_HOST not in lines  # the measured line replaces the general one
     lines.clear()
     listed = SearchSpec(name="listed", budget=TINY, space=NO_FP16)  # precisions a spec lists stay, unmeasured
-    assert _int8_where_faster(_supported_space(listed, host, lines.append), host, tmp_path, lines.append,
-                              False).space.precision == NO_FP16.precision
+    assert _narrower_where_faster(_supported_space(listed, host, lines.append), host, tmp_path, lines.append,
+                                  False).space.precision == NO_FP16.precision
     assert INT8_ON_HOST in lines
     board = load_profile("rpi4")  # emulated: its int8 rate is its profile's, nothing is timed
-    assert _int8_where_faster(spec, board, tmp_path / "b", lines.append, True) == spec
+    assert _narrower_where_faster(spec, board, tmp_path / "b", lines.append, True) == spec
     assert not (tmp_path / "b").exists()
 
 

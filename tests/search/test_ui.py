@@ -74,7 +74,7 @@ def test_ui_lands_on_the_search_runs_with_its_objectives_front_first(ui_server):
     children = client.search_runs([exp.experiment_id], "tags.`mlflow.parentRunId` != ''")
     candidates = {r.info.run_id for r in children if "mlflow.parentRunId" in r.data.tags}
     front = {r.info.run_id for r in children if r.data.tags.get("on_pareto_front") == "true"}
-    assert len(candidates) == 4 and candidates <= set(order)
+    assert len(candidates) >= 4 and candidates <= set(order)  # the 4 trained, and any screened out
     assert front and set(order[:len(front)]) == front
     assert "Ask questions about your experiments" not in dom  # MLflow's assistant panel did not open on its own
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -92,6 +92,7 @@ def test_summary_figure_renders_among_the_search_run_artifacts(ui_server):
     dom = _chromium("--dump-dom", summary).stdout
     assert "summary.png" in dom and "pareto_front_table.json" in dom and "Artifacts" in dom
     assert re.search(r'<img[^>]*alt="summary\.png"[^>]*src="blob:', dom)  # shown, not just listed
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)  # not left to the test above: each test stands alone
     shot = SCREENSHOTS / "mlflow_search_summary.png"
     _chromium(f"--screenshot={shot}", summary)
     assert shot.stat().st_size > 20_000
