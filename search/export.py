@@ -183,8 +183,12 @@ def export_search(
     if not onnx_src.is_file():
         raise ConfigError(f"The measured ONNX of trial {row.number} is gone ({onnx_src}); re-run the search.")
     profile = load_profile(target or spec.target)
-    out = prepare_dir(out, overwrite)
     precision = row.knobs["precision"]
+    if profile.unsupported_reason(precision):  # before anything is written: nothing to clean up
+        raise ConfigError(f"Trial {row.number} ({reason}) is {precision}, and target {profile.name} has "
+                          f"{profile.unsupported_reason(precision)}. Export a trial of a precision {profile.name} runs "
+                          f"(--trial N; `edgesearch status {search}` lists them), or search on {profile.name} itself.")
+    out = prepare_dir(out, overwrite)
     dtype = input_dtype(precision).name
     dataset = load_dataset(spec.dataset)
     shape = (1, *dataset.sample_shape)

@@ -237,6 +237,7 @@ def test_a_trained_candidate_over_the_budget_rules_out_its_shapes(digits, host, 
     assert t.constraints["latency_budget"] == pytest.approx(p90 / tight_budget - 1)  # relative to the budget
 
 
+@pytest.mark.slow  # ruling shapes out runs by default (test_a_trained_candidate_over_the_budget_rules_out_its_shapes)
 def test_no_two_trained_candidates_of_shapes_already_over_the_budget(tmp_path):
     """With the budget a little under a shape's own latency, screening lets it through (within its margin); once
     one candidate of those shapes has trained and ended over the budget, no candidate asked later trains, and one

@@ -88,9 +88,20 @@ def test_exporting_twice_is_byte_identical(exported, tracked_search, tmp_path):
 
 
 def test_cross_compiled_export_matches_the_profile(tracked_search, tmp_path):
-    spec, _, _, runs = tracked_search
-    card = export_search(spec.name, tmp_path / "pi", storage_url=default_storage(runs), runs_dir=runs,
-                         target="rpi4", register=False)
+    from hardware_targets import load_profile
+
+    spec, outcome, _, runs = tracked_search
+    rpi4, storage = load_profile("rpi4"), default_storage(runs)
+    fp16 = [r for r in outcome.rows if r.state == "COMPLETE" and r.knobs["precision"] == "fp16"]
+    if fp16:  # kept in the host space where this CPU has fp16 arithmetic; a Cortex-A72 has none
+        with pytest.raises(ConfigError, match=f"Trial {fp16[0].number} .* is fp16, and target rpi4 has no fp16"):
+            export_search(spec.name, tmp_path / "fp16", storage_url=storage, runs_dir=runs, target="rpi4",
+                          pick=Pick(trial=fp16[0].number, force=True), register=False)
+        assert not (tmp_path / "fp16").exists()
+    runs_there = [r for r in outcome.rows if r.state == "COMPLETE" and rpi4.supports(r.knobs["precision"])
+                  and r.reused_from is None]
+    card = export_search(spec.name, tmp_path / "pi", storage_url=storage, runs_dir=runs, target="rpi4",
+                         pick=Pick(trial=runs_there[0].number, force=True), register=False)
     assert card["verification"]["library_architecture"] == ["aarch64"]
     assert "latency_ms_median_at_export" not in card["metrics"]  # an emulated board is not timed again
     # another target than the search's: its latency is emulated for it here, not the host's figure relabelled
@@ -140,6 +151,7 @@ def test_no_feasible_candidate_says_what_the_closest_misses_by(tmp_path):
         export_search("impossible", tmp_path / "out", storage_url=default_storage(tmp_path), runs_dir=tmp_path)
 
 
+@pytest.mark.slow  # ~50 s: a search and an int8 export; the export runs by default through its other tests
 def test_an_int8_card_says_whether_int8_is_faster_than_fp32(tmp_path):
     from search.export import INT8_FASTER
     from search.spec import SearchSpace, SearchSpec

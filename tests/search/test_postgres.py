@@ -104,6 +104,7 @@ def test_two_searches_at_once_and_a_restarted_driver_on_postgresql(postgres, tmp
     assert {s.study_name for s in optuna.get_all_study_summaries(storage)} == {"steady", "restarted"}
 
 
+@pytest.mark.slow  # PostgreSQL runs by default through the two-searches test; MLflow's server through the tracking tests
 def test_an_mlflow_tracking_server_on_postgresql_holds_every_candidate(postgres, free_port, tmp_path):
     from mlflow.tracking import MlflowClient
 

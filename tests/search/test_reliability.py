@@ -104,6 +104,7 @@ def _study_exists(runs, name) -> bool:
         return False
 
 
+@pytest.mark.slow  # two searches at once run by default on PostgreSQL (test_postgres)
 def test_concurrent_searches_are_isolated_and_a_duplicate_name_is_refused(tmp_path):
     spec = {"trials": 2, "workers": 1, "budget": {"epochs": 1, "finetune_epochs": 0, "prune_steps": 1,
                                                    "timing_repeats": 3, "front_tuning_trials": 0,

@@ -174,6 +174,7 @@ def test_search_on_an_existing_cluster(ray_head, tmp_path):
                    report=lambda line: None)
 
 
+@pytest.mark.slow  # ~55 s on a slow CPU: a second Ray head; nodes and resources are run by default through the existing-cluster test
 def test_host_candidates_stay_on_nodes_of_the_submitted_cpu_kind(tmp_path_factory, free_port, tmp_path):
     """A cluster whose only node says it is another CPU kind: host figures would mix kinds, so the search is refused
     with what to do; an emulated target runs there."""
@@ -209,6 +210,7 @@ def _client_sharing_only_the_network(hidden, own, runs, env):
     return run
 
 
+@pytest.mark.slow  # ~3 minutes on a slow CPU; submitting to an existing cluster runs by default (test_search_on_an_existing_cluster)
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
                     reason="a private mount namespace needs root and unshare (the test machines have both)")
 def test_a_client_sharing_only_the_network_submits_follows_stops_resumes_and_exports(

@@ -28,6 +28,7 @@ def test_a_bundle_cannot_write_outside_the_runs_folder(tmp_path):
     assert not (tmp_path / "escape").exists()
 
 
+@pytest.mark.slow  # ~50 s; moving artifacts between nodes runs by default in test_share_nothing
 def test_a_node_shares_the_disk_only_while_the_driver_marks_it(tmp_path):
     token = mark_driver_disk(tmp_path)
     other = mark_driver_disk(tmp_path)  # a second search on the same runs folder keeps its own mark
