@@ -45,9 +45,10 @@ class Budget:
     # no stage
     front_tuning_trials: int = 4
     front_tuning_minutes: float = 3.0
+    teacher_epochs: int = 30  # the distillation teacher's training, once per dataset and seed (cached by it)
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "prune_steps", "timing_repeats"):
+        for name in ("epochs", "prune_steps", "timing_repeats", "teacher_epochs"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(
                     f"The '{name}' parameter of Budget must be an integer >= 1. Got {getattr(self, name)!r} instead."

@@ -163,7 +163,7 @@ def evaluate_candidate(
     teacher = None
     if candidate.distills:
         with stage("teacher", "loading or training the teacher"):
-            teacher = get_teacher(dataset, candidate.seed, paths.teachers)
+            teacher = get_teacher(dataset, candidate.seed, paths.teachers, candidate.budget.teacher_epochs)
 
     # Training with a teacher is reported as "distill", so a stage table shows what distillation costs.
     with stage("distill" if teacher else "train", f"training width {candidate.width:g} for {candidate.budget.epochs} epochs"

@@ -134,13 +134,13 @@ class TeacherOnce:
             event.set()
 
 
-def _teacher_once(store, data, seed: int, folder: Path) -> str:
+def _teacher_once(store, data, seed: int, folder: Path, epochs: int) -> str:
     """Make this dataset's teacher present in ``folder``, trained once for the whole search; how it came."""
     import ray
 
     from search.stages.train import get_teacher, teacher_path
 
-    path = teacher_path(data, seed, folder)
+    path = teacher_path(data, seed, folder, epochs)
     if path.exists():
         return "found on this node"
     got = ray.get(store.claim.remote(path.name))
@@ -151,7 +151,7 @@ def _teacher_once(store, data, seed: int, folder: Path) -> str:
         tmp.replace(path)
         return "received from the node that trained it"
     try:
-        get_teacher(data, seed, folder)
+        get_teacher(data, seed, folder, epochs)
     except BaseException:
         store.put.remote(path.name, None)
         raise
@@ -182,7 +182,8 @@ def run_candidate(candidate_dict: dict, dataset, target, runs_dir: str, threads:
     paths = Paths(Path(runs_dir))
     started, teacher = time.perf_counter(), None
     if candidate.distills and inputs and inputs.get("teachers"):
-        teacher = _teacher_once(inputs["teachers"], data, candidate.seed, paths.teachers)
+        teacher = _teacher_once(inputs["teachers"], data, candidate.seed, paths.teachers,
+                                candidate.budget.teacher_epochs)
     waited = time.perf_counter() - started
     result = evaluate_candidate(candidate, data, profile, paths, threads=threads)
     if teacher:  # training it, or waiting for another node to, is the teacher stage's time too
@@ -192,7 +193,7 @@ def run_candidate(candidate_dict: dict, dataset, target, runs_dir: str, threads:
         result.stage_seconds["screen"] = screening["seconds"]
     made = [Path(result.artifacts["onnx"]).parent]
     if candidate.distills:
-        made.append(teacher_path(data, candidate.seed, paths.teachers))
+        made.append(teacher_path(data, candidate.seed, paths.teachers, candidate.budget.teacher_epochs))
     if candidate.budget.tuning_trials:
         made.append(paths.tuning)
     started = time.perf_counter()

@@ -43,7 +43,7 @@ def host():
 def tiny_budget():
     from search.candidate import Budget
 
-    return Budget(epochs=3, finetune_epochs=1, prune_steps=2, tuning_trials=0, timing_repeats=5)
+    return Budget(epochs=3, finetune_epochs=1, prune_steps=2, tuning_trials=0, timing_repeats=5, teacher_epochs=3)
 
 
 @pytest.fixture(scope="session")

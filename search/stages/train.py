@@ -111,18 +111,18 @@ def code_version() -> str:
     return hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:12]
 
 
-def teacher_path(dataset: Dataset, seed: int, cache_dir: Path) -> Path:
-    return Path(cache_dir) / f"{dataset.name}-{dataset.fingerprint}-seed{seed}-{code_version()}.pt"
+def teacher_path(dataset: Dataset, seed: int, cache_dir: Path, epochs: int = TEACHER_EPOCHS) -> Path:
+    return Path(cache_dir) / f"{dataset.name}-{dataset.fingerprint}-seed{seed}-e{epochs}-{code_version()}.pt"
 
 
 def get_teacher(dataset: Dataset, seed: int, cache_dir: Path, epochs: int = TEACHER_EPOCHS) -> nn.Module:
-    """The widest model of the family, trained once per (dataset, seed, code version) and cached.
+    """The widest model of the family, trained once per (dataset, seed, epochs, code version) and cached.
 
     A file lock makes concurrent workers train it once: the others wait and load it.
     """
     from filelock import FileLock
 
-    path = teacher_path(dataset, seed, cache_dir)
+    path = teacher_path(dataset, seed, cache_dir, epochs)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path.with_suffix(".lock"))):
         model = build_model(dataset.sample_shape, dataset.num_classes, TEACHER_WIDTH)

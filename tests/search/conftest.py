@@ -12,7 +12,7 @@ from search.workers import run_search
 
 # no shipping stage: the searches below test other things; SHIP adds the stage's runtime comparison, without tuning
 TINY = Budget(epochs=2, finetune_epochs=1, prune_steps=1, tuning_trials=0, timing_repeats=5, front_tuning_trials=0,
-              front_tuning_minutes=0)
+              front_tuning_minutes=0, teacher_epochs=2)
 SHIP = dataclasses.replace(TINY, front_tuning_minutes=3)
 
 

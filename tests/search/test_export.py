@@ -143,7 +143,7 @@ def test_no_feasible_candidate_says_what_the_closest_misses_by(tmp_path):
     from search.workers import run_search
 
     spec = SearchSpec(name="impossible", trials=1, workers=1, latency_budget_ms=1e-6,
-                      budget=Budget(epochs=1, finetune_epochs=0, prune_steps=1, timing_repeats=3),
+                      budget=Budget(epochs=1, finetune_epochs=0, prune_steps=1, timing_repeats=3, teacher_epochs=2),
                       space=SearchSpace(precision=("fp32",), width=(0.25, 0.25), sparsity=(0.0, 0.0)))
     run_search(spec, tmp_path, storage_url=default_storage(tmp_path), report=lambda line: None)
     with pytest.raises(ConfigError, match=r"No candidate is feasible. The closest, trial 0 \(screened out before "

@@ -26,9 +26,9 @@ from search.study import default_storage, load_study
 from search.workers import run_search
 
 SLOWER = Budget(epochs=40, finetune_epochs=0, prune_steps=1, timing_repeats=5, front_tuning_trials=0,
-                front_tuning_minutes=0)
+                front_tuning_minutes=0, teacher_epochs=2)
 FAST = Budget(epochs=1, finetune_epochs=0, prune_steps=1, timing_repeats=3, front_tuning_trials=0,
-              front_tuning_minutes=0)
+              front_tuning_minutes=0, teacher_epochs=2)
 SMALL = SearchSpace(precision=("fp32",), width=(0.25, 0.5), sparsity=(0.0, 0.0))
 
 

@@ -62,7 +62,7 @@ def test_a_shipped_latency_replaces_the_searched_one_and_the_front_is_recomputed
 def trained(digits, host, shared_runs):
     from search.pipeline import Paths, evaluate_candidate
 
-    budget = Budget(epochs=2, finetune_epochs=1, prune_steps=1, timing_repeats=5)
+    budget = Budget(epochs=2, finetune_epochs=1, prune_steps=1, timing_repeats=5, teacher_epochs=2)
     return evaluate_candidate(Candidate(precision="int8-ptq", width=0.25, budget=budget), digits, host,
                               Paths(shared_runs))
 

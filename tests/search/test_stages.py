@@ -42,7 +42,7 @@ def test_training_learns_and_teacher_is_cached(digits, tmp_path):
     model = fit(build_model(digits.sample_shape, 10, 0.5), digits, 3)
     assert torch_accuracy(model, digits.x_val, digits.y_val) > 0.5  # chance is 0.1
     teacher = get_teacher(digits, seed=0, cache_dir=tmp_path, epochs=2)
-    path = teacher_path(digits, 0, tmp_path)
+    path = teacher_path(digits, 0, tmp_path, 2)
     assert path.exists()
     mtime = path.stat().st_mtime_ns
     again = get_teacher(digits, seed=0, cache_dir=tmp_path, epochs=2)
