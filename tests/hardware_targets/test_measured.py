@@ -113,6 +113,7 @@ def test_host_energy_is_labelled_by_how_it_was_obtained(digits, tiny_budget, tmp
         assert energy.value == pytest.approx(host.power_active_mw * figures["latency_ms_median"].value * 1e-3)  # mW x ms = uJ
 
 
+@pytest.mark.slow  # ~35 s loaded; calibration against MLPerf Tiny runs by default in test_calibration
 def test_calibration_beats_the_uncalibrated_model_on_held_out_candidates(tmp_path):
     host = load_profile("host")
     report = calibrate_host(host, tmp_path, candidates=9, seed=0)

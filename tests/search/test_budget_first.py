@@ -49,6 +49,7 @@ def test_recipes_come_first_and_the_front_covers_every_feasible_recipe(tmp_path)
     assert bounds["values"][0] == 0.1 and "widest model" in bounds["source"]
 
 
+@pytest.mark.slow  # reuse runs by default in test_export_errors' repeated trial
 def test_repeats_wait_reuse_and_never_appear_twice_on_the_front_even_after_a_resume(tmp_path):
     one = SearchSpace(precision=("fp32",), pruning=("unstructured",), sparsity=(0.0, 0.0), temperature=(1.0, 1.0),
                       alpha=(1.0, 1.0), width=(0.25, 0.25))
@@ -80,6 +81,7 @@ def test_repeats_wait_reuse_and_never_appear_twice_on_the_front_even_after_a_res
     assert [row["trial"] for row in front] == [0]
 
 
+@pytest.mark.slow  # 1-2 minutes loaded; the halving rule runs by default in the test below, screening in test_screen
 def test_screening_and_halving_in_a_search(tmp_path):
     trials_of_budget = 4  # a first-rung stop counts a third, so a dozen candidates train for the pool to rank
     spec = SearchSpec(name="halving", trials=trials_of_budget, workers=2, latency_budget_ms=0.006, budget=TINY,
@@ -124,6 +126,7 @@ def test_halving_keeps_the_best_third_by_rank_then_accuracy():
     assert _halving_position(pool, (0.6, 0.04)) == 4
 
 
+@pytest.mark.slow  # ~45 s loaded; constraints in a search run by default (latency, in every search test)
 def test_accuracy_floor_is_a_constraint(tmp_path):
     space = SearchSpace(precision=("fp32",), width=(0.25, 0.5), sparsity=(0.0, 0.9))
     storage = f"sqlite:///{tmp_path}/o.db"
@@ -146,6 +149,7 @@ def test_accuracy_floor_is_a_constraint(tmp_path):
     assert f"accuracy floor {floor['value']:.3f}" in html
 
 
+@pytest.mark.slow  # the p90 rule runs by default in tests/objectives
 def test_a_candidate_timed_near_the_budget_is_timed_again_alone(tmp_path):
     one = SearchSpace(precision=("fp32",), pruning=("unstructured",), sparsity=(0.0, 0.0), temperature=(1.0, 1.0),
                       alpha=(1.0, 1.0), width=(0.5, 0.5))

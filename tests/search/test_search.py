@@ -26,6 +26,7 @@ from tests.servers import ray_cluster
 FAST_SPACE = SearchSpace(precision=("fp32", "int8-ptq", "fp16"), width=(0.25, 0.75))
 
 
+@pytest.mark.slow  # the same search runs by default as the tracked search (test_tracking)
 def test_four_trials_on_two_workers_give_a_feasible_non_dominated_front(tmp_path):
     spec = SearchSpec(name="four", trials=4, workers=2, latency_budget_ms=0.1, budget=SHIP, space=FAST_SPACE)
     storage = default_storage(tmp_path)

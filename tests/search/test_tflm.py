@@ -102,6 +102,7 @@ def test_the_export_is_something_a_board_can_flash(m4_search, digits, tmp_path):
     assert "TFLite Micro interpreter" in (out / "MODEL_CARD.md").read_text()
 
 
+@pytest.mark.slow  # a second Cortex-M4 search; TFLite Micro runs by default in the test above
 def test_a_candidate_whose_arena_exceeds_the_ram_is_infeasible(m4_search, tmp_path):
     """The board's RAM set just under what the best candidate needs (its measured arena plus the runtime's
     overhead): the same candidate, searched again there, is infeasible on RAM."""
