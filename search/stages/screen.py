@@ -111,8 +111,8 @@ def _measure(candidate: Candidate, dataset: Dataset, profile: TargetProfile, roo
         if profile.backend == "emulated":  # the device model reads the graph: no host build to time
             artifact = CompiledArtifact("", dict(profile.tvm_target), shape, dtype.name)
         else:  # a remote backend cross-compiles from the ONNX itself; the host build is what is timed here
-            artifact = compile_tvm(onnx_path, host_build_target(profile, candidate.precision), Path(tmp) / "screen.so", shape,
-                                   dtype.name, cache_dir=cache_dir, seed=candidate.seed)
+            artifact = compile_tvm(onnx_path, host_build_target(profile, candidate.precision), Path(tmp) / "screen.so",
+                                   shape, dtype.name, cache_dir=cache_dir, seed=candidate.seed)
         sample = dataset.x_val[:1].astype(dtype)
         metrics = dict(get_backend(profile, root).measure(artifact, onnx_path, candidate.precision, sample, SCREEN_REPEATS))
         if profile.runtime == "tflite-micro":  # no TVM build ships; converting costs seconds: estimate from the graph

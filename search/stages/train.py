@@ -17,12 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from search.candidate import Budget
 from search.data import Dataset
 from search.models import TEACHER_WIDTH, build_model
 
 BATCH_SIZE = 32
 LEARNING_RATE = 1e-2
-TEACHER_EPOCHS = 30
+TEACHER_EPOCHS = Budget().teacher_epochs  # the default budget's; a search passes its own
 
 
 def distillation_loss(
