@@ -184,9 +184,10 @@ def export_search(
         raise ConfigError(f"The measured ONNX of trial {row.number} is gone ({onnx_src}); re-run the search.")
     profile = load_profile(target or spec.target)
     precision = row.knobs["precision"]
-    if profile.unsupported_reason(precision):  # before anything is written: nothing to clean up
+    missing = profile.unsupported_reason(precision)
+    if missing:  # before anything is written: nothing to clean up
         raise ConfigError(f"Trial {row.number} ({reason}) is {precision}, and target {profile.name} has "
-                          f"{profile.unsupported_reason(precision)}. Export a trial of a precision {profile.name} runs "
+                          f"{missing}. Export a trial of a precision {profile.name} runs "
                           f"(--trial N; `edgesearch status {search}` lists them), or search on {profile.name} itself.")
     out = prepare_dir(out, overwrite)
     dtype = input_dtype(precision).name

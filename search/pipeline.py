@@ -78,12 +78,17 @@ def set_threads(threads: int) -> None:
     os.environ["TVM_NUM_THREADS"] = str(threads)
 
 
+def _machine_profile(profile: TargetProfile) -> TargetProfile:
+    """The profile of the machine the host builds run on: ``profile`` itself when it is local, else the host's."""
+    return profile if profile.backend == "local" else load_profile("host")
+
+
 def host_build_target(profile: TargetProfile, precision: str = "fp32") -> dict:
     """The TVM target of the build that runs on this machine (accuracy, host timing): the profile's own for a
     local target, the host profile's otherwise. Generic code for the CPU (faster untuned, NOTES.md), except for a
     precision whose arithmetic needs CPU features (the profile's ``cpu_flags``): LLVM uses them only when told the
     CPU, and without them fp16 runs in software (45-110x slower than with them on an AVX512-FP16 Xeon)."""
-    host = profile if profile.backend == "local" else load_profile("host")
+    host = _machine_profile(profile)
     kind = arithmetic(precision)
     if kind in (host.cpu_flags or {}) and host.arithmetic_reason(precision) is None:
         return tuned_build_target(host)
@@ -354,8 +359,7 @@ def tuned_build_target(profile: TargetProfile) -> dict:
     Untuned code stays generic, where ``mcpu`` measured slower (NOTES.md); tuned code is what the CPU ran fastest."""
     import tvm
 
-    host = profile if profile.backend == "local" else load_profile("host")
-    return {**host.tvm_target, "mcpu": tvm.target.codegen.llvm_get_system_cpu()}
+    return {**_machine_profile(profile).tvm_target, "mcpu": tvm.target.codegen.llvm_get_system_cpu()}
 
 
 def ship_candidate(result: CandidateResult, dataset: Dataset, profile: TargetProfile, paths: Paths, *,
