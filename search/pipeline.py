@@ -385,7 +385,8 @@ def ship_candidate(result: CandidateResult, dataset: Dataset, profile: TargetPro
         tuned = compile_tvm(onnx_path, tuned_build_target(profile), onnx_path.with_name("model_tuned.so"), shape,
                             dtype.name, trials_per_task=trials_per_task, cache_dir=paths.tuning, seed=result.candidate.seed)
         tuning = {"tasks": tuned.tasks_total, "tuned": tuned.tasks_tuned, "reused": tuned.tasks_reused,
-                  "seconds": round(tuned.tuning_seconds, 3), "trials_per_task": trials_per_task}
+                  "seconds": round(tuned.tuning_seconds, 3), "trials_per_task": trials_per_task,
+                  "integer_products": tuned.integer_products}
         options["tvm-tuned"] = {"library": tuned.library, "target": tuned.target, "tuned": True,
                                 "metrics": backend.measure(tuned, onnx_path, result.candidate.precision, sample,
                                                            repeats)}

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from search.errors import CandidateError
+from search.stages.integer import integer_kernels, integer_kernels_apply, register_vnni_intrinsic
 
 TRIALS_PER_ROUND = 32  # MetaSchedule pays a fixed builder cost per round; keep rounds full
 # MetaSchedule's default evolves 512 schedules per round, several seconds on 2 cores for rounds of a few
@@ -40,6 +41,7 @@ class CompiledArtifact:
     tasks_tuned: int = 0
     tasks_reused: int = 0
     tuning_seconds: float = 0.0
+    integer_products: int = 0  # int8 pointwise convolutions computed as uint8 x int8 products (VNNI targets)
 
 
 def target_key(target: dict[str, Any]) -> str:
@@ -215,11 +217,13 @@ def compile_tvm(
     cache_dir: Path | None = None,
     seed: int = 0,
     cc: str | None = None,
+    integer: bool | None = None,
 ) -> CompiledArtifact:
     """Compile ``onnx_path`` for ``target`` (a TVM target dict) and export the library to ``out_path``.
 
     With a ``cache_dir``, records already tuned for this target are applied
-    even when ``tuning_trials`` is 0.
+    even when ``tuning_trials`` is 0. ``integer`` computes an int8 graph's pointwise convolutions in
+    integers (``search.stages.integer``); by default where the target's CPU has VNNI.
     """
     import tvm
     from filelock import FileLock
@@ -233,14 +237,17 @@ def compile_tvm(
         mod = import_onnx(onnx_path, input_shape, input_dtype)
         total = tuned = reused = 0
         tuning_seconds = 0.0
+        products = 0
         with tvm_target:
             mod = tvm.transform.Sequential(
-                [
-                    relax.transform.DecomposeOpsForInference(),
-                    relax.transform.CanonicalizeBindings(),
-                    relax.get_pipeline("zero"),
-                ]
+                [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings()]
             )(mod)
+            vnni = integer_kernels_apply(tvm_target)
+            if integer if integer is not None else vnni:
+                mod, products = integer_kernels(mod)
+                if products and vnni:  # MetaSchedule tensorizes the products with it
+                    register_vnni_intrinsic()
+            mod = relax.get_pipeline("zero")(mod)
             if cache_dir is not None:
                 work_dir = tuning_dir(cache_dir, target)
                 work_dir.mkdir(parents=True, exist_ok=True)
@@ -262,6 +269,7 @@ def compile_tvm(
     return CompiledArtifact(
         library=str(out_path), target=dict(target), input_shape=tuple(input_shape), input_dtype=input_dtype,
         tasks_total=total, tasks_tuned=tuned, tasks_reused=reused, tuning_seconds=tuning_seconds,
+        integer_products=products,
     )
 
 

@@ -107,6 +107,77 @@ def test_fp16_is_built_for_the_cpus_fp16_arithmetic_where_it_has_it(digits, trai
         assert _fp16_instructions(generic.library) == 0 and _fp16_instructions(native.library) > 10
 
 
+def _pointwise_convs(onnx_path) -> int:
+    """1x1 convolutions of one group in the ONNX graph, counted from the file, not from the rewrite."""
+    import onnx
+
+    count = 0
+    for node in onnx.load(str(onnx_path)).graph.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        count += node.op_type == "Conv" and list(attrs.get("kernel_shape", [])) == [1, 1] and attrs.get("group", 1) == 1
+    return count
+
+
+def _int8_onnx(precision, trained, digits, budget, path):
+    import copy
+
+    from search.stages.compress import quantization_aware_finetune
+
+    c = Candidate(precision=precision, budget=budget)
+    model = quantization_aware_finetune(copy.deepcopy(trained), c, digits) if precision == "int8-qat" else trained
+    return export_onnx(model, c, digits, path)
+
+
+def _agrees_with_onnxruntime(library, onnx_path, digits) -> None:
+    import tvm
+
+    vm, session, step = load_vm(library), ort_session(onnx_path), _output_step(onnx_path)
+    for i in range(5):
+        x = digits.x_test[i : i + 1]
+        ref = session.run(None, {"x": x})[0]
+        assert np.abs(vm["main"](tvm.runtime.tensor(x)).numpy() - ref).max() <= 1e-4 * (1 + np.abs(ref).max()) + step * 1.001
+    assert (predict_tvm(library, digits.x_test, "float32") == predict_onnx(session, digits.x_test, "float32")).mean() >= 0.99
+
+
+@pytest.mark.parametrize("precision", ["int8-ptq", "int8-qat"])
+def test_int8_pointwise_convolutions_become_integer_products(digits, trained, tiny_budget, tmp_path, precision):
+    """Every pointwise convolution of an int8 graph becomes a uint8 x int8 product with int32 accumulation, and the
+    library still computes what onnxruntime computes. Applied by default where the target's CPU has VNNI."""
+    import tvm
+
+    from hardware_targets.host import host_cpu
+    from search.stages.integer import integer_kernels_apply
+
+    onnx_path = _int8_onnx(precision, trained, digits, tiny_budget, tmp_path / "m.onnx")
+    art = compile_tvm(onnx_path, HOST, tmp_path / "m.so", (1, 1, 8, 8), "float32", integer=True)
+    assert art.integer_products == _pointwise_convs(onnx_path) > 0
+    _agrees_with_onnxruntime(art.library, onnx_path, digits)
+    if precision == "int8-qat":
+        return
+    assert compile_tvm(onnx_path, HOST, tmp_path / "g.so", (1, 1, 8, 8), "float32").integer_products == 0
+    tuned_target = tvm.target.Target(tuned_build_target(load_profile("host")))
+    assert integer_kernels_apply(tuned_target) == ("avx512_vnni" in host_cpu().flags)
+
+
+@pytest.mark.slow  # tunes every task; the rewrite itself runs by default (test above)
+def test_tuned_int8_products_use_vnni_where_the_cpu_has_it(digits, trained, tiny_budget, tmp_path):
+    """On a CPU with VNNI the tuned int8 library multiplies with ``vpdpbusd`` (MetaSchedule tensorizes the products
+    with TVM's VNNI intrinsic, re-registered for LLVM 22's operand types) and agrees with onnxruntime."""
+    import subprocess
+
+    from hardware_targets.host import host_cpu
+
+    if "avx512_vnni" not in host_cpu().flags:
+        pytest.skip("this CPU has no AVX512-VNNI")
+    onnx_path = _int8_onnx("int8-ptq", trained, digits, tiny_budget, tmp_path / "m.onnx")
+    art = compile_tvm(onnx_path, tuned_build_target(load_profile("host")), tmp_path / "m.so", (1, 1, 8, 8),
+                      "float32", trials_per_task=4, cache_dir=tmp_path / "tuning")
+    assert art.integer_products > 0 and art.tasks_tuned == art.tasks_total
+    code = subprocess.run(["objdump", "-d", art.library], capture_output=True, text=True, check=True).stdout
+    assert "vpdpbusd" in code
+    _agrees_with_onnxruntime(art.library, onnx_path, digits)
+
+
 def test_int8_sizes_count_weights_at_their_deployed_width(digits, trained, tiny_budget, tmp_path):
     """A QAT export keeps its weights in float before a QuantizeLinear; they ship as int8 like PTQ's."""
     import copy
