@@ -420,7 +420,8 @@ def _int8_against_fp32(row, spec, dataset, profile, build_target, runtime: str, 
                        tuning_cache: Path) -> dict:
     """An int8 model's speed against fp32 of the same shapes in the runtime that ships, both timed here, so that
     "int8" is not read as a speed-up it may not have (TVM computes QDQ graphs in float, except the pointwise
-    convolutions of a build for a CPU with VNNI; onnxruntime has integer kernels). The fp32 graph has untrained weights: its latency depends on its shapes alone."""
+    convolutions of a build for a CPU with VNNI; onnxruntime has integer kernels). The fp32 graph has untrained
+    weights: its latency depends on its shapes alone."""
     import tempfile
 
     from search.candidate import Candidate

@@ -108,9 +108,10 @@ def integer_pointwise(func, products):
         n, h, wd = int(x.shape[0]), int(x.shape[2]), int(x.shape[3])
         weights = w.reshape(o, c)
         packed = weights.reshape(o // LANES_OUT, LANES_OUT, c // LANES_IN, LANES_IN).transpose(0, 2, 1, 3)
-        rows = relax.op.reshape(relax.op.permute_dims(found[xq], [0, 2, 3, 1]), [n * h * wd, c])
-        kernel = products(n * h * wd, c, o)
-        acc = relax.call_tir(kernel, relax.Tuple([rows, relax.const(np.ascontiguousarray(packed))]), relax.TensorType((n * h * wd, o), "int32"))
+        pixels = n * h * wd
+        rows = relax.op.reshape(relax.op.permute_dims(found[xq], [0, 2, 3, 1]), [pixels, c])
+        acc = relax.call_tir(products(pixels, c, o), relax.Tuple([rows, relax.const(np.ascontiguousarray(packed))]),
+                             relax.TensorType((pixels, o), "int32"))
         zero = int(_value(found[zx]).reshape(-1)[0])
         if zero:  # (x - z) . w = x . w - z * sum(w), per output channel
             acc = relax.op.subtract(acc, relax.const((zero * weights.astype(np.int32).sum(1)).astype(np.int32)))

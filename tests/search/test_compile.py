@@ -135,8 +135,10 @@ def _agrees_with_onnxruntime(library, onnx_path, digits) -> None:
     for i in range(5):
         x = digits.x_test[i : i + 1]
         ref = session.run(None, {"x": x})[0]
-        assert np.abs(vm["main"](tvm.runtime.tensor(x)).numpy() - ref).max() <= 1e-4 * (1 + np.abs(ref).max()) + step * 1.001
-    assert (predict_tvm(library, digits.x_test, "float32") == predict_onnx(session, digits.x_test, "float32")).mean() >= 0.99
+        ours = vm["main"](tvm.runtime.tensor(x)).numpy()
+        assert np.abs(ours - ref).max() <= 1e-4 * (1 + np.abs(ref).max()) + step * 1.001
+    agree = predict_tvm(library, digits.x_test, "float32") == predict_onnx(session, digits.x_test, "float32")
+    assert agree.mean() >= 0.99
 
 
 @pytest.mark.parametrize("precision", ["int8-ptq", "int8-qat"])
