@@ -18,10 +18,14 @@ LANES_OUT, LANES_IN = 16, 4  # VNNI's 512-bit dot product: 16 int32 sums, each o
 
 
 def integer_kernels_apply(target: Any) -> bool:
-    """True where the TVM target's CPU has VNNI, the instruction the rewritten products are tuned for."""
+    """True where the TVM target's CPU has VNNI, the instruction the rewritten products are tuned for: an x86
+    target that names its CPU. LLVM is asked only then (asked of a triple it does not know, it aborts)."""
     from tvm.target import codegen
 
-    return target.kind.name == "llvm" and bool(codegen.target_has_features(VNNI_FEATURE, target))
+    if target.kind.name != "llvm" or not target.attrs.get("mcpu"):
+        return False
+    triple = str(target.attrs.get("mtriple") or codegen.llvm_get_system_triple())
+    return triple.startswith(("x86_64", "i686", "i386")) and bool(codegen.target_has_features(VNNI_FEATURE, target))
 
 
 def register_vnni_intrinsic() -> None:

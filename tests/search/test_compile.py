@@ -161,6 +161,23 @@ def test_int8_pointwise_convolutions_become_integer_products(digits, trained, ti
     assert integer_kernels_apply(tuned_target) == ("avx512_vnni" in host_cpu().flags)
 
 
+def test_integer_kernels_apply_to_x86_cpus_with_vnni_only():
+    """Read from LLVM's features of the named CPU; a generic, Arm or unknown target is never asked (LLVM aborts on a
+    triple it does not know, which killed the worker of a search on a misconfigured board)."""
+    import tvm
+
+    from search.stages.integer import integer_kernels_apply
+
+    def applies(target):
+        return integer_kernels_apply(tvm.target.Target(target))
+
+    assert applies({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "cascadelake"})  # AVX512-VNNI
+    assert not applies({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx512"})  # AVX-512, no VNNI
+    assert not applies({"kind": "llvm", "mtriple": "x86_64-linux-gnu"})
+    assert not applies({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"})
+    assert not applies({"kind": "llvm", "mtriple": "no-such-arch-xyz", "mcpu": "cascadelake"})
+
+
 @pytest.mark.slow  # tunes every task; the rewrite itself runs by default (test above)
 def test_tuned_int8_products_use_vnni_where_the_cpu_has_it(digits, trained, tiny_budget, tmp_path):
     """On a CPU with VNNI the tuned int8 library multiplies with ``vpdpbusd`` (MetaSchedule tensorizes the products
