@@ -45,6 +45,7 @@ class Plan:
     tuning_trials: int  # figure 3 (per built-in model) and figure 4 (per candidate)
     mobilenet_tuning_trials: int
     mobilenet_trials_per_task: tuple[int, ...]  # figure 3: the shipping stage's per-task budgets, detected target
+    mobilenet_int8_trials_per_task: tuple[int, ...]  # figure 3: the same for MobileNet int8 (integer kernels on VNNI)
     timing_repeats: int
     reuse_trials: int  # figure 4, per search
     quality_trials: int  # figure 5, per search
@@ -56,12 +57,14 @@ class Plan:
 
 
 QUICK = Plan(search_trials=4, search_default_budget=False, search_repeats=1, runtime_widths=(0.5, 1.0), tuned_precisions=("fp32",), tuned_widths=(1.0,),
-             tuning_trials=10, mobilenet_tuning_trials=22, mobilenet_trials_per_task=(1, 4), timing_repeats=10, reuse_trials=2, quality_trials=12,
+             tuning_trials=10, mobilenet_tuning_trials=22, mobilenet_trials_per_task=(1, 4),
+             mobilenet_int8_trials_per_task=(1,), timing_repeats=10, reuse_trials=2, quality_trials=12,
              quality_seeds=(0, 1), calibration_candidates=9, guide_datasets=("digits",),
              guide_seeds=(0,), cluster_trials=4)
 FULL = Plan(search_trials=24, search_default_budget=True, search_repeats=2, runtime_widths=(0.5, 1.0, 2.0),
             tuned_precisions=("fp32", "int8-ptq", "int8-qat"), tuned_widths=(0.5, 1.0, 2.0), tuning_trials=40, mobilenet_tuning_trials=132,
-            mobilenet_trials_per_task=(1, 4, 16), timing_repeats=30, reuse_trials=4, quality_trials=24, quality_seeds=(0, 1, 2, 3, 4), calibration_candidates=18,
+            mobilenet_trials_per_task=(1, 4, 16),
+            mobilenet_int8_trials_per_task=(1, 4), timing_repeats=30, reuse_trials=4, quality_trials=24, quality_seeds=(0, 1, 2, 3, 4), calibration_candidates=18,
             guide_datasets=("digits", "mnist1d"), guide_seeds=(0, 1, 2), cluster_trials=8)
 
 SAMPLERS = ("nsga2", "tpe", "random")
@@ -239,6 +242,7 @@ def runtime_figures(tmp: Path, plan: Plan) -> dict:
     tuned, art = timed(mobilenet, "fp32", (1, 3, 96, 96), "float32", x, "mobilenet", plan.mobilenet_tuning_trials)
     ort = time_onnxruntime(ort_session(mobilenet, 1), x, plan.timing_repeats)["ort_latency_ms_median"].value
     staged = _staged_tuning(mobilenet, x, host, backend, tmp, plan, untuned, ort)
+    staged["int8"] = _int8_staged(mobilenet, x, host, backend, tmp, plan, staged, ort)
     ratios = {}
     for precision in ("fp32", "fp16", "int8-ptq", "int8-qat"):
         rows = [m for m in models if m["precision"] == precision]
@@ -274,7 +278,8 @@ def _staged_tuning(onnx_path: Path, x, host, backend, tmp: Path, plan: Plan, unt
                           trials_per_task=trials, cache_dir=tmp / f"tuning-pt{trials}")
         ms = backend.measure(art, onnx_path, "fp32", x, plan.timing_repeats)["latency_ms_median"].value
         per_task[str(trials)] = {"tvm_tuned_ms": ms, "tuned_over_onnxruntime": ms / ort_ms,
-                                 "tuning_seconds": art.tuning_seconds, "tasks": art.tasks_total}
+                                 "tuning_seconds": art.tuning_seconds, "tasks": art.tasks_total,
+                                 "tasks_tuned": art.tasks_tuned}
     shipped = min([untuned_ms, ort_ms] + [v["tvm_tuned_ms"] for v in per_task.values()])
     macs = sum(op.macs for op in op_costs(onnx_path))
     limit_ms = macs / (host.peak_macs_per_cycle["fp32"] * host.clock_mhz * 1e6) * 1e3
@@ -282,6 +287,49 @@ def _staged_tuning(onnx_path: Path, x, host, backend, tmp: Path, plan: Plan, unt
             "macs": macs, "fp32_limit_ms": limit_ms, "shipped_over_limit": shipped / limit_ms,
             "limit_from": {"fp32_macs_per_cycle": host.peak_macs_per_cycle["fp32"], "clock_mhz": host.clock_mhz,
                            "threads": 1}}
+
+
+def _int8_staged(fp32_path: Path, x, host, backend, tmp: Path, plan: Plan, fp32: dict, fp32_ort: float) -> dict:
+    """MobileNet int8 as the search quantizes it (PTQ, QDQ), through the same shipping stage as fp32: is int8 faster
+    than fp32 in each runtime, at the same per-task budgets? On a CPU with VNNI the tuned build computes pointwise
+    convolutions in integers; the largest budget is also tuned with float QDQ, to show what that rewrite buys."""
+    from hardware_targets.backends.local import time_onnxruntime
+    from search.pipeline import tuned_build_target
+    from search.stages.compile import compile_tvm, load_vm
+    from search.stages.export import ort_session, quantize_ptq
+    from search.stages.integer import integer_kernels_apply
+
+    import tvm
+
+    calibration = np.random.default_rng(1).standard_normal((8, *x.shape[1:])).astype(np.float32)
+    path = quantize_ptq(fp32_path, tmp / "mobilenet-int8-ptq.onnx", calibration)
+    session = ort_session(path, 1)
+    ort_ms = time_onnxruntime(session, x, plan.timing_repeats)["ort_latency_ms_median"].value
+    reference = session.run(None, {"x": x})[0]
+    target = tuned_build_target(host)
+    integer = integer_kernels_apply(tvm.target.Target(target))
+    builds = [(t, None) for t in plan.mobilenet_int8_trials_per_task]
+    if integer and builds:
+        builds.append((builds[-1][0], False))
+    per_task, float_qdq = {}, {}
+    for trials, force in builds:
+        kind = "float QDQ" if force is False else ("integer kernels" if integer else "float QDQ")
+        _say(f"  MobileNetV1-0.25 int8, {trials} trial(s) per task for {target.get('mcpu')} ({kind})")
+        label = f"int8-pt{trials}{'-float' if force is False else ''}"
+        art = compile_tvm(path, target, tmp / f"mobilenet-{label}.so", (1, 3, 96, 96), "float32",
+                          trials_per_task=trials, cache_dir=tmp / f"tuning-{label}", integer=force)
+        ms = backend.measure(art, path, "int8-ptq", x, plan.timing_repeats)["latency_ms_median"].value
+        out = load_vm(art.library)["main"](tvm.runtime.tensor(x)).numpy()
+        row = {"tvm_tuned_ms": ms, "tuned_over_onnxruntime_int8": ms / ort_ms, "tuning_seconds": art.tuning_seconds,
+               "tasks": art.tasks_total, "tasks_tuned": art.tasks_tuned, "integer_products": art.integer_products,
+               "max_abs_diff_vs_onnxruntime": float(np.abs(out - reference).max())}
+        if str(trials) in fp32["per_task"]:
+            row["over_fp32_tuned"] = ms / fp32["per_task"][str(trials)]["tvm_tuned_ms"]
+        (float_qdq if force is False else per_task)[str(trials)] = row
+    shipped = min([ort_ms] + [v["tvm_tuned_ms"] for v in per_task.values()])
+    return {"integer_kernels": integer, "onnxruntime_ms": ort_ms, "onnxruntime_int8_over_fp32": ort_ms / fp32_ort,
+            "per_task": per_task, "float_qdq": float_qdq, "shipped_ms": shipped,
+            "shipped_over_fp32_shipped": shipped / fp32["shipped_ms"]}
 
 
 # Figure 4 ------------------------------------------------------------------------------------------------------
@@ -788,6 +836,33 @@ def _points(row: dict) -> str:
     return f"{row['accuracy_points']:+.1f} points ({spread['min']:+.1f} to {spread['max']:+.1f})"
 
 
+def _tasks(row: dict) -> str:
+    """Tasks with a tuned schedule of all tasks (older results: all tasks)."""
+    return f"{row['tasks_tuned']}/{row['tasks']}" if "tasks_tuned" in row else str(row["tasks"])
+
+
+def _int8_lines(q: dict | None) -> list[str]:
+    """Figure 3's int8 rows: int8 against fp32 in each runtime, and what the integer kernels buy over float QDQ."""
+    if not q:
+        return []
+    kernels = "integer kernels (VNNI)" if q["integer_kernels"] else "float QDQ (no VNNI on this CPU)"
+    lines = ["MobileNetV1-0.25 int8 (onnxruntime PTQ, QDQ, uint8 activations, 7-bit weights, as the search makes "
+             "it), through the same stage; each build from fresh records (medians):", "",
+             "| trials per task | TVM build | tasks tuned | tuning s | tuned TVM ms | / fp32 tuned TVM, same budget | "
+             "/ ORT int8 | integer products | max diff vs ORT |", "|---|---|---|---|---|---|---|---|---|"]
+    for rows, build in ((q["per_task"], kernels), (q["float_qdq"], "float QDQ")):
+        for trials, v in rows.items():
+            fp32 = f"{v['over_fp32_tuned']:.2f}" if "over_fp32_tuned" in v else "-"
+            lines.append(f"| {trials} | {build} | {_tasks(v)} | {v['tuning_seconds']:.0f} | {v['tvm_tuned_ms']:.3f} | "
+                         f"{fp32} | {v['tuned_over_onnxruntime_int8']:.2f} | {v['integer_products']} | "
+                         f"{v['max_abs_diff_vs_onnxruntime']:.2g} |")
+    verdict = "faster" if q["shipped_over_fp32_shipped"] < 1 else "not faster"
+    return lines + ["", f"onnxruntime int8 {q['onnxruntime_ms']:.3f} ms, {q['onnxruntime_int8_over_fp32']:.2f}x its "
+                    f"fp32. What would ship for int8 (the faster of tuned TVM and onnxruntime): {q['shipped_ms']:.3f} "
+                    f"ms, {q['shipped_over_fp32_shipped']:.2f}x what ships for fp32: on this CPU int8 is {verdict} "
+                    "than fp32 on this workload.", ""]
+
+
 def report_markdown(results: dict) -> str:
     m = results["machine"]
     failed = {k: v["failed"] for k, v in results.items() if isinstance(v, dict) and "failed" in v}
@@ -840,9 +915,9 @@ def report_markdown(results: dict) -> str:
         if st:
             lines += [f"The shipping stage on the same workload, tuned for `{st['target'].get('mcpu')}` (detected) with a "
                       "per-task budget, each from fresh records (medians; below 1: faster than onnxruntime):", "",
-                      "| trials per task | tasks | tuning s | tuned TVM ms | tuned TVM / ORT |", "|---|---|---|---|---|"]
+                      "| trials per task | tasks tuned | tuning s | tuned TVM ms | tuned TVM / ORT |", "|---|---|---|---|---|"]
             for trials, v in st["per_task"].items():
-                lines.append(f"| {trials} | {v['tasks']} | {v['tuning_seconds']:.0f} | {v['tvm_tuned_ms']:.3f} | "
+                lines.append(f"| {trials} | {_tasks(v)} | {v['tuning_seconds']:.0f} | {v['tvm_tuned_ms']:.3f} | "
                              f"{v['tuned_over_onnxruntime']:.2f} |")
             lim = st["limit_from"]
             lines += ["", f"What would ship (the fastest of the above, untuned TVM and onnxruntime): {st['shipped_ms']:.3f} "
@@ -850,6 +925,7 @@ def report_markdown(results: dict) -> str:
                       f"CPU's fp32 compute limit ({st['macs'] / 1e6:.2f} M MACs / ({lim['threads']} thread x "
                       f"{lim['fp32_macs_per_cycle']:g} MACs per cycle x {lim['clock_mhz']:g} MHz) = "
                       f"{st['fp32_limit_ms']:.3f} ms).", ""]
+            lines += _int8_lines(st.get("int8"))
         lines += _slower_because(r)
         lines += ["![latency ratios](latency_ratios.png)", ""] if "latency_ratios.png" in results["plots"] else []
     u = results.get("reuse")

@@ -23,10 +23,12 @@ from typing import Any
 from search.errors import CandidateError
 from search.stages.integer import integer_kernels, integer_kernels_apply, register_vnni_intrinsic
 
+TENSOR_INTRIN = "tvm.s_tir.tensor_intrin"
 TRIALS_PER_ROUND = 32  # MetaSchedule pays a fixed builder cost per round; keep rounds full
 # MetaSchedule's default evolves 512 schedules per round, several seconds on 2 cores for rounds of a few
 # dozen trials on these small kernels; 128 keeps the cost model's pick without most of that time.
 POPULATION = 128
+RETRY_ROUNDS = 2  # per-task tuning: more rounds for a task whose every sample failed to build
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,12 @@ def open_database(work_dir: Path):
     try:
         return ms.database.JSONDatabase(work_dir=str(work_dir))
     except Exception as exc:
+        if "TensorIntrin" in str(exc):  # a tensorized record, read in a process that has not registered them yet
+            register_tensor_intrinsics()
+            try:
+                return ms.database.JSONDatabase(work_dir=str(work_dir))
+            except Exception as again:
+                exc = again
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for name in ("database_workload.json", "database_tuning_record.json"):
             path = Path(work_dir) / name
@@ -141,7 +149,13 @@ def build_kernel(mod, target, _params):
     return build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
 
 
-TENSOR_INTRIN = "tvm.s_tir.tensor_intrin"
+def register_tensor_intrinsics() -> None:
+    """TVM's tensor intrinsics, with VNNI's mended: a record whose schedule tensorizes names its intrinsic, and a
+    database holding one cannot be read, nor its schedule applied correctly, without them."""
+    module = sys.modules.get(TENSOR_INTRIN)
+    if module is not None and not hasattr(module, "__path__"):  # the stand-in of ``_without_tensor_intrinsics``
+        del sys.modules[TENSOR_INTRIN]
+    register_vnni_intrinsic()
 
 
 def generic_cpu(target: dict[str, Any]) -> bool:
@@ -178,31 +192,38 @@ def _drop_unnamed_handlers(logger: logging.Logger) -> None:
 
 
 def _tune(mod, target, work_dir: Path, trials: int, seed: int, trials_per_task: int = 0) -> tuple[int, int, int]:
-    """Tune the tasks that have no record yet; returns (total, tuned, reused).
+    """Tune the tasks that have no record yet; returns (total, tuned, reused), tuned counting the tasks that now
+    have a schedule.
 
     ``trials_per_task`` gives every new task that many trials (MetaSchedule's task scheduler otherwise hands whole
     rounds to the first tasks, and a small global budget never reaches the rest); else ``trials`` are spread over
-    the new tasks."""
+    the new tasks. With a per-task budget, a task whose every sample failed to build (some tensorized samples do,
+    see NOTES.md) gets up to ``RETRY_ROUNDS`` more rounds: left without a record it would run TVM's naive loops."""
     from tvm.s_tir import meta_schedule as ms
 
     tasks = ms.relax_integration.extract_tasks(mod, target)
     database = open_database(work_dir)
     fresh = [t for t in tasks if not _has_record(database, t)]
-    if fresh and (trials > 0 or trials_per_task > 0):
-        _drop_unnamed_handlers(logging.getLogger("tvm.s_tir.meta_schedule"))
+    if not fresh or (trials <= 0 and trials_per_task <= 0):
+        return len(tasks), 0, len(tasks) - len(fresh)
+    _drop_unnamed_handlers(logging.getLogger("tvm.s_tir.meta_schedule"))
+    per_task = trials_per_task or max(1, min(TRIALS_PER_ROUND, trials // len(fresh)))
+    todo = fresh
+    for attempt in range(1 + (RETRY_ROUNDS if trials_per_task else 0)):
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            fresh, work_dir=str(work_dir), seed=seed,
+            todo, work_dir=str(work_dir), seed=seed + attempt,
             strategy=ms.search_strategy.EvolutionarySearch(population_size=POPULATION),
         )
-        per_task = trials_per_task or max(1, min(TRIALS_PER_ROUND, trials // len(fresh)))
         ms.tune.tune_tasks(
             tasks=contexts, task_weights=weights, work_dir=str(work_dir),
-            max_trials_global=per_task * len(fresh) if trials_per_task else trials,
+            max_trials_global=per_task * len(todo) if trials_per_task else trials,
             max_trials_per_task=per_task, num_trials_per_iter=min(per_task, TRIALS_PER_ROUND), database=database,
             builder=ms.builder.LocalBuilder(f_build=build_kernel),
         )
-    tuned = len(fresh) if (trials > 0 or trials_per_task > 0) else 0
-    return len(tasks), tuned, len(tasks) - len(fresh)
+        todo = [t for t in todo if not _has_record(database, t)]
+        if not todo:
+            break
+    return len(tasks), len(fresh) - len(todo), len(tasks) - len(fresh)
 
 
 def compile_tvm(

@@ -57,7 +57,11 @@ class _CalibrationReader(CalibrationDataReader):
 def _quantize_ptq(fp32_path: Path, out_path: Path, dataset: Dataset, samples: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     n = min(max(1, samples), len(dataset.x_train))
-    calibration = dataset.x_train[rng.choice(len(dataset.x_train), n, replace=False)]
+    quantize_ptq(fp32_path, out_path, dataset.x_train[rng.choice(len(dataset.x_train), n, replace=False)])
+
+
+def quantize_ptq(fp32_path: Path, out_path: Path, calibration: np.ndarray) -> Path:
+    """The int8-ptq graph of an fp32 ONNX file, calibrated on ``calibration`` (samples without a batch axis)."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # onnxruntime logs a pre-processing hint on the root logger
@@ -72,6 +76,7 @@ def _quantize_ptq(fp32_path: Path, out_path: Path, dataset: Dataset, samples: in
         )
     finally:
         root.setLevel(level)
+    return Path(out_path)
 
 
 def export_onnx(model: nn.Module, candidate: Candidate, dataset: Dataset, path: Path) -> Path:

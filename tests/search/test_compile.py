@@ -183,6 +183,7 @@ def test_tuned_int8_products_use_vnni_where_the_cpu_has_it(digits, trained, tiny
     """On a CPU with VNNI the tuned int8 library multiplies with ``vpdpbusd`` (MetaSchedule tensorizes the products
     with TVM's VNNI intrinsic, re-registered for LLVM 22's operand types) and agrees with onnxruntime."""
     import subprocess
+    import sys
 
     from hardware_targets.host import host_cpu
 
@@ -191,10 +192,29 @@ def test_tuned_int8_products_use_vnni_where_the_cpu_has_it(digits, trained, tiny
     onnx_path = _int8_onnx("int8-ptq", trained, digits, tiny_budget, tmp_path / "m.onnx")
     art = compile_tvm(onnx_path, tuned_build_target(load_profile("host")), tmp_path / "m.so", (1, 1, 8, 8),
                       "float32", trials_per_task=4, cache_dir=tmp_path / "tuning")
-    assert art.integer_products > 0 and art.tasks_tuned == art.tasks_total
+    assert art.integer_products > 0 and art.tasks_tuned == art.tasks_total  # failed builds were retried
     code = subprocess.run(["objdump", "-d", art.library], capture_output=True, text=True, check=True).stdout
     assert "vpdpbusd" in code
     _agrees_with_onnxruntime(art.library, onnx_path, digits)
+    # The records name VNNI's intrinsic; a fresh worker that compiles fp32 for the same target reads them (before,
+    # it could not parse them without the intrinsics registered, and moved the whole database aside as corrupt).
+    fp32 = export_onnx(trained, Candidate(budget=tiny_budget), digits, tmp_path / "f.onnx")
+    run = subprocess.run([sys.executable, "-c", COMPILE_IN_A_FRESH_PROCESS, str(fp32), json.dumps(art.target),
+                          str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert not list((tmp_path / "tuning").rglob("*.corrupt-*")), run.stderr[-2000:]
+    reused = compile_tvm(onnx_path, art.target, tmp_path / "again.so", (1, 1, 8, 8), "float32",
+                         cache_dir=tmp_path / "tuning")
+    assert reused.tasks_reused == art.tasks_total
+
+
+COMPILE_IN_A_FRESH_PROCESS = """
+import json, sys
+from pathlib import Path
+from search.stages.compile import compile_tvm
+onnx, target, tmp = Path(sys.argv[1]), json.loads(sys.argv[2]), Path(sys.argv[3])
+compile_tvm(onnx, target, tmp / "fresh.so", (1, 1, 8, 8), "float32", cache_dir=tmp / "tuning")
+"""
 
 
 def test_int8_sizes_count_weights_at_their_deployed_width(digits, trained, tiny_budget, tmp_path):
