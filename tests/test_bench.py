@@ -100,3 +100,18 @@ def test_a_guide_row_over_seeds_reports_medians_and_the_accuracy_range():
     assert row["runtime"] == "onnxruntime (2 of 3) / tvm (1 of 3)"
     assert bench._points(row) == "-4.0 points (-6.0 to -2.0)"
     assert bench._points(bench._over_seeds(runs[:1])) == "-4.0 points"
+
+
+def test_the_int8_rows_say_plainly_whether_int8_pays():
+    """Figure 3's int8 verdict compares what would ship for int8 with what ships for fp32, not TVM's two builds."""
+    bench = _bench()
+    row = {"tvm_tuned_ms": 0.93, "tuned_over_onnxruntime_int8": 1.15, "tuning_seconds": 422.0, "tasks": 49,
+           "tasks_tuned": 48, "integer_products": 13, "max_abs_diff_vs_onnxruntime": 0.0, "over_fp32_tuned": 0.94}
+    int8 = {"integer_kernels": True, "onnxruntime_ms": 0.81, "onnxruntime_int8_over_fp32": 4.6, "per_task": {"4": row},
+            "float_qdq": {"4": {**row, "integer_products": 0}}, "shipped_ms": 0.81, "shipped_over_fp32_shipped": 4.6}
+    text = "\n".join(bench._int8_lines(int8))
+    assert "| 4 | integer kernels (VNNI) | 48/49 |" in text and "| 4 | float QDQ |" in text
+    assert "int8 is not faster than fp32" in text
+    text = "\n".join(bench._int8_lines({**int8, "per_task": {}, "float_qdq": {}, "shipped_over_fp32_shipped": 0.8}))
+    assert "not tuned in this plan" in text and "int8 is faster than fp32" in text
+    assert bench._int8_lines(None) == []
