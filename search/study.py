@@ -306,7 +306,7 @@ def record_screened(study: optuna.Study, trial: optuna.Trial, spec: SearchSpec, 
     trial.set_user_attr("candidate_key", candidate.key())
     trial.set_user_attr("stopped", "screened")
     trial.set_user_attr("screened_out", screening["reason"] + note)
-    for name in ("latency_ms_median", "latency_ms_p90"):  # what ruled it out: measured, emulated or estimated
+    for name in ("latency_ms_median", "latency_ms_p90"):  # its timing: measured, emulated or estimated
         if name in metrics:
             trial.set_user_attr("provenance", metrics[name][2])
             break
