@@ -313,7 +313,7 @@ def _int8_staged(fp32_path: Path, x, host, backend, tmp: Path, plan: Plan, fp32:
         builds.append((builds[-1][0], False))
     per_task, float_qdq = {}, {}
     for trials, force in builds:
-        kind = "float QDQ" if force is False else ("integer kernels" if integer else "float QDQ")
+        kind = "integer kernels" if integer and force is None else "float QDQ"
         _say(f"  MobileNetV1-0.25 int8, {trials} trial(s) per task for {target.get('mcpu')} ({kind})")
         label = f"int8-pt{trials}{'-float' if force is False else ''}"
         art = compile_tvm(path, target, tmp / f"mobilenet-{label}.so", (1, 3, 96, 96), "float32",
@@ -846,20 +846,19 @@ def _int8_lines(q: dict | None) -> list[str]:
     if not q:
         return []
     kernels = "integer kernels (VNNI)" if q["integer_kernels"] else "float QDQ (no VNNI on this CPU)"
-    lines = []
-    if q["per_task"]:
-        lines += ["MobileNetV1-0.25 int8 (onnxruntime PTQ, QDQ, uint8 activations, 7-bit weights, as the search "
-                  "makes it), through the same stage; each build from fresh records (medians):", "",
-                  "| trials per task | TVM build | tasks tuned | tuning s | tuned TVM ms | / fp32 tuned TVM, same budget "
-                  "| / ORT int8 | integer products | max diff vs ORT |", "|---|---|---|---|---|---|---|---|---|"]
-    for rows, build in ((q["per_task"], kernels), (q["float_qdq"], "float QDQ")):
-        for trials, v in rows.items():
-            fp32 = f"{v['over_fp32_tuned']:.2f}" if "over_fp32_tuned" in v else "-"
-            lines.append(f"| {trials} | {build} | {_tasks(v)} | {v['tuning_seconds']:.0f} | {v['tvm_tuned_ms']:.3f} | "
-                         f"{fp32} | {v['tuned_over_onnxruntime_int8']:.2f} | {v['integer_products']} | "
-                         f"{v['max_abs_diff_vs_onnxruntime']:.2g} |")
     if not q["per_task"]:
-        lines.append("MobileNetV1-0.25 int8 (onnxruntime PTQ, QDQ, as the search makes it): not tuned in this plan.")
+        lines = ["MobileNetV1-0.25 int8 (onnxruntime PTQ, QDQ, as the search makes it): not tuned in this plan."]
+    else:
+        lines = ["MobileNetV1-0.25 int8 (onnxruntime PTQ, QDQ, uint8 activations, 7-bit weights, as the search "
+                 "makes it), through the same stage; each build from fresh records (medians):", "",
+                 "| trials per task | TVM build | tasks tuned | tuning s | tuned TVM ms | / fp32 tuned TVM, same budget "
+                 "| / ORT int8 | integer products | max diff vs ORT |", "|---|---|---|---|---|---|---|---|---|"]
+        for rows, build in ((q["per_task"], kernels), (q["float_qdq"], "float QDQ")):
+            for trials, v in rows.items():
+                fp32 = f"{v['over_fp32_tuned']:.2f}" if "over_fp32_tuned" in v else "-"
+                lines.append(f"| {trials} | {build} | {_tasks(v)} | {v['tuning_seconds']:.0f} | "
+                             f"{v['tvm_tuned_ms']:.3f} | {fp32} | {v['tuned_over_onnxruntime_int8']:.2f} | "
+                             f"{v['integer_products']} | {v['max_abs_diff_vs_onnxruntime']:.2g} |")
     verdict = "faster" if q["shipped_over_fp32_shipped"] < 1 else "not faster"
     return lines + ["", f"onnxruntime int8 {q['onnxruntime_ms']:.3f} ms, {q['onnxruntime_int8_over_fp32']:.2f}x its "
                     f"fp32. What would ship for int8 (the faster of tuned TVM and onnxruntime): {q['shipped_ms']:.3f} "
