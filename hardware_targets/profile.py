@@ -73,9 +73,9 @@ class TargetProfile:
         """Why pruning in ``mode`` cannot pay on the device, or None when it can. Zeroed weights in dense
         kernels and dense storage cost the same time, bytes and energy as the weights they replace."""
         if mode == "unstructured" and not self.unstructured_sparsity_speedup:
-            return ("kernels that do not skip zero weights and dense weight storage (unstructured_sparsity_speedup "
-                    "is not set in its profile): unstructured sparsity lowers no latency, size or energy there, "
-                    "only accuracy")
+            return ("kernels that do not skip zero weights and hold weights dense (unstructured_sparsity_speedup "
+                    "is not set in its profile): unstructured sparsity lowers no latency, memory or energy there, "
+                    "only accuracy (and the size of the model file gzip-compressed)")
         return None
 
     def arithmetic_reason(self, precision: str, cpu=None) -> str | None:

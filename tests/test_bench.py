@@ -84,9 +84,9 @@ def test_a_guide_row_over_seeds_reports_medians_and_the_accuracy_range():
 
     def seed(acc_base, acc, p90, runtime):
         base = {"label": "fp32 full width", "runtime": "onnxruntime", "latency_ms_p90": 0.010, "size_bytes": 4000,
-                "accuracy_test": acc_base, "per_runtime_ms": {"tvm": 0.012, "onnxruntime": 0.010}}
+                "gzip_bytes": 3600, "accuracy_test": acc_base, "per_runtime_ms": {"tvm": 0.012, "onnxruntime": 0.010}}
         row = {"label": "90% unstructured pruning", "runtime": runtime, "latency_ms_p90": p90, "size_bytes": 4000,
-               "accuracy_test": acc, "per_runtime_ms": {"tvm": 0.012, "onnxruntime": p90}}
+               "gzip_bytes": 900, "accuracy_test": acc, "per_runtime_ms": {"tvm": 0.012, "onnxruntime": p90}}
         return bench._against_first_row([base, row])[1]
 
     # accuracy points by hand: -4.0, -6.0, -2.0; faster: 1.0, 2.0, 0.5
@@ -96,6 +96,7 @@ def test_a_guide_row_over_seeds_reports_medians_and_the_accuracy_range():
     assert row["accuracy_points"] == pytest.approx(-4.0)
     assert (row["accuracy_points_spread"]["min"], row["accuracy_points_spread"]["max"]) == pytest.approx((-6.0, -2.0))
     assert row["faster_x"] == pytest.approx(1.0) and row["smaller_x"] == pytest.approx(1.0)
+    assert row["smaller_gzip_x"] == pytest.approx(4.0)  # 3600 / 900
     assert row["faster_x_per_runtime"]["onnxruntime"] == pytest.approx(1.0)
     assert row["runtime"] == "onnxruntime (2 of 3) / tvm (1 of 3)"
     assert bench._points(row) == "-4.0 points (-6.0 to -2.0)"

@@ -191,7 +191,8 @@ def _drop_unnamed_handlers(logger: logging.Logger) -> None:
             logger.removeHandler(handler)
 
 
-def _tune(mod, target, work_dir: Path, trials: int, seed: int, trials_per_task: int = 0) -> tuple[int, int, int]:
+def _tune(mod, target, database, work_dir: Path, trials: int, seed: int,
+          trials_per_task: int = 0) -> tuple[int, int, int]:
     """Tune the tasks that have no record yet; returns (total, tuned, reused), tuned counting the tasks that now
     have a schedule.
 
@@ -202,7 +203,6 @@ def _tune(mod, target, work_dir: Path, trials: int, seed: int, trials_per_task: 
     from tvm.s_tir import meta_schedule as ms
 
     tasks = ms.relax_integration.extract_tasks(mod, target)
-    database = open_database(work_dir)
     fresh = [t for t in tasks if not _has_record(database, t)]
     if not fresh or (trials <= 0 and trials_per_task <= 0):
         return len(tasks), 0, len(tasks) - len(fresh)
@@ -267,7 +267,7 @@ def compile_tvm(
             if integer if integer is not None else vnni:
                 mod, products = integer_kernels(mod)
                 if products and vnni:  # MetaSchedule tensorizes the products with it
-                    register_vnni_intrinsic()
+                    register_tensor_intrinsics()
             mod = relax.get_pipeline("zero")(mod)
             if cache_dir is not None:
                 work_dir = tuning_dir(cache_dir, target)
@@ -275,10 +275,12 @@ def compile_tvm(
                 with FileLock(str(work_dir / ".lock")):
                     started = time.perf_counter()  # after the lock: waiting for another worker is not tuning
                     with _without_tensor_intrinsics(target):
-                        total, tuned, reused = _tune(mod, tvm_target, work_dir, tuning_trials, seed,
+                        database = open_database(work_dir)
+                        total, tuned, reused = _tune(mod, tvm_target, database, work_dir, tuning_trials, seed,
                                                      trials_per_task)
                     tuning_seconds = time.perf_counter() - started
-                    mod = relax.transform.MetaScheduleApplyDatabase(str(work_dir))(mod)
+                    with database:  # the records just read and tuned, not the files read again
+                        mod = relax.transform.MetaScheduleApplyDatabase()(mod)
         executable = tvm.compile(mod, tvm_target)
         out_path = Path(out_path)
         out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -95,12 +95,64 @@ def export_onnx(model: nn.Module, candidate: Candidate, dataset: Dataset, path: 
                 _quantize_ptq(fp32, path, dataset, candidate.budget.calibration_samples, candidate.seed)
         else:  # fp32, and int8-qat whose model already carries its fake-quant modules
             _torch_export(model, example, path)
+            if candidate.precision == "int8-qat":
+                store_quantized_weights(path)
         check_onnx(path, dataset.x_train[:1].astype(input_dtype(candidate.precision)))
     except CandidateError:
         raise
     except Exception as exc:
         raise CandidateError("export", f"{type(exc).__name__}: {exc}") from exc
     return path
+
+
+def store_quantized_weights(path: Path) -> int:
+    """Store each weight that a QAT export quantizes in the graph (float weight -> QuantizeLinear) as the integers
+    that QuantizeLinear computes, and drop the node; returns how many were stored.
+
+    torch exports a fake-quantized weight as float, so the file was as large as fp32 although every runtime
+    uses only the integers. The arithmetic is ONNX's QuantizeLinear: divide by the scale, round half to even, add the
+    zero point, saturate; the graph's outputs do not change (the export test compares them in onnxruntime)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    initializers = {i.name: i for i in graph.initializer}
+    aliases = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Identity"}
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+
+    def constant(name: str) -> np.ndarray | None:
+        while name in aliases:
+            name = aliases[name]
+        return numpy_helper.to_array(initializers[name]) if name in initializers else None
+
+    stored = []
+    for node in graph.node:
+        if node.op_type != "QuantizeLinear" or node.input[0] not in initializers or uses[node.input[0]] != 1:
+            continue
+        weight, scale = numpy_helper.to_array(initializers[node.input[0]]), constant(node.input[1])
+        zero_point = constant(node.input[2]) if len(node.input) > 2 and node.input[2] else np.uint8(0)
+        if weight.dtype != np.float32 or scale is None or zero_point is None:
+            continue
+        axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 1)
+        shape = [1] * weight.ndim
+        if scale.size > 1:  # per channel along ``axis``
+            shape[axis % weight.ndim] = scale.size
+        limits = np.iinfo(zero_point.dtype)
+        q = np.rint(weight / scale.astype(np.float32).reshape(shape)) + zero_point.astype(np.float32).reshape(
+            shape if zero_point.size > 1 else [1] * weight.ndim)
+        stored.append((node, numpy_helper.from_array(np.clip(q, limits.min, limits.max).astype(zero_point.dtype),
+                                                     node.output[0])))
+    for node, integers in stored:
+        graph.node.remove(node)
+        graph.initializer.remove(initializers[node.input[0]])
+        graph.initializer.append(integers)
+    if stored:
+        onnx.save(model, str(path))
+    return len(stored)
 
 
 def ort_session(path: Path, threads: int = 1):

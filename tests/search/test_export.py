@@ -51,6 +51,13 @@ def test_export_writes_the_deployable_folder(exported):
     assert "| latency_ms_median_at_export |" in (out / "MODEL_CARD.md").read_text()
     run = subprocess.run([sys.executable, "predict.py"], cwd=out, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and run.stdout.startswith("class ")
+    # the model file as shipped, and gzip-compressed for sending: what GNU gzip makes of it (deflates differ a bit)
+    plain, packed = card["metrics"]["onnx_file_bytes"], card["metrics"]["onnx_gzip_bytes"]
+    assert plain["value"] == (out / "model.onnx").stat().st_size and plain["provenance"] == "measured"
+    gz = out.parent / "model.onnx.gz"
+    subprocess.run(["gzip", "-9", "-n", "-k", "-c", str(out / "model.onnx")], stdout=gz.open("wb"), check=True)
+    assert abs(packed["value"] - gz.stat().st_size) <= 0.02 * gz.stat().st_size and packed["value"] < plain["value"]
+    assert f"takes {packed['value']:,.0f} bytes" in (out / "MODEL_CARD.md").read_text()
 
 
 def test_card_agrees_with_mlflow_and_is_registered(exported):

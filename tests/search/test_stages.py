@@ -2,15 +2,16 @@
 
 import math
 
+import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import TensorProto
+from onnx import TensorProto, numpy_helper
 
 from search.candidate import Candidate
 from search.models import build_model, count_parameters
 from search.stages.compress import prune_model, quantization_aware_finetune, weight_sparsity
-from search.stages.export import export_onnx
+from search.stages.export import _torch_export, export_onnx, ort_session
 from search.stages.train import distillation_loss, fit, get_teacher, teacher_path, torch_accuracy
 
 
@@ -87,6 +88,27 @@ def test_structured_pruning_removes_channels(digits, tiny_budget):
     assert model(torch.from_numpy(digits.x_val[:2])).shape == (2, 10)
 
 
+def test_zeroed_weights_shrink_only_the_compressed_file_removed_channels_shrink_the_weights(digits, tmp_path):
+    """What each kind of sparsity changes in size: the runtimes hold weights dense, so 90% zeroed weights keep
+    their bytes and lower only the gzip-compressed file; half the channels removed lower the weights too."""
+    from objectives.size import gzip_bytes, weight_bytes
+    from search.candidate import Budget
+
+    no_finetuning = Budget(finetune_epochs=0, prune_steps=1)  # the magnitudes decide; nothing is trained
+    files = {}
+    for label, sparsity, mode in (("dense", 0.0, "unstructured"), ("zeroed", 0.9, "unstructured"),
+                                  ("channels", 0.5, "structured")):
+        torch.manual_seed(0)
+        c = Candidate(sparsity=sparsity, pruning=mode, budget=no_finetuning)
+        model, _ = prune_model(build_model(digits.sample_shape, 10, 1.0), c, digits)
+        files[label] = export_onnx(model, c, digits, tmp_path / f"{label}.onnx")
+    weights = {k: weight_bytes(p)["weight_bytes"] for k, p in files.items()}
+    packed = {k: gzip_bytes(p) for k, p in files.items()}
+    assert weights["zeroed"] == weights["dense"]
+    assert packed["zeroed"] < packed["dense"] / 3  # a tenth of the values left, plus where they are
+    assert weights["channels"] < 0.5 * weights["dense"] and packed["channels"] < 0.5 * packed["dense"]
+
+
 def _initializer_types(path):
     return {init.data_type for init in onnx.load(str(path)).graph.initializer}
 
@@ -123,6 +145,19 @@ def test_qat_exports_qdq_and_keeps_sparsity(digits, tiny_budget, tmp_path):
     path = export_onnx(qat, c, digits, tmp_path / "qat.onnx")
     assert {"QuantizeLinear", "DequantizeLinear"} <= _ops(path)
     assert not {"BatchNormalization", "Div"} & _ops(path)  # folded: the graph that ships computes no batch norm
+    # the weights are stored as the int8 the graph computed from them: a quarter of the file, the same outputs
+    graph = onnx.load(str(path)).graph
+    weights = [i for i in graph.initializer if len(i.dims) > 1]
+    assert weights and all(i.data_type == TensorProto.INT8 for i in weights)
+    quantized_in_graph = tmp_path / "as_torch_exports_it.onnx"
+    _torch_export(qat, torch.from_numpy(digits.x_train[:1]), quantized_in_graph)
+    float_weights = sum(numpy_helper.to_array(i).nbytes for i in onnx.load(str(quantized_in_graph)).graph.initializer
+                        if len(i.dims) > 1)
+    assert quantized_in_graph.stat().st_size - path.stat().st_size >= 0.75 * float_weights  # 1 byte for 4
+    x = digits.x_val[:256]
+    a, b = (np.concatenate([ort_session(p).run(None, {"x": x[i:i + 1]})[0] for i in range(len(x))])
+            for p in (quantized_in_graph, path))
+    assert np.array_equal(a, b)
 
 
 def test_folding_qat_batchnorm_keeps_the_outputs(digits):
