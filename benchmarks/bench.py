@@ -615,7 +615,6 @@ def guide_figures(runs: Path, plan: Plan) -> dict:
 
 
 SIDE_BY_SIDE_ROUNDS = 15
-SIDE_BY_SIDE_BLOCK_S = 0.002  # calls per turn: enough for about this long
 
 
 def _inference_calls(result, data) -> dict:
@@ -635,7 +634,9 @@ def _inference_calls(result, data) -> dict:
 def _side_by_side(calls: dict, rounds: int = SIDE_BY_SIDE_ROUNDS) -> dict:
     """Milliseconds per call of each callable, timed in turns: each round runs every callable for a block of calls,
     in an order rotated from round to round, so a change in the machine's speed falls on all of them alike; the
-    median over the rounds."""
+    median over the rounds. A block lasts about as long as one of the local backend's timing repeats."""
+    from hardware_targets.backends.base import calls_per_repeat
+
     keys = list(calls)
     block = {}
     for key, call in calls.items():  # warm-up, and how many calls make a block
@@ -643,7 +644,7 @@ def _side_by_side(calls: dict, rounds: int = SIDE_BY_SIDE_ROUNDS) -> dict:
             call()
         started = time.perf_counter()
         call()
-        block[key] = max(1, int(SIDE_BY_SIDE_BLOCK_S / max(time.perf_counter() - started, 1e-7)))
+        block[key] = calls_per_repeat(time.perf_counter() - started)
     times: dict = {key: [] for key in keys}
     for r in range(rounds):
         for key in keys[r % len(keys):] + keys[:r % len(keys)]:
@@ -1024,7 +1025,7 @@ def report_markdown(results: dict) -> str:
                      "brackets" if len(g.get("seeds", [0])) > 1 else "") + ". fp16 is "
                   f"{'native' if g['fp16_native'] else 'not native on this CPU (left out of host searches)'}."
                   + (f" Speed: once a seed's rows are trained, every row's TVM library and onnxruntime session are "
-                     f"timed in turns ({SIDE_BY_SIDE_ROUNDS} rounds of about {SIDE_BY_SIDE_BLOCK_S * 1e3:g} ms each, "
+                     f"timed in turns ({SIDE_BY_SIDE_ROUNDS} rounds of about 2 ms each, "
                      "in an order rotated each round; median ms per call), so a change in the machine's speed falls "
                      "on every row alike; \"faster (shipped)\" compares the runtime each row shipped on."
                      if "latency_ms" in next(iter(g["datasets"].values()))[0]["per_seed"][0] else ""), ""]

@@ -111,7 +111,8 @@ def store_quantized_weights(path: Path) -> int:
 
     torch exports a fake-quantized weight as float, so the file was as large as fp32 although every runtime
     uses only the integers. The arithmetic is ONNX's QuantizeLinear: divide by the scale, round half to even, add the
-    zero point, saturate; the graph's outputs do not change (the export test compares them in onnxruntime)."""
+    zero point, saturate; the graph's outputs do not change (tests/search/test_stages.py compares them in
+    onnxruntime)."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -138,12 +139,15 @@ def store_quantized_weights(path: Path) -> int:
         if weight.dtype != np.float32 or scale is None or zero_point is None:
             continue
         axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 1)
-        shape = [1] * weight.ndim
-        if scale.size > 1:  # per channel along ``axis``
-            shape[axis % weight.ndim] = scale.size
+        per_channel = [1] * weight.ndim
+        per_channel[axis % weight.ndim] = -1
+
+        def along_axis(a: np.ndarray) -> np.ndarray:  # one value per channel, or one for all
+            a = np.asarray(a, dtype=np.float32)
+            return a.reshape(per_channel) if a.size > 1 else a
+
         limits = np.iinfo(zero_point.dtype)
-        q = np.rint(weight / scale.astype(np.float32).reshape(shape)) + zero_point.astype(np.float32).reshape(
-            shape if zero_point.size > 1 else [1] * weight.ndim)
+        q = np.rint(weight / along_axis(scale)) + along_axis(zero_point)
         stored.append((node, numpy_helper.from_array(np.clip(q, limits.min, limits.max).astype(zero_point.dtype),
                                                      node.output[0])))
     for node, integers in stored:
