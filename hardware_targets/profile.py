@@ -71,7 +71,7 @@ class TargetProfile:
 
     def pruning_reason(self, mode: str) -> str | None:
         """Why pruning in ``mode`` cannot pay on the device, or None when it can. Zeroed weights in dense
-        kernels and dense storage cost the same time, bytes and energy as the weights they replace."""
+        kernels, held dense in memory, cost the same time, memory and energy as the weights they replace."""
         if mode == "unstructured" and not self.unstructured_sparsity_speedup:
             return ("kernels that do not skip zero weights and hold weights dense (unstructured_sparsity_speedup "
                     "is not set in its profile): unstructured sparsity lowers no latency, memory or energy there, "

@@ -55,7 +55,8 @@ def test_export_writes_the_deployable_folder(exported):
     plain, packed = card["metrics"]["onnx_file_bytes"], card["metrics"]["onnx_gzip_bytes"]
     assert plain["value"] == (out / "model.onnx").stat().st_size and plain["provenance"] == "measured"
     gz = out.parent / "model.onnx.gz"
-    subprocess.run(["gzip", "-9", "-n", "-k", "-c", str(out / "model.onnx")], stdout=gz.open("wb"), check=True)
+    with gz.open("wb") as sink:
+        subprocess.run(["gzip", "-9", "-n", "-c", str(out / "model.onnx")], stdout=sink, check=True)
     assert abs(packed["value"] - gz.stat().st_size) <= 0.02 * gz.stat().st_size and packed["value"] < plain["value"]
     assert f"takes {packed['value']:,.0f} bytes" in (out / "MODEL_CARD.md").read_text()
 
