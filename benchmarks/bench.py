@@ -590,7 +590,7 @@ def guide_figures(runs: Path, plan: Plan) -> dict:
     for name in plan.guide_datasets:
         data, per_seed = load_dataset(name), []
         for seed in plan.guide_seeds:
-            rows, calls = [], {}
+            rows, timers = [], {}
             for label, change in guide_rows():
                 _say(f"  {name}, seed {seed}: {label}")
                 result = evaluate_candidate(Candidate(**change, seed=seed), data, host, paths)
@@ -602,10 +602,10 @@ def guide_figures(runs: Path, plan: Plan) -> dict:
                              "size_bytes": result.value("size_bytes"), "sparsity": result.value("sparsity"),
                              "gzip_bytes": gzip_bytes(result.artifacts["onnx"]),
                              "shipping_stage_ms": {k: v["latency_ms_median"] for k, v in shipped["figures"].items()}})
-                calls.update({(len(rows) - 1, k): f for k, f in _inference_calls(result, data).items()})
+                timers.update({(len(rows) - 1, k): f for k, f in _inference_timers(result, data).items()})
             # the rows' latencies differ by tens of percent on a VM from one minute to the next: time them in turns
             _say(f"  {name}, seed {seed}: every row's runtimes timed side by side")
-            side = _side_by_side(calls)
+            side = _side_by_side(timers)
             for i, r in enumerate(rows):
                 r["per_runtime_ms"] = {k: side[(i, k)] for k in ("tvm", "onnxruntime")}
                 r["latency_ms"] = r["per_runtime_ms"][r["runtime"]]
@@ -617,43 +617,24 @@ def guide_figures(runs: Path, plan: Plan) -> dict:
 SIDE_BY_SIDE_ROUNDS = 15
 
 
-def _inference_calls(result, data) -> dict:
-    """One inference of a guide row's untuned TVM library and of its ONNX in onnxruntime (what the shipping stage
-    chose between), on one validation sample, one thread each."""
-    import tvm
+def _inference_timers(result, data) -> dict:
+    """A guide row's untuned TVM library and its ONNX in onnxruntime (what the shipping stage chose between), on
+    one validation sample, one thread each."""
+    from hardware_targets.backends.local import onnxruntime_timer, tvm_timer
+    from search.stages.export import input_dtype, ort_session
 
-    from search.stages.compile import load_vm
-    from search.stages.export import INPUT_NAME, input_dtype, ort_session
-
-    sample = np.ascontiguousarray(data.x_val[:1].astype(input_dtype(result.candidate.precision)))
-    session, main = ort_session(result.artifacts["onnx"]), load_vm(result.artifacts["library"], tvm.cpu())["main"]
-    tensor = tvm.runtime.tensor(sample)
-    return {"tvm": lambda: main(tensor), "onnxruntime": lambda: session.run(None, {INPUT_NAME: sample})}
+    dtype = input_dtype(result.candidate.precision)
+    sample = np.ascontiguousarray(data.x_val[:1].astype(dtype))
+    return {"tvm": tvm_timer(result.artifacts["library"], sample, dtype.name),
+            "onnxruntime": onnxruntime_timer(ort_session(result.artifacts["onnx"]), sample)}
 
 
-def _side_by_side(calls: dict, rounds: int = SIDE_BY_SIDE_ROUNDS) -> dict:
-    """Milliseconds per call of each callable, timed in turns: each round runs every callable for a block of calls,
-    in an order rotated from round to round, so a change in the machine's speed falls on all of them alike; the
-    median over the rounds. A block lasts about as long as one of the local backend's timing repeats."""
-    from hardware_targets.backends.base import calls_per_repeat
+def _side_by_side(timers: dict, rounds: int = SIDE_BY_SIDE_ROUNDS) -> dict:
+    """Milliseconds per call of each runtime, timed in turns (``time_in_turns``): the median over the rounds."""
+    from hardware_targets.backends.local import time_in_turns
 
-    keys = list(calls)
-    block = {}
-    for key, call in calls.items():  # warm-up, and how many calls make a block
-        for _ in range(20):
-            call()
-        started = time.perf_counter()
-        call()
-        block[key] = calls_per_repeat(time.perf_counter() - started)
-    times: dict = {key: [] for key in keys}
-    for r in range(rounds):
-        for key in keys[r % len(keys):] + keys[:r % len(keys)]:
-            call, n = calls[key], block[key]
-            started = time.perf_counter()
-            for _ in range(n):
-                call()
-            times[key].append((time.perf_counter() - started) / n * 1e3)
-    return {key: float(np.median(t)) for key, t in times.items()}
+    return {key: float(np.median(t.seconds_per_call)) * 1e3
+            for key, t in time_in_turns(timers, rounds, rapl=None).items()}
 
 
 def _against_first_row(rows: list[dict]) -> list[dict]:

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from hardware_targets import TargetProfile, get_backend, load_profile
-from hardware_targets.backends.base import add_work_and_energy
-from hardware_targets.backends.local import time_onnxruntime
+from hardware_targets.backends.base import add_work_and_energy, latency_metrics
+from hardware_targets.backends.local import onnxruntime_timer, time_in_turns, time_onnxruntime, tvm_timer
 from hardware_targets.host import host_cpu
 from hardware_targets.profile import arithmetic
 from objectives.accuracy import accuracy, predict_onnx, predict_tvm
@@ -365,21 +365,16 @@ def tuned_build_target(profile: TargetProfile) -> dict:
 def ship_candidate(result: CandidateResult, dataset: Dataset, profile: TargetProfile, paths: Paths, *,
                    trials_per_task: int, runtime: str = "auto", threads: int = 1) -> dict:
     """The shipping stage of one trained candidate on a local target: tune it for this CPU (``trials_per_task`` for
-    every task; records shared per target), then time the untuned and tuned TVM libraries and onnxruntime side by
-    side, same graph and threads, and keep the fastest (or the forced ``runtime``). Accuracy is measured again on
+    every task; records shared per target), then time the untuned and tuned TVM libraries and onnxruntime in turns,
+    same graph and threads, and keep the fastest (or the forced ``runtime``). Accuracy is measured again on
     the artifact that ships when it is not the one the search measured."""
     set_threads(threads)
     dtype = input_dtype(result.candidate.precision)
     shape, onnx_path = (1, *dataset.sample_shape), Path(result.artifacts["onnx"])
     sample, repeats = dataset.x_val[:1].astype(dtype), result.candidate.budget.timing_repeats
-    backend = get_backend(profile, paths.root)
-    options: dict[str, dict] = {}
-    from search.stages.compile import CompiledArtifact
-
-    untuned = CompiledArtifact(result.artifacts["library"], host_build_target(profile, result.candidate.precision),
-                               shape, dtype.name)
-    options["tvm"] = {"library": untuned.library, "target": untuned.target, "tuned": False,
-                      "metrics": backend.measure(untuned, onnx_path, result.candidate.precision, sample, repeats)}
+    untuned_target = host_build_target(profile, result.candidate.precision)
+    options: dict[str, dict] = {"tvm": {"library": result.artifacts["library"], "target": untuned_target,
+                                        "tuned": False}}
     tuning = None
     if trials_per_task > 0:
         tuned = compile_tvm(onnx_path, tuned_build_target(profile), onnx_path.with_name("model_tuned.so"), shape,
@@ -387,13 +382,16 @@ def ship_candidate(result: CandidateResult, dataset: Dataset, profile: TargetPro
         tuning = {"tasks": tuned.tasks_total, "tuned": tuned.tasks_tuned, "reused": tuned.tasks_reused,
                   "seconds": round(tuned.tuning_seconds, 3), "trials_per_task": trials_per_task,
                   "integer_products": tuned.integer_products}
-        options["tvm-tuned"] = {"library": tuned.library, "target": tuned.target, "tuned": True,
-                                "metrics": backend.measure(tuned, onnx_path, result.candidate.precision, sample,
-                                                           repeats)}
+        options["tvm-tuned"] = {"library": tuned.library, "target": tuned.target, "tuned": True}
     session = ort_session(onnx_path, threads)
-    ort = {n.replace("ort_latency", "latency"): m for n, m in time_onnxruntime(session, sample, repeats).items()}
-    options["onnxruntime"] = {"library": None, "target": None, "tuned": False,
-                              "metrics": add_work_and_energy(ort, onnx_path, result.candidate.precision, profile)}
+    options["onnxruntime"] = {"library": None, "target": None, "tuned": False}
+    timers = {k: tvm_timer(o["library"], sample, dtype.name) for k, o in options.items() if o["library"]}
+    timers["onnxruntime"] = onnxruntime_timer(session, sample)
+    # in turns, once every option is built: timed minutes apart (before and after tuning), a VM's changing speed
+    # could decide between two options within a few percent of each other
+    for key, timed in time_in_turns(timers, repeats).items():
+        options[key]["metrics"] = add_work_and_energy(latency_metrics(timed.seconds_per_call, "measured"), onnx_path,
+                                                      result.candidate.precision, profile, timed.energy_mj)
     allowed = [k for k in options if runtime == "auto" or k.split("-")[0] == runtime]
     chosen = min(allowed, key=lambda k: options[k]["metrics"]["latency_ms_p90"].value)
     ship = options[chosen]

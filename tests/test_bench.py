@@ -116,22 +116,3 @@ def test_the_int8_rows_say_plainly_whether_int8_pays():
     text = "\n".join(bench._int8_lines({**int8, "per_task": {}, "float_qdq": {}, "shipped_over_fp32_shipped": 0.8}))
     assert "not tuned in this plan" in text and "int8 is faster than fp32" in text
     assert bench._int8_lines(None) == []
-
-
-def test_side_by_side_timing_takes_turns_and_rotates_the_order():
-    """Every callable runs in every round, each round starting one further along, so drift falls on all alike."""
-    bench = _bench()
-    order = []
-
-    def call(key):
-        return lambda: order.append(key)
-
-    times = bench._side_by_side({k: call(k) for k in "abc"}, rounds=4)
-    assert set(times) == {"a", "b", "c"} and all(t > 0 for t in times.values())
-    timed = order[3 * 21:]  # after each one's 20 warm-up calls and the call that sizes its block
-    starts, i = [], 0
-    while i < len(timed):  # the first callable of each turn, turn after turn
-        starts.append(timed[i])
-        while i < len(timed) and timed[i] == starts[-1]:
-            i += 1
-    assert starts == list("abc" "bca" "cab" "abc")

@@ -1,4 +1,5 @@
-"""Local backend: the artifact runs on this machine and is timed by TVM's time evaluator.
+"""Local backend: the artifact runs on this machine and is timed by TVM's time evaluator (onnxruntime through its
+Python API); several runtimes compared on one graph are timed in turns.
 
 Energy comes from the CPU's RAPL counters when they are readable (measured, less the package's baseline power
 just before); most VMs expose none, and then it is estimated as the profile's active power per core times the
@@ -8,7 +9,9 @@ measured latency.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -50,6 +53,77 @@ def inference_energy_mj(baseline_uj: int, baseline_s: float, timed_uj: int, time
     return max(extra, 0.0) * 1e-3 / calls
 
 
+Timer = Callable[[int], float]
+"""Runs a block of ``n`` calls of one inference and returns the seconds per call."""
+
+WARMUP_CALLS = 10  # first calls page in code and fill caches
+
+
+@dataclass
+class Timed:
+    seconds_per_call: list[float]  # one figure per block (a timing repeat)
+    energy_mj: float | None  # per call, from RAPL; None where no counter is readable (or none was asked for)
+
+
+def tvm_timer(library: str, sample: np.ndarray, input_dtype: str) -> Timer:
+    """A TVM library's blocks, timed by TVM's time evaluator (in C++, no Python call per inference)."""
+    import tvm
+
+    device = tvm.cpu()
+    vm = load_vm(library, device)
+    data = tvm.runtime.tensor(np.ascontiguousarray(sample, dtype=input_dtype))
+    evaluators: dict[int, Callable] = {}
+
+    def block(n: int) -> float:
+        if n not in evaluators:
+            evaluators[n] = vm.time_evaluator("main", device, number=n, repeat=1)
+        return float(evaluators[n](data).results[0])
+
+    return block
+
+
+def onnxruntime_timer(session, sample: np.ndarray) -> Timer:
+    """An onnxruntime session's blocks, each call through its Python API as a user's program makes it."""
+    feed = {session.get_inputs()[0].name: sample}
+
+    def block(n: int) -> float:
+        started = time.perf_counter()
+        for _ in range(n):
+            session.run(None, feed)
+        return (time.perf_counter() - started) / n
+
+    return block
+
+
+def time_in_turns(timers: dict[str, Timer], repeats: int, rapl: Path | None = RAPL) -> dict[str, Timed]:
+    """Time each runtime ``repeats`` times, in turns: every repeat runs each timer for a block of about 2 ms, in an
+    order rotated from repeat to repeat, so that a change in the machine's speed (another process, frequency, a
+    noisy neighbour on a VM) falls on all of them alike and a choice between them is fair. With one timer this is
+    plain repeated timing. Energy comes from the RAPL counters under ``rapl`` when readable: each timer's blocks
+    summed, less the package's power measured just before."""
+    keys = list(timers)
+    number = {}
+    for key, timer in timers.items():
+        timer(WARMUP_CALLS)
+        number[key] = calls_per_repeat(timer(1))
+    idle = read_rapl(rapl) if rapl is not None else None
+    if idle is not None:  # the package's power just before, with whatever else runs, is subtracted
+        started = time.perf_counter()
+        time.sleep(RAPL_BASELINE_S)
+        baseline = (rapl_delta_uj(idle, read_rapl(rapl)), time.perf_counter() - started)
+    seconds = {key: [] for key in keys}
+    energy = {key: [0, 0.0] for key in keys}  # µJ and seconds over the key's blocks
+    for r in range(repeats):
+        for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+            before, started = (read_rapl(rapl) if idle is not None else None), time.perf_counter()
+            seconds[key].append(timers[key](number[key]))
+            if idle is not None:
+                energy[key][1] += time.perf_counter() - started
+                energy[key][0] += rapl_delta_uj(before, read_rapl(rapl))
+    return {key: Timed(seconds[key], inference_energy_mj(*baseline, *energy[key], number[key] * repeats)
+                       if idle is not None else None) for key in keys}
+
+
 class LocalBackend(Backend):
     provenance = "measured"
 
@@ -58,45 +132,12 @@ class LocalBackend(Backend):
 
     def measure(self, artifact: CompiledArtifact, onnx_path: Path, precision: str, sample: np.ndarray,
                 repeats: int) -> dict[str, Metric]:
-        import tvm
-
-        device = tvm.cpu()
-        vm = load_vm(artifact.library, device)
-        data = tvm.runtime.tensor(np.ascontiguousarray(sample, dtype=artifact.input_dtype))
-        for _ in range(10):  # warm-up: first calls page in code and fill caches
-            vm["main"](data)
-        started = time.perf_counter()
-        vm["main"](data)
-        number = calls_per_repeat(time.perf_counter() - started)
-        measured_mj = None
-        idle = read_rapl()
-        if idle is not None:  # the package's power just before, with whatever else runs, is subtracted
-            started = time.perf_counter()
-            time.sleep(RAPL_BASELINE_S)
-            before = read_rapl()
-            baseline = (rapl_delta_uj(idle, before), time.perf_counter() - started)
-        started = time.perf_counter()
-        result = vm.time_evaluator("main", device, number=number, repeat=repeats)(data)
-        if idle is not None:
-            after, elapsed = read_rapl(), time.perf_counter() - started
-            measured_mj = inference_energy_mj(*baseline, rapl_delta_uj(before, after), elapsed,
-                                              number * repeats + 1)
-        return add_work_and_energy(latency_metrics(list(result.results), self.provenance), onnx_path, precision,
-                                   self.profile, measured_mj)
+        timed = time_in_turns({"tvm": tvm_timer(artifact.library, sample, artifact.input_dtype)}, repeats)["tvm"]
+        return add_work_and_energy(latency_metrics(timed.seconds_per_call, self.provenance), onnx_path, precision,
+                                   self.profile, timed.energy_mj)
 
 
 def time_onnxruntime(session, sample: np.ndarray, repeats: int) -> dict[str, Metric]:
     """The same graph in onnxruntime, timed the same way: a figure tracked beside TVM's."""
-    feed = {session.get_inputs()[0].name: sample}
-    for _ in range(10):
-        session.run(None, feed)
-    started = time.perf_counter()
-    session.run(None, feed)
-    number = calls_per_repeat(time.perf_counter() - started)
-    per_call = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for _ in range(number):
-            session.run(None, feed)
-        per_call.append((time.perf_counter() - started) / number)
-    return latency_metrics(per_call, "measured", prefix="ort_latency")
+    timed = time_in_turns({"onnxruntime": onnxruntime_timer(session, sample)}, repeats, rapl=None)
+    return latency_metrics(timed["onnxruntime"].seconds_per_call, "measured", prefix="ort_latency")
