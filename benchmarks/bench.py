@@ -191,12 +191,12 @@ def runtime_figures(tmp: Path, plan: Plan) -> dict:
 
     from hardware_targets import load_profile
     from hardware_targets.backends.local import LocalBackend, time_onnxruntime
+    from hardware_targets.compile import compile_tvm
     from hardware_targets.workloads import export_mobilenet_v1
     from search.candidate import Budget, Candidate
     from search.data import load_dataset
     from search.models import build_model
     from search.pipeline import host_build_target, set_threads
-    from search.stages.compile import compile_tvm
     from search.stages.compress import quantization_aware_finetune
     from search.stages.export import export_onnx, input_dtype, ort_session
     from search.stages.train import fit
@@ -266,9 +266,9 @@ def _staged_tuning(onnx_path: Path, x, host, backend, tmp: Path, plan: Plan, unt
     """The shipping stage on the bench workload: tuned for the detected CPU with a per-task budget (each budget
     from fresh records), what would ship (the fastest of untuned TVM, tuned TVM and onnxruntime), and that figure
     against the CPU's fp32 compute limit: MACs / (1 thread x fp32 MACs per cycle x clock), from the detected host."""
+    from hardware_targets.compile import compile_tvm
     from hardware_targets.graph import op_costs
     from search.pipeline import tuned_build_target
-    from search.stages.compile import compile_tvm
 
     target = tuned_build_target(host)
     per_task = {}
@@ -294,10 +294,10 @@ def _int8_staged(fp32_path: Path, x, host, backend, tmp: Path, plan: Plan, fp32:
     than fp32 in each runtime, at the same per-task budgets? On a CPU with VNNI the tuned build computes pointwise
     convolutions in integers; the largest budget is also tuned with float QDQ, to show what that rewrite buys."""
     from hardware_targets.backends.local import time_onnxruntime
+    from hardware_targets.compile import compile_tvm, load_vm
+    from hardware_targets.integer import integer_kernels_apply
     from search.pipeline import tuned_build_target
-    from search.stages.compile import compile_tvm, load_vm
     from search.stages.export import ort_session, quantize_ptq
-    from search.stages.integer import integer_kernels_apply
 
     import tvm
 
@@ -579,9 +579,9 @@ def guide_figures(runs: Path, plan: Plan) -> dict:
     onnxruntime, no tuning), alone on the machine; ratios are against the fp32 full-width row of the same dataset and
     seed, then summarised over the seeds (one seed's accuracy moves by a point or two either way)."""
     from hardware_targets import load_profile
+    from objectives.size import gzip_bytes
     from search.candidate import Budget, Candidate
     from search.data import load_dataset
-    from objectives.size import gzip_bytes
     from search.pipeline import Paths, evaluate_candidate, ship_candidate
 
     host, paths = load_profile("host"), Paths(runs / f"guide-{_stamp()}")

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from search.errors import ProfileError
+from hardware_targets.errors import ProfileError
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 BACKENDS = ("local", "remote", "emulated")

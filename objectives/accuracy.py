@@ -9,7 +9,7 @@ def predict_tvm(library: str, x: np.ndarray, dtype: str) -> np.ndarray:
     """Class predictions of a TVM-compiled batch-1 library, one sample at a time."""
     import tvm
 
-    from search.stages.compile import load_vm
+    from hardware_targets.compile import load_vm
 
     vm = load_vm(library)
     main = vm["main"]

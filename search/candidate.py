@@ -5,15 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
+from hardware_targets.metric import Metric
 from search.errors import ConfigError
 
 PRECISIONS = ("fp32", "fp16", "int8-ptq", "int8-qat")
 PRUNING_MODES = ("unstructured", "structured")
-PROVENANCES = ("measured", "emulated", "estimated")
-
-Provenance = Literal["measured", "emulated", "estimated"]
 
 
 def _check_range(owner: str, name: str, value: float, low: float, high: float) -> None:
@@ -112,18 +110,6 @@ class Candidate:
         data = dict(data)
         budget = data.pop("budget", {}) or {}
         return cls(budget=Budget(**budget), **data)
-
-
-@dataclass(frozen=True)
-class Metric:
-    """A number with its unit and where it came from; no bare figures."""
-
-    value: float
-    unit: str
-    provenance: Provenance
-
-    def __post_init__(self) -> None:
-        _check_option("Metric", "provenance", self.provenance, PROVENANCES)
 
 
 @dataclass(frozen=True)

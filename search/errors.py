@@ -1,12 +1,13 @@
 """One root exception for everything a user can get wrong.
 
-Subclasses also inherit the matching built-in so plain ``except ValueError``
-keeps working for callers that do not know about edgesearch.
+The root and the errors the target layer raises are defined there (``hardware_targets.errors``); the service's own
+are here. Subclasses also inherit the matching built-in so plain ``except ValueError`` keeps working for callers
+that do not know about edgesearch.
 """
 
+from hardware_targets.errors import CandidateError, EdgeSearchError, ProfileError
 
-class EdgeSearchError(Exception):
-    """Root of every error edgesearch raises on purpose."""
+__all__ = ["CandidateError", "ConfigError", "DatasetError", "EdgeSearchError", "ProfileError", "SearchNotFoundError"]
 
 
 class ConfigError(EdgeSearchError, ValueError):
@@ -15,22 +16,6 @@ class ConfigError(EdgeSearchError, ValueError):
 
 class DatasetError(EdgeSearchError, ValueError):
     """A dataset is missing, malformed or inconsistent."""
-
-
-class ProfileError(EdgeSearchError, ValueError):
-    """A hardware target profile is unknown or malformed."""
-
-
-class CandidateError(EdgeSearchError, RuntimeError):
-    """One candidate failed in a pipeline stage; the search goes on without it."""
-
-    def __init__(self, stage: str, message: str):
-        super().__init__(f"{stage} failed: {message}")
-        self.stage = stage
-        self.message = message
-
-    def __reduce__(self):  # keeps (stage, message) across process boundaries (Ray workers)
-        return (type(self), (self.stage, self.message))
 
 
 class SearchNotFoundError(EdgeSearchError, LookupError):

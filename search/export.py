@@ -163,11 +163,11 @@ def export_search(
 ) -> dict:
     """Export a search's chosen candidate to ``out``; returns the model card."""
     from hardware_targets import load_profile
+    from hardware_targets.compile import compile_tvm, tuning_dir
+    from objectives.accuracy import accuracy, predict_onnx, predict_tvm
     from search.data import load_dataset
     from search.pipeline import host_build_target
-    from search.stages.compile import compile_tvm, tuning_dir
     from search.stages.export import input_dtype, ort_session
-    from objectives.accuracy import accuracy, predict_onnx, predict_tvm
 
     study = load_study(search, storage_url)
     spec = stored_spec(study)
@@ -435,8 +435,8 @@ def _int8_against_fp32(row, spec, dataset, profile, build_target, runtime: str, 
     weights: its latency depends on its shapes alone."""
     import tempfile
 
+    from hardware_targets.compile import compile_tvm
     from search.candidate import Candidate
-    from search.stages.compile import compile_tvm
     from search.stages.screen import untrained_graph
 
     fp32 = Candidate(**{**row.knobs, "precision": "fp32"}, budget=spec.budget, seed=spec.seed)

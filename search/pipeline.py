@@ -21,15 +21,16 @@ import torch
 from hardware_targets import TargetProfile, get_backend, load_profile
 from hardware_targets.backends.base import add_work_and_energy, latency_metrics
 from hardware_targets.backends.local import onnxruntime_timer, time_in_turns, time_onnxruntime, tvm_timer
+from hardware_targets.compile import compile_tvm
 from hardware_targets.host import host_cpu
+from hardware_targets.metric import Metric
 from hardware_targets.profile import arithmetic
 from objectives.accuracy import accuracy, predict_onnx, predict_tvm
 from objectives.memory import peak_activation_bytes
 from objectives.size import file_bytes, flash_bytes, weight_bytes
-from search.candidate import Candidate, CandidateResult, Metric
+from search.candidate import Candidate, CandidateResult
 from search.data import Dataset
 from search.models import build_model, count_parameters
-from search.stages.compile import compile_tvm
 from search.stages.compress import prune_model, quantization_aware_finetune
 from search.stages.export import export_onnx, input_dtype, ort_session
 from search.stages.train import fit, get_teacher
@@ -255,7 +256,7 @@ def _finish_tflm(model, candidate: Candidate, dataset: Dataset, profile: TargetP
                  sparsity: float) -> CandidateResult:
     """The rest of the pipeline for a TFLite Micro profile: convert, find the arena, emulate the latency from the
     graph, and measure accuracy by running the ``.tflite`` in the TFLM interpreter (what the board runs)."""
-    from search.stages.compile import CompiledArtifact
+    from hardware_targets.compile import CompiledArtifact
     from search.stages.tflite import arena_bytes, convert_tflite, predict_tflm
 
     kind = "fully integer int8" if candidate.precision.startswith("int8") else candidate.precision
@@ -311,7 +312,7 @@ def retime(result: CandidateResult, dataset: Dataset, profile: TargetProfile, ru
     The figures timed during the search (beside other workers) stay as ``*_loaded``."""
     import dataclasses
 
-    from search.stages.compile import CompiledArtifact
+    from hardware_targets.compile import CompiledArtifact
 
     set_threads(threads)
     dtype = input_dtype(result.candidate.precision)

@@ -102,7 +102,7 @@ def merge_records(bundle: Bundle | None, root: Path) -> int:
     fastest record of a workload)."""
     if not bundle:
         return 0
-    from search.stages.compile import merge_databases
+    from hardware_targets.compile import merge_databases
 
     added = 0
     for rel, files in record_folders(bundle).items():

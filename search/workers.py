@@ -606,8 +606,8 @@ class _Transport:
     def cache_paths(self) -> list[Path]:
         """This CPU kind's tuning records (and the cross-compiled target's), and this dataset's teachers: found by
         their names, so the driver imports neither torch nor TVM."""
+        from hardware_targets.compile import tuning_dir
         from hardware_targets.host import host_cpu
-        from search.stages.compile import tuning_dir
 
         tuning, teachers = self.root / "tuning", self.root / "teachers"
         found = sorted(tuning.glob(f"*-{host_cpu().key}")) if tuning.is_dir() else []

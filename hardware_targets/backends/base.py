@@ -8,10 +8,10 @@ from typing import ClassVar
 
 import numpy as np
 
+from hardware_targets.compile import CompiledArtifact
 from hardware_targets.emulator import energy_joules
 from hardware_targets.graph import op_costs
-from search.candidate import Metric
-from search.stages.compile import CompiledArtifact
+from hardware_targets.metric import Metric
 
 
 class Backend(abc.ABC):

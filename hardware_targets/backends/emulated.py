@@ -6,10 +6,10 @@ from pathlib import Path
 
 from hardware_targets.backends.base import Backend
 from hardware_targets.emulator import EmulatorParams, energy_joules, latency_seconds
+from hardware_targets.errors import CandidateError
 from hardware_targets.graph import op_costs, tflite_op_costs
+from hardware_targets.metric import Metric
 from hardware_targets.profile import TargetProfile
-from search.candidate import Metric
-from search.errors import CandidateError
 
 
 class EmulatedBackend(Backend):

@@ -16,9 +16,9 @@ from typing import Callable
 import numpy as np
 
 from hardware_targets.backends.base import Backend, add_work_and_energy, calls_per_repeat, latency_metrics
+from hardware_targets.compile import CompiledArtifact, load_vm
+from hardware_targets.metric import Metric
 from hardware_targets.profile import TargetProfile
-from search.candidate import Metric
-from search.stages.compile import CompiledArtifact, load_vm
 
 RAPL = Path("/sys/class/powercap")
 RAPL_BASELINE_S = 0.2

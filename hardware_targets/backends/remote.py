@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from hardware_targets.backends.base import Backend, add_work_and_energy, calls_per_repeat, latency_metrics
+from hardware_targets.compile import CompiledArtifact, compile_tvm
+from hardware_targets.errors import CandidateError
+from hardware_targets.metric import Metric
 from hardware_targets.profile import TargetProfile
-from search.candidate import Metric
-from search.errors import CandidateError
-from search.stages.compile import CompiledArtifact, compile_tvm
 
 
 def connect(rpc: dict):

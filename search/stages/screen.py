@@ -97,8 +97,8 @@ def untrained_graph(candidate: Candidate, dataset: Dataset, onnx_path: Path) -> 
 
 
 def _measure(candidate: Candidate, dataset: Dataset, profile: TargetProfile, root: Path, threads: int) -> dict:
+    from hardware_targets.compile import CompiledArtifact, compile_tvm
     from search.pipeline import graph_memory_metrics, host_build_target, memory_metrics, set_threads, target_library
-    from search.stages.compile import CompiledArtifact, compile_tvm
     from search.stages.export import input_dtype
 
     set_threads(threads)

@@ -9,10 +9,11 @@ from hardware_targets import get_backend, load_profile
 from hardware_targets.backends.emulated import EmulatedBackend
 from hardware_targets.emulator import EmulatorParams, latency_seconds
 from hardware_targets.graph import op_costs
+from hardware_targets.metric import Metric
 from hardware_targets.workloads import export_mobilenet_v1
 from objectives.memory import peak_activation_bytes
 from objectives.size import weight_bytes
-from search.candidate import Candidate, CandidateResult, Metric
+from search.candidate import Candidate, CandidateResult
 from search.spec import SearchSpec
 from search.study import Row, record_result
 

@@ -14,10 +14,10 @@ import yaml
 from hardware_targets import get_backend, load_profile
 from hardware_targets.backends.local import read_rapl
 from hardware_targets.calibration import load_calibration
+from hardware_targets.compile import compile_tvm
 from search.calibrate import calibrate_host
 from search.candidate import Budget, Candidate
 from search.models import build_model
-from search.stages.compile import compile_tvm
 from search.stages.export import export_onnx
 from search.stages.train import fit
 

@@ -197,7 +197,8 @@ def test_the_trial_budget_counts_training_not_candidates():
 def test_constraints_are_relative_so_samplers_can_weigh_one_violation_against_another():
     """TPE and NSGA-II rank infeasible trials by the sum of their violations: half over the budget and half over the
     RAM must weigh the same, and both more than a 0.1 accuracy shortfall."""
-    from search.candidate import CandidateResult, Metric
+    from hardware_targets.metric import Metric
+    from search.candidate import CandidateResult
     from search.study import record_result
 
     study = optuna.create_study(directions=["maximize", "minimize", "minimize", "minimize"])
@@ -248,8 +249,8 @@ def test_no_two_trained_candidates_of_shapes_already_over_the_budget(tmp_path):
     asked while the first was still running on the other worker waits for the first one's verdict. When a loaded
     timing of the first one fitted, the later candidates train, and one of them ending over the budget against that
     fit is timed again alone before its verdict stands."""
-    from search.stages.screen import shape_knobs
     from hardware_targets import load_profile
+    from search.stages.screen import shape_knobs
 
     same_shapes = SearchSpace(precision=("fp32",), pruning=("unstructured",), sparsity=(0.0, 0.0),
                               temperature=(1.0, 8.0), alpha=(0.2, 1.0), width=(0.5, 0.5))
@@ -326,9 +327,9 @@ def test_the_host_space_says_int8_is_not_a_speed_up_in_tvm():
 
 def test_fp16_and_int8_leave_the_default_host_space_where_their_graphs_are_slower_than_fp32(tmp_path):
     from hardware_targets import load_profile
+    from search.data import load_dataset
     from search.stages.screen import screen_candidate
     from search.workers import INT8_ON_HOST, _narrower_where_faster, _precisions_measured, _supported_space
-    from search.data import load_dataset
 
     host, lines = load_profile("host"), []
     spec = SearchSpec(name="narrower-measured", budget=TINY, latency_budget_ms=0.05)

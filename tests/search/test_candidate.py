@@ -1,6 +1,7 @@
 import pytest
 
-from search.candidate import Budget, Candidate, CandidateResult, Metric
+from hardware_targets.metric import Metric
+from search.candidate import Budget, Candidate, CandidateResult
 from search.errors import ConfigError
 
 
@@ -17,7 +18,7 @@ def test_bad_knobs_name_the_parameter(kwargs, field):
 def test_bad_budget_and_provenance():
     with pytest.raises(ConfigError, match="'epochs'"):
         Budget(epochs=0)
-    with pytest.raises(ConfigError, match="provenance"):
+    with pytest.raises(ValueError, match="provenance"):
         Metric(1.0, "ms", "guessed")
 
 

@@ -18,10 +18,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hardware_targets.compile import compile_tvm, tuning_dir
 from search.candidate import Budget
 from search.errors import ConfigError
 from search.spec import SearchSpace, SearchSpec, load_spec_file
-from search.stages.compile import compile_tvm, tuning_dir
 from search.study import default_storage, load_study
 from search.workers import run_search
 

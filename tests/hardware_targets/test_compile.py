@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 from hardware_targets import load_profile
+from hardware_targets.compile import compile_tvm, load_vm, tuning_dir
 from objectives.accuracy import predict_onnx, predict_tvm
 from search.candidate import Candidate
 from search.models import build_model
 from search.pipeline import host_build_target, tuned_build_target
-from search.stages.compile import compile_tvm, load_vm, tuning_dir
 from search.stages.export import export_onnx, input_dtype, ort_session
 from search.stages.train import fit
 
@@ -148,7 +148,7 @@ def test_int8_pointwise_convolutions_become_integer_products(digits, trained, ti
     import tvm
 
     from hardware_targets.host import host_cpu
-    from search.stages.integer import integer_kernels_apply
+    from hardware_targets.integer import integer_kernels_apply
 
     onnx_path = _int8_onnx(precision, trained, digits, tiny_budget, tmp_path / "m.onnx")
     art = compile_tvm(onnx_path, HOST, tmp_path / "m.so", (1, 1, 8, 8), "float32", integer=True)
@@ -166,7 +166,7 @@ def test_integer_kernels_apply_to_x86_cpus_with_vnni_only():
     triple it does not know, which killed the worker of a search on a misconfigured board)."""
     import tvm
 
-    from search.stages.integer import integer_kernels_apply
+    from hardware_targets.integer import integer_kernels_apply
 
     def applies(target):
         return integer_kernels_apply(tvm.target.Target(target))
@@ -211,7 +211,7 @@ def test_tuned_int8_products_use_vnni_where_the_cpu_has_it(digits, trained, tiny
 COMPILE_IN_A_FRESH_PROCESS = """
 import json, sys
 from pathlib import Path
-from search.stages.compile import compile_tvm
+from hardware_targets.compile import compile_tvm
 onnx, target, tmp = Path(sys.argv[1]), json.loads(sys.argv[2]), Path(sys.argv[3])
 compile_tvm(onnx, target, tmp / "fresh.so", (1, 1, 8, 8), "float32", cache_dir=tmp / "tuning")
 """
@@ -279,7 +279,7 @@ def test_tuning_writes_records_and_a_second_compile_reuses_them(tmp_path):
                         cache_dir=elsewhere / "tuning")
     assert third.tasks_tuned == 0 and third.tasks_reused == first.tasks_total
     assert merge_records(bundle, elsewhere) == 0
-    from search.stages.compile import merge_databases
+    from hardware_targets.compile import merge_databases
 
     assert merge_databases(tuning_dir(cache, HOST), tuning_dir(elsewhere / "tuning", HOST)) == 0
     started = tuning_dir(tmp_path / "third-node" / "tuning", HOST)  # a database of its own: merged record by record
@@ -302,7 +302,7 @@ def test_invalid_target_is_a_compile_error(digits, trained, tiny_budget, tmp_pat
 TUNE_IN_A_FRESH_PROCESS = """
 import sys
 from pathlib import Path
-from search.stages.compile import TENSOR_INTRIN, compile_tvm
+from hardware_targets.compile import TENSOR_INTRIN, compile_tvm
 tmp, target = Path(sys.argv[1]), {"kind": "llvm", "num-cores": 2}
 art = compile_tvm(tmp / "mlp.onnx", target, tmp / "c.so", (1, 16), "float32", tuning_trials=2, cache_dir=tmp / "t")
 print(art.tasks_tuned, TENSOR_INTRIN in sys.modules)

@@ -1,4 +1,7 @@
-"""Compile stage: ONNX -> Relax (TVM's ONNX frontend) -> MetaSchedule tuning -> shared library.
+"""The TVM build for a target, the pipeline's compile stage: ONNX -> Relax (TVM's ONNX frontend) -> MetaSchedule
+tuning -> shared library. It lives with the targets because the backends build with it too (the remote backend
+cross-compiles for its board) and because what it needs is the target's: its TVM target, its CPU's tensor
+intrinsics, its tuning records.
 
 Tuning records live in one JSON database per target under the tuning cache.
 Before tuning, tasks whose workload already has a record are dropped, so a
@@ -20,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search.errors import CandidateError
-from search.stages.integer import integer_kernels, integer_kernels_apply, register_vnni_intrinsic
+from hardware_targets.errors import CandidateError
+from hardware_targets.integer import integer_kernels, integer_kernels_apply, register_vnni_intrinsic
 
 TENSOR_INTRIN = "tvm.s_tir.tensor_intrin"
 TRIALS_PER_ROUND = 32  # MetaSchedule pays a fixed builder cost per round; keep rounds full
@@ -244,7 +247,7 @@ def compile_tvm(
 
     With a ``cache_dir``, records already tuned for this target are applied
     even when ``tuning_trials`` is 0. ``integer`` computes an int8 graph's pointwise convolutions in
-    integers (``search.stages.integer``); by default where the target's CPU has VNNI.
+    integers (``hardware_targets.integer``); by default where the target's CPU has VNNI.
     """
     import tvm
     from filelock import FileLock
