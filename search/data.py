@@ -54,10 +54,18 @@ class Dataset:
             h.update(np.ascontiguousarray(a).tobytes())
         return h.hexdigest()[:16]
 
+    def reads_as(self) -> str:
+        """How the arrays are read, in words: a user can see at once whether that is what their data holds."""
+        if self.spatial_dims == 1:
+            channels, length = self.sample_shape
+            return f"1-D signals, {channels} channel(s) of {length} samples"
+        channels, height, width = self.sample_shape
+        return f"images, {channels} channel(s) of {height}x{width}"
+
     def summary(self) -> str:
         return (
             f"{self.name}: {len(self.x_train)} train / {len(self.x_val)} val / {len(self.x_test)} test, "
-            f"sample shape {self.sample_shape}, {self.num_classes} classes"
+            f"{self.reads_as()}, {self.num_classes} classes"
         )
 
 
@@ -119,6 +127,10 @@ def _load_mnist1d() -> Dataset:
 _BUILTIN_LOADERS = {"digits": _load_digits, "mnist1d": _load_mnist1d}
 
 _REQUIRED_KEYS = ("x_train", "y_train", "x_test", "y_test")
+# the axis orders an archive's optional ``layout`` may name (N samples, C channels, L length, H height, W width);
+# each is read into channel-first order, a missing C axis as one channel
+LAYOUTS = ("NL", "NCL", "NLC", "NHW", "NCHW", "NHWC")
+_CHANNEL_SIZES = (1, 3, 4)  # grey, RGB, RGBA: a last axis of this size after larger ones is most likely channels
 
 
 def load_npz(path: str | Path) -> Dataset:
@@ -139,6 +151,7 @@ def load_npz(path: str | Path) -> Dataset:
     missing = [key for key in _REQUIRED_KEYS if key not in arrays]
     if missing:
         raise DatasetError(f"{path}: missing key(s) {missing}; an .npz dataset needs {list(_REQUIRED_KEYS)}.")
+    layout = _layout(path, arrays.pop("layout", None))
     if ("x_val" in arrays) != ("y_val" in arrays):
         raise DatasetError(f"{path}: 'x_val' and 'y_val' must be given together or not at all.")
 
@@ -161,9 +174,7 @@ def load_npz(path: str | Path) -> Dataset:
                 f"{path}: 'x_{split}' has sample shape {x.shape[1:]} but 'x_train' has {sample_shape}; they must match."
             )
 
-    x = {s: arrays[f"x_{s}"] for s in splits}
-    if x["train"].ndim == 2:  # (N, L): single-channel signals
-        x = {s: v[:, None, :] for s, v in x.items()}
+    x = {s: _channel_first(path, f"x_{s}", arrays[f"x_{s}"], layout) for s in splits}
     num_classes = int(max(arrays[f"y_{s}"].max() for s in splits)) + 1
     if num_classes < 2:
         raise DatasetError(f"{path}: labels must cover at least 2 classes; got {num_classes}.")
@@ -178,6 +189,31 @@ def load_npz(path: str | Path) -> Dataset:
         path.stem, f"npz-{digest}", x["train"], arrays["y_train"], x["test"], arrays["y_test"],
         x.get("val"), arrays.get("y_val"),
     )
+
+
+def _layout(path: Path, value) -> str | None:
+    if value is None:
+        return None
+    text = str(value.item() if value.size == 1 else value).upper()
+    if value.size != 1 or text not in LAYOUTS:
+        raise DatasetError(f"{path}: 'layout' must be one of {list(LAYOUTS)} (the order of x's axes); got {value!r}.")
+    return text
+
+
+def _channel_first(path: Path, key: str, x: np.ndarray, layout: str | None) -> np.ndarray:
+    """``x`` in the order the models read: (N, C, L) for signals, (N, C, H, W) for images."""
+    if layout is None:
+        if x.ndim == 4 and x.shape[3] in _CHANNEL_SIZES and x.shape[1] not in _CHANNEL_SIZES:
+            raise DatasetError(
+                f"{path}: '{key}' has shape {x.shape}, which looks channels-last (N, H, W, C); images are read as "
+                f"(N, C, H, W), which would make {x.shape[1]} channels of {x.shape[2]}x{x.shape[3]}. Save the archive "
+                "with layout='NHWC' to have it read as channels-last, or layout='NCHW' if that reading is right.")
+        layout = {2: "NL", 3: "NCL", 4: "NCHW"}[x.ndim]
+    if len(layout) != x.ndim:
+        raise DatasetError(f"{path}: 'layout' is {layout!r}, {len(layout)} axes, but '{key}' has shape {x.shape}.")
+    if "C" not in layout:  # one channel
+        return x[:, None]
+    return np.moveaxis(x, layout.index("C"), 1)
 
 
 def _check_x(path: Path, key: str, x: np.ndarray) -> None:

@@ -228,8 +228,8 @@ def export_search(
                             runtime, suffix="_at_export" if same_target else "") \
         if profile.backend == "local" or (not same_target and profile.backend == "emulated") else {}
     if precision.startswith("int8") and profile.backend == "local":
-        shipped_ms = remeasured[f"latency_ms_median{'_at_export' if same_target else ''}"]["value"]
-        int8_vs_fp32 = _int8_against_fp32(row, spec, dataset, profile, build_target, runtime, shipped_ms, tuning_cache)
+        int8_vs_fp32 = _int8_against_fp32(row, spec, dataset, profile, build_target, runtime,
+                                          (artifact.library, onnx_path), tuning_cache)
     else:
         int8_vs_fp32 = None
     records = tuning_dir(tuning_cache, build_target)
@@ -265,7 +265,7 @@ def export_search(
         # every runtime the shipping stage timed side by side (p90 and median ms); the fastest ships unless forced
         "runtime_figures": shipped["figures"] if shipped else None,
         "runtime_forced": bool(shipped and shipped.get("forced")),
-        "input": {"shape": list(shape), "dtype": dtype},
+        "input": {"shape": list(shape), "dtype": dtype, "layout": input_layout(shape, dataset.sample_shape)},
         "verification": verification,
         "int8_against_fp32": int8_vs_fp32,
     })
@@ -403,8 +403,21 @@ def _ship_tflm(trial, row: Row, out: Path, dataset, profile) -> dict:
         raise VerificationError(f"the exported .tflite does not reproduce the recorded figures: {verification}")
     return {"runtime": "tflite-micro", "tflm": {"arena_bytes": arena, "arena_bytes_aligned": aligned, "ops": ops,
                                                  "input_dtype": str(np.dtype(details["dtype"]))},
-            "input": {"shape": [int(d) for d in details["shape"]], "dtype": str(np.dtype(details["dtype"]))},
+            "input": {"shape": [int(d) for d in details["shape"]], "dtype": str(np.dtype(details["dtype"])),
+                      "layout": input_layout(details["shape"], dataset.sample_shape)},
             "verification": verification}
+
+
+def input_layout(shape, sample_shape: tuple[int, ...]) -> str:
+    """The order of the shipped model's input axes (N, C channels, L length, H height, W width): channel-first as
+    edgesearch reads data, whatever order the user's archive had (its ``layout``), unless a converter moved C last."""
+    first = "NCL" if len(sample_shape) == 2 else "NCHW"
+    dims = tuple(int(d) for d in shape[1:])
+    if dims == tuple(sample_shape):
+        return first
+    if dims == (*sample_shape[1:], sample_shape[0]):
+        return first.replace("C", "") + "C"
+    return "?"
 
 
 def _remeasure(artifact, onnx_path: Path, precision: str, sample, profile, runtime: str, suffix: str) -> dict:
@@ -427,29 +440,41 @@ def _remeasure(artifact, onnx_path: Path, precision: str, sample, profile, runti
             for name, m in got.items() if name in names}
 
 
-def _int8_against_fp32(row, spec, dataset, profile, build_target, runtime: str, int8_ms: float,
+def _int8_against_fp32(row, spec, dataset, profile, build_target, runtime: str, int8: tuple[str, Path],
                        tuning_cache: Path) -> dict:
-    """An int8 model's speed against fp32 of the same shapes in the runtime that ships, both timed here, so that
+    """An int8 model's speed against fp32 of the same shapes in the runtime that ships, timed here in turns, so that
     "int8" is not read as a speed-up it may not have (TVM computes QDQ graphs in float, except the pointwise
-    convolutions of a build for a CPU with VNNI; onnxruntime has integer kernels). The fp32 graph has untrained
-    weights: its latency depends on its shapes alone."""
+    convolutions of a build for a CPU with VNNI; onnxruntime has integer kernels). ``int8`` is the shipped library
+    and ONNX. The fp32 graph has untrained weights: its latency depends on its shapes alone."""
     import tempfile
 
+    import numpy as np
+
+    from hardware_targets.backends.local import onnxruntime_timer, time_in_turns, tvm_timer
     from hardware_targets.compile import compile_tvm
     from search.candidate import Candidate
+    from search.pipeline import set_threads
+    from search.stages.export import ort_session
     from search.stages.screen import untrained_graph
+    from search.workers import THREADS_PER_WORKER
 
     fp32 = Candidate(**{**row.knobs, "precision": "fp32"}, budget=spec.budget, seed=spec.seed)
-    shape = (1, *dataset.sample_shape)
+    sample = dataset.x_val[:1].astype("float32")  # a QDQ graph takes float input too
+    set_threads(THREADS_PER_WORKER)
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "fp32.onnx"
         untrained_graph(fp32, dataset, onnx_path)
-        artifact = compile_tvm(onnx_path, build_target, Path(tmp) / "fp32.so", shape, "float32",
-                               cache_dir=tuning_cache) if runtime == "tvm" else None
-        got = _remeasure(artifact, onnx_path, "fp32", dataset.x_val[:1].astype("float32"), profile, runtime, "")
-    fp32_ms = got["latency_ms_median"]["value"]
+        if runtime == "tvm":
+            fp32_library = compile_tvm(onnx_path, build_target, Path(tmp) / "fp32.so", (1, *dataset.sample_shape),
+                                       "float32", cache_dir=tuning_cache).library
+            timers = {"int8": tvm_timer(int8[0], sample, "float32"), "fp32": tvm_timer(fp32_library, sample, "float32")}
+        else:
+            timers = {name: onnxruntime_timer(ort_session(path, THREADS_PER_WORKER), sample)
+                      for name, path in (("int8", int8[1]), ("fp32", onnx_path))}
+        timed = time_in_turns(timers, EXPORT_TIMING_REPEATS, rapl=None)
+    int8_ms, fp32_ms = (float(np.median(timed[k].seconds_per_call)) * 1e3 for k in ("int8", "fp32"))
     return {"runtime": runtime, "int8_ms": int8_ms, "fp32_ms": fp32_ms, "speedup": fp32_ms / int8_ms,
-            "provenance": "measured", "how": "medians timed at export one after the other; the fp32 graph has the "
+            "provenance": "measured", "how": "medians timed in turns at export, one thread; the fp32 graph has the "
                                              "same shapes and untrained weights"}
 
 
@@ -460,7 +485,8 @@ def _cpu_line(cpu: dict | None) -> str:
 def model_card_markdown(card: dict) -> str:
     lines = [f"# Model card: {card['search']} / trial {card['trial']}", "",
              f"Chosen as the {card['why']}.", "",
-             f"- dataset: `{card['dataset']}`; input {card['input']['shape']} {card['input']['dtype']}",
+             f"- dataset: `{card['dataset']}`; input {card['input']['shape']} {card['input']['dtype']}"
+             f" ({card['input'].get('layout', '?')})",
              f"- target profile: `{card['target_profile']}` (search measured on `{card['measured_on']}`)",
              f"- host CPU of the search: {_cpu_line(card.get('measured_on_cpu'))}; of this export: "
              f"{_cpu_line(card.get('exported_on_cpu'))}",

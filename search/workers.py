@@ -668,6 +668,7 @@ def run_search(
                "dispatches": 0, "transfer": 0.0,
                "transfer_workers": 0.0}
     profile = check_inputs(spec)
+    report(f"dataset {_load_dataset(spec.dataset).summary()}")  # a malformed file stops here, before Ray starts
     measured = _precisions_measured(spec)
     spec = _narrower_where_faster(_supported_space(spec, profile, report), profile, runs_dir, report, measured)
     if not address:

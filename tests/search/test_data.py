@@ -39,6 +39,46 @@ def test_valid_npz_loads_as_signals(tmp_path):
     np.savez(path, **_good())
     ds = load_npz(path)
     assert ds.sample_shape == (1, 16) and ds.num_classes == 4 and len(ds.x_val) > 0
+    assert "1-D signals, 1 channel(s) of 16 samples" in ds.summary()
+
+
+def _images(shape, n=40, classes=4):
+    rng = np.random.default_rng(0)
+    y = np.arange(n) % classes
+    return dict(x_train=rng.normal(size=(n, *shape)).astype(np.float32), y_train=y,
+                x_test=rng.normal(size=(n // 2, *shape)).astype(np.float32), y_test=y[: n // 2])
+
+
+@pytest.mark.parametrize("layout, shape, read", [
+    ("NHWC", (6, 5, 3), (3, 6, 5)),  # channels-last images, as Keras and PIL give them
+    ("NHW", (6, 5), (1, 6, 5)),  # grey images without a channel axis
+    ("NLC", (16, 2), (2, 16)),  # channels-last signals
+    ("NCHW", (6, 5, 3), (6, 5, 3)),  # the default order, said explicitly: kept as it is
+])
+def test_a_layout_in_the_archive_says_how_x_is_read(tmp_path, layout, shape, read):
+    data = _images(shape)
+    path = tmp_path / "laid.npz"
+    np.savez(path, **data, layout=layout)
+    ds = load_npz(path)
+    assert ds.sample_shape == read
+    # the same numbers, moved: channel c of sample i is what the archive held on its channel axis
+    channel = layout.index("C") if "C" in layout else None
+    first = data["x_train"][0] if channel is None else np.moveaxis(data["x_train"][0], channel - 1, 0)
+    assert any(np.array_equal(x, first.reshape(read)) for x in np.concatenate([ds.x_train, ds.x_val]))
+    assert ("images" if len(read) == 3 else "signals") in ds.summary()
+
+
+def test_channels_last_images_without_a_layout_are_refused_with_the_fix(tmp_path):
+    path = tmp_path / "hwc.npz"
+    np.savez(path, **_images((32, 32, 3)))
+    with pytest.raises(DatasetError, match=r"looks channels-last .*layout='NHWC'"):
+        load_npz(path)
+    np.savez(path, **_images((32, 32, 3)), layout="NCHW")  # 32 channels of 32x3 it is, if the user says so
+    assert load_npz(path).sample_shape == (32, 32, 3)
+    for bad, message in (("NCWH", "must be one of"), ("NCL", "3 axes")):
+        np.savez(path, **_images((32, 32, 3)), layout=bad)
+        with pytest.raises(DatasetError, match=message):
+            load_npz(path)
 
 
 @pytest.mark.parametrize(
