@@ -53,8 +53,9 @@ def inference_energy_mj(baseline_uj: int, baseline_s: float, timed_uj: int, time
     return max(extra, 0.0) * 1e-3 / calls
 
 
-Timer = Callable[[int], float]
-"""Runs a block of ``n`` calls of one inference and returns the seconds per call."""
+Timer = Callable[[int], tuple[float, int]]
+"""Times a block of ``n`` calls of one inference: the seconds per call, and how many calls it made in all (the
+energy read around the block is shared by those)."""
 
 WARMUP_CALLS = 10  # first calls page in code and fill caches
 
@@ -77,7 +78,7 @@ def tvm_timer(library: str, sample: np.ndarray, input_dtype: str) -> Timer:
     def block(n: int) -> float:
         if n not in evaluators:
             evaluators[n] = vm.time_evaluator("main", device, number=n, repeat=1)
-        return float(evaluators[n](data).results[0])
+        return float(evaluators[n](data).results[0]), n + 1  # the evaluator's first call is run, not timed
 
     return block
 
@@ -90,7 +91,7 @@ def onnxruntime_timer(session, sample: np.ndarray) -> Timer:
         started = time.perf_counter()
         for _ in range(n):
             session.run(None, feed)
-        return (time.perf_counter() - started) / n
+        return (time.perf_counter() - started) / n, n
 
     return block
 
@@ -105,23 +106,25 @@ def time_in_turns(timers: dict[str, Timer], repeats: int, rapl: Path | None = RA
     number = {}
     for key, timer in timers.items():
         timer(WARMUP_CALLS)
-        number[key] = calls_per_repeat(timer(1))
+        number[key] = calls_per_repeat(timer(1)[0])
     idle = read_rapl(rapl) if rapl is not None else None
     if idle is not None:  # the package's power just before, with whatever else runs, is subtracted
         started = time.perf_counter()
         time.sleep(RAPL_BASELINE_S)
         baseline = (rapl_delta_uj(idle, read_rapl(rapl)), time.perf_counter() - started)
     seconds = {key: [] for key in keys}
-    energy = {key: [0, 0.0] for key in keys}  # µJ and seconds over the key's blocks
+    energy = {key: [0, 0.0, 0] for key in keys}  # µJ, seconds and calls over the key's blocks
     for r in range(repeats):
         for key in keys[r % len(keys):] + keys[:r % len(keys)]:
             before, started = (read_rapl(rapl) if idle is not None else None), time.perf_counter()
-            seconds[key].append(timers[key](number[key]))
+            per_call, calls = timers[key](number[key])
+            seconds[key].append(per_call)
             if idle is not None:
                 energy[key][1] += time.perf_counter() - started
                 energy[key][0] += rapl_delta_uj(before, read_rapl(rapl))
-    return {key: Timed(seconds[key], inference_energy_mj(*baseline, *energy[key], number[key] * repeats)
-                       if idle is not None else None) for key in keys}
+                energy[key][2] += calls
+    return {key: Timed(seconds[key], inference_energy_mj(*baseline, *energy[key]) if idle is not None else None)
+            for key in keys}
 
 
 class LocalBackend(Backend):

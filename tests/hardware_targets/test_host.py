@@ -94,7 +94,7 @@ def test_runtimes_are_timed_in_turns_and_each_is_charged_its_own_energy(tmp_path
         def block(n):
             order.append(key)
             counter.write_text(f"{int(counter.read_text()) + uj_per_call * n}\n")
-            return seconds_per_call
+            return seconds_per_call, n
         return block
 
     timed = time_in_turns({"a": timer("a", 50, 1e-4), "b": timer("b", 10, 2e-4), "c": timer("c", 0, 1e-3)},
