@@ -194,7 +194,8 @@ def load_npz(path: str | Path) -> Dataset:
 def _layout(path: Path, value) -> str | None:
     if value is None:
         return None
-    text = str(value.item() if value.size == 1 else value).upper()
+    item = value.item() if value.size == 1 else value
+    text = (item.decode(errors="replace") if isinstance(item, bytes) else str(item)).upper()
     if value.size != 1 or text not in LAYOUTS:
         raise DatasetError(f"{path}: 'layout' must be one of {list(LAYOUTS)} (the order of x's axes); got {value!r}.")
     return text

@@ -75,6 +75,8 @@ def test_channels_last_images_without_a_layout_are_refused_with_the_fix(tmp_path
         load_npz(path)
     np.savez(path, **_images((32, 32, 3)), layout="NCHW")  # 32 channels of 32x3 it is, if the user says so
     assert load_npz(path).sample_shape == (32, 32, 3)
+    np.savez(path, **_images((32, 32, 3)), layout=b"nhwc")  # bytes, lower case: the same order
+    assert load_npz(path).sample_shape == (3, 32, 32)
     for bad, message in (("NCWH", "must be one of"), ("NCL", "3 axes")):
         np.savez(path, **_images((32, 32, 3)), layout=bad)
         with pytest.raises(DatasetError, match=message):
