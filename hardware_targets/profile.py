@@ -52,7 +52,7 @@ class TargetProfile:
     detect_host: bool = False  # local profiles: cores, clock, peak rates and power come from the detected CPU
     power_mw_per_core: dict[str, float] | None = None  # CPU-model substring (or "default") -> one core's active mW
     rpc: dict[str, Any] | None = None  # remote backend: host, port, or tracker + key
-    cross_compiler: str | None = None  # e.g. aarch64-linux-gnu-gcc, for exporting the library
+    cross_compiler: str | None = None  # e.g. aarch64-linux-gnu-gcc: links the build a board loads over RPC
     runtime: str = "tvm"  # one of RUNTIMES
     runtime_flash_bytes: int | None = None  # tflite-micro: the interpreter and the kernels of a small CNN, in flash
     source: str = ""  # the file it came from

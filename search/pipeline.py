@@ -21,7 +21,7 @@ import torch
 from hardware_targets import TargetProfile, get_backend, load_profile
 from hardware_targets.backends.base import add_work_and_energy, latency_metrics
 from hardware_targets.backends.local import onnxruntime_timer, time_in_turns, time_onnxruntime, tvm_timer
-from hardware_targets.compile import compile_tvm
+from hardware_targets.compile import CompiledArtifact, compile_tvm
 from hardware_targets.host import host_cpu
 from hardware_targets.metric import Metric
 from hardware_targets.profile import arithmetic
@@ -96,15 +96,18 @@ def host_build_target(profile: TargetProfile, precision: str = "fp32") -> dict:
     return host.tvm_target
 
 
-def target_library(onnx_path: Path, profile: TargetProfile, host_library: str, out_dir: Path,
-                   shape: tuple[int, ...], dtype: str, cache_dir: Path) -> str:
-    """The library the target itself would load: the host build for a local target, else a build for the
-    profile's TVM target (a .tar of object files when it names another architecture)."""
+def target_build(onnx_path: Path, profile: TargetProfile, host: CompiledArtifact, out_dir: Path,
+                 cache_dir: Path) -> CompiledArtifact:
+    """The build the target itself loads, timed by its backend and counted for its flash: the host build for a local
+    target, else one for the profile's TVM target, linked by its ``cross_compiler`` when it names one (a shared
+    library a board loads over RPC), else a .tar of object files when the target is another architecture (a board's
+    RPC server links it)."""
     if profile.backend == "local":
-        return host_library
-    cross = "mtriple" in profile.tvm_target
-    path = Path(out_dir) / ("target_model.tar" if cross else "target_model.so")
-    return compile_tvm(onnx_path, profile.tvm_target, path, shape, dtype, cache_dir=cache_dir).library
+        return host
+    cc = profile.cross_compiler
+    path = Path(out_dir) / ("target_model.tar" if "mtriple" in profile.tvm_target and not cc else "target_model.so")
+    return compile_tvm(onnx_path, profile.tvm_target, path, host.input_shape, host.input_dtype, cache_dir=cache_dir,
+                       cc=cc)
 
 
 def graph_memory_metrics(onnx_path: Path, profile: TargetProfile) -> dict[str, Metric]:
@@ -207,12 +210,16 @@ def evaluate_candidate(
         seconds["tune"] = artifact.tuning_seconds
         seconds["compile"] = max(0.0, seconds["compile"] - artifact.tuning_seconds)
 
+    target = artifact
+    if profile.backend != "local":
+        with stage("compile", f"building for {profile.name}: what its backend times and its flash holds"):
+            target = target_build(onnx_path, profile, artifact, out_dir, paths.tuning)
     backend = get_backend(profile, paths.root)
     sample = dataset.x_val[:1].astype(dtype)
     repeats = candidate.budget.timing_repeats
     session = ort_session(onnx_path, threads)
     with stage("measure", f"latency on {profile.name} ({backend.provenance})"):
-        metrics = dict(backend.measure(artifact, onnx_path, candidate.precision, sample, repeats))
+        metrics = dict(backend.measure(target, onnx_path, candidate.precision, sample, repeats))
         if profile.backend == "local":
             metrics.update(time_onnxruntime(session, sample, repeats))
 
@@ -224,17 +231,15 @@ def evaluate_candidate(
         metrics["accuracy_test_onnxruntime"] = Metric(
             accuracy(predict_onnx(session, dataset.x_test, dtype.name), dataset.y_test), "fraction", "measured")
 
-    with stage("compile", f"building for {profile.name} to count its flash"):
-        library = target_library(onnx_path, profile, artifact.library, out_dir, (1, *dataset.sample_shape),
-                                 dtype.name, paths.tuning)
-    metrics.update(memory_metrics(onnx_path, library, profile))
+    metrics.update(memory_metrics(onnx_path, target.library, profile))
     metrics["sparsity"] = Metric(float(sparsity), "fraction", "measured")
     result = CandidateResult(
         candidate=candidate,
         dataset=dataset.name,
         target=profile.name,
         metrics=metrics,
-        artifacts={"onnx": str(onnx_path), "library": artifact.library},
+        artifacts={"onnx": str(onnx_path), "library": artifact.library,
+                   **({"target_library": target.library} if target is not artifact else {})},
         stage_seconds=seconds,
         versions=versions(),
         info={
@@ -256,7 +261,6 @@ def _finish_tflm(model, candidate: Candidate, dataset: Dataset, profile: TargetP
                  sparsity: float) -> CandidateResult:
     """The rest of the pipeline for a TFLite Micro profile: convert, find the arena, emulate the latency from the
     graph, and measure accuracy by running the ``.tflite`` in the TFLM interpreter (what the board runs)."""
-    from hardware_targets.compile import CompiledArtifact
     from search.stages.tflite import arena_bytes, convert_tflite, predict_tflm
 
     kind = "fully integer int8" if candidate.precision.startswith("int8") else candidate.precision
@@ -312,11 +316,11 @@ def retime(result: CandidateResult, dataset: Dataset, profile: TargetProfile, ru
     The figures timed during the search (beside other workers) stay as ``*_loaded``."""
     import dataclasses
 
-    from hardware_targets.compile import CompiledArtifact
-
     set_threads(threads)
     dtype = input_dtype(result.candidate.precision)
-    artifact = CompiledArtifact(result.artifacts["library"], host_build_target(profile, result.candidate.precision),
+    library = result.artifacts.get("target_library", result.artifacts["library"])  # what the target loads
+    artifact = CompiledArtifact(library, host_build_target(profile, result.candidate.precision)
+                                if library == result.artifacts["library"] else profile.tvm_target,
                                 (1, *dataset.sample_shape), dtype.name)
     fresh = get_backend(profile, runs_dir).measure(artifact, Path(result.artifacts["onnx"]), result.candidate.precision,
                                          dataset.x_val[:1].astype(dtype), result.candidate.budget.timing_repeats)

@@ -98,7 +98,7 @@ def untrained_graph(candidate: Candidate, dataset: Dataset, onnx_path: Path) -> 
 
 def _measure(candidate: Candidate, dataset: Dataset, profile: TargetProfile, root: Path, threads: int) -> dict:
     from hardware_targets.compile import CompiledArtifact, compile_tvm
-    from search.pipeline import graph_memory_metrics, host_build_target, memory_metrics, set_threads, target_library
+    from search.pipeline import graph_memory_metrics, host_build_target, memory_metrics, set_threads, target_build
     from search.stages.export import input_dtype
 
     set_threads(threads)
@@ -108,18 +108,20 @@ def _measure(candidate: Candidate, dataset: Dataset, profile: TargetProfile, roo
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "screen.onnx"
         untrained_graph(candidate, dataset, onnx_path)
-        if profile.backend == "emulated":  # the device model reads the graph: no host build to time
+        if profile.runtime == "tflite-micro":  # the device model reads the graph: nothing to build
             artifact = CompiledArtifact("", dict(profile.tvm_target), shape, dtype.name)
-        else:  # a remote backend cross-compiles from the ONNX itself; the host build is what is timed here
+        elif profile.backend == "local":
             artifact = compile_tvm(onnx_path, host_build_target(profile, candidate.precision), Path(tmp) / "screen.so",
                                    shape, dtype.name, cache_dir=cache_dir, seed=candidate.seed)
+        else:  # what a board loads, or what an emulated target's flash would hold
+            host = CompiledArtifact("", host_build_target(profile, candidate.precision), shape, dtype.name)
+            artifact = target_build(onnx_path, profile, host, Path(tmp), cache_dir)
         sample = dataset.x_val[:1].astype(dtype)
         metrics = dict(get_backend(profile, root).measure(artifact, onnx_path, candidate.precision, sample, SCREEN_REPEATS))
         if profile.runtime == "tflite-micro":  # no TVM build ships; converting costs seconds: estimate from the graph
             metrics.update(graph_memory_metrics(onnx_path, profile))
         else:
-            library = target_library(onnx_path, profile, artifact.library, Path(tmp), shape, dtype.name, cache_dir)
-            metrics.update(memory_metrics(onnx_path, library, profile))
+            metrics.update(memory_metrics(onnx_path, artifact.library, profile))
     return {name: [m.value, m.unit, m.provenance] for name, m in metrics.items()}
 
 

@@ -99,6 +99,24 @@ def test_remote_backend_matches_local_within_2x(connection, request, host_build,
     assert 0.5 <= r.value / local.value <= 2.0
 
 
+def test_a_board_over_rpc_times_and_counts_the_one_build_made_for_it(rpc_server, digits, tiny_budget, shared_runs,
+                                                                     tmp_path):
+    """The pipeline builds a candidate once for the board's target; the board's backend times that build, and the
+    flash is counted from it (the backend used to compile its own copy, and the pipeline a third)."""
+    from objectives.size import flash_bytes
+    from search.pipeline import Paths, evaluate_candidate
+
+    profile_path = tmp_path / "loopback-board.yaml"
+    profile_path.write_text(yaml.safe_dump({"name": "loopback-board", "backend": "remote",
+                                            "tvm_target": load_profile("host").tvm_target, "rpc": rpc_server}))
+    result = evaluate_candidate(Candidate(width=0.25, budget=tiny_budget), digits, load_profile(profile_path),
+                                Paths(shared_runs))
+    built = result.artifacts["target_library"]
+    assert built != result.artifacts["library"] and os.path.isfile(built)
+    assert result.metrics["latency_ms_median"].provenance == "measured"
+    assert result.value("flash_bytes") == flash_bytes(built)
+
+
 def test_host_energy_is_labelled_by_how_it_was_obtained(digits, tiny_budget, tmp_path):
     torch.manual_seed(0)
     model = fit(build_model(digits.sample_shape, 10, 0.5), digits, 1)
