@@ -36,7 +36,10 @@ $(MCU_STAMP): requirements-mcu.lock
 	$(MCU_VENV)/bin/pip install --quiet -r requirements-mcu.lock
 	touch $@
 
-setup: $(STAMP) $(MCU_STAMP)
+# The two environments install side by side (each is mostly unpacking wheels); `make -j` elsewhere would also run
+# the apt installs of `browser` and `postgres` at once, which share dpkg's lock.
+setup:
+	$(MAKE) --no-print-directory -j2 $(STAMP) $(MCU_STAMP)
 
 # A small real search: 12 candidates on 2 local Ray workers, digits, host CPU, 0.05 ms budget.
 run: setup
