@@ -1,7 +1,7 @@
 """The TVM build for a target, the pipeline's compile stage: ONNX -> Relax (TVM's ONNX frontend) -> MetaSchedule
-tuning -> shared library. It lives with the targets because the backends build with it too (the remote backend
-cross-compiles for its board) and because what it needs is the target's: its TVM target, its CPU's tensor
-intrinsics, its tuning records.
+tuning -> shared library. It lives with the targets because the backends load what it builds (``CompiledArtifact``,
+``load_vm``) and because what it needs is the target's: its TVM target, its CPU's tensor intrinsics, its tuning
+records.
 
 Tuning records live in one JSON database per target under the tuning cache.
 Before tuning, tasks whose workload already has a record are dropped, so a

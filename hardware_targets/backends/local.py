@@ -75,7 +75,7 @@ def tvm_timer(library: str, sample: np.ndarray, input_dtype: str) -> Timer:
     data = tvm.runtime.tensor(np.ascontiguousarray(sample, dtype=input_dtype))
     evaluators: dict[int, Callable] = {}
 
-    def block(n: int) -> float:
+    def block(n: int) -> tuple[float, int]:
         if n not in evaluators:
             evaluators[n] = vm.time_evaluator("main", device, number=n, repeat=1)
         return float(evaluators[n](data).results[0]), n + 1  # the evaluator's first call is run, not timed
@@ -87,7 +87,7 @@ def onnxruntime_timer(session, sample: np.ndarray) -> Timer:
     """An onnxruntime session's blocks, each call through its Python API as a user's program makes it."""
     feed = {session.get_inputs()[0].name: sample}
 
-    def block(n: int) -> float:
+    def block(n: int) -> tuple[float, int]:
         started = time.perf_counter()
         for _ in range(n):
             session.run(None, feed)
