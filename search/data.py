@@ -185,10 +185,15 @@ def load_npz(path: str | Path) -> Dataset:
             "and every class must appear in training."
         )
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    return _finish(
-        path.stem, f"npz-{digest}", x["train"], arrays["y_train"], x["test"], arrays["y_test"],
-        x.get("val"), arrays.get("y_val"),
-    )
+    try:
+        return _finish(
+            path.stem, f"npz-{digest}", x["train"], arrays["y_train"], x["test"], arrays["y_test"],
+            x.get("val"), arrays.get("y_val"),
+        )
+    except ValueError as exc:  # scikit-learn's split: a class with one training sample, or fewer samples than classes
+        raise DatasetError(
+            f"{path}: cannot draw the validation split (15% of 'x_train', stratified by class): {exc} Save the "
+            "archive with 'x_val' and 'y_val', or with at least 2 training samples of every class.") from exc
 
 
 def _layout(path: Path, value) -> str | None:
@@ -230,6 +235,9 @@ def _check_x(path: Path, key: str, x: np.ndarray) -> None:
 
 
 def _check_y(path: Path, key: str, y: np.ndarray) -> None:
+    if y.ndim == 2 and y.shape[1] > 1:
+        raise DatasetError(f"{path}: '{key}' has shape {y.shape}, one row per sample: if it is one-hot, save "
+                           f"{key}.argmax(axis=1), the class numbers.")
     if not np.issubdtype(y.dtype, np.integer):
         raise DatasetError(f"{path}: '{key}' must hold integer class labels; got dtype {y.dtype}.")
     if y.ndim != 1:

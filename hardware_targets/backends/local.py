@@ -66,13 +66,9 @@ class Timed:
     energy_mj: float | None  # per call, from RAPL; None where no counter is readable (or none was asked for)
 
 
-def tvm_timer(library: str, sample: np.ndarray, input_dtype: str) -> Timer:
-    """A TVM library's blocks, timed by TVM's time evaluator (in C++, no Python call per inference)."""
-    import tvm
-
-    device = tvm.cpu()
-    vm = load_vm(library, device)
-    data = tvm.runtime.tensor(np.ascontiguousarray(sample, dtype=input_dtype))
+def vm_timer(vm, device, data) -> Timer:
+    """A loaded TVM VM's blocks, timed by TVM's time evaluator on ``device`` (in C++ there, no Python call per
+    inference; on a board over RPC, one round trip per block)."""
     evaluators: dict[int, Callable] = {}
 
     def block(n: int) -> tuple[float, int]:
@@ -81,6 +77,15 @@ def tvm_timer(library: str, sample: np.ndarray, input_dtype: str) -> Timer:
         return float(evaluators[n](data).results[0]), n + 1  # the evaluator's first call is run, not timed
 
     return block
+
+
+def tvm_timer(library: str, sample: np.ndarray, input_dtype: str) -> Timer:
+    """A TVM library built for this machine, loaded here and timed by ``vm_timer``."""
+    import tvm
+
+    device = tvm.cpu()
+    data = tvm.runtime.tensor(np.ascontiguousarray(sample, dtype=input_dtype))
+    return vm_timer(load_vm(library, device), device, data)
 
 
 def onnxruntime_timer(session, sample: np.ndarray) -> Timer:

@@ -6,12 +6,12 @@ The device runs ``python -m tvm.exec.rpc_server``; the profile's ``rpc`` field g
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 
-from hardware_targets.backends.base import Backend, add_work_and_energy, calls_per_repeat, latency_metrics
+from hardware_targets.backends.base import Backend, add_work_and_energy, latency_metrics
+from hardware_targets.backends.local import time_in_turns, vm_timer
 from hardware_targets.compile import CompiledArtifact
 from hardware_targets.errors import CandidateError
 from hardware_targets.metric import Metric
@@ -48,13 +48,8 @@ class RemoteBackend(Backend):
         except Exception as exc:
             raise CandidateError("measure", f"RPC to {self.profile.name} at {self.profile.rpc} failed: {exc}") from exc
         device = remote.cpu()
-        vm = relax.VirtualMachine(module, device)
         data = tvm.runtime.tensor(np.ascontiguousarray(sample, dtype=artifact.input_dtype), device)
-        for _ in range(10):
-            vm["main"](data)
-        started = time.perf_counter()
-        vm["main"](data)
-        number = calls_per_repeat(time.perf_counter() - started)  # includes the network round trip: fewer calls
-        result = vm.time_evaluator("main", device, number=number, repeat=repeats)(data)
-        return add_work_and_energy(latency_metrics(list(result.results), self.provenance), onnx_path, precision,
+        timer = vm_timer(relax.VirtualMachine(module, device), device, data)
+        timed = time_in_turns({"tvm": timer}, repeats, rapl=None)["tvm"]  # this machine's RAPL is not the board's
+        return add_work_and_energy(latency_metrics(timed.seconds_per_call, self.provenance), onnx_path, precision,
                                    self.profile)

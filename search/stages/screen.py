@@ -30,8 +30,9 @@ from search.data import Dataset
 
 SCREEN_REPEATS = 10
 CALIBRATION_SAMPLES = 8  # placeholder int8 scales: enough for onnxruntime's calibrator, weights are untrained
-# the sources whose change alters a screened graph: a cached figure from older code is not reused
-_SOURCES = ("models.py", "stages/compress.py", "stages/export.py", "stages/screen.py")
+# the sources whose change alters a screened graph or its build: a cached figure from older code is not reused
+_SOURCES = ("search/models.py", "search/stages/compress.py", "search/stages/export.py", "search/stages/screen.py",
+            "hardware_targets/compile.py", "hardware_targets/integer.py")
 
 
 def shape_knobs(candidate: Candidate, profile: TargetProfile) -> tuple:
@@ -45,7 +46,7 @@ def shape_knobs(candidate: Candidate, profile: TargetProfile) -> tuple:
 
 @functools.lru_cache(maxsize=1)
 def _code_version() -> str:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     return hashlib.sha256(b"".join((root / s).read_bytes() for s in _SOURCES)).hexdigest()[:12]
 
 

@@ -96,6 +96,9 @@ def test_channels_last_images_without_a_layout_are_refused_with_the_fix(tmp_path
         (lambda d: d.update(x_train=np.zeros((40,), np.float32)), "'x_train' must have shape"),
         (lambda d: d.update(x_val=d["x_test"]), "given together"),
         (lambda d: d.update(y_train=np.where(d["y_train"] == 2, 0, d["y_train"])), "no sample of class"),
+        (lambda d: d.update(y_train=np.eye(4)[d["y_train"]]), r"one-hot, save y_train.argmax\(axis=1\)"),
+        (lambda d: d["y_train"].__setitem__(slice(None), np.where(np.arange(40) == 3, 4, d["y_train"] % 4)),
+         "cannot draw the validation split .*x_val"),
     ],
 )
 def test_bad_npz_gives_a_clear_error(tmp_path, change, message):
