@@ -39,7 +39,7 @@ def test_server_down_mid_search_loses_no_metric(tmp_path, free_port):
     uri = f"http://127.0.0.1:{port}"
     server = _start(store, port)
     # no distillation, so no teacher to train: the test is about what reaches MLflow, not what the trials cost
-    spec = SearchSpec(name="flaky", trials=4, workers=1, recipes=False,
+    spec = SearchSpec(name="flaky", trials=3, workers=1, recipes=False,
                       budget=Budget(epochs=2, finetune_epochs=0, prune_steps=1, timing_repeats=3,
                                     front_tuning_trials=0),
                       space=SearchSpace(precision=("fp32", "int8-ptq"), width=(0.25, 0.5), sparsity=(0.0, 0.0),
@@ -49,10 +49,10 @@ def test_server_down_mid_search_loses_no_metric(tmp_path, free_port):
         spec, tmp_path, storage_url=default_storage(tmp_path), tracking_uri=uri, report=lines.append)))
     worker.start()
     deadline = time.time() + 240
-    while not any(line.startswith("[1/4]") for line in lines) and time.time() < deadline:
+    while not any(line.startswith("[1/3]") for line in lines) and time.time() < deadline:
         time.sleep(0.5)
     _stop(server)  # down while trials 2.. finish
-    while not any(line.startswith("[2/4]") for line in lines) and time.time() < deadline:
+    while not any(line.startswith("[2/3]") for line in lines) and time.time() < deadline:
         time.sleep(0.5)
     time.sleep(2)
     server = _start(store, port)
