@@ -13,20 +13,27 @@ write the same database at once, and the second one sees the first one's records
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
 import sys
 import time
-import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hardware_targets.errors import CandidateError
-from hardware_targets.integer import integer_kernels, integer_kernels_apply, register_vnni_intrinsic
+from hardware_targets.integer import (
+    TENSOR_INTRIN,
+    import_x86_intrinsics,
+    integer_kernels,
+    integer_kernels_apply,
+    register_vnni_intrinsic,
+    tensor_intrin_stand_in,
+    x86_cpu,
+)
 
-TENSOR_INTRIN = "tvm.s_tir.tensor_intrin"
 TRIALS_PER_ROUND = 32  # MetaSchedule pays a fixed builder cost per round; keep rounds full
 # MetaSchedule's default evolves 512 schedules per round, several seconds on 2 cores for rounds of a few
 # dozen trials on these small kernels; 128 keeps the cost model's pick without most of that time.
@@ -76,8 +83,9 @@ def import_onnx(onnx_path: Path, input_shape: tuple[int, ...], input_dtype: str)
     )
 
 
-def open_database(work_dir: Path):
-    """The target's JSON tuning database; a corrupted one is moved aside (with a warning) and started afresh."""
+def open_database(work_dir: Path, target=None):
+    """The target's JSON tuning database (``target``, a ``tvm.target.Target``, says which tensor intrinsics its
+    records may name); a corrupted one is moved aside (with a warning) and started afresh."""
     import warnings
 
     from tvm.s_tir import meta_schedule as ms
@@ -86,7 +94,7 @@ def open_database(work_dir: Path):
         return ms.database.JSONDatabase(work_dir=str(work_dir))
     except Exception as exc:
         if "TensorIntrin" in str(exc):  # a tensorized record, read in a process that has not registered them yet
-            register_tensor_intrinsics()
+            register_tensor_intrinsics(target)
             try:
                 return ms.database.JSONDatabase(work_dir=str(work_dir))
             except Exception as again:
@@ -139,8 +147,8 @@ def build_kernel(mod, target, _params):
     """MetaSchedule's default build, minus its import of every tensor intrinsic.
 
     That import parses hundreds of TVMScript functions (about 20 s on our 2-core
-    machines) in each fresh builder process, and MetaSchedule starts fresh
-    builder processes every round, so it dominated tuning time. On CPU (LLVM)
+    machines) in each builder process, which dominated tuning time when
+    MetaSchedule's builder started fresh processes every round. On CPU (LLVM)
     targets a tensorized schedule already carries its LLVM intrinsics when it
     reaches the builder; other targets still get the registrations.
     """
@@ -152,12 +160,56 @@ def build_kernel(mod, target, _params):
     return build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
 
 
-def register_tensor_intrinsics() -> None:
+def _build_and_export(mod, target) -> str:
+    """One builder sample: ``build_kernel``, then MetaSchedule's own export (a library file for the runner)."""
+    from tvm.s_tir.meta_schedule.builder.local_builder import default_export
+
+    return default_export(build_kernel(mod, target, None))
+
+
+@functools.lru_cache(maxsize=1)
+def _pooled_builder_class():
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+    from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
+
+    @derived_object
+    class PooledBuilder(PyBuilder):
+        """MetaSchedule's local build with one process pool for a whole tuning run. ``LocalBuilder`` starts a fresh
+        pool every round (TVM's guard against a leak in long-lived workers), each worker importing TVM and torch:
+        3-4 s per round on 2 cores, a third of tuning a 10-task model at 4 trials per task. One run's rounds are
+        too few for a leak to matter; the pool is shut down after."""
+
+        def __init__(self, max_workers: int, timeout_sec: float = 30.0):
+            super().__init__()
+            self.timeout_sec = timeout_sec
+            self.pool = PopenPoolExecutor(max_workers=max_workers, timeout=timeout_sec)
+
+        def build(self, build_inputs):
+            results = []
+            for done in self.pool.map_with_error_catching(lambda args: _build_and_export(*args),
+                                                          [(b.mod, b.target) for b in build_inputs]):
+                if done.status == StatusKind.COMPLETE:
+                    results.append(BuilderResult(done.value, None))
+                elif done.status == StatusKind.TIMEOUT:
+                    results.append(BuilderResult(None, f"build timed out after {self.timeout_sec} s"))
+                else:
+                    results.append(BuilderResult(None, f"build failed: {done.value}"))
+            return results
+
+    return PooledBuilder
+
+
+def register_tensor_intrinsics(target=None) -> None:
     """TVM's tensor intrinsics, with VNNI's mended: a record whose schedule tensorizes names its intrinsic, and a
-    database holding one cannot be read, nor its schedule applied correctly, without them."""
-    module = sys.modules.get(TENSOR_INTRIN)
-    if module is not None and not hasattr(module, "__path__"):  # the stand-in of ``_without_tensor_intrinsics``
-        del sys.modules[TENSOR_INTRIN]
+    database holding one cannot be read, nor its schedule applied correctly, without them. For an x86 ``target``
+    (a ``tvm.target.Target``) only x86's are registered; else every target's."""
+    import importlib
+
+    if target is None or not x86_cpu(target):
+        if getattr(sys.modules.get(TENSOR_INTRIN), "edgesearch_stand_in", False):
+            del sys.modules[TENSOR_INTRIN]
+        importlib.import_module(TENSOR_INTRIN)
     register_vnni_intrinsic()
 
 
@@ -167,22 +219,25 @@ def generic_cpu(target: dict[str, Any]) -> bool:
 
 
 @contextlib.contextmanager
-def _without_tensor_intrinsics(target: dict[str, Any]):
-    """Let MetaSchedule tune a generic CPU target without registering every tensor intrinsic.
+def _only_the_targets_intrinsics(target: dict[str, Any], tvm_target):
+    """Let MetaSchedule tune a CPU target with its own tensor intrinsics only.
 
-    Each ``TuneContext`` imports ``tvm.s_tir.tensor_intrin`` so that schedule rules can name intrinsics; the
-    import parses hundreds of TVMScript functions, 40 s to 2 minutes on our 2-core machines, once per process
-    (each Ray worker's first tuned candidate). A generic CPU target's rules name none, so an empty placeholder
-    module stands in while it tunes, and is removed after: other targets still import the real one.
+    Each ``TuneContext`` imports ``tvm.s_tir.tensor_intrin`` so that schedule rules can name intrinsics; its
+    ``__init__`` parses every target's (CUDA, ROCm, Arm, Hexagon, x86), 40 s to 2 minutes on our 2-core machines,
+    once per process (each Ray worker's first tuned candidate). A generic CPU target's rules name none, an x86
+    CPU's name x86's only: those are registered, and a stand-in for the package answers the import while it tunes.
+    It is removed after, so that other targets still import the real one.
     """
-    if not generic_cpu(target) or TENSOR_INTRIN in sys.modules:
+    if TENSOR_INTRIN in sys.modules or not (generic_cpu(target) or x86_cpu(tvm_target)):
         yield
         return
-    placeholder = sys.modules[TENSOR_INTRIN] = types.ModuleType(TENSOR_INTRIN)
+    if not generic_cpu(target):
+        import_x86_intrinsics()
+    stand_in = sys.modules[TENSOR_INTRIN] = tensor_intrin_stand_in()
     try:
         yield
     finally:
-        if sys.modules.get(TENSOR_INTRIN) is placeholder:
+        if sys.modules.get(TENSOR_INTRIN) is stand_in:
             del sys.modules[TENSOR_INTRIN]
 
 
@@ -212,20 +267,26 @@ def _tune(mod, target, database, work_dir: Path, trials: int, seed: int,
     _drop_unnamed_handlers(logging.getLogger("tvm.s_tir.meta_schedule"))
     per_task = trials_per_task or max(1, min(TRIALS_PER_ROUND, trials // len(fresh)))
     todo = fresh
-    for attempt in range(1 + (RETRY_ROUNDS if trials_per_task else 0)):
-        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            todo, work_dir=str(work_dir), seed=seed + attempt,
-            strategy=ms.search_strategy.EvolutionarySearch(population_size=POPULATION),
-        )
-        ms.tune.tune_tasks(
-            tasks=contexts, task_weights=weights, work_dir=str(work_dir),
-            max_trials_global=per_task * len(todo) if trials_per_task else trials,
-            max_trials_per_task=per_task, num_trials_per_iter=min(per_task, TRIALS_PER_ROUND), database=database,
-            builder=ms.builder.LocalBuilder(f_build=build_kernel),
-        )
-        todo = [t for t in todo if not _has_record(database, t)]
-        if not todo:
-            break
+    builder = _pooled_builder_class()(max_workers=ms.utils.cpu_count(logical=True))
+    runner = ms.runner.LocalRunner()
+    try:
+        for attempt in range(1 + (RETRY_ROUNDS if trials_per_task else 0)):
+            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                todo, work_dir=str(work_dir), seed=seed + attempt,
+                strategy=ms.search_strategy.EvolutionarySearch(population_size=POPULATION),
+            )
+            ms.tune.tune_tasks(
+                tasks=contexts, task_weights=weights, work_dir=str(work_dir),
+                max_trials_global=per_task * len(todo) if trials_per_task else trials,
+                max_trials_per_task=per_task, num_trials_per_iter=min(per_task, TRIALS_PER_ROUND), database=database,
+                builder=builder, runner=runner,
+            )
+            todo = [t for t in todo if not _has_record(database, t)]
+            if not todo:
+                break
+    finally:
+        builder.pool.shutdown()
+        runner.pool.shutdown()
     return len(tasks), len(fresh) - len(todo), len(tasks) - len(fresh)
 
 
@@ -270,15 +331,15 @@ def compile_tvm(
             if integer if integer is not None else vnni:
                 mod, products = integer_kernels(mod)
                 if products and vnni:  # MetaSchedule tensorizes the products with it
-                    register_tensor_intrinsics()
+                    register_tensor_intrinsics(tvm_target)
             mod = relax.get_pipeline("zero")(mod)
             if cache_dir is not None:
                 work_dir = tuning_dir(cache_dir, target)
                 work_dir.mkdir(parents=True, exist_ok=True)
                 with FileLock(str(work_dir / ".lock")):
                     started = time.perf_counter()  # after the lock: waiting for another worker is not tuning
-                    with _without_tensor_intrinsics(target):
-                        database = open_database(work_dir)
+                    with _only_the_targets_intrinsics(target, tvm_target):
+                        database = open_database(work_dir, tvm_target)
                         total, tuned, reused = _tune(mod, tvm_target, database, work_dir, tuning_trials, seed,
                                                      trials_per_task)
                     tuning_seconds = time.perf_counter() - started

@@ -9,12 +9,28 @@ MetaSchedule tensorizes it with VNNI's 4-way dot product (``vpdpbusd``). Other c
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import sys
+import types
 from typing import Any
 
 import numpy as np
 
 VNNI_FEATURE = "avx512vnni"
+TENSOR_INTRIN = "tvm.s_tir.tensor_intrin"
+X86_INTRIN = TENSOR_INTRIN + ".x86"
 LANES_OUT, LANES_IN = 16, 4  # VNNI's 512-bit dot product: 16 int32 sums, each of 4 uint8 x int8 products
+
+
+def x86_cpu(target: Any) -> bool:
+    """True for an LLVM target that names an x86 CPU (its triple, else this machine's)."""
+    from tvm.target import codegen
+
+    if target.kind.name != "llvm" or not target.attrs.get("mcpu"):
+        return False
+    triple = str(target.attrs.get("mtriple") or codegen.llvm_get_system_triple())
+    return triple.startswith(("x86_64", "i686", "i386"))
 
 
 def integer_kernels_apply(target: Any) -> bool:
@@ -22,10 +38,34 @@ def integer_kernels_apply(target: Any) -> bool:
     target that names its CPU. LLVM is asked only then (asked of a triple it does not know, it aborts)."""
     from tvm.target import codegen
 
-    if target.kind.name != "llvm" or not target.attrs.get("mcpu"):
-        return False
-    triple = str(target.attrs.get("mtriple") or codegen.llvm_get_system_triple())
-    return triple.startswith(("x86_64", "i686", "i386")) and bool(codegen.target_has_features(VNNI_FEATURE, target))
+    return x86_cpu(target) and bool(codegen.target_has_features(VNNI_FEATURE, target))
+
+
+def tensor_intrin_stand_in() -> types.ModuleType:
+    """TVM's tensor-intrinsic package without its ``__init__`` run: that registers every target's intrinsics
+    (parsing hundreds of TVMScript functions, 38 s on our 2-core machines, CUDA's alone 25 s), where one of its
+    modules can be imported on its own beneath this. Marked, so that it is never taken for the real package."""
+    module = importlib.util.module_from_spec(importlib.util.find_spec(TENSOR_INTRIN))
+    module.edgesearch_stand_in = True
+    return module
+
+
+def import_x86_intrinsics() -> types.ModuleType:
+    """TVM's x86 tensor intrinsics (VNNI's and AVX-512's dot products), registered without the other targets'."""
+    if X86_INTRIN in sys.modules:
+        return sys.modules[X86_INTRIN]
+    present = sys.modules.get(TENSOR_INTRIN)
+    if present is not None and hasattr(present, "__path__"):  # the package, or a stand-in for it
+        return importlib.import_module(X86_INTRIN)
+    sys.modules[TENSOR_INTRIN] = stand_in = tensor_intrin_stand_in()
+    try:
+        return importlib.import_module(X86_INTRIN)
+    finally:
+        if sys.modules.get(TENSOR_INTRIN) is stand_in:
+            if present is None:
+                del sys.modules[TENSOR_INTRIN]
+            else:
+                sys.modules[TENSOR_INTRIN] = present
 
 
 def register_vnni_intrinsic() -> None:
@@ -34,10 +74,10 @@ def register_vnni_intrinsic() -> None:
     TVM 0.27's own ``dot_16x4_vnni`` passes ``int32x16`` operands to ``llvm.x86.avx512.vpdpbusd.512``, whose
     operands are ``<64 x i8>`` in LLVM 22: every tensorized schedule then fails LLVM's verifier. Same
     description and instruction, operands reinterpreted as bytes."""
-    import tvm.s_tir.tensor_intrin  # noqa: F401  (registers the description this overrides)
     from tvm.s_tir import TensorIntrin
-    from tvm.s_tir.tensor_intrin.x86 import VNNI_DOT_16x4_INTRIN, dot_product_16x4_u8i8i32_desc
     from tvm.script import tirx as T
+
+    x86 = import_x86_intrinsics()  # registers the description this overrides
 
     @T.prim_func(s_tir=True)
     def vnni_16x4(
@@ -55,7 +95,7 @@ def register_vnni_intrinsic() -> None:
                 C.vload([0], dtype="int32x16"), a, B.vload([0, 0], dtype="int8x64"), dtype="int32x16",
             )
 
-    TensorIntrin.register(VNNI_DOT_16x4_INTRIN, dot_product_16x4_u8i8i32_desc, vnni_16x4, override=True)
+    TensorIntrin.register(x86.VNNI_DOT_16x4_INTRIN, x86.dot_product_16x4_u8i8i32_desc, vnni_16x4, override=True)
 
 
 def _value(const) -> np.ndarray:

@@ -300,24 +300,32 @@ def test_invalid_target_is_a_compile_error(digits, trained, tiny_budget, tmp_pat
 
 
 TUNE_IN_A_FRESH_PROCESS = """
-import sys
+import json, sys
 from pathlib import Path
 from hardware_targets.compile import TENSOR_INTRIN, compile_tvm
-tmp, target = Path(sys.argv[1]), {"kind": "llvm", "num-cores": 2}
+tmp, target = Path(sys.argv[1]), json.loads(sys.argv[2])
 art = compile_tvm(tmp / "mlp.onnx", target, tmp / "c.so", (1, 16), "float32", tuning_trials=2, cache_dir=tmp / "t")
-print(art.tasks_tuned, TENSOR_INTRIN in sys.modules)
+print(art.tasks_tuned, TENSOR_INTRIN in sys.modules, TENSOR_INTRIN + ".x86" in sys.modules,
+      any(m.startswith(TENSOR_INTRIN + ".") and not m.endswith(".x86") for m in sys.modules))
 """
 
 
-def test_a_generic_cpu_target_tunes_without_registering_tensor_intrinsics(tmp_path):
-    """The registration costs 40 s or more per process and a generic CPU's schedule rules use none of it."""
+@pytest.mark.parametrize("cpu", ["generic", "this x86 CPU"])
+def test_tuning_registers_only_the_tensor_intrinsics_of_the_targets_cpu(tmp_path, cpu):
+    """Registering every target's intrinsics costs 40 s or more per process; a generic CPU's schedule rules use
+    none of them, an x86 CPU's (VNNI's and AVX-512's dot products) x86's only."""
     import subprocess
     import sys
 
+    if cpu != "generic" and platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the x86 case needs an x86 host")
+    target = {"kind": "llvm", "num-cores": 2} if cpu == "generic" else tuned_build_target(load_profile("host"))
     torch.onnx.export(_TinyMLP().eval(), (torch.zeros(1, 16),), str(tmp_path / "mlp.onnx"), dynamo=False,
                       input_names=["x"], output_names=["y"])
-    run = subprocess.run([sys.executable, "-c", TUNE_IN_A_FRESH_PROCESS, str(tmp_path)], capture_output=True,
-                         text=True, timeout=600)
+    run = subprocess.run([sys.executable, "-c", TUNE_IN_A_FRESH_PROCESS, str(tmp_path), json.dumps(target)],
+                         capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
-    tuned, registered = run.stdout.split()[-2:]
-    assert int(tuned) >= 1 and registered == "False"  # tuned, and the placeholder is gone afterwards
+    tuned, package, x86, others = run.stdout.split()[-4:]
+    assert int(tuned) >= 1
+    assert (package, others) == ("False", "False")  # the stand-in for the package is gone afterwards
+    assert x86 == ("False" if cpu == "generic" else "True")
