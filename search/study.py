@@ -9,7 +9,7 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -442,6 +442,24 @@ def shipping_picks(all_rows: list[Row], budget_ms: float, margin: float = SHIP_M
             near.append(r)
     ordered = sorted(front, key=lambda r: -r.value("accuracy")) + sorted(near, key=lambda r: -r.value("accuracy"))
     return [r for r in ordered if r.shipped is None]
+
+
+def shipping_order(study: optuna.Study, budget_ms: float, queue: list[Row],
+                   report: Callable[[str], None]) -> Iterator[Row]:
+    """The shipping stage's candidates in order: ``queue`` (the first picks), extended as it goes. Shipped figures
+    re-rank the front, and a candidate that this brings on or near it (one ahead of it got slower) is shipped too,
+    each at most once, also when its shipping failed."""
+    tried, i = set(), 0
+    while True:
+        while i < len(queue):
+            tried.add(queue[i].number)
+            yield queue[i]
+            i += 1
+        more = [r for r in shipping_picks(rows(study), budget_ms) if r.number not in tried]
+        if not more:
+            return
+        report(f"shipping stage: {len(more)} more candidate(s) came on or near the front as it was re-ranked")
+        queue.extend(more)
 
 
 def feasible_front(all_rows: list[Row]) -> list[Row]:

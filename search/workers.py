@@ -39,7 +39,7 @@ from search.transfer import (
 )
 from search.study import (
     ASKS_PER_TRIAL, FLOOR_ATTR, BOUNDS_ATTR, HALVING_ETA, SHIPPED_PREFIX, Row, best_within_budget, create_study,
-    feasible_front, shipping_picks, stored_trial,
+    feasible_front, shipping_order, shipping_picks, stored_trial,
     finished_count, front_hypervolume, narrower_recipe, spent_budget, trial_cost,
     recipes_for, record_failure, record_result, record_reuse, record_screened, requeue_interrupted,
     resolved_sampler, reusable_trials, rows, search_bounds, set_bounds, suggest_candidate,
@@ -245,34 +245,40 @@ def _ship_stage(ray, study, spec: SearchSpec, profile, report: Reporter, placeme
         report("shipping stage off (front_tuning_minutes 0): the front ships as searched (TVM, untuned)")
         return
     report(f"shipping stage: {len(picks)} candidate(s) on or near the front; "
-           + (f"tuning {budget.front_tuning_trials} trial(s) per task for this CPU, " if budget.front_tuning_trials
+           + (f"tuning {budget.front_tuning_trials} trial(s) per task for this CPU for at most "
+              f"{budget.front_tuning_minutes:g} min, " if budget.front_tuning_trials
               else "no tuning (front_tuning_trials 0), ")
-           + f"then TVM and onnxruntime timed side by side ({spec.runtime}); at most "
-             f"{budget.front_tuning_minutes:g} min")
+           + f"then TVM and onnxruntime timed side by side ({spec.runtime})")
     task = ray.remote(num_cpus=_node_cpus(ray, placement), max_retries=0, **placement)(ship_result)
     started = time.perf_counter()
     deadline = started + 60 * budget.front_tuning_minutes
-    for i, row in enumerate(picks):
-        if i and time.perf_counter() >= deadline:
-            report(f"shipping stage: wall-time cap of {budget.front_tuning_minutes:g} min reached; "
-                   f"{len(picks) - i} candidate(s) ship as searched")
-            break
+    trials, phase_start, phase_first = budget.front_tuning_trials, started, 0
+    queue = list(picks)  # grows when the re-ranking brings another candidate on or near the front
+    for i, row in enumerate(shipping_order(study, spec.latency_budget_ms, queue, report)):
+        if trials and i and time.perf_counter() >= deadline:
+            # tuning stops at the cap; the runtimes of the rest are still compared (a second or two each), so that
+            # none ships on a runtime nobody timed against the other
+            trials, phase_start, phase_first = 0, time.perf_counter(), i
+            report(f"shipping stage: {budget.front_tuning_minutes:g} min of tuning reached; the other "
+                   f"{len(queue) - i} candidate(s) are timed untuned, TVM against onnxruntime")
         trial = stored_trial(study, row.number)
         result_path = Path(trial.user_attrs["artifacts"]["onnx"]).with_name("result.json")
         try:
             out = ray.get(task.remote(json.loads(result_path.read_text()), transport.dataset, profile,
-                                      str(transport.root), THREADS_PER_WORKER, budget.front_tuning_trials,
-                                      spec.runtime, transport.inputs(result_path.parent)))
+                                      str(transport.root), THREADS_PER_WORKER, trials, spec.runtime,
+                                      transport.inputs(result_path.parent)))
             transport.land(out["files"])
             shipped = out["shipped"]
         except Exception as exc:  # a candidate that cannot be shipped keeps its searched figures
-            report(f"[ship {i + 1}/{len(picks)}] trial {row.number}: failed ({type(exc).__name__}); ships as searched")
+            report(f"[ship {i + 1}/{len(queue)}] trial {row.number}: failed ({type(exc).__name__}); ships as searched")
             continue
         study.set_user_attr(f"{SHIPPED_PREFIX}{row.number}", shipped)
         f = shipped["figures"]
-        elapsed = time.perf_counter() - started
-        eta = min(elapsed / (i + 1) * (len(picks) - i - 1), max(0.0, deadline - time.perf_counter()))
-        report(f"[ship {i + 1}/{len(picks)}] trial {row.number}: p90 TVM {f['tvm']['latency_ms_p90']:.4g} ms"
+        now, left = time.perf_counter(), len(queue) - i - 1
+        eta = (now - phase_start) / (i + 1 - phase_first) * left
+        if trials:  # tuning stops at the cap; what is left after it is timed untuned, which takes little
+            eta = min(eta, max(0.0, deadline - now))
+        report(f"[ship {i + 1}/{len(queue)}] trial {row.number}: p90 TVM {f['tvm']['latency_ms_p90']:.4g} ms"
                + (f", tuned {f['tvm-tuned']['latency_ms_p90']:.4g} ms" if "tvm-tuned" in f else "")
                + f", onnxruntime {f['onnxruntime']['latency_ms_p90']:.4g} ms -> ships {shipped['option']}"
                + (f" ({shipped['tuning']['tuned']} of {shipped['tuning']['tasks']} tasks tuned, "

@@ -7,7 +7,7 @@ from optuna.trial import TrialState, create_trial
 
 from objectives.pareto import OBJECTIVES
 from search.candidate import Budget, Candidate
-from search.study import SHIPPED_PREFIX, feasible_front, rows, shipping_picks
+from search.study import SHIPPED_PREFIX, feasible_front, rows, shipping_order, shipping_picks
 
 BUDGET_MS = 0.05
 
@@ -58,6 +58,19 @@ def test_a_shipped_latency_replaces_the_searched_one_and_the_front_is_recomputed
     assert {r.number for r in feasible_front(rows(study))} == {2}
 
 
+def test_a_candidate_the_reranking_brings_near_the_front_is_shipped_too(study):
+    study.add_trial(_trial(0.045, 0.85, 1000.0))  # 3: trial 1 dominates it even were it tuned 1.5x faster
+    queue, lines, order = shipping_picks(rows(study), BUDGET_MS), [], []
+    assert [r.number for r in queue] == [0, 1, 2]
+    for row in shipping_order(study, BUDGET_MS, queue, lines.append):
+        order.append(row.number)
+        # trial 1 ships slower than its searched figure, over the budget: trial 3 is then only behind trial 0,
+        # which it would pass in latency once tuned
+        _ship(study, row.number, 0.07 if row.number == 1 else row.value("latency_ms_p90"), "onnxruntime")
+    assert order == [0, 1, 2, 3] and [r.number for r in queue] == order
+    assert lines == ["shipping stage: 1 more candidate(s) came on or near the front as it was re-ranked"]
+
+
 @pytest.fixture(scope="module")
 def trained(digits, host, shared_runs):
     from search.pipeline import Paths, evaluate_candidate
@@ -92,3 +105,15 @@ def test_ship_candidate_tunes_every_task_for_this_cpu(trained, digits, host, sha
     assert out["tuning"]["tasks"] >= 5 and out["tuning"]["tuned"] + out["tuning"]["reused"] == out["tuning"]["tasks"]
     if out["option"] == "tvm-tuned":  # a tuned library is built for this CPU
         assert out["target"]["mcpu"]
+
+
+def test_candidates_past_the_tuning_cap_still_ship_on_the_runtime_timed_faster(tracked_search):
+    """The tracked search's cap (0.001 min) is reached before its second candidate: that one and the rest are not
+    tuned, but each still has TVM and onnxruntime timed in turns, and the faster ships."""
+    spec, outcome, _, _ = tracked_search
+    assert outcome.front and not shipping_picks(outcome.rows, spec.latency_budget_ms)  # none left unshipped
+    for row in outcome.front:  # before, only the first candidate of the front shipped on a measured choice
+        figures = row.shipped["figures"]
+        assert set(figures) == {"tvm", "onnxruntime"} and row.shipped["tuning"] is None
+        fastest = min(figures, key=lambda k: figures[k]["latency_ms_p90"])
+        assert row.shipped["option"] == fastest and row.value("latency_ms_p90") == figures[fastest]["latency_ms_p90"]
