@@ -231,10 +231,10 @@ def _only_the_targets_intrinsics(target: dict[str, Any], tvm_target):
     if TENSOR_INTRIN in sys.modules or not (generic_cpu(target) or x86_cpu(tvm_target)):
         yield
         return
-    if not generic_cpu(target):
-        import_x86_intrinsics()
     stand_in = sys.modules[TENSOR_INTRIN] = tensor_intrin_stand_in()
     try:
+        if not generic_cpu(target):
+            import_x86_intrinsics()
         yield
     finally:
         if sys.modules.get(TENSOR_INTRIN) is stand_in:

@@ -54,18 +54,14 @@ def import_x86_intrinsics() -> types.ModuleType:
     """TVM's x86 tensor intrinsics (VNNI's and AVX-512's dot products), registered without the other targets'."""
     if X86_INTRIN in sys.modules:
         return sys.modules[X86_INTRIN]
-    present = sys.modules.get(TENSOR_INTRIN)
-    if present is not None and hasattr(present, "__path__"):  # the package, or a stand-in for it
+    if TENSOR_INTRIN in sys.modules:  # the package, or a stand-in for it
         return importlib.import_module(X86_INTRIN)
     sys.modules[TENSOR_INTRIN] = stand_in = tensor_intrin_stand_in()
     try:
         return importlib.import_module(X86_INTRIN)
     finally:
         if sys.modules.get(TENSOR_INTRIN) is stand_in:
-            if present is None:
-                del sys.modules[TENSOR_INTRIN]
-            else:
-                sys.modules[TENSOR_INTRIN] = present
+            del sys.modules[TENSOR_INTRIN]
 
 
 def register_vnni_intrinsic() -> None:
