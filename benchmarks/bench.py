@@ -238,11 +238,11 @@ def runtime_figures(tmp: Path, plan: Plan) -> dict:
     _say(f"  MobileNetV1-0.25 at 96x96x3, tuning {plan.mobilenet_tuning_trials} trials")
     mobilenet = export_mobilenet_v1(tmp / "mobilenet.onnx")
     x = np.random.default_rng(0).standard_normal((1, 3, 96, 96)).astype(np.float32)
-    untuned, _ = timed(mobilenet, "fp32", (1, 3, 96, 96), "float32", x, "mobilenet", 0)
+    untuned, untuned_art = timed(mobilenet, "fp32", (1, 3, 96, 96), "float32", x, "mobilenet", 0)
     tuned, art = timed(mobilenet, "fp32", (1, 3, 96, 96), "float32", x, "mobilenet", plan.mobilenet_tuning_trials)
     ort = time_onnxruntime(ort_session(mobilenet, 1), x, plan.timing_repeats)["ort_latency_ms_median"].value
-    staged = _staged_tuning(mobilenet, x, host, backend, tmp, plan, untuned, ort)
-    staged["int8"] = _int8_staged(mobilenet, x, host, backend, tmp, plan, staged, ort)
+    staged, fp32_libraries = _staged_tuning(mobilenet, x, host, tmp, plan, untuned_art.library)
+    staged["int8"] = _int8_staged(mobilenet, x, host, tmp, plan, fp32_libraries)
     ratios = {}
     for precision in ("fp32", "fp16", "int8-ptq", "int8-qat"):
         rows = [m for m in models if m["precision"] == precision]
@@ -262,38 +262,51 @@ def runtime_figures(tmp: Path, plan: Plan) -> dict:
                                     "staged": staged}}
 
 
-def _staged_tuning(onnx_path: Path, x, host, backend, tmp: Path, plan: Plan, untuned_ms: float, ort_ms: float) -> dict:
+def _staged_tuning(onnx_path: Path, x, host, tmp: Path, plan: Plan, untuned_library: str) -> dict:
     """The shipping stage on the bench workload: tuned for the detected CPU with a per-task budget (each budget
-    from fresh records), what would ship (the fastest of untuned TVM, tuned TVM and onnxruntime), and that figure
-    against the CPU's fp32 compute limit: MACs / (1 thread x fp32 MACs per cycle x clock), from the detected host."""
+    from fresh records), then every tuned library, the untuned one and onnxruntime timed in turns (the VM's speed
+    swings by more than the differences between runs minutes apart); what would ship (the fastest of them), and that
+    figure against the CPU's fp32 compute limit: MACs / (1 thread x fp32 MACs per cycle x clock), from the detected
+    host."""
+    from hardware_targets.backends.local import onnxruntime_timer, time_in_turns, tvm_timer
     from hardware_targets.compile import compile_tvm
     from hardware_targets.graph import op_costs
     from search.pipeline import tuned_build_target
+    from search.stages.export import ort_session
 
     target = tuned_build_target(host)
-    per_task = {}
+    builds = {}
     for trials in plan.mobilenet_trials_per_task:
         _say(f"  MobileNetV1-0.25, {trials} trial(s) per task for {target.get('mcpu')}")
-        art = compile_tvm(onnx_path, target, tmp / f"mobilenet-pt{trials}.so", (1, 3, 96, 96), "float32",
-                          trials_per_task=trials, cache_dir=tmp / f"tuning-pt{trials}")
-        ms = backend.measure(art, onnx_path, "fp32", x, plan.timing_repeats)["latency_ms_median"].value
-        per_task[str(trials)] = {"tvm_tuned_ms": ms, "tuned_over_onnxruntime": ms / ort_ms,
-                                 "tuning_seconds": art.tuning_seconds, "tasks": art.tasks_total,
-                                 "tasks_tuned": art.tasks_tuned}
-    shipped = min([untuned_ms, ort_ms] + [v["tvm_tuned_ms"] for v in per_task.values()])
+        builds[str(trials)] = compile_tvm(onnx_path, target, tmp / f"mobilenet-pt{trials}.so", (1, 3, 96, 96),
+                                          "float32", trials_per_task=trials, cache_dir=tmp / f"tuning-pt{trials}")
+    timers = {trials: tvm_timer(art.library, x, "float32") for trials, art in builds.items()}
+    timers["untuned"] = tvm_timer(untuned_library, x, "float32")
+    timers["onnxruntime"] = onnxruntime_timer(ort_session(onnx_path, 1), x)
+    timed = time_in_turns(timers, plan.timing_repeats, rapl=None)
+    median = {k: float(np.median(v.seconds_per_call)) * 1e3 for k, v in timed.items()}
+    ort_ms = median["onnxruntime"]
+    per_task = {trials: {"tvm_tuned_ms": median[trials], "tuned_over_onnxruntime": median[trials] / ort_ms,
+                         "tuning_seconds": art.tuning_seconds, "tasks": art.tasks_total,
+                         "tasks_tuned": art.tasks_tuned} for trials, art in builds.items()}
+    shipped = min(median.values())
     macs = sum(op.macs for op in op_costs(onnx_path))
     limit_ms = macs / (host.peak_macs_per_cycle["fp32"] * host.clock_mhz * 1e6) * 1e3
-    return {"target": target, "per_task": per_task, "shipped_ms": shipped, "shipped_over_onnxruntime": shipped / ort_ms,
+    libraries = {"untuned": untuned_library, **{trials: art.library for trials, art in builds.items()}}
+    return {"target": target, "per_task": per_task, "timed_in_turns": True, "onnxruntime_ms": ort_ms,
+            "tvm_untuned_ms": median["untuned"], "shipped_ms": shipped, "shipped_over_onnxruntime": shipped / ort_ms,
             "macs": macs, "fp32_limit_ms": limit_ms, "shipped_over_limit": shipped / limit_ms,
             "limit_from": {"fp32_macs_per_cycle": host.peak_macs_per_cycle["fp32"], "clock_mhz": host.clock_mhz,
-                           "threads": 1}}
+                           "threads": 1}}, libraries
 
 
-def _int8_staged(fp32_path: Path, x, host, backend, tmp: Path, plan: Plan, fp32: dict, fp32_ort: float) -> dict:
+def _int8_staged(fp32_path: Path, x, host, tmp: Path, plan: Plan, fp32_libraries: dict[str, str]) -> dict:
     """MobileNet int8 as the search quantizes it (PTQ, QDQ), through the same shipping stage as fp32: is int8 faster
     than fp32 in each runtime, at the same per-task budgets? On a CPU with VNNI the tuned build computes pointwise
-    convolutions in integers; the largest budget is also tuned with float QDQ, to show what that rewrite buys."""
-    from hardware_targets.backends.local import time_onnxruntime
+    convolutions in integers; the largest budget is also tuned with float QDQ, to show what that rewrite buys.
+    Every int8 and fp32 option (``fp32_libraries``: untuned and per budget) is timed in turns with both
+    onnxruntime sessions."""
+    from hardware_targets.backends.local import onnxruntime_timer, time_in_turns, tvm_timer
     from hardware_targets.compile import compile_tvm, load_vm
     from hardware_targets.integer import integer_kernels_apply
     from search.pipeline import tuned_build_target
@@ -304,32 +317,43 @@ def _int8_staged(fp32_path: Path, x, host, backend, tmp: Path, plan: Plan, fp32:
     calibration = np.random.default_rng(1).standard_normal((8, *x.shape[1:])).astype(np.float32)
     path = quantize_ptq(fp32_path, tmp / "mobilenet-int8-ptq.onnx", calibration)
     session = ort_session(path, 1)
-    ort_ms = time_onnxruntime(session, x, plan.timing_repeats)["ort_latency_ms_median"].value
     reference = session.run(None, {"x": x})[0]
     target = tuned_build_target(host)
     integer = integer_kernels_apply(tvm.target.Target(target))
     builds = [(t, None) for t in plan.mobilenet_int8_trials_per_task]
     if integer and builds:
         builds.append((builds[-1][0], False))
-    per_task, float_qdq = {}, {}
+    arts = {}
     for trials, force in builds:
         kind = "integer kernels" if integer and force is None else "float QDQ"
         _say(f"  MobileNetV1-0.25 int8, {trials} trial(s) per task for {target.get('mcpu')} ({kind})")
         label = f"int8-pt{trials}{'-float' if force is False else ''}"
-        art = compile_tvm(path, target, tmp / f"mobilenet-{label}.so", (1, 3, 96, 96), "float32",
-                          trials_per_task=trials, cache_dir=tmp / f"tuning-{label}", integer=force)
-        ms = backend.measure(art, path, "int8-ptq", x, plan.timing_repeats)["latency_ms_median"].value
+        arts[(str(trials), force)] = compile_tvm(path, target, tmp / f"mobilenet-{label}.so", (1, 3, 96, 96),
+                                                 "float32", trials_per_task=trials, cache_dir=tmp / f"tuning-{label}",
+                                                 integer=force)
+    timers = {("int8", key): tvm_timer(art.library, x, "float32") for key, art in arts.items()}
+    timers.update({("fp32", key): tvm_timer(lib, x, "float32") for key, lib in fp32_libraries.items()})
+    timers[("int8", "onnxruntime")] = onnxruntime_timer(session, x)
+    timers[("fp32", "onnxruntime")] = onnxruntime_timer(ort_session(fp32_path, 1), x)
+    timed = time_in_turns(timers, plan.timing_repeats, rapl=None)
+    median = {k: float(np.median(v.seconds_per_call)) * 1e3 for k, v in timed.items()}
+    ort_ms = median[("int8", "onnxruntime")]
+    per_task, float_qdq = {}, {}
+    for (trials, force), art in arts.items():
+        ms = median[("int8", (trials, force))]
         out = load_vm(art.library)["main"](tvm.runtime.tensor(x)).numpy()
         row = {"tvm_tuned_ms": ms, "tuned_over_onnxruntime_int8": ms / ort_ms, "tuning_seconds": art.tuning_seconds,
                "tasks": art.tasks_total, "tasks_tuned": art.tasks_tuned, "integer_products": art.integer_products,
                "max_abs_diff_vs_onnxruntime": float(np.abs(out - reference).max())}
-        if str(trials) in fp32["per_task"]:
-            row["over_fp32_tuned"] = ms / fp32["per_task"][str(trials)]["tvm_tuned_ms"]
-        (float_qdq if force is False else per_task)[str(trials)] = row
+        if ("fp32", trials) in median:
+            row["over_fp32_tuned"] = ms / median[("fp32", trials)]
+        (float_qdq if force is False else per_task)[trials] = row
     shipped = min([ort_ms] + [v["tvm_tuned_ms"] for v in per_task.values()])
-    return {"integer_kernels": integer, "onnxruntime_ms": ort_ms, "onnxruntime_int8_over_fp32": ort_ms / fp32_ort,
-            "per_task": per_task, "float_qdq": float_qdq, "shipped_ms": shipped,
-            "shipped_over_fp32_shipped": shipped / fp32["shipped_ms"]}
+    fp32_shipped = min(v for (kind, _), v in median.items() if kind == "fp32")
+    return {"integer_kernels": integer, "timed_in_turns": True, "onnxruntime_ms": ort_ms,
+            "onnxruntime_int8_over_fp32": ort_ms / median[("fp32", "onnxruntime")],
+            "per_task": per_task, "float_qdq": float_qdq, "shipped_ms": shipped, "fp32_shipped_ms": fp32_shipped,
+            "shipped_over_fp32_shipped": shipped / fp32_shipped}
 
 
 # Figure 4 ------------------------------------------------------------------------------------------------------
@@ -887,7 +911,9 @@ def _int8_lines(q: dict | None) -> list[str]:
         lines = ["MobileNetV1-0.25 int8 (onnxruntime PTQ, QDQ, as the search makes it): not tuned in this plan."]
     else:
         lines = ["MobileNetV1-0.25 int8 (onnxruntime PTQ, QDQ, uint8 activations, 7-bit weights, as the search "
-                 "makes it), through the same stage; each build from fresh records (medians):", "",
+                 "makes it), through the same stage; each build from fresh records (medians"
+                 + ("; every int8 and fp32 option timed in turns in one run" if q.get("timed_in_turns") else "")
+                 + "):", "",
                  "| trials per task | TVM build | tasks tuned | tuning s | tuned TVM ms | / fp32 tuned TVM, same budget "
                  "| / ORT int8 | integer products | max diff vs ORT |", "|---|---|---|---|---|---|---|---|---|"]
         for rows, build in ((q["per_task"], kernels), (q["float_qdq"], "float QDQ")):
@@ -953,8 +979,11 @@ def report_markdown(results: dict) -> str:
                   f"MetaSchedule trials ({mb['tuning_seconds']:.0f} s).", ""]
         st = mb.get("staged")
         if st:
+            in_turns = (f", timed in turns with onnxruntime ({st['onnxruntime_ms']:.3f} ms) and untuned TVM "
+                        f"({st['tvm_untuned_ms']:.3f} ms) in one run" if st.get("timed_in_turns") else "")
             lines += [f"The shipping stage on the same workload, tuned for `{st['target'].get('mcpu')}` (detected) with a "
-                      "per-task budget, each from fresh records (medians; below 1: faster than onnxruntime):", "",
+                      f"per-task budget, each from fresh records{in_turns} (medians; below 1: faster than "
+                      "onnxruntime):", "",
                       "| trials per task | tasks tuned | tuning s | tuned TVM ms | tuned TVM / ORT |", "|---|---|---|---|---|"]
             for trials, v in st["per_task"].items():
                 lines.append(f"| {trials} | {_tasks(v)} | {v['tuning_seconds']:.0f} | {v['tvm_tuned_ms']:.3f} | "

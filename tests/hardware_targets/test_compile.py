@@ -329,3 +329,62 @@ def test_tuning_registers_only_the_tensor_intrinsics_of_the_targets_cpu(tmp_path
     assert int(tuned) >= 1
     assert (package, others) == ("False", "False")  # the stand-in for the package is gone afterwards
     assert x86 == ("False" if cpu == "generic" else "True")
+
+
+class _SeparableBlock(nn.Module):
+    """A depthwise and a pointwise convolution whose channels fill whole AVX-512 vectors."""
+
+    def __init__(self):
+        super().__init__()
+        self.dw = nn.Conv2d(32, 32, 3, padding=1, groups=32)
+        self.pw = nn.Conv2d(32, 64, 1)
+
+    def forward(self, x):
+        return torch.relu(self.pw(torch.relu(self.dw(x))))
+
+
+def _full_width_fmas(library: str, bits: int) -> dict[str, int]:
+    """Per convolution kernel of a library, its fused multiply-adds into registers of ``bits`` (zmm, ymm, xmm)."""
+    import re
+    import subprocess
+
+    register = {512: "zmm", 256: "ymm", 128: "xmm"}[bits]
+    code = subprocess.run(["objdump", "-d", "--no-show-raw-insn", library], capture_output=True, text=True,
+                          check=True).stdout
+    counts, name = {}, None
+    for line in code.splitlines():
+        head = re.match(r"[0-9a-f]+ <(\w+)>:", line)
+        if head:
+            name = head.group(1) if "conv2d" in head.group(1) and head.group(1).endswith("_compute_") else None
+            if name:
+                counts[name] = 0
+        elif name and re.search(rf"\tvfn?madd\w+\s.*%{register}\d+$", line):
+            counts[name] += 1
+    return counts
+
+
+def test_tuned_convolutions_compute_at_the_cpus_full_vector_width(tmp_path):
+    """At the one or few trials per task a search can afford, every tuned convolution is vectorized at the CPU's
+    full width (NHWC, MetaSchedule's wide-vector tiling); with MetaSchedule's plain rules the one sample of a task
+    often vectorizes a few lanes or none."""
+    import tvm
+
+    from hardware_targets.compile import vector_bits
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the rule is for x86 CPUs")
+    target = tuned_build_target(load_profile("host"))
+    onnx_path = tmp_path / "block.onnx"
+    torch.manual_seed(0)
+    block = _SeparableBlock().eval()
+    x = torch.randn(1, 32, 8, 8)
+    torch.onnx.export(block, (x,), str(onnx_path), dynamo=False, input_names=["x"], output_names=["y"])
+    for seed in (0, 1):
+        art = compile_tvm(onnx_path, target, tmp_path / f"block{seed}.so", (1, 32, 8, 8), "float32",
+                          trials_per_task=1, cache_dir=tmp_path / f"tuning{seed}", seed=seed)
+        assert art.tasks_tuned == art.tasks_total >= 2
+        fmas = _full_width_fmas(art.library, vector_bits(tvm.target.Target(target)))
+        assert len(fmas) == 2 and all(fmas.values()), fmas
+        out = load_vm(art.library)["main"](tvm.runtime.tensor(x.numpy())).numpy()
+        np.testing.assert_allclose(out, block(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+
