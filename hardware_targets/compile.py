@@ -3,6 +3,9 @@ tuning -> shared library. It lives with the targets because the backends load wh
 ``load_vm``) and because what it needs is the target's: its TVM target, its CPU's tensor intrinsics, its tuning
 records.
 
+For an x86 CPU, float convolutions are built channels-last and tuned in a design space whose tiling vectorizes
+them at the CPU's full vector width (``channels_last``, ``design_space``).
+
 Tuning records live in one JSON database per target under the tuning cache.
 Before tuning, tasks whose workload already has a record are dropped, so a
 second candidate with the same layer shapes reuses the schedules instead of
@@ -88,8 +91,9 @@ def channels_last(mod, tvm_target):
     each is its channels (8-256 here) rather than its image width (down to 3).
 
     With the wide-vector tiling of ``design_space``, MobileNetV1-0.25 tuned 1.2-1.5x faster than in NCHW at 1 and 4
-    trials per task; untuned, the layouts time alike (NOTES.md). Graphs with quantize steps keep NCHW: the integer products are written for it, and
-    layout changes around float QDQ were not measured. Other targets keep the graph's layout."""
+    trials per task; untuned, the layouts time alike (NOTES.md). Graphs with quantize steps keep NCHW: the integer
+    products are written for it, and layout changes around float QDQ were not measured. Other targets keep the
+    graph's layout."""
     from tvm import relax
 
     if not x86_cpu(tvm_target) or _quantizes(mod):
@@ -98,6 +102,7 @@ def channels_last(mod, tvm_target):
 
 
 def _quantizes(mod) -> bool:
+    """True when a Relax function of ``mod`` quantizes or dequantizes (an int8 QDQ graph)."""
     from tvm import relax
 
     found = []
