@@ -268,7 +268,7 @@ def _staged_tuning(onnx_path: Path, x, host, tmp: Path, plan: Plan, untuned_libr
     swings by more than the differences between runs minutes apart); what would ship (the fastest of them), and that
     figure against the CPU's fp32 compute limit: MACs / (1 thread x fp32 MACs per cycle x clock), from the detected
     host."""
-    from hardware_targets.backends.local import onnxruntime_timer, time_in_turns, tvm_timer
+    from hardware_targets.backends.local import onnxruntime_timer, tvm_timer
     from hardware_targets.compile import compile_tvm
     from hardware_targets.graph import op_costs
     from search.pipeline import tuned_build_target
@@ -283,8 +283,7 @@ def _staged_tuning(onnx_path: Path, x, host, tmp: Path, plan: Plan, untuned_libr
     timers = {trials: tvm_timer(art.library, x, "float32") for trials, art in builds.items()}
     timers["untuned"] = tvm_timer(untuned_library, x, "float32")
     timers["onnxruntime"] = onnxruntime_timer(ort_session(onnx_path, 1), x)
-    timed = time_in_turns(timers, plan.timing_repeats, rapl=None)
-    median = {k: float(np.median(v.seconds_per_call)) * 1e3 for k, v in timed.items()}
+    median = _side_by_side(timers, plan.timing_repeats)
     ort_ms = median["onnxruntime"]
     per_task = {trials: {"tvm_tuned_ms": median[trials], "tuned_over_onnxruntime": median[trials] / ort_ms,
                          "tuning_seconds": art.tuning_seconds, "tasks": art.tasks_total,
@@ -306,7 +305,7 @@ def _int8_staged(fp32_path: Path, x, host, tmp: Path, plan: Plan, fp32_libraries
     convolutions in integers; the largest budget is also tuned with float QDQ, to show what that rewrite buys.
     Every int8 and fp32 option (``fp32_libraries``: untuned and per budget) is timed in turns with both
     onnxruntime sessions."""
-    from hardware_targets.backends.local import onnxruntime_timer, time_in_turns, tvm_timer
+    from hardware_targets.backends.local import onnxruntime_timer, tvm_timer
     from hardware_targets.compile import compile_tvm, load_vm
     from hardware_targets.integer import integer_kernels_apply
     from search.pipeline import tuned_build_target
@@ -335,8 +334,7 @@ def _int8_staged(fp32_path: Path, x, host, tmp: Path, plan: Plan, fp32_libraries
     timers.update({("fp32", key): tvm_timer(lib, x, "float32") for key, lib in fp32_libraries.items()})
     timers[("int8", "onnxruntime")] = onnxruntime_timer(session, x)
     timers[("fp32", "onnxruntime")] = onnxruntime_timer(ort_session(fp32_path, 1), x)
-    timed = time_in_turns(timers, plan.timing_repeats, rapl=None)
-    median = {k: float(np.median(v.seconds_per_call)) * 1e3 for k, v in timed.items()}
+    median = _side_by_side(timers, plan.timing_repeats)
     ort_ms = median[("int8", "onnxruntime")]
     per_task, float_qdq = {}, {}
     for (trials, force), art in arts.items():
