@@ -262,12 +262,13 @@ def runtime_figures(tmp: Path, plan: Plan) -> dict:
                                     "staged": staged}}
 
 
-def _staged_tuning(onnx_path: Path, x, host, tmp: Path, plan: Plan, untuned_library: str) -> dict:
+def _staged_tuning(onnx_path: Path, x, host, tmp: Path, plan: Plan,
+                   untuned_library: str) -> tuple[dict, dict[str, str]]:
     """The shipping stage on the bench workload: tuned for the detected CPU with a per-task budget (each budget
     from fresh records), then every tuned library, the untuned one and onnxruntime timed in turns (the VM's speed
     swings by more than the differences between runs minutes apart); what would ship (the fastest of them), and that
     figure against the CPU's fp32 compute limit: MACs / (1 thread x fp32 MACs per cycle x clock), from the detected
-    host."""
+    host. Returns the figures and the libraries timed (untuned and per budget), for the int8 rows to time beside."""
     from hardware_targets.backends.local import onnxruntime_timer, tvm_timer
     from hardware_targets.compile import compile_tvm
     from hardware_targets.graph import op_costs
