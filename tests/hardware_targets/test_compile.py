@@ -80,14 +80,18 @@ def test_tvm_matches_onnxruntime(digits, trained, tiny_budget, tmp_path, precisi
     assert agree >= 0.99
 
 
+def _disassembly(library: str) -> str:
+    import subprocess
+
+    return subprocess.run(["objdump", "-d", "--no-show-raw-insn", library], capture_output=True, text=True,
+                          check=True).stdout
+
+
 def _fp16_instructions(library: str) -> int:
     """x86 AVX512-FP16 arithmetic (vfmadd231ph, vaddph, vmaxph, ...) in a library's code."""
     import re
-    import subprocess
 
-    code = subprocess.run(["objdump", "-d", "--no-show-raw-insn", library], capture_output=True, text=True,
-                          check=True).stdout
-    return len(re.findall(r"\tv(?:fn?m(?:add|sub)\d{3}|add|sub|mul|max|min|div)ph\s", code))
+    return len(re.findall(r"\tv(?:fn?m(?:add|sub)\d{3}|add|sub|mul|max|min|div)ph\s", _disassembly(library)))
 
 
 def test_fp16_is_built_for_the_cpus_fp16_arithmetic_where_it_has_it(digits, trained, tmp_path):
@@ -346,13 +350,10 @@ class _SeparableBlock(nn.Module):
 def _full_width_fmas(library: str, bits: int) -> dict[str, int]:
     """Per convolution kernel of a library, its fused multiply-adds into registers of ``bits`` (zmm, ymm, xmm)."""
     import re
-    import subprocess
 
     register = {512: "zmm", 256: "ymm", 128: "xmm"}[bits]
-    code = subprocess.run(["objdump", "-d", "--no-show-raw-insn", library], capture_output=True, text=True,
-                          check=True).stdout
     counts, name = {}, None
-    for line in code.splitlines():
+    for line in _disassembly(library).splitlines():
         head = re.match(r"[0-9a-f]+ <(\w+)>:", line)
         if head:
             name = head.group(1) if "conv2d" in head.group(1) and head.group(1).endswith("_compute_") else None
