@@ -4,7 +4,8 @@ tuning -> shared library. It lives with the targets because the backends load wh
 records.
 
 For an x86 CPU, float convolutions are built channels-last and tuned in a design space whose tiling vectorizes
-them at the CPU's full vector width (``channels_last``, ``design_space``).
+them at the CPU's full vector width (``channels_last``, ``design_space``), and the first schedules measured are
+those that keep enough sums in registers (``first_picks``).
 
 Tuning records live in one JSON database per target under the tuning cache.
 Before tuning, tasks whose workload already has a record are dropped, so a
@@ -305,6 +306,16 @@ def design_space(tvm_target, mod):
     return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs="from-target", mutator_probs="from-target")
 
 
+def first_picks(tvm_target, seed: int):
+    """The cost model that ranks the candidates MetaSchedule measures: on an x86 CPU, its XGBoost model with the
+    register-tile prior for its first 100 samples (``hardware_targets.register_tile``); elsewhere its own."""
+    if not x86_cpu(tvm_target):
+        return "xgb"
+    from hardware_targets.register_tile import RegisterTileFirst
+
+    return RegisterTileFirst(registers=32 if vector_bits(tvm_target) == 512 else 16, seed=seed)
+
+
 def _drop_unnamed_handlers(logger: logging.Logger) -> None:
     """MetaSchedule rebuilds its loggers with ``logging.config.dictConfig``, naming the handlers it finds on its
     logger; one without a name (left by another logging set-up in the same process) makes that call fail."""
@@ -344,7 +355,7 @@ def _tune(mod, target, database, work_dir: Path, trials: int, seed: int,
                 tasks=contexts, task_weights=weights, work_dir=str(work_dir),
                 max_trials_global=per_task * len(todo) if trials_per_task else trials,
                 max_trials_per_task=per_task, num_trials_per_iter=min(per_task, TRIALS_PER_ROUND), database=database,
-                builder=builder, runner=runner,
+                builder=builder, runner=runner, cost_model=first_picks(target, seed + attempt),
             )
             todo = [t for t in todo if not _has_record(database, t)]
             if not todo:

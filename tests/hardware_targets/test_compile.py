@@ -364,17 +364,25 @@ def _full_width_fmas(library: str, bits: int) -> dict[str, int]:
     return counts
 
 
-def test_tuned_convolutions_compute_at_the_cpus_full_vector_width(tmp_path):
+@pytest.mark.parametrize("cpu", ["detected", pytest.param("haswell", marks=pytest.mark.slow)])
+def test_tuned_convolutions_compute_at_the_cpus_full_vector_width(tmp_path, cpu):
     """At the one or few trials per task a search can afford, every tuned convolution is vectorized at the CPU's
     full width (NHWC, MetaSchedule's wide-vector tiling); with MetaSchedule's plain rules the one sample of a task
-    often vectorizes a few lanes or none (this seed's does, NOTES.md)."""
+    often vectorizes a few lanes or none (this seed's does, NOTES.md). ``haswell`` builds for an AVX2-only CPU
+    (256-bit vectors, as on the AVX2-only machines) on any host that runs AVX2 code."""
     import tvm
 
-    from hardware_targets.compile import vector_bits
+    from hardware_targets.compile import open_database, vector_bits
+    from hardware_targets.host import host_cpu
+    from hardware_targets.register_tile import register_tiles, tile_score
 
     if platform.machine() not in ("x86_64", "AMD64"):
         pytest.skip("the rule is for x86 CPUs")
     target = tuned_build_target(load_profile("host"))
+    if cpu != "detected":
+        if not {"avx2", "fma"} <= host_cpu().flags:
+            pytest.skip("this host cannot run AVX2 code")
+        target = {**target, "mcpu": cpu}
     onnx_path = tmp_path / "block.onnx"
     torch.manual_seed(0)
     block = _SeparableBlock().eval()
@@ -385,6 +393,58 @@ def test_tuned_convolutions_compute_at_the_cpus_full_vector_width(tmp_path):
     assert art.tasks_tuned == art.tasks_total >= 2
     fmas = _full_width_fmas(art.library, vector_bits(tvm.target.Target(target)))
     assert len(fmas) == 2 and all(fmas.values()), fmas
+    # the one schedule measured per convolution was picked for its register tile, not at random
+    registers = 32 if vector_bits(tvm.target.Target(target)) == 512 else 16
+    records = open_database(tuning_dir(tmp_path / "tuning", target),
+                            tvm.target.Target(target)).get_all_tuning_records()
+    tiles = [t for r in records for t in register_tiles(r.trace)]
+    assert len(tiles) == 2 and all(tile_score(t, registers) == 1 for t in tiles), tiles
     out = load_vm(art.library)["main"](tvm.runtime.tensor(x.numpy())).numpy()
     np.testing.assert_allclose(out, block(x).detach().numpy(), rtol=1e-4, atol=1e-5)
 
+
+
+def _pointwise_space(tmp_path, target):
+    """The design space's schedules for a 1x1 convolution, NHWC 1x8x8x32 -> 64 channels, on ``target``."""
+    import tvm
+    from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+
+    from hardware_targets.compile import _only_the_targets_intrinsics, channels_last, design_space, import_onnx
+
+    onnx_path = tmp_path / "pw.onnx"
+    torch.onnx.export(nn.Conv2d(32, 64, 1).eval(), (torch.randn(1, 32, 8, 8),), str(onnx_path), dynamo=False,
+                      input_names=["x"], output_names=["y"])
+    tvm_target = tvm.target.Target(target)
+    with tvm_target:
+        mod = relax.get_pipeline("zero")(channels_last(import_onnx(onnx_path, (1, 32, 8, 8), "float32"), tvm_target))
+    (task,) = [t for t in ms.relax_integration.extract_tasks(mod, tvm_target) if "conv2d" in t.task_name]
+    with _only_the_targets_intrinsics(target, tvm_target):  # not every target's (tens of seconds)
+        context = ms.TuneContext(mod=task.dispatched[0], target=tvm_target,
+                                 space_generator=design_space(tvm_target, task.dispatched[0]), task_name="pw")
+        return context.generate_design_space()
+
+
+def test_the_register_tile_is_read_from_a_schedules_innermost_spatial_tiles(tmp_path):
+    """The prior reads, from a schedule's trace, how many output vectors its innermost tile computes: here the
+    8x8 image all innermost (64 vectors, more than the registers hold) or all outermost (1, one chain of FMAs)."""
+    from hardware_targets.register_tile import register_tiles, tile_score
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the prior is for x86 CPUs")
+    (schedule, *_) = _pointwise_space(tmp_path, tuned_build_target(load_profile("host")))
+    trace = schedule.trace
+    spatial = [i for i in trace.insts if i.kind.name == "SamplePerfectTile" and len(trace.decisions[i]) == 4]
+    assert len(spatial) == 3  # batch, height, width; the channels' lanes are split off and sampled in three
+
+    def placed(level):
+        new = trace
+        for inst in spatial:
+            extent = int(np.prod([int(f) for f in trace.decisions[inst]]))
+            new = new.with_decision(inst, [extent if i == level else 1 for i in range(4)], remove_postproc=True)
+        return new
+
+    assert register_tiles(placed(3)) == [64]
+    assert register_tiles(placed(0)) == [1]
+    assert tile_score(1, 32) == 1 / 8 and tile_score(8, 32) == tile_score(28, 32) == 1 and tile_score(56, 32) == 0.5
+    assert tile_score(12, 16) == 1 and tile_score(24, 16) == 0.5
