@@ -403,7 +403,6 @@ def test_tuned_convolutions_compute_at_the_cpus_full_vector_width(tmp_path, cpu)
     np.testing.assert_allclose(out, block(x).detach().numpy(), rtol=1e-4, atol=1e-5)
 
 
-
 def _pointwise_space(tmp_path, target):
     """The design space's schedules for a 1x1 convolution, NHWC 1x8x8x32 -> 64 channels, on ``target``."""
     import tvm
