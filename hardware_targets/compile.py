@@ -286,6 +286,11 @@ def vector_bits(tvm_target) -> int:
     return 128
 
 
+def vector_registers(tvm_target) -> int:
+    """How many vector registers an x86 target's code can use: 32 with AVX-512, 16 with AVX2 or SSE."""
+    return 32 if vector_bits(tvm_target) == 512 else 16
+
+
 def design_space(tvm_target, mod):
     """MetaSchedule's design space for a task (``mod``) on this target: its own rules, except that on an x86 CPU
     the multi-level tiling of convolutions and products vectorizes the output's innermost axis at the CPU's full
@@ -313,7 +318,7 @@ def first_picks(tvm_target, seed: int):
         return "xgb"
     from hardware_targets.register_tile import RegisterTileFirst
 
-    return RegisterTileFirst(registers=32 if vector_bits(tvm_target) == 512 else 16, seed=seed)
+    return RegisterTileFirst(registers=vector_registers(tvm_target), seed=seed)
 
 
 def _drop_unnamed_handlers(logger: logging.Logger) -> None:

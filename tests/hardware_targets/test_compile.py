@@ -372,7 +372,7 @@ def test_tuned_convolutions_compute_at_the_cpus_full_vector_width(tmp_path, cpu)
     (256-bit vectors, as on the AVX2-only machines) on any host that runs AVX2 code."""
     import tvm
 
-    from hardware_targets.compile import open_database, vector_bits
+    from hardware_targets.compile import open_database, vector_bits, vector_registers
     from hardware_targets.host import host_cpu
     from hardware_targets.register_tile import register_tiles, tile_score
 
@@ -394,7 +394,7 @@ def test_tuned_convolutions_compute_at_the_cpus_full_vector_width(tmp_path, cpu)
     fmas = _full_width_fmas(art.library, vector_bits(tvm.target.Target(target)))
     assert len(fmas) == 2 and all(fmas.values()), fmas
     # the one schedule measured per convolution was picked for its register tile, not at random
-    registers = 32 if vector_bits(tvm.target.Target(target)) == 512 else 16
+    registers = vector_registers(tvm.target.Target(target))
     records = open_database(tuning_dir(tmp_path / "tuning", target),
                             tvm.target.Target(target)).get_all_tuning_records()
     tiles = [t for r in records for t in register_tiles(r.trace)]
