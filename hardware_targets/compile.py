@@ -60,6 +60,17 @@ class CompiledArtifact:
     integer_products: int = 0  # int8 pointwise convolutions computed as uint8 x int8 products (VNNI targets)
 
 
+def tuning_summary(tuning: dict) -> str:
+    """One shipping stage's tuning in words: tasks with a schedule, tuned now or reused from the target's records
+    (a task another candidate already tuned is reused, not left out), and any left on TVM's default loops."""
+    scheduled = tuning["tuned"] + tuning["reused"]
+    text = (f"{scheduled} of {tuning['tasks']} tasks scheduled: {tuning['tuned']} tuned now, "
+            f"{tuning['reused']} from records")
+    if scheduled < tuning["tasks"]:
+        text += f", {tuning['tasks'] - scheduled} without a schedule"
+    return f"{text}; {tuning['seconds']:.0f} s"
+
+
 def target_key(target: dict[str, Any]) -> str:
     """A stable folder name for a target's tuning records."""
     digest = hashlib.sha256(json.dumps(target, sort_keys=True).encode()).hexdigest()[:10]

@@ -25,10 +25,11 @@ def _print_result(result) -> None:
     for name, m in result.metrics.items():
         value = f"{m.value:,.0f}" if m.unit in ("bytes", "count") else f"{m.value:.4g}"
         print(f"{name:<28}{value:>14}  {m.unit:<9}{m.provenance}")
+    from hardware_targets.compile import tuning_summary
+
     t = result.info.get("tuning")
     if t:  # a TVM build (a TFLite Micro profile ships a .tflite instead)
-        print(f"tuning: {t['tasks']} tasks, {t['tuned']} tuned now, {t['reused']} reused from records "
-              f"({t['seconds']} s)")
+        print(f"tuning: {tuning_summary(t)}")
     total = sum(result.stage_seconds.values())
     print("stage seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in result.stage_seconds.items()) + f" (total {total:.1f})")
     print("artifacts: " + "\n           ".join(result.artifacts.values()))

@@ -233,6 +233,8 @@ def _ship_stage(ray, study, spec: SearchSpec, profile, report: Reporter, placeme
     and record what ships; the front is then judged on those figures (``rows`` reads them)."""
     import json
 
+    from hardware_targets.compile import tuning_summary
+
     if profile.backend != "local":
         report(f"shipping stage skipped: latency on {profile.name} is {profile.backend}, not timed here; the front "
                "ships as searched (TVM)")
@@ -281,8 +283,7 @@ def _ship_stage(ray, study, spec: SearchSpec, profile, report: Reporter, placeme
         report(f"[ship {i + 1}/{len(queue)}] trial {row.number}: p90 TVM {f['tvm']['latency_ms_p90']:.4g} ms"
                + (f", tuned {f['tvm-tuned']['latency_ms_p90']:.4g} ms" if "tvm-tuned" in f else "")
                + f", onnxruntime {f['onnxruntime']['latency_ms_p90']:.4g} ms -> ships {shipped['option']}"
-               + (f" ({shipped['tuning']['tuned']} of {shipped['tuning']['tasks']} tasks tuned, "
-                  f"{shipped['tuning']['seconds']:.0f} s)" if shipped.get("tuning") else "")
+               + (f" ({tuning_summary(shipped['tuning'])})" if shipped.get("tuning") else "")
                + f"  ETA {int(eta // 60)}m{int(eta % 60):02d}s")
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from hardware_targets import load_profile
-from hardware_targets.compile import compile_tvm, load_vm, tuning_dir
+from hardware_targets.compile import compile_tvm, load_vm, tuning_dir, tuning_summary
 from objectives.accuracy import predict_onnx, predict_tvm
 from search.candidate import Candidate
 from search.models import build_model
@@ -264,6 +264,10 @@ def test_tuning_writes_records_and_a_second_compile_reuses_them(tmp_path):
     second = compile_tvm(onnx_path, HOST, tmp_path / "b.so", (1, 16), "float32", tuning_trials=4, cache_dir=cache)
     assert second.tasks_tuned == 0 and second.tasks_reused == first.tasks_total
     assert second.tuning_seconds < first.tuning_seconds
+    # the shipping stage's line counts reused tasks as scheduled (it read "0 of N tasks tuned")
+    n = first.tasks_total
+    assert tuning_summary({"tasks": n, "tuned": 0, "reused": second.tasks_reused, "seconds": 1}).startswith(
+        f"{n} of {n} tasks scheduled: 0 tuned now, {n} from records;")
     # every tuned schedule was built by our builder and ran: a failed build is recorded as 1e10 s
     run_secs = [json.loads(line)[1][1] for line in records.read_text().splitlines()]
     assert run_secs and all(secs and max(secs) < 1.0 for secs in run_secs)
