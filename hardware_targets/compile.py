@@ -43,6 +43,9 @@ TRIALS_PER_ROUND = 32  # MetaSchedule pays a fixed builder cost per round; keep 
 # dozen trials on these small kernels; 128 keeps the cost model's pick without most of that time.
 POPULATION = 128
 RETRY_ROUNDS = 2  # per-task tuning: more rounds for a task whose every sample failed to build
+# ... each building this many samples at least: at 1 trial per task, a retry of one sample was as likely to fail
+# again (TVM cannot lower some VNNI-tensorized schedules; about half of those first picked, NOTES.md)
+RETRY_SAMPLES = 4
 
 
 @dataclass(frozen=True)
@@ -305,7 +308,8 @@ def vector_registers(tvm_target) -> int:
 def design_space(tvm_target, mod):
     """MetaSchedule's design space for a task (``mod``) on this target: its own rules, except that on an x86 CPU
     the multi-level tiling of convolutions and products vectorizes the output's innermost axis at the CPU's full
-    vector width (MetaSchedule's wide-vector rule, written for Hexagon).
+    vector width (MetaSchedule's wide-vector rule, written for Hexagon), and schedules that vectorize around a
+    tensorized product, which TVM cannot build, are left out (``register_tile.BuildableTensorization``).
 
     The plain rule samples the innermost tile freely, and at the few trials per task a search can afford most
     samples vectorize a few lanes or none: on MobileNetV1-0.25 (Emerald Rapids, 1 and 4 trials per task) it gave
@@ -314,12 +318,15 @@ def design_space(tvm_target, mod):
 
     if not x86_cpu(tvm_target):
         return "post-order-apply"
-    rules = ms.TuneContext(mod=mod, target=tvm_target, space_generator="post-order-apply",
-                           task_name="rules").space_generator.sch_rules
+    from hardware_targets.register_tile import BuildableTensorization
+
+    default = ms.TuneContext(mod=mod, target=tvm_target, space_generator="post-order-apply",
+                             task_name="rules").space_generator
     wide = ms.schedule_rule.MultiLevelTilingWideVector(
         "SSRSRS", vector_bits(tvm_target), 64, None, ms.schedule_rule.ReuseType("may", [1, 2], "global"))
-    rules = [wide if type(rule) is ms.schedule_rule.MultiLevelTiling else rule for rule in rules]
-    return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs="from-target", mutator_probs="from-target")
+    rules = [wide if type(rule) is ms.schedule_rule.MultiLevelTiling else rule for rule in default.sch_rules]
+    return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=[*default.postprocs, BuildableTensorization()],
+                                             mutator_probs="from-target")
 
 
 def first_picks(tvm_target, seed: int):
@@ -348,7 +355,8 @@ def _tune(mod, target, database, work_dir: Path, trials: int, seed: int,
     ``trials_per_task`` gives every new task that many trials (MetaSchedule's task scheduler otherwise hands whole
     rounds to the first tasks, and a small global budget never reaches the rest); else ``trials`` are spread over
     the new tasks. With a per-task budget, a task whose every sample failed to build (some tensorized samples do,
-    see NOTES.md) gets up to ``RETRY_ROUNDS`` more rounds: left without a record it would run TVM's naive loops."""
+    see NOTES.md) gets up to ``RETRY_ROUNDS`` more rounds of at least ``RETRY_SAMPLES``: left without a record it
+    would run TVM's naive loops."""
     from tvm.s_tir import meta_schedule as ms
 
     tasks = ms.relax_integration.extract_tasks(mod, target)
@@ -363,6 +371,8 @@ def _tune(mod, target, database, work_dir: Path, trials: int, seed: int,
     runner = ms.runner.LocalRunner()
     try:
         for attempt in range(1 + (RETRY_ROUNDS if trials_per_task else 0)):
+            if attempt:
+                per_task = max(per_task, RETRY_SAMPLES)
             contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
                 todo, work_dir=str(work_dir), seed=seed + attempt, space=space,
                 strategy=ms.search_strategy.EvolutionarySearch(population_size=POPULATION),

@@ -1,4 +1,5 @@
-"""A prior for MetaSchedule's first picks on x86 CPUs: the register tile.
+"""What the innermost tiles of MetaSchedule's schedules on x86 CPUs decide: the prior for its first picks (the
+register tile), and the schedules TVM cannot build (a vectorized loop around a tensorized product).
 
 MetaSchedule's XGBoost cost model scores candidates at random until it has measured 100 samples, so at the few
 trials per task a search affords (1-4) each task's measured schedules are random draws from the design space.
@@ -13,8 +14,10 @@ from __future__ import annotations
 import numpy as np
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.cost_model import PyCostModel, XGBModel
+from tvm.s_tir.meta_schedule.postproc import PyPostproc
 
 TILING = "meta_schedule.tiling_structure"
+TENSORIZE = "meta_schedule.auto_tensorize"
 ACCUMULATORS = 8  # independent sums to hide an FMA's latency (about 4 cycles) on its two units
 
 
@@ -32,6 +35,41 @@ def register_tiles(trace) -> list[int]:
             if len(factors) == 4:
                 tiles[-1] *= factors[-1]
     return tiles
+
+
+def vectorizes_a_tensorized_product(trace) -> bool:
+    """Whether a schedule vectorizes a loop around a tensorized product, which TVM cannot lower ("Cannot broadcast
+    lanes=32 ... to 128" when building). The vectorizing postprocessor takes a block's innermost loop, that of
+    its last spatial axis; in a block tensorized with an intrinsic (VNNI's 16x4 dot product) that loop runs over
+    whole intrinsic calls, and only a tile of 1 leaves nothing to vectorize. Every such sample failed to build
+    and every other one built, over 80 samples of MobileNetV1-0.25 int8 (NOTES.md)."""
+    tensorized, innermost = False, None
+    for inst in trace.insts:
+        kind = inst.kind.name
+        if kind == "Annotate" and str(inst.attrs[0]) == TILING:
+            if tensorized and innermost and innermost > 1:
+                return True
+            tensorized, innermost = False, None
+        elif kind == "Annotate" and str(inst.attrs[0]) == TENSORIZE and str(inst.inputs[1]):
+            tensorized = True
+        elif kind == "SamplePerfectTile" and len(trace.decisions[inst]) == 4:
+            innermost = int(trace.decisions[inst][-1])
+    return bool(tensorized and innermost and innermost > 1)
+
+
+@derived_object
+class BuildableTensorization(PyPostproc):
+    """Drops the schedules ``vectorizes_a_tensorized_product`` finds from a design space, so that no measured trial
+    is spent on a build that fails: at 1 trial per task, such a task was left on TVM's naive loops."""
+
+    def _initialize_with_tune_context(self, context) -> None:
+        pass
+
+    def apply(self, sch) -> bool:
+        return not vectorizes_a_tensorized_product(sch.trace)
+
+    def clone(self):
+        return BuildableTensorization()
 
 
 def tile_score(tile: int, registers: int) -> float:
