@@ -64,7 +64,7 @@ class CompiledArtifact:
 
 
 def tuning_summary(tuning: dict) -> str:
-    """One shipping stage's tuning in words: tasks with a schedule, tuned now or reused from the target's records
+    """A tuned build's ``tuning`` record in words: tasks with a schedule, tuned now or reused from the target's records
     (a task another candidate already tuned is reused, not left out), and any left on TVM's default loops."""
     scheduled = tuning["tuned"] + tuning["reused"]
     text = (f"{scheduled} of {tuning['tasks']} tasks scheduled: {tuning['tuned']} tuned now, "
