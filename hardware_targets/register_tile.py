@@ -11,6 +11,8 @@ registers: enough independent sums to keep the FMA units busy (8), few enough to
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.cost_model import PyCostModel, XGBModel
@@ -21,20 +23,26 @@ TENSORIZE = "meta_schedule.auto_tensorize"
 ACCUMULATORS = 8  # independent sums to hide an FMA's latency (about 4 cycles) on its two units
 
 
-def register_tiles(trace) -> list[int]:
-    """Per multi-level-tiled block of a schedule, the output vectors its innermost tile computes: the product of
-    the innermost factors of its spatial loops (tiled in four levels; the vector axis's lanes are split off by
-    the wide-vector rule and sampled in three)."""
-    tiles = []
+def _tiled_blocks(trace) -> list[tuple[bool, list[int]]]:
+    """Per multi-level-tiled block of a schedule, in trace order: whether it is tensorized with an intrinsic, and
+    the innermost factors of its spatial loops (tiled in four levels; the vector axis's lanes are split off by the
+    wide-vector rule and sampled in three), outermost axis first."""
+    blocks: list[tuple[bool, list[int]]] = []
     for inst in trace.insts:
         kind = inst.kind.name
         if kind == "Annotate" and str(inst.attrs[0]) == TILING:
-            tiles.append(1)
-        elif kind == "SamplePerfectTile" and tiles:
-            factors = [int(f) for f in trace.decisions[inst]]
-            if len(factors) == 4:
-                tiles[-1] *= factors[-1]
-    return tiles
+            blocks.append((False, []))
+        elif blocks and kind == "Annotate" and str(inst.attrs[0]) == TENSORIZE and str(inst.inputs[1]):
+            blocks[-1] = (True, blocks[-1][1])
+        elif blocks and kind == "SamplePerfectTile" and len(trace.decisions[inst]) == 4:
+            blocks[-1][1].append(int(trace.decisions[inst][-1]))
+    return blocks
+
+
+def register_tiles(trace) -> list[int]:
+    """Per multi-level-tiled block of a schedule, the output vectors its innermost tile computes: the product of
+    the innermost factors of its spatial loops."""
+    return [math.prod(innermost) for _, innermost in _tiled_blocks(trace)]
 
 
 def vectorizes_a_tensorized_product(trace) -> bool:
@@ -43,18 +51,7 @@ def vectorizes_a_tensorized_product(trace) -> bool:
     its last spatial axis; in a block tensorized with an intrinsic (VNNI's 16x4 dot product) that loop runs over
     whole intrinsic calls, and only a tile of 1 leaves nothing to vectorize. In two builds of MobileNetV1-0.25 int8,
     all 45 such samples failed to build and the 21 other tensorized ones built (NOTES.md)."""
-    tensorized, innermost = False, None
-    for inst in trace.insts:
-        kind = inst.kind.name
-        if kind == "Annotate" and str(inst.attrs[0]) == TILING:
-            if tensorized and innermost and innermost > 1:
-                return True
-            tensorized, innermost = False, None
-        elif kind == "Annotate" and str(inst.attrs[0]) == TENSORIZE and str(inst.inputs[1]):
-            tensorized = True
-        elif kind == "SamplePerfectTile" and len(trace.decisions[inst]) == 4:
-            innermost = int(trace.decisions[inst][-1])
-    return bool(tensorized and innermost and innermost > 1)
+    return any(tensorized and innermost and innermost[-1] > 1 for tensorized, innermost in _tiled_blocks(trace))
 
 
 @derived_object
