@@ -62,6 +62,11 @@ class CompiledArtifact:
     tuning_seconds: float = 0.0
     integer_products: int = 0  # int8 pointwise convolutions computed as uint8 x int8 products (VNNI targets)
 
+    def tuning(self) -> dict:
+        """What tuning did, as a result records it and ``tuning_summary`` words it."""
+        return {"tasks": self.tasks_total, "tuned": self.tasks_tuned, "reused": self.tasks_reused,
+                "seconds": round(self.tuning_seconds, 3), "integer_products": self.integer_products}
+
 
 def tuning_summary(tuning: dict) -> str:
     """A tuned build's ``tuning`` record in words: tasks with a schedule, tuned now or reused from the target's records

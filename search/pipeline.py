@@ -245,8 +245,7 @@ def evaluate_candidate(
         info={
             "provenance": backend.provenance,
             "dense_parameters": dense_params,
-            "tuning": {"tasks": artifact.tasks_total, "tuned": artifact.tasks_tuned, "reused": artifact.tasks_reused,
-                       "seconds": round(artifact.tuning_seconds, 3)},
+            "tuning": artifact.tuning(),
             "threads": threads,
             "limits": limits(profile),
             "host_cpu": host_cpu().summary(),  # where accuracy (always) and host latency were measured
@@ -384,9 +383,7 @@ def ship_candidate(result: CandidateResult, dataset: Dataset, profile: TargetPro
     if trials_per_task > 0:
         tuned = compile_tvm(onnx_path, tuned_build_target(profile), onnx_path.with_name("model_tuned.so"), shape,
                             dtype.name, trials_per_task=trials_per_task, cache_dir=paths.tuning, seed=result.candidate.seed)
-        tuning = {"tasks": tuned.tasks_total, "tuned": tuned.tasks_tuned, "reused": tuned.tasks_reused,
-                  "seconds": round(tuned.tuning_seconds, 3), "trials_per_task": trials_per_task,
-                  "integer_products": tuned.integer_products}
+        tuning = {**tuned.tuning(), "trials_per_task": trials_per_task}
         options["tvm-tuned"] = {"library": tuned.library, "target": tuned.target, "tuned": True}
     session = ort_session(onnx_path, threads)
     options["onnxruntime"] = {"library": None, "target": None, "tuned": False}

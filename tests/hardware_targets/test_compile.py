@@ -407,25 +407,25 @@ def test_tuned_convolutions_compute_at_the_cpus_full_vector_width(tmp_path, cpu)
     np.testing.assert_allclose(out, block(x).detach().numpy(), rtol=1e-4, atol=1e-5)
 
 
-def _pointwise_space(tmp_path, target):
-    """The design space's schedules for a 1x1 convolution, NHWC 1x8x8x32 -> 64 channels, on ``target``."""
+def _conv_space(tmp_path, target, conv: nn.Conv2d, shape: tuple[int, ...]):
+    """The tuning context of the convolution's task (NHWC) on ``target``, and its design space's schedules."""
     import tvm
     from tvm import relax
     from tvm.s_tir import meta_schedule as ms
 
     from hardware_targets.compile import _only_the_targets_intrinsics, channels_last, design_space, import_onnx
 
-    onnx_path = tmp_path / "pw.onnx"
-    torch.onnx.export(nn.Conv2d(32, 64, 1).eval(), (torch.randn(1, 32, 8, 8),), str(onnx_path), dynamo=False,
-                      input_names=["x"], output_names=["y"])
+    onnx_path = tmp_path / "conv.onnx"
+    torch.onnx.export(conv.eval(), (torch.randn(*shape),), str(onnx_path), dynamo=False, input_names=["x"],
+                      output_names=["y"])
     tvm_target = tvm.target.Target(target)
     with tvm_target:
-        mod = relax.get_pipeline("zero")(channels_last(import_onnx(onnx_path, (1, 32, 8, 8), "float32"), tvm_target))
+        mod = relax.get_pipeline("zero")(channels_last(import_onnx(onnx_path, shape, "float32"), tvm_target))
     (task,) = [t for t in ms.relax_integration.extract_tasks(mod, tvm_target) if "conv2d" in t.task_name]
     with _only_the_targets_intrinsics(target, tvm_target):  # not every target's (tens of seconds)
         context = ms.TuneContext(mod=task.dispatched[0], target=tvm_target,
-                                 space_generator=design_space(tvm_target, task.dispatched[0]), task_name="pw")
-        return context.generate_design_space()
+                                 space_generator=design_space(tvm_target, task.dispatched[0]), task_name="conv")
+        return context, context.generate_design_space()
 
 
 def test_the_register_tile_is_read_from_a_schedules_innermost_spatial_tiles(tmp_path):
@@ -435,7 +435,8 @@ def test_the_register_tile_is_read_from_a_schedules_innermost_spatial_tiles(tmp_
 
     if platform.machine() not in ("x86_64", "AMD64"):
         pytest.skip("the prior is for x86 CPUs")
-    (schedule, *_) = _pointwise_space(tmp_path, tuned_build_target(load_profile("host")))
+    _, (schedule, *_) = _conv_space(tmp_path, tuned_build_target(load_profile("host")), nn.Conv2d(32, 64, 1),
+                                    (1, 32, 8, 8))
     trace = schedule.trace
     spatial = [i for i in trace.insts if i.kind.name == "SamplePerfectTile" and len(trace.decisions[i]) == 4]
     assert len(spatial) == 3  # batch, height, width; the channels' lanes are split off and sampled in three
@@ -451,6 +452,41 @@ def test_the_register_tile_is_read_from_a_schedules_innermost_spatial_tiles(tmp_
     assert register_tiles(placed(0)) == [1]
     assert tile_score(1, 32) == 1 / 8 and tile_score(8, 32) == tile_score(28, 32) == 1 and tile_score(56, 32) == 0.5
     assert tile_score(12, 16) == 1 and tile_score(24, 16) == 0.5
+
+
+def test_the_prior_ranks_a_schedule_that_inlines_its_padding_below_the_same_schedule_without(tmp_path):
+    """MetaSchedule samples where a padded convolution's padding is computed, inlining it among the choices; inlined,
+    the bounds check runs in the convolution's innermost loop (5-6x slower on MobileNetV1-0.25's largest padded
+    convolutions, NOTES.md). The prior reads that choice as TVM applies it (no padding block is left) and ranks such
+    a schedule below the same schedule with its padding kept."""
+    import tvm
+    from tvm.s_tir import Schedule
+    from tvm.s_tir.meta_schedule import MeasureCandidate
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    from hardware_targets.compile import vector_registers
+    from hardware_targets.register_tile import INLINED, RegisterTileFirst, first_pick_score, inlines_a_padding
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the prior is for x86 CPUs")
+    target = tuned_build_target(load_profile("host"))
+    context, spaces = _conv_space(tmp_path, target, nn.Conv2d(8, 16, 3, padding=1), (1, 8, 24, 24))
+    trace = spaces[0].trace
+    (location,) = [i for i in trace.insts if i.kind.name == "SampleComputeLocation"]
+    inlined = trace.with_decision(location, INLINED, remove_postproc=True)
+    kept = trace.with_decision(location, -1, remove_postproc=True)  # computed on its own, before the convolution
+    schedules = []
+    for new, inlines in ((inlined, True), (kept, False)):
+        sch = Schedule(context.mod)
+        new.apply_to_schedule(sch, remove_postproc=True)
+        assert inlines_a_padding(new) is inlines
+        assert ('sblock("pad_temp")' in sch.mod.script()) is not inlines
+        schedules.append(sch)
+    registers = vector_registers(tvm.target.Target(target))
+    assert 0 < first_pick_score(inlined, registers) < first_pick_score(kept, registers)
+    prior = RegisterTileFirst(registers=registers)
+    scores = prior.predict(context, [MeasureCandidate(sch, ArgInfo.from_prim_func(sch.mod["main"])) for sch in schedules])
+    assert scores[0] < scores[1]
 
 
 def test_schedules_that_vectorize_around_a_tensorized_product_are_left_out(tmp_path):
