@@ -58,6 +58,7 @@ Timer = Callable[[int], tuple[float, int]]
 energy read around the block is shared by those)."""
 
 WARMUP_CALLS = 10  # first calls page in code and fill caches
+BLOCK_WARMUP_CALLS = 2  # untimed calls before each block timed in turns with other runtimes
 
 
 @dataclass
@@ -121,6 +122,8 @@ def time_in_turns(timers: dict[str, Timer], repeats: int, rapl: Path | None = RA
     energy = {key: [0, 0.0, 0] for key in keys}  # µJ, seconds and calls over the key's blocks
     for r in range(repeats):
         for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+            if len(keys) > 1:  # the timer before evicted this one's weights: a block times warm calls, as alone
+                timers[key](BLOCK_WARMUP_CALLS)
             before, started = (read_rapl(rapl) if idle is not None else None), time.perf_counter()
             per_call, calls = timers[key](number[key])
             seconds[key].append(per_call)

@@ -82,7 +82,9 @@ def test_rapl_counters_wrap_and_the_baseline_power_is_taken_off(tmp_path):
 
 def test_runtimes_are_timed_in_turns_and_each_is_charged_its_own_energy(tmp_path):
     """Every runtime runs in every repeat, each repeat starting one further along, so a change in the machine's speed
-    falls on all alike; with a RAPL counter, each runtime's blocks are charged the energy drawn while it ran."""
+    falls on all alike; each timed block follows untimed calls of its own, since the runtime before it evicted its
+    weights from the caches; with a RAPL counter, each runtime's timed blocks are charged the energy drawn while
+    they ran."""
     from hardware_targets.backends.local import time_in_turns
 
     counter = tmp_path / "intel-rapl:0" / "energy_uj"
@@ -101,8 +103,8 @@ def test_runtimes_are_timed_in_turns_and_each_is_charged_its_own_energy(tmp_path
                           repeats=4, rapl=tmp_path)
     assert {k: t.seconds_per_call for k, t in timed.items()} == {"a": [1e-4] * 4, "b": [2e-4] * 4, "c": [1e-3] * 4}
     assert order[:6] == list("aabbcc")  # each one's warm-up block, then the single call that sizes its blocks
-    assert order[6:] == list("abc" "bca" "cab" "abc")
-    # nothing drew power during the baseline, so each call costs what its blocks drew: 50 µJ, 10 µJ, nothing
+    assert order[6:] == list("aabbcc" "bbccaa" "ccaabb" "aabbcc")  # an untimed block before each timed one
+    # nothing drew power during the baseline, so each call costs what its timed blocks drew: 50 µJ, 10 µJ, nothing
     assert [timed[k].energy_mj for k in "abc"] == pytest.approx([0.05, 0.01, 0.0])
     assert time_in_turns({"a": timer("a", 50, 1e-4)}, repeats=2, rapl=tmp_path / "none")["a"].energy_mj is None
 
