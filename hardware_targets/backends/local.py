@@ -105,9 +105,11 @@ def onnxruntime_timer(session, sample: np.ndarray) -> Timer:
 def time_in_turns(timers: dict[str, Timer], repeats: int, rapl: Path | None = RAPL) -> dict[str, Timed]:
     """Time each runtime ``repeats`` times, in turns: every repeat runs each timer for a block of about 2 ms, in an
     order rotated from repeat to repeat, so that a change in the machine's speed (another process, frequency, a
-    noisy neighbour on a VM) falls on all of them alike and a choice between them is fair. With one timer this is
-    plain repeated timing. Energy comes from the RAPL counters under ``rapl`` when readable: each timer's blocks
-    summed, less the package's power measured just before."""
+    noisy neighbour on a VM) falls on all of them alike and a choice between them is fair. Each block starts with
+    untimed calls, as the runtime before it evicted this one's weights from the caches: a model of a few hundred
+    microseconds would otherwise be timed partly cold (NOTES.md). With one timer this is plain repeated timing.
+    Energy comes from the RAPL counters under ``rapl`` when readable: each timer's timed blocks summed, less the
+    package's power measured just before."""
     keys = list(timers)
     number = {}
     for key, timer in timers.items():

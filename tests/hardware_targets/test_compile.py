@@ -485,7 +485,8 @@ def test_the_prior_ranks_a_schedule_that_inlines_its_padding_below_the_same_sche
     registers = vector_registers(tvm.target.Target(target))
     assert 0 < first_pick_score(inlined, registers) < first_pick_score(kept, registers)
     prior = RegisterTileFirst(registers=registers)
-    scores = prior.predict(context, [MeasureCandidate(sch, ArgInfo.from_prim_func(sch.mod["main"])) for sch in schedules])
+    candidates = [MeasureCandidate(sch, ArgInfo.from_prim_func(sch.mod["main"])) for sch in schedules]
+    scores = prior.predict(context, candidates)
     assert scores[0] < scores[1]
 
 
