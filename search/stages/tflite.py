@@ -13,7 +13,9 @@ FFI cannot live with, so it runs in its own environment (``.venv-mcu``, made by 
 
 from __future__ import annotations
 
+import atexit
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -48,20 +50,91 @@ def converter_python() -> Path:
     return path
 
 
+ANSWER = "edgesearch-converter: "  # how the converter's answers start on its stdout
+
+
+class _Converter:
+    """The converter's process (``tflite_convert.py --serve``), kept for the next candidates of this process: a cold
+    start imports litert-torch and TensorFlow, about as long as a conversion. It ends when this process closes its
+    stdin, or dies; a converter that crashed is started afresh by the next conversion."""
+
+    def __init__(self, python: Path):
+        import subprocess
+        import tempfile
+
+        self.log = tempfile.TemporaryFile()  # its stderr: a pipe nobody reads would fill and stall it
+        self.proc = subprocess.Popen([str(python), str(Path(__file__).with_name("tflite_convert.py")), "--serve"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True)
+
+    def convert(self, *args: str) -> tuple[str | None, bool]:
+        """Convert: (None, False) when done, else the error and whether the converter died (its last line)."""
+        import json
+
+        logged = os.fstat(self.log.fileno()).st_size
+        try:
+            self.proc.stdin.write(json.dumps(args) + "\n")
+            self.proc.stdin.flush()
+            for line in self.proc.stdout:  # an answer, after anything printed before the converter took stdout
+                if line.startswith(ANSWER):
+                    return json.loads(line[len(ANSWER):]).get("error"), False
+        except BrokenPipeError:
+            pass
+        self.proc.wait()
+        tail = os.pread(self.log.fileno(), 1 << 16, logged).decode(errors="replace").strip().splitlines()
+        lines = [ln for ln in tail if ln.strip()]
+        return (lines[-1] if lines else f"the converter exited with {self.proc.returncode}"), True
+
+    def close(self) -> None:
+        import subprocess
+
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+_converters: dict[Path, _Converter] = {}
+_converters_lock = threading.Lock()
+
+
+@atexit.register
+def _close_converters() -> None:
+    for converter in _converters.values():
+        converter.close()
+
+
+def _convert_program(program: Path, out: Path, kind: str, samples: Path) -> str | None:
+    """Run one conversion in this process's converter; its error, or None. A converter found dead (or dying
+    during the conversion) is replaced and the conversion tried once more, so one crash fails one candidate."""
+    python = converter_python()
+    with _converters_lock:
+        for _ in range(2):
+            converter = _converters.get(python)
+            if converter is None:
+                converter = _converters[python] = _Converter(python)
+            error, died = converter.convert(str(program), str(out), kind, str(samples))
+            if not died:
+                return error
+            converter.log.close()
+            del _converters[python]
+    return error
+
+
 def convert_tflite(model: torch.nn.Module, candidate: Candidate, dataset: Dataset, path: Path) -> Path:
     """Convert the trained (pruned) float model to ``path``: float32 for fp32, fully integer int8 for int8-ptq,
     calibrated on ``candidate.budget.calibration_samples`` training samples, one at a time (batch 1, as deployed).
 
     The model crosses to the converter's environment as a ``torch.export`` program."""
-    import subprocess
     import tempfile
 
     if candidate.precision not in TFLM_PRECISIONS:
         raise CandidateError("convert", f"{candidate.precision} candidates are not converted to TFLite Micro "
                              f"(converted: {', '.join(TFLM_PRECISIONS)})")
-    python = converter_python()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
     rng = np.random.default_rng(candidate.seed)
     count = min(len(dataset.x_train), max(1, candidate.budget.calibration_samples))
     samples = dataset.x_train[np.sort(rng.choice(len(dataset.x_train), size=count, replace=False))]
@@ -70,12 +143,9 @@ def convert_tflite(model: torch.nn.Module, candidate: Candidate, dataset: Datase
         with torch.no_grad():
             torch.export.save(torch.export.export(model.eval(), (torch.from_numpy(samples[:1]),)), str(program))
         np.save(sample_file, samples)
-        kind = "fp32" if candidate.precision == "fp32" else "int8"
-        done = subprocess.run([str(python), str(Path(__file__).with_name("tflite_convert.py")), str(program),
-                               str(path), kind, str(sample_file)], capture_output=True, text=True)
-    if done.returncode or not path.is_file():
-        lines = [ln for ln in (done.stderr or done.stdout).strip().splitlines() if ln.strip()]
-        raise CandidateError("convert", lines[-1] if lines else f"converter exited with {done.returncode}")
+        error = _convert_program(program, path, "fp32" if candidate.precision == "fp32" else "int8", sample_file)
+    if error or not path.is_file():
+        raise CandidateError("convert", error or "the converter wrote no file")
     return path
 
 

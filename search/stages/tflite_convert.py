@@ -6,19 +6,24 @@ cannot share edgesearch's environment: ``make setup`` gives it ``.venv-mcu`` (th
 
 Usage: python tflite_convert.py PROGRAM.pt2 OUT.tflite fp32|int8 SAMPLES.npy
 (SAMPLES: calibration inputs for int8; the first one is the example input either way)
+       python tflite_convert.py --serve
+(one conversion per line of stdin, a JSON list of those four arguments; one answer line on stdout for each)
 """
 
+import json
+import os
 import sys
+import traceback
 
 import numpy as np
 import torch
 
 
 def main(program: str, out: str, kind: str, samples: str) -> None:
-    import litert_torch
-
     module = torch.export.load(program).module()
     calibration_x = np.load(samples)
+    import litert_torch  # after the inputs load: a bad request fails without importing the converter
+
     example = (torch.from_numpy(calibration_x[:1]),)
     if kind == "fp32":
         edge = litert_torch.convert(module, example)
@@ -40,5 +45,27 @@ def main(program: str, out: str, kind: str, samples: str) -> None:
     edge.export(out)
 
 
+def serve() -> None:
+    """Convert what each line of stdin asks until stdin closes, answering ``{"ok": true}`` or ``{"error": ...}``
+    on a line of its own.
+
+    A worker keeps this process for its next candidates: importing the converter costs about as much as a
+    conversion. Whatever the converter prints goes to stderr, so stdout holds only the answers."""
+    answers = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    for line in sys.stdin:
+        try:
+            main(*json.loads(line))
+            answer = {"ok": True}
+        except Exception as exc:
+            traceback.print_exc()
+            answer = {"error": traceback.format_exception_only(exc)[-1].strip()}
+        answers.write(f"edgesearch-converter: {json.dumps(answer)}\n")  # search.stages.tflite.ANSWER
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    if sys.argv[1:] == ["--serve"]:
+        serve()
+    else:
+        main(*sys.argv[1:5])

@@ -24,7 +24,7 @@ SMALL = SearchSpace(precision=("fp32", "int8-ptq", "int8-qat"), pruning=("unstru
 @pytest.fixture(scope="module")
 def m4_search(tmp_path_factory):
     runs = tmp_path_factory.mktemp("m4")
-    spec = SearchSpec(name="m4", dataset="digits", target="cortex-m4", trials=3, workers=2, budget=TINY,
+    spec = SearchSpec(name="m4", dataset="digits", target="cortex-m4", trials=2, workers=2, budget=TINY,
                       space=SMALL, latency_budget_ms=50, recipes=False)
     lines = []
     outcome = run_search(spec, runs, storage_url=default_storage(runs), report=lines.append,
@@ -127,3 +127,26 @@ def test_a_candidate_whose_arena_exceeds_the_ram_is_infeasible(m4_search, tmp_pa
     assert not row.feasible and study.trials[0].constraints["fits_ram"] > 0
     if best.value("peak_activation_bytes") < best.value("tflm_arena_bytes"):  # screening's estimate let it through:
         assert row.stopped is None and row.value("tflm_arena_bytes") == best.value("tflm_arena_bytes")  # the arena
+
+
+def test_a_worker_keeps_its_converter_and_replaces_one_that_died(digits, tmp_path):
+    """A candidate converted by the kept converter gives the same flatbuffer as a cold one; a failed conversion
+    leaves the converter serving; a converter killed between candidates costs the next one a restart, not its result."""
+    import os
+    import signal
+
+    from search.candidate import Candidate
+    from search.models import build_model
+    from search.stages import tflite
+    from search.stages.tflite import convert_tflite, converter_python
+
+    candidate = Candidate(precision="fp32", width=0.25, budget=TINY)
+    model = build_model(digits.sample_shape, digits.num_classes, 0.25).eval()
+    cold = convert_tflite(model, candidate, digits, tmp_path / "cold.tflite").read_bytes()
+    pid = tflite._converters[converter_python()].proc.pid
+    assert convert_tflite(model, candidate, digits, tmp_path / "warm.tflite").read_bytes() == cold
+    error = tflite._convert_program(tmp_path / "missing.pt2", tmp_path / "x.tflite", "fp32", tmp_path / "missing.npy")
+    assert "missing.pt2" in error and tflite._converters[converter_python()].proc.pid == pid
+    os.kill(pid, signal.SIGKILL)
+    error = tflite._convert_program(tmp_path / "missing.pt2", tmp_path / "x.tflite", "fp32", tmp_path / "missing.npy")
+    assert "missing.pt2" in error and tflite._converters[converter_python()].proc.pid != pid
