@@ -676,6 +676,10 @@ def run_search(
                "transfer_workers": 0.0}
     profile = check_inputs(spec)
     report(f"dataset {_load_dataset(spec.dataset).summary()}")  # a malformed file stops here, before Ray starts
+    if tracking_uri and tracking_uri.startswith(("http://", "https://")):
+        from search.tracking import check_tracking
+
+        check_tracking(tracking_uri)  # one request: a server that is down is reported before anything is timed
     measured = _precisions_measured(spec)
     spec = _narrower_where_faster(_supported_space(spec, profile, report), profile, runs_dir, report, measured)
     if not address:

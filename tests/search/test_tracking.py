@@ -96,11 +96,13 @@ def children_of(client, exp) -> list:
 
 def test_unreachable_tracking_server_fails_before_any_work(tmp_path, free_port):
     port = free_port()
-    spec = SearchSpec(name="nowhere", trials=1, workers=1, budget=TINY)
+    spec, lines = SearchSpec(name="nowhere", trials=1, workers=1, budget=TINY), []
     with pytest.raises(ConfigError, match="Cannot reach the MLflow tracking store"):
         run_search(spec, tmp_path, storage_url=default_storage(tmp_path), tracking_uri=f"http://127.0.0.1:{port}",
-                   report=lambda line: None)
+                   report=lines.append)
     assert not (tmp_path / "candidates").exists()  # nothing trained
+    # the default space times fp16 and int8 against fp32 on the host first: not for a server that is down
+    assert not (tmp_path / "screening").exists() and not any("timed" in line for line in lines), lines
     import optuna
 
     assert "nowhere" not in [s.study_name for s in optuna.get_all_study_summaries(default_storage(tmp_path))]
