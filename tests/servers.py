@@ -2,12 +2,17 @@
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+
+# a node or client that shares only the network with the tests: a private mount namespace needs root and unshare
+CAN_SHARE_NOTHING = os.geteuid() == 0 and shutil.which("unshare") is not None
 
 
 def free_tcp_port() -> int:

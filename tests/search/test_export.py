@@ -9,7 +9,7 @@ import pytest
 
 from search.errors import ConfigError
 from search.export import Pick, elf_machines, export_search
-from search.study import default_storage
+from search.study import default_storage, load_study
 
 
 @pytest.fixture(scope="module")
@@ -127,9 +127,14 @@ def test_export_errors(tracked_search, tmp_path):
     spec, outcome, _, runs = tracked_search
     storage = default_storage(runs)
     one = SearchSpace(precision=("fp32",), pruning=("unstructured",), sparsity=(0.0, 0.0), temperature=(1.0, 1.0),
-                      alpha=(1.0, 1.0), width=(0.25, 0.25))  # one candidate: trial 1 repeats trial 0
-    run_search(SearchSpec(name="twice", trials=2, workers=1, budget=TINY, space=one, recipes=False), runs,
-               storage_url=storage, report=lambda line: None)
+                      alpha=(1.0, 1.0), width=(0.25, 0.25))  # one candidate: trials 1 and 2 repeat trial 0
+    lines = []
+    twice = run_search(SearchSpec(name="twice", trials=3, workers=1, budget=TINY, space=one, recipes=False), runs,
+                       storage_url=storage, report=lines.append)
+    trials = load_study("twice", storage).trials  # the repeats reuse trial 0's result, and say so
+    assert [t.user_attrs.get("reused_from_trial") for t in trials] == [None, 0, 0]
+    assert all(t.state.name == "COMPLETE" for t in trials) and len({tuple(t.values) for t in trials}) == 1
+    assert sum("result reused" in line for line in lines) == 2 and len(twice.rows) == 3
     with pytest.raises(Exception, match="No search named 'missing'"):
         export_search("missing", tmp_path / "x", storage_url=storage, runs_dir=runs)
     with pytest.raises(ConfigError, match="not on the feasible Pareto front"):  # a reused result never is

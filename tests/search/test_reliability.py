@@ -33,7 +33,7 @@ SMALL = SearchSpace(precision=("fp32",), width=(0.25, 0.5), sparsity=(0.0, 0.0))
 
 
 def test_killed_worker_fails_its_trial_and_the_search_completes(tmp_path):
-    spec = SearchSpec(name="killed", trials=3, workers=1, budget=SLOWER, space=SMALL)
+    spec = SearchSpec(name="killed", trials=3, workers=1, budget=FAST, space=SMALL)
     lines = []
     done = {}
     thread = threading.Thread(target=lambda: done.setdefault("outcome", run_search(

@@ -3,7 +3,6 @@
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from search.study import (create_study, default_storage, finished_count, knob_na
 from search.workers import run_search
 from tests.oracles import OBJECTIVES, pareto_front
 from tests.search.conftest import SHIP, TINY, complete_trials
-from tests.servers import ray_cluster
+from tests.servers import CAN_SHARE_NOTHING, ray_cluster
 
 FAST_SPACE = SearchSpace(precision=("fp32", "int8-ptq", "fp16"), width=(0.25, 0.75))
 
@@ -55,6 +54,7 @@ def test_four_trials_on_two_workers_give_a_feasible_non_dominated_front(tmp_path
         run_search(spec, tmp_path, storage_url=storage, report=lines.append)
 
 
+@pytest.mark.slow  # the same search of one point runs by default in test_export_errors
 def test_knobs_already_evaluated_reuse_the_result(tmp_path):
     one_point = SearchSpace(precision=("fp32",), pruning=("unstructured",), sparsity=(0.0, 0.0),
                             temperature=(1.0, 1.0), alpha=(1.0, 1.0), width=(0.25, 0.25))
@@ -164,6 +164,8 @@ def ray_head(tmp_path_factory, free_port):
     yield from ray_cluster(tmp_path_factory.mktemp("rayhead"), free_port)
 
 
+# where nodes can share nothing, that test searches on a cluster it starts and is refused more workers than it has
+@pytest.mark.slow if CAN_SHARE_NOTHING else pytest.mark.usefixtures()
 def test_search_on_an_existing_cluster(ray_head, tmp_path):
     spec = SearchSpec(name="on-cluster", trials=2, workers=2, budget=TINY, space=FAST_SPACE)
     outcome = run_search(spec, tmp_path, storage_url=default_storage(tmp_path), address=ray_head["gcs"],
@@ -175,7 +177,7 @@ def test_search_on_an_existing_cluster(ray_head, tmp_path):
                    report=lambda line: None)
 
 
-@pytest.mark.slow  # ~55 s on a slow CPU: a second Ray head; nodes and resources are run by default through the existing-cluster test
+@pytest.mark.slow  # ~55 s on a slow CPU: a second Ray head; nodes and resources run by default in the share-nothing test
 def test_host_candidates_stay_on_nodes_of_the_submitted_cpu_kind(tmp_path_factory, free_port, tmp_path):
     """A cluster whose only node says it is another CPU kind: host figures would mix kinds, so the search is refused
     with what to do; an emulated target runs there."""
@@ -211,8 +213,8 @@ def _client_sharing_only_the_network(hidden, own, runs, env):
     return run
 
 
-@pytest.mark.slow  # ~3 minutes on a slow CPU; submitting to an existing cluster runs by default (test_search_on_an_existing_cluster)
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+@pytest.mark.slow  # ~3 minutes on a slow CPU; searching on an existing cluster runs by default (test_share_nothing)
+@pytest.mark.skipif(not CAN_SHARE_NOTHING,
                     reason="a private mount namespace needs root and unshare (the test machines have both)")
 def test_a_client_sharing_only_the_network_submits_follows_stops_resumes_and_exports(
         ray_head, free_port, tmp_path_factory, tmp_path, digits):

@@ -19,10 +19,11 @@ from search.study import SHIPPED_PREFIX, default_storage, load_study
 from search.tracking import default_tracking_uri
 from search.workers import run_search
 from tests.search.conftest import TINY
-from tests.servers import node_sharing_nothing, ray_cluster
+from search.errors import ConfigError
+from tests.servers import CAN_SHARE_NOTHING, node_sharing_nothing, ray_cluster
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
-                                reason="a private mount namespace needs root and unshare (the test machines have both)")
+pytestmark = pytest.mark.skipif(not CAN_SHARE_NOTHING, reason="a private mount namespace needs root and unshare "
+                                "(the test machines have both)")
 
 
 # one shape, four candidates apart in distillation (a teacher to share); the slow run tunes what ships
@@ -66,6 +67,9 @@ def test_a_search_on_a_node_that_shares_no_disk_ships_its_winner_from_the_driver
         lines = []
         outcome = run_search(spec, tmp_path, storage_url=storage, address=cluster["gcs"], tracking_uri=uri,
                              report=lines.append)
+        too_many = dataclasses.replace(spec, name="too-many", trials=1, workers=3)
+        with pytest.raises(ConfigError, match="'workers' field .* at most the 2 CPU"):
+            run_search(too_many, tmp_path, storage_url=storage, address=cluster["gcs"], report=lambda line: None)
     finally:
         next(head, None)
         if node_dir:
