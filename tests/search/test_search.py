@@ -177,7 +177,7 @@ def test_search_on_an_existing_cluster(ray_head, tmp_path):
                    report=lambda line: None)
 
 
-@pytest.mark.slow  # ~55 s on a slow CPU: a second Ray head; nodes and resources run by default in the share-nothing test
+@pytest.mark.slow  # ~55 s on a slow CPU: a second Ray head; nodes and resources run by default in test_share_nothing
 def test_host_candidates_stay_on_nodes_of_the_submitted_cpu_kind(tmp_path_factory, free_port, tmp_path):
     """A cluster whose only node says it is another CPU kind: host figures would mix kinds, so the search is refused
     with what to do; an emulated target runs there."""

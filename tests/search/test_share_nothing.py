@@ -13,13 +13,13 @@ from mlflow import MlflowClient
 
 from hardware_targets.profile import PROFILE_DIR
 from hardware_targets.host import cpu_kind_resource, host_cpu
+from search.errors import ConfigError
 from search.export import export_search
 from search.spec import SearchSpace, SearchSpec
 from search.study import SHIPPED_PREFIX, default_storage, load_study
 from search.tracking import default_tracking_uri
 from search.workers import run_search
 from tests.search.conftest import TINY
-from search.errors import ConfigError
 from tests.servers import CAN_SHARE_NOTHING, node_sharing_nothing, ray_cluster
 
 pytestmark = pytest.mark.skipif(not CAN_SHARE_NOTHING, reason="a private mount namespace needs root and unshare "
