@@ -6,8 +6,9 @@ trials per task a search affords (1-4) each task's measured schedules are random
 The draws that ruin a build keep one output vector in registers per innermost tile: every fused multiply-add
 then waits for the one before it (18.8 against 190.8 us for the same pointwise convolution, NOTES.md). Until the
 XGBoost model has its samples, candidates are ranked by how many output vectors their innermost tile keeps in
-registers: enough independent sums to keep the FMA units busy (8), few enough to fit the register file; and a
-schedule that inlines a convolution's padding (its bounds check then runs in the innermost loop) comes last.
+registers: enough independent sums to keep the FMA units busy (8), few enough to fit the register file. A
+schedule that inlines a convolution's padding (its bounds check then runs in the innermost loop), or that
+vectorizes its product over a number of lanes that is not a power of two, comes after one that does neither.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ import numpy as np
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.cost_model import PyCostModel, XGBModel
 from tvm.s_tir.meta_schedule.postproc import PyPostproc
+from tvm.tirx import ForKind
 
 TILING = "meta_schedule.tiling_structure"
 TENSORIZE = "meta_schedule.auto_tensorize"
 ACCUMULATORS = 8  # independent sums to hide an FMA's latency (about 4 cycles) on its two units
 INLINED = -2  # SampleComputeLocation's decision that inlines the block into its consumer
 INLINED_PADDING_SCORE = 0.25
+UNEVEN_VECTOR_SCORE = 0.25
 
 
 def _tiled_blocks(trace) -> list[tuple[bool, list[int]]]:
@@ -57,10 +60,42 @@ def inlines_a_padding(trace) -> bool:
                for inst in trace.insts)
 
 
-def first_pick_score(trace, registers: int) -> float:
-    """The prior's score of a schedule: its worst block's register tile, a quarter of it if it inlines a padding."""
+def vector_lanes(sch) -> list[int]:
+    """Per multi-level-tiled block of a post-processed schedule (as MetaSchedule's cost model receives it), the
+    extent of its innermost loop if that loop is vectorized. The vectorizing postprocessor fuses the innermost
+    spatial loops, so with fewer channels than a vector holds (8 against AVX-512's 16) the image's innermost tile
+    joins them: 3 columns of 8 channels make a loop of 24."""
+    lanes: list[int] = []
+    blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
+    while blocks:
+        block = blocks.pop()
+        blocks.extend(sch.get_child_blocks(block))
+        loops = sch.get_loops(block)
+        if loops and TILING in sch.get(block).annotations:
+            innermost = sch.get(loops[-1])
+            if int(innermost.kind) == ForKind.VECTORIZED:
+                lanes.append(int(innermost.extent))
+    return lanes
+
+
+def uneven_vectors(sch) -> bool:
+    """Whether a tiled block's vectorized loop is not a power of two. The 48x48x8 depthwise convolution of
+    MobileNetV1-0.25 took 128-217 us in four schedules over 24 or 48 lanes and 9.5-31 us with only their column tile
+    changed to give 8-64 lanes (Emerald Rapids; NOTES.md). At 1 trial per task such a draw made one build of four
+    the slowest."""
+    return any(n & (n - 1) for n in vector_lanes(sch))
+
+
+def first_pick_score(sch, registers: int) -> float:
+    """The prior's score of a post-processed schedule: its worst block's register tile, a quarter of it if it
+    inlines a padding, and a quarter again if it vectorizes over uneven lanes."""
+    trace = sch.trace
     score = min((tile_score(t, registers) for t in register_tiles(trace)), default=1.0)
-    return score * INLINED_PADDING_SCORE if inlines_a_padding(trace) else score
+    if inlines_a_padding(trace):
+        score *= INLINED_PADDING_SCORE
+    if uneven_vectors(sch):
+        score *= UNEVEN_VECTOR_SCORE
+    return score
 
 
 def vectorizes_a_tensorized_product(trace) -> bool:
@@ -113,6 +148,6 @@ class RegisterTileFirst(PyCostModel):
     def predict(self, context, candidates) -> np.ndarray:
         if self.xgb.data_size >= self.xgb.num_warmup_samples and self.xgb.booster is not None:
             return self.xgb.predict(context, candidates)
-        scores = [first_pick_score(c.sch.trace, self.registers) for c in candidates]
+        scores = [first_pick_score(c.sch, self.registers) for c in candidates]
         # ties (most candidates) are broken at random, so the picks stay diverse
         return np.asarray(scores, dtype="float64") + 0.01 * self.rng.random(len(candidates))
