@@ -102,7 +102,8 @@ def cmd_targets(args: argparse.Namespace) -> int:
           f"(unstructured_sparsity_speedup): {', '.join(skipping) or 'none of these'}; elsewhere channels are pruned")
     print("  what each sparsity lowers: removed channels (structured) lower latency, weights, RAM and energy on every "
           "target; zeroed weights (unstructured) lower latency only where kernels skip them, and otherwise only the "
-          "gzip-compressed model file (every runtime here holds weights dense; export's model card gives both sizes)")
+          "gzip-compressed model file (every runtime here holds weights dense; export writes a .gz copy of each model "
+          "file to send, and its model card gives both sizes)")
     print("\nsources of every figure: the comments in hardware_targets/profiles/*.yaml")
     return 0
 

@@ -141,13 +141,19 @@ def _mlflow_run_id(tracking_uri: str | None, search: str, trial: int) -> str | N
     return runs[0].info.run_id if runs else None
 
 
-PREDICT_PY = '''"""Classify one input with the exported model (onnxruntime only)."""
+PREDICT_PY = '''"""Classify one input with the exported model (onnxruntime only): python predict.py [input.npy]"""
+import gzip
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-session = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
+here = Path(__file__).resolve().parent
+# the model file as exported, or its gzip-compressed copy (the one a device may have been sent), unpacked in memory
+model = here / "model.onnx"
+model = str(model) if model.is_file() else gzip.decompress((here / "model.onnx.gz").read_bytes())
+session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
 inp = session.get_inputs()[0]
 shape = [d if isinstance(d, int) else 1 for d in inp.shape]
 dtype = np.float16 if "float16" in inp.type else np.float32
@@ -205,7 +211,9 @@ def export_search(
                               f"on {profile.name} itself, then export.")
         card = {**_card_head(search, study, spec, row, trial, reason, profile, tracking_uri),
                 **_ship_tflm(trial, row, out, dataset, profile)}
-        card["metrics"].update(_stored_bytes(out / "model.tflite"))
+        stored = _stored_bytes([out / "model.tflite"], copies=False)  # flashed as is: a copy would save nothing
+        card["metrics"].update(stored["metrics"])
+        card["gzip_copies"] = stored["gzip_copies"]
         return _write_card(card, out, search, tracking_uri, register)
     # what the search's shipping stage measured ships: its TVM target (tuned for this CPU, same records) and runtime
     shipped = row.shipped if same_target else None
@@ -259,8 +267,10 @@ def export_search(
 
     card = _card_head(search, study, spec, row, trial, reason, profile, tracking_uri,
                       searched=("latency_ms_median", "latency_ms_p90", "energy_mj") if same_target else ())
-    card["metrics"].update({**remeasured, **_stored_bytes(onnx_path)})
+    stored = _stored_bytes([onnx_path, library], copies=True)
+    card["metrics"].update({**remeasured, **stored["metrics"]})
     card.update({
+        "gzip_copies": stored["gzip_copies"],
         "runtime": runtime, "tvm_target": build_target,
         # every runtime the shipping stage timed side by side (p90 and median ms); the fastest ships unless forced
         "runtime_figures": shipped["figures"] if shipped else None,
@@ -272,14 +282,26 @@ def export_search(
     return _write_card(card, out, search, tracking_uri, register)
 
 
-def _stored_bytes(model_file: Path) -> dict:
-    """The shipped model file's bytes as stored and gzip-compressed (for sending it to a device): the runtimes hold
-    weights dense in memory, so compression is where unstructured zeros show."""
-    from objectives.size import file_bytes, gzip_bytes
+STORED_KINDS = {".onnx": "onnx", ".so": "library", ".tar": "library", ".tflite": "tflite"}
 
-    kind = model_file.suffix.lstrip(".")
-    return {f"{kind}_file_bytes": {"value": float(file_bytes(model_file)), "unit": "bytes", "provenance": "measured"},
-            f"{kind}_gzip_bytes": {"value": float(gzip_bytes(model_file)), "unit": "bytes", "provenance": "measured"}}
+
+def _stored_bytes(model_files: list[Path], copies: bool) -> dict:
+    """Each shipped model file's bytes as stored and gzip-compressed and, with ``copies``, its compressed copy beside
+    it (``model.onnx.gz``) to send to a device: the runtimes hold weights dense, so compression is where unstructured
+    zeros show. The card's ``gzip_copies`` names them."""
+    from objectives.size import file_bytes, gzipped
+
+    metrics, written = {}, {}
+    for model_file in model_files:
+        packed = gzipped(model_file)
+        if copies:
+            written[model_file.name] = model_file.name + ".gz"
+            model_file.with_name(written[model_file.name]).write_bytes(packed)
+        kind = STORED_KINDS[model_file.suffix]
+        metrics[f"{kind}_file_bytes"] = {"value": float(file_bytes(model_file)), "unit": "bytes",
+                                         "provenance": "measured"}
+        metrics[f"{kind}_gzip_bytes"] = {"value": float(len(packed)), "unit": "bytes", "provenance": "measured"}
+    return {"metrics": metrics, "gzip_copies": written}
 
 
 def _card_head(search, study, spec, row, trial, reason, profile, tracking_uri,
@@ -499,12 +521,7 @@ def model_card_markdown(card: dict) -> str:
              "|---|---|---|---|"]
     for name, m in card["metrics"].items():
         lines.append(f"| {name} | {m['value']:.6g} | {m['unit']} | {m['provenance']} |")
-    for packed_name in [k for k in card["metrics"] if k.endswith("_gzip_bytes")]:
-        packed = card["metrics"][packed_name]["value"]
-        plain = card["metrics"][packed_name.replace("_gzip_", "_file_")]["value"]
-        lines += ["", f"Stored gzip-compressed for sending to a device, the model file takes {packed:,.0f} bytes "
-                  f"({plain / packed:.2f}x smaller than its {plain:,.0f}). The runtime holds the weights dense, so "
-                  "that is the only size zeroed (unstructured) weights lower; removed channels lower all of them."]
+    lines += _compressed_lines(card)
     q = card.get("int8_against_fp32")
     if q:
         verdict = (f"{q['speedup']:.2f}x faster" if q["speedup"] >= INT8_FASTER else
@@ -530,6 +547,26 @@ def model_card_markdown(card: dict) -> str:
     lines += [f"| `{name}` | `{digest}` |" for name, digest in card["artifacts"].items()]
     lines += ["", "## Versions", ""] + [f"- {k} {v}" for k, v in card["versions"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _compressed_lines(card: dict) -> list[str]:
+    """What the model files take gzip-compressed, and what that size is good for on the target."""
+    sizes = {kind: (card["metrics"][f"{kind}_file_bytes"]["value"], card["metrics"][f"{kind}_gzip_bytes"]["value"])
+             for kind in STORED_KINDS.values() if f"{kind}_gzip_bytes" in card["metrics"]}
+    copies = card.get("gzip_copies") or {}
+    if "tflite" in sizes:
+        plain, packed = sizes["tflite"]
+        return ["", f"Gzip-compressed, `model.tflite` takes {packed:,.0f} bytes ({plain / packed:.2f}x smaller than "
+                f"its {plain:,.0f}): only how it travels. The microcontroller runs it from flash as stored, so the "
+                "zeros of unstructured pruning save no flash there, and no compressed copy is written."]
+    listed = []
+    for name, copy in copies.items():
+        plain, packed = sizes[STORED_KINDS[Path(name).suffix]]
+        listed.append(f"`{copy}` {packed:,.0f} bytes, {plain / packed:.2f}x smaller than `{name}`")
+    return ["", f"Gzip-compressed copies to send to a device: {'; '.join(listed)}. Unpack them there with `gunzip`; "
+            "`predict.py` also reads `model.onnx.gz` as it is. The runtime holds the weights dense once loaded, so "
+            "the compressed copy is the only size that zeroed (unstructured) weights lower; removed channels lower "
+            "all of them."]
 
 
 def registered_model_name(search: str) -> str:

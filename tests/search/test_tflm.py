@@ -88,6 +88,8 @@ def test_the_export_is_something_a_board_can_flash(m4_search, digits, tmp_path):
     # flash holds the file as is; gzip-compressed is only how it travels
     assert card["metrics"]["tflite_file_bytes"]["value"] == len(tflite)
     assert 0 < card["metrics"]["tflite_gzip_bytes"]["value"] < len(tflite)
+    assert card["gzip_copies"] == {} and not list(out.glob("*.gz")) and "no compressed copy" in (
+        out / "MODEL_CARD.md").read_text()
     # the C array holds the flatbuffer byte for byte, aligned as TFLM reads it in place
     source = (out / "model_data.cc").read_text()
     assert "alignas(16)" in source and f"g_model_len = {len(tflite)};" in source
