@@ -488,10 +488,16 @@ def cmd_export(args: argparse.Namespace) -> int:
                              tracking_uri=None if args.no_mlflow else _tracking_uri(args), overwrite=args.overwrite)
     v = card["verification"]
     print(f"exported trial {card['trial']} ({card['why']}) for {card['target_profile']} to {Path(args.out).resolve()}")
-    print(f"verified: test accuracy onnxruntime {v['onnxruntime_test_accuracy']:.4f}, TVM {v['tvm_host_test_accuracy']:.4f} "
-          f"(as recorded); library {v['library_architecture']}")
+    if "tflm_test_accuracy" in v:
+        print(f"verified: test accuracy in the TFLite Micro interpreter {v['tflm_test_accuracy']:.4f}, tensor arena "
+              f"{v['tflm_arena_bytes']:,} bytes (as recorded)")
+    else:
+        print(f"verified: test accuracy onnxruntime {v['onnxruntime_test_accuracy']:.4f}, TVM "
+              f"{v['tvm_host_test_accuracy']:.4f} (as recorded); library {v['library_architecture']}")
     for name, m in card["metrics"].items():
         print(f"  {name:<28}{m['value']:>14.6g} {m['unit']:<9}{m['provenance']}")
+    if card.get("gzip_copies"):
+        print(f"to send to a device: {', '.join(card['gzip_copies'].values())} (gzip-compressed; sizes above)")
     if card.get("registered_version"):
         print(f"registered as MLflow model 'edgesearch-{card['search']}' version {card['registered_version']}")
     return 0

@@ -1,6 +1,7 @@
 """Whole searches with real Ray, real Optuna storage and the real pipeline, on tiny budgets."""
 
 import dataclasses
+import gzip
 import json
 import os
 import signal
@@ -279,6 +280,9 @@ def test_a_client_sharing_only_the_network_submits_follows_stops_resumes_and_exp
         exported = client("export", "--search", "svc", "--out", str(out), "--address", address)
         assert exported.returncode == 0, exported.stderr
         card = json.loads((out / "model_card.json").read_text())
+        # the compressed copies came back through MLflow with the rest, and the output names them
+        assert "to send to a device: model.onnx.gz, model.so.gz" in exported.stdout
+        assert gzip.decompress((out / "model.onnx.gz").read_bytes()) == (out / "model.onnx").read_bytes()
         dataset = load_dataset(str(data))
         got = accuracy(predict_onnx(ort_session(out / "model.onnx"), dataset.x_test, card["input"]["dtype"]),
                        dataset.y_test)

@@ -1,6 +1,7 @@
 """Microcontroller profiles ship TensorFlow Lite Micro: a real search on cortex-m4, its export, the arena."""
 
 import hashlib
+import json
 import re
 
 import numpy as np
@@ -9,7 +10,7 @@ import yaml
 
 from hardware_targets import load_profile
 from objectives.accuracy import accuracy
-from search.export import export_search
+from search.cli import main
 from search.spec import SearchSpace, SearchSpec
 from search.stages.tflite import allocates, arena_bytes, interpreter, predict_tflm
 from search.study import default_storage, load_study, rows
@@ -73,12 +74,15 @@ def test_a_cortex_m4_search_measures_accuracy_on_the_tflite(m4_search, digits):
                                                                                                     "model")}
 
 
-def test_the_export_is_something_a_board_can_flash(m4_search, digits, tmp_path):
+def test_the_export_is_something_a_board_can_flash(m4_search, digits, tmp_path, capsys):
     spec, outcome, runs, _ = m4_search
     if outcome.best is None:
         pytest.fail("the cortex-m4 search found no feasible candidate to export")
     out = tmp_path / "board"
-    card = export_search(spec.name, out, storage_url=default_storage(runs), runs_dir=runs, register=False)
+    # through the command line, as a user exports it
+    assert main(["--runs-dir", str(runs), "export", "--search", spec.name, "--out", str(out), "--no-mlflow"]) == 0
+    assert "verified: test accuracy in the TFLite Micro interpreter" in capsys.readouterr().out
+    card = json.loads((out / "model_card.json").read_text())
     for name in ("model.tflite", "model_data.h", "model_data.cc", "main.cc", "model.onnx", "model_card.json",
                  "MODEL_CARD.md"):
         assert (out / name).is_file(), name
@@ -101,9 +105,9 @@ def test_the_export_is_something_a_board_can_flash(m4_search, digits, tmp_path):
     arena = card["tflm"]["arena_bytes"]
     assert arena == arena_bytes(out / "model.tflite")
     assert allocates(out / "model.tflite", arena) and not allocates(out / "model.tflite", int(arena * 0.9))
-    main = (out / "main.cc").read_text()
-    assert f"kTensorArenaSize = {card['tflm']['arena_bytes_aligned']};" in main
-    assert card["tflm"]["arena_bytes_aligned"] % 16 == 0 and "AddConv2D" in main and "tflm" in card
+    program = (out / "main.cc").read_text()
+    assert f"kTensorArenaSize = {card['tflm']['arena_bytes_aligned']};" in program
+    assert card["tflm"]["arena_bytes_aligned"] % 16 == 0 and "AddConv2D" in program and "tflm" in card
     assert "TFLite Micro interpreter" in (out / "MODEL_CARD.md").read_text()
     assert card["input"]["layout"] in ("NCHW", "NHWC")  # whichever order the converter left, named
 
