@@ -389,10 +389,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def _sync_quietly(study, spec, args: argparse.Namespace) -> None:
-    """Catch MLflow up after an outage when a command reads a finished search; never fails the command."""
-    if getattr(args, "no_mlflow", False):
+    """Catch MLflow up after an outage when a command reads a finished search; never fails the command. A search
+    run without MLflow is left so (`edgesearch sync NAME` logs it on request)."""
+    from search.tracking import TRACKED_ATTR, sync_search
+
+    if getattr(args, "no_mlflow", False) or not study.user_attrs.get(TRACKED_ATTR, True):
         return
-    from search.tracking import sync_search
 
     try:
         logged = sync_search(study, spec, _tracking_uri(args), args.runs_dir)
@@ -648,8 +650,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sync", help="log to MLflow what a tracking outage left out",
                        description="Log every finished trial of a search that the MLflow store is missing (say, the "
-                                   "tracking server was down when the search ended), and refresh its front. status "
-                                   "and export do this too when they can reach the store.")
+                                   "tracking server was down when the search ended, or it ran with --no-mlflow), and "
+                                   "refresh its front. status does this too when it can reach the store (not for a "
+                                   "search run with --no-mlflow), and export before it registers the model.")
     p.add_argument("name")
     p.add_argument("--storage", help="Optuna RDB storage URL [default: sqlite:///RUNS/optuna.db]")
     p.add_argument("--tracking-uri", help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or "

@@ -24,12 +24,13 @@ from hardware_targets.backends.local import onnxruntime_timer, time_in_turns, ti
 from hardware_targets.compile import CompiledArtifact, compile_tvm
 from hardware_targets.host import host_cpu
 from hardware_targets.metric import Metric
-from hardware_targets.profile import arithmetic
+from hardware_targets.profile import TFLM_PRECISIONS, arithmetic
 from objectives.accuracy import accuracy, predict_onnx, predict_tvm
 from objectives.memory import peak_activation_bytes
 from objectives.size import file_bytes, flash_bytes, weight_bytes
 from search.candidate import Candidate, CandidateResult
 from search.data import Dataset
+from search.errors import ConfigError
 from search.models import build_model, count_parameters
 from search.stages.compress import prune_model, quantization_aware_finetune
 from search.stages.export import export_onnx, input_dtype, ort_session
@@ -154,6 +155,9 @@ def evaluate_candidate(
     progress: Progress | None = None,
 ) -> CandidateResult:
     """Build, compile and measure one candidate; raises ``CandidateError`` naming the failed stage."""
+    if profile.runtime == "tflite-micro" and candidate.precision not in TFLM_PRECISIONS:  # refused before training
+        raise ConfigError(f"Target {profile.name} runs TFLite Micro, and {candidate.precision} candidates are not "
+                          f"converted to it here; evaluate {' or '.join(TFLM_PRECISIONS)} on {profile.name}.")
     say = progress or (lambda stage, message: None)
     set_threads(threads)
     torch.manual_seed(candidate.seed)

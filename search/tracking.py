@@ -23,6 +23,7 @@ from search.study import (FLOOR_ATTR, Row, best_within_budget, feasible_front, f
                           stored_trial)
 
 PARENT_ATTR = "mlflow_parent_run_id"
+TRACKED_ATTR = "mlflow_tracked"  # False when the search's driver last ran without MLflow (--no-mlflow)
 PLOT_INTERVAL_S = 30.0  # plots are re-drawn at most this often while a search runs, and always at its end
 TRIAL_TAG = "edgesearch.trial"
 SUMMARY_FILE = "summary.png"  # at the parent run's artifact root, where the UI lists it beside the front's table

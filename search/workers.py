@@ -34,6 +34,7 @@ from objectives.pareto import non_dominated
 from search.candidate import Budget, Candidate, CandidateResult
 from search.errors import CandidateError, ConfigError
 from search.spec import SearchSpace, SearchSpec, check_inputs, check_resources
+from search.tracking import TRACKED_ATTR
 from search.transfer import (
     Bundle, mark_driver_disk, pack, receive, shares_disk, unmark_driver_disk,
 )
@@ -237,7 +238,7 @@ def _ship_stage(ray, study, spec: SearchSpec, profile, report: Reporter, placeme
 
     if profile.backend != "local":
         report(f"shipping stage skipped: latency on {profile.name} is {profile.backend}, not timed here; the front "
-               "ships as searched (TVM)")
+               f"ships as searched ({'TVM' if profile.runtime == 'tvm' else profile.runtime})")
         return
     picks = shipping_picks(rows(study), spec.latency_budget_ms)
     budget = spec.budget
@@ -686,6 +687,7 @@ def run_search(
         check_resources(spec)
     with _timed(timings, "optuna"):
         study = create_study(spec, storage_url, resume)
+        study.set_user_attr(TRACKED_ATTR, bool(tracking_uri))
     # reaching MLflow (and creating a new store) overlaps Ray's start; no candidate runs before it is reached
     tracker = _Tracking(spec, study, tracking_uri, runs_dir, report, timings) if tracking_uri else None
     try:

@@ -9,6 +9,7 @@ import pytest
 
 from objectives.latency import noise_ms
 from search.candidate import Candidate
+from search.cli import main
 from search.spec import SearchSpace, SearchSpec
 from search.study import BOUNDS_ATTR, FLOOR_ATTR, RECIPES, load_study, rows, spent_budget
 from search.tracking import default_tracking_uri
@@ -24,7 +25,8 @@ def _weakly_dominates(a, b) -> bool:
     return (a.value("accuracy") >= b.value("accuracy") and all(a.value(n) <= b.value(n) for n in ORDER[1:]))
 
 
-def test_recipes_come_first_and_the_front_covers_every_feasible_recipe(tmp_path):
+def test_recipes_come_first_and_the_front_covers_every_feasible_recipe(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # status would look there first
     spec = SearchSpec(name="recipes", trials=6, workers=2, latency_budget_ms=0.1, budget=TINY, space=NO_FP16)
     outcome = run_search(spec, tmp_path, storage_url=f"sqlite:///{tmp_path}/o.db", report=lambda line: None)
     trials = sorted(load_study("recipes", f"sqlite:///{tmp_path}/o.db").trials, key=lambda t: t.number)
@@ -47,6 +49,11 @@ def test_recipes_come_first_and_the_front_covers_every_feasible_recipe(tmp_path)
     assert 0 < outcome.hypervolume <= 1
     bounds = load_study("recipes", f"sqlite:///{tmp_path}/o.db").user_attrs[BOUNDS_ATTR]
     assert bounds["values"][0] == 0.1 and "widest model" in bounds["source"]
+    # run without MLflow, the search is read by `status` without being logged to it (no outage to catch up on)
+    assert main(["--runs-dir", str(tmp_path), "status", "recipes", "--storage", f"sqlite:///{tmp_path}/o.db"]) == 0
+    printed = capsys.readouterr().out
+    assert "feasible Pareto front" in printed and "MLflow was missing" not in printed
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlartifacts").exists()
 
 
 @pytest.mark.slow  # reuse runs by default in test_export_errors' repeated trial

@@ -40,7 +40,9 @@ def test_cli_evaluate_json(shared_runs, capsys):
     "argv, message",
     [(["evaluate", "--target", "no-such-board"], "Unknown target 'no-such-board'"),
      (["evaluate", "--dataset", "imagenet"], "Unknown dataset 'imagenet'"),
-     (["evaluate", "--sparsity", "1.5"], "'sparsity' parameter")],
+     (["evaluate", "--sparsity", "1.5"], "'sparsity' parameter"),
+     # refused before any training: the convert stage would only refuse it after
+     (["evaluate", "--target", "cortex-m4", "--precision", "int8-qat"], "evaluate fp32 or int8-ptq on cortex-m4")],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
     assert main(["--runs-dir", str(tmp_path)] + argv) == 2

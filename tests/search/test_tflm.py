@@ -36,6 +36,7 @@ def m4_search(tmp_path_factory):
 def test_a_cortex_m4_search_measures_accuracy_on_the_tflite(m4_search, digits):
     spec, outcome, runs, lines = m4_search
     assert any("precision int8-qat left out" in ln and "TFLite Micro" in ln for ln in lines)
+    assert any("the front ships as searched (tflite-micro)" in ln for ln in lines)
     done = [r for r in outcome.rows if r.state == "COMPLETE"]
     assert done, lines
     for row in done:
