@@ -178,7 +178,7 @@ def _print_outcome(outcome_rows, front, best, hv, spec, storage, floor=None) -> 
           "energy / the search's bounds)")
     for r in failed[-3:]:
         print(f"failed trial {r.number}: {r.error}")
-    print(f"stored in {storage} (study {spec.name!r})")
+    print(f"stored in {shown_url(storage)} (study {spec.name!r})")
 
 
 def _spec_from_args(args: argparse.Namespace):
@@ -208,6 +208,17 @@ def _storage_url(args: argparse.Namespace) -> str:
     from search.study import default_storage
 
     return args.storage or default_storage(args.runs_dir)
+
+
+def shown_url(url: str) -> str:
+    """A storage URL as printed: its password hidden, since terminal output ends up in logs."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -251,6 +262,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if tracking:
         print(f"MLflow: experiment {spec.name!r} in {tracking}; review it with 'make ui' or "
               f"'edgesearch ui {spec.name}', which prints the link to its runs")
+    if outcome.best is not None:
+        from search.study import default_storage
+
+        where = ("" if storage == default_storage(args.runs_dir) else f" --storage '{shown_url(storage)}'") + (
+            "" if tracking else " --no-mlflow")
+        print(f"deploy it: edgesearch --runs-dir {args.runs_dir} export --search {spec.name}{where} --out DIR (the "
+              "best within budget; --trial N or --pick fastest-above-accuracy X for another)")
     return 0
 
 
@@ -425,7 +443,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     exists = args.storage or Path(args.runs_dir, "optuna.db").exists()
     summaries = optuna.get_all_study_summaries(storage) if exists else []
     if not summaries:
-        print(f"no searches in {storage}")
+        print(f"no searches in {shown_url(storage)}")
         return 0
     print(f"{'search':<28}{'trials':>7}  {'started':<20}")
     for s in sorted(summaries, key=lambda s: s.datetime_start or 0):

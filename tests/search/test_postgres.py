@@ -94,6 +94,8 @@ def test_two_searches_at_once_and_a_restarted_driver_on_postgresql(postgres, tmp
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-2000:]
         assert "feasible Pareto front" in out
+        # the next step names the storage, which is not the runs folder's default
+        assert f"export --search {'steady' if proc is steady else 'restarted'} --storage '{storage}' --no-mlflow" in out
     steady_rows = rows(load_study("steady", storage))
     assert len(steady_rows) == 2 and all(r.state == "COMPLETE" for r in steady_rows)
     study = load_study("restarted", storage)
@@ -128,3 +130,10 @@ def test_an_mlflow_tracking_server_on_postgresql_holds_every_candidate(postgres,
                 # the graph went through the server to its artifact store, not a path on this machine
                 assert "model/model.onnx" in {a.path for a in client.list_artifacts(children[r.number].info.run_id,
                                                                                      "model")}
+
+
+def test_a_storage_password_is_not_printed():
+    from search.cli import shown_url
+
+    assert shown_url("postgresql://edge:s3cret@db.example:5432/optuna") == "postgresql://edge:***@db.example:5432/optuna"
+    assert shown_url("sqlite:////tmp/runs/optuna.db") == "sqlite:////tmp/runs/optuna.db"
