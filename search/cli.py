@@ -149,6 +149,8 @@ def _ships_as(r) -> str:
 
 
 def _print_outcome(outcome_rows, front, best, hv, spec, storage, floor=None) -> None:
+    from search.study import shown_url
+
     failed = [r for r in outcome_rows if r.state == "FAIL"]
     done = [r for r in outcome_rows if r.state == "COMPLETE" and r.reused_from is None]
     screened = [r for r in outcome_rows if r.stopped == "screened"]
@@ -210,17 +212,6 @@ def _storage_url(args: argparse.Namespace) -> str:
     return args.storage or default_storage(args.runs_dir)
 
 
-def shown_url(url: str) -> str:
-    """A storage URL as printed: its password hidden, since terminal output ends up in logs."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
-
-
 def cmd_submit(args: argparse.Namespace) -> int:
     from search.study import load_study, stored_spec
     from search.workers import run_search
@@ -263,7 +254,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(f"MLflow: experiment {spec.name!r} in {tracking}; review it with 'make ui' or "
               f"'edgesearch ui {spec.name}', which prints the link to its runs")
     if outcome.best is not None:
-        from search.study import default_storage
+        from search.study import default_storage, shown_url
 
         where = ("" if storage == default_storage(args.runs_dir) else f" --storage '{shown_url(storage)}'") + (
             "" if tracking else " --no-mlflow")
@@ -423,8 +414,6 @@ def _sync_quietly(study, spec, args: argparse.Namespace) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    import optuna
-
     if args.address:
         from search.service import searches_on_cluster
 
@@ -438,10 +427,12 @@ def cmd_list(args: argparse.Namespace) -> int:
                       f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(job.start_time / 1e3)):<21}"
                       f"{job.submission_id}")
         return 0
+    from search.study import shown_url, stored_searches
+
     storage = _storage_url(args)
     # the default SQLite file is only created by a first search, not by listing
     exists = args.storage or Path(args.runs_dir, "optuna.db").exists()
-    summaries = optuna.get_all_study_summaries(storage) if exists else []
+    summaries = stored_searches(storage) if exists else []
     if not summaries:
         print(f"no searches in {shown_url(storage)}")
         return 0

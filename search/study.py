@@ -45,6 +45,17 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
+def shown_url(url: str) -> str:
+    """A storage URL as printed: its password hidden, since terminal output ends up in logs."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
 def default_storage(runs_dir: Path) -> str:
     runs_dir = Path(runs_dir).resolve()
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -127,7 +138,7 @@ def _storage(url: str, attempts: int = 3) -> optuna.storages.BaseStorage:
                 time.sleep(1 + random.random())
                 continue
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ConfigError(f"Cannot open the Optuna storage {url!r}: {first}") from exc
+            raise ConfigError(f"Cannot open the Optuna storage '{shown_url(url)}': {first}") from exc
 
 
 def create_study(spec: SearchSpec, storage_url: str, resume: bool) -> optuna.Study:
@@ -135,10 +146,10 @@ def create_study(spec: SearchSpec, storage_url: str, resume: bool) -> optuna.Stu
     storage = _storage(storage_url)
     exists = spec.name in {s.study_name for s in optuna.get_all_study_summaries(storage)}
     if exists and not resume:
-        raise ConfigError(f"A search named {spec.name!r} already exists in {storage_url}; "
+        raise ConfigError(f"A search named {spec.name!r} already exists in {shown_url(storage_url)}; "
                           "pass --resume to continue it or choose another --name.")
     if not exists and resume:
-        raise SearchNotFoundError(f"No search named {spec.name!r} in {storage_url} to resume.")
+        raise SearchNotFoundError(f"No search named {spec.name!r} in {shown_url(storage_url)} to resume.")
     study = optuna.create_study(
         study_name=spec.name, storage=storage, sampler=make_sampler(spec), load_if_exists=resume,
         directions=[d for _, d in OBJECTIVES],
@@ -154,12 +165,17 @@ def create_study(spec: SearchSpec, storage_url: str, resume: bool) -> optuna.Stu
     return study
 
 
+def stored_searches(storage_url: str) -> list[optuna.study.StudySummary]:
+    """Every search in a storage; a storage that cannot be opened is a clear error."""
+    return optuna.get_all_study_summaries(_storage(storage_url))
+
+
 def load_study(name: str, storage_url: str) -> optuna.Study:
     storage = _storage(storage_url)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
     if name not in names:
         known = ", ".join(sorted(names)) or "none yet"
-        raise SearchNotFoundError(f"No search named {name!r} in {storage_url} (searches: {known}).")
+        raise SearchNotFoundError(f"No search named {name!r} in {shown_url(storage_url)} (searches: {known}).")
     return optuna.load_study(study_name=name, storage=storage)
 
 

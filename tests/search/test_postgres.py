@@ -132,8 +132,15 @@ def test_an_mlflow_tracking_server_on_postgresql_holds_every_candidate(postgres,
                                                                                      "model")}
 
 
-def test_a_storage_password_is_not_printed():
-    from search.cli import shown_url
+def test_a_storage_password_is_not_printed(capsys, tmp_path):
+    from search.cli import main
+    from search.study import shown_url
 
     assert shown_url("postgresql://edge:s3cret@db.example:5432/optuna") == "postgresql://edge:***@db.example:5432/optuna"
     assert shown_url("sqlite:////tmp/runs/optuna.db") == "sqlite:////tmp/runs/optuna.db"
+    # a database that refuses the connection (nothing listens on port 1): one line, exit 2, no password
+    for command in (["list"], ["status", "any"]):
+        assert main(["--runs-dir", str(tmp_path), *command, "--storage", "postgresql://edge:s3cret@127.0.0.1:1/x"]) == 2
+        err = capsys.readouterr().err
+        assert "Cannot open the Optuna storage 'postgresql://edge:***@127.0.0.1:1/x'" in err
+        assert "s3cret" not in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
