@@ -105,8 +105,9 @@ def serve(tracking_uri: str, host: str, port: int, search: str | None = None, sa
     if owner:
         raise ConfigError(f"Port {port} on {host} is already in use by {owner}; stop it or pass --port.")
     url = f"http://{host}:{port}"
+    landing = landing_paths(tracking_uri, search)  # an unknown search is refused before anything is said
     say(f"MLflow UI for {tracking_uri} at {url} (Ctrl-C to stop)")
-    for label, path in landing_paths(tracking_uri, search):
+    for label, path in landing:
         say(f"{label}: {url}{path}")
     command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", tracking_uri,
                "--host", host, "--port", str(port), "--workers", "1", "--app-name", "edgesearch"]

@@ -135,3 +135,11 @@ def test_a_taken_port_is_refused_with_who_holds_it(tracked_search, free_port):
     assert done.returncode == 2
     assert f"Port {port} on 127.0.0.1 is already in use by process {os.getpid()}" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_an_unknown_search_is_refused_before_the_ui_says_it_is_up(tracked_search, free_port):
+    _, _, _, runs = tracked_search
+    done = subprocess.run([sys.executable, "-m", "search.cli", "--runs-dir", str(runs), "ui", "no-such-search",
+                           "--port", str(free_port())], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "No search named 'no-such-search'" in done.stderr
+    assert "MLflow UI for" not in done.stdout and len(done.stderr.strip().splitlines()) == 1
