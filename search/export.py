@@ -241,11 +241,10 @@ def export_search(
     else:
         int8_vs_fp32 = None
     records = tuning_dir(tuning_cache, build_target)
-    if records.is_dir():
-        (out / "tuning_records").mkdir()
+    if (records / "database_tuning_record.json").is_file() and (records / "database_tuning_record.json").stat().st_size:
+        (out / "tuning_records").mkdir()  # only where there are records: an untuned build has none to ship
         for name in ("database_workload.json", "database_tuning_record.json"):
-            if (records / name).is_file():
-                shutil.copyfile(records / name, out / "tuning_records" / name)
+            shutil.copyfile(records / name, out / "tuning_records" / name)
     (out / "predict.py").write_text(PREDICT_PY)
 
     # Verification: the shipped ONNX and a host build must reproduce the recorded test accuracies exactly.

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from search.errors import ConfigError
+from hardware_targets.compile import tuning_dir
 from search.export import Pick, elf_machines, export_search
 from search.study import default_storage, load_study
 
@@ -26,10 +27,14 @@ def exported(tracked_search, tmp_path_factory):
 
 
 def test_export_writes_the_deployable_folder(exported):
-    out, card, outcome, _, _ = exported
-    for name in ("model.onnx", "model.so", "model_card.json", "MODEL_CARD.md", "predict.py",
-                 "tuning_records/database_workload.json"):
+    out, card, outcome, _, runs = exported
+    for name in ("model.onnx", "model.so", "model_card.json", "MODEL_CARD.md", "predict.py"):
         assert (out / name).is_file(), name
+    # tuning records ship where the library was built with some; an untuned build ships none, not empty files
+    shipped_records = list((out / "tuning_records").glob("*"))
+    assert all(f.stat().st_size > 0 for f in shipped_records)
+    cached = tuning_dir(runs / "tuning", card["tvm_target"]) / "database_tuning_record.json"
+    assert bool(shipped_records) == (cached.is_file() and cached.stat().st_size > 0)
     assert card["trial"] == outcome.best.number
     assert elf_machines(out / "model.so") == {"x86_64"}
     for name, digest in card["artifacts"].items():
