@@ -141,25 +141,46 @@ def _mlflow_run_id(tracking_uri: str | None, search: str, trial: int) -> str | N
     return runs[0].info.run_id if runs else None
 
 
-PREDICT_PY = '''"""Classify one input with the exported model (onnxruntime only): python predict.py [input.npy]"""
+PREDICT_PY = '''"""Classify one input with the exported model, in the runtime the model card ships it with.
+
+python predict.py [input.npy] [--runtime onnxruntime|tvm]; with model.onnx or model.onnx.gz alone, onnxruntime.
+"""
+import argparse
 import gzip
-import sys
+import json
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 here = Path(__file__).resolve().parent
-# the model file as exported, or its gzip-compressed copy (the one a device may have been sent), unpacked in memory
-model = here / "model.onnx"
-model = str(model) if model.is_file() else gzip.decompress((here / "model.onnx.gz").read_bytes())
-session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-inp = session.get_inputs()[0]
-shape = [d if isinstance(d, int) else 1 for d in inp.shape]
-dtype = np.float16 if "float16" in inp.type else np.float32
-x = np.load(sys.argv[1]).astype(dtype).reshape(shape) if len(sys.argv) > 1 else np.zeros(shape, dtype)
-logits = session.run(None, {inp.name: x})[0]
-print("class", int(np.argmax(logits)), "logits", np.round(logits.astype(np.float32), 3).tolist())
+card = json.loads((here / "model_card.json").read_text()) if (here / "model_card.json").is_file() else {}
+shipped = "tvm" if card.get("runtime") == "tvm" and (here / "model.so").is_file() else "onnxruntime"
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("input", nargs="?", help=".npy file of one sample (zeros if left out)")
+parser.add_argument("--runtime", choices=["onnxruntime", "tvm"], default=shipped, help=f"[default: {shipped}]")
+args = parser.parse_args()
+
+if args.runtime == "tvm":  # the host library; a cross-compiled model.tar runs on its board
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(here / "model.so")), tvm.cpu())
+    shape, dtype = card["input"]["shape"], np.dtype(card["input"]["dtype"])
+    run = lambda x: vm["main"](tvm.runtime.tensor(x)).numpy()
+else:
+    import onnxruntime as ort
+
+    # the model file as exported, or its gzip-compressed copy (what a device may have been sent), unpacked in memory
+    model = here / "model.onnx"
+    model = str(model) if model.is_file() else gzip.decompress((here / "model.onnx.gz").read_bytes())
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    inp = session.get_inputs()[0]
+    shape = [d if isinstance(d, int) else 1 for d in inp.shape]
+    dtype = np.dtype(np.float16 if "float16" in inp.type else np.float32)
+    run = lambda x: session.run(None, {inp.name: x})[0]
+x = np.load(args.input).astype(dtype).reshape(shape) if args.input else np.zeros(shape, dtype)
+logits = run(np.ascontiguousarray(x))
+print("class", int(np.argmax(logits)), "logits", np.round(logits.astype(np.float64), 3).tolist(), f"({args.runtime})")
 '''
 
 

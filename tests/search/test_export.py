@@ -58,8 +58,15 @@ def test_export_writes_the_deployable_folder(exported):
     assert alone["provenance"] == p90["provenance"] == "measured"
     assert 0 < alone["value"] <= p90["value"]
     assert "| latency_ms_median_at_export |" in (out / "MODEL_CARD.md").read_text()
-    run = subprocess.run([sys.executable, "predict.py"], cwd=out, capture_output=True, text=True, timeout=60)
-    assert run.returncode == 0 and run.stdout.startswith("class ")
+    # predict.py runs the model in the runtime the card ships it with, or in the one asked for
+    runs = {runtime: subprocess.run([sys.executable, "predict.py", *flag], cwd=out, capture_output=True, text=True,
+                                    timeout=120)
+            for runtime, flag in (("shipped", []), ("tvm", ["--runtime", "tvm"]),
+                                  ("onnxruntime", ["--runtime", "onnxruntime"]))}
+    for runtime, done in runs.items():
+        assert done.returncode == 0 and done.stdout.startswith("class "), done.stderr
+        assert done.stdout.rstrip().endswith(f"({card['runtime'] if runtime == 'shipped' else runtime})")
+    run = runs["onnxruntime"]
     # each model file gzip-compressed beside it, to send: what GNU gzip makes of it (deflates differ a bit)
     markdown = (out / "MODEL_CARD.md").read_text()
     for name, kind in (("model.onnx", "onnx"), ("model.so", "library")):
