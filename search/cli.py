@@ -258,9 +258,20 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
         where = ("" if storage == default_storage(args.runs_dir) else f" --storage '{shown_url(storage)}'") + (
             "" if tracking else " --no-mlflow")
-        print(f"deploy it: edgesearch --runs-dir {args.runs_dir} export --search {spec.name}{where} --out DIR (the "
+        print(f"deploy it: {_program()} --runs-dir {args.runs_dir} export --search {spec.name}{where} --out DIR (the "
               "best within budget; --trial N or --pick fastest-above-accuracy X for another)")
     return 0
+
+
+def _program() -> str:
+    """The command as the user can type it again: `.venv/bin/edgesearch` from a checkout whose venv is not active."""
+    import shutil
+
+    invoked = Path(sys.argv[0])
+    if invoked.name != "edgesearch" or shutil.which("edgesearch") == str(invoked.resolve()):
+        return "edgesearch"
+    relative = os.path.relpath(invoked)
+    return str(invoked.absolute()) if relative.startswith("..") else relative
 
 
 def _resumed_name(args: argparse.Namespace) -> str:
