@@ -155,9 +155,10 @@ def evaluate_candidate(
     progress: Progress | None = None,
 ) -> CandidateResult:
     """Build, compile and measure one candidate; raises ``CandidateError`` naming the failed stage."""
-    if profile.runtime == "tflite-micro" and candidate.precision not in TFLM_PRECISIONS:  # refused before training
-        raise ConfigError(f"Target {profile.name} runs TFLite Micro, and {candidate.precision} candidates are not "
-                          f"converted to it here; evaluate {' or '.join(TFLM_PRECISIONS)} on {profile.name}.")
+    missing = profile.unsupported_reason(candidate.precision) if profile.runtime == "tflite-micro" else None
+    if missing:  # a board that runs TFLite Micro cannot take it at all: refused before any training
+        raise ConfigError(f"Target {profile.name} has {missing}; evaluate {' or '.join(TFLM_PRECISIONS)} on "
+                          f"{profile.name}.")
     say = progress or (lambda stage, message: None)
     set_threads(threads)
     torch.manual_seed(candidate.seed)
