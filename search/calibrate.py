@@ -78,12 +78,14 @@ def calibrate_to_references(profile: TargetProfile, runs_dir: Path, progress=lam
 def calibrate_host(profile: TargetProfile, runs_dir: Path, candidates: int = 12, seed: int = 0,
                    progress=lambda line: None) -> dict:
     """Measure a spread of candidates on a local target, fit on 2/3, report the error on the rest."""
-    from search.candidate import PRECISIONS, Budget, Candidate
+    from search.candidate import PRECISIONS, Budget, Candidate, seed_problem
     from search.data import load_dataset
     from search.pipeline import Paths, evaluate_candidate
 
     if candidates < 6:
         raise ConfigError(f"The 'candidates' parameter of calibrate must be >= 6. Got {candidates} instead.")
+    if rule := seed_problem(seed):
+        raise ConfigError(f"The 'seed' parameter of calibrate must be {rule}. Got {seed!r} instead.")
     rng = np.random.default_rng(seed)
     dataset = load_dataset("digits")
     budget = Budget(epochs=1, finetune_epochs=0, prune_steps=1, timing_repeats=20)

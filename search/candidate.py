@@ -12,6 +12,14 @@ from search.errors import ConfigError
 
 PRECISIONS = ("fp32", "fp16", "int8-ptq", "int8-qat")
 PRUNING_MODES = ("unstructured", "structured")
+MAX_SEED = 2**32 - 1  # numpy's and Optuna's seeds are unsigned 32-bit
+
+
+def seed_problem(value: Any) -> str | None:
+    """Why ``value`` cannot seed numpy, torch, Optuna and MetaSchedule alike, or None."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEED:
+        return f"an integer in [0, {MAX_SEED}]"
+    return None
 
 
 def _check_range(owner: str, name: str, value: float, low: float, high: float) -> None:
@@ -46,19 +54,17 @@ class Budget:
     teacher_epochs: int = 30  # the distillation teacher's training, once per dataset and seed (cached by it)
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "prune_steps", "timing_repeats", "teacher_epochs"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(
-                    f"The '{name}' parameter of Budget must be an integer >= 1. Got {getattr(self, name)!r} instead."
-                )
-        if not isinstance(self.front_tuning_minutes, (int, float)) or not self.front_tuning_minutes >= 0:
+        for names, low in ((("epochs", "prune_steps", "timing_repeats", "teacher_epochs"), 1),
+                           (("finetune_epochs", "tuning_trials", "calibration_samples", "front_tuning_trials"), 0)):
+            for name in names:
+                v = getattr(self, name)
+                if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                    raise ConfigError(f"The '{name}' parameter of Budget must be an integer >= {low}. "
+                                      f"Got {v!r} instead.")
+        v = self.front_tuning_minutes
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v < float("inf"):
             raise ConfigError("The 'front_tuning_minutes' parameter of Budget must be a number of minutes >= 0. "
-                              f"Got {self.front_tuning_minutes!r} instead.")
-        for name in ("finetune_epochs", "tuning_trials", "calibration_samples", "front_tuning_trials"):
-            if int(getattr(self, name)) < 0:
-                raise ConfigError(
-                    f"The '{name}' parameter of Budget must be an integer >= 0. Got {getattr(self, name)!r} instead."
-                )
+                              f"Got {v!r} instead.")
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,8 @@ class Candidate:
         _check_range("Candidate", "temperature", self.temperature, 1.0, 100.0)
         _check_range("Candidate", "alpha", self.alpha, 0.0, 1.0)
         _check_range("Candidate", "width", self.width, 0.05, 8.0)
+        if rule := seed_problem(self.seed):
+            raise ConfigError(f"The 'seed' parameter of Candidate must be {rule}. Got {self.seed!r} instead.")
 
     @property
     def distills(self) -> bool:

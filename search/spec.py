@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from search.candidate import PRECISIONS, PRUNING_MODES, Budget
+from search.candidate import PRECISIONS, PRUNING_MODES, Budget, seed_problem
 from search.errors import ConfigError
 
 SAMPLERS = ("auto", "tpe", "nsga2", "random")
@@ -97,6 +97,8 @@ class SearchSpec:
         v = self.latency_budget_ms
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not (0 < v < float("inf")):
             raise _err("latency_budget_ms", "a positive number of milliseconds", v)
+        if rule := seed_problem(self.seed):
+            raise _err("seed", rule, self.seed)
         if self.runtime not in RUNTIMES:
             raise _err("runtime", f"one of {list(RUNTIMES)}", self.runtime)
         if self.sampler not in SAMPLERS:

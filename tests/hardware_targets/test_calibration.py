@@ -48,3 +48,11 @@ def test_a_stored_calibration_is_applied_while_the_profile_it_was_made_for_is_un
 def test_a_board_with_no_published_reference_says_so(tmp_path):
     with pytest.raises(ConfigError, match="names no published reference class"):
         calibrate(load_profile("esp32-s3"), tmp_path)
+
+
+@pytest.mark.parametrize("kwargs, message", [({"candidates": 5}, "'candidates' parameter"),
+                                             ({"seed": -1}, "'seed' parameter")])
+def test_bad_host_calibration_parameters_are_refused_before_measuring(tmp_path, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        calibrate(load_profile("host"), tmp_path, **kwargs)
+    assert not any(tmp_path.iterdir())  # nothing was built

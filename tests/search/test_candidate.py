@@ -15,9 +15,20 @@ def test_bad_knobs_name_the_parameter(kwargs, field):
         Candidate(**kwargs)
 
 
-def test_bad_budget_and_provenance():
-    with pytest.raises(ConfigError, match="'epochs'"):
-        Budget(epochs=0)
+@pytest.mark.parametrize("kwargs", [{"epochs": 0}, {"epochs": 2.5}, {"timing_repeats": "30"},
+                                    {"tuning_trials": True}, {"front_tuning_minutes": float("nan")}])
+def test_bad_budget_names_the_parameter(kwargs):
+    with pytest.raises(ConfigError, match=f"'{next(iter(kwargs))}' parameter of Budget"):
+        Budget(**kwargs)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 1.0])
+def test_a_seed_every_library_takes(seed):
+    with pytest.raises(ConfigError, match="'seed' parameter of Candidate must be an integer in"):
+        Candidate(seed=seed)
+
+
+def test_bad_provenance():
     with pytest.raises(ValueError, match="provenance"):
         Metric(1.0, "ms", "guessed")
 

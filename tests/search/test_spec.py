@@ -30,7 +30,8 @@ def test_floor_recipe_and_halving_fields_are_checked(fields):
      ({"space": {"sparsity": [0.9, 0.1]}}, "'space.sparsity' field"),
      ({"space": {"width": "wide"}}, "'space.width' field"),
      ({"space": {"depth": [1, 2]}}, "Unknown field"), ({"colour": "red"}, "Unknown field"),
-     ({"budget": {"epochs": 0}}, "'epochs'")],
+     ({"budget": {"epochs": 0}}, "'epochs'"), ({"seed": -1}, "'seed' field"), ({"seed": 2**32}, "'seed' field"),
+     ({"seed": "7"}, "'seed' field")],
 )
 def test_invalid_specs_name_the_field(fields, message):
     with pytest.raises(ConfigError, match=message):
