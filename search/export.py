@@ -143,28 +143,45 @@ def _mlflow_run_id(tracking_uri: str | None, search: str, trial: int) -> str | N
 
 PREDICT_PY = '''"""Classify one input with the exported model, in the runtime the model card ships it with.
 
-python predict.py [input.npy] [--runtime onnxruntime|tvm]; with model.onnx or model.onnx.gz alone, onnxruntime.
+python predict.py [input.npy] [--runtime onnxruntime|tvm]. TVM runs model.so, or model.tar on the board it was
+built for (linked there on first use: TVM needs a C compiler for that); elsewhere, and with model.onnx or
+model.onnx.gz alone, onnxruntime runs the same graph.
 """
 import argparse
 import gzip
 import json
+import platform
+import sys
 from pathlib import Path
 
 import numpy as np
 
 here = Path(__file__).resolve().parent
 card = json.loads((here / "model_card.json").read_text()) if (here / "model_card.json").is_file() else {}
-shipped = "tvm" if card.get("runtime") == "tvm" and (here / "model.so").is_file() else "onnxruntime"
+library = next((here / name for name in ("model.so", "model.tar") if (here / name).is_file()), None)
+built_for = (card.get("verification") or {}).get("library_architecture") or []
+machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine().lower())
+machine = "arm" if machine.startswith("armv") else machine
+runs_here = library is not None and (not built_for or machine in built_for)
+shipped = "tvm" if card.get("runtime") == "tvm" and runs_here else "onnxruntime"
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("input", nargs="?", help=".npy file of one sample (zeros if left out)")
 parser.add_argument("--runtime", choices=["onnxruntime", "tvm"], default=shipped, help=f"[default: {shipped}]")
 args = parser.parse_args()
+if card.get("runtime") == "tvm" and library is not None and not runs_here and args.runtime == "onnxruntime":
+    print(f"note: {library.name} is {', '.join(built_for)} code and this machine is {machine}; onnxruntime runs "
+          "the same graph here", file=sys.stderr)
 
-if args.runtime == "tvm":  # the host library; a cross-compiled model.tar runs on its board
+if args.runtime == "tvm":
+    if library is None:
+        parser.error("no model.so or model.tar beside predict.py: send it too, or use --runtime onnxruntime")
+    if not runs_here:
+        parser.error(f"{library.name} is {', '.join(built_for)} code and this machine is {machine}: run it on "
+                     "its board, or use --runtime onnxruntime here")
     import tvm
     from tvm import relax
 
-    vm = relax.VirtualMachine(tvm.runtime.load_module(str(here / "model.so")), tvm.cpu())
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), tvm.cpu())
     shape, dtype = card["input"]["shape"], np.dtype(card["input"]["dtype"])
     run = lambda x: vm["main"](tvm.runtime.tensor(x)).numpy()
 else:
@@ -563,10 +580,36 @@ def model_card_markdown(card: dict) -> str:
                  f"{v['recorded_onnxruntime_test_accuracy']:.4f}), TVM host build {v['tvm_host_test_accuracy']:.4f} "
                  f"(recorded {v['recorded_tvm_test_accuracy']:.4f}); library architecture "
                  f"{v['library_architecture']}.")
+    lines += _run_lines(card)
     lines += ["", "## Verification", "", check, "", "## Files", "", "| file | sha256 |", "|---|---|"]
     lines += [f"| `{name}` | `{digest}` |" for name, digest in card["artifacts"].items()]
     lines += ["", "## Versions", ""] + [f"- {k} {v}" for k, v in card["versions"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _run_lines(card: dict) -> list[str]:
+    """How to run the shipped files where they are going: what a user asks first after an export."""
+    versions = card["versions"]
+    if card.get("runtime") == "tflite-micro":
+        return ["", "## Run it", "", "Add `model_data.cc`, `model_data.h` and `main.cc` to a TensorFlow Lite Micro "
+                "project for the board, call `classify()` with one input as the comment in `main.cc` describes, "
+                "build and flash it with the board's toolchain."]
+    arch = ", ".join(card["verification"]["library_architecture"])
+    ort_line = f"onnxruntime {versions.get('onnxruntime', '')}".rstrip()
+    tvm_line = f"apache-tvm {versions.get('tvm', '')}".rstrip()
+    if "mtriple" in (card.get("tvm_target") or {}):
+        how = (f"On the board ({arch} Linux): send the folder, or `model.tar.gz` and `model.onnx.gz` with `predict.py` "
+               f"and `model_card.json` (then `gunzip model.tar.gz`); install numpy, {tvm_line} (or TVM's runtime of that version "
+               "built on the board) and a C compiler "
+               "(TVM links `model.tar` into `model.tar.so` the first time it loads it), and run `python predict.py "
+               f"input.npy`. `--runtime onnxruntime` runs `model.onnx` instead, with {ort_line}; so does any other "
+               "machine.")
+    else:
+        how = (f"`python predict.py input.npy` runs the model in the runtime the card ships it with, here or on a "
+               f"machine of the same CPU kind (`model.so` is {arch} code built for the target string in "
+               f"`model_card.json`), with numpy and {tvm_line if card.get('runtime') == 'tvm' else ort_line}. "
+               f"`--runtime` picks the other; onnxruntime runs `model.onnx` on any CPU.")
+    return ["", "## Run it", "", how]
 
 
 def _compressed_lines(card: dict) -> list[str]:

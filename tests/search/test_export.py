@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -54,6 +55,7 @@ def test_export_writes_the_deployable_folder(exported):
     assert card["input"]["shape"] == [1, 1, 8, 8] and card["input"]["layout"] == "NCHW"
     assert json.loads((out / "model_card.json").read_text())["trial"] == card["trial"]
     assert "| latency_ms_median |" in (out / "MODEL_CARD.md").read_text()
+    assert "`python predict.py input.npy` runs the model" in (out / "MODEL_CARD.md").read_text()
     alone, p90 = card["metrics"]["latency_ms_median_at_export"], card["metrics"]["latency_ms_p90_at_export"]
     assert alone["provenance"] == p90["provenance"] == "measured"
     assert 0 < alone["value"] <= p90["value"]
@@ -142,6 +144,25 @@ def test_cross_compiled_export_matches_the_profile(tracked_search, tmp_path):
     # another target than the search's: its latency is emulated for it here, not the host's figure relabelled
     assert card["metrics"]["latency_ms_p90"]["provenance"] == "emulated" and card["runtime_figures"] is None
     assert elf_machines(tmp_path / "pi" / "model.tar") == {"aarch64"}
+    # predict.py runs model.tar where it was built for and says why it does not here
+    here = [subprocess.run([sys.executable, "predict.py", *flag], cwd=tmp_path / "pi", capture_output=True,
+                           text=True, timeout=120) for flag in ([], ["--runtime", "tvm"])]
+    assert here[0].returncode == 0 and here[0].stdout.rstrip().endswith("(onnxruntime)")
+    assert "model.tar is aarch64 code and this machine is x86_64" in here[0].stderr
+    assert here[1].returncode == 2 and "run it on its board" in here[1].stderr
+    assert "## Run it" in (tmp_path / "pi" / "MODEL_CARD.md").read_text()
+    # a board of this machine's architecture, added as a file: its model.tar is linked and run by TVM on first use
+    board = tmp_path / "x86-board.yaml"
+    board.write_text(Path(rpi4.source).read_text().replace("name: rpi4", "name: x86-board").replace(
+        "mtriple: aarch64-linux-gnu, mcpu: cortex-a72, mattr: [\"+neon\"]", "mtriple: x86_64-linux-gnu"))
+    card = export_search(spec.name, tmp_path / "x86", storage_url=storage, runs_dir=runs, target=str(board),
+                         pick=Pick(trial=runs_there[0].number, force=True), register=False)
+    assert card["runtime"] == "tvm" and elf_machines(tmp_path / "x86" / "model.tar") == {"x86_64"}
+    ran = {flag: subprocess.run([sys.executable, "predict.py", *flag], cwd=tmp_path / "x86", capture_output=True,
+                                text=True, timeout=120) for flag in ((), ("--runtime", "onnxruntime"))}
+    assert all(done.returncode == 0 for done in ran.values()), [done.stderr for done in ran.values()]
+    assert ran[()].stdout.rstrip().endswith("(tvm)") and (tmp_path / "x86" / "model.tar.so").is_file()
+    assert ran[()].stdout.split(" logits")[0] == ran[("--runtime", "onnxruntime")].stdout.split(" logits")[0]
 
 
 def test_export_errors(tracked_search, tmp_path):
