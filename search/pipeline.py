@@ -372,11 +372,13 @@ def tuned_build_target(profile: TargetProfile) -> dict:
 
 
 def ship_candidate(result: CandidateResult, dataset: Dataset, profile: TargetProfile, paths: Paths, *,
-                   trials_per_task: int, runtime: str = "auto", threads: int = 1) -> dict:
+                   trials_per_task: int, runtime: str = "auto", threads: int = 1,
+                   tuning_seconds: float | None = None) -> dict:
     """The shipping stage of one trained candidate on a local target: tune it for this CPU (``trials_per_task`` for
     every task; records shared per target), then time the untuned and tuned TVM libraries and onnxruntime in turns,
     same graph and threads, and keep the fastest (or the forced ``runtime``). Accuracy is measured again on
-    the artifact that ships when it is not the one the search measured."""
+    the artifact that ships when it is not the one the search measured. ``tuning_seconds`` caps the tuning: tasks not
+    started by then keep TVM's default loops, and the tuned library is timed as it is."""
     set_threads(threads)
     dtype = input_dtype(result.candidate.precision)
     shape, onnx_path = (1, *dataset.sample_shape), Path(result.artifacts["onnx"])
@@ -386,8 +388,10 @@ def ship_candidate(result: CandidateResult, dataset: Dataset, profile: TargetPro
                                         "tuned": False}}
     tuning = None
     if trials_per_task > 0:
+        stop_at = None if tuning_seconds is None else time.perf_counter() + tuning_seconds
         tuned = compile_tvm(onnx_path, tuned_build_target(profile), onnx_path.with_name("model_tuned.so"), shape,
-                            dtype.name, trials_per_task=trials_per_task, cache_dir=paths.tuning, seed=result.candidate.seed)
+                            dtype.name, trials_per_task=trials_per_task, stop_tuning_at=stop_at, cache_dir=paths.tuning,
+                            seed=result.candidate.seed)
         tuning = {**tuned.tuning(), "trials_per_task": trials_per_task}
         options["tvm-tuned"] = {"library": tuned.library, "target": tuned.target, "tuned": True}
     session = ort_session(onnx_path, threads)

@@ -215,7 +215,7 @@ def retime_results(result_dicts: list[dict], dataset, target, runs_dir: str, thr
 
 
 def ship_result(result_dict: dict, dataset, target, runs_dir: str, threads: int, trials_per_task: int,
-                runtime: str, inputs: dict | None = None) -> dict:
+                runtime: str, inputs: dict | None = None, tuning_seconds: float | None = None) -> dict:
     """Body of the shipping task, which holds every CPU of its node: tuning and side-by-side timing alone."""
     from search.pipeline import Paths, ship_candidate
 
@@ -223,7 +223,7 @@ def ship_result(result_dict: dict, dataset, target, runs_dir: str, threads: int,
     paths = Paths(Path(runs_dir))
     result = CandidateResult.from_dict(result_dict)
     shipped = ship_candidate(result, _dataset(dataset), _profile(target), paths, trials_per_task=trials_per_task,
-                             runtime=runtime, threads=threads)
+                             runtime=runtime, threads=threads, tuning_seconds=tuning_seconds)
     return {"shipped": shipped,
             "files": _outputs(shared, runs_dir, Path(result.artifacts["onnx"]).parent, paths.tuning)}
 
@@ -258,7 +258,7 @@ def _ship_stage(ray, study, spec: SearchSpec, profile, report: Reporter, placeme
     trials, phase_start, phase_first = budget.front_tuning_trials, started, 0
     queue = list(picks)  # grows when the re-ranking brings another candidate on or near the front
     for i, row in enumerate(shipping_order(study, spec.latency_budget_ms, queue, report)):
-        if trials and i and time.perf_counter() >= deadline:
+        if trials and time.perf_counter() >= deadline:
             # tuning stops at the cap; the runtimes of the rest are still compared (a second or two each), so that
             # none ships on a runtime nobody timed against the other
             trials, phase_start, phase_first = 0, time.perf_counter(), i
@@ -267,9 +267,11 @@ def _ship_stage(ray, study, spec: SearchSpec, profile, report: Reporter, placeme
         trial = stored_trial(study, row.number)
         result_path = Path(trial.user_attrs["artifacts"]["onnx"]).with_name("result.json")
         try:
+            # the cap holds within a candidate too: its tuning stops at the deadline, task by task
             out = ray.get(task.remote(json.loads(result_path.read_text()), transport.dataset, profile,
                                       str(transport.root), THREADS_PER_WORKER, trials, spec.runtime,
-                                      transport.inputs(result_path.parent)))
+                                      transport.inputs(result_path.parent),
+                                      max(0.0, deadline - time.perf_counter()) if trials else None))
             transport.land(out["files"])
             shipped = out["shipped"]
         except Exception as exc:  # a candidate that cannot be shipped keeps its searched figures

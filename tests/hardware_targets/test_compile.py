@@ -252,6 +252,33 @@ class _TinyMLP(nn.Module):
         return torch.relu(self.fc(x))
 
 
+def test_a_tuning_cap_leaves_the_tasks_it_did_not_reach_untuned_and_the_library_still_runs(tmp_path):
+    import time
+
+    onnx_path = tmp_path / "two.onnx"
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4)).eval()
+    torch.onnx.export(model, (torch.zeros(1, 16),), str(onnx_path), dynamo=False, input_names=["x"],
+                      output_names=["y"])
+    cache = tmp_path / "tuning"
+    capped = compile_tvm(onnx_path, HOST, tmp_path / "a.so", (1, 16), "float32", trials_per_task=2,
+                         stop_tuning_at=time.perf_counter(), cache_dir=cache)
+    assert capped.tasks_total >= 2 and capped.tasks_tuned == 0 and capped.tasks_left == capped.tasks_total
+    assert tuning_summary(capped.tuning()).startswith(
+        f"0 of {capped.tasks_total} tasks scheduled: 0 tuned now, 0 from records, {capped.tasks_total} left "
+        "untuned at the wall-time cap;")
+    x = np.linspace(-1, 1, 16, dtype=np.float32)[None]
+    expected = model(torch.from_numpy(x)).detach().numpy()
+    import tvm
+
+    run = lambda library: load_vm(library)["main"](tvm.runtime.tensor(x)).numpy()  # noqa: E731
+    np.testing.assert_allclose(run(capped.library), expected, rtol=1e-4, atol=1e-5)
+    # a cap not reached: every task tuned, one at a time
+    uncapped = compile_tvm(onnx_path, HOST, tmp_path / "b.so", (1, 16), "float32", trials_per_task=2,
+                           stop_tuning_at=time.perf_counter() + 3600, cache_dir=cache)
+    assert uncapped.tasks_tuned == uncapped.tasks_total and uncapped.tasks_left == 0
+    np.testing.assert_allclose(run(uncapped.library), expected, rtol=1e-4, atol=1e-5)
+
+
 def test_tuning_writes_records_and_a_second_compile_reuses_them(tmp_path):
     onnx_path = tmp_path / "mlp.onnx"
     torch.onnx.export(_TinyMLP().eval(), (torch.zeros(1, 16),), str(onnx_path), dynamo=False,
