@@ -151,14 +151,17 @@ def _ships_as(r) -> str:
 def _print_outcome(outcome_rows, front, best, hv, spec, storage, floor=None) -> None:
     from search.study import shown_url
 
-    failed = [r for r in outcome_rows if r.state == "FAIL"]
+    failed = [r for r in outcome_rows if r.state == "FAIL" and not r.interrupted]
+    interrupted = sum(r.interrupted for r in outcome_rows)
     done = [r for r in outcome_rows if r.state == "COMPLETE" and r.reused_from is None]
     screened = [r for r in outcome_rows if r.stopped == "screened"]
     stopped = [r for r in outcome_rows if r.stopped and r.stopped != "screened"]
     reused = [r for r in outcome_rows if r.reused_from is not None]
     print(f"\nsearch {spec.name!r}: {len(done)} trained to the full budget, {len(screened)} screened out before "
           f"training, {len(stopped)} stopped early by successive halving, {len(reused)} reused an earlier result, "
-          f"{len(failed)} failed; latency budget {spec.latency_budget_ms} ms (p90) on {spec.target}"
+          f"{len(failed)} failed" + (f", {interrupted} interrupted by a stopped driver (re-queued when it resumed)"
+                                      if interrupted else "")
+          + f"; latency budget {spec.latency_budget_ms} ms (p90) on {spec.target}"
           + (f"; accuracy floor {floor:.4f}" if floor is not None else ""))
     if not front:
         print("no feasible candidate yet (none within the latency budget, memory limits and accuracy floor)")
@@ -220,11 +223,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return _submit_detached(args)
     storage = _storage_url(args)
     if args.resume:
-        spec = stored_spec(load_study(_resumed_name(args), storage))
-        if args.trials is not None:
-            import dataclasses
-
-            spec = dataclasses.replace(spec, trials=args.trials)
+        spec = _resumed_spec(args, stored_spec(load_study(_resumed_name(args), storage)))
     else:
         spec = _spec_from_args(args)
         if args.keep_inputs:
@@ -236,8 +235,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
         check_resources(spec)
     _write_spec(args.runs_dir, spec)
     tracking = None if args.no_mlflow else _tracking_uri(args)
-    outcome = run_search(spec, args.runs_dir, storage_url=storage, resume=args.resume, address=args.address,
-                         report=lambda line: print(line, flush=True), tracking_uri=tracking)
+    try:
+        outcome = run_search(spec, args.runs_dir, storage_url=storage, resume=args.resume, address=args.address,
+                             report=lambda line: print(line, flush=True), tracking_uri=tracking)
+    except KeyboardInterrupt:
+        _say_how_to_resume(args, spec.name, storage)
+        raise
     from search.study import FLOOR_ATTR, load_study
 
     floor = (load_study(spec.name, storage).user_attrs.get(FLOOR_ATTR) or {}).get("value")
@@ -256,11 +259,33 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if outcome.best is not None:
         from search.study import default_storage, shown_url
 
-        where = ("" if storage == default_storage(args.runs_dir) else f" --storage '{shown_url(storage)}'") + (
-            "" if tracking else " --no-mlflow")
-        print(f"deploy it: {_program()} --runs-dir {args.runs_dir} export --search {spec.name}{where} --out DIR (the "
-              "best within budget; --trial N or --pick fastest-above-accuracy X for another)")
+        print(f"deploy it: {_program()} --runs-dir {args.runs_dir} export --search {spec.name}"
+              f"{_same_stores(args, storage)} --out DIR (the best within budget; --trial N or --pick "
+              "fastest-above-accuracy X for another)")
     return 0
+
+
+def _same_stores(args: argparse.Namespace, storage: str) -> str:
+    """The options that point a later command at the stores this one used (passwords hidden)."""
+    from search.study import default_storage, shown_url
+
+    where = "" if storage == default_storage(args.runs_dir) else f" --storage '{shown_url(storage)}'"
+    if args.no_mlflow:
+        return where + " --no-mlflow"
+    return where + (f" --tracking-uri '{args.tracking_uri}'" if args.tracking_uri else "")
+
+
+def _say_how_to_resume(args: argparse.Namespace, name: str, storage: str) -> None:
+    """After Ctrl-C: what was kept and the command that goes on from there."""
+    from search.study import finished_count, load_study, shown_url
+
+    try:
+        kept = f"{finished_count(load_study(name, storage))} finished trial(s) are kept in {shown_url(storage)}"
+    except Exception:  # interrupted before the study was stored: nothing to resume
+        return
+    print(f"search {name!r} interrupted: {kept}{'' if args.no_mlflow else ', each with its MLflow run'}; continue it (the trials it was running "
+          f"start again) with: {_program()} --runs-dir {args.runs_dir} submit --name {name} --resume"
+          f"{_same_stores(args, storage)}", file=sys.stderr, flush=True)
 
 
 def _program() -> str:
@@ -272,6 +297,34 @@ def _program() -> str:
         return "edgesearch"
     relative = os.path.relpath(invoked)
     return str(invoked.absolute()) if relative.startswith("..") else relative
+
+
+# what a resumed search may change: how it goes on, not what its finished trials mean
+RESUME_MAY_CHANGE = ("trials", "workers", "timeout_s", "runtime")
+RESUME_MAY_CHANGE_BUDGET = ("front_tuning_trials", "front_tuning_minutes")
+RESUME_KEEPS = ("dataset", "target", "latency_budget_ms", "sampler", "recipes", "halving", "max_accuracy_drop",
+                "min_accuracy", "seed", "epochs", "tuning_trials")
+
+
+def _resumed_spec(args: argparse.Namespace, stored):
+    """The stored spec with the options a resume may change; an option that would change what the finished trials
+    mean is refused rather than ignored."""
+    import dataclasses
+
+    from search.errors import ConfigError
+
+    fixed = [{"timeout_s": "--timeout", "recipes": "--no-recipes", "halving": "--halving/--no-halving"}.get(
+        key, "--" + key.replace("_", "-")) for key in RESUME_KEEPS if getattr(args, key) is not None]
+    if fixed:
+        raise ConfigError(f"--resume continues search {stored.name!r} as it was stored; {', '.join(fixed)} would "
+                          "change what its finished trials mean. Resume without them, or start a new search under "
+                          "another --name. A resume may change --trials, --workers, --timeout, --runtime, "
+                          "--front-tuning-trials and --front-tuning-minutes.")
+    budget = {key: getattr(args, key) for key in RESUME_MAY_CHANGE_BUDGET if getattr(args, key) is not None}
+    changes = {key: getattr(args, key) for key in RESUME_MAY_CHANGE if getattr(args, key) is not None}
+    if budget:
+        changes["budget"] = dataclasses.replace(stored.budget, **budget)
+    return dataclasses.replace(stored, **changes) if changes else stored
 
 
 def _resumed_name(args: argparse.Namespace) -> str:

@@ -376,20 +376,10 @@ class Row:
     stopped: str | None = None  # "screened", or the halving rung where training stopped
     shipped: dict | None = None  # the shipping stage's outcome (runtime, figures); its metrics replace the search's
     fits_but_latency: bool = False  # finished, and within every limit but the latency budget
+    interrupted: bool = False  # running when its driver stopped (Ctrl-C, a dead driver); a resume re-runs its knobs
 
     def value(self, name: str) -> float:
         return self.metrics[name][0]
-
-    @property
-    def note(self) -> str:
-        """Why a trial is not a plain finished candidate, in a few words; empty when it is."""
-        if self.reused_from is not None:
-            return f"reused from trial {self.reused_from}"
-        if self.stopped == "screened":
-            return "screened out before training"
-        if self.stopped:
-            return f"stopped at {self.stopped}"
-        return ""
 
     @classmethod
     def from_trial(cls, t: FrozenTrial, shipped: dict | None = None) -> "Row":
@@ -415,7 +405,7 @@ class Row:
         error = t.user_attrs.get("error") or t.user_attrs.get("screened_out")
         return cls(t.number, t.state.name, t.user_attrs.get("candidate", t.params), metrics, feasible, error,
                    t.user_attrs.get("reused_from_trial"), t.user_attrs.get("recipe"), t.user_attrs.get("stopped"),
-                   shipped, others and not feasible)
+                   shipped, others and not feasible, bool(t.user_attrs.get(REQUEUED_ATTR)))
 
 
 # constraints that a shipped figure changes: (kind, metric); latency_budget = p90 / budget - 1 (relative),

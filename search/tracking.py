@@ -185,7 +185,9 @@ class SearchTracker:
             path = (trial.user_attrs.get("artifacts") or {}).get(kind)
             if path and Path(path).is_file():
                 self.client.log_artifact(run_id, path, "model")
-        self.client.set_terminated(run_id, "FINISHED" if row.state == "COMPLETE" else "FAILED")
+        # screened out or stopped by halving is a finished evaluation (tags say why), not a failure
+        status = "KILLED" if row.interrupted else "FAILED" if row.state == "FAIL" else "FINISHED"
+        self.client.set_terminated(run_id, status)
         self.children[row.number] = run_id
 
     def update_front(self, all_rows: list[Row], finished: bool = False) -> None:

@@ -557,11 +557,15 @@ class _Tracking:
     def on_trial(self) -> None:
         self._wake.set()
 
-    def abandon(self) -> None:
-        """Stop the thread without a final sync (the search failed; what it logged stays)."""
+    def abandon(self, status: str) -> None:
+        """Stop the thread without a final sync (the search failed or was interrupted; what it logged stays) and
+        end the search's run with ``status`` (MLflow's FAILED or KILLED), not left RUNNING; a resume reopens it."""
         self._abandoned = True
         self._wake.set()
         self._thread.join(timeout=30)
+        if self.tracker is not None:
+            with contextlib.suppress(Exception):  # the store may be what failed
+                self.tracker.client.set_terminated(self.tracker.parent_id, status)
 
     def begin_finish(self) -> None:
         """Let the thread log what is left, the final front and its plots, while Ray shuts down."""
@@ -769,9 +773,9 @@ def run_search(
         all_rows = rows(study)
         if tracker:
             tracker.finish()
-    except BaseException:
-        if tracker:
-            tracker.abandon()  # no thread left logging behind a failed search
+    except BaseException as exc:
+        if tracker:  # no thread left logging behind a failed search; its MLflow run says it stopped
+            tracker.abandon("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     front = feasible_front(all_rows)
     timings["wall"] = time.perf_counter() - wall_started

@@ -1,6 +1,7 @@
 """Multi-user storage: Optuna studies and the MLflow tracking store on a real PostgreSQL server (Debian's), which
 the fixture starts on 127.0.0.1 in a folder of its own and stops afterwards."""
 
+import contextlib
 import glob
 import os
 import shutil
@@ -75,23 +76,38 @@ def _submit(runs: Path, storage: str, *args: str, **popen) -> subprocess.Popen:
 
 
 def test_two_searches_at_once_and_a_restarted_driver_on_postgresql(postgres, tmp_path):
-    """Two users' searches share one PostgreSQL database at the same time; one driver is killed and resumed."""
+    """Two users' searches share one PostgreSQL database at the same time; one driver is stopped with Ctrl-C and
+    resumed."""
     storage = postgres("optuna")
     steady = _submit(tmp_path / "a", storage, "--spec", str(_spec(tmp_path, "steady", 2)))
-    killed = _submit(tmp_path / "b", storage, "--spec", str(_spec(tmp_path, "restarted", 2)),
-                     start_new_session=True)
+    stopped = _submit(tmp_path / "b", storage, "--spec", str(_spec(tmp_path, "restarted", 2)),
+                      start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 300
         while len(complete_trials(storage, "restarted")) < 1 and time.time() < deadline:
             time.sleep(1)
         assert complete_trials(storage, "restarted"), "the second search finished no trial in 300 s"
+        stopped.send_signal(signal.SIGINT)  # as a terminal sends it
+        _, said = stopped.communicate(timeout=120)
     finally:
-        os.killpg(killed.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started
-        killed.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(stopped.pid, signal.SIGKILL)  # whatever of the driver and its Ray cluster is left
+        stopped.wait()
     before = {t.number: t.values for t in complete_trials(storage, "restarted")}
+    assert stopped.returncode == 130, said[-2000:]
+    assert (f"search 'restarted' interrupted: {len(before)} finished trial(s) are kept in {storage}; continue it "
+            "(the trials it was running start again) with: ") in said
+    assert f"submit --name restarted --resume --storage '{storage}' --no-mlflow" in said
+    # a resume that would change what the finished trials mean is refused, and changes nothing
+    refused = _submit(tmp_path / "b", storage, "--name", "restarted", "--resume", "--latency-budget-ms", "5")
+    _, err = refused.communicate(timeout=120)
+    assert refused.returncode == 2 and "--latency-budget-ms would change what its finished trials mean" in err
+    assert {t.number: t.values for t in complete_trials(storage, "restarted")} == before
     resumed = _submit(tmp_path / "b", storage, "--name", "restarted", "--resume")
     for proc in (steady, resumed):
         out, err = proc.communicate(timeout=600)
+        if proc is resumed:
+            resumed_out = out
         assert proc.returncode == 0, err[-2000:]
         assert "feasible Pareto front" in out
         # the next step names the storage, which is not the runs folder's default
@@ -101,8 +117,10 @@ def test_two_searches_at_once_and_a_restarted_driver_on_postgresql(postgres, tmp
     study = load_study("restarted", storage)
     complete = {t.number: t.values for t in study.trials if t.state.name == "COMPLETE"}
     assert all(complete[n] == v for n, v in before.items())  # finished before the kill: kept, not re-run
-    counted = [r for r in rows(study) if not study.trials[r.number].user_attrs.get("requeued")]
+    counted = [r for r in rows(study) if not r.interrupted]
     assert len(counted) == 2
+    interrupted = len(rows(study)) - len(counted)  # one worker: the candidate it was training when stopped, if any
+    assert ("interrupted by a stopped driver" in resumed_out) == bool(interrupted)
     assert {s.study_name for s in optuna.get_all_study_summaries(storage)} == {"steady", "restarted"}
 
 

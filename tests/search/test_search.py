@@ -111,10 +111,30 @@ def test_resume_reruns_interrupted_candidates_but_not_half_drawn_knobs(tmp_path)
     assert [t.system_attrs["fixed_params"] for t in requeued] == [trials[running.number].params]
     assert trials[running.number].user_attrs["recipe"] == "fp16 only"  # the first trial of a search is a recipe
     assert requeued[0].user_attrs["recipe"] == "fp16 only"  # and its re-run still says so
+    # in MLflow an interrupted trial is KILLED, not a failure, and so is a search whose driver was stopped
+    from search.tracking import default_tracking_uri
+    from search.workers import _Tracking
+
+    assert [r.interrupted for r in rows(load_study("halfway", storage))] == [True, True]
+    timings = {"logging": 0.0, "logging_background": 0.0}
+    tracking = _Tracking(spec, load_study("halfway", storage), default_tracking_uri(tmp_path), tmp_path,
+                         lambda line: None, timings)
+    tracking.ready()
+    tracking.on_trial()
+    client = MlflowClient(default_tracking_uri(tmp_path))
+    _wait_for(lambda: len(client.search_runs([tracking.tracker.experiment_id])) == 3, 60, "two trial runs")
+    tracking.abandon("KILLED")
+    statuses = {r.info.run_name: r.info.status for r in client.search_runs([tracking.tracker.experiment_id])}
+    assert statuses == {"search halfway": "KILLED", f"trial {running.number}": "KILLED",
+                        f"trial {half.number}": "KILLED"}
 
 
-@pytest.mark.slow  # resume is also run by the detached-search test and, in process, by test_budget_first
-def test_killed_driver_resumes_without_repeating_finished_trials(tmp_path):
+@pytest.mark.slow  # ~90 s; by default the PostgreSQL test interrupts and resumes a search from the command line
+def test_an_interrupted_search_says_how_to_go_on_and_resumes_without_repeating_finished_trials(tmp_path):
+    """Ctrl-C, as a user stops a search: what was kept and the command to resume are printed, MLflow's search run
+    says KILLED rather than RUNNING, a resume that would change the search is refused, and the resume re-runs the
+    interrupted candidates only. A driver killed outright leaves its trials RUNNING the same way
+    (test_resume_reruns_interrupted_candidates_but_not_half_drawn_knobs)."""
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({
         "name": "resumable", "trials": 5, "workers": 2, "budget": {"epochs": 2, "finetune_epochs": 1,
@@ -122,41 +142,56 @@ def test_killed_driver_resumes_without_repeating_finished_trials(tmp_path):
                                                                    "front_tuning_minutes": 0},
         "space": {"precision": ["fp32", "int8-ptq"], "width": [0.25, 0.5]}}))
     storage = default_storage(tmp_path)
-    driver = subprocess.Popen(_cli(tmp_path, "submit", "--spec", str(spec)), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        _wait_for(lambda: len(complete_trials(storage, "resumable")) >= 2, 240, "two finished trials")
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started
-        driver.wait()
+    err = tmp_path / "driver.err"
+    with open(err, "w") as stderr:  # SIGINT as a terminal sends it; a test runner may have it ignored
+        driver = subprocess.Popen(_cli(tmp_path, "submit", "--spec", str(spec)), stdout=subprocess.DEVNULL,
+                                  stderr=stderr, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        try:
+            _wait_for(lambda: len(complete_trials(storage, "resumable")) >= 2, 240, "two finished trials")
+            driver.send_signal(signal.SIGINT)
+            driver.wait(timeout=120)
+        finally:
+            driver.kill()
     before = {t.number: t.values for t in complete_trials(storage, "resumable")}
-    assert 2 <= len(before) < 5
-    done = subprocess.run(_cli(tmp_path, "submit", "--name", "resumable", "--resume"), capture_output=True,
-                          text=True, timeout=400)
+    assert 2 <= len(before) < 5 and driver.returncode == 130
+    said = err.read_text()
+    assert f"search 'resumable' interrupted: {len(before)} finished trial(s) are kept in {storage}" in said
+    assert f"--runs-dir {tmp_path} submit --name resumable --resume" in said
+    from search.tracking import default_tracking_uri
+
+    client = MlflowClient(default_tracking_uri(tmp_path))
+    exp = client.get_experiment_by_name("resumable")
+    parent = lambda: next(r for r in client.search_runs([exp.experiment_id])  # noqa: E731
+                          if r.data.tags.get("edgesearch.role") == "search")
+    assert parent().info.status == "KILLED"
+    refused = subprocess.run(_cli(tmp_path, "submit", "--name", "resumable", "--resume", "--epochs", "3"),
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "--epochs would change what its finished trials mean" in refused.stderr
+    done = subprocess.run(_cli(tmp_path, "submit", "--name", "resumable", "--resume", "--workers", "1"),
+                          capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr
     study = load_study("resumable", storage)
     complete = {t.number: t.values for t in study.trials if t.state.name == "COMPLETE"}
     assert all(complete[n] == v for n, v in before.items())  # finished trials kept, not re-run
-    counted = [r for r in rows(study) if not study.trials[r.number].user_attrs.get("requeued")]
+    counted = [r for r in rows(study) if not r.interrupted]
     assert len(counted) == 5
-    knobs = knob_names(stored_spec(study))  # killed while drawing its knobs: nothing to re-run
-    requeued = [t for t in study.trials if t.user_attrs.get("requeued") and set(t.params) >= knobs]
-    for t in requeued:  # interrupted trials were re-run with the same knobs
-        assert any(o.params == t.params and o.state.name == "COMPLETE" for o in study.trials if o.number > t.number)
+    interrupted = [t for t in study.trials if t.user_attrs.get("requeued")]
+    assert interrupted, "the driver was stopped with candidates on both workers"
+    knobs = knob_names(stored_spec(study))  # stopped while drawing its knobs: nothing to re-run
+    for t in interrupted:  # interrupted trials were re-run with the same knobs
+        assert not set(t.params) >= knobs or any(o.params == t.params and o.state.name == "COMPLETE"
+                                                 for o in study.trials if o.number > t.number)
     assert "feasible Pareto front" in done.stdout
-    from mlflow.tracking import MlflowClient
-
-    from search.tracking import default_tracking_uri
-
-    client = MlflowClient(default_tracking_uri(tmp_path))  # MLflow and Optuna agree at the end
-    exp = client.get_experiment_by_name("resumable")
+    assert f"0 failed, {len(interrupted)} interrupted by a stopped driver" in done.stdout
     children = {int(r.data.tags["edgesearch.trial"]): r for r in client.search_runs([exp.experiment_id])
                 if "mlflow.parentRunId" in r.data.tags}
     finished = [t for t in study.trials if t.state.name in ("COMPLETE", "FAIL")]
-    assert sorted(children) == [t.number for t in finished]
+    assert sorted(children) == [t.number for t in finished]  # MLflow and Optuna agree at the end
     for t in finished:
+        assert children[t.number].info.status == ("KILLED" if t.user_attrs.get("requeued") else "FINISHED")
         if t.state.name == "COMPLETE":
             assert children[t.number].data.metrics["accuracy"] == t.values[0]
+    assert parent().info.status == "FINISHED"
 
 
 @pytest.fixture(scope="module")
