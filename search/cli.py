@@ -257,8 +257,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(f"MLflow: experiment {spec.name!r} in {tracking}; review it with 'make ui' or "
               f"'edgesearch ui {spec.name}', which prints the link to its runs")
     if outcome.best is not None:
-        from search.study import default_storage, shown_url
-
         print(f"deploy it: {_program()} --runs-dir {args.runs_dir} export --search {spec.name}"
               f"{_same_stores(args, storage)} --out DIR (the best within budget; --trial N or --pick "
               "fastest-above-accuracy X for another)")
@@ -563,6 +561,9 @@ def cmd_export(args: argparse.Namespace) -> int:
                              tracking_uri=None if args.no_mlflow else _tracking_uri(args), overwrite=args.overwrite)
     v = card["verification"]
     print(f"exported trial {card['trial']} ({card['why']}) for {card['target_profile']} to {Path(args.out).resolve()}")
+    if card.get("search_unfinished"):
+        print(f"note: exported while {card['search_unfinished']}; its final winner may differ: export again once it "
+              "has finished")
     if "tflm_test_accuracy" in v:
         print(f"verified: test accuracy in the TFLite Micro interpreter {v['tflm_test_accuracy']:.4f}, tensor arena "
               f"{v['tflm_arena_bytes']:,} bytes (as recorded)")

@@ -364,8 +364,28 @@ def _card_head(search, study, spec, row, trial, reason, profile, tracking_uri,
         "knobs": row.knobs,
         "metrics": {n: fig(n) for n in names if n in row.metrics},
         "latency_budget_ms": spec.latency_budget_ms,
+        "search_unfinished": unfinished(study, spec, profile),
         "versions": versions(),
     }
+
+
+def unfinished(study, spec, profile) -> str | None:
+    """Why the search's winner may still change, or None for a search that ended: a model exported before then says
+    so (an export is allowed at any time; a user may want an interim model)."""
+    from optuna.trial import TrialState
+
+    from search.study import rows, shipping_picks, spent_budget
+
+    running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    if running:
+        return f"the search was still running ({running} trial(s) in progress)"
+    if spent_budget(study) < spec.trials:
+        return f"the search had stopped before its trial budget ({spent_budget(study):g} of {spec.trials})"
+    all_rows = rows(study)
+    if (profile.name == spec.target and profile.backend == "local" and spec.budget.front_tuning_minutes > 0
+            and shipping_picks(all_rows, spec.latency_budget_ms) and not any(r.shipped for r in all_rows)):
+        return "the search's shipping stage had not run (the front was not yet timed for what ships)"
+    return None
 
 
 def _write_card(card: dict, out: Path, search: str, tracking_uri: str | None, register: bool) -> dict:
@@ -543,7 +563,8 @@ def _cpu_line(cpu: dict | None) -> str:
 
 def model_card_markdown(card: dict) -> str:
     lines = [f"# Model card: {card['search']} / trial {card['trial']}", "",
-             f"Chosen as the {card['why']}.", "",
+             f"Chosen as the {card['why']}." + (f" Exported while {card['search_unfinished']}: the search's final "
+                                                 "winner may differ." if card.get("search_unfinished") else ""), "",
              f"- dataset: `{card['dataset']}`; input {card['input']['shape']} {card['input']['dtype']}"
              f" ({card['input'].get('layout', '?')})",
              f"- target profile: `{card['target_profile']}` (search measured on `{card['measured_on']}`)",
@@ -567,7 +588,9 @@ def model_card_markdown(card: dict) -> str:
                   f"{q['int8_ms']:.4g} ms, fp32 {q['fp32_ms']:.4g} ms; {q['how']}; {q['provenance']})."]
     if "latency_ms_median_at_export" in card["metrics"]:
         lines += ["", "The search timed each candidate while its other workers trained beside it; the `_at_export` "
-                  "figures time the shipped library again at export, with no search running."]
+                  "figures time the shipped library again at export" + (
+                      ", while that search still ran on this machine." if card.get("search_unfinished") and
+                      "still running" in card["search_unfinished"] else ", with no search running.")]
     v = card["verification"]
     if "tflm_test_accuracy" in v:
         t = card["tflm"]

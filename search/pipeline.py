@@ -8,6 +8,9 @@ never on the torch model.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
 import time
 from contextlib import contextmanager
@@ -52,6 +55,17 @@ class Paths:
     @property
     def teachers(self) -> Path:
         return self.root / "teachers"
+
+    def candidate(self, candidate: Candidate, dataset: Dataset, profile: TargetProfile) -> Path:
+        """A candidate's artifact folder, keyed by its knobs and by what else makes its files: the data, the budget
+        it trained on and the target it was built for. Two searches that differ only in epochs (or a halving rung
+        and the full budget) no longer share a folder, where the later overwrote the files the earlier's trials
+        and exports point to."""
+        made_by = {k: v for k, v in dataclasses.asdict(candidate.budget).items() if not k.startswith("front_tuning")}
+        digest = hashlib.sha256(json.dumps({"budget": made_by, "data": dataset.fingerprint,
+                                            "target": profile.tvm_target, "runtime": profile.runtime},
+                                           sort_keys=True).encode()).hexdigest()[:8]
+        return self.candidates / dataset.name / profile.name / f"{candidate.key()}-{digest}"
 
     @property
     def tuning(self) -> Path:
@@ -172,7 +186,7 @@ def evaluate_candidate(
         yield
         seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
 
-    out_dir = paths.candidates / dataset.name / profile.name / candidate.key()
+    out_dir = paths.candidate(candidate, dataset, profile)
     out_dir.mkdir(parents=True, exist_ok=True)
     teacher = None
     if candidate.distills:

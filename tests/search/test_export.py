@@ -37,6 +37,7 @@ def test_export_writes_the_deployable_folder(exported):
     cached = tuning_dir(runs / "tuning", card["tvm_target"]) / "database_tuning_record.json"
     assert bool(shipped_records) == (cached.is_file() and cached.stat().st_size > 0)
     assert card["trial"] == outcome.best.number
+    assert card["search_unfinished"] is None and "winner may differ" not in (out / "MODEL_CARD.md").read_text()
     assert elf_machines(out / "model.so") == {"x86_64"}
     for name, digest in card["artifacts"].items():
         if name not in ("model_card.json", "MODEL_CARD.md"):

@@ -1,5 +1,6 @@
 """One candidate end to end, through the library and through the CLI."""
 
+import dataclasses
 import json
 
 import pytest
@@ -23,9 +24,14 @@ def test_evaluate_candidate_measures_the_compiled_artifact(digits, host, tiny_bu
     assert abs(m["sparsity"].value - 0.5) <= 0.01
     assert m["size_bytes"].value > 0 and m["library_bytes"].value > 0
     assert r.info["provenance"] == "measured" and r.target == "host"
-    saved = CandidateResult.from_dict(json.loads((shared_runs / "candidates" / "digits" / "host" / c.key()
-                                                  / "result.json").read_text()))
+    folder = Paths(shared_runs).candidate(c, digits, host)
+    assert folder.parent == shared_runs / "candidates" / "digits" / "host" and folder.name.startswith(c.key())
+    assert r.artifacts["onnx"] == str(folder / "model.onnx")
+    saved = CandidateResult.from_dict(json.loads((folder / "result.json").read_text()))
     assert saved == r
+    # the same knobs trained on another budget get a folder of their own: they no longer overwrite this one's files
+    other = dataclasses.replace(c, budget=dataclasses.replace(c.budget, epochs=c.budget.epochs + 1))
+    assert Paths(shared_runs).candidate(other, digits, host) != folder
 
 
 def test_cli_evaluate_json(shared_runs, capsys):

@@ -3,7 +3,6 @@
 import dataclasses
 import gzip
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -102,7 +101,13 @@ def test_resume_reruns_interrupted_candidates_but_not_half_drawn_knobs(tmp_path)
     half = study.ask()
     half.suggest_categorical("precision", list(spec.space.precision))  # killed while drawing the rest
     existing = len(study.trials)  # the recipes still waiting, and the two interrupted trials
+    from hardware_targets import load_profile
+    from search.export import unfinished
+
+    host = load_profile("host")  # an export now would say its winner may still change, and why
+    assert unfinished(study, spec, host) == "the search was still running (2 trial(s) in progress)"
     assert requeue_interrupted(study) == 2
+    assert unfinished(study, spec, host) == "the search had stopped before its trial budget (0 of 4)"
     trials = load_study("halfway", storage).trials
     assert all(trials[t.number].state.name == "FAIL" and trials[t.number].user_attrs["requeued"]
                for t in (running, half))
