@@ -374,17 +374,18 @@ def unfinished(study, spec, profile) -> str | None:
     so (an export is allowed at any time; a user may want an interim model)."""
     from optuna.trial import TrialState
 
-    from search.study import rows, shipping_picks, spent_budget
+    from search.study import SHIPPING_ATTR, rows, shipping_picks, spent_budget
 
     running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
     if running:
         return f"the search was still running ({running} trial(s) in progress)"
     if spent_budget(study) < spec.trials:
         return f"the search had stopped before its trial budget ({spent_budget(study):g} of {spec.trials})"
-    all_rows = rows(study)
+    stage = study.user_attrs.get(SHIPPING_ATTR)
     if (profile.name == spec.target and profile.backend == "local" and spec.budget.front_tuning_minutes > 0
-            and shipping_picks(all_rows, spec.latency_budget_ms) and not any(r.shipped for r in all_rows)):
-        return "the search's shipping stage had not run (the front was not yet timed for what ships)"
+            and stage != "done" and shipping_picks(rows(study), spec.latency_budget_ms)):
+        return ("the search's shipping stage was still timing the front for what ships" if stage == "running" else
+                "the search's shipping stage had not run (the front was not yet timed for what ships)")
     return None
 
 

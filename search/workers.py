@@ -39,7 +39,7 @@ from search.transfer import (
     Bundle, mark_driver_disk, pack, receive, shares_disk, unmark_driver_disk,
 )
 from search.study import (
-    ASKS_PER_TRIAL, FLOOR_ATTR, BOUNDS_ATTR, HALVING_ETA, SHIPPED_PREFIX, Row, best_within_budget, create_study,
+    ASKS_PER_TRIAL, FLOOR_ATTR, BOUNDS_ATTR, HALVING_ETA, SHIPPED_PREFIX, SHIPPING_ATTR, Row, best_within_budget, create_study,
     feasible_front, shipping_order, shipping_picks, stored_trial,
     finished_count, front_hypervolume, narrower_recipe, spent_budget, trial_cost,
     recipes_for, record_failure, record_result, record_reuse, record_screened, requeue_interrupted,
@@ -252,6 +252,7 @@ def _ship_stage(ray, study, spec: SearchSpec, profile, report: Reporter, placeme
               f"{budget.front_tuning_minutes:g} min, " if budget.front_tuning_trials
               else "no tuning (front_tuning_trials 0), ")
            + f"then TVM and onnxruntime timed side by side ({spec.runtime})")
+    study.set_user_attr(SHIPPING_ATTR, "running")  # an export meanwhile says its winner may still change
     task = ray.remote(num_cpus=_node_cpus(ray, placement), max_retries=0, **placement)(ship_result)
     started = time.perf_counter()
     deadline = started + 60 * budget.front_tuning_minutes
@@ -288,6 +289,7 @@ def _ship_stage(ray, study, spec: SearchSpec, profile, report: Reporter, placeme
                + f", onnxruntime {f['onnxruntime']['latency_ms_p90']:.4g} ms -> ships {shipped['option']}"
                + (f" ({tuning_summary(shipped['tuning'])})" if shipped.get("tuning") else "")
                + f"  ETA {int(eta // 60)}m{int(eta % 60):02d}s")
+    study.set_user_attr(SHIPPING_ATTR, "done")
 
 
 def widest_candidate(spec: SearchSpec) -> Candidate:

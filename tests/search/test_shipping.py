@@ -47,6 +47,22 @@ def test_the_stage_picks_the_front_then_what_tuning_could_bring_onto_it(study):
     assert 0 not in [r.number for r in shipping_picks(rows(study), BUDGET_MS)]  # shipped once
 
 
+def test_an_export_during_the_stage_says_the_winner_may_still_change(study):
+    from hardware_targets import load_profile
+    from search.export import unfinished
+    from search.spec import SearchSpec
+    from search.study import SHIPPING_ATTR
+
+    spec, host = SearchSpec(name="s", trials=3, latency_budget_ms=BUDGET_MS), load_profile("host")
+    assert unfinished(study, spec, host).startswith("the search's shipping stage had not run")
+    study.set_user_attr(SHIPPING_ATTR, "running")
+    _ship(study, 0, 0.03)  # one candidate shipped, the others not yet
+    assert unfinished(study, spec, host).startswith("the search's shipping stage was still timing the front")
+    study.set_user_attr(SHIPPING_ATTR, "done")  # ended, even with a candidate that could not be shipped
+    assert unfinished(study, spec, host) is None
+    assert unfinished(study, spec, load_profile("rpi4")) is None  # emulated: no stage to wait for
+
+
 def test_a_shipped_latency_replaces_the_searched_one_and_the_front_is_recomputed(study):
     assert {r.number for r in feasible_front(rows(study))} == {0, 1}
     _ship(study, 2, 0.035)  # tuned, the over-budget candidate fits: it becomes feasible and dominates trial 0
