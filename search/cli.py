@@ -159,7 +159,7 @@ def _print_outcome(outcome_rows, front, best, hv, spec, storage, floor=None) -> 
     reused = [r for r in outcome_rows if r.reused_from is not None]
     print(f"\nsearch {spec.name!r}: {len(done)} trained to the full budget, {len(screened)} screened out before "
           f"training, {len(stopped)} stopped early by successive halving, {len(reused)} reused an earlier result, "
-          f"{len(failed)} failed" + (f", {interrupted} interrupted by a stopped driver (re-queued when it resumed)"
+          f"{len(failed)} failed" + (f", {interrupted} interrupted by a stopped driver (queued again for a resume)"
                                       if interrupted else "")
           + f"; latency budget {spec.latency_budget_ms} ms (p90) on {spec.target}"
           + (f"; accuracy floor {floor:.4f}" if floor is not None else ""))

@@ -776,6 +776,9 @@ def run_search(
         if tracker:
             tracker.finish()
     except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):  # this driver stops: what it ran is queued again, not left "running"
+            with contextlib.suppress(Exception):
+                requeue_interrupted(study)
         if tracker:  # no thread left logging behind a failed search; its MLflow run says it stopped
             tracker.abandon("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise

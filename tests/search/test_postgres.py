@@ -98,6 +98,8 @@ def test_two_searches_at_once_and_a_restarted_driver_on_postgresql(postgres, tmp
     assert (f"search 'restarted' interrupted: {len(before)} finished trial(s) are kept in {storage}; continue it "
             "(the trials it was running start again) with: ") in said
     assert f"submit --name restarted --resume --storage '{storage}' --no-mlflow" in said
+    # what the stopped driver was running is queued again at once: `status` does not call it running
+    assert not load_study("restarted", storage).get_trials(states=(optuna.trial.TrialState.RUNNING,))
     # a resume that would change what the finished trials mean is refused, and changes nothing
     refused = _submit(tmp_path / "b", storage, "--name", "restarted", "--resume", "--latency-budget-ms", "5")
     _, err = refused.communicate(timeout=120)
