@@ -263,12 +263,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _same_stores(args: argparse.Namespace, storage: str) -> str:
-    """The options that point a later command at the stores this one used (passwords hidden)."""
+def _same_stores(args: argparse.Namespace, storage: str, tracked: bool | None = None) -> str:
+    """The options that point a later command at the stores this one used (passwords hidden); ``tracked`` says
+    whether the search logs to MLflow, where this command's own --no-mlflow does not."""
     from search.study import default_storage, shown_url
 
     where = "" if storage == default_storage(args.runs_dir) else f" --storage '{shown_url(storage)}'"
-    if args.no_mlflow:
+    if args.no_mlflow if tracked is None else not tracked:
         return where + " --no-mlflow"
     return where + (f" --tracking-uri '{args.tracking_uri}'" if args.tracking_uri else "")
 
@@ -433,12 +434,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     spec = stored_spec(study)
     from optuna.trial import TrialState
 
-    from search.study import spent_budget
+    from search.study import search_state, spent_budget
+    from search.tracking import TRACKED_ATTR
 
     all_rows = rows(study)
     running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    state, detail = search_state(study, spec)
     print(f"{spent_budget(study):g} of {spec.trials} trials of training budget spent ({len(all_rows)} trials "
-          f"finished, {running} running; a candidate screened out costs nothing, one stopped by halving a third)")
+          f"finished, {running} running; a candidate screened out costs nothing, one stopped by halving a third); "
+          + (f"{state}: {detail}" if detail else state)
+          + (f"; continue it with: {_program()} --runs-dir {args.runs_dir} submit --name {args.name} --resume"
+             f"{_same_stores(args, storage, tracked=study.user_attrs.get(TRACKED_ATTR, True))}"
+             if state == "stopped" else ""))
     front = feasible_front(all_rows)
     floor = (study.user_attrs.get(FLOOR_ATTR) or {}).get("value")
     _print_outcome(all_rows, front, best_within_budget(all_rows), front_hypervolume(front, search_bounds(study, spec)),
@@ -498,10 +505,18 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not summaries:
         print(f"no searches in {shown_url(storage)}")
         return 0
-    print(f"{'search':<28}{'trials':>7}  {'started':<20}")
+    from search.study import load_study, search_state, spent_budget, stored_spec
+
+    print(f"{'search':<28}{'budget spent':>13}  {'state':<9}{'started':<21}")
     for s in sorted(summaries, key=lambda s: s.datetime_start or 0):
         started = s.datetime_start.strftime("%Y-%m-%d %H:%M:%S") if s.datetime_start else "-"
-        print(f"{s.study_name:<28}{s.n_trials:>7}  {started:<20}")
+        try:
+            study = load_study(s.study_name, storage)
+            spec = stored_spec(study)
+            spent, state = f"{spent_budget(study):g}/{spec.trials}", search_state(study, spec)[0]
+        except (EdgeSearchError, KeyError):  # a study of another tool, or a spec this version no longer reads
+            spent, state = f"{s.n_trials} trials", "unknown"
+        print(f"{s.study_name:<28}{spent:>13}  {state:<9}{started:<21}")
     return 0
 
 

@@ -372,20 +372,16 @@ def _card_head(search, study, spec, row, trial, reason, profile, tracking_uri,
 def unfinished(study, spec, profile) -> str | None:
     """Why the search's winner may still change, or None for a search that ended: a model exported before then says
     so (an export is allowed at any time; a user may want an interim model)."""
-    from optuna.trial import TrialState
+    from search.study import SHIPPING_ATTR, rows, search_state, shipping_picks
 
-    from search.study import SHIPPING_ATTR, rows, shipping_picks, spent_budget
-
-    running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-    if running:
-        return f"the search was still running ({running} trial(s) in progress)"
-    if spent_budget(study) < spec.trials:
-        return f"the search had stopped before its trial budget ({spent_budget(study):g} of {spec.trials})"
-    stage = study.user_attrs.get(SHIPPING_ATTR)
+    state, detail = search_state(study, spec)
+    if state == "running":
+        return f"the search was still running ({detail})"
+    if state == "stopped":
+        return f"the search had stopped {detail}"
     if (profile.name == spec.target and profile.backend == "local" and spec.budget.front_tuning_minutes > 0
-            and stage != "done" and shipping_picks(rows(study), spec.latency_budget_ms)):
-        return ("the search's shipping stage was still timing the front for what ships" if stage == "running" else
-                "the search's shipping stage had not run (the front was not yet timed for what ships)")
+            and study.user_attrs.get(SHIPPING_ATTR) != "done" and shipping_picks(rows(study), spec.latency_budget_ms)):
+        return "the search's shipping stage had not run (the front was not yet timed for what ships)"
     return None
 
 

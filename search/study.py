@@ -216,6 +216,20 @@ HALVING_ETA = 3  # successive halving: a third of the epochs at the first rung, 
 ASKS_PER_TRIAL = 5  # at most this many candidates asked per trial of budget (screened ones cost nothing)
 
 
+def search_state(study: optuna.Study, spec: SearchSpec) -> tuple[str, str]:
+    """Where a stored search stands, as (state, detail): running (trials in progress, or its shipping stage),
+    stopped (short of its trial budget, with no driver running it) or done."""
+    running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    if running:
+        return "running", f"{running} trial(s) in progress"
+    if study.user_attrs.get(SHIPPING_ATTR) == "running":
+        return "running", "its shipping stage is timing the front for what ships"
+    spent = spent_budget(study)
+    if spent < spec.trials:
+        return "stopped", f"before its trial budget ({spent:g} of {spec.trials})"
+    return "done", ""
+
+
 def trial_cost(t: FrozenTrial) -> float:
     """What a finished trial spent of the search's budget, counted in fully trained candidates: screening out
     costs nothing, stopping at the first rung of halving a third, a promoted candidate a third more than one

@@ -779,6 +779,8 @@ def run_search(
         if isinstance(exc, KeyboardInterrupt):  # this driver stops: what it ran is queued again, not left "running"
             with contextlib.suppress(Exception):
                 requeue_interrupted(study)
+                if study.user_attrs.get(SHIPPING_ATTR) == "running":
+                    study.set_user_attr(SHIPPING_ATTR, "stopped")
         if tracker:  # no thread left logging behind a failed search; its MLflow run says it stopped
             tracker.abandon("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise

@@ -75,7 +75,7 @@ def _submit(runs: Path, storage: str, *args: str, **popen) -> subprocess.Popen:
                             text=True, **popen)
 
 
-def test_two_searches_at_once_and_a_restarted_driver_on_postgresql(postgres, tmp_path):
+def test_two_searches_at_once_and_a_restarted_driver_on_postgresql(postgres, tmp_path, capsys):
     """Two users' searches share one PostgreSQL database at the same time; one driver is stopped with Ctrl-C and
     resumed."""
     storage = postgres("optuna")
@@ -100,6 +100,14 @@ def test_two_searches_at_once_and_a_restarted_driver_on_postgresql(postgres, tmp
     assert f"submit --name restarted --resume --storage '{storage}' --no-mlflow" in said
     # what the stopped driver was running is queued again at once: `status` does not call it running
     assert not load_study("restarted", storage).get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    from search.cli import main
+
+    capsys.readouterr()
+    assert main(["--runs-dir", str(tmp_path / "b"), "status", "restarted", "--storage", storage]) == 0
+    status = capsys.readouterr().out
+    assert (f"0 running; a candidate screened out costs nothing, one stopped by halving a third); stopped: before "
+            f"its trial budget ({len(before)} of 2); continue it with: ") in status
+    assert f"submit --name restarted --resume --storage '{storage}' --no-mlflow" in status
     # a resume that would change what the finished trials mean is refused, and changes nothing
     refused = _submit(tmp_path / "b", storage, "--name", "restarted", "--resume", "--latency-budget-ms", "5")
     _, err = refused.communicate(timeout=120)
@@ -124,6 +132,10 @@ def test_two_searches_at_once_and_a_restarted_driver_on_postgresql(postgres, tmp
     interrupted = len(rows(study)) - len(counted)  # one worker: the candidate it was training when stopped, if any
     assert ("interrupted by a stopped driver" in resumed_out) == bool(interrupted)
     assert {s.study_name for s in optuna.get_all_study_summaries(storage)} == {"steady", "restarted"}
+    capsys.readouterr()
+    assert main(["--runs-dir", str(tmp_path), "list", "--storage", storage]) == 0
+    listed = {line.split()[0]: line.split()[1:3] for line in capsys.readouterr().out.splitlines()[1:]}
+    assert listed == {"steady": ["2/2", "done"], "restarted": ["2/2", "done"]}
 
 
 @pytest.mark.slow  # PostgreSQL runs by default through the two-searches test; MLflow's server through the tracking tests
