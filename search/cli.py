@@ -282,9 +282,10 @@ def _say_how_to_resume(args: argparse.Namespace, name: str, storage: str) -> Non
         kept = f"{finished_count(load_study(name, storage))} finished trial(s) are kept in {shown_url(storage)}"
     except Exception:  # interrupted before the study was stored: nothing to resume
         return
-    print(f"search {name!r} interrupted: {kept}{'' if args.no_mlflow else ', each with its MLflow run'}; continue it (the trials it was running "
-          f"start again) with: {_program()} --runs-dir {args.runs_dir} submit --name {name} --resume"
-          f"{_same_stores(args, storage)}", file=sys.stderr, flush=True)
+    logged = "" if args.no_mlflow else ", each with its MLflow run"
+    print(f"search {name!r} interrupted: {kept}{logged}; continue it (the trials it was running start again) with: "
+          f"{_program()} --runs-dir {args.runs_dir} submit --name {name} --resume{_same_stores(args, storage)}",
+          file=sys.stderr, flush=True)
 
 
 def _program() -> str:
@@ -312,7 +313,7 @@ def _resumed_spec(args: argparse.Namespace, stored):
 
     from search.errors import ConfigError
 
-    fixed = [{"timeout_s": "--timeout", "recipes": "--no-recipes", "halving": "--halving/--no-halving"}.get(
+    fixed = [{"recipes": "--no-recipes", "halving": "--halving/--no-halving"}.get(
         key, "--" + key.replace("_", "-")) for key in RESUME_KEEPS if getattr(args, key) is not None]
     if fixed:
         raise ConfigError(f"--resume continues search {stored.name!r} as it was stored; {', '.join(fixed)} would "

@@ -39,8 +39,8 @@ from search.transfer import (
     Bundle, mark_driver_disk, pack, receive, shares_disk, unmark_driver_disk,
 )
 from search.study import (
-    ASKS_PER_TRIAL, FLOOR_ATTR, BOUNDS_ATTR, HALVING_ETA, SHIPPED_PREFIX, SHIPPING_ATTR, Row, best_within_budget, create_study,
-    feasible_front, shipping_order, shipping_picks, stored_trial,
+    ASKS_PER_TRIAL, FLOOR_ATTR, BOUNDS_ATTR, HALVING_ETA, SHIPPED_PREFIX, SHIPPING_ATTR, Row, best_within_budget,
+    create_study, feasible_front, shipping_order, shipping_picks, stored_trial,
     finished_count, front_hypervolume, narrower_recipe, spent_budget, trial_cost,
     recipes_for, record_failure, record_result, record_reuse, record_screened, requeue_interrupted,
     resolved_sampler, reusable_trials, rows, search_bounds, set_bounds, suggest_candidate,
@@ -776,11 +776,12 @@ def run_search(
         if tracker:
             tracker.finish()
     except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt):  # this driver stops: what it ran is queued again, not left "running"
-            with contextlib.suppress(Exception):
-                requeue_interrupted(study)
-                if study.user_attrs.get(SHIPPING_ATTR) == "running":
-                    study.set_user_attr(SHIPPING_ATTR, "stopped")
+        # this driver stops (Ctrl-C, an error) and its Ray tasks with it: what it ran is queued again for a resume,
+        # not left "running" (only a driver killed outright leaves that, for the resume to re-queue)
+        with contextlib.suppress(Exception):
+            requeue_interrupted(study)
+            if study.user_attrs.get(SHIPPING_ATTR) == "running":
+                study.set_user_attr(SHIPPING_ATTR, "stopped")
         if tracker:  # no thread left logging behind a failed search; its MLflow run says it stopped
             tracker.abandon("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
