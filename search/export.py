@@ -618,12 +618,11 @@ def _run_lines(card: dict) -> list[str]:
     ort_line = f"onnxruntime {versions.get('onnxruntime', '')}".rstrip()
     tvm_line = f"apache-tvm {versions.get('tvm', '')}".rstrip()
     if "mtriple" in (card.get("tvm_target") or {}):
-        how = (f"On the board ({arch} Linux): send the folder, or `model.tar.gz` and `model.onnx.gz` with `predict.py` "
-               f"and `model_card.json` (then `gunzip model.tar.gz`); install numpy, {tvm_line} (or TVM's runtime of that version "
-               "built on the board) and a C compiler "
-               "(TVM links `model.tar` into `model.tar.so` the first time it loads it), and run `python predict.py "
-               f"input.npy`. `--runtime onnxruntime` runs `model.onnx` instead, with {ort_line}; so does any other "
-               "machine.")
+        how = (f"On the board ({arch} Linux): send the folder, or `model.tar.gz` and `model.onnx.gz` with "
+               f"`predict.py` and `model_card.json` (then `gunzip model.tar.gz`); install numpy, {tvm_line} (or "
+               "TVM's runtime of that version built on the board) and a C compiler (TVM links `model.tar` into "
+               "`model.tar.so` the first time it loads it), and run `python predict.py input.npy`. `--runtime "
+               f"onnxruntime` runs `model.onnx` instead, with {ort_line}; so does any other machine.")
     else:
         how = (f"`python predict.py input.npy` runs the model in the runtime the card ships it with, here or on a "
                f"machine of the same CPU kind (`model.so` is {arch} code built for the target string in "
