@@ -725,7 +725,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("search", nargs="?", help="the search to open [default: the newest one]")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind [default: 127.0.0.1, this machine only]")
     p.add_argument("--port", type=int, default=5000, help="port [default: 5000]")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI [default: sqlite:///RUNS/mlflow.db]")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or "
+                   "sqlite:///RUNS/mlflow.db]")
     p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("status", help="progress and Pareto front of a search",
@@ -770,7 +771,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="allow a --trial that is not on the feasible front")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out directory")
     p.add_argument("--storage", help="Optuna RDB storage URL [default: sqlite:///RUNS/optuna.db]")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI [default: sqlite:///RUNS/mlflow.db]")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or "
+                   "sqlite:///RUNS/mlflow.db]")
     p.add_argument("--no-mlflow", action="store_true", help="do not look up the run nor register the model")
     p.add_argument("--address", help="the dashboard URL (http://HOST:8265) of the cluster a detached search runs "
                    "on; the export runs there and comes back through the search's MLflow tracking server "
