@@ -57,7 +57,8 @@ def test_an_export_during_the_stage_says_the_winner_may_still_change(study):
     assert unfinished(study, spec, host).startswith("the search's shipping stage had not run")
     study.set_user_attr(SHIPPING_ATTR, "running")
     _ship(study, 0, 0.03)  # one candidate shipped, the others not yet
-    assert unfinished(study, spec, host).startswith("the search's shipping stage was still timing the front")
+    assert unfinished(study, spec, host) == ("the search was still running (its shipping stage is timing the front "
+                                             "for what ships)")
     study.set_user_attr(SHIPPING_ATTR, "done")  # ended, even with a candidate that could not be shipped
     assert unfinished(study, spec, host) is None
     assert unfinished(study, spec, load_profile("rpi4")) is None  # emulated: no stage to wait for
