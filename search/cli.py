@@ -241,7 +241,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         _say_how_to_resume(args, spec.name, storage)
         raise
-    from search.study import FLOOR_ATTR, load_study
+    from search.study import FLOOR_ATTR, load_study, shown_url
 
     floor = (load_study(spec.name, storage).user_attrs.get(FLOOR_ATTR) or {}).get("value")
     _print_outcome(outcome.rows, outcome.front, outcome.best, outcome.hypervolume, spec, storage, floor)
@@ -254,7 +254,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
               + (f"; a freed worker waited {1e3 * t['dispatch'] / t['dispatches']:.0f} ms on average for its next "
                  "candidate" if t.get("dispatches") else ""))
     if tracking:
-        print(f"MLflow: experiment {spec.name!r} in {tracking}; review it with 'make ui' or "
+        print(f"MLflow: experiment {spec.name!r} in {shown_url(tracking)}; review it with 'make ui' or "
               f"'edgesearch ui {spec.name}', which prints the link to its runs")
     if outcome.best is not None:
         print(f"deploy it: {_program()} --runs-dir {args.runs_dir} export --search {spec.name}"
@@ -271,7 +271,7 @@ def _same_stores(args: argparse.Namespace, storage: str, tracked: bool | None = 
     where = "" if storage == default_storage(args.runs_dir) else f" --storage '{shown_url(storage)}'"
     if args.no_mlflow if tracked is None else not tracked:
         return where + " --no-mlflow"
-    return where + (f" --tracking-uri '{args.tracking_uri}'" if args.tracking_uri else "")
+    return where + (f" --tracking-uri '{shown_url(args.tracking_uri)}'" if args.tracking_uri else "")
 
 
 def _say_how_to_resume(args: argparse.Namespace, name: str, storage: str) -> None:
@@ -397,12 +397,13 @@ def _tracking_uri(args: argparse.Namespace) -> str:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    from search.study import shown_url
     from search.tracking import check_tracking, default_tracking_uri
     from search.ui import serve
 
     uri = args.tracking_uri or default_tracking_uri(args.runs_dir)
     if not uri.startswith("sqlite:"):
-        print(f"the tracking store is a server already: open {uri}")
+        print(f"the tracking store is a server already: open {shown_url(uri)}")
         return 0
     Path(args.runs_dir).mkdir(parents=True, exist_ok=True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -456,14 +457,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from search.study import load_study, stored_spec
+    from search.study import load_study, shown_url, stored_spec
     from search.tracking import sync_search
 
     study = load_study(args.name, _storage_url(args))
     uri = _tracking_uri(args)
     logged = sync_search(study, stored_spec(study), uri, args.runs_dir)
-    print(f"MLflow {uri}: {logged} missing run(s) of search {args.name!r} logged; it now holds every finished trial"
-          if logged else f"MLflow {uri} already held every finished trial of search {args.name!r}")
+    print(f"MLflow {shown_url(uri)}: {logged} missing run(s) of search {args.name!r} logged; it now holds every finished trial"
+          if logged else f"MLflow {shown_url(uri)} already held every finished trial of search {args.name!r}")
     return 0
 
 

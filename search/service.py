@@ -216,11 +216,13 @@ def _download_export(tracking_uri: str, name: str, there: str, out: Path) -> dic
     from mlflow.tracking import MlflowClient
 
     from search.export import registered_model_name, sha256
+    from search.study import shown_url
 
     versions = [v for v in MlflowClient(tracking_uri, registry_uri=tracking_uri).search_model_versions(
         f"name='{registered_model_name(name)}'") if (v.tags or {}).get("exported_to", "").endswith(there)]
     if not versions:
-        raise EdgeSearchError(f"The export of {name!r} finished on the cluster but is not registered in {tracking_uri}.")
+        raise EdgeSearchError(f"The export of {name!r} finished on the cluster but is not registered in "
+                              f"{shown_url(tracking_uri)}.")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a few small files
     with tempfile.TemporaryDirectory(prefix="edgesearch-export-") as tmp:
         got = Path(mlflow.artifacts.download_artifacts(artifact_uri=versions[0].source, dst_path=tmp,
@@ -228,8 +230,8 @@ def _download_export(tracking_uri: str, name: str, there: str, out: Path) -> dic
         card = json.loads((got / "model_card.json").read_text())
         for rel, digest in card["artifacts"].items():
             if not (got / rel).is_file() or sha256(got / rel) != digest:
-                raise EdgeSearchError(f"{rel} of the export downloaded from {tracking_uri} does not match the "
-                                      "model card's hash.")
+                raise EdgeSearchError(f"{rel} of the export downloaded from {shown_url(tracking_uri)} does not "
+                                      "match the model card's hash.")
         for path in got.iterdir():
             shutil.move(str(path), out / path.name)
     return card

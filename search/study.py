@@ -46,7 +46,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 
 def shown_url(url: str) -> str:
-    """A storage URL as printed: its password hidden, since terminal output ends up in logs."""
+    """A storage or MLflow tracking URL as printed: its password hidden, since terminal output ends up in logs."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from objectives.pareto import OBJECTIVES
 from search.errors import ConfigError
 from search.spec import SearchSpec
 from search.study import (FLOOR_ATTR, Row, best_within_budget, feasible_front, front_hypervolume, search_bounds,
-                          stored_trial)
+                          shown_url, stored_trial)
 
 PARENT_ATTR = "mlflow_parent_run_id"
 TRACKED_ATTR = "mlflow_tracked"  # False when the search's driver last ran without MLflow (--no-mlflow)
@@ -82,8 +83,9 @@ def check_tracking(uri: str) -> None:
             MlflowClient(uri).search_experiments(max_results=1)
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"Cannot reach the MLflow tracking store at {uri}: {first}. Start the server or pass "
-                          "another --tracking-uri; nothing was run.") from exc
+        first = re.sub(r"(://[^:/@\s]+:)[^@/\s]+@", r"\1***@", first)  # MLflow's message repeats the URL
+        raise ConfigError(f"Cannot reach the MLflow tracking store at {shown_url(uri)}: {first}. Start the server or "
+                          "pass another --tracking-uri; nothing was run.") from exc
 
 
 class SearchTracker:

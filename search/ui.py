@@ -76,13 +76,15 @@ def landing_paths(tracking_uri: str, search: str | None) -> list[tuple[str, str]
     figure; the experiments list when there is no search yet."""
     from mlflow.tracking import MlflowClient
 
+    from search.study import shown_url
     from search.tracking import SUMMARY_FILE, VIEW_KEY, VIEW_TAG, review_view_state
 
     client = MlflowClient(tracking_uri)
     if search:
         exp = client.get_experiment_by_name(search)
         if exp is None:
-            raise ConfigError(f"No search named {search!r} in {tracking_uri}; 'edgesearch list' shows them.")
+            raise ConfigError(f"No search named {search!r} in {shown_url(tracking_uri)}; 'edgesearch list' shows "
+                              "them.")
     else:
         found = client.search_experiments(filter_string="tags.`edgesearch.search` = 'true'",
                                           order_by=["creation_time DESC"], max_results=1)
@@ -105,8 +107,10 @@ def serve(tracking_uri: str, host: str, port: int, search: str | None = None, sa
     if owner:
         raise ConfigError(f"Port {port} on {host} is already in use by {owner}; stop it or pass --port.")
     url = f"http://{host}:{port}"
+    from search.study import shown_url
+
     landing = landing_paths(tracking_uri, search)  # an unknown search is refused before anything is said
-    say(f"MLflow UI for {tracking_uri} at {url} (Ctrl-C to stop)")
+    say(f"MLflow UI for {shown_url(tracking_uri)} at {url} (Ctrl-C to stop)")
     for label, path in landing:
         say(f"{label}: {url}{path}")
     command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", tracking_uri,

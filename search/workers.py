@@ -43,7 +43,7 @@ from search.study import (
     create_study, feasible_front, shipping_order, shipping_picks, stored_trial,
     finished_count, front_hypervolume, narrower_recipe, spent_budget, trial_cost,
     recipes_for, record_failure, record_result, record_reuse, record_screened, requeue_interrupted,
-    resolved_sampler, reusable_trials, rows, search_bounds, set_bounds, suggest_candidate,
+    resolved_sampler, reusable_trials, rows, search_bounds, set_bounds, shown_url, suggest_candidate,
 )
 
 THREADS_PER_WORKER = 1
@@ -524,7 +524,8 @@ class _Tracking:
             return
         finally:
             self.timings["logging_background"] += time.perf_counter() - started
-        self.report(f"MLflow: experiment {self.spec.name!r} at {self.uri} (parent run {self.tracker.parent_id})")
+        self.report(f"MLflow: experiment {self.spec.name!r} at {shown_url(self.uri)} "
+                    f"(parent run {self.tracker.parent_id})")
         self._wake.set()  # a resumed search may have trials MLflow is missing
         while True:
             self._wake.wait()

@@ -176,3 +176,14 @@ def test_a_storage_password_is_not_printed(capsys, tmp_path):
         err = capsys.readouterr().err
         assert "Cannot open the Optuna storage 'postgresql://edge:***@127.0.0.1:1/x'" in err
         assert "s3cret" not in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_tracking_password_is_not_printed(monkeypatch):
+    from search.errors import ConfigError
+    from search.tracking import check_tracking
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # nothing listens on port 1: refused at once
+    with pytest.raises(ConfigError) as refused:
+        check_tracking("http://edge:s3cret@127.0.0.1:1")
+    assert str(refused.value).startswith("Cannot reach the MLflow tracking store at http://edge:***@127.0.0.1:1: ")
+    assert "s3cret" not in str(refused.value) and "127.0.0.1:1/api/" in str(refused.value)
