@@ -66,7 +66,8 @@ class CompiledArtifact:
     def tuning(self) -> dict:
         """What tuning did, as a result records it and ``tuning_summary`` words it."""
         return {"tasks": self.tasks_total, "tuned": self.tasks_tuned, "reused": self.tasks_reused,
-                "left_at_cap": self.tasks_left, "seconds": round(self.tuning_seconds, 3), "integer_products": self.integer_products}
+                "left_at_cap": self.tasks_left, "seconds": round(self.tuning_seconds, 3),
+                "integer_products": self.integer_products}
 
 
 def tuning_summary(tuning: dict) -> str:
@@ -433,8 +434,8 @@ def compile_tvm(
 
     With a ``cache_dir``, records already tuned for this target are applied
     even when ``tuning_trials`` is 0. ``stop_tuning_at`` (a ``time.perf_counter`` value) caps per-task tuning: tasks
-    not started by then keep TVM's default loops (``tasks_left``). ``integer`` computes an int8 graph's pointwise convolutions in
-    integers (``hardware_targets.integer``); by default where the target's CPU has VNNI.
+    not started by then keep TVM's default loops (``tasks_left``). ``integer`` computes an int8 graph's pointwise
+    convolutions in integers (``hardware_targets.integer``); by default where the target's CPU has VNNI.
     """
     import tvm
     from filelock import FileLock
