@@ -463,8 +463,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
     study = load_study(args.name, _storage_url(args))
     uri = _tracking_uri(args)
     logged = sync_search(study, stored_spec(study), uri, args.runs_dir)
-    print(f"MLflow {shown_url(uri)}: {logged} missing run(s) of search {args.name!r} logged; it now holds every finished trial"
-          if logged else f"MLflow {shown_url(uri)} already held every finished trial of search {args.name!r}")
+    shown = shown_url(uri)
+    print(f"MLflow {shown}: {logged} missing run(s) of search {args.name!r} logged; it now holds every finished trial"
+          if logged else f"MLflow {shown} already held every finished trial of search {args.name!r}")
     return 0
 
 
