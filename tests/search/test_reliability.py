@@ -44,9 +44,15 @@ def test_killed_worker_fails_its_trial_and_the_search_completes(tmp_path):
     while victim is None and time.time() < deadline:
         for proc in psutil.Process().children(recursive=True):  # this search's workers, not another session's
             with contextlib.suppress(psutil.Error):
+                if "ray::run_candidate" not in " ".join(proc.cmdline()):
+                    continue
+                # frozen, then looked at again: a worker that finished its candidate meanwhile (a loaded machine
+                # found it just before) is let go, and a still running one dies in the middle of its candidate
+                proc.suspend()
                 if "ray::run_candidate" in " ".join(proc.cmdline()):
                     victim = proc
                     break
+                proc.resume()
         time.sleep(0.2)
     assert victim is not None, "no Ray worker ran a candidate"
     os.kill(victim.pid, signal.SIGKILL)
