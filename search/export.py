@@ -381,7 +381,7 @@ def unfinished(study, spec, profile) -> str | None:
         return f"the search had stopped {detail}"
     if (profile.name == spec.target and profile.backend == "local" and spec.budget.front_tuning_minutes > 0
             and study.user_attrs.get(SHIPPING_ATTR) != "done" and shipping_picks(rows(study), spec.latency_budget_ms)):
-        return "the search's shipping stage had not run (the front was not yet timed for what ships)"
+        return "the search's shipping stage had not finished (the front was not all timed for what ships)"
     return None
 
 

@@ -426,7 +426,7 @@ class Row:
 # accuracy_floor = floor - accuracy (a fraction already)
 SHIPPED_CONSTRAINTS = {"latency_budget": ("relative", "latency_ms_p90"), "accuracy_floor": ("floor", "accuracy")}
 SHIPPED_PREFIX = "shipped:"  # study attribute per trial number: what the shipping stage measured
-SHIPPING_ATTR = "shipping_stage"  # "running" while the stage runs, "done" once it has ended
+SHIPPING_ATTR = "shipping_stage"  # "running" while the stage runs, "done" once it ended, "stopped" if its driver did
 
 
 def stored_trial(study: optuna.Study, number: int) -> FrozenTrial:

@@ -54,7 +54,7 @@ def test_an_export_during_the_stage_says_the_winner_may_still_change(study):
     from search.study import SHIPPING_ATTR
 
     spec, host = SearchSpec(name="s", trials=3, latency_budget_ms=BUDGET_MS), load_profile("host")
-    assert unfinished(study, spec, host).startswith("the search's shipping stage had not run")
+    assert unfinished(study, spec, host).startswith("the search's shipping stage had not finished")
     study.set_user_attr(SHIPPING_ATTR, "running")
     _ship(study, 0, 0.03)  # one candidate shipped, the others not yet
     assert unfinished(study, spec, host) == ("the search was still running (its shipping stage is timing the front "
