@@ -531,7 +531,7 @@ def test_the_prior_ranks_a_schedule_vectorized_over_uneven_lanes_below_the_same_
 
     from hardware_targets.compile import vector_registers
     from hardware_targets.register_tile import (RegisterTileFirst, first_pick_score, register_tiles, tile_score,
-                                                vector_lanes)
+                                                UNEVEN_VECTOR_SCORE, vector_lanes)
 
     if platform.machine() not in ("x86_64", "AMD64"):
         pytest.skip("the prior is for x86 CPUs")
@@ -556,10 +556,13 @@ def test_the_prior_ranks_a_schedule_vectorized_over_uneven_lanes_below_the_same_
     registers = vector_registers(tvm.target.Target(target))
     # 9 and 12 output vectors: both in range with 16 registers (AVX2) as with 32
     assert [tile_score(t, registers) for s in schedules for t in register_tiles(s.trace)] == [1.0, 1.0]
-    assert 0 < first_pick_score(schedules[0], registers) < first_pick_score(schedules[1], registers)
+    direct = [first_pick_score(s, registers) for s in schedules]
+    # a quarter for the uneven lanes; both may carry the design space's random inlining of the padding (another
+    # quarter), which is not what this test fixes
+    assert 0 < direct[0] == pytest.approx(direct[1] * UNEVEN_VECTOR_SCORE)
     prior = RegisterTileFirst(registers=registers)
     scores = prior.predict(context, [MeasureCandidate(s, ArgInfo.from_prim_func(s.mod["main"])) for s in schedules])
-    assert scores[1] - scores[0] > 0.5  # beyond the random tie-break of 0.01
+    assert scores[1] - scores[0] > 0.1  # beyond the random tie-break of 0.01
 
 
 def test_schedules_that_vectorize_around_a_tensorized_product_are_left_out(tmp_path):
