@@ -284,8 +284,13 @@ def _say_how_to_resume(args: argparse.Namespace, name: str, storage: str) -> Non
         return
     logged = "" if args.no_mlflow else ", each with its MLflow run"
     print(f"search {name!r} interrupted: {kept}{logged}; continue it (the trials it was running start again) with: "
-          f"{_program()} --runs-dir {args.runs_dir} submit --name {name} --resume{_same_stores(args, storage)}",
-          file=sys.stderr, flush=True)
+          f"{_resume_command(args, name, storage)}", file=sys.stderr, flush=True)
+
+
+def _resume_command(args: argparse.Namespace, name: str, storage: str, tracked: bool | None = None) -> str:
+    """The command that resumes search ``name`` from the stores this command used."""
+    stores = _same_stores(args, storage, tracked)
+    return f"{_program()} --runs-dir {args.runs_dir} submit --name {name} --resume{stores}"
 
 
 def _program() -> str:
@@ -445,8 +450,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"{spent_budget(study):g} of {spec.trials} trials of training budget spent ({len(all_rows)} trials "
           f"finished, {running} running; a candidate screened out costs nothing, one stopped by halving a third); "
           + (f"{state}: {detail}" if detail else state)
-          + (f"; continue it with: {_program()} --runs-dir {args.runs_dir} submit --name {args.name} --resume"
-             f"{_same_stores(args, storage, tracked=study.user_attrs.get(TRACKED_ATTR, True))}"
+          + ("; continue it with: " + _resume_command(args, args.name, storage,
+                                                        study.user_attrs.get(TRACKED_ATTR, True))
              if state == "stopped" else ""))
     front = feasible_front(all_rows)
     floor = (study.user_attrs.get(FLOOR_ATTR) or {}).get("value")
