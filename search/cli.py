@@ -509,17 +509,16 @@ def cmd_list(args: argparse.Namespace) -> int:
     storage = _storage_url(args)
     # the default SQLite file is only created by a first search, not by listing
     exists = args.storage or Path(args.runs_dir, "optuna.db").exists()
-    summaries = stored_searches(storage) if exists else []
-    if not summaries:
+    searches = stored_searches(storage) if exists else []
+    if not searches:
         print(f"no searches in {shown_url(storage)}")
         return 0
-    from search.study import load_study, search_state, spent_budget, stored_spec
+    from search.study import search_state, spent_budget, stored_spec
 
     print(f"{'search':<28}{'budget spent':>13}  {'state':<9}{'started':<21}")
-    for s in sorted(summaries, key=lambda s: s.datetime_start or 0):
+    for s, study in searches:
         started = s.datetime_start.strftime("%Y-%m-%d %H:%M:%S") if s.datetime_start else "-"
         try:
-            study = load_study(s.study_name, storage)
             spec = stored_spec(study)
             spent, state = f"{spent_budget(study):g}/{spec.trials}", search_state(study, spec)[0]
         except (EdgeSearchError, KeyError):  # a study of another tool, or a spec this version no longer reads

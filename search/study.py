@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import warnings
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -165,9 +166,13 @@ def create_study(spec: SearchSpec, storage_url: str, resume: bool) -> optuna.Stu
     return study
 
 
-def stored_searches(storage_url: str) -> list[optuna.study.StudySummary]:
-    """Every search in a storage; a storage that cannot be opened is a clear error."""
-    return optuna.get_all_study_summaries(_storage(storage_url))
+def stored_searches(storage_url: str) -> list[tuple[optuna.study.StudySummary, optuna.Study]]:
+    """Every search in a storage with its study, oldest first, from one connection and one summary query (a
+    ``load_study`` per search would re-read every summary). A storage that cannot be opened is a clear error."""
+    storage = _storage(storage_url)
+    summaries = sorted(optuna.get_all_study_summaries(storage),  # those with no trial started yet go last
+                       key=lambda s: (s.datetime_start is None, s.datetime_start or datetime.min))
+    return [(s, optuna.load_study(study_name=s.study_name, storage=storage)) for s in summaries]
 
 
 def load_study(name: str, storage_url: str) -> optuna.Study:

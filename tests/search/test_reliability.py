@@ -232,3 +232,29 @@ def test_bad_submit_writes_nothing(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*"))
+
+
+def test_list_reads_a_storage_shared_with_other_tools_in_one_pass(tmp_path, capsys, monkeypatch):
+    """``list`` on a store shared with other Optuna users: their studies are listed as unknown, ours with their
+    budget and state, oldest first (unstarted last), from a single summary query (one per search was quadratic in searches)."""
+    import optuna
+
+    from search.cli import main
+    from search.study import create_study
+
+    storage = default_storage(tmp_path)
+    tmp_path.mkdir(exist_ok=True)
+    foreign = optuna.create_study(study_name="someone-elses", storage=storage)
+    foreign.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    create_study(SearchSpec(name="ours", trials=4, budget=FAST, space=SMALL), storage, resume=False)
+    optuna.create_study(study_name="empty-other", storage=storage)
+    queries = []
+    summaries = optuna.get_all_study_summaries
+    monkeypatch.setattr(optuna, "get_all_study_summaries", lambda *a, **k: queries.append(1) or summaries(*a, **k))
+    capsys.readouterr()
+    assert main(["--runs-dir", str(tmp_path), "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert [line.split()[:4] for line in lines] == [["someone-elses", "3", "trials", "unknown"],
+                                                    ["ours", "0/4", "stopped", "-"],
+                                                    ["empty-other", "0", "trials", "unknown"]]
+    assert len(queries) == 1
