@@ -275,16 +275,23 @@ def _same_stores(args: argparse.Namespace, storage: str, tracked: bool | None = 
 
 
 def _say_how_to_resume(args: argparse.Namespace, name: str, storage: str) -> None:
-    """After Ctrl-C: what was kept and the command that goes on from there."""
-    from search.study import finished_count, load_study, shown_url
+    """After Ctrl-C: where the search stopped, what was kept and the command that goes on from there."""
+    from search.study import finished_count, load_study, search_state, shown_url, stored_spec
 
     try:
-        kept = f"{finished_count(load_study(name, storage))} finished trial(s) are kept in {shown_url(storage)}"
+        study = load_study(name, storage)
+        state, detail = search_state(study, stored_spec(study))
     except Exception:  # interrupted before the study was stored: nothing to resume
         return
+    where, again = "", ""
+    if state == "stopped":
+        where = " " + detail
+        again = (" (the trials it was running start again)" if detail.startswith("before") else
+                 " (the stage goes on with the picks not yet timed)")
     logged = "" if args.no_mlflow else ", each with its MLflow run"
-    print(f"search {name!r} interrupted: {kept}{logged}; continue it (the trials it was running start again) with: "
-          f"{_resume_command(args, name, storage)}", file=sys.stderr, flush=True)
+    print(f"search {name!r} interrupted{where}: {finished_count(study)} finished trial(s) are kept in "
+          f"{shown_url(storage)}{logged}; continue it{again} with: {_resume_command(args, name, storage)}",
+          file=sys.stderr, flush=True)
 
 
 def _resume_command(args: argparse.Namespace, name: str, storage: str, tracked: bool | None = None) -> str:

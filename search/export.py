@@ -364,24 +364,21 @@ def _card_head(search, study, spec, row, trial, reason, profile, tracking_uri,
         "knobs": row.knobs,
         "metrics": {n: fig(n) for n in names if n in row.metrics},
         "latency_budget_ms": spec.latency_budget_ms,
-        "search_unfinished": unfinished(study, spec, profile),
+        "search_unfinished": unfinished(study, spec),
         "versions": versions(),
     }
 
 
-def unfinished(study, spec, profile) -> str | None:
+def unfinished(study, spec) -> str | None:
     """Why the search's winner may still change, or None for a search that ended: a model exported before then says
     so (an export is allowed at any time; a user may want an interim model)."""
-    from search.study import SHIPPING_ATTR, rows, search_state, shipping_picks
+    from search.study import search_state
 
     state, detail = search_state(study, spec)
     if state == "running":
         return f"the search was still running ({detail})"
     if state == "stopped":
         return f"the search had stopped {detail}"
-    if (profile.name == spec.target and profile.backend == "local" and spec.budget.front_tuning_minutes > 0
-            and study.user_attrs.get(SHIPPING_ATTR) != "done" and shipping_picks(rows(study), spec.latency_budget_ms)):
-        return "the search's shipping stage had not finished (the front was not all timed for what ships)"
     return None
 
 

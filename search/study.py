@@ -6,7 +6,12 @@ Only this module (with ``workers``) knows Optuna; the pipeline sees Candidates.
 from __future__ import annotations
 
 import json
+import os
+import socket
+import threading
+import time
 import warnings
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -155,8 +160,8 @@ def create_study(spec: SearchSpec, storage_url: str, resume: bool) -> optuna.Stu
         study_name=spec.name, storage=storage, sampler=make_sampler(spec), load_if_exists=resume,
         directions=[d for _, d in OBJECTIVES],
     )
+    study.set_user_attr(SPEC_ATTR, spec.to_dict())  # a resume's changes too (trials, workers, ...): status reads it
     if not exists:
-        study.set_user_attr(SPEC_ATTR, spec.to_dict())
         study.set_user_attr(SAMPLER_ATTR, resolved_sampler(spec))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -221,17 +226,96 @@ HALVING_ETA = 3  # successive halving: a third of the epochs at the first rung, 
 ASKS_PER_TRIAL = 5  # at most this many candidates asked per trial of budget (screened ones cost nothing)
 
 
+DRIVER_ATTR = "driver"  # {"host", "pid", "seen"} while a driver runs the search; None once it ended
+DRIVER_BEAT_S = 30.0
+DRIVER_LOST_S = 180.0  # no beat for this long: the driver was killed outright, or its machine went down
+
+
+def _driver_mark() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "seen": time.time()}
+
+
+@contextmanager
+def driving(study: optuna.Study):
+    """Mark ``study`` as run by this process while the block runs, renewed every ``DRIVER_BEAT_S`` from a thread
+    (a shipping stage's tuning holds the driver for minutes): ``status`` can then tell a search whose driver was
+    killed outright from one still running, and a second driver is refused."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(DRIVER_BEAT_S):
+            with suppress(Exception):  # a storage hiccup: the next beat tries again
+                study.set_user_attr(DRIVER_ATTR, _driver_mark())
+
+    study.set_user_attr(DRIVER_ATTR, _driver_mark())
+    thread = threading.Thread(target=beat, name="edgesearch-driver-beat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        with suppress(Exception):
+            study.set_user_attr(DRIVER_ATTR, None)
+
+
+def live_driver(study: optuna.Study) -> dict[str, Any] | None:
+    """The driver running ``study``, or None. On its own machine a driver is alive while its process is; seen from
+    another, while it beat within ``DRIVER_LOST_S`` (so clocks must agree to within about that)."""
+    mark = study.user_attrs.get(DRIVER_ATTR)
+    if not mark or time.time() - mark["seen"] > DRIVER_LOST_S:
+        return None
+    if mark["host"] == socket.gethostname():
+        try:
+            os.kill(mark["pid"], 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:  # another user's process: it exists
+            pass
+    return mark
+
+
+def refuse_second_driver(study: optuna.Study) -> None:
+    """A resume while the search's driver still runs would re-queue the trials that driver is running."""
+    mark = live_driver(study)
+    if mark and mark["pid"] != os.getpid():
+        raise ConfigError(f"Search {study.study_name!r} is still running (driver process {mark['pid']} on "
+                          f"{mark['host']}, seen {max(0, time.time() - mark['seen']):.0f} s ago); wait for it to end "
+                          "or stop it (Ctrl-C in its terminal, or edgesearch stop for a detached search) before "
+                          "resuming it.")
+
+
+def shipping_left(study: optuna.Study, spec: SearchSpec, profile=None) -> bool:
+    """Whether the shipping stage has candidates left to time: the target is timed on this kind of host, the stage
+    has a budget, and it never ended (stopped, or its driver stopped before it began)."""
+    if profile is None:
+        from hardware_targets.profile import load_profile
+
+        profile = load_profile(spec.target)
+    return (profile.name == spec.target and profile.backend == "local" and spec.budget.front_tuning_minutes > 0
+            and study.user_attrs.get(SHIPPING_ATTR) != "done" and bool(stage_picks(study, spec.latency_budget_ms)))
+
+
 def search_state(study: optuna.Study, spec: SearchSpec) -> tuple[str, str]:
-    """Where a stored search stands, as (state, detail): running (trials in progress, or its shipping stage),
-    stopped (short of its trial budget, with no driver running it) or done."""
+    """Where a stored search stands, as (state, detail): running (its driver is at work), stopped (short of its
+    trial budget or of its shipping stage, with no driver running it) or done."""
     running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-    if running:
+    driven = DRIVER_ATTR not in study.user_attrs or live_driver(study)  # searches from before the beat: trust them
+    if driven and running:
         return "running", f"{running} trial(s) in progress"
-    if study.user_attrs.get(SHIPPING_ATTR) == "running":
+    if driven and study.user_attrs.get(SHIPPING_ATTR) == "running":
         return "running", "its shipping stage is timing the front for what ships"
+    lost = ""
+    if running:
+        seen = (study.user_attrs.get(DRIVER_ATTR) or {}).get("seen")
+        lost = ("; its driver stopped without a word"
+                + (f" (last seen {datetime.fromtimestamp(seen):%Y-%m-%d %H:%M:%S})" if seen else "")
+                + f", so the {running} trial(s) it was running start again on a resume")
     spent = spent_budget(study)
     if spent < spec.trials:
-        return "stopped", f"before its trial budget ({spent:g} of {spec.trials})"
+        return "stopped", f"before its trial budget ({spent:g} of {spec.trials}){lost}"
+    if shipping_left(study, spec):
+        return "stopped", f"in its shipping stage (the front is not all timed for what ships){lost}"
     return "done", ""
 
 
@@ -468,6 +552,14 @@ def shipping_picks(all_rows: list[Row], budget_ms: float, margin: float = SHIP_M
             near.append(r)
     ordered = sorted(front, key=lambda r: -r.value("accuracy")) + sorted(near, key=lambda r: -r.value("accuracy"))
     return [r for r in ordered if r.shipped is None]
+
+
+def stage_picks(study: optuna.Study, budget_ms: float) -> list[Row]:
+    """The shipping stage's first picks, chosen on the searched figures as when the stage began, less those shipped
+    already: a resumed stage goes on with the candidates it had picked, not only with those that an untuned figure
+    still puts near candidates shipped tuned."""
+    searched = [Row.from_trial(t) for t in study.get_trials(deepcopy=False, states=FINISHED_STATES)]
+    return [r for r in shipping_picks(searched, budget_ms) if f"{SHIPPED_PREFIX}{r.number}" not in study.user_attrs]
 
 
 def shipping_order(study: optuna.Study, budget_ms: float, queue: list[Row],

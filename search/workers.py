@@ -40,7 +40,8 @@ from search.transfer import (
 )
 from search.study import (
     ASKS_PER_TRIAL, FLOOR_ATTR, BOUNDS_ATTR, HALVING_ETA, SHIPPED_PREFIX, SHIPPING_ATTR, Row, best_within_budget,
-    create_study, feasible_front, shipping_order, shipping_picks, stored_trial,
+    create_study, driving, feasible_front, load_study, refuse_second_driver, shipping_left, shipping_order,
+    stage_picks, stored_trial,
     finished_count, front_hypervolume, narrower_recipe, spent_budget, trial_cost,
     recipes_for, record_failure, record_result, record_reuse, record_screened, requeue_interrupted,
     resolved_sampler, reusable_trials, rows, search_bounds, set_bounds, shown_url, suggest_candidate,
@@ -240,7 +241,7 @@ def _ship_stage(ray, study, spec: SearchSpec, profile, report: Reporter, placeme
         report(f"shipping stage skipped: latency on {profile.name} is {profile.backend}, not timed here; the front "
                f"ships as searched ({'TVM' if profile.runtime == 'tvm' else profile.runtime})")
         return
-    picks = shipping_picks(rows(study), spec.latency_budget_ms)
+    picks = stage_picks(study, spec.latency_budget_ms)
     budget = spec.budget
     if not picks:
         return
@@ -685,6 +686,8 @@ def run_search(
                "dispatches": 0, "transfer": 0.0,
                "transfer_workers": 0.0}
     profile = check_inputs(spec)
+    if resume:  # before any work: a driver still running it would have its running trials re-queued under it
+        refuse_second_driver(load_study(spec.name, storage_url))
     report(f"dataset {_load_dataset(spec.dataset).summary()}")  # a malformed file stops here, before Ray starts
     if tracking_uri and tracking_uri.startswith(("http://", "https://")):
         from search.tracking import check_tracking
@@ -699,93 +702,100 @@ def run_search(
         study.set_user_attr(TRACKED_ATTR, bool(tracking_uri))
     # reaching MLflow (and creating a new store) overlaps Ray's start; no candidate runs before it is reached
     tracker = _Tracking(spec, study, tracking_uri, runs_dir, report, timings) if tracking_uri else None
-    try:
-        requeued = requeue_interrupted(study) if resume else 0
-        if requeued:
-            report(f"re-queued {requeued} trial(s) interrupted by the previous driver")
-        spent = spent_budget(study)
-        remaining = spec.trials - spent
-        recipes = recipes_for(spec)
-        report(f"search {spec.name!r}: {spent:g} of {spec.trials} trials of training budget spent "
-               f"({finished_count(study)} finished), {max(0, remaining):g} to go ({spec.workers} worker(s), "
-               f"budget {spec.latency_budget_ms} ms on {spec.target} judged on p90 latency; a candidate screened out "
-               "costs nothing, one stopped by halving a third)")
-        report("order: screen every candidate before training; "
-               + (f"{len(recipes)} classic recipe(s) first ({', '.join(label for label, _ in recipes)}); " if recipes
-                  else "no recipes; ")
-               + f"then sampler {resolved_sampler(spec)}"
-               + (f" (auto: {'NSGA-II from' if resolved_sampler(spec) == 'nsga2' else 'TPE below'} 100 trials)"
-                  if spec.sampler == "auto" else "")
-               + ("; successive halving on epochs" if spec.uses_halving else "")
-               + "; near-budget latencies re-timed alone")
+    with driving(study):  # status tells a driver killed outright from a running one; a second is refused
+        try:
+            requeued = requeue_interrupted(study) if resume else 0
+            if requeued:
+                report(f"re-queued {requeued} trial(s) interrupted by the previous driver")
+            spent = spent_budget(study)
+            remaining = spec.trials - spent
+            recipes = recipes_for(spec)
+            report(f"search {spec.name!r}: {spent:g} of {spec.trials} trials of training budget spent "
+                   f"({finished_count(study)} finished), {max(0, remaining):g} to go ({spec.workers} worker(s), "
+                   f"budget {spec.latency_budget_ms} ms on {spec.target} judged on p90 latency; a candidate screened "
+                   "out costs nothing, one stopped by halving a third)")
+            report("order: screen every candidate before training; "
+                   + (f"{len(recipes)} classic recipe(s) first ({', '.join(label for label, _ in recipes)}); "
+                      if recipes else "no recipes; ")
+                   + f"then sampler {resolved_sampler(spec)}"
+                   + (f" (auto: {'NSGA-II from' if resolved_sampler(spec) == 'nsga2' else 'TPE below'} 100 trials)"
+                      if spec.sampler == "auto" else "")
+                   + ("; successive halving on epochs" if spec.uses_halving else "")
+                   + "; near-budget latencies re-timed alone")
 
-        def tracking_ready() -> None:
-            """No candidate runs before MLflow is reached; a new search whose MLflow is unreachable leaves no study."""
-            if tracker is None:
-                return
-            try:
-                tracker.ready()
-            except ConfigError:
-                if not resume:
-                    import optuna
-
-                    optuna.delete_study(study_name=spec.name, storage=study._storage)
-                raise
-
-        if remaining <= 0:
-            tracking_ready()
-        if remaining > 0:
-            import ray as ray_module
-
-            owns_ray = not ray_module.is_initialized()
-            try:
-                with _timed(timings, "ray_start"):
-                    ray = start_ray(address, spec.workers)
-            except ConfigError:
-                tracking_ready()  # an unreachable MLflow is the first thing to report
-                raise
-            try:
-                tracking_ready()
+            def tracking_ready() -> None:
+                """No candidate runs before MLflow is reached; a new search whose MLflow is unreachable leaves no
+                study."""
+                if tracker is None:
+                    return
                 try:
-                    if address and spec.workers > _cluster_cpus(ray):
-                        raise ConfigError(f"The 'workers' field of the search spec must be at most the "
-                                          f"{_cluster_cpus(ray)} CPU(s) of the cluster at {address}. Got {spec.workers} "
-                                          "instead.")
-                    placement = measurement_placement(ray, profile, report)
+                    tracker.ready()
                 except ConfigError:
-                    if not resume:  # refused before any work: the same command, fixed, starts afresh
+                    if not resume:
                         import optuna
 
                         optuna.delete_study(study_name=spec.name, storage=study._storage)
                     raise
-                transport = _Transport(ray, spec, profile, runs_dir, timings)
-                try:
-                    _prepare(ray, study, spec, profile, report, placement, transport)
-                    _Driver(ray, study, spec, profile, remaining, report, tracker.on_trial if tracker else None,
-                            timings, placement, transport).run()
-                    _ship_stage(ray, study, spec, profile, report, placement, transport)
-                finally:
-                    transport.close(report)
-                if tracker:
-                    tracker.begin_finish()
-            finally:
-                if owns_ray:
-                    with _timed(timings, "ray_start"):
-                        ray.shutdown()
 
-        all_rows = rows(study)
-        if tracker:
-            tracker.finish()
-    except BaseException as exc:
-        # this driver stops (Ctrl-C, an error) and its Ray tasks with it: what it ran is queued again for a resume,
-        # not left "running" (only a driver killed outright leaves that, for the resume to re-queue)
-        with contextlib.suppress(Exception):
-            requeue_interrupted(study)
-            if study.user_attrs.get(SHIPPING_ATTR) == "running":
-                study.set_user_attr(SHIPPING_ATTR, "stopped")
-        if tracker:  # no thread left logging behind a failed search; its MLflow run says it stopped
-            tracker.abandon("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        raise
+            ship_only = remaining <= 0 and shipping_left(study, spec, profile)
+            if ship_only:
+                report("shipping stage: not finished before; it goes on with the picks not yet timed for what "
+                       "ships (those shipped and the tuning records are kept)")
+            if remaining <= 0 and not ship_only:
+                tracking_ready()
+            else:
+                import ray as ray_module
+
+                owns_ray = not ray_module.is_initialized()
+                try:
+                    with _timed(timings, "ray_start"):
+                        ray = start_ray(address, spec.workers)
+                except ConfigError:
+                    tracking_ready()  # an unreachable MLflow is the first thing to report
+                    raise
+                try:
+                    tracking_ready()
+                    try:
+                        if address and spec.workers > _cluster_cpus(ray):
+                            raise ConfigError(f"The 'workers' field of the search spec must be at most the "
+                                              f"{_cluster_cpus(ray)} CPU(s) of the cluster at {address}. Got "
+                                              f"{spec.workers} instead.")
+                        placement = measurement_placement(ray, profile, report)
+                    except ConfigError:
+                        if not resume:  # refused before any work: the same command, fixed, starts afresh
+                            import optuna
+
+                            optuna.delete_study(study_name=spec.name, storage=study._storage)
+                        raise
+                    transport = _Transport(ray, spec, profile, runs_dir, timings)
+                    try:
+                        _prepare(ray, study, spec, profile, report, placement, transport)
+                        if remaining > 0:
+                            _Driver(ray, study, spec, profile, remaining, report,
+                                    tracker.on_trial if tracker else None, timings, placement, transport).run()
+                        _ship_stage(ray, study, spec, profile, report, placement, transport)
+                    finally:
+                        transport.close(report)
+                    if tracker:
+                        tracker.begin_finish()
+                finally:
+                    if owns_ray:
+                        with _timed(timings, "ray_start"):
+                            ray.shutdown()
+
+            all_rows = rows(study)
+            if tracker:
+                tracker.finish()
+        except BaseException as exc:
+            # this driver stops (Ctrl-C, an error) and its Ray tasks with it: what it ran is queued again for a resume,
+            # not left "running" (only a driver killed outright leaves that, for the resume to re-queue)
+            with contextlib.suppress(Exception):
+                requeue_interrupted(study)
+                if study.user_attrs.get(SHIPPING_ATTR) == "running":
+                    study.set_user_attr(SHIPPING_ATTR, "stopped")
+            if tracker:  # no thread left logging behind a failed search; its MLflow run says it stopped
+                tracker.abandon("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            raise
     front = feasible_front(all_rows)
     timings["wall"] = time.perf_counter() - wall_started
     return SearchOutcome(spec.name, storage_url, all_rows, front, best_within_budget(all_rows),

@@ -11,10 +11,10 @@ from objectives.latency import noise_ms
 from search.candidate import Candidate
 from search.cli import main
 from search.spec import SearchSpace, SearchSpec
-from search.study import BOUNDS_ATTR, FLOOR_ATTR, RECIPES, load_study, rows, spent_budget
+from search.study import BOUNDS_ATTR, FLOOR_ATTR, RECIPES, SHIPPING_ATTR, load_study, rows, spent_budget
 from search.tracking import default_tracking_uri
 from search.workers import _halving_position, _shapes_ruled_out, run_search
-from tests.search.conftest import TINY
+from tests.search.conftest import SHIP, TINY
 
 NO_FP16 = SearchSpace(precision=("fp32", "int8-ptq", "int8-qat"))
 ORDER = ("accuracy", "latency_ms_p90", "size_bytes", "energy_mj")
@@ -54,6 +54,20 @@ def test_recipes_come_first_and_the_front_covers_every_feasible_recipe(tmp_path,
     printed = capsys.readouterr().out
     assert "feasible Pareto front" in printed and "MLflow was missing" not in printed
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlartifacts").exists()
+    # the shipping stage was off; resumed with it on, only the stage runs (no trial trains again), and status
+    # reads the budget the resume stored
+    def trained(rows_):
+        return {r.number: (r.state, r.knobs, r.metrics.get("accuracy")) for r in rows_}
+
+    lines, before = [], trained(outcome.rows)
+    shipped = run_search(dataclasses.replace(spec, budget=SHIP), tmp_path, storage_url=f"sqlite:///{tmp_path}/o.db",
+                         resume=True, report=lines.append)
+    assert any(line.startswith("shipping stage: not finished before; it goes on") for line in lines)
+    assert trained(shipped.rows) == before  # nothing trained again
+    study = load_study("recipes", f"sqlite:///{tmp_path}/o.db")
+    assert study.user_attrs[SHIPPING_ATTR] == "done" and any(r.shipped for r in shipped.rows)
+    assert main(["--runs-dir", str(tmp_path), "status", "recipes", "--storage", f"sqlite:///{tmp_path}/o.db"]) == 0
+    assert "; done\n" in capsys.readouterr().out
 
 
 @pytest.mark.slow  # reuse runs by default in test_export_errors' repeated trial

@@ -78,6 +78,8 @@ def _submit(runs: Path, storage: str, *args: str, **popen) -> subprocess.Popen:
 def test_two_searches_at_once_and_a_restarted_driver_on_postgresql(postgres, tmp_path, capsys):
     """Two users' searches share one PostgreSQL database at the same time; one driver is stopped with Ctrl-C and
     resumed."""
+    from search.cli import main
+
     storage = postgres("optuna")
     steady = _submit(tmp_path / "a", storage, "--spec", str(_spec(tmp_path, "steady", 2)))
     # four candidates on one worker: stopped after the first, the driver still has three to go on a loaded machine
@@ -88,6 +90,11 @@ def test_two_searches_at_once_and_a_restarted_driver_on_postgresql(postgres, tmp
         while len(complete_trials(storage, "restarted")) < 1 and time.time() < deadline:
             time.sleep(1)
         assert complete_trials(storage, "restarted"), "the second search finished no trial in 300 s"
+        # a second driver for it is refused while its own runs: it would re-queue the trials running under it
+        capsys.readouterr()
+        assert main(["--runs-dir", str(tmp_path / "b"), "submit", "--name", "restarted", "--resume", "--storage",
+                     storage, "--no-mlflow"]) == 2
+        assert f"Search 'restarted' is still running (driver process {stopped.pid} on " in capsys.readouterr().err
         stopped.send_signal(signal.SIGINT)  # as a terminal sends it
         _, said = stopped.communicate(timeout=120)
     finally:
@@ -96,13 +103,11 @@ def test_two_searches_at_once_and_a_restarted_driver_on_postgresql(postgres, tmp
         stopped.wait()
     before = {t.number: t.values for t in complete_trials(storage, "restarted")}
     assert stopped.returncode == 130 and 1 <= len(before) < 4, said[-2000:]
-    assert (f"search 'restarted' interrupted: {len(before)} finished trial(s) are kept in {storage}; continue it "
-            "(the trials it was running start again) with: ") in said
+    assert (f"search 'restarted' interrupted before its trial budget ({len(before)} of 4): {len(before)} finished "
+            f"trial(s) are kept in {storage}; continue it (the trials it was running start again) with: ") in said
     assert f"submit --name restarted --resume --storage '{storage}' --no-mlflow" in said
     # what the stopped driver was running is queued again at once: `status` does not call it running
     assert not load_study("restarted", storage).get_trials(states=(optuna.trial.TrialState.RUNNING,))
-    from search.cli import main
-
     capsys.readouterr()
     assert main(["--runs-dir", str(tmp_path / "b"), "status", "restarted", "--storage", storage]) == 0
     status = capsys.readouterr().out

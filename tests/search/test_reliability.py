@@ -17,6 +17,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from optuna.trial import TrialState
 
 from hardware_targets.compile import compile_tvm, tuning_dir
 from search.candidate import Budget
@@ -258,3 +259,53 @@ def test_list_reads_a_storage_shared_with_other_tools_in_one_pass(tmp_path, caps
                                                     ["ours", "0/4", "stopped", "-"],
                                                     ["empty-other", "0", "trials", "unknown"]]
     assert len(queries) == 1
+
+
+def test_a_driver_killed_outright_is_told_from_a_running_one(tmp_path, capsys, monkeypatch):
+    """A driver beats while it runs. One still alive keeps its search "running" and refuses a second driver (a
+    resume would re-queue its trials under it); one killed outright (SIGKILL, no cleanup) leaves "stopped" with
+    the resume command, and the resume goes on."""
+    import socket
+
+    import search.study as study_module
+    from search.cli import main
+    from search.study import DRIVER_ATTR, create_study, driving, live_driver, search_state, suggest_candidate
+
+    storage = default_storage(tmp_path)
+    tmp_path.mkdir(exist_ok=True)
+    spec = SearchSpec(name="beating", trials=2, budget=FAST, space=SMALL, recipes=False)
+    study = create_study(spec, storage, resume=False)
+    monkeypatch.setattr(study_module, "DRIVER_BEAT_S", 0.2)
+    with driving(study):
+        first = live_driver(study)
+        assert first["pid"] == os.getpid() and first["host"] == socket.gethostname()
+        suggest_candidate(study.ask(), spec)  # a trial in progress
+        deadline = time.time() + 60
+        while load_study("beating", storage).user_attrs[DRIVER_ATTR]["seen"] == first["seen"]:
+            assert time.time() < deadline, "the driver never beat again"
+            time.sleep(0.1)
+    assert load_study("beating", storage).user_attrs[DRIVER_ATTR] is None  # ended: no driver
+    other = subprocess.Popen(["sleep", "600"])  # another driver of the same search, on this machine
+    try:
+        study.set_user_attr(DRIVER_ATTR, {"host": socket.gethostname(), "pid": other.pid, "seen": time.time()})
+        assert search_state(study, spec) == ("running", "1 trial(s) in progress")
+        capsys.readouterr()
+        assert main(["--runs-dir", str(tmp_path), "submit", "--name", "beating", "--resume", "--no-mlflow"]) == 2
+        err = capsys.readouterr().err
+        assert f"Search 'beating' is still running (driver process {other.pid} on" in err
+        assert study.get_trials(states=(TrialState.RUNNING,))  # its trial was left alone
+    finally:
+        other.kill()
+        other.wait()
+    state, detail = search_state(study, spec)
+    assert state == "stopped" and detail.startswith("before its trial budget (0 of 2); its driver stopped without a "
+                                                    "word (last seen ")
+    assert detail.endswith("so the 1 trial(s) it was running start again on a resume")
+    assert main(["--runs-dir", str(tmp_path), "status", "beating"]) == 0
+    assert "continue it with: " in capsys.readouterr().out
+    # seen from another machine: alive while it beats, lost once it has not for DRIVER_LOST_S
+    study.set_user_attr(DRIVER_ATTR, {"host": "elsewhere", "pid": 1, "seen": time.time()})
+    assert search_state(study, spec)[0] == "running"
+    study.set_user_attr(DRIVER_ATTR, {"host": "elsewhere", "pid": 1,
+                                      "seen": time.time() - study_module.DRIVER_LOST_S - 1})
+    assert search_state(study, spec)[0] == "stopped"
