@@ -11,7 +11,9 @@ from objectives.latency import noise_ms
 from search.candidate import Candidate
 from search.cli import main
 from search.spec import SearchSpace, SearchSpec
-from search.study import BOUNDS_ATTR, FLOOR_ATTR, RECIPES, SHIPPING_ATTR, load_study, rows, spent_budget
+from search.study import (
+    BOUNDS_ATTR, FLOOR_ATTR, RECIPES, SHIPPING_ATTR, load_study, rows, spent_budget, stored_spec,
+)
 from search.tracking import default_tracking_uri
 from search.workers import _halving_position, _shapes_ruled_out, run_search
 from tests.search.conftest import SHIP, TINY
@@ -66,6 +68,7 @@ def test_recipes_come_first_and_the_front_covers_every_feasible_recipe(tmp_path,
     assert trained(shipped.rows) == before  # nothing trained again
     study = load_study("recipes", f"sqlite:///{tmp_path}/o.db")
     assert study.user_attrs[SHIPPING_ATTR] == "done" and any(r.shipped for r in shipped.rows)
+    assert stored_spec(study).budget == SHIP
     assert main(["--runs-dir", str(tmp_path), "status", "recipes", "--storage", f"sqlite:///{tmp_path}/o.db"]) == 0
     assert "; done\n" in capsys.readouterr().out
 
