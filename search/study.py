@@ -235,19 +235,31 @@ def _driver_mark() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid(), "seen": time.time()}
 
 
+CLAIM_SETTLE_S = 1.0  # two resumes that both found no driver: each writes its mark, the later one stands
+
+
 @contextmanager
-def driving(study: optuna.Study):
+def driving(study: optuna.Study, claim: bool = False):
     """Mark ``study`` as run by this process while the block runs, renewed every ``DRIVER_BEAT_S`` from a thread
     (a shipping stage's tuning holds the driver for minutes): ``status`` can then tell a search whose driver was
-    killed outright from one still running, and a second driver is refused."""
+    killed outright from one still running. With ``claim`` (a resume) a search another driver runs is refused, also
+    when two resumes start at once."""
+    mark = _driver_mark()
+    if claim:
+        refuse_second_driver(study)
+    study.set_user_attr(DRIVER_ATTR, mark)
+    if claim:
+        time.sleep(CLAIM_SETTLE_S)
+        if study.user_attrs.get(DRIVER_ATTR) != mark:
+            refuse_second_driver(study)
+            study.set_user_attr(DRIVER_ATTR, mark)  # the other one has already gone
     stop = threading.Event()
 
     def beat() -> None:
         while not stop.wait(DRIVER_BEAT_S):
             with suppress(Exception):  # a storage hiccup: the next beat tries again
-                study.set_user_attr(DRIVER_ATTR, _driver_mark())
+                study.set_user_attr(DRIVER_ATTR, {**mark, "seen": time.time()})
 
-    study.set_user_attr(DRIVER_ATTR, _driver_mark())
     thread = threading.Thread(target=beat, name="edgesearch-driver-beat", daemon=True)
     thread.start()
     try:

@@ -700,9 +700,9 @@ def run_search(
     with _timed(timings, "optuna"):
         study = create_study(spec, storage_url, resume)
         study.set_user_attr(TRACKED_ATTR, bool(tracking_uri))
-    # reaching MLflow (and creating a new store) overlaps Ray's start; no candidate runs before it is reached
-    tracker = _Tracking(spec, study, tracking_uri, runs_dir, report, timings) if tracking_uri else None
-    with driving(study):  # status tells a driver killed outright from a running one; a second is refused
+    with driving(study, claim=resume):  # status tells a driver killed outright from a running one
+        # reaching MLflow (and creating a new store) overlaps Ray's start; no candidate runs before it is reached
+        tracker = _Tracking(spec, study, tracking_uri, runs_dir, report, timings) if tracking_uri else None
         try:
             requeued = requeue_interrupted(study) if resume else 0
             if requeued:

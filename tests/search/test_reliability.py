@@ -309,3 +309,26 @@ def test_a_driver_killed_outright_is_told_from_a_running_one(tmp_path, capsys, m
     study.set_user_attr(DRIVER_ATTR, {"host": "elsewhere", "pid": 1,
                                       "seen": time.time() - study_module.DRIVER_LOST_S - 1})
     assert search_state(study, spec)[0] == "stopped"
+
+
+def test_two_resumes_at_once_never_both_drive(tmp_path):
+    """Two drivers claiming one stopped search at the same moment (two terminals, two team members): one goes on,
+    the other is refused with the running driver named."""
+    from search.study import create_study
+
+    storage = default_storage(tmp_path)
+    tmp_path.mkdir(exist_ok=True)
+    create_study(SearchSpec(name="contested", trials=2, budget=FAST, space=SMALL), storage, resume=False)
+    claim = ("import sys, time\nfrom search.study import driving, load_study\n"
+             f"study = load_study('contested', {storage!r})\nsys.stdin.readline()\n"
+             "with driving(study, claim=True):\n    print('driving', flush=True)\n    time.sleep(3)\n")
+    drivers = [subprocess.Popen([sys.executable, "-c", claim], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    time.sleep(5)  # both imported and waiting: released together
+    for d in drivers:
+        d.stdin.write("\n")
+        d.stdin.flush()
+    outcomes = [d.communicate(timeout=120) for d in drivers]
+    drove = [out for out, _ in outcomes if out.startswith("driving")]
+    refused = [err for _, err in outcomes if "Search 'contested' is still running (driver process" in err]
+    assert len(drove) == 1 and len(refused) == 1, outcomes
