@@ -302,7 +302,8 @@ def test_a_driver_killed_outright_is_told_from_a_running_one(tmp_path, capsys, m
                                                     "word (last seen ")
     assert detail.endswith("so the 1 trial(s) it was running start again on a resume")
     assert main(["--runs-dir", str(tmp_path), "status", "beating"]) == 0
-    assert "continue it with: " in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "0 trials finished, 1 left unfinished by a stopped driver;" in out and "continue it with: " in out
     # seen from another machine: alive while it beats, lost once it has not for DRIVER_LOST_S
     study.set_user_attr(DRIVER_ATTR, {"host": "elsewhere", "pid": 1, "seen": time.time()})
     assert search_state(study, spec)[0] == "running"
