@@ -454,7 +454,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     all_rows = rows(study)
     running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
     state, detail = search_state(study, spec)
-    running_now = f"{running} running" if state == "running" or not running else f"{running} left unfinished by a stopped driver"
+    running_now = (f"{running} running" if state == "running" or not running
+                   else f"{running} left unfinished by a stopped driver")
     print(f"{spent_budget(study):g} of {spec.trials} trials of training budget spent ({len(all_rows)} trials "
           f"finished, {running_now}; a candidate screened out costs nothing, one stopped by halving a third); "
           + (f"{state}: {detail}" if detail else state)

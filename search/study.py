@@ -229,13 +229,11 @@ ASKS_PER_TRIAL = 5  # at most this many candidates asked per trial of budget (sc
 DRIVER_ATTR = "driver"  # {"host", "pid", "seen"} while a driver runs the search; None once it ended
 DRIVER_BEAT_S = 30.0
 DRIVER_LOST_S = 180.0  # no beat for this long: the driver was killed outright, or its machine went down
+CLAIM_SETTLE_S = 1.0  # two resumes that both found no driver: each writes its mark, the later one stands
 
 
 def _driver_mark() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid(), "seen": time.time()}
-
-
-CLAIM_SETTLE_S = 1.0  # two resumes that both found no driver: each writes its mark, the later one stands
 
 
 @contextmanager
