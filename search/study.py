@@ -296,14 +296,20 @@ def refuse_second_driver(study: optuna.Study) -> None:
 
 
 def shipping_left(study: optuna.Study, spec: SearchSpec, profile=None) -> bool:
-    """Whether the shipping stage has candidates left to time: the target is timed on this kind of host, the stage
-    has a budget, and it never ended (stopped, or its driver stopped before it began)."""
+    """Whether the shipping stage has candidates left to time: the search's target (``profile``, loaded if not
+    given) is timed on this kind of host, the stage has a budget, and it never ended (stopped, or its driver stopped
+    before it began). A profile file since moved or broken cannot tell: then it is not said to be left."""
+    if spec.budget.front_tuning_minutes <= 0 or study.user_attrs.get(SHIPPING_ATTR) == "done":
+        return False
     if profile is None:
+        from hardware_targets.errors import ProfileError
         from hardware_targets.profile import load_profile
 
-        profile = load_profile(spec.target)
-    return (profile.name == spec.target and profile.backend == "local" and spec.budget.front_tuning_minutes > 0
-            and study.user_attrs.get(SHIPPING_ATTR) != "done" and bool(stage_picks(study, spec.latency_budget_ms)))
+        try:
+            profile = load_profile(spec.target)
+        except ProfileError:
+            return False
+    return profile.backend == "local" and bool(stage_picks(study, spec.latency_budget_ms))
 
 
 def search_state(study: optuna.Study, spec: SearchSpec) -> tuple[str, str]:

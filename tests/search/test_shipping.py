@@ -78,6 +78,20 @@ def test_an_export_during_the_stage_says_the_winner_may_still_change(study):
     assert unfinished(study, rpi4) is None  # emulated: no stage to wait for
 
 
+def test_a_target_given_as_a_file_is_judged_by_its_backend_and_may_move_away(study, tmp_path):
+    import shutil
+
+    from hardware_targets.profile import PROFILE_DIR
+    from search.spec import SearchSpec
+    from search.study import search_state
+
+    board = shutil.copy(PROFILE_DIR / "host.yaml", tmp_path / "my-host.yaml")
+    spec = SearchSpec(name="s", trials=3, latency_budget_ms=BUDGET_MS, target=str(board))
+    assert search_state(study, spec)[0] == "stopped"  # its shipping stage has picks left
+    (tmp_path / "my-host.yaml").unlink()  # status of an old search still answers
+    assert search_state(study, spec) == ("done", "")
+
+
 def test_a_shipped_latency_replaces_the_searched_one_and_the_front_is_recomputed(study):
     assert {r.number for r in feasible_front(rows(study))} == {0, 1}
     _ship(study, 2, 0.035)  # tuned, the over-budget candidate fits: it becomes feasible and dominates trial 0
