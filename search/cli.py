@@ -41,6 +41,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from search.data import load_dataset
     from search.pipeline import Paths, evaluate_candidate
 
+    cores = os.cpu_count() or 1
+    if not 1 <= args.threads <= cores:  # more threads than cores would time contention, not the model
+        from search.errors import ConfigError
+
+        raise ConfigError(f"--threads must be between 1 and this machine's {cores} core(s). Got {args.threads} "
+                          "instead.")
     profile = load_profile(args.target)
     budget = Budget(epochs=args.epochs, finetune_epochs=args.finetune_epochs, tuning_trials=args.tuning_trials,
                     timing_repeats=args.repeats)

@@ -47,6 +47,8 @@ def test_cli_evaluate_json(shared_runs, capsys):
     [(["evaluate", "--target", "no-such-board"], "Unknown target 'no-such-board'"),
      (["evaluate", "--dataset", "imagenet"], "Unknown dataset 'imagenet'"),
      (["evaluate", "--sparsity", "1.5"], "'sparsity' parameter"),
+     (["evaluate", "--threads", "0"], "--threads must be between 1 and this machine's"),
+     (["evaluate", "--threads", "4096"], "--threads must be between 1 and this machine's"),
      # refused before any training: the convert stage would only refuse it after
      (["evaluate", "--target", "cortex-m4", "--precision", "int8-qat"], "evaluate fp32 or int8-ptq on cortex-m4")],
 )
