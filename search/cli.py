@@ -568,7 +568,13 @@ def cmd_export(args: argparse.Namespace) -> int:
             from search.errors import ConfigError
 
             raise ConfigError("--pick fastest-above-accuracy needs a threshold, e.g. 0.95.")
-        min_accuracy = float(args.pick[1])
+        try:
+            min_accuracy = float(args.pick[1])  # its range is Pick's to check
+        except ValueError:
+            from search.errors import ConfigError
+
+            raise ConfigError(f"--pick fastest-above-accuracy needs a number, e.g. 0.95. Got {args.pick[1]!r} "
+                              "instead.") from None
     elif args.pick and (args.pick[0] != "best-accuracy-within-budget" or len(args.pick) != 1):
         from search.errors import ConfigError
 

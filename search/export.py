@@ -33,6 +33,11 @@ class Pick:
     min_accuracy: float | None = None  # fastest feasible candidate at or above this accuracy
     force: bool = False
 
+    def __post_init__(self):
+        if self.min_accuracy is not None and not 0 <= self.min_accuracy <= 1:  # NaN too
+            raise ConfigError(f"The accuracy to reach (--pick fastest-above-accuracy) must be between 0 and 1, e.g. "
+                              f"0.95. Got {self.min_accuracy} instead.")
+
 
 def choose(all_rows: list[Row], pick: Pick, budget_ms: float) -> tuple[Row, str]:
     """The row to export and a sentence saying why; clear errors when there is none."""

@@ -166,7 +166,8 @@ def test_cross_compiled_export_matches_the_profile(tracked_search, tmp_path):
     assert ran[()].stdout.split(" logits")[0] == ran[("--runtime", "onnxruntime")].stdout.split(" logits")[0]
 
 
-def test_export_errors(tracked_search, tmp_path):
+def test_export_errors(tracked_search, tmp_path, capsys):
+    from search.cli import main
     from search.spec import SearchSpace, SearchSpec
     from search.workers import run_search
     from tests.search.conftest import TINY
@@ -189,8 +190,15 @@ def test_export_errors(tracked_search, tmp_path):
     card = export_search("twice", tmp_path / "forced", storage_url=default_storage(runs), runs_dir=runs,
                          register=False, pick=Pick(trial=1, force=True))
     assert "--force" in card["why"] and card["trial"] == 1
-    with pytest.raises(ConfigError, match="No feasible candidate reaches accuracy 1.01"):
-        export_search(spec.name, tmp_path / "z", storage_url=storage, runs_dir=runs, pick=Pick(min_accuracy=1.01))
+    with pytest.raises(ConfigError, match="No feasible candidate reaches accuracy 1"):
+        export_search(spec.name, tmp_path / "z", storage_url=storage, runs_dir=runs, pick=Pick(min_accuracy=1.0))
+    capsys.readouterr()
+    for said in (["1.01"], ["nan"], ["abc"], []):  # one line, exit 2, nothing written
+        assert main(["--runs-dir", str(runs), "export", "--search", spec.name, "--out", str(tmp_path / "w"),
+                     "--no-mlflow", "--pick", "fastest-above-accuracy", *said]) == 2
+        err = capsys.readouterr().err
+        assert "--pick fastest-above-accuracy" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "w").exists()
     full = tmp_path / "full"
     full.mkdir()
     (full / "keep.txt").write_text("mine")
