@@ -21,7 +21,7 @@ from objectives.pareto import OBJECTIVES
 from search.errors import ConfigError
 from search.spec import SearchSpec
 from search.study import (FLOOR_ATTR, Row, best_within_budget, feasible_front, front_hypervolume, search_bounds,
-                          shown_url, stored_trial)
+                          search_state, shown_url, stored_trial)
 
 PARENT_ATTR = "mlflow_parent_run_id"
 TRACKED_ATTR = "mlflow_tracked"  # False when the search's driver last ran without MLflow (--no-mlflow)
@@ -286,16 +286,18 @@ def _row_dict(r: Row) -> dict:
 
 def sync_search(study, spec: SearchSpec, tracking_uri: str, runs_dir: Path) -> int:
     """Log to MLflow every finished trial it is missing (after an outage), and the front; returns how many runs were
-    logged. A search whose driver is still running is left to its driver, which logs its own trials."""
-    from optuna.trial import TrialState
-
+    logged. A search whose driver is still running is left to its driver, which logs its own trials. The search's
+    run ends FINISHED if the search is done, KILLED if it stopped (a driver killed outright left it RUNNING)."""
     from search.study import rows
 
-    if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    state, _ = search_state(study, spec)
+    if state == "running":
         raise ConfigError(f"Search {spec.name!r} is still running; its driver logs its trials to MLflow. "
                           "Sync it once it has finished or stopped.")
     check_tracking(tracking_uri)
     tracker = SearchTracker(spec, study, tracking_uri, runs_dir)
     before = len(tracker.children)
-    tracker.sync(rows(study), finished=True)
+    tracker.sync(rows(study), finished=state == "done")
+    if state == "stopped":
+        tracker.client.set_terminated(tracker.parent_id, "KILLED")
     return len(tracker.children) - before

@@ -131,6 +131,12 @@ def test_resume_reruns_interrupted_candidates_but_not_half_drawn_knobs(tmp_path)
     statuses = {r.info.run_name: r.info.status for r in client.search_runs([tracking.tracker.experiment_id])}
     assert statuses == {"search halfway": "KILLED", f"trial {running.number}": "KILLED",
                         f"trial {half.number}": "KILLED"}
+    # reading a stopped search (status catches MLflow up) does not make its run FINISHED, nor RUNNING again
+    from search.cli import main
+
+    assert main(["--runs-dir", str(tmp_path), "status", "halfway", "--tracking-uri",
+                 default_tracking_uri(tmp_path)]) == 0
+    assert client.get_run(tracking.tracker.parent_id).info.status == "KILLED"
 
 
 @pytest.mark.slow  # ~90 s; by default the PostgreSQL test interrupts and resumes a search from the command line
