@@ -122,6 +122,21 @@ def _make_reproducible(tar_path: Path) -> None:
             tar.addfile(info, io.BytesIO(data))
 
 
+@contextlib.contextmanager
+def _removed_on_failure(out: Path, existed: bool):
+    """An export that fails (its verification, a Ctrl-C) leaves no half-written folder that looks deployable: what it
+    wrote goes, and the folder too if the export made it."""
+    try:
+        yield
+    except BaseException:
+        if existed:
+            for path in out.iterdir():
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        else:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
 def prepare_dir(out: Path, overwrite: bool) -> Path:
     """``out`` resolved and empty: refused if it holds anything, unless ``overwrite``."""
     out = Path(out).resolve()
@@ -238,90 +253,95 @@ def export_search(
         raise ConfigError(f"Trial {row.number} ({reason}) is {precision}, and target {profile.name} has "
                           f"{missing}. Export a trial of a precision {profile.name} runs "
                           f"(--trial N; `edgesearch status {search}` lists them), or search on {profile.name} itself.")
+    existed = Path(out).resolve().exists()
     out = prepare_dir(out, overwrite)
-    dtype = input_dtype(precision).name
-    dataset = load_dataset(spec.dataset)
-    shape = (1, *dataset.sample_shape)
+    with _removed_on_failure(out, existed):
+        dtype = input_dtype(precision).name
+        dataset = load_dataset(spec.dataset)
+        shape = (1, *dataset.sample_shape)
 
-    onnx_path = out / "model.onnx"
-    shutil.copyfile(onnx_src, onnx_path)  # the exact graph that was measured
-    same_target = profile.name == spec.target
-    searched_runtime = load_profile(spec.target).runtime
-    if "tflite-micro" in (profile.runtime, searched_runtime):
-        if not same_target:
-            raise ConfigError(f"Search {search!r} ran on {spec.target} ({searched_runtime}); {profile.name} runs "
-                              f"{profile.runtime}. A TFLite Micro export ships the .tflite its search measured: search "
-                              f"on {profile.name} itself, then export.")
-        card = {**_card_head(search, study, spec, row, trial, reason, profile, tracking_uri),
-                **_ship_tflm(trial, row, out, dataset, profile)}
-        stored = _stored_bytes([out / "model.tflite"], copies=False)  # flashed as is: a copy would save nothing
-        card["metrics"].update(stored["metrics"])
-        card["gzip_copies"] = stored["gzip_copies"]
+        onnx_path = out / "model.onnx"
+        shutil.copyfile(onnx_src, onnx_path)  # the exact graph that was measured
+        same_target = profile.name == spec.target
+        searched_runtime = load_profile(spec.target).runtime
+        if "tflite-micro" in (profile.runtime, searched_runtime):
+            if not same_target:
+                raise ConfigError(f"Search {search!r} ran on {spec.target} ({searched_runtime}); {profile.name} "
+                                  f"runs {profile.runtime}. A TFLite Micro export ships the .tflite its search "
+                                  f"measured: search on {profile.name} itself, then export.")
+            card = {**_card_head(search, study, spec, row, trial, reason, profile, tracking_uri),
+                    **_ship_tflm(trial, row, out, dataset, profile)}
+            stored = _stored_bytes([out / "model.tflite"], copies=False)  # flashed as is: a copy would save nothing
+            card["metrics"].update(stored["metrics"])
+            card["gzip_copies"] = stored["gzip_copies"]
+            return _write_card(card, out, search, tracking_uri, register)
+        # what the search's shipping stage measured ships: its TVM target (tuned for this CPU, same records) and runtime
+        shipped = row.shipped if same_target else None
+        build_target = (shipped.get("target") if shipped else None) or (
+            host_build_target(profile, precision) if profile.backend == "local" else profile.tvm_target)
+        runtime = shipped["runtime"] if shipped else "tvm"
+        cross = "mtriple" in build_target
+        library = out / ("model.tar" if cross else "model.so")
+        tuning_cache = Path(runs_dir) / "tuning"
+        artifact = compile_tvm(onnx_path, build_target, library, shape, dtype, cache_dir=tuning_cache)
+        if cross:
+            _make_reproducible(library)
+        machines = elf_machines(library)
+        if machines != {expected_machine(build_target)}:
+            raise VerificationError(f"{library.name} holds {sorted(machines)} code, but target {profile.name} needs "
+                                    f"{expected_machine(build_target)}.")
+        # Timed before the verification below runs TVM: the runtime's thread pool reads its size once per process.
+        # Another target than the search's is measured (or emulated) here: its figures replace the search's.
+        remeasured = _remeasure(artifact, onnx_path, precision, dataset.x_val[:1].astype(dtype), profile,
+                                runtime, suffix="_at_export" if same_target else "") \
+            if profile.backend == "local" or (not same_target and profile.backend == "emulated") else {}
+        if precision.startswith("int8") and profile.backend == "local":
+            int8_vs_fp32 = _int8_against_fp32(row, spec, dataset, profile, build_target, runtime,
+                                              (artifact.library, onnx_path), tuning_cache)
+        else:
+            int8_vs_fp32 = None
+        records = tuning_dir(tuning_cache, build_target)
+        record_file = records / "database_tuning_record.json"
+        if record_file.is_file() and record_file.stat().st_size:
+            (out / "tuning_records").mkdir()  # only where there are records: an untuned build has none to ship
+            for name in ("database_workload.json", "database_tuning_record.json"):
+                shutil.copyfile(records / name, out / "tuning_records" / name)
+        (out / "predict.py").write_text(PREDICT_PY)
+
+        # Verification: the shipped ONNX and a host build must reproduce the recorded test accuracies exactly.
+        # what the TVM build and onnxruntime each scored; a candidate shipped on onnxruntime records its score as its
+        # own
+        tvm_key = "accuracy_test_search" if shipped and shipped["option"] == "onnxruntime" else "accuracy_test"
+        recorded_tvm, recorded_ort = row.value(tvm_key), row.value("accuracy_test_onnxruntime")
+        got_ort = accuracy(predict_onnx(ort_session(onnx_path), dataset.x_test, dtype), dataset.y_test)
+        host_lib = library if not cross else out / ".verify_host.so"
+        if cross:
+            compile_tvm(onnx_path, host_build_target(profile, precision), host_lib, shape, dtype,
+                        cache_dir=tuning_cache)
+        got_tvm = accuracy(predict_tvm(str(host_lib), dataset.x_test, dtype), dataset.y_test)
+        if cross:
+            host_lib.unlink()
+        verification = {"onnxruntime_test_accuracy": got_ort, "recorded_onnxruntime_test_accuracy": recorded_ort,
+                        "tvm_host_test_accuracy": got_tvm, "recorded_tvm_test_accuracy": recorded_tvm,
+                        "library_architecture": sorted(machines)}
+        if got_ort != recorded_ort or got_tvm != recorded_tvm:
+            raise VerificationError(f"exported artifacts do not reproduce the recorded accuracy: {verification}")
+
+        card = _card_head(search, study, spec, row, trial, reason, profile, tracking_uri,
+                          searched=("latency_ms_median", "latency_ms_p90", "energy_mj") if same_target else ())
+        stored = _stored_bytes([onnx_path, library], copies=True)
+        card["metrics"].update({**remeasured, **stored["metrics"]})
+        card.update({
+            "gzip_copies": stored["gzip_copies"],
+            "runtime": runtime, "tvm_target": build_target,
+            # every runtime the shipping stage timed side by side (p90 and median ms); the fastest ships unless forced
+            "runtime_figures": shipped["figures"] if shipped else None,
+            "runtime_forced": bool(shipped and shipped.get("forced")),
+            "input": {"shape": list(shape), "dtype": dtype, "layout": input_layout(shape, dataset.sample_shape)},
+            "verification": verification,
+            "int8_against_fp32": int8_vs_fp32,
+        })
         return _write_card(card, out, search, tracking_uri, register)
-    # what the search's shipping stage measured ships: its TVM target (tuned for this CPU, same records) and runtime
-    shipped = row.shipped if same_target else None
-    build_target = (shipped.get("target") if shipped else None) or (
-        host_build_target(profile, precision) if profile.backend == "local" else profile.tvm_target)
-    runtime = shipped["runtime"] if shipped else "tvm"
-    cross = "mtriple" in build_target
-    library = out / ("model.tar" if cross else "model.so")
-    tuning_cache = Path(runs_dir) / "tuning"
-    artifact = compile_tvm(onnx_path, build_target, library, shape, dtype, cache_dir=tuning_cache)
-    if cross:
-        _make_reproducible(library)
-    machines = elf_machines(library)
-    if machines != {expected_machine(build_target)}:
-        raise VerificationError(f"{library.name} holds {sorted(machines)} code, but target {profile.name} needs "
-                                f"{expected_machine(build_target)}.")
-    # Timed before the verification below runs TVM: the runtime's thread pool reads its size once per process.
-    # Another target than the search's is measured (or emulated) here: its figures replace the search's.
-    remeasured = _remeasure(artifact, onnx_path, precision, dataset.x_val[:1].astype(dtype), profile,
-                            runtime, suffix="_at_export" if same_target else "") \
-        if profile.backend == "local" or (not same_target and profile.backend == "emulated") else {}
-    if precision.startswith("int8") and profile.backend == "local":
-        int8_vs_fp32 = _int8_against_fp32(row, spec, dataset, profile, build_target, runtime,
-                                          (artifact.library, onnx_path), tuning_cache)
-    else:
-        int8_vs_fp32 = None
-    records = tuning_dir(tuning_cache, build_target)
-    if (records / "database_tuning_record.json").is_file() and (records / "database_tuning_record.json").stat().st_size:
-        (out / "tuning_records").mkdir()  # only where there are records: an untuned build has none to ship
-        for name in ("database_workload.json", "database_tuning_record.json"):
-            shutil.copyfile(records / name, out / "tuning_records" / name)
-    (out / "predict.py").write_text(PREDICT_PY)
-
-    # Verification: the shipped ONNX and a host build must reproduce the recorded test accuracies exactly.
-    # what the TVM build and onnxruntime each scored; a candidate shipped on onnxruntime records its score as its own
-    tvm_key = "accuracy_test_search" if shipped and shipped["option"] == "onnxruntime" else "accuracy_test"
-    recorded_tvm, recorded_ort = row.value(tvm_key), row.value("accuracy_test_onnxruntime")
-    got_ort = accuracy(predict_onnx(ort_session(onnx_path), dataset.x_test, dtype), dataset.y_test)
-    host_lib = library if not cross else out / ".verify_host.so"
-    if cross:
-        compile_tvm(onnx_path, host_build_target(profile, precision), host_lib, shape, dtype, cache_dir=tuning_cache)
-    got_tvm = accuracy(predict_tvm(str(host_lib), dataset.x_test, dtype), dataset.y_test)
-    if cross:
-        host_lib.unlink()
-    verification = {"onnxruntime_test_accuracy": got_ort, "recorded_onnxruntime_test_accuracy": recorded_ort,
-                    "tvm_host_test_accuracy": got_tvm, "recorded_tvm_test_accuracy": recorded_tvm,
-                    "library_architecture": sorted(machines)}
-    if got_ort != recorded_ort or got_tvm != recorded_tvm:
-        raise VerificationError(f"exported artifacts do not reproduce the recorded accuracy: {verification}")
-
-    card = _card_head(search, study, spec, row, trial, reason, profile, tracking_uri,
-                      searched=("latency_ms_median", "latency_ms_p90", "energy_mj") if same_target else ())
-    stored = _stored_bytes([onnx_path, library], copies=True)
-    card["metrics"].update({**remeasured, **stored["metrics"]})
-    card.update({
-        "gzip_copies": stored["gzip_copies"],
-        "runtime": runtime, "tvm_target": build_target,
-        # every runtime the shipping stage timed side by side (p90 and median ms); the fastest ships unless forced
-        "runtime_figures": shipped["figures"] if shipped else None,
-        "runtime_forced": bool(shipped and shipped.get("forced")),
-        "input": {"shape": list(shape), "dtype": dtype, "layout": input_layout(shape, dataset.sample_shape)},
-        "verification": verification,
-        "int8_against_fp32": int8_vs_fp32,
-    })
-    return _write_card(card, out, search, tracking_uri, register)
 
 
 STORED_KINDS = {".onnx": "onnx", ".so": "library", ".tar": "library", ".tflite": "tflite"}

@@ -199,6 +199,26 @@ def test_export_errors(tracked_search, tmp_path, capsys):
         err = capsys.readouterr().err
         assert "--pick fastest-above-accuracy" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "w").exists()
+    # artifacts changed since the search (a file overwritten on disk): the export fails its verification and leaves
+    # no half-written folder that looks deployable
+    import onnx
+    from onnx import numpy_helper
+
+    from search.export import VerificationError
+
+    graph = Path(trials[0].user_attrs["artifacts"]["onnx"])
+    kept = graph.read_bytes()
+    try:
+        model = onnx.load(graph)
+        for init in model.graph.initializer:
+            if init.data_type == onnx.TensorProto.FLOAT:
+                init.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(init), init.name))
+        onnx.save(model, graph)
+        with pytest.raises(VerificationError, match="do not reproduce the recorded accuracy"):
+            export_search("twice", tmp_path / "tampered", storage_url=storage, runs_dir=runs, register=False)
+        assert not (tmp_path / "tampered").exists()
+    finally:
+        graph.write_bytes(kept)
     full = tmp_path / "full"
     full.mkdir()
     (full / "keep.txt").write_text("mine")
