@@ -272,7 +272,10 @@ def driving(study: optuna.Study, claim: bool = False):
 def live_driver(study: optuna.Study) -> dict[str, Any] | None:
     """The driver running ``study``, or None. On its own machine a driver is alive while its process is; seen from
     another, while it beat within ``DRIVER_LOST_S`` (so clocks must agree to within about that)."""
-    mark = study.user_attrs.get(DRIVER_ATTR)
+    return _alive(study.user_attrs.get(DRIVER_ATTR))
+
+
+def _alive(mark: dict[str, Any] | None) -> dict[str, Any] | None:
     if not mark or time.time() - mark["seen"] > DRIVER_LOST_S:
         return None
     if mark["host"] == socket.gethostname():
@@ -316,14 +319,15 @@ def search_state(study: optuna.Study, spec: SearchSpec) -> tuple[str, str]:
     """Where a stored search stands, as (state, detail): running (its driver is at work), stopped (short of its
     trial budget or of its shipping stage, with no driver running it) or done."""
     running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-    driven = DRIVER_ATTR not in study.user_attrs or live_driver(study)  # searches from before the beat: trust them
+    attrs = study.user_attrs  # one read of the storage
+    driven = DRIVER_ATTR not in attrs or _alive(attrs[DRIVER_ATTR])  # searches from before the beat: trust them
     if driven and running:
         return "running", f"{running} trial(s) in progress"
-    if driven and study.user_attrs.get(SHIPPING_ATTR) == "running":
+    if driven and attrs.get(SHIPPING_ATTR) == "running":
         return "running", "its shipping stage is timing the front for what ships"
     lost = ""
     if running:
-        seen = (study.user_attrs.get(DRIVER_ATTR) or {}).get("seen")
+        seen = (attrs.get(DRIVER_ATTR) or {}).get("seen")
         lost = ("; its driver stopped without a word"
                 + (f" (last seen {datetime.fromtimestamp(seen):%Y-%m-%d %H:%M:%S})" if seen else "")
                 + f", so the {running} trial(s) it was running start again on a resume")
@@ -575,7 +579,8 @@ def stage_picks(study: optuna.Study, budget_ms: float) -> list[Row]:
     already: a resumed stage goes on with the candidates it had picked, not only with those that an untuned figure
     still puts near candidates shipped tuned."""
     searched = [Row.from_trial(t) for t in study.get_trials(deepcopy=False, states=FINISHED_STATES)]
-    return [r for r in shipping_picks(searched, budget_ms) if f"{SHIPPED_PREFIX}{r.number}" not in study.user_attrs]
+    attrs = study.user_attrs  # one read of the storage, not one per pick
+    return [r for r in shipping_picks(searched, budget_ms) if f"{SHIPPED_PREFIX}{r.number}" not in attrs]
 
 
 def shipping_order(study: optuna.Study, budget_ms: float, queue: list[Row],
