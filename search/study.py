@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import optuna
+import psutil
 from optuna.trial import FrozenTrial, TrialState
 
 from objectives.pareto import OBJECTIVES, non_dominated, normalised_hypervolume
@@ -226,14 +227,15 @@ HALVING_ETA = 3  # successive halving: a third of the epochs at the first rung, 
 ASKS_PER_TRIAL = 5  # at most this many candidates asked per trial of budget (screened ones cost nothing)
 
 
-DRIVER_ATTR = "driver"  # {"host", "pid", "seen"} while a driver runs the search; None once it ended
+DRIVER_ATTR = "driver"  # {"host", "pid", "started", "seen"} while a driver runs the search; None once it ended
 DRIVER_BEAT_S = 30.0
 DRIVER_LOST_S = 180.0  # no beat for this long: the driver was killed outright, or its machine went down
 CLAIM_SETTLE_S = 1.0  # two resumes that both found no driver: each writes its mark, the later one stands
 
 
 def _driver_mark() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "seen": time.time()}
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": psutil.Process().create_time(),
+            "seen": time.time()}
 
 
 @contextmanager
@@ -280,11 +282,13 @@ def _alive(mark: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     if mark["host"] == socket.gethostname():
         try:
-            os.kill(mark["pid"], 0)
-        except ProcessLookupError:
+            started = psutil.Process(mark["pid"]).create_time()
+        except psutil.NoSuchProcess:
             return None
-        except PermissionError:  # another user's process: it exists
-            pass
+        except psutil.AccessDenied:  # another user's process: it exists
+            return mark
+        if "started" in mark and abs(started - mark["started"]) > 1.0:
+            return None  # the pid was reused by a process started after the driver died
     return mark
 
 

@@ -265,8 +265,10 @@ def test_list_reads_a_storage_shared_with_other_tools_in_one_pass(tmp_path, caps
 def test_a_driver_killed_outright_is_told_from_a_running_one(tmp_path, capsys, monkeypatch):
     """A driver beats while it runs. One still alive keeps its search "running" and refuses a second driver (a
     resume would re-queue its trials under it); one killed outright (SIGKILL, no cleanup) leaves it "stopped", with
-    the resume command."""
+    the resume command. A driver's pid reused by a later process does not keep it alive."""
     import socket
+
+    import psutil
 
     import search.study as study_module
     from search.cli import main
@@ -288,7 +290,11 @@ def test_a_driver_killed_outright_is_told_from_a_running_one(tmp_path, capsys, m
     assert load_study("beating", storage).user_attrs[DRIVER_ATTR] is None  # ended: no driver
     other = subprocess.Popen(["sleep", "600"])  # another driver of the same search, on this machine
     try:
-        study.set_user_attr(DRIVER_ATTR, {"host": socket.gethostname(), "pid": other.pid, "seen": time.time()})
+        mark = {"host": socket.gethostname(), "pid": other.pid, "seen": time.time()}
+        # the driver's pid now taken by a process started after it: the driver is gone
+        study.set_user_attr(DRIVER_ATTR, {**mark, "started": psutil.Process(other.pid).create_time() - 60})
+        assert search_state(study, spec)[0] == "stopped"
+        study.set_user_attr(DRIVER_ATTR, {**mark, "started": psutil.Process(other.pid).create_time()})
         assert search_state(study, spec) == ("running", "1 trial(s) in progress")
         capsys.readouterr()
         assert main(["--runs-dir", str(tmp_path), "submit", "--name", "beating", "--resume", "--no-mlflow"]) == 2
