@@ -594,7 +594,9 @@ def model_card_markdown(card: dict) -> str:
              + (" - p90 ms timed side by side after the search: " + ", ".join(
                  f"{k} {v['latency_ms_p90']:.4g}" for k, v in card["runtime_figures"].items())
                 if card.get("runtime_figures") else ""),
-             f"- MLflow run: `{card['mlflow_run_id']}`", "", "| figure | value | unit | provenance |",
+             (f"- MLflow run: `{card['mlflow_run_id']}`" if card.get("mlflow_run_id")
+              else "- MLflow run: none (exported without MLflow, or the trial was never logged to it)"),
+             "", "| figure | value | unit | provenance |",
              "|---|---|---|---|"]
     for name, m in card["metrics"].items():
         lines.append(f"| {name} | {m['value']:.6g} | {m['unit']} | {m['provenance']} |")

@@ -52,6 +52,7 @@ def test_export_writes_the_deployable_folder(exported):
     assert card["runtime"] == fastest.split("-")[0]
     assert card["metrics"]["latency_ms_p90"]["value"] == figures[fastest]["latency_ms_p90"]
     assert f"runtime: {card['runtime']}" in (out / "MODEL_CARD.md").read_text()
+    assert card["mlflow_run_id"] and f"MLflow run: `{card['mlflow_run_id']}`" in (out / "MODEL_CARD.md").read_text()
     # digits are images, read channel-first: the card says the order the shipped model takes its input in
     assert card["input"]["shape"] == [1, 1, 8, 8] and card["input"]["layout"] == "NCHW"
     assert json.loads((out / "model_card.json").read_text())["trial"] == card["trial"]

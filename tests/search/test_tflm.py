@@ -111,6 +111,8 @@ def test_the_export_is_something_a_board_can_flash(m4_search, digits, tmp_path, 
     assert card["tflm"]["arena_bytes_aligned"] % 16 == 0 and "AddConv2D" in program and "tflm" in card
     assert "TFLite Micro interpreter" in (out / "MODEL_CARD.md").read_text()
     assert "build and flash it with the board's toolchain" in (out / "MODEL_CARD.md").read_text()
+    assert card["mlflow_run_id"] is None and "MLflow run: none (exported without MLflow" in (
+        out / "MODEL_CARD.md").read_text()
     assert card["input"]["layout"] in ("NCHW", "NHWC")  # whichever order the converter left, named
 
 
