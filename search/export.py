@@ -337,7 +337,7 @@ def export_search(
             # every runtime the shipping stage timed side by side (p90 and median ms); the fastest ships unless forced
             "runtime_figures": shipped["figures"] if shipped else None,
             "runtime_forced": bool(shipped and shipped.get("forced")),
-            "input": {"shape": list(shape), "dtype": dtype, "layout": input_layout(shape, dataset.sample_shape)},
+            "input": {"shape": list(shape), "dtype": dtype, "layout": input_layout(dataset.sample_shape)},
             "verification": verification,
             "int8_against_fp32": int8_vs_fp32,
         })
@@ -467,7 +467,9 @@ def _ship_tflm(trial, row: Row, out: Path, dataset, profile) -> dict:
     import numpy as np
 
     from objectives.accuracy import accuracy
-    from search.stages.tflite import ARENA_ALIGNMENT, arena_bytes, c_array, interpreter, op_names, predict_tflm
+    from search.stages.tflite import (
+        ARENA_ALIGNMENT, arena_bytes, c_array, interpreter, op_names, predict_tflm, takes_channels_last,
+    )
 
     src = Path((trial.user_attrs.get("artifacts") or {}).get("tflite", ""))
     if not src.is_file():
@@ -483,8 +485,10 @@ def _ship_tflm(trial, row: Row, out: Path, dataset, profile) -> dict:
     details = interpreter(tflite).get_input_details(0)
     integer = np.issubdtype(details["dtype"], np.integer)
     quant = details["quantization_parameters"]
+    layout = input_layout(dataset.sample_shape, takes_channels_last(details["shape"], dataset.sample_shape))
     note = (f"int8, q = round(x / {float(quant['scales'][0]):.8g}) + {int(quant['zero_points'][0])}" if integer
-            else "float32, as in training")
+            else "float32, as in training") + f"; {[int(d) for d in details['shape']]} in {layout} order" + (
+        " (channel-last: a camera's or an interleaved sensor's buffer as it comes)" if layout.endswith("C") else "")
     registrations = "\n".join(f"  resolver.{_RESOLVER[op]}();" if op in _RESOLVER
                                else f"  // {op}: register it (no MicroMutableOpResolver method known to edgesearch)"
                                for op in ops)
@@ -502,20 +506,15 @@ def _ship_tflm(trial, row: Row, out: Path, dataset, profile) -> dict:
     return {"runtime": "tflite-micro", "tflm": {"arena_bytes": arena, "arena_bytes_aligned": aligned, "ops": ops,
                                                  "input_dtype": str(np.dtype(details["dtype"]))},
             "input": {"shape": [int(d) for d in details["shape"]], "dtype": str(np.dtype(details["dtype"])),
-                      "layout": input_layout(details["shape"], dataset.sample_shape)},
+                      "layout": layout},
             "verification": verification}
 
 
-def input_layout(shape, sample_shape: tuple[int, ...]) -> str:
+def input_layout(sample_shape: tuple[int, ...], channels_last: bool = False) -> str:
     """The order of the shipped model's input axes (N, C channels, L length, H height, W width): channel-first as
-    edgesearch reads data, whatever order the user's archive had (its ``layout``), unless a converter moved C last."""
+    edgesearch reads data, whatever order the user's archive had (its ``layout``), unless the model moved C last."""
     first = "NCL" if len(sample_shape) == 2 else "NCHW"
-    dims = tuple(int(d) for d in shape[1:])
-    if dims == tuple(sample_shape):
-        return first
-    if dims == (*sample_shape[1:], sample_shape[0]):
-        return first.replace("C", "") + "C"
-    return "?"
+    return first.replace("C", "") + "C" if channels_last else first
 
 
 def _remeasure(artifact, onnx_path: Path, precision: str, sample, profile, runtime: str, suffix: str) -> dict:

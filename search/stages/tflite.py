@@ -212,12 +212,15 @@ def arena_bytes(path: Path) -> int:
 
 
 def predict_tflm(path: Path, x: np.ndarray, arena: int | None = None) -> np.ndarray:
-    """Class predictions of the ``.tflite`` in the TFLM interpreter, one sample at a time; int8 inputs are
-    quantised with the model's own input scale and zero point, as the device code does."""
+    """Class predictions of the ``.tflite`` in the TFLM interpreter for channel-first samples ``x`` (as edgesearch
+    reads data), given in the order the model takes, one at a time; int8 inputs are quantised with the model's own
+    input scale and zero point, as the device code does."""
     it = interpreter(path, arena)
     details = it.get_input_details(0)
     dtype = details["dtype"]
     quant = details["quantization_parameters"]
+    if takes_channels_last(details["shape"], x.shape[1:]):
+        x = np.moveaxis(x, 1, -1)
     out = []
     for sample in x:
         sample = sample[None]
@@ -229,6 +232,12 @@ def predict_tflm(path: Path, x: np.ndarray, arena: int | None = None) -> np.ndar
         it.invoke()
         out.append(int(np.argmax(it.get_output(0).reshape(-1))))
     return np.asarray(out)
+
+
+def takes_channels_last(shape, sample_shape: tuple[int, ...]) -> bool:
+    """Whether a model with input ``shape`` takes channel-first samples of ``sample_shape`` channel-last, as every
+    .tflite converted here does (those converted before took them channel-first)."""
+    return tuple(int(d) for d in shape[1:]) == (*sample_shape[1:], sample_shape[0])
 
 
 def c_array(path: Path, name: str = "g_model") -> tuple[str, str]:

@@ -113,7 +113,9 @@ def test_the_export_is_something_a_board_can_flash(m4_search, digits, tmp_path, 
     assert "build and flash it with the board's toolchain" in (out / "MODEL_CARD.md").read_text()
     assert card["mlflow_run_id"] is None and "MLflow run: none (exported without MLflow" in (
         out / "MODEL_CARD.md").read_text()
-    assert card["input"]["layout"] in ("NCHW", "NHWC")  # whichever order the converter left, named
+    # channel-last, as TFLite computes: no layout change on the device
+    assert card["input"] == {"shape": [1, 8, 8, 1], "dtype": card["tflm"]["input_dtype"], "layout": "NHWC"}
+    assert "[1, 8, 8, 1] in NHWC order" in program and not {"TRANSPOSE", "RESHAPE"} & set(card["tflm"]["ops"])
 
 
 @pytest.mark.slow  # a second Cortex-M4 search; TFLite Micro runs by default in the test above
@@ -160,3 +162,46 @@ def test_a_worker_keeps_its_converter_and_replaces_one_that_died(digits, tmp_pat
     os.kill(pid, signal.SIGKILL)
     error = tflite._convert_program(tmp_path / "missing.pt2", tmp_path / "x.tflite", "fp32", tmp_path / "missing.npy")
     assert "missing.pt2" in error and tflite._converters[converter_python()].proc.pid != pid
+
+
+def expected_classes(model, x) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).argmax(1).numpy()
+
+
+def test_the_tflite_takes_a_frame_channel_last_as_a_camera_gives_it(tmp_path):
+    """A 3-channel image model converted for TFLite Micro takes (1, H, W, C), the order TFLite computes in: the
+    device runs no TRANSPOSE and holds no second copy of the input, and its answer on a frame as it comes from the
+    camera is the torch model's on the same frame."""
+    import torch
+
+    from search.candidate import Candidate
+    from search.data import load_npz
+    from search.models import build_model
+    from search.stages.tflite import convert_tflite, op_names
+
+    rng = np.random.default_rng(0)
+    frames = rng.normal(size=(40, 12, 12, 3)).astype(np.float32)  # height, width, channel
+    labels = np.arange(40) % 4
+    np.savez(tmp_path / "cam.npz", x_train=frames[:32], y_train=labels[:32], x_test=frames[32:], y_test=labels[32:],
+             layout="NHWC")
+    data = load_npz(tmp_path / "cam.npz")
+    model = build_model(data.sample_shape, data.num_classes, 0.5).eval()
+    path = convert_tflite(model, Candidate(precision="fp32", width=0.5, budget=TINY), data, tmp_path / "m.tflite")
+    assert "TRANSPOSE" not in op_names(path)
+    it = interpreter(path)
+    assert [int(d) for d in it.get_input_details(0)["shape"]] == [1, 12, 12, 3]
+    for frame in frames[32:]:
+        it.set_input(frame[None], 0)
+        it.invoke()
+        with torch.no_grad():
+            expected = model(torch.from_numpy(np.ascontiguousarray(np.moveaxis(frame, -1, 0))[None])).numpy()
+        np.testing.assert_allclose(it.get_output(0).reshape(-1), expected.reshape(-1), rtol=1e-4, atol=1e-5)
+    assert (predict_tflm(path, data.x_test) == expected_classes(model, data.x_test)).all()
+    # fully integer int8 too: calibrated on the frames in the order it takes them
+    path = convert_tflite(model, Candidate(precision="int8-ptq", width=0.5, budget=TINY), data, tmp_path / "q.tflite")
+    details = interpreter(path).get_input_details(0)
+    assert [int(d) for d in details["shape"]] == [1, 12, 12, 3] and np.dtype(details["dtype"]) == np.int8
+    assert "TRANSPOSE" not in op_names(path)
