@@ -435,15 +435,21 @@ MAIN_CC = """// A minimal TensorFlow Lite Micro program for the exported model (
 constexpr int kTensorArenaSize = {arena_aligned};
 alignas(16) static uint8_t tensor_arena[kTensorArenaSize];
 
+// One input of the model: {input_note}.
+constexpr int kInputLength = {input_length};
+
+// The class of one input, or -1 if the interpreter fails, -2 if input_len is not kInputLength.
 int classify(const {input_c_type}* input, int input_len) {{
+  if (input_len != kInputLength) return -2;
   const tflite::Model* model = tflite::GetModel(g_model);
   static tflite::MicroMutableOpResolver<{op_count}> resolver;
 {registrations}
   static tflite::MicroInterpreter interpreter(model, resolver, tensor_arena, kTensorArenaSize);
-  if (interpreter.AllocateTensors() != kTfLiteOk) return -1;
+  // once, at the first call, as TFLM's examples do in setup(): the arena holds one allocation
+  static const bool allocated = interpreter.AllocateTensors() == kTfLiteOk;
+  if (!allocated) return -1;
   TfLiteTensor* in = interpreter.input(0);
-  // input: {input_note}
-  for (int i = 0; i < input_len; ++i) in->data.{input_field}[i] = input[i];
+  for (int i = 0; i < kInputLength; ++i) in->data.{input_field}[i] = input[i];
   if (interpreter.Invoke() != kTfLiteOk) return -1;
   TfLiteTensor* out = interpreter.output(0);
   int best = 0;
@@ -495,7 +501,7 @@ def _ship_tflm(trial, row: Row, out: Path, dataset, profile) -> dict:
     (out / "main.cc").write_text(MAIN_CC.format(
         kernels="ESP-NN" if profile.name.startswith("esp32") else "CMSIS-NN", arena=arena,
         arena_aligned=aligned, input_c_type="int8_t" if integer else "float", op_count=len(ops),
-        registrations=registrations, input_note=note, input_field="int8" if integer else "f",
+        registrations=registrations, input_note=note, input_length=int(np.prod(details["shape"])), input_field="int8" if integer else "f",
         output_field="int8" if integer else "f"))
     got = accuracy(predict_tflm(tflite, dataset.x_test), dataset.y_test)
     recorded, recorded_arena = row.value("accuracy_test"), row.value("tflm_arena_bytes")

@@ -115,6 +115,9 @@ def test_the_export_is_something_a_board_can_flash(m4_search, digits, tmp_path, 
         out / "MODEL_CARD.md").read_text()
     # channel-last, as TFLite computes: no layout change on the device
     assert card["input"] == {"shape": [1, 8, 8, 1], "dtype": card["tflm"]["input_dtype"], "layout": "NHWC"}
+    # the sketch takes exactly one input and allocates the arena once, however often it is called
+    assert "constexpr int kInputLength = 64;" in program and "if (input_len != kInputLength) return -2;" in program
+    assert program.count("AllocateTensors()") == 1 and "static const bool allocated" in program
     assert "[1, 8, 8, 1] in NHWC order" in program and not {"TRANSPOSE", "RESHAPE"} & set(card["tflm"]["ops"])
 
 
