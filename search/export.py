@@ -492,7 +492,8 @@ def _ship_tflm(trial, row: Row, out: Path, dataset, profile) -> dict:
     integer = np.issubdtype(details["dtype"], np.integer)
     quant = details["quantization_parameters"]
     layout = input_layout(dataset.sample_shape, takes_channels_last(details["shape"], dataset.sample_shape))
-    note = (f"int8, q = round(x / {float(quant['scales'][0]):.8g}) + {int(quant['zero_points'][0])}" if integer
+    zero = int(quant["zero_points"][0]) if integer else 0
+    note = (f"int8, q = round(x / {float(quant['scales'][0]):.8g}) {'-' if zero < 0 else '+'} {abs(zero)}" if integer
             else "float32, as in training") + f"; {[int(d) for d in details['shape']]} in {layout} order" + (
         " (channel-last: a camera's or an interleaved sensor's buffer as it comes)" if layout.endswith("C") else "")
     registrations = "\n".join(f"  resolver.{_RESOLVER[op]}();" if op in _RESOLVER

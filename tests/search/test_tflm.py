@@ -118,6 +118,8 @@ def test_the_export_is_something_a_board_can_flash(m4_search, digits, tmp_path, 
     # the sketch takes exactly one input and allocates the arena once, however often it is called
     assert "constexpr int kInputLength = 64;" in program and "if (input_len != kInputLength) return -2;" in program
     assert program.count("AllocateTensors()") == 1 and "static const bool allocated" in program
+    if card["tflm"]["input_dtype"] == "int8":  # how to quantise the input, with the model's own scale and zero
+        assert re.search(r"int8, q = round\(x / [0-9.e-]+\) [+-] [0-9]+;", program)
     assert "[1, 8, 8, 1] in NHWC order" in program and not {"TRANSPOSE", "RESHAPE"} & set(card["tflm"]["ops"])
 
 
