@@ -161,9 +161,10 @@ def _mlflow_run_id(tracking_uri: str | None, search: str, trial: int) -> str | N
     return runs[0].info.run_id if runs else None
 
 
-PREDICT_PY = '''"""Classify one input with the exported model, in the runtime the model card ships it with.
+PREDICT_PY = '''"""Classify inputs with the exported model, in the runtime the model card ships it with.
 
-python predict.py [input.npy] [--runtime onnxruntime|tvm]. TVM runs model.so, or model.tar on the board it was
+python predict.py [input.npy] [--runtime onnxruntime|tvm]. input.npy holds one sample or a batch of them, in the
+axis order the model card's input layout names. TVM runs model.so, or model.tar on the board it was
 built for (linked there on first use: TVM needs a C compiler for that); elsewhere, and with model.onnx or
 model.onnx.gz alone, onnxruntime runs the same graph.
 """
@@ -185,7 +186,7 @@ machine = "arm" if machine.startswith("armv") else machine
 runs_here = library is not None and (not built_for or machine in built_for)
 shipped = "tvm" if card.get("runtime") == "tvm" and runs_here else "onnxruntime"
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("input", nargs="?", help=".npy file of one sample (zeros if left out)")
+parser.add_argument("input", nargs="?", help=".npy file of one sample or a batch (N, ...) (zeros if left out)")
 parser.add_argument("--runtime", choices=["onnxruntime", "tvm"], default=shipped, help=f"[default: {shipped}]")
 args = parser.parse_args()
 if card.get("runtime") == "tvm" and library is not None and not runs_here and args.runtime == "onnxruntime":
@@ -215,9 +216,20 @@ else:
     shape = [d if isinstance(d, int) else 1 for d in inp.shape]
     dtype = np.dtype(np.float16 if "float16" in inp.type else np.float32)
     run = lambda x: session.run(None, {inp.name: x})[0]
-x = np.load(args.input).astype(dtype).reshape(shape) if args.input else np.zeros(shape, dtype)
-logits = run(np.ascontiguousarray(x))
-print("class", int(np.argmax(logits)), "logits", np.round(logits.astype(np.float64), 3).tolist(), f"({args.runtime})")
+sample = tuple(shape[1:])
+x = np.load(args.input) if args.input else np.zeros(shape, dtype)
+if x.shape == sample:
+    x = x[None]
+if x.shape[1:] != sample:
+    layout = (card.get("input") or {}).get("layout", "channel-first")
+    order = (f"; if its axes are in another order, np.moveaxis them to {layout}"
+             if sorted(x.shape[-len(sample):]) == sorted(sample) else "")
+    parser.error(f"{args.input} holds an array of shape {x.shape}; the model takes samples of shape {sample} "
+                 f"({layout}), one sample or a batch (N, {', '.join(map(str, sample))}){order}")
+for i, one in enumerate(x.astype(dtype)):  # one at a time: the model is built for batch 1, as on the device
+    logits = run(np.ascontiguousarray(one[None]))
+    print(*(["sample", i] if len(x) > 1 else []), "class", int(np.argmax(logits)), "logits",
+          np.round(logits.astype(np.float64), 3).tolist(), f"({args.runtime})")
 '''
 
 

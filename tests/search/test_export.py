@@ -71,6 +71,27 @@ def test_export_writes_the_deployable_folder(exported):
         assert done.returncode == 0 and done.stdout.startswith("class "), done.stderr
         assert done.stdout.rstrip().endswith(f"({card['runtime'] if runtime == 'shipped' else runtime})")
     run = runs["onnxruntime"]
+    # a batch of test samples, each classified as onnxruntime classifies it; an array in another axis order is
+    # refused with what to do, not reshaped into nonsense
+    import numpy as np
+    import onnxruntime as ort
+
+    from search.data import load_dataset
+
+    batch = load_dataset("digits").x_test[:3]
+    np.save(out.parent / "batch.npy", batch)
+    np.save(out.parent / "hwc.npy", np.moveaxis(batch, 1, -1))
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    inp = session.get_inputs()[0]
+    dtype = np.float16 if "float16" in inp.type else np.float32
+    expected = [int(session.run(None, {inp.name: x[None].astype(dtype)})[0].argmax()) for x in batch]
+    many = subprocess.run([sys.executable, "predict.py", str(out.parent / "batch.npy"), "--runtime", "onnxruntime"],
+                          cwd=out, capture_output=True, text=True, timeout=120)
+    assert [line.split()[:4] for line in many.stdout.splitlines()] == [
+        ["sample", str(i), "class", str(k)] for i, k in enumerate(expected)], many.stderr
+    wrong = subprocess.run([sys.executable, "predict.py", str(out.parent / "hwc.npy")], cwd=out, capture_output=True,
+                           text=True, timeout=120)
+    assert wrong.returncode == 2 and "np.moveaxis them to NCHW" in wrong.stderr and not wrong.stdout
     # each model file gzip-compressed beside it, to send: what GNU gzip makes of it (deflates differ a bit)
     markdown = (out / "MODEL_CARD.md").read_text()
     for name, kind in (("model.onnx", "onnx"), ("model.so", "library")):
