@@ -514,7 +514,8 @@ def _ship_tflm(trial, row: Row, out: Path, dataset, profile) -> dict:
     (out / "main.cc").write_text(MAIN_CC.format(
         kernels="ESP-NN" if profile.name.startswith("esp32") else "CMSIS-NN", arena=arena,
         arena_aligned=aligned, input_c_type="int8_t" if integer else "float", op_count=len(ops),
-        registrations=registrations, input_note=note, input_length=int(np.prod(details["shape"])), input_field="int8" if integer else "f",
+        registrations=registrations, input_note=note, input_length=int(np.prod(details["shape"])),
+        input_field="int8" if integer else "f",
         output_field="int8" if integer else "f"))
     got = accuracy(predict_tflm(tflite, dataset.x_test), dataset.y_test)
     recorded, recorded_arena = row.value("accuracy_test"), row.value("tflm_arena_bytes")

@@ -148,13 +148,19 @@ def _storage(url: str, attempts: int = 3) -> optuna.storages.BaseStorage:
             raise ConfigError(f"Cannot open the Optuna storage '{shown_url(url)}': {first}") from exc
 
 
+def refuse_existing(name: str, storage_url: str, storage=None) -> None:
+    """Refuse a new search under a name the store already holds."""
+    if name in {s.study_name for s in optuna.get_all_study_summaries(storage or _storage(storage_url))}:
+        raise ConfigError(f"A search named {name!r} already exists in {shown_url(storage_url)}; "
+                          "pass --resume to continue it or choose another --name.")
+
+
 def create_study(spec: SearchSpec, storage_url: str, resume: bool) -> optuna.Study:
     """A new study for ``spec.name``, or the stored one with ``resume``; never silently both."""
     storage = _storage(storage_url)
-    exists = spec.name in {s.study_name for s in optuna.get_all_study_summaries(storage)}
-    if exists and not resume:
-        raise ConfigError(f"A search named {spec.name!r} already exists in {shown_url(storage_url)}; "
-                          "pass --resume to continue it or choose another --name.")
+    if not resume:
+        refuse_existing(spec.name, storage_url, storage)
+    exists = resume and spec.name in {s.study_name for s in optuna.get_all_study_summaries(storage)}
     if not exists and resume:
         raise SearchNotFoundError(f"No search named {spec.name!r} in {shown_url(storage_url)} to resume.")
     study = optuna.create_study(

@@ -40,8 +40,8 @@ from search.transfer import (
 )
 from search.study import (
     ASKS_PER_TRIAL, FLOOR_ATTR, BOUNDS_ATTR, HALVING_ETA, SHIPPED_PREFIX, SHIPPING_ATTR, Row, best_within_budget,
-    create_study, driving, feasible_front, load_study, refuse_second_driver, shipping_left, shipping_order,
-    stage_picks, stored_trial,
+    create_study, driving, feasible_front, load_study, refuse_existing, refuse_second_driver, shipping_left,
+    shipping_order, stage_picks, stored_trial,
     finished_count, front_hypervolume, narrower_recipe, spent_budget, trial_cost,
     recipes_for, record_failure, record_result, record_reuse, record_screened, requeue_interrupted,
     resolved_sampler, reusable_trials, rows, search_bounds, set_bounds, shown_url, suggest_candidate,
@@ -688,6 +688,8 @@ def run_search(
     profile = check_inputs(spec)
     if resume:  # before any work: a driver still running it would have its running trials re-queued under it
         refuse_second_driver(load_study(spec.name, storage_url))
+    else:  # a name taken is refused before the space's precisions are timed
+        refuse_existing(spec.name, storage_url)
     report(f"dataset {_load_dataset(spec.dataset).summary()}")  # a malformed file stops here, before Ray starts
     if tracking_uri and tracking_uri.startswith(("http://", "https://")):
         from search.tracking import check_tracking

@@ -129,6 +129,7 @@ def test_concurrent_searches_are_isolated_and_a_duplicate_name_is_refused(tmp_pa
     dup = subprocess.run(_cli(tmp_path, "submit", "--spec", str(tmp_path / "alpha.yaml"), "--no-mlflow"),
                          capture_output=True, text=True, timeout=120)
     assert dup.returncode == 2 and "already exists" in dup.stderr and "Traceback" not in dup.stderr
+    assert dup.stdout == ""  # refused before any work: no dataset loaded, no precision timed
     for name, proc in procs.items():
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
