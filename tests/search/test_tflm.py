@@ -178,8 +178,8 @@ def expected_classes(model, x) -> np.ndarray:
 
 def test_the_tflite_takes_a_frame_channel_last_as_a_camera_gives_it(tmp_path):
     """A 3-channel image model converted for TFLite Micro takes (1, H, W, C), the order TFLite computes in: the
-    device runs no TRANSPOSE and holds no second copy of the input, and its answer on a frame as it comes from the
-    camera is the torch model's on the same frame."""
+    device runs no TRANSPOSE first, and its answer on a frame as it comes from the camera is the torch model's on
+    the same frame."""
     import torch
 
     from search.candidate import Candidate
