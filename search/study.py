@@ -148,9 +148,18 @@ def _storage(url: str, attempts: int = 3) -> optuna.storages.BaseStorage:
             raise ConfigError(f"Cannot open the Optuna storage '{shown_url(url)}': {first}") from exc
 
 
+def _holds(storage: optuna.storages.BaseStorage, name: str) -> bool:
+    """Whether ``storage`` holds a study ``name``: one lookup by name, not every study's summary."""
+    try:
+        storage.get_study_id_from_name(name)
+    except KeyError:
+        return False
+    return True
+
+
 def refuse_existing(name: str, storage_url: str, storage=None) -> None:
     """Refuse a new search under a name the store already holds."""
-    if name in {s.study_name for s in optuna.get_all_study_summaries(storage or _storage(storage_url))}:
+    if _holds(storage or _storage(storage_url), name):
         raise ConfigError(f"A search named {name!r} already exists in {shown_url(storage_url)}; "
                           "pass --resume to continue it or choose another --name.")
 
@@ -160,15 +169,14 @@ def create_study(spec: SearchSpec, storage_url: str, resume: bool) -> optuna.Stu
     storage = _storage(storage_url)
     if not resume:
         refuse_existing(spec.name, storage_url, storage)
-    exists = resume and spec.name in {s.study_name for s in optuna.get_all_study_summaries(storage)}
-    if not exists and resume:
+    elif not _holds(storage, spec.name):
         raise SearchNotFoundError(f"No search named {spec.name!r} in {shown_url(storage_url)} to resume.")
     study = optuna.create_study(
         study_name=spec.name, storage=storage, sampler=make_sampler(spec), load_if_exists=resume,
         directions=[d for _, d in OBJECTIVES],
     )
     study.set_user_attr(SPEC_ATTR, spec.to_dict())  # a resume's changes too (trials, workers, ...): status reads it
-    if not exists:
+    if not resume:
         study.set_user_attr(SAMPLER_ATTR, resolved_sampler(spec))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -189,9 +197,8 @@ def stored_searches(storage_url: str) -> list[tuple[optuna.study.StudySummary, o
 
 def load_study(name: str, storage_url: str) -> optuna.Study:
     storage = _storage(storage_url)
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-    if name not in names:
-        known = ", ".join(sorted(names)) or "none yet"
+    if not _holds(storage, name):  # the names are listed only for the error
+        known = ", ".join(sorted(s.study_name for s in optuna.get_all_study_summaries(storage))) or "none yet"
         raise SearchNotFoundError(f"No search named {name!r} in {shown_url(storage_url)} (searches: {known}).")
     return optuna.load_study(study_name=name, storage=storage)
 
