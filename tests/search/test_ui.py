@@ -89,9 +89,13 @@ def test_summary_figure_renders_among_the_search_run_artifacts(ui_server):
     parent = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags][0]
     assert summary == (f"{url}/edgesearch/open?experiment={exp.experiment_id}&run={parent.info.run_id}"
                        "&artifact=summary.png")
-    dom = _chromium("--dump-dom", summary).stdout
+    shown = r'<img[^>]*alt="summary\.png"[^>]*src="blob:'
+    for _ in range(3):  # with the other core busy the image's fetch can outlast one page load's time budget
+        dom = _chromium("--dump-dom", summary).stdout
+        if re.search(shown, dom):
+            break
     assert "summary.png" in dom and "pareto_front_table.json" in dom and "Artifacts" in dom
-    assert re.search(r'<img[^>]*alt="summary\.png"[^>]*src="blob:', dom)  # shown, not just listed
+    assert re.search(shown, dom)  # shown, not just listed
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)  # not left to the test above: each test stands alone
     shot = SCREENSHOTS / "mlflow_search_summary.png"
     _chromium(f"--screenshot={shot}", summary)
