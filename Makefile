@@ -10,7 +10,7 @@ MCU_VENV  := .venv-mcu
 MCU_STAMP := $(MCU_VENV)/.installed-$(shell cat requirements-mcu.lock | sha256sum | cut -c1-12)
 RUNS   ?= runs
 
-.PHONY: setup browser postgres run test test-all ui bench soak clean help
+.PHONY: setup system-packages test-setup run test test-all ui bench soak clean help
 
 help:
 	@echo "make run       set up, then run a small real search on the built-in digits dataset"
@@ -36,8 +36,7 @@ $(MCU_STAMP): requirements-mcu.lock
 	$(MCU_VENV)/bin/pip install --quiet -r requirements-mcu.lock
 	touch $@
 
-# The two environments install side by side (each is mostly unpacking wheels); `make -j` elsewhere would also run
-# the apt installs of `browser` and `postgres` at once, which share dpkg's lock.
+# The two environments install side by side (each is mostly unpacking wheels).
 setup:
 	$(MAKE) --no-print-directory -j2 $(STAMP) $(MCU_STAMP)
 
@@ -49,22 +48,24 @@ run: setup
 ui: setup
 	$(BIN)/edgesearch --runs-dir $(RUNS) ui
 
-# The UI test drives a real headless Chromium, from Debian's packages.
-browser:
-	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
-		echo "warning: could not install Debian's chromium; the MLflow UI browser test will fail"
+# The tests need two of Debian's packages: a headless Chromium (the MLflow UI test drives a real browser) and
+# PostgreSQL (the multi-user storage tests start a real server). One apt call installs whichever is missing (two would
+# wait on each other for dpkg's lock).
+system-packages:
+	@missing=""; command -v chromium >/dev/null || missing=" chromium"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	[ -z "$$missing" ] || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } || \
+		echo "warning: could not install Debian's$$missing (needs root and apt): the tests that use it will fail"
 
-# The multi-user storage tests start a real PostgreSQL server, from Debian's packages.
-postgres:
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
-		echo "warning: could not install Debian's postgresql; the PostgreSQL storage tests will fail"
+# The tests' setup: both environments and the system packages, side by side (about 40 s of apt on a fresh machine).
+test-setup:
+	$(MAKE) --no-print-directory -j3 $(STAMP) $(MCU_STAMP) system-packages
 
-test: setup browser postgres
-	$(BIN)/python -m pytest -m "not slow" -q --durations=12
+test: test-setup
+	$(BIN)/python -m pytest -m "not slow" -q --durations=20
 
-test-all: setup browser postgres
+test-all: test-setup
 	$(BIN)/python -m pytest -q
 
 # Benchmarks (not tests): runs/bench/results.json and REPORT.md. BENCH_ARGS=--quick for a short run.
