@@ -46,6 +46,7 @@ RETRY_ROUNDS = 2  # per-task tuning: more rounds for a task whose every sample f
 # ... each building this many samples at least: at 1 trial per task, a retry of one sample was as likely to fail
 # again (TVM cannot lower some VNNI-tensorized schedules; about half of those first picked, NOTES.md)
 RETRY_SAMPLES = 4
+WARM_RECORDS = 400  # records of other workloads that warm the cost model: about 30 ms each to replay and learn
 
 
 @dataclass(frozen=True)
@@ -339,14 +340,17 @@ def design_space(tvm_target, mod):
                                              mutator_probs="from-target")
 
 
-def first_picks(tvm_target, seed: int):
+def first_picks(tvm_target, seed: int, database=None):
     """The cost model that ranks the candidates MetaSchedule measures: on an x86 CPU, its XGBoost model with the
-    register-tile prior for its first 100 samples (``hardware_targets.register_tile``); elsewhere its own."""
+    register-tile prior for its first 100 samples, warmed with the latest ``WARM_RECORDS`` of the target's records
+    in ``database`` (``hardware_targets.register_tile``); elsewhere its own."""
     if not x86_cpu(tvm_target):
         return "xgb"
     from hardware_targets.register_tile import RegisterTileFirst
 
-    return RegisterTileFirst(registers=vector_registers(tvm_target), seed=seed)
+    records = list(database.get_all_tuning_records()) if database is not None else []
+    records = records[max(0, len(records) - WARM_RECORDS):]
+    return RegisterTileFirst(registers=vector_registers(tvm_target), seed=seed, target=tvm_target, records=records)
 
 
 def _drop_unnamed_handlers(logger: logging.Logger) -> None:
@@ -391,6 +395,8 @@ def _tune(mod, target, database, work_dir: Path, trials: int, seed: int,
         for attempt in range(1 + (RETRY_ROUNDS if trials_per_task else 0)):
             if attempt:
                 per_task = max(per_task, RETRY_SAMPLES)
+            # one model for the attempt: a task tuned alone under a cap learns from those tuned before it
+            cost_model = first_picks(target, seed + attempt, database)
             for batch in ([todo] if stop_at is None or not trials_per_task else [[t] for t in todo]):
                 if stop_at is not None and time.perf_counter() >= stop_at:
                     break
@@ -403,7 +409,7 @@ def _tune(mod, target, database, work_dir: Path, trials: int, seed: int,
                     tasks=contexts, task_weights=weights, work_dir=str(work_dir),
                     max_trials_global=per_task * len(batch) if trials_per_task else trials,
                     max_trials_per_task=per_task, num_trials_per_iter=min(per_task, TRIALS_PER_ROUND),
-                    database=database, builder=builder, runner=runner, cost_model=first_picks(target, seed + attempt),
+                    database=database, builder=builder, runner=runner, cost_model=cost_model,
                 )
             todo = [t for t in todo if not _has_record(database, t)]
             if not todo or (stop_at is not None and time.perf_counter() >= stop_at):
