@@ -17,33 +17,6 @@ TINY = Budget(epochs=2, finetune_epochs=1, prune_steps=1, tuning_trials=0, timin
 SHIP = dataclasses.replace(TINY, front_tuning_minutes=0.001)
 
 
-@pytest.fixture(scope="session")
-def _warm_cluster():
-    """Shuts the tests' shared local Ray cluster down at the end of the session."""
-    yield
-    import ray
-
-    ray.shutdown()
-
-
-@pytest.fixture(autouse=True)
-def warm_ray(request, _warm_cluster):
-    """One local Ray cluster for the in-process searches, as a service keeps one: ``run_search`` uses a cluster it
-    finds started and leaves it running. A search that starts its own pays about 17 s on these 2-core machines (the
-    cluster's start, its workers' first imports of torch and TVM, its stop), some 25 times in a run. A test marked
-    ``own_cluster`` connects to clusters it starts, so the shared one is stopped first; the searches run through
-    the CLI in a subprocess still start and stop their own, as a user's do."""
-    import ray
-
-    if request.node.get_closest_marker("own_cluster"):
-        if ray.is_initialized():
-            ray.shutdown()
-    elif not ray.is_initialized():
-        from search.workers import start_ray
-
-        start_ray(None, workers=2)
-
-
 def complete_trials(storage: str, name: str) -> list:
     """The finished trials of search ``name``, or none while it is not stored yet. The store is opened as the
     searches open it (under a file lock for SQLite): a bare open while a driver creates the schema made that

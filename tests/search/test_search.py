@@ -212,7 +212,6 @@ def ray_head(tmp_path_factory, free_port):
 
 
 # where nodes can share nothing, that test searches on a cluster it starts and is refused more workers than it has
-@pytest.mark.own_cluster
 @pytest.mark.slow if CAN_SHARE_NOTHING else pytest.mark.usefixtures()
 def test_search_on_an_existing_cluster(ray_head, tmp_path):
     spec = SearchSpec(name="on-cluster", trials=2, workers=2, budget=TINY, space=FAST_SPACE)
@@ -225,7 +224,6 @@ def test_search_on_an_existing_cluster(ray_head, tmp_path):
                    report=lambda line: None)
 
 
-@pytest.mark.own_cluster
 @pytest.mark.slow  # ~55 s on a slow CPU: a second Ray head; nodes and resources run by default in test_share_nothing
 def test_host_candidates_stay_on_nodes_of_the_submitted_cpu_kind(tmp_path_factory, free_port, tmp_path):
     """A cluster whose only node says it is another CPU kind: host figures would mix kinds, so the search is refused
