@@ -190,7 +190,7 @@ class RegisterTileFirst(PyCostModel):
         if self._trained_on(self.xgb.data_size - self.warm):  # enough of this tuning's own samples
             return self.xgb.predict(context, candidates)
         scores = np.asarray([first_pick_score(c.sch, self.registers) for c in candidates], dtype="float64")
-        if not self._trained_on(self.warm):  # ties (most candidates) fall at random, so the picks stay diverse
+        if not self._trained_on(self.warm) or not len(scores):  # ties fall at random: the picks stay diverse
             return scores + TIE_BREAK * self.rng.random(len(candidates))
         # the warmed model breaks the ties at the top only: its features cost a few ms a schedule, and the
         # evolutionary search ranks hundreds of schedules per task
