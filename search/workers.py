@@ -270,7 +270,7 @@ def _ship_stage(ray, study, spec: SearchSpec, profile, report: Reporter, placeme
         result_path = Path(trial.user_attrs["artifacts"]["onnx"]).with_name("result.json")
         try:
             # the cap holds within a candidate too: its tuning stops at the deadline, task by task
-            out = ray.get(task.remote(json.loads(result_path.read_text()), transport.dataset, profile,
+            out = _get(ray, task.remote(json.loads(result_path.read_text()), transport.dataset, profile,
                                       str(transport.root), THREADS_PER_WORKER, trials, spec.runtime,
                                       transport.inputs(result_path.parent),
                                       max(0.0, deadline - time.perf_counter()) if trials else None))
@@ -379,7 +379,7 @@ def _node_kinds(ray) -> dict[str, str]:
         else:
             probes[node["NodeID"]] = probe.options(
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote()
-    kinds.update(zip(probes, ray.get(list(probes.values()), timeout=120)))
+    kinds.update(zip(probes, _get(ray, list(probes.values()), timeout=120)))
     return kinds
 
 
@@ -821,7 +821,7 @@ def _prepare(ray, study, spec: SearchSpec, profile, report: Reporter, placement:
             report("training the fp32 full-width baseline for the accuracy floor (once per dataset and budget)")
         task = ray.remote(num_cpus=THREADS_PER_WORKER, max_retries=0, **placement)(prepare_search)
         try:
-            out = ray.get(task.remote(spec.to_dict(), str(transport.root), THREADS_PER_WORKER, screen_widest,
+            out = _get(ray, task.remote(spec.to_dict(), str(transport.root), THREADS_PER_WORKER, screen_widest,
                                       need_baseline, transport.dataset, profile))
         except Exception as exc:
             if need_baseline:
@@ -847,6 +847,24 @@ def _prepare(ray, study, spec: SearchSpec, profile, report: Reporter, placement:
                f"{'cached' if base['cached'] else 'trained now'}) less {100 * spec.max_accuracy_drop:g}%")
     elif spec.min_accuracy is not None and need_bounds:
         report(f"accuracy floor {spec.min_accuracy:g} (validation accuracy of the compiled artifact)")
+
+
+def _cancel(ray, ref) -> None:
+    """Stop a task of this search. A search stopped by an exception on a cluster it started stops the cluster;
+    on one it was given (``--address``, a notebook's), a task left running would go on training beside the next
+    search's timings."""
+    with contextlib.suppress(Exception):  # a task that has finished has nothing to cancel
+        ray.cancel(ref, force=True)
+
+
+def _get(ray, refs, **kwargs):
+    """``ray.get`` that cancels what it waits for when the wait ends in an exception (Ctrl-C, a timeout)."""
+    try:
+        return ray.get(refs, **kwargs)
+    except BaseException:
+        for ref in refs if isinstance(refs, list) else [refs]:
+            _cancel(ray, ref)
+        raise
 
 
 @contextlib.contextmanager
@@ -917,6 +935,14 @@ class _Driver:
         return committed < self.remaining - 1e-9 and self.asks < self.max_asks
 
     def run(self) -> None:
+        try:
+            self._run()
+        except BaseException:  # Ctrl-C, a storage error: what runs for this search stops with it
+            for ref in self.in_flight:
+                _cancel(self.ray, ref)
+            raise
+
+    def _run(self) -> None:
         while True:
             if not self.in_flight and self.pending_retime:
                 self._retime()
@@ -1011,7 +1037,7 @@ class _Driver:
             now = time.perf_counter()
             for ref, job in list(self.in_flight.items()):
                 if now - job.started >= timeout:
-                    self.ray.cancel(ref, force=True)
+                    _cancel(self.ray, ref)
                     del self.in_flight[ref]
                     self._fail_job(job, f"timeout: exceeded the per-candidate limit of {timeout} s")
             return
@@ -1152,7 +1178,7 @@ class _Driver:
                                       self.runs_dir, THREADS_PER_WORKER,
                                       self.transport.inputs(*(Path(r.artifacts["onnx"]).parent for _, r in pending)))
         try:
-            fresh = [CandidateResult.from_dict(d) for d in self.ray.get(ref)]
+            fresh = [CandidateResult.from_dict(d) for d in _get(self.ray, ref)]
         except Exception as exc:
             self.report(f"re-timing failed ({_failure_reason(exc)}); the figures timed during the search stand")
             fresh = [r for _, r in pending]

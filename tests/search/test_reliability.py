@@ -24,7 +24,7 @@ from search.candidate import Budget
 from search.errors import ConfigError
 from search.spec import SearchSpace, SearchSpec, load_spec_file
 from search.study import default_storage, load_study
-from search.workers import run_search
+from search.workers import run_search, start_ray
 
 SLOWER = Budget(epochs=40, finetune_epochs=0, prune_steps=1, timing_repeats=5, front_tuning_trials=0,
                 front_tuning_minutes=0, teacher_epochs=2)
@@ -70,6 +70,39 @@ def test_candidate_over_its_time_limit_fails_and_others_go_on(tmp_path):
     outcome = run_search(spec, tmp_path, storage_url=default_storage(tmp_path), report=lambda line: None)
     assert [r.state for r in outcome.rows] == ["FAIL", "FAIL"]
     assert all("timeout" in r.error for r in outcome.rows)
+
+
+def test_a_search_stopped_by_an_error_on_a_cluster_it_was_given_leaves_no_task_running(tmp_path):
+    """A notebook's or ``--address``'s cluster outlives the search: its candidates must stop with it, or they would
+    train on beside the next search's timings."""
+    import ray
+
+    given = ray.is_initialized()  # the tests' shared cluster, else one started here for the search to be given
+    start_ray(None, workers=2)
+    try:
+        spec = SearchSpec(name="stopped", trials=4, workers=2, recipes=False, budget=FAST,
+                          space=SearchSpace(precision=("fp32",), width=(0.25, 1.0), sparsity=(0.0, 0.0),
+                                            alpha=(1.0, 1.0)))
+
+        def report(line: str) -> None:
+            # the first trial is told after its worker was handed the next candidate: two run when this raises
+            if line.startswith("[1/"):
+                raise RuntimeError("the caller stops the search")
+
+        with pytest.raises(RuntimeError, match="the caller stops"):
+            run_search(spec, tmp_path, storage_url=default_storage(tmp_path), report=report)
+        deadline = time.time() + 300
+        while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"] and time.time() < deadline:
+            time.sleep(0.2)
+        assert ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"]
+        # the candidate handed over just before the error never finished: cancelled, not run to its end
+        finished = list(tmp_path.rglob("result.json"))
+        assert 1 <= len(finished) <= 2, finished
+        assert [t.state for t in load_study("stopped", default_storage(tmp_path)).trials].count(
+            TrialState.COMPLETE) == 1
+    finally:
+        if not given:
+            ray.shutdown()
 
 
 def test_corrupted_tuning_records_are_moved_aside(tmp_path, digits):
