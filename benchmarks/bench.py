@@ -46,6 +46,7 @@ class Plan:
     mobilenet_tuning_trials: int
     mobilenet_trials_per_task: tuple[int, ...]  # figure 3: the shipping stage's per-task budgets, detected target
     mobilenet_int8_trials_per_task: tuple[int, ...]  # figure 3: the same for MobileNet int8 (none: onnxruntime only)
+    mobilenet_warm_width: float | None  # figure 3: this width at 1 trial per task, cold and warmed by 0.25's records
     timing_repeats: int
     reuse_trials: int  # figure 4, per search
     quality_trials: int  # figure 5, per search
@@ -58,16 +59,17 @@ class Plan:
 
 QUICK = Plan(search_trials=4, search_default_budget=False, search_repeats=1, runtime_widths=(0.5, 1.0), tuned_precisions=("fp32",), tuned_widths=(1.0,),
              tuning_trials=10, mobilenet_tuning_trials=22, mobilenet_trials_per_task=(1, 4),
-             mobilenet_int8_trials_per_task=(), timing_repeats=10, reuse_trials=2, quality_trials=12,
+             mobilenet_int8_trials_per_task=(), mobilenet_warm_width=None, timing_repeats=10, reuse_trials=2, quality_trials=12,
              quality_seeds=(0, 1), calibration_candidates=9, guide_datasets=("digits",),
              guide_seeds=(0,), cluster_trials=4)
 FULL = Plan(search_trials=24, search_default_budget=True, search_repeats=2, runtime_widths=(0.5, 1.0, 2.0),
             tuned_precisions=("fp32", "int8-ptq", "int8-qat"), tuned_widths=(0.5, 1.0, 2.0), tuning_trials=40, mobilenet_tuning_trials=132,
             mobilenet_trials_per_task=(1, 4, 16),
-            mobilenet_int8_trials_per_task=(1, 4), timing_repeats=30, reuse_trials=4, quality_trials=24, quality_seeds=(0, 1, 2, 3, 4), calibration_candidates=18,
+            mobilenet_int8_trials_per_task=(1, 4), mobilenet_warm_width=0.5, timing_repeats=30, reuse_trials=4, quality_trials=24, quality_seeds=(0, 1, 2, 3, 4), calibration_candidates=18,
             guide_datasets=("digits", "mnist1d"), guide_seeds=(0, 1, 2), cluster_trials=8)
 
 SAMPLERS = ("nsga2", "tpe", "random")
+WARM_SEEDS = (0, 1)  # figure 3's warm start: each seed tuned cold and warmed
 def _spread(values) -> dict:
     values = [float(v) for v in values]
     return {"median": float(np.median(values)), "min": min(values), "max": max(values), "n": len(values)}
@@ -245,6 +247,8 @@ def runtime_figures(tmp: Path, plan: Plan) -> dict:
     ort = time_onnxruntime(ort_session(mobilenet, 1), x, plan.timing_repeats)["ort_latency_ms_median"].value
     staged, fp32_libraries = _staged_tuning(mobilenet, x, host, tmp, plan, untuned_art.library)
     staged["int8"] = _int8_staged(mobilenet, x, host, tmp, plan, fp32_libraries)
+    if plan.mobilenet_warm_width:
+        staged["warm_start"] = _warm_start(x, host, tmp, plan)
     ratios = {}
     for precision in ("fp32", "fp16", "int8-ptq", "int8-qat"):
         rows = [m for m in models if m["precision"] == precision]
@@ -302,6 +306,40 @@ def _staged_tuning(onnx_path: Path, x, host, tmp: Path, plan: Plan,
             "macs": macs, "fp32_limit_ms": limit_ms, "shipped_over_limit": shipped / limit_ms,
             "limit_from": {"fp32_macs_per_cycle": host.peak_macs_per_cycle["fp32"], "clock_mhz": host.clock_mhz,
                            "threads": 1}}, libraries
+
+
+def _warm_start(x, host, tmp: Path, plan: Plan) -> dict:
+    """A wider MobileNet at 1 trial per task, tuned from fresh records and from a copy of the records the largest
+    per-task budget left for MobileNetV1-0.25 (other layer shapes: nothing is reused, the cost model is warmed by
+    them), then both timed in turns with onnxruntime: what a search's later candidates gain from earlier ones."""
+    import shutil
+
+    from hardware_targets.backends.local import onnxruntime_timer, tvm_timer
+    from hardware_targets.compile import compile_tvm
+    from hardware_targets.workloads import export_mobilenet_v1
+    from search.pipeline import tuned_build_target
+    from search.stages.export import ort_session
+
+    width, source = plan.mobilenet_warm_width, max(plan.mobilenet_trials_per_task)
+    target = tuned_build_target(host)
+    onnx_path = export_mobilenet_v1(tmp / f"mobilenet-{width:g}.onnx", width=width)
+    records = sum(len(f.read_text().splitlines()) for f in (tmp / f"tuning-pt{source}").rglob("*tuning_record*.json"))
+    builds = {}
+    for seed in WARM_SEEDS:  # a 1-trial tuning depends on its seed: cold picks varied 1.3x between two
+        shutil.copytree(tmp / f"tuning-pt{source}", tmp / f"tuning-warm-{seed}")
+        for label in ("cold", "warm"):
+            _say(f"  MobileNetV1-{width:g}, 1 trial per task, {label}, seed {seed}")
+            builds[f"{label}-{seed}"] = compile_tvm(
+                onnx_path, target, tmp / f"mobilenet-{width:g}-{label}-{seed}.so", (1, 3, 96, 96), "float32",
+                trials_per_task=1, seed=seed, cache_dir=tmp / f"tuning-{label}-{seed}")
+    timers = {key: tvm_timer(art.library, x, "float32") for key, art in builds.items()}
+    timers["onnxruntime"] = onnxruntime_timer(ort_session(onnx_path, 1), x)
+    median = _side_by_side(timers, plan.timing_repeats)
+    return {"width": width, "records": records, "records_from": f"MobileNetV1-0.25 at {source} trials per task",
+            "onnxruntime_ms": median["onnxruntime"],
+            "builds": {key: {"tvm_tuned_ms": median[key], "tuned_over_onnxruntime": median[key] / median["onnxruntime"],
+                             "tuning_seconds": art.tuning_seconds, "tasks": art.tasks_total,
+                             "tasks_tuned": art.tasks_tuned} for key, art in builds.items()}}
 
 
 def _int8_staged(fp32_path: Path, x, host, tmp: Path, plan: Plan, fp32_libraries: dict[str, str]) -> dict:
@@ -942,6 +980,17 @@ def _int8_lines(q: dict | None) -> list[str]:
                     "than fp32 on this workload.", ""]
 
 
+def _warm_lines(w: dict | None) -> list[str]:
+    if not w:
+        return []
+    return [f"MobileNetV1-{w['width']:g} at 1 trial per task, tuned from fresh records (cold) and from a copy of the "
+            f"{w['records']} records of {w['records_from']} (warm: other layer shapes, which warm the cost model "
+            f"that ranks the schedules to measure), timed in turns with onnxruntime ({w['onnxruntime_ms']:.3f} ms):", "",
+            "| records, seed | tuning s | tuned TVM ms | tuned TVM / ORT |", "|---|---|---|---|",
+            *(f"| {key.replace('-', ', seed ')} | {v['tuning_seconds']:.0f} | {v['tvm_tuned_ms']:.3f} | "
+              f"{v['tuned_over_onnxruntime']:.2f} |" for key, v in w["builds"].items()), ""]
+
+
 def report_markdown(results: dict) -> str:
     m = results["machine"]
     failed = {k: v["failed"] for k, v in results.items() if isinstance(v, dict) and "failed" in v}
@@ -1010,6 +1059,7 @@ def report_markdown(results: dict) -> str:
                       f"{lim['fp32_macs_per_cycle']:g} MACs per cycle x {lim['clock_mhz']:g} MHz) = "
                       f"{st['fp32_limit_ms']:.3f} ms).", ""]
             lines += _int8_lines(st.get("int8"))
+            lines += _warm_lines(st.get("warm_start"))
         lines += _slower_because(r)
         lines += ["![latency ratios](latency_ratios.png)", ""] if "latency_ratios.png" in results["plots"] else []
     u = results.get("reuse")
