@@ -9,6 +9,7 @@ stores agree.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ TRIAL_TAG = "edgesearch.trial"
 SUMMARY_FILE = "summary.png"  # at the parent run's artifact root, where the UI lists it beside the front's table
 FRONT_TABLE_FILE = "pareto_front_table.json"  # an MLflow table (log_table): the UI shows it as one
 TABLE_TAG = "edgesearch.front_table_after_trials"
+STATE_TAG = "edgesearch.logged_state"  # what the last finish logged: ``logged_state``
 VIEW_KEY = "edgesearch"  # the runs table's shared view: MLflow reads it from this experiment tag and the URL's key
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 REVIEW_COLUMNS = (*(f"metrics.`{name}`" for name, _ in OBJECTIVES), "metrics.`feasible`", "metrics.`on_front`",
@@ -229,6 +231,7 @@ class SearchTracker:
             self._log_plots(all_rows, front, finished)
             self._plotted_at = time.monotonic()
         if finished:
+            self.client.set_tag(self.parent_id, STATE_TAG, logged_state(all_rows))
             self.client.set_terminated(self.parent_id, "FINISHED")
 
     def _log_plots(self, all_rows: list[Row], front: list[Row], finished: bool) -> None:
@@ -255,8 +258,14 @@ class SearchTracker:
             self.client.set_tag(self.parent_id, TABLE_TAG, str(len(all_rows)))
 
     def sync(self, all_rows: list[Row], finished: bool = False) -> None:
+        before = len(self.children)
         for row in all_rows:
             self.log_trial(row)
+        if (finished and len(self.children) == before
+                and self.client.get_run(self.parent_id).data.tags.get(STATE_TAG) == logged_state(all_rows)):
+            # the last finish logged these very rows: the front, plots and table stand (redrawn, they took seconds)
+            self.client.set_terminated(self.parent_id, "FINISHED")
+            return
         self.update_front(all_rows, finished)
 
     def fail(self) -> None:
@@ -276,6 +285,13 @@ def _flatten(d: dict, prefix: str = "") -> dict:
         else:
             out[key] = json.dumps(v) if isinstance(v, (list, tuple)) else v
     return out
+
+
+def logged_state(all_rows: list[Row]) -> str:
+    """A digest of every trial's state, knobs and figures (the shipped ones too): what a finished search's front,
+    plots and table are drawn from."""
+    text = json.dumps([[r.number, r.state, _row_dict(r)] for r in all_rows], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _row_dict(r: Row) -> dict:

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from search.candidate import Budget
 from search.spec import SearchSpace, SearchSpec
 from search.study import default_storage, load_study, rows
-from search.tracking import sync_search
+from search.tracking import PARENT_ATTR, sync_search
 from tests.servers import wait_until_healthy
 from search.workers import run_search
 
@@ -69,7 +69,12 @@ def test_server_down_mid_search_loses_no_metric(tmp_path, free_port, monkeypatch
                   if "mlflow.parentRunId" in r.data.tags and r.info.status != "RUNNING"]
         # On a busy machine the search can end before the server is back: what it could not log, sync logs now.
         assert sync_search(study, spec, uri, tmp_path) == len(study.trials) - len(logged)
+        parent = study.user_attrs[PARENT_ATTR]
+        drawn = len(client.get_metric_history(parent, "hypervolume"))  # one entry per front update
         assert sync_search(study, spec, uri, tmp_path) == 0
+        # nothing changed since: the front is not drawn and logged again, and the search's run is closed as before
+        assert len(client.get_metric_history(parent, "hypervolume")) == drawn
+        assert client.get_run(parent).info.status == "FINISHED"
         exp = client.get_experiment_by_name("flaky")
         children = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
         assert sorted(int(r.data.tags["edgesearch.trial"]) for r in children) == [t.number for t in study.trials]
