@@ -77,7 +77,7 @@ def test_a_search_stopped_by_an_error_on_a_cluster_it_was_given_leaves_no_task_r
     train on beside the next search's timings."""
     import ray
 
-    given = ray.is_initialized()  # the tests' shared cluster, else one started here for the search to be given
+    given = ray.is_initialized()  # a cluster someone started; else one started here, as a notebook starts one
     start_ray(None, workers=2)
     try:
         spec = SearchSpec(name="stopped", trials=4, workers=2, recipes=False, budget=FAST,
