@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha2
 # process (Ray workers, TVM's tuning pools, CLI runs) compiled torch and TVM again: the tests took twice as long.
 # uv does not read pip's configuration: the wheel folders pip is configured with (the torch CPU wheel) are passed on.
 UV_VERSION := 0.13.8
-UV_LINKS   := $(foreach d,$(sort $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null) $(PIP_FIND_LINKS)),--find-links $(d))
+UV_LINKS    = $(foreach d,$(sort $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null) $(PIP_FIND_LINKS)),--find-links $(d))
 # The TFLite converter (litert-torch) pins typing-extensions below what TVM's FFI needs: it gets its own
 # environment, which the microcontroller pipeline calls in a subprocess (search/stages/tflite_convert.py).
 MCU_VENV  := .venv-mcu
