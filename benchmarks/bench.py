@@ -70,6 +70,8 @@ FULL = Plan(search_trials=24, search_default_budget=True, search_repeats=2, runt
 
 SAMPLERS = ("nsga2", "tpe", "random")
 WARM_SEEDS = (0, 1)  # figure 3's warm start: each seed tuned cold and warmed
+
+
 def _spread(values) -> dict:
     values = [float(v) for v in values]
     return {"median": float(np.median(values)), "min": min(values), "max": max(values), "n": len(values)}
