@@ -341,22 +341,40 @@ class SearchOutcome:
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
+@contextlib.contextmanager
+def _environment(variables: dict[str, str]):
+    """``variables`` set in this process's environment while the block runs, then the environment as it was."""
+    saved = {k: os.environ.get(k) for k in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def start_ray(address: str | None, workers: int):
     """Connect to a cluster at ``address``, or start a local one sized for ``workers``."""
     import ray
 
     if ray.is_initialized():
         return ray
-    env = {"env_vars": {"TVM_NUM_THREADS": str(THREADS_PER_WORKER), "OMP_NUM_THREADS": str(THREADS_PER_WORKER)}}
+    threads = {"TVM_NUM_THREADS": str(THREADS_PER_WORKER), "OMP_NUM_THREADS": str(THREADS_PER_WORKER)}
     try:
         if address:
-            ray.init(address=address, runtime_env=env, logging_level="ERROR", log_to_driver=False)
+            ray.init(address=address, runtime_env={"env_vars": threads}, logging_level="ERROR", log_to_driver=False)
         else:
             from hardware_targets.host import cpu_kind_resource, host_cpu
 
-            ray.init(address="local", num_cpus=workers * THREADS_PER_WORKER, include_dashboard=False, runtime_env=env,
-                     logging_level="ERROR", log_to_driver=False, _node_ip_address="127.0.0.1",
-                     resources={cpu_kind_resource(host_cpu().key): workers * THREADS_PER_WORKER})
+            # a local cluster's workers inherit the environment its raylet starts with; a runtime environment would
+            # make Ray replace the workers it starts first (about 2 s more before the first candidate runs)
+            with _environment(threads):
+                ray.init(address="local", num_cpus=workers * THREADS_PER_WORKER, include_dashboard=False,
+                         logging_level="ERROR", log_to_driver=False, _node_ip_address="127.0.0.1",
+                         resources={cpu_kind_resource(host_cpu().key): workers * THREADS_PER_WORKER})
     except Exception as exc:
         raise ConfigError(f"Cannot start or reach Ray{f' at {address}' if address else ''}: {exc}") from exc
     return ray
