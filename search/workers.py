@@ -868,11 +868,15 @@ def _prepare(ray, study, spec: SearchSpec, profile, report: Reporter, placement:
 
 
 def _cancel(ray, ref) -> None:
-    """Stop a task of this search. A search stopped by an exception on a cluster it started stops the cluster;
-    on one it was given (``--address``, a notebook's), a task left running would go on training beside the next
-    search's timings."""
-    with contextlib.suppress(Exception):  # a task that has finished has nothing to cancel
-        ray.cancel(ref, force=True)
+    """Stop a task of this search that has not finished. A search stopped by an exception on a cluster it started
+    stops the cluster; on one it was given (``--address``, a notebook's), a task left running would go on training
+    beside the next search's timings. A finished task is left alone: Ray 2.60 aborts the driver process ("Tried to
+    complete task that was not pending") when a task is force-cancelled as its reply comes in, which a task that has
+    just failed, whose error ``ray.get`` has already raised, makes likely (NOTES.md)."""
+    with contextlib.suppress(Exception):
+        done, _ = ray.wait([ref], timeout=0, fetch_local=False)  # finished here or on another node
+        if not done:
+            ray.cancel(ref, force=True)
 
 
 def _get(ray, refs, **kwargs):
