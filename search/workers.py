@@ -369,8 +369,8 @@ def start_ray(address: str | None, workers: int):
         else:
             from hardware_targets.host import cpu_kind_resource, host_cpu
 
-            # a local cluster's workers inherit the environment its raylet starts with; a runtime environment would
-            # make Ray replace the workers it starts first (about 2 s more before the first candidate runs)
+            # a local cluster's workers inherit the environment its raylet starts with; with a runtime environment
+            # instead, the first task started about 2 s later (NOTES.md)
             with _environment(threads):
                 ray.init(address="local", num_cpus=workers * THREADS_PER_WORKER, include_dashboard=False,
                          logging_level="ERROR", log_to_driver=False, _node_ip_address="127.0.0.1",
