@@ -80,9 +80,13 @@ def stop_ray_cluster(temp_dir: str, port: int) -> None:
         p.kill()
 
 
-def ray_cluster(temp_dir: Path, free_port, *options, num_cpus: int = 2):
-    """A real `ray start --head` cluster with token authentication, its files in ``temp_dir``; stopped when the
-    generator ends (with any node that joined it). Its `python` is this one, as a cluster's image has edgesearch."""
+def ray_cluster(free_port, *options, num_cpus: int = 2):
+    """A real `ray start --head` cluster with token authentication; stopped when the generator ends (with any node
+    that joined it). Its `python` is this one, as a cluster's image has edgesearch."""
+    import tempfile
+
+    # its own temp folder, short: Ray's socket paths must fit 107 bytes, and pytest's (more so xdist's) may not
+    temp_dir = tempfile.mkdtemp(prefix="esh-")
     env = {**os.environ, "RAY_AUTH_MODE": "token",
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     ray_bin = str(Path(sys.executable).parent / "ray")
@@ -99,7 +103,8 @@ def ray_cluster(temp_dir: Path, free_port, *options, num_cpus: int = 2):
     try:
         yield {"gcs": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "env": env, "ray": ray_bin}
     finally:
-        stop_ray_cluster(str(temp_dir), port)  # not `ray stop`, which would stop every Ray cluster on the machine
+        stop_ray_cluster(temp_dir, port)  # not `ray stop`, which would stop every Ray cluster on the machine
+        shutil.rmtree(temp_dir, ignore_errors=True)
         if old is None:
             os.environ.pop("RAY_AUTH_MODE", None)
 

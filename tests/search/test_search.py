@@ -206,9 +206,9 @@ def test_an_interrupted_search_says_how_to_go_on_and_resumes_without_repeating_f
 
 
 @pytest.fixture(scope="module")
-def ray_head(tmp_path_factory, free_port):
+def ray_head(free_port):
     """A real `ray start --head` cluster with token authentication, stopped at the end."""
-    yield from ray_cluster(tmp_path_factory.mktemp("rayhead"), free_port)
+    yield from ray_cluster(free_port)
 
 
 # where nodes can share nothing, that test searches on a cluster it starts and is refused more workers than it has
@@ -225,14 +225,14 @@ def test_search_on_an_existing_cluster(ray_head, tmp_path):
 
 
 @pytest.mark.slow  # ~55 s on a slow CPU: a second Ray head; nodes and resources run by default in test_share_nothing
-def test_host_candidates_stay_on_nodes_of_the_submitted_cpu_kind(tmp_path_factory, free_port, tmp_path):
+def test_host_candidates_stay_on_nodes_of_the_submitted_cpu_kind(free_port, tmp_path):
     """A cluster whose only node says it is another CPU kind: host figures would mix kinds, so the search is refused
     with what to do; an emulated target runs there."""
     from hardware_targets.host import cpu_kind_resource
     from search.errors import ConfigError
 
     other = cpu_kind_resource("0" * 10)
-    head = ray_cluster(tmp_path_factory.mktemp("rayhead"), free_port, "--resources", json.dumps({other: 2}))
+    head = ray_cluster(free_port, "--resources", json.dumps({other: 2}))
     cluster = next(head)
     try:
         host = SearchSpec(name="other-kind", trials=1, workers=1, budget=TINY, space=FAST_SPACE, recipes=False)

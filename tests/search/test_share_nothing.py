@@ -37,7 +37,7 @@ def test_a_search_on_a_node_that_shares_no_disk_ships_its_winner_from_the_driver
     kind = cpu_kind_resource(host_cpu().key)
     # one CPU on the driver's node, which works in place, and one on a node that shares nothing: the two workers'
     # first candidates start at once, one on each, and both distil from a teacher that neither node has yet
-    head = ray_cluster(tmp_path_factory.mktemp("rayhead"), free_port, "--resources", json.dumps({kind: 1}),
+    head = ray_cluster(free_port, "--resources", json.dumps({kind: 1}),
                        num_cpus=1)
     cluster, node_dir = next(head), None
     try:
