@@ -626,7 +626,7 @@ def _add_candidate_options(p: argparse.ArgumentParser) -> None:
     from search.candidate import PRECISIONS, PRUNING_MODES
 
     p.add_argument("--dataset", default="digits", help="built-in dataset (digits, mnist1d) or path of an .npz file "
-                   "with x_train, y_train, x_test, y_test [default: digits]")
+                   "with x_train, y_train, x_test, y_test, or x and y [default: digits]")
     p.add_argument("--target", default="host", help="target profile name or .yaml path; see 'edgesearch targets' "
                    "[default: host]")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="numeric precision of the deployed graph")

@@ -19,6 +19,8 @@ from search.errors import DatasetError
 
 BUILTIN_DATASETS = ("digits", "mnist1d")
 SPLIT_SEED = 0
+TEST_FRACTION = 0.2  # of all samples, when the data gives no test split (as digits)
+VAL_FRACTION = 0.15  # of the training split, when the data gives no validation split
 
 
 @dataclass(frozen=True, eq=False)
@@ -34,6 +36,7 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
+    drawn: str = ""  # the splits drawn here rather than given, in words ("" when the data gave them)
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -64,8 +67,8 @@ class Dataset:
 
     def summary(self) -> str:
         return (
-            f"{self.name}: {len(self.x_train)} train / {len(self.x_val)} val / {len(self.x_test)} test, "
-            f"{self.reads_as()}, {self.num_classes} classes"
+            f"{self.name}: {len(self.x_train)} train / {len(self.x_val)} val / {len(self.x_test)} test"
+            f"{f' ({self.drawn})' if self.drawn else ''}, {self.reads_as()}, {self.num_classes} classes"
         )
 
 
@@ -78,7 +81,7 @@ def load_dataset(name_or_path: str) -> Dataset:
         return load_npz(path)
     raise DatasetError(
         f"Unknown dataset {name_or_path!r}: expected one of {list(BUILTIN_DATASETS)} "
-        "or the path of an .npz file with x_train, y_train, x_test, y_test."
+        "or the path of an .npz file with x_train, y_train, x_test, y_test (or just x and y)."
     )
 
 
@@ -88,9 +91,9 @@ def _stratified_split(x, y, fraction, seed=SPLIT_SEED):
     return train_test_split(x, y, test_size=fraction, stratify=y, random_state=seed)
 
 
-def _finish(name, fingerprint, x_train, y_train, x_test, y_test, x_val=None, y_val=None) -> Dataset:
+def _finish(name, fingerprint, x_train, y_train, x_test, y_test, x_val=None, y_val=None, drawn="") -> Dataset:
     if x_val is None:
-        x_train, x_val, y_train, y_val = _stratified_split(x_train, y_train, 0.15)
+        x_train, x_val, y_train, y_val = _stratified_split(x_train, y_train, VAL_FRACTION)
     num_classes = int(max(y_train.max(), y_val.max(), y_test.max())) + 1
     return Dataset(
         name=name,
@@ -102,6 +105,7 @@ def _finish(name, fingerprint, x_train, y_train, x_test, y_test, x_val=None, y_v
         x_test=np.ascontiguousarray(x_test, dtype=np.float32),
         y_test=np.asarray(y_test, dtype=np.int64),
         num_classes=num_classes,
+        drawn=drawn,
     )
 
 
@@ -110,7 +114,7 @@ def _load_digits() -> Dataset:
 
     bunch = load_digits()
     x = (bunch.data / 16.0).reshape(-1, 1, 8, 8)
-    x_train, x_test, y_train, y_test = _stratified_split(x, bunch.target, 0.2)
+    x_train, x_test, y_train, y_test = _stratified_split(x, bunch.target, TEST_FRACTION)
     return _finish("digits", "sklearn-digits-v1", x_train, y_train, x_test, y_test)
 
 
@@ -148,9 +152,14 @@ def load_npz(path: str | Path) -> Dataset:
     except Exception as exc:
         raise DatasetError(f"{path}: not a readable .npz archive ({type(exc).__name__}: {exc}).") from exc
 
+    drawn = ""
+    if {"x", "y"} <= arrays.keys() and not any(key in arrays for key in (*_REQUIRED_KEYS, "x_val", "y_val")):
+        arrays, drawn = _draw_test_split(path, arrays), (
+            f"test split drawn: {TEST_FRACTION:.0%} of x, stratified by class, seed {SPLIT_SEED}")
     missing = [key for key in _REQUIRED_KEYS if key not in arrays]
     if missing:
-        raise DatasetError(f"{path}: missing key(s) {missing}; an .npz dataset needs {list(_REQUIRED_KEYS)}.")
+        raise DatasetError(f"{path}: missing key(s) {missing}; an .npz dataset needs {list(_REQUIRED_KEYS)} "
+                           "(optionally x_val, y_val), or just x and y, of which a stratified test split is drawn.")
     layout = _layout(path, arrays.pop("layout", None))
     if ("x_val" in arrays) != ("y_val" in arrays):
         raise DatasetError(f"{path}: 'x_val' and 'y_val' must be given together or not at all.")
@@ -188,12 +197,29 @@ def load_npz(path: str | Path) -> Dataset:
     try:
         return _finish(
             path.stem, f"npz-{digest}", x["train"], arrays["y_train"], x["test"], arrays["y_test"],
-            x.get("val"), arrays.get("y_val"),
+            x.get("val"), arrays.get("y_val"), drawn,
         )
     except ValueError as exc:  # scikit-learn's split: a class with one training sample, or fewer samples than classes
         raise DatasetError(
             f"{path}: cannot draw the validation split (15% of 'x_train', stratified by class): {exc} Save the "
             "archive with 'x_val' and 'y_val', or with at least 2 training samples of every class.") from exc
+
+
+def _draw_test_split(path: Path, arrays: dict) -> dict:
+    """``x``/``y`` split into train and test as the built-in digits are; the labels are checked first, since a split
+    stratified by them would otherwise fail on them with scikit-learn's words."""
+    x, y = arrays.pop("x"), arrays.pop("y")
+    _check_y(path, "y", y)
+    if len(x) != len(y):
+        raise DatasetError(f"{path}: 'x' has {len(x)} samples but 'y' has {len(y)}; they must match.")
+    try:
+        arrays["x_train"], arrays["x_test"], arrays["y_train"], arrays["y_test"] = _stratified_split(
+            x, y, TEST_FRACTION)
+    except ValueError as exc:  # a class with one sample, or fewer test samples than classes
+        raise DatasetError(
+            f"{path}: cannot draw the test split ({TEST_FRACTION:.0%} of 'x', stratified by class): {exc} Save the "
+            "archive with x_train, y_train, x_test, y_test, or with more samples of every class.") from exc
+    return arrays
 
 
 def _layout(path: Path, value) -> str | None:

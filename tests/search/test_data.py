@@ -83,6 +83,32 @@ def test_channels_last_images_without_a_layout_are_refused_with_the_fix(tmp_path
             load_npz(path)
 
 
+def test_an_archive_of_just_x_and_y_gets_a_stratified_test_split_drawn(tmp_path):
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(5), [30, 30, 30, 30, 80])  # one class larger: stratified keeps its share in each split
+    x = (rng.normal(size=(200, 1, 12, 12)) + y[:, None, None, None]).astype(np.float32)
+    path = tmp_path / "xy.npz"
+    np.savez(path, x=x, y=y)
+    ds, again = load_npz(path), load_npz(path)
+    assert (len(ds.x_test), len(ds.x_train) + len(ds.x_val)) == (40, 160)
+    assert np.bincount(ds.y_test).tolist() == [6, 6, 6, 6, 16]
+    rows = {r.tobytes(): label for r, label in zip(x, y)}
+    held = [r.tobytes() for r in ds.x_test]
+    assert all(rows[r] == label for r, label in zip(held, ds.y_test))  # each sample keeps its label
+    assert not set(held) & {r.tobytes() for r in np.concatenate([ds.x_train, ds.x_val])}
+    np.testing.assert_array_equal(ds.x_test, again.x_test)  # the same split on every load, on every node
+    assert "(test split drawn: 20% of x, stratified by class, seed 0)" in ds.summary()
+    np.savez(path, x=x, y=y, x_test=x[:5], y_test=y[:5])  # a partial set of splits is a mistake, not x and y
+    with pytest.raises(DatasetError, match=r"missing key\(s\) \['x_train', 'y_train'\].* or just x and y"):
+        load_npz(path)
+    np.savez(path, x=x[:6], y=np.arange(6))  # a class of one sample cannot be in both splits
+    with pytest.raises(DatasetError, match=r"cannot draw the test split \(20% of 'x', stratified by class\)"):
+        load_npz(path)
+    np.savez(path, x=x, y=y.astype(np.float32))
+    with pytest.raises(DatasetError, match="'y' must hold integer class labels"):
+        load_npz(path)
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
