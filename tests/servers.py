@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -83,21 +84,24 @@ def stop_ray_cluster(temp_dir: str, port: int) -> None:
 def ray_cluster(free_port, *options, num_cpus: int = 2):
     """A real `ray start --head` cluster with token authentication; stopped when the generator ends (with any node
     that joined it). Its `python` is this one, as a cluster's image has edgesearch."""
-    import tempfile
-
-    # its own temp folder, short: Ray's socket paths must fit 107 bytes, and pytest's (more so xdist's) may not
-    temp_dir = tempfile.mkdtemp(prefix="esh-")
     env = {**os.environ, "RAY_AUTH_MODE": "token",
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     ray_bin = str(Path(sys.executable).parent / "ray")
     subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
     port, dash = free_port(), free_port()
-    started = subprocess.run([ray_bin, "start", "--head", "--num-cpus", str(num_cpus), "--port", str(port),
-                              "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--disable-usage-stats",
-                              f"--temp-dir={temp_dir}", "--node-ip-address=127.0.0.1", *options],
-                             env=env, capture_output=True, text=True, timeout=120)
-    if started.returncode:
-        raise RuntimeError(f"ray start --head failed: {started.stderr[-2000:]}")
+    # its own temp folder, short: Ray's socket paths must fit 107 bytes, and pytest's (more so xdist's) may not
+    temp_dir = tempfile.mkdtemp(prefix="esh-")
+    try:
+        started = subprocess.run([ray_bin, "start", "--head", "--num-cpus", str(num_cpus), "--port", str(port),
+                                  "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+                                  "--disable-usage-stats", f"--temp-dir={temp_dir}", "--node-ip-address=127.0.0.1",
+                                  *options], env=env, capture_output=True, text=True, timeout=120)
+        if started.returncode:
+            raise RuntimeError(f"ray start --head failed: {started.stderr[-2000:]}")
+    except BaseException:
+        stop_ray_cluster(temp_dir, port)  # whatever a failed or timed-out start left running, and its folder
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
     old = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_AUTH_MODE"] = "token"
     try:
@@ -114,7 +118,6 @@ def node_sharing_nothing(cluster: dict, private_over: Path, cpus: int, resources
     ``private_over``, and another holds its temp folder: the node shares nothing under either with this process.
     Needs root and util-linux `unshare`; ``stop_ray_cluster`` of the cluster stops it too."""
     import json
-    import tempfile
 
     # the node's temp folder: empty here, its own tmpfs there; short, since Ray's socket paths must fit 107 bytes
     own = tempfile.mkdtemp(prefix="esn-")
