@@ -36,7 +36,7 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
-    drawn: str = ""  # the splits drawn here rather than given, in words ("" when the data gave them)
+    drawn: str = ""  # the splits drawn here rather than given by the data, in words ("" when it gave them all)
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -91,9 +91,12 @@ def _stratified_split(x, y, fraction, seed=SPLIT_SEED):
     return train_test_split(x, y, test_size=fraction, stratify=y, random_state=seed)
 
 
-def _finish(name, fingerprint, x_train, y_train, x_test, y_test, x_val=None, y_val=None, drawn="") -> Dataset:
+def _finish(name, fingerprint, x_train, y_train, x_test, y_test, x_val=None, y_val=None, test_from="") -> Dataset:
+    """``test_from`` names what the test split was drawn from ("" when the data gave it)."""
+    drawn = [f"test {TEST_FRACTION:.0%} of {test_from}"] if test_from else []
     if x_val is None:
         x_train, x_val, y_train, y_val = _stratified_split(x_train, y_train, VAL_FRACTION)
+        drawn.append(f"val {VAL_FRACTION:.0%} of train")
     num_classes = int(max(y_train.max(), y_val.max(), y_test.max())) + 1
     return Dataset(
         name=name,
@@ -105,7 +108,7 @@ def _finish(name, fingerprint, x_train, y_train, x_test, y_test, x_val=None, y_v
         x_test=np.ascontiguousarray(x_test, dtype=np.float32),
         y_test=np.asarray(y_test, dtype=np.int64),
         num_classes=num_classes,
-        drawn=drawn,
+        drawn=f"drawn here: {', '.join(drawn)}; stratified by class, seed {SPLIT_SEED}" if drawn else "",
     )
 
 
@@ -115,7 +118,7 @@ def _load_digits() -> Dataset:
     bunch = load_digits()
     x = (bunch.data / 16.0).reshape(-1, 1, 8, 8)
     x_train, x_test, y_train, y_test = _stratified_split(x, bunch.target, TEST_FRACTION)
-    return _finish("digits", "sklearn-digits-v1", x_train, y_train, x_test, y_test)
+    return _finish("digits", "sklearn-digits-v1", x_train, y_train, x_test, y_test, test_from="the set")
 
 
 def _load_mnist1d() -> Dataset:
@@ -152,10 +155,9 @@ def load_npz(path: str | Path) -> Dataset:
     except Exception as exc:
         raise DatasetError(f"{path}: not a readable .npz archive ({type(exc).__name__}: {exc}).") from exc
 
-    drawn = ""
+    test_from = ""
     if {"x", "y"} <= arrays.keys() and not any(key in arrays for key in (*_REQUIRED_KEYS, "x_val", "y_val")):
-        arrays, drawn = _draw_test_split(path, arrays), (
-            f"test split drawn: {TEST_FRACTION:.0%} of x, stratified by class, seed {SPLIT_SEED}")
+        arrays, test_from = _draw_test_split(path, arrays), "x"
     missing = [key for key in _REQUIRED_KEYS if key not in arrays]
     if missing:
         raise DatasetError(f"{path}: missing key(s) {missing}; an .npz dataset needs {list(_REQUIRED_KEYS)} "
@@ -197,7 +199,7 @@ def load_npz(path: str | Path) -> Dataset:
     try:
         return _finish(
             path.stem, f"npz-{digest}", x["train"], arrays["y_train"], x["test"], arrays["y_test"],
-            x.get("val"), arrays.get("y_val"), drawn,
+            x.get("val"), arrays.get("y_val"), test_from,
         )
     except ValueError as exc:  # scikit-learn's split: a class with one training sample, or fewer samples than classes
         raise DatasetError(

@@ -281,7 +281,7 @@ def export_search(
                 raise ConfigError(f"Search {search!r} ran on {spec.target} ({searched_runtime}); {profile.name} "
                                   f"runs {profile.runtime}. A TFLite Micro export ships the .tflite its search "
                                   f"measured: search on {profile.name} itself, then export.")
-            card = {**_card_head(search, study, spec, row, trial, reason, profile, tracking_uri),
+            card = {**_card_head(search, study, spec, row, trial, reason, profile, tracking_uri, dataset),
                     **_ship_tflm(trial, row, out, dataset, profile)}
             stored = _stored_bytes([out / "model.tflite"], copies=False)  # flashed as is: a copy would save nothing
             card["metrics"].update(stored["metrics"])
@@ -339,7 +339,7 @@ def export_search(
         if got_ort != recorded_ort or got_tvm != recorded_tvm:
             raise VerificationError(f"exported artifacts do not reproduce the recorded accuracy: {verification}")
 
-        card = _card_head(search, study, spec, row, trial, reason, profile, tracking_uri,
+        card = _card_head(search, study, spec, row, trial, reason, profile, tracking_uri, dataset,
                           searched=("latency_ms_median", "latency_ms_p90", "energy_mj") if same_target else ())
         stored = _stored_bytes([onnx_path, library], copies=True)
         card["metrics"].update({**remeasured, **stored["metrics"]})
@@ -378,7 +378,7 @@ def _stored_bytes(model_files: list[Path], copies: bool) -> dict:
     return {"metrics": metrics, "gzip_copies": written}
 
 
-def _card_head(search, study, spec, row, trial, reason, profile, tracking_uri,
+def _card_head(search, study, spec, row, trial, reason, profile, tracking_uri, dataset,
                searched=("latency_ms_median", "latency_ms_p90", "energy_mj")) -> dict:
     """What every model card says: which candidate, why, from which search, its knobs and its recorded figures."""
     from hardware_targets.host import host_cpu
@@ -395,7 +395,10 @@ def _card_head(search, study, spec, row, trial, reason, profile, tracking_uri,
         "mlflow_run_id": _mlflow_run_id(tracking_uri, search, row.number),
         "mlflow_search_run_id": study.user_attrs.get("mlflow_parent_run_id"),
         "accuracy_floor": (study.user_attrs.get("accuracy_floor") or {}).get("value"),
-        "dataset": spec.dataset, "target_profile": profile.name, "measured_on": spec.target,
+        "dataset": spec.dataset,
+        # its splits as the search read them, and which were drawn here rather than given by the data
+        "dataset_splits": dataset.summary(),
+        "target_profile": profile.name, "measured_on": spec.target,
         # the CPU the search's host figures (accuracy always, latency for host targets) were measured on, and this one
         "measured_on_cpu": trial.user_attrs.get("host_cpu"), "exported_on_cpu": host_cpu().summary(),
         "knobs": row.knobs,
@@ -604,7 +607,8 @@ def model_card_markdown(card: dict) -> str:
              f"Chosen as the {card['why']}." + (f" Exported while {card['search_unfinished']}: the search's final "
                                                  "winner may differ." if card.get("search_unfinished") else ""), "",
              f"- dataset: `{card['dataset']}`; input {card['input']['shape']} {card['input']['dtype']}"
-             f" ({card['input'].get('layout', '?')})",
+             f" ({card['input'].get('layout', '?')})"
+             + (f"; splits: {card['dataset_splits']}" if card.get("dataset_splits") else ""),
              f"- target profile: `{card['target_profile']}` (search measured on `{card['measured_on']}`)",
              f"- host CPU of the search: {_cpu_line(card.get('measured_on_cpu'))}; of this export: "
              f"{_cpu_line(card.get('exported_on_cpu'))}",

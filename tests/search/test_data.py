@@ -97,7 +97,7 @@ def test_an_archive_of_just_x_and_y_gets_a_stratified_test_split_drawn(tmp_path)
     assert all(rows[r] == label for r, label in zip(held, ds.y_test))  # each sample keeps its label
     assert not set(held) & {r.tobytes() for r in np.concatenate([ds.x_train, ds.x_val])}
     np.testing.assert_array_equal(ds.x_test, again.x_test)  # the same split on every load, on every node
-    assert "(test split drawn: 20% of x, stratified by class, seed 0)" in ds.summary()
+    assert "(drawn here: test 20% of x, val 15% of train; stratified by class, seed 0)" in ds.summary()
     np.savez(path, x=x, y=y, x_test=x[:5], y_test=y[:5])  # a partial set of splits is a mistake, not x and y
     with pytest.raises(DatasetError, match=r"missing key\(s\) \['x_train', 'y_train'\].* or just x and y"):
         load_npz(path)

@@ -27,7 +27,7 @@ def exported(tracked_search, tmp_path_factory):
     return out, card, outcome, client, runs
 
 
-def test_export_writes_the_deployable_folder(exported):
+def test_export_writes_the_deployable_folder(exported, digits):
     out, card, outcome, _, runs = exported
     for name in ("model.onnx", "model.so", "model_card.json", "MODEL_CARD.md", "predict.py"):
         assert (out / name).is_file(), name
@@ -55,6 +55,10 @@ def test_export_writes_the_deployable_folder(exported):
     assert card["mlflow_run_id"] and f"MLflow run: `{card['mlflow_run_id']}`" in (out / "MODEL_CARD.md").read_text()
     # digits are images, read channel-first: the card says the order the shipped model takes its input in
     assert card["input"]["shape"] == [1, 1, 8, 8] and card["input"]["layout"] == "NCHW"
+    # the card says which splits its figures come from: digits' test and val splits are drawn from sklearn's one set
+    splits = (f"{len(digits.x_train)} train / {len(digits.x_val)} val / {len(digits.x_test)} test (drawn here: "
+              "test 20% of the set, val 15% of train; stratified by class, seed 0)")
+    assert splits in card["dataset_splits"] and splits in (out / "MODEL_CARD.md").read_text()
     assert json.loads((out / "model_card.json").read_text())["trial"] == card["trial"]
     assert "| latency_ms_median |" in (out / "MODEL_CARD.md").read_text()
     assert "`python predict.py input.npy` runs the model" in (out / "MODEL_CARD.md").read_text()
