@@ -17,6 +17,12 @@ RELATIVE_NOISE_FLOOR = 0.05
 # quiet median, so past this margin a candidate cannot fit alone either.
 SCREEN_MARGIN = 0.1
 
+# The shipping stage times each candidate alone, minutes after the search timed it beside the other worker's
+# training. Alone, a library's median read 0.73x-1.16x its median under load (above); read more than this much
+# slower, something else ran during the timing (a noisy neighbour on the VM, another process), and figures taken
+# then would re-rank the front on a disturbance: they are timed again.
+DISTURBED_RATIO = 1.3
+
 FEASIBLE, INFEASIBLE, RETIME = "feasible", "infeasible", "retime"
 
 
@@ -40,3 +46,8 @@ def clearly_over_budget(median_ms: float, budget_ms: float, provenance: str) -> 
     if provenance != "measured":
         return median_ms > budget_ms
     return median_ms > budget_ms * (1 + SCREEN_MARGIN)
+
+
+def disturbed(searched_median_ms: float, again_median_ms: float) -> bool:
+    """Whether the same library, timed again alone, read slower than under load by more than load explains."""
+    return again_median_ms > DISTURBED_RATIO * searched_median_ms

@@ -289,8 +289,17 @@ def _ship_stage(ray, study, spec: SearchSpec, profile, report: Reporter, placeme
                + (f", tuned {f['tvm-tuned']['latency_ms_p90']:.4g} ms" if "tvm-tuned" in f else "")
                + f", onnxruntime {f['onnxruntime']['latency_ms_p90']:.4g} ms -> ships {shipped['option']}"
                + (f" ({tuning_summary(shipped['tuning'])})" if shipped.get("tuning") else "")
+               + _retimed(shipped.get("timing"))
                + f"  ETA {int(eta // 60)}m{int(eta % 60):02d}s")
     study.set_user_attr(SHIPPING_ATTR, "done")
+
+
+def _retimed(timing: dict | None) -> str:
+    """A shipping line's note when its first timing was disturbed and the runtimes were timed again."""
+    if not timing or timing["attempts"] == 1:
+        return ""
+    return (f"; timed {timing['attempts']} times: the untuned library first read {timing['first_against_search']:.2f}x "
+            f"its median in the search, {timing['untuned_against_search']:.2f}x in the timing kept")
 
 
 def widest_candidate(spec: SearchSpec) -> Candidate:
