@@ -177,7 +177,8 @@ def _print_outcome(outcome_rows, front, best, hv, spec, storage, floor=None) -> 
               f"{'accuracy':>10}{'p90 ms':>10}{'size KiB':>10}  provenance  {'ships as':<16}recipe")
         for r in sorted(front, key=lambda r: r.value("latency_ms_p90")):
             k = r.knobs
-            print(f"{r.number:>5}  {k['precision']:<9}{k['width']:>6g}{k['sparsity']:>9g} {k['pruning']:<13}"
+            pruning = k["pruning"] if k["sparsity"] else "-"  # the mode drawn for an unpruned model means nothing
+            print(f"{r.number:>5}  {k['precision']:<9}{k['width']:>6g}{k['sparsity']:>9g} {pruning:<13}"
                   f"{k['temperature']:>5g}{k['alpha']:>6g}{r.value('accuracy'):>10.4f}"
                   f"{r.value('latency_ms_p90'):>10.4f}{r.value('size_bytes') / 1024:>10.1f}  "
                   f"{r.metrics['latency_ms_p90'][2]:<10}  {_ships_as(r):<16}{r.recipe or '-'}")
