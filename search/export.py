@@ -305,7 +305,8 @@ def export_search(
         # Timed before the verification below runs TVM: the runtime's thread pool reads its size once per process.
         # Another target than the search's is measured (or emulated) here: its figures replace the search's.
         remeasured = _remeasure(artifact, onnx_path, precision, dataset.x_val[:1].astype(dtype), profile,
-                                runtime, suffix="_at_export" if same_target else "") \
+                                runtime, suffix="_at_export" if same_target else "",
+                                reference_ms=row.value("latency_ms_median") if same_target else None) \
             if profile.backend == "local" or (not same_target and profile.backend == "emulated") else {}
         if precision.startswith("int8") and profile.backend == "local":
             int8_vs_fp32 = _int8_against_fp32(row, spec, dataset, profile, build_target, runtime,
@@ -540,21 +541,32 @@ def input_layout(sample_shape: tuple[int, ...], channels_last: bool = False) -> 
     return first.replace("C", "") + "C" if channels_last else first
 
 
-def _remeasure(artifact, onnx_path: Path, precision: str, sample, profile, runtime: str, suffix: str) -> dict:
+def _remeasure(artifact, onnx_path: Path, precision: str, sample, profile, runtime: str, suffix: str,
+               reference_ms: float | None = None) -> dict:
     """Time what ships again with no search running (during a search the other workers share the machine's caches
-    and memory bandwidth), in the runtime that ships; for another target than the search's, its only figures."""
+    and memory bandwidth), in the runtime that ships; for another target than the search's, its only figures.
+    A timing whose median reads far slower than ``reference_ms`` (the recorded median of the same artifact) was
+    disturbed, and is taken again, as the shipping stage does (the fastest of at most three is kept)."""
     from hardware_targets import get_backend
     from hardware_targets.backends.local import time_onnxruntime
-    from search.pipeline import set_threads
+    from objectives.latency import disturbed
+    from search.pipeline import SHIP_RETIMES, set_threads
     from search.stages.export import ort_session
     from search.workers import THREADS_PER_WORKER
 
     set_threads(THREADS_PER_WORKER)  # the threads each search worker measured with
-    if runtime == "onnxruntime":
-        got = {n.replace("ort_latency", "latency"): m for n, m in
-               time_onnxruntime(ort_session(onnx_path, THREADS_PER_WORKER), sample, EXPORT_TIMING_REPEATS).items()}
-    else:
-        got = get_backend(profile).measure(artifact, onnx_path, precision, sample, EXPORT_TIMING_REPEATS)
+
+    def timed() -> dict:
+        if runtime == "onnxruntime":
+            return {n.replace("ort_latency", "latency"): m for n, m in time_onnxruntime(
+                ort_session(onnx_path, THREADS_PER_WORKER), sample, EXPORT_TIMING_REPEATS).items()}
+        return get_backend(profile).measure(artifact, onnx_path, precision, sample, EXPORT_TIMING_REPEATS)
+
+    got = timed()
+    for _ in range(SHIP_RETIMES if reference_ms else 0):
+        if not disturbed(reference_ms, got["latency_ms_median"].value):
+            break
+        got = min(got, timed(), key=lambda g: g["latency_ms_median"].value)
     names = ("latency_ms_median", "latency_ms_p90") + (() if suffix else ("energy_mj",))
     return {f"{name}{suffix}": {"value": m.value, "unit": m.unit, "provenance": m.provenance}
             for name, m in got.items() if name in names}
