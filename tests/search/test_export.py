@@ -135,6 +135,28 @@ def test_card_agrees_with_mlflow_and_is_registered(exported):
     assert card["metrics"]["flash_bytes"]["provenance"] == "measured"
 
 
+def test_a_disturbed_timing_at_export_is_taken_again(exported, digits, monkeypatch):
+    from hardware_targets import load_profile
+    from hardware_targets.backends import local
+    from hardware_targets.compile import CompiledArtifact
+    from search.export import _remeasure
+    from search.pipeline import SHIP_RETIMES
+
+    out, card, *_ = exported
+    timings, time_in_turns = [], local.time_in_turns
+    monkeypatch.setattr(local, "time_in_turns", lambda *a, **k: timings.append(1) or time_in_turns(*a, **k))
+    dtype = card["input"]["dtype"]
+    artifact = CompiledArtifact(str(out / "model.so"), card["tvm_target"], tuple(card["input"]["shape"]), dtype)
+    args = (artifact, out / "model.onnx", card["knobs"]["precision"], digits.x_val[:1].astype(dtype),
+            load_profile("host"), card["runtime"], "_at_export")
+    recorded = card["metrics"]["latency_ms_median"]["value"]
+    got = _remeasure(*args, reference_ms=recorded / 10)  # as if recorded 10x faster than it runs: always disturbed
+    assert len(timings) == 1 + SHIP_RETIMES and got["latency_ms_median_at_export"]["provenance"] == "measured"
+    timings.clear()
+    _remeasure(*args, reference_ms=recorded * 10)  # far slower than it runs: nothing disturbed it
+    assert len(timings) == 1
+
+
 def test_verification_reproduces_the_recorded_accuracy(exported):
     _, card, outcome, _, _ = exported
     v = card["verification"]
