@@ -422,8 +422,9 @@ def ship_candidate(result: CandidateResult, dataset: Dataset, profile: TargetPro
     attempts = []
     for _ in range(1 + SHIP_RETIMES):
         timed_all = time_in_turns(timers, repeats)
-        attempts.append((float(np.median(timed_all["tvm"].seconds_per_call)) * 1e3 / searched, timed_all))
-        if not disturbed(searched, searched * attempts[-1][0]):
+        untuned_ms = float(np.median(timed_all["tvm"].seconds_per_call)) * 1e3
+        attempts.append((untuned_ms / searched, timed_all))
+        if not disturbed(searched, untuned_ms):
             break
     against_search, timed_all = min(attempts, key=lambda a: a[0])
     for key, timed in timed_all.items():
