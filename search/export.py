@@ -621,7 +621,8 @@ def model_card_markdown(card: dict) -> str:
              f"- dataset: `{card['dataset']}`; input {card['input']['shape']} {card['input']['dtype']}"
              f" ({card['input'].get('layout', '?')})"
              + (f"; splits: {card['dataset_splits']}" if card.get("dataset_splits") else ""),
-             f"- target profile: `{card['target_profile']}` (search measured on `{card['measured_on']}`)",
+             f"- target profile: `{card['target_profile']}` (searched for `{card['measured_on']}`; each figure below "
+             "says whether it was measured, emulated or estimated)",
              f"- host CPU of the search: {_cpu_line(card.get('measured_on_cpu'))}; of this export: "
              f"{_cpu_line(card.get('exported_on_cpu'))}",
              "- knobs: " + ", ".join(f"{k}={v}" for k, v in card["knobs"].items()),
