@@ -167,13 +167,18 @@ def load_npz(path: str | Path) -> Dataset:
         raise DatasetError(f"{path}: 'x_val' and 'y_val' must be given together or not at all.")
 
     splits = ["train", "test"] + (["val"] if "x_val" in arrays else [])
+
+    def saved_as(kind: str, split: str) -> str:
+        """The key a message names: the one the user saved (``x``, not the split drawn from it)."""
+        return kind if test_from else f"{kind}_{split}"
+
     sample_shape = None
     for split in splits:
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-        _check_x(path, f"x_{split}", x)
-        _check_y(path, f"y_{split}", y)
+        _check_x(path, saved_as("x", split), x)
+        _check_y(path, saved_as("y", split), y)
         if len(x) == 0:
-            raise DatasetError(f"{path}: 'x_{split}' is empty; every split needs at least one sample.")
+            raise DatasetError(f"{path}: '{saved_as('x', split)}' is empty; every split needs at least one sample.")
         if len(x) != len(y):
             raise DatasetError(
                 f"{path}: 'x_{split}' has {len(x)} samples but 'y_{split}' has {len(y)}; they must match."
@@ -185,7 +190,7 @@ def load_npz(path: str | Path) -> Dataset:
                 f"{path}: 'x_{split}' has sample shape {x.shape[1:]} but 'x_train' has {sample_shape}; they must match."
             )
 
-    x = {s: _channel_first(path, f"x_{s}", arrays[f"x_{s}"], layout) for s in splits}
+    x = {s: _channel_first(path, saved_as("x", s), arrays[f"x_{s}"], layout) for s in splits}
     num_classes = int(max(arrays[f"y_{s}"].max() for s in splits)) + 1
     if num_classes < 2:
         raise DatasetError(f"{path}: labels must cover at least 2 classes; got {num_classes}.")
@@ -239,12 +244,13 @@ def _channel_first(path: Path, key: str, x: np.ndarray, layout: str | None) -> n
     if layout is None:
         if x.ndim == 4 and x.shape[3] in _CHANNEL_SIZES and x.shape[1] not in _CHANNEL_SIZES:
             raise DatasetError(
-                f"{path}: '{key}' has shape {x.shape}, which looks channels-last (N, H, W, C); images are read as "
-                f"(N, C, H, W), which would make {x.shape[1]} channels of {x.shape[2]}x{x.shape[3]}. Save the archive "
-                "with layout='NHWC' to have it read as channels-last, or layout='NCHW' if that reading is right.")
+                f"{path}: '{key}' holds samples of shape {x.shape[1:]}, which look channels-last (H, W, C); images are "
+                f"read as (C, H, W), which would make {x.shape[1]} channels of {x.shape[2]}x{x.shape[3]}. Save the "
+                "archive with layout='NHWC' to have it read as channels-last, or layout='NCHW' if that reading is right.")
         layout = {2: "NL", 3: "NCL", 4: "NCHW"}[x.ndim]
     if len(layout) != x.ndim:
-        raise DatasetError(f"{path}: 'layout' is {layout!r}, {len(layout)} axes, but '{key}' has shape {x.shape}.")
+        raise DatasetError(f"{path}: 'layout' is {layout!r}, {len(layout)} axes, but '{key}' has {x.ndim} "
+                           f"(samples of shape {x.shape[1:]}).")
     if "C" not in layout:  # one channel
         return x[:, None]
     return np.moveaxis(x, layout.index("C"), 1)
@@ -256,7 +262,7 @@ def _check_x(path: Path, key: str, x: np.ndarray) -> None:
     if x.ndim not in (2, 3, 4):
         raise DatasetError(
             f"{path}: '{key}' must have shape (N, L) or (N, C, L) for signals or (N, C, H, W) for images; "
-            f"got shape {x.shape}."
+            f"got {x.ndim} axes (samples of shape {x.shape[1:]})."
         )
     if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
         raise DatasetError(f"{path}: '{key}' contains NaN or Inf values.")

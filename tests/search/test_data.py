@@ -71,7 +71,7 @@ def test_a_layout_in_the_archive_says_how_x_is_read(tmp_path, layout, shape, rea
 def test_channels_last_images_without_a_layout_are_refused_with_the_fix(tmp_path):
     path = tmp_path / "hwc.npz"
     np.savez(path, **_images((32, 32, 3)))
-    with pytest.raises(DatasetError, match=r"looks channels-last .*layout='NHWC'"):
+    with pytest.raises(DatasetError, match=r"look channels-last .*layout='NHWC'"):
         load_npz(path)
     np.savez(path, **_images((32, 32, 3)), layout="NCHW")  # 32 channels of 32x3 it is, if the user says so
     assert load_npz(path).sample_shape == (32, 32, 3)
@@ -106,6 +106,13 @@ def test_an_archive_of_just_x_and_y_gets_a_stratified_test_split_drawn(tmp_path)
         load_npz(path)
     np.savez(path, x=x, y=y.astype(np.float32))
     with pytest.raises(DatasetError, match="'y' must hold integer class labels"):
+        load_npz(path)
+    # a problem found after the split names the key the user saved, and the samples' shape, not the split's
+    np.savez(path, x=np.moveaxis(x, 1, 3).repeat(3, axis=3), y=y)  # RGB saved channels-last, no layout
+    with pytest.raises(DatasetError, match=r"'x' holds samples of shape \(12, 12, 3\), which look channels-last"):
+        load_npz(path)
+    np.savez(path, x=np.where(y[:, None, None, None] == 4, np.nan, x), y=y)
+    with pytest.raises(DatasetError, match="'x' contains NaN"):
         load_npz(path)
 
 
