@@ -246,7 +246,8 @@ def _channel_first(path: Path, key: str, x: np.ndarray, layout: str | None) -> n
             raise DatasetError(
                 f"{path}: '{key}' holds samples of shape {x.shape[1:]}, which look channels-last (H, W, C); images are "
                 f"read as (C, H, W), which would make {x.shape[1]} channels of {x.shape[2]}x{x.shape[3]}. Save the "
-                "archive with layout='NHWC' to have it read as channels-last, or layout='NCHW' if that reading is right.")
+                "archive with layout='NHWC' to have it read as channels-last, or layout='NCHW' if that reading is "
+                "right.")
         layout = {2: "NL", 3: "NCL", 4: "NCHW"}[x.ndim]
     if len(layout) != x.ndim:
         raise DatasetError(f"{path}: 'layout' is {layout!r}, {len(layout)} axes, but '{key}' has {x.ndim} "
