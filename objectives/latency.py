@@ -8,6 +8,10 @@ running before it is called feasible or not. Emulated figures are deterministic.
 
 from __future__ import annotations
 
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
 # A floor under the noise estimate: on a shared 2-core machine a candidate timed while the other worker
 # trains reads a few percent slower than alone, even when its own repeats agree closely.
 RELATIVE_NOISE_FLOOR = 0.05
@@ -22,6 +26,7 @@ SCREEN_MARGIN = 0.1
 # slower, something else ran during the timing (a noisy neighbour on the VM, another process), and figures taken
 # then would re-rank the front on a disturbance: they are timed again.
 DISTURBED_RATIO = 1.3
+RETIMES = 2  # further timings of a disturbed one (a few seconds each at most)
 
 FEASIBLE, INFEASIBLE, RETIME = "feasible", "infeasible", "retime"
 
@@ -51,3 +56,18 @@ def clearly_over_budget(median_ms: float, budget_ms: float, provenance: str) -> 
 def disturbed(searched_median_ms: float, again_median_ms: float) -> bool:
     """Whether the same library, timed again alone, read slower than under load by more than load explains."""
     return again_median_ms > DISTURBED_RATIO * searched_median_ms
+
+
+def least_disturbed(time_once: Callable[[], T], median_ms: Callable[[T], float], reference_ms: float,
+                    retimes: int = RETIMES) -> tuple[T, list[float]]:
+    """Time with ``time_once`` until its median is not disturbed against ``reference_ms`` (the same artifact's
+    recorded median), at most ``retimes`` times more; the least disturbed timing, and every timing's median."""
+    kept, medians = None, []
+    for _ in range(1 + retimes):
+        timed = time_once()
+        medians.append(median_ms(timed))
+        if medians[-1] <= min(medians):
+            kept = timed
+        if not disturbed(reference_ms, medians[-1]):
+            break
+    return kept, medians

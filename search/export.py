@@ -549,8 +549,8 @@ def _remeasure(artifact, onnx_path: Path, precision: str, sample, profile, runti
     disturbed, and is taken again, as the shipping stage does (the fastest of at most three is kept)."""
     from hardware_targets import get_backend
     from hardware_targets.backends.local import time_onnxruntime
-    from objectives.latency import disturbed
-    from search.pipeline import SHIP_RETIMES, set_threads
+    from objectives.latency import least_disturbed
+    from search.pipeline import set_threads
     from search.stages.export import ort_session
     from search.workers import THREADS_PER_WORKER
 
@@ -562,11 +562,7 @@ def _remeasure(artifact, onnx_path: Path, precision: str, sample, profile, runti
                 ort_session(onnx_path, THREADS_PER_WORKER), sample, EXPORT_TIMING_REPEATS).items()}
         return get_backend(profile).measure(artifact, onnx_path, precision, sample, EXPORT_TIMING_REPEATS)
 
-    got = timed()
-    for _ in range(SHIP_RETIMES if reference_ms else 0):
-        if not disturbed(reference_ms, got["latency_ms_median"].value):
-            break
-        got = min(got, timed(), key=lambda g: g["latency_ms_median"].value)
+    got = least_disturbed(timed, lambda g: g["latency_ms_median"].value, reference_ms)[0] if reference_ms else timed()
     names = ("latency_ms_median", "latency_ms_p90") + (() if suffix else ("energy_mj",))
     return {f"{name}{suffix}": {"value": m.value, "unit": m.unit, "provenance": m.provenance}
             for name, m in got.items() if name in names}

@@ -29,7 +29,7 @@ from hardware_targets.host import host_cpu
 from hardware_targets.metric import Metric
 from hardware_targets.profile import TFLM_PRECISIONS, arithmetic
 from objectives.accuracy import accuracy, predict_onnx, predict_tvm
-from objectives.latency import disturbed
+from objectives.latency import least_disturbed
 from objectives.memory import peak_activation_bytes
 from objectives.size import file_bytes, flash_bytes, weight_bytes
 from search.candidate import Candidate, CandidateResult
@@ -41,8 +41,6 @@ from search.stages.export import export_onnx, input_dtype, ort_session
 from search.stages.train import fit, get_teacher
 
 Progress = Callable[[str, str], None]
-
-SHIP_RETIMES = 2  # further timings of a shipping candidate whose timing was disturbed (a few seconds each)
 
 
 @dataclass(frozen=True)
@@ -419,14 +417,8 @@ def ship_candidate(result: CandidateResult, dataset: Dataset, profile: TargetPro
     # could decide between two options within a few percent of each other. The untuned library is the one the
     # search timed: read much slower now, the timing was disturbed, and it is repeated (the least disturbed kept)
     searched = result.value("latency_ms_median")
-    attempts = []
-    for _ in range(1 + SHIP_RETIMES):
-        timed_all = time_in_turns(timers, repeats)
-        untuned_ms = float(np.median(timed_all["tvm"].seconds_per_call)) * 1e3
-        attempts.append((untuned_ms / searched, timed_all))
-        if not disturbed(searched, untuned_ms):
-            break
-    against_search, timed_all = min(attempts, key=lambda a: a[0])
+    timed_all, untuned_ms = least_disturbed(lambda: time_in_turns(timers, repeats),
+                                            lambda t: float(np.median(t["tvm"].seconds_per_call)) * 1e3, searched)
     for key, timed in timed_all.items():
         options[key]["metrics"] = add_work_and_energy(latency_metrics(timed.seconds_per_call, "measured"), onnx_path,
                                                       result.candidate.precision, profile, timed.energy_mj)
@@ -443,8 +435,8 @@ def ship_candidate(result: CandidateResult, dataset: Dataset, profile: TargetPro
         "runtime": chosen.split("-")[0], "option": chosen, "library": ship["library"], "target": ship["target"],
         "forced": runtime != "auto", "tuning": tuning, "host_cpu": host_cpu().summary(),
         # how many times the runtimes were timed, and the untuned library's median then against the search's
-        "timing": {"attempts": len(attempts), "untuned_against_search": against_search,
-                   "first_against_search": attempts[0][0]},
+        "timing": {"attempts": len(untuned_ms), "untuned_against_search": min(untuned_ms) / searched,
+                   "first_against_search": untuned_ms[0] / searched},
         "metrics": {n: [m.value, m.unit, m.provenance] for n, m in metrics.items()},
         "figures": {k: {n: o["metrics"][n].value for n in ("latency_ms_median", "latency_ms_p90")}
                     for k, o in options.items()},

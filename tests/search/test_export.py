@@ -140,7 +140,7 @@ def test_a_disturbed_timing_at_export_is_taken_again(exported, digits, monkeypat
     from hardware_targets.backends import local
     from hardware_targets.compile import CompiledArtifact
     from search.export import _remeasure
-    from search.pipeline import SHIP_RETIMES
+    from objectives.latency import RETIMES
 
     out, card, *_ = exported
     timings, time_in_turns = [], local.time_in_turns
@@ -151,7 +151,7 @@ def test_a_disturbed_timing_at_export_is_taken_again(exported, digits, monkeypat
             load_profile("host"), card["runtime"], "_at_export")
     recorded = card["metrics"]["latency_ms_median"]["value"]
     got = _remeasure(*args, reference_ms=recorded / 10)  # as if recorded 10x faster than it runs: always disturbed
-    assert len(timings) == 1 + SHIP_RETIMES and got["latency_ms_median_at_export"]["provenance"] == "measured"
+    assert len(timings) == 1 + RETIMES and got["latency_ms_median_at_export"]["provenance"] == "measured"
     timings.clear()
     _remeasure(*args, reference_ms=recorded * 10)  # far slower than it runs: nothing disturbed it
     assert len(timings) == 1

@@ -145,21 +145,21 @@ def test_a_disturbed_shipping_timing_is_timed_again(trained, digits, host, share
     import dataclasses
 
     from hardware_targets.metric import Metric
-    from objectives.latency import DISTURBED_RATIO
-    from search.pipeline import SHIP_RETIMES, Paths, ship_candidate
+    from objectives.latency import DISTURBED_RATIO, RETIMES
+    from search.pipeline import Paths, ship_candidate
     from search.workers import _retimed
 
     searched = trained.metrics["latency_ms_median"]
     faster = dataclasses.replace(trained, metrics={**trained.metrics, "latency_ms_median": Metric(
         searched.value / 3, searched.unit, searched.provenance)})
     timing = ship_candidate(faster, digits, host, Paths(shared_runs), trials_per_task=0)["timing"]
-    assert timing["attempts"] == 1 + SHIP_RETIMES
+    assert timing["attempts"] == 1 + RETIMES
     assert DISTURBED_RATIO < timing["untuned_against_search"] <= timing["first_against_search"]
-    assert _retimed(timing).startswith(f"; timed {1 + SHIP_RETIMES} times: the untuned library first read")
+    assert _retimed(timing).startswith(f"; timed {1 + RETIMES} times: the untuned library first read")
     again = ship_candidate(trained, digits, host, Paths(shared_runs), trials_per_task=0)["timing"]
     # against its true figure, a timing is repeated only when it was disturbed, and never more often
     assert (again["attempts"] == 1) == (again["first_against_search"] <= DISTURBED_RATIO)
-    assert again["attempts"] <= 1 + SHIP_RETIMES and (_retimed(again) == "") == (again["attempts"] == 1)
+    assert again["attempts"] <= 1 + RETIMES and (_retimed(again) == "") == (again["attempts"] == 1)
 
 
 @pytest.mark.slow  # ~100 s: MetaSchedule for a CPU-specific target imports TVM's tensor intrinsics first
