@@ -365,6 +365,14 @@ def _environment(variables: dict[str, str]):
                 os.environ[k] = v
 
 
+# Ray ends a worker left idle while fewer CPUs are free than workers are idle: a task that holds every CPU (the
+# re-timing and shipping tasks, timing alone) had the other worker end beside it, and its exit (Python's last garbage
+# collection over torch and TVM) took a core for 2-3 s, during that task's timing (NOTES.md). The next candidate then
+# waited for a new worker to import them again. A cluster started with `ray start` takes the same setting from
+# RAY_kill_idle_workers_interval_ms=0 (README).
+KEEP_IDLE_WORKERS = {"kill_idle_workers_interval_ms": 0}
+
+
 def start_ray(address: str | None, workers: int):
     """Connect to a cluster at ``address``, or start a local one sized for ``workers``."""
     import ray
@@ -383,7 +391,8 @@ def start_ray(address: str | None, workers: int):
             with _environment(threads):
                 ray.init(address="local", num_cpus=workers * THREADS_PER_WORKER, include_dashboard=False,
                          logging_level="ERROR", log_to_driver=False, _node_ip_address="127.0.0.1",
-                         resources={cpu_kind_resource(host_cpu().key): workers * THREADS_PER_WORKER})
+                         resources={cpu_kind_resource(host_cpu().key): workers * THREADS_PER_WORKER},
+                         _system_config=KEEP_IDLE_WORKERS)
     except Exception as exc:
         raise ConfigError(f"Cannot start or reach Ray{f' at {address}' if address else ''}: {exc}") from exc
     return ray

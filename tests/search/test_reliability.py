@@ -72,6 +72,27 @@ def test_candidate_over_its_time_limit_fails_and_others_go_on(tmp_path):
     assert all("timeout" in r.error for r in outcome.rows)
 
 
+def test_a_task_that_holds_every_cpu_leaves_the_idle_worker_running():
+    """Ray ends a worker idle while fewer CPUs are free than workers are idle; its exit took a core for seconds
+    during the very timing that held every CPU to run alone. The search's own cluster keeps its idle workers."""
+    import ray
+
+    if ray.is_initialized():
+        pytest.skip("a cluster someone else started keeps its own worker settings")
+    start_ray(None, workers=2)
+    try:
+        both = ray.remote(num_cpus=1)(lambda: (time.sleep(1.0), os.getpid())[1])
+        workers = set(ray.get([both.remote(), both.remote()]))
+        assert len(workers) == 2
+        alone = ray.remote(num_cpus=2)(lambda: (time.sleep(3.0), os.getpid())[1])
+        holder = ray.get(alone.remote())  # Ray looks for idle workers to end every 0.2 s, after 1 s idle
+        idle = workers - {holder}
+        assert idle and all(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in idle)
+        assert set(ray.get([both.remote(), both.remote()])) == workers  # and no new worker imports everything again
+    finally:
+        ray.shutdown()
+
+
 def test_a_search_stopped_by_an_error_on_a_cluster_it_was_given_leaves_no_task_running(tmp_path):
     """A notebook's or ``--address``'s cluster outlives the search: its candidates must stop with it, or they would
     train on beside the next search's timings."""
