@@ -202,7 +202,8 @@ def evaluate_candidate(
             alpha=candidate.alpha, seed=candidate.seed)
     dense_params = count_parameters(model)
 
-    with stage("prune", f"{candidate.pruning} pruning to sparsity {candidate.sparsity:g}"):
+    with stage("prune", f"{candidate.pruning} pruning to sparsity {candidate.sparsity:g}" if candidate.sparsity
+               else "no pruning (sparsity 0)"):
         model, sparsity = prune_model(model, candidate, dataset, teacher)
 
     if candidate.precision == "int8-qat":

@@ -36,10 +36,15 @@ def test_evaluate_candidate_measures_the_compiled_artifact(digits, host, tiny_bu
 
 def test_cli_evaluate_json(shared_runs, capsys):
     code = main(["--runs-dir", str(shared_runs), "evaluate", "--precision", "fp32", "--width", "0.25",
-                 "--epochs", "1", "--finetune-epochs", "0", "--repeats", "3", "--threads", "1", "--json"])
+                 "--pruning", "unstructured", "--sparsity", "0.5", "--epochs", "1", "--finetune-epochs", "0",
+                 "--repeats", "3", "--threads", "1", "--json"])
     assert code == 0
-    out = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr()
+    out = json.loads(printed.out)  # the JSON alone on stdout; notes go to stderr
     assert out["candidate"]["width"] == 0.25 and out["metrics"]["accuracy"]["provenance"] == "measured"
+    # built as asked, but the user is told why a search of the host would not have searched it
+    assert printed.err.startswith("note: unstructured pruning on host: kernels that do not skip zero weights")
+    assert abs(out["metrics"]["sparsity"]["value"] - 0.5) <= 0.01
 
 
 @pytest.mark.parametrize(
