@@ -3,6 +3,7 @@
 import dataclasses
 import gzip
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -117,13 +118,17 @@ def test_resume_reruns_interrupted_candidates_but_not_half_drawn_knobs(tmp_path)
     assert requeued[0].user_attrs["recipe"] == "fp16 only"  # and its re-run still says so
     # in MLflow an interrupted trial is KILLED, not a failure, and so is a search whose driver was stopped
     from search.tracking import default_tracking_uri
-    from search.workers import _Tracking
+    from search.workers import LOGGING_NICENESS, _Tracking
 
     assert [r.interrupted for r in rows(load_study("halfway", storage))] == [True, True]
     timings = {"logging": 0.0, "logging_background": 0.0}
     tracking = _Tracking(spec, load_study("halfway", storage), default_tracking_uri(tmp_path), tmp_path,
                          lambda line: None, timings)
     tracking.ready()
+    # MLflow's thread yields the cores the workers time candidates on to them (Linux: a niceness per thread)
+    here = os.getpriority(os.PRIO_PROCESS, 0)
+    assert os.getpriority(os.PRIO_PROCESS, tracking._thread.native_id) == min(19, here + LOGGING_NICENESS)
+    assert os.getpriority(os.PRIO_PROCESS, 0) == here  # the driver's own thread is left as it is
     tracking.on_trial()
     client = MlflowClient(default_tracking_uri(tmp_path))
     _wait_for(lambda: len(client.search_runs([tracking.tracker.experiment_id])) == 3, 60, "two trial runs")
