@@ -62,13 +62,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if not quiet:
         print(f"dataset {dataset.summary()}")
-    # asked for by name, the candidate is built anyway; a search would leave it out of the space, for this reason
-    slow = [f"{candidate.precision} on {profile.name}: {reason}"  # (TFLite Micro refuses it: the error says why)
-            for reason in [profile.arithmetic_reason(candidate.precision)] if reason and profile.runtime != "tflite-micro"]
-    if candidate.sparsity and profile.pruning_reason(candidate.pruning):
-        slow.append(f"{candidate.pruning} pruning on {profile.name}: {profile.pruning_reason(candidate.pruning)}")
-    for note in slow:
-        print(f"note: {note}; a search leaves it out of its space", file=sys.stderr if quiet else sys.stdout)
+    # asked for by name, the candidate is built anyway; a search would leave it out of its space, for this reason
+    # (a TFLite Micro target refuses such a precision outright, with its own error)
+    arithmetic = profile.arithmetic_reason(candidate.precision) if profile.runtime != "tflite-micro" else None
+    pruning = profile.pruning_reason(candidate.pruning) if candidate.sparsity else None
+    for what, reason in ((candidate.precision, arithmetic), (f"{candidate.pruning} pruning", pruning)):
+        if reason:
+            print(f"note: {what} on {profile.name}: {reason}; a search leaves it out of its space",
+                  file=sys.stderr if quiet else sys.stdout)
     result = evaluate_candidate(candidate, dataset, profile, Paths(args.runs_dir), threads=args.threads,
                                 progress=progress)
     if args.json:
