@@ -72,23 +72,33 @@ def test_candidate_over_its_time_limit_fails_and_others_go_on(tmp_path):
     assert all("timeout" in r.error for r in outcome.rows)
 
 
-def test_a_task_that_holds_every_cpu_leaves_the_idle_worker_running():
+def test_a_task_that_holds_every_cpu_leaves_the_idle_worker_running(tmp_path):
     """Ray ends a worker idle while fewer CPUs are free than workers are idle; its exit took a core for seconds
     during the very timing that held every CPU to run alone. The search's own cluster keeps its idle workers."""
     import ray
 
     if ray.is_initialized():
         pytest.skip("a cluster someone else started keeps its own worker settings")
+
+    def together(folder: str) -> int:  # waits for the other task given ``folder``: two worker processes at once
+        Path(folder, str(os.getpid())).touch()
+        deadline = time.time() + 120
+        while len(os.listdir(folder)) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        return os.getpid()
+
     start_ray(None, workers=2)
     try:
-        both = ray.remote(num_cpus=1)(lambda: (time.sleep(1.0), os.getpid())[1])
-        workers = set(ray.get([both.remote(), both.remote()]))
+        both = ray.remote(num_cpus=1)(together)
+        (tmp_path / "first").mkdir()
+        workers = set(ray.get([both.remote(str(tmp_path / "first")) for _ in range(2)]))
         assert len(workers) == 2
         alone = ray.remote(num_cpus=2)(lambda: (time.sleep(3.0), os.getpid())[1])
         holder = ray.get(alone.remote())  # Ray looks for idle workers to end every 0.2 s, after 1 s idle
         idle = workers - {holder}
         assert idle and all(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in idle)
-        assert set(ray.get([both.remote(), both.remote()])) == workers  # and no new worker imports everything again
+        (tmp_path / "then").mkdir()  # and no new worker imports everything again
+        assert set(ray.get([both.remote(str(tmp_path / "then")) for _ in range(2)])) == workers
     finally:
         ray.shutdown()
 
