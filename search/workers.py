@@ -366,12 +366,15 @@ def _environment(variables: dict[str, str]):
                 os.environ[k] = v
 
 
-# Ray ends a worker left idle while fewer CPUs are free than workers are idle: a task that holds every CPU (the
-# re-timing and shipping tasks, timing alone) had the other worker end beside it, and its exit (Python's last garbage
-# collection over torch and TVM) took a core for 2-3 s, during that task's timing (NOTES.md). The next candidate then
-# waited for a new worker to import them again. A cluster started with `ray start` takes the same setting from
-# RAY_kill_idle_workers_interval_ms=0 (README).
-KEEP_IDLE_WORKERS = {"kill_idle_workers_interval_ms": 0}
+# How the search's own Ray cluster treats its workers (NOTES.md); a cluster started with `ray start` takes the same
+# from RAY_kill_idle_workers_interval_ms=0 and RAY_worker_niceness=0 (README).
+# - Ray ends a worker left idle while fewer CPUs are free than workers are idle: a task that holds every CPU (the
+#   re-timing and shipping tasks, timing alone) had the other worker end beside it, and its exit (Python's last
+#   garbage collection over torch and TVM) took a core for 2-3 s during that task's timing; the next candidate then
+#   waited for a new worker to import them again. Idle workers are kept.
+# - Ray runs its workers at niceness 15, below anything else on the machine: the workers time the candidates, so
+#   they run at the driver's priority, and the driver's MLflow thread below them.
+LOCAL_RAY_CONFIG = {"kill_idle_workers_interval_ms": 0, "worker_niceness": 0}
 
 
 def start_ray(address: str | None, workers: int):
@@ -393,7 +396,7 @@ def start_ray(address: str | None, workers: int):
                 ray.init(address="local", num_cpus=workers * THREADS_PER_WORKER, include_dashboard=False,
                          logging_level="ERROR", log_to_driver=False, _node_ip_address="127.0.0.1",
                          resources={cpu_kind_resource(host_cpu().key): workers * THREADS_PER_WORKER},
-                         _system_config=KEEP_IDLE_WORKERS)
+                         _system_config=LOCAL_RAY_CONFIG)
     except Exception as exc:
         raise ConfigError(f"Cannot start or reach Ray{f' at {address}' if address else ''}: {exc}") from exc
     return ray
@@ -532,7 +535,7 @@ def _narrower_where_faster(spec: SearchSpec, profile, runs_dir: Path, report: Re
     return dataclasses.replace(spec, space=dataclasses.replace(spec.space, precision=precisions))
 
 
-LOGGING_NICENESS = 10  # added to the MLflow thread's: well below the workers', still ahead of an idle task
+LOGGING_NICENESS = 10  # added to the MLflow thread's: below the workers' (LOCAL_RAY_CONFIG), ahead of idle tasks
 
 
 def _lower_priority() -> None:

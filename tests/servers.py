@@ -84,8 +84,8 @@ def stop_ray_cluster(temp_dir: str, port: int) -> None:
 def ray_cluster(free_port, *options, num_cpus: int = 2):
     """A real `ray start --head` cluster with token authentication; stopped when the generator ends (with any node
     that joined it). Its `python` is this one, as a cluster's image has edgesearch."""
-    # set up as README's recipe says: idle workers are kept (search.workers.KEEP_IDLE_WORKERS)
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_kill_idle_workers_interval_ms": "0",
+    # set up as README's recipe says: idle workers kept, at the driver's priority (search.workers.LOCAL_RAY_CONFIG)
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_kill_idle_workers_interval_ms": "0", "RAY_worker_niceness": "0",
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     ray_bin = str(Path(sys.executable).parent / "ray")
     subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)

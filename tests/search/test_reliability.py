@@ -74,7 +74,8 @@ def test_candidate_over_its_time_limit_fails_and_others_go_on(tmp_path):
 
 def test_a_task_that_holds_every_cpu_leaves_the_idle_worker_running(tmp_path):
     """Ray ends a worker idle while fewer CPUs are free than workers are idle; its exit took a core for seconds
-    during the very timing that held every CPU to run alone. The search's own cluster keeps its idle workers."""
+    during the very timing that held every CPU to run alone. The search's own cluster keeps its idle workers, and
+    runs them at the driver's priority."""
     import ray
 
     if ray.is_initialized():
@@ -99,6 +100,8 @@ def test_a_task_that_holds_every_cpu_leaves_the_idle_worker_running(tmp_path):
         assert idle and all(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in idle)
         (tmp_path / "then").mkdir()  # and no new worker imports everything again
         assert set(ray.get([both.remote(str(tmp_path / "then")) for _ in range(2)])) == workers
+        # the workers time candidates at this process's priority, not at Ray's default niceness of 15
+        assert ray.get(ray.remote(num_cpus=1)(lambda: os.nice(0)).remote()) == os.nice(0)
     finally:
         ray.shutdown()
 
