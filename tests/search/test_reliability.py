@@ -100,8 +100,8 @@ def test_a_task_that_holds_every_cpu_leaves_the_idle_worker_running(tmp_path):
         assert idle and all(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in idle)
         (tmp_path / "then").mkdir()  # and no new worker imports everything again
         assert set(ray.get([both.remote(str(tmp_path / "then")) for _ in range(2)])) == workers
-        # the workers time candidates at this process's priority, not at Ray's default niceness of 15
-        assert ray.get(ray.remote(num_cpus=1)(lambda: os.nice(0)).remote()) == os.nice(0)
+        # the workers time candidates at no lower a priority than this process, not at Ray's default niceness of 15
+        assert ray.get(ray.remote(num_cpus=1)(lambda: os.nice(0)).remote()) <= os.nice(0)
     finally:
         ray.shutdown()
 
