@@ -303,7 +303,8 @@ def _staged_tuning(onnx_path: Path, x, host, tmp: Path, plan: Plan,
     macs = sum(op.macs for op in op_costs(onnx_path))
     limit_ms = macs / (host.peak_macs_per_cycle["fp32"] * host.clock_mhz * 1e6) * 1e3
     libraries = {"untuned": untuned_library, **{trials: art.library for trials, art in builds.items()}}
-    return {"target": target, "per_task": per_task, "timed_in_turns": True, "onnxruntime_ms": ort_ms,
+    return {"target": target, "per_task": per_task, "timed_in_turns": True, "budget_per_layer": True,
+            "onnxruntime_ms": ort_ms,
             "tvm_untuned_ms": median["untuned"], "shipped_ms": shipped, "shipped_over_onnxruntime": shipped / ort_ms,
             "macs": macs, "fp32_limit_ms": limit_ms, "shipped_over_limit": shipped / limit_ms,
             "limit_from": {"fp32_macs_per_cycle": host.peak_macs_per_cycle["fp32"], "clock_mhz": host.clock_mhz,
@@ -1047,8 +1048,10 @@ def report_markdown(results: dict) -> str:
         if st:
             in_turns = (f", timed in turns with onnxruntime ({st['onnxruntime_ms']:.3f} ms) and untuned TVM "
                         f"({st['tvm_untuned_ms']:.3f} ms) in one run" if st.get("timed_in_turns") else "")
+            per_layer = (" (times the layers a task stands for: the five 128-channel blocks are one task)"
+                         if st.get("budget_per_layer") else "")
             lines += [f"The shipping stage on the same workload, tuned for `{st['target'].get('mcpu')}` (detected) with a "
-                      f"per-task budget, each from fresh records{in_turns} (medians; below 1: faster than "
+                      f"per-task budget{per_layer}, each from fresh records{in_turns} (medians; below 1: faster than "
                       "onnxruntime):", "",
                       "| trials per task | tasks tuned | tuning s | tuned TVM ms | tuned TVM / ORT |", "|---|---|---|---|---|"]
             for trials, v in st["per_task"].items():

@@ -361,14 +361,26 @@ def _drop_unnamed_handlers(logger: logging.Logger) -> None:
             logger.removeHandler(handler)
 
 
+def _batches(tasks: list, per_task: bool, one_at_a_time: bool) -> list[list]:
+    """The calls to MetaSchedule's task scheduler that tune ``tasks``: all in one with a global budget; with a
+    per-task budget, whose share is uniform within a call, one per task weight (or one per task, under a cap)."""
+    if not per_task:
+        return [tasks]
+    if one_at_a_time:
+        return [[t] for t in tasks]
+    weights = sorted({t.weight for t in tasks})
+    return [[t for t in tasks if t.weight == w] for w in weights]
+
+
 def _tune(mod, target, database, work_dir: Path, trials: int, seed: int,
           trials_per_task: int = 0, stop_at: float | None = None) -> tuple[int, int, int, int]:
     """Tune the tasks that have no record yet; returns (total, tuned, reused, left), tuned counting the tasks that
     now have a schedule and left those never started because ``stop_at`` (a ``time.perf_counter`` value) passed.
 
-    ``trials_per_task`` gives every new task that many trials (MetaSchedule's task scheduler otherwise hands whole
-    rounds to the first tasks, and a small global budget never reaches the rest); else ``trials`` are spread over
-    the new tasks. With a per-task budget, a task whose every sample failed to build (some tensorized samples do,
+    ``trials_per_task`` gives every new task that many trials for each layer it stands for (its weight: MobileNet's
+    five 128-channel blocks are one task, about a third of its time, where one unlucky draw cost 5x; MetaSchedule's
+    task scheduler otherwise hands whole rounds to the first tasks, and a small global budget never reaches the
+    rest); else ``trials`` are spread over the new tasks. With a per-task budget, a task whose every sample failed to build (some tensorized samples do,
     see NOTES.md) gets up to ``RETRY_ROUNDS`` more rounds of at least ``RETRY_SAMPLES``: left without a record it
     would run TVM's naive loops. With ``stop_at`` the tasks are tuned one at a time, the most FLOPs first, so that a
     wall-time cap holds within one task's tuning (MetaSchedule has no time limit of its own; tuned together or one at
@@ -397,7 +409,7 @@ def _tune(mod, target, database, work_dir: Path, trials: int, seed: int,
                 per_task = max(per_task, RETRY_SAMPLES)
             # one model for the attempt: a task tuned alone under a cap learns from those tuned before it
             cost_model = first_picks(target, seed + attempt, database)
-            for batch in ([todo] if stop_at is None or not trials_per_task else [[t] for t in todo]):
+            for batch in _batches(todo, trials_per_task > 0, stop_at is not None):
                 if stop_at is not None and time.perf_counter() >= stop_at:
                     break
                 started.update(id(t) for t in batch)
@@ -405,10 +417,11 @@ def _tune(mod, target, database, work_dir: Path, trials: int, seed: int,
                     batch, work_dir=str(work_dir), seed=seed + attempt, space=space,
                     strategy=ms.search_strategy.EvolutionarySearch(population_size=POPULATION),
                 )
+                share = per_task * batch[0].weight if trials_per_task else per_task
                 ms.tune.tune_tasks(
                     tasks=contexts, task_weights=weights, work_dir=str(work_dir),
-                    max_trials_global=per_task * len(batch) if trials_per_task else trials,
-                    max_trials_per_task=per_task, num_trials_per_iter=min(per_task, TRIALS_PER_ROUND),
+                    max_trials_global=share * len(batch) if trials_per_task else trials,
+                    max_trials_per_task=share, num_trials_per_iter=min(share, TRIALS_PER_ROUND),
                     database=database, builder=builder, runner=runner, cost_model=cost_model,
                 )
             todo = [t for t in todo if not _has_record(database, t)]

@@ -728,7 +728,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "[default: 0]")
     p.add_argument("--front-tuning-trials", dest="front_tuning_trials", type=int, metavar="N",
                    help="after the search, on a local target: MetaSchedule trials for every task of each candidate "
-                        "on or near the front, tuned for the detected CPU; 0 = compare runtimes only [default: 4]")
+                        "on or near the front (times the layers a task stands for), tuned for the detected CPU; "
+                        "0 = compare runtimes only [default: 4]")
     p.add_argument("--front-tuning-minutes", dest="front_tuning_minutes", type=float, metavar="MIN",
                    help="wall-time cap of that tuning, held within a candidate (its tasks not started by then "
                         "keep TVM's default loops); candidates after it are timed untuned, TVM against onnxruntime "

@@ -279,6 +279,25 @@ def test_a_tuning_cap_leaves_the_tasks_it_did_not_reach_untuned_and_the_library_
     np.testing.assert_allclose(run(uncapped.library), expected, rtol=1e-4, atol=1e-5)
 
 
+def test_a_per_task_budget_counts_each_layer_a_task_stands_for(tmp_path):
+    """Two identical layers are one task of weight 2, whose time counts twice in the model: it gets twice the
+    trials of a task that stands for one layer."""
+    onnx_path = tmp_path / "repeated.onnx"
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
+                          nn.Linear(32, 4)).eval()
+    torch.onnx.export(model, (torch.zeros(1, 16),), str(onnx_path), dynamo=False, input_names=["x"],
+                      output_names=["y"])
+    cache = tmp_path / "tuning"
+    art = compile_tvm(onnx_path, HOST, tmp_path / "a.so", (1, 16), "float32", trials_per_task=2, cache_dir=cache)
+    records = (tuning_dir(cache, HOST) / "database_tuning_record.json").read_text().splitlines()
+    per_workload: dict[int, int] = {}
+    for line in records:
+        workload = json.loads(line)[0]
+        per_workload[workload] = per_workload.get(workload, 0) + 1
+    assert art.tasks_tuned == art.tasks_total == len(per_workload) == 3  # 16->32, 32->32 (twice), 32->4
+    assert sorted(per_workload.values()) == [2, 2, 4]
+
+
 def test_tuning_writes_records_and_a_second_compile_reuses_them(tmp_path):
     onnx_path = tmp_path / "mlp.onnx"
     torch.onnx.export(_TinyMLP().eval(), (torch.zeros(1, 16),), str(onnx_path), dynamo=False,
