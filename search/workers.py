@@ -516,17 +516,18 @@ def _narrower_where_faster(spec: SearchSpec, profile, runs_dir: Path, report: Re
         try:
             with quiet_native():  # TVM logs each tuning database it opens
                 timed = against_fp32(probe, spec.space, _load_dataset(spec.dataset), profile,
-                                     Path(runs_dir), budget=spec.budget, seed=spec.seed,
-                                     latency_budget_ms=spec.latency_budget_ms, threads=THREADS_PER_WORKER)
+                                     Path(runs_dir), budget=spec.budget, seed=spec.seed, threads=THREADS_PER_WORKER)
         except Exception as exc:
             report(f"could not time {kind} against fp32 ({_failure_reason(exc)}); {kind} stays in the search space")
             continue
         figures = ", ".join(f"{ms / f32:.2f}x fp32's at width {w:g} ({ms:.3g} against {f32:.3g} ms)"
                             for w, f32, ms in timed)
         if any(ms < f32 for _, f32, ms in timed):
-            report(f"{kind} kept in the search space: its untrained graph timed {figures} (measured, median)")
+            report(f"{kind} kept in the search space: its untrained graph timed {figures} (measured, median, "
+                   "in turns with fp32's)")
             continue
-        report(f"{kind} left out of the search space: its untrained graph timed {figures} (measured, median): "
+        report(f"{kind} left out of the search space: its untrained graph timed {figures} (measured, median, in "
+               "turns with fp32's): "
                f"slower than fp32 at both ends of the width range ({why}), so {kind} would buy {smaller} only; list "
                "space.precision in the spec to search it anyway")
         precisions = tuple(p for p in precisions if arithmetic(p) != kind)

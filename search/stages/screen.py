@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hardware_targets import TargetProfile, get_backend
 from hardware_targets.host import host_cpu
 from objectives.latency import clearly_over_budget
@@ -29,6 +31,7 @@ from search.candidate import Candidate
 from search.data import Dataset
 
 SCREEN_REPEATS = 10
+AGAINST_FP32_ROUNDS = 15  # fp32 against a narrower precision, in turns: a decision for the whole search
 CALIBRATION_SAMPLES = 8  # placeholder int8 scales: enough for onnxruntime's calibrator, weights are untrained
 # the sources whose change alters a screened graph or its build: a cached figure from older code is not reused
 _SOURCES = ("search/models.py", "search/stages/compress.py", "search/stages/export.py", "search/stages/screen.py",
@@ -97,27 +100,36 @@ def untrained_graph(candidate: Candidate, dataset: Dataset, onnx_path: Path) -> 
     export_onnx(model.eval(), candidate, dataset, onnx_path)
 
 
-def _measure(candidate: Candidate, dataset: Dataset, profile: TargetProfile, root: Path, threads: int) -> dict:
+def _build(candidate: Candidate, dataset: Dataset, profile: TargetProfile, root: Path, tmp: Path):
+    """The untrained graph of ``candidate`` in ``tmp`` and what the profile runs of it: ``(onnx_path, artifact)``."""
     from hardware_targets.compile import CompiledArtifact, compile_tvm
-    from search.pipeline import graph_memory_metrics, host_build_target, memory_metrics, set_threads, target_build
+    from search.pipeline import host_build_target, target_build
     from search.stages.export import input_dtype
 
-    set_threads(threads)
     cache_dir = root / "tuning"
     dtype = input_dtype(candidate.precision)
     shape = (1, *dataset.sample_shape)
+    onnx_path = tmp / f"{candidate.precision}-{candidate.width:g}.onnx"
+    untrained_graph(candidate, dataset, onnx_path)
+    if profile.runtime == "tflite-micro":  # the device model reads the graph: nothing to build
+        return onnx_path, CompiledArtifact("", dict(profile.tvm_target), shape, dtype.name)
+    if profile.backend == "local":
+        return onnx_path, compile_tvm(onnx_path, host_build_target(profile, candidate.precision),
+                                      onnx_path.with_suffix(".so"), shape, dtype.name, cache_dir=cache_dir,
+                                      seed=candidate.seed)
+    # what a board loads, or what an emulated target's flash would hold
+    host = CompiledArtifact("", host_build_target(profile, candidate.precision), shape, dtype.name)
+    return onnx_path, target_build(onnx_path, profile, host, tmp, cache_dir)
+
+
+def _measure(candidate: Candidate, dataset: Dataset, profile: TargetProfile, root: Path, threads: int) -> dict:
+    from search.pipeline import graph_memory_metrics, memory_metrics, set_threads
+    from search.stages.export import input_dtype
+
+    set_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = Path(tmp) / "screen.onnx"
-        untrained_graph(candidate, dataset, onnx_path)
-        if profile.runtime == "tflite-micro":  # the device model reads the graph: nothing to build
-            artifact = CompiledArtifact("", dict(profile.tvm_target), shape, dtype.name)
-        elif profile.backend == "local":
-            artifact = compile_tvm(onnx_path, host_build_target(profile, candidate.precision), Path(tmp) / "screen.so",
-                                   shape, dtype.name, cache_dir=cache_dir, seed=candidate.seed)
-        else:  # what a board loads, or what an emulated target's flash would hold
-            host = CompiledArtifact("", host_build_target(profile, candidate.precision), shape, dtype.name)
-            artifact = target_build(onnx_path, profile, host, Path(tmp), cache_dir)
-        sample = dataset.x_val[:1].astype(dtype)
+        onnx_path, artifact = _build(candidate, dataset, profile, root, Path(tmp))
+        sample = dataset.x_val[:1].astype(input_dtype(candidate.precision))
         metrics = dict(get_backend(profile, root).measure(artifact, onnx_path, candidate.precision, sample, SCREEN_REPEATS))
         if profile.runtime == "tflite-micro":  # no TVM build ships; converting costs seconds: estimate from the graph
             metrics.update(graph_memory_metrics(onnx_path, profile))
@@ -157,18 +169,37 @@ def screen_candidate(candidate: Candidate, dataset: Dataset, profile: TargetProf
 
 
 def against_fp32(precision: str, space, dataset: Dataset, profile: TargetProfile, root: Path, *, budget, seed: int,
-                 latency_budget_ms: float, threads: int = 1) -> list[tuple[float, float, float]]:
+                 threads: int = 1) -> list[tuple[float, float, float]]:
     """Median latency of the untrained fp32 and ``precision`` graphs of the same shapes at the space's narrowest and
-    widest widths, as ``(width, fp32_ms, precision_ms)``: whether the narrower precision is a speed-up on
-    ``profile`` at all. Screened (and cached) like any candidate, so the search's own screenings of these shapes
-    are free afterwards."""
+    widest widths on a local target, as ``(width, fp32_ms, precision_ms)``: whether the narrower precision is a
+    speed-up there at all. The two graphs of a width are timed in turns (``time_in_turns``), so that a change in
+    the machine's speed between two timings cannot decide: timed one after the other, fp32 at width 2 once read
+    1.36x its figure of another run and int8 stayed in a space where it is slower (NOTES.md). The figures are cached
+    with the screenings, so a resumed search decides the same."""
+    from hardware_targets.backends.local import time_in_turns, tvm_timer
+    from search.pipeline import set_threads
+    from search.stages.export import input_dtype
+
+    candidates = {width: [Candidate(precision=p, pruning=space.pruning[0], sparsity=0.0, width=width, budget=budget,
+                                    seed=seed) for p in ("fp32", precision)]
+                  for width in sorted({space.width[0], space.width[1]})}
+    keys = [shape_key(c, dataset, profile, root) for pair in candidates.values() for c in pair]
+    cache = Path(root) / "screening" / f"against-{hashlib.sha256(' '.join(keys).encode()).hexdigest()[:16]}.json"
+    if cache.is_file():
+        return [tuple(row) for row in json.loads(cache.read_text())]
+    set_threads(threads)
     out = []
-    for width in sorted({space.width[0], space.width[1]}):
-        medians = []
-        for p in ("fp32", precision):
-            c = Candidate(precision=p, pruning=space.pruning[0], sparsity=0.0, width=width, budget=budget, seed=seed)
-            screening = screen_candidate(c, dataset, profile, root, latency_budget_ms=latency_budget_ms,
-                                         threads=threads)
-            medians.append(screening["metrics"]["latency_ms_median"][0])
-        out.append((width, *medians))
+    for width, pair in candidates.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            timers = {}
+            for c in pair:
+                _, artifact = _build(c, dataset, profile, Path(root), Path(tmp))
+                timers[c.precision] = tvm_timer(artifact.library, dataset.x_val[:1].astype(input_dtype(c.precision)),
+                                                artifact.input_dtype)
+            timed = time_in_turns(timers, AGAINST_FP32_ROUNDS, rapl=None)
+        out.append((width, *(float(np.median(timed[c.precision].seconds_per_call)) * 1e3 for c in pair)))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp_file = cache.with_suffix(f".tmp{os.getpid()}")
+    tmp_file.write_text(json.dumps(out))
+    tmp_file.replace(cache)
     return out

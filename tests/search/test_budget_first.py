@@ -352,7 +352,7 @@ def test_the_host_space_says_int8_is_not_a_speed_up_in_tvm():
 def test_fp16_and_int8_leave_the_default_host_space_where_their_graphs_are_slower_than_fp32(tmp_path):
     from hardware_targets import load_profile
     from search.data import load_dataset
-    from search.stages.screen import screen_candidate
+    from search.stages.screen import against_fp32
     from search.workers import INT8_ON_HOST, _narrower_where_faster, _precisions_measured, _supported_space
 
     host, lines = load_profile("host"), []
@@ -361,16 +361,17 @@ def test_fp16_and_int8_leave_the_default_host_space_where_their_graphs_are_slowe
     supported = _supported_space(spec, host, lines.append)
     assert ("fp16" in supported.space.precision) == host.supports("fp16")  # the CPU's flags decide first
     decided = _narrower_where_faster(supported, host, tmp_path, lines.append, True)
-    # the figures it judged by are screenings, cached like the search's own: read them back from the cache
+    # the figures it judged by (fp32 and the narrower graph timed in turns) are cached with the screenings: a
+    # resumed search reads the same figures back and decides the same, timing nothing
     digits, medians = load_dataset("digits"), {}
     probes = {"fp16": "fp16", "int8": "int8-ptq"}
     kinds = [k for k in probes if any(p.startswith(k) for p in supported.space.precision)]
-    for width in (0.25, 2.0):
-        for precision in ("fp32", *(probes[k] for k in kinds)):
-            c = Candidate(precision=precision, pruning="structured", sparsity=0.0, width=width, budget=TINY, seed=0)
-            again = screen_candidate(c, digits, host, tmp_path, latency_budget_ms=0.05)
-            assert again["cached"]
-            medians[precision, width] = again["metrics"]["latency_ms_median"][0]
+    for kind in kinds:
+        figures = against_fp32(probes[kind], supported.space, digits, host, tmp_path, budget=TINY, seed=0)
+        assert figures == against_fp32(probes[kind], supported.space, digits, host, tmp_path, budget=TINY, seed=0)
+        assert [w for w, _, _ in figures] == [0.25, 2.0]
+        for width, fp32, narrower in figures:
+            medians["fp32", width], medians[probes[kind], width] = fp32, narrower
     for kind in kinds:
         slower = all(medians[probes[kind], w] >= medians["fp32", w] for w in (0.25, 2.0))
         assert any(p.startswith(kind) for p in decided.space.precision) != slower
