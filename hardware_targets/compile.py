@@ -380,11 +380,11 @@ def _tune(mod, target, database, work_dir: Path, trials: int, seed: int,
     ``trials_per_task`` gives every new task that many trials for each layer it stands for (its weight: MobileNet's
     five 128-channel blocks are one task, about a third of its time, where one unlucky draw cost 5x; MetaSchedule's
     task scheduler otherwise hands whole rounds to the first tasks, and a small global budget never reaches the
-    rest); else ``trials`` are spread over the new tasks. With a per-task budget, a task whose every sample failed to build (some tensorized samples do,
-    see NOTES.md) gets up to ``RETRY_ROUNDS`` more rounds of at least ``RETRY_SAMPLES``: left without a record it
-    would run TVM's naive loops. With ``stop_at`` the tasks are tuned one at a time, the most FLOPs first, so that a
-    wall-time cap holds within one task's tuning (MetaSchedule has no time limit of its own; tuned together or one at
-    a time, 11 tasks took the same 94 s here)."""
+    rest); else ``trials`` are spread over the new tasks. With a per-task budget, a task whose every sample failed
+    to build (some tensorized samples do, see NOTES.md) gets up to ``RETRY_ROUNDS`` more rounds of at least
+    ``RETRY_SAMPLES``: left without a record it would run TVM's naive loops. With ``stop_at`` the tasks are tuned
+    one at a time, the most FLOPs first, so that a wall-time cap holds within one task's tuning (MetaSchedule has no
+    time limit of its own; tuned together or one at a time, 11 tasks took the same 94 s here)."""
     from tvm.s_tir import meta_schedule as ms
 
     tasks = ms.relax_integration.extract_tasks(mod, target)

@@ -47,8 +47,8 @@ class Budget:
     calibration_samples: int = 128  # int8 PTQ calibration batch (training split)
     timing_repeats: int = 30  # latency repeats; median and p90 are over these
     # the shipping stage, after the search, on a local target: MetaSchedule trials for every task of each candidate
-    # on (or near) the front, times the layers the task stands for, and the wall-time cap of that tuning (candidates after it have their runtimes compared
-    # untuned); 0 trials = runtimes compared, nothing tuned; 0 minutes = no stage
+    # on (or near) the front, times the layers the task stands for, and the wall-time cap of that tuning (candidates
+    # after it have their runtimes compared untuned); 0 trials = runtimes compared, nothing tuned; 0 minutes = no stage
     front_tuning_trials: int = 4
     front_tuning_minutes: float = 3.0
     teacher_epochs: int = 30  # the distillation teacher's training, once per dataset and seed (cached by it)
