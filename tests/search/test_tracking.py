@@ -29,7 +29,9 @@ def test_parent_and_children_match_the_study(tracked_search):
     assert parent.data.params["latency_budget_ms"] == "0.05" and parent.data.params["trials"] == "4"
     assert "hypervolume" in parent.data.metrics
     history = client.get_metric_history(parent.info.run_id, "hypervolume")
-    assert len(history) >= 4  # refreshed as trials finished, not only at the end
+    # refreshed as trials finished, not only at the end (MLflow's thread runs below the workers, so on a busy
+    # machine one refresh may cover several trials): a value logged when some but not all trials had finished
+    assert any(0 < h.step < len(outcome.rows) for h in history), [h.step for h in history]
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert set(child.data.params) >= {"precision", "sparsity", "pruning", "temperature", "alpha", "width"}
