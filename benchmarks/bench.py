@@ -701,8 +701,7 @@ def _side_by_side(timers: dict, rounds: int = SIDE_BY_SIDE_ROUNDS) -> dict:
     """Milliseconds per call of each runtime, timed in turns (``time_in_turns``): the median over the rounds."""
     from hardware_targets.backends.local import time_in_turns
 
-    return {key: float(np.median(t.seconds_per_call)) * 1e3
-            for key, t in time_in_turns(timers, rounds, rapl=None).items()}
+    return {key: t.median_ms for key, t in time_in_turns(timers, rounds, rapl=None).items()}
 
 
 def _against_first_row(rows: list[dict]) -> list[dict]:

@@ -576,8 +576,6 @@ def _int8_against_fp32(row, spec, dataset, profile, build_target, runtime: str, 
     and ONNX. The fp32 graph has untrained weights: its latency depends on its shapes alone."""
     import tempfile
 
-    import numpy as np
-
     from hardware_targets.backends.local import onnxruntime_timer, time_in_turns, tvm_timer
     from hardware_targets.compile import compile_tvm
     from search.candidate import Candidate
@@ -600,7 +598,7 @@ def _int8_against_fp32(row, spec, dataset, profile, build_target, runtime: str, 
             timers = {name: onnxruntime_timer(ort_session(path, THREADS_PER_WORKER), sample)
                       for name, path in (("int8", int8[1]), ("fp32", onnx_path))}
         timed = time_in_turns(timers, EXPORT_TIMING_REPEATS, rapl=None)
-    int8_ms, fp32_ms = (float(np.median(timed[k].seconds_per_call)) * 1e3 for k in ("int8", "fp32"))
+    int8_ms, fp32_ms = (timed[k].median_ms for k in ("int8", "fp32"))
     return {"runtime": runtime, "int8_ms": int8_ms, "fp32_ms": fp32_ms, "speedup": fp32_ms / int8_ms,
             "provenance": "measured", "how": "medians timed in turns at export, one thread; the fp32 graph has the "
                                              "same shapes and untrained weights"}

@@ -419,7 +419,7 @@ def ship_candidate(result: CandidateResult, dataset: Dataset, profile: TargetPro
     # search timed: read much slower now, the timing was disturbed, and it is repeated (the least disturbed kept)
     searched = result.value("latency_ms_median")
     timed_all, untuned_ms = least_disturbed(lambda: time_in_turns(timers, repeats),
-                                            lambda t: float(np.median(t["tvm"].seconds_per_call)) * 1e3, searched)
+                                            lambda t: t["tvm"].median_ms, searched)
     for key, timed in timed_all.items():
         options[key]["metrics"] = add_work_and_energy(latency_metrics(timed.seconds_per_call, "measured"), onnx_path,
                                                       result.candidate.precision, profile, timed.energy_mj)

@@ -66,6 +66,11 @@ class Timed:
     seconds_per_call: list[float]  # one figure per block (a timing repeat)
     energy_mj: float | None  # per call, from RAPL; None where no counter is readable (or none was asked for)
 
+    @property
+    def median_ms(self) -> float:
+        """Milliseconds per call, the median over the blocks: the figure runtimes are compared by."""
+        return float(np.median(self.seconds_per_call)) * 1e3
+
 
 def vm_timer(vm, device, data) -> Timer:
     """A loaded TVM VM's blocks, timed by TVM's time evaluator on ``device`` (in C++ there, no Python call per

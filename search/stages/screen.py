@@ -21,8 +21,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from hardware_targets import TargetProfile, get_backend
 from hardware_targets.host import host_cpu
 from objectives.latency import clearly_over_budget
@@ -153,10 +151,7 @@ def screen_candidate(candidate: Candidate, dataset: Dataset, profile: TargetProf
         metrics = json.loads(cache.read_text())
     else:
         metrics = _measure(candidate, dataset, profile, Path(root), threads)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(metrics))
-        tmp.replace(cache)
+        _store(cache, metrics)
     median = metrics["latency_ms_median"][0]
     provenance = metrics["latency_ms_median"][2]
     reasons = []
@@ -197,9 +192,14 @@ def against_fp32(precision: str, space, dataset: Dataset, profile: TargetProfile
                 timers[c.precision] = tvm_timer(artifact.library, dataset.x_val[:1].astype(input_dtype(c.precision)),
                                                 artifact.input_dtype)
             timed = time_in_turns(timers, AGAINST_FP32_ROUNDS, rapl=None)
-        out.append((width, *(float(np.median(timed[c.precision].seconds_per_call)) * 1e3 for c in pair)))
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp_file = cache.with_suffix(f".tmp{os.getpid()}")
-    tmp_file.write_text(json.dumps(out))
-    tmp_file.replace(cache)
+        out.append((width, *(timed[c.precision].median_ms for c in pair)))
+    _store(cache, out)
     return out
+
+
+def _store(cache: Path, figures) -> None:
+    """Write a cache file whole or not at all: two workers may screen the same shapes at once."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(figures))
+    tmp.replace(cache)
