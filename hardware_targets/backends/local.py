@@ -142,6 +142,13 @@ def time_in_turns(timers: dict[str, Timer], repeats: int, rapl: Path | None = RA
             for key in keys}
 
 
+def time_libraries(libraries: dict[str, tuple[str, np.ndarray]], repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of each TVM library (path, input sample) built for this machine, every block of each timed
+    in turns with all the others: figures taken at different moments, compared on the same footing."""
+    timers = {key: tvm_timer(library, sample, sample.dtype.name) for key, (library, sample) in libraries.items()}
+    return {key: timed.seconds_per_call for key, timed in time_in_turns(timers, repeats, rapl=None).items()}
+
+
 class LocalBackend(Backend):
     provenance = "measured"
 

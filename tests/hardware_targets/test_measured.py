@@ -142,3 +142,19 @@ def test_calibration_beats_the_uncalibrated_model_on_held_out_candidates(tmp_pat
     assert report["mape_calibrated"] < 50.0
     params = load_calibration(host, tmp_path)
     assert params is not None and params.efficiency["fp32"] > 0
+
+
+def test_libraries_timed_in_turns_keep_their_order_of_size(digits, tmp_path):
+    """Figure 5's re-timing: each library gets one figure per round, and a model 8x as wide as another is
+    timed slower, though every block of both ran in turns."""
+    from hardware_targets.backends.local import time_libraries
+
+    host, libraries = load_profile("host"), {}
+    for width in (0.25, 2.0):
+        onnx_path = export_onnx(build_model(digits.sample_shape, 10, width), Candidate(width=width), digits,
+                                tmp_path / f"w{width}.onnx")
+        artifact = compile_tvm(onnx_path, host.tvm_target, tmp_path / f"w{width}.so", (1, 1, 8, 8), "float32")
+        libraries[f"w{width}"] = (artifact.library, digits.x_val[:1])
+    seconds = time_libraries(libraries, repeats=7)
+    assert {k: len(v) for k, v in seconds.items()} == {"w0.25": 7, "w2.0": 7}
+    assert sorted(seconds["w0.25"])[3] < sorted(seconds["w2.0"])[3]
