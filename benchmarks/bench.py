@@ -444,7 +444,6 @@ def quality_figures(runs: Path, plan: Plan, min_accuracy: float | None = None) -
     recipes the default search covers; the share of worker time spent on candidates that end infeasible; and the
     wall time of `make run` before and after the budget-first search. With ``min_accuracy``, both arms search under
     that accuracy floor (and `make run` is not timed again)."""
-    from scipy.stats import mannwhitneyu
 
     from search.plots import hypervolume_history
     from search.spec import HALVING_FROM_TRIALS, SearchSpec
@@ -486,15 +485,21 @@ def quality_figures(runs: Path, plan: Plan, min_accuracy: float | None = None) -
                                        "covered": sum(_covers(outcome.front, r) for r in feasible),
                                        "labels": [r.recipe for r in recipes]})
     out["best_known"] = _best_known(pool, bounds)
-    test = mannwhitneyu(out["final"]["default"], out["final"]["random"], alternative="greater")
-    out["mann_whitney"] = {"u": float(test.statistic), "p": float(test.pvalue), "alpha": 0.10,
-                           "default_higher": bool(test.pvalue < 0.10)}
+    out["mann_whitney"] = _default_higher(out["final"])
     out["final_spread"] = {arm: _spread(v) for arm, v in out["final"].items()}
     out["retimed"] = _retimed_in_turns(searched, base)
     out["infeasible_spread"] = {arm: _spread(v) for arm, v in out["infeasible_share"].items()}
     if min_accuracy is None:
         out["make_run"] = _make_run_before_after(runs)
     return out
+
+
+def _default_higher(final: dict) -> dict:
+    """One-sided Mann-Whitney U test of the default arm's hypervolumes against random's, at alpha 0.10."""
+    from scipy.stats import mannwhitneyu
+
+    test = mannwhitneyu(final["default"], final["random"], alternative="greater")
+    return {"u": float(test.statistic), "p": float(test.pvalue), "alpha": 0.10, "default_higher": bool(test.pvalue < 0.10)}
 
 
 RETIME_REPEATS = 20  # blocks per candidate when every search's candidates are timed again in turns
@@ -507,12 +512,13 @@ def _retimed_in_turns(searched: list, spec) -> dict:
     a search that trains more candidates keeps the luckiest of more noisy timings (the minimum of noisy figures is
     biased low). Timed alike, the arms are compared on the same footing. One thread per candidate, as in a
     search, in a Ray task that holds every CPU."""
-    from search.study import feasible_front, front_hypervolume
-    from search.workers import THREADS_PER_WORKER, start_ray
-
+    from hardware_targets.backends.base import add_work_and_energy, latency_metrics
     from hardware_targets.backends.local import time_libraries
+    from hardware_targets.profile import load_profile
     from search.data import load_dataset
     from search.stages.export import input_dtype
+    from search.study import feasible_front, front_hypervolume
+    from search.workers import THREADS_PER_WORKER, start_ray
 
     x = load_dataset(spec.dataset).x_val[:1]
     entries, picked = {}, []
@@ -531,9 +537,6 @@ def _retimed_in_turns(searched: list, spec) -> dict:
                                        for key, (library, _, precision) in entries.items()}, RETIME_REPEATS))
     finally:
         ray.shutdown()
-    from hardware_targets.backends.base import add_work_and_energy, latency_metrics
-    from hardware_targets.profile import load_profile
-
     profile = load_profile(spec.target)
     out = {"final": {}, "repeats": RETIME_REPEATS, "candidates": len(entries), "verdict_changed": 0,
            "front_p90_ratio": {}, "seconds": time.perf_counter() - started}
@@ -553,11 +556,7 @@ def _retimed_in_turns(searched: list, spec) -> dict:
         out["front_p90_ratio"].setdefault(arm, []).extend(
             f.value("latency_ms_p90") / searched_front[f.number].value("latency_ms_p90")
             for f in fresh if f.number in searched_front)
-    from scipy.stats import mannwhitneyu
-
-    test = mannwhitneyu(out["final"]["default"], out["final"]["random"], alternative="greater")
-    out["mann_whitney"] = {"u": float(test.statistic), "p": float(test.pvalue), "alpha": 0.10,
-                           "default_higher": bool(test.pvalue < 0.10)}
+    out["mann_whitney"] = _default_higher(out["final"])
     out["final_spread"] = {arm: _spread(v) for arm, v in out["final"].items()}
     out["front_p90_ratio"] = {arm: _spread(v) for arm, v in out["front_p90_ratio"].items() if v}
     return out
