@@ -1,7 +1,11 @@
+import re
+from pathlib import Path
+
 import pytest
 
 from search.errors import ConfigError, DatasetError, ProfileError
-from search.spec import SearchSpace, SearchSpec, check_inputs, check_resources, load_spec_file
+from search.spec import (HALVING_FROM_TRIALS, SAMPLERS, SearchSpace, SearchSpec, check_inputs, check_resources,
+                         load_spec_file)
 
 
 def test_defaults_cover_all_four_knobs():
@@ -62,3 +66,16 @@ def test_round_trip_and_inputs():
         check_inputs(SearchSpec(name="x", dataset="imagenet"))
     with pytest.raises(ConfigError, match="'workers' field .* at most the 2 available"):
         check_resources(SearchSpec(name="x", workers=3), available_cpus=2)
+
+
+def test_the_readme_spec_example_is_a_valid_spec_and_its_comments_give_the_defaults(tmp_path):
+    """README's example is what users copy: it must load, and what its comments say of defaults must hold."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "example.yaml"
+    path.write_text(example)
+    spec = SearchSpec.from_dict(load_spec_file(path))
+    assert (spec.target, spec.trials, spec.halving, spec.uses_halving) == ("cortex-m4", 48, None, False)
+    comments = dict(re.findall(r"^(\w+):[^#\n]*#\s*(.*)$", example, re.M))
+    assert f"null = on from {HALVING_FROM_TRIALS} trials" in comments["halving"]
+    assert all(name in comments["sampler"] for name in SAMPLERS)
