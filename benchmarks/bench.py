@@ -816,7 +816,6 @@ def cluster_figures(runs: Path, plan: Plan) -> dict:
     through Ray's object store costs, as a share of the search's wall time (issue 17)."""
     import shutil
     import sys
-    import tempfile
 
     from hardware_targets.host import cpu_kind_resource, host_cpu
     from search.spec import SearchSpec
@@ -837,8 +836,7 @@ def cluster_figures(runs: Path, plan: Plan) -> dict:
     two = runs / f"cluster-two-nodes-{_stamp()}"
     two.mkdir(parents=True)
     kind = cpu_kind_resource(host_cpu().key)
-    head_dir = Path(tempfile.mkdtemp(prefix="esh-"))  # short: Ray's socket paths must fit 107 bytes
-    head = ray_cluster(head_dir, free_tcp_port, "--resources", json.dumps({kind: 1}), num_cpus=1)
+    head = ray_cluster(free_tcp_port, "--resources", json.dumps({kind: 1}), num_cpus=1)
     cluster, node_dir = next(head), None
     try:
         node_dir = node_sharing_nothing(cluster, two, 1, {kind: 1})
@@ -847,7 +845,6 @@ def cluster_figures(runs: Path, plan: Plan) -> dict:
                                                    report=lambda line: None))
     finally:
         next(head, None)
-        shutil.rmtree(head_dir, ignore_errors=True)
         if node_dir:
             node_dir.rmdir()
     out["wall_ratio"] = out["two_nodes"]["wall_s"] / out["one_node"]["wall_s"]

@@ -121,3 +121,24 @@ def test_the_int8_rows_say_plainly_whether_int8_pays():
     text = "\n".join(bench._int8_lines({**int8, "per_task": {}, "float_qdq": {}, "shipped_over_fp32_shipped": 0.8}))
     assert "not tuned in this plan" in text and "int8 is faster than fp32" in text
     assert bench._int8_lines(None) == []
+
+
+@pytest.mark.slow  # two 2-trial searches on real Ray clusters; the default run's share-nothing test covers the node
+def test_figure_9_runs_the_search_on_one_node_and_on_two_that_share_nothing(tmp_path):
+    """`make bench` ran figure 9 through the tests' cluster helpers, whose signature changed under it unnoticed."""
+    import os
+    import shutil
+    from dataclasses import replace
+
+    bench = _bench()
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("a node in its own mount namespace needs root and unshare")
+    figures = bench.cluster_figures(tmp_path, replace(bench.QUICK, cluster_trials=2))
+    one, two = figures["one_node"], figures["two_nodes"]
+    assert one["completed"] == two["completed"] == 2
+    assert one["bundles"] == 0 and two["bundles"] > 0 and two["megabytes"] > 0  # files moved only across nodes
+    assert figures["wall_ratio"] == pytest.approx(two["wall_s"] / one["wall_s"])
+    machine = {"cpu": "test", "cores": 2, "python": "3", "versions": {}}
+    report = bench.report_markdown({"date": "today", "quick": True, "minutes": 1.0, "machine": machine,
+                                    "cluster": figures})
+    assert "## 9. Two nodes that share nothing" in report and "Not measured" not in report
