@@ -25,6 +25,7 @@ import math
 import os
 import platform
 import time
+import traceback
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,7 +35,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Plan:
-    """How big each figure's run is; ``quick`` keeps the whole run under 10 minutes on 2 cores."""
+    """How big each figure's run is; ``quick`` runs every figure smaller (18 minutes on 2 cores, Zen 5, 2026-12-03)."""
 
     search_trials: int  # figures 1-2
     search_default_budget: bool  # figures 1-2: the default per-candidate budget, as a user's search runs
@@ -1077,11 +1078,14 @@ def report_markdown(results: dict) -> str:
     results = _measured(results)
     lines = [f"# edgesearch benchmarks ({results['date']}, {'quick' if results['quick'] else 'full'} mode)", "",
              f"Machine: {m['cpu']}, {m['cores']} cores; Python {m['python']}; "
-             + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + f". Took {results['minutes']:.1f} min.", "",
+             + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+             + f". Took {results['minutes']:.1f} min{' so far' if results.get('pending') else ''}.", "",
              "Every comparison is measured in this run, side by side. Figures are medians, with the range and the "
              "number of repeats in brackets where there was more than one. All latencies are measured on this "
              "machine; energy in figure 5 is estimated (no RAPL counters here).", ""]
     lines += [f"**Not measured in this run: {key} failed** ({reason}).\n" for key, reason in failed.items()]
+    if results.get("pending"):
+        lines += [f"**Written while the run goes on; still to come: {'; '.join(results['pending'])}.**", ""]
     s = results.get("search")
     if s:
         b = s["budget"]
@@ -1262,13 +1266,21 @@ def _numbers(d: dict, prefix: str = "") -> dict:
 FIGURES = ("3", "6", "7", "1", "4", "5", "5f", "8", "9")
 
 
+def _write(results: dict, bench: Path, started: float) -> None:
+    results["minutes"] = (time.perf_counter() - started) / 60
+    results["plots"] = plots(_measured(results), bench)
+    (bench / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    (bench / "REPORT.md").write_text(report_markdown(results))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        description="edgesearch benchmarks (not tests): figures 1-8 (the benchmark issue, and the guide rows of issue 16), measured side by side. "
+        description="edgesearch benchmarks (not tests): figures 1-9 (the benchmark issue, figure 5 under an accuracy floor, "
+                    "the classic guide's rows, two nodes that share nothing), measured side by side. "
                     "Writes RUNS/bench/results.json, REPORT.md and plots, and logs them to the MLflow experiment "
                     "'bench'. Full mode took 38 minutes on 2 cores at its last run before figures 5f and 9, "
                     "--quick 9.4.")
-    parser.add_argument("--quick", action="store_true", help="smaller repeats and searches (under 10 minutes)")
+    parser.add_argument("--quick", action="store_true", help="smaller repeats and searches (about 18 minutes on 2 cores)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
     parser.add_argument("--only", nargs="+", choices=FIGURES, metavar="FIGURE",
                         help=f"run only these figures ({', '.join(FIGURES)}; 1 includes 2)")
@@ -1310,9 +1322,9 @@ def main(argv=None) -> int:
               lambda: quality_figures(work, plan, min_accuracy=QUALITY_FLOOR)),
              ("8", "figure 8: the classic guide's rows", "guide", lambda: guide_figures(work, plan)),
              ("9", "figure 9: one node against two that share nothing", "cluster", lambda: cluster_figures(work, plan))]
+    steps = [step for step in steps if step[0] in wanted]
+    results["pending"] = [title for _, title, _, _ in steps]
     for figure, title, key, run in steps:
-        if figure not in wanted:
-            continue
         _say(title)
         try:  # a figure that fails is reported as such; the others are kept
             if figure == "3":
@@ -1323,11 +1335,10 @@ def main(argv=None) -> int:
         except Exception as exc:
             results[key] = {"failed": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
             _say(f"  FAILED: {results[key]['failed']}")
+            traceback.print_exc()
         _say(f"  done ({(time.perf_counter() - started) / 60:.1f} min so far)")
-    results["minutes"] = (time.perf_counter() - started) / 60
-    results["plots"] = plots(_measured(results), bench)
-    (bench / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    (bench / "REPORT.md").write_text(report_markdown(results))
+        results["pending"].remove(title)
+        _write(results, bench, started)  # an interrupted run keeps the figures it finished
     print(report_markdown(results))
     run_id = log_to_mlflow(results, bench, args.runs_dir)
     print(f"written to {bench / 'results.json'} and {bench / 'REPORT.md'}; MLflow experiment 'bench', run {run_id}")

@@ -142,3 +142,18 @@ def test_figure_9_runs_the_search_on_one_node_and_on_two_that_share_nothing(tmp_
     report = bench.report_markdown({"date": "today", "quick": True, "minutes": 1.0, "machine": machine,
                                     "cluster": figures})
     assert "## 9. Two nodes that share nothing" in report and "Not measured" not in report
+
+
+def test_a_report_written_mid_run_says_what_is_still_to_come(tmp_path):
+    bench = _bench()
+    machine = {"cpu": "test", "cores": 2, "python": "3", "versions": {}}
+    results = {"date": "today", "quick": True, "machine": machine, "cluster": {"skipped": "no root"},
+               "pending": ["figure 8: the classic guide's rows"]}
+    bench._write(results, tmp_path, started=0.0)
+    report = (tmp_path / "REPORT.md").read_text()
+    assert "min so far" in report and "still to come: figure 8: the classic guide's rows" in report
+    assert "Not measured: no root" in report  # what finished is in it
+    assert json.loads((tmp_path / "results.json").read_text())["pending"] == results["pending"]
+    results["pending"].clear()
+    bench._write(results, tmp_path, started=0.0)
+    assert "still to come" not in (tmp_path / "REPORT.md").read_text()
