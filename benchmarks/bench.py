@@ -1278,8 +1278,8 @@ def main(argv=None) -> int:
         description="edgesearch benchmarks (not tests): figures 1-9 (the benchmark issue, figure 5 under an accuracy floor, "
                     "the classic guide's rows, two nodes that share nothing), measured side by side. "
                     "Writes RUNS/bench/results.json, REPORT.md and plots, and logs them to the MLflow experiment "
-                    "'bench'. Full mode took 38 minutes on 2 cores at its last run before figures 5f and 9, "
-                    "--quick 9.4.")
+                    "'bench'. On 2 cores (Zen 5, 2026-12-03) full mode took 65 minutes to the end of figure 5, where "
+                    "that run was stopped (figure 3 alone 37), --quick 17.6.")
     parser.add_argument("--quick", action="store_true", help="smaller repeats and searches (about 18 minutes on 2 cores)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
     parser.add_argument("--only", nargs="+", choices=FIGURES, metavar="FIGURE",
