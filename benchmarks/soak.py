@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -36,6 +35,7 @@ def main(argv=None) -> int:
 
     from mlflow.tracking import MlflowClient
 
+    from hardware_targets.host import host_cpu
     from search.candidate import Budget
     from search.spec import SearchSpace, SearchSpec
     from search.study import default_storage, load_study
@@ -71,8 +71,7 @@ def main(argv=None) -> int:
     early = rss.get(min(20, args.trials))
     late = rss.get(args.trials)
     result = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": {"cpu": platform.processor() or platform.machine(),
-                                                              "cores": os.cpu_count()},
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": {**host_cpu().summary(), "cores": os.cpu_count()},
         "trials_requested": args.trials, "trials_in_optuna": len(study.trials),
         "trials_in_mlflow": len(children), "wall_seconds": round(wall, 1),
         "driver_rss_mb_after_20": round(early / 2**20, 1) if early else None,

@@ -157,3 +157,16 @@ def test_a_report_written_mid_run_says_what_is_still_to_come(tmp_path):
     results["pending"].clear()
     bench._write(results, tmp_path, started=0.0)
     assert "still to come" not in (tmp_path / "REPORT.md").read_text()
+
+
+@pytest.mark.slow  # a 4-trial search on real Ray and MLflow; `make soak` runs it at 100 trials
+def test_the_soak_counts_every_trial_in_optuna_and_mlflow_and_leaves_no_process(tmp_path):
+    """`make soak` is run by no other test: like figure 9, its code could break unnoticed."""
+    spec = importlib.util.spec_from_file_location("soak", ROOT / "benchmarks" / "soak.py")
+    soak = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(soak)
+    assert soak.main(["--trials", "4", "--runs-dir", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "bench" / "soak.json").read_text())
+    assert result["trials_in_optuna"] == result["trials_in_mlflow"] == 4
+    assert result["leftover_processes"] == [] and result["passed"]
+    assert result["machine"]["model"] and result["machine"]["cores"] >= 1
