@@ -351,6 +351,13 @@ class SearchOutcome:
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
+# os.environ is one dict for every thread, and its iteration reads each key of a snapshot: a key removed meanwhile
+# raises KeyError in the reader. The MLflow thread reads it on every request (requests looks up proxies there) while
+# start_ray restores the environment, which failed a CI run (NOTES.md); the thread does its MLflow work under this
+# lock, and a key is removed only under it. Keys added or changed do not disturb a reader.
+ENVIRON_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _environment(variables: dict[str, str]):
     """``variables`` set in this process's environment while the block runs, then the environment as it was."""
@@ -359,11 +366,12 @@ def _environment(variables: dict[str, str]):
     try:
         yield
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        with ENVIRON_LOCK:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 # How the search's own Ray cluster treats its workers (NOTES.md); a cluster started with `ray start` takes the same
@@ -570,8 +578,9 @@ class _Tracking:
         try:
             from search.tracking import SearchTracker, check_tracking
 
-            check_tracking(self.uri)
-            self.tracker = SearchTracker(self.spec, self.study, self.uri, self.runs_dir)
+            with ENVIRON_LOCK:
+                check_tracking(self.uri)
+                self.tracker = SearchTracker(self.spec, self.study, self.uri, self.runs_dir)
         except BaseException as exc:  # handed to the driver by ready()
             self.error = exc
             return
@@ -586,7 +595,8 @@ class _Tracking:
             if self._abandoned:
                 return
             started, done = time.perf_counter(), self._done  # a finish asked for during a sync gets its own
-            self._sync(finished=done)
+            with ENVIRON_LOCK:
+                self._sync(finished=done)
             self.timings["logging_background"] += time.perf_counter() - started
             if done:
                 return

@@ -24,7 +24,7 @@ from search.candidate import Budget
 from search.errors import ConfigError
 from search.spec import SearchSpace, SearchSpec, load_spec_file
 from search.study import default_storage, load_study
-from search.workers import THREADS_PER_WORKER, run_search, start_ray
+from search.workers import ENVIRON_LOCK, THREADS_PER_WORKER, _environment, run_search, start_ray
 
 SLOWER = Budget(epochs=40, finetune_epochs=0, prune_steps=1, timing_repeats=5, front_tuning_trials=0,
                 front_tuning_minutes=0, teacher_epochs=2)
@@ -104,6 +104,38 @@ def test_a_task_that_holds_every_cpu_leaves_the_idle_worker_running(tmp_path):
         assert ray.get(ray.remote(num_cpus=1)(lambda: os.nice(0)).remote()) <= os.nice(0)
     finally:
         ray.shutdown()
+
+
+def test_the_environment_start_ray_restores_never_breaks_the_mlflow_threads_requests():
+    """A CI run failed when the MLflow thread's request read the proxy settings (requests iterates os.environ) as
+    start_ray removed the thread settings it had set for the raylet: KeyError in the thread, the search stopped."""
+    import urllib.request
+
+    errors, stop = [], threading.Event()
+
+    def mlflow_thread() -> None:  # as _Tracking does its MLflow work: under the lock
+        while not stop.is_set():
+            try:
+                with ENVIRON_LOCK:
+                    urllib.request.getproxies()
+            except Exception as exc:
+                errors.append(exc)
+                return
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch as often as they can: without the lock this fails within ~10 starts
+    reader = threading.Thread(target=mlflow_thread)
+    reader.start()
+    try:
+        for _ in range(500):
+            with _environment({"EDGESEARCH_TEST_A": "1", "EDGESEARCH_TEST_B": "1"}):
+                pass
+    finally:
+        stop.set()
+        reader.join()
+        sys.setswitchinterval(interval)
+    assert errors == []
+    assert "EDGESEARCH_TEST_A" not in os.environ
 
 
 def test_a_search_stopped_by_an_error_on_a_cluster_it_was_given_leaves_no_task_running(tmp_path):
