@@ -47,19 +47,26 @@ def test_server_down_mid_search_loses_no_metric(tmp_path, free_port, monkeypatch
                       space=SearchSpace(precision=("fp32", "int8-ptq"), width=(0.25, 0.5), sparsity=(0.0, 0.0),
                                         temperature=(1.0, 1.0), alpha=(1.0, 1.0)))
     lines, result = [], {}
-    worker = threading.Thread(target=lambda: result.setdefault("outcome", run_search(
-        spec, tmp_path, storage_url=default_storage(tmp_path), tracking_uri=uri, report=lines.append)))
+
+    def search() -> None:
+        try:
+            result["outcome"] = run_search(spec, tmp_path, storage_url=default_storage(tmp_path), tracking_uri=uri,
+                                           report=lines.append)
+        except BaseException as exc:  # shown by the assertion below, not only as a thread's warning
+            result["error"] = exc
+
+    worker = threading.Thread(target=search)
     worker.start()
     deadline = time.time() + 240
-    while not any(line.startswith("[1/3]") for line in lines) and time.time() < deadline:
+    while not any(line.startswith("[1/3]") for line in lines) and worker.is_alive() and time.time() < deadline:
         time.sleep(0.5)
     _stop(server, signal.SIGKILL)  # down at once (a graceful stop takes seconds) while trials 2.. finish
-    while not any("MLflow logging failed" in line for line in lines) and time.time() < deadline:
+    while not any("MLflow logging failed" in line for line in lines) and worker.is_alive() and time.time() < deadline:
         time.sleep(0.5)
     server = _start(store, port)  # back while the search goes on, or after it ended
     try:
         worker.join(timeout=600)
-        assert "outcome" in result
+        assert "outcome" in result, result.get("error", "the search did not end in 600 s")
         assert any("MLflow logging failed" in line for line in lines)
         study = load_study("flaky", default_storage(tmp_path))
         client = MlflowClient(uri)
