@@ -60,7 +60,7 @@ def test_a_search_on_a_node_that_shares_no_disk_ships_its_winner_from_the_driver
         finally:
             ray.shutdown()
 
-        spec = SearchSpec(name="apart", dataset=str(data), target=str(target), trials=4, workers=2, recipes=False,
+        spec = SearchSpec(name="apart", dataset=str(data), target=str(target), trials=2, workers=2, recipes=False,
                           budget=dataclasses.replace(TINY, front_tuning_minutes=3, front_tuning_trials=tuning),
                           space=SAME_SHAPES, latency_budget_ms=1.0)
         storage, uri = default_storage(tmp_path), default_tracking_uri(tmp_path)
