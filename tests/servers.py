@@ -11,6 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from search.ui import QUIET_ENV
 
 # a node or client that shares only the network with the tests: a private mount namespace needs root and unshare
 CAN_SHARE_NOTHING = os.geteuid() == 0 and shutil.which("unshare") is not None
@@ -38,18 +39,26 @@ def wait_until_healthy(url: str, proc, timeout: float = 90.0) -> None:
     raise AssertionError(f"the server at {url} did not come up within {timeout:g} s")
 
 
-@contextlib.contextmanager
-def mlflow_server(backend_store_uri: str, artifacts: Path, port: int):
-    """A real `mlflow server` on 127.0.0.1 that proxies its artifacts to ``artifacts``; yields its URL."""
+def start_mlflow_server(backend_store_uri: str, artifacts: Path, port: int) -> subprocess.Popen:
+    """A real `mlflow server` on 127.0.0.1 that proxies its artifacts to ``artifacts``, in a process group of its
+    own, answering once this returns. Started as `edgesearch ui` starts its server: without MLflow's job runner
+    (a Huey consumer of 10 workers that edgesearch never uses), which made a start on a loaded 2-core machine take
+    19 s instead of 10 (median of 5 each, NOTES.md)."""
     server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
                                backend_store_uri, "--artifacts-destination", str(artifacts), "--host", "127.0.0.1",
                                "--port", str(port), "--workers", "1"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                              env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+                              env={**os.environ, **QUIET_ENV})
+    wait_until_healthy(f"http://127.0.0.1:{port}", server, timeout=120)
+    return server
+
+
+@contextlib.contextmanager
+def mlflow_server(backend_store_uri: str, artifacts: Path, port: int):
+    """A real `mlflow server` (``start_mlflow_server``) while the block runs; yields its URL."""
+    server = start_mlflow_server(backend_store_uri, artifacts, port)
     try:
-        uri = f"http://127.0.0.1:{port}"
-        wait_until_healthy(uri, server, timeout=120)
-        yield uri
+        yield f"http://127.0.0.1:{port}"
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)

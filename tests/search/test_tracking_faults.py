@@ -3,7 +3,6 @@
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -14,17 +13,12 @@ from search.candidate import Budget
 from search.spec import SearchSpace, SearchSpec
 from search.study import default_storage, load_study, rows
 from search.tracking import PARENT_ATTR, sync_search
-from tests.servers import wait_until_healthy
+from tests.servers import start_mlflow_server
 from search.workers import run_search
 
 
 def _start(store: Path, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
-                             f"sqlite:///{store / 'mlflow.db'}", "--artifacts-destination",
-                             str(store / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    wait_until_healthy(f"http://127.0.0.1:{port}", proc)
-    return proc
+    return start_mlflow_server(f"sqlite:///{store / 'mlflow.db'}", store / "artifacts", port)
 
 
 def _stop(proc: subprocess.Popen, how: signal.Signals = signal.SIGTERM) -> None:
