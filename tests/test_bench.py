@@ -84,6 +84,29 @@ def test_worker_time_on_infeasible_candidates_is_counted_by_outcome():
     assert bench._infeasible_share(study) == 6.0 / 18.0
 
 
+def test_figure_5s_budget_is_what_every_search_screens_for_the_reference_model_on_this_machine(tmp_path):
+    from dataclasses import replace
+
+    from hardware_targets.profile import load_profile
+    from search.candidate import Candidate
+    from search.data import load_dataset
+    from search.spec import SearchSpec
+    from search.stages.screen import screen_candidate
+
+    bench = _bench()
+    spec = SearchSpec(name="bench-quality", trials=2, budget=bench._search_budget())
+    budget = bench.reference_budget_ms(spec, tmp_path)
+    # a search of the figure (any seed) meets the reference shape in its own cache, at the budget's figure
+    searched = replace(spec, seed=3, latency_budget_ms=budget)
+    reference = Candidate(precision="fp32", width=bench.BUDGET_REFERENCE_WIDTH, budget=searched.budget,
+                          seed=searched.seed, temperature=4.0, alpha=0.5)
+    screened = screen_candidate(reference, load_dataset(searched.dataset), load_profile(searched.target), tmp_path,
+                                latency_budget_ms=budget)
+    assert screened["cached"] and screened["fits"]
+    assert screened["metrics"]["latency_ms_p90"][2] == "measured"
+    assert budget == pytest.approx(screened["metrics"]["latency_ms_p90"][0], rel=5e-3)  # three figures
+
+
 def test_a_guide_row_over_seeds_reports_medians_and_the_accuracy_range():
     bench = _bench()
 
