@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 from search.ui import QUIET_ENV
+from search.workers import ENVIRON_LOCK
 
 # a node or client that shares only the network with the tests: a private mount namespace needs root and unshare
 CAN_SHARE_NOTHING = os.geteuid() == 0 and shutil.which("unshare") is not None
@@ -120,7 +121,8 @@ def ray_cluster(free_port, *options, num_cpus: int = 2):
         stop_ray_cluster(temp_dir, port)  # not `ray stop`, which would stop every Ray cluster on the machine
         shutil.rmtree(temp_dir, ignore_errors=True)
         if old is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
+            with ENVIRON_LOCK:  # a search's MLflow thread may be reading the environment
+                os.environ.pop("RAY_AUTH_MODE", None)
 
 
 def node_sharing_nothing(cluster: dict, private_over: Path, cpus: int, resources: dict) -> Path:

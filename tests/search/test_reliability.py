@@ -138,6 +138,39 @@ def test_the_environment_start_ray_restores_never_breaks_the_mlflow_threads_requ
     assert "EDGESEARCH_TEST_A" not in os.environ
 
 
+def test_the_mlflow_thread_does_all_its_mlflow_work_under_the_environment_lock(tmp_path, monkeypatch):
+    """The other half of the lock: every request the thread makes (the store check, the search's runs, each sync)
+    holds it, so the environment's restore cannot remove a key under it. A real SQLite store; the calls are the
+    real ones, only watched."""
+    import search.tracking
+    from search.study import create_study
+    from search.tracking import default_tracking_uri
+    from search.workers import _Tracking
+
+    held = []
+
+    def watched(function):
+        def call(*args, **kwargs):
+            held.append((function.__name__, ENVIRON_LOCK.locked()))
+            return function(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(search.tracking, "check_tracking", watched(search.tracking.check_tracking))
+    monkeypatch.setattr(search.tracking.SearchTracker, "__init__", watched(search.tracking.SearchTracker.__init__))
+    monkeypatch.setattr(search.tracking.SearchTracker, "sync", watched(search.tracking.SearchTracker.sync))
+    spec = SearchSpec(name="locked", trials=1, workers=1, budget=FAST, space=SMALL)
+    study = create_study(spec, default_storage(tmp_path), resume=False)
+    lines = []
+    tracking = _Tracking(spec, study, default_tracking_uri(tmp_path), tmp_path, lines.append,
+                         {"logging": 0.0, "logging_background": 0.0})
+    tracking.ready()
+    tracking.begin_finish()
+    tracking._thread.join(timeout=120)
+    assert not tracking._thread.is_alive(), lines
+    assert [name for name, _ in held][:2] == ["check_tracking", "__init__"] and "sync" in dict(held), held
+    assert all(locked for _, locked in held), held
+
+
 def test_a_search_stopped_by_an_error_on_a_cluster_it_was_given_leaves_no_task_running(tmp_path):
     """A notebook's or ``--address``'s cluster outlives the search: its candidates must stop with it, or they would
     train on beside the next search's timings."""
