@@ -987,7 +987,8 @@ def _quality_lines(q: dict, heading: str, plots_made: list[str]) -> list[str]:
              f"{t['default']} trials against random sampling after {t['random']} trials (screening too, no "
              f"recipes, no halving), seeds {q['seeds']}, digits on the host, {q['latency_budget_ms']} ms budget "
              "(p90" + (f"; the untrained fp32 graph's at width {q['budget_width']:g} on this machine"
-                       if q.get("budget_width") else "") + ")" + (f", accuracy floor {q['min_accuracy']:g} (validation)" if q.get("min_accuracy") else "")
+                       if q.get("budget_width") else "") + ")"
+             + (f", accuracy floor {q['min_accuracy']:g} (validation)" if q.get("min_accuracy") else "")
              + ". Hypervolume is normalised (accuracy; latency / budget; size and energy / the widest model of "
              "the space), so it lies in [0, 1].", "",
              "The trial budget counts training: a candidate screened out costs nothing, one stopped at the first "
