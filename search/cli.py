@@ -708,8 +708,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "guidance puts them [default: auto]")
     p.add_argument("--no-recipes", dest="recipes", action="store_const", const=False, help="do not start from "
                    "the classic single-technique recipes (fp16, int8 PTQ, int8 QAT, 50%% and 90%% pruning, "
-                   "distillation into width 0.5, width 0.5) and 50%% pruning of the widest model that fits, which are "
-                   "otherwise the first trials")
+                   "distillation into width 0.5, width 0.5), which are otherwise the first trials")
     halving = p.add_mutually_exclusive_group()
     halving.add_argument("--halving", dest="halving", action="store_const", const=True, help="successive halving "
                          "on epochs: train a third of the epochs first, continue the best third [default: on from "

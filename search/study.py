@@ -50,11 +50,6 @@ RECIPES: dict[str, dict[str, Any]] = {
     "distillation into width 0.5": {"width": 0.5, "temperature": 4.0, "alpha": 0.5},
     "width 0.5 only": {"width": 0.5},
 }
-# Beyond the guide: at equal size, a wide model pruned beats a narrow one trained dense (Zhu & Gupta 2017, "To prune,
-# or not to prune"). The guide's recipes all shrink the width-1 model, and TPE follows them to narrow models, so the
-# front's accurate end (wide, pruned) came from luck. This recipe starts at the space's widest width and, like any
-# recipe screened out, comes back one width step narrower until it fits.
-WIDE_PRUNED = ("50% pruning of the widest model that fits", {"sparsity": 0.5})
 
 
 def shown_url(url: str) -> str:
@@ -82,8 +77,7 @@ def recipes_for(spec: SearchSpec) -> list[tuple[str, dict[str, Any]]]:
     # the guide prunes weights (unstructured); where the target's space has only channel pruning, that is the one
     mode = "unstructured" if "unstructured" in s.pruning else s.pruning[0]
     out = []
-    wide = [(WIDE_PRUNED[0], {**WIDE_PRUNED[1], "width": s.width[1]})] if s.width[1] > PLAIN["width"] else []
-    for label, change in [*RECIPES.items(), *wide]:
+    for label, change in RECIPES.items():
         params = {**PLAIN, "pruning": mode, **change}
         if params["sparsity"] > 0 and mode != "unstructured":
             label = f"{label} ({mode})"

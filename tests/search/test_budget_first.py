@@ -12,7 +12,7 @@ from search.candidate import Candidate
 from search.cli import main
 from search.spec import SearchSpace, SearchSpec
 from search.study import (
-    BOUNDS_ATTR, FLOOR_ATTR, RECIPES, SHIPPING_ATTR, WIDE_PRUNED, load_study, rows, spent_budget, stored_spec,
+    BOUNDS_ATTR, FLOOR_ATTR, RECIPES, SHIPPING_ATTR, load_study, rows, spent_budget, stored_spec,
 )
 from search.tracking import default_tracking_uri
 from search.workers import _halving_position, _shapes_ruled_out, run_search
@@ -35,15 +35,12 @@ def test_recipes_come_first_and_the_front_covers_every_feasible_recipe(tmp_path,
     # the host's kernels do not skip zeros, so the guide's pruning recipes remove channels there
     expected = [label + (" (structured)" if "sparsity" in change else "") for label, change in RECIPES.items()
                 if change.get("precision", "fp32") != "fp16" and change.get("sparsity", 0) <= 0.75]
-    expected.append(f"{WIDE_PRUNED[0]} (structured)")  # last: the space's widest model, half its channels removed
     assert [t.user_attrs.get("recipe") for t in trials[:len(expected)]] == expected
     assert trials[0].user_attrs["candidate"]["precision"] == "int8-ptq"
     assert trials[2].user_attrs["candidate"]["pruning"] == "structured"
     assert trials[2].user_attrs["candidate"]["sparsity"] == 0.5
     assert trials[3].user_attrs["candidate"] == {"precision": "fp32", "sparsity": 0.0, "pruning": "structured",
                                                  "temperature": 4.0, "alpha": 0.5, "width": 0.5}
-    wide = trials[len(expected) - 1].user_attrs["candidate"]
-    assert (wide["width"], wide["sparsity"], wide["pruning"]) == (2.0, 0.5, "structured")
     assert all(t.params.get("pruning", "structured") == "structured" for t in trials)
     # after them only the sampler's trials, and any recipe the budget ruled out, one width step narrower
     assert all(", width " in t.user_attrs.get("recipe", ", width ") for t in trials[len(expected):])
@@ -322,10 +319,6 @@ def test_unstructured_pruning_is_searched_only_where_kernels_skip_zeros():
     assert "narrowed to [0, 0.75]" in lines[-1]
     assert dict(recipes_for(dense))["50% pruning (structured)"]["pruning"] == "structured"
     assert "90% pruning (structured)" not in dict(recipes_for(dense))
-    wide = f"{WIDE_PRUNED[0]} (structured)"
-    assert dict(recipes_for(dense))[wide] == {**dict(recipes_for(dense))["50% pruning (structured)"], "width": 2.0}
-    narrow_space = dataclasses.replace(dense, space=dataclasses.replace(dense.space, width=(0.25, 1.0)))
-    assert wide not in dict(recipes_for(narrow_space))  # no wider model than the guide's: nothing to add
     chosen = dataclasses.replace(spec, space=dataclasses.replace(NO_FP16, pruning=("structured",)))
     assert _supported_space(chosen, host, lines.append) == chosen  # a user's own channel range stays
 
