@@ -104,7 +104,7 @@ def narrower_recipe(label: str, knobs: dict[str, Any], spec: SearchSpec) -> tupl
 def resolved_sampler(spec: SearchSpec) -> str:
     if spec.sampler != "auto":
         return spec.sampler
-    return "nsga2" if spec.trials >= NSGA2_FROM_TRIALS else "hvgain"
+    return "nsga2" if spec.trials >= NSGA2_FROM_TRIALS else "tpe"
 
 
 def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
@@ -112,12 +112,6 @@ def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
     name = resolved_sampler(spec)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=spec.seed, population_size=max(4, min(50, spec.trials // 2)))
-    if name == "hvgain":
-        from search.sampler import HypervolumeGainSampler
-
-        startup = len(recipes_for(spec)) + 2 if spec.recipes else max(4, min(10, spec.trials // 4))
-        return HypervolumeGainSampler(lambda study: search_bounds(study, spec), seed=spec.seed,
-                                      n_startup_trials=min(startup, spec.trials))
     if name == "tpe":
         # Few random start-up trials: the recipes are informative start-up points already, and TPE counts
         # screened-out (pruned, infeasible) trials too. The constant liar keeps parallel workers apart.
