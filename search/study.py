@@ -104,7 +104,32 @@ def narrower_recipe(label: str, knobs: dict[str, Any], spec: SearchSpec) -> tupl
 def resolved_sampler(spec: SearchSpec) -> str:
     if spec.sampler != "auto":
         return spec.sampler
-    return "nsga2" if spec.trials >= NSGA2_FROM_TRIALS else "tpe"
+    return "nsga2" if spec.trials >= NSGA2_FROM_TRIALS else "hvgain"
+
+
+def table_key(precision: str, pruning: str, width: float, sparsity: float) -> str:
+    return f"{precision}|{pruning}|{round(width, 4):g}|{round(sparsity, 4):g}"
+
+
+def _table_costs(spec: SearchSpec):
+    """PROTOTYPE: costs from a latency table file (EDGESEARCH_LATENCY_TABLE), keyed by shape knobs."""
+    import os
+
+    path = os.environ.get("EDGESEARCH_LATENCY_TABLE")
+    if not path:
+        return None
+    table = json.loads(Path(path).read_text())
+    s = spec.space
+
+    def costs(params):
+        key = table_key(params.get("precision", s.precision[0]), params.get("pruning", s.pruning[0]),
+                        params.get("width", s.width[0]), params.get("sparsity", s.sparsity[0]))
+        if key not in table:
+            return None
+        p90, size, energy = table[key]
+        return [p90, size, energy], p90 <= spec.latency_budget_ms
+
+    return costs
 
 
 def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
@@ -112,6 +137,14 @@ def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
     name = resolved_sampler(spec)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=spec.seed, population_size=max(4, min(50, spec.trials // 2)))
+    if name == "hvgain":
+        from search.sampler import HypervolumeGainSampler
+
+        startup = len(recipes_for(spec)) + 2 if spec.recipes else max(4, min(10, spec.trials // 4))
+        return HypervolumeGainSampler(lambda study: search_bounds(study, spec), seed=spec.seed,
+                                      n_startup_trials=min(startup, spec.trials),
+                                      cost_knobs=("precision", "pruning", "sparsity", "width"),
+                                      accuracy_constraints=("accuracy_floor",), costs=_table_costs(spec))
     if name == "tpe":
         # Few random start-up trials: the recipes are informative start-up points already, and TPE counts
         # screened-out (pruned, infeasible) trials too. The constant liar keeps parallel workers apart.
