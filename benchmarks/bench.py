@@ -458,6 +458,9 @@ def quality_figures(runs: Path, plan: Plan, min_accuracy: float | None = None) -
     tag = "" if min_accuracy is None else "f"
     arms = {"default": dict(trials=plan.quality_trials),
             "random": dict(trials=2 * plan.quality_trials, sampler="random", recipes=False, halving=False)}
+    if os.environ.get("EDGESEARCH_PROTO_ARMS"):  # PROTOTYPE: two more arms at N trials
+        arms["ehvi"] = dict(trials=plan.quality_trials, sampler="hvgain")
+        arms["floor"] = dict(trials=plan.quality_trials, sampler="tpefloor")
     out: dict = {"trials": {k: v["trials"] for k, v in arms.items()}, "seeds": list(plan.quality_seeds),
                  "halving_from": HALVING_FROM_TRIALS,
                  "latency_budget_ms": base.latency_budget_ms, "budget_width": BUDGET_REFERENCE_WIDTH,
@@ -645,8 +648,9 @@ def _infeasible_share(study) -> float:
     for t in study.get_trials(deepcopy=False):
         seconds = sum((t.user_attrs.get("stage_seconds") or {}).values())
         total += seconds
-        feasible = t.state.name == "COMPLETE" and all(v <= 0 for v in t.constraints.values())
-        if t.state.name in ("COMPLETE", "PRUNED") and not feasible and any(v > 0 for v in t.constraints.values()):
+        cons = {k: v for k, v in t.constraints.items() if k != "sampler_floor"}
+        feasible = t.state.name == "COMPLETE" and all(v <= 0 for v in cons.values())
+        if t.state.name in ("COMPLETE", "PRUNED") and not feasible and any(v > 0 for v in cons.values()):
             wasted += seconds
     return wasted / total if total else 0.0
 

@@ -102,7 +102,8 @@ class HypervolumeGainSampler(BaseSampler):
     def __init__(self, bounds: Callable[[optuna.Study], Sequence[float]], *, seed: int | None = None,
                  n_startup_trials: int = 5, pool_size: int = POOL_SIZE, beta: float = BETA,
                  cost_knobs: Sequence[str] | None = None, accuracy_constraints: Sequence[str] = (),
-                 costs: Callable[[dict[str, Any]], tuple[list[float], bool] | None] | None = None):
+                 costs: Callable[[dict[str, Any]], tuple[list[float], bool] | None] | None = None,
+                 expected: bool = False):
         if n_startup_trials < 1 or pool_size < 1 or beta < 0:
             raise ValueError("`n_startup_trials` and `pool_size` must be positive and `beta` non-negative; got "
                              f"{n_startup_trials}, {pool_size}, {beta}.")
@@ -117,6 +118,7 @@ class HypervolumeGainSampler(BaseSampler):
         self._cost_knobs = None if cost_knobs is None else set(cost_knobs)
         self._accuracy_constraints = set(accuracy_constraints)
         self._costs = costs
+        self._expected = expected
 
     def reseed_rng(self) -> None:
         self._rng.seed()
@@ -163,6 +165,8 @@ class HypervolumeGainSampler(BaseSampler):
                                     np.array([t.constraints[key] for t in seen]), self._seed or 0), e,
                                key in self._accuracy_constraints))
 
+        spread = np.zeros(0)
+
         def predict(params: list[dict[str, Any]], optimistic: bool) -> tuple[np.ndarray, np.ndarray]:
             """Each candidate's expected point (accuracy optimistic if asked) and whether it is expected to fit."""
             rows = {id(e): np.array([e.row(p) for p in params]) for e in (enc, cost_enc)}
@@ -170,7 +174,9 @@ class HypervolumeGainSampler(BaseSampler):
             for name in names:
                 gp, log, e, learned = models[name]
                 mean, sd = gp.predict(rows[id(e)], return_std=True)
-                if optimistic and learned:
+                if learned:
+                    spread[:] = sd if len(spread) == len(sd) else spread
+                if optimistic and learned and not self._expected:
                     mean = mean + self._beta * sd
                 cols.append(np.exp(mean) if log else mean)
             feasible = np.ones(len(params), dtype=bool)
@@ -190,6 +196,7 @@ class HypervolumeGainSampler(BaseSampler):
         pool = [p for p in (enc.draw(self._rng) for _ in range(self._pool)) if tuple(enc.row(p)) not in tried]
         if not pool:
             return {}
+        spread = np.zeros(len(pool))
         points, feasible = predict(pool, optimistic=True)
         if self._costs is not None:  # measured costs (a latency table) where known, in place of the models'
             for i, p in enumerate(pool):
@@ -201,11 +208,19 @@ class HypervolumeGainSampler(BaseSampler):
         gains = np.zeros(len(pool))
         base = normalised_hypervolume(front, bounds) if front else 0.0
         directions = [d for _, d in OBJECTIVES]
+        if self._expected:  # expected gain over accuracy ~ N(mean, sd): Gauss-Hermite nodes
+            nodes, weights = np.polynomial.hermite_e.hermegauss(7)
+            weights = weights / weights.sum()
+        else:
+            nodes, weights = np.zeros(1), np.ones(1)
         for i in np.flatnonzero(feasible):
-            with_it = front + [list(points[i])]
-            if front and len(front) not in non_dominated(with_it, directions):
-                continue  # dominated by the front: adds nothing
-            gains[i] = normalised_hypervolume(with_it, bounds) - base
+            for x, w in zip(nodes, weights):
+                point = list(points[i])
+                point[0] = float(np.clip(point[0] + x * spread[i], 0.0, 1.0))
+                with_it = front + [point]
+                if front and len(front) not in non_dominated(with_it, directions):
+                    continue  # dominated by the front: adds nothing
+                gains[i] += w * (normalised_hypervolume(with_it, bounds) - base)
         if gains.max() <= 0:
             if not feasible.any():
                 return {}
