@@ -453,14 +453,9 @@ def quality_figures(runs: Path, plan: Plan, min_accuracy: float | None = None) -
     base = SearchSpec(name="bench-quality", trials=plan.quality_trials, workers=2, budget=_search_budget(),
                       min_accuracy=min_accuracy)
     base = replace(base, latency_budget_ms=reference_budget_ms(base, runs))
-    if os.environ.get("EDGESEARCH_PROTO_TABLE"):
-        _proto_table(base, runs)
     tag = "" if min_accuracy is None else "f"
     arms = {"default": dict(trials=plan.quality_trials),
             "random": dict(trials=2 * plan.quality_trials, sampler="random", recipes=False, halving=False)}
-    if os.environ.get("EDGESEARCH_PROTO_ARMS"):  # PROTOTYPE: two more arms at N trials
-        arms["ehvi"] = dict(trials=plan.quality_trials, sampler="hvgain")
-        arms["floor"] = dict(trials=plan.quality_trials, sampler="tpefloor")
     out: dict = {"trials": {k: v["trials"] for k, v in arms.items()}, "seeds": list(plan.quality_seeds),
                  "halving_from": HALVING_FROM_TRIALS,
                  "latency_budget_ms": base.latency_budget_ms, "budget_width": BUDGET_REFERENCE_WIDTH,
@@ -502,47 +497,6 @@ def quality_figures(runs: Path, plan: Plan, min_accuracy: float | None = None) -
 
 
 BUDGET_REFERENCE_WIDTH = 1.0  # figure 5's budget: the p90 of the fp32 DS-CNN at this width, on this machine
-
-
-def _screen_shape(args):
-    from hardware_targets.profile import load_profile
-    from search.candidate import Candidate
-    from search.data import load_dataset
-    from search.stages.screen import screen_candidate
-    from search.study import table_key
-
-    spec_dict, runs, width, sparsity, precision, pruning = args
-    from search.spec import SearchSpec
-
-    spec = SearchSpec.from_dict(spec_dict)
-    c = Candidate(precision=precision, pruning=pruning, sparsity=sparsity, width=width, budget=spec.budget,
-                  seed=spec.seed)
-    out = screen_candidate(c, load_dataset(spec.dataset), load_profile(spec.target), Path(runs),
-                           latency_budget_ms=spec.latency_budget_ms)
-    m = out["metrics"]
-    return table_key(precision, pruning, width, sparsity), [m["latency_ms_p90"][0], m["size_bytes"][0],
-                                                            m["energy_mj"][0]], out["cached"]
-
-
-def _proto_table(spec, runs: Path) -> None:
-    """PROTOTYPE: screen every shape of the space (2 processes) into a latency table file for the sampler."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    import numpy as np
-
-    s = spec.space
-    widths = [round(w, 4) for w in np.arange(s.width[0], s.width[1] + 1e-9, 0.25)]
-    sparsities = [round(x, 4) for x in np.arange(s.sparsity[0], min(s.sparsity[1], 0.75) + 1e-9, 0.05)]
-    jobs = [(spec.to_dict(), str(runs), w, x, "fp32", "structured") for w in widths for x in sparsities]
-    started = time.perf_counter()
-    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        rows = list(pool.map(_screen_shape, jobs))
-    table = {k: v for k, v, _ in rows}
-    path = runs / "latency_table.json"
-    path.write_text(json.dumps(table))
-    os.environ["EDGESEARCH_LATENCY_TABLE"] = str(path)
-    _say(f"  latency table: {len(table)} shapes, {sum(c for *_, c in rows)} cached, {time.perf_counter() - started:.0f} s")
 
 
 def reference_budget_ms(spec, runs: Path) -> float:
@@ -648,9 +602,8 @@ def _infeasible_share(study) -> float:
     for t in study.get_trials(deepcopy=False):
         seconds = sum((t.user_attrs.get("stage_seconds") or {}).values())
         total += seconds
-        cons = {k: v for k, v in t.constraints.items() if k != "sampler_floor"}
-        feasible = t.state.name == "COMPLETE" and all(v <= 0 for v in cons.values())
-        if t.state.name in ("COMPLETE", "PRUNED") and not feasible and any(v > 0 for v in cons.values()):
+        feasible = t.state.name == "COMPLETE" and all(v <= 0 for v in t.constraints.values())
+        if t.state.name in ("COMPLETE", "PRUNED") and not feasible and any(v > 0 for v in t.constraints.values()):
             wasted += seconds
     return wasted / total if total else 0.0
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from search.errors import EdgeSearchError
-from search.spec import HALVING_FROM_TRIALS, SAMPLERS
+from search.spec import HALVING_FROM_TRIALS
 
 DEFAULT_RUNS = Path(os.environ.get("EDGESEARCH_RUNS", "runs"))
 
@@ -703,10 +703,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, help="training budget, in fully trained candidates: a candidate screened "
                    "out before training costs nothing, one stopped by successive halving a third [default: 24]")
     p.add_argument("--workers", type=int, help="candidates evaluated in parallel, one CPU each [default: 2]")
-    p.add_argument("--sampler", choices=SAMPLERS, help="sampler; auto is hvgain below 100 trials (Gaussian "
-                   "processes on the trials' figures, screened costs included, proposing the candidate that adds the "
-                   "most hypervolume with accuracy taken optimistically) and Optuna's NSGA-II from 100; tpe is "
-                   "multivariate TPE with a constant liar across workers [default: auto]")
+    p.add_argument("--sampler", choices=("auto", "tpe", "nsga2", "random"), help="Optuna sampler; auto is "
+                   "multivariate TPE (constant liar across workers) below 100 trials and NSGA-II from 100, as Optuna's "
+                   "guidance puts them [default: auto]")
     p.add_argument("--no-recipes", dest="recipes", action="store_const", const=False, help="do not start from "
                    "the classic single-technique recipes (fp16, int8 PTQ, int8 QAT, 50%% and 90%% pruning, "
                    "distillation into width 0.5, width 0.5), which are otherwise the first trials")

@@ -17,7 +17,7 @@ from typing import Any
 from search.candidate import PRECISIONS, PRUNING_MODES, Budget, seed_problem
 from search.errors import ConfigError
 
-SAMPLERS = ("auto", "hvgain", "tpe", "tpefloor", "nsga2", "random")
+SAMPLERS = ("auto", "tpe", "nsga2", "random")
 RUNTIMES = ("auto", "tvm", "onnxruntime")  # what ships on a local target; auto = the fastest measured
 HALVING_FROM_TRIALS = 100  # successive halving is on by default from this many trials (figure 5: it cost at 24)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

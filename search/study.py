@@ -101,39 +101,10 @@ def narrower_recipe(label: str, knobs: dict[str, Any], spec: SearchSpec) -> tupl
     return f"{base}, width {width:g}", {**knobs, "width": width}
 
 
-SAMPLER_FLOOR = "sampler_floor"  # PROTOTYPE
-SAMPLER_FLOOR_GAP = 0.15
-
-
 def resolved_sampler(spec: SearchSpec) -> str:
     if spec.sampler != "auto":
         return spec.sampler
     return "nsga2" if spec.trials >= NSGA2_FROM_TRIALS else "tpe"
-
-
-def table_key(precision: str, pruning: str, width: float, sparsity: float) -> str:
-    return f"{precision}|{pruning}|{round(width, 4):g}|{round(sparsity, 4):g}"
-
-
-def _table_costs(spec: SearchSpec):
-    """PROTOTYPE: costs from a latency table file (EDGESEARCH_LATENCY_TABLE), keyed by shape knobs."""
-    import os
-
-    path = os.environ.get("EDGESEARCH_LATENCY_TABLE")
-    if not path:
-        return None
-    table = json.loads(Path(path).read_text())
-    s = spec.space
-
-    def costs(params):
-        key = table_key(params.get("precision", s.precision[0]), params.get("pruning", s.pruning[0]),
-                        params.get("width", s.width[0]), params.get("sparsity", s.sparsity[0]))
-        if key not in table:
-            return None
-        p90, size, energy = table[key]
-        return [p90, size, energy], p90 <= spec.latency_budget_ms
-
-    return costs
 
 
 def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
@@ -141,15 +112,7 @@ def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
     name = resolved_sampler(spec)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=spec.seed, population_size=max(4, min(50, spec.trials // 2)))
-    if name == "hvgain":
-        from search.sampler import HypervolumeGainSampler
-
-        startup = len(recipes_for(spec)) + 2 if spec.recipes else max(4, min(10, spec.trials // 4))
-        return HypervolumeGainSampler(lambda study: search_bounds(study, spec), seed=spec.seed,
-                                      n_startup_trials=min(startup, spec.trials),
-                                      cost_knobs=("precision", "pruning", "sparsity", "width"),
-                                      accuracy_constraints=("accuracy_floor",), costs=_table_costs(spec), expected=True)
-    if name in ("tpe", "tpefloor"):
+    if name == "tpe":
         # Few random start-up trials: the recipes are informative start-up points already, and TPE counts
         # screened-out (pruned, infeasible) trials too. The constant liar keeps parallel workers apart.
         startup = len(recipes_for(spec)) + 2 if spec.recipes else max(4, min(10, spec.trials // 4))
@@ -473,10 +436,6 @@ def record_result(study: optuna.Study, trial: optuna.Trial, spec: SearchSpec, re
     floor = study.user_attrs.get(FLOOR_ATTR)
     if floor:
         trial.set_constraint("accuracy_floor", floor["value"] - result.value("accuracy"))
-    if spec.sampler == "tpefloor" and not stopped:  # PROTOTYPE: collapsed models count as infeasible for TPE
-        done = [t.values[0] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-        best = max(done + [result.value("accuracy")])
-        trial.set_constraint(SAMPLER_FLOOR, best - SAMPLER_FLOOR_GAP - result.value("accuracy"))
     _set_metrics(trial, metrics)
     for key in ("provenance", "tuning", "rung", "retimed", "host_cpu", "teacher"):
         if result.info.get(key) is not None:
@@ -567,7 +526,7 @@ class Row:
         """A trial as stored; with ``shipped``, its figures after the shipping stage, the search's kept beside them
         as ``<name>_search`` and the constraints judged again on the shipped figures."""
         metrics = {k.split(":", 1)[1]: tuple(v) for k, v in t.user_attrs.items() if k.startswith("metric:")}
-        constraints = {k: v for k, v in t.constraints.items() if k != SAMPLER_FLOOR}
+        constraints = dict(t.constraints)
         if shipped:
             for name, figure in shipped["metrics"].items():
                 if name in metrics:

@@ -782,7 +782,7 @@ def run_search(
                    + (f"{len(recipes)} classic recipe(s) first ({', '.join(label for label, _ in recipes)}); "
                       if recipes else "no recipes; ")
                    + f"then sampler {resolved_sampler(spec)}"
-                   + (f" (auto: {'NSGA-II from' if resolved_sampler(spec) == 'nsga2' else 'hypervolume gain below'} 100 trials)"
+                   + (f" (auto: {'NSGA-II from' if resolved_sampler(spec) == 'nsga2' else 'TPE below'} 100 trials)"
                       if spec.sampler == "auto" else "")
                    + ("; successive halving on epochs" if spec.uses_halving else "")
                    + "; near-budget latencies re-timed alone")
