@@ -26,6 +26,7 @@ class HostCPU:
     flags: frozenset[str]
     cores: int
     mhz: float | None = None  # as /proc/cpuinfo reports it (a VM reports its nominal clock)
+    family: str = ""  # vendor and family, e.g. "AuthenticAMD family 25": VMs often hide the model's name
 
     @property
     def isa(self) -> list[str]:
@@ -35,14 +36,17 @@ class HostCPU:
         """What a result or model card records of the CPU it was measured on."""
         return {"model": self.model, "isa": self.isa, "key": self.key}
 
-    def peak_macs_per_cycle(self) -> dict[str, float]:
+    def peak_macs_per_cycle(self, fma_width: dict[str, float] | None = None) -> dict[str, float]:
         """Per core, from the vector width and FMA units the flags show: fp32 lanes x 2 FMA pipes (1 without FMA).
         int8 QDQ graphs run in float (TVM and onnxruntime's QDQ fallback), so int8 gets the fp32 rate; fp16 runs
-        natively only with AVX512-FP16 or Arm FP16, else in software. Derived, not measured: Zen 4 issues
-        AVX-512 in two 256-bit halves, so its true fp32 peak is half of this."""
+        natively only with AVX512-FP16 or Arm FP16, else in software. Derived, not measured. The flags tell the
+        instructions, not the units' width: ``fma_width`` caps the fp32 rate per CPU family where the units are
+        narrower (Zen 4 runs AVX-512 on 256-bit units, half the rate its flags suggest)."""
         lanes = 16 if "avx512f" in self.flags else 8 if self.has_any(("avx2", "avx")) else 4
         fma = 2 if self.has_any(("fma", "asimd")) else 1
         fp32 = float(lanes * fma)
+        if fma_width and self.family in fma_width:
+            fp32 = min(fp32, float(fma_width[self.family]))
         native_fp16 = self.has_any(("avx512_fp16", "asimdhp"))
         return {"fp32": fp32, "fp16": 2 * fp32 if native_fp16 else 0.0, "int8": fp32}
 
@@ -68,12 +72,16 @@ def cpu_kind_resource(key: str) -> str:
 def parse_cpuinfo(text: str, cores: int = 1) -> HostCPU:
     """The first processor's model, flags and clock from ``/proc/cpuinfo`` text (x86 ``flags``, Arm ``Features``)."""
     unknown = platform.machine() or "unknown"
-    model, flags, mhz = unknown, frozenset(), None
+    model, flags, mhz, vendor, family = unknown, frozenset(), None, "", ""
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip().lower()
         if key in ("model name", "cpu model", "hardware") and model == unknown:
             model = value.strip()
+        elif key == "vendor_id" and not vendor:
+            vendor = value.strip()
+        elif key == "cpu family" and not family:
+            family = value.strip()
         elif key in ("flags", "features") and not flags:
             flags = frozenset(value.split())
         elif key == "cpu mhz" and mhz is None:
@@ -81,7 +89,7 @@ def parse_cpuinfo(text: str, cores: int = 1) -> HostCPU:
                 mhz = float(value)
             except ValueError:
                 pass
-    return HostCPU(model, flags, cores, mhz)
+    return HostCPU(model, flags, cores, mhz, f"{vendor} family {family}" if vendor and family else "")
 
 
 def describe_host(data: dict, cpu: HostCPU) -> dict:
@@ -95,7 +103,7 @@ def describe_host(data: dict, cpu: HostCPU) -> dict:
     if cpu.mhz:
         out["clock_mhz"] = cpu.mhz
     peak = dict(data.get("peak_macs_per_cycle") or {})
-    derived = cpu.peak_macs_per_cycle()
+    derived = cpu.peak_macs_per_cycle(data.get("fp32_macs_per_cycle_by_family"))
     out["peak_macs_per_cycle"] = {k: (derived[k] or peak.get(k, 0.0)) for k in derived}
     classes = data.get("power_mw_per_core") or {}
     match = next((v for k, v in classes.items() if k != "default" and k.lower() in cpu.model.lower()),

@@ -127,6 +127,7 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], bool]] = {
     "detect_host": ((bool,), False),
     "calibration_reference": ((dict,), False),
     "power_mw_per_core": ((dict,), False),
+    "fp32_macs_per_cycle_by_family": ((dict,), False),
     "rpc": ((dict,), False),
     "cross_compiler": ((str,), False),
     "runtime": ((str,), False),
@@ -205,6 +206,11 @@ def _validate(data: Any, path: Path) -> TargetProfile:
         if p not in PRECISION_KEYS or not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
             raise ProfileError(f"{path}: field 'cpu_flags' maps a precision ({', '.join(PRECISION_KEYS)}) to a list of "
                                f"CPU flag names; got {p!r}: {flags!r}.")
+    for family, rate in (data.get("fp32_macs_per_cycle_by_family") or {}).items():
+        if not isinstance(rate, _NUM) or isinstance(rate, bool) or rate <= 0:
+            raise ProfileError(f"{path}: field 'fp32_macs_per_cycle_by_family' maps a CPU family (vendor_id and "
+                               f"cpu family as /proc/cpuinfo shows them) to a positive number; got {family!r}: "
+                               f"{rate!r}.")
     rpc = data.get("rpc") or {}
     if data["backend"] == "remote" and not (rpc.get("port") or all(rpc.get(k) for k in TRACKER_FIELDS)):
         raise ProfileError(f"{path}: a remote profile needs 'rpc' with the device's host and port, or "

@@ -84,6 +84,37 @@ def test_worker_time_on_infeasible_candidates_is_counted_by_outcome():
     assert bench._infeasible_share(study) == 6.0 / 18.0
 
 
+def _trained(width: float, sparsity: float, accuracy: float, latency_ms: float, budget_ms: float, number: int):
+    from search.study import Row
+
+    kept = width * (1 - sparsity)
+    metrics = {"accuracy": (accuracy, "", "measured"), "latency_ms_p90": (latency_ms, "ms", "measured"),
+               "size_bytes": (1e4 * kept, "B", "measured"), "energy_mj": (1e-3 * kept, "mJ", "estimated")}
+    knobs = {"precision": "fp32", "pruning": "structured", "width": width, "sparsity": sparsity}
+    return Row(number, "COMPLETE", knobs, metrics, latency_ms <= budget_ms, None)
+
+
+def test_the_ceiling_places_where_outcomes_pay_and_its_test_power_follows_the_seeds():
+    bench = _bench()
+    budget, bounds = 0.01, [0.01, 2e4, 2e-3]
+    # width 0.5 unpruned (half the channels) is accurate and fits; width 2 with 25% pruned keeps 1.5x and is over
+    small = [_trained(0.5, 0.0, 0.9, 0.004, budget, i) for i in range(6)]
+    large = [_trained(2.0, 0.25, 0.95, 0.02, budget, 10 + i) for i in range(6)]
+    # random sampling trained only the large, infeasible shape: every random search scores 0
+    out = bench.placement_ceiling(small + large, large, bounds, n=1, n_random=2, seeds=5)
+    assert out["placed_kept"] == [0.5]
+    assert out["provenance"] == "estimated"
+    expected = (0.9 * (1 - 0.4) * (1 - 0.25) * (1 - 0.25))  # accuracy x (1 - latency, size, energy / bounds)
+    assert out["oracle"]["median"] == pytest.approx(expected)
+    assert out["random"]["max"] == 0.0
+    assert out["p_oracle_higher"] == 1.0 and out["test_power"] == 1.0  # 5 against 5, all higher: p = 0.004
+    # one search per arm shows nothing, however far apart (p = 0.5)
+    assert bench.placement_ceiling(small + large, large, bounds, 1, 2, seeds=1)["test_power"] == 0.0
+    # where random sampling reaches the same outcomes, the oracle is never higher
+    same = bench.placement_ceiling(small, small, bounds, 1, 2, seeds=5)
+    assert same["p_oracle_higher"] == 0.0 and same["test_power"] == 0.0
+
+
 def test_figure_5s_budget_is_what_every_search_screens_for_the_reference_model_on_this_machine(tmp_path):
     from dataclasses import replace
 

@@ -62,6 +62,31 @@ def test_the_host_profile_is_filled_in_from_the_detected_cpu():
     assert describe_host(data, parse_cpuinfo(ARM))["power_active_mw"] == 5000
 
 
+ZEN = "processor : 0\nvendor_id : AuthenticAMD\ncpu family : {}\nmodel name : AMD EPYC\nflags : fpu avx2 fma avx512f\n"
+
+
+def test_the_fp32_rate_follows_the_fma_units_not_only_the_flags(tmp_path):
+    import yaml
+
+    from hardware_targets.errors import ProfileError
+    from hardware_targets.host import describe_host
+    from hardware_targets.profile import PROFILE_DIR
+
+    # Zen 4 (family 25) and Zen 5 (26) VMs show the same name and AVX-512 flags; Zen 4 runs AVX-512 on 256-bit
+    # FMA units, so its fp32 rate is Zen 3's, 2 x 8 lanes, and Zen 5's full-width units reach 2 x 16
+    data = yaml.safe_load((PROFILE_DIR / "host.yaml").read_text())
+    zen4, zen5 = parse_cpuinfo(ZEN.format(25)), parse_cpuinfo(ZEN.format(26))
+    assert zen4.family == "AuthenticAMD family 25" and zen4.flags == zen5.flags and zen4.key == zen5.key
+    assert describe_host(data, zen4)["peak_macs_per_cycle"]["fp32"] == 16.0
+    assert describe_host(data, zen5)["peak_macs_per_cycle"]["fp32"] == 32.0
+    assert describe_host(data, zen4)["peak_macs_per_cycle"]["int8"] == 16.0  # QDQ runs at the fp32 rate
+    # a table entry that is not a positive rate is refused with the field named
+    bad = tmp_path / "host.yaml"
+    bad.write_text(yaml.safe_dump({**data, "fp32_macs_per_cycle_by_family": {"AuthenticAMD family 25": 0}}))
+    with pytest.raises(ProfileError, match="fp32_macs_per_cycle_by_family"):
+        load_profile(bad)
+
+
 def test_rapl_counters_wrap_and_the_baseline_power_is_taken_off(tmp_path):
     from hardware_targets.backends.local import inference_energy_mj, rapl_delta_uj, read_rapl
 
