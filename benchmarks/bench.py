@@ -522,12 +522,16 @@ def reference_budget_ms(spec, runs: Path) -> float:
     return float(f"{screened['metrics']['latency_ms_p90'][0]:.3g}")
 
 
+QUALITY_ALPHA = 0.10  # figure 5's test: one-sided Mann-Whitney U, the default arm higher than random's
+
+
 def _default_higher(final: dict) -> dict:
-    """One-sided Mann-Whitney U test of the default arm's hypervolumes against random's, at alpha 0.10."""
+    """One-sided Mann-Whitney U test of the default arm's hypervolumes against random's, at ``QUALITY_ALPHA``."""
     from scipy.stats import mannwhitneyu
 
     test = mannwhitneyu(final["default"], final["random"], alternative="greater")
-    return {"u": float(test.statistic), "p": float(test.pvalue), "alpha": 0.10, "default_higher": bool(test.pvalue < 0.10)}
+    return {"u": float(test.statistic), "p": float(test.pvalue), "alpha": QUALITY_ALPHA,
+            "default_higher": bool(test.pvalue < QUALITY_ALPHA)}
 
 
 RETIME_REPEATS = 20  # blocks per candidate when every search's candidates are timed again in turns
@@ -623,7 +627,7 @@ def placement_ceiling(trained: list, random_trained: list, bounds: list[float], 
     trained candidates of its group nearest it in kept channels. Random sampling's searches are drawn from random's
     own trained candidates (its screening included). Returns both arms' medians, the chance one oracle search
     beats one random search, and how often the figure's test (one-sided Mann-Whitney over ``seeds`` searches each,
-    alpha 0.10) would show the oracle higher: where that is small, no sampler can show the aim reliably."""
+    ``QUALITY_ALPHA``) would show the oracle higher: where that is small, no sampler can show the aim reliably."""
     from scipy.stats import mannwhitneyu
 
     from search.study import feasible_front, front_hypervolume
@@ -647,6 +651,7 @@ def placement_ceiling(trained: list, random_trained: list, bounds: list[float], 
     positions = sorted({(g, round(math.log(max(k, 1e-6)), 3)) for g, k in shapes}, key=lambda p: (str(p[0]), p[1]))
     if len(positions) > 40:  # at most 40 places to choose from, spread over the observed shapes
         positions = [positions[int(i)] for i in np.linspace(0, len(positions) - 1, 40)]
+
     def greedy() -> list:
         placed: list = []
         for _ in range(n):
@@ -660,8 +665,8 @@ def placement_ceiling(trained: list, random_trained: list, bounds: list[float], 
     oracle = np.array([hypervolume([draw(p) for p in placed]) for _ in range(CEILING_DRAWS)])
     random = np.array([hypervolume(list(rng.choice(np.array(random_trained, dtype=object), n_random)))
                        for _ in range(CEILING_DRAWS)])
-    shown = [mannwhitneyu(rng.choice(oracle, seeds), rng.choice(random, seeds), alternative="greater").pvalue < 0.10
-             for _ in range(1000)]
+    shown = [mannwhitneyu(rng.choice(oracle, seeds), rng.choice(random, seeds), alternative="greater").pvalue
+             < QUALITY_ALPHA for _ in range(1000)]
     return {"oracle": _spread(oracle), "random": _spread(random), "n": n, "n_random": n_random,
             "p_oracle_higher": float(np.mean(oracle[:, None] > random[None, :])), "test_power": float(np.mean(shown)),
             "placed_kept": sorted(round(math.exp(p[1]), 3) for p in placed), "provenance": "estimated"}
