@@ -20,6 +20,7 @@ Figures (numbered as in the benchmark issue):
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -461,7 +462,6 @@ def quality_figures(runs: Path, plan: Plan, min_accuracy: float | None = None) -
                  "latency_budget_ms": base.latency_budget_ms, "budget_width": BUDGET_REFERENCE_WIDTH,
                  "min_accuracy": min_accuracy, "curves": {}, "final": {},
                  "infeasible_share": {}, "recipes": [], "wall_s": {}}
-    pool = []  # every feasible candidate either arm trained: the best known front
     searched = []  # (arm, study, rows, bounds) of every search, for the re-timing in turns
     trained: dict = {}  # every candidate each arm trained fully, feasible or not: the ceiling's outcomes
     for seed in plan.quality_seeds:
@@ -477,7 +477,6 @@ def quality_figures(runs: Path, plan: Plan, min_accuracy: float | None = None) -
             out["final"].setdefault(arm, []).append(outcome.hypervolume)
             out["infeasible_share"].setdefault(arm, []).append(_infeasible_share(study))
             out.setdefault("candidates", {}).setdefault(arm, []).append(len(study.trials))
-            pool += [r for r in outcome.rows if r.feasible and r.reused_from is None]
             trained.setdefault(arm, []).extend(r for r in outcome.rows if r.state == "COMPLETE" and r.reused_from is None)
             searched.append((arm, study, outcome.rows, bounds))
             out.setdefault("trained_fully", {}).setdefault(arm, []).append(
@@ -488,6 +487,7 @@ def quality_figures(runs: Path, plan: Plan, min_accuracy: float | None = None) -
                 out["recipes"].append({"seed": seed, "enqueued": len(recipes), "feasible": len(feasible),
                                        "covered": sum(_covers(outcome.front, r) for r in feasible),
                                        "labels": [r.recipe for r in recipes]})
+    pool = [r for rows in trained.values() for r in rows if r.feasible]  # every feasible one: the best known front
     out["best_known"] = _best_known(pool, bounds)
     if trained.get("default") and trained.get("random"):
         out["ceiling"] = placement_ceiling(trained["default"] + trained["random"], trained["random"], bounds,
@@ -633,22 +633,26 @@ def placement_ceiling(trained: list, random_trained: list, bounds: list[float], 
     from search.study import feasible_front, front_hypervolume
 
     rng = np.random.default_rng(seed)
-    shapes = [kept_channels(r.knobs) for r in trained]
     groups: dict = {}
-    for r, (group, kept) in zip(trained, shapes):
+    for r in trained:
+        group, kept = kept_channels(r.knobs)
         groups.setdefault(group, []).append((math.log(max(kept, 1e-6)), r))
 
-    def draw(position):
+    @functools.cache
+    def nearest(position) -> list:
         group, log_kept = position
         members = groups[group]
-        near = sorted(range(len(members)), key=lambda i: abs(members[i][0] - log_kept))[:CEILING_NEIGHBOURS]
-        return members[int(rng.choice(near))][1]
+        return sorted(range(len(members)), key=lambda i: abs(members[i][0] - log_kept))[:CEILING_NEIGHBOURS]
+
+    def draw(position):
+        return groups[position[0]][int(rng.choice(nearest(position)))][1]
 
     def hypervolume(rows):
         front = feasible_front(rows)
         return front_hypervolume(front, bounds) if front else 0.0
 
-    positions = sorted({(g, round(math.log(max(k, 1e-6)), 3)) for g, k in shapes}, key=lambda p: (str(p[0]), p[1]))
+    positions = sorted({(g, round(log_kept, 3)) for g, members in groups.items() for log_kept, _ in members},
+                       key=lambda p: (str(p[0]), p[1]))
     if len(positions) > 40:  # at most 40 places to choose from, spread over the observed shapes
         positions = [positions[int(i)] for i in np.linspace(0, len(positions) - 1, 40)]
 
