@@ -138,6 +138,8 @@ _REQUIRED_KEYS = ("x_train", "y_train", "x_test", "y_test")
 # each is read into channel-first order, a missing C axis as one channel
 LAYOUTS = ("NL", "NCL", "NLC", "NHW", "NCHW", "NHWC")
 _CHANNEL_SIZES = (1, 3, 4)  # grey, RGB, RGBA: a last axis of this size after larger ones is most likely channels
+# Sensor windows are saved (N, L, C) by most loggers and Keras: 3 to 9 axes of an IMU after 32-1024 time steps.
+_MAX_SIGNAL_CHANNELS_LAST = 9
 
 
 def load_npz(path: str | Path) -> Dataset:
@@ -248,6 +250,12 @@ def _channel_first(path: Path, key: str, x: np.ndarray, layout: str | None) -> n
                 f"read as (C, H, W), which would make {x.shape[1]} channels of {x.shape[2]}x{x.shape[3]}. Save the "
                 "archive with layout='NHWC' to have it read as channels-last, or layout='NCHW' if that reading is "
                 "right.")
+        if x.ndim == 3 and x.shape[2] <= _MAX_SIGNAL_CHANNELS_LAST and x.shape[1] >= 4 * x.shape[2]:
+            raise DatasetError(
+                f"{path}: '{key}' holds samples of shape {x.shape[1:]}, which look channels-last (L, C): "
+                f"{x.shape[2]} channel(s) of {x.shape[1]} samples; signals are read as (C, L), which would make "
+                f"{x.shape[1]} channels of {x.shape[2]} sample(s). Save the archive with layout='NLC' to have it "
+                "read as channels-last, or layout='NCL' if that reading is right.")
         layout = {2: "NL", 3: "NCL", 4: "NCHW"}[x.ndim]
     if len(layout) != x.ndim:
         raise DatasetError(f"{path}: 'layout' is {layout!r}, {len(layout)} axes, but '{key}' has {x.ndim} "

@@ -83,6 +83,21 @@ def test_channels_last_images_without_a_layout_are_refused_with_the_fix(tmp_path
             load_npz(path)
 
 
+def test_channels_last_signals_without_a_layout_are_refused_with_the_fix(tmp_path):
+    """A 3-axis accelerometer window saved (N, 128, 3), as loggers and Keras save it, is not 128 channels of 3."""
+    path = tmp_path / "imu.npz"
+    np.savez(path, **_images((128, 3)))
+    with pytest.raises(DatasetError, match=r"\(128, 3\), which look channels-last \(L, C\).*layout='NLC'"):
+        load_npz(path)
+    np.savez(path, **_images((128, 3)), layout="NLC")
+    assert load_npz(path).sample_shape == (3, 128)
+    np.savez(path, **_images((128, 3)), layout="NCL")  # 128 channels of 3 samples it is, if the user says so
+    assert load_npz(path).sample_shape == (128, 3)
+    for readable in ((3, 128), (28, 28), (49, 10), (8, 4)):  # channel-first, square, or not clearly channels-last
+        np.savez(path, **_images(readable))
+        assert load_npz(path).sample_shape == readable
+
+
 def test_an_archive_of_just_x_and_y_gets_a_stratified_test_split_drawn(tmp_path):
     rng = np.random.default_rng(1)
     y = np.repeat(np.arange(5), [30, 30, 30, 30, 80])  # one class larger: stratified keeps its share in each split
