@@ -241,21 +241,27 @@ def _layout(path: Path, value) -> str | None:
     return text
 
 
+def _looks_channels_last(x: np.ndarray) -> bool:
+    """A last axis of a few values after a larger one: channels saved last, which the default reading would
+    take for the shortest spatial axis."""
+    if x.ndim == 4:
+        return x.shape[3] in _CHANNEL_SIZES and x.shape[1] not in _CHANNEL_SIZES
+    if x.ndim == 3:
+        return x.shape[2] <= _MAX_SIGNAL_CHANNELS_LAST and x.shape[1] >= 4 * x.shape[2]
+    return False
+
+
 def _channel_first(path: Path, key: str, x: np.ndarray, layout: str | None) -> np.ndarray:
     """``x`` in the order the models read: (N, C, L) for signals, (N, C, H, W) for images."""
     if layout is None:
-        if x.ndim == 4 and x.shape[3] in _CHANNEL_SIZES and x.shape[1] not in _CHANNEL_SIZES:
+        if _looks_channels_last(x):
+            last, first = ("NHWC", "NCHW") if x.ndim == 4 else ("NLC", "NCL")
             raise DatasetError(
-                f"{path}: '{key}' holds samples of shape {x.shape[1:]}, which look channels-last (H, W, C); images are "
-                f"read as (C, H, W), which would make {x.shape[1]} channels of {x.shape[2]}x{x.shape[3]}. Save the "
-                "archive with layout='NHWC' to have it read as channels-last, or layout='NCHW' if that reading is "
-                "right.")
-        if x.ndim == 3 and x.shape[2] <= _MAX_SIGNAL_CHANNELS_LAST and x.shape[1] >= 4 * x.shape[2]:
-            raise DatasetError(
-                f"{path}: '{key}' holds samples of shape {x.shape[1:]}, which look channels-last (L, C): "
-                f"{x.shape[2]} channel(s) of {x.shape[1]} samples; signals are read as (C, L), which would make "
-                f"{x.shape[1]} channels of {x.shape[2]} sample(s). Save the archive with layout='NLC' to have it "
-                "read as channels-last, or layout='NCL' if that reading is right.")
+                f"{path}: '{key}' holds samples of shape {x.shape[1:]}, which look channels-last "
+                f"({', '.join(last[1:])}); {'images' if x.ndim == 4 else 'signals'} are read as "
+                f"({', '.join(first[1:])}), which would make {x.shape[1]} channels of "
+                f"{'x'.join(map(str, x.shape[2:]))}. Save the archive with layout='{last}' to have it read as "
+                f"channels-last, or layout='{first}' if that reading is right.")
         layout = {2: "NL", 3: "NCL", 4: "NCHW"}[x.ndim]
     if len(layout) != x.ndim:
         raise DatasetError(f"{path}: 'layout' is {layout!r}, {len(layout)} axes, but '{key}' has {x.ndim} "
