@@ -260,7 +260,7 @@ def _channel_first(path: Path, key: str, x: np.ndarray, layout: str | None) -> n
                 f"{path}: '{key}' holds samples of shape {x.shape[1:]}, which look channels-last "
                 f"({', '.join(last[1:])}); {'images' if x.ndim == 4 else 'signals'} are read as "
                 f"({', '.join(first[1:])}), which would make {x.shape[1]} channels of "
-                f"{'x'.join(map(str, x.shape[2:]))}. Save the archive with layout='{last}' to have it read as "
+                f"{'x'.join(map(str, x.shape[2:]))}{'' if x.ndim == 4 else ' samples'}. Save the archive with layout='{last}' to have it read as "
                 f"channels-last, or layout='{first}' if that reading is right.")
         layout = {2: "NL", 3: "NCL", 4: "NCHW"}[x.ndim]
     if len(layout) != x.ndim:
