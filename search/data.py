@@ -256,12 +256,12 @@ def _channel_first(path: Path, key: str, x: np.ndarray, layout: str | None) -> n
     if layout is None:
         if _looks_channels_last(x):
             last, first = ("NHWC", "NCHW") if x.ndim == 4 else ("NLC", "NCL")
+            kind, unit = ("images", "") if x.ndim == 4 else ("signals", " samples")
             raise DatasetError(
                 f"{path}: '{key}' holds samples of shape {x.shape[1:]}, which look channels-last "
-                f"({', '.join(last[1:])}); {'images' if x.ndim == 4 else 'signals'} are read as "
-                f"({', '.join(first[1:])}), which would make {x.shape[1]} channels of "
-                f"{'x'.join(map(str, x.shape[2:]))}{'' if x.ndim == 4 else ' samples'}. Save the archive with layout='{last}' to have it read as "
-                f"channels-last, or layout='{first}' if that reading is right.")
+                f"({', '.join(last[1:])}); {kind} are read as ({', '.join(first[1:])}), which would make "
+                f"{x.shape[1]} channels of {'x'.join(map(str, x.shape[2:]))}{unit}. Save the archive with "
+                f"layout='{last}' to have it read as channels-last, or layout='{first}' if that reading is right.")
         layout = {2: "NL", 3: "NCL", 4: "NCHW"}[x.ndim]
     if len(layout) != x.ndim:
         raise DatasetError(f"{path}: 'layout' is {layout!r}, {len(layout)} axes, but '{key}' has {x.ndim} "
