@@ -1322,7 +1322,7 @@ def _knobs(row: Row) -> str:
     def num(name: str) -> str:
         return f"{k[name]:<4g}" if name in k else "-   "
 
-    return (f"{k.get('precision', '-'):<8} w={num('width')} s={num('sparsity')}{k.get('pruning', '-')[0]} "
+    return (f"{k.get('precision', '-'):<8} w={num('width')} s={num('sparsity')} {k.get('pruning', '-')[0]} "
             f"T={num('temperature')} a={num('alpha')}" + (f" [{row.recipe}]" if row.recipe else ""))
 
 
