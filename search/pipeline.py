@@ -128,11 +128,10 @@ def target_build(onnx_path: Path, profile: TargetProfile, host: CompiledArtifact
 
 def graph_memory_metrics(onnx_path: Path, profile: TargetProfile) -> dict[str, Metric]:
     """What the graph alone says of a candidate's memories: its weights, its peak activations, and RAM estimated
-    from them. For a TFLite Micro profile, flash too (weights plus the runtime and its kernels): screening has no
-    ``.tflite`` to count yet."""
+    from them."""
     weights = weight_bytes(onnx_path)
     peak = peak_activation_bytes(onnx_path)
-    figures = {
+    return {
         # weights at their deployed width, derived from the graph (dense storage; QAT weights at int8)
         "size_bytes": Metric(float(weights["weight_bytes"]), "bytes", "estimated"),
         "ram_bytes": Metric(float(peak + (profile.runtime_ram_overhead_bytes or 0)), "bytes", "estimated"),
@@ -141,10 +140,6 @@ def graph_memory_metrics(onnx_path: Path, profile: TargetProfile) -> dict[str, M
         "nonzero_weight_fraction": Metric(
             weights["nonzero_weights"] / max(1, weights["weights"]), "fraction", "measured"),
     }
-    if profile.runtime == "tflite-micro":
-        figures["flash_bytes"] = Metric(float(weights["weight_bytes"] + (profile.runtime_flash_bytes or 0)), "bytes",
-                                        "estimated")
-    return figures
 
 
 def memory_metrics(onnx_path: Path, library: str, profile: TargetProfile) -> dict[str, Metric]:
@@ -315,11 +310,14 @@ def _finish_tflm(model, candidate: Candidate, dataset: Dataset, profile: TargetP
 
 def tflm_memory_metrics(tflite_path: Path, onnx_path: Path, arena: int, profile: TargetProfile) -> dict[str, Metric]:
     """RAM and flash of a TFLite Micro deployment: the arena the interpreter needed (measured) plus the profile's
-    runtime overhead, and the flatbuffer (measured) plus the profile's figure for the runtime and its kernels."""
+    runtime overhead, and the flatbuffer (measured) plus the profile's figure for the runtime and its kernels. The
+    ONNX graph's peak activations are left out: they count an int8 model's activations at float width."""
     model_bytes = file_bytes(tflite_path)
     runtime_ram, runtime_flash = profile.runtime_ram_overhead_bytes or 0, profile.runtime_flash_bytes or 0
+    graph = graph_memory_metrics(onnx_path, profile)
+    del graph["peak_activation_bytes"]
     return {
-        **graph_memory_metrics(onnx_path, profile),
+        **graph,
         "tflite_bytes": Metric(float(model_bytes), "bytes", "measured"),
         "tflm_arena_bytes": Metric(float(arena), "bytes", "measured"),
         # a sum with a profile figure is an estimate, however exact its measured part

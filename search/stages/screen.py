@@ -4,8 +4,8 @@ Latency, RAM and flash of a dense graph depend on its shapes and precision, not 
 trained weights. So the candidate is built untrained at its final shapes (width, the
 channels structured pruning removes, the zeros unstructured pruning leaves where the
 target's kernels skip them), exported at its precision with placeholder quantization
-parameters (calibrated on a few training samples), compiled and timed (or emulated)
-exactly as the trained one will be. A candidate that cannot fit is ruled out in seconds
+parameters (calibrated on a few training samples), compiled (or, for TensorFlow Lite
+Micro, converted) and timed (or emulated) exactly as the trained one will be. A candidate that cannot fit is ruled out in seconds
 instead of after a training run. Results are cached per shape and target.
 """
 
@@ -30,6 +30,7 @@ from search.data import Dataset
 
 SCREEN_REPEATS = 10
 AGAINST_FP32_ROUNDS = 15  # fp32 against a narrower precision, in turns: a decision for the whole search
+TFLITE_NAME = "model.tflite"  # a TFLite Micro profile's screened graph, converted as the trained one will be
 CALIBRATION_SAMPLES = 8  # placeholder int8 scales: enough for onnxruntime's calibrator, weights are untrained
 # the sources whose change alters a screened graph or its build: a cached figure from older code is not reused
 _SOURCES = ("search/models.py", "search/stages/compress.py", "search/stages/export.py", "search/stages/screen.py",
@@ -67,18 +68,15 @@ def shape_key(candidate: Candidate, dataset: Dataset, profile: TargetProfile, ro
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def untrained_graph(candidate: Candidate, dataset: Dataset, onnx_path: Path) -> None:
-    """The ONNX graph ``candidate`` deploys, at its final shapes and precision, with untrained weights: latency and
-    memory depend on these alone (dense kernels)."""
+def untrained_model(candidate: Candidate, dataset: Dataset):
+    """The model ``candidate`` deploys, at its final shapes and precision, with untrained weights: latency and memory
+    depend on these alone (dense kernels)."""
     import torch
 
     from search.models import build_model
     from search.stages.compress import freeze_qat, prepare_qat, prune_model
-    from search.stages.export import export_onnx
 
     torch.manual_seed(candidate.seed)
-    no_training = dataclasses.replace(candidate.budget, finetune_epochs=0, calibration_samples=CALIBRATION_SAMPLES)
-    candidate = dataclasses.replace(candidate, budget=no_training)
     model = build_model(dataset.sample_shape, dataset.num_classes, candidate.width)
     # A fresh batch norm folds into an all-zero bias, which the exporter drops, and its all-ones tensors are
     # shared as one constant; a trained one's are not. Give it parameters of the kind training leaves.
@@ -89,13 +87,26 @@ def untrained_graph(candidate: Candidate, dataset: Dataset, onnx_path: Path) -> 
                 bn.running_var.uniform_(0.5, 1.5)
                 bn.weight.normal_(1, 0.1)
                 bn.bias.normal_(0, 0.1)
-    model, _ = prune_model(model, candidate, dataset)
+    model, _ = prune_model(model, _untrained(candidate), dataset)
     if candidate.precision == "int8-qat":
         model = prepare_qat(model, dataset)
         with torch.no_grad():  # observers set placeholder scales from a few samples
             model(torch.from_numpy(dataset.x_train[:CALIBRATION_SAMPLES]))
         model = freeze_qat(model)
-    export_onnx(model.eval(), candidate, dataset, onnx_path)
+    return model.eval()
+
+
+def _untrained(candidate: Candidate) -> Candidate:
+    """``candidate`` without fine-tuning, its int8 scales calibrated on a few samples: placeholders suffice."""
+    no_training = dataclasses.replace(candidate.budget, finetune_epochs=0, calibration_samples=CALIBRATION_SAMPLES)
+    return dataclasses.replace(candidate, budget=no_training)
+
+
+def untrained_graph(candidate: Candidate, dataset: Dataset, onnx_path: Path) -> None:
+    """The ONNX graph of ``untrained_model``."""
+    from search.stages.export import export_onnx
+
+    export_onnx(untrained_model(candidate, dataset), _untrained(candidate), dataset, onnx_path)
 
 
 def _build(candidate: Candidate, dataset: Dataset, profile: TargetProfile, root: Path, tmp: Path):
@@ -108,9 +119,15 @@ def _build(candidate: Candidate, dataset: Dataset, profile: TargetProfile, root:
     dtype = input_dtype(candidate.precision)
     shape = (1, *dataset.sample_shape)
     onnx_path = tmp / f"{candidate.precision}-{candidate.width:g}.onnx"
-    untrained_graph(candidate, dataset, onnx_path)
-    if profile.runtime == "tflite-micro":  # the device model reads the graph: nothing to build
+    if profile.runtime == "tflite-micro":  # the device model reads the graph; the RAM is the .tflite's arena
+        from search.stages.export import export_onnx
+        from search.stages.tflite import convert_tflite
+
+        model = untrained_model(candidate, dataset)
+        export_onnx(model, _untrained(candidate), dataset, onnx_path)
+        convert_tflite(model, _untrained(candidate), dataset, tmp / TFLITE_NAME)
         return onnx_path, CompiledArtifact("", dict(profile.tvm_target), shape, dtype.name)
+    untrained_graph(candidate, dataset, onnx_path)
     if profile.backend == "local":
         return onnx_path, compile_tvm(onnx_path, host_build_target(profile, candidate.precision),
                                       onnx_path.with_suffix(".so"), shape, dtype.name, cache_dir=cache_dir,
@@ -121,16 +138,23 @@ def _build(candidate: Candidate, dataset: Dataset, profile: TargetProfile, root:
 
 
 def _measure(candidate: Candidate, dataset: Dataset, profile: TargetProfile, root: Path, threads: int) -> dict:
-    from search.pipeline import graph_memory_metrics, memory_metrics, set_threads
+    from search.pipeline import memory_metrics, set_threads, tflm_memory_metrics
     from search.stages.export import input_dtype
 
     set_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path, artifact = _build(candidate, dataset, profile, root, Path(tmp))
+        tflite = Path(tmp) / TFLITE_NAME if profile.runtime == "tflite-micro" else None
         sample = dataset.x_val[:1].astype(input_dtype(candidate.precision))
-        metrics = dict(get_backend(profile, root).measure(artifact, onnx_path, candidate.precision, sample, SCREEN_REPEATS))
-        if profile.runtime == "tflite-micro":  # no TVM build ships; converting costs seconds: estimate from the graph
-            metrics.update(graph_memory_metrics(onnx_path, profile))
+        metrics = dict(get_backend(profile, root).measure(artifact, tflite or onnx_path, candidate.precision, sample,
+                                                          SCREEN_REPEATS))
+        if tflite:
+            # The arena TFLM needs for the converted graph, as the trained candidate's is found. The ONNX graph's
+            # estimate counted int8 activations at float width, over three times the arena of a 96x96 int8 model,
+            # and screened out candidates that fit (NOTES.md).
+            from search.stages.tflite import arena_bytes
+
+            metrics.update(tflm_memory_metrics(tflite, onnx_path, arena_bytes(tflite), profile))
         else:
             metrics.update(memory_metrics(onnx_path, artifact.library, profile))
     return {name: [m.value, m.unit, m.provenance] for name, m in metrics.items()}
