@@ -162,6 +162,22 @@ def _ships_as(r) -> str:
     return "tflite-micro" if "tflm_arena_bytes" in r.metrics else "tvm (searched)"
 
 
+def _why_none(trained) -> str:
+    """What the trained candidates missed, most often first, and how close they came: what to loosen."""
+    from collections import Counter
+
+    from search.study import CONSTRAINT_WORDS
+
+    if not trained:
+        return ""
+    missed = Counter(name for r in trained for name in r.violated).most_common()
+    return (f": of {len(trained)} trained, " + ", ".join(f"{n} {CONSTRAINT_WORDS.get(name, name)}" for name, n in missed)
+            + f" (the most accurate {max(r.value('accuracy') for r in trained):.4f}, the fastest "
+            f"{min(r.value('latency_ms_p90') for r in trained):.4g} ms p90). Loosen what they miss most "
+            "(--latency-budget-ms, --min-accuracy or --max-accuracy-drop, a target with more memory), or train "
+            "longer (--epochs, --trials).")
+
+
 def _print_outcome(outcome_rows, front, best, hv, spec, storage, floor=None) -> None:
     from search.study import shown_url
 
@@ -178,7 +194,8 @@ def _print_outcome(outcome_rows, front, best, hv, spec, storage, floor=None) -> 
           + f"; latency budget {spec.latency_budget_ms} ms (p90) on {spec.target}"
           + (f"; accuracy floor {floor:.4f}" if floor is not None else ""))
     if not front:
-        print("no feasible candidate yet (none within the latency budget, memory limits and accuracy floor)")
+        print("no feasible candidate yet (none within the latency budget, memory limits and accuracy floor)"
+              + _why_none(done))
     else:
         print(f"\nfeasible Pareto front ({len(front)} candidate(s), each once):")
         print(f"{'trial':>5}  {'precision':<9}{'width':>6}{'sparsity':>9} {'pruning':<13}{'T':>5}{'alpha':>6}"

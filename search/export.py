@@ -64,7 +64,8 @@ def choose(all_rows: list[Row], pick: Pick, budget_ms: float) -> tuple[Row, str]
                    f"against the {budget_ms:g} ms budget")
         if over > 0:
             raise ConfigError(f"{message}, over by {over:.4g} ms.")
-        raise ConfigError(f"{message}; the candidates within the budget miss a memory limit or the accuracy floor.")
+        raise ConfigError(f"{message}, but is {closest.infeasible_because() or 'infeasible'}; the search's last "
+                          "lines say what its candidates missed.")
     if pick.min_accuracy is not None:
         good = [r for r in feasible if r.value("accuracy") >= pick.min_accuracy]
         if not good:

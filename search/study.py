@@ -517,6 +517,7 @@ class Row:
     shipped: dict | None = None  # the shipping stage's outcome (runtime, figures); its metrics replace the search's
     fits_but_latency: bool = False  # finished, and within every limit but the latency budget
     interrupted: bool = False  # running when its driver stopped (Ctrl-C, a dead driver); a resume re-runs its knobs
+    violated: tuple[str, ...] = ()  # the constraints the trial's figures miss (CONSTRAINT_WORDS' keys)
 
     def value(self, name: str) -> float:
         return self.metrics[name][0]
@@ -545,7 +546,17 @@ class Row:
         error = t.user_attrs.get("error") or t.user_attrs.get("screened_out")
         return cls(t.number, t.state.name, t.user_attrs.get("candidate", t.params), metrics, feasible, error,
                    t.user_attrs.get("reused_from_trial"), t.user_attrs.get("recipe"), t.user_attrs.get("stopped"),
-                   shipped, others and not feasible, bool(t.user_attrs.get(REQUEUED_ATTR)))
+                   shipped, others and not feasible, bool(t.user_attrs.get(REQUEUED_ATTR)),
+                   tuple(k for k, c in constraints.items() if c > 0))
+
+    def infeasible_because(self) -> str:
+        """Which constraints the trial misses, in words: what a user changes to let such a candidate through."""
+        return ", ".join(CONSTRAINT_WORDS.get(name, name) for name in self.violated)
+
+
+# a constraint's name as Optuna stores it, and what exceeding it means
+CONSTRAINT_WORDS = {"latency_budget": "over the latency budget", "fits_ram": "over the RAM",
+                    "fits_flash": "over the flash", "accuracy_floor": "below the accuracy floor"}
 
 
 # constraints that a shipped figure changes: (kind, metric); latency_budget = p90 / budget - 1 (relative),

@@ -1331,7 +1331,7 @@ def _outcome(row: Row) -> str:
             f"({row.metrics['latency_ms_p90'][2]}), {row.value('size_bytes') / 1024:.1f} KiB, ")
     if row.stopped:
         return text + f"stopped at {row.stopped}"
-    return text + ("feasible" if row.feasible else "infeasible")
+    return text + ("feasible" if row.feasible else f"infeasible: {row.infeasible_because()}")
 
 
 def _failure_reason(exc: Exception) -> str:

@@ -239,6 +239,37 @@ def test_constraints_are_relative_so_samplers_can_weigh_one_violation_against_an
                                                          "accuracy_floor": 0.1})
 
 
+def test_a_search_without_a_feasible_candidate_says_what_its_candidates_missed():
+    from hardware_targets.metric import Metric
+    from search.candidate import CandidateResult
+    from search.cli import _why_none
+    from search.study import record_result
+
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize", "minimize"])
+    study.set_user_attr(FLOOR_ATTR, {"value": 0.99, "baseline": None, "max_drop": None})
+    spec = SearchSpec(name="none-fits", budget=TINY, latency_budget_ms=1.0)
+    for accuracy, p90, ram in ((0.93, 0.3, 1000.0), (0.95, 2.0, 1000.0), (0.91, 0.5, 300_000.0)):
+        figures = {"accuracy": accuracy, "accuracy_test": accuracy, "latency_ms_median": p90, "latency_ms_p90": p90,
+                   "size_bytes": 4000.0, "energy_mj": 0.001, "ram_bytes": ram}
+        result = CandidateResult(
+            candidate=Candidate(precision="fp32", width=0.5, budget=TINY), dataset="digits", target="host",
+            metrics={n: Metric(v, "", "measured") for n, v in figures.items()}, artifacts={}, stage_seconds={},
+            versions={}, info={"limits": {"ram_bytes": 200_000}})
+        record_result(study, study.ask(), spec, result)
+    trained = rows(study)
+    assert [r.infeasible_because() for r in trained] == [
+        "below the accuracy floor", "over the latency budget, below the accuracy floor",
+        "over the RAM, below the accuracy floor"]
+    assert _why_none(trained).startswith(": of 3 trained, 3 below the accuracy floor, 1 over the latency budget, 1 "
+                                         "over the RAM (the most accurate 0.9500, the fastest 0.3 ms p90)")
+    from search.errors import ConfigError
+    from search.export import Pick, choose
+
+    with pytest.raises(ConfigError, match=r"The closest, trial 0, takes 0.3 ms \(p90\) against the 1 ms budget, but "
+                                          "is below the accuracy floor"):
+        choose(trained, Pick(), spec.latency_budget_ms)
+
+
 def test_a_trained_candidate_over_the_budget_rules_out_its_shapes(digits, host, tiny_budget, shared_runs):
     """Latency and memories follow the shapes: the trained figure is the better measurement of them, so a later
     candidate of the same shapes is recorded from it, free, with the figures that ruled it out."""
