@@ -34,7 +34,8 @@ TFLITE_NAME = "model.tflite"  # a TFLite Micro profile's screened graph, convert
 CALIBRATION_SAMPLES = 8  # placeholder int8 scales: enough for onnxruntime's calibrator, weights are untrained
 # the sources whose change alters a screened graph or its build: a cached figure from older code is not reused
 _SOURCES = ("search/models.py", "search/stages/compress.py", "search/stages/export.py", "search/stages/screen.py",
-            "hardware_targets/compile.py", "hardware_targets/integer.py")
+            "search/stages/tflite.py", "search/stages/tflite_convert.py", "hardware_targets/compile.py",
+            "hardware_targets/integer.py")
 
 
 def shape_knobs(candidate: Candidate, profile: TargetProfile) -> tuple:
