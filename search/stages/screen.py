@@ -5,8 +5,9 @@ trained weights. So the candidate is built untrained at its final shapes (width,
 channels structured pruning removes, the zeros unstructured pruning leaves where the
 target's kernels skip them), exported at its precision with placeholder quantization
 parameters (calibrated on a few training samples), compiled (or, for TensorFlow Lite
-Micro, converted) and timed (or emulated) exactly as the trained one will be. A candidate that cannot fit is ruled out in seconds
-instead of after a training run. Results are cached per shape and target.
+Micro, converted) and timed (or emulated) exactly as the trained one will be. A candidate
+that cannot fit is ruled out in seconds instead of after a training run. Results are
+cached per shape and target.
 """
 
 from __future__ import annotations
