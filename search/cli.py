@@ -171,7 +171,8 @@ def _why_none(trained) -> str:
     if not trained:
         return ""
     missed = Counter(name for r in trained for name in r.violated).most_common()
-    return (f": of {len(trained)} trained, " + ", ".join(f"{n} {CONSTRAINT_WORDS.get(name, name)}" for name, n in missed)
+    counts = ", ".join(f"{n} {CONSTRAINT_WORDS.get(name, name)}" for name, n in missed)
+    return (f": of {len(trained)} trained, {counts}"
             + f" (the most accurate {max(r.value('accuracy') for r in trained):.4f}, the fastest "
             f"{min(r.value('latency_ms_p90') for r in trained):.4g} ms p90). Loosen what they miss most "
             "(--latency-budget-ms, --min-accuracy or --max-accuracy-drop, a target with more memory), or train "
