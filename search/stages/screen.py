@@ -70,15 +70,17 @@ def shape_key(candidate: Candidate, dataset: Dataset, profile: TargetProfile, ro
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def untrained_model(candidate: Candidate, dataset: Dataset):
-    """The model ``candidate`` deploys, at its final shapes and precision, with untrained weights: latency and memory
-    depend on these alone (dense kernels)."""
+def untrained_graph(candidate: Candidate, dataset: Dataset, onnx_path: Path):
+    """Export the ONNX graph ``candidate`` deploys, at its final shapes and precision, with untrained weights: latency
+    and memory depend on these alone (dense kernels). Returns the model, for a converter to take as well."""
     import torch
 
     from search.models import build_model
     from search.stages.compress import freeze_qat, prepare_qat, prune_model
+    from search.stages.export import export_onnx
 
     torch.manual_seed(candidate.seed)
+    candidate = _untrained(candidate)
     model = build_model(dataset.sample_shape, dataset.num_classes, candidate.width)
     # A fresh batch norm folds into an all-zero bias, which the exporter drops, and its all-ones tensors are
     # shared as one constant; a trained one's are not. Give it parameters of the kind training leaves.
@@ -89,26 +91,20 @@ def untrained_model(candidate: Candidate, dataset: Dataset):
                 bn.running_var.uniform_(0.5, 1.5)
                 bn.weight.normal_(1, 0.1)
                 bn.bias.normal_(0, 0.1)
-    model, _ = prune_model(model, _untrained(candidate), dataset)
+    model, _ = prune_model(model, candidate, dataset)
     if candidate.precision == "int8-qat":
         model = prepare_qat(model, dataset)
         with torch.no_grad():  # observers set placeholder scales from a few samples
             model(torch.from_numpy(dataset.x_train[:CALIBRATION_SAMPLES]))
         model = freeze_qat(model)
-    return model.eval()
+    export_onnx(model.eval(), candidate, dataset, onnx_path)
+    return model
 
 
 def _untrained(candidate: Candidate) -> Candidate:
     """``candidate`` without fine-tuning, its int8 scales calibrated on a few samples: placeholders suffice."""
     no_training = dataclasses.replace(candidate.budget, finetune_epochs=0, calibration_samples=CALIBRATION_SAMPLES)
     return dataclasses.replace(candidate, budget=no_training)
-
-
-def untrained_graph(candidate: Candidate, dataset: Dataset, onnx_path: Path) -> None:
-    """The ONNX graph of ``untrained_model``."""
-    from search.stages.export import export_onnx
-
-    export_onnx(untrained_model(candidate, dataset), _untrained(candidate), dataset, onnx_path)
 
 
 def _build(candidate: Candidate, dataset: Dataset, profile: TargetProfile, root: Path, tmp: Path):
@@ -121,15 +117,12 @@ def _build(candidate: Candidate, dataset: Dataset, profile: TargetProfile, root:
     dtype = input_dtype(candidate.precision)
     shape = (1, *dataset.sample_shape)
     onnx_path = tmp / f"{candidate.precision}-{candidate.width:g}.onnx"
+    model = untrained_graph(candidate, dataset, onnx_path)
     if profile.runtime == "tflite-micro":  # the device model reads the graph; the RAM is the .tflite's arena
-        from search.stages.export import export_onnx
         from search.stages.tflite import convert_tflite
 
-        model = untrained_model(candidate, dataset)
-        export_onnx(model, _untrained(candidate), dataset, onnx_path)
         convert_tflite(model, _untrained(candidate), dataset, tmp / TFLITE_NAME)
         return onnx_path, CompiledArtifact("", dict(profile.tvm_target), shape, dtype.name)
-    untrained_graph(candidate, dataset, onnx_path)
     if profile.backend == "local":
         return onnx_path, compile_tvm(onnx_path, host_build_target(profile, candidate.precision),
                                       onnx_path.with_suffix(".so"), shape, dtype.name, cache_dir=cache_dir,
