@@ -541,13 +541,13 @@ class Row:
                             constraints[constraint] -= figure[0] - metrics[name][0]
                 metrics[name] = tuple(figure)
         complete = t.state == TrialState.COMPLETE
-        feasible = complete and all(c <= 0 for c in constraints.values())
-        others = complete and all(c <= 0 for k, c in constraints.items() if k != "latency_budget")
+        violated = tuple(k for k, c in constraints.items() if not c <= 0)  # a NaN violates
+        feasible = complete and not violated
+        others = complete and set(violated) <= {"latency_budget"}
         error = t.user_attrs.get("error") or t.user_attrs.get("screened_out")
         return cls(t.number, t.state.name, t.user_attrs.get("candidate", t.params), metrics, feasible, error,
                    t.user_attrs.get("reused_from_trial"), t.user_attrs.get("recipe"), t.user_attrs.get("stopped"),
-                   shipped, others and not feasible, bool(t.user_attrs.get(REQUEUED_ATTR)),
-                   tuple(k for k, c in constraints.items() if c > 0))
+                   shipped, others and not feasible, bool(t.user_attrs.get(REQUEUED_ATTR)), violated)
 
     def infeasible_because(self) -> str:
         """Which constraints the trial misses, in words: what a user changes to let such a candidate through."""
