@@ -134,8 +134,9 @@ def search_figures(runs: Path, plan: Plan) -> dict:
     from search.spec import SearchSpec
     from search.stages.train import get_teacher
 
-    get_teacher(load_dataset("digits"), 0, runs / "teachers")  # trained once, before anything is timed
     budget = Budget(front_tuning_minutes=0) if plan.search_default_budget else _search_budget()
+    # trained once, before anything is timed
+    get_teacher(load_dataset("digits"), 0, runs / "teachers", budget.teacher_epochs)
     runs_by_workers: dict[int, list[dict]] = {1: [], 2: []}
     for repeat in range(plan.search_repeats):
         for workers in ((1, 2) if repeat % 2 == 0 else (2, 1)):

@@ -12,6 +12,7 @@ from search.errors import ConfigError
 
 PRECISIONS = ("fp32", "fp16", "int8-ptq", "int8-qat")
 PRUNING_MODES = ("unstructured", "structured")
+TEACHER_EPOCHS_PER_EPOCH = 2  # a teacher trains longer than its students: it is trained once, they many times
 MAX_SEED = 2**32 - 1  # numpy's and Optuna's seeds are unsigned 32-bit
 
 
@@ -51,9 +52,13 @@ class Budget:
     # after it have their runtimes compared untuned); 0 trials = runtimes compared, nothing tuned; 0 minutes = no stage
     front_tuning_trials: int = 4
     front_tuning_minutes: float = 3.0
-    teacher_epochs: int = 30  # the distillation teacher's training, once per dataset and seed (cached by it)
+    # the distillation teacher's training, once per dataset, seed and epochs (cached by them); None = twice the
+    # student's epochs, so a short search has a short teacher (the default 15 epochs give the 30 it always had)
+    teacher_epochs: int | None = None
 
     def __post_init__(self) -> None:
+        if self.teacher_epochs is None and isinstance(self.epochs, int):
+            object.__setattr__(self, "teacher_epochs", TEACHER_EPOCHS_PER_EPOCH * self.epochs)
         for names, low in ((("epochs", "prune_steps", "timing_repeats", "teacher_epochs"), 1),
                            (("finetune_epochs", "tuning_trials", "calibration_samples", "front_tuning_trials"), 0)):
             for name in names:

@@ -49,7 +49,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                           "instead.")
     profile = load_profile(args.target)
     budget = Budget(epochs=args.epochs, finetune_epochs=args.finetune_epochs, tuning_trials=args.tuning_trials,
-                    timing_repeats=args.repeats)
+                    timing_repeats=args.repeats, teacher_epochs=args.teacher_epochs)
     candidate = Candidate(precision=args.precision, sparsity=args.sparsity, pruning=args.pruning,
                           temperature=args.temperature, alpha=args.alpha, width=args.width, budget=budget,
                           seed=args.seed)
@@ -229,7 +229,7 @@ def _spec_from_args(args: argparse.Namespace):
         if value is not None:
             data[key] = value
     budget = dict(data.get("budget") or {})
-    for key in ("epochs", "tuning_trials", "front_tuning_trials", "front_tuning_minutes"):
+    for key in ("epochs", "teacher_epochs", "tuning_trials", "front_tuning_trials", "front_tuning_minutes"):
         value = getattr(args, key)
         if value is not None:
             budget[key] = value
@@ -348,7 +348,7 @@ def _program() -> str:
 RESUME_MAY_CHANGE = ("trials", "workers", "timeout_s", "runtime")
 RESUME_MAY_CHANGE_BUDGET = ("front_tuning_trials", "front_tuning_minutes")
 RESUME_KEEPS = ("dataset", "target", "latency_budget_ms", "sampler", "recipes", "halving", "max_accuracy_drop",
-                "min_accuracy", "seed", "epochs", "tuning_trials")
+                "min_accuracy", "seed", "epochs", "teacher_epochs", "tuning_trials")
 
 
 def _resumed_spec(args: argparse.Namespace, stored):
@@ -665,6 +665,8 @@ def _add_candidate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=float, default=1.0, help="width multiplier of the DS-CNN [default: 1]")
     p.add_argument("--epochs", type=int, default=15, help="training epochs [default: 15]")
     p.add_argument("--finetune-epochs", type=int, default=3, help="fine-tuning epochs per pruning step and for QAT")
+    p.add_argument("--teacher-epochs", type=int, help="training epochs of the distillation teacher (width 2), "
+                   "trained once and cached [default: twice --epochs]")
     p.add_argument("--tuning-trials", type=int, default=0, help="MetaSchedule trials for this model; 0 = no tuning, "
                    "records already in the cache are still applied [default: 0]")
     p.add_argument("--repeats", type=int, default=30, help="latency repeats (median and p90 are over them)")
@@ -741,6 +743,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="accuracy floor as an absolute validation accuracy, e.g. 0.9")
     p.add_argument("--seed", type=int, help="seed of the sampler and of training [default: 0]")
     p.add_argument("--epochs", type=int, help="training epochs per candidate [default: 15]")
+    p.add_argument("--teacher-epochs", dest="teacher_epochs", type=int, metavar="N",
+                   help="training epochs of the distillation teacher (width 2), trained before the first trial when "
+                        "the space distils, once per dataset, seed and N, and cached [default: twice --epochs]")
     p.add_argument("--tuning-trials", dest="tuning_trials", type=int,
                    help="MetaSchedule trials per candidate; records are shared, so later candidates reuse them "
                         "[default: 0]")

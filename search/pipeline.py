@@ -35,10 +35,10 @@ from objectives.size import file_bytes, flash_bytes, weight_bytes
 from search.candidate import Candidate, CandidateResult
 from search.data import Dataset
 from search.errors import ConfigError
-from search.models import build_model, count_parameters
+from search.models import TEACHER_WIDTH, build_model, count_parameters
 from search.stages.compress import prune_model, quantization_aware_finetune
 from search.stages.export import export_onnx, input_dtype, ort_session
-from search.stages.train import fit, get_teacher
+from search.stages.train import fit, load_teacher, teacher_path, train_teacher
 
 Progress = Callable[[str, str], None]
 
@@ -184,10 +184,16 @@ def evaluate_candidate(
 
     out_dir = paths.candidate(candidate, dataset, profile)
     out_dir.mkdir(parents=True, exist_ok=True)
-    teacher = None
+    teacher, info = None, {}
     if candidate.distills:
-        with stage("teacher", "loading or training the teacher"):
-            teacher = get_teacher(dataset, candidate.seed, paths.teachers, candidate.budget.teacher_epochs)
+        epochs = candidate.budget.teacher_epochs
+        with stage("teacher", f"the distillation teacher (width {TEACHER_WIDTH:g}, {epochs} epochs): cached, or "
+                              "trained once and cached"):
+            trained = 0
+            for trained in train_teacher(dataset, candidate.seed, paths.teachers, epochs):
+                say("teacher", f"epoch {trained}/{epochs}")
+            teacher = load_teacher(dataset, teacher_path(dataset, candidate.seed, paths.teachers, epochs))
+        info["teacher"] = "trained by this candidate" if trained else "cached"
 
     # Training with a teacher is reported as "distill", so a stage table shows what distillation costs.
     with stage("distill" if teacher else "train", f"training width {candidate.width:g} for {candidate.budget.epochs} epochs"
@@ -212,7 +218,7 @@ def evaluate_candidate(
 
     if profile.runtime == "tflite-micro":  # a microcontroller ships a .tflite, not a TVM build
         return _finish_tflm(model, candidate, dataset, profile, out_dir, onnx_path, stage, seconds,
-                            root=paths.root, threads=threads, dense_params=dense_params, sparsity=sparsity)
+                            root=paths.root, threads=threads, dense_params=dense_params, sparsity=sparsity, info=info)
 
     # Accuracy always runs the compiled artifact here, on the host; a local target is the host itself.
     trials = candidate.budget.tuning_trials
@@ -265,6 +271,7 @@ def evaluate_candidate(
             "threads": threads,
             "limits": limits(profile),
             "host_cpu": host_cpu().summary(),  # where accuracy (always) and host latency were measured
+            **info,
         },
     )
     (out_dir / "result.json").write_text(result.to_json())
@@ -273,7 +280,7 @@ def evaluate_candidate(
 
 def _finish_tflm(model, candidate: Candidate, dataset: Dataset, profile: TargetProfile, out_dir: Path,
                  onnx_path: Path, stage, seconds: dict, *, root: Path, threads: int, dense_params: int,
-                 sparsity: float) -> CandidateResult:
+                 sparsity: float, info: dict) -> CandidateResult:
     """The rest of the pipeline for a TFLite Micro profile: convert, find the arena, emulate the latency from the
     graph, and measure accuracy by running the ``.tflite`` in the TFLM interpreter (what the board runs)."""
     from search.stages.tflite import arena_bytes, convert_tflite, predict_tflm
@@ -302,7 +309,7 @@ def _finish_tflm(model, candidate: Candidate, dataset: Dataset, profile: TargetP
         candidate=candidate, dataset=dataset.name, target=profile.name, metrics=metrics,
         artifacts={"onnx": str(onnx_path), "tflite": str(tflite_path)}, stage_seconds=seconds, versions=versions(),
         info={"provenance": backend.provenance, "dense_parameters": dense_params, "runtime": profile.runtime,
-              "threads": threads, "limits": limits(profile), "host_cpu": host_cpu().summary()},
+              "threads": threads, "limits": limits(profile), "host_cpu": host_cpu().summary(), **info},
     )
     (out_dir / "result.json").write_text(result.to_json())
     return result

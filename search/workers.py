@@ -49,6 +49,7 @@ from search.study import (
 )
 
 THREADS_PER_WORKER = 1
+PROGRESS_S = 30.0  # at most one progress line per this many seconds of a long stage before the trials
 
 
 @functools.lru_cache(maxsize=4)
@@ -101,67 +102,6 @@ def _outputs(shared: bool, runs_dir: str, *paths) -> Bundle | None:
     return None if shared else pack(Path(runs_dir), *paths)
 
 
-class TeacherOnce:
-    """A Ray actor that has a search's teacher trained once across nodes that do not share a disk (one node's file
-    lock covers only that node): the first distilling candidate to ask trains it, later ones wait for its bytes."""
-
-    TRAIN = "train"
-
-    def __init__(self, patience_s: float = 900.0):
-        import asyncio
-
-        self._asyncio = asyncio
-        self.patience_s = patience_s  # a trainer whose node died never reports: then a waiter trains it too
-        self.teachers: dict[str, bytes] = {}
-        self.training: dict[str, object] = {}
-
-    async def claim(self, name: str):
-        """The teacher's bytes, or TRAIN if the caller is to train it (first caller, its trainer failed, or it
-        has not reported within the patience)."""
-        while name not in self.teachers:
-            if name not in self.training:
-                self.training[name] = self._asyncio.Event()
-                return self.TRAIN
-            try:
-                await self._asyncio.wait_for(self.training[name].wait(), self.patience_s)
-            except TimeoutError:
-                return self.TRAIN
-        return self.teachers[name]
-
-    def put(self, name: str, data: bytes | None) -> None:
-        """The trained teacher's bytes; None when training failed, so the next waiter trains it."""
-        if data is not None:
-            self.teachers[name] = data
-        event = self.training.pop(name, None)
-        if event is not None:
-            event.set()
-
-
-def _teacher_once(store, data, seed: int, folder: Path, epochs: int) -> str:
-    """Make this dataset's teacher present in ``folder``, trained once for the whole search; how it came."""
-    import ray
-
-    from search.stages.train import get_teacher, teacher_path
-
-    path = teacher_path(data, seed, folder, epochs)
-    if path.exists():
-        return "found on this node"
-    got = ray.get(store.claim.remote(path.name))
-    if got != TeacherOnce.TRAIN:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.part")  # two workers of a node may receive it at once
-        tmp.write_bytes(got)
-        tmp.replace(path)
-        return "received from the node that trained it"
-    try:
-        get_teacher(data, seed, folder, epochs)
-    except BaseException:
-        store.put.remote(path.name, None)
-        raise
-    ray.get(store.put.remote(path.name, path.read_bytes()))
-    return "trained on this node"
-
-
 def run_candidate(candidate_dict: dict, dataset, target, runs_dir: str, threads: int,
                   screen_budget_ms: float | None = None, inputs: dict | None = None) -> dict:
     """Body of the Ray task: screening (when a budget is given), then the pipeline, returned as plain dicts, with
@@ -183,19 +123,11 @@ def run_candidate(candidate_dict: dict, dataset, target, runs_dir: str, threads:
         if not screening["fits"]:
             return {"screening": screening, "transfer_s": moving}
     paths = Paths(Path(runs_dir))
-    started, teacher = time.perf_counter(), None
-    if candidate.distills and inputs and inputs.get("teachers"):
-        teacher = _teacher_once(inputs["teachers"], data, candidate.seed, paths.teachers,
-                                candidate.budget.teacher_epochs)
-    waited = time.perf_counter() - started
     result = evaluate_candidate(candidate, data, profile, paths, threads=threads)
-    if teacher:  # training it, or waiting for another node to, is the teacher stage's time too
-        result.info["teacher"] = teacher
-        result.stage_seconds["teacher"] = result.stage_seconds.get("teacher", 0.0) + waited
     if screening:
         result.stage_seconds["screen"] = screening["seconds"]
     made = [Path(result.artifacts["onnx"]).parent]
-    if candidate.distills:
+    if result.info.get("teacher") == "trained by this candidate":  # the teacher stage failed: it goes back too
         made.append(teacher_path(data, candidate.seed, paths.teachers, candidate.budget.teacher_epochs))
     if candidate.budget.tuning_trials:
         made.append(paths.tuning)
@@ -327,6 +259,23 @@ def prepare_search(spec_dict: dict, runs_dir: str, threads: int, bounds: bool, b
     if baseline:
         out["baseline"] = baseline_accuracy(data, Paths(Path(runs_dir)), spec.budget, spec.seed, threads=threads)
     return out
+
+
+def teacher_task(dataset, seed: int, epochs: int, runs_dir: str, threads: int, inputs: dict | None = None):
+    """Body of the teacher stage's task, a Ray generator: ``{"cached": bool}`` first, ``{"epoch": n}`` as each
+    epoch ends, then ``{"files": ...}`` (the teacher by value, for a driver that does not share this node's disk)."""
+    from search.models import TEACHER_WIDTH
+    from search.pipeline import Paths, set_threads
+    from search.stages.train import teacher_path, train_teacher
+
+    shared = _arrive(runs_dir, inputs)
+    set_threads(threads)
+    data, folder = _dataset(dataset), Paths(Path(runs_dir)).teachers
+    path = teacher_path(data, seed, folder, epochs)
+    yield {"cached": path.exists(), "width": TEACHER_WIDTH}
+    for epoch in train_teacher(data, seed, folder, epochs):
+        yield {"epoch": epoch}
+    yield {"files": _outputs(shared, runs_dir, path)}
 
 
 def rung_budget(budget: Budget) -> Budget:
@@ -679,9 +628,6 @@ class _Transport:
                         else ray.put(self.data))
         self._caches = None  # this search's tuning records and teacher, put once per change
         self.written = 0  # bytes written on the driver's disk from other nodes
-        # a file lock trains the teacher once per node; across several nodes this actor does
-        several = sum(1 for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0) > 1
-        self.teachers = ray.remote(num_cpus=0)(TeacherOnce).remote() if several and spec.space.alpha[0] < 1 else None
 
     def cache_paths(self) -> list[Path]:
         """This CPU kind's tuning records (and the cross-compiled target's), and this dataset's teachers: found by
@@ -702,7 +648,7 @@ class _Transport:
         with _timed(self.timings, "transfer"):
             if self._caches is None:
                 self._caches = self.ray.put(pack(self.root, *self.cache_paths()))
-            return {"token": self.token, "teachers": self.teachers,
+            return {"token": self.token,
                     "bundles": [self._caches, *(self.ray.put(pack(self.root, f)) for f in folders)]}
 
     def land(self, files: Bundle | None) -> None:
@@ -835,6 +781,7 @@ def run_search(
                     try:
                         _prepare(ray, study, spec, profile, report, placement, transport)
                         if remaining > 0:
+                            _teacher_stage(ray, spec, report, placement, transport)
                             _Driver(ray, study, spec, profile, remaining, report,
                                     tracker.on_trial if tracker else None, timings, placement, transport).run()
                         _ship_stage(ray, study, spec, profile, report, placement, transport)
@@ -880,11 +827,13 @@ def _prepare(ray, study, spec: SearchSpec, profile, report: Reporter, placement:
     screen_widest = need_bounds and (size is None or energy is None)
     if screen_widest or need_baseline:
         if need_baseline:
-            report("training the fp32 full-width baseline for the accuracy floor (once per dataset and budget)")
+            report(f"the fp32 full-width baseline for the accuracy floor (width 1, {spec.budget.epochs} epochs, "
+                   "compiled and measured like a candidate): cached, or trained once per dataset and budget")
         task = ray.remote(num_cpus=THREADS_PER_WORKER, max_retries=0, **placement)(prepare_search)
         try:
-            out = _get(ray, task.remote(spec.to_dict(), str(transport.root), THREADS_PER_WORKER, screen_widest,
-                                      need_baseline, transport.dataset, profile))
+            out = _get_reporting(ray, task.remote(spec.to_dict(), str(transport.root), THREADS_PER_WORKER,
+                                                  screen_widest, need_baseline, transport.dataset, profile),
+                                 report, "baseline" if need_baseline else "screening the widest model")
         except Exception as exc:
             if need_baseline:
                 raise ConfigError(f"The fp32 full-width baseline for --max-accuracy-drop failed: "
@@ -911,6 +860,47 @@ def _prepare(ray, study, spec: SearchSpec, profile, report: Reporter, placement:
         report(f"accuracy floor {spec.min_accuracy:g} (validation accuracy of the compiled artifact)")
 
 
+def _teacher_stage(ray, spec: SearchSpec, report: Reporter, placement: dict, transport: _Transport) -> None:
+    """Have the distillation teacher trained before the first trial when the space distils: once, on all the
+    search's CPUs, with its own progress, and outside the trials' ETA (inside a trial it would hold a worker for many
+    candidates' time, unannounced). Every node then gets it with the search's caches."""
+    if spec.space.alpha[0] >= 1:
+        return
+    epochs = spec.budget.teacher_epochs
+    threads = min(spec.workers * THREADS_PER_WORKER, _node_cpus(ray, placement))
+    task = ray.remote(num_cpus=threads, max_retries=0, **placement)(teacher_task)
+    stream = task.remote(transport.dataset, spec.seed, epochs, str(transport.root), threads, transport.inputs())
+    started = shown = None
+    try:
+        for ref in stream:
+            message = ray.get(ref)
+            started = shown = started or time.perf_counter()  # from the task's start: the ETA is the training's
+            what = f"width {message['width']:g}, {epochs} epochs" if "width" in message else ""
+            if message.get("cached"):
+                report(f"distillation teacher ({what}): cached, not trained again")
+            elif "cached" in message:
+                report(f"training the distillation teacher first ({what}, {threads} CPU thread(s)): the space "
+                       f"distils (alpha from {spec.space.alpha[0]:g}); once per dataset, seed and teacher epochs "
+                       "(budget.teacher_epochs, --teacher-epochs), then cached for later searches and resumes")
+            elif "epoch" in message:
+                now, done = time.perf_counter(), message["epoch"]
+                if done == epochs:
+                    report(f"distillation teacher trained in {_clock(now - started)}")
+                elif done == 1 or now - shown >= PROGRESS_S:
+                    shown = now
+                    report(f"teacher: epoch {done}/{epochs}, {_clock(now - started)} so far, "
+                           f"ETA {_clock((now - started) / done * (epochs - done))}")
+            else:
+                transport.land(message.get("files"))
+    except Exception as exc:
+        report(f"the distillation teacher could not be trained ({_failure_reason(exc)}); each distilling candidate "
+               "tries it again, and fails on its own if it cannot")
+    except BaseException:  # Ctrl-C: the training stops with the driver
+        with contextlib.suppress(Exception):
+            ray.cancel(stream)
+        raise
+
+
 def _cancel(ray, ref) -> None:
     """Stop a task of this search that has not finished. A search stopped by an exception on a cluster it started
     stops the cluster; on one it was given (``--address``, a notebook's), a task left running would go on training
@@ -931,6 +921,18 @@ def _get(ray, refs, **kwargs):
         for ref in refs if isinstance(refs, list) else [refs]:
             _cancel(ray, ref)
         raise
+
+
+def _get_reporting(ray, ref, report: Reporter, what: str):
+    """``_get`` of one long task with a line every ``PROGRESS_S`` seconds, so a long wait is never silent."""
+    started = time.perf_counter()
+    try:
+        while not ray.wait([ref], timeout=PROGRESS_S, fetch_local=False)[0]:
+            report(f"{what}: still running, {_clock(time.perf_counter() - started)}")
+    except BaseException:
+        _cancel(ray, ref)
+        raise
+    return _get(ray, ref)
 
 
 @contextlib.contextmanager
@@ -1350,5 +1352,8 @@ def _failure_reason(exc: Exception) -> str:
 
 def _eta(spent: float, remaining: float, started: float) -> str:
     elapsed = time.perf_counter() - started
-    left = elapsed / spent * max(0.0, remaining - spent) if spent else 0
-    return f"{int(left // 60)}m{int(left % 60):02d}s"
+    return _clock(elapsed / spent * max(0.0, remaining - spent) if spent else 0)
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"

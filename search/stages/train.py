@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -54,7 +54,14 @@ def _batches(x: np.ndarray, y: np.ndarray, generator: torch.Generator):
         yield xt[idx], yt[idx]
 
 
-def fit(
+def fit(model: nn.Module, dataset: Dataset, epochs: int, **options) -> nn.Module:
+    """Train ``model`` in place on the training split; distil from ``teacher`` if alpha < 1 (``fit_epochs``)."""
+    for _ in fit_epochs(model, dataset, epochs, **options):
+        pass
+    return model
+
+
+def fit_epochs(
     model: nn.Module,
     dataset: Dataset,
     epochs: int,
@@ -65,8 +72,8 @@ def fit(
     seed: int = 0,
     lr: float = LEARNING_RATE,
     after_step: Callable[[], None] | None = None,
-) -> nn.Module:
-    """Train ``model`` in place on the training split; distil from ``teacher`` if alpha < 1.
+) -> Iterator[int]:
+    """Train ``model`` in place, yielding the number of each epoch as it ends, so long training can show progress.
 
     ``after_step`` runs after every optimizer step; pruning uses it to keep
     pruned weights at zero while QAT fine-tunes.
@@ -79,7 +86,7 @@ def fit(
     if use_teacher:
         teacher.eval()
     model.train()
-    for _ in range(epochs):
+    for epoch in range(epochs):
         for xb, yb in _batches(dataset.x_train, dataset.y_train, generator):
             logits = model(xb)
             teacher_logits = None
@@ -93,8 +100,8 @@ def fit(
             schedule.step()
             if after_step is not None:
                 after_step()
-    model.eval()
-    return model
+        yield epoch + 1
+    model.eval()  # reached once the caller has taken the last epoch (``fit`` always does)
 
 
 def torch_accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
@@ -116,24 +123,34 @@ def teacher_path(dataset: Dataset, seed: int, cache_dir: Path, epochs: int = TEA
     return Path(cache_dir) / f"{dataset.name}-{dataset.fingerprint}-seed{seed}-e{epochs}-{code_version()}.pt"
 
 
-def get_teacher(dataset: Dataset, seed: int, cache_dir: Path, epochs: int = TEACHER_EPOCHS) -> nn.Module:
-    """The widest model of the family, trained once per (dataset, seed, epochs, code version) and cached.
+def train_teacher(dataset: Dataset, seed: int, cache_dir: Path, epochs: int = TEACHER_EPOCHS) -> Iterator[int]:
+    """Train and cache the teacher unless it is cached, yielding each epoch as it ends (nothing when cached).
 
-    A file lock makes concurrent workers train it once: the others wait and load it.
+    A file lock makes concurrent workers train it once: the others wait, then find it cached.
     """
     from filelock import FileLock
 
     path = teacher_path(dataset, seed, cache_dir, epochs)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path.with_suffix(".lock"))):
-        model = build_model(dataset.sample_shape, dataset.num_classes, TEACHER_WIDTH)
         if path.exists():
-            model.load_state_dict(torch.load(path, weights_only=True))
-            return model.eval()
+            return
         torch.manual_seed(seed)
         model = build_model(dataset.sample_shape, dataset.num_classes, TEACHER_WIDTH)
-        fit(model, dataset, epochs, seed=seed)
+        yield from fit_epochs(model, dataset, epochs, seed=seed)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         torch.save(model.state_dict(), tmp)
         tmp.replace(path)  # atomic: a reader without the lock never sees a half-written file
+
+
+def get_teacher(dataset: Dataset, seed: int, cache_dir: Path, epochs: int = TEACHER_EPOCHS) -> nn.Module:
+    """The widest model of the family, trained once per (dataset, seed, epochs, code version) and cached."""
+    for _ in train_teacher(dataset, seed, cache_dir, epochs):
+        pass
+    return load_teacher(dataset, teacher_path(dataset, seed, cache_dir, epochs))
+
+
+def load_teacher(dataset: Dataset, path: Path) -> nn.Module:
+    model = build_model(dataset.sample_shape, dataset.num_classes, TEACHER_WIDTH)
+    model.load_state_dict(torch.load(path, weights_only=True))
     return model.eval()

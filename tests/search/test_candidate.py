@@ -22,6 +22,16 @@ def test_bad_budget_names_the_parameter(kwargs):
         Budget(**kwargs)
 
 
+def test_the_teacher_trains_twice_the_students_epochs_unless_told_and_keeps_them_at_every_rung():
+    from search.workers import rung_budget
+
+    assert Budget(epochs=5).teacher_epochs == 10 and Budget().teacher_epochs == 30  # 15 epochs: the former 30
+    assert Budget(epochs=5, teacher_epochs=3).teacher_epochs == 3
+    assert rung_budget(Budget(epochs=9)).teacher_epochs == 18  # a halving rung trains less; its teacher is the same
+    with pytest.raises(ConfigError, match="'teacher_epochs' parameter of Budget"):
+        Budget(teacher_epochs=0)
+
+
 @pytest.mark.parametrize("seed", [-1, 2**32, 1.0])
 def test_a_seed_every_library_takes(seed):
     with pytest.raises(ConfigError, match="'seed' parameter of Candidate must be an integer in"):

@@ -80,6 +80,31 @@ def test_a_failing_candidate_is_recorded_and_the_search_finishes(tmp_path):
     assert outcome.front == [] and outcome.best is None
 
 
+def test_a_distilling_search_trains_its_teacher_first_in_view_and_once(tmp_path):
+    """The teacher is a stage of its own before the first trial: announced, with progress, on the search's CPUs,
+    and cached, so the candidates that distil and the next search find it instead of training it unannounced."""
+    distils = SearchSpace(precision=("fp32",), sparsity=(0.0, 0.0), temperature=(4.0, 4.0), alpha=(0.5, 0.5),
+                          width=(0.25, 0.25))
+    spec = SearchSpec(name="taught", trials=1, workers=1, recipes=False, space=distils,
+                      budget=dataclasses.replace(TINY, teacher_epochs=3))
+    storage, lines = default_storage(tmp_path), []
+    run_search(spec, tmp_path, storage_url=storage, report=lines.append)
+
+    def where(start: str) -> int:
+        return next(i for i, line in enumerate(lines) if line.startswith(start))
+
+    assert (where("training the distillation teacher first (width 2, 3 epochs, 1 CPU thread(s))")
+            < where("teacher: epoch 1/3, ") < where("distillation teacher trained in ")
+            < where("[1/1] trial 0: ")), lines
+    assert [p.name.split("-")[-2] for p in (tmp_path / "teachers").glob("*.pt")] == ["e3"]
+    assert load_study("taught", storage).trials[0].user_attrs["teacher"] == "cached"  # the stage trained it
+
+    again = []
+    run_search(dataclasses.replace(spec, name="taught-again"), tmp_path, storage_url=storage, report=again.append)
+    assert "distillation teacher (width 2, 3 epochs): cached, not trained again" in again
+    assert not any(line.startswith(("training the distillation teacher", "teacher: epoch")) for line in again)
+
+
 def _cli(runs, *args):
     return [sys.executable, "-m", "search.cli", "--runs-dir", str(runs), *args]
 

@@ -12,7 +12,8 @@ from search.candidate import Candidate
 from search.models import build_model, count_parameters
 from search.stages.compress import prune_model, quantization_aware_finetune, weight_sparsity
 from search.stages.export import _torch_export, export_onnx, ort_session
-from search.stages.train import distillation_loss, fit, get_teacher, teacher_path, torch_accuracy
+from search.stages.train import (distillation_loss, fit, get_teacher, load_teacher, teacher_path,
+                                 torch_accuracy, train_teacher)
 
 
 def test_distillation_loss_matches_hand_computation():
@@ -42,12 +43,14 @@ def test_training_learns_and_teacher_is_cached(digits, tmp_path):
     torch.manual_seed(0)
     model = fit(build_model(digits.sample_shape, 10, 0.5), digits, 3)
     assert torch_accuracy(model, digits.x_val, digits.y_val) > 0.5  # chance is 0.1
-    teacher = get_teacher(digits, seed=0, cache_dir=tmp_path, epochs=2)
     path = teacher_path(digits, 0, tmp_path, 2)
+    assert list(train_teacher(digits, 0, tmp_path, 2)) == [1, 2]  # each epoch as it ends: progress to show
     assert path.exists()
     mtime = path.stat().st_mtime_ns
-    again = get_teacher(digits, seed=0, cache_dir=tmp_path, epochs=2)
+    assert list(train_teacher(digits, 0, tmp_path, 2)) == []  # cached: nothing to train
+    teacher, again = get_teacher(digits, seed=0, cache_dir=tmp_path, epochs=2), load_teacher(digits, path)
     assert path.stat().st_mtime_ns == mtime  # loaded, not retrained
+    assert not teacher.training
     x = torch.from_numpy(digits.x_val[:4])
     torch.testing.assert_close(teacher(x), again(x))
 

@@ -44,28 +44,3 @@ def test_a_built_in_dataset_made_on_another_node_is_checked_by_content(digits):
     assert _dataset(("digits", digits.content_digest())).content_digest() == digits.content_digest()
     with pytest.raises(CandidateError, match="came out different on this node than on the driver"):
         _dataset(("digits", "0" * 16))
-
-
-def test_a_teacher_is_trained_once_and_a_failed_or_silent_trainer_hands_the_training_on():
-    import asyncio
-
-    from search.workers import TeacherOnce
-
-    async def scenario():
-        store, train = TeacherOnce(patience_s=0.3), TeacherOnce.TRAIN
-        assert await store.claim("t") == train  # the first distiller trains it
-        waiter = asyncio.create_task(store.claim("t"))
-        await asyncio.sleep(0.05)
-        assert not waiter.done()  # the second waits
-        store.put("t", None)  # the trainer failed: the waiter trains it
-        assert await waiter == train
-        later = asyncio.create_task(store.claim("t"))
-        await asyncio.sleep(0.05)
-        store.put("t", b"weights")
-        assert await later == b"weights" and await store.claim("t") == b"weights"
-        assert await store.claim("u") == train
-        assert await store.claim("u") == train  # its trainer never reported (a dead node): after the patience
-        store.put("u", b"late")  # the first trainer's late report harms nothing
-        assert await store.claim("u") == b"late"
-
-    asyncio.run(scenario())
