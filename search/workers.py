@@ -1351,8 +1351,10 @@ def _failure_reason(exc: Exception) -> str:
 
 
 def _eta(spent: float, remaining: float, started: float) -> str:
-    elapsed = time.perf_counter() - started
-    return _clock(elapsed / spent * max(0.0, remaining - spent) if spent else 0)
+    """Time left at the pace so far; unknown until a candidate has trained (screenings cost no budget)."""
+    if not spent:
+        return "unknown until a candidate has trained" if remaining else "0m00s"
+    return _clock((time.perf_counter() - started) / spent * max(0.0, remaining - spent))
 
 
 def _clock(seconds: float) -> str:

@@ -440,3 +440,13 @@ def test_a_recipe_that_cannot_fit_comes_back_narrower_down_to_the_narrowest_widt
     knobs = dict(trials[3].user_attrs["candidate"])
     assert narrower_recipe("int8 post-training only, width 0.25", knobs, spec) is None
     assert narrower_recipe("x", {**knobs, "width": 1.0}, dataclasses.replace(spec, recipes=False)) is None
+
+
+def test_the_eta_is_unknown_until_a_candidate_has_trained_then_follows_the_pace():
+    import time
+
+    from search.workers import _eta
+
+    assert _eta(0, 6, time.perf_counter()) == "unknown until a candidate has trained"  # screenings cost nothing
+    assert _eta(2, 6, time.perf_counter() - 60) == "2m00s"  # 30 s per trained candidate, 4 to go
+    assert _eta(6, 6, time.perf_counter() - 60) == "0m00s"

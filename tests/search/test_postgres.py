@@ -63,10 +63,18 @@ def _spec(folder: Path, name: str, trials: int) -> Path:
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump({
         "name": name, "trials": trials, "workers": 1, "recipes": False,
-        "budget": {"epochs": 1, "finetune_epochs": 0, "prune_steps": 1, "timing_repeats": 3,
+        "budget": {"epochs": 3, "finetune_epochs": 0, "prune_steps": 1, "timing_repeats": 3,
                    "front_tuning_minutes": 0},
         "space": {"precision": ["fp32"], "width": [0.25, 0.5], "sparsity": [0.0, 0.0]}}))
     return path
+
+
+def _asked(storage: str, name: str) -> bool:
+    """Whether search ``name``'s driver has asked for a trial: it is stored and marked as driven."""
+    try:
+        return bool(load_study(name, storage).trials)
+    except Exception:  # not stored yet, or its schema is being created: poll again
+        return False
 
 
 def _submit(runs: Path, storage: str, *args: str, **popen) -> subprocess.Popen:
@@ -82,19 +90,21 @@ def test_two_searches_at_once_and_a_restarted_driver_on_postgresql(postgres, tmp
 
     storage = postgres("optuna")
     steady = _submit(tmp_path / "a", storage, "--spec", str(_spec(tmp_path, "steady", 1)))
-    # three candidates on one worker: stopped after the first, the driver still has two to go on a loaded machine
+    # three candidates on one worker, stopped as soon as the first has finished: two are still to go
     stopped = _submit(tmp_path / "b", storage, "--spec", str(_spec(tmp_path, "restarted", 3)),
                       start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 300
-        while len(complete_trials(storage, "restarted")) < 1 and time.time() < deadline:
-            time.sleep(1)
-        assert complete_trials(storage, "restarted"), "the second search finished no trial in 300 s"
+        while not _asked(storage, "restarted") and time.time() < deadline:
+            time.sleep(0.5)
         # a second driver for it is refused while its own runs: it would re-queue the trials running under it
         capsys.readouterr()
         assert main(["--runs-dir", str(tmp_path / "b"), "submit", "--name", "restarted", "--resume", "--storage",
                      storage, "--no-mlflow"]) == 2
         assert f"Search 'restarted' is still running (driver process {stopped.pid} on " in capsys.readouterr().err
+        while len(complete_trials(storage, "restarted")) < 1 and time.time() < deadline:
+            time.sleep(0.5)
+        assert complete_trials(storage, "restarted"), "the second search finished no trial in 300 s"
         stopped.send_signal(signal.SIGINT)  # as a terminal sends it
         _, said = stopped.communicate(timeout=120)
     finally:
