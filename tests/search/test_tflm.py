@@ -211,3 +211,24 @@ def test_the_tflite_takes_a_frame_channel_last_as_a_camera_gives_it(tmp_path):
     details = interpreter(path).get_input_details(0)
     assert [int(d) for d in details["shape"]] == [1, 12, 12, 3] and np.dtype(details["dtype"]) == np.int8
     assert "TRANSPOSE" not in op_names(path)
+
+
+def test_the_arena_of_a_long_signal_is_found_where_its_activations_dwarf_its_weights(tmp_path):
+    """One second of 16 kHz audio at width 1.5: megabytes of activations beside kilobytes of weights. The arena
+    is measured (a board's RAM then rules the candidate out) instead of the interpreter failing to allocate."""
+    from search.candidate import Candidate
+    from search.data import load_npz
+    from search.models import build_model
+    from search.stages.tflite import convert_tflite, unplanned_tensor_bytes
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(8, 1, 16000)).astype(np.float32), np.arange(8) % 2
+    np.savez(tmp_path / "long.npz", x_train=x[:4], y_train=y[:4], x_val=x[4:6], y_val=y[4:6], x_test=x[6:],
+             y_test=y[6:])
+    data = load_npz(tmp_path / "long.npz")
+    model = build_model(data.sample_shape, data.num_classes, 1.5).eval()
+    path = convert_tflite(model, Candidate(precision="fp32", width=1.5, budget=TINY), data, tmp_path / "long.tflite")
+    arena = arena_bytes(path)
+    assert arena > max(10 * path.stat().st_size, 1 << 20)  # more than an arena sized from the file would hold
+    assert arena <= unplanned_tensor_bytes(path) + (1 << 20)  # the planner's reuse, plus its own structures
+    assert allocates(path, arena) and not allocates(path, arena - 1)
