@@ -833,7 +833,7 @@ def _prepare(ray, study, spec: SearchSpec, profile, report: Reporter, placement:
         try:
             out = _get_reporting(ray, task.remote(spec.to_dict(), str(transport.root), THREADS_PER_WORKER,
                                                   screen_widest, need_baseline, transport.dataset, profile),
-                                 report, "baseline" if need_baseline else "screening the widest model")
+                                 report, "the fp32 full-width baseline" if need_baseline else "screening the widest model")
         except Exception as exc:
             if need_baseline:
                 raise ConfigError(f"The fp32 full-width baseline for --max-accuracy-drop failed: "
