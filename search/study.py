@@ -241,6 +241,7 @@ ASKS_PER_TRIAL = 5  # at most this many candidates asked per trial of budget (sc
 
 
 DRIVER_ATTR = "driver"  # {"host", "pid", "started", "seen"} while a driver runs the search; None once it ended
+STAGE_ATTR = "stage"  # what a driver does before the first trial (training the teacher, ...) while it does it
 DRIVER_BEAT_S = 30.0
 DRIVER_LOST_S = 180.0  # no beat for this long: the driver was killed outright, or its machine went down
 CLAIM_SETTLE_S = 1.0  # two resumes that both found no driver: each writes its mark, the later one stands
@@ -337,11 +338,14 @@ def search_state(study: optuna.Study, spec: SearchSpec) -> tuple[str, str]:
     trial budget or of its shipping stage, with no driver running it) or done."""
     running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
     attrs = study.user_attrs  # one read of the storage
-    driven = DRIVER_ATTR not in attrs or _alive(attrs[DRIVER_ATTR])  # searches from before the beat: trust them
+    live = _alive(attrs.get(DRIVER_ATTR))
+    driven = DRIVER_ATTR not in attrs or live  # searches from before the beat: trust them
     if driven and running:
         return "running", f"{running} trial(s) in progress"
     if driven and attrs.get(SHIPPING_ATTR) == "running":
         return "running", "its shipping stage is timing the front for what ships"
+    if live:  # alive with no trial out: before the first (a teacher, a baseline) or between two
+        return "running", attrs.get(STAGE_ATTR) or "its driver is between trials"
     lost = ""
     if running:
         seen = (attrs.get(DRIVER_ATTR) or {}).get("seen")

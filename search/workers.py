@@ -40,7 +40,8 @@ from search.transfer import (
     Bundle, mark_driver_disk, pack, receive, shares_disk, unmark_driver_disk,
 )
 from search.study import (
-    ASKS_PER_TRIAL, FLOOR_ATTR, BOUNDS_ATTR, HALVING_ETA, SHIPPED_PREFIX, SHIPPING_ATTR, Row, best_within_budget,
+    ASKS_PER_TRIAL, FLOOR_ATTR, BOUNDS_ATTR, HALVING_ETA, SHIPPED_PREFIX, SHIPPING_ATTR, STAGE_ATTR, Row,
+    best_within_budget,
     create_study, driving, feasible_front, load_study, refuse_existing, refuse_second_driver, shipping_left,
     shipping_order, stage_picks, stored_trial,
     finished_count, front_hypervolume, narrower_recipe, spent_budget, trial_cost,
@@ -781,7 +782,8 @@ def run_search(
                     try:
                         _prepare(ray, study, spec, profile, report, placement, transport)
                         if remaining > 0:
-                            _teacher_stage(ray, spec, report, placement, transport)
+                            with _stage(study, "training the distillation teacher, before the first trial"):
+                                _teacher_stage(ray, spec, report, placement, transport)
                             _Driver(ray, study, spec, profile, remaining, report,
                                     tracker.on_trial if tracker else None, timings, placement, transport).run()
                         _ship_stage(ray, study, spec, profile, report, placement, transport)
@@ -830,10 +832,12 @@ def _prepare(ray, study, spec: SearchSpec, profile, report: Reporter, placement:
             report(f"the fp32 full-width baseline for the accuracy floor (width 1, {spec.budget.epochs} epochs, "
                    "compiled and measured like a candidate): cached, or trained once per dataset and budget")
         task = ray.remote(num_cpus=THREADS_PER_WORKER, max_retries=0, **placement)(prepare_search)
+        what = "the fp32 full-width baseline" if need_baseline else "screening the widest model"
         try:
-            out = _get_reporting(ray, task.remote(spec.to_dict(), str(transport.root), THREADS_PER_WORKER,
-                                                  screen_widest, need_baseline, transport.dataset, profile),
-                                 report, "the fp32 full-width baseline" if need_baseline else "screening the widest model")
+            with _stage(study, f"training {what} for the accuracy floor" if need_baseline else what):
+                out = _get_reporting(ray, task.remote(spec.to_dict(), str(transport.root), THREADS_PER_WORKER,
+                                                      screen_widest, need_baseline, transport.dataset, profile),
+                                     report, what)
         except Exception as exc:
             if need_baseline:
                 raise ConfigError(f"The fp32 full-width baseline for --max-accuracy-drop failed: "
@@ -921,6 +925,17 @@ def _get(ray, refs, **kwargs):
         for ref in refs if isinstance(refs, list) else [refs]:
             _cancel(ray, ref)
         raise
+
+
+@contextlib.contextmanager
+def _stage(study, doing: str):
+    """Tell ``status`` what the driver does before the first trial, while it does it."""
+    study.set_user_attr(STAGE_ATTR, doing)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            study.set_user_attr(STAGE_ATTR, None)
 
 
 def _get_reporting(ray, ref, report: Reporter, what: str):

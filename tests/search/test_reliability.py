@@ -421,6 +421,8 @@ def test_a_driver_killed_outright_is_told_from_a_running_one(tmp_path, capsys, m
     with driving(study):
         first = live_driver(study)
         assert first["pid"] == os.getpid() and first["host"] == socket.gethostname()
+        # alive with no trial out yet (Ray starting, a teacher training): running, not stopped
+        assert search_state(study, spec) == ("running", "its driver is between trials")
         suggest_candidate(study.ask(), spec)  # a trial in progress
         deadline = time.time() + 60
         while load_study("beating", storage).user_attrs[DRIVER_ATTR]["seen"] == first["seen"]:

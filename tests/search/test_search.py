@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 
 from search.spec import SearchSpace, SearchSpec
 from search.study import (create_study, default_storage, finished_count, knob_names, load_study,
-                          requeue_interrupted, rows, spent_budget, stored_spec, suggest_candidate)
+                          requeue_interrupted, rows, search_state, spent_budget, stored_spec, suggest_candidate)
 from search.workers import run_search
 from tests.oracles import OBJECTIVES, pareto_front
 from tests.search.conftest import SHIP, TINY, complete_trials
@@ -87,8 +87,16 @@ def test_a_distilling_search_trains_its_teacher_first_in_view_and_once(tmp_path)
                           width=(0.25, 0.25))
     spec = SearchSpec(name="taught", trials=1, workers=1, recipes=False, space=distils,
                       budget=dataclasses.replace(TINY, teacher_epochs=3))
-    storage, lines = default_storage(tmp_path), []
-    run_search(spec, tmp_path, storage_url=storage, report=lines.append)
+    storage, lines, status = default_storage(tmp_path), [], []
+
+    def report(line: str) -> None:
+        lines.append(line)
+        if line.startswith("teacher: epoch 1/"):  # `status` meanwhile: running, and doing what
+            study = load_study("taught", storage)
+            status.append(search_state(study, stored_spec(study)))
+
+    run_search(spec, tmp_path, storage_url=storage, report=report)
+    assert status == [("running", "training the distillation teacher, before the first trial")]
 
     def where(start: str) -> int:
         return next(i for i, line in enumerate(lines) if line.startswith(start))
