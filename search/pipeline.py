@@ -187,12 +187,13 @@ def evaluate_candidate(
     teacher, info = None, {}
     if candidate.distills:
         epochs = candidate.budget.teacher_epochs
-        with stage("teacher", f"the distillation teacher (width {TEACHER_WIDTH:g}, {epochs} epochs): cached, or "
-                              "trained once and cached"):
+        path = teacher_path(dataset, candidate.seed, paths.teachers, epochs)
+        with stage("teacher", f"{'loading the cached' if path.exists() else 'training the'} distillation teacher "
+                              f"(width {TEACHER_WIDTH:g}, {epochs} epochs; trained once per dataset, seed and epochs)"):
             trained = 0
             for trained in train_teacher(dataset, candidate.seed, paths.teachers, epochs):
                 say("teacher", f"epoch {trained}/{epochs}")
-            teacher = load_teacher(dataset, teacher_path(dataset, candidate.seed, paths.teachers, epochs))
+            teacher = load_teacher(dataset, path)
         info["teacher"] = "trained by this candidate" if trained else "cached"
 
     # Training with a teacher is reported as "distill", so a stage table shows what distillation costs.
