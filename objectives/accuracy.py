@@ -27,3 +27,15 @@ def predict_onnx(session, x: np.ndarray, dtype: str) -> np.ndarray:
 
 def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
     return float((np.asarray(predictions) == np.asarray(labels)).mean())
+
+
+def balanced_accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
+    """Mean recall over the classes present in ``labels``: a model that always predicts one class scores 1/K
+    however skewed the classes are, where its plain accuracy is the largest class's share."""
+    import warnings
+
+    from sklearn.metrics import balanced_accuracy_score
+
+    with warnings.catch_warnings():  # a predicted class absent from these labels is a wrong answer, nothing more
+        warnings.simplefilter("ignore", UserWarning)
+        return float(balanced_accuracy_score(np.asarray(labels), np.asarray(predictions)))

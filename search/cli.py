@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from search.data import CLASS_WEIGHTS
 from search.errors import EdgeSearchError
 from search.spec import HALVING_FROM_TRIALS
 
@@ -53,7 +54,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     candidate = Candidate(precision=args.precision, sparsity=args.sparsity, pruning=args.pruning,
                           temperature=args.temperature, alpha=args.alpha, width=args.width, budget=budget,
                           seed=args.seed)
-    dataset = load_dataset(args.dataset)
+    dataset = load_dataset(args.dataset, args.class_weight)
     quiet = args.json
 
     def progress(stage: str, message: str) -> None:
@@ -179,7 +180,9 @@ def _why_none(trained) -> str:
             "longer (--epochs, --trials).")
 
 
-def _print_outcome(outcome_rows, front, best, hv, spec, storage, floor=None) -> None:
+def _print_outcome(outcome_rows, front, best, hv, spec, storage, floor=None, chance=None) -> None:
+    """The search's end (and ``status``): counts, the front, the best candidate; ``chance`` (1/K, on imbalanced
+    classes) adds balanced accuracy, since plain accuracy then rewards always predicting the largest class."""
     from search.study import shown_url
 
     failed = [r for r in outcome_rows if r.state == "FAIL" and not r.interrupted]
@@ -200,17 +203,25 @@ def _print_outcome(outcome_rows, front, best, hv, spec, storage, floor=None) -> 
     else:
         print(f"\nfeasible Pareto front ({len(front)} candidate(s), each once):")
         print(f"{'trial':>5}  {'precision':<9}{'width':>6}{'sparsity':>9} {'pruning':<13}{'T':>5}{'alpha':>6}"
-              f"{'accuracy':>10}{'p90 ms':>10}{'size KiB':>10}  provenance  {'ships as':<16}recipe")
+              f"{'accuracy':>10}" + (f"{'balanced':>10}" if chance else "")
+              + f"{'p90 ms':>10}{'size KiB':>10}  provenance  {'ships as':<16}recipe")
         for r in sorted(front, key=lambda r: r.value("latency_ms_p90")):
             k = r.knobs
             pruning = k["pruning"] if k["sparsity"] else "-"  # the mode drawn for an unpruned model means nothing
             print(f"{r.number:>5}  {k['precision']:<9}{k['width']:>6g}{k['sparsity']:>9g} {pruning:<13}"
                   f"{k['temperature']:>5g}{k['alpha']:>6g}{r.value('accuracy'):>10.4f}"
-                  f"{r.value('latency_ms_p90'):>10.4f}{r.value('size_bytes') / 1024:>10.1f}  "
+                  + (f"{r.metrics.get('balanced_accuracy', (float('nan'),))[0]:>10.4f}" if chance else "")
+                  + f"{r.value('latency_ms_p90'):>10.4f}{r.value('size_bytes') / 1024:>10.1f}  "
                   f"{r.metrics['latency_ms_p90'][2]:<10}  {_ships_as(r):<16}{r.recipe or '-'}")
     if best:
+        balanced = ""
+        if chance and "balanced_accuracy_test" in best.metrics:
+            value = best.value("balanced_accuracy")
+            balanced = (f" (balanced {value:.4f} validation, {best.value('balanced_accuracy_test'):.4f} test"
+                        + ("; no better than always predicting the largest class, which its plain accuracy "
+                           "rewards on these imbalanced classes" if value <= chance + 1e-9 else "") + ")")
         print(f"\nbest within budget: trial {best.number}, validation accuracy {best.value('accuracy'):.4f}, "
-              f"test accuracy {best.value('accuracy_test'):.4f}, p90 {best.value('latency_ms_p90'):.4f} ms "
+              f"test accuracy {best.value('accuracy_test'):.4f}{balanced}, p90 {best.value('latency_ms_p90'):.4f} ms "
               f"({best.metrics['latency_ms_p90'][2]}), {best.value('size_bytes') / 1024:.1f} KiB")
     print(f"hypervolume of the feasible front: {hv:.4f} on a 0-1 scale (accuracy; latency / budget; size and "
           "energy / the search's bounds)")
@@ -224,7 +235,7 @@ def _spec_from_args(args: argparse.Namespace):
 
     data = load_spec_file(args.spec) if args.spec else {}
     for key in ("name", "dataset", "target", "latency_budget_ms", "trials", "workers", "sampler", "seed", "timeout_s",
-                "recipes", "halving", "max_accuracy_drop", "min_accuracy", "runtime"):
+                "recipes", "halving", "max_accuracy_drop", "min_accuracy", "runtime", "class_weight"):
         value = getattr(args, key)
         if value is not None:
             data[key] = value
@@ -274,10 +285,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         _say_how_to_resume(args, spec.name, storage)
         raise
-    from search.study import FLOOR_ATTR, load_study, shown_url
+    from search.study import CHANCE_ATTR, FLOOR_ATTR, load_study, shown_url
 
-    floor = (load_study(spec.name, storage).user_attrs.get(FLOOR_ATTR) or {}).get("value")
-    _print_outcome(outcome.rows, outcome.front, outcome.best, outcome.hypervolume, spec, storage, floor)
+    attrs = load_study(spec.name, storage).user_attrs
+    _print_outcome(outcome.rows, outcome.front, outcome.best, outcome.hypervolume, spec, storage,
+                   (attrs.get(FLOOR_ATTR) or {}).get("value"), attrs.get(CHANCE_ATTR))
     t = outcome.timings
     if t.get("wall"):
         own = t["ray_start"] + t["optuna"] + t["logging"]
@@ -348,7 +360,7 @@ def _program() -> str:
 RESUME_MAY_CHANGE = ("trials", "workers", "timeout_s", "runtime")
 RESUME_MAY_CHANGE_BUDGET = ("front_tuning_trials", "front_tuning_minutes")
 RESUME_KEEPS = ("dataset", "target", "latency_budget_ms", "sampler", "recipes", "halving", "max_accuracy_drop",
-                "min_accuracy", "seed", "epochs", "teacher_epochs", "tuning_trials")
+                "min_accuracy", "seed", "epochs", "teacher_epochs", "tuning_trials", "class_weight")
 
 
 def _resumed_spec(args: argparse.Namespace, stored):
@@ -465,8 +477,8 @@ def _write_spec(runs_dir: Path, spec) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from search.study import (FLOOR_ATTR, best_within_budget, feasible_front, front_hypervolume, load_study, rows,
-                              search_bounds, stored_spec)
+    from search.study import (CHANCE_ATTR, FLOOR_ATTR, best_within_budget, feasible_front, front_hypervolume,
+                              load_study, rows, search_bounds, stored_spec)
 
     address = _cluster(args, args.name)
     if address:  # a detached search: its stores are the cluster's, so status runs there
@@ -498,7 +510,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     front = feasible_front(all_rows)
     floor = (study.user_attrs.get(FLOOR_ATTR) or {}).get("value")
     _print_outcome(all_rows, front, best_within_budget(all_rows), front_hypervolume(front, search_bounds(study, spec)),
-                   spec, storage, floor)
+                   spec, storage, floor, study.user_attrs.get(CHANCE_ATTR))
     _sync_quietly(study, spec, args)
     return 0
 
@@ -649,6 +661,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+CLASS_WEIGHT_HELP = ("how the training loss weighs the classes: 'balanced' weighs each by its rarity, for "
+                     "imbalanced classes, where plain accuracy rewards always predicting the largest class (the "
+                     "dataset line says when they are)")
+
+
 def _add_candidate_options(p: argparse.ArgumentParser) -> None:
     from search.candidate import PRECISIONS, PRUNING_MODES
 
@@ -671,6 +688,8 @@ def _add_candidate_options(p: argparse.ArgumentParser) -> None:
                    "records already in the cache are still applied [default: 0]")
     p.add_argument("--repeats", type=int, default=30, help="latency repeats (median and p90 are over them)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--class-weight", choices=CLASS_WEIGHTS, default="none", help=CLASS_WEIGHT_HELP
+                   + " [default: none]")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads for torch, TVM and "
                    "onnxruntime [default: all cores]")
 
@@ -742,6 +761,8 @@ def build_parser() -> argparse.ArgumentParser:
     floor.add_argument("--min-accuracy", dest="min_accuracy", type=float, metavar="FRACTION",
                        help="accuracy floor as an absolute validation accuracy, e.g. 0.9")
     p.add_argument("--seed", type=int, help="seed of the sampler and of training [default: 0]")
+    p.add_argument("--class-weight", dest="class_weight", choices=CLASS_WEIGHTS, help=CLASS_WEIGHT_HELP
+                   + " [default: none]")
     p.add_argument("--epochs", type=int, help="training epochs per candidate [default: 15]")
     p.add_argument("--teacher-epochs", dest="teacher_epochs", type=int, metavar="N",
                    help="training epochs of the distillation teacher (width 2), trained before the first trial when "

@@ -8,6 +8,7 @@ compiled artifact, never to make a search decision.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import zipfile
 from dataclasses import dataclass
@@ -21,6 +22,11 @@ BUILTIN_DATASETS = ("digits", "mnist1d")
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2  # of all samples, when the data gives no test split (as digits)
 VAL_FRACTION = 0.15  # of the training split, when the data gives no validation split
+# a largest class this many times the smallest makes plain accuracy flatter a model: the search then says so and
+# shows balanced accuracy (mean recall per class) beside it
+IMBALANCE_RATIO = 3
+# how the training loss weighs classes: alike, or each by its rarity, n / (K n_c) (scikit-learn's 'balanced')
+CLASS_WEIGHTS = ("none", "balanced")
 
 
 @dataclass(frozen=True, eq=False)
@@ -37,6 +43,7 @@ class Dataset:
     y_test: np.ndarray
     num_classes: int
     drawn: str = ""  # the splits drawn here rather than given by the data, in words ("" when it gave them all)
+    class_weight: str = "none"  # one of CLASS_WEIGHTS; set by ``weighted``, which also changes the fingerprint
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -65,20 +72,64 @@ class Dataset:
         channels, height, width = self.sample_shape
         return f"images, {channels} channel(s) of {height}x{width}"
 
+    def weighted(self, class_weight: str) -> "Dataset":
+        """The same data trained with ``class_weight``: a fingerprint of its own, so teachers, baselines and
+        candidates trained one way are never taken for the other's."""
+        if class_weight not in CLASS_WEIGHTS:
+            raise DatasetError(f"The class weight must be one of {list(CLASS_WEIGHTS)}; got {class_weight!r}.")
+        if class_weight == self.class_weight:
+            return self
+        base = self.fingerprint.removesuffix(f"-{self.class_weight}")
+        return dataclasses.replace(self, class_weight=class_weight,
+                                   fingerprint=base if class_weight == "none" else f"{base}-{class_weight}")
+
+    def loss_weights(self) -> np.ndarray | None:
+        """Per-class weights of the training loss, or None when classes count alike."""
+        if self.class_weight != "balanced":
+            return None
+        counts = np.bincount(self.y_train, minlength=self.num_classes)
+        return (len(self.y_train) / (self.num_classes * np.maximum(counts, 1))).astype(np.float32)
+
+    @property
+    def imbalanced(self) -> bool:
+        counts = np.bincount(self.y_train, minlength=self.num_classes)
+        return bool(counts.max() >= IMBALANCE_RATIO * max(1, counts.min()))
+
+    def majority(self) -> tuple[int, float]:
+        """The largest training class and its share of the validation split: the accuracy of a model that always
+        predicts it, which learned nothing."""
+        largest = int(np.bincount(self.y_train, minlength=self.num_classes).argmax())
+        return largest, float((self.y_val == largest).mean())
+
+    def classes(self) -> str:
+        """The class balance in words, with what it means for accuracy when it is skewed."""
+        counts = np.bincount(self.y_train, minlength=self.num_classes)
+        weighted = "; the training loss weighs each class by its rarity (class weight 'balanced')"
+        if not self.imbalanced:
+            return f"{self.num_classes} classes" + (weighted if self.loss_weights() is not None else "")
+        largest, share = self.majority()
+        return (f"{self.num_classes} classes, imbalanced (training samples per class {counts.min()}-{counts.max()}"
+                f"; class {largest} holds {counts[largest] / counts.sum():.1%}): always predicting class {largest} "
+                f"scores {share:.3f} validation accuracy, so balanced accuracy (mean recall per class; "
+                f"{1 / self.num_classes:.3f} for a model that learned nothing) is reported beside accuracy"
+                + (weighted if self.loss_weights() is not None else
+                   "; --class-weight balanced (class_weight in a spec) trains for the rare classes"))
+
     def summary(self) -> str:
         return (
             f"{self.name}: {len(self.x_train)} train / {len(self.x_val)} val / {len(self.x_test)} test"
-            f"{f' ({self.drawn})' if self.drawn else ''}, {self.reads_as()}, {self.num_classes} classes"
+            f"{f' ({self.drawn})' if self.drawn else ''}, {self.reads_as()}, {self.classes()}"
         )
 
 
-def load_dataset(name_or_path: str) -> Dataset:
-    """Load a built-in dataset by name, or a user dataset from an ``.npz`` path."""
+def load_dataset(name_or_path: str, class_weight: str = "none") -> Dataset:
+    """Load a built-in dataset by name, or a user dataset from an ``.npz`` path; ``class_weight`` says how its
+    training loss weighs the classes (``CLASS_WEIGHTS``)."""
     if name_or_path in BUILTIN_DATASETS:
-        return _BUILTIN_LOADERS[name_or_path]()
+        return _BUILTIN_LOADERS[name_or_path]().weighted(class_weight)
     path = Path(name_or_path)
     if path.suffix == ".npz" or path.exists():
-        return load_npz(path)
+        return load_npz(path).weighted(class_weight)
     raise DatasetError(
         f"Unknown dataset {name_or_path!r}: expected one of {list(BUILTIN_DATASETS)} "
         "or the path of an .npz file with x_train, y_train, x_test, y_test (or just x and y)."

@@ -270,7 +270,7 @@ def export_search(
     out = prepare_dir(out, overwrite)
     with _removed_on_failure(out, existed):
         dtype = input_dtype(precision).name
-        dataset = load_dataset(spec.dataset)
+        dataset = load_dataset(spec.dataset, spec.class_weight)
         shape = (1, *dataset.sample_shape)
 
         onnx_path = out / "model.onnx"
@@ -390,7 +390,8 @@ def _card_head(search, study, spec, row, trial, reason, profile, tracking_uri, d
         value, unit, provenance = row.metrics[name]
         return {"value": value, "unit": unit, "provenance": provenance}
 
-    names = ("accuracy", "accuracy_test", "accuracy_test_onnxruntime", *searched, "size_bytes", "flash_bytes",
+    names = ("accuracy", "accuracy_test", "balanced_accuracy", "balanced_accuracy_test", "accuracy_test_onnxruntime",
+             *searched, "size_bytes", "flash_bytes",
              "tflite_bytes", "tflm_arena_bytes", "peak_activation_bytes", "ram_bytes")
     return {
         "search": search, "trial": row.number, "why": reason,

@@ -28,7 +28,7 @@ from hardware_targets.compile import CompiledArtifact, compile_tvm
 from hardware_targets.host import host_cpu
 from hardware_targets.metric import Metric
 from hardware_targets.profile import TFLM_PRECISIONS, arithmetic
-from objectives.accuracy import accuracy, predict_onnx, predict_tvm
+from objectives.accuracy import accuracy, balanced_accuracy, predict_onnx, predict_tvm
 from objectives.latency import least_disturbed
 from objectives.memory import peak_activation_bytes
 from objectives.size import file_bytes, flash_bytes, weight_bytes
@@ -247,10 +247,7 @@ def evaluate_candidate(
             metrics.update(time_onnxruntime(session, sample, repeats))
 
     with stage("accuracy", "accuracy of the compiled artifact (validation and test splits)"):
-        metrics["accuracy"] = Metric(accuracy(predict_tvm(artifact.library, dataset.x_val, dtype.name), dataset.y_val),
-                                     "fraction", "measured")
-        metrics["accuracy_test"] = Metric(
-            accuracy(predict_tvm(artifact.library, dataset.x_test, dtype.name), dataset.y_test), "fraction", "measured")
+        metrics.update(accuracy_metrics(lambda x: predict_tvm(artifact.library, x, dtype.name), dataset))
         metrics["accuracy_test_onnxruntime"] = Metric(
             accuracy(predict_onnx(session, dataset.x_test, dtype.name), dataset.y_test), "fraction", "measured")
 
@@ -297,10 +294,7 @@ def _finish_tflm(model, candidate: Candidate, dataset: Dataset, profile: TargetP
         metrics = dict(backend.measure(graph_only, tflite_path, candidate.precision, dataset.x_val[:1].astype(dtype),
                                        candidate.budget.timing_repeats))
     with stage("accuracy", "accuracy of the .tflite in the TFLite Micro interpreter (validation and test splits)"):
-        metrics["accuracy"] = Metric(accuracy(predict_tflm(tflite_path, dataset.x_val), dataset.y_val),
-                                     "fraction", "measured")
-        metrics["accuracy_test"] = Metric(accuracy(predict_tflm(tflite_path, dataset.x_test), dataset.y_test),
-                                          "fraction", "measured")
+        metrics.update(accuracy_metrics(lambda x: predict_tflm(tflite_path, x), dataset))
         metrics["accuracy_test_onnxruntime"] = Metric(
             accuracy(predict_onnx(ort_session(onnx_path, threads), dataset.x_test, dtype.name), dataset.y_test),
             "fraction", "measured")
@@ -357,6 +351,16 @@ def retime(result: CandidateResult, dataset: Dataset, profile: TargetProfile, ru
     if "energy_mj" in fresh:
         metrics["energy_mj"] = fresh["energy_mj"]
     return dataclasses.replace(result, metrics=metrics, info={**result.info, "retimed": True})
+
+
+def accuracy_metrics(predict: Callable[[np.ndarray], np.ndarray], dataset: Dataset) -> dict[str, Metric]:
+    """Accuracy and balanced accuracy of one artifact on the validation and test splits, from one pass over each."""
+    metrics = {}
+    for suffix, x, y in (("", dataset.x_val, dataset.y_val), ("_test", dataset.x_test, dataset.y_test)):
+        predictions = predict(x)
+        metrics[f"accuracy{suffix}"] = Metric(accuracy(predictions, y), "fraction", "measured")
+        metrics[f"balanced_accuracy{suffix}"] = Metric(balanced_accuracy(predictions, y), "fraction", "measured")
+    return metrics
 
 
 def baseline_accuracy(dataset: Dataset, paths: Paths, budget, seed: int, *, threads: int = 1) -> dict:
@@ -435,9 +439,7 @@ def ship_candidate(result: CandidateResult, dataset: Dataset, profile: TargetPro
     metrics = {n: ship["metrics"][n] for n in ("latency_ms_median", "latency_ms_p90", "energy_mj")}
     if chosen != "tvm":  # the search measured the untuned library's accuracy; any other artifact is measured anew
         predict, model = (predict_onnx, session) if chosen == "onnxruntime" else (predict_tvm, ship["library"])
-        for name, x, y in (("accuracy", dataset.x_val, dataset.y_val), ("accuracy_test", dataset.x_test,
-                                                                            dataset.y_test)):
-            metrics[name] = Metric(accuracy(predict(model, x, dtype.name), y), "fraction", "measured")
+        metrics.update(accuracy_metrics(lambda x: predict(model, x, dtype.name), dataset))
     return {
         "runtime": chosen.split("-")[0], "option": chosen, "library": ship["library"], "target": ship["target"],
         "forced": runtime != "auto", "tuning": tuning, "host_cpu": host_cpu().summary(),

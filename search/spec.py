@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from search.candidate import PRECISIONS, PRUNING_MODES, Budget, seed_problem
+from search.data import CLASS_WEIGHTS
 from search.errors import ConfigError
 
 SAMPLERS = ("auto", "tpe", "nsga2", "random")
@@ -85,6 +86,8 @@ class SearchSpec:
     min_accuracy: float | None = None
     # what ships on a local target: the fastest measured of TVM (untuned, tuned) and onnxruntime, or the one forced
     runtime: str = "auto"
+    # how the training loss weighs classes: "none", or "balanced" (each by its rarity) for imbalanced classes
+    class_weight: str = "none"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -101,6 +104,8 @@ class SearchSpec:
             raise _err("seed", rule, self.seed)
         if self.runtime not in RUNTIMES:
             raise _err("runtime", f"one of {list(RUNTIMES)}", self.runtime)
+        if self.class_weight not in CLASS_WEIGHTS:
+            raise _err("class_weight", f"one of {list(CLASS_WEIGHTS)}", self.class_weight)
         if self.sampler not in SAMPLERS:
             raise _err("sampler", f"one of {list(SAMPLERS)}", self.sampler)
         if self.timeout_s is not None and not (isinstance(self.timeout_s, (int, float)) and self.timeout_s > 0):

@@ -32,6 +32,9 @@ SPEC_ATTR = "edgesearch_spec"
 REQUEUED_ATTR = "requeued"
 BOUNDS_ATTR = "hv_bounds"  # [latency ms, size bytes, energy mJ]: the unit box of the normalised hypervolume
 FLOOR_ATTR = "accuracy_floor"  # {"value", "baseline", "max_drop"} when the search has an accuracy floor
+# 1/K when the dataset's classes are imbalanced (absent otherwise): the balanced accuracy of a model that learned
+# nothing, which the search's lines and tables then show beside accuracy
+CHANCE_ATTR = "chance_balanced_accuracy"
 SAMPLER_ATTR = "sampler_resolved"
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 # Optuna's guidance: NSGA-II needs 100+ trials (its first generation is random); TPE is model-guided far sooner.
@@ -552,6 +555,15 @@ class Row:
         return cls(t.number, t.state.name, t.user_attrs.get("candidate", t.params), metrics, feasible, error,
                    t.user_attrs.get("reused_from_trial"), t.user_attrs.get("recipe"), t.user_attrs.get("stopped"),
                    shipped, others and not feasible, bool(t.user_attrs.get(REQUEUED_ATTR)), violated)
+
+    def accuracy_text(self, chance: float | None = None) -> str:
+        """Validation accuracy; on imbalanced classes (``chance`` = 1/K) with its balanced accuracy, and a model no
+        better than always predicting one class called so: its plain accuracy is the largest class's share."""
+        text = f"acc {self.value('accuracy'):.3f}"
+        if chance is None or "balanced_accuracy" not in self.metrics:
+            return text
+        balanced = self.value("balanced_accuracy")
+        return text + f" (balanced {balanced:.3f}{', no better than chance' if balanced <= chance + 1e-9 else ''})"
 
     def infeasible_because(self) -> str:
         """Which constraints the trial misses, in words: what a user changes to let such a candidate through."""

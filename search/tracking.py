@@ -34,7 +34,8 @@ TABLE_TAG = "edgesearch.front_table_after_trials"
 STATE_TAG = "edgesearch.logged_state"  # what the last finish logged: ``logged_state``
 VIEW_KEY = "edgesearch"  # the runs table's shared view: MLflow reads it from this experiment tag and the URL's key
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
-REVIEW_COLUMNS = (*(f"metrics.`{name}`" for name, _ in OBJECTIVES), "metrics.`feasible`", "metrics.`on_front`",
+REVIEW_COLUMNS = (*(f"metrics.`{name}`" for name, _ in OBJECTIVES), "metrics.`balanced_accuracy`",
+                  "metrics.`feasible`", "metrics.`on_front`",
                   "params.`precision`", "params.`width`", "params.`sparsity`")
 
 

@@ -40,7 +40,7 @@ from search.transfer import (
     Bundle, mark_driver_disk, pack, receive, shares_disk, unmark_driver_disk,
 )
 from search.study import (
-    ASKS_PER_TRIAL, FLOOR_ATTR, BOUNDS_ATTR, HALVING_ETA, SHIPPED_PREFIX, SHIPPING_ATTR, STAGE_ATTR, Row,
+    ASKS_PER_TRIAL, CHANCE_ATTR, FLOOR_ATTR, BOUNDS_ATTR, HALVING_ETA, SHIPPED_PREFIX, SHIPPING_ATTR, STAGE_ATTR, Row,
     best_within_budget,
     create_study, driving, feasible_front, load_study, refuse_existing, refuse_second_driver, shipping_left,
     shipping_order, stage_picks, stored_trial,
@@ -54,15 +54,15 @@ PROGRESS_S = 30.0  # at most one progress line per this many seconds of a long s
 
 
 @functools.lru_cache(maxsize=4)
-def _load_dataset(name: str):
+def _load_dataset(name: str, class_weight: str = "none"):
     from search.data import load_dataset
 
-    return load_dataset(name)
+    return load_dataset(name, class_weight)
 
 
 @functools.lru_cache(maxsize=4)
-def _checked_dataset(name: str, digest: str):
-    data = _load_dataset(name)
+def _checked_dataset(name: str, digest: str, class_weight: str = "none"):
+    data = _load_dataset(name, class_weight)
     if data.content_digest() != digest:
         raise CandidateError("data", f"built-in dataset {name!r} came out different on this node than on the driver "
                                      f"(content {data.content_digest()} against {digest}): install the same "
@@ -473,7 +473,7 @@ def _narrower_where_faster(spec: SearchSpec, profile, runs_dir: Path, report: Re
         probe, smaller, why = _NARROWER[kind]
         try:
             with quiet_native():  # TVM logs each tuning database it opens
-                timed = against_fp32(probe, spec.space, _load_dataset(spec.dataset), profile,
+                timed = against_fp32(probe, spec.space, _load_dataset(spec.dataset, spec.class_weight), profile,
                                      Path(runs_dir), budget=spec.budget, seed=spec.seed, threads=THREADS_PER_WORKER)
         except Exception as exc:
             report(f"could not time {kind} against fp32 ({_failure_reason(exc)}); {kind} stays in the search space")
@@ -624,8 +624,9 @@ class _Transport:
         self.root = Path(runs_dir).resolve()
         self.token = mark_driver_disk(self.root)
         # a built-in dataset is made on each node and checked against this one's content; a user's file goes by value
-        self.data = _load_dataset(spec.dataset)
-        self.dataset = ((spec.dataset, self.data.content_digest()) if spec.dataset in BUILTIN_DATASETS
+        self.data = _load_dataset(spec.dataset, spec.class_weight)
+        self.dataset = ((spec.dataset, self.data.content_digest(), spec.class_weight)
+                        if spec.dataset in BUILTIN_DATASETS
                         else ray.put(self.data))
         self._caches = None  # this search's tuning records and teacher, put once per change
         self.written = 0  # bytes written on the driver's disk from other nodes
@@ -699,7 +700,8 @@ def run_search(
         refuse_second_driver(load_study(spec.name, storage_url))
     else:  # a name taken is refused before the space's precisions are timed
         refuse_existing(spec.name, storage_url)
-    report(f"dataset {_load_dataset(spec.dataset).summary()}")  # a malformed file stops here, before Ray starts
+    data = _load_dataset(spec.dataset, spec.class_weight)  # a malformed file stops here, before Ray starts
+    report(f"dataset {data.summary()}")
     if tracking_uri and tracking_uri.startswith(("http://", "https://")):
         from search.tracking import check_tracking
 
@@ -711,6 +713,8 @@ def run_search(
     with _timed(timings, "optuna"):
         study = create_study(spec, storage_url, resume)
         study.set_user_attr(TRACKED_ATTR, bool(tracking_uri))
+        if data.imbalanced:
+            study.set_user_attr(CHANCE_ATTR, 1 / data.num_classes)
     with driving(study, claim=resume):  # status tells a driver killed outright from a running one
         # reaching MLflow (and creating a new store) overlaps Ray's start; no candidate runs before it is reached
         tracker = _Tracking(spec, study, tracking_uri, runs_dir, report, timings) if tracking_uri else None
@@ -982,6 +986,7 @@ class _Driver:
         self.ray, self.study, self.spec, self.profile = ray, study, spec, profile
         self.runs_dir, self.transport = str(transport.root), transport
         self.remaining, self.report, self.on_trial, self.timings = remaining, report, on_trial, timings
+        self.chance = study.user_attrs.get(CHANCE_ATTR)  # set on imbalanced classes: lines show balanced accuracy
         self.task = ray.remote(num_cpus=THREADS_PER_WORKER, max_retries=0, **placement)(run_candidate)
         # holds every CPU of the search: Ray starts it only when no candidate runs beside it
         self.retime_task = ray.remote(num_cpus=min(spec.workers * THREADS_PER_WORKER, _node_cpus(ray, placement)),
@@ -1288,7 +1293,7 @@ class _Driver:
             elif row.stopped == "screened":
                 self.report(f"{prefix} -> screened out, not trained: {row.error}  ETA {eta}{note}")
             else:
-                self.report(f"{prefix} -> {_outcome(row)}  HV {hv:.3f}  ETA {eta}{note}")
+                self.report(f"{prefix} -> {_outcome(row, self.chance)}  HV {hv:.3f}  ETA {eta}{note}")
         if self.told and self.on_trial:
             self.on_trial()
         self.told.clear()
@@ -1343,8 +1348,8 @@ def _knobs(row: Row) -> str:
             f"T={num('temperature')} a={num('alpha')}" + (f" [{row.recipe}]" if row.recipe else ""))
 
 
-def _outcome(row: Row) -> str:
-    text = (f"acc {row.value('accuracy'):.3f}, p90 {row.value('latency_ms_p90'):.4g} ms "
+def _outcome(row: Row, chance: float | None = None) -> str:
+    text = (f"{row.accuracy_text(chance)}, p90 {row.value('latency_ms_p90'):.4g} ms "
             f"({row.metrics['latency_ms_p90'][2]}), {row.value('size_bytes') / 1024:.1f} KiB, ")
     if row.stopped:
         return text + f"stopped at {row.stopped}"

@@ -32,8 +32,11 @@ def distillation_loss(
     teacher_logits: torch.Tensor | None,
     temperature: float,
     alpha: float,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    hard = F.cross_entropy(student_logits, labels)
+    """``weight``: per-class weights of the hard-label loss (imbalanced classes); the teacher's soft targets
+    already carry what it learned of the rare classes."""
+    hard = F.cross_entropy(student_logits, labels, weight=weight)
     if teacher_logits is None or alpha >= 1.0:
         return hard
     t = temperature
@@ -83,6 +86,8 @@ def fit_epochs(
     steps = epochs * -(-len(dataset.x_train) // BATCH_SIZE)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
     use_teacher = teacher is not None and alpha < 1.0
+    weights = dataset.loss_weights()
+    weight = None if weights is None else torch.from_numpy(weights)
     if use_teacher:
         teacher.eval()
     model.train()
@@ -93,7 +98,7 @@ def fit_epochs(
             if use_teacher:
                 with torch.no_grad():
                     teacher_logits = teacher(xb)
-            loss = distillation_loss(logits, yb, teacher_logits, temperature, alpha)
+            loss = distillation_loss(logits, yb, teacher_logits, temperature, alpha, weight)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

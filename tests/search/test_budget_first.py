@@ -450,3 +450,37 @@ def test_the_eta_is_unknown_until_a_candidate_has_trained_then_follows_the_pace(
     assert _eta(0, 6, time.perf_counter()) == "unknown until a candidate has trained"  # screenings cost nothing
     assert _eta(2, 6, time.perf_counter() - 60) == "2m00s"  # 30 s per trained candidate, 4 to go
     assert _eta(6, 6, time.perf_counter() - 60) == "0m00s"
+
+
+def test_on_imbalanced_classes_lines_and_tables_show_balanced_accuracy_and_call_a_model_at_chance_so(capsys):
+    from hardware_targets.metric import Metric
+    from search.candidate import CandidateResult
+    from search.cli import _print_outcome
+    from search.study import best_within_budget, feasible_front, record_result
+    from search.workers import _outcome
+
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize", "minimize"])
+    spec = SearchSpec(name="skewed", budget=TINY, latency_budget_ms=1.0)
+    # 9:1 classes: the first always predicts the largest class, the second learned something
+    for accuracy, balanced, width in ((0.917, 0.5, 0.25), (0.904, 0.675, 0.5)):
+        figures = {"accuracy": accuracy, "accuracy_test": accuracy, "balanced_accuracy": balanced,
+                   "balanced_accuracy_test": balanced, "latency_ms_median": width, "latency_ms_p90": width,
+                   "size_bytes": 4000.0 * width, "energy_mj": 0.001}
+        result = CandidateResult(
+            candidate=Candidate(precision="fp32", width=width, budget=TINY), dataset="skewed", target="host",
+            metrics={n: Metric(v, "fraction", "measured") for n, v in figures.items()}, artifacts={},
+            stage_seconds={}, versions={}, info={})
+        record_result(study, study.ask(), spec, result)
+    trained = rows(study)
+    assert _outcome(trained[0], 0.5).startswith("acc 0.917 (balanced 0.500, no better than chance), p90 0.25 ms")
+    assert _outcome(trained[1], 0.5).startswith("acc 0.904 (balanced 0.675), p90 0.5 ms")
+    assert _outcome(trained[0]).startswith("acc 0.917, p90")  # even classes: accuracy alone
+    front = feasible_front(trained)
+    _print_outcome(trained, front, best_within_budget(trained), 0.5, spec, "sqlite:///skewed.db", chance=0.5)
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.lstrip().startswith("trial"))
+    assert header.split()[7:9] == ["accuracy", "balanced"]
+    assert ("validation accuracy 0.9170, test accuracy 0.9170 (balanced 0.5000 validation, 0.5000 test; no better "
+            "than always predicting the largest class") in out
+    _print_outcome(trained, front, best_within_budget(trained), 0.5, spec, "sqlite:///skewed.db")
+    assert "balanced" not in capsys.readouterr().out

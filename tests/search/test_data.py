@@ -169,3 +169,44 @@ def test_npz_with_objects_or_garbage_is_refused(tmp_path):
     garbage.write_bytes(b"not a zip file")
     with pytest.raises(DatasetError, match="not a readable"):
         load_npz(garbage)
+
+
+def _skewed(tmp_path, counts=(180, 20), val=(18, 2)):
+    """Classes 9:1 in training and validation; the validation split given, so its shares are known by hand."""
+    rng = np.random.default_rng(0)
+
+    def split(per_class):
+        y = np.concatenate([np.full(n, c) for c, n in enumerate(per_class)])
+        return rng.normal(size=(len(y), 16)).astype(np.float32), y
+
+    (x, y), (xv, yv), (xt, yt) = split(counts), split(val), split(val)
+    path = tmp_path / "skewed.npz"
+    np.savez(path, x_train=x, y_train=y, x_val=xv, y_val=yv, x_test=xt, y_test=yt)
+    return path
+
+
+def test_imbalanced_classes_are_said_with_what_always_predicting_the_largest_scores(tmp_path, digits):
+    ds = load_npz(_skewed(tmp_path))
+    assert ds.imbalanced and ds.majority() == (0, 0.9)
+    said = ds.summary()
+    assert "2 classes, imbalanced (training samples per class 20-180; class 0 holds 90.0%)" in said
+    assert "always predicting class 0 scores 0.900 validation accuracy" in said
+    assert "0.500 for a model that learned nothing" in said and "--class-weight balanced" in said
+    # 3:1 is where it starts; digits' classes are even
+    assert load_npz(_skewed(tmp_path, counts=(60, 20))).imbalanced
+    assert not load_npz(_skewed(tmp_path, counts=(59, 20))).imbalanced
+    assert not digits.imbalanced and digits.summary().endswith("10 classes")
+
+
+def test_balanced_class_weights_weigh_each_class_by_its_rarity_under_a_fingerprint_of_their_own(tmp_path):
+    path = _skewed(tmp_path)
+    plain = load_npz(path)
+    weighted = load_dataset(str(path), "balanced")
+    assert plain.loss_weights() is None
+    # n / (K n_c): 200 / (2 * 180) and 200 / (2 * 20)
+    np.testing.assert_allclose(weighted.loss_weights(), [200 / 360, 200 / 40], rtol=1e-6)
+    assert weighted.fingerprint != plain.fingerprint  # its teachers, baselines and candidates are its own
+    assert weighted.weighted("none").fingerprint == plain.fingerprint
+    assert "the training loss weighs each class by its rarity" in weighted.summary()
+    with pytest.raises(DatasetError, match=r"one of \['none', 'balanced'\]; got 'inverse'"):
+        plain.weighted("inverse")

@@ -62,3 +62,32 @@ def test_cli_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
     assert main(["--runs-dir", str(tmp_path)] + argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_evaluate_trains_imbalanced_classes_balanced_and_records_the_artifacts_balanced_accuracy(
+        shared_runs, tmp_path, capsys):
+    import numpy as np
+
+    from objectives.accuracy import predict_tvm
+    from search.data import load_dataset
+
+    rng = np.random.default_rng(1)
+    y = np.array([0] * 180 + [1] * 20)
+    x = rng.normal(size=(200, 1, 32)).astype(np.float32)
+    x[y == 1, 0, :8] += 1.5  # the rare class carries a step the model can find
+    path = tmp_path / "skewed.npz"
+    np.savez(path, x=x, y=y)
+    argv = ["--runs-dir", str(shared_runs), "evaluate", "--dataset", str(path), "--width", "0.25", "--epochs", "2",
+            "--repeats", "3", "--threads", "1", "--json"]
+    assert main(argv + ["--class-weight", "balanced"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    test = load_dataset(str(path)).y_test
+    predicted = predict_tvm(out["artifacts"]["library"], load_dataset(str(path)).x_test, "float32")
+    recalls = [float((predicted[test == c] == c).mean()) for c in (0, 1)]
+    figure = out["metrics"]["balanced_accuracy_test"]
+    assert figure["provenance"] == "measured" and figure["value"] == sum(recalls) / 2
+    assert out["metrics"]["accuracy_test"]["value"] == float((predicted == test).mean())
+    # the same knobs trained with classes alike are another candidate, in a folder of their own
+    assert main(argv) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["artifacts"]["library"] != out["artifacts"]["library"]

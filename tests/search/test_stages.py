@@ -230,3 +230,14 @@ def test_stored_per_channel_weights_give_what_quantize_linear_gave(tmp_path, axi
     assert store_quantized_weights(path) == 1
     assert "QuantizeLinear" not in _ops(path) and TensorProto.INT8 in _initializer_types(path)
     assert np.array_equal(ort_session(path).run(None, {"x": x})[0], before)
+
+
+def test_class_weights_weigh_the_hard_label_loss_by_class():
+    s = torch.tensor([[2.0, 0.0], [0.5, 1.0]])
+    y = torch.tensor([0, 1])
+    ce = [-math.log(math.exp(2.0) / (math.exp(2.0) + 1.0)), -math.log(math.exp(1.0) / (math.exp(0.5) + math.exp(1.0)))]
+    w = torch.tensor([0.25, 4.0])
+    # PyTorch's weighted mean: sum of w_y * loss over sum of w_y
+    expected = (0.25 * ce[0] + 4.0 * ce[1]) / (0.25 + 4.0)
+    assert float(distillation_loss(s, y, None, 1.0, 1.0, w)) == pytest.approx(expected, rel=1e-6)
+    assert float(distillation_loss(s, y, None, 1.0, 1.0)) == pytest.approx(sum(ce) / 2, rel=1e-6)

@@ -1,0 +1,15 @@
+"""Plain and balanced accuracy against hand-computed values."""
+
+import pytest
+
+from objectives.accuracy import accuracy, balanced_accuracy
+
+
+def test_balanced_accuracy_does_not_reward_always_predicting_the_largest_class():
+    labels = [0] * 9 + [1]
+    assert accuracy([0] * 10, labels) == pytest.approx(0.9)
+    assert balanced_accuracy([0] * 10, labels) == pytest.approx(0.5)  # recalls 1 and 0
+    # recalls 8/9 and 1/1
+    assert balanced_accuracy([0] * 8 + [1, 1], labels) == pytest.approx((8 / 9 + 1) / 2)
+    # a class predicted but absent from the labels is a wrong answer, not a class of its own
+    assert balanced_accuracy([0] * 9 + [2], labels) == pytest.approx(0.5)
