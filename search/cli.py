@@ -172,9 +172,11 @@ def _why_none(trained) -> str:
     if not trained:
         return ""
     missed = Counter(name for r in trained for name in r.violated).most_common()
+    metric = trained[0].objective
+    best_words = "the most accurate" if metric == "accuracy" else f"the best {metric.replace('_', ' ')}"
     counts = ", ".join(f"{n} {CONSTRAINT_WORDS.get(name, name)}" for name, n in missed)
     return (f": of {len(trained)} trained, {counts}"
-            + f" (the most accurate {max(r.value('accuracy') for r in trained):.4f}, the fastest "
+            + f" ({best_words} {max(r.quality for r in trained):.4f}, the fastest "
             f"{min(r.value('latency_ms_p90') for r in trained):.4g} ms p90). Loosen what they miss most "
             "(--latency-budget-ms, --min-accuracy or --max-accuracy-drop, a target with more memory), or train "
             "longer (--epochs, --trials).")
@@ -182,7 +184,9 @@ def _why_none(trained) -> str:
 
 def _print_outcome(outcome_rows, front, best, hv, spec, storage, floor=None, chance=None) -> None:
     """The search's end (and ``status``): counts, the front, the best candidate; ``chance`` (1/K, on imbalanced
-    classes) adds balanced accuracy, since plain accuracy then rewards always predicting the largest class."""
+    classes) adds balanced accuracy, since plain accuracy then rewards always predicting the largest class, as does
+    a search that ranks by it."""
+    balanced_too = chance is not None or spec.metric == "balanced_accuracy"
     from search.study import shown_url
 
     failed = [r for r in outcome_rows if r.state == "FAIL" and not r.interrupted]
@@ -203,28 +207,28 @@ def _print_outcome(outcome_rows, front, best, hv, spec, storage, floor=None, cha
     else:
         print(f"\nfeasible Pareto front ({len(front)} candidate(s), each once):")
         print(f"{'trial':>5}  {'precision':<9}{'width':>6}{'sparsity':>9} {'pruning':<13}{'T':>5}{'alpha':>6}"
-              f"{'accuracy':>10}" + (f"{'balanced':>10}" if chance else "")
+              f"{'accuracy':>10}" + (f"{'balanced':>10}" if balanced_too else "")
               + f"{'p90 ms':>10}{'size KiB':>10}  provenance  {'ships as':<16}recipe")
         for r in sorted(front, key=lambda r: r.value("latency_ms_p90")):
             k = r.knobs
             pruning = k["pruning"] if k["sparsity"] else "-"  # the mode drawn for an unpruned model means nothing
             print(f"{r.number:>5}  {k['precision']:<9}{k['width']:>6g}{k['sparsity']:>9g} {pruning:<13}"
                   f"{k['temperature']:>5g}{k['alpha']:>6g}{r.value('accuracy'):>10.4f}"
-                  + (f"{r.metrics.get('balanced_accuracy', (float('nan'),))[0]:>10.4f}" if chance else "")
+                  + (f"{r.metrics.get('balanced_accuracy', (float('nan'),))[0]:>10.4f}" if balanced_too else "")
                   + f"{r.value('latency_ms_p90'):>10.4f}{r.value('size_bytes') / 1024:>10.1f}  "
                   f"{r.metrics['latency_ms_p90'][2]:<10}  {_ships_as(r):<16}{r.recipe or '-'}")
     if best:
         balanced = ""
-        if chance and "balanced_accuracy_test" in best.metrics:
+        if balanced_too and "balanced_accuracy_test" in best.metrics:
             value = best.value("balanced_accuracy")
             balanced = (f" (balanced {value:.4f} validation, {best.value('balanced_accuracy_test'):.4f} test"
                         + ("; no better than always predicting the largest class, which its plain accuracy "
-                           "rewards on these imbalanced classes" if value <= chance + 1e-9 else "") + ")")
+                           "rewards on these imbalanced classes" if chance and value <= chance + 1e-9 else "") + ")")
         print(f"\nbest within budget: trial {best.number}, validation accuracy {best.value('accuracy'):.4f}, "
               f"test accuracy {best.value('accuracy_test'):.4f}{balanced}, p90 {best.value('latency_ms_p90'):.4f} ms "
               f"({best.metrics['latency_ms_p90'][2]}), {best.value('size_bytes') / 1024:.1f} KiB")
-    print(f"hypervolume of the feasible front: {hv:.4f} on a 0-1 scale (accuracy; latency / budget; size and "
-          "energy / the search's bounds)")
+    print(f"hypervolume of the feasible front: {hv:.4f} on a 0-1 scale ({spec.metric.replace('_', ' ')}; latency / "
+          "budget; size and energy / the search's bounds)")
     for r in failed[-3:]:
         print(f"failed trial {r.number}: {r.error}")
     print(f"stored in {shown_url(storage)} (study {spec.name!r})")
@@ -235,7 +239,8 @@ def _spec_from_args(args: argparse.Namespace):
 
     data = load_spec_file(args.spec) if args.spec else {}
     for key in ("name", "dataset", "target", "latency_budget_ms", "trials", "workers", "sampler", "seed", "timeout_s",
-                "recipes", "halving", "max_accuracy_drop", "min_accuracy", "runtime", "class_weight"):
+                "recipes", "halving", "max_accuracy_drop", "min_accuracy", "runtime", "class_weight",
+                "metric"):
         value = getattr(args, key)
         if value is not None:
             data[key] = value
@@ -360,7 +365,8 @@ def _program() -> str:
 RESUME_MAY_CHANGE = ("trials", "workers", "timeout_s", "runtime")
 RESUME_MAY_CHANGE_BUDGET = ("front_tuning_trials", "front_tuning_minutes")
 RESUME_KEEPS = ("dataset", "target", "latency_budget_ms", "sampler", "recipes", "halving", "max_accuracy_drop",
-                "min_accuracy", "seed", "epochs", "teacher_epochs", "tuning_trials", "class_weight")
+                "min_accuracy", "seed", "epochs", "teacher_epochs", "tuning_trials", "class_weight",
+                "metric")
 
 
 def _resumed_spec(args: argparse.Namespace, stored):
@@ -763,6 +769,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed of the sampler and of training [default: 0]")
     p.add_argument("--class-weight", dest="class_weight", choices=CLASS_WEIGHTS, help=CLASS_WEIGHT_HELP
                    + " [default: none]")
+    p.add_argument("--metric", choices=("accuracy", "balanced_accuracy"), help="what the search ranks by, and "
+                   "--min-accuracy and --max-accuracy-drop bound: validation accuracy, or balanced accuracy (mean "
+                   "recall per class), which a model always predicting the largest of imbalanced classes does not "
+                   "inflate [default: accuracy]")
     p.add_argument("--epochs", type=int, help="training epochs per candidate [default: 15]")
     p.add_argument("--teacher-epochs", dest="teacher_epochs", type=int, metavar="N",
                    help="training epochs of the distillation teacher (width 2), trained before the first trial when "

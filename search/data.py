@@ -113,7 +113,8 @@ class Dataset:
                 f"scores {share:.3f} validation accuracy, so balanced accuracy (mean recall per class; "
                 f"{1 / self.num_classes:.3f} for a model that learned nothing) is reported beside accuracy"
                 + (weighted if self.loss_weights() is not None else
-                   "; --class-weight balanced (class_weight in a spec) trains for the rare classes"))
+                   "; --class-weight balanced trains for the rare classes, --metric balanced_accuracy ranks by "
+                   "them (class_weight, metric in a spec)"))
 
     def summary(self) -> str:
         return (

@@ -66,16 +66,18 @@ def choose(all_rows: list[Row], pick: Pick, budget_ms: float) -> tuple[Row, str]
             raise ConfigError(f"{message}, over by {over:.4g} ms.")
         raise ConfigError(f"{message}, but is {closest.infeasible_because() or 'infeasible'}; the search's last "
                           "lines say what its candidates missed.")
+    words = feasible[0].objective.replace("_", " ")  # the search's accuracy metric
     if pick.min_accuracy is not None:
-        good = [r for r in feasible if r.value("accuracy") >= pick.min_accuracy]
+        good = [r for r in feasible if r.quality >= pick.min_accuracy]
         if not good:
-            top = max(feasible, key=lambda r: r.value("accuracy"))
-            raise ConfigError(f"No feasible candidate reaches accuracy {pick.min_accuracy:g}; the best is trial "
-                              f"{top.number} at {top.value('accuracy'):.4f} (short by "
-                              f"{pick.min_accuracy - top.value('accuracy'):.4f}).")
+            top = max(feasible, key=lambda r: r.quality)
+            raise ConfigError(f"No feasible candidate reaches {words} {pick.min_accuracy:g}; the best is trial "
+                              f"{top.number} at {top.quality:.4f} (short by {pick.min_accuracy - top.quality:.4f}).")
         row = min(good, key=lambda r: (r.value("latency_ms_p90"), r.value("size_bytes")))
-        return row, f"fastest feasible candidate with validation accuracy >= {pick.min_accuracy:g}"
-    return best_within_budget(all_rows), "most accurate feasible candidate within the latency budget"
+        return row, f"fastest feasible candidate with validation {words} >= {pick.min_accuracy:g}"
+    if words == "accuracy":
+        return best_within_budget(all_rows), "most accurate feasible candidate within the latency budget"
+    return best_within_budget(all_rows), f"feasible candidate of the highest {words} within the latency budget"
 
 
 def sha256(path: Path) -> str:

@@ -383,8 +383,9 @@ def baseline_accuracy(dataset: Dataset, paths: Paths, budget, seed: int, *, thre
             return {**json.loads(path.read_text()), "cached": True}
         result = evaluate_candidate(Candidate(budget=budget, seed=seed), dataset, load_profile("host"), paths,
                                     threads=threads)
-        figures = {"accuracy": result.value("accuracy"), "accuracy_test": result.value("accuracy_test"),
-                   "candidate": result.candidate.key()}
+        figures = {name: result.value(name) for name in ("accuracy", "accuracy_test", "balanced_accuracy",
+                                                         "balanced_accuracy_test")}
+        figures["candidate"] = result.candidate.key()
         path.write_text(json.dumps(figures))
     return {**figures, "cached": False}
 

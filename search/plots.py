@@ -30,6 +30,7 @@ class ScatterInfo:
     budget: float | None
     provenance: str
     floor: float | None = None  # the accuracy floor, when the search has one
+    y_label: str = "accuracy"  # the search's accuracy metric, in words
 
     @property
     def log_x(self) -> bool:
@@ -48,11 +49,12 @@ def scatter_info(all_rows: list[Row], front: list[Row], x_metric: str, spec: Sea
     done = [r for r in all_rows if r.state == "COMPLETE" and x_metric in r.metrics and r.reused_from is None]
     if not done:
         return None
-    points = [(r.value(x_metric), r.value("accuracy"), r.feasible, _hover(r)) for r in done]
-    line = sorted((r.value(x_metric), r.value("accuracy"), r.number) for r in front if x_metric in r.metrics)
+    points = [(r.value(x_metric), r.quality, r.feasible, _hover(r)) for r in done]
+    line = sorted((r.value(x_metric), r.quality, r.number) for r in front if x_metric in r.metrics)
     provenance = ", ".join(sorted({r.metrics[x_metric][2] for r in done}))
     return ScatterInfo(x_metric, AXES.get(x_metric, x_metric), points, line,
-                       spec.latency_budget_ms if x_metric == "latency_ms_p90" else None, provenance, floor)
+                       spec.latency_budget_ms if x_metric == "latency_ms_p90" else None, provenance, floor,
+                       spec.metric.replace("_", " "))
 
 
 def staircase(front: list[tuple[float, float, int]]) -> list[tuple[float, float]]:
@@ -114,9 +116,9 @@ def _draw_scatter(ax, info: ScatterInfo, title: str) -> None:
         ax.axvspan(info.budget, max([info.budget * 1.05] + [p[0] for p in info.points]) * 1.1, color="tab:gray",
                    alpha=0.12, label="over budget")
     if info.floor is not None:
-        ax.axhline(info.floor, color="tab:purple", linestyle=":", label=f"accuracy floor {info.floor:.3f}")
+        ax.axhline(info.floor, color="tab:purple", linestyle=":", label=f"{info.y_label} floor {info.floor:.3f}")
     ax.set_xlabel(f"{info.x_label} [{info.provenance}]")
-    ax.set_ylabel("accuracy (validation, compiled artifact)")
+    ax.set_ylabel(f"{info.y_label} (validation, compiled artifact)")
     ax.set_title(title)
     ax.legend(fontsize=8)
 
@@ -144,23 +146,25 @@ def _html(info: ScatterInfo, path: Path, title: str) -> Path:
     if info.log_x:
         fig.update_xaxes(type="log")
     if info.floor is not None:
-        fig.add_hline(y=info.floor, line_dash="dot", annotation_text=f"accuracy floor {info.floor:.3f}")
+        fig.add_hline(y=info.floor, line_dash="dot", annotation_text=f"{info.y_label} floor {info.floor:.3f}")
     fig.update_layout(title=title, xaxis_title=f"{info.x_label} [{info.provenance}]",
-                      yaxis_title="accuracy (validation, compiled artifact)")
+                      yaxis_title=f"{info.y_label} (validation, compiled artifact)")
     fig.write_html(str(path), include_plotlyjs=True, full_html=True)
     return path
 
 
-SUMMARY_COLUMNS = ("trial", "precision", "width", "sparsity", "accuracy", "p90 ms", "KiB", "mJ")
+def summary_columns(metric: str = "accuracy") -> tuple[str, ...]:
+    """The front table's header; ``metric`` is the search's accuracy metric."""
+    return ("trial", "precision", "width", "sparsity", metric.replace("_", " "), "p90 ms", "KiB", "mJ")
 
 
 def front_table(front: list[Row]) -> list[tuple[str, ...]]:
     """The knobs and objectives of the front, one row per candidate, most accurate first."""
     table = []
-    for r in sorted(front, key=lambda r: -r.value("accuracy")):
+    for r in sorted(front, key=lambda r: -r.quality):
         k = r.knobs
         table.append((str(r.number), k["precision"], f"{k['width']:g}", f"{k['sparsity']:g} {k['pruning'][:5]}",
-                      f"{r.value('accuracy'):.4f}", f"{r.value('latency_ms_p90'):.4g}",
+                      f"{r.quality:.4f}", f"{r.value('latency_ms_p90'):.4g}",
                       f"{r.value('size_bytes') / 1024:.1f}", f"{r.value('energy_mj'):.3g}"))
     return table
 
@@ -193,7 +197,8 @@ def summary_figure(all_rows: list[Row], front: list[Row], spec: SearchSpec, path
         ax = fig.add_subplot(grid[1, :])
         ax.axis("off")
         if table:
-            cells = ax.table(cellText=table, colLabels=SUMMARY_COLUMNS, loc="upper center", cellLoc="center")
+            cells = ax.table(cellText=table, colLabels=summary_columns(spec.metric), loc="upper center",
+                             cellLoc="center")
             cells.auto_set_font_size(False)
             cells.set_fontsize(9)
             cells.scale(1, 1.3)
@@ -251,10 +256,10 @@ def _parallel_html(all_rows: list[Row], path: Path) -> Path | None:
                  tickvals=list(range(len(precisions))), ticktext=precisions)]
     dims += [dict(label=k, values=[float(r.knobs[k]) for r in done]) for k in ("width", "sparsity", "temperature",
                                                                                   "alpha")]
-    dims += [dict(label=m, values=[r.value(m) for r in done]) for m in ("accuracy", "latency_ms_p90",
-                                                                          "size_bytes")]
-    fig = go.Figure(go.Parcoords(line=dict(color=[r.value("accuracy") for r in done], colorscale="Viridis",
+    metric = done[0].objective
+    dims += [dict(label=m, values=[r.value(m) for r in done]) for m in (metric, "latency_ms_p90", "size_bytes")]
+    fig = go.Figure(go.Parcoords(line=dict(color=[r.quality for r in done], colorscale="Viridis",
                                            showscale=True), dimensions=dims))
-    fig.update_layout(title="knobs -> objectives (colour: accuracy)")
+    fig.update_layout(title=f"knobs -> objectives (colour: {metric.replace('_', ' ')})")
     fig.write_html(str(path), include_plotlyjs=True, full_html=True)
     return path

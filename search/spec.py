@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from search.candidate import PRECISIONS, PRUNING_MODES, Budget, seed_problem
+from objectives.pareto import ACCURACY_METRICS
 from search.data import CLASS_WEIGHTS
 from search.errors import ConfigError
 
@@ -88,6 +89,9 @@ class SearchSpec:
     runtime: str = "auto"
     # how the training loss weighs classes: "none", or "balanced" (each by its rarity) for imbalanced classes
     class_weight: str = "none"
+    # what the search ranks by (and an accuracy floor bounds): plain accuracy, or balanced accuracy (mean recall per
+    # class), which always predicting the largest of imbalanced classes does not inflate
+    metric: str = "accuracy"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -104,6 +108,8 @@ class SearchSpec:
             raise _err("seed", rule, self.seed)
         if self.runtime not in RUNTIMES:
             raise _err("runtime", f"one of {list(RUNTIMES)}", self.runtime)
+        if self.metric not in ACCURACY_METRICS:
+            raise _err("metric", f"one of {list(ACCURACY_METRICS)}", self.metric)
         if self.class_weight not in CLASS_WEIGHTS:
             raise _err("class_weight", f"one of {list(CLASS_WEIGHTS)}", self.class_weight)
         if self.sampler not in SAMPLERS:

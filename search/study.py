@@ -21,7 +21,7 @@ import optuna
 import psutil
 from optuna.trial import FrozenTrial, TrialState
 
-from objectives.pareto import OBJECTIVES, non_dominated, normalised_hypervolume
+from objectives.pareto import OBJECTIVES, non_dominated, normalised_hypervolume, objectives
 from search.candidate import Candidate, CandidateResult
 from search.errors import ConfigError, SearchNotFoundError
 from search.spec import SearchSpec
@@ -176,14 +176,14 @@ def create_study(spec: SearchSpec, storage_url: str, resume: bool) -> optuna.Stu
         raise SearchNotFoundError(f"No search named {spec.name!r} in {shown_url(storage_url)} to resume.")
     study = optuna.create_study(
         study_name=spec.name, storage=storage, sampler=make_sampler(spec), load_if_exists=resume,
-        directions=[d for _, d in OBJECTIVES],
+        directions=[d for _, d in OBJECTIVES],  # the same whatever the accuracy metric
     )
     study.set_user_attr(SPEC_ATTR, spec.to_dict())  # a resume's changes too (trials, workers, ...): status reads it
     if not resume:
         study.set_user_attr(SAMPLER_ATTR, resolved_sampler(spec))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([n for n, _ in OBJECTIVES])
+            study.set_metric_names([n for n, _ in objectives(spec.metric)])
         for label, params in recipes_for(spec):  # the first trials, in this order
             study.enqueue_trial(params, user_attrs={"recipe": label})
     return study
@@ -442,7 +442,7 @@ def record_result(study: optuna.Study, trial: optuna.Trial, spec: SearchSpec, re
     _set_limits(trial, spec, metrics, result.info.get("limits"))
     floor = study.user_attrs.get(FLOOR_ATTR)
     if floor:
-        trial.set_constraint("accuracy_floor", floor["value"] - result.value("accuracy"))
+        trial.set_constraint("accuracy_floor", floor["value"] - result.value(spec.metric))
     _set_metrics(trial, metrics)
     for key in ("provenance", "tuning", "rung", "retimed", "host_cpu", "teacher"):
         if result.info.get(key) is not None:
@@ -455,7 +455,7 @@ def record_result(study: optuna.Study, trial: optuna.Trial, spec: SearchSpec, re
         trial.set_user_attr("stopped", stopped)
         study.tell(trial, state=TrialState.PRUNED)
     else:
-        study.tell(trial, [result.value(name) for name, _ in OBJECTIVES])
+        study.tell(trial, [result.value(name) for name, _ in objectives(spec.metric)])
 
 
 def record_screened(study: optuna.Study, trial: optuna.Trial, spec: SearchSpec, candidate: Candidate,
@@ -525,12 +525,22 @@ class Row:
     fits_but_latency: bool = False  # finished, and within every limit but the latency budget
     interrupted: bool = False  # running when its driver stopped (Ctrl-C, a dead driver); a resume re-runs its knobs
     violated: tuple[str, ...] = ()  # the constraints the trial's figures miss (CONSTRAINT_WORDS' keys)
+    objective: str = "accuracy"  # the search's accuracy metric (``ACCURACY_METRICS``): what its front ranks by
 
     def value(self, name: str) -> float:
         return self.metrics[name][0]
 
+    @property
+    def quality(self) -> float:
+        """The figure the search ranks by: validation accuracy, or balanced accuracy if the search said so."""
+        return self.value(self.objective)
+
+    def point(self) -> list[float]:
+        """The trial's objective vector, in study order."""
+        return [self.value(n) for n, _ in objectives(self.objective)]
+
     @classmethod
-    def from_trial(cls, t: FrozenTrial, shipped: dict | None = None) -> "Row":
+    def from_trial(cls, t: FrozenTrial, shipped: dict | None = None, objective: str = "accuracy") -> "Row":
         """A trial as stored; with ``shipped``, its figures after the shipping stage, the search's kept beside them
         as ``<name>_search`` and the constraints judged again on the shipped figures."""
         metrics = {k.split(":", 1)[1]: tuple(v) for k, v in t.user_attrs.items() if k.startswith("metric:")}
@@ -540,6 +550,7 @@ class Row:
                 if name in metrics:
                     metrics[f"{name}_search"] = metrics[name]
                     for constraint, (kind, metric) in SHIPPED_CONSTRAINTS.items():
+                        metric = objective if kind == "floor" else metric
                         if metric != name or constraint not in constraints:
                             continue
                         if kind == "relative":  # figure / limit - 1
@@ -554,16 +565,18 @@ class Row:
         error = t.user_attrs.get("error") or t.user_attrs.get("screened_out")
         return cls(t.number, t.state.name, t.user_attrs.get("candidate", t.params), metrics, feasible, error,
                    t.user_attrs.get("reused_from_trial"), t.user_attrs.get("recipe"), t.user_attrs.get("stopped"),
-                   shipped, others and not feasible, bool(t.user_attrs.get(REQUEUED_ATTR)), violated)
+                   shipped, others and not feasible, bool(t.user_attrs.get(REQUEUED_ATTR)), violated, objective)
 
     def accuracy_text(self, chance: float | None = None) -> str:
-        """Validation accuracy; on imbalanced classes (``chance`` = 1/K) with its balanced accuracy, and a model no
-        better than always predicting one class called so: its plain accuracy is the largest class's share."""
+        """Validation accuracy; with its balanced accuracy on imbalanced classes (``chance`` = 1/K) or when the
+        search ranks by it, and a model no better than always predicting one class called so: its plain accuracy
+        is the largest class's share."""
         text = f"acc {self.value('accuracy'):.3f}"
-        if chance is None or "balanced_accuracy" not in self.metrics:
+        if (chance is None and self.objective == "accuracy") or "balanced_accuracy" not in self.metrics:
             return text
         balanced = self.value("balanced_accuracy")
-        return text + f" (balanced {balanced:.3f}{', no better than chance' if balanced <= chance + 1e-9 else ''})"
+        at_chance = chance is not None and balanced <= chance + 1e-9
+        return text + f" (balanced {balanced:.3f}{', no better than chance' if at_chance else ''})"
 
     def infeasible_because(self) -> str:
         """Which constraints the trial misses, in words: what a user changes to let such a candidate through."""
@@ -576,7 +589,7 @@ CONSTRAINT_WORDS = {"latency_budget": "over the latency budget", "fits_ram": "ov
 
 
 # constraints that a shipped figure changes: (kind, metric); latency_budget = p90 / budget - 1 (relative),
-# accuracy_floor = floor - accuracy (a fraction already)
+# accuracy_floor = floor - accuracy (a fraction already; of the search's accuracy metric, ``Row.objective``)
 SHIPPED_CONSTRAINTS = {"latency_budget": ("relative", "latency_ms_p90"), "accuracy_floor": ("floor", "accuracy")}
 SHIPPED_PREFIX = "shipped:"  # study attribute per trial number: what the shipping stage measured
 SHIPPING_ATTR = "shipping_stage"  # "running" while the stage runs, "done" once it ended, "stopped" if its driver did
@@ -588,9 +601,15 @@ def stored_trial(study: optuna.Study, number: int) -> FrozenTrial:
     return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
 
 
+def accuracy_metric(attrs: dict) -> str:
+    """The accuracy metric a search ranks by, from its study's attributes (a search stored before it had one:
+    plain accuracy)."""
+    return (attrs.get(SPEC_ATTR) or {}).get("metric", "accuracy")
+
+
 def rows(study: optuna.Study) -> list[Row]:
     attrs = study.user_attrs
-    return [Row.from_trial(t, attrs.get(f"{SHIPPED_PREFIX}{t.number}"))
+    return [Row.from_trial(t, attrs.get(f"{SHIPPED_PREFIX}{t.number}"), accuracy_metric(attrs))
             for t in study.get_trials(deepcopy=False, states=FINISHED_STATES)]
 
 
@@ -604,17 +623,17 @@ def shipping_picks(all_rows: list[Row], budget_ms: float, margin: float = SHIP_M
     front = feasible_front(all_rows)
     on_front = {r.number for r in front}
     names, directions = [n for n, _ in OBJECTIVES], [d for _, d in OBJECTIVES]
-    points = [[r.value(n) for n in names] for r in front]
+    points = [r.point() for r in front]
     near = []
     for r in all_rows:
         if r.number in on_front or r.reused_from is not None or not (r.feasible or r.fits_but_latency):
             continue
         if r.value("latency_ms_p90") > margin * budget_ms:
             continue
-        hoped = [r.value(n) / (margin if n == "latency_ms_p90" else 1) for n in names]
+        hoped = [v / (margin if n == "latency_ms_p90" else 1) for n, v in zip(names, r.point())]
         if len(points) in non_dominated(points + [hoped], directions):  # no front point dominates it
             near.append(r)
-    ordered = sorted(front, key=lambda r: -r.value("accuracy")) + sorted(near, key=lambda r: -r.value("accuracy"))
+    ordered = sorted(front, key=lambda r: -r.quality) + sorted(near, key=lambda r: -r.quality)
     return [r for r in ordered if r.shipped is None]
 
 
@@ -622,8 +641,9 @@ def stage_picks(study: optuna.Study, budget_ms: float) -> list[Row]:
     """The shipping stage's first picks, chosen on the searched figures as when the stage began, less those shipped
     already: a resumed stage goes on with the candidates it had picked, not only with those that an untuned figure
     still puts near candidates shipped tuned."""
-    searched = [Row.from_trial(t) for t in study.get_trials(deepcopy=False, states=FINISHED_STATES)]
     attrs = study.user_attrs  # one read of the storage, not one per pick
+    searched = [Row.from_trial(t, objective=accuracy_metric(attrs))
+                for t in study.get_trials(deepcopy=False, states=FINISHED_STATES)]
     return [r for r in shipping_picks(searched, budget_ms) if f"{SHIPPED_PREFIX}{r.number}" not in attrs]
 
 
@@ -650,8 +670,7 @@ def feasible_front(all_rows: list[Row]) -> list[Row]:
     feasible = [r for r in all_rows if r.feasible and r.reused_from is None]
     if not feasible:
         return []
-    points = [[r.value(n) for n, _ in OBJECTIVES] for r in feasible]
-    return [feasible[i] for i in non_dominated(points, [d for _, d in OBJECTIVES])]
+    return [feasible[i] for i in non_dominated([r.point() for r in feasible], [d for _, d in OBJECTIVES])]
 
 
 def search_bounds(study: optuna.Study, spec: SearchSpec) -> list[float]:
@@ -676,11 +695,11 @@ def set_bounds(study: optuna.Study, spec: SearchSpec, size: float, energy: float
 
 def front_hypervolume(front: list[Row], bounds: list[float]) -> float:
     """Normalised hypervolume in [0, 1] (``objectives.pareto.normalised_hypervolume``)."""
-    return normalised_hypervolume([[r.value(n) for n, _ in OBJECTIVES] for r in front], bounds)
+    return normalised_hypervolume([r.point() for r in front], bounds)
 
 
 def best_within_budget(all_rows: list[Row]) -> Row | None:
     feasible = [r for r in all_rows if r.feasible and r.reused_from is None]
     if not feasible:
         return None
-    return min(feasible, key=lambda r: (-r.value("accuracy"), r.value("latency_ms_p90"), r.value("size_bytes")))
+    return min(feasible, key=lambda r: (-r.quality, r.value("latency_ms_p90"), r.value("size_bytes")))

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from objectives.pareto import OBJECTIVES
+from objectives.pareto import OBJECTIVES, objectives
 from search.errors import ConfigError
 from search.spec import SearchSpec
 from search.study import (FLOOR_ATTR, Row, best_within_budget, feasible_front, front_hypervolume, search_bounds,
@@ -224,7 +224,7 @@ class SearchTracker:
         self.client.log_metric(self.parent_id, "front_size", len(front), step=step)
         best = best_within_budget(all_rows)
         if best is not None:
-            for name, _ in OBJECTIVES:
+            for name, _ in objectives(self.spec.metric):
                 self.client.log_metric(self.parent_id, f"best_{name}", best.value(name), step=step)
             self.client.set_tag(self.parent_id, "best_trial", str(best.number))
         self.client.log_dict(self.parent_id, [_row_dict(r) for r in front], "pareto_front.json")
@@ -237,7 +237,7 @@ class SearchTracker:
 
     def _log_plots(self, all_rows: list[Row], front: list[Row], finished: bool) -> None:
         """The plots, the summary figure at the top of the parent's artifacts, and the front as an MLflow table."""
-        from search.plots import SUMMARY_COLUMNS, front_table, pareto_figures, summary_figure
+        from search.plots import front_table, pareto_figures, summary_columns, summary_figure
 
         bounds = search_bounds(self.study, self.spec)
         floor = (self.study.user_attrs.get(FLOOR_ATTR) or {}).get("value")
@@ -254,7 +254,7 @@ class SearchTracker:
             # MLflow appends to a logged table: one block per finish with new trials (a resumed search adds one)
             table = front_table(front)
             data = {"after_trials": [len(all_rows)] * len(table),
-                    **{c: [row[i] for row in table] for i, c in enumerate(SUMMARY_COLUMNS)}}
+                    **{c: [row[i] for row in table] for i, c in enumerate(summary_columns(self.spec.metric))}}
             self.client.log_table(self.parent_id, data, FRONT_TABLE_FILE)
             self.client.set_tag(self.parent_id, TABLE_TAG, str(len(all_rows)))
 

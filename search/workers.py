@@ -736,7 +736,9 @@ def run_search(
                    + (f" (auto: {'NSGA-II from' if resolved_sampler(spec) == 'nsga2' else 'TPE below'} 100 trials)"
                       if spec.sampler == "auto" else "")
                    + ("; successive halving on epochs" if spec.uses_halving else "")
-                   + "; near-budget latencies re-timed alone")
+                   + "; near-budget latencies re-timed alone"
+                   + ("; the front ranks by balanced accuracy (mean recall per class)"
+                      if spec.metric == "balanced_accuracy" else ""))
 
             def tracking_ready() -> None:
                 """No candidate runs before MLflow is reached; a new search whose MLflow is unreachable leaves no
@@ -859,13 +861,15 @@ def _prepare(ray, study, spec: SearchSpec, profile, report: Reporter, placement:
         set_bounds(study, spec, size or widest["size_bytes"], energy or widest["energy_mj"], "; ".join(sources))
     if need_baseline:
         base = out["baseline"]
-        floor = base["accuracy"] * (1 - spec.max_accuracy_drop)
-        study.set_user_attr(FLOOR_ATTR, {"value": floor, "baseline": base["accuracy"],
+        words = spec.metric.replace("_", " ")
+        floor = base[spec.metric] * (1 - spec.max_accuracy_drop)
+        study.set_user_attr(FLOOR_ATTR, {"value": floor, "baseline": base[spec.metric],
                                          "max_drop": spec.max_accuracy_drop})
-        report(f"accuracy floor {floor:.4f}: fp32 full-width baseline {base['accuracy']:.4f} (measured, validation, "
+        report(f"{words} floor {floor:.4f}: fp32 full-width baseline {base[spec.metric]:.4f} (measured, validation, "
                f"{'cached' if base['cached'] else 'trained now'}) less {100 * spec.max_accuracy_drop:g}%")
     elif spec.min_accuracy is not None and need_bounds:
-        report(f"accuracy floor {spec.min_accuracy:g} (validation accuracy of the compiled artifact)")
+        report(f"{spec.metric.replace('_', ' ')} floor {spec.min_accuracy:g} (validation {spec.metric.replace('_', ' ')} "
+               "of the compiled artifact)")
 
 
 def _teacher_stage(ray, spec: SearchSpec, report: Reporter, placement: dict, transport: _Transport) -> None:
@@ -1241,7 +1245,7 @@ class _Driver:
         """Asynchronous successive halving: go on to the full budget when the first-rung result ranks in the best
         third of the first-rung results so far (non-dominated rank on accuracy and p90 latency, then accuracy).
         Size and energy are left out of the rank: they follow the shapes, which training does not change."""
-        accuracy, p90 = result.value("accuracy"), result.value("latency_ms_p90")
+        accuracy, p90 = result.value(self.spec.metric), result.value("latency_ms_p90")
         fits = p90 <= self.spec.latency_budget_ms and all(
             result.value(n) <= limit for n, limit in (result.info.get("limits") or {}).items() if limit)
         self.rung0.append((accuracy, p90, fits))
@@ -1284,7 +1288,7 @@ class _Driver:
         """Progress lines and MLflow logging for what Optuna was told since the last call."""
         for trial, spent, note in self.told:
             with _timed(self.timings, "optuna"):
-                row = Row.from_trial(self.study._storage.get_trial(trial._trial_id))
+                row = Row.from_trial(self.study._storage.get_trial(trial._trial_id), objective=self.spec.metric)
                 hv = front_hypervolume(feasible_front(rows(self.study)), self.bounds)
             eta = _eta(spent, self.remaining, self.started_all)
             prefix = f"[{spent:.3g}/{self.remaining:g}] trial {row.number}: {_knobs(row)}"
@@ -1316,7 +1320,7 @@ def _shapes_ruled_out(result: CandidateResult, budget_ms: float) -> dict | None:
     if not reasons:
         return None
     figures = {n: [m.value, m.unit, m.provenance] for n, m in result.metrics.items()
-               if not n.startswith(("accuracy", "ort_")) and n not in ("sparsity", "nonzero_weight_fraction")}
+               if not n.startswith(("accuracy", "balanced_accuracy", "ort_")) and n not in ("sparsity", "nonzero_weight_fraction")}
     return {"fits": False, "reason": "; ".join(reasons), "metrics": figures, "limits": limits, "seconds": 0.0}
 
 

@@ -484,3 +484,42 @@ def test_on_imbalanced_classes_lines_and_tables_show_balanced_accuracy_and_call_
             "than always predicting the largest class") in out
     _print_outcome(trained, front, best_within_budget(trained), 0.5, spec, "sqlite:///skewed.db")
     assert "balanced" not in capsys.readouterr().out
+
+
+def test_a_search_ranked_by_balanced_accuracy_builds_its_front_floor_and_pick_on_it():
+    from hardware_targets.metric import Metric
+    from search.candidate import CandidateResult
+    from search.export import Pick, choose
+    from search.study import SPEC_ATTR, best_within_budget, feasible_front, record_result
+
+    # a: more accurate and faster, but mostly the largest class; b: slower, finds the rare class
+    figures = {"a": dict(accuracy=0.93, balanced_accuracy=0.55, latency_ms_p90=0.2),
+               "b": dict(accuracy=0.90, balanced_accuracy=0.75, latency_ms_p90=0.3)}
+
+    def search(metric, floor=None):
+        study = optuna.create_study(directions=["maximize", "minimize", "minimize", "minimize"])
+        spec = SearchSpec(name="ranked", budget=TINY, latency_budget_ms=1.0, metric=metric)
+        study.set_user_attr(SPEC_ATTR, spec.to_dict())
+        if floor is not None:
+            study.set_user_attr(FLOOR_ATTR, {"value": floor, "baseline": None, "max_drop": None})
+        for width, f in zip((0.25, 0.5), figures.values()):
+            metrics = {**f, "accuracy_test": f["accuracy"], "balanced_accuracy_test": f["balanced_accuracy"],
+                       "latency_ms_median": f["latency_ms_p90"], "size_bytes": 1000.0, "energy_mj": 0.001}
+            record_result(study, study.ask(), spec, CandidateResult(
+                candidate=Candidate(width=width, budget=TINY), dataset="skewed", target="host",
+                metrics={n: Metric(v, "fraction", "measured") for n, v in metrics.items()}, artifacts={},
+                stage_seconds={}, versions={}, info={}))
+        return study, rows(study)
+
+    study, plain = search("accuracy")
+    assert [r.number for r in feasible_front(plain)] == [0] and best_within_budget(plain).number == 0
+    study, ranked = search("balanced_accuracy")
+    assert [t.values[0] for t in study.trials] == [0.55, 0.75]  # what Optuna's sampler learns from
+    assert [r.number for r in feasible_front(ranked)] == [0, 1] and best_within_budget(ranked).number == 1
+    assert choose(ranked, Pick(), 1.0)[1] == "feasible candidate of the highest balanced accuracy within the latency " \
+                                             "budget"
+    with pytest.raises(Exception, match=r"No feasible candidate reaches balanced accuracy 0.8; the best is trial 1 at "
+                                        r"0.7500 \(short by 0.0500\)"):
+        choose(ranked, Pick(min_accuracy=0.8), 1.0)
+    _, floored = search("balanced_accuracy", floor=0.7)  # the floor bounds the metric the search ranks by
+    assert [r.violated for r in floored] == [("accuracy_floor",), ()]

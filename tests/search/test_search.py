@@ -376,3 +376,41 @@ def test_a_client_sharing_only_the_network_submits_follows_stops_resumes_and_exp
     # this client wrote only its note of where the search went: no store, no trial files
     assert sorted(p.relative_to(tmp_path / "client").as_posix() for p in (tmp_path / "client").rglob("*")
                   if p.is_file()) == ["searches/svc/job.json"]
+
+def test_a_search_of_imbalanced_classes_trains_them_balanced_and_ranks_by_balanced_accuracy(tmp_path, capsys,
+                                                                                             monkeypatch):
+    from search.cli import main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    rng = np.random.default_rng(1)
+    y = np.array([0] * 180 + [1] * 20)  # 9:1, as wake-word windows against background
+    x = rng.normal(size=(200, 1, 32)).astype(np.float32)
+    x[y == 1, 0, :8] += 1.5
+    np.savez(tmp_path / "skewed.npz", x=x, y=y)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "skewed", "dataset": str(tmp_path / "skewed.npz"), "trials": 3, "workers": 1,
+        "latency_budget_ms": 1.0, "class_weight": "balanced", "metric": "balanced_accuracy",
+        "space": {"precision": ["fp32"], "sparsity": [0.0, 0.0], "alpha": [1.0, 1.0], "width": [0.25, 0.5]},
+        "budget": dataclasses.asdict(TINY)}))
+    assert main(["--runs-dir", str(tmp_path), "submit", "--spec", str(spec)]) == 0
+    out = capsys.readouterr().out
+    assert "2 classes, imbalanced (training samples per class" in out.splitlines()[0]
+    assert "the training loss weighs each class by its rarity" in out.splitlines()[0]
+    assert "; the front ranks by balanced accuracy (mean recall per class)" in out
+    assert "hypervolume of the feasible front: " in out and "0-1 scale (balanced accuracy; latency" in out
+    trials = [line for line in out.splitlines() if "] trial " in line and "acc " in line]
+    assert trials and all("(balanced " in line for line in trials)
+    study = load_study("skewed", default_storage(tmp_path))
+    assert study.metric_names[0] == "balanced_accuracy"
+    best = min((r for r in rows(study) if r.feasible), key=lambda r: (-r.value("balanced_accuracy"),
+                                                                      r.value("latency_ms_p90")))
+    assert all(t.values[0] == t.user_attrs["metric:balanced_accuracy"][0] for t in study.trials if t.values)
+    assert f"best within budget: trial {best.number}," in out and "(balanced " in out.split("best within")[1]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    parent = [r for r in client.search_runs([client.get_experiment_by_name("skewed").experiment_id])
+              if "mlflow.parentRunId" not in r.data.tags][0]
+    assert parent.data.metrics["best_balanced_accuracy"] == best.value("balanced_accuracy")
+    # a resume cannot change what the finished trials were ranked by
+    assert main(["--runs-dir", str(tmp_path), "submit", "--name", "skewed", "--resume", "--metric", "accuracy"]) == 2
+    assert "--metric" in capsys.readouterr().err
