@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from objectives.pareto import ACCURACY_METRICS
 from search.data import CLASS_WEIGHTS
 from search.errors import EdgeSearchError
 from search.spec import HALVING_FROM_TRIALS
@@ -186,8 +187,9 @@ def _print_outcome(outcome_rows, front, best, hv, spec, storage, floor=None, cha
     """The search's end (and ``status``): counts, the front, the best candidate; ``chance`` (1/K, on imbalanced
     classes) adds balanced accuracy, since plain accuracy then rewards always predicting the largest class, as does
     a search that ranks by it."""
-    balanced_too = chance is not None or spec.metric == "balanced_accuracy"
     from search.study import shown_url
+
+    balanced_too = chance is not None or spec.metric == "balanced_accuracy"
 
     failed = [r for r in outcome_rows if r.state == "FAIL" and not r.interrupted]
     interrupted = sum(r.interrupted for r in outcome_rows)
@@ -769,7 +771,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed of the sampler and of training [default: 0]")
     p.add_argument("--class-weight", dest="class_weight", choices=CLASS_WEIGHTS, help=CLASS_WEIGHT_HELP
                    + " [default: none]")
-    p.add_argument("--metric", choices=("accuracy", "balanced_accuracy"), help="what the search ranks by, and "
+    p.add_argument("--metric", choices=ACCURACY_METRICS, help="what the search ranks by, and "
                    "--min-accuracy and --max-accuracy-drop bound: validation accuracy, or balanced accuracy (mean "
                    "recall per class), which a model always predicting the largest of imbalanced classes does not "
                    "inflate [default: accuracy]")

@@ -35,7 +35,9 @@ def test_floor_recipe_and_halving_fields_are_checked(fields):
      ({"space": {"width": "wide"}}, "'space.width' field"),
      ({"space": {"depth": [1, 2]}}, "Unknown field"), ({"colour": "red"}, "Unknown field"),
      ({"budget": {"epochs": 0}}, "'epochs'"), ({"seed": -1}, "'seed' field"), ({"seed": 2**32}, "'seed' field"),
-     ({"seed": "7"}, "'seed' field")],
+     ({"seed": "7"}, "'seed' field"),
+     ({"metric": "f1"}, r"'metric' field .*\['accuracy', 'balanced_accuracy'\]"),
+     ({"class_weight": "inverse"}, r"'class_weight' field .*\['none', 'balanced'\]")],
 )
 def test_invalid_specs_name_the_field(fields, message):
     with pytest.raises(ConfigError, match=message):
