@@ -39,3 +39,16 @@ def balanced_accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
     with warnings.catch_warnings():  # a predicted class absent from these labels is a wrong answer, nothing more
         warnings.simplefilter("ignore", UserWarning)
         return float(balanced_accuracy_score(np.asarray(labels), np.asarray(predictions)))
+
+
+def per_class(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
+    """Support, recall and precision of each class and the confusion matrix (rows: true class, columns: predicted):
+    where a model trades one class for another, which a single accuracy hides. A class never predicted has no
+    precision (None); one absent from ``labels`` no recall."""
+    from sklearn.metrics import confusion_matrix
+
+    matrix = confusion_matrix(np.asarray(labels), np.asarray(predictions), labels=list(range(num_classes)))
+    hits, support, predicted = np.diag(matrix), matrix.sum(axis=1), matrix.sum(axis=0)
+    return {"support": support.tolist(), "confusion_matrix": matrix.tolist(),
+            "recall": [float(h / n) if n else None for h, n in zip(hits, support)],
+            "precision": [float(h / n) if n else None for h, n in zip(hits, predicted)]}

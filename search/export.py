@@ -329,12 +329,14 @@ def export_search(
         # own
         tvm_key = "accuracy_test_search" if shipped and shipped["option"] == "onnxruntime" else "accuracy_test"
         recorded_tvm, recorded_ort = row.value(tvm_key), row.value("accuracy_test_onnxruntime")
-        got_ort = accuracy(predict_onnx(ort_session(onnx_path), dataset.x_test, dtype), dataset.y_test)
+        predicted_ort = predict_onnx(ort_session(onnx_path), dataset.x_test, dtype)
+        got_ort = accuracy(predicted_ort, dataset.y_test)
         host_lib = library if not cross else out / ".verify_host.so"
         if cross:
             compile_tvm(onnx_path, host_build_target(profile, precision), host_lib, shape, dtype,
                         cache_dir=tuning_cache)
-        got_tvm = accuracy(predict_tvm(str(host_lib), dataset.x_test, dtype), dataset.y_test)
+        predicted_tvm = predict_tvm(str(host_lib), dataset.x_test, dtype)
+        got_tvm = accuracy(predicted_tvm, dataset.y_test)
         if cross:
             host_lib.unlink()
         verification = {"onnxruntime_test_accuracy": got_ort, "recorded_onnxruntime_test_accuracy": recorded_ort,
@@ -356,6 +358,8 @@ def export_search(
             "input": {"shape": list(shape), "dtype": dtype, "layout": input_layout(dataset.sample_shape)},
             "verification": verification,
             "int8_against_fp32": int8_vs_fp32,
+            "per_class_test": _per_class(predicted_ort if runtime == "onnxruntime" else predicted_tvm, dataset,
+                                         "onnxruntime" if runtime == "onnxruntime" else "TVM host build"),
         })
         return _write_card(card, out, search, tracking_uri, register)
 
@@ -525,7 +529,8 @@ def _ship_tflm(trial, row: Row, out: Path, dataset, profile) -> dict:
         registrations=registrations, input_note=note, input_length=int(np.prod(details["shape"])),
         input_field="int8" if integer else "f",
         output_field="int8" if integer else "f"))
-    got = accuracy(predict_tflm(tflite, dataset.x_test), dataset.y_test)
+    predicted = predict_tflm(tflite, dataset.x_test)
+    got = accuracy(predicted, dataset.y_test)
     recorded, recorded_arena = row.value("accuracy_test"), row.value("tflm_arena_bytes")
     verification = {"tflm_test_accuracy": got, "recorded_tflm_test_accuracy": recorded,
                     "tflm_arena_bytes": arena, "recorded_tflm_arena_bytes": recorded_arena}
@@ -535,7 +540,16 @@ def _ship_tflm(trial, row: Row, out: Path, dataset, profile) -> dict:
                                                  "input_dtype": str(np.dtype(details["dtype"]))},
             "input": {"shape": [int(d) for d in details["shape"]], "dtype": str(np.dtype(details["dtype"])),
                       "layout": layout},
-            "verification": verification}
+            "verification": verification,
+            "per_class_test": _per_class(predicted, dataset, "TFLite Micro interpreter")}
+
+
+def _per_class(predicted, dataset, runtime: str) -> dict:
+    """The shipped model's test predictions by class (``objectives.accuracy.per_class``), with where they ran."""
+    from objectives.accuracy import per_class
+
+    return {"runtime": runtime, "provenance": "measured",
+            **per_class(predicted, dataset.y_test, dataset.num_classes)}
 
 
 def input_layout(sample_shape: tuple[int, ...], channels_last: bool = False) -> str:
@@ -658,11 +672,33 @@ def model_card_markdown(card: dict) -> str:
                  f"{v['recorded_onnxruntime_test_accuracy']:.4f}), TVM host build {v['tvm_host_test_accuracy']:.4f} "
                  f"(recorded {v['recorded_tvm_test_accuracy']:.4f}); library architecture "
                  f"{v['library_architecture']}.")
+    lines += _per_class_lines(card.get("per_class_test"))
     lines += _run_lines(card)
     lines += ["", "## Verification", "", check, "", "## Files", "", "| file | sha256 |", "|---|---|"]
     lines += [f"| `{name}` | `{digest}` |" for name, digest in card["artifacts"].items()]
     lines += ["", "## Versions", ""] + [f"- {k} {v}" for k, v in card["versions"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _per_class_lines(figures: dict | None, matrix_up_to: int = 12) -> list[str]:
+    """The test split by class: support, recall and precision, and the confusion matrix for a few classes."""
+    if not figures:
+        return []
+
+    def cell(v):
+        return "-" if v is None else f"{v:.4f}"
+
+    lines = ["", f"## By class (test split, {figures['runtime']}, {figures['provenance']})", "",
+             "| class | samples | recall | precision |", "|---|---|---|---|"]
+    lines += [f"| {c} | {n} | {cell(r)} | {cell(p)} |" for c, (n, r, p) in
+              enumerate(zip(figures["support"], figures["recall"], figures["precision"]))]
+    matrix = figures["confusion_matrix"]
+    if len(matrix) <= matrix_up_to:
+        lines += ["", "Confusion matrix (rows: true class, columns: predicted class):", "",
+                  "| true \\ predicted | " + " | ".join(str(c) for c in range(len(matrix))) + " |",
+                  "|---" * (len(matrix) + 1) + "|"]
+        lines += [f"| {c} | " + " | ".join(str(v) for v in row) + " |" for c, row in enumerate(matrix)]
+    return lines
 
 
 def _run_lines(card: dict) -> list[str]:

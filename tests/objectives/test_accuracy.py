@@ -13,3 +13,15 @@ def test_balanced_accuracy_does_not_reward_always_predicting_the_largest_class()
     assert balanced_accuracy([0] * 8 + [1, 1], labels) == pytest.approx((8 / 9 + 1) / 2)
     # a class predicted but absent from the labels is a wrong answer, not a class of its own
     assert balanced_accuracy([0] * 9 + [2], labels) == pytest.approx(0.5)
+
+
+def test_per_class_figures_and_the_confusion_matrix_count_by_hand():
+    from objectives.accuracy import per_class
+
+    labels = [0, 0, 0, 1, 1, 2]
+    predicted = [0, 0, 1, 1, 0, 0]
+    got = per_class(predicted, labels, 4)
+    assert got["support"] == [3, 2, 1, 0]
+    assert got["confusion_matrix"] == [[2, 1, 0, 0], [1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]
+    assert got["recall"] == [pytest.approx(2 / 3), 0.5, 0.0, None]  # class 3 has no sample
+    assert got["precision"] == [0.5, 0.5, None, None]  # classes 2 and 3 never predicted

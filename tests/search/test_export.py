@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from search.errors import ConfigError
@@ -157,11 +158,18 @@ def test_a_disturbed_timing_at_export_is_taken_again(exported, digits, monkeypat
     assert len(timings) == 1
 
 
-def test_verification_reproduces_the_recorded_accuracy(exported):
-    _, card, outcome, _, _ = exported
+def test_verification_reproduces_the_recorded_accuracy(exported, digits):
+    out, card, outcome, _, _ = exported
     v = card["verification"]
     assert v["onnxruntime_test_accuracy"] == v["recorded_onnxruntime_test_accuracy"]
     assert v["tvm_host_test_accuracy"] == v["recorded_tvm_test_accuracy"] == outcome.best.value("accuracy_test")
+    # the shipped model's test predictions by class agree with the figures the search recorded
+    by_class = card["per_class_test"]
+    matrix = np.array(by_class["confusion_matrix"])
+    assert by_class["support"] == np.bincount(digits.y_test, minlength=10).tolist() == matrix.sum(axis=1).tolist()
+    assert np.trace(matrix) / matrix.sum() == pytest.approx(outcome.best.value("accuracy_test"), abs=1e-12)
+    assert np.mean(by_class["recall"]) == pytest.approx(outcome.best.value("balanced_accuracy_test"), abs=1e-12)
+    assert by_class["provenance"] == "measured" and "## By class (test split, " in (out / "MODEL_CARD.md").read_text()
 
 
 def test_exporting_twice_is_byte_identical(exported, tracked_search, tmp_path):

@@ -100,8 +100,13 @@ def test_the_export_is_something_a_board_can_flash(m4_search, digits, tmp_path, 
     assert "alignas(16)" in source and f"g_model_len = {len(tflite)};" in source
     assert bytes(int(h, 16) for h in re.findall(r"0x([0-9a-f]{2})", source)) == tflite
     # the card's test accuracy is what the TFLM interpreter gives on the shipped file
-    assert card["metrics"]["accuracy_test"]["value"] == accuracy(predict_tflm(out / "model.tflite", digits.x_test),
-                                                                 digits.y_test)
+    predicted = predict_tflm(out / "model.tflite", digits.x_test)
+    assert card["metrics"]["accuracy_test"]["value"] == accuracy(predicted, digits.y_test)
+    # and its predictions by class, counted here from the same file
+    for true, row in enumerate(card["per_class_test"]["confusion_matrix"]):
+        assert row == [int(((digits.y_test == true) & (predicted == p)).sum()) for p in range(10)]
+    assert card["per_class_test"]["runtime"] == "TFLite Micro interpreter"
+    assert "Confusion matrix (rows: true class, columns: predicted class)" in (out / "MODEL_CARD.md").read_text()
     # the arena is what the interpreter needed: it allocates in that, not in 10% less
     arena = card["tflm"]["arena_bytes"]
     assert arena == arena_bytes(out / "model.tflite")
