@@ -13,9 +13,9 @@ OBJECTIVES: tuple[tuple[str, str], ...] = (
     ("size_bytes", "minimize"),
     ("energy_mj", "minimize"),
 )
-# what the first objective (and an accuracy floor) may be: plain accuracy, or mean recall per class for classes
-# whose imbalance lets plain accuracy reward always predicting the largest one
-ACCURACY_METRICS = ("accuracy", "balanced_accuracy")
+# what the first objective (and an accuracy floor) may be, and how a reader says it: plain accuracy, or mean recall
+# per class for classes whose imbalance lets plain accuracy reward always predicting the largest one
+ACCURACY_METRICS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy"}
 
 
 def objectives(metric: str = "accuracy") -> tuple[tuple[str, str], ...]:

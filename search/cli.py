@@ -174,7 +174,7 @@ def _why_none(trained) -> str:
         return ""
     missed = Counter(name for r in trained for name in r.violated).most_common()
     metric = trained[0].objective
-    best_words = "the most accurate" if metric == "accuracy" else f"the best {metric.replace('_', ' ')}"
+    best_words = "the most accurate" if metric == "accuracy" else f"the best {ACCURACY_METRICS[metric]}"
     counts = ", ".join(f"{n} {CONSTRAINT_WORDS.get(name, name)}" for name, n in missed)
     return (f": of {len(trained)} trained, {counts}"
             + f" ({best_words} {max(r.quality for r in trained):.4f}, the fastest "
@@ -229,7 +229,7 @@ def _print_outcome(outcome_rows, front, best, hv, spec, storage, floor=None, cha
         print(f"\nbest within budget: trial {best.number}, validation accuracy {best.value('accuracy'):.4f}, "
               f"test accuracy {best.value('accuracy_test'):.4f}{balanced}, p90 {best.value('latency_ms_p90'):.4f} ms "
               f"({best.metrics['latency_ms_p90'][2]}), {best.value('size_bytes') / 1024:.1f} KiB")
-    print(f"hypervolume of the feasible front: {hv:.4f} on a 0-1 scale ({spec.metric.replace('_', ' ')}; latency / "
+    print(f"hypervolume of the feasible front: {hv:.4f} on a 0-1 scale ({ACCURACY_METRICS[spec.metric]}; latency / "
           "budget; size and energy / the search's bounds)")
     for r in failed[-3:]:
         print(f"failed trial {r.number}: {r.error}")

@@ -87,23 +87,26 @@ class Dataset:
         """Per-class weights of the training loss, or None when classes count alike."""
         if self.class_weight != "balanced":
             return None
-        counts = np.bincount(self.y_train, minlength=self.num_classes)
-        return (len(self.y_train) / (self.num_classes * np.maximum(counts, 1))).astype(np.float32)
+        return (len(self.y_train) / (self.num_classes * np.maximum(self.class_counts(), 1))).astype(np.float32)
+
+    def class_counts(self) -> np.ndarray:
+        """Training samples per class."""
+        return np.bincount(self.y_train, minlength=self.num_classes)
 
     @property
     def imbalanced(self) -> bool:
-        counts = np.bincount(self.y_train, minlength=self.num_classes)
+        counts = self.class_counts()
         return bool(counts.max() >= IMBALANCE_RATIO * max(1, counts.min()))
 
     def majority(self) -> tuple[int, float]:
         """The largest training class and its share of the validation split: the accuracy of a model that always
         predicts it, which learned nothing."""
-        largest = int(np.bincount(self.y_train, minlength=self.num_classes).argmax())
+        largest = int(self.class_counts().argmax())
         return largest, float((self.y_val == largest).mean())
 
     def classes(self) -> str:
         """The class balance in words, with what it means for accuracy when it is skewed."""
-        counts = np.bincount(self.y_train, minlength=self.num_classes)
+        counts = self.class_counts()
         weighted = "; the training loss weighs each class by its rarity (class weight 'balanced')"
         if not self.imbalanced:
             return f"{self.num_classes} classes" + (weighted if self.loss_weights() is not None else "")

@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-
+from objectives.pareto import ACCURACY_METRICS
 from search.errors import ConfigError, EdgeSearchError
 from search.study import Row, best_within_budget, feasible_front, load_study, rows, stored_spec
 
@@ -66,7 +66,7 @@ def choose(all_rows: list[Row], pick: Pick, budget_ms: float) -> tuple[Row, str]
             raise ConfigError(f"{message}, over by {over:.4g} ms.")
         raise ConfigError(f"{message}, but is {closest.infeasible_because() or 'infeasible'}; the search's last "
                           "lines say what its candidates missed.")
-    words = feasible[0].objective.replace("_", " ")  # the search's accuracy metric
+    words = ACCURACY_METRICS[feasible[0].objective]  # the search's accuracy metric
     if pick.min_accuracy is not None:
         good = [r for r in feasible if r.quality >= pick.min_accuracy]
         if not good:

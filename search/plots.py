@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from objectives.pareto import ACCURACY_METRICS
 from search.spec import SearchSpec
 from search.study import Row, feasible_front, front_hypervolume
 
@@ -54,7 +55,7 @@ def scatter_info(all_rows: list[Row], front: list[Row], x_metric: str, spec: Sea
     provenance = ", ".join(sorted({r.metrics[x_metric][2] for r in done}))
     return ScatterInfo(x_metric, AXES.get(x_metric, x_metric), points, line,
                        spec.latency_budget_ms if x_metric == "latency_ms_p90" else None, provenance, floor,
-                       spec.metric.replace("_", " "))
+                       ACCURACY_METRICS[spec.metric])
 
 
 def staircase(front: list[tuple[float, float, int]]) -> list[tuple[float, float]]:
@@ -155,7 +156,7 @@ def _html(info: ScatterInfo, path: Path, title: str) -> Path:
 
 def summary_columns(metric: str = "accuracy") -> tuple[str, ...]:
     """The front table's header; ``metric`` is the search's accuracy metric."""
-    return ("trial", "precision", "width", "sparsity", metric.replace("_", " "), "p90 ms", "KiB", "mJ")
+    return ("trial", "precision", "width", "sparsity", ACCURACY_METRICS[metric], "p90 ms", "KiB", "mJ")
 
 
 def front_table(front: list[Row]) -> list[tuple[str, ...]]:
@@ -260,6 +261,6 @@ def _parallel_html(all_rows: list[Row], path: Path) -> Path | None:
     dims += [dict(label=m, values=[r.value(m) for r in done]) for m in (metric, "latency_ms_p90", "size_bytes")]
     fig = go.Figure(go.Parcoords(line=dict(color=[r.quality for r in done], colorscale="Viridis",
                                            showscale=True), dimensions=dims))
-    fig.update_layout(title=f"knobs -> objectives (colour: {metric.replace('_', ' ')})")
+    fig.update_layout(title=f"knobs -> objectives (colour: {ACCURACY_METRICS[metric]})")
     fig.write_html(str(path), include_plotlyjs=True, full_html=True)
     return path

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from search.candidate import PRECISIONS, PRUNING_MODES, Budget, seed_problem
 from objectives.pareto import ACCURACY_METRICS
+from search.candidate import PRECISIONS, PRUNING_MODES, Budget, seed_problem
 from search.data import CLASS_WEIGHTS
 from search.errors import ConfigError
 

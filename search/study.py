@@ -550,8 +550,7 @@ class Row:
                 if name in metrics:
                     metrics[f"{name}_search"] = metrics[name]
                     for constraint, (kind, metric) in SHIPPED_CONSTRAINTS.items():
-                        metric = objective if kind == "floor" else metric
-                        if metric != name or constraint not in constraints:
+                        if (metric or objective) != name or constraint not in constraints:
                             continue
                         if kind == "relative":  # figure / limit - 1
                             constraints[constraint] = (constraints[constraint] + 1) * figure[0] / metrics[name][0] - 1
@@ -589,8 +588,8 @@ CONSTRAINT_WORDS = {"latency_budget": "over the latency budget", "fits_ram": "ov
 
 
 # constraints that a shipped figure changes: (kind, metric); latency_budget = p90 / budget - 1 (relative),
-# accuracy_floor = floor - accuracy (a fraction already; of the search's accuracy metric, ``Row.objective``)
-SHIPPED_CONSTRAINTS = {"latency_budget": ("relative", "latency_ms_p90"), "accuracy_floor": ("floor", "accuracy")}
+# accuracy_floor = floor - accuracy (a fraction already); None: the search's accuracy metric (``Row.objective``)
+SHIPPED_CONSTRAINTS = {"latency_budget": ("relative", "latency_ms_p90"), "accuracy_floor": ("floor", None)}
 SHIPPED_PREFIX = "shipped:"  # study attribute per trial number: what the shipping stage measured
 SHIPPING_ATTR = "shipping_stage"  # "running" while the stage runs, "done" once it ended, "stopped" if its driver did
 

@@ -31,7 +31,7 @@ from typing import Callable
 from hardware_targets.profile import arithmetic
 from objectives.latency import INFEASIBLE, RETIME, budget_verdict
 from objectives.memory import over_limits
-from objectives.pareto import non_dominated
+from objectives.pareto import ACCURACY_METRICS, non_dominated
 from search.candidate import Budget, Candidate, CandidateResult
 from search.errors import CandidateError, ConfigError
 from search.spec import SearchSpace, SearchSpec, check_inputs, check_resources
@@ -861,15 +861,15 @@ def _prepare(ray, study, spec: SearchSpec, profile, report: Reporter, placement:
         set_bounds(study, spec, size or widest["size_bytes"], energy or widest["energy_mj"], "; ".join(sources))
     if need_baseline:
         base = out["baseline"]
-        words = spec.metric.replace("_", " ")
+        words = ACCURACY_METRICS[spec.metric]
         floor = base[spec.metric] * (1 - spec.max_accuracy_drop)
         study.set_user_attr(FLOOR_ATTR, {"value": floor, "baseline": base[spec.metric],
                                          "max_drop": spec.max_accuracy_drop})
         report(f"{words} floor {floor:.4f}: fp32 full-width baseline {base[spec.metric]:.4f} (measured, validation, "
                f"{'cached' if base['cached'] else 'trained now'}) less {100 * spec.max_accuracy_drop:g}%")
     elif spec.min_accuracy is not None and need_bounds:
-        report(f"{spec.metric.replace('_', ' ')} floor {spec.min_accuracy:g} (validation {spec.metric.replace('_', ' ')} "
-               "of the compiled artifact)")
+        words = ACCURACY_METRICS[spec.metric]
+        report(f"{words} floor {spec.min_accuracy:g} (validation {words} of the compiled artifact)")
 
 
 def _teacher_stage(ray, spec: SearchSpec, report: Reporter, placement: dict, transport: _Transport) -> None:
