@@ -6,6 +6,7 @@ Every ``EdgeSearchError`` becomes one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 from objectives.pareto import ACCURACY_METRICS
 from search.data import CLASS_WEIGHTS
 from search.errors import EdgeSearchError
-from search.spec import HALVING_FROM_TRIALS
+from search.spec import HALVING_FROM_TRIALS, SearchSpec
 
 DEFAULT_RUNS = Path(os.environ.get("EDGESEARCH_RUNS", "runs"))
 
@@ -739,9 +740,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Search precision, sparsity, distillation and width with Optuna on Ray workers: maximise "
                     "accuracy, minimise latency, size and energy, under a latency budget (a constraint: the reported front "
                     "is feasible). Options override the fields of --spec.")
-    p.add_argument("--spec", type=Path, help="YAML or TOML file with the spec fields (name, dataset, target, "
-                   "latency_budget_ms, trials, workers, sampler, seed, space, budget, timeout_s, recipes, halving, "
-                   "max_accuracy_drop, min_accuracy)")
+    p.add_argument("--spec", type=Path, help="YAML or TOML file with the spec fields "
+                   f"({', '.join(f.name for f in dataclasses.fields(SearchSpec))})")
     p.add_argument("--name", help="search name: the study, MLflow experiment and output folder are named after it")
     p.add_argument("--dataset", help="digits, mnist1d or an .npz path [default: digits]")
     p.add_argument("--target", help="target profile [default: host]")
