@@ -680,25 +680,39 @@ def model_card_markdown(card: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _per_class_lines(figures: dict | None, matrix_up_to: int = 12) -> list[str]:
-    """The test split by class: support, recall and precision, and the confusion matrix for a few classes."""
+def _per_class_lines(figures: dict | None, up_to: int = 12) -> list[str]:
+    """The test split by class: support, recall and precision, and the confusion matrix for a few classes. With
+    more classes than ``up_to``, the worst ``up_to`` by recall first, each with the class it is most often taken
+    for (what the matrix would show), and the rest left to ``model_card.json``."""
     if not figures:
         return []
 
     def cell(v):
         return "-" if v is None else f"{v:.4f}"
 
-    lines = ["", f"## By class (test split, {figures['runtime']}, {figures['provenance']})", "",
-             "| class | samples | recall | precision |", "|---|---|---|---|"]
-    lines += [f"| {c} | {n} | {cell(r)} | {cell(p)} |" for c, (n, r, p) in
-              enumerate(zip(figures["support"], figures["recall"], figures["precision"]))]
+    rows = list(enumerate(zip(figures["support"], figures["recall"], figures["precision"])))
     matrix = figures["confusion_matrix"]
-    if len(matrix) <= matrix_up_to:
+    title = f"## By class (test split, {figures['runtime']}, {figures['provenance']})"
+    if len(rows) <= up_to:
+        lines = ["", title, "", "| class | samples | recall | precision |", "|---|---|---|---|"]
+        lines += [f"| {c} | {n} | {cell(r)} | {cell(p)} |" for c, (n, r, p) in rows]
         lines += ["", "Confusion matrix (rows: true class, columns: predicted class):", "",
                   "| true \\ predicted | " + " | ".join(str(c) for c in range(len(matrix))) + " |",
                   "|---" * (len(matrix) + 1) + "|"]
-        lines += [f"| {c} | " + " | ".join(str(v) for v in row) + " |" for c, row in enumerate(matrix)]
-    return lines
+        return lines + [f"| {c} | " + " | ".join(str(v) for v in row) + " |" for c, row in enumerate(matrix)]
+
+    def taken_for(c: int) -> str:
+        wrong = [(n, p) for p, n in enumerate(matrix[c]) if p != c and n]
+        if not wrong:
+            return "-"
+        n, p = max(wrong)
+        return f"{p} ({n} of {figures['support'][c]})"
+
+    worst = sorted((row for row in rows if row[1][1] is not None), key=lambda row: (row[1][1], row[1][2] or 0.0))
+    lines = ["", title, "", f"The {up_to} of {len(rows)} classes with the lowest recall, worst first; every class "
+             "and the confusion matrix are in `model_card.json` (`per_class_test`).", "",
+             "| class | samples | recall | precision | most often predicted as |", "|---|---|---|---|---|"]
+    return lines + [f"| {c} | {n} | {cell(r)} | {cell(p)} | {taken_for(c)} |" for c, (n, r, p) in worst[:up_to]]
 
 
 def _run_lines(card: dict) -> list[str]:

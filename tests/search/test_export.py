@@ -317,3 +317,30 @@ def test_an_int8_card_says_whether_int8_is_faster_than_fp32(tmp_path):
     text = (tmp_path / "out" / "MODEL_CARD.md").read_text()
     said = f"{q['speedup']:.2f}x faster" if q["speedup"] >= INT8_FASTER else "not faster"
     assert f"int8 against fp32 of the same shapes in {q['runtime']} on this CPU: {said}" in text
+
+
+def test_a_card_of_many_classes_lists_the_worst_first_with_what_each_is_taken_for():
+    from objectives.accuracy import per_class
+    from search.export import _per_class_lines
+
+    labels = np.repeat(np.arange(20), 5)
+    predicted = labels.copy()
+    predicted[labels == 7] = 3                       # class 7 never found, always called 3
+    predicted[np.flatnonzero(labels == 12)[:3]] = 13  # class 12: 2 of 5
+    predicted[np.flatnonzero(labels == 4)[0]] = 0     # class 4: 4 of 5
+    figures = {"runtime": "onnxruntime", "provenance": "measured", **per_class(predicted, labels, 20)}
+    lines = _per_class_lines(figures)
+    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| class")]
+    # worst recall first; among the perfect ones, the least precise: 3 (5 of 10), 13 (5 of 8), 0 (5 of 6)
+    assert [int(r.split(" | ")[0][2:]) for r in rows] == [7, 12, 4, 3, 13, 0, 1, 2, 5, 6, 8, 9]
+    assert rows[:3] == ["| 7 | 5 | 0.0000 | - | 3 (5 of 5) |", "| 12 | 5 | 0.4000 | 1.0000 | 13 (3 of 5) |",
+                        "| 4 | 5 | 0.8000 | 1.0000 | 0 (1 of 5) |"]
+    assert rows[3] == "| 3 | 5 | 1.0000 | 0.5000 | - |"
+    assert any("12 of 20 classes with the lowest recall" in line for line in lines)
+    assert not any("Confusion matrix" in line for line in lines)
+    # at 12 classes or fewer, every class in order and the matrix
+    few = _per_class_lines({"runtime": "onnxruntime", "provenance": "measured",
+                            **per_class(predicted[labels < 12] % 12, labels[labels < 12], 12)})
+    assert "Confusion matrix (rows: true class, columns: predicted class):" in few
+    assert [r.split(" | ")[0] for r in few if r.startswith("| ") and r[2].isdigit()][:12] == \
+        [f"| {c}" for c in range(12)]
