@@ -401,14 +401,14 @@ def test_fp16_and_int8_leave_the_default_host_space_where_their_graphs_are_slowe
         figures = against_fp32(probes[kind], supported.space, digits, host, tmp_path, budget=TINY, seed=0)
         assert figures == against_fp32(probes[kind], supported.space, digits, host, tmp_path, budget=TINY, seed=0)
         assert [w for w, _, _ in figures] == [0.25, 2.0]
-        for width, fp32, narrower in figures:
-            medians["fp32", width], medians[probes[kind], width] = fp32, narrower
+        for width, fp32, narrower in figures:  # each kind's own fp32 timing: the one it was timed in turns with
+            medians[kind, "fp32", width], medians[kind, width] = fp32, narrower
     for kind in kinds:
-        slower = all(medians[probes[kind], w] >= medians["fp32", w] for w in (0.25, 2.0))
+        slower = all(medians[kind, w] >= medians[kind, "fp32", w] for w in (0.25, 2.0))
         assert any(p.startswith(kind) for p in decided.space.precision) != slower
         said = next(ln for ln in lines if ln.startswith(f"{kind} ") and "search space:" in ln)
         assert said.startswith(f"{kind} left out of the search space" if slower else f"{kind} kept in the search space")
-        assert f"{medians[probes[kind], 2.0] / medians['fp32', 2.0]:.2f}x fp32's at width 2" in said
+        assert f"{medians[kind, 2.0] / medians[kind, 'fp32', 2.0]:.2f}x fp32's at width 2" in said
     assert "fp32" in decided.space.precision
     assert INT8_ON_HOST not in lines  # the measured line replaces the general one
     lines.clear()
