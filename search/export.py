@@ -167,7 +167,7 @@ def _mlflow_run_id(tracking_uri: str | None, search: str, trial: int) -> str | N
 PREDICT_PY = '''"""Classify inputs with the exported model, in the runtime the model card ships it with.
 
 python predict.py [input.npy] [--runtime onnxruntime|tvm]. input.npy holds one sample or a batch of them, in the
-axis order the model card's input layout names. TVM runs model.so, or model.tar on the board it was
+axis order the model card's input layout names (a single channel's axis may be left out). TVM runs model.so, or model.tar on the board it was
 built for (linked there on first use: TVM needs a C compiler for that); elsewhere, and with model.onnx or
 model.onnx.gz alone, onnxruntime runs the same graph.
 """
@@ -223,6 +223,10 @@ sample = tuple(shape[1:])
 x = np.load(args.input) if args.input else np.zeros(shape, dtype)
 if x.shape == sample:
     x = x[None]
+elif sample[0] == 1 and x.shape == sample[1:]:  # one channel: its axis may be left out, as edgesearch reads data
+    x = x[None, None]
+elif sample[0] == 1 and x.shape[1:] == sample[1:]:
+    x = x[:, None]
 if x.shape[1:] != sample:
     layout = (card.get("input") or {}).get("layout", "channel-first")
     order = (f"; if its axes are in another order, np.moveaxis them to {layout}"

@@ -94,6 +94,13 @@ def test_export_writes_the_deployable_folder(exported, digits):
                           cwd=out, capture_output=True, text=True, timeout=120)
     assert [line.split()[:4] for line in many.stdout.splitlines()] == [
         ["sample", str(i), "class", str(k)] for i, k in enumerate(expected)], many.stderr
+    # grey images saved without their channel axis, as edgesearch reads a dataset: the same classes
+    np.save(out.parent / "grey.npy", batch[:, 0])
+    np.save(out.parent / "one.npy", batch[0, 0])
+    for bare, lines in (("grey.npy", many.stdout), ("one.npy", many.stdout.splitlines()[0].split(" ", 2)[2] + "\n")):
+        got = subprocess.run([sys.executable, "predict.py", str(out.parent / bare), "--runtime", "onnxruntime"],
+                             cwd=out, capture_output=True, text=True, timeout=120)
+        assert got.returncode == 0 and got.stdout == lines, got.stderr
     wrong = subprocess.run([sys.executable, "predict.py", str(out.parent / "hwc.npy")], cwd=out, capture_output=True,
                            text=True, timeout=120)
     assert wrong.returncode == 2 and "np.moveaxis them to NCHW" in wrong.stderr and not wrong.stdout
