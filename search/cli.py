@@ -788,8 +788,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "0 = compare runtimes only [default: 4]")
     p.add_argument("--front-tuning-minutes", dest="front_tuning_minutes", type=float, metavar="MIN",
                    help="wall-time cap of that tuning, held within a candidate (its tasks not started by then "
-                        "keep TVM's default loops); candidates after it are timed untuned, TVM against onnxruntime "
-                        "(seconds each); 0 = no shipping stage [default: 3]")
+                        "keep TVM's default loops); candidates after it tune nothing more, but are built with the "
+                        "records tuned so far and timed against untuned TVM and onnxruntime (seconds each); 0 = no "
+                        "shipping stage [default: 3]")
     p.add_argument("--runtime", choices=("auto", "tvm", "onnxruntime"), help="what ships on a local target: auto "
                    "times untuned and tuned TVM and onnxruntime side by side and keeps the fastest [default: auto]")
     p.add_argument("--timeout", dest="timeout_s", type=float, help="per-candidate time limit in seconds")

@@ -405,7 +405,8 @@ def ship_candidate(result: CandidateResult, dataset: Dataset, profile: TargetPro
     every task; records shared per target), then time the untuned and tuned TVM libraries and onnxruntime in turns,
     same graph and threads, and keep the fastest (or the forced ``runtime``). Accuracy is measured again on
     the artifact that ships when it is not the one the search measured. ``tuning_seconds`` caps the tuning: tasks not
-    started by then keep TVM's default loops, and the tuned library is timed as it is."""
+    started by then keep TVM's default loops, and the tuned library is timed as it is; past it (0 s), the build
+    applies the records other candidates tuned for the same tasks, and is left out where there are none."""
     set_threads(threads)
     dtype = input_dtype(result.candidate.precision)
     shape, onnx_path = (1, *dataset.sample_shape), Path(result.artifacts["onnx"])
@@ -420,7 +421,8 @@ def ship_candidate(result: CandidateResult, dataset: Dataset, profile: TargetPro
                             dtype.name, trials_per_task=trials_per_task, stop_tuning_at=stop_at, cache_dir=paths.tuning,
                             seed=result.candidate.seed)
         tuning = {**tuned.tuning(), "trials_per_task": trials_per_task}
-        options["tvm-tuned"] = {"library": tuned.library, "target": tuned.target, "tuned": True}
+        if tuned.tasks_tuned + tuned.tasks_reused:  # past the cap with no record of its tasks, nothing was tuned
+            options["tvm-tuned"] = {"library": tuned.library, "target": tuned.target, "tuned": True}
     session = ort_session(onnx_path, threads)
     options["onnxruntime"] = {"library": None, "target": None, "tuned": False}
     timers = {k: tvm_timer(o["library"], sample, dtype.name) for k, o in options.items() if o["library"]}

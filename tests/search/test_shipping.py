@@ -173,6 +173,21 @@ def test_ship_candidate_tunes_every_task_for_this_cpu(trained, digits, host, sha
     assert out["tuning"]["tasks"] >= 5 and out["tuning"]["tuned"] + out["tuning"]["reused"] == out["tuning"]["tasks"]
     if out["option"] == "tvm-tuned":  # a tuned library is built for this CPU
         assert out["target"]["mcpu"]
+    # past the stage's cap (no time left), the same shapes tune nothing more and build with the records just tuned
+    capped = ship_candidate(trained, digits, host, Paths(shared_runs), trials_per_task=1, tuning_seconds=0)
+    assert capped["tuning"]["tuned"] == capped["tuning"]["left_at_cap"] == 0
+    assert capped["tuning"]["reused"] == capped["tuning"]["tasks"] and "tvm-tuned" in capped["figures"]
+
+
+def test_past_the_tuning_cap_without_records_no_tuned_build_is_timed(trained, digits, host, tmp_path):
+    """A candidate reached after the cap whose tasks no one tuned has nothing a tuned build could apply: it is
+    compared untuned against onnxruntime, and its tuning record says every task was left at the cap."""
+    from search.pipeline import Paths, ship_candidate
+
+    out = ship_candidate(trained, digits, host, Paths(tmp_path), trials_per_task=4, tuning_seconds=0)
+    assert set(out["figures"]) == {"tvm", "onnxruntime"} and out["option"] in out["figures"]
+    tuning = out["tuning"]
+    assert tuning["tuned"] == tuning["reused"] == 0 and tuning["left_at_cap"] == tuning["tasks"] >= 5
 
 
 def test_candidates_past_the_tuning_cap_still_ship_on_the_runtime_timed_faster(tracked_search):
