@@ -1159,7 +1159,7 @@ def _int8_lines(q: dict | None) -> list[str]:
     if not q["per_task"]:
         lines = ["MobileNetV1-0.25 int8 (onnxruntime PTQ, QDQ, as the search makes it): not tuned in this plan."]
     else:
-        lines = ["MobileNetV1-0.25 int8 (onnxruntime PTQ, QDQ, uint8 activations, 7-bit weights, as the search "
+        lines = ["MobileNetV1-0.25 int8 (onnxruntime PTQ, QDQ, uint8 activations, 7-bit per-channel weights, as the search "
                  "makes it), through the same stage; each build from fresh records (medians"
                  + ("; every int8 and fp32 option timed in turns in one run" if q.get("timed_in_turns") else "")
                  + "):", "",
