@@ -167,9 +167,9 @@ def _mlflow_run_id(tracking_uri: str | None, search: str, trial: int) -> str | N
 PREDICT_PY = '''"""Classify inputs with the exported model, in the runtime the model card ships it with.
 
 python predict.py [input.npy] [--runtime onnxruntime|tvm]. input.npy holds one sample or a batch of them, in the
-axis order the model card's input layout names (a single channel's axis may be left out). TVM runs model.so, or model.tar on the board it was
-built for (linked there on first use: TVM needs a C compiler for that); elsewhere, and with model.onnx or
-model.onnx.gz alone, onnxruntime runs the same graph.
+axis order the model card's input layout names (a single channel's axis may be left out). TVM runs model.so, or
+model.tar on the board it was built for (linked there on first use: TVM needs a C compiler for that); elsewhere,
+and with model.onnx or model.onnx.gz alone, onnxruntime runs the same graph.
 """
 import argparse
 import gzip
