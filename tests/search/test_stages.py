@@ -155,7 +155,7 @@ def test_int8_ptq_keeps_each_channels_weights_however_small_beside_the_others(tm
     axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
     shape = [1] * 4
     shape[axis] = -1
-    stored = (q - zero.reshape(shape)) * scale.reshape(shape) if scale.size > 1 else (q - zero) * scale
+    stored = (q - zero.reshape(shape)) * scale.reshape(shape)  # one value per channel, or one for all
     weight = conv.weight.detach().numpy().astype(np.float64)
     for c in range(4):
         error = np.abs(stored[c] - weight[c]).max() / np.abs(weight[c]).max()
