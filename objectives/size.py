@@ -13,7 +13,10 @@ def weight_bytes(onnx_path: str | Path) -> dict[str, int]:
     Counts every initializer as stored (int8 = 1 byte, fp16 = 2), except a float
     weight whose only use is a QuantizeLinear: a QAT export keeps such weights in
     float, and the quantization of a constant folds away at compile time, so it is
-    counted at the quantized width it is deployed with. Unstructured zeros still
+    counted at the quantized width it is deployed with. Neither is the scale or
+    zero point of an int32 bias counted: a runtime derives them (input scale
+    times weight scale, zero) and stores the bias alone (onnxruntime's
+    QLinearConv), or folds it into a float bias (TVM). Unstructured zeros still
     cost their bytes in a dense format; ``nonzero_weights`` shows how much a
     sparse format could save.
     """
@@ -39,8 +42,16 @@ def weight_bytes(onnx_path: str | Path) -> dict[str, int]:
             zero_point = aliases[zero_point]
         return numpy_helper.to_array(initializers[zero_point]).itemsize if zero_point in initializers else None
 
+    def derived_bias_parameter(name: str) -> bool:
+        users = consumers.get(name, [])
+        return bool(users) and all(
+            node.op_type == "DequantizeLinear" and name in node.input[1:] and node.input[0] in initializers
+            and initializers[node.input[0]].data_type == onnx.TensorProto.INT32 for node in users)
+
     total = nonzero = count = 0
     for init in model.graph.initializer:
+        if derived_bias_parameter(init.name):
+            continue
         arr = numpy_helper.to_array(init)
         itemsize = quantized_itemsize(init.name) if arr.dtype.kind == "f" else None
         if itemsize:

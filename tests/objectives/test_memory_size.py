@@ -29,6 +29,33 @@ def test_peak_activation_and_weight_bytes_of_a_known_graph(tmp_path):
     assert w["weights"] == 100 * 50 + 50 * 10 and w["nonzero_weights"] == 50 * 50 + 50 * 10
 
 
+class _Convs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv1d(4, 50, 3)
+        self.b = nn.Conv1d(50, 10, 1)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_int8_ptq_weights_count_what_a_runtime_keeps(tmp_path):
+    """Per-channel int8: weights, int32 biases, a scale and zero point per output channel and per activation;
+    not the biases' own scales and zero points, which a runtime derives (input scale x weight scale, 0)."""
+    import numpy as np
+
+    from search.stages.export import INPUT_NAME, quantize_ptq
+
+    fp32 = tmp_path / "convs.onnx"
+    torch.onnx.export(_Convs().eval(), (torch.zeros(1, 4, 20),), str(fp32), dynamo=False, input_names=[INPUT_NAME])
+    int8 = quantize_ptq(fp32, tmp_path / "int8.onnx", np.random.default_rng(0).normal(size=(16, 4, 20)).astype(np.float32))
+    channels = 50 + 10
+    weights = 50 * 4 * 3 + 10 * 50  # 1 byte each
+    per_channel = channels * (4 + 1)  # float scale, int8 zero point
+    activations = 3 * (4 + 1)  # input, ReLU and output: float scale, uint8 zero point
+    assert weight_bytes(int8)["weight_bytes"] == weights + 4 * channels + per_channel + activations
+
+
 class _Wide(nn.Module):
     def __init__(self):
         super().__init__()
