@@ -33,6 +33,9 @@ def _print_result(result) -> None:
     t = result.info.get("tuning")
     if t:  # a TVM build (a TFLite Micro profile ships a .tflite instead)
         print(f"tuning: {tuning_summary(t)}")
+    if result.info.get("searched_runtime"):
+        print(f"latency, energy and accuracy: {result.info['searched_runtime']}, the faster untuned runtime here "
+              "(tvm_latency_* and ort_latency_* give each)")
     total = sum(result.stage_seconds.values())
     print("stage seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in result.stage_seconds.items()) + f" (total {total:.1f})")
     print("artifacts: " + "\n           ".join(result.artifacts.values()))
@@ -158,11 +161,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _ships_as(r) -> str:
-    """The runtime the shipping stage chose for a candidate; TVM untuned when it did not reach it; TFLite Micro on
-    microcontroller profiles, whose .tflite is what the search measured."""
+    """The runtime the shipping stage chose for a candidate; the one its search timed when it did not reach it
+    (untuned TVM or onnxruntime); TFLite Micro on microcontroller profiles, whose .tflite is what the search
+    measured."""
     if r.shipped:
         return r.shipped["option"]
-    return "tflite-micro" if "tflm_arena_bytes" in r.metrics else "tvm (searched)"
+    return "tflite-micro" if "tflm_arena_bytes" in r.metrics else f"{r.searched_runtime or 'tvm'} (searched)"
 
 
 def _why_none(trained) -> str:
@@ -211,7 +215,7 @@ def _print_outcome(outcome_rows, front, best, hv, spec, storage, floor=None, cha
         print(f"\nfeasible Pareto front ({len(front)} candidate(s), each once):")
         print(f"{'trial':>5}  {'precision':<9}{'width':>6}{'sparsity':>9} {'pruning':<13}{'T':>5}{'alpha':>6}"
               f"{'accuracy':>10}" + (f"{'balanced':>10}" if balanced_too else "")
-              + f"{'p90 ms':>10}{'size KiB':>10}  provenance  {'ships as':<16}recipe")
+              + f"{'p90 ms':>10}{'size KiB':>10}  provenance  {'ships as':<24}recipe")
         for r in sorted(front, key=lambda r: r.value("latency_ms_p90")):
             k = r.knobs
             pruning = k["pruning"] if k["sparsity"] else "-"  # the mode drawn for an unpruned model means nothing
@@ -219,7 +223,7 @@ def _print_outcome(outcome_rows, front, best, hv, spec, storage, floor=None, cha
                   f"{k['temperature']:>5g}{k['alpha']:>6g}{r.value('accuracy'):>10.4f}"
                   + (f"{r.metrics.get('balanced_accuracy', (float('nan'),))[0]:>10.4f}" if balanced_too else "")
                   + f"{r.value('latency_ms_p90'):>10.4f}{r.value('size_bytes') / 1024:>10.1f}  "
-                  f"{r.metrics['latency_ms_p90'][2]:<10}  {_ships_as(r):<16}{r.recipe or '-'}")
+                  f"{r.metrics['latency_ms_p90'][2]:<10}  {_ships_as(r):<24}{r.recipe or '-'}")
     if best:
         balanced = ""
         if balanced_too and "balanced_accuracy_test" in best.metrics:

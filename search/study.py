@@ -444,7 +444,7 @@ def record_result(study: optuna.Study, trial: optuna.Trial, spec: SearchSpec, re
     if floor:
         trial.set_constraint("accuracy_floor", floor["value"] - result.value(spec.metric))
     _set_metrics(trial, metrics)
-    for key in ("provenance", "tuning", "rung", "retimed", "host_cpu", "teacher"):
+    for key in ("provenance", "tuning", "rung", "retimed", "host_cpu", "teacher", "searched_runtime"):
         if result.info.get(key) is not None:
             trial.set_user_attr(key, result.info[key])
     trial.set_user_attr("stage_seconds", result.stage_seconds)
@@ -526,6 +526,7 @@ class Row:
     interrupted: bool = False  # running when its driver stopped (Ctrl-C, a dead driver); a resume re-runs its knobs
     violated: tuple[str, ...] = ()  # the constraints the trial's figures miss (CONSTRAINT_WORDS' keys)
     objective: str = "accuracy"  # the search's accuracy metric (``ACCURACY_METRICS``): what its front ranks by
+    searched_runtime: str | None = None  # on a local target, the untuned runtime its search figures are from
 
     def value(self, name: str) -> float:
         return self.metrics[name][0]
@@ -564,7 +565,8 @@ class Row:
         error = t.user_attrs.get("error") or t.user_attrs.get("screened_out")
         return cls(t.number, t.state.name, t.user_attrs.get("candidate", t.params), metrics, feasible, error,
                    t.user_attrs.get("reused_from_trial"), t.user_attrs.get("recipe"), t.user_attrs.get("stopped"),
-                   shipped, others and not feasible, bool(t.user_attrs.get(REQUEUED_ATTR)), violated, objective)
+                   shipped, others and not feasible, bool(t.user_attrs.get(REQUEUED_ATTR)), violated, objective,
+                   t.user_attrs.get("searched_runtime"))
 
     def accuracy_text(self, chance: float | None = None) -> str:
         """Validation accuracy; with its balanced accuracy on imbalanced classes (``chance`` = 1/K) or when the

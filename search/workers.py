@@ -104,9 +104,10 @@ def _outputs(shared: bool, runs_dir: str, *paths) -> Bundle | None:
 
 
 def run_candidate(candidate_dict: dict, dataset, target, runs_dir: str, threads: int,
-                  screen_budget_ms: float | None = None, inputs: dict | None = None) -> dict:
+                  screen_budget_ms: float | None = None, inputs: dict | None = None, runtime: str = "auto") -> dict:
     """Body of the Ray task: screening (when a budget is given), then the pipeline, returned as plain dicts, with
-    the candidate's files by value when this node does not share the driver's runs folder.
+    the candidate's files by value when this node does not share the driver's runs folder. ``runtime`` is the
+    spec's: what a local target's candidates are timed on (auto: the faster of untuned TVM and onnxruntime).
 
     ``{"screening": ...}`` alone means the candidate was ruled out before training."""
     from search.pipeline import Paths, evaluate_candidate
@@ -120,11 +121,11 @@ def run_candidate(candidate_dict: dict, dataset, target, runs_dir: str, threads:
     screening = None
     if screen_budget_ms is not None:
         screening = screen_candidate(candidate, data, profile, Path(runs_dir), latency_budget_ms=screen_budget_ms,
-                                     threads=threads)
+                                     threads=threads, runtime=runtime)
         if not screening["fits"]:
             return {"screening": screening, "transfer_s": moving}
     paths = Paths(Path(runs_dir))
-    result = evaluate_candidate(candidate, data, profile, paths, threads=threads)
+    result = evaluate_candidate(candidate, data, profile, paths, threads=threads, runtime=runtime)
     if screening:
         result.stage_seconds["screen"] = screening["seconds"]
     made = [Path(result.artifacts["onnx"]).parent]
@@ -180,7 +181,9 @@ def _ship_stage(ray, study, spec: SearchSpec, profile, report: Reporter, placeme
     if not picks:
         return
     if budget.front_tuning_minutes == 0:
-        report("shipping stage off (front_tuning_minutes 0): the front ships as searched (TVM, untuned)")
+        searched = ("untuned TVM or onnxruntime, each on the faster: the front table says which"
+                    if spec.runtime == "auto" else f"{spec.runtime}, untuned")
+        report(f"shipping stage off (front_tuning_minutes 0): the front ships as searched ({searched})")
         return
     report(f"shipping stage: {len(picks)} candidate(s) on or near the front; "
            + (f"tuning {budget.front_tuning_trials} trial(s) per task for this CPU for at most "
@@ -235,8 +238,9 @@ def _retimed(timing: dict | None) -> str:
     """A shipping line's note when its first timing was disturbed and the runtimes were timed again."""
     if not timing or timing["attempts"] == 1:
         return ""
-    return (f"; timed {timing['attempts']} times: the untuned library first read {timing['first_against_search']:.2f}x "
-            f"its median in the search, {timing['untuned_against_search']:.2f}x in the timing kept")
+    return (f"; timed {timing['attempts']} times: the runtime searched on first read "
+            f"{timing['first_against_search']:.2f}x its median in the search, {timing['untuned_against_search']:.2f}x "
+            "in the timing kept")
 
 
 def widest_candidate(spec: SearchSpec) -> Candidate:
@@ -258,7 +262,7 @@ def prepare_search(spec_dict: dict, runs_dir: str, threads: int, bounds: bool, b
     data, out = _dataset(dataset), {}
     if bounds:
         screening = screen_candidate(widest_candidate(spec), data, _profile(target), Path(runs_dir),
-                                     latency_budget_ms=spec.latency_budget_ms, threads=threads)
+                                     latency_budget_ms=spec.latency_budget_ms, threads=threads, runtime=spec.runtime)
         out["widest"] = {k: screening["metrics"][k][0] for k in ("size_bytes", "energy_mj")}
     if baseline:
         out["baseline"] = baseline_accuracy(data, Paths(Path(runs_dir)), spec.budget, spec.seed, threads=threads)
@@ -1114,7 +1118,7 @@ class _Driver:
         candidate = dataclasses.replace(job.candidate, budget=budget)
         ref = self.task.remote(dataclasses.asdict(candidate), self.transport.dataset, self.profile, self.runs_dir,
                                THREADS_PER_WORKER, self.spec.latency_budget_ms if screen else None,
-                               self.transport.inputs())
+                               self.transport.inputs(), self.spec.runtime)
         self.in_flight[ref] = job
         self.running[job.candidate.key()] = job
         if self.landed is not None:

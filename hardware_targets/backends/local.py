@@ -157,9 +157,19 @@ class LocalBackend(Backend):
 
     def measure(self, artifact: CompiledArtifact, onnx_path: Path, precision: str, sample: np.ndarray,
                 repeats: int) -> dict[str, Metric]:
-        timed = time_in_turns({"tvm": tvm_timer(artifact.library, sample, artifact.input_dtype)}, repeats)["tvm"]
-        return add_work_and_energy(latency_metrics(timed.seconds_per_call, self.provenance), onnx_path, precision,
-                                   self.profile, timed.energy_mj)
+        return self.measure_runtimes(artifact, onnx_path, precision, sample, repeats)["tvm"]
+
+    def measure_runtimes(self, artifact: CompiledArtifact, onnx_path: Path, precision: str, sample: np.ndarray,
+                         repeats: int, session=None) -> dict[str, dict[str, Metric]]:
+        """The TVM library and, given a ``session`` of the same graph, onnxruntime, timed in turns: the runtimes a
+        candidate can ship on without tuning. Untuned TVM took 5-39x onnxruntime's time on inputs of 32x32 and more
+        at widths 1-2 (NOTES.md), so a search timing TVM alone would rule out what onnxruntime runs in budget."""
+        timers = {"tvm": tvm_timer(artifact.library, sample, artifact.input_dtype)}
+        if session is not None:
+            timers["onnxruntime"] = onnxruntime_timer(session, sample)
+        return {key: add_work_and_energy(latency_metrics(timed.seconds_per_call, self.provenance), onnx_path,
+                                         precision, self.profile, timed.energy_mj)
+                for key, timed in time_in_turns(timers, repeats).items()}
 
 
 def time_onnxruntime(session, sample: np.ndarray, repeats: int) -> dict[str, Metric]:

@@ -54,9 +54,10 @@ def _code_version() -> str:
     return hashlib.sha256(b"".join((root / s).read_bytes() for s in _SOURCES)).hexdigest()[:12]
 
 
-def shape_key(candidate: Candidate, dataset: Dataset, profile: TargetProfile, root: Path) -> str:
-    """Names one screened graph on one target (for the host, one CPU kind; for an emulated profile, the
-    calibration it is emulated with)."""
+def shape_key(candidate: Candidate, dataset: Dataset, profile: TargetProfile, root: Path,
+              runtime: str = "auto") -> str:
+    """Names one screened graph on one target (for the host, one CPU kind and the runtimes it may ship on; for an
+    emulated profile, the calibration it is emulated with)."""
     from hardware_targets.calibration import load_calibration
     from search.pipeline import host_build_target
 
@@ -66,6 +67,7 @@ def shape_key(candidate: Candidate, dataset: Dataset, profile: TargetProfile, ro
              "build": host_build_target(profile, candidate.precision) if profile.backend != "emulated" else None,
              "profile": profile.name, "code": _code_version(),
              "cpu": host_cpu().key if profile.backend == "local" else None,
+             "runtime": runtime if profile.backend == "local" else None,
              "calibration": dataclasses.asdict(calibration) if calibration else None}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -132,17 +134,19 @@ def _build(candidate: Candidate, dataset: Dataset, profile: TargetProfile, root:
     return onnx_path, target_build(onnx_path, profile, host, tmp, cache_dir)
 
 
-def _measure(candidate: Candidate, dataset: Dataset, profile: TargetProfile, root: Path, threads: int) -> dict:
-    from search.pipeline import memory_metrics, set_threads, tflm_memory_metrics
-    from search.stages.export import input_dtype
+def _measure(candidate: Candidate, dataset: Dataset, profile: TargetProfile, root: Path, threads: int,
+             runtime: str = "auto") -> dict:
+    from search.pipeline import measure_searched, memory_metrics, set_threads, tflm_memory_metrics
+    from search.stages.export import input_dtype, ort_session
 
     set_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path, artifact = _build(candidate, dataset, profile, root, Path(tmp))
         tflite = Path(tmp) / TFLITE_NAME if profile.runtime == "tflite-micro" else None
         sample = dataset.x_val[:1].astype(input_dtype(candidate.precision))
-        metrics = dict(get_backend(profile, root).measure(artifact, tflite or onnx_path, candidate.precision, sample,
-                                                          SCREEN_REPEATS))
+        session = ort_session(onnx_path, threads) if profile.backend == "local" else None
+        _, metrics = measure_searched(get_backend(profile, root), artifact, tflite or onnx_path, candidate.precision,
+                                      sample, SCREEN_REPEATS, session=session, runtime=runtime)
         if tflite:
             # The arena TFLM needs for the converted graph, as the trained candidate's is found. The ONNX graph's
             # estimate counted int8 activations at float width, over three times the arena of a 96x96 int8 model,
@@ -156,20 +160,21 @@ def _measure(candidate: Candidate, dataset: Dataset, profile: TargetProfile, roo
 
 
 def screen_candidate(candidate: Candidate, dataset: Dataset, profile: TargetProfile, root: Path, *,
-                     latency_budget_ms: float, threads: int = 1) -> dict[str, Any]:
-    """Whether ``candidate`` can fit ``profile``'s latency budget and memories, from its untrained graph.
+                     latency_budget_ms: float, threads: int = 1, runtime: str = "auto") -> dict[str, Any]:
+    """Whether ``candidate`` can fit ``profile``'s latency budget and memories, from its untrained graph, in the
+    runtime it would ship on untuned (``runtime``: auto = the faster of TVM and onnxruntime on a local target).
 
     Returns ``fits``, a ``reason`` when it cannot, the figures of the untrained graph (``metrics``, each
     ``[value, unit, provenance]``), the target's ``limits``, ``seconds`` spent and whether it was ``cached``."""
     from search.pipeline import limits
 
     started = time.perf_counter()
-    cache = Path(root) / "screening" / f"{shape_key(candidate, dataset, profile, root)}.json"
+    cache = Path(root) / "screening" / f"{shape_key(candidate, dataset, profile, root, runtime)}.json"
     cached = cache.is_file()
     if cached:
         metrics = json.loads(cache.read_text())
     else:
-        metrics = _measure(candidate, dataset, profile, Path(root), threads)
+        metrics = _measure(candidate, dataset, profile, Path(root), threads, runtime)
         _store(cache, metrics)
     median = metrics["latency_ms_median"][0]
     provenance = metrics["latency_ms_median"][2]

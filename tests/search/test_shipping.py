@@ -155,7 +155,7 @@ def test_a_disturbed_shipping_timing_is_timed_again(trained, digits, host, share
     timing = ship_candidate(faster, digits, host, Paths(shared_runs), trials_per_task=0)["timing"]
     assert timing["attempts"] == 1 + RETIMES
     assert DISTURBED_RATIO < timing["untuned_against_search"] <= timing["first_against_search"]
-    assert _retimed(timing).startswith(f"; timed {1 + RETIMES} times: the untuned library first read")
+    assert _retimed(timing).startswith(f"; timed {1 + RETIMES} times: the runtime searched on first read")
     again = ship_candidate(trained, digits, host, Paths(shared_runs), trials_per_task=0)["timing"]
     # against its true figure, a timing is repeated only when it was disturbed, and never more often
     assert (again["attempts"] == 1) == (again["first_against_search"] <= DISTURBED_RATIO)
