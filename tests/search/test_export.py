@@ -351,3 +351,28 @@ def test_a_card_of_many_classes_lists_the_worst_first_with_what_each_is_taken_fo
     assert "Confusion matrix (rows: true class, columns: predicted class):" in few
     assert [r.split(" | ")[0] for r in few if r.startswith("| ") and r[2].isdigit()][:12] == \
         [f"| {c}" for c in range(12)]
+
+
+def test_without_a_shipping_stage_the_runtime_the_search_timed_ships(tmp_path):
+    """On 32x32 images at width 2 untuned TVM takes many times onnxruntime's time: the search judges the candidate
+    on onnxruntime, and with no shipping stage (TINY has none) that is what ships, verified against both recorded
+    accuracies."""
+    from search.spec import SearchSpace, SearchSpec
+    from search.workers import run_search
+    from tests.search.conftest import TINY
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "rgb.npz"
+    np.savez(data, x=rng.random((60, 3, 32, 32), dtype=np.float32), y=np.arange(60) % 2)
+    wide = SearchSpace(precision=("fp32",), pruning=("structured",), sparsity=(0.0, 0.0), temperature=(1.0, 1.0),
+                       alpha=(1.0, 1.0), width=(2.0, 2.0))
+    storage = default_storage(tmp_path)
+    run_search(SearchSpec(name="rgb", dataset=str(data), trials=1, workers=1, space=wide, recipes=False,
+                          budget=TINY, latency_budget_ms=100),
+               tmp_path, storage_url=storage, report=lambda line: None)
+    trial = load_study("rgb", storage).trials[0]
+    assert trial.user_attrs["searched_runtime"] == "onnxruntime"
+    assert trial.user_attrs["metric:latency_ms_p90"] == trial.user_attrs["metric:ort_latency_ms_p90"]
+    card = export_search("rgb", tmp_path / "out", storage_url=storage, runs_dir=tmp_path, register=False)
+    assert card["runtime"] == "onnxruntime"
+    assert card["verification"]["onnxruntime_test_accuracy"] == trial.user_attrs["metric:accuracy_test"][0]
