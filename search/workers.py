@@ -1360,8 +1360,9 @@ def _knobs(row: Row) -> str:
 
 
 def _outcome(row: Row, chance: float | None = None) -> str:
+    on = f" on {row.searched_runtime}" if row.searched_runtime == "onnxruntime" else ""  # else untuned TVM, as ever
     text = (f"{row.accuracy_text(chance)}, p90 {row.value('latency_ms_p90'):.4g} ms "
-            f"({row.metrics['latency_ms_p90'][2]}), {row.value('size_bytes') / 1024:.1f} KiB, ")
+            f"({row.metrics['latency_ms_p90'][2]}{on}), {row.value('size_bytes') / 1024:.1f} KiB, ")
     if row.stopped:
         return text + f"stopped at {row.stopped}"
     return text + ("feasible" if row.feasible else f"infeasible: {row.infeasible_because()}")

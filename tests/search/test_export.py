@@ -366,10 +366,11 @@ def test_without_a_shipping_stage_the_runtime_the_search_timed_ships(tmp_path):
     np.savez(data, x=rng.random((60, 3, 32, 32), dtype=np.float32), y=np.arange(60) % 2)
     wide = SearchSpace(precision=("fp32",), pruning=("structured",), sparsity=(0.0, 0.0), temperature=(1.0, 1.0),
                        alpha=(1.0, 1.0), width=(2.0, 2.0))
-    storage = default_storage(tmp_path)
+    storage, lines = default_storage(tmp_path), []
     run_search(SearchSpec(name="rgb", dataset=str(data), trials=1, workers=1, space=wide, recipes=False,
                           budget=TINY, latency_budget_ms=100),
-               tmp_path, storage_url=storage, report=lambda line: None)
+               tmp_path, storage_url=storage, report=lines.append)
+    assert any("ms (measured on onnxruntime)" in line for line in lines)  # the trial's line says so
     trial = load_study("rgb", storage).trials[0]
     assert trial.user_attrs["searched_runtime"] == "onnxruntime"
     assert trial.user_attrs["metric:latency_ms_p90"] == trial.user_attrs["metric:ort_latency_ms_p90"]
