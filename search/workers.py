@@ -459,14 +459,17 @@ def _precisions_measured(spec: SearchSpec) -> bool:
     return spec.space.precision == SearchSpace().precision
 
 
-# what each narrower precision buys when it is not faster than fp32, and why it can be slower on a CPU
-_NARROWER = {"fp16": ("fp16", "2x smaller weights", "the fp16 code built for this CPU is no faster"),
-             "int8": ("int8-ptq", "4x smaller weights", "TVM computes int8 (QDQ) graphs in float")}
+# what each narrower precision buys when it is not faster than fp32, and why it can be slower on a CPU, in each runtime
+_NARROWER = {"fp16": ("fp16", "2x smaller weights", {"tvm": "the fp16 code TVM builds for this CPU is no faster",
+                                                       "onnxruntime": "onnxruntime's fp16 graphs are no faster"}),
+             "int8": ("int8-ptq", "4x smaller weights", {"tvm": "TVM computes int8 (QDQ) graphs in float",
+                                                           "onnxruntime": "onnxruntime's integer kernels are slower "
+                                                                          "than its fp32 at these sizes"})}
 
 
 def _narrower_where_faster(spec: SearchSpec, profile, runs_dir: Path, report: Reporter, measured: bool) -> SearchSpec:
     """On the host, leave fp16 or int8 out of the default space when its graph is slower than fp32's of the same
-    shapes at both ends of the width range: there it only shrinks the weights, and each trial of it costs a slower,
+    shapes at both ends of the width range, each on the runtime the search would judge it on: there it only shrinks the weights, and each trial of it costs a slower,
     less accurate candidate (of 60 default searches, the four that trained 15 or more int8 candidates ended
     lowest). A CPU flag says what the CPU can do, not what the compiled code does: this is measured."""
     precisions = spec.space.precision
@@ -476,24 +479,27 @@ def _narrower_where_faster(spec: SearchSpec, profile, runs_dir: Path, report: Re
     from search.stages.native import quiet_native
     from search.stages.screen import against_fp32
 
+    runtimes = ("tvm", "onnxruntime") if spec.runtime == "auto" else (spec.runtime,)
+    on = "the faster of TVM and onnxruntime for each" if spec.runtime == "auto" else spec.runtime
     for kind in kinds:
         probe, smaller, why = _NARROWER[kind]
         try:
             with quiet_native():  # TVM logs each tuning database it opens
                 timed = against_fp32(probe, spec.space, _load_dataset(spec.dataset, spec.class_weight), profile,
-                                     Path(runs_dir), budget=spec.budget, seed=spec.seed, threads=THREADS_PER_WORKER)
+                                     Path(runs_dir), budget=spec.budget, seed=spec.seed, threads=THREADS_PER_WORKER,
+                                     runtime=spec.runtime)
         except Exception as exc:
             report(f"could not time {kind} against fp32 ({_failure_reason(exc)}); {kind} stays in the search space")
             continue
-        figures = ", ".join(f"{ms / f32:.2f}x fp32's at width {w:g} ({ms:.3g} against {f32:.3g} ms)"
-                            for w, f32, ms in timed)
-        if any(ms < f32 for _, f32, ms in timed):
+        figures = ", ".join(f"{ms / f32:.2f}x fp32's at width {w:g} ({ms:.3g} ms on {ms_on} against {f32:.3g} on "
+                            f"{f32_on})" for w, f32, ms, f32_on, ms_on in timed)
+        if any(ms < f32 for _, f32, ms, *_ in timed):
             report(f"{kind} kept in the search space: its untrained graph timed {figures} (measured, median, "
-                   "in turns with fp32's)")
+                   f"in turns with fp32's, {on})")
             continue
         report(f"{kind} left out of the search space: its untrained graph timed {figures} (measured, median, in "
-               "turns with fp32's): "
-               f"slower than fp32 at both ends of the width range ({why}), so {kind} would buy {smaller} only; list "
+               f"turns with fp32's, {on}): slower than fp32 at both ends of the width range "
+               f"({'; '.join(why[r] for r in runtimes)}), so {kind} would buy {smaller} only; list "
                "space.precision in the spec to search it anyway")
         precisions = tuple(p for p in precisions if arithmetic(p) != kind)
     if precisions == spec.space.precision:

@@ -188,21 +188,22 @@ def screen_candidate(candidate: Candidate, dataset: Dataset, profile: TargetProf
 
 
 def against_fp32(precision: str, space, dataset: Dataset, profile: TargetProfile, root: Path, *, budget, seed: int,
-                 threads: int = 1) -> list[tuple[float, float, float]]:
+                 threads: int = 1, runtime: str = "auto") -> list[tuple[float, float, float, str, str]]:
     """Median latency of the untrained fp32 and ``precision`` graphs of the same shapes at the space's narrowest and
-    widest widths on a local target, as ``(width, fp32_ms, precision_ms)``: whether the narrower precision is a
-    speed-up there at all. The two graphs of a width are timed in turns (``time_in_turns``), so that a change in
-    the machine's speed between two timings cannot decide: timed one after the other, fp32 at width 2 once read
-    1.36x its figure of another run and int8 stayed in a space where it is slower (NOTES.md). The figures are cached
-    with the screenings, so a resumed search decides the same."""
-    from hardware_targets.backends.local import time_in_turns, tvm_timer
+    widest widths on a local target, each on the runtime it would be searched on (``runtime``; auto = the faster of
+    TVM and onnxruntime, as the search judges a candidate), as ``(width, fp32_ms, precision_ms, fp32_runtime,
+    precision_runtime)``: whether the narrower precision is a speed-up there at all. Every graph of a width is timed
+    in turns (``time_in_turns``), so that a change in the machine's speed between two timings cannot decide: timed
+    one after the other, fp32 at width 2 once read 1.36x its figure of another run and int8 stayed in a space where
+    it is slower (NOTES.md). The figures are cached with the screenings, so a resumed search decides the same."""
+    from hardware_targets.backends.local import onnxruntime_timer, time_in_turns, tvm_timer
     from search.pipeline import set_threads
-    from search.stages.export import input_dtype
+    from search.stages.export import input_dtype, ort_session
 
     candidates = {width: [Candidate(precision=p, pruning=space.pruning[0], sparsity=0.0, width=width, budget=budget,
                                     seed=seed) for p in ("fp32", precision)]
                   for width in sorted({space.width[0], space.width[1]})}
-    keys = [shape_key(c, dataset, profile, root) for pair in candidates.values() for c in pair]
+    keys = [shape_key(c, dataset, profile, root, runtime) for pair in candidates.values() for c in pair]
     cache = Path(root) / "screening" / f"against-{hashlib.sha256(' '.join(keys).encode()).hexdigest()[:16]}.json"
     if cache.is_file():
         return [tuple(row) for row in json.loads(cache.read_text())]
@@ -212,11 +213,15 @@ def against_fp32(precision: str, space, dataset: Dataset, profile: TargetProfile
         with tempfile.TemporaryDirectory() as tmp:
             timers = {}
             for c in pair:
-                _, artifact = _build(c, dataset, profile, Path(root), Path(tmp))
-                timers[c.precision] = tvm_timer(artifact.library, dataset.x_val[:1].astype(input_dtype(c.precision)),
-                                                artifact.input_dtype)
+                onnx_path, artifact = _build(c, dataset, profile, Path(root), Path(tmp))
+                sample = dataset.x_val[:1].astype(input_dtype(c.precision))
+                if runtime != "onnxruntime":
+                    timers[c.precision, "tvm"] = tvm_timer(artifact.library, sample, artifact.input_dtype)
+                if runtime != "tvm":
+                    timers[c.precision, "onnxruntime"] = onnxruntime_timer(ort_session(onnx_path, threads), sample)
             timed = time_in_turns(timers, AGAINST_FP32_ROUNDS, rapl=None)
-        out.append((width, *(timed[c.precision].median_ms for c in pair)))
+        fastest = [min((t.median_ms, on) for (p, on), t in timed.items() if p == c.precision) for c in pair]
+        out.append((width, fastest[0][0], fastest[1][0], fastest[0][1], fastest[1][1]))
     _store(cache, out)
     return out
 

@@ -400,17 +400,22 @@ def test_fp16_and_int8_leave_the_default_host_space_where_their_graphs_are_slowe
     for kind in kinds:
         figures = against_fp32(probes[kind], supported.space, digits, host, tmp_path, budget=TINY, seed=0)
         assert figures == against_fp32(probes[kind], supported.space, digits, host, tmp_path, budget=TINY, seed=0)
-        assert [w for w, _, _ in figures] == [0.25, 2.0]
-        for width, fp32, narrower in figures:  # each kind's own fp32 timing: the one it was timed in turns with
+        assert [w for w, *_ in figures] == [0.25, 2.0]
+        for width, fp32, narrower, *runtimes in figures:  # each kind's own fp32 timing: the one timed in turns with it
             medians[kind, "fp32", width], medians[kind, width] = fp32, narrower
+            assert set(runtimes) <= {"tvm", "onnxruntime"}  # the faster of the two, as a candidate is judged
     for kind in kinds:
         slower = all(medians[kind, w] >= medians[kind, "fp32", w] for w in (0.25, 2.0))
         assert any(p.startswith(kind) for p in decided.space.precision) != slower
         said = next(ln for ln in lines if ln.startswith(f"{kind} ") and "search space:" in ln)
         assert said.startswith(f"{kind} left out of the search space" if slower else f"{kind} kept in the search space")
         assert f"{medians[kind, 2.0] / medians[kind, 'fp32', 2.0]:.2f}x fp32's at width 2" in said
+        assert "the faster of TVM and onnxruntime for each" in said
     assert "fp32" in decided.space.precision
     assert INT8_ON_HOST not in lines  # the measured line replaces the general one
+    for forced in ("tvm", "onnxruntime"):  # --runtime forces the runtime both graphs are timed on
+        figures = against_fp32("int8-ptq", supported.space, digits, host, tmp_path, budget=TINY, seed=0, runtime=forced)
+        assert {on for *_, f32_on, on in figures} == {f32_on for *_, f32_on, on in figures} == {forced}
     lines.clear()
     listed = SearchSpec(name="listed", budget=TINY, space=NO_FP16)  # precisions a spec lists stay, unmeasured
     assert _narrower_where_faster(_supported_space(listed, host, lines.append), host, tmp_path, lines.append,
