@@ -192,8 +192,9 @@ def evaluate_candidate(
     target its latency and accuracy are those of the runtime it ships on untuned (``measure_searched``)."""
     missing = profile.unsupported_reason(candidate.precision) if profile.runtime == "tflite-micro" else None
     if missing:  # a board that runs TFLite Micro cannot take it at all: refused before any training
-        raise ConfigError(f"Target {profile.name} has {missing}; evaluate {' or '.join(TFLM_PRECISIONS)} on "
-                          f"{profile.name}.")
+        shippable = [p for p in TFLM_PRECISIONS if profile.supports(p)]
+        raise ConfigError(f"Target {profile.name} has {missing}; evaluate {', '.join(shippable[:-1])} or "
+                          f"{shippable[-1]} on {profile.name}.")
     say = progress or (lambda stage, message: None)
     set_threads(threads)
     torch.manual_seed(candidate.seed)
@@ -354,8 +355,12 @@ def tflm_memory_metrics(tflite_path: Path, onnx_path: Path, arena: int, profile:
     runtime_ram, runtime_flash = profile.runtime_ram_overhead_bytes or 0, profile.runtime_flash_bytes or 0
     graph = graph_memory_metrics(onnx_path, profile)
     del graph["peak_activation_bytes"]
+    from search.stages.tflite import constant_bytes
+
     return {
         **graph,
+        # the weights as the .tflite holds them: int8-ptq and int8-qat of the same shapes take the same bytes
+        "size_bytes": Metric(float(constant_bytes(tflite_path)), "bytes", "measured"),
         "tflite_bytes": Metric(float(model_bytes), "bytes", "measured"),
         "tflm_arena_bytes": Metric(float(arena), "bytes", "measured"),
         # a sum with a profile figure is an estimate, however exact its measured part

@@ -123,11 +123,14 @@ def _convert_program(program: Path, out: Path, kind: str, samples: Path) -> str 
 
 
 def convert_tflite(model: torch.nn.Module, candidate: Candidate, dataset: Dataset, path: Path) -> Path:
-    """Convert the trained (pruned) float model to ``path``: float32 for fp32, fully integer int8 for int8-ptq,
-    calibrated on ``candidate.budget.calibration_samples`` training samples, one at a time (batch 1, as deployed).
+    """Convert the trained (pruned) model to ``path``: float32 for fp32, fully integer int8 for int8-ptq and
+    int8-qat (the QAT model's trained weights, ``qat_as_float``), its activation ranges calibrated on
+    ``candidate.budget.calibration_samples`` training samples, one at a time (batch 1, as deployed).
 
     The model crosses to the converter's environment as a ``torch.export`` program."""
     import tempfile
+
+    from search.stages.compress import qat_as_float
 
     if candidate.precision not in TFLM_PRECISIONS:
         raise CandidateError("convert", f"{candidate.precision} candidates are not converted to TFLite Micro "
@@ -135,6 +138,8 @@ def convert_tflite(model: torch.nn.Module, candidate: Candidate, dataset: Datase
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
+    if candidate.precision == "int8-qat":
+        model = qat_as_float(model)
     rng = np.random.default_rng(candidate.seed)
     count = min(len(dataset.x_train), max(1, candidate.budget.calibration_samples))
     samples = dataset.x_train[np.sort(rng.choice(len(dataset.x_train), size=count, replace=False))]
@@ -156,6 +161,16 @@ def interpreter(path: Path, arena_bytes: int | None = None):
     size = arena_bytes or max(10 * Path(path).stat().st_size, 1 << 20) + unplanned_tensor_bytes(path)
     with quiet_native():
         return runtime.Interpreter.from_file(str(path), arena_size=size)
+
+
+def constant_bytes(path: Path) -> int:
+    """Bytes of the constant tensors' data (weights and biases) as the ``.tflite`` stores them, each buffer once:
+    what the model's parameters take in flash. The ONNX graph's count would differ by precision path (QAT's ONNX
+    has a scale per tensor, the .tflite one per channel for PTQ and QAT alike)."""
+    schema = _require("tflite_micro.tensorflow.lite.micro.python.schema_py_generated")
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(Path(path).read_bytes(), 0))
+    used = {t.buffer for graph in model.subgraphs or [] for t in graph.tensors or [] if 0 < t.buffer < len(model.buffers)}
+    return sum(len(model.buffers[b].data) for b in used if model.buffers[b].data is not None)
 
 
 def unplanned_tensor_bytes(path: Path) -> int:

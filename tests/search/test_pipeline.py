@@ -56,7 +56,7 @@ def test_cli_evaluate_json(shared_runs, capsys):
      (["evaluate", "--threads", "0"], "--threads must be between 1 and this machine's"),
      (["evaluate", "--threads", "4096"], "--threads must be between 1 and this machine's"),
      # refused before any training: the convert stage would only refuse it after
-     (["evaluate", "--target", "cortex-m4", "--precision", "int8-qat"], "evaluate fp32 or int8-ptq on cortex-m4")],
+     (["evaluate", "--target", "cortex-m4", "--precision", "fp16"], "evaluate fp32, int8-ptq or int8-qat on cortex-m4")],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
     assert main(["--runs-dir", str(tmp_path)] + argv) == 2
