@@ -263,7 +263,18 @@ def _spec_from_args(args: argparse.Namespace):
         from search.errors import ConfigError
 
         raise ConfigError("A search needs a name: pass --name NAME or set 'name' in the spec file.")
-    return SearchSpec.from_dict(data)
+    return _absolute_inputs(SearchSpec.from_dict(data))
+
+
+def _absolute_inputs(spec):
+    """The spec with its dataset and profile files named by absolute path: export, resume and status read them
+    later, from whatever folder they are run in (a relative path stored as given failed there)."""
+    import dataclasses
+
+    from search.spec import input_files
+
+    found = {field: str(path.resolve()) for field, path in input_files(spec).items() if path.is_file()}
+    return dataclasses.replace(spec, **found) if found else spec
 
 
 def _storage_url(args: argparse.Namespace) -> str:

@@ -248,7 +248,6 @@ def export_search(
     from hardware_targets import load_profile
     from hardware_targets.compile import compile_tvm, tuning_dir
     from objectives.accuracy import accuracy, predict_onnx, predict_tvm
-    from search.data import load_dataset
     from search.pipeline import host_build_target
     from search.stages.export import input_dtype, ort_session
 
@@ -276,7 +275,7 @@ def export_search(
     out = prepare_dir(out, overwrite)
     with _removed_on_failure(out, existed):
         dtype = input_dtype(precision).name
-        dataset = load_dataset(spec.dataset, spec.class_weight)
+        dataset = _searched_dataset(spec, search)
         shape = (1, *dataset.sample_shape)
 
         onnx_path = out / "model.onnx"
@@ -595,6 +594,20 @@ def _remeasure(artifact, onnx_path: Path, precision: str, sample, profile, runti
     names = ("latency_ms_median", "latency_ms_p90") + (() if suffix else ("energy_mj",))
     return {f"{name}{suffix}": {"value": m.value, "unit": m.unit, "provenance": m.provenance}
             for name, m in got.items() if name in names}
+
+
+def _searched_dataset(spec, search: str):
+    """The search's dataset, or a message that says where a relative path was meant to be read from."""
+    from search.data import load_dataset
+    from search.errors import DatasetError
+
+    try:
+        return load_dataset(spec.dataset, spec.class_weight)
+    except DatasetError as exc:
+        if Path(spec.dataset).is_absolute() or Path(spec.dataset).exists():
+            raise
+        raise DatasetError(f"{exc} Search {search!r} stored it as a path relative to the folder it was submitted "
+                           "from: run export from that folder.") from exc
 
 
 def _int8_against_fp32(row, spec, dataset, profile, build_target, runtime: str, int8: tuple[str, Path],

@@ -81,3 +81,26 @@ def test_the_readme_spec_example_is_a_valid_spec_and_its_comments_give_the_defau
     comments = dict(re.findall(r"^(\w+):[^#\n]*#\s*(.*)$", example, re.M))
     assert f"null = on from {HALVING_FROM_TRIALS} trials" in comments["halving"]
     assert all(name in comments["sampler"] for name in SAMPLERS)
+
+
+def test_a_submitted_spec_names_its_files_by_absolute_path_so_export_works_from_any_folder(tmp_path, monkeypatch):
+    """A search is submitted from the dataset's folder and exported, resumed or shown from another: the stored
+    spec holds the file's absolute path. A missing file keeps the path as typed, for the error to name it."""
+    import numpy as np
+
+    from hardware_targets.profile import PROFILE_DIR
+    from search.cli import _absolute_inputs
+    from search.export import _searched_dataset
+
+    x = np.random.default_rng(0).normal(size=(40, 1, 16)).astype(np.float32)
+    np.savez(tmp_path / "sig.npz", x=x, y=np.arange(40) % 2)
+    (tmp_path / "board.yaml").write_text((PROFILE_DIR / "rpi4.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    spec = _absolute_inputs(SearchSpec(name="rel", dataset="sig.npz", target="board.yaml"))
+    assert (spec.dataset, spec.target) == (str(tmp_path / "sig.npz"), str(tmp_path / "board.yaml"))
+    assert _absolute_inputs(SearchSpec(name="gone", dataset="gone.npz")).dataset == "gone.npz"
+    monkeypatch.chdir(tmp_path.parent)
+    assert _searched_dataset(spec, "rel").sample_shape == (1, 16)
+    # a search stored before, with the path as typed: the message says where to run export from
+    with pytest.raises(DatasetError, match="relative to the folder it was submitted from: run export from that"):
+        _searched_dataset(SearchSpec(name="old", dataset="sig.npz"), "old")
