@@ -19,7 +19,8 @@ BACKENDS = ("local", "remote", "emulated")
 # what runs the model on the device: TVM's runtime (CPU targets), or TensorFlow Lite Micro (microcontrollers,
 # for which TVM 0.27 has no runtime)
 RUNTIMES = ("tvm", "tflite-micro")
-# what TFLite Micro converts: int8 (PTQ, and QAT through its trained weights) is fully integer; fp16 has no MCU arithmetic
+# what TFLite Micro converts: int8 (PTQ, and QAT through its trained weights) fully integer; fp16 has no MCU
+# arithmetic
 TFLM_PRECISIONS = ("fp32", "int8-ptq", "int8-qat")
 TRACKER_FIELDS = ("tracker_host", "tracker_port", "key")
 PRECISION_KEYS = ("fp32", "fp16", "int8")

@@ -351,12 +351,12 @@ def tflm_memory_metrics(tflite_path: Path, onnx_path: Path, arena: int, profile:
     """RAM and flash of a TFLite Micro deployment: the arena the interpreter needed (measured) plus the profile's
     runtime overhead, and the flatbuffer (measured) plus the profile's figure for the runtime and its kernels. The
     ONNX graph's peak activations are left out: they count an int8 model's activations at float width."""
+    from search.stages.tflite import constant_bytes
+
     model_bytes = file_bytes(tflite_path)
     runtime_ram, runtime_flash = profile.runtime_ram_overhead_bytes or 0, profile.runtime_flash_bytes or 0
     graph = graph_memory_metrics(onnx_path, profile)
     del graph["peak_activation_bytes"]
-    from search.stages.tflite import constant_bytes
-
     return {
         **graph,
         # the weights as the .tflite holds them: int8-ptq and int8-qat of the same shapes take the same bytes

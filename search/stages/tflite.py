@@ -169,7 +169,8 @@ def constant_bytes(path: Path) -> int:
     has a scale per tensor, the .tflite one per channel for PTQ and QAT alike)."""
     schema = _require("tflite_micro.tensorflow.lite.micro.python.schema_py_generated")
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(Path(path).read_bytes(), 0))
-    used = {t.buffer for graph in model.subgraphs or [] for t in graph.tensors or [] if 0 < t.buffer < len(model.buffers)}
+    used = {tensor.buffer for graph in model.subgraphs or [] for tensor in graph.tensors or []
+            if 0 < tensor.buffer < len(model.buffers)}
     return sum(len(model.buffers[b].data) for b in used if model.buffers[b].data is not None)
 
 

@@ -248,8 +248,8 @@ def test_a_qat_model_converts_to_a_fully_integer_tflite_that_computes_what_qat_t
     # a quarter or so of fp32's (int32 biases beside float ones)
     same_shapes = build_model(digits.sample_shape, digits.num_classes, 0.5)
     fit(same_shapes, digits, 1, seed=1)  # trained: untrained batch norms fold into zero biases, which the file shares
-    ptq = convert_tflite(same_shapes, dataclasses.replace(candidate, precision="int8-ptq"), digits, tmp_path / "p.tflite")
-    fp32 = convert_tflite(same_shapes, dataclasses.replace(candidate, precision="fp32"), digits, tmp_path / "f.tflite")
+    ptq, fp32 = (convert_tflite(same_shapes, dataclasses.replace(candidate, precision=p), digits, tmp_path / f"{p}.tflite")
+                 for p in ("int8-ptq", "fp32"))
     assert constant_bytes(path) == constant_bytes(ptq) < constant_bytes(fp32) / 3
 
 
