@@ -117,8 +117,9 @@ def cmd_targets(args: argparse.Namespace) -> int:
           + ", ".join(f"{k} {v:g}" for k, v in (host.peak_macs_per_cycle or {}).items())
           + f"; fp16 {'native' if host.supports('fp16') else 'not native (left out of host searches)'}; "
           f"active power {host.power_active_mw:g} mW per core (estimated, by CPU class)")
-    print("  int8: timed against fp32 of the same shapes when a host search starts, and left out of the default "
-          "space where it is slower (TVM computes int8 QDQ graphs in float)")
+    print("  fp16 and int8: timed against fp32 of the same shapes on TVM and onnxruntime when a host search starts, "
+          "and left out of the default space where neither runtime runs them faster than fp32 (TVM computes int8 "
+          "QDQ graphs in float)")
     print("unstructured pruning is searched only where a profile's kernels skip zero weights "
           f"(unstructured_sparsity_speedup): {', '.join(skipping) or 'none of these'}; elsewhere channels are pruned")
     print("  what each sparsity lowers: removed channels (structured) lower latency, weights, RAM and energy on every "

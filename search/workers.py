@@ -471,7 +471,8 @@ def _narrower_where_faster(spec: SearchSpec, profile, runs_dir: Path, report: Re
     """On the host, leave fp16 or int8 out of the default space when its graph is slower than fp32's of the same
     shapes at both ends of the width range, each on the runtime the search would judge it on: there it only
     shrinks the weights, and each trial of it costs a slower, less accurate candidate (of 60 default searches, the
-    four that trained 15 or more int8 candidates ended lowest). A CPU flag says what the CPU can do, not what the compiled code does: this is measured."""
+    four that trained 15 or more int8 candidates ended lowest). A CPU flag says what the CPU can do, not what the
+    compiled code does: this is measured."""
     precisions = spec.space.precision
     kinds = [k for k in _NARROWER if any(arithmetic(p) == k for p in precisions)]
     if profile.backend != "local" or not measured or "fp32" not in precisions or not kinds:
