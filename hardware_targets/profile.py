@@ -153,7 +153,8 @@ def load_profile(name_or_path: str | Path, directory: Path = PROFILE_DIR) -> Tar
                 "(or pass the path of a profile .yaml file)."
             )
     elif not path.is_file():
-        raise ProfileError(f"Profile file {str(path)!r} does not exist.")
+        raise ProfileError(f"Profile file {str(path)!r} does not exist"
+                           + ("." if path.is_absolute() else f" (a relative path is read from {Path.cwd()})."))
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

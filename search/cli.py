@@ -244,9 +244,9 @@ def _print_outcome(outcome_rows, front, best, hv, spec, storage, floor=None, cha
 
 
 def _spec_from_args(args: argparse.Namespace):
-    from search.spec import SearchSpec, load_spec_file
+    from search.spec import SearchSpec, beside_spec_file, load_spec_file
 
-    data = load_spec_file(args.spec) if args.spec else {}
+    data = beside_spec_file(load_spec_file(args.spec), args.spec) if args.spec else {}
     for key in ("name", "dataset", "target", "latency_budget_ms", "trials", "workers", "sampler", "seed", "timeout_s",
                 "recipes", "halving", "max_accuracy_drop", "min_accuracy", "runtime", "class_weight",
                 "metric"):

@@ -201,7 +201,8 @@ def load_npz(path: str | Path) -> Dataset:
     """Load and validate a user dataset; every problem names the key at fault."""
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(f"Dataset file {str(path)!r} does not exist.")
+        raise DatasetError(f"Dataset file {str(path)!r} does not exist"
+                           + ("." if path.is_absolute() else f" (a relative path is read from {Path.cwd()})."))
     if not zipfile.is_zipfile(path):
         raise DatasetError(f"{path}: not a readable .npz archive (save it with numpy.savez).")
     try:

@@ -193,6 +193,19 @@ def load_spec_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def beside_spec_file(data: dict[str, Any], spec_file: str | Path) -> dict[str, Any]:
+    """``data`` read from ``spec_file``, with its relative dataset or profile paths that name no file from the
+    current folder read from the spec file's folder: a spec kept beside its data runs from any folder, and a path
+    that works from the current folder keeps meaning what it did."""
+    folder, found = Path(spec_file).resolve().parent, {}
+    for field in ("dataset", "target"):
+        value = data.get(field)
+        if isinstance(value, str) and not Path(value).is_absolute() and not Path(value).is_file() \
+                and (folder / value).is_file():
+            found[field] = str(folder / value)
+    return {**data, **found}
+
+
 def input_files(spec: SearchSpec) -> dict[str, Path]:
     """The fields of ``spec`` that name a file (a user's dataset, a profile), with their paths."""
     found = {}
@@ -215,10 +228,18 @@ def check_inputs(spec: SearchSpec):
     from hardware_targets import load_profile
     from search.data import BUILTIN_DATASETS
 
+    files, where = input_files(spec), f"(a relative path is read from the current folder, {Path.cwd()}, or " \
+                                      "from the spec file's folder)"
+    if "target" in files and not files["target"].is_file():
+        from hardware_targets.errors import ProfileError
+
+        raise ProfileError(f"Profile file {spec.target!r} does not exist {where}.")
     profile = load_profile(spec.target)
     if spec.dataset not in BUILTIN_DATASETS and not Path(spec.dataset).is_file():
         from search.errors import DatasetError
 
+        if "dataset" in files:  # a file the user meant: say where it was looked for
+            raise DatasetError(f"Dataset file {spec.dataset!r} does not exist {where}.")
         raise DatasetError(f"Unknown dataset {spec.dataset!r}: expected one of {list(BUILTIN_DATASETS)} "
                            "or the path of an .npz file.")
     return profile

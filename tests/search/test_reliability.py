@@ -364,7 +364,8 @@ def test_fuzzed_cli_options_validate_or_exit_2(pairs):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--target", "toaster"], "Unknown target"), (["--dataset", "nope.npz"], "Unknown dataset"),
+    (["--target", "toaster"], "Unknown target"), (["--dataset", "nope.npz"], "Dataset file 'nope.npz' does not exist"),
+    (["--dataset", "imagenet"], "Unknown dataset"), (["--target", "board.yaml"], "Profile file 'board.yaml' does not"),
     (["--workers", "64"], "'workers' field"), (["--latency-budget-ms", "-1"], "'latency_budget_ms' field"),
     (["--name", "../../etc"], "'name' field"), (["--trials", "0"], "'trials' field")])
 def test_bad_submit_writes_nothing(tmp_path, capsys, argv, message):

@@ -104,3 +104,32 @@ def test_a_submitted_spec_names_its_files_by_absolute_path_so_export_works_from_
     # a search stored before, with the path as typed: the message says where to run export from
     with pytest.raises(DatasetError, match="relative to the folder it was submitted from: run export from that"):
         _searched_dataset(SearchSpec(name="old", dataset="sig.npz"), "old")
+
+
+def test_a_spec_file_names_its_files_from_its_own_folder_where_the_current_one_has_none(tmp_path, monkeypatch,
+                                                                                       capsys):
+    """A spec kept beside its data (specs/har.yaml naming har.npz) runs from the repository root; a path that
+    names a file from the current folder keeps that meaning; a file found in neither is named with both places."""
+    import numpy as np
+
+    from hardware_targets.profile import PROFILE_DIR
+    from search.cli import _spec_from_args, build_parser, main
+
+    (tmp_path / "specs").mkdir()
+    x = np.random.default_rng(0).normal(size=(40, 1, 16)).astype(np.float32)
+    np.savez(tmp_path / "specs" / "sig.npz", x=x, y=np.arange(40) % 2)
+    (tmp_path / "specs" / "board.yaml").write_text((PROFILE_DIR / "rpi4.yaml").read_text())
+    (tmp_path / "specs" / "s.yaml").write_text("name: beside\ndataset: sig.npz\ntarget: board.yaml\n")
+    monkeypatch.chdir(tmp_path)
+    spec = _spec_from_args(build_parser().parse_args(["submit", "--spec", "specs/s.yaml"]))
+    assert (spec.dataset, spec.target) == (str(tmp_path / "specs" / "sig.npz"), str(tmp_path / "specs" / "board.yaml"))
+    check_inputs(spec)
+    # the current folder's file of the same name wins, as before
+    np.savez(tmp_path / "sig.npz", x=x[:, :, :8], y=np.arange(40) % 2)
+    assert _spec_from_args(build_parser().parse_args(["submit", "--spec", "specs/s.yaml"])).dataset \
+        == str(tmp_path / "sig.npz")
+    (tmp_path / "specs" / "s.yaml").write_text("name: gone\ndataset: gone.npz\n")
+    assert main(["--runs-dir", str(tmp_path / "runs"), "submit", "--spec", "specs/s.yaml", "--no-mlflow"]) == 2
+    err = capsys.readouterr().err
+    assert "Dataset file 'gone.npz' does not exist" in err and str(tmp_path) in err and "spec file's folder" in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*"))
