@@ -886,6 +886,27 @@ def _prepare(ray, study, spec: SearchSpec, profile, report: Reporter, placement:
         report(f"{words} floor {spec.min_accuracy:g} (validation {words} of the compiled artifact)")
 
 
+class EpochProgress:
+    """Progress lines of a training run: its first epoch, then at most one per ``every`` seconds (a line per epoch
+    of a long run would bury the search's own lines)."""
+
+    def __init__(self, what: str, epochs: int, every: float = PROGRESS_S, clock=time.perf_counter):
+        self.what, self.epochs, self.every, self.clock = what, epochs, every, clock
+        self.started = self.shown = clock()
+
+    def elapsed(self) -> float:
+        return self.clock() - self.started
+
+    def line(self, epoch: int) -> str | None:
+        """The line to show after ``epoch`` epochs, or None when the last one shown is recent."""
+        now = self.clock()
+        if epoch != 1 and now - self.shown < self.every:
+            return None
+        self.shown, spent = now, now - self.started
+        return (f"{self.what}: epoch {epoch}/{self.epochs}, {_clock(spent)} so far, "
+                f"ETA {_clock(spent / epoch * (self.epochs - epoch))}")
+
+
 def _teacher_stage(ray, spec: SearchSpec, report: Reporter, placement: dict, transport: _Transport) -> None:
     """Have the distillation teacher trained before the first trial when the space distils: once, on all the
     search's CPUs, with its own progress, and outside the trials' ETA (inside a trial it would hold a worker for many
@@ -896,11 +917,11 @@ def _teacher_stage(ray, spec: SearchSpec, report: Reporter, placement: dict, tra
     threads = min(spec.workers * THREADS_PER_WORKER, _node_cpus(ray, placement))
     task = ray.remote(num_cpus=threads, max_retries=0, **placement)(teacher_task)
     stream = task.remote(transport.dataset, spec.seed, epochs, str(transport.root), threads, transport.inputs())
-    started = shown = None
+    progress = None
     try:
         for ref in stream:
             message = ray.get(ref)
-            started = shown = started or time.perf_counter()  # from the task's start: the ETA is the training's
+            progress = progress or EpochProgress("teacher", epochs)  # from the task's start: the ETA is the training's
             what = f"width {message['width']:g}, {epochs} epochs" if "width" in message else ""
             if message.get("cached"):
                 report(f"distillation teacher ({what}): cached, not trained again")
@@ -909,13 +930,10 @@ def _teacher_stage(ray, spec: SearchSpec, report: Reporter, placement: dict, tra
                        f"distils (alpha from {spec.space.alpha[0]:g}); once per dataset, seed and teacher epochs "
                        "(budget.teacher_epochs, --teacher-epochs), then cached for later searches and resumes")
             elif "epoch" in message:
-                now, done = time.perf_counter(), message["epoch"]
-                if done == epochs:
-                    report(f"distillation teacher trained in {_clock(now - started)}")
-                elif done == 1 or now - shown >= PROGRESS_S:
-                    shown = now
-                    report(f"teacher: epoch {done}/{epochs}, {_clock(now - started)} so far, "
-                           f"ETA {_clock((now - started) / done * (epochs - done))}")
+                if message["epoch"] == epochs:
+                    report(f"distillation teacher trained in {_clock(progress.elapsed())}")
+                elif line := progress.line(message["epoch"]):
+                    report(line)
             else:
                 transport.land(message.get("files"))
     except Exception as exc:

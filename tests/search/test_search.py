@@ -113,6 +113,24 @@ def test_a_distilling_search_trains_its_teacher_first_in_view_and_once(tmp_path)
     assert not any(line.startswith(("training the distillation teacher", "teacher: epoch")) for line in again)
 
 
+def test_a_long_training_shows_its_first_epoch_then_a_line_per_progress_interval():
+    """A 16-epoch teacher of 4 s epochs printed epoch 1, nothing for 26 s, then every epoch: the interval was
+    counted from the start, not from the last line shown."""
+    from search.workers import PROGRESS_S, EpochProgress
+
+    now = [100.0]
+    progress = EpochProgress("teacher", 16, clock=lambda: now[0])
+    shown = []
+    for epoch in range(1, 16):
+        now[0] += 4.0
+        if line := progress.line(epoch):
+            shown.append(line)
+    every = int(PROGRESS_S // 4) + (PROGRESS_S % 4 > 0)  # epochs between two lines
+    assert [int(line.split("/")[0].split()[-1]) for line in shown] == list(range(1, 16, every))
+    assert shown[0] == "teacher: epoch 1/16, 0m04s so far, ETA 1m00s"
+    assert progress.elapsed() == 60.0
+
+
 def _cli(runs, *args):
     return [sys.executable, "-m", "search.cli", "--runs-dir", str(runs), *args]
 
