@@ -44,6 +44,7 @@ class Dataset:
     num_classes: int
     drawn: str = ""  # the splits drawn here rather than given by the data, in words ("" when it gave them all)
     class_weight: str = "none"  # one of CLASS_WEIGHTS; set by ``weighted``, which also changes the fingerprint
+    saved_layout: str = ""  # the axis order x was saved in, when channels-last (NHWC, NLC): an export takes it too
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -146,7 +147,8 @@ def _stratified_split(x, y, fraction, seed=SPLIT_SEED):
     return train_test_split(x, y, test_size=fraction, stratify=y, random_state=seed)
 
 
-def _finish(name, fingerprint, x_train, y_train, x_test, y_test, x_val=None, y_val=None, test_from="") -> Dataset:
+def _finish(name, fingerprint, x_train, y_train, x_test, y_test, x_val=None, y_val=None, test_from="",
+            saved_layout="") -> Dataset:
     """``test_from`` names what the test split was drawn from ("" when the data gave it)."""
     drawn = [f"test {TEST_FRACTION:.0%} of {test_from}"] if test_from else []
     if x_val is None:
@@ -164,6 +166,7 @@ def _finish(name, fingerprint, x_train, y_train, x_test, y_test, x_val=None, y_v
         y_test=np.asarray(y_test, dtype=np.int64),
         num_classes=num_classes,
         drawn=f"drawn here: {', '.join(drawn)}; stratified by class, seed {SPLIT_SEED}" if drawn else "",
+        saved_layout=saved_layout if saved_layout.endswith("C") else "",
     )
 
 
@@ -262,7 +265,7 @@ def load_npz(path: str | Path) -> Dataset:
     try:
         return _finish(
             path.stem, f"npz-{digest}", x["train"], arrays["y_train"], x["test"], arrays["y_test"],
-            x.get("val"), arrays.get("y_val"), test_from,
+            x.get("val"), arrays.get("y_val"), test_from, layout or "",
         )
     except ValueError as exc:  # scikit-learn's split: a class with one training sample, or fewer samples than classes
         raise DatasetError(

@@ -167,7 +167,8 @@ def _mlflow_run_id(tracking_uri: str | None, search: str, trial: int) -> str | N
 PREDICT_PY = '''"""Classify inputs with the exported model, in the runtime the model card ships it with.
 
 python predict.py [input.npy] [--runtime onnxruntime|tvm]. input.npy holds one sample or a batch of them, in the
-axis order the model card's input layout names (a single channel's axis may be left out). TVM runs model.so, or
+axis order the model card's input layout names (a single channel's axis may be left out), or in the channels-last
+order the searched dataset was saved in (its dataset_layout). TVM runs model.so, or
 model.tar on the board it was built for (linked there on first use: TVM needs a C compiler for that); elsewhere,
 and with model.onnx or model.onnx.gz alone, onnxruntime runs the same graph.
 """
@@ -227,6 +228,8 @@ elif sample[0] == 1 and x.shape == sample[1:]:  # one channel: its axis may be l
     x = x[None, None]
 elif sample[0] == 1 and x.shape[1:] == sample[1:]:
     x = x[:, None]
+elif (card.get("input") or {}).get("dataset_layout") and x.shape[-len(sample):] == (*sample[1:], sample[0]):
+    x = np.moveaxis(x if x.ndim > len(sample) else x[None], -1, 1)  # channels-last, as the dataset was saved
 if x.shape[1:] != sample:
     layout = (card.get("input") or {}).get("layout", "channel-first")
     order = (f"; if its axes are in another order, np.moveaxis them to {layout}"
@@ -365,7 +368,7 @@ def export_search(
             # every runtime the shipping stage timed side by side (p90 and median ms); the fastest ships unless forced
             "runtime_figures": shipped["figures"] if shipped else None,
             "runtime_forced": bool(shipped and shipped.get("forced")),
-            "input": {"shape": list(shape), "dtype": dtype, "layout": input_layout(dataset.sample_shape)},
+            "input": model_input(dataset, dtype),
             "verification": verification,
             "int8_against_fp32": int8_vs_fp32,
             "per_class_test": _per_class(predicted_ort if runtime == "onnxruntime" else predicted_tvm, dataset,
@@ -562,6 +565,13 @@ def _per_class(predicted, dataset, runtime: str) -> dict:
             **per_class(predicted, dataset.y_test, dataset.num_classes)}
 
 
+def model_input(dataset, dtype: str) -> dict:
+    """The model card's input of a model that takes channel-first batches of one: shape, dtype, axis order, and the
+    channels-last order the dataset was saved in, which predict.py takes too."""
+    return {"shape": [1, *dataset.sample_shape], "dtype": dtype, "layout": input_layout(dataset.sample_shape),
+            **({"dataset_layout": dataset.saved_layout} if dataset.saved_layout else {})}
+
+
 def input_layout(sample_shape: tuple[int, ...], channels_last: bool = False) -> str:
     """The order of the shipped model's input axes (N, C channels, L length, H height, W width): channel-first as
     edgesearch reads data, whatever order the user's archive had (its ``layout``), unless the model moved C last."""
@@ -655,7 +665,9 @@ def model_card_markdown(card: dict) -> str:
              f"Chosen as the {card['why']}." + (f" Exported while {card['search_unfinished']}: the search's final "
                                                  "winner may differ." if card.get("search_unfinished") else ""), "",
              f"- dataset: `{card['dataset']}`; input {card['input']['shape']} {card['input']['dtype']}"
-             f" ({card['input'].get('layout', '?')})"
+             f" ({card['input'].get('layout', '?')}"
+             + (f"; predict.py also takes {card['input']['dataset_layout']}, the order the dataset was saved in"
+                if card['input'].get('dataset_layout') else "") + ")"
              + (f"; splits: {card['dataset_splits']}" if card.get("dataset_splits") else ""),
              f"- target profile: `{card['target_profile']}` (searched for `{card['measured_on']}`; each figure below "
              "says whether it was measured, emulated or estimated)",

@@ -66,6 +66,7 @@ def test_a_layout_in_the_archive_says_how_x_is_read(tmp_path, layout, shape, rea
     first = data["x_train"][0] if channel is None else np.moveaxis(data["x_train"][0], channel - 1, 0)
     assert any(np.array_equal(x, first.reshape(read)) for x in np.concatenate([ds.x_train, ds.x_val]))
     assert ("images" if len(read) == 3 else "signals") in ds.summary()
+    assert ds.saved_layout == (layout if layout.endswith("C") else "")  # an export's predict.py takes it as saved
 
 
 def test_channels_last_images_without_a_layout_are_refused_with_the_fix(tmp_path):

@@ -104,6 +104,25 @@ def test_export_writes_the_deployable_folder(exported, digits):
     wrong = subprocess.run([sys.executable, "predict.py", str(out.parent / "hwc.npy")], cwd=out, capture_output=True,
                            text=True, timeout=120)
     assert wrong.returncode == 2 and "np.moveaxis them to NCHW" in wrong.stderr and not wrong.stdout
+    # the same digits saved channels-last (layout="NHWC"): the card names that order, and predict.py takes a batch
+    # or one sample in it, as the search read the dataset
+    from search.data import load_npz
+    from search.export import model_card_markdown, model_input
+
+    np.savez(out.parent / "hwc.npz", x=np.moveaxis(load_dataset("digits").x_train, 1, -1),
+             y=load_dataset("digits").y_train, layout="NHWC")
+    saved_hwc = out.parent / "saved_hwc"
+    shutil.copytree(out, saved_hwc)
+    hwc_card = {**card, "input": model_input(load_npz(out.parent / "hwc.npz"), card["input"]["dtype"])}
+    assert hwc_card["input"] == {**card["input"], "dataset_layout": "NHWC"}
+    (saved_hwc / "model_card.json").write_text(json.dumps(hwc_card))
+    assert "predict.py also takes NHWC, the order the dataset was saved in" in model_card_markdown(hwc_card)
+    np.save(out.parent / "one_hwc.npy", np.moveaxis(batch[0], 0, -1))
+    first = many.stdout.splitlines()[0].split(" ", 2)[2] + "\n"
+    for given, lines in (("hwc.npy", many.stdout), ("one_hwc.npy", first)):
+        got = subprocess.run([sys.executable, "predict.py", str(out.parent / given), "--runtime", "onnxruntime"],
+                             cwd=saved_hwc, capture_output=True, text=True, timeout=120)
+        assert got.returncode == 0 and got.stdout == lines, got.stderr
     # each model file gzip-compressed beside it, to send: what GNU gzip makes of it (deflates differ a bit)
     markdown = (out / "MODEL_CARD.md").read_text()
     for name, kind in (("model.onnx", "onnx"), ("model.so", "library")):
