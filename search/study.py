@@ -241,6 +241,7 @@ def requeue_interrupted(study: optuna.Study) -> int:
 
 HALVING_ETA = 3  # successive halving: a third of the epochs at the first rung, the best third goes on
 ASKS_PER_TRIAL = 5  # at most this many candidates asked per trial of budget (screened ones cost nothing)
+ASKED_OUT_ATTR = "asked_out"  # candidates asked by a driver that stopped at ASKS_PER_TRIAL, most screened out
 
 
 DRIVER_ATTR = "driver"  # {"host", "pid", "started", "seen"} while a driver runs the search; None once it ended
@@ -356,6 +357,11 @@ def search_state(study: optuna.Study, spec: SearchSpec) -> tuple[str, str]:
                 + (f" (last seen {datetime.fromtimestamp(seen):%Y-%m-%d %H:%M:%S})" if seen else "")
                 + f", so the {running} trial(s) it was running start again on a resume")
     spent = spent_budget(study)
+    if spent < spec.trials and attrs.get(ASKED_OUT_ATTR) and not lost:
+        return "stopped", (f"before its trial budget ({spent:g} of {spec.trials}): its driver stopped after "
+                           f"{attrs[ASKED_OUT_ATTR]} candidates, {ASKS_PER_TRIAL} per trial of budget, as most were "
+                           "screened out (a resume asks as many more per trial left; a looser budget or another "
+                           "target leaves more that fit)")
     if spent < spec.trials:
         return "stopped", f"before its trial budget ({spent:g} of {spec.trials}){lost}"
     if shipping_left(study, spec):

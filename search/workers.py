@@ -40,8 +40,8 @@ from search.transfer import (
     Bundle, mark_driver_disk, pack, receive, shares_disk, unmark_driver_disk,
 )
 from search.study import (
-    ASKS_PER_TRIAL, CHANCE_ATTR, FLOOR_ATTR, BOUNDS_ATTR, HALVING_ETA, SHIPPED_PREFIX, SHIPPING_ATTR, STAGE_ATTR, Row,
-    best_within_budget,
+    ASKED_OUT_ATTR, ASKS_PER_TRIAL, CHANCE_ATTR, FLOOR_ATTR, BOUNDS_ATTR, HALVING_ETA, SHIPPED_PREFIX, SHIPPING_ATTR,
+    STAGE_ATTR, Row, best_within_budget,
     create_study, driving, feasible_front, load_study, refuse_existing, refuse_second_driver, shipping_left,
     shipping_order, stage_picks, stored_trial,
     finished_count, front_hypervolume, narrower_recipe, spent_budget, trial_cost,
@@ -1090,6 +1090,9 @@ class _Driver:
         if self.asks >= self.max_asks and self.spent < self.remaining:
             self.report(f"stopped after {self.asks} candidates, {ASKS_PER_TRIAL} per trial of budget: most were "
                         "screened out; a looser budget or another target leaves more that fit")
+            self.study.set_user_attr(ASKED_OUT_ATTR, self.asks)  # for status and export to say why it stopped
+        elif self.study.user_attrs.get(ASKED_OUT_ATTR):  # a resume that went on to its budget
+            self.study.set_user_attr(ASKED_OUT_ATTR, None)
         c = self.counts
         self.report(f"screened out before training: {c['screened']}; re-timed alone near the budget: {c['retimed']} "
                     f"({c['retime_changed']} changed verdict"

@@ -447,6 +447,26 @@ def test_a_recipe_that_cannot_fit_comes_back_narrower_down_to_the_narrowest_widt
     assert narrower_recipe("x", {**knobs, "width": 1.0}, dataclasses.replace(spec, recipes=False)) is None
 
 
+def test_a_search_that_stops_asking_as_all_is_screened_out_says_so_in_status_and_export(tmp_path):
+    """At most 5 candidates are asked per trial of budget. A search that stopped there is not one interrupted:
+    status and an export's note say why it ended short of its budget."""
+    from search.export import unfinished
+    from search.study import search_state, stored_spec
+
+    space = SearchSpace(precision=("int8-ptq", "fp32"), pruning=("structured",), sparsity=(0.0, 0.5),
+                        temperature=(1.0, 1.0), alpha=(1.0, 1.0), width=(0.25, 1.0))
+    spec = SearchSpec(name="asked-out", trials=1, workers=1, budget=TINY, space=space, latency_budget_ms=1e-4)
+    lines = []
+    run_search(spec, tmp_path, storage_url=f"sqlite:///{tmp_path}/o.db", report=lines.append)
+    study = load_study("asked-out", f"sqlite:///{tmp_path}/o.db")
+    assert [t.user_attrs["stopped"] for t in study.trials] == ["screened"] * 5  # five recipes, none repeated
+    assert any(line.startswith("stopped after 5 candidates, 5 per trial of budget") for line in lines)
+    state, detail = search_state(study, stored_spec(study))
+    assert state == "stopped" and detail.startswith("before its trial budget (0 of 1): its driver stopped after 5 "
+                                                    "candidates, 5 per trial of budget, as most were screened out")
+    assert unfinished(study, stored_spec(study)) == f"the search had stopped {detail}"
+
+
 def test_the_eta_is_unknown_until_a_candidate_has_trained_then_follows_the_pace():
     import time
 
