@@ -228,8 +228,8 @@ def check_inputs(spec: SearchSpec):
     from hardware_targets import load_profile
     from search.data import BUILTIN_DATASETS
 
-    files, where = input_files(spec), f"(a relative path is read from the current folder, {Path.cwd()}, or " \
-                                      "from the spec file's folder)"
+    files, where = input_files(spec), f"(a relative path is read from the current folder, {Path.cwd()}, and, " \
+                                      "for one given in a spec file, from the spec file's folder)"
     if "target" in files and not files["target"].is_file():
         from hardware_targets.errors import ProfileError
 
