@@ -45,6 +45,8 @@ class Dataset:
     drawn: str = ""  # the splits drawn here rather than given by the data, in words ("" when it gave them all)
     class_weight: str = "none"  # one of CLASS_WEIGHTS; set by ``weighted``, which also changes the fingerprint
     saved_layout: str = ""  # the axis order x was saved in, when channels-last (NHWC, NLC): an export takes it too
+    class_names: tuple[str, ...] = ()  # the archive's ``class_names``, label k named class_names[k]; () for none
+    unread_keys: tuple[str, ...] = ()  # archive keys edgesearch does not read: most often a misspelt one
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -120,10 +122,16 @@ class Dataset:
                    "; --class-weight balanced trains for the rare classes, --metric balanced_accuracy ranks by "
                    "them (class_weight, metric in a spec)"))
 
+    def class_label(self, k: int) -> str:
+        """Class ``k`` as a user reads it: its number, and its name where the archive gave one."""
+        return f"{k} ({self.class_names[k]})" if self.class_names else str(k)
+
     def summary(self) -> str:
+        unread = (f"; key(s) {', '.join(map(repr, self.unread_keys))} not read (an archive holds "
+                  f"{', '.join(ARCHIVE_KEYS)})" if self.unread_keys else "")
         return (
             f"{self.name}: {len(self.x_train)} train / {len(self.x_val)} val / {len(self.x_test)} test"
-            f"{f' ({self.drawn})' if self.drawn else ''}, {self.reads_as()}, {self.classes()}"
+            f"{f' ({self.drawn})' if self.drawn else ''}, {self.reads_as()}, {self.classes()}{unread}"
         )
 
 
@@ -192,6 +200,8 @@ def _load_mnist1d() -> Dataset:
 _BUILTIN_LOADERS = {"digits": _load_digits, "mnist1d": _load_mnist1d}
 
 _REQUIRED_KEYS = ("x_train", "y_train", "x_test", "y_test")
+# every key an archive may hold: the splits (or x, y), the axis order and the names of the classes
+ARCHIVE_KEYS = (*_REQUIRED_KEYS, "x_val", "y_val", "x", "y", "layout", "class_names")
 # the axis orders an archive's optional ``layout`` may name (N samples, C channels, L length, H height, W width);
 # each is read into channel-first order, a missing C axis as one channel
 LAYOUTS = ("NL", "NCL", "NLC", "NHW", "NCHW", "NHWC")
@@ -224,6 +234,8 @@ def load_npz(path: str | Path) -> Dataset:
         raise DatasetError(f"{path}: missing key(s) {missing}; an .npz dataset needs {list(_REQUIRED_KEYS)} "
                            "(optionally x_val, y_val), or just x and y, of which a stratified test split is drawn.")
     layout = _layout(path, arrays.pop("layout", None))
+    names = arrays.pop("class_names", None)
+    unread = tuple(sorted(key for key in arrays if key not in (*_REQUIRED_KEYS, "x_val", "y_val")))
     if ("x_val" in arrays) != ("y_val" in arrays):
         raise DatasetError(f"{path}: 'x_val' and 'y_val' must be given together or not at all.")
 
@@ -261,12 +273,14 @@ def load_npz(path: str | Path) -> Dataset:
             f"{path}: 'y_train' has no sample of class(es) {missing_classes}; labels must be 0..{num_classes - 1} "
             "and every class must appear in training."
         )
+    class_names = _class_names(path, names, num_classes)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     try:
-        return _finish(
+        dataset = _finish(
             path.stem, f"npz-{digest}", x["train"], arrays["y_train"], x["test"], arrays["y_test"],
             x.get("val"), arrays.get("y_val"), test_from, layout or "",
         )
+        return dataclasses.replace(dataset, class_names=class_names, unread_keys=unread)
     except ValueError as exc:  # scikit-learn's split: a class with one training sample, or fewer samples than classes
         raise DatasetError(
             f"{path}: cannot draw the validation split (15% of 'x_train', stratified by class): {exc} Save the "
@@ -298,6 +312,27 @@ def _layout(path: Path, value) -> str | None:
     if value.size != 1 or text not in LAYOUTS:
         raise DatasetError(f"{path}: 'layout' must be one of {list(LAYOUTS)} (the order of x's axes); got {value!r}.")
     return text
+
+
+def _class_names(path: Path, value, num_classes: int) -> tuple[str, ...]:
+    """The optional ``class_names``: one distinct, non-empty name per label 0..K-1, which the model card, predict.py
+    and main.cc print beside the class number."""
+    if value is None:
+        return ()
+    if value.ndim != 1 or value.dtype.kind not in "US":
+        raise DatasetError(f"{path}: 'class_names' must be a 1-D array of strings, one per label 0..K-1 (e.g. "
+                           f"np.array(['yes', 'no'])); got dtype {value.dtype}, shape {value.shape}.")
+    names = tuple(v.decode(errors="replace") if isinstance(v, bytes) else str(v) for v in value.tolist())
+    if len(names) != num_classes:
+        raise DatasetError(f"{path}: 'class_names' has {len(names)} name(s), but the labels are 0..{num_classes - 1} "
+                           f"({num_classes} classes); give one name per label, in label order.")
+    blank = [k for k, name in enumerate(names) if not name.strip()]
+    if blank:
+        raise DatasetError(f"{path}: 'class_names' has an empty name for label(s) {blank}.")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise DatasetError(f"{path}: 'class_names' names {repeated} more than once; each label needs its own name.")
+    return names
 
 
 def _looks_channels_last(x: np.ndarray) -> bool:

@@ -236,9 +236,11 @@ if x.shape[1:] != sample:
              if sorted(x.shape[-len(sample):]) == sorted(sample) else "")
     parser.error(f"{args.input} holds an array of shape {x.shape}; the model takes samples of shape {sample} "
                  f"({layout}), one sample or a batch (N, {', '.join(map(str, sample))}){order}")
+names = card.get("class_names") or []  # the dataset's names of the labels, where it gave them
 for i, one in enumerate(x.astype(dtype)):  # one at a time: the model is built for batch 1, as on the device
     logits = run(np.ascontiguousarray(one[None]))
-    print(*(["sample", i] if len(x) > 1 else []), "class", int(np.argmax(logits)), "logits",
+    best = int(np.argmax(logits))
+    print(*(["sample", i] if len(x) > 1 else []), "class", best, *([f"({names[best]})"] if names else []), "logits",
           np.round(logits.astype(np.float64), 3).tolist(), f"({args.runtime})")
 '''
 
@@ -420,6 +422,7 @@ def _card_head(search, study, spec, row, trial, reason, profile, tracking_uri, d
         "dataset": spec.dataset,
         # its splits as the search read them, and which were drawn here rather than given by the data
         "dataset_splits": dataset.summary(),
+        **({"class_names": list(dataset.class_names)} if dataset.class_names else {}),
         "target_profile": profile.name, "measured_on": spec.target,
         # the CPU the search's host figures (accuracy always, latency for host targets) were measured on, and this one
         "measured_on_cpu": trial.user_attrs.get("host_cpu"), "exported_on_cpu": host_cpu().summary(),
@@ -475,7 +478,7 @@ alignas(16) static uint8_t tensor_arena[kTensorArenaSize];
 // One input of the model: {input_note}.
 constexpr int kInputLength = {input_length};
 
-// The class of one input, or -1 if the interpreter fails, -2 if input_len is not kInputLength.
+{class_names}// The class of one input, or -1 if the interpreter fails, -2 if input_len is not kInputLength.
 int classify(const {input_c_type}* input, int input_len) {{
   if (input_len != kInputLength) return -2;
   const tflite::Model* model = tflite::GetModel(g_model);
@@ -541,7 +544,7 @@ def _ship_tflm(trial, row: Row, out: Path, dataset, profile) -> dict:
         arena_aligned=aligned, input_c_type="int8_t" if integer else "float", op_count=len(ops),
         registrations=registrations, input_note=note, input_length=int(np.prod(details["shape"])),
         input_field="int8" if integer else "f",
-        output_field="int8" if integer else "f"))
+        output_field="int8" if integer else "f", class_names=_c_class_names(dataset.class_names)))
     predicted = predict_tflm(tflite, dataset.x_test)
     got = accuracy(predicted, dataset.y_test)
     recorded, recorded_arena = row.value("accuracy_test"), row.value("tflm_arena_bytes")
@@ -555,6 +558,14 @@ def _ship_tflm(trial, row: Row, out: Path, dataset, profile) -> dict:
                       "layout": layout},
             "verification": verification,
             "per_class_test": _per_class(predicted, dataset, "TFLite Micro interpreter")}
+
+
+def _c_class_names(names: tuple[str, ...]) -> str:
+    """main.cc's table of the dataset's class names, which classify()'s result indexes; none without names."""
+    if not names:
+        return ""
+    return ("// The dataset's class names: classify() returns an index into this table.\n"
+            f"constexpr const char* kClassNames[] = {{{', '.join(json.dumps(name) for name in names)}}};\n\n")
 
 
 def _per_class(predicted, dataset, runtime: str) -> dict:
@@ -708,7 +719,7 @@ def model_card_markdown(card: dict) -> str:
                  f"{v['recorded_onnxruntime_test_accuracy']:.4f}), TVM host build {v['tvm_host_test_accuracy']:.4f} "
                  f"(recorded {v['recorded_tvm_test_accuracy']:.4f}); library architecture "
                  f"{v['library_architecture']}.")
-    lines += _per_class_lines(card.get("per_class_test"))
+    lines += _per_class_lines(card.get("per_class_test"), card.get("class_names") or ())
     lines += _run_lines(card)
     lines += ["", "## Verification", "", check, "", "## Files", "", "| file | sha256 |", "|---|---|"]
     lines += [f"| `{name}` | `{digest}` |" for name, digest in card["artifacts"].items()]
@@ -716,12 +727,16 @@ def model_card_markdown(card: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _per_class_lines(figures: dict | None, up_to: int = 12) -> list[str]:
+def _per_class_lines(figures: dict | None, names=(), up_to: int = 12) -> list[str]:
     """The test split by class: support, recall and precision, and the confusion matrix for a few classes. With
     more classes than ``up_to``, the worst ``up_to`` by recall first, each with the class it is most often taken
-    for (what the matrix would show), and the rest left to ``model_card.json``."""
+    for (what the matrix would show), and the rest left to ``model_card.json``. Rows name a class by its number
+    and, where the dataset gave ``names``, its name."""
     if not figures:
         return []
+
+    def label(c: int) -> str:
+        return f"{c} ({names[c]})" if names else str(c)
 
     def cell(v):
         return "-" if v is None else f"{v:.4f}"
@@ -731,24 +746,25 @@ def _per_class_lines(figures: dict | None, up_to: int = 12) -> list[str]:
     title = f"## By class (test split, {figures['runtime']}, {figures['provenance']})"
     if len(rows) <= up_to:
         lines = ["", title, "", "| class | samples | recall | precision |", "|---|---|---|---|"]
-        lines += [f"| {c} | {n} | {cell(r)} | {cell(p)} |" for c, (n, r, p) in rows]
+        lines += [f"| {label(c)} | {n} | {cell(r)} | {cell(p)} |" for c, (n, r, p) in rows]
         lines += ["", "Confusion matrix (rows: true class, columns: predicted class):", "",
                   "| true \\ predicted | " + " | ".join(str(c) for c in range(len(matrix))) + " |",
                   "|---" * (len(matrix) + 1) + "|"]
-        return lines + [f"| {c} | " + " | ".join(str(v) for v in row) + " |" for c, row in enumerate(matrix)]
+        return lines + [f"| {label(c)} | " + " | ".join(str(v) for v in row) + " |" for c, row in enumerate(matrix)]
 
     def taken_for(c: int) -> str:
         wrong = [(n, p) for p, n in enumerate(matrix[c]) if p != c and n]
         if not wrong:
             return "-"
         n, p = max(wrong)
-        return f"{p} ({n} of {figures['support'][c]})"
+        return f"{p} ({names[p] + '; ' if names else ''}{n} of {figures['support'][c]})"
 
     worst = sorted((row for row in rows if row[1][1] is not None), key=lambda row: (row[1][1], row[1][2] or 0.0))
     lines = ["", title, "", f"The {up_to} of {len(rows)} classes with the lowest recall, worst first; every class "
              "and the confusion matrix are in `model_card.json` (`per_class_test`).", "",
              "| class | samples | recall | precision | most often predicted as |", "|---|---|---|---|---|"]
-    return lines + [f"| {c} | {n} | {cell(r)} | {cell(p)} | {taken_for(c)} |" for c, (n, r, p) in worst[:up_to]]
+    return lines + [f"| {label(c)} | {n} | {cell(r)} | {cell(p)} | {taken_for(c)} |"
+                    for c, (n, r, p) in worst[:up_to]]
 
 
 def _run_lines(card: dict) -> list[str]:
@@ -757,7 +773,9 @@ def _run_lines(card: dict) -> list[str]:
     if card.get("runtime") == "tflite-micro":
         return ["", "## Run it", "", "Add `model_data.cc`, `model_data.h` and `main.cc` to a TensorFlow Lite Micro "
                 "project for the board, call `classify()` with one input as the comment in `main.cc` describes, "
-                "build and flash it with the board's toolchain."]
+                "build and flash it with the board's toolchain."
+                + (" The class number it returns indexes `kClassNames` in `main.cc`, the dataset's class names."
+                   if card.get("class_names") else "")]
     arch = ", ".join(card["verification"]["library_architecture"])
     ort_line = f"onnxruntime {versions.get('onnxruntime', '')}".rstrip()
     tvm_line = f"apache-tvm {versions.get('tvm', '')}".rstrip()

@@ -132,6 +132,40 @@ def test_an_archive_of_just_x_and_y_gets_a_stratified_test_split_drawn(tmp_path)
         load_npz(path)
 
 
+def test_class_names_in_the_archive_name_the_labels_and_a_key_not_read_is_said(tmp_path):
+    path = tmp_path / "named.npz"
+    np.savez(path, **_good(), class_names=np.array(["yes", "no", "up", "down"]))
+    ds = load_npz(path)
+    assert ds.class_names == ("yes", "no", "up", "down") and ds.class_label(2) == "2 (up)"
+    assert "not read" not in ds.summary()
+    # bytes, as h5py and older tools save strings, are names too
+    np.savez(path, **_good(), class_names=np.array([b"a", b"b", b"c", b"d"]))
+    assert load_npz(path).class_names == ("a", "b", "c", "d")
+    # a key edgesearch does not read (here a guess at the names' key) is said on the dataset's line, not dropped
+    np.savez(path, **_good(), classes=np.array(["yes", "no", "up", "down"]))
+    ds = load_npz(path)
+    assert ds.class_names == () and ds.class_label(2) == "2"
+    assert "key(s) 'classes' not read (an archive holds x_train, y_train, x_test, y_test, x_val, y_val, x, y, " \
+           "layout, class_names)" in ds.summary()
+
+
+@pytest.mark.parametrize(
+    "names, message",
+    [
+        (np.array(["a", "b", "c"]), r"'class_names' has 3 name\(s\), but the labels are 0..3 \(4 classes\)"),
+        (np.arange(4), "'class_names' must be a 1-D array of strings"),
+        (np.array([["a", "b"], ["c", "d"]]), "must be a 1-D array of strings"),
+        (np.array(["a", "b", "a", "c"]), r"names \['a'\] more than once"),
+        (np.array(["a", " ", "b", "c"]), r"an empty name for label\(s\) \[1\]"),
+    ],
+)
+def test_bad_class_names_give_a_clear_error(tmp_path, names, message):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **_good(), class_names=names)
+    with pytest.raises(DatasetError, match=message):
+        load_npz(path)
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

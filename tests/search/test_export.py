@@ -123,6 +123,15 @@ def test_export_writes_the_deployable_folder(exported, digits):
         got = subprocess.run([sys.executable, "predict.py", str(out.parent / given), "--runtime", "onnxruntime"],
                              cwd=saved_hwc, capture_output=True, text=True, timeout=120)
         assert got.returncode == 0 and got.stdout == lines, got.stderr
+    # a dataset saved with class_names: the card lists them, and predict.py prints each class's name beside it
+    names = [f"digit {k}" for k in range(10)]
+    named = out.parent / "named"
+    shutil.copytree(out, named)
+    (named / "model_card.json").write_text(json.dumps({**card, "class_names": names}))
+    got = subprocess.run([sys.executable, "predict.py", str(out.parent / "batch.npy"), "--runtime", "onnxruntime"],
+                         cwd=named, capture_output=True, text=True, timeout=120)
+    assert got.returncode == 0 and [line.split()[:6] for line in got.stdout.splitlines()] == [
+        ["sample", str(i), "class", str(k), "(digit", f"{k})"] for i, k in enumerate(expected)], got.stderr
     # each model file gzip-compressed beside it, to send: what GNU gzip makes of it (deflates differ a bit)
     markdown = (out / "MODEL_CARD.md").read_text()
     for name, kind in (("model.onnx", "onnx"), ("model.so", "library")):
@@ -370,6 +379,28 @@ def test_a_card_of_many_classes_lists_the_worst_first_with_what_each_is_taken_fo
     assert "Confusion matrix (rows: true class, columns: predicted class):" in few
     assert [r.split(" | ")[0] for r in few if r.startswith("| ") and r[2].isdigit()][:12] == \
         [f"| {c}" for c in range(12)]
+    # with the dataset's class names, each class is its number and its name, and so is what it is taken for
+    names = [f"word{c}" for c in range(20)]
+    named = [line for line in _per_class_lines(figures, names) if line.startswith("| ") and line[2].isdigit()]
+    assert named[:2] == ["| 7 (word7) | 5 | 0.0000 | - | 3 (word3; 5 of 5) |",
+                         "| 12 (word12) | 5 | 0.4000 | 1.0000 | 13 (word13; 3 of 5) |"]
+
+
+def test_main_cc_names_the_classes_classify_returns(tmp_path):
+    """The table compiles and holds each name as the dataset gave it, quotes and non-ASCII letters included."""
+    from search.export import _c_class_names
+
+    assert _c_class_names(()) == ""
+    names = ("yes", 'say "hi"', "caf\u00e9", "back\\slash")
+    compiler = shutil.which("g++") or shutil.which("c++")
+    if compiler is None:
+        pytest.skip("no C++ compiler on this machine")
+    program = tmp_path / "names.cc"
+    program.write_text("#include <cstdio>\n" + _c_class_names(names)
+                       + "int main() { for (const char* name : kClassNames) std::puts(name); }\n")
+    subprocess.run([compiler, "-std=c++17", str(program), "-o", str(tmp_path / "names")], check=True, timeout=120)
+    ran = subprocess.run([str(tmp_path / "names")], capture_output=True, check=True, timeout=60)
+    assert ran.stdout.decode("utf-8").splitlines() == list(names)
 
 
 def test_without_a_shipping_stage_the_runtime_the_search_timed_ships(tmp_path):
