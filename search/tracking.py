@@ -24,6 +24,10 @@ from search.spec import SearchSpec
 from search.study import (FLOOR_ATTR, Row, best_within_budget, feasible_front, front_hypervolume, search_bounds,
                           search_state, shown_url, stored_trial)
 
+# log_table downloads the table it appends to, and MLflow draws a tqdm bar for that download: a bar in the middle
+# of a resumed search's report, for one small file. Set once at import, before the MLflow thread starts.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 PARENT_ATTR = "mlflow_parent_run_id"
 TRACKED_ATTR = "mlflow_tracked"  # False when the search's driver last ran without MLflow (--no-mlflow)
 PLOT_INTERVAL_S = 30.0  # plots are re-drawn at most this often while a search runs, and always at its end

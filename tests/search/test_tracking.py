@@ -155,3 +155,27 @@ def test_front_step_line_holds_only_points_this_view_shows_as_better():
     # trial 8 is on the four-objective front (smallest) but beaten here by trial 2; 4 ties 5 on latency and loses
     front = [(0.010, 0.97, 2), (0.011, 0.82, 8), (0.005, 0.93, 4), (0.005, 0.95, 5), (0.0186, 0.986, 1)]
     assert staircase(front) == [(0.005, 0.95), (0.010, 0.97), (0.0186, 0.986)]
+
+
+def test_appending_to_the_front_table_draws_no_download_bar_in_the_report(tmp_path):
+    """A resumed search appends its front to the logged table, which MLflow downloads first: with its tqdm bar
+    that was a bar in the middle of the search's report. Run as the driver runs, in a process of its own."""
+    import os
+    import subprocess
+    import sys
+
+    def append_twice(quiet: bool) -> str:
+        script = ("import search.tracking\n" if quiet else "") + (
+            "from mlflow.tracking import MlflowClient\n"
+            f"client = MlflowClient('sqlite:///{tmp_path}/{quiet}.db')\n"
+            f"run = client.create_run(client.create_experiment('e', artifact_location='{tmp_path}/{quiet}'))\n"
+            "for n in (1, 2):\n"
+            "    client.log_table(run.info.run_id, {'after_trials': [n]}, 'table.json')\n")
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                              env={k: v for k, v in os.environ.items()
+                                   if k != "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"})
+        assert done.returncode == 0, done.stderr
+        return done.stderr
+
+    assert "Downloading artifacts" in append_twice(quiet=False)  # MLflow's own default, which the test relies on
+    assert "Downloading artifacts" not in append_twice(quiet=True)
