@@ -744,7 +744,8 @@ def run_search(
                    f"budget {spec.latency_budget_ms} ms on {spec.target} judged on p90 latency; a candidate screened "
                    "out costs nothing, one stopped by halving a third)")
             report("order: screen every candidate before training; "
-                   + (f"{len(recipes)} classic recipe(s) first ({', '.join(label for label, _ in recipes)}); "
+                   + ((f"started from {len(recipes)} classic recipe(s)" if resume else
+                       f"{len(recipes)} classic recipe(s) first") + f" ({', '.join(label for label, _ in recipes)}); "
                       if recipes else "no recipes; ")
                    + f"then sampler {resolved_sampler(spec)}"
                    + (f" (auto: {'NSGA-II from' if resolved_sampler(spec) == 'nsga2' else 'TPE below'} 100 trials)"

@@ -249,6 +249,7 @@ def test_an_interrupted_search_says_how_to_go_on_and_resumes_without_repeating_f
         assert not set(t.params) >= knobs or any(o.params == t.params and o.state.name == "COMPLETE"
                                                  for o in study.trials if o.number > t.number)
     assert "feasible Pareto front" in done.stdout
+    assert "order: screen every candidate before training; started from " in done.stdout  # the recipes ran first
     assert f"0 failed, {len(interrupted)} interrupted by a stopped driver" in done.stdout
     children = {int(r.data.tags["edgesearch.trial"]): r for r in client.search_runs([exp.experiment_id])
                 if "mlflow.parentRunId" in r.data.tags}
