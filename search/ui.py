@@ -18,7 +18,9 @@ from pathlib import Path
 from search.errors import ConfigError
 
 QUIET_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
-             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+             # the server's own import of a module starlette deprecates: a warning a user takes for a fault of theirs
+             "PYTHONWARNINGS": "ignore:starlette.middleware.wsgi is deprecated"}
 STOP_GRACE_S = 10.0
 LANDING_ROUTE = "/edgesearch/open"  # served by search.ui_app inside the MLflow server
 
@@ -114,6 +116,7 @@ def serve(tracking_uri: str, host: str, port: int, search: str | None = None, sa
     for label, path in landing:
         say(f"{label}: {url}{path}")
     command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", tracking_uri,
+               "--registry-store-uri", tracking_uri,
                "--host", host, "--port", str(port), "--workers", "1", "--app-name", "edgesearch"]
     server = subprocess.Popen(command, env={**os.environ, **QUIET_ENV}, start_new_session=True)
 

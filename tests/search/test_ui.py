@@ -121,6 +121,8 @@ def test_sigterm_stops_the_whole_ui_tree_and_frees_the_port(tracked_search, free
     assert len(tree) >= 2  # edgesearch ui and the mlflow server (and its workers)
     ui.send_signal(15)
     assert ui.wait(timeout=60) is not None
+    said = ui.stderr.read()  # the server's start, as a user sees it: no library's warning to take for a fault
+    assert "Uvicorn running on" in said and "Warning" not in said and "Registry store URI not provided" not in said
     _, alive = psutil.wait_procs([psutil.Process(p) for p in tree if psutil.pid_exists(p)], timeout=15)
     assert [p.pid for p in alive if p.status() != psutil.STATUS_ZOMBIE] == []
     assert port_owner("127.0.0.1", port) is None
