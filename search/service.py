@@ -49,7 +49,19 @@ def _client(address: str):
     try:
         return JobSubmissionClient(address)
     except Exception as exc:
+        if type(exc).__name__ == "AuthenticationError":  # Ray's own words run to a paragraph: what to do, in one
+            raise ConfigError(_token_refused(address, exc)) from exc
         raise ConfigError(f"Cannot reach the Ray job service at {address}: {type(exc).__name__}: {exc}") from exc
+
+
+def _token_refused(address: str, exc: Exception) -> str:
+    """Token authentication (Ray 2.60's default for job submission, README): a token missing, or not the cluster's."""
+    where = "the cluster's token (`ray get-auth-token` on its head node)"
+    if "invalid" in str(exc).lower():
+        return (f"The Ray job service at {address} refused this machine's authentication token ($RAY_AUTH_TOKEN, "
+                f"$RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token): put {where} there.")
+    return (f"The Ray job service at {address} needs an authentication token: export RAY_AUTH_MODE=token, with "
+            f"{where} in ~/.ray/auth_token or $RAY_AUTH_TOKEN.")
 
 
 def _entrypoint(runs_dir: str, argv: list[str], in_runs: bool = False) -> str:

@@ -60,6 +60,9 @@ def test_a_search_on_a_node_that_shares_no_disk_ships_its_winner_from_the_driver
         finally:
             ray.shutdown()
 
+        if not tuning:  # the cluster's job service, asked without its token and with another: one line, what to do
+            _refused_without_the_token(cluster["dashboard"])
+
         spec = SearchSpec(name="apart", dataset=str(data), target=str(target), trials=2, workers=2, recipes=False,
                           budget=dataclasses.replace(TINY, front_tuning_minutes=3, front_tuning_trials=tuning),
                           space=SAME_SHAPES, latency_budget_ms=1.0)
@@ -103,3 +106,17 @@ def test_a_search_on_a_node_that_shares_no_disk_ships_its_winner_from_the_driver
     assert (tmp_path / "export" / "model.onnx").is_file()
     if card["runtime"] == "tvm" and card["tvm_target"].get("mcpu"):  # shipped tuned: the records came back too
         assert (tmp_path / "export" / "tuning_records" / "database_tuning_record.json").stat().st_size > 0
+
+
+def _refused_without_the_token(dashboard: str) -> None:
+    import subprocess
+    import sys
+
+    plain = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    for env, said in ((plain, "needs an authentication token: export RAY_AUTH_MODE=token"),
+                      ({**plain, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 32},
+                       "refused this machine's authentication token")):
+        done = subprocess.run([sys.executable, "-m", "search.cli", "logs", "apart", "--address", dashboard],
+                              capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 2 and said in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1 and "`ray get-auth-token` on its head node" in done.stderr
