@@ -91,6 +91,21 @@ def recipes_for(spec: SearchSpec) -> list[tuple[str, dict[str, Any]]]:
     return out[: spec.trials]
 
 
+def queued_without_distillation(study: optuna.Study, spec: SearchSpec, remaining: float) -> int:
+    """How many queued trials (the recipes) fill the ``remaining`` budget with no distilling candidate among them,
+    or 0 when a distilling candidate may come (one is queued, the sampler gets trials, or halving frees budget).
+
+    Then the distillation teacher is not worth training before the first trial: a recipe screened out is queued
+    again one width narrower, so the sampler asks for a candidate only where that cannot be done."""
+    if spec.uses_halving:
+        return 0
+    waiting = [t.system_attrs.get("fixed_params", {})
+               for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))]
+    if len(waiting) < remaining or any(params.get("alpha", 1.0) < 1 for params in waiting):
+        return 0
+    return len(waiting)
+
+
 def narrower_recipe(label: str, knobs: dict[str, Any], spec: SearchSpec) -> tuple[str, dict[str, Any]] | None:
     """A recipe screened out on the target, one width step narrower: the guide's technique on a model that can fit.
 

@@ -44,13 +44,14 @@ from search.study import (
     STAGE_ATTR, Row, best_within_budget,
     create_study, driving, feasible_front, load_study, refuse_existing, refuse_second_driver, shipping_left,
     shipping_order, stage_picks, stored_trial,
-    finished_count, front_hypervolume, narrower_recipe, spent_budget, trial_cost,
+    finished_count, front_hypervolume, narrower_recipe, spent_budget, trial_cost, queued_without_distillation,
     recipes_for, record_failure, record_result, record_reuse, record_screened, requeue_interrupted,
     resolved_sampler, reusable_trials, rows, search_bounds, set_bounds, shown_url, suggest_candidate,
 )
 
 THREADS_PER_WORKER = 1
 PROGRESS_S = 30.0  # at most one progress line per this many seconds of a long stage before the trials
+QUIET_S = 120.0  # a search that said nothing for this long says which candidates are running, and for how long
 
 
 @functools.lru_cache(maxsize=4)
@@ -804,7 +805,7 @@ def run_search(
                         _prepare(ray, study, spec, profile, report, placement, transport)
                         if remaining > 0:
                             with _stage(study, "training the distillation teacher, before the first trial"):
-                                _teacher_stage(ray, spec, report, placement, transport)
+                                _teacher_stage(ray, study, spec, remaining, report, placement, transport)
                             _Driver(ray, study, spec, profile, remaining, report,
                                     tracker.on_trial if tracker else None, timings, placement, transport).run()
                         _ship_stage(ray, study, spec, profile, report, placement, transport)
@@ -908,11 +909,19 @@ class EpochProgress:
                 f"ETA {_clock(spent / epoch * (self.epochs - epoch))}")
 
 
-def _teacher_stage(ray, spec: SearchSpec, report: Reporter, placement: dict, transport: _Transport) -> None:
-    """Have the distillation teacher trained before the first trial when the space distils: once, on all the
-    search's CPUs, with its own progress, and outside the trials' ETA (inside a trial it would hold a worker for many
-    candidates' time, unannounced). Every node then gets it with the search's caches."""
+def _teacher_stage(ray, study, spec: SearchSpec, remaining: float, report: Reporter, placement: dict,
+                   transport: _Transport) -> None:
+    """Have the distillation teacher trained before the first trial when the space distils and a distilling
+    candidate may come: once, on all the search's CPUs, with its own progress, and outside the trials' ETA (inside a
+    trial it would hold a worker for many candidates' time, unannounced). Every node then gets it with the search's
+    caches."""
     if spec.space.alpha[0] >= 1:
+        return
+    filled = queued_without_distillation(study, spec, remaining)
+    if filled:
+        report(f"distillation teacher not trained before the first trial: the {filled} queued recipe(s) fill the "
+               "trial budget and none distils (a distilling candidate asked for later, where a screened-out recipe "
+               "leaves budget, trains it first on its own worker)")
         return
     epochs = spec.budget.teacher_epochs
     threads = min(spec.workers * THREADS_PER_WORKER, _node_cpus(ray, placement))
@@ -1022,7 +1031,14 @@ class _Driver:
 
         self.ray, self.study, self.spec, self.profile = ray, study, spec, profile
         self.runs_dir, self.transport = str(transport.root), transport
-        self.remaining, self.report, self.on_trial, self.timings = remaining, report, on_trial, timings
+        self.remaining, self.on_trial, self.timings = remaining, on_trial, timings
+        self.said_at = time.perf_counter()  # the last line: a long silence says what runs (``_still_running``)
+
+        def say(line: str) -> None:
+            self.said_at = time.perf_counter()
+            report(line)
+
+        self.report = say
         self.chance = study.user_attrs.get(CHANCE_ATTR)  # set on imbalanced classes: lines show balanced accuracy
         self.task = ray.remote(num_cpus=THREADS_PER_WORKER, max_retries=0, **placement)(run_candidate)
         # holds every CPU of the search: Ray starts it only when no candidate runs beside it
@@ -1157,17 +1173,20 @@ class _Driver:
 
     def _wait_one(self) -> None:
         timeout = self.spec.timeout_s
-        wait = None
+        now = time.perf_counter()
+        wait = max(0.1, self.said_at + QUIET_S - now)
         if timeout:
-            wait = max(0.1, min(j.started + timeout - time.perf_counter() for j in self.in_flight.values()))
+            wait = min(wait, max(0.1, min(j.started + timeout - now for j in self.in_flight.values())))
         ready, _ = self.ray.wait(list(self.in_flight), num_returns=1, timeout=wait)
-        if not ready:  # the oldest candidate(s) went over the per-candidate time limit
+        if not ready:  # a long silence, or the oldest candidate(s) went over the per-candidate time limit
             now = time.perf_counter()
             for ref, job in list(self.in_flight.items()):
-                if now - job.started >= timeout:
+                if timeout and now - job.started >= timeout:
                     _cancel(self.ray, ref)
                     del self.in_flight[ref]
                     self._fail_job(job, f"timeout: exceeded the per-candidate limit of {timeout} s")
+            if self.in_flight and now - self.said_at >= QUIET_S:
+                self.report(self._still_running(now))
             return
         ref = ready[0]
         self.landed = time.perf_counter()
@@ -1202,6 +1221,13 @@ class _Driver:
         self._finish(job, result)
 
     # --- outcomes ------------------------------------------------------------------------------------------
+
+    def _still_running(self, now: float) -> str:
+        """What runs while no line has come for a while: long training on large data is otherwise silent."""
+        jobs = sorted(self.in_flight.values(), key=lambda j: j.trial.number)
+        return ("running: " + ", ".join(
+            f"trial {j.trial.number} ({j.candidate.precision} w={j.candidate.width:g}) for {_clock(now - j.started)}"
+            for j in jobs) + "; a trial's line comes once it is trained, compiled and measured")
 
     def _told(self, trial, note: str) -> None:
         self.spent += trial_cost(self.study._storage.get_trial(trial._trial_id))

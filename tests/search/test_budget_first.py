@@ -548,3 +548,24 @@ def test_a_search_ranked_by_balanced_accuracy_builds_its_front_floor_and_pick_on
         choose(ranked, Pick(min_accuracy=0.8), 1.0)
     _, floored = search("balanced_accuracy", floor=0.7)  # the floor bounds the metric the search ranks by
     assert [r.violated for r in floored] == [("accuracy_floor",), ()]
+
+
+def test_the_teacher_waits_where_the_queued_recipes_fill_the_budget_and_none_distils(tmp_path):
+    """A 4-trial search of a distilling space on 20,000 images trained its teacher for 4 minutes, and then its 4
+    trials were the 4 recipes, none distilling. Counted on a real study's queue."""
+    from search.study import create_study, queued_without_distillation
+
+    storage = f"sqlite:///{tmp_path}/o.db"
+
+    def filled(name: str, trials: int, remaining: float | None = None, **change) -> int:
+        spec = SearchSpec(name=name, trials=trials, budget=TINY, space=NO_FP16, **change)
+        study = create_study(spec, storage, resume=False)
+        return queued_without_distillation(study, spec, trials if remaining is None else remaining)
+
+    # NO_FP16's recipes: int8 PTQ, int8 QAT, 50% and 90% pruning, then distillation into width 0.5, width 0.5
+    assert filled("four", 4) == 4
+    assert filled("four-two-spent", 4, remaining=2) == 4  # a resume: the queue still holds what it had
+    assert filled("five", 5, remaining=5.5) == 0  # budget the queue leaves to the sampler, which may distil
+    assert filled("six", 6) == 0  # the distillation recipe itself is queued
+    assert filled("no-recipes", 4, recipes=False) == 0
+    assert filled("halving", 4, halving=True) == 0  # a candidate halved costs a third: budget left for the sampler

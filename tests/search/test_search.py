@@ -4,6 +4,7 @@ import dataclasses
 import gzip
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -80,7 +81,7 @@ def test_a_failing_candidate_is_recorded_and_the_search_finishes(tmp_path):
     assert outcome.front == [] and outcome.best is None
 
 
-def test_a_distilling_search_trains_its_teacher_first_in_view_and_once(tmp_path):
+def test_a_distilling_search_trains_its_teacher_first_in_view_and_once(tmp_path, monkeypatch):
     """The teacher is a stage of its own before the first trial: announced, with progress, on the search's CPUs,
     and cached, so the candidates that distil and the next search find it instead of training it unannounced."""
     distils = SearchSpace(precision=("fp32",), sparsity=(0.0, 0.0), temperature=(4.0, 4.0), alpha=(0.5, 0.5),
@@ -111,6 +112,22 @@ def test_a_distilling_search_trains_its_teacher_first_in_view_and_once(tmp_path)
     run_search(dataclasses.replace(spec, name="taught-again"), tmp_path, storage_url=storage, report=again.append)
     assert "distillation teacher (width 2, 3 epochs): cached, not trained again" in again
     assert not any(line.startswith(("training the distillation teacher", "teacher: epoch")) for line in again)
+
+    # a distilling space whose one trial is a recipe that does not distil: no teacher is trained for it. And a
+    # long wait for it (here half a second) says what runs
+    monkeypatch.setattr("search.workers.QUIET_S", 0.5)
+    fresh, untaught = tmp_path / "fresh", []
+    recipe_first = dataclasses.replace(distils, precision=("fp32", "int8-ptq"), pruning=("structured",),
+                                       temperature=(1.0, 4.0), alpha=(0.5, 1.0), width=(0.25, 1.0))
+    run_search(dataclasses.replace(spec, name="untaught", recipes=True, space=recipe_first), fresh,
+               storage_url=default_storage(fresh), report=untaught.append)
+    assert any(line.startswith("distillation teacher not trained before the first trial: the 1 queued recipe(s) "
+                               "fill the trial budget and none distils") for line in untaught), untaught
+    assert not list(fresh.glob("teachers/*.pt")) and any(line.startswith("[1/1] trial 0: int8-ptq") for line in untaught)
+    quiet = [line for line in untaught if line.startswith("running: ")]
+    assert quiet and all(re.fullmatch(r"running: trial 0 \(int8-ptq w=1\) for \dm\d\ds; a trial's line comes once "
+                                      "it is trained, compiled and measured", line) for line in quiet), untaught
+    assert untaught.index(quiet[0]) < next(i for i, line in enumerate(untaught) if line.startswith("[1/1] trial 0"))
 
 
 def test_a_long_training_shows_its_first_epoch_then_a_line_per_progress_interval():
