@@ -122,10 +122,6 @@ class Dataset:
                    "; --class-weight balanced trains for the rare classes, --metric balanced_accuracy ranks by "
                    "them (class_weight, metric in a spec)"))
 
-    def class_label(self, k: int) -> str:
-        """Class ``k`` as a user reads it: its number, and its name where the archive gave one."""
-        return f"{k} ({self.class_names[k]})" if self.class_names else str(k)
-
     def summary(self) -> str:
         unread = (f"; key(s) {', '.join(map(repr, self.unread_keys))} not read (an archive holds "
                   f"{', '.join(ARCHIVE_KEYS)})" if self.unread_keys else "")
