@@ -196,8 +196,9 @@ def _load_mnist1d() -> Dataset:
 _BUILTIN_LOADERS = {"digits": _load_digits, "mnist1d": _load_mnist1d}
 
 _REQUIRED_KEYS = ("x_train", "y_train", "x_test", "y_test")
+_SPLIT_KEYS = (*_REQUIRED_KEYS, "x_val", "y_val")
 # every key an archive may hold: the splits (or x, y), the axis order and the names of the classes
-ARCHIVE_KEYS = (*_REQUIRED_KEYS, "x_val", "y_val", "x", "y", "layout", "class_names")
+ARCHIVE_KEYS = (*_SPLIT_KEYS, "x", "y", "layout", "class_names")
 # the axis orders an archive's optional ``layout`` may name (N samples, C channels, L length, H height, W width);
 # each is read into channel-first order, a missing C axis as one channel
 LAYOUTS = ("NL", "NCL", "NLC", "NHW", "NCHW", "NHWC")
@@ -223,7 +224,7 @@ def load_npz(path: str | Path) -> Dataset:
         raise DatasetError(f"{path}: not a readable .npz archive ({type(exc).__name__}: {exc}).") from exc
 
     test_from = ""
-    if {"x", "y"} <= arrays.keys() and not any(key in arrays for key in (*_REQUIRED_KEYS, "x_val", "y_val")):
+    if {"x", "y"} <= arrays.keys() and not any(key in arrays for key in _SPLIT_KEYS):
         arrays, test_from = _draw_test_split(path, arrays), "x"
     missing = [key for key in _REQUIRED_KEYS if key not in arrays]
     if missing:
@@ -231,7 +232,7 @@ def load_npz(path: str | Path) -> Dataset:
                            "(optionally x_val, y_val), or just x and y, of which a stratified test split is drawn.")
     layout = _layout(path, arrays.pop("layout", None))
     names = arrays.pop("class_names", None)
-    unread = tuple(sorted(key for key in arrays if key not in (*_REQUIRED_KEYS, "x_val", "y_val")))
+    unread = tuple(sorted(key for key in arrays if key not in _SPLIT_KEYS))
     if ("x_val" in arrays) != ("y_val" in arrays):
         raise DatasetError(f"{path}: 'x_val' and 'y_val' must be given together or not at all.")
 
