@@ -19,7 +19,8 @@ import numpy as np
 
 from hardware_targets import TargetProfile
 from hardware_targets.calibration import (
-    WITHIN, EmulatorParams, Sample, fit, fit_efficiency, mape, predicted_s, reference_report, reference_samples, save_calibration,
+    WITHIN, EmulatorParams, Sample, fit, fit_efficiency, mape, predicted_s, reference_report, reference_samples,
+    save_calibration, worst_error,
 )
 from hardware_targets.graph import op_costs
 from search.errors import ConfigError
@@ -43,14 +44,16 @@ def calibrate_to_references(profile: TargetProfile, runs_dir: Path, progress=lam
 
     if not profile.calibration_reference:
         raise ConfigError(f"Target {profile.name} names no published reference class ('calibration_reference' in "
-                          f"{profile.source}); its figures stay as its profile gives them.")
+                          f"{profile.source}); its figures stay as its profile gives them. The references have "
+                          f"{published_classes()}.")
     with tempfile.TemporaryDirectory() as tmp:
         ops = {task: op_costs(export_reference(task, Path(tmp) / f"{task}.onnx")) for task in MLPERF_TINY}
     everything = reference_samples(profile, ops)
     engine = profile.calibration_reference.get("engine")
     pairs = [(r, s) for r, s in everything if r["engine"] == engine]
     if not pairs:
-        raise ConfigError(f"No published result matches {profile.calibration_reference} for {profile.name}.")
+        raise ConfigError(f"No published result matches {profile.calibration_reference} for {profile.name} "
+                          f"('calibration_reference' in {profile.source}); the references have {published_classes()}.")
     progress(f"{len(pairs)} published MLPerf Tiny results of class {profile.calibration_reference}: "
              + ", ".join(sorted({r["board"] for r, _ in pairs})))
     before = EmulatorParams.from_profile(profile)
@@ -70,9 +73,24 @@ def calibrate_to_references(profile: TargetProfile, runs_dir: Path, progress=lam
               "all_within": all(r["within"] for r in rows if r.get("applied", True)),
               "mape_uncalibrated": mape([s for _, s in pairs], profile, before),
               "mape_calibrated": mape([s for _, s in pairs], profile, after),
+              "worst_uncalibrated": worst_error([s for _, s in pairs], profile, before),
+              "worst_calibrated": worst_error([s for _, s in pairs], profile, after),
               "train": len(pairs), "held_out": 0}
     report["path"] = str(save_calibration(profile, after, report, runs_dir))
     return report
+
+
+def published_classes() -> str:
+    """The core classes and engines of the published references, for a profile's ``calibration_reference``."""
+    import yaml
+
+    from hardware_targets.calibration import REFERENCES
+
+    data = yaml.safe_load(REFERENCES.read_text())
+    cores = sorted({data["boards"][r["board"]]["core"] for r in data["results"]})
+    engines = sorted({r["engine"] for r in data["results"]})
+    example = f"{{core: {cores[0]}, engine: {engines[0]}}}"
+    return f"core {' or '.join(cores)} and engine {' or '.join(engines)} (e.g. {example})"
 
 
 def calibrate_host(profile: TargetProfile, runs_dir: Path, candidates: int = 12, seed: int = 0,
@@ -102,7 +120,9 @@ def calibrate_host(profile: TargetProfile, runs_dir: Path, candidates: int = 12,
     cut = len(samples) * 2 // 3
     train, held = [samples[i] for i in order[:cut]], [samples[i] for i in order[cut:]]
     params = fit(train, profile)
-    report = {"kind": "host measurements", "mape_uncalibrated": mape(held, profile, EmulatorParams.from_profile(profile)),
-              "mape_calibrated": mape(held, profile, params), "train": len(train), "held_out": len(held)}
+    before = EmulatorParams.from_profile(profile)
+    report = {"kind": "host measurements", "mape_uncalibrated": mape(held, profile, before),
+              "mape_calibrated": mape(held, profile, params), "worst_uncalibrated": worst_error(held, profile, before),
+              "worst_calibrated": worst_error(held, profile, params), "train": len(train), "held_out": len(held)}
     report["path"] = str(save_calibration(profile, params, report, runs_dir))
     return report

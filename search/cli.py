@@ -150,16 +150,21 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                   + f"{energy}  {'yes' if r['within'] else 'NO'}"
                   + ("" if r.get("applied", True) else "  (fitted on its own, not applied)"))
         print("ratio: emulated / published; held out: the same, fitted without that reference")
-        print(f"engine {report['engine']}: median absolute error {report['mape_uncalibrated']:.1f}% with the "
-              f"profile's own factors -> {report['mape_calibrated']:.1f}% calibrated, on the {report['train']} "
-              f"references it was fitted on; every reference within {report['within']}x: "
+        print(f"engine {report['engine']}, on the {report['train']} references it was fitted on: "
+              f"{_errors_before_after(report)}; every reference within {report['within']}x: "
               f"{'yes' if report['all_within'] else 'no'}")
+        print("  (the fit minimises the squared relative errors: it weighs the largest most, and may raise the median)")
     else:
-        print(f"emulator vs measured on {args.target}, held-out candidates: median absolute error "
-              f"{report['mape_uncalibrated']:.1f}% uncalibrated -> {report['mape_calibrated']:.1f}% calibrated "
-              f"({report['train']} fitted, {report['held_out']} held out)")
+        print(f"emulator vs measured on {args.target}, on {report['held_out']} held-out candidates "
+              f"({report['train']} fitted): {_errors_before_after(report)}")
     print(f"fitted factors written to {report['path']}; searches with --runs-dir {args.runs_dir} apply them")
     return 0
+
+
+def _errors_before_after(report: dict) -> str:
+    return (f"median absolute error {report['mape_uncalibrated']:.1f}% with the profile's own factors -> "
+            f"{report['mape_calibrated']:.1f}% calibrated, largest {report['worst_uncalibrated']:.1f}% -> "
+            f"{report['worst_calibrated']:.1f}%")
 
 
 def _ships_as(r) -> str:

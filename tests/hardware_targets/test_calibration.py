@@ -2,13 +2,17 @@
 
 import json
 import shutil
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from hardware_targets import get_backend, load_profile
-from hardware_targets.calibration import load_calibration
+from hardware_targets.calibration import EmulatorParams, Sample, fit_efficiency, load_calibration, percentage_errors
+from hardware_targets.graph import op_costs
 from hardware_targets.workloads import export_reference
 from search.calibrate import calibrate
+from search.cli import main
 from search.errors import ConfigError
 
 # MLPerf Tiny v1.1 best-engine latencies (ms) on the NUCLEO-L4R5ZI, Cortex-M4 at 120 MHz: ../shared/hardware-facts.md
@@ -46,8 +50,52 @@ def test_a_stored_calibration_is_applied_while_the_profile_it_was_made_for_is_un
 
 
 def test_a_board_with_no_published_reference_says_so(tmp_path):
-    with pytest.raises(ConfigError, match="names no published reference class"):
+    with pytest.raises(ConfigError, match="names no published reference class.*The references have core cortex-m4"):
         calibrate(load_profile("esp32-s3"), tmp_path)
+
+
+def test_a_users_profile_file_is_calibrated_from_the_command_line_with_its_errors_before_and_after(
+        tmp_path, capsys):
+    board = tmp_path / "my-board.yaml"  # a user's board of the Cortex-M4 class, named by path
+    text = Path(load_profile("cortex-m4").source).read_text()
+    board.write_text(text.replace("name: cortex-m4", "name: my-board").replace("int8: 0.28 ", "int8: 0.5 "))
+    assert main(["--runs-dir", str(tmp_path / "runs"), "calibrate", "--target", str(board)]) == 0
+    out = capsys.readouterr().out
+    stored = json.loads((tmp_path / "runs" / "calibration" / "my-board.json").read_text())
+    summary = next(line for line in out.splitlines() if line.startswith("engine best"))
+    assert (f"median absolute error {stored['mape_uncalibrated']:.1f}% with the profile's own factors -> "
+            f"{stored['mape_calibrated']:.1f}% calibrated, largest {stored['worst_uncalibrated']:.1f}% -> "
+            f"{stored['worst_calibrated']:.1f}%") in summary
+    # the worst published reference, taken from the table the user reads, is the largest error reported
+    applied = [r for r in stored["references"] if r.get("applied", True)]
+    worst = max(abs(r["latency_ratio"] - 1) for r in applied) * 100
+    assert stored["worst_calibrated"] == pytest.approx(worst)
+    assert stored["worst_calibrated"] < stored["worst_uncalibrated"]  # efficiency 0.5 was far off the references
+    assert load_calibration(load_profile(board), tmp_path / "runs") is not None
+
+
+def test_the_fit_lowers_the_squared_relative_errors_it_minimises(tmp_path):
+    profile = load_profile("cortex-m4")
+    samples = [Sample(op_costs(export_reference(task, tmp_path / f"{task}.onnx")), "int8", ms * 1e-3, 120)
+               for task, ms in L4R5_BEST_MS.items()]
+    before = EmulatorParams.from_profile(profile)
+    after = fit_efficiency(samples, profile)
+    squared = {name: float((percentage_errors(samples, profile, p) ** 2).sum()) for name, p in
+               (("before", before), ("after", after))}
+    assert squared["after"] < squared["before"]
+    for scale in (0.9, 1.1):  # and it is the least: a nudged efficiency does worse
+        nudged = replace(after, efficiency={**after.efficiency, "int8": after.efficiency["int8"] * scale})
+        assert float((percentage_errors(samples, profile, nudged) ** 2).sum()) > squared["after"]
+
+
+def test_a_reference_class_nothing_was_published_for_names_the_classes_there_are(tmp_path):
+    board = tmp_path / "m33.yaml"
+    text = Path(load_profile("cortex-m4").source).read_text()
+    board.write_text(text.replace("{core: cortex-m4, engine: best}", "{core: cortex-m33, engine: best}"))
+    with pytest.raises(ConfigError, match=r"the references have core cortex-m4 or cortex-m7 and engine best or "
+                                          r"tflm-reference"):
+        calibrate(load_profile(board), tmp_path / "runs")
+    assert not (tmp_path / "runs" / "calibration").exists()
 
 
 @pytest.mark.parametrize("kwargs, message", [({"candidates": 5}, "'candidates' parameter"),
