@@ -5,8 +5,8 @@ cannot share edgesearch's environment: ``make setup`` gives it ``.venv-mcu`` (th
 ``search.stages.tflite`` calls this file there. It imports nothing from edgesearch.
 
 Usage: python tflite_convert.py PROGRAM.pt2 OUT.tflite fp32|int8 SAMPLES.npy
-(SAMPLES: calibration inputs for int8, channel-first; the first one is the example input either way. The
-.tflite takes its input channel-last.)
+(SAMPLES: calibration inputs for int8, as the program takes them; the first one is the example input either way.
+The program takes channel-last input, ``search.stages.tflite.ChannelLast``, and so does the .tflite.)
        python tflite_convert.py --serve
 (one conversion per line of stdin, a JSON list of those four arguments; one answer line on stdout for each)
 """
@@ -21,14 +21,10 @@ import torch
 
 
 def main(program: str, out: str, kind: str, samples: str) -> None:
-    trained = torch.export.load(program).module()
-    # SAMPLES are channel-first, as the model was trained; the .tflite takes them channel-last
-    calibration_x = np.ascontiguousarray(np.moveaxis(np.load(samples), 1, -1))
+    module = torch.export.load(program).module()
+    calibration_x = np.load(samples)
     import litert_torch  # after the inputs load: a bad request fails without importing the converter
 
-    # Channel-last input, the order a camera or an interleaved sensor buffer delivers: the converter computes in
-    # NHWC, so a channel-first input would cost the device a TRANSPOSE (a RESHAPE for one channel) first.
-    module = litert_torch.to_channel_last_io(trained, args=[0])
     example = (torch.from_numpy(calibration_x[:1]),)
     if kind == "fp32":
         edge = litert_torch.convert(module, example)

@@ -220,30 +220,40 @@ def test_the_tflite_takes_a_frame_channel_last_as_a_camera_gives_it(tmp_path):
     assert "TRANSPOSE" not in op_names(path)
 
 
-def test_a_qat_model_converts_to_a_fully_integer_tflite_that_computes_what_qat_trained(tmp_path, digits):
-    """TFLite Micro's converter quantizes for itself and cannot take FX's fake-quant modules: it gets the QAT
-    model's fake-quantised weights, and its .tflite must classify as the QAT model does in torch."""
+def converted_qat(data, tmp_path):
+    """A trained model fine-tuned with QAT, converted: (QAT model, .tflite path, its and the .tflite's classes)."""
     import torch
 
     from search.candidate import Candidate
     from search.models import build_model
     from search.stages.compress import quantization_aware_finetune
-    from search.stages.tflite import constant_bytes, convert_tflite
+    from search.stages.tflite import convert_tflite
     from search.stages.train import fit
 
     candidate = Candidate(precision="int8-qat", width=0.5, budget=TINY)
     torch.manual_seed(0)
-    model = build_model(digits.sample_shape, digits.num_classes, 0.5)
-    fit(model, digits, 4, seed=0)
-    qat = quantization_aware_finetune(model, candidate, digits)
-    path = convert_tflite(qat, candidate, digits, tmp_path / "qat.tflite")
+    model = build_model(data.sample_shape, data.num_classes, 0.5)
+    fit(model, data, 4, seed=0)
+    qat = quantization_aware_finetune(model, candidate, data)
+    path = convert_tflite(qat, candidate, data, tmp_path / "qat.tflite")
     assert np.dtype(interpreter(path).get_input_details(0)["dtype"]) == np.int8
     with torch.no_grad():
-        trained = qat(torch.from_numpy(digits.x_test)).argmax(1).numpy()
-    shipped = predict_tflm(path, digits.x_test)
-    assert accuracy(trained, digits.y_test) > 0.5  # a model that learned, so agreeing means something
+        trained = qat(torch.from_numpy(data.x_test)).argmax(1).numpy()
+    shipped = predict_tflm(path, data.x_test)
+    assert accuracy(trained, data.y_test) > 0.5  # a model that learned, so agreeing means something
     assert (shipped == trained).mean() >= 0.95
-    assert abs(accuracy(shipped, digits.y_test) - accuracy(trained, digits.y_test)) <= 0.03
+    assert abs(accuracy(shipped, data.y_test) - accuracy(trained, data.y_test)) <= 0.03
+    return candidate, path
+
+
+def test_a_qat_model_converts_to_a_fully_integer_tflite_that_computes_what_qat_trained(tmp_path, digits):
+    """TFLite Micro's converter quantizes for itself and cannot take FX's fake-quant modules: it gets the QAT
+    model's fake-quantised weights, and its .tflite must classify as the QAT model does in torch."""
+    from search.models import build_model
+    from search.stages.tflite import constant_bytes, convert_tflite
+    from search.stages.train import fit
+
+    candidate, path = converted_qat(digits, tmp_path)
     # in flash its weights take what PTQ's of the same shapes take (both a scale per channel in the .tflite), and
     # a quarter or so of fp32's (int32 biases beside float ones)
     same_shapes = build_model(digits.sample_shape, digits.num_classes, 0.5)
@@ -251,6 +261,71 @@ def test_a_qat_model_converts_to_a_fully_integer_tflite_that_computes_what_qat_t
     ptq, fp32 = (convert_tflite(same_shapes, dataclasses.replace(candidate, precision=p), digits, tmp_path / f"{p}.tflite")
                  for p in ("int8-ptq", "fp32"))
     assert constant_bytes(path) == constant_bytes(ptq) < constant_bytes(fp32) / 3
+
+
+def test_a_qat_signal_model_converts_planar_with_the_relus_its_fused_convolutions_apply(tmp_path, mnist1d):
+    """A 1-D QAT model's convolutions are fused modules (``ConvReLU1d``, a Conv1d subclass that applies a ReLU):
+    converted planar, each keeps its ReLU. Taken for a plain Conv1d, a 20-class search's .tflite scored 0.03 where
+    the QAT model scored 0.99."""
+    from hardware_targets.graph import tflite_op_costs
+
+    _, path = converted_qat(mnist1d, tmp_path)
+    assert "TRANSPOSE" not in {op.op for op in tflite_op_costs(path)}
+
+
+def test_a_signal_model_converts_to_its_convolutions_and_no_layout_changes(tmp_path):
+    """A 2-channel signal model, float and int8: batch norms folded (the converter wrote an unfolded 1-D one as a
+    MUL and an ADD between TRANSPOSEs: 53 operators for 7 convolutions, each a dispatch on the board) and converted
+    planar, so the flatbuffer holds no TRANSPOSE, takes the signal channel-last and computes what torch does."""
+    import torch
+
+    from search.candidate import Candidate
+    from search.data import load_npz
+    from search.models import build_model
+    from hardware_targets.graph import tflite_op_costs
+    from search.stages.tflite import convert_tflite
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 2, 64)).astype(np.float32), np.arange(40) % 3
+    np.savez(tmp_path / "sig.npz", x_train=x[:32], y_train=y[:32], x_test=x[32:], y_test=y[32:])
+    data = load_npz(tmp_path / "sig.npz")
+    model = build_model(data.sample_shape, data.num_classes, 0.5).eval()
+    with torch.no_grad():  # trained-looking statistics, so no batch norm is the identity
+        for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)):
+            for tensor, low, high in ((norm.running_mean, -1, 1), (norm.running_var, 0.5, 2),
+                                      (norm.weight, 0.5, 1.5), (norm.bias, -0.5, 0.5)):
+                tensor.copy_(torch.from_numpy(rng.uniform(low, high, tensor.shape).astype(np.float32)))
+    candidate = Candidate(precision="fp32", width=0.5, budget=TINY)
+    path = convert_tflite(model, candidate, data, tmp_path / "sig.tflite")
+    ops = [op.op for op in tflite_op_costs(path)]
+    convolutions = sum(op in ("CONV_2D", "DEPTHWISE_CONV_2D") for op in ops)
+    assert convolutions == sum(isinstance(m, torch.nn.Conv1d) for m in model.modules())
+    assert not {"MUL", "ADD", "TRANSPOSE"} & set(ops), ops
+    assert len(ops) <= convolutions + 5, ops  # the input's RESHAPE, PADs of stride 2, MEAN, the head
+    it = interpreter(path)
+    assert [int(d) for d in it.get_input_details(0)["shape"]] == [1, 64, 2]
+    for signal in x[32:]:
+        it.set_input(np.ascontiguousarray(signal.T)[None], 0)  # channel-last, as an interleaved sensor buffer
+        it.invoke()
+        with torch.no_grad():
+            expected = model(torch.from_numpy(signal)[None]).numpy()
+        np.testing.assert_allclose(it.get_output(0).reshape(-1), expected.reshape(-1), rtol=1e-4, atol=1e-4)
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules())  # the caller's model is left as it was
+    assert (predict_tflm(path, data.x_test) == expected_classes(model, data.x_test)).all()
+    path = convert_tflite(model, dataclasses.replace(candidate, precision="int8-ptq"), data, tmp_path / "q.tflite")
+    details = interpreter(path).get_input_details(0)
+    assert [int(d) for d in details["shape"]] == [1, 64, 2] and np.dtype(details["dtype"]) == np.int8
+    assert not {"MUL", "ADD", "TRANSPOSE"} & {op.op for op in tflite_op_costs(path)}
+
+
+def test_a_1d_layer_with_no_2d_twin_is_refused_by_name():
+    from torch import nn
+
+    from search.errors import CandidateError
+    from search.stages.tflite import as_planar
+
+    with pytest.raises(CandidateError, match=r"no 2-D twin for MaxPool1d \(1\)"):
+        as_planar(nn.Sequential(nn.Conv1d(2, 4, 3), nn.MaxPool1d(2)))
 
 
 def test_the_arena_of_a_long_signal_is_found_where_its_activations_dwarf_its_weights(tmp_path):
