@@ -27,6 +27,9 @@ from search.study import (FLOOR_ATTR, Row, best_within_budget, feasible_front, f
 # log_table downloads the table it appends to, and MLflow draws a tqdm bar for that download: a bar in the middle
 # of a resumed search's report, for one small file. Set once at import, before the MLflow thread starts.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# On a tracking server, MLflow prints two lines with links for every run it ends: 16 lines among an 8-trial search's
+# report. The search prints the link to its runs once, where it ends.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 PARENT_ATTR = "mlflow_parent_run_id"
 TRACKED_ATTR = "mlflow_tracked"  # False when the search's driver last ran without MLflow (--no-mlflow)

@@ -85,5 +85,24 @@ def test_server_down_mid_search_loses_no_metric(tmp_path, free_port, monkeypatch
             stored = {k.split(":", 1)[1]: final[trial.number].value(k.split(":", 1)[1])
                       for k in trial.user_attrs if k.startswith("metric:")}
             assert stored and all(run.data.metrics[k] == v for k, v in stored.items())
+        # and the report stays the search's own: MLflow's link lines for each run it ends are not printed
+        assert "View run" in _end_a_run(uri, quiet=False)  # MLflow's default, which this relies on
+        assert _end_a_run(uri, quiet=True) == ""
     finally:
         _stop(server)
+
+
+def _end_a_run(uri: str, quiet: bool) -> str:
+    """What a process that creates and ends a run on the tracking server prints, with edgesearch's tracking module
+    imported (``quiet``) or not."""
+    import sys
+
+    script = ("import search.tracking\n" if quiet else "") + (
+        "from mlflow.tracking import MlflowClient\n"
+        f"client = MlflowClient('{uri}')\n"
+        "run = client.create_run(client.get_experiment_by_name('flaky').experiment_id)\n"
+        "client.set_terminated(run.info.run_id)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in os.environ.items() if k != "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"})
+    assert done.returncode == 0, done.stderr
+    return done.stdout
