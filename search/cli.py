@@ -5,6 +5,7 @@ Every ``EdgeSearchError`` becomes one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import contextlib
 import argparse
 import dataclasses
 import json
@@ -296,8 +297,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.detach:
         return _submit_detached(args)
     storage = _storage_url(args)
+    stored = None
     if args.resume:
-        spec = _resumed_spec(args, stored_spec(load_study(_resumed_name(args), storage)))
+        stored = load_study(_resumed_name(args), storage)
+        spec = _resumed_spec(args, stored_spec(stored))
     else:
         spec = _spec_from_args(args)
         if args.keep_inputs:
@@ -308,7 +311,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not args.address:
         check_resources(spec)
     _write_spec(args.runs_dir, spec)
-    tracking = None if args.no_mlflow else _tracking_uri(args)
+    tracking = None if args.no_mlflow else _tracking_uri(args, stored)
     try:
         outcome = run_search(spec, args.runs_dir, storage_url=storage, resume=args.resume, address=args.address,
                              report=lambda line: print(line, flush=True), tracking_uri=tracking)
@@ -328,7 +331,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
               f"MLflow's thread logged beside the search for another {t.get('logging_background', 0.0):.1f} s)"
               + (f"; a freed worker waited {1e3 * t['dispatch'] / t['dispatches']:.0f} ms on average for its next "
                  "candidate" if t.get("dispatches") else ""))
-    if tracking:
+    if tracking and outcome.tracking_incomplete:
+        print(f"MLflow: experiment {spec.name!r} in {shown_url(tracking)} lacks what this search logged while the "
+              f"store was unreachable (every trial is in the Optuna storage); once it is back: {_program()} "
+              f"--runs-dir {args.runs_dir} sync {spec.name}{_same_stores(args, storage)}")
+    elif tracking and not tracking.startswith("sqlite:"):
+        print(f"MLflow: experiment {spec.name!r} on the tracking server {shown_url(tracking)}; review it there")
+    elif tracking:
         print(f"MLflow: experiment {spec.name!r} in {shown_url(tracking)}; review it with 'make ui' or "
               f"'edgesearch ui {spec.name}', which prints the link to its runs")
     if outcome.best is not None:
@@ -478,10 +487,13 @@ def _cluster(args: argparse.Namespace, name: str, needed: bool = False) -> str |
     return address
 
 
-def _tracking_uri(args: argparse.Namespace) -> str:
-    from search.tracking import default_tracking_uri
+def _tracking_uri(args: argparse.Namespace, study=None) -> str:
+    """--tracking-uri, else the tracking server a stored ``study`` logged to, else the default store."""
+    from search.tracking import default_tracking_uri, search_tracking_uri
 
-    return args.tracking_uri or default_tracking_uri(args.runs_dir)
+    if args.tracking_uri:
+        return args.tracking_uri
+    return search_tracking_uri(study, args.runs_dir) if study is not None else default_tracking_uri(args.runs_dir)
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -490,6 +502,12 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from search.ui import serve
 
     uri = args.tracking_uri or default_tracking_uri(args.runs_dir)
+    if args.search and not args.tracking_uri and (Path(args.runs_dir) / "optuna.db").is_file():
+        from search.study import default_storage, load_study
+        from search.tracking import search_tracking_uri
+
+        with contextlib.suppress(EdgeSearchError):  # not stored here: the UI says so on its page
+            uri = search_tracking_uri(load_study(args.search, default_storage(args.runs_dir)), args.runs_dir)
     if not uri.startswith("sqlite:"):
         print(f"the tracking store is a server already: open {shown_url(uri)}")
         return 0
@@ -551,7 +569,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from search.tracking import sync_search
 
     study = load_study(args.name, _storage_url(args))
-    uri = _tracking_uri(args)
+    uri = _tracking_uri(args, study)
     logged = sync_search(study, stored_spec(study), uri, args.runs_dir)
     shown = shown_url(uri)
     print(f"MLflow {shown}: {logged} missing run(s) of search {args.name!r} logged; it now holds every finished trial"
@@ -568,7 +586,7 @@ def _sync_quietly(study, spec, args: argparse.Namespace) -> None:
         return
 
     try:
-        logged = sync_search(study, spec, _tracking_uri(args), args.runs_dir)
+        logged = sync_search(study, spec, _tracking_uri(args, study), args.runs_dir)
     except Exception:  # still running, or MLflow unreachable: `edgesearch sync NAME` says which
         return
     if logged:
@@ -668,10 +686,14 @@ def cmd_export(args: argparse.Namespace) -> int:
                                  overwrite=args.overwrite)
         print("downloaded from MLflow (each file checked against the model card's hash)")
     else:
+        from search.study import load_study
+
         print(f"exporting from search {args.search!r} ...", flush=True)
-        card = export_search(args.search, args.out, storage_url=_storage_url(args), runs_dir=args.runs_dir,
+        storage = _storage_url(args)
+        tracking = None if args.no_mlflow else _tracking_uri(args, load_study(args.search, storage))
+        card = export_search(args.search, args.out, storage_url=storage, runs_dir=args.runs_dir,
                              pick=Pick(args.trial, min_accuracy, args.force), target=args.target,
-                             tracking_uri=None if args.no_mlflow else _tracking_uri(args), overwrite=args.overwrite)
+                             tracking_uri=tracking, overwrite=args.overwrite)
     v = card["verification"]
     print(f"exported trial {card['trial']} ({card['why']}) for {card['target_profile']} to {Path(args.out).resolve()}")
     if card.get("search_unfinished"):
@@ -835,7 +857,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "folder and use the copy (a detached search does this on the cluster)")
     p.add_argument("--storage", help="Optuna RDB storage URL [default: sqlite:///RUNS/optuna.db]")
     p.add_argument("--tracking-uri", help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or "
-                   "sqlite:///RUNS/mlflow.db]")
+                   "sqlite:///RUNS/mlflow.db; on --resume, the tracking server the search logged to]")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     p.set_defaults(func=cmd_submit)
 
@@ -846,8 +868,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("search", nargs="?", help="the search to open [default: the newest one]")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind [default: 127.0.0.1, this machine only]")
     p.add_argument("--port", type=int, default=5000, help="port [default: 5000]")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or "
-                   "sqlite:///RUNS/mlflow.db]")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI [default: the tracking server the search logged "
+                   "to, else $MLFLOW_TRACKING_URI or sqlite:///RUNS/mlflow.db]")
     p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("status", help="progress and Pareto front of a search",
@@ -855,7 +877,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--storage", help="Optuna RDB storage URL [default: sqlite:///RUNS/optuna.db]")
     p.add_argument("--tracking-uri", help="MLflow tracking URI, caught up if an outage left runs out [default: "
-                   "$MLFLOW_TRACKING_URI or sqlite:///RUNS/mlflow.db]")
+                   "the tracking server the search logged to, else $MLFLOW_TRACKING_URI or sqlite:///RUNS/mlflow.db]")
     p.add_argument("--no-mlflow", action="store_true", help="do not touch MLflow")
     p.add_argument("--address", help="the dashboard URL (http://HOST:8265) of the cluster a detached search runs "
                    "on [default: the one this machine submitted it to]")
@@ -868,8 +890,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "search run with --no-mlflow), and export before it registers the model.")
     p.add_argument("name")
     p.add_argument("--storage", help="Optuna RDB storage URL [default: sqlite:///RUNS/optuna.db]")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or "
-                   "sqlite:///RUNS/mlflow.db]")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI [default: the tracking server the search logged "
+                   "to, else $MLFLOW_TRACKING_URI or sqlite:///RUNS/mlflow.db]")
     p.set_defaults(func=cmd_sync)
 
     p = sub.add_parser("list", help="list the stored searches", description="List the searches in the storage, "
@@ -892,8 +914,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="allow a --trial that is not on the feasible front")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out directory")
     p.add_argument("--storage", help="Optuna RDB storage URL [default: sqlite:///RUNS/optuna.db]")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or "
-                   "sqlite:///RUNS/mlflow.db]")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI [default: the tracking server the search logged "
+                   "to, else $MLFLOW_TRACKING_URI or sqlite:///RUNS/mlflow.db]")
     p.add_argument("--no-mlflow", action="store_true", help="do not look up the run nor register the model")
     p.add_argument("--address", help="the dashboard URL (http://HOST:8265) of the cluster a detached search runs "
                    "on; the export runs there and comes back through the search's MLflow tracking server "

@@ -32,6 +32,9 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 PARENT_ATTR = "mlflow_parent_run_id"
+# the tracking server a search logs to (password hidden), so later commands reach its runs without --tracking-uri;
+# a local store is the runs folder's own, found wherever that folder is
+TRACKING_URI_ATTR = "mlflow_tracking_server"
 TRACKED_ATTR = "mlflow_tracked"  # False when the search's driver last ran without MLflow (--no-mlflow)
 PLOT_INTERVAL_S = 30.0  # plots are re-drawn at most this often while a search runs, and always at its end
 TRIAL_TAG = "edgesearch.trial"
@@ -57,6 +60,11 @@ def default_tracking_uri(runs_dir: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(runs_dir).resolve() / 'mlflow.db'}"
 
 
+def search_tracking_uri(study, runs_dir: Path) -> str:
+    """Where a stored search's runs are: the tracking server it logged to, else ``default_tracking_uri``."""
+    return study.user_attrs.get(TRACKING_URI_ATTR) or default_tracking_uri(runs_dir)
+
+
 def artifact_root(runs_dir: Path) -> str:
     """Where runs of a local (SQLite) store keep their files: beside the store, never the working directory."""
     return (Path(runs_dir).resolve() / "mlartifacts").as_uri()
@@ -80,6 +88,8 @@ def check_tracking(uri: str) -> None:
 
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     if uri.startswith(("http://", "https://")):
+        # each retry of a server that went down was a warning line in the report; the failure itself is reported
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     from contextlib import nullcontext
@@ -121,7 +131,17 @@ class SearchTracker:
     def _parent_run(self) -> str:
         run_id = self.study.user_attrs.get(PARENT_ATTR)
         if run_id:
-            self.client.update_run(run_id, status="RUNNING")
+            try:
+                self.client.update_run(run_id, status="RUNNING")
+            except Exception as exc:
+                if "RESOURCE_DOES_NOT_EXIST" not in str(getattr(exc, "error_code", "")):
+                    raise
+                where = self.study.user_attrs.get(TRACKING_URI_ATTR)
+                raise ConfigError(
+                    f"Search {self.spec.name!r} logged its runs to MLflow "
+                    + (f"at {where}" if where else "in another tracking store") + f" (its run {run_id}), which "
+                    f"{shown_url(self.uri)} does not hold: pass "
+                    + (f"--tracking-uri {where}." if where else "the --tracking-uri it ran with.")) from None
             return run_id
         run = self.client.create_run(self.experiment_id, run_name=f"search {self.spec.name}",
                                      tags={"edgesearch.role": "search", "target": self.spec.target,
@@ -132,6 +152,7 @@ class SearchTracker:
         self.client.log_dict(run.info.run_id, self.spec.to_dict(), "spec.json")
         self._log_profile(run.info.run_id)
         self.study.set_user_attr(PARENT_ATTR, run.info.run_id)
+        self.study.set_user_attr(TRACKING_URI_ATTR, "" if self.uri.startswith("sqlite:") else shown_url(self.uri))
         return run.info.run_id
 
     def _log_profile(self, run_id: str) -> None:

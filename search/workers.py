@@ -307,6 +307,8 @@ class SearchOutcome:
     # transfer_workers: moving files to and from nodes that do not share the runs folder, here and on the workers
     # (seconds), of transfer_bundles results that brought transfer_bytes
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    # MLflow was unreachable at the end: some trials or the front are not logged (`edgesearch sync` logs them)
+    tracking_incomplete: bool = False
 
 
 # os.environ is one dict for every thread, and its iteration reads each key of a snapshot: a key removed meanwhile
@@ -834,7 +836,8 @@ def run_search(
     front = feasible_front(all_rows)
     timings["wall"] = time.perf_counter() - wall_started
     return SearchOutcome(spec.name, storage_url, all_rows, front, best_within_budget(all_rows),
-                         front_hypervolume(front, search_bounds(study, spec)), timings)
+                         front_hypervolume(front, search_bounds(study, spec)), timings,
+                         tracking_incomplete=bool(tracker and tracker.pending))
 
 
 def _prepare(ray, study, spec: SearchSpec, profile, report: Reporter, placement: dict,

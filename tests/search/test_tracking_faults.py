@@ -12,7 +12,8 @@ from mlflow.tracking import MlflowClient
 from search.candidate import Budget
 from search.spec import SearchSpace, SearchSpec
 from search.study import default_storage, load_study, rows
-from search.tracking import PARENT_ATTR, sync_search
+from search.cli import main
+from search.tracking import PARENT_ATTR, TRACKING_URI_ATTR, sync_search
 from tests.servers import start_mlflow_server
 from search.workers import run_search
 
@@ -26,7 +27,7 @@ def _stop(proc: subprocess.Popen, how: signal.Signals = signal.SIGTERM) -> None:
     proc.wait(timeout=60)
 
 
-def test_server_down_mid_search_loses_no_metric(tmp_path, free_port, monkeypatch):
+def test_server_down_mid_search_loses_no_metric(tmp_path, free_port, monkeypatch, capsys):
     # a request to a server that is down fails at once, not after retries: what fails is logged by a later sync
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     store = tmp_path / "mlflow"
@@ -85,6 +86,14 @@ def test_server_down_mid_search_loses_no_metric(tmp_path, free_port, monkeypatch
             stored = {k.split(":", 1)[1]: final[trial.number].value(k.split(":", 1)[1])
                       for k in trial.user_attrs if k.startswith("metric:")}
             assert stored and all(run.data.metrics[k] == v for k, v in stored.items())
+        # the search remembers its tracking server: sync, status and export find its runs without --tracking-uri
+        assert study.user_attrs[TRACKING_URI_ATTR] == uri
+        assert main(["--runs-dir", str(tmp_path), "sync", "flaky"]) == 0
+        assert f"MLflow {uri} already held every finished trial" in capsys.readouterr().out
+        # and a store that does not hold its runs is one line naming the one that does, not a traceback
+        other = f"sqlite:///{tmp_path / 'other.db'}"
+        assert main(["--runs-dir", str(tmp_path), "sync", "flaky", "--tracking-uri", other]) == 2
+        assert capsys.readouterr().err.strip().endswith(f"which {other} does not hold: pass --tracking-uri {uri}.")
         # and the report stays the search's own: MLflow's link lines for each run it ends are not printed
         assert "View run" in _end_a_run(uri, quiet=False)  # MLflow's default, which this relies on
         assert _end_a_run(uri, quiet=True) == ""
