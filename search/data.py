@@ -111,11 +111,16 @@ class Dataset:
         """The class balance in words, with what it means for accuracy when it is skewed."""
         counts = self.class_counts()
         weighted = "; the training loss weighs each class by its rarity (class weight 'balanced')"
+        shown = self.class_names[:NAMES_SHOWN]
+        named = (" (" + ", ".join(f"{k} {name}" for k, name in enumerate(shown))
+                 + (f", ... {self.num_classes - 1} {self.class_names[-1]}" if len(self.class_names) > len(shown) else "")
+                 + ")") if self.class_names else ""
         if not self.imbalanced:
-            return f"{self.num_classes} classes" + (weighted if self.loss_weights() is not None else "")
+            return f"{self.num_classes} classes{named}" + (weighted if self.loss_weights() is not None else "")
         largest, share = self.majority()
-        return (f"{self.num_classes} classes, imbalanced (training samples per class {counts.min()}-{counts.max()}"
-                f"; class {largest} holds {counts[largest] / counts.sum():.1%}): always predicting class {largest} "
+        return (f"{self.num_classes} classes{named}, imbalanced (training samples per class "
+                f"{counts.min()}-{counts.max()}; class {largest} holds {counts[largest] / counts.sum():.1%}): "
+                f"always predicting class {largest} "
                 f"scores {share:.3f} validation accuracy, so balanced accuracy (mean recall per class; "
                 f"{1 / self.num_classes:.3f} for a model that learned nothing) is reported beside accuracy"
                 + (weighted if self.loss_weights() is not None else
@@ -199,6 +204,7 @@ _REQUIRED_KEYS = ("x_train", "y_train", "x_test", "y_test")
 _SPLIT_KEYS = (*_REQUIRED_KEYS, "x_val", "y_val")
 # every key an archive may hold: the splits (or x, y), the axis order and the names of the classes
 ARCHIVE_KEYS = (*_SPLIT_KEYS, "x", "y", "layout", "class_names")
+NAMES_SHOWN = 8  # class names on the dataset's line; the model card lists them all
 # the axis orders an archive's optional ``layout`` may name (N samples, C channels, L length, H height, W width);
 # each is read into channel-first order, a missing C axis as one channel
 LAYOUTS = ("NL", "NCL", "NLC", "NHW", "NCHW", "NHWC")
@@ -223,6 +229,7 @@ def load_npz(path: str | Path) -> Dataset:
     except Exception as exc:
         raise DatasetError(f"{path}: not a readable .npz archive ({type(exc).__name__}: {exc}).") from exc
 
+    arrays = _labels_as_numbers(path, arrays)
     test_from = ""
     if {"x", "y"} <= arrays.keys() and not any(key in arrays for key in _SPLIT_KEYS):
         arrays, test_from = _draw_test_split(path, arrays), "x"
@@ -311,6 +318,40 @@ def _layout(path: Path, value) -> str | None:
     return text
 
 
+def _labels_as_numbers(path: Path, arrays: dict) -> dict:
+    """Labels saved as names (strings) become class numbers, in the order of ``class_names`` where the archive has
+    it, else sorted (scikit-learn's LabelEncoder order), and ``class_names`` is set to match; labels saved as
+    whole floats (a pandas column) become integers. Anything else is left for ``_check_y`` to refuse."""
+    keys = [key for key in ("y", "y_train", "y_val", "y_test") if key in arrays]
+    named = [key for key in keys if arrays[key].dtype.kind in "US"]
+    arrays = dict(arrays)
+    for key in keys:
+        y = arrays[key]
+        if y.dtype.kind == "f" and y.ndim == 1 and np.isfinite(y).all() and (y == np.round(y)).all():
+            arrays[key] = y.astype(np.int64)
+    if not named:
+        return arrays
+    if len(named) != len(keys):
+        raise DatasetError(f"{path}: {named} hold class names but {sorted(set(keys) - set(named))} numbers; save "
+                           "every label array the same way.")
+    labels = {key: np.array([v.decode(errors="replace") if isinstance(v, bytes) else str(v)
+                             for v in arrays[key].reshape(-1).tolist()]) for key in named}
+    if "class_names" in arrays:
+        order = _class_names(path, arrays["class_names"], len(arrays["class_names"]))
+        unknown = sorted(set().union(*(set(v.tolist()) for v in labels.values())) - set(order))
+        if unknown:
+            raise DatasetError(f"{path}: label(s) {unknown[:5]} are not in 'class_names' {list(order)}.")
+    else:
+        order = tuple(sorted(set().union(*(set(v.tolist()) for v in labels.values()))))
+        arrays["class_names"] = np.array(order)
+    index = {name: k for k, name in enumerate(order)}
+    for key in named:
+        if arrays[key].ndim != 1:
+            raise DatasetError(f"{path}: '{key}' must be 1-D (one label per sample); got shape {arrays[key].shape}.")
+        arrays[key] = np.array([index[v] for v in labels[key].tolist()], dtype=np.int64)
+    return arrays
+
+
 def _class_names(path: Path, value, num_classes: int) -> tuple[str, ...]:
     """The optional ``class_names``: one distinct, non-empty name per label 0..K-1, which the model card, predict.py
     and main.cc print beside the class number."""
@@ -379,7 +420,10 @@ def _check_y(path: Path, key: str, y: np.ndarray) -> None:
         raise DatasetError(f"{path}: '{key}' has shape {y.shape}, one row per sample: if it is one-hot, save "
                            f"{key}.argmax(axis=1), the class numbers.")
     if not np.issubdtype(y.dtype, np.integer):
-        raise DatasetError(f"{path}: '{key}' must hold integer class labels; got dtype {y.dtype}.")
+        fractional = (f" with fractions (e.g. {y[np.isfinite(y) & (y != np.round(y))].flat[0]:g})"
+                      if y.dtype.kind == "f" and (np.isfinite(y) & (y != np.round(y))).any() else "")
+        raise DatasetError(f"{path}: '{key}' must hold class labels, integers 0..K-1 or class names (strings); got "
+                           f"dtype {y.dtype}{fractional}.")
     if y.ndim != 1:
         raise DatasetError(f"{path}: '{key}' must be 1-D (one label per sample); got shape {y.shape}.")
     if y.size and y.min() < 0:

@@ -120,8 +120,9 @@ def test_an_archive_of_just_x_and_y_gets_a_stratified_test_split_drawn(tmp_path)
     np.savez(path, x=x[:6], y=np.arange(6))  # a class of one sample cannot be in both splits
     with pytest.raises(DatasetError, match=r"cannot draw the test split \(20% of 'x', stratified by class\)"):
         load_npz(path)
-    np.savez(path, x=x, y=y.astype(np.float32))
-    with pytest.raises(DatasetError, match="'y' must hold integer class labels"):
+    np.savez(path, x=x, y=y + 0.5)
+    with pytest.raises(DatasetError, match=r"'y' must hold class labels, integers 0..K-1 or class names \(strings\); "
+                                           r"got dtype float64 with fractions \(e.g. 0.5\)"):
         load_npz(path)
     # a problem found after the split names the key the user saved, and the samples' shape, not the split's
     np.savez(path, x=np.moveaxis(x, 1, 3).repeat(3, axis=3), y=y)  # RGB saved channels-last, no layout
@@ -149,6 +150,34 @@ def test_class_names_in_the_archive_name_the_labels_and_a_key_not_read_is_said(t
            "layout, class_names)" in ds.summary()
 
 
+def test_labels_saved_as_names_or_whole_floats_are_read_as_class_numbers(tmp_path):
+    path = tmp_path / "named.npz"
+    good = _good()
+    words = np.array(["walk", "run", "sit", "stairs"])
+    np.savez(path, x_train=good["x_train"], y_train=words[good["y_train"]], x_test=good["x_test"],
+             y_test=words[good["y_test"]])
+    ds = load_npz(path)  # numbered in sorted order, as scikit-learn's LabelEncoder does, and named
+    assert ds.class_names == ("run", "sit", "stairs", "walk")
+    assert [ds.class_names[k] for k in ds.y_test] == words[good["y_test"]].tolist()
+    assert "4 classes (0 run, 1 sit, 2 stairs, 3 walk)" in ds.summary()
+    # with class_names beside them, the names' order gives the numbers
+    np.savez(path, x=good["x_train"], y=words[good["y_train"]], class_names=words)
+    ds = load_npz(path)
+    assert ds.class_names == tuple(words)
+    assert sorted(ds.y_train.tolist() + ds.y_val.tolist() + ds.y_test.tolist()) == sorted(good["y_train"].tolist())
+    np.savez(path, x=good["x_train"], y=words[good["y_train"]], class_names=words[:3])
+    with pytest.raises(DatasetError, match=r"label\(s\) \['stairs'\] are not in 'class_names' \['walk', 'run', 'sit'\]"):
+        load_npz(path)
+    # a pandas column of labels is float: whole values are class numbers
+    np.savez(path, **good)
+    as_integers = load_npz(path)
+    np.savez(path, **{**good, "y_train": good["y_train"].astype(np.float64)})
+    as_floats = load_npz(path)
+    assert as_floats.y_train.dtype == as_integers.y_train.dtype
+    np.testing.assert_array_equal(as_floats.y_train, as_integers.y_train)
+    np.testing.assert_array_equal(as_floats.x_val, as_integers.x_val)
+
+
 @pytest.mark.parametrize(
     "names, message",
     [
@@ -171,7 +200,9 @@ def test_bad_class_names_give_a_clear_error(tmp_path, names, message):
     [
         (lambda d: d.pop("y_test"), "missing key"),
         (lambda d: d.update(x_train=d["x_train"][:0], y_train=d["y_train"][:0]), "'x_train' is empty"),
-        (lambda d: d.update(y_train=d["y_train"].astype(np.float32)), "'y_train' must hold integer"),
+        (lambda d: d.update(y_train=d["y_train"] / 3), "'y_train' must hold class labels"),
+        (lambda d: d.update(y_train=np.array(["a", "b", "c", "d"])[d["y_train"]]),
+         r"\['y_train'\] hold class names but \['y_test'\] numbers"),
         (lambda d: d.update(y_train=d["y_train"][:-1]), "must match"),
         (lambda d: d["x_test"].__setitem__((0, 0), np.nan), "'x_test' contains NaN"),
         (lambda d: d.update(x_test=d["x_test"][:, :8]), "sample shape"),
