@@ -64,12 +64,21 @@ class Budget:
             for name in names:
                 v = getattr(self, name)
                 if not isinstance(v, int) or isinstance(v, bool) or v < low:
-                    raise ConfigError(f"The '{name}' parameter of Budget must be an integer >= {low}. "
-                                      f"Got {v!r} instead.")
+                    raise ConfigError(f"The {_setting(name)} must be an integer >= {low}. Got {v!r} instead.")
         v = self.front_tuning_minutes
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v < float("inf"):
-            raise ConfigError("The 'front_tuning_minutes' parameter of Budget must be a number of minutes >= 0. "
+            raise ConfigError(f"The {_setting('front_tuning_minutes')} must be a number of minutes >= 0. "
                               f"Got {v!r} instead.")
+
+
+# the budget settings the command line also takes, as --epochs etc.
+_BUDGET_OPTIONS = ("epochs", "teacher_epochs", "tuning_trials", "front_tuning_trials", "front_tuning_minutes")
+
+
+def _setting(name: str) -> str:
+    """A budget setting as a user sets it: in a spec's ``budget`` and, where there is one, by option."""
+    option = f", --{name.replace('_', '-')}" if name in _BUDGET_OPTIONS else ""
+    return f"'{name}' budget (budget.{name} in a spec{option})"
 
 
 @dataclass(frozen=True)

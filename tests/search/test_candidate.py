@@ -18,7 +18,7 @@ def test_bad_knobs_name_the_parameter(kwargs, field):
 @pytest.mark.parametrize("kwargs", [{"epochs": 0}, {"epochs": 2.5}, {"timing_repeats": "30"},
                                     {"tuning_trials": True}, {"front_tuning_minutes": float("nan")}])
 def test_bad_budget_names_the_parameter(kwargs):
-    with pytest.raises(ConfigError, match=f"'{next(iter(kwargs))}' parameter of Budget"):
+    with pytest.raises(ConfigError, match=f"'{next(iter(kwargs))}' budget \\(budget.{next(iter(kwargs))} in a spec"):
         Budget(**kwargs)
 
 
@@ -28,7 +28,7 @@ def test_the_teacher_trains_twice_the_students_epochs_unless_told_and_keeps_them
     assert Budget(epochs=5).teacher_epochs == 10 and Budget().teacher_epochs == 30  # 15 epochs: the former 30
     assert Budget(epochs=5, teacher_epochs=3).teacher_epochs == 3
     assert rung_budget(Budget(epochs=9)).teacher_epochs == 18  # a halving rung trains less; its teacher is the same
-    with pytest.raises(ConfigError, match="'teacher_epochs' parameter of Budget"):
+    with pytest.raises(ConfigError, match=r"'teacher_epochs' budget \(budget.teacher_epochs in a spec, --teacher-epochs\)"):
         Budget(teacher_epochs=0)
 
 
