@@ -1,4 +1,4 @@
-"""The root of edgesearch's errors, and the two the target layer raises.
+"""The root of edgesearch's errors, and the ones the target layer raises.
 
 They live in the lowest layer that raises one, so the service (``search.errors``, which adds its own) and the
 targets share one hierarchy without the targets importing the service. Each also inherits the matching built-in, so
@@ -12,6 +12,10 @@ class EdgeSearchError(Exception):
 
 class ProfileError(EdgeSearchError, ValueError):
     """A hardware target profile is unknown or malformed."""
+
+
+class TargetUnreachableError(EdgeSearchError, ConnectionError):
+    """A measured target cannot be reached (its board or tracker is down); said before anything is trained."""
 
 
 class CandidateError(EdgeSearchError, RuntimeError):

@@ -44,7 +44,7 @@ def _print_result(result, args_runtime: str = "auto") -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from hardware_targets import load_profile
+    from hardware_targets import get_backend, load_profile
     from search.candidate import Budget, Candidate
     from search.data import load_dataset
     from search.pipeline import Paths, evaluate_candidate
@@ -78,6 +78,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if reason:
             print(f"note: {what} on {profile.name}: {reason}; a search leaves it out of its space",
                   file=sys.stderr if quiet else sys.stdout)
+    get_backend(profile, args.runs_dir).check()  # a board that is down, before the candidate is trained
     result = evaluate_candidate(candidate, dataset, profile, Paths(args.runs_dir), threads=args.threads,
                                 runtime=args.runtime, progress=progress)
     if args.json:

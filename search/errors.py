@@ -5,9 +5,10 @@ are here. Subclasses also inherit the matching built-in so plain ``except ValueE
 that do not know about edgesearch.
 """
 
-from hardware_targets.errors import CandidateError, EdgeSearchError, ProfileError
+from hardware_targets.errors import CandidateError, EdgeSearchError, ProfileError, TargetUnreachableError
 
-__all__ = ["CandidateError", "ConfigError", "DatasetError", "EdgeSearchError", "ProfileError", "SearchNotFoundError"]
+__all__ = ["CandidateError", "ConfigError", "DatasetError", "EdgeSearchError", "ProfileError", "SearchNotFoundError",
+           "TargetUnreachableError"]
 
 
 class ConfigError(EdgeSearchError, ValueError):

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from hardware_targets import get_backend
 from hardware_targets.profile import arithmetic
 from objectives.latency import INFEASIBLE, RETIME, budget_verdict
 from objectives.memory import over_limits
@@ -719,6 +720,7 @@ def run_search(
         refuse_existing(spec.name, storage_url)
     data = _load_dataset(spec.dataset, spec.class_weight)  # a malformed file stops here, before Ray starts
     report(f"dataset {data.summary()}")
+    get_backend(profile, runs_dir).check()  # a board that is down, before anything is trained for it
     if tracking_uri and tracking_uri.startswith(("http://", "https://")):
         from search.tracking import check_tracking
 

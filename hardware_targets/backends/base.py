@@ -19,6 +19,10 @@ class Backend(abc.ABC):
 
     provenance: ClassVar[str]
 
+    def check(self) -> None:
+        """Raise ``TargetUnreachableError`` when the target cannot be reached, before anything is trained for it;
+        a target on this machine, or emulated, always can."""
+
     @abc.abstractmethod
     def measure(self, artifact: CompiledArtifact, onnx_path: Path, precision: str, sample: np.ndarray,
                 repeats: int) -> dict[str, Metric]:

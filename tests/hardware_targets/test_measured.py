@@ -111,10 +111,46 @@ def test_a_board_over_rpc_times_and_counts_the_one_build_made_for_it(rpc_server,
                                             "tvm_target": load_profile("host").tvm_target, "rpc": rpc_server}))
     result = evaluate_candidate(Candidate(width=0.25, budget=tiny_budget), digits, load_profile(profile_path),
                                 Paths(shared_runs))
+    get_backend(load_profile(profile_path)).check()  # the board is up: the check before a search passes
     built = result.artifacts["target_library"]
     assert built != result.artifacts["library"] and os.path.isfile(built)
     assert result.metrics["latency_ms_median"].provenance == "measured"
     assert result.value("flash_bytes") == flash_bytes(built)
+
+
+def _board(tmp_path, rpc: dict):
+    path = tmp_path / "my-board.yaml"
+    path.write_text(yaml.safe_dump({"name": "my-board", "backend": "remote",
+                                    "tvm_target": load_profile("host").tvm_target, "rpc": rpc}))
+    return path
+
+
+def test_a_board_that_is_down_is_said_before_anything_is_trained(free_port, tmp_path, capsys):
+    """Every candidate of a search on a board that was down trained in full, then failed at its measure stage."""
+    from search.cli import main
+
+    port = free_port()  # nothing listens there
+    board = _board(tmp_path, {"host": "127.0.0.1", "port": port})
+    said = (f"edgesearch: error: Target my-board: cannot reach its RPC server at 127.0.0.1:{port} (Connection "
+            f"refused). Start 'python -m tvm.exec.rpc_server --host 0.0.0.0 --port {port}' on the board, or correct "
+            f"'rpc' in {board}; nothing was trained.")
+    runs = tmp_path / "runs"
+    assert main(["--runs-dir", str(runs), "evaluate", "--target", str(board), "--width", "0.25", "--epochs", "1"]) == 2
+    assert capsys.readouterr().err.strip() == said
+    assert main(["--runs-dir", str(runs), "submit", "--name", "down", "--target", str(board), "--trials", "1",
+                 "--latency-budget-ms", "1", "--no-mlflow"]) == 2
+    assert capsys.readouterr().err.strip() == said
+    assert not (runs / "candidates").exists() and not (runs / "teachers").exists()
+    assert main(["--runs-dir", str(runs), "list"]) == 0 and capsys.readouterr().out.startswith("no searches")
+
+
+@pytest.mark.slow  # a tracker and a board of its own
+def test_a_tracker_without_a_board_under_the_key_is_said_before_anything_is_trained(rpc_tracker, tmp_path):
+    from hardware_targets.errors import TargetUnreachableError
+
+    get_backend(load_profile(_board(tmp_path, rpc_tracker))).check()
+    with pytest.raises(TargetUnreachableError, match=r"has no board under key 'rpi4' \(its boards: loopback\)"):
+        get_backend(load_profile(_board(tmp_path, {**rpc_tracker, "key": "rpi4"}))).check()
 
 
 def test_host_energy_is_labelled_by_how_it_was_obtained(digits, tiny_budget, tmp_path):
