@@ -16,7 +16,7 @@ from pathlib import Path
 
 from objectives.pareto import ACCURACY_METRICS
 from search.errors import ConfigError, EdgeSearchError
-from search.study import Row, best_within_budget, feasible_front, load_study, rows, stored_spec
+from search.study import Row, best_within_budget, check_same_data, feasible_front, load_study, rows, stored_spec
 
 EXPORT_TIMING_REPEATS = 30
 INT8_FASTER = 1.1  # below this speed-up over fp32 (10%, about the timing noise of a loaded machine) int8 is "not faster"
@@ -276,11 +276,12 @@ def export_search(
         raise ConfigError(f"Trial {row.number} ({reason}) is {precision}, and target {profile.name} has "
                           f"{missing}. Export a trial of a precision {profile.name} runs "
                           f"(--trial N; `edgesearch status {search}` lists them), or search on {profile.name} itself.")
+    dataset = _searched_dataset(spec, search)
+    check_same_data(study, spec, dataset, "export from it")
     existed = Path(out).resolve().exists()
     out = prepare_dir(out, overwrite)
     with _removed_on_failure(out, existed):
         dtype = input_dtype(precision).name
-        dataset = _searched_dataset(spec, search)
         shape = (1, *dataset.sample_shape)
 
         onnx_path = out / "model.onnx"

@@ -36,6 +36,7 @@ FLOOR_ATTR = "accuracy_floor"  # {"value", "baseline", "max_drop"} when the sear
 # nothing, which the search's lines and tables then show beside accuracy
 CHANCE_ATTR = "chance_balanced_accuracy"
 SAMPLER_ATTR = "sampler_resolved"
+DATA_ATTR = "dataset_content"  # the dataset's content digest when the search started: what its figures hold for
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 # Optuna's guidance: NSGA-II needs 100+ trials (its first generation is random); TPE is model-guided far sooner.
 NSGA2_FROM_TRIALS = 100
@@ -219,6 +220,17 @@ def load_study(name: str, storage_url: str) -> optuna.Study:
         known = ", ".join(sorted(s.study_name for s in optuna.get_all_study_summaries(storage))) or "none yet"
         raise SearchNotFoundError(f"No search named {name!r} in {shown_url(storage_url)} (searches: {known}).")
     return optuna.load_study(study_name=name, storage=storage)
+
+
+def check_same_data(study: optuna.Study, spec: SearchSpec, data, then: str) -> None:
+    """Refuse to ``then`` (resume, export) a search whose dataset file changed since it started: its trials were
+    trained and measured on the data as it was (a regenerated archive made an export fail its accuracy check
+    with figures only)."""
+    recorded, now = study.user_attrs.get(DATA_ATTR), data.content_digest()
+    if recorded and recorded != now:
+        raise ConfigError(f"Dataset {spec.dataset} has changed since search {spec.name!r} started (content {now} "
+                          f"now, {recorded} then): its trials were trained and measured on the data as it was. "
+                          f"Restore that file to {then}, or start a new search on the new data.")
 
 
 def stored_spec(study: optuna.Study) -> SearchSpec:

@@ -41,8 +41,8 @@ from search.transfer import (
     Bundle, mark_driver_disk, pack, receive, shares_disk, unmark_driver_disk,
 )
 from search.study import (
-    ASKED_OUT_ATTR, ASKS_PER_TRIAL, CHANCE_ATTR, FLOOR_ATTR, BOUNDS_ATTR, HALVING_ETA, SHIPPED_PREFIX, SHIPPING_ATTR,
-    STAGE_ATTR, Row, best_within_budget,
+    ASKED_OUT_ATTR, ASKS_PER_TRIAL, CHANCE_ATTR, DATA_ATTR, FLOOR_ATTR, BOUNDS_ATTR, HALVING_ETA, SHIPPED_PREFIX,
+    SHIPPING_ATTR, STAGE_ATTR, Row, best_within_budget, check_same_data,
     create_study, driving, feasible_front, load_study, refuse_existing, refuse_second_driver, shipping_left,
     shipping_order, stage_picks, stored_trial,
     finished_count, front_hypervolume, narrower_recipe, spent_budget, trial_cost, queued_without_distillation,
@@ -55,8 +55,15 @@ PROGRESS_S = 30.0  # at most one progress line per this many seconds of a long s
 QUIET_S = 120.0  # a search that said nothing for this long says which candidates are running, and for how long
 
 
-@functools.lru_cache(maxsize=4)
 def _load_dataset(name: str, class_weight: str = "none"):
+    """The dataset, loaded once per process while its file is unchanged (a file rewritten in place is read again)."""
+    path = Path(name)
+    stamp = (path.stat().st_mtime_ns, path.stat().st_size) if path.is_file() else None
+    return _load_dataset_as_of(name, class_weight, stamp)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_dataset_as_of(name: str, class_weight: str, stamp: tuple | None):
     from search.data import load_dataset
 
     return load_dataset(name, class_weight)
@@ -719,6 +726,8 @@ def run_search(
     else:  # a name taken is refused before the space's precisions are timed
         refuse_existing(spec.name, storage_url)
     data = _load_dataset(spec.dataset, spec.class_weight)  # a malformed file stops here, before Ray starts
+    if resume:
+        check_same_data(load_study(spec.name, storage_url), spec, data, "resume it")
     report(f"dataset {data.summary()}")
     get_backend(profile, runs_dir).check()  # a board that is down, before anything is trained for it
     if tracking_uri and tracking_uri.startswith(("http://", "https://")):
@@ -732,6 +741,8 @@ def run_search(
     with _timed(timings, "optuna"):
         study = create_study(spec, storage_url, resume)
         study.set_user_attr(TRACKED_ATTR, bool(tracking_uri))
+        if DATA_ATTR not in study.user_attrs:  # a search from before it was recorded resumes on what it finds
+            study.set_user_attr(DATA_ATTR, data.content_digest())
         if data.imbalanced:
             study.set_user_attr(CHANCE_ATTR, 1 / data.num_classes)
     with driving(study, claim=resume):  # status tells a driver killed outright from a running one
