@@ -1083,6 +1083,7 @@ class _Driver:
         self.counts = {"screened": 0, "retimed": 0, "retime_changed": 0, "against_fit": 0, "promoted": 0,
                        "stopped": 0, "reused": 0, "waited": 0}
         self.started_all = time.perf_counter()
+        self.stored_pace = stored_pace(study, spec.workers)  # a resume's ETA before its own first candidate
         self.landed = None  # when the last result came back: a worker is free until its next candidate is sent
 
     def _can_ask(self) -> bool:
@@ -1368,7 +1369,7 @@ class _Driver:
             with _timed(self.timings, "optuna"):
                 row = Row.from_trial(self.study._storage.get_trial(trial._trial_id), objective=self.spec.metric)
                 hv = front_hypervolume(feasible_front(rows(self.study)), self.bounds)
-            eta = _eta(spent, self.remaining, self.started_all)
+            eta = _eta(spent, self.remaining, self.started_all, self.stored_pace)
             prefix = f"[{spent:.3g}/{self.remaining:g}] trial {row.number}: {_knobs(row)}"
             if row.state == "FAIL":
                 self.report(f"{prefix} FAILED - {note}  ETA {eta}")
@@ -1453,11 +1454,27 @@ def _failure_reason(exc: Exception) -> str:
     return text[-1] if text else name
 
 
-def _eta(spent: float, remaining: float, started: float) -> str:
-    """Time left at the pace so far; unknown until a candidate has trained (screenings cost no budget)."""
+def _eta(spent: float, remaining: float, started: float, stored_pace: float | None = None) -> str:
+    """Time left at the pace so far; before a candidate has trained (screenings cost no budget), at the stored
+    trials' pace on a resume, else unknown."""
     if not spent:
-        return "unknown until a candidate has trained" if remaining else "0m00s"
+        if not remaining:
+            return "0m00s"
+        return (f"{_clock(stored_pace * remaining)} at the stored trials' pace" if stored_pace else
+                "unknown until a candidate has trained")
     return _clock((time.perf_counter() - started) / spent * max(0.0, remaining - spent))
+
+
+def stored_pace(study, workers: int) -> float | None:
+    """Seconds of a search's wall time per fully trained candidate, from its finished trials (a resume's): the
+    median trained trial's duration over the workers that ran beside it. None before any trial trained."""
+    from optuna.trial import TrialState
+
+    durations = [(t.datetime_complete - t.datetime_start).total_seconds()
+                 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                 if t.datetime_start and t.datetime_complete and trial_cost(t) == 1.0
+                 and "reused_from_trial" not in t.user_attrs]
+    return sorted(durations)[len(durations) // 2] / max(1, workers) if durations else None
 
 
 def _clock(seconds: float) -> str:

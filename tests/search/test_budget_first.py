@@ -477,6 +477,35 @@ def test_the_eta_is_unknown_until_a_candidate_has_trained_then_follows_the_pace(
     assert _eta(6, 6, time.perf_counter() - 60) == "0m00s"
 
 
+def test_a_resume_s_eta_starts_from_the_stored_trials_pace():
+    """A resumed search said "ETA unknown until a candidate has trained" over stored trials that had taken minutes."""
+    import datetime
+    import time
+
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from search.workers import _eta, stored_pace
+
+    study = optuna.create_study(directions=["maximize"])
+    start = datetime.datetime(2026, 12, 6, 6, 0)
+
+    def trial(seconds: float, **attrs) -> None:
+        made = create_trial(state=TrialState.COMPLETE, values=[0.9], params={"width": 1.0},
+                            distributions={"width": FloatDistribution(0.25, 2.0)}, user_attrs=attrs)
+        made.datetime_start, made.datetime_complete = start, start + datetime.timedelta(seconds=seconds)
+        study.add_trial(made)
+
+    assert stored_pace(study, 2) is None
+    for seconds in (80, 120, 100):  # trained in full, two at a time
+        trial(seconds)
+    trial(1, stopped="screened")  # costs no budget, and says nothing of the pace
+    trial(2, reused_from_trial=0)  # a repeat, reused at once
+    assert stored_pace(study, 2) == 50.0  # the middle trained trial, 100 s, over 2 workers
+    assert _eta(0, 6, time.perf_counter(), stored_pace(study, 2)) == "5m00s at the stored trials' pace"
+    assert _eta(1, 6, time.perf_counter() - 60, stored_pace(study, 2)) == "5m00s"  # then its own pace
+
+
 def test_on_imbalanced_classes_lines_and_tables_show_balanced_accuracy_and_call_a_model_at_chance_so(capsys):
     from hardware_targets.metric import Metric
     from search.candidate import CandidateResult
