@@ -5,8 +5,8 @@ Every ``EdgeSearchError`` becomes one line on stderr and exit code 2.
 
 from __future__ import annotations
 
-import contextlib
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -155,7 +155,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         print(f"engine {report['engine']}, on the {report['train']} references it was fitted on: "
               f"{_errors_before_after(report)}; every reference within {report['within']}x: "
               f"{'yes' if report['all_within'] else 'no'}")
-        print("  (the fit minimises the squared relative errors: it weighs the largest most, and may raise the median)")
+        print("  (the fit minimises the squared relative errors: it weighs the largest most, and may raise the "
+              "median)")
     else:
         print(f"emulator vs measured on {args.target}, on {report['held_out']} held-out candidates "
               f"({report['train']} fitted): {_errors_before_after(report)}")

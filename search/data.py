@@ -112,9 +112,9 @@ class Dataset:
         counts = self.class_counts()
         weighted = "; the training loss weighs each class by its rarity (class weight 'balanced')"
         shown = self.class_names[:NAMES_SHOWN]
-        named = (" (" + ", ".join(f"{k} {name}" for k, name in enumerate(shown))
-                 + (f", ... {self.num_classes - 1} {self.class_names[-1]}" if len(self.class_names) > len(shown) else "")
-                 + ")") if self.class_names else ""
+        last = f", ... {self.num_classes - 1} {self.class_names[-1]}" if len(self.class_names) > len(shown) else ""
+        named = (" (" + ", ".join(f"{k} {name}" for k, name in enumerate(shown)) + last + ")"
+                 if self.class_names else "")
         if not self.imbalanced:
             return f"{self.num_classes} classes{named}" + (weighted if self.loss_weights() is not None else "")
         largest, share = self.majority()

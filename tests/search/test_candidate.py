@@ -28,7 +28,8 @@ def test_the_teacher_trains_twice_the_students_epochs_unless_told_and_keeps_them
     assert Budget(epochs=5).teacher_epochs == 10 and Budget().teacher_epochs == 30  # 15 epochs: the former 30
     assert Budget(epochs=5, teacher_epochs=3).teacher_epochs == 3
     assert rung_budget(Budget(epochs=9)).teacher_epochs == 18  # a halving rung trains less; its teacher is the same
-    with pytest.raises(ConfigError, match=r"'teacher_epochs' budget \(budget.teacher_epochs in a spec, --teacher-epochs\)"):
+    with pytest.raises(ConfigError,
+                       match=r"'teacher_epochs' budget \(budget.teacher_epochs in a spec, --teacher-epochs\)"):
         Budget(teacher_epochs=0)
 
 

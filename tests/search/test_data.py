@@ -166,7 +166,8 @@ def test_labels_saved_as_names_or_whole_floats_are_read_as_class_numbers(tmp_pat
     assert ds.class_names == tuple(words)
     assert sorted(ds.y_train.tolist() + ds.y_val.tolist() + ds.y_test.tolist()) == sorted(good["y_train"].tolist())
     np.savez(path, x=good["x_train"], y=words[good["y_train"]], class_names=words[:3])
-    with pytest.raises(DatasetError, match=r"label\(s\) \['stairs'\] are not in 'class_names' \['walk', 'run', 'sit'\]"):
+    with pytest.raises(DatasetError,
+                       match=r"label\(s\) \['stairs'\] are not in 'class_names' \['walk', 'run', 'sit'\]"):
         load_npz(path)
     # a pandas column of labels is float: whole values are class numbers
     np.savez(path, **good)
