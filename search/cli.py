@@ -582,13 +582,16 @@ def cmd_sync(args: argparse.Namespace) -> int:
 def _sync_quietly(study, spec, args: argparse.Namespace) -> None:
     """Catch MLflow up after an outage when a command reads a finished search; never fails the command. A search
     run without MLflow is left so (`edgesearch sync NAME` logs it on request)."""
-    from search.tracking import TRACKED_ATTR, sync_search
+    from search.tracking import TRACKED_ATTR, answers, sync_search
 
     if getattr(args, "no_mlflow", False) or not study.user_attrs.get(TRACKED_ATTR, True):
         return
 
+    uri = _tracking_uri(args, study)
+    if uri.startswith(("http://", "https://")) and not answers(uri):  # down: not worth MLflow's retries here
+        return
     try:
-        logged = sync_search(study, spec, _tracking_uri(args, study), args.runs_dir)
+        logged = sync_search(study, spec, uri, args.runs_dir)
     except Exception:  # still running, or MLflow unreachable: `edgesearch sync NAME` says which
         return
     if logged:

@@ -32,8 +32,8 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 PARENT_ATTR = "mlflow_parent_run_id"
-# the tracking server a search logs to (password hidden), so later commands reach its runs without --tracking-uri;
-# a local store is the runs folder's own, found wherever that folder is
+# the tracking server a search logs to, so later commands reach its runs without --tracking-uri; a local store is
+# the runs folder's own, found wherever that folder is
 TRACKING_URI_ATTR = "mlflow_tracking_server"
 TRACKED_ATTR = "mlflow_tracked"  # False when the search's driver last ran without MLflow (--no-mlflow)
 PLOT_INTERVAL_S = 30.0  # plots are re-drawn at most this often while a search runs, and always at its end
@@ -63,6 +63,21 @@ def default_tracking_uri(runs_dir: Path) -> str:
 def search_tracking_uri(study, runs_dir: Path) -> str:
     """Where a stored search's runs are: the tracking server it logged to, else ``default_tracking_uri``."""
     return study.user_attrs.get(TRACKING_URI_ATTR) or default_tracking_uri(runs_dir)
+
+
+def answers(uri: str, timeout_s: float = 2.0) -> bool:
+    """Whether a tracking server's port takes a connection now: a command that only catches MLflow up on the way
+    (``status``) skips it when not, instead of waiting out MLflow's retries and timeouts."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        socket.create_connection((parts.hostname or "127.0.0.1", port), timeout=timeout_s).close()
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def artifact_root(runs_dir: Path) -> str:
@@ -152,7 +167,9 @@ class SearchTracker:
         self.client.log_dict(run.info.run_id, self.spec.to_dict(), "spec.json")
         self._log_profile(run.info.run_id)
         self.study.set_user_attr(PARENT_ATTR, run.info.run_id)
-        self.study.set_user_attr(TRACKING_URI_ATTR, "" if self.uri.startswith("sqlite:") else shown_url(self.uri))
+        # a URI with a password is not stored (nor usable with it hidden): later commands are told to pass it
+        server = not self.uri.startswith("sqlite:") and shown_url(self.uri) == self.uri
+        self.study.set_user_attr(TRACKING_URI_ATTR, self.uri if server else "")
         return run.info.run_id
 
     def _log_profile(self, run_id: str) -> None:

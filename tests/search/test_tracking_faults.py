@@ -13,7 +13,7 @@ from search.candidate import Budget
 from search.spec import SearchSpace, SearchSpec
 from search.study import default_storage, load_study, rows
 from search.cli import main
-from search.tracking import PARENT_ATTR, TRACKING_URI_ATTR, sync_search
+from search.tracking import PARENT_ATTR, TRACKING_URI_ATTR, answers, sync_search
 from tests.servers import start_mlflow_server
 from search.workers import run_search
 
@@ -88,6 +88,7 @@ def test_server_down_mid_search_loses_no_metric(tmp_path, free_port, monkeypatch
             assert stored and all(run.data.metrics[k] == v for k, v in stored.items())
         # the search remembers its tracking server: sync, status and export find its runs without --tracking-uri
         assert study.user_attrs[TRACKING_URI_ATTR] == uri
+        assert answers(uri) and not answers(f"http://127.0.0.1:{free_port()}")  # status skips a server that is down
         assert main(["--runs-dir", str(tmp_path), "sync", "flaky"]) == 0
         assert f"MLflow {uri} already held every finished trial" in capsys.readouterr().out
         # and a store that does not hold its runs is one line naming the one that does, not a traceback
