@@ -261,7 +261,9 @@ def export_search(
     all_rows = rows(study)
     row, reason = choose(all_rows, pick, spec.latency_budget_ms)
     if tracking_uri:  # the exported trial's MLflow run is looked up and registered: catch up after an outage first
-        from search.tracking import sync_search
+        from search.tracking import check_tracking, sync_search
+
+        check_tracking(tracking_uri, " (or --no-mlflow: export without registering the model)")
 
         with contextlib.suppress(EdgeSearchError):  # a running search is logged by its own driver
             sync_search(study, spec, tracking_uri, Path(runs_dir))

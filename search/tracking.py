@@ -97,8 +97,8 @@ def experiment_id(client, uri: str, runs_dir: Path, name: str, tags: dict[str, s
                                                 VIEW_TAG: review_view_state(), **tags}, **location)
 
 
-def check_tracking(uri: str) -> None:
-    """Fail before any training if the tracking server cannot be reached."""
+def check_tracking(uri: str, alternative: str = "") -> None:
+    """Fail before any work if the tracking server cannot be reached; ``alternative`` names another way on."""
     from mlflow.tracking import MlflowClient
 
     logging.getLogger("mlflow").setLevel(logging.ERROR)
@@ -120,7 +120,7 @@ def check_tracking(uri: str) -> None:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         first = re.sub(r"(://[^:/@\s]+:)[^@/\s]+@", r"\1***@", first)  # MLflow's message repeats the URL
         raise ConfigError(f"Cannot reach the MLflow tracking store at {shown_url(uri)}: {first}. Start the server or "
-                          "pass another --tracking-uri; nothing was run.") from exc
+                          f"pass another --tracking-uri{alternative}; nothing was run.") from exc
 
 
 class SearchTracker:

@@ -95,6 +95,12 @@ def test_server_down_mid_search_loses_no_metric(tmp_path, free_port, monkeypatch
         other = f"sqlite:///{tmp_path / 'other.db'}"
         assert main(["--runs-dir", str(tmp_path), "sync", "flaky", "--tracking-uri", other]) == 2
         assert capsys.readouterr().err.strip().endswith(f"which {other} does not hold: pass --tracking-uri {uri}.")
+        # an export whose tracking server is down says so, and how to export without it, before writing anything
+        down = f"http://127.0.0.1:{free_port()}"
+        assert main(["--runs-dir", str(tmp_path), "export", "--search", "flaky", "--tracking-uri", down,
+                     "--out", str(tmp_path / "out")]) == 2
+        assert "pass another --tracking-uri (or --no-mlflow: export without registering the model); nothing was " \
+               "run." in capsys.readouterr().err and not (tmp_path / "out").exists()
         # and the report stays the search's own: MLflow's link lines for each run it ends are not printed
         assert "View run" in _end_a_run(uri, quiet=False)  # MLflow's default, which this relies on
         assert _end_a_run(uri, quiet=True) == ""
