@@ -143,6 +143,18 @@ def reference_samples(profile: TargetProfile, ops_by_task: dict[str, list[OpCost
     return out
 
 
+def published_classes() -> str:
+    """The core classes and engines of the published references, in words, for a profile's
+    ``calibration_reference``."""
+    import yaml
+
+    data = yaml.safe_load(REFERENCES.read_text())
+    cores = sorted({data["boards"][r["board"]]["core"] for r in data["results"]})
+    engines = sorted({r["engine"] for r in data["results"]})
+    example = f"{{core: {cores[0]}, engine: {engines[0]}}}"
+    return f"core {' or '.join(cores)} and engine {' or '.join(engines)} (e.g. {example})"
+
+
 def reference_report(profile: TargetProfile, pairs: list[tuple[dict, Sample]], before: EmulatorParams,
                      after: EmulatorParams) -> list[dict]:
     """Each reference against the emulator, before and after calibration; energy at the board's published power."""

@@ -19,8 +19,8 @@ import numpy as np
 
 from hardware_targets import TargetProfile
 from hardware_targets.calibration import (
-    WITHIN, EmulatorParams, Sample, fit, fit_efficiency, mape, predicted_s, reference_report, reference_samples,
-    save_calibration, worst_error,
+    WITHIN, EmulatorParams, Sample, fit, fit_efficiency, mape, predicted_s, published_classes, reference_report,
+    reference_samples, save_calibration, worst_error,
 )
 from hardware_targets.graph import op_costs
 from search.errors import ConfigError
@@ -78,19 +78,6 @@ def calibrate_to_references(profile: TargetProfile, runs_dir: Path, progress=lam
               "train": len(pairs), "held_out": 0}
     report["path"] = str(save_calibration(profile, after, report, runs_dir))
     return report
-
-
-def published_classes() -> str:
-    """The core classes and engines of the published references, for a profile's ``calibration_reference``."""
-    import yaml
-
-    from hardware_targets.calibration import REFERENCES
-
-    data = yaml.safe_load(REFERENCES.read_text())
-    cores = sorted({data["boards"][r["board"]]["core"] for r in data["results"]})
-    engines = sorted({r["engine"] for r in data["results"]})
-    example = f"{{core: {cores[0]}, engine: {engines[0]}}}"
-    return f"core {' or '.join(cores)} and engine {' or '.join(engines)} (e.g. {example})"
 
 
 def calibrate_host(profile: TargetProfile, runs_dir: Path, candidates: int = 12, seed: int = 0,

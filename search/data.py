@@ -312,10 +312,15 @@ def _layout(path: Path, value) -> str | None:
     if value is None:
         return None
     item = value.item() if value.size == 1 else value
-    text = (item.decode(errors="replace") if isinstance(item, bytes) else str(item)).upper()
+    text = _text(item).upper()
     if value.size != 1 or text not in LAYOUTS:
         raise DatasetError(f"{path}: 'layout' must be one of {list(LAYOUTS)} (the order of x's axes); got {value!r}.")
     return text
+
+
+def _text(value) -> str:
+    """A string saved in an archive as text or as bytes (h5py and older tools save bytes)."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def _labels_as_numbers(path: Path, arrays: dict) -> dict:
@@ -334,8 +339,7 @@ def _labels_as_numbers(path: Path, arrays: dict) -> dict:
     if len(named) != len(keys):
         raise DatasetError(f"{path}: {named} hold class names but {sorted(set(keys) - set(named))} numbers; save "
                            "every label array the same way.")
-    labels = {key: np.array([v.decode(errors="replace") if isinstance(v, bytes) else str(v)
-                             for v in arrays[key].reshape(-1).tolist()]) for key in named}
+    labels = {key: np.array([_text(v) for v in arrays[key].reshape(-1).tolist()]) for key in named}
     if "class_names" in arrays:
         order = _class_names(path, arrays["class_names"], len(arrays["class_names"]))
         unknown = sorted(set().union(*(set(v.tolist()) for v in labels.values())) - set(order))
@@ -360,7 +364,7 @@ def _class_names(path: Path, value, num_classes: int) -> tuple[str, ...]:
     if value.ndim != 1 or value.dtype.kind not in "US":
         raise DatasetError(f"{path}: 'class_names' must be a 1-D array of strings, one per label 0..K-1 (e.g. "
                            f"np.array(['yes', 'no'])); got dtype {value.dtype}, shape {value.shape}.")
-    names = tuple(v.decode(errors="replace") if isinstance(v, bytes) else str(v) for v in value.tolist())
+    names = tuple(_text(v) for v in value.tolist())
     if len(names) != num_classes:
         raise DatasetError(f"{path}: 'class_names' has {len(names)} name(s), but the labels are 0..{num_classes - 1} "
                            f"({num_classes} classes); give one name per label, in label order.")
