@@ -293,7 +293,7 @@ def _storage_url(args: argparse.Namespace) -> str:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from search.study import load_study, stored_spec
+    from search.study import DATA_ATTR, load_study, stored_spec
     from search.workers import run_search
 
     if args.detach:
@@ -302,7 +302,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
     stored = None
     if args.resume:
         stored = load_study(_resumed_name(args), storage)
-        spec = _resumed_spec(args, stored_spec(stored))
+        spec = _resumed_spec(args, stored_spec(stored, args.runs_dir), DATA_ATTR in stored.user_attrs)
+        if spec.dataset.endswith(".npz") and not Path(spec.dataset).is_file():
+            from search.errors import DatasetError
+
+            raise DatasetError(f"Dataset file {spec.dataset} of search {spec.name!r} does not exist here: pass its "
+                               "copy on this machine with --dataset PATH (checked to be the same data).")
     else:
         spec = _spec_from_args(args)
         if args.keep_inputs:
@@ -400,27 +405,35 @@ def _program() -> str:
 # what a resumed search may change: how it goes on, not what its finished trials mean
 RESUME_MAY_CHANGE = ("trials", "workers", "timeout_s", "runtime")
 RESUME_MAY_CHANGE_BUDGET = ("front_tuning_trials", "front_tuning_minutes")
-RESUME_KEEPS = ("dataset", "target", "latency_budget_ms", "sampler", "recipes", "halving", "max_accuracy_drop",
+RESUME_KEEPS = ("target", "latency_budget_ms", "sampler", "recipes", "halving", "max_accuracy_drop",
                 "min_accuracy", "seed", "epochs", "teacher_epochs", "tuning_trials", "class_weight",
                 "metric")
 
 
-def _resumed_spec(args: argparse.Namespace, stored):
+def _resumed_spec(args: argparse.Namespace, stored, data_recorded: bool = True):
     """The stored spec with the options a resume may change; an option that would change what the finished trials
-    mean is refused rather than ignored."""
+    mean is refused rather than ignored. --dataset may name the same data file in another place (another machine):
+    the search checks its content against the digest it recorded (``data_recorded``) before going on."""
     import dataclasses
 
     from search.errors import ConfigError
+    from search.spec import input_files
 
     fixed = [{"recipes": "--no-recipes", "halving": "--halving/--no-halving"}.get(
         key, "--" + key.replace("_", "-")) for key in RESUME_KEEPS if getattr(args, key) is not None]
+    moved_data = args.dataset is not None and args.dataset != stored.dataset
+    if moved_data and not (data_recorded and "dataset" in input_files(stored) and args.dataset.endswith(".npz")):
+        fixed.insert(0, "--dataset")
     if fixed:
         raise ConfigError(f"--resume continues search {stored.name!r} as it was stored; {', '.join(fixed)} would "
                           "change what its finished trials mean. Resume without them, or start a new search under "
                           "another --name. A resume may change --trials, --workers, --timeout, --runtime, "
-                          "--front-tuning-trials and --front-tuning-minutes.")
+                          "--front-tuning-trials, --front-tuning-minutes, and --dataset to the same data file in "
+                          "another place.")
     budget = {key: getattr(args, key) for key in RESUME_MAY_CHANGE_BUDGET if getattr(args, key) is not None}
     changes = {key: getattr(args, key) for key in RESUME_MAY_CHANGE if getattr(args, key) is not None}
+    if moved_data:
+        changes["dataset"] = str(Path(args.dataset).resolve())
     if budget:
         changes["budget"] = dataclasses.replace(stored.budget, **budget)
     return dataclasses.replace(stored, **changes) if changes else stored
@@ -517,7 +530,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print("warning: the UI has no authentication; anyone who reaches this host and port can read and change "
               "your runs", file=sys.stderr)
-    check_tracking(uri)  # creates the store on first use, so the landing page can be looked up
+    check_tracking(uri, runs_dir=args.runs_dir)  # creates the store on first use: the landing page is looked up
     return serve(uri, args.host, args.port, args.search, say=lambda line: print(line, flush=True))
 
 
@@ -541,7 +554,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     storage = _storage_url(args)
     study = load_study(args.name, storage)
-    spec = stored_spec(study)
+    spec = stored_spec(study, args.runs_dir)
     from optuna.trial import TrialState
 
     from search.study import search_state, spent_budget
@@ -572,7 +585,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
     study = load_study(args.name, _storage_url(args))
     uri = _tracking_uri(args, study)
-    logged = sync_search(study, stored_spec(study), uri, args.runs_dir)
+    logged = sync_search(study, stored_spec(study, args.runs_dir), uri, args.runs_dir)
     shown = shown_url(uri)
     print(f"MLflow {shown}: {logged} missing run(s) of search {args.name!r} logged; it now holds every finished trial"
           if logged else f"MLflow {shown} already held every finished trial of search {args.name!r}")
@@ -627,7 +640,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     for s, study in searches:
         started = s.datetime_start.strftime("%Y-%m-%d %H:%M:%S") if s.datetime_start else "-"
         try:
-            spec = stored_spec(study)
+            spec = stored_spec(study, args.runs_dir)
             spent, state = f"{spent_budget(study):g}/{spec.trials}", search_state(study, spec)[0]
         except (EdgeSearchError, KeyError):  # a study of another tool, or a spec this version no longer reads
             spent, state = f"{s.n_trials} trials", "unknown"
@@ -698,7 +711,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         tracking = None if args.no_mlflow else _tracking_uri(args, load_study(args.search, storage))
         card = export_search(args.search, args.out, storage_url=storage, runs_dir=args.runs_dir,
                              pick=Pick(args.trial, min_accuracy, args.force), target=args.target,
-                             tracking_uri=tracking, overwrite=args.overwrite)
+                             tracking_uri=tracking, overwrite=args.overwrite, dataset=args.dataset)
     v = card["verification"]
     print(f"exported trial {card['trial']} ({card['why']}) for {card['target_profile']} to {Path(args.out).resolve()}")
     if card.get("search_unfinished"):
@@ -795,7 +808,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", type=Path, help="YAML or TOML file with the spec fields "
                    f"({', '.join(f.name for f in dataclasses.fields(SearchSpec))})")
     p.add_argument("--name", help="search name: the study, MLflow experiment and output folder are named after it")
-    p.add_argument("--dataset", help="digits, mnist1d or an .npz path [default: digits]")
+    p.add_argument("--dataset", help="digits, mnist1d or an .npz path [default: digits]; on --resume, where the "
+                   "search's own .npz is on this machine (checked to hold the same data)")
     p.add_argument("--target", help="target profile [default: host]")
     p.add_argument("--latency-budget-ms", dest="latency_budget_ms", type=float,
                    help="latency budget per inference in ms: candidates above it are infeasible [default: 1.0]")
@@ -916,6 +930,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "fastest-above-accuracy X")
     p.add_argument("--out", type=Path, required=True, help="directory to write (must be new or empty)")
     p.add_argument("--target", help="target profile to build the library for [default: the search's target]")
+    p.add_argument("--dataset", help="the search's dataset file where it is on this machine (checked to be the "
+                   "same data) [default: the path the search recorded]")
     p.add_argument("--force", action="store_true", help="allow a --trial that is not on the feasible front")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out directory")
     p.add_argument("--storage", help="Optuna RDB storage URL [default: sqlite:///RUNS/optuna.db]")

@@ -11,12 +11,14 @@ import hashlib
 import json
 import shutil
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from objectives.pareto import ACCURACY_METRICS
 from search.errors import ConfigError, EdgeSearchError
-from search.study import Row, best_within_budget, check_same_data, feasible_front, load_study, rows, stored_spec
+from search.study import (
+    Row, best_within_budget, check_same_data, feasible_front, load_study, rows, stored_spec, trial_artifact,
+)
 
 EXPORT_TIMING_REPEATS = 30
 INT8_FASTER = 1.1  # below this speed-up over fp32 (10%, about the timing noise of a loaded machine) int8 is "not faster"
@@ -25,6 +27,15 @@ ELF_MACHINES = {3: "x86", 40: "arm", 62: "x86_64", 183: "aarch64", 243: "riscv"}
 
 class VerificationError(EdgeSearchError, RuntimeError):
     """The exported artifacts do not reproduce the recorded figures."""
+
+
+def _not_reproduced(what: str, figures: list[tuple[str, float, float]]) -> VerificationError:
+    """The figures that differ from the recorded ones, in a sentence with what usually makes them differ."""
+    differ = "; ".join(f"{name} {got:.4g} (recorded {recorded:.4g})" for name, got, recorded in figures
+                       if got != recorded)
+    return VerificationError(f"{what} does not reproduce the search's figures: {differ}. The dataset is not the one "
+                             "the search ran on, the trial's files changed since, or a runtime's version did (each "
+                             "trial records them); nothing was exported.")
 
 
 @dataclass(frozen=True)
@@ -247,9 +258,10 @@ for i, one in enumerate(x.astype(dtype)):  # one at a time: the model is built f
 
 def export_search(
     search: str, out: Path, *, storage_url: str, runs_dir: Path, pick: Pick = Pick(), target: str | None = None,
-    tracking_uri: str | None = None, overwrite: bool = False, register: bool = True,
+    tracking_uri: str | None = None, overwrite: bool = False, register: bool = True, dataset: str | None = None,
 ) -> dict:
-    """Export a search's chosen candidate to ``out``; returns the model card."""
+    """Export a search's chosen candidate to ``out``; returns the model card. ``dataset`` names the search's data
+    where it is now (another machine); it must hold what the search trained on."""
     from hardware_targets import load_profile
     from hardware_targets.compile import compile_tvm, tuning_dir
     from objectives.accuracy import accuracy, predict_onnx, predict_tvm
@@ -257,20 +269,23 @@ def export_search(
     from search.stages.export import input_dtype, ort_session
 
     study = load_study(search, storage_url)
-    spec = stored_spec(study)
+    spec = stored_spec(study, runs_dir)
+    if dataset:
+        spec = replace(spec, dataset=str(dataset))
     all_rows = rows(study)
     row, reason = choose(all_rows, pick, spec.latency_budget_ms)
     if tracking_uri:  # the exported trial's MLflow run is looked up and registered: catch up after an outage first
         from search.tracking import check_tracking, sync_search
 
-        check_tracking(tracking_uri, " (or --no-mlflow: export without registering the model)")
+        check_tracking(tracking_uri, " (or --no-mlflow: export without registering the model)", runs_dir)
 
         with contextlib.suppress(EdgeSearchError):  # a running search is logged by its own driver
             sync_search(study, spec, tracking_uri, Path(runs_dir))
     trial = study.trials[row.number]
-    onnx_src = Path(trial.user_attrs["artifacts"]["onnx"])
+    onnx_src = trial_artifact(trial, "onnx", runs_dir)
     if not onnx_src.is_file():
-        raise ConfigError(f"The measured ONNX of trial {row.number} is gone ({onnx_src}); re-run the search.")
+        raise ConfigError(f"The measured ONNX of trial {row.number} is gone ({onnx_src}, and not under "
+                          f"{Path(runs_dir).resolve()}/ either); re-run the search.")
     profile = load_profile(target or spec.target)
     precision = row.knobs["precision"]
     missing = profile.unsupported_reason(precision)
@@ -296,7 +311,7 @@ def export_search(
                                   f"runs {profile.runtime}. A TFLite Micro export ships the .tflite its search "
                                   f"measured: search on {profile.name} itself, then export.")
             card = {**_card_head(search, study, spec, row, trial, reason, profile, tracking_uri, dataset),
-                    **_ship_tflm(trial, row, out, dataset, profile)}
+                    **_ship_tflm(trial, row, out, dataset, profile, runs_dir)}
             stored = _stored_bytes([out / "model.tflite"], copies=False)  # flashed as is: a copy would save nothing
             card["metrics"].update(stored["metrics"])
             card["gzip_copies"] = stored["gzip_copies"]
@@ -361,7 +376,8 @@ def export_search(
                         "tvm_host_test_accuracy": got_tvm, "recorded_tvm_test_accuracy": recorded_tvm,
                         "library_architecture": sorted(machines)}
         if got_ort != recorded_ort or got_tvm != recorded_tvm:
-            raise VerificationError(f"exported artifacts do not reproduce the recorded accuracy: {verification}")
+            raise _not_reproduced("The exported model", [("test accuracy in onnxruntime", got_ort, recorded_ort),
+                                                         ("test accuracy in TVM", got_tvm, recorded_tvm)])
 
         card = _card_head(search, study, spec, row, trial, reason, profile, tracking_uri, dataset,
                           searched=("latency_ms_median", "latency_ms_p90", "energy_mj") if same_target else ())
@@ -510,7 +526,7 @@ _RESOLVER = {"CONV_2D": "AddConv2D", "DEPTHWISE_CONV_2D": "AddDepthwiseConv2D", 
              "STRIDED_SLICE": "AddStridedSlice", "RELU6": "AddRelu6", "SUM": "AddSum"}
 
 
-def _ship_tflm(trial, row: Row, out: Path, dataset, profile) -> dict:
+def _ship_tflm(trial, row: Row, out: Path, dataset, profile, runs_dir: Path) -> dict:
     """The microcontroller export: the .tflite the search measured, as a file and as a C array, the arena it
     needs, a main.cc sketch, verified by re-running the test split in the TFLM interpreter."""
     import numpy as np
@@ -520,7 +536,7 @@ def _ship_tflm(trial, row: Row, out: Path, dataset, profile) -> dict:
         ARENA_ALIGNMENT, arena_bytes, c_array, interpreter, op_names, predict_tflm, takes_channels_last,
     )
 
-    src = Path((trial.user_attrs.get("artifacts") or {}).get("tflite", ""))
+    src = trial_artifact(trial, "tflite", runs_dir) or Path("")
     if not src.is_file():
         raise ConfigError(f"The measured .tflite of trial {row.number} is gone ({src}); re-run the search.")
     tflite = out / "model.tflite"
@@ -554,7 +570,8 @@ def _ship_tflm(trial, row: Row, out: Path, dataset, profile) -> dict:
     verification = {"tflm_test_accuracy": got, "recorded_tflm_test_accuracy": recorded,
                     "tflm_arena_bytes": arena, "recorded_tflm_arena_bytes": recorded_arena}
     if got != recorded or arena != recorded_arena:
-        raise VerificationError(f"the exported .tflite does not reproduce the recorded figures: {verification}")
+        raise _not_reproduced("The exported .tflite", [("test accuracy in the TFLite Micro interpreter", got, recorded),
+                                                       ("tensor arena bytes", arena, recorded_arena)])
     return {"runtime": "tflite-micro", "tflm": {"arena_bytes": arena, "arena_bytes_aligned": aligned, "ops": ops,
                                                  "input_dtype": str(np.dtype(details["dtype"]))},
             "input": {"shape": [int(d) for d in details["shape"]], "dtype": str(np.dtype(details["dtype"])),
@@ -628,10 +645,13 @@ def _searched_dataset(spec, search: str):
     try:
         return load_dataset(spec.dataset, spec.class_weight)
     except DatasetError as exc:
-        if Path(spec.dataset).is_absolute() or Path(spec.dataset).exists():
+        if Path(spec.dataset).exists():
             raise
+        if Path(spec.dataset).is_absolute():
+            raise DatasetError(f"{exc} Search {search!r} was trained on it: pass its copy on this machine with "
+                               "--dataset PATH.") from exc
         raise DatasetError(f"{exc} Search {search!r} stored it as a path relative to the folder it was submitted "
-                           "from: run export from that folder.") from exc
+                           "from: run export from that folder, or pass --dataset PATH.") from exc
 
 
 def _int8_against_fp32(row, spec, dataset, profile, build_target, runtime: str, int8: tuple[str, Path],

@@ -5,6 +5,7 @@ Only this module (with ``workers``) knows Optuna; the pipeline sees Candidates.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -24,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 from objectives.pareto import OBJECTIVES, non_dominated, normalised_hypervolume, objectives
 from search.candidate import Candidate, CandidateResult
 from search.errors import ConfigError, SearchNotFoundError
-from search.spec import SearchSpec
+from search.spec import SearchSpec, input_files
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -227,16 +228,27 @@ def check_same_data(study: optuna.Study, spec: SearchSpec, data, then: str) -> N
     trained and measured on the data as it was (a regenerated archive made an export fail its accuracy check
     with figures only)."""
     recorded, now = study.user_attrs.get(DATA_ATTR), data.content_digest()
+    searched = (study.user_attrs.get(SPEC_ATTR) or {}).get("dataset", spec.dataset)
+    if recorded and recorded != now and searched != spec.dataset:
+        raise ConfigError(f"Dataset {spec.dataset} is not the data search {spec.name!r} ran on ({searched}; content "
+                          f"{now} here, {recorded} then). Pass a copy of that file, or start a new search on this "
+                          "data.")
     if recorded and recorded != now:
         raise ConfigError(f"Dataset {spec.dataset} has changed since search {spec.name!r} started (content {now} "
                           f"now, {recorded} then): its trials were trained and measured on the data as it was. "
                           f"Restore that file to {then}, or start a new search on the new data.")
 
 
-def stored_spec(study: optuna.Study) -> SearchSpec:
+def stored_spec(study: optuna.Study, runs_dir: Path | None = None) -> SearchSpec:
+    """The spec a search was started with; with ``runs_dir``, the inputs it kept there (--keep-inputs) are named
+    where they are now (``found_under``)."""
     data = dict(study.user_attrs[SPEC_ATTR])
     data.pop("reference_point", None)  # stored by searches from before the hypervolume was normalised
-    return SearchSpec.from_dict(data)
+    spec = SearchSpec.from_dict(data)
+    if runs_dir is None:
+        return spec
+    moved = {field: str(found_under(path, runs_dir)) for field, path in input_files(spec).items()}
+    return dataclasses.replace(spec, **{field: path for field, path in moved.items() if path != str(data[field])})
 
 
 def knob_names(spec: SearchSpec) -> set[str]:
@@ -633,6 +645,25 @@ def stored_trial(study: optuna.Study, number: int) -> FrozenTrial:
     """One trial by its number, read from storage (not the whole study's trials)."""
     storage = study._storage
     return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
+
+
+def found_under(recorded: str | Path, runs_dir: Path | None) -> Path:
+    """A path a search recorded (absolute, in its runs folder) where it is now: as recorded, else at its place under
+    ``runs_dir``, for a runs folder moved or copied to another machine since."""
+    path = Path(recorded)
+    if path.exists() or runs_dir is None or not path.is_absolute():
+        return path
+    for start in range(1, len(path.parts) - 1):  # the longest tail first: runs/candidates/..., candidates/...
+        moved = Path(runs_dir).resolve().joinpath(*path.parts[start:])
+        if moved.exists():
+            return moved
+    return path
+
+
+def trial_artifact(trial: FrozenTrial, kind: str, runs_dir: Path | None = None) -> Path | None:
+    """Where a trial's ``kind`` artifact ("onnx", "tflite") is now (``found_under``); None if it recorded none."""
+    recorded = (trial.user_attrs.get("artifacts") or {}).get(kind)
+    return found_under(recorded, runs_dir) if recorded else None
 
 
 def accuracy_metric(attrs: dict) -> str:

@@ -22,7 +22,7 @@ from objectives.pareto import OBJECTIVES, objectives
 from search.errors import ConfigError
 from search.spec import SearchSpec
 from search.study import (FLOOR_ATTR, Row, best_within_budget, feasible_front, front_hypervolume, search_bounds,
-                          search_state, shown_url, stored_trial)
+                          search_state, shown_url, stored_trial, trial_artifact)
 
 # log_table downloads the table it appends to, and MLflow draws a tqdm bar for that download: a bar in the middle
 # of a resumed search's report, for one small file. Set once at import, before the MLflow thread starts.
@@ -35,6 +35,7 @@ PARENT_ATTR = "mlflow_parent_run_id"
 # the tracking server a search logs to, so later commands reach its runs without --tracking-uri; a local store is
 # the runs folder's own, found wherever that folder is
 TRACKING_URI_ATTR = "mlflow_tracking_server"
+SEARCH_TAG = "edgesearch.search"  # on the experiment of each search
 TRACKED_ATTR = "mlflow_tracked"  # False when the search's driver last ran without MLflow (--no-mlflow)
 PLOT_INTERVAL_S = 30.0  # plots are re-drawn at most this often while a search runs, and always at its end
 TRIAL_TAG = "edgesearch.trial"
@@ -97,8 +98,38 @@ def experiment_id(client, uri: str, runs_dir: Path, name: str, tags: dict[str, s
                                                 VIEW_TAG: review_view_state(), **tags}, **location)
 
 
-def check_tracking(uri: str, alternative: str = "") -> None:
-    """Fail before any work if the tracking server cannot be reached; ``alternative`` names another way on."""
+def relocate_artifacts(uri: str, runs_dir: Path) -> int:
+    """Point the searches of a local store moved or copied with its runs folder at the artifacts beside it.
+
+    MLflow records artifact locations as absolute paths: a store copied to another machine kept sending new files
+    (an export's model card) to the old folder, and the UI looked there for the old ones. Only the store of
+    ``runs_dir`` itself is rewritten, and only the searches' locations (``RUNS/mlartifacts/NAME``); returns how many
+    experiments moved."""
+    import sqlite3
+
+    db = Path(runs_dir).resolve() / "mlflow.db"
+    new_root = artifact_root(runs_dir)
+    if uri != f"sqlite:///{db}" or not db.is_file():
+        return 0
+    with sqlite3.connect(db) as con:
+        located = con.execute("SELECT e.name, e.artifact_location FROM experiments e JOIN experiment_tags t ON "
+                              "t.experiment_id = e.experiment_id WHERE t.key = ?", (SEARCH_TAG,)).fetchall()
+        moved = {location[:-len(name) - 1] for name, location in located
+                 if location.endswith(f"/mlartifacts/{name}") and not location.startswith(f"{new_root}/")}
+        tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for old_root in moved:
+            for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                                  ("logged_models", "artifact_location")):
+                if table in tables:
+                    con.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                                f"WHERE substr({column}, 1, ?) = ?",
+                                (new_root, len(old_root) + 1, len(old_root) + 1, f"{old_root}/"))
+    return sum(location.startswith(tuple(f"{root}/" for root in moved)) for _, location in located)
+
+
+def check_tracking(uri: str, alternative: str = "", runs_dir: Path | None = None) -> None:
+    """Fail before any work if the tracking server cannot be reached; ``alternative`` names another way on. With
+    ``runs_dir``, a local store that came with its runs folder from elsewhere is adopted (``relocate_artifacts``)."""
     from mlflow.tracking import MlflowClient
 
     logging.getLogger("mlflow").setLevel(logging.ERROR)
@@ -116,6 +147,8 @@ def check_tracking(uri: str, alternative: str = "") -> None:
     try:
         with lock:
             MlflowClient(uri).search_experiments(max_results=1)
+            if runs_dir is not None:
+                relocate_artifacts(uri, runs_dir)
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         first = re.sub(r"(://[^:/@\s]+:)[^@/\s]+@", r"\1***@", first)  # MLflow's message repeats the URL
@@ -133,6 +166,7 @@ class SearchTracker:
         self.study = study
         self.uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
+        self.runs_dir = Path(runs_dir)
         self.experiment_id = self._experiment(runs_dir)
         self.parent_id = self._parent_run()
         self.children: dict[int, str] = self._existing_children()
@@ -141,7 +175,7 @@ class SearchTracker:
         self._plotted_at = float("-inf")
 
     def _experiment(self, runs_dir: Path) -> str:
-        return experiment_id(self.client, self.uri, runs_dir, self.spec.name, {"edgesearch.search": "true"})
+        return experiment_id(self.client, self.uri, runs_dir, self.spec.name, {SEARCH_TAG: "true"})
 
     def _parent_run(self) -> str:
         run_id = self.study.user_attrs.get(PARENT_ATTR)
@@ -232,8 +266,8 @@ class SearchTracker:
                                                       for n, (v, u, p) in row.metrics.items()}},
                                  "metrics_with_provenance.json")
         for kind in ("onnx", "tflite"):  # the graph, and for a microcontroller the flatbuffer that ships
-            path = (trial.user_attrs.get("artifacts") or {}).get(kind)
-            if path and Path(path).is_file():
+            path = trial_artifact(trial, kind, self.runs_dir)
+            if path and path.is_file():
                 self.client.log_artifact(run_id, path, "model")
         # screened out or stopped by halving is a finished evaluation (tags say why), not a failure
         status = "KILLED" if row.interrupted else "FAILED" if row.state == "FAIL" else "FINISHED"
@@ -356,7 +390,7 @@ def sync_search(study, spec: SearchSpec, tracking_uri: str, runs_dir: Path) -> i
     if state == "running":
         raise ConfigError(f"Search {spec.name!r} is still running; its driver logs its trials to MLflow. "
                           "Sync it once it has finished or stopped.")
-    check_tracking(tracking_uri)
+    check_tracking(tracking_uri, runs_dir=runs_dir)
     tracker = SearchTracker(spec, study, tracking_uri, runs_dir)
     before = len(tracker.children)
     tracker.sync(rows(study), finished=state == "done")

@@ -44,7 +44,7 @@ from search.study import (
     ASKED_OUT_ATTR, ASKS_PER_TRIAL, CHANCE_ATTR, DATA_ATTR, FLOOR_ATTR, BOUNDS_ATTR, HALVING_ETA, SHIPPED_PREFIX,
     SHIPPING_ATTR, STAGE_ATTR, Row, best_within_budget, check_same_data,
     create_study, driving, feasible_front, load_study, refuse_existing, refuse_second_driver, shipping_left,
-    shipping_order, stage_picks, stored_trial,
+    shipping_order, stage_picks, stored_trial, found_under, trial_artifact,
     finished_count, front_hypervolume, narrower_recipe, spent_budget, trial_cost, queued_without_distillation,
     recipes_for, record_failure, record_result, record_reuse, record_screened, requeue_interrupted,
     resolved_sampler, reusable_trials, rows, search_bounds, set_bounds, shown_url, suggest_candidate,
@@ -216,10 +216,13 @@ def _ship_stage(ray, study, spec: SearchSpec, profile, report: Reporter, placeme
                    f"{len(queue) - i} candidate(s) are tuned no further: built with the records of the tasks tuned "
                    "so far, and timed against untuned TVM and onnxruntime")
         trial = stored_trial(study, row.number)
-        result_path = Path(trial.user_attrs["artifacts"]["onnx"]).with_name("result.json")
+        result_path = trial_artifact(trial, "onnx", transport.root).with_name("result.json")
         try:
+            searched = json.loads(result_path.read_text())
+            searched["artifacts"] = {kind: str(found_under(path, transport.root))  # a runs folder moved since
+                                     for kind, path in searched["artifacts"].items()}
             # the cap holds within a candidate too: its tuning stops at the deadline, task by task
-            out = _get(ray, task.remote(json.loads(result_path.read_text()), transport.dataset, profile,
+            out = _get(ray, task.remote(searched, transport.dataset, profile,
                                       str(transport.root), THREADS_PER_WORKER, trials, spec.runtime,
                                       transport.inputs(result_path.parent),
                                       max(0.0, deadline - time.perf_counter()) if trials else None))
@@ -554,7 +557,7 @@ class _Tracking:
             from search.tracking import SearchTracker, check_tracking
 
             with ENVIRON_LOCK:
-                check_tracking(self.uri)
+                check_tracking(self.uri, runs_dir=self.runs_dir)
                 self.tracker = SearchTracker(self.spec, self.study, self.uri, self.runs_dir)
         except BaseException as exc:  # handed to the driver by ready()
             self.error = exc
