@@ -634,17 +634,29 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not searches:
         print(f"no searches in {shown_url(storage)}")
         return 0
-    from search.study import search_state, spent_budget, stored_spec
+    from objectives.pareto import ACCURACY_METRICS
+    from search.study import best_within_budget, rows, search_state, spent_budget, stored_spec
 
-    print(f"{'search':<28}{'budget spent':>13}  {'state':<9}{'started':<21}")
+    table = []
     for s, study in searches:
         started = s.datetime_start.strftime("%Y-%m-%d %H:%M:%S") if s.datetime_start else "-"
         try:
             spec = stored_spec(study, args.runs_dir)
             spent, state = f"{spent_budget(study):g}/{spec.trials}", search_state(study, spec)[0]
+            target, budget = Path(spec.target).stem, f"{spec.latency_budget_ms:g} ms"
+            best = best_within_budget(rows(study))
+            found = ("none feasible yet" if best is None else
+                     f"{ACCURACY_METRICS[spec.metric]} {best.quality:.4f}, p90 {best.value('latency_ms_p90'):.4g} ms "
+                     f"({best.metrics['latency_ms_p90'][2]})")
         except (EdgeSearchError, KeyError):  # a study of another tool, or a spec this version no longer reads
-            spent, state = f"{s.n_trials} trials", "unknown"
-        print(f"{s.study_name:<28}{spent:>13}  {state:<9}{started:<21}")
+            spent, state, target, budget, found = f"{s.n_trials} trials", "unknown", "-", "-", "-"
+        table.append((s.study_name, spent, state, target, budget, started, found))
+    # the best within budget by validation accuracy (the metric the search ranks by), its p90 latency and where that
+    # comes from; `edgesearch status NAME` shows the whole front
+    head = ("search", "spent", "state", "target", "budget", "started", "best within budget")
+    widths = [max(len(row[i]) for row in [head, *table]) for i in range(len(head) - 1)]
+    for row in [head, *table]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
     return 0
 
 

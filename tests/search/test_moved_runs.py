@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from search.cli import _keep_inputs, main
 from search.spec import SearchSpace, SearchSpec
-from search.study import default_storage, load_study, stored_spec, trial_artifact
+from search.study import best_within_budget, default_storage, load_study, rows, stored_spec, trial_artifact
 from search.tracking import default_tracking_uri
 from search.workers import run_search
 from tests.search.conftest import TINY
@@ -38,7 +38,7 @@ def moved(tmp_path_factory, digits):
     return after, data
 
 
-def test_an_export_reads_the_moved_folder_and_writes_nothing_where_it_was(moved, tmp_path):
+def test_an_export_reads_the_moved_folder_and_writes_nothing_where_it_was(moved, tmp_path, capsys):
     runs, data = moved
     study = load_study("moved", default_storage(runs))
     spec = stored_spec(study, runs)
@@ -46,6 +46,13 @@ def test_an_export_reads_the_moved_folder_and_writes_nothing_where_it_was(moved,
     trial = next(t for t in study.trials if t.state.name == "COMPLETE")
     assert trial_artifact(trial, "onnx", runs).is_file()
     assert not trial_artifact(trial, "onnx").exists()  # as recorded: the folder it was made in
+    # listed there with what it found: the best within budget, its p90 latency and that the latency was measured
+    assert main(["--runs-dir", str(runs), "list"]) == 0
+    best = best_within_budget(rows(study))
+    listed = capsys.readouterr().out.splitlines()[1]
+    assert listed.split()[:6] == ["moved", "2/2", "done", "host", "1000", "ms"]
+    p90 = best.value("latency_ms_p90")
+    assert listed.endswith(f"accuracy {best.value('accuracy'):.4f}, p90 {p90:.4g} ms (measured)")
 
     # in a process of its own, as on the other machine (MLflow caches where each run's files go, per process)
     done = subprocess.run([sys.executable, "-m", "search.cli", "--runs-dir", str(runs), "export", "--search", "moved",

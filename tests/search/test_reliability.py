@@ -399,8 +399,9 @@ def test_list_reads_a_storage_shared_with_other_tools_in_one_pass(tmp_path, caps
     assert main(["--runs-dir", str(tmp_path), "list"]) == 0
     lines = capsys.readouterr().out.splitlines()[1:]
     assert [line.split()[:4] for line in lines] == [["someone-elses", "3", "trials", "unknown"],
-                                                    ["ours", "0/4", "stopped", "-"],
+                                                    ["ours", "0/4", "stopped", "host"],
                                                     ["empty-other", "0", "trials", "unknown"]]
+    assert lines[1].endswith("  none feasible yet") and lines[0].endswith("  -")
     assert len(queries) == 1
 
 
