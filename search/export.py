@@ -262,7 +262,7 @@ def export_search(
 ) -> dict:
     """Export a search's chosen candidate to ``out``; returns the model card. ``dataset`` names the search's data
     where it is now (another machine); it must hold what the search trained on."""
-    from hardware_targets import load_profile
+    from hardware_targets import get_backend, load_profile
     from hardware_targets.compile import compile_tvm, tuning_dir
     from objectives.accuracy import accuracy, predict_onnx, predict_tvm
     from search.pipeline import host_build_target
@@ -293,6 +293,7 @@ def export_search(
         raise ConfigError(f"Trial {row.number} ({reason}) is {precision}, and target {profile.name} has "
                           f"{missing}. Export a trial of a precision {profile.name} runs "
                           f"(--trial N; `edgesearch status {search}` lists them), or search on {profile.name} itself.")
+    get_backend(profile).check("nothing was exported")  # a board that is down, or a cross compiler missing here, before anything is built
     dataset = _searched_dataset(spec, search)
     check_same_data(study, spec, dataset, "export from it")
     existed = Path(out).resolve().exists()

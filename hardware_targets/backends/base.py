@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import shutil
 from pathlib import Path
 from typing import ClassVar
 
@@ -11,17 +12,29 @@ import numpy as np
 from hardware_targets.compile import CompiledArtifact
 from hardware_targets.emulator import energy_joules
 from hardware_targets.graph import op_costs
+from hardware_targets.errors import ProfileError
 from hardware_targets.metric import Metric
+from hardware_targets.profile import TargetProfile
 
 
 class Backend(abc.ABC):
     """Gives the latency (and energy, where it can) of a compiled candidate on a target; says how it knows."""
 
     provenance: ClassVar[str]
+    profile: TargetProfile
 
-    def check(self) -> None:
-        """Raise ``TargetUnreachableError`` when the target cannot be reached, before anything is trained for it;
-        a target on this machine, or emulated, always can."""
+    def check(self, undone: str = "nothing was trained") -> None:
+        """Raise before anything is trained for the target (``undone`` says so): ``ProfileError`` when the cross compiler that links its
+        builds is not on this machine (every candidate failed at its compile stage, after its training);
+        ``TargetUnreachableError`` when a remote target cannot be reached."""
+        cc = self.profile.cross_compiler
+        if cc and shutil.which(cc) is None:
+            triple = cc.removesuffix("-gcc") if cc.endswith("-gcc") and "/" not in cc else None
+            raise ProfileError(
+                f"Target {self.profile.name} links its builds with cross_compiler {cc!r}, which is not on this "
+                "machine's PATH. Install it" + (f" (Debian and Ubuntu: apt install gcc-{triple})" if triple else "")
+                + f", give its full path, or remove the field from {self.profile.source} (a build is then a .tar of "
+                f"object files, which the board's RPC server links); {undone}.")
 
     @abc.abstractmethod
     def measure(self, artifact: CompiledArtifact, onnx_path: Path, precision: str, sample: np.ndarray,

@@ -36,13 +36,14 @@ class RemoteBackend(Backend):
     def __init__(self, profile: TargetProfile):
         self.profile = profile
 
-    def check(self, timeout_s: float = 10.0) -> None:
+    def check(self, undone: str = "nothing was trained", timeout_s: float = 10.0) -> None:
         """Reach the board (or its tracker, and a board registered there under the profile's key) once: a board
         that is down failed every candidate of a search at its measure stage, each after its full training."""
         import socket
 
         from tvm import rpc as tvm_rpc
 
+        super().check(undone)
         rpc = self.profile.rpc or {}
         tracker = bool(rpc.get("tracker_host"))
         host, port = (rpc["tracker_host"], int(rpc["tracker_port"])) if tracker else (rpc.get("host", "127.0.0.1"),
@@ -60,15 +61,14 @@ class RemoteBackend(Backend):
                 f"Target {self.profile.name}: cannot reach {'the RPC tracker' if tracker else 'its RPC server'} at "
                 f"{host}:{port} ({getattr(exc, 'strerror', None) or str(exc).strip().splitlines()[-1]}). Start "
                 f"'{start}' on {'the tracker host' if tracker else 'the board'}, or correct 'rpc' in "
-                f"{self.profile.source}; nothing was trained.") from None
+                f"{self.profile.source}; {undone}.") from None
         if tracker:
             keys = sorted({str(item.get("key", "")).split(":", 1)[-1] for item in servers})
             if rpc["key"] not in keys:
                 raise TargetUnreachableError(
                     f"Target {self.profile.name}: the RPC tracker at {host}:{port} has no board under key "
                     f"{rpc['key']!r} (its boards: {', '.join(keys) or 'none'}). On the board, run "
-                    f"'python -m tvm.exec.rpc_server --tracker {host}:{port} --key {rpc['key']}'; nothing was "
-                    "trained.")
+                    f"'python -m tvm.exec.rpc_server --tracker {host}:{port} --key {rpc['key']}'; {undone}.")
 
     def measure(self, artifact: CompiledArtifact, onnx_path: Path, precision: str, sample: np.ndarray,
                 repeats: int) -> dict[str, Metric]:

@@ -107,7 +107,8 @@ def test_a_board_over_rpc_times_and_counts_the_one_build_made_for_it(rpc_server,
     from search.pipeline import Paths, evaluate_candidate
 
     profile_path = tmp_path / "loopback-board.yaml"
-    profile_path.write_text(yaml.safe_dump({"name": "loopback-board", "backend": "remote",
+    # linked by the compiler the profile names, as a cross-compiled board's build is (here TVM's own default)
+    profile_path.write_text(yaml.safe_dump({"name": "loopback-board", "backend": "remote", "cross_compiler": "g++",
                                             "tvm_target": load_profile("host").tvm_target, "rpc": rpc_server}))
     result = evaluate_candidate(Candidate(width=0.25, budget=tiny_budget), digits, load_profile(profile_path),
                                 Paths(shared_runs))
@@ -142,6 +143,23 @@ def test_a_board_that_is_down_is_said_before_anything_is_trained(free_port, tmp_
     assert capsys.readouterr().err.strip() == said
     assert not (runs / "candidates").exists() and not (runs / "teachers").exists()
     assert main(["--runs-dir", str(runs), "list"]) == 0 and capsys.readouterr().out.startswith("no searches")
+
+
+def test_a_cross_compiler_missing_here_is_said_before_anything_is_trained(tmp_path, capsys):
+    """A profile naming a cross compiler this machine lacks failed every candidate at its compile stage, after its
+    training; the export, after the candidate's copy was written."""
+    from search.cli import main
+
+    board = tmp_path / "cross-board.yaml"
+    rpi4 = yaml.safe_load(open(load_profile("rpi4").source).read())
+    board.write_text(yaml.safe_dump({**rpi4, "name": "cross-board", "cross_compiler": "aarch64-nowhere-linux-gnu-gcc"}))
+    runs = tmp_path / "runs"
+    assert main(["--runs-dir", str(runs), "evaluate", "--target", str(board), "--width", "0.25", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert ("cross_compiler 'aarch64-nowhere-linux-gnu-gcc', which is not on this machine's PATH. Install it (Debian "
+            "and Ubuntu: apt install gcc-aarch64-nowhere-linux-gnu)") in err
+    assert err.strip().endswith("nothing was trained.")
+    assert not (runs / "candidates").exists()
 
 
 @pytest.mark.slow  # a tracker and a board of its own

@@ -290,6 +290,17 @@ def test_export_errors(tracked_search, tmp_path, capsys):
         err = capsys.readouterr().err
         assert "--pick fastest-above-accuracy" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "w").exists()
+    import yaml
+
+    from hardware_targets import load_profile
+    from hardware_targets.errors import ProfileError
+
+    board = tmp_path / "cross-board.yaml"  # built for with a cross compiler this machine lacks: said before building
+    board.write_text(yaml.safe_dump({**yaml.safe_load(open(load_profile("rpi4").source).read()),
+                                     "name": "cross-board", "cross_compiler": "aarch64-nowhere-linux-gnu-gcc"}))
+    with pytest.raises(ProfileError, match="not on this machine's PATH.*nothing was exported"):
+        export_search("twice", tmp_path / "v", storage_url=storage, runs_dir=runs, target=str(board), register=False)
+    assert not (tmp_path / "v").exists()
     # artifacts changed since the search (a file overwritten on disk): the export fails its verification and leaves
     # no half-written folder that looks deployable
     import onnx
