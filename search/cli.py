@@ -79,6 +79,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"note: {what} on {profile.name}: {reason}; a search leaves it out of its space",
                   file=sys.stderr if quiet else sys.stdout)
     get_backend(profile, args.runs_dir).check()  # a board that is down, before the candidate is trained
+    if profile.backend == "local":
+        from search.workers import say_competing_load
+
+        say_competing_load(lambda line: print(line, file=sys.stderr if quiet else sys.stdout), "this evaluation")
     result = evaluate_candidate(candidate, dataset, profile, Paths(args.runs_dir), threads=args.threads,
                                 runtime=args.runtime, progress=progress)
     if args.json:

@@ -525,6 +525,18 @@ def _narrower_where_faster(spec: SearchSpec, profile, runs_dir: Path, report: Re
 LOGGING_NICENESS = 10  # added to the MLflow thread's: below the workers' (LOCAL_RAY_CONFIG), ahead of idle tasks
 
 
+def say_competing_load(report: Reporter, who: str) -> None:
+    """Warn when other processes keep the CPU busy as ``who`` starts timing on this machine."""
+    from hardware_targets.host import competing_processes
+
+    busy = competing_processes()
+    if busy:
+        listed = ", ".join(f"{command} (pid {pid}, {percent:.0f}% of a core)" for command, pid, percent in busy[:3])
+        report(f"warning: other processes keep this machine's CPU busy: {listed}. The latencies {who} times here are "
+               "taken under their load and read slower than on an idle machine; for figures that hold, run it when "
+               "they have finished.")
+
+
 def _lower_priority() -> None:
     """Run this thread at a lower priority than the workers. The workers time candidates on the cores the driver
     shares: a third process busy at their priority tripled a timing's p90, while at niceness 10 it changed nothing
@@ -733,6 +745,8 @@ def run_search(
         check_same_data(load_study(spec.name, storage_url), spec, data, "resume it")
     report(f"dataset {data.summary()}")
     get_backend(profile, runs_dir).check()  # a board that is down, before anything is trained for it
+    if profile.backend == "local" and not address:
+        say_competing_load(report, "this search")
     if tracking_uri and tracking_uri.startswith(("http://", "https://")):
         from search.tracking import check_tracking
 

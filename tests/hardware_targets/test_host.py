@@ -144,3 +144,35 @@ def test_targets_lists_every_profile_and_what_this_host_runs(capsys):
     assert f"CPU kind {host_cpu().key}" in out
     assert f"--resources '{{\"edgesearch-cpu-{host_cpu().key}\": {host_cpu().cores}}}'" in out
     assert "unstructured pruning is searched only where" in out and "none of these" in out
+
+
+def test_a_process_that_keeps_a_core_busy_is_named_and_this_ones_children_are_not(capsys):
+    """A second search started beside a first timed the same candidate 1.6x slower, and said nothing."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    from hardware_targets.host import competing_processes
+    from search.workers import say_competing_load
+
+    spin = "import time; end = time.time() + 30\nwhile time.time() < end: pass"
+    # started by a shell that exits at once: the spinning process is no descendant of this one, as another search is
+    started = subprocess.run(["sh", "-c", f"{sys.executable} -c '{spin}' >/dev/null 2>&1 & echo $!"],
+                             capture_output=True, text=True, check=True)
+    outside = psutil.Process(int(started.stdout))
+    child = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        busy = {pid: (command, percent) for command, pid, percent in competing_processes(1.0)}
+        assert child.pid not in busy  # this process's own workers are not competition
+        command, percent = busy[outside.pid]
+        assert command.startswith(f"{Path(sys.executable).name} -c import time") and percent >= 25
+        lines = []
+        say_competing_load(lines.append, "this search")
+        assert len(lines) == 1 and lines[0].startswith("warning: other processes keep this machine's CPU busy: ")
+        assert f"(pid {outside.pid}, " in lines[0]
+        assert "The latencies this search times here are taken under their load" in lines[0]
+    finally:
+        outside.kill()
+        child.kill()
+        child.wait()
