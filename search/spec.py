@@ -143,9 +143,12 @@ class SearchSpec:
             raise ConfigError(f"A search spec must be a mapping of fields; got {type(data).__name__}.")
         data = dict(data)
         known = {f.name for f in dataclasses.fields(cls)}
+        sections = {key: {f.name for f in dataclasses.fields(sub)} for key, sub in (("space", SearchSpace),
+                                                                                    ("budget", Budget))}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"Unknown field(s) {unknown} in the search spec; known fields: {sorted(known)}.")
+            raise ConfigError(f"Unknown field(s) {unknown} in the search spec{_hints(unknown, known, sections)}; "
+                              f"known fields: {sorted(known)}.")
         if "name" not in data:
             raise ConfigError("The search spec needs a 'name'.")
         for key, sub in (("space", SearchSpace), ("budget", Budget)):
@@ -155,10 +158,12 @@ class SearchSpec:
                 continue
             if not isinstance(value, dict):
                 raise _err(key, "a mapping", value)
-            sub_known = {f.name for f in dataclasses.fields(sub)}
+            sub_known = sections[key]
             bad = sorted(set(value) - sub_known)
             if bad:
-                raise ConfigError(f"Unknown field(s) {bad} in '{key}'; known fields: {sorted(sub_known)}.")
+                elsewhere = {"the top level": known, **{k: v for k, v in sections.items() if k != key}}
+                raise ConfigError(f"Unknown field(s) {bad} in '{key}'{_hints(bad, sub_known, elsewhere)}; known "
+                                  f"fields: {sorted(sub_known)}.")
             try:
                 data[key] = sub(**value)
             except (TypeError, ValueError) as exc:
@@ -204,6 +209,21 @@ def beside_spec_file(data: dict[str, Any], spec_file: str | Path) -> dict[str, A
                 and (folder / value).is_file():
             found[field] = str(folder / value)
     return {**data, **found}
+
+
+def _hints(unknown: list[str], known: set[str], elsewhere: dict[str, set[str]]) -> str:
+    """What each unknown field was likely meant to be: a field of another section, or a near spelling."""
+    import difflib
+
+    hints = []
+    for name in unknown:
+        section = next((where for where, fields in elsewhere.items() if name in fields), None)
+        if section:
+            hints.append(f"'{name}' belongs {'at' if section == 'the top level' else 'under'} "
+                         f"{section if section == 'the top level' else repr(section)}")
+        elif close := difflib.get_close_matches(name, known, n=1, cutoff=0.6):
+            hints.append(f"'{name}': did you mean '{close[0]}'?")
+    return f" ({'; '.join(hints)})" if hints else ""
 
 
 def input_files(spec: SearchSpec) -> dict[str, Path]:

@@ -44,6 +44,18 @@ def test_invalid_specs_name_the_field(fields, message):
         SearchSpec.from_dict({"name": "s", **fields})
 
 
+@pytest.mark.parametrize("fields, hint", [
+    ({"latency_budget": 5}, "('latency_budget': did you mean 'latency_budget_ms'?)"),
+    ({"epochs": 3}, "('epochs' belongs under 'budget')"),
+    ({"budget": {"epoch": 3}}, "('epoch': did you mean 'epochs'?)"),
+    ({"space": {"precison": ["fp32"], "trials": 4}},
+     "('precison': did you mean 'precision'?; 'trials' belongs at the top level)"),
+    ({"space": {"tuning_trials": 4}}, "('tuning_trials' belongs under 'budget')")])
+def test_an_unknown_field_says_what_it_was_likely_meant_to_be(fields, hint):
+    with pytest.raises(ConfigError, match=re.escape(hint)):
+        SearchSpec.from_dict({"name": "s", **fields})
+
+
 def test_spec_files_yaml_and_toml(tmp_path):
     y = tmp_path / "s.yaml"
     y.write_text("name: y\ntrials: 3\nspace:\n  precision: [fp32, int8-ptq]\n  width: [0.5, 1.0]\n")
