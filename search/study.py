@@ -239,6 +239,24 @@ def check_same_data(study: optuna.Study, spec: SearchSpec, data, then: str) -> N
                           f"Restore that file to {then}, or start a new search on the new data.")
 
 
+def check_same_cpu(study: optuna.Study, spec: SearchSpec, cpu) -> None:
+    """Refuse to resume a search whose latencies were measured on a CPU of another kind than ``cpu`` (this machine's,
+    a ``HostCPU``): the resumed trials would be timed here, and one front would mix two CPUs' figures. A runs folder
+    carried to another machine made this one command away."""
+    timed = {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        where = trial.user_attrs.get("host_cpu") or {}
+        if trial.user_attrs.get("provenance") == "measured" and where.get("key"):
+            timed.setdefault(where["key"], where.get("model", "?"))
+    others = {key: model for key, model in timed.items() if key != cpu.key}
+    if others:
+        kinds = ", ".join(f"{model} (CPU kind {key})" for key, model in others.items())
+        raise ConfigError(f"Search {spec.name!r} measured its latencies on {kinds}; this machine is {cpu.model} (CPU "
+                          f"kind {cpu.key}), and trials timed here would not compare with those in one front. Resume "
+                          "it on a machine of that kind, or start a new search here (the finished trials stay "
+                          "stored).")
+
+
 def stored_spec(study: optuna.Study, runs_dir: Path | None = None) -> SearchSpec:
     """The spec a search was started with; with ``runs_dir``, the inputs it kept there (--keep-inputs) are named
     where they are now (``found_under``)."""

@@ -42,7 +42,7 @@ from search.transfer import (
 )
 from search.study import (
     ASKED_OUT_ATTR, ASKS_PER_TRIAL, CHANCE_ATTR, DATA_ATTR, FLOOR_ATTR, BOUNDS_ATTR, HALVING_ETA, SHIPPED_PREFIX,
-    SHIPPING_ATTR, STAGE_ATTR, Row, best_within_budget, check_same_data,
+    SHIPPING_ATTR, STAGE_ATTR, Row, best_within_budget, check_same_cpu, check_same_data,
     create_study, driving, feasible_front, load_study, refuse_existing, refuse_second_driver, shipping_left,
     shipping_order, stage_picks, stored_trial, found_under, trial_artifact,
     finished_count, front_hypervolume, narrower_recipe, spent_budget, trial_cost, queued_without_distillation,
@@ -743,6 +743,10 @@ def run_search(
     data = _load_dataset(spec.dataset, spec.class_weight)  # a malformed file stops here, before Ray starts
     if resume:
         check_same_data(load_study(spec.name, storage_url), spec, data, "resume it")
+        if profile.backend == "local":
+            from hardware_targets.host import host_cpu
+
+            check_same_cpu(load_study(spec.name, storage_url), spec, host_cpu())
     report(f"dataset {data.summary()}")
     get_backend(profile, runs_dir).check()  # a board that is down, before anything is trained for it
     if profile.backend == "local" and not address:

@@ -1,6 +1,7 @@
 """A runs folder moved to another place (another machine) after its search: export, MLflow and resume work there."""
 
 import json
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -96,3 +97,20 @@ def test_the_same_data_elsewhere_is_taken_and_other_data_refused(moved, tmp_path
     assert main(["--runs-dir", str(runs), "submit", "--name", "moved", "--resume", "--no-mlflow",
                  "--dataset", str(copy)]) == 0
     assert stored_spec(load_study("moved", default_storage(runs))).dataset == str(copy.resolve())
+
+
+def test_a_host_search_is_not_resumed_on_a_cpu_of_another_kind(moved):
+    """Its resumed trials would be timed on this CPU, beside latencies measured on the first: one front, two CPUs."""
+    from hardware_targets.host import host_cpu, parse_cpuinfo
+    from search.errors import ConfigError
+    from search.study import check_same_cpu
+    from tests.hardware_targets.test_host import AVX2_EPYC, SAPPHIRE
+
+    runs, _ = moved
+    study = load_study("moved", default_storage(runs))
+    spec = stored_spec(study, runs)
+    check_same_cpu(study, spec, host_cpu())  # where it was searched: goes on
+    other = next(cpu for cpu in (parse_cpuinfo(AVX2_EPYC), parse_cpuinfo(SAPPHIRE)) if cpu.key != host_cpu().key)
+    with pytest.raises(ConfigError, match=(rf"measured its latencies on .* \(CPU kind {host_cpu().key}\); this machine "
+                                           rf"is {re.escape(other.model)} \(CPU kind {other.key}\)")):
+        check_same_cpu(study, spec, other)
