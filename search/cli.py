@@ -501,9 +501,27 @@ def _cluster(args: argparse.Namespace, name: str, needed: bool = False) -> str |
     if needed and not address:
         from search.errors import ConfigError
 
+        if _stored_here(args, name):
+            raise ConfigError(f"Search {name!r} ran on this machine, not as a Ray job: `logs` and `stop` are for a "
+                              f"search submitted with --detach. `edgesearch status {name}` shows its progress; one "
+                              "running in a terminal stops with Ctrl-C there (and resumes with submit --resume).")
         raise ConfigError(f"Search {name!r} was not submitted from this machine: pass --address with the cluster's "
                           "dashboard URL (e.g. http://HOST:8265).")
     return address
+
+
+def _stored_here(args: argparse.Namespace, name: str) -> bool:
+    """Whether search ``name`` is in this machine's default store (a local search, not a detached one)."""
+    import optuna
+
+    if not (Path(args.runs_dir) / "optuna.db").is_file():
+        return False
+    from search.study import default_storage
+
+    try:
+        return name in {s.study_name for s in optuna.get_all_study_summaries(default_storage(args.runs_dir))}
+    except Exception:  # a store this version cannot read: say what was said before
+        return False
 
 
 def _tracking_uri(args: argparse.Namespace, study=None) -> str:

@@ -405,6 +405,19 @@ def test_list_reads_a_storage_shared_with_other_tools_in_one_pass(tmp_path, caps
     assert len(queries) == 1
 
 
+def test_logs_and_stop_of_a_search_that_ran_here_say_they_are_for_detached_searches(tmp_path, capsys):
+    from search.cli import main
+    from search.study import create_study
+
+    create_study(SearchSpec(name="here", trials=2, budget=FAST, space=SMALL), default_storage(tmp_path), resume=False)
+    for command in ("logs", "stop"):
+        assert main(["--runs-dir", str(tmp_path), command, "here"]) == 2
+        err = capsys.readouterr().err
+        assert "Search 'here' ran on this machine, not as a Ray job" in err and "status here" in err
+        assert main(["--runs-dir", str(tmp_path), command, "elsewhere"]) == 2
+        assert "Search 'elsewhere' was not submitted from this machine: pass --address" in capsys.readouterr().err
+
+
 def test_a_driver_killed_outright_is_told_from_a_running_one(tmp_path, capsys, monkeypatch):
     """A driver beats while it runs. One still alive keeps its search "running" and refuses a second driver (a
     resume would re-queue its trials under it); one killed outright (SIGKILL, no cleanup) leaves it "stopped", with
