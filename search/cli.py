@@ -579,7 +579,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     spec = stored_spec(study, args.runs_dir)
     from optuna.trial import TrialState
 
-    from search.study import search_state, spent_budget
+    from search.study import search_state, spent_budget, spent_text
     from search.tracking import TRACKED_ATTR
 
     all_rows = rows(study)
@@ -587,8 +587,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     state, detail = search_state(study, spec)
     running_now = (f"{running} running" if state == "running" or not running
                    else f"{running} left unfinished by a stopped driver")
-    print(f"{spent_budget(study):g} of {spec.trials} trials of training budget spent ({len(all_rows)} trials "
-          f"finished, {running_now}; a candidate screened out costs nothing, one stopped by halving a third); "
+    print(f"{spent_text(spent_budget(study))} of {spec.trials} trials of training budget spent ({len(all_rows)} "
+          f"trials finished, {running_now}; a candidate screened out costs nothing, one stopped by halving a third); "
           + (f"{state}: {detail}" if detail else state)
           + ("; continue it with: " + _resume_command(args, args.name, storage,
                                                         study.user_attrs.get(TRACKED_ATTR, True))
@@ -657,14 +657,14 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"no searches in {shown_url(storage)}")
         return 0
     from objectives.pareto import ACCURACY_METRICS
-    from search.study import best_within_budget, rows, search_state, spent_budget, stored_spec
+    from search.study import best_within_budget, rows, search_state, spent_budget, spent_text, stored_spec
 
     table = []
     for s, study in searches:
         started = s.datetime_start.strftime("%Y-%m-%d %H:%M:%S") if s.datetime_start else "-"
         try:
             spec = stored_spec(study, args.runs_dir)
-            spent, state = f"{spent_budget(study):g}/{spec.trials}", search_state(study, spec)[0]
+            spent, state = f"{spent_text(spent_budget(study))}/{spec.trials}", search_state(study, spec)[0]
             target, budget = Path(spec.target).stem, f"{spec.latency_budget_ms:g} ms"
             best = best_within_budget(rows(study))
             found = ("none feasible yet" if best is None else

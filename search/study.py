@@ -415,12 +415,12 @@ def search_state(study: optuna.Study, spec: SearchSpec) -> tuple[str, str]:
                 + f", so the {running} trial(s) it was running start again on a resume")
     spent = spent_budget(study)
     if spent < spec.trials and attrs.get(ASKED_OUT_ATTR) and not lost:
-        return "stopped", (f"before its trial budget ({spent:g} of {spec.trials}): its driver stopped after "
-                           f"{attrs[ASKED_OUT_ATTR]} candidates, {ASKS_PER_TRIAL} per trial of budget, as most were "
+        return "stopped", (f"before its trial budget ({spent_text(spent)} of {spec.trials}): its driver stopped "
+                           f"after {attrs[ASKED_OUT_ATTR]} candidates, {ASKS_PER_TRIAL} per trial of budget, as most were "
                            "screened out (a resume asks as many more per trial left; a looser budget or another "
                            "target leaves more that fit)")
     if spent < spec.trials:
-        return "stopped", f"before its trial budget ({spent:g} of {spec.trials}){lost}"
+        return "stopped", f"before its trial budget ({spent_text(spent)} of {spec.trials}){lost}"
     if shipping_left(study, spec):
         return "stopped", f"in its shipping stage (the front is not all timed for what ships){lost}"
     return "done", ""
@@ -446,6 +446,11 @@ def trial_cost(t: FrozenTrial) -> float:
 def spent_budget(study: optuna.Study) -> float:
     """The budget the finished trials used (``trial_cost``); a search runs until it reaches ``spec.trials``."""
     return sum(trial_cost(t) for t in study.get_trials(deepcopy=False, states=FINISHED_STATES))
+
+
+def spent_text(spent: float) -> str:
+    """Spent budget as shown everywhere: a trial stopped by halving costs a third, so tenths are enough."""
+    return f"{round(spent, 1):g}"
 
 
 def finished_count(study: optuna.Study) -> int:

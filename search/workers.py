@@ -42,7 +42,7 @@ from search.transfer import (
 )
 from search.study import (
     ASKED_OUT_ATTR, ASKS_PER_TRIAL, CHANCE_ATTR, DATA_ATTR, FLOOR_ATTR, BOUNDS_ATTR, HALVING_ETA, SHIPPED_PREFIX,
-    SHIPPING_ATTR, STAGE_ATTR, Row, best_within_budget, check_same_cpu, check_same_data,
+    SHIPPING_ATTR, STAGE_ATTR, Row, best_within_budget, check_same_cpu, check_same_data, spent_text,
     create_study, driving, feasible_front, load_study, refuse_existing, refuse_second_driver, shipping_left,
     shipping_order, stage_picks, stored_trial, found_under, trial_artifact,
     finished_count, front_hypervolume, narrower_recipe, spent_budget, trial_cost, queued_without_distillation,
@@ -776,7 +776,7 @@ def run_search(
             spent = spent_budget(study)
             remaining = spec.trials - spent
             recipes = recipes_for(spec)
-            report(f"search {spec.name!r}: {spent:g} of {spec.trials} trials of training budget spent "
+            report(f"search {spec.name!r}: {spent_text(spent)} of {spec.trials} trials of training budget spent "
                    f"({finished_count(study)} finished), {max(0, remaining):g} to go ({spec.workers} worker(s), "
                    f"budget {spec.latency_budget_ms} ms on {spec.target} judged on p90 latency; a candidate screened "
                    "out costs nothing, one stopped by halving a third)")
@@ -1391,7 +1391,7 @@ class _Driver:
                 row = Row.from_trial(self.study._storage.get_trial(trial._trial_id), objective=self.spec.metric)
                 hv = front_hypervolume(feasible_front(rows(self.study)), self.bounds)
             eta = _eta(spent, self.remaining, self.started_all, self.stored_pace)
-            prefix = f"[{spent:.3g}/{self.remaining:g}] trial {row.number}: {_knobs(row)}"
+            prefix = f"[{spent_text(spent)}/{self.remaining:g}] trial {row.number}: {_knobs(row)}"
             if row.state == "FAIL":
                 self.report(f"{prefix} FAILED - {note}  ETA {eta}")
             elif row.stopped == "screened":
