@@ -471,13 +471,14 @@ def _keep_inputs(spec, runs_dir: Path):
 
 def _submit_detached(args: argparse.Namespace) -> int:
     """Send the search to the cluster by value; what runs there names only the cluster's folders and stores."""
-    from search.service import submit_job
+    from search.service import submit_job, wait_started
 
     where = {"runs_dir": args.cluster_runs_dir or "", "storage": args.storage or "",
              "tracking_uri": "none" if args.no_mlflow else args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", ""),
              "client_runs": args.runs_dir}
     if args.resume:
         name = _resumed_name(args)
+        args.address = args.address or _cluster(args, name)  # the cluster this machine submitted it to
         job_id = submit_job(args.address, name, trials=args.trials, **where)
     else:
         from search.spec import check_inputs
@@ -486,7 +487,8 @@ def _submit_detached(args: argparse.Namespace) -> int:
         check_inputs(spec)  # bad input is refused here, before anything reaches the cluster
         name = spec.name
         job_id = submit_job(args.address, name, spec=spec, **where)
-    print(f"submitted search {name!r} as Ray job {job_id} to {args.address}")
+    print(f"submitted search {name!r} as Ray job {job_id} to {args.address}; waiting for it to start ...", flush=True)
+    wait_started(args.address, job_id)
     print(f"follow it with: edgesearch status {name} | edgesearch logs {name} | edgesearch stop {name} "
           f"(from another machine, add --address {args.address})")
     return 0

@@ -64,11 +64,40 @@ def _token_refused(address: str, exc: Exception) -> str:
             f"{where} in ~/.ray/auth_token or $RAY_AUTH_TOKEN.")
 
 
+# a cluster started from a shell without edgesearch's environment runs jobs with a python that lacks it: said as
+# an error line of ours ("No module named 'search'" from `python -m` named neither edgesearch nor what to do)
+_INSTALLED = ("python -c 'import search.cli' 2>/dev/null || { echo \"edgesearch: error: The cluster's python "
+              "($(command -v python)) does not have edgesearch installed. Start the Ray nodes from the environment "
+              "'make setup' made (its .venv/bin first on the PATH, e.g. after 'source .venv/bin/activate'), or "
+              "install edgesearch into that python.\"; exit 2; }")
+
+
 def _entrypoint(runs_dir: str, argv: list[str], in_runs: bool = False) -> str:
     """The job's shell command; ``in_runs`` runs it in the runs folder, where relative paths then land."""
     runs = shlex.quote(runs_dir) if runs_dir else f'"{CLUSTER_RUNS}"'
     cd = f"mkdir -p {runs} && cd {runs} && " if in_runs else ""
-    return f"{cd}{IN_JOB}=1 python -m search.cli --runs-dir {runs} {shlex.join(argv)}"
+    return f"{_INSTALLED} && {cd}{IN_JOB}=1 python -m search.cli --runs-dir {runs} {shlex.join(argv)}"
+
+
+STARTED_LINE = "dataset "  # a search's first line once its inputs are read and its checks passed
+
+
+def wait_started(address: str, job_id: str, timeout_s: float = 90.0) -> None:
+    """Follow a submitted search until it has started (its first line) or failed: a search refused at once on the
+    cluster (no edgesearch there, a name taken, inputs it cannot read) is said by `submit`, not by a later `status`."""
+    client = _client(address)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = str(client.get_job_status(job_id).value)
+        logs = client.get_job_logs(job_id) if status != "PENDING" else ""
+        if status in _TERMINAL and status != "SUCCEEDED":
+            said = [line for line in logs.splitlines() if line.startswith("edgesearch: error: ")]
+            raise EdgeSearchError(f"The search failed on the cluster (Ray job {job_id}): " + (
+                said[-1].removeprefix("edgesearch: error: ") if said else
+                "\n" + "\n".join(logs.splitlines()[-20:])))
+        if status in _TERMINAL or any(line.startswith(STARTED_LINE) for line in logs.splitlines()):
+            return
+        time.sleep(0.5)
 
 
 def _stores(meta: dict[str, str], tracking: bool = True) -> list[str]:

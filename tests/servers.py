@@ -91,12 +91,13 @@ def stop_ray_cluster(temp_dir: str, port: int) -> None:
         p.kill()
 
 
-def ray_cluster(free_port, *options, num_cpus: int = 2):
+def ray_cluster(free_port, *options, num_cpus: int = 2, python_dir: Path | None = None):
     """A real `ray start --head` cluster with token authentication; stopped when the generator ends (with any node
-    that joined it). Its `python` is this one, as a cluster's image has edgesearch."""
+    that joined it). Its `python` is this one, as a cluster's image has edgesearch, or the one in ``python_dir``."""
     # set up as README's recipe says: idle workers kept, at the driver's priority (search.workers.LOCAL_RAY_CONFIG)
+    first = str(python_dir or Path(sys.executable).parent)
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_kill_idle_workers_interval_ms": "0", "RAY_worker_niceness": "0",
-           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+           "PATH": os.pathsep.join([first, os.environ.get("PATH", "")])}
     ray_bin = str(Path(sys.executable).parent / "ray")
     subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
     port, dash = free_port(), free_port()

@@ -322,6 +322,27 @@ def test_host_candidates_stay_on_nodes_of_the_submitted_cpu_kind(free_port, tmp_
         next(head, None)
 
 
+@pytest.mark.slow  # a Ray head of its own (~20 s); the detached search runs in the test below, slow too
+def test_a_cluster_whose_python_lacks_edgesearch_is_said_when_the_search_is_submitted(free_port, tmp_path):
+    """A cluster started from a shell without edgesearch's environment: `submit --detach` said "submitted", and the
+    job failed with `python -m search.cli`'s "No module named 'search'", found by a later `status`."""
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    (bare / "python").symlink_to(sys._base_executable)  # the interpreter the environment was made from, without it
+    head = ray_cluster(free_port, python_dir=bare)
+    cluster = next(head)
+    try:
+        done = subprocess.run([sys.executable, "-m", "search.cli", "--runs-dir", str(tmp_path / "client"), "submit",
+                               "--name", "bare", "--trials", "1", "--address", cluster["dashboard"], "--detach"],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert ("The search failed on the cluster (Ray job raysubmit_" in done.stderr and
+                f"The cluster's python ({bare / 'python'}) does not have edgesearch installed." in done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1
+    finally:
+        next(head, None)
+
+
 def _client_sharing_only_the_network(hidden, own, runs, env):
     """The CLI as a client machine runs it: in its own mount namespace, a tmpfs hides ``hidden`` (the cluster's
     runs folder and MLflow's stores) and another makes ``own`` a folder the cluster cannot see."""
@@ -386,7 +407,7 @@ def test_a_client_sharing_only_the_network_submits_follows_stops_resumes_and_exp
         logs = client("logs", "svc", "--address", address)
         assert logs.returncode == 0 and "trial" in logs.stdout
         before = {t.number: t.values for t in complete_trials(storage, "svc")}
-        resumed = client("submit", "--name", "svc", "--resume", "--detach", "--address", address)
+        resumed = client("submit", "--name", "svc", "--resume", "--detach")  # to the cluster it was submitted to
         assert resumed.returncode == 0, resumed.stderr
         _wait_for(lambda: newest_status() == "SUCCEEDED", 600, "the resumed job to finish")
         study = load_study("svc", storage)
