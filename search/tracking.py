@@ -9,6 +9,7 @@ stores agree.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -111,7 +112,7 @@ def relocate_artifacts(uri: str, runs_dir: Path) -> int:
     new_root = artifact_root(runs_dir)
     if uri != f"sqlite:///{db}" or not db.is_file():
         return 0
-    with sqlite3.connect(db) as con:
+    with contextlib.closing(sqlite3.connect(db)) as con, con:  # closed, and committed on the way out
         located = con.execute("SELECT e.name, e.artifact_location FROM experiments e JOIN experiment_tags t ON "
                               "t.experiment_id = e.experiment_id WHERE t.key = ?", (SEARCH_TAG,)).fetchall()
         moved = {location[:-len(name) - 1] for name, location in located
