@@ -293,7 +293,7 @@ def export_search(
         raise ConfigError(f"Trial {row.number} ({reason}) is {precision}, and target {profile.name} has "
                           f"{missing}. Export a trial of a precision {profile.name} runs "
                           f"(--trial N; `edgesearch status {search}` lists them), or search on {profile.name} itself.")
-    get_backend(profile).check("nothing was exported")  # a board that is down, or a cross compiler missing here, before anything is built
+    get_backend(profile).check("nothing was exported")  # a board down, a cross compiler missing: before building
     dataset = _searched_dataset(spec, search)
     check_same_data(study, spec, dataset, "export from it")
     existed = Path(out).resolve().exists()

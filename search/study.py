@@ -416,8 +416,8 @@ def search_state(study: optuna.Study, spec: SearchSpec) -> tuple[str, str]:
     spent = spent_budget(study)
     if spent < spec.trials and attrs.get(ASKED_OUT_ATTR) and not lost:
         return "stopped", (f"before its trial budget ({spent_text(spent)} of {spec.trials}): its driver stopped "
-                           f"after {attrs[ASKED_OUT_ATTR]} candidates, {ASKS_PER_TRIAL} per trial of budget, as most were "
-                           "screened out (a resume asks as many more per trial left; a looser budget or another "
+                           f"after {attrs[ASKED_OUT_ATTR]} candidates, {ASKS_PER_TRIAL} per trial of budget, as most "
+                           "were screened out (a resume asks as many more per trial left; a looser budget or another "
                            "target leaves more that fit)")
     if spent < spec.trials:
         return "stopped", f"before its trial budget ({spent_text(spent)} of {spec.trials}){lost}"

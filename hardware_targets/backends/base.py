@@ -24,9 +24,9 @@ class Backend(abc.ABC):
     profile: TargetProfile
 
     def check(self, undone: str = "nothing was trained") -> None:
-        """Raise before anything is trained for the target (``undone`` says so): ``ProfileError`` when the cross compiler that links its
-        builds is not on this machine (every candidate failed at its compile stage, after its training);
-        ``TargetUnreachableError`` when a remote target cannot be reached."""
+        """Raise before anything is trained for the target (``undone`` says so): ``ProfileError`` when the cross
+        compiler that links its builds is not on this machine (every candidate failed at its compile stage, after its
+        training); ``TargetUnreachableError`` when a remote target cannot be reached."""
         cc = self.profile.cross_compiler
         if cc and shutil.which(cc) is None:
             triple = cc.removesuffix("-gcc") if cc.endswith("-gcc") and "/" not in cc else None

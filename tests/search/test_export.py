@@ -316,7 +316,8 @@ def test_export_errors(tracked_search, tmp_path, capsys):
             if init.data_type == onnx.TensorProto.FLOAT:
                 init.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(init), init.name))
         onnx.save(model, graph)
-        with pytest.raises(VerificationError, match="does not reproduce the search's figures: test accuracy in onnxruntime"):
+        with pytest.raises(VerificationError,
+                           match="does not reproduce the search's figures: test accuracy in onnxruntime"):
             export_search("twice", tmp_path / "tampered", storage_url=storage, runs_dir=runs, register=False)
         assert not (tmp_path / "tampered").exists()
     finally:
