@@ -79,6 +79,12 @@ def _entrypoint(runs_dir: str, argv: list[str], in_runs: bool = False) -> str:
     return f"{_INSTALLED} && {cd}{IN_JOB}=1 python -m search.cli --runs-dir {runs} {shlex.join(argv)}"
 
 
+def _error_line(logs: str) -> str | None:
+    """The message of the last ``edgesearch: error:`` line a job printed, if any."""
+    said = [line for line in logs.splitlines() if line.startswith("edgesearch: error: ")]
+    return said[-1].removeprefix("edgesearch: error: ") if said else None
+
+
 STARTED_LINE = "dataset "  # a search's first line once its inputs are read and its checks passed
 
 
@@ -91,10 +97,9 @@ def wait_started(address: str, job_id: str, timeout_s: float = 90.0) -> None:
         status = str(client.get_job_status(job_id).value)
         logs = client.get_job_logs(job_id) if status != "PENDING" else ""
         if status in _TERMINAL and status != "SUCCEEDED":
-            said = [line for line in logs.splitlines() if line.startswith("edgesearch: error: ")]
+            said = _error_line(logs)
             raise EdgeSearchError(f"The search failed on the cluster (Ray job {job_id}): " + (
-                said[-1].removeprefix("edgesearch: error: ") if said else
-                "\n" + "\n".join(logs.splitlines()[-20:])))
+                said or "\n" + "\n".join(logs.splitlines()[-20:])))
         if status in _TERMINAL or any(line.startswith(STARTED_LINE) for line in logs.splitlines()):
             return
         time.sleep(0.5)
@@ -219,8 +224,7 @@ def _run_beside(address: str, search_job, argv: list[str], timeout_s: float, in_
         time.sleep(0.5)
     logs = client.get_job_logs(job_id)
     if status != "SUCCEEDED":
-        said = [line for line in logs.splitlines() if line.startswith("edgesearch: error: ")]
-        raise EdgeSearchError(said[-1].removeprefix("edgesearch: error: ") if said else
+        raise EdgeSearchError(_error_line(logs) or
                               f"'{argv[0]}' {status.lower()} on the cluster (Ray job {job_id}):\n{logs[-2000:]}")
     return "\n".join(line for line in logs.splitlines() if not _RAY_LINE.match(line))
 
