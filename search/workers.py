@@ -742,11 +742,12 @@ def run_search(
         refuse_existing(spec.name, storage_url)
     data = _load_dataset(spec.dataset, spec.class_weight)  # a malformed file stops here, before Ray starts
     if resume:
-        check_same_data(load_study(spec.name, storage_url), spec, data, "resume it")
+        stored = load_study(spec.name, storage_url)
+        check_same_data(stored, spec, data, "resume it")
         if profile.backend == "local":
             from hardware_targets.host import host_cpu
 
-            check_same_cpu(load_study(spec.name, storage_url), spec, host_cpu())
+            check_same_cpu(stored, spec, host_cpu())
     report(f"dataset {data.summary()}")
     get_backend(profile, runs_dir).check()  # a board that is down, before anything is trained for it
     if profile.backend == "local" and not address:
