@@ -58,8 +58,13 @@ def review_view_state() -> str:
                        "selectedColumns": list(REVIEW_COLUMNS)})
 
 
+def local_tracking_uri(runs_dir: Path) -> str:
+    """The runs folder's own MLflow store."""
+    return f"sqlite:///{Path(runs_dir).resolve() / 'mlflow.db'}"
+
+
 def default_tracking_uri(runs_dir: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(runs_dir).resolve() / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or local_tracking_uri(runs_dir)
 
 
 def search_tracking_uri(study, runs_dir: Path) -> str:
@@ -99,19 +104,18 @@ def experiment_id(client, uri: str, runs_dir: Path, name: str, tags: dict[str, s
                                                 VIEW_TAG: review_view_state(), **tags}, **location)
 
 
-def relocate_artifacts(uri: str, runs_dir: Path) -> int:
+def relocate_artifacts(uri: str, runs_dir: Path) -> None:
     """Point the searches of a local store moved or copied with its runs folder at the artifacts beside it.
 
     MLflow records artifact locations as absolute paths: a store copied to another machine kept sending new files
     (an export's model card) to the old folder, and the UI looked there for the old ones. Only the store of
-    ``runs_dir`` itself is rewritten, and only the searches' locations (``RUNS/mlartifacts/NAME``); returns how many
-    experiments moved."""
+    ``runs_dir`` itself is rewritten, and only the searches' locations (``RUNS/mlartifacts/NAME``)."""
     import sqlite3
 
     db = Path(runs_dir).resolve() / "mlflow.db"
+    if uri != local_tracking_uri(runs_dir) or not db.is_file():
+        return
     new_root = artifact_root(runs_dir)
-    if uri != f"sqlite:///{db}" or not db.is_file():
-        return 0
     with contextlib.closing(sqlite3.connect(db)) as con, con:  # closed, and committed on the way out
         located = con.execute("SELECT e.name, e.artifact_location FROM experiments e JOIN experiment_tags t ON "
                               "t.experiment_id = e.experiment_id WHERE t.key = ?", (SEARCH_TAG,)).fetchall()
@@ -125,7 +129,6 @@ def relocate_artifacts(uri: str, runs_dir: Path) -> int:
                     con.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
                                 f"WHERE substr({column}, 1, ?) = ?",
                                 (new_root, len(old_root) + 1, len(old_root) + 1, f"{old_root}/"))
-    return sum(location.startswith(tuple(f"{root}/" for root in moved)) for _, location in located)
 
 
 def check_tracking(uri: str, alternative: str = "", runs_dir: Path | None = None) -> None:

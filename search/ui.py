@@ -79,7 +79,7 @@ def landing_paths(tracking_uri: str, search: str | None) -> list[tuple[str, str]
     from mlflow.tracking import MlflowClient
 
     from search.study import shown_url
-    from search.tracking import SUMMARY_FILE, VIEW_KEY, VIEW_TAG, review_view_state
+    from search.tracking import SEARCH_TAG, SUMMARY_FILE, VIEW_KEY, VIEW_TAG, review_view_state
 
     client = MlflowClient(tracking_uri)
     if search:
@@ -88,7 +88,7 @@ def landing_paths(tracking_uri: str, search: str | None) -> list[tuple[str, str]
             raise ConfigError(f"No search named {search!r} in {shown_url(tracking_uri)}; 'edgesearch list' shows "
                               "them.")
     else:
-        found = client.search_experiments(filter_string="tags.`edgesearch.search` = 'true'",
+        found = client.search_experiments(filter_string=f"tags.`{SEARCH_TAG}` = 'true'",
                                           order_by=["creation_time DESC"], max_results=1)
         exp = found[0] if found else None
     if exp is None:
