@@ -135,6 +135,15 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], bool]] = {
     "runtime_flash_bytes": ((int,), False),
 }
 _PER_PRECISION = ("peak_macs_per_cycle", "efficiency", "energy_pj_per_mac")
+# mapping fields -> (accepted value types, what a value is, in words); their keys are text
+_MAPPINGS: dict[str, tuple[tuple[type, ...], str]] = {
+    "tvm_target": ((str, int, float, bool, list), "a TVM target attribute"),
+    "power_mw_per_core": (_NUM, "a number of milliwatts"),
+    "fp32_macs_per_cycle_by_family": (_NUM, "a number"),
+    "calibration_reference": ((str,), "text"),
+    "rpc": ((str, int), "a host, key (text) or port, timeout (a number)"),
+}
+_RPC_NUMBERS = ("port", "tracker_port", "timeout")
 _EMULATOR_NEEDS = ("clock_mhz", "peak_macs_per_cycle", "efficiency", "power_active_mw")
 
 
@@ -169,6 +178,9 @@ def _type_names(types: tuple[type, ...]) -> str:
 def _validate(data: Any, path: Path) -> TargetProfile:
     if not isinstance(data, dict):
         raise ProfileError(f"{path}: a profile must be a YAML mapping of fields; got {type(data).__name__}.")
+    odd = [key for key in data if not isinstance(key, str)]
+    if odd:
+        raise ProfileError(f"{path}: field names must be text; got {odd!r} (a stray '?', a number or an empty key).")
     unknown = sorted(set(data) - set(_SCHEMA))
     if unknown:
         raise ProfileError(f"{path}: unknown field(s) {unknown}; known fields: {sorted(_SCHEMA)}.")
@@ -184,6 +196,15 @@ def _validate(data: Any, path: Path) -> TargetProfile:
                                f"got {type(value).__name__} {value!r}.")
         if isinstance(value, _NUM) and not isinstance(value, bool) and value < 0:
             raise ProfileError(f"{path}: field '{key}' must be >= 0; got {value!r}.")
+    for key, (types, what) in _MAPPINGS.items():
+        for name, value in (data.get(key) or {}).items():
+            if not isinstance(name, str) or not isinstance(value, types) or (isinstance(value, bool) and bool
+                                                                                  not in types):
+                raise ProfileError(f"{path}: field '{key}' maps names (text) to {what}; got {name!r}: {value!r}.")
+    for name in _RPC_NUMBERS:
+        value = (data.get("rpc") or {}).get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+            raise ProfileError(f"{path}: field 'rpc.{name}' must be a positive whole number; got {value!r}.")
     for key in _PER_PRECISION:
         value = data.get(key)
         if value is None:

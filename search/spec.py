@@ -97,6 +97,10 @@ class SearchSpec:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
             raise _err("name", "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit "
                        "(no path separators or control characters)", self.name)
+        for name in ("dataset", "target"):
+            v = getattr(self, name)
+            if not isinstance(v, str) or not v.strip() or "\x00" in v:
+                raise _err(name, "a built-in name or a file path", v)
         for name in ("trials", "workers"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -114,7 +118,8 @@ class SearchSpec:
             raise _err("class_weight", f"one of {list(CLASS_WEIGHTS)}", self.class_weight)
         if self.sampler not in SAMPLERS:
             raise _err("sampler", f"one of {list(SAMPLERS)}", self.sampler)
-        if self.timeout_s is not None and not (isinstance(self.timeout_s, (int, float)) and self.timeout_s > 0):
+        if self.timeout_s is not None and not (isinstance(self.timeout_s, (int, float))
+                                               and not isinstance(self.timeout_s, bool) and self.timeout_s > 0):
             raise _err("timeout_s", "a positive number of seconds or null", self.timeout_s)
         for name in ("recipes", "halving"):
             v = getattr(self, name)
@@ -142,6 +147,7 @@ class SearchSpec:
         if not isinstance(data, dict):
             raise ConfigError(f"A search spec must be a mapping of fields; got {type(data).__name__}.")
         data = dict(data)
+        _check_field_names(data, "the search spec")
         known = {f.name for f in dataclasses.fields(cls)}
         sections = {key: {f.name for f in dataclasses.fields(sub)} for key, sub in (("space", SearchSpace),
                                                                                     ("budget", Budget))}
@@ -158,6 +164,7 @@ class SearchSpec:
                 continue
             if not isinstance(value, dict):
                 raise _err(key, "a mapping", value)
+            _check_field_names(value, repr(key))
             sub_known = sections[key]
             bad = sorted(set(value) - sub_known)
             if bad:
@@ -209,6 +216,14 @@ def beside_spec_file(data: dict[str, Any], spec_file: str | Path) -> dict[str, A
                 and (folder / value).is_file():
             found[field] = str(folder / value)
     return {**data, **found}
+
+
+def _check_field_names(data: dict, where: str) -> None:
+    """A YAML key such as ``?``, ``1`` or ``null`` is not a field name; say so before comparing names."""
+    odd = [key for key in data if not isinstance(key, str)]
+    if odd:
+        raise ConfigError(f"The field names in {where} must be text; got {odd!r} (a stray '?', a number or an "
+                          "empty key in the file).")
 
 
 def _hints(unknown: list[str], known: set[str], elsewhere: dict[str, set[str]]) -> str:

@@ -1,8 +1,13 @@
 import dataclasses
+from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from hardware_targets import available_profiles, get_backend, load_profile
+from hardware_targets.profile import _SCHEMA
 from search.errors import ProfileError
 
 
@@ -29,7 +34,13 @@ def test_host_profile_measures_locally():
      ("name: [unclosed\n", "not valid YAML"),
      ("name: x\nbackend: remote\ntvm_target: {kind: llvm}\n", "needs 'rpc' with the device's host and port"),
      ("name: x\nbackend: remote\ntvm_target: {kind: llvm}\nrpc: {tracker_host: lab, tracker_port: 9190}\n",
-      "tracker_host, tracker_port, key of an RPC tracker")],
+      "tracker_host, tracker_port, key of an RPC tracker"),
+     ("? \nname: x\nbackend: local\ntvm_target: {kind: llvm}\n", r"field names must be text; got \[None\]"),
+     ("name: x\nbackend: local\ndetect_host: true\ntvm_target: {kind: llvm}\npower_mw_per_core: {? : 1}\n",
+      "field 'power_mw_per_core' maps names"),
+     ("name: x\nbackend: remote\ntvm_target: {kind: llvm}\nrpc: {host: [a]}\n", "'rpc' maps names"),
+     ("name: x\nbackend: remote\ntvm_target: {kind: llvm}\nrpc: {port: -1}\n", "'rpc.port' must be a positive"),
+     ("name: x\nbackend: local\ntvm_target: {kind: llvm, mcpu: {a: 1}}\n", "'tvm_target' maps names")],
 )
 def test_malformed_profiles_name_file_and_field(tmp_path, text, message):
     path = tmp_path / "board.yaml"
@@ -82,3 +93,28 @@ def test_emulated_profile_schema(tmp_path, extra, message):
     path.write_text("name: mcu\nbackend: emulated\ntvm_target: {kind: llvm}\n" + extra)
     with pytest.raises(ProfileError, match=message):
         load_profile(path)
+
+
+_leaf = st.one_of(st.none(), st.booleans(), st.integers(-3, 10**12), st.floats(), st.text(max_size=6),
+                  st.sampled_from(["local", "remote", "emulated", "tflite-micro", "llvm", "fp32", "int8"]))
+_value = st.recursive(_leaf, lambda inner: st.one_of(
+    st.lists(inner, max_size=3),
+    st.dictionaries(st.one_of(st.none(), st.integers(), st.sampled_from(["fp32", "fp16", "int8", "kind", "port"])),
+                    inner, max_size=3)), max_leaves=6)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(available_profiles()),
+       st.lists(st.tuples(st.one_of(st.sampled_from(sorted(_SCHEMA)), st.none(), st.integers()), _value), max_size=3))
+@example("host", [("power_mw_per_core", {None: None})])  # found by fuzzing: a None CPU class crashed detection
+@example("host", [(None, None), (0, None)])  # found by fuzzing: unsortable field names
+def test_fuzzed_profiles_load_or_name_the_file_and_field(tmp_path_factory, name, edits):
+    """A shipped profile with fields replaced by any YAML value loads, or fails with one line naming the file."""
+    data = yaml.safe_load(Path(load_profile(name).source).read_text())
+    data.update(edits)
+    path = tmp_path_factory.mktemp("fuzz") / "board.yaml"
+    path.write_text(yaml.safe_dump(data))
+    try:
+        load_profile(path)
+    except ProfileError as exc:
+        assert "\n" not in str(exc) and str(path) in str(exc)
