@@ -48,6 +48,9 @@ class Paths:
     """Where a pipeline run reads caches from and writes artifacts to."""
 
     root: Path  # usually runs/
+    # whose candidate folders these are: a search's name, or (names a search cannot take) "_evaluate" for
+    # ``edgesearch evaluate`` and "_calibration"; each search writes only under its own
+    owner: str = "_evaluate"
 
     @property
     def candidates(self) -> Path:
@@ -61,12 +64,14 @@ class Paths:
         """A candidate's artifact folder, keyed by its knobs and by what else makes its files: the data, the budget
         it trained on and the target it was built for. Two searches that differ only in epochs (or a halving rung
         and the full budget) no longer share a folder, where the later overwrote the files the earlier's trials
-        and exports point to."""
+        and exports point to. A search's folders lie under its own name: another search of the same data, budget,
+        target and knobs (say, after an upgrade that converts or compiles differently) would otherwise rewrite the
+        files this one's trials recorded, and its exports would no longer reproduce them."""
         made_by = {k: v for k, v in dataclasses.asdict(candidate.budget).items() if not k.startswith("front_tuning")}
         digest = hashlib.sha256(json.dumps({"budget": made_by, "data": dataset.fingerprint,
                                             "target": profile.tvm_target, "runtime": profile.runtime},
                                            sort_keys=True).encode()).hexdigest()[:8]
-        return self.candidates / dataset.name / profile.name / f"{candidate.key()}-{digest}"
+        return self.candidates / self.owner / dataset.name / profile.name / f"{candidate.key()}-{digest}"
 
     @property
     def tuning(self) -> Path:

@@ -113,10 +113,12 @@ def _outputs(shared: bool, runs_dir: str, *paths) -> Bundle | None:
 
 
 def run_candidate(candidate_dict: dict, dataset, target, runs_dir: str, threads: int,
-                  screen_budget_ms: float | None = None, inputs: dict | None = None, runtime: str = "auto") -> dict:
+                  screen_budget_ms: float | None = None, inputs: dict | None = None, runtime: str = "auto", *,
+                  search: str) -> dict:
     """Body of the Ray task: screening (when a budget is given), then the pipeline, returned as plain dicts, with
     the candidate's files by value when this node does not share the driver's runs folder. ``runtime`` is the
-    spec's: what a local target's candidates are timed on (auto: the faster of untuned TVM and onnxruntime).
+    spec's: what a local target's candidates are timed on (auto: the faster of untuned TVM and onnxruntime);
+    ``search`` names the search whose folders its files go to.
 
     ``{"screening": ...}`` alone means the candidate was ruled out before training."""
     from search.pipeline import Paths, evaluate_candidate
@@ -133,7 +135,7 @@ def run_candidate(candidate_dict: dict, dataset, target, runs_dir: str, threads:
                                      threads=threads, runtime=runtime)
         if not screening["fits"]:
             return {"screening": screening, "transfer_s": moving}
-    paths = Paths(Path(runs_dir))
+    paths = Paths(Path(runs_dir), search)
     result = evaluate_candidate(candidate, data, profile, paths, threads=threads, runtime=runtime)
     if screening:
         result.stage_seconds["screen"] = screening["seconds"]
@@ -1202,7 +1204,7 @@ class _Driver:
         candidate = dataclasses.replace(job.candidate, budget=budget)
         ref = self.task.remote(dataclasses.asdict(candidate), self.transport.dataset, self.profile, self.runs_dir,
                                THREADS_PER_WORKER, self.spec.latency_budget_ms if screen else None,
-                               self.transport.inputs(), self.spec.runtime)
+                               self.transport.inputs(), self.spec.runtime, search=self.spec.name)
         self.in_flight[ref] = job
         self.running[job.candidate.key()] = job
         if self.landed is not None:
@@ -1449,7 +1451,8 @@ def _knobs(row: Row) -> str:
     def num(name: str) -> str:
         return f"{k[name]:<4g}" if name in k else "-   "
 
-    return (f"{k.get('precision', '-'):<8} w={num('width')} s={num('sparsity')} {k.get('pruning', '-')[0]} "
+    pruned = k.get("pruning", "-")[0] if k.get("sparsity") else "-"  # s(tructured) or u(nstructured); - unpruned
+    return (f"{k.get('precision', '-'):<8} w={num('width')} s={num('sparsity')} {pruned} "
             f"T={num('temperature')} a={num('alpha')}" + (f" [{row.recipe}]" if row.recipe else ""))
 
 

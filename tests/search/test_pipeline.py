@@ -26,13 +26,19 @@ def test_evaluate_candidate_measures_the_compiled_artifact(digits, host, tiny_bu
     assert m["size_bytes"].value > 0 and m["library_bytes"].value > 0
     assert r.info["provenance"] == "measured" and r.target == "host"
     folder = Paths(shared_runs).candidate(c, digits, host)
-    assert folder.parent == shared_runs / "candidates" / "digits" / "host" and folder.name.startswith(c.key())
+    assert folder.parent == shared_runs / "candidates" / "_evaluate" / "digits" / "host"
+    assert folder.name.startswith(c.key())
     assert r.artifacts["onnx"] == str(folder / "model.onnx")
     saved = CandidateResult.from_dict(json.loads((folder / "result.json").read_text()))
     assert saved == r
     # the same knobs trained on another budget get a folder of their own: they no longer overwrite this one's files
     other = dataclasses.replace(c, budget=dataclasses.replace(c.budget, epochs=c.budget.epochs + 1))
     assert Paths(shared_runs).candidate(other, digits, host) != folder
+    # and so do the same knobs in two searches: a later search (after an upgrade, say) cannot rewrite the files an
+    # earlier one's trials recorded and its exports copy
+    mine, theirs = (Paths(shared_runs, name).candidate(c, digits, host) for name in ("mine", "theirs"))
+    assert mine.relative_to(shared_runs / "candidates" / "mine") == theirs.relative_to(
+        shared_runs / "candidates" / "theirs") == folder.relative_to(shared_runs / "candidates" / "_evaluate")
 
 
 def test_cli_evaluate_json(shared_runs, capsys):

@@ -1,6 +1,7 @@
 """Screening: a candidate that cannot fit is ruled out from its untrained graph, without any training."""
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import yaml
@@ -31,14 +32,17 @@ def training_calls(monkeypatch):
 
 def test_a_screened_out_candidate_never_trains(tmp_path, training_calls):
     wide = Candidate(precision="fp32", width=2.0, sparsity=0.5, pruning="unstructured", budget=TINY)
-    out = run_candidate(dataclasses.asdict(wide), "digits", "host", str(tmp_path), 1, screen_budget_ms=1e-5)
+    out = run_candidate(dataclasses.asdict(wide), "digits", "host", str(tmp_path), 1, screen_budget_ms=1e-5,
+                        search="s")
     assert "result" not in out and not out["screening"]["fits"]
     assert "over the 1e-05 ms budget" in out["screening"]["reason"]
     assert out["screening"]["metrics"]["latency_ms_p90"][2] == "measured"
     assert training_calls == []
     assert not (tmp_path / "candidates").exists()  # no artifact of a trained candidate either
-    out = run_candidate(dataclasses.asdict(wide), "digits", "host", str(tmp_path), 1, screen_budget_ms=100.0)
+    out = run_candidate(dataclasses.asdict(wide), "digits", "host", str(tmp_path), 1, screen_budget_ms=100.0,
+                        search="s")
     assert out["screening"]["fits"] and out["result"]["stage_seconds"]["screen"] > 0
+    assert Path(out["result"]["artifacts"]["onnx"]).is_relative_to(tmp_path / "candidates" / "s")  # its search's
     assert len(training_calls) >= 2  # the spy sees real training: training plus pruning fine-tuning
 
 
