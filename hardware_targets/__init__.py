@@ -1,8 +1,8 @@
 """Target profiles (YAML data) and the backends that measure or emulate them."""
 
-from hardware_targets.profile import TargetProfile, available_profiles, load_profile
+from hardware_targets.profile import TargetProfile, available_profiles, load_profile, same_profile
 
-__all__ = ["TargetProfile", "available_profiles", "get_backend", "load_profile"]
+__all__ = ["TargetProfile", "available_profiles", "get_backend", "load_profile", "same_profile"]
 
 
 def get_backend(profile: TargetProfile, runs_dir=None):

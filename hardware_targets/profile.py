@@ -147,6 +147,12 @@ _RPC_NUMBERS = ("port", "tracker_port", "timeout")
 _EMULATOR_NEEDS = ("clock_mhz", "peak_macs_per_cycle", "efficiency", "power_active_mw")
 
 
+def same_profile(a: TargetProfile, b: TargetProfile) -> bool:
+    """Whether two loaded profiles describe the same device: a profile file copied or moved (a search's kept
+    input, another machine) is the same target wherever it is read from."""
+    return dataclasses.replace(a, source="") == dataclasses.replace(b, source="")
+
+
 def available_profiles(directory: Path = PROFILE_DIR) -> list[str]:
     return sorted(p.stem for p in Path(directory).glob("*.yaml"))
 

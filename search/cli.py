@@ -220,7 +220,7 @@ def _print_outcome(outcome_rows, front, best, hv, spec, storage, floor=None, cha
           f"training, {len(stopped)} stopped early by successive halving, {len(reused)} reused an earlier result, "
           f"{len(failed)} failed" + (f", {interrupted} interrupted by a stopped driver (queued again for a resume)"
                                       if interrupted else "")
-          + f"; latency budget {spec.latency_budget_ms} ms (p90) on {spec.target}"
+          + f"; latency budget {spec.latency_budget_ms} ms (p90) on {spec.target_name}"
           + (f"; accuracy floor {floor:.4f}" if floor is not None else ""))
     if not front:
         print("no feasible candidate yet (none within the latency budget, memory limits and accuracy floor)"
@@ -667,7 +667,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         try:
             spec = stored_spec(study, args.runs_dir)
             spent, state = f"{spent_text(spent_budget(study))}/{spec.trials}", search_state(study, spec)[0]
-            target, budget = Path(spec.target).stem, f"{spec.latency_budget_ms:g} ms"
+            target, budget = spec.target_name, f"{spec.latency_budget_ms:g} ms"
             best = best_within_budget(rows(study))
             found = ("none feasible yet" if best is None else
                      f"{ACCURACY_METRICS[spec.metric]} {best.quality:.4f}, p90 {best.value('latency_ms_p90'):.4g} ms "

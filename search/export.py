@@ -262,7 +262,7 @@ def export_search(
 ) -> dict:
     """Export a search's chosen candidate to ``out``; returns the model card. ``dataset`` names the search's data
     where it is now (another machine); it must hold what the search trained on."""
-    from hardware_targets import get_backend, load_profile
+    from hardware_targets import get_backend, load_profile, same_profile
     from hardware_targets.compile import compile_tvm, tuning_dir
     from objectives.accuracy import accuracy, predict_onnx, predict_tvm
     from search.pipeline import host_build_target
@@ -286,7 +286,8 @@ def export_search(
     if not onnx_src.is_file():
         raise ConfigError(f"The measured ONNX of trial {row.number} is gone ({onnx_src}, and not under "
                           f"{Path(runs_dir).resolve()}/ either); re-run the search.")
-    profile = load_profile(target or spec.target)
+    searched = load_profile(spec.target)
+    profile = load_profile(target) if target else searched
     precision = row.knobs["precision"]
     missing = profile.unsupported_reason(precision)
     if missing:  # before anything is written: nothing to clean up
@@ -304,11 +305,11 @@ def export_search(
 
         onnx_path = out / "model.onnx"
         shutil.copyfile(onnx_src, onnx_path)  # the exact graph that was measured
-        same_target = profile.name == spec.target
-        searched_runtime = load_profile(spec.target).runtime
+        same_target = same_profile(profile, searched)  # a profile file read from where it is now counts as one
+        searched_runtime = searched.runtime
         if "tflite-micro" in (profile.runtime, searched_runtime):
             if not same_target:
-                raise ConfigError(f"Search {search!r} ran on {spec.target} ({searched_runtime}); {profile.name} "
+                raise ConfigError(f"Search {search!r} ran on {searched.name} ({searched_runtime}); {profile.name} "
                                   f"runs {profile.runtime}. A TFLite Micro export ships the .tflite its search "
                                   f"measured: search on {profile.name} itself, then export.")
             card = {**_card_head(search, study, spec, row, trial, reason, profile, tracking_uri, dataset),
@@ -424,6 +425,7 @@ def _stored_bytes(model_files: list[Path], copies: bool) -> dict:
 def _card_head(search, study, spec, row, trial, reason, profile, tracking_uri, dataset,
                searched=("latency_ms_median", "latency_ms_p90", "energy_mj")) -> dict:
     """What every model card says: which candidate, why, from which search, its knobs and its recorded figures."""
+    from hardware_targets import load_profile
     from hardware_targets.host import host_cpu
     from search.pipeline import versions
 
@@ -443,7 +445,7 @@ def _card_head(search, study, spec, row, trial, reason, profile, tracking_uri, d
         # its splits as the search read them, and which were drawn here rather than given by the data
         "dataset_splits": dataset.summary(),
         **({"class_names": list(dataset.class_names)} if dataset.class_names else {}),
-        "target_profile": profile.name, "measured_on": spec.target,
+        "target_profile": profile.name, "measured_on": load_profile(spec.target).name,
         # the CPU the search's host figures (accuracy always, latency for host targets) were measured on, and this one
         "measured_on_cpu": trial.user_attrs.get("host_cpu"), "exported_on_cpu": host_cpu().summary(),
         "knobs": row.knobs,

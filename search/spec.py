@@ -136,6 +136,11 @@ class SearchSpec:
                               f"got both ({self.max_accuracy_drop}, {self.min_accuracy}).")
 
     @property
+    def target_name(self) -> str:
+        """The target as people say it: a profile file's name without its folder (a kept input's path is long)."""
+        return Path(self.target).stem if Path(self.target).suffix in (".yaml", ".yml") else self.target
+
+    @property
     def uses_halving(self) -> bool:
         return self.trials >= HALVING_FROM_TRIALS if self.halving is None else self.halving
 

@@ -4,6 +4,7 @@ import dataclasses
 import hashlib
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,8 +26,11 @@ SMALL = SearchSpace(precision=("fp32", "int8-ptq", "int8-qat"), pruning=("unstru
 
 @pytest.fixture(scope="module")
 def m4_search(tmp_path_factory):
+    """A Cortex-M4 board added as a user adds one: a profile file of its own (the shipped one, renamed)."""
     runs = tmp_path_factory.mktemp("m4")
-    spec = SearchSpec(name="m4", dataset="digits", target="cortex-m4", trials=2, workers=2, budget=TINY,
+    board = runs.parent / "my-m4.yaml"
+    board.write_text(Path(load_profile("cortex-m4").source).read_text().replace("name: cortex-m4", "name: my-m4"))
+    spec = SearchSpec(name="m4", dataset="digits", target=str(board), trials=2, workers=2, budget=TINY,
                       space=SMALL, latency_budget_ms=50, recipes=False)
     lines = []
     outcome = run_search(spec, runs, storage_url=default_storage(runs), report=lines.append,
@@ -89,7 +93,7 @@ def test_the_export_is_something_a_board_can_flash(m4_search, digits, tmp_path, 
     for name in ("model.tflite", "model_data.h", "model_data.cc", "main.cc", "model.onnx", "model_card.json",
                  "MODEL_CARD.md"):
         assert (out / name).is_file(), name
-    assert card["runtime"] == "tflite-micro"
+    assert card["runtime"] == "tflite-micro" and card["target_profile"] == card["measured_on"] == "my-m4"
     tflite = (out / "model.tflite").read_bytes()
     assert hashlib.sha256(tflite).hexdigest() == card["artifacts"]["model.tflite"]
     # flash holds the file as is; gzip-compressed is only how it travels
