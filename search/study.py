@@ -127,20 +127,22 @@ def resolved_sampler(spec: SearchSpec) -> str:
     return "nsga2" if spec.trials >= NSGA2_FROM_TRIALS else "tpe"
 
 
-def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
-    """The sampler ``spec`` asks for; ``auto`` follows the trial count (see ``resolved_sampler``)."""
-    name = resolved_sampler(spec)
+def make_sampler(spec: SearchSpec, drawn: int = 0) -> optuna.samplers.BaseSampler:
+    """The sampler ``spec`` asks for; ``auto`` follows the trial count (see ``resolved_sampler``). A resume passes
+    the trials already ``drawn``: seeded as at the start, a sampler's random draws would repeat the first run's,
+    and its first new trials would be earlier knobs again (a reused result that spends a trial of the budget)."""
+    name, seed = resolved_sampler(spec), (spec.seed + drawn) % 2**32
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=spec.seed, population_size=max(4, min(50, spec.trials // 2)))
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, spec.trials // 2)))
     if name == "tpe":
         # Few random start-up trials: the recipes are informative start-up points already, and TPE counts
         # screened-out (pruned, infeasible) trials too. The constant liar keeps parallel workers apart.
         startup = len(recipes_for(spec)) + 2 if spec.recipes else max(4, min(10, spec.trials // 4))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(seed=spec.seed, multivariate=True, constant_liar=spec.workers > 1,
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=spec.workers > 1,
                                               n_startup_trials=min(startup, spec.trials))
-    return optuna.samplers.RandomSampler(seed=spec.seed)
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
 def _storage(url: str, attempts: int = 3) -> optuna.storages.BaseStorage:
@@ -196,7 +198,9 @@ def create_study(spec: SearchSpec, storage_url: str, resume: bool) -> optuna.Stu
         directions=[d for _, d in OBJECTIVES],  # the same whatever the accuracy metric
     )
     study.set_user_attr(SPEC_ATTR, spec.to_dict())  # a resume's changes too (trials, workers, ...): status reads it
-    if not resume:
+    if resume:
+        study.sampler = make_sampler(spec, drawn=len(study.get_trials(deepcopy=False)))
+    else:
         study.set_user_attr(SAMPLER_ATTR, resolved_sampler(spec))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
