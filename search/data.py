@@ -273,9 +273,14 @@ def load_npz(path: str | Path) -> Dataset:
         raise DatasetError(f"{path}: labels must cover at least 2 classes; got {num_classes}.")
     missing_classes = sorted(set(range(num_classes)) - set(np.unique(arrays["y_train"]).tolist()))
     if missing_classes:
+        used = sorted(set().union(*(np.unique(arrays[f"y_{s}"]).tolist() for s in splits)))
+        # labels that are not 0..K-1 at all (1-based, or a few codes), rather than a class absent from training only
+        numbered = (f" The labels used are {used[0]}..{used[-1]}, {len(used)} distinct values: number them 0.."
+                    f"{len(used) - 1} (np.unique(y, return_inverse=True)), or save them as text labels, which are "
+                    "numbered in sorted order and keep their names." if set(missing_classes).isdisjoint(used) else "")
         raise DatasetError(
             f"{path}: 'y_train' has no sample of class(es) {missing_classes}; labels must be 0..{num_classes - 1} "
-            "and every class must appear in training."
+            f"and every class must appear in training.{numbered}"
         )
     class_names = _class_names(path, names, num_classes)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]

@@ -210,7 +210,10 @@ def test_bad_class_names_give_a_clear_error(tmp_path, names, message):
         (lambda d: d.update(y_train=d["y_train"] - 1), "negative label"),
         (lambda d: d.update(x_train=np.zeros((40,), np.float32)), "'x_train' must have shape"),
         (lambda d: d.update(x_val=d["x_test"]), "given together"),
-        (lambda d: d.update(y_train=np.where(d["y_train"] == 2, 0, d["y_train"])), "no sample of class"),
+        (lambda d: d.update(y_train=np.where(d["y_train"] == 2, 0, d["y_train"])), r"no sample of class\(es\) \[2\]; "
+         "labels must be 0..3 and every class must appear in training.$"),
+        (lambda d: d.update(y_train=d["y_train"] + 1, y_test=d["y_test"] + 1), r"no sample of class\(es\) \[0\].* The "
+         r"labels used are 1..4, 4 distinct values: number them 0..3 \(np.unique"),
         (lambda d: d.update(y_train=np.eye(4)[d["y_train"]]), r"one-hot, save y_train.argmax\(axis=1\)"),
         (lambda d: d["y_train"].__setitem__(slice(None), np.where(np.arange(40) == 3, 4, d["y_train"] % 4)),
          "cannot draw the validation split .*x_val"),
