@@ -327,7 +327,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         outcome = run_search(spec, args.runs_dir, storage_url=storage, resume=args.resume, address=args.address,
                              report=lambda line: print(line, flush=True), tracking_uri=tracking)
     except KeyboardInterrupt:
-        _say_how_to_resume(args, spec.name, storage)
+        with contextlib.suppress(OSError):  # SIGHUP: the terminal may be gone
+            _say_how_to_resume(args, spec.name, storage)
         raise
     from search.study import CHANCE_ATTR, FLOOR_ATTR, load_study, shown_url
 
@@ -581,7 +582,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     spec = stored_spec(study, args.runs_dir)
     from optuna.trial import TrialState
 
-    from search.study import search_state, spent_budget, spent_text
+    from search.study import finished_count, search_state, spent_budget, spent_text
     from search.tracking import TRACKED_ATTR
 
     all_rows = rows(study)
@@ -589,8 +590,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     state, detail = search_state(study, spec)
     running_now = (f"{running} running" if state == "running" or not running
                    else f"{running} left unfinished by a stopped driver")
-    print(f"{spent_text(spent_budget(study))} of {spec.trials} trials of training budget spent ({len(all_rows)} "
-          f"trials finished, {running_now}; a candidate screened out costs nothing, one stopped by halving a third); "
+    print(f"{spent_text(spent_budget(study))} of {spec.trials} trials of training budget spent ("
+          f"{finished_count(study)} trials finished, {running_now}; a candidate screened out costs nothing, one stopped by halving a third); "
           + (f"{state}: {detail}" if detail else state)
           + ("; continue it with: " + _resume_command(args, args.name, storage,
                                                         study.user_attrs.get(TRACKED_ATTR, True))
@@ -1004,9 +1005,13 @@ def main(argv: list[str] | None = None) -> int:
     except EdgeSearchError as exc:
         print(f"edgesearch: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("edgesearch: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        from search.errors import Terminated
+
+        with contextlib.suppress(OSError):  # SIGHUP: the terminal may be gone
+            print(f"edgesearch: {'stopped by ' + str(exc) if isinstance(exc, Terminated) else 'interrupted'}",
+                  file=sys.stderr)
+        return 128 + exc.signum if isinstance(exc, Terminated) else 130
     except BrokenPipeError:  # output piped into `head` and the like
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

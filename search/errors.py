@@ -8,7 +8,7 @@ that do not know about edgesearch.
 from hardware_targets.errors import CandidateError, EdgeSearchError, ProfileError, TargetUnreachableError
 
 __all__ = ["CandidateError", "ConfigError", "DatasetError", "EdgeSearchError", "ProfileError", "SearchNotFoundError",
-           "TargetUnreachableError"]
+           "TargetUnreachableError", "Terminated"]
 
 
 class ConfigError(EdgeSearchError, ValueError):
@@ -21,3 +21,14 @@ class DatasetError(EdgeSearchError, ValueError):
 
 class SearchNotFoundError(EdgeSearchError, LookupError):
     """A named search does not exist in the storage."""
+
+
+class Terminated(KeyboardInterrupt):
+    """A stop signal (SIGTERM from ``kill``, ``docker stop`` or a stopped Ray job; SIGHUP from a closed terminal)
+    ends a search as Ctrl-C does: its running trials are queued again and it says how to resume."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum

@@ -34,7 +34,7 @@ from objectives.latency import INFEASIBLE, RETIME, budget_verdict
 from objectives.memory import over_limits
 from objectives.pareto import ACCURACY_METRICS, non_dominated
 from search.candidate import Budget, Candidate, CandidateResult
-from search.errors import CandidateError, ConfigError
+from search.errors import CandidateError, ConfigError, Terminated
 from search.spec import SearchSpace, SearchSpec, check_inputs, check_resources
 from search.tracking import TRACKED_ATTR
 from search.transfer import (
@@ -356,6 +356,41 @@ def _environment(variables: dict[str, str]):
 # - Ray runs its workers at niceness 15, below anything else on the machine: the workers time the candidates, so
 #   they run at the driver's priority, and the driver's MLflow thread below them.
 LOCAL_RAY_CONFIG = {"kill_idle_workers_interval_ms": 0, "worker_niceness": 0}
+
+
+@contextlib.contextmanager
+def stopped_by_signals():
+    """While it lasts, SIGTERM and SIGHUP raise ``Terminated`` in the driver, which stops the search as Ctrl-C does.
+    Entered once Ray runs: ``ray.init`` puts a handler on SIGTERM that dumps a stack trace and ends the process at
+    once, leaving its trials "running" and its MLflow runs open. A signal a caller ignores (``nohup``) stays
+    ignored."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    received = []
+
+    def stop(signum, frame):
+        received.append(signum)
+        raise Terminated(signum)
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    for s, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(s, stop)
+    try:
+        yield
+    except KeyboardInterrupt as exc:  # ray.get re-raises what a handler raised as a plain KeyboardInterrupt
+        if received and not isinstance(exc, Terminated):
+            raise Terminated(received[0]) from exc
+        raise
+    finally:
+        for s, handler in previous.items():
+            if handler is not None:
+                signal.signal(s, handler)
 
 
 def start_ray(address: str | None, workers: int):
@@ -826,32 +861,33 @@ def run_search(
                     tracking_ready()  # an unreachable MLflow is the first thing to report
                     raise
                 try:
-                    tracking_ready()
-                    try:
-                        if address and spec.workers > _cluster_cpus(ray):
-                            raise ConfigError(f"The 'workers' field of the search spec must be at most the "
-                                              f"{_cluster_cpus(ray)} CPU(s) of the cluster at {address}. Got "
-                                              f"{spec.workers} instead.")
-                        placement = measurement_placement(ray, profile, report)
-                    except ConfigError:
-                        if not resume:  # refused before any work: the same command, fixed, starts afresh
-                            import optuna
+                    with stopped_by_signals():  # a kill stops it as Ctrl-C does
+                        tracking_ready()
+                        try:
+                            if address and spec.workers > _cluster_cpus(ray):
+                                raise ConfigError(f"The 'workers' field of the search spec must be at most the "
+                                                  f"{_cluster_cpus(ray)} CPU(s) of the cluster at {address}. Got "
+                                                  f"{spec.workers} instead.")
+                            placement = measurement_placement(ray, profile, report)
+                        except ConfigError:
+                            if not resume:  # refused before any work: the same command, fixed, starts afresh
+                                import optuna
 
-                            optuna.delete_study(study_name=spec.name, storage=study._storage)
-                        raise
-                    transport = _Transport(ray, spec, profile, runs_dir, timings)
-                    try:
-                        _prepare(ray, study, spec, profile, report, placement, transport)
-                        if remaining > 0:
-                            with _stage(study, "training the distillation teacher, before the first trial"):
-                                _teacher_stage(ray, study, spec, remaining, report, placement, transport)
-                            _Driver(ray, study, spec, profile, remaining, report,
-                                    tracker.on_trial if tracker else None, timings, placement, transport).run()
-                        _ship_stage(ray, study, spec, profile, report, placement, transport)
-                    finally:
-                        transport.close(report)
-                    if tracker:
-                        tracker.begin_finish()
+                                optuna.delete_study(study_name=spec.name, storage=study._storage)
+                            raise
+                        transport = _Transport(ray, spec, profile, runs_dir, timings)
+                        try:
+                            _prepare(ray, study, spec, profile, report, placement, transport)
+                            if remaining > 0:
+                                with _stage(study, "training the distillation teacher, before the first trial"):
+                                    _teacher_stage(ray, study, spec, remaining, report, placement, transport)
+                                _Driver(ray, study, spec, profile, remaining, report,
+                                        tracker.on_trial if tracker else None, timings, placement, transport).run()
+                            _ship_stage(ray, study, spec, profile, report, placement, transport)
+                        finally:
+                            transport.close(report)
+                        if tracker:
+                            tracker.begin_finish()
                 finally:
                     if owns_ray:
                         with _timed(timings, "ray_start"):

@@ -65,6 +65,39 @@ def test_killed_worker_fails_its_trial_and_the_search_completes(tmp_path):
     assert any("FAILED - worker died" in line for line in lines)
 
 
+def test_a_search_told_to_terminate_stops_as_ctrl_c_stops_it(tmp_path):
+    """SIGTERM (``kill``, ``docker stop``, a stopped Ray job) mid-search: Ray's own handler ended the driver at once
+    with a stack dump, its trials left running and its MLflow run open. Now it stops as Ctrl-C stops it."""
+    from mlflow import MlflowClient
+
+    from search.tracking import default_tracking_uri
+    from tests.search.conftest import complete_trials
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"name": "term", "trials": 3, "workers": 1, "recipes": False,
+                                    "budget": dataclasses.asdict(SLOWER), "space": {"precision": ["fp32"],
+                                                                                    "width": [0.25, 0.5]}}))
+    driver = subprocess.Popen(_cli(tmp_path, "submit", "--spec", str(spec)), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while not complete_trials(default_storage(tmp_path), "term") and time.time() < deadline:
+            time.sleep(0.5)
+        driver.send_signal(signal.SIGTERM)
+        _, err = driver.communicate(timeout=120)
+    finally:
+        driver.kill()
+    assert driver.returncode == 128 + signal.SIGTERM and "edgesearch: stopped by SIGTERM" in err, err[-2000:]
+    assert "*** SIGTERM received" not in err
+    assert "search 'term' interrupted before its trial budget" in err and "submit --name term --resume" in err
+    study = load_study("term", default_storage(tmp_path))
+    assert not study.get_trials(states=(TrialState.RUNNING,))  # queued again by the driver itself
+    client = MlflowClient(default_tracking_uri(tmp_path))
+    (parent,) = client.search_runs([client.get_experiment_by_name("term").experiment_id],
+                                   "tags.`edgesearch.role` = 'search'")
+    assert parent.info.status == "KILLED"
+
+
 def test_candidate_over_its_time_limit_fails_and_others_go_on(tmp_path):
     spec = SearchSpec(name="slow", trials=2, workers=2, budget=SLOWER, space=SMALL, timeout_s=2.0)
     outcome = run_search(spec, tmp_path, storage_url=default_storage(tmp_path), report=lambda line: None)
