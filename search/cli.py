@@ -591,7 +591,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     running_now = (f"{running} running" if state == "running" or not running
                    else f"{running} left unfinished by a stopped driver")
     print(f"{spent_text(spent_budget(study))} of {spec.trials} trials of training budget spent ("
-          f"{finished_count(study)} trials finished, {running_now}; a candidate screened out costs nothing, one stopped by halving a third); "
+          f"{finished_count(study)} trials finished, {running_now}; a candidate screened out costs nothing, one "
+          "stopped by halving a third); "
           + (f"{state}: {detail}" if detail else state)
           + ("; continue it with: " + _resume_command(args, args.name, storage,
                                                         study.user_attrs.get(TRACKED_ATTR, True))

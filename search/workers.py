@@ -816,8 +816,8 @@ def run_search(
             recipes = recipes_for(spec)
             report(f"search {spec.name!r}: {spent_text(spent)} of {spec.trials} trials of training budget spent "
                    f"({finished_count(study)} finished), {max(0, remaining):g} to go ({spec.workers} worker(s), "
-                   f"budget {spec.latency_budget_ms} ms on {spec.target_name} judged on p90 latency; a candidate screened "
-                   "out costs nothing, one stopped by halving a third)")
+                   f"budget {spec.latency_budget_ms} ms on {spec.target_name} judged on p90 latency; a candidate "
+                   "screened out costs nothing, one stopped by halving a third)")
             report("order: screen every candidate before training; "
                    + ((f"started from {len(recipes)} classic recipe(s)" if resume else
                        f"{len(recipes)} classic recipe(s) first") + f" ({', '.join(label for label, _ in recipes)}); "
