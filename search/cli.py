@@ -686,6 +686,30 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_delete(args: argparse.Namespace) -> int:
+    from search.delete import delete_search, search_folders
+    from search.errors import ConfigError
+    from search.study import load_study, shown_url
+
+    storage = _storage_url(args)
+    if not args.yes:
+        study = load_study(args.name, storage)  # a search that does not exist is said first
+        folders = ", ".join(str(f) for f in search_folders(args.runs_dir, args.name)) or "none"
+        raise ConfigError(f"Deleting search {args.name!r} removes its {len(study.trials)} trial(s) from "
+                          f"{shown_url(storage)}, its MLflow experiment and its folders ({folders}); nothing was "
+                          "deleted: pass --yes to delete it.")
+    tracking = None if args.no_mlflow else _tracking_uri(args, load_study(args.name, storage))
+    deleted = delete_search(args.name, storage, args.runs_dir, tracking)
+    print(f"deleted search {args.name!r}: {deleted.trials} trial(s) from {shown_url(storage)}"
+          + (f"; its MLflow experiment, renamed {deleted.experiment!r} and deleted (MLflow keeps a deleted "
+             "experiment until 'mlflow gc' removes it)" if deleted.experiment else "")
+          + (f"; {deleted.file_bytes / 2**20:.1f} MiB of its files ({', '.join(map(str, deleted.folders))})"
+             if deleted.folders else "")
+          + ". Kept: what other searches share (teachers, tuning records, screenings), exports and registered "
+            "models.")
+    return 0
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     from search.service import job_logs
 
@@ -980,6 +1004,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "on; the export runs there and comes back through the search's MLflow tracking server "
                    "[default: the one this machine submitted it to]")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("delete", help="delete a stored search: its trials, MLflow experiment and files",
+                       description="Delete a search that is not running, so that its name can be used again: its "
+                                   "trials in the storage, its MLflow experiment (renamed, then deleted as MLflow "
+                                   "deletes) and its folders under the runs folder. Caches other searches share, "
+                                   "exports and registered models stay.")
+    p.add_argument("name")
+    p.add_argument("--yes", action="store_true", help="delete it (without it, say what would go and delete nothing)")
+    p.add_argument("--storage", help="Optuna RDB storage URL [default: sqlite:///RUNS/optuna.db]")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI [default: the tracking server the search logged "
+                   "to, else $MLFLOW_TRACKING_URI or sqlite:///RUNS/mlflow.db]")
+    p.add_argument("--no-mlflow", action="store_true", help="leave its MLflow experiment as it is")
+    p.set_defaults(func=cmd_delete)
 
     p = sub.add_parser("logs", help="logs of a detached search (Ray job)")
     p.add_argument("name")

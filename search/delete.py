@@ -1,0 +1,77 @@
+"""Deleting a stored search: its trials, its MLflow experiment and the files only it made.
+
+A search's name is taken while its study exists (``submit`` refuses it), so a user who wants to start one afresh
+under the same name deletes the old one. What other searches share stays: the teachers, tuning records and
+screenings (caches keyed by what made them), and exported folders and registered models (a deployment's).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+
+from search.errors import ConfigError
+from search.study import live_driver, load_study, shown_url
+from search.tracking import SEARCH_TAG, TRACKED_ATTR, check_tracking
+
+
+@dataclass
+class Deleted:
+    """What ``delete_search`` removed, for the command to say."""
+
+    trials: int
+    experiment: str | None = None  # the name the MLflow experiment was moved to, in MLflow's deleted state
+    folders: list[Path] = field(default_factory=list)
+    file_bytes: int = 0
+
+
+def search_folders(runs_dir: Path, name: str) -> list[Path]:
+    """The folders of ``runs_dir`` that hold only this search's files: its candidates, and its spec, kept inputs
+    and job record."""
+    return [folder for folder in (Path(runs_dir) / "candidates" / name, Path(runs_dir) / "searches" / name)
+            if folder.is_dir()]
+
+
+def delete_search(name: str, storage_url: str, runs_dir: Path, tracking_uri: str | None) -> Deleted:
+    """Delete search ``name``: its MLflow experiment first (renamed so that the name is free again, then deleted as
+    MLflow deletes, which ``mlflow gc`` makes final), then its study, then its folders. A search whose driver runs is
+    refused, and an unreachable tracking store stops it before anything is deleted."""
+    study = load_study(name, storage_url)
+    if mark := live_driver(study):
+        raise ConfigError(f"Search {name!r} is running (driver process {mark['pid']} on {mark['host']}); stop it "
+                          "(Ctrl-C in its terminal, or edgesearch stop for a detached search) before deleting it; "
+                          "nothing was deleted.")
+    experiment = None
+    if tracking_uri and study.user_attrs.get(TRACKED_ATTR, True):
+        check_tracking(tracking_uri, " (or --no-mlflow: delete the search and leave its MLflow experiment)",
+                       runs_dir)
+        experiment = _delete_experiment(tracking_uri, name)
+    trials = len(study.get_trials(deepcopy=False))
+    optuna.delete_study(study_name=name, storage=study._storage)
+    folders = search_folders(runs_dir, name)
+    size = sum(f.stat().st_size for folder in folders for f in folder.rglob("*") if f.is_file())
+    for folder in folders:
+        shutil.rmtree(folder)
+    return Deleted(trials, experiment, folders, size)
+
+
+def _delete_experiment(uri: str, name: str) -> str | None:
+    """Move the search's experiment out of the way of a new search of the same name, and delete it. An experiment
+    of that name that no search made (no ``SEARCH_TAG``) is someone else's: refused."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return None
+    if SEARCH_TAG not in exp.tags:
+        raise ConfigError(f"The MLflow experiment {name!r} at {shown_url(uri)} was not made by an edgesearch search; "
+                          "delete it in MLflow if it should go, or pass --no-mlflow; nothing was deleted.")
+    moved = f"{name}.deleted-{time.strftime('%Y%m%d-%H%M%S')}"
+    client.rename_experiment(exp.experiment_id, moved)
+    client.delete_experiment(exp.experiment_id)
+    return moved

@@ -1,0 +1,78 @@
+"""Deleting a search frees its name: its trials, its MLflow experiment and its own files go; shared caches stay."""
+
+import time
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from search.cli import main
+from search.spec import SearchSpace, SearchSpec
+from search.study import DRIVER_ATTR, default_storage, load_study
+from search.tracking import default_tracking_uri
+from search.workers import run_search
+from tests.search.conftest import TINY
+
+ONE = SearchSpace(precision=("fp32",), width=(0.25, 0.25), sparsity=(0.0, 0.0))
+
+
+def _search(runs, name="again"):
+    spec = SearchSpec(name=name, trials=1, workers=1, recipes=False, budget=TINY, space=ONE, latency_budget_ms=100.0)
+    return run_search(spec, runs, storage_url=default_storage(runs), tracking_uri=default_tracking_uri(runs),
+                      report=lambda line: None)
+
+
+def test_a_deleted_search_frees_its_name_and_keeps_what_others_share(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    _search(runs)
+    storage, client = default_storage(runs), MlflowClient(default_tracking_uri(runs))
+    (old_run,) = client.search_runs([client.get_experiment_by_name("again").experiment_id],
+                                    "tags.`edgesearch.trial` = '0'")
+    assert main(["--runs-dir", str(runs), "submit", "--name", "again", "--trials", "1", "--no-mlflow"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    # without --yes: what would go, and nothing goes
+    assert main(["--runs-dir", str(runs), "delete", "again"]) == 2
+    said = capsys.readouterr().err
+    assert "removes its 1 trial(s)" in said and "pass --yes" in said and str(runs / "candidates" / "again") in said
+    assert load_study("again", storage).trials
+    # a running search is refused, wherever its driver runs
+    study = load_study("again", storage)
+    study.set_user_attr(DRIVER_ATTR, {"host": "elsewhere", "pid": 1, "seen": time.time()})
+    assert main(["--runs-dir", str(runs), "delete", "again", "--yes"]) == 2
+    assert "is running (driver process" in capsys.readouterr().err
+    study.set_user_attr(DRIVER_ATTR, None)
+
+    assert main(["--runs-dir", str(runs), "delete", "again", "--yes"]) == 0
+    said = capsys.readouterr().out
+    assert said.startswith("deleted search 'again': 1 trial(s)") and "MiB of its files" in said
+    assert "again" not in [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    assert not (runs / "candidates" / "again").exists() and not (runs / "searches" / "again").exists()
+    assert any((runs / "tuning").iterdir()) or any((runs / "screening").iterdir())  # shared caches stay
+    gone = client.get_run(old_run.info.run_id)  # in MLflow's deleted state, under another name
+    assert client.get_experiment(gone.info.experiment_id).lifecycle_stage == "deleted"
+    assert client.get_experiment(gone.info.experiment_id).name.startswith("again.deleted-")
+
+    # the name starts afresh: a new study and a new experiment, holding only the new search's runs
+    _search(runs)
+    assert len(load_study("again", storage).trials) == 1
+    experiment = client.get_experiment_by_name("again")
+    assert experiment.lifecycle_stage == "active" and experiment.experiment_id != gone.info.experiment_id
+    assert old_run.info.run_id not in {r.info.run_id for r in client.search_runs([experiment.experiment_id])}
+
+
+def test_an_experiment_no_search_made_is_not_deleted(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    storage = default_storage(runs)
+    runs.mkdir(exist_ok=True)  # default_storage may have made it
+    from search.study import create_study
+
+    create_study(SearchSpec(name="mine", trials=1, budget=TINY, space=ONE), storage, resume=False)
+    client = MlflowClient(default_tracking_uri(runs))
+    client.create_experiment("mine")  # a user's own experiment that happens to share the name
+    assert main(["--runs-dir", str(runs), "delete", "mine", "--yes"]) == 2
+    assert "was not made by an edgesearch search" in capsys.readouterr().err
+    assert load_study("mine", storage) and client.get_experiment_by_name("mine").lifecycle_stage == "active"
+    assert main(["--runs-dir", str(runs), "delete", "mine", "--yes", "--no-mlflow"]) == 0
+    with pytest.raises(Exception, match="No search named 'mine'"):
+        load_study("mine", storage)
+    assert client.get_experiment_by_name("mine").lifecycle_stage == "active"
