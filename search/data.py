@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -291,9 +292,14 @@ def load_npz(path: str | Path) -> Dataset:
         )
         return dataclasses.replace(dataset, class_names=class_names, unread_keys=unread)
     except ValueError as exc:  # scikit-learn's split: a class with one training sample, or fewer samples than classes
+        # scikit-learn's split takes ceil(15% of n) samples, which must hold one of each class, as must the rest
+        need = next(n for n in range(2 * num_classes, 10**6)
+                    if num_classes <= math.ceil(VAL_FRACTION * n) <= n - num_classes)
         raise DatasetError(
-            f"{path}: cannot draw the validation split (15% of 'x_train', stratified by class): {exc} Save the "
-            "archive with 'x_val' and 'y_val', or with at least 2 training samples of every class.") from exc
+            f"{path}: cannot draw the validation split ({VAL_FRACTION:.0%} of the training samples, stratified by "
+            f"class): {str(exc).rstrip('.')}. Save the archive with 'x_val' and 'y_val', or with more training "
+            f"samples: at least 2 of every class, and {need} in all for {num_classes} classes (it has "
+            f"{len(arrays['y_train'])}).") from exc
 
 
 def _draw_test_split(path: Path, arrays: dict) -> dict:

@@ -196,6 +196,21 @@ def test_bad_class_names_give_a_clear_error(tmp_path, names, message):
         load_npz(path)
 
 
+def test_too_few_training_samples_for_a_validation_split_say_how_many_would_do(tmp_path):
+    """scikit-learn's split takes ceil(15%) of the samples, one of each class at least: 14 do for 3 classes."""
+    rng = np.random.default_rng(0)
+    for n, labels in ((13, [0] * 5 + [1] * 4 + [2] * 4), (14, [0] * 5 + [1] * 5 + [2] * 4)):
+        path = tmp_path / f"{n}.npz"
+        np.savez(path, x_train=rng.normal(size=(n, 1, 8, 8)).astype(np.float32), y_train=np.array(labels),
+                 x_test=rng.normal(size=(3, 1, 8, 8)).astype(np.float32), y_test=np.arange(3))
+        if n == 13:
+            with pytest.raises(DatasetError, match=r"at least 2 of every class, and 14 in all for 3 classes \(it "
+                                                   r"has 13\)\.$"):
+                load_npz(path)
+        else:
+            assert len(load_npz(path).y_val) == 3
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
