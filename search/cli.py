@@ -830,6 +830,14 @@ def _add_candidate_options(p: argparse.ArgumentParser) -> None:
                    "onnxruntime, timed in turns (each one's latency is printed too) [default: auto]")
 
 
+def _stores(p: argparse.ArgumentParser, tracking: bool = True) -> None:
+    """The options that name a search's stores, said alike by every command that reads one."""
+    p.add_argument("--storage", help="Optuna RDB storage URL [default: sqlite:///RUNS/optuna.db]")
+    if tracking:
+        p.add_argument("--tracking-uri", help="MLflow tracking URI [default: the tracking server the search logged "
+                       "to, else $MLFLOW_TRACKING_URI or sqlite:///RUNS/mlflow.db]")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgesearch",
@@ -936,7 +944,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "[default: $EDGESEARCH_RUNS there, else ~/edgesearch-runs]")
     p.add_argument("--keep-inputs", action="store_true", help="copy a dataset or profile file into the search's "
                    "folder and use the copy (a detached search does this on the cluster)")
-    p.add_argument("--storage", help="Optuna RDB storage URL [default: sqlite:///RUNS/optuna.db]")
+    _stores(p, tracking=False)
     p.add_argument("--tracking-uri", help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or "
                    "sqlite:///RUNS/mlflow.db; on --resume, the tracking server the search logged to]")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
@@ -956,7 +964,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="progress and Pareto front of a search",
                        description="Show a running or finished search: trials, feasible front, best candidate.")
     p.add_argument("name")
-    p.add_argument("--storage", help="Optuna RDB storage URL [default: sqlite:///RUNS/optuna.db]")
+    _stores(p, tracking=False)
     p.add_argument("--tracking-uri", help="MLflow tracking URI, caught up if an outage left runs out [default: "
                    "the tracking server the search logged to, else $MLFLOW_TRACKING_URI or sqlite:///RUNS/mlflow.db]")
     p.add_argument("--no-mlflow", action="store_true", help="do not touch MLflow")
@@ -970,14 +978,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "refresh its front. status does this too when it can reach the store (not for a "
                                    "search run with --no-mlflow), and export before it registers the model.")
     p.add_argument("name")
-    p.add_argument("--storage", help="Optuna RDB storage URL [default: sqlite:///RUNS/optuna.db]")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI [default: the tracking server the search logged "
-                   "to, else $MLFLOW_TRACKING_URI or sqlite:///RUNS/mlflow.db]")
+    _stores(p)
     p.set_defaults(func=cmd_sync)
 
     p = sub.add_parser("list", help="list the stored searches", description="List the searches in the storage, "
                        "or those submitted to a cluster with their newest job's status.")
-    p.add_argument("--storage", help="Optuna RDB storage URL [default: sqlite:///RUNS/optuna.db]")
+    _stores(p, tracking=False)
     p.add_argument("--address", help="list the searches submitted to the cluster at this dashboard URL instead")
     p.set_defaults(func=cmd_list)
 
@@ -996,9 +1002,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "same data) [default: the path the search recorded]")
     p.add_argument("--force", action="store_true", help="allow a --trial that is not on the feasible front")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out directory")
-    p.add_argument("--storage", help="Optuna RDB storage URL [default: sqlite:///RUNS/optuna.db]")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI [default: the tracking server the search logged "
-                   "to, else $MLFLOW_TRACKING_URI or sqlite:///RUNS/mlflow.db]")
+    _stores(p)
     p.add_argument("--no-mlflow", action="store_true", help="do not look up the run nor register the model")
     p.add_argument("--address", help="the dashboard URL (http://HOST:8265) of the cluster a detached search runs "
                    "on; the export runs there and comes back through the search's MLflow tracking server "
@@ -1012,9 +1016,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "exports and registered models stay.")
     p.add_argument("name")
     p.add_argument("--yes", action="store_true", help="delete it (without it, say what would go and delete nothing)")
-    p.add_argument("--storage", help="Optuna RDB storage URL [default: sqlite:///RUNS/optuna.db]")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI [default: the tracking server the search logged "
-                   "to, else $MLFLOW_TRACKING_URI or sqlite:///RUNS/mlflow.db]")
+    _stores(p)
     p.add_argument("--no-mlflow", action="store_true", help="leave its MLflow experiment as it is")
     p.set_defaults(func=cmd_delete)
 
