@@ -1040,6 +1040,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if args.runs_dir.exists() and not args.runs_dir.is_dir():
+        parser.error(f"--runs-dir {args.runs_dir} is a file; it names the folder where searches keep their outputs "
+                     "and stores")
     try:
         return args.func(args)
     except EdgeSearchError as exc:

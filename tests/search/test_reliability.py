@@ -420,6 +420,18 @@ def test_bad_submit_writes_nothing(tmp_path, capsys, argv, message):
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*"))
 
 
+def test_a_runs_dir_that_is_a_file_is_refused_in_one_line(tmp_path, capsys):
+    from search.cli import main
+
+    file = tmp_path / "runs"
+    file.write_text("not a folder")
+    with pytest.raises(SystemExit) as exited:
+        main(["--runs-dir", str(file), "submit", "--name", "x", "--trials", "1"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and f"--runs-dir {file} is a file" in err and "Traceback" not in err
+    assert file.read_text() == "not a folder"
+
+
 def test_list_reads_a_storage_shared_with_other_tools_in_one_pass(tmp_path, capsys, monkeypatch):
     """``list`` on a store shared with other Optuna users: their studies are listed as unknown, ours with their
     budget and state, oldest first (unstarted last), from a single summary query (one per search was quadratic in
