@@ -155,7 +155,7 @@ def check_tracking(uri: str, alternative: str = "", runs_dir: Path | None = None
                 relocate_artifacts(uri, runs_dir)
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        first = re.sub(r"(://[^:/@\s]+:)[^@/\s]+@", r"\1***@", first)  # MLflow's message repeats the URL
+        first = re.sub(r"(://[^:/@\s]+:)[^@/\s]+@", r"\1***@", first).rstrip(".")  # MLflow repeats the URL
         raise ConfigError(f"Cannot reach the MLflow tracking store at {shown_url(uri)}: {first}. Start the server or "
                           f"pass another --tracking-uri{alternative}; nothing was run.") from exc
 
