@@ -100,7 +100,7 @@ def calibrate_host(profile: TargetProfile, runs_dir: Path, candidates: int = 12,
                       sparsity=float(rng.choice([0.0, 0.5])), pruning=str(rng.choice(["unstructured", "structured"])),
                       budget=budget, seed=seed)
         # the emulators model TVM builds: fitted to TVM's times, not to whichever runtime is faster
-        r = evaluate_candidate(c, dataset, profile, Paths(Path(runs_dir), "_calibration"), threads=1, runtime="tvm")
+        r = evaluate_candidate(c, dataset, profile, Paths(Path(runs_dir)), threads=1, runtime="tvm")
         samples.append(Sample(op_costs(r.artifacts["onnx"]), c.precision, r.value("latency_ms_median") * 1e-3))
         progress(f"[{i + 1}/{candidates}] {c.key()}: {r.value('latency_ms_median'):.4f} ms measured")
     order = rng.permutation(len(samples))

@@ -30,10 +30,9 @@ class Deleted:
 
 
 def search_folders(runs_dir: Path, name: str) -> list[Path]:
-    """The folders of ``runs_dir`` that hold only this search's files: its candidates, and its spec, kept inputs
-    and job record."""
-    return [folder for folder in (Path(runs_dir) / "candidates" / name, Path(runs_dir) / "searches" / name)
-            if folder.is_dir()]
+    """The folder of ``runs_dir`` that holds only this search's files: its candidates, spec, kept inputs and job
+    record (a runs folder from before searches kept their candidates there has them in candidates/, shared)."""
+    return [folder for folder in (Path(runs_dir) / "searches" / name,) if folder.is_dir()]
 
 
 def delete_search(name: str, storage_url: str, runs_dir: Path, tracking_uri: str | None) -> Deleted:

@@ -48,13 +48,13 @@ class Paths:
     """Where a pipeline run reads caches from and writes artifacts to."""
 
     root: Path  # usually runs/
-    # whose candidate folders these are: a search's name, or (names a search cannot take) "_evaluate" for
-    # ``edgesearch evaluate`` and "_calibration"; each search writes only under its own
-    owner: str = "_evaluate"
+    # whose candidates these are: a search's (under its own folder, searches/NAME/, with its spec and kept inputs),
+    # or None for one-off evaluations (``edgesearch evaluate``, calibration runs), under evaluate/
+    search: str | None = None
 
     @property
     def candidates(self) -> Path:
-        return self.root / "candidates"
+        return self.root / "searches" / self.search / "candidates" if self.search else self.root / "evaluate"
 
     @property
     def teachers(self) -> Path:
@@ -71,7 +71,7 @@ class Paths:
         digest = hashlib.sha256(json.dumps({"budget": made_by, "data": dataset.fingerprint,
                                             "target": profile.tvm_target, "runtime": profile.runtime},
                                            sort_keys=True).encode()).hexdigest()[:8]
-        return self.candidates / self.owner / dataset.name / profile.name / f"{candidate.key()}-{digest}"
+        return self.candidates / dataset.name / profile.name / f"{candidate.key()}-{digest}"
 
     @property
     def tuning(self) -> Path:

@@ -33,7 +33,7 @@ def test_a_deleted_search_frees_its_name_and_keeps_what_others_share(tmp_path, c
     # without --yes: what would go, and nothing goes
     assert main(["--runs-dir", str(runs), "delete", "again"]) == 2
     said = capsys.readouterr().err
-    assert "removes its 1 trial(s)" in said and "pass --yes" in said and str(runs / "candidates" / "again") in said
+    assert "removes its 1 trial(s)" in said and "pass --yes" in said and str(runs / "searches" / "again") in said
     assert load_study("again", storage).trials
     # a running search is refused, wherever its driver runs
     study = load_study("again", storage)
@@ -46,7 +46,7 @@ def test_a_deleted_search_frees_its_name_and_keeps_what_others_share(tmp_path, c
     said = capsys.readouterr().out
     assert said.startswith("deleted search 'again': 1 trial(s)") and "MiB of its files" in said
     assert "again" not in [s.study_name for s in optuna.get_all_study_summaries(storage)]
-    assert not (runs / "candidates" / "again").exists() and not (runs / "searches" / "again").exists()
+    assert not (runs / "searches" / "again").exists()
     assert any((runs / "tuning").iterdir()) or any((runs / "screening").iterdir())  # shared caches stay
     gone = client.get_run(old_run.info.run_id)  # in MLflow's deleted state, under another name
     assert client.get_experiment(gone.info.experiment_id).lifecycle_stage == "deleted"

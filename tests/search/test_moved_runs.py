@@ -46,7 +46,7 @@ def test_an_export_reads_the_moved_folder_and_writes_nothing_where_it_was(moved,
     assert spec.dataset == str(runs.resolve() / "searches" / "moved" / "inputs" / "data.npz")
     trial = next(t for t in study.trials if t.state.name == "COMPLETE")
     assert trial_artifact(trial, "onnx", runs).is_file()
-    assert trial_artifact(trial, "onnx", runs).is_relative_to(runs.resolve() / "candidates" / "moved")  # its own
+    assert trial_artifact(trial, "onnx", runs).is_relative_to(runs.resolve() / "searches" / "moved")  # its own
     assert not trial_artifact(trial, "onnx").exists()  # as recorded: the folder it was made in
     # listed there with what it found: the best within budget, its p90 latency and that the latency was measured
     assert main(["--runs-dir", str(runs), "list"]) == 0

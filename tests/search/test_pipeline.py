@@ -26,7 +26,7 @@ def test_evaluate_candidate_measures_the_compiled_artifact(digits, host, tiny_bu
     assert m["size_bytes"].value > 0 and m["library_bytes"].value > 0
     assert r.info["provenance"] == "measured" and r.target == "host"
     folder = Paths(shared_runs).candidate(c, digits, host)
-    assert folder.parent == shared_runs / "candidates" / "_evaluate" / "digits" / "host"
+    assert folder.parent == shared_runs / "evaluate" / "digits" / "host"
     assert folder.name.startswith(c.key())
     assert r.artifacts["onnx"] == str(folder / "model.onnx")
     saved = CandidateResult.from_dict(json.loads((folder / "result.json").read_text()))
@@ -37,8 +37,8 @@ def test_evaluate_candidate_measures_the_compiled_artifact(digits, host, tiny_bu
     # and so do the same knobs in two searches: a later search (after an upgrade, say) cannot rewrite the files an
     # earlier one's trials recorded and its exports copy
     mine, theirs = (Paths(shared_runs, name).candidate(c, digits, host) for name in ("mine", "theirs"))
-    assert mine.relative_to(shared_runs / "candidates" / "mine") == theirs.relative_to(
-        shared_runs / "candidates" / "theirs") == folder.relative_to(shared_runs / "candidates" / "_evaluate")
+    assert mine.relative_to(shared_runs / "searches" / "mine" / "candidates") == theirs.relative_to(
+        shared_runs / "searches" / "theirs" / "candidates") == folder.relative_to(shared_runs / "evaluate")
 
 
 def test_cli_evaluate_json(shared_runs, capsys):

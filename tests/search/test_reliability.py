@@ -312,10 +312,10 @@ def test_concurrent_searches_are_isolated_and_a_duplicate_name_is_refused(tmp_pa
         study = load_study(name, storage)
         assert len(study.trials) == 2 and all(t.state.name == "COMPLETE" for t in study.trials)
         made[name] = {Path(t.user_attrs["artifacts"]["onnx"]).parent for t in study.trials}
-        assert all(folder.is_relative_to(tmp_path / "candidates" / name) for folder in made[name])
+        assert all(folder.is_relative_to(tmp_path / "searches" / name / "candidates") for folder in made[name])
     # the same recipes in both: each search keeps its own files, which the other cannot rewrite
-    assert {f.relative_to(tmp_path / "candidates" / "alpha") for f in made["alpha"]} & \
-        {f.relative_to(tmp_path / "candidates" / "beta") for f in made["beta"]}
+    assert {f.relative_to(tmp_path / "searches" / "alpha") for f in made["alpha"]} & \
+        {f.relative_to(tmp_path / "searches" / "beta") for f in made["beta"]}
 
 
 _FIELD_NAMES = sorted({f.name for cls in (SearchSpec, SearchSpace, Budget) for f in dataclasses.fields(cls)})

@@ -42,7 +42,7 @@ def test_a_screened_out_candidate_never_trains(tmp_path, training_calls):
     out = run_candidate(dataclasses.asdict(wide), "digits", "host", str(tmp_path), 1, screen_budget_ms=100.0,
                         search="s")
     assert out["screening"]["fits"] and out["result"]["stage_seconds"]["screen"] > 0
-    assert Path(out["result"]["artifacts"]["onnx"]).is_relative_to(tmp_path / "candidates" / "s")  # its search's
+    assert Path(out["result"]["artifacts"]["onnx"]).is_relative_to(tmp_path / "searches" / "s")  # its search's
     assert len(training_calls) >= 2  # the spy sees real training: training plus pruning fine-tuning
 
 
