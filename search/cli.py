@@ -687,24 +687,22 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    from search.delete import delete_search, search_folders
+    from search.delete import delete_search, search_folder
     from search.errors import ConfigError
     from search.study import load_study, shown_url
 
     storage = _storage_url(args)
+    study = load_study(args.name, storage)  # a search that does not exist is said first
     if not args.yes:
-        study = load_study(args.name, storage)  # a search that does not exist is said first
-        folders = ", ".join(str(f) for f in search_folders(args.runs_dir, args.name)) or "none"
+        folder = search_folder(args.runs_dir, args.name)
         raise ConfigError(f"Deleting search {args.name!r} removes its {len(study.trials)} trial(s) from "
-                          f"{shown_url(storage)}, its MLflow experiment and its folders ({folders}); nothing was "
-                          "deleted: pass --yes to delete it.")
-    tracking = None if args.no_mlflow else _tracking_uri(args, load_study(args.name, storage))
-    deleted = delete_search(args.name, storage, args.runs_dir, tracking)
+                          f"{shown_url(storage)}, its MLflow experiment and its folder "
+                          f"({folder if folder.is_dir() else 'none'}); nothing was deleted: pass --yes to delete it.")
+    deleted = delete_search(study, args.runs_dir, None if args.no_mlflow else _tracking_uri(args, study))
     print(f"deleted search {args.name!r}: {deleted.trials} trial(s) from {shown_url(storage)}"
           + (f"; its MLflow experiment, renamed {deleted.experiment!r} and deleted (MLflow keeps a deleted "
              "experiment until 'mlflow gc' removes it)" if deleted.experiment else "")
-          + (f"; {deleted.file_bytes / 2**20:.1f} MiB of its files ({', '.join(map(str, deleted.folders))})"
-             if deleted.folders else "")
+          + (f"; {deleted.file_bytes / 2**20:.1f} MiB of its files ({deleted.folder})" if deleted.folder else "")
           + ". Kept: what other searches share (teachers, tuning records, screenings), exports and registered "
             "models.")
     return 0

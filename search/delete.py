@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 
 from search.errors import ConfigError
-from search.study import live_driver, load_study, shown_url
+from search.study import live_driver, shown_url
 from search.tracking import SEARCH_TAG, TRACKED_ATTR, check_tracking
 
 
@@ -25,21 +25,21 @@ class Deleted:
 
     trials: int
     experiment: str | None = None  # the name the MLflow experiment was moved to, in MLflow's deleted state
-    folders: list[Path] = field(default_factory=list)
+    folder: Path | None = None
     file_bytes: int = 0
 
 
-def search_folders(runs_dir: Path, name: str) -> list[Path]:
+def search_folder(runs_dir: Path, name: str) -> Path:
     """The folder of ``runs_dir`` that holds only this search's files: its candidates, spec, kept inputs and job
     record (a runs folder from before searches kept their candidates there has them in candidates/, shared)."""
-    return [folder for folder in (Path(runs_dir) / "searches" / name,) if folder.is_dir()]
+    return Path(runs_dir) / "searches" / name
 
 
-def delete_search(name: str, storage_url: str, runs_dir: Path, tracking_uri: str | None) -> Deleted:
-    """Delete search ``name``: its MLflow experiment first (renamed so that the name is free again, then deleted as
-    MLflow deletes, which ``mlflow gc`` makes final), then its study, then its folders. A search whose driver runs is
-    refused, and an unreachable tracking store stops it before anything is deleted."""
-    study = load_study(name, storage_url)
+def delete_search(study: optuna.Study, runs_dir: Path, tracking_uri: str | None) -> Deleted:
+    """Delete the search of ``study``: its MLflow experiment first (renamed so that the name is free again, then
+    deleted as MLflow deletes, which ``mlflow gc`` makes final), then its study, then its folder. A search whose
+    driver runs is refused, and an unreachable tracking store stops it before anything is deleted."""
+    name = study.study_name
     if mark := live_driver(study):
         raise ConfigError(f"Search {name!r} is running (driver process {mark['pid']} on {mark['host']}); stop it "
                           "(Ctrl-C in its terminal, or edgesearch stop for a detached search) before deleting it; "
@@ -51,11 +51,12 @@ def delete_search(name: str, storage_url: str, runs_dir: Path, tracking_uri: str
         experiment = _delete_experiment(tracking_uri, name)
     trials = len(study.get_trials(deepcopy=False))
     optuna.delete_study(study_name=name, storage=study._storage)
-    folders = search_folders(runs_dir, name)
-    size = sum(f.stat().st_size for folder in folders for f in folder.rglob("*") if f.is_file())
-    for folder in folders:
-        shutil.rmtree(folder)
-    return Deleted(trials, experiment, folders, size)
+    folder = search_folder(runs_dir, name)
+    if not folder.is_dir():
+        return Deleted(trials, experiment)
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    shutil.rmtree(folder)
+    return Deleted(trials, experiment, folder, size)
 
 
 def _delete_experiment(uri: str, name: str) -> str | None:

@@ -286,8 +286,8 @@ def export_search(
     if not onnx_src.is_file():
         raise ConfigError(f"The measured ONNX of trial {row.number} is gone ({onnx_src}, and not under "
                           f"{Path(runs_dir).resolve()}/ either); re-run the search.")
-    searched = load_profile(spec.target)
-    profile = load_profile(target) if target else searched
+    searched_on = load_profile(spec.target)
+    profile = load_profile(target) if target else searched_on
     precision = row.knobs["precision"]
     missing = profile.unsupported_reason(precision)
     if missing:  # before anything is written: nothing to clean up
@@ -305,14 +305,15 @@ def export_search(
 
         onnx_path = out / "model.onnx"
         shutil.copyfile(onnx_src, onnx_path)  # the exact graph that was measured
-        same_target = same_profile(profile, searched)  # a profile file read from where it is now counts as one
-        searched_runtime = searched.runtime
+        same_target = same_profile(profile, searched_on)  # a profile file read from where it is now counts as one
+        searched_runtime = searched_on.runtime
         if "tflite-micro" in (profile.runtime, searched_runtime):
             if not same_target:
-                raise ConfigError(f"Search {search!r} ran on {searched.name} ({searched_runtime}); {profile.name} "
+                raise ConfigError(f"Search {search!r} ran on {searched_on.name} ({searched_runtime}); {profile.name} "
                                   f"runs {profile.runtime}. A TFLite Micro export ships the .tflite its search "
                                   f"measured: search on {profile.name} itself, then export.")
-            card = {**_card_head(search, study, spec, row, trial, reason, profile, tracking_uri, dataset),
+            card = {**_card_head(search, study, spec, row, trial, reason, profile, searched_on, tracking_uri,
+                                 dataset),
                     **_ship_tflm(trial, row, out, dataset, profile, runs_dir)}
             stored = _stored_bytes([out / "model.tflite"], copies=False)  # flashed as is: a copy would save nothing
             card["metrics"].update(stored["metrics"])
@@ -381,7 +382,7 @@ def export_search(
             raise _not_reproduced("The exported model", [("test accuracy in onnxruntime", got_ort, recorded_ort),
                                                          ("test accuracy in TVM", got_tvm, recorded_tvm)])
 
-        card = _card_head(search, study, spec, row, trial, reason, profile, tracking_uri, dataset,
+        card = _card_head(search, study, spec, row, trial, reason, profile, searched_on, tracking_uri, dataset,
                           searched=("latency_ms_median", "latency_ms_p90", "energy_mj") if same_target else ())
         stored = _stored_bytes([onnx_path, library], copies=True)
         card["metrics"].update({**remeasured, **stored["metrics"]})
@@ -422,10 +423,9 @@ def _stored_bytes(model_files: list[Path], copies: bool) -> dict:
     return {"metrics": metrics, "gzip_copies": written}
 
 
-def _card_head(search, study, spec, row, trial, reason, profile, tracking_uri, dataset,
+def _card_head(search, study, spec, row, trial, reason, profile, searched_on, tracking_uri, dataset,
                searched=("latency_ms_median", "latency_ms_p90", "energy_mj")) -> dict:
     """What every model card says: which candidate, why, from which search, its knobs and its recorded figures."""
-    from hardware_targets import load_profile
     from hardware_targets.host import host_cpu
     from search.pipeline import versions
 
@@ -445,7 +445,7 @@ def _card_head(search, study, spec, row, trial, reason, profile, tracking_uri, d
         # its splits as the search read them, and which were drawn here rather than given by the data
         "dataset_splits": dataset.summary(),
         **({"class_names": list(dataset.class_names)} if dataset.class_names else {}),
-        "target_profile": profile.name, "measured_on": load_profile(spec.target).name,
+        "target_profile": profile.name, "measured_on": searched_on.name,
         # the CPU the search's host figures (accuracy always, latency for host targets) were measured on, and this one
         "measured_on_cpu": trial.user_attrs.get("host_cpu"), "exported_on_cpu": host_cpu().summary(),
         "knobs": row.knobs,
