@@ -458,9 +458,9 @@ def _keep_inputs(spec, runs_dir: Path):
     import dataclasses
     import shutil
 
-    from search.spec import input_files
+    from search.spec import input_files, search_folder
 
-    folder = Path(runs_dir).resolve() / "searches" / spec.name / "inputs"
+    folder = search_folder(Path(runs_dir).resolve(), spec.name) / "inputs"
     kept = {}
     for field, path in input_files(spec).items():
         if path.is_file():
@@ -560,7 +560,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def _write_spec(runs_dir: Path, spec) -> None:
-    folder = Path(runs_dir) / "searches" / spec.name
+    from search.spec import search_folder
+
+    folder = search_folder(runs_dir, spec.name)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "spec.json").write_text(json.dumps(spec.to_dict(), indent=2))
 
@@ -687,8 +689,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    from search.delete import delete_search, search_folder
+    from search.delete import delete_search
     from search.errors import ConfigError
+    from search.spec import search_folder
     from search.study import load_study, shown_url
 
     storage = _storage_url(args)

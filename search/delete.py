@@ -15,6 +15,7 @@ from pathlib import Path
 import optuna
 
 from search.errors import ConfigError
+from search.spec import search_folder
 from search.study import live_driver, shown_url
 from search.tracking import SEARCH_TAG, TRACKED_ATTR, check_tracking
 
@@ -27,12 +28,6 @@ class Deleted:
     experiment: str | None = None  # the name the MLflow experiment was moved to, in MLflow's deleted state
     folder: Path | None = None
     file_bytes: int = 0
-
-
-def search_folder(runs_dir: Path, name: str) -> Path:
-    """The folder of ``runs_dir`` that holds only this search's files: its candidates, spec, kept inputs and job
-    record (a runs folder from before searches kept their candidates there has them in candidates/, shared)."""
-    return Path(runs_dir) / "searches" / name
 
 
 def delete_search(study: optuna.Study, runs_dir: Path, tracking_uri: str | None) -> Deleted:

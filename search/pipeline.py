@@ -36,6 +36,7 @@ from search.candidate import Candidate, CandidateResult
 from search.data import Dataset
 from search.errors import ConfigError
 from search.models import TEACHER_WIDTH, build_model, count_parameters
+from search.spec import search_folder
 from search.stages.compress import prune_model, quantization_aware_finetune
 from search.stages.export import export_onnx, input_dtype, ort_session
 from search.stages.train import fit, load_teacher, teacher_path, train_teacher
@@ -54,7 +55,7 @@ class Paths:
 
     @property
     def candidates(self) -> Path:
-        return self.root / "searches" / self.search / "candidates" if self.search else self.root / "evaluate"
+        return search_folder(self.root, self.search) / "candidates" if self.search else self.root / "evaluate"
 
     @property
     def teachers(self) -> Path:

@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 
 from search.errors import ConfigError, EdgeSearchError, SearchNotFoundError
-from search.spec import SearchSpec, input_files
+from search.spec import SearchSpec, input_files, search_folder
 
 # the shell on the cluster expands this: the nodes' $EDGESEARCH_RUNS, else a folder in the job user's home
 CLUSTER_RUNS = "${EDGESEARCH_RUNS:-$HOME/edgesearch-runs}"
@@ -32,7 +32,7 @@ _RAY_LINE = re.compile(r"Running entrypoint for job |\d{4}-\d\d-\d\d \d\d:\d\d:\
 
 
 def _job_file(runs_dir: Path, name: str) -> Path:
-    return Path(runs_dir) / "searches" / name / "job.json"
+    return search_folder(runs_dir, name) / "job.json"
 
 
 def _client(address: str):

@@ -188,6 +188,12 @@ class SearchSpec:
             raise ConfigError(f"Invalid search spec: {exc}.") from exc
 
 
+def search_folder(runs_dir: str | Path, name: str) -> Path:
+    """The folder of a runs folder that holds one search's own files: its spec, inputs kept with it, a detached job's
+    record and its candidates (runs folders from before 2026-12-06 hold these in candidates/, shared)."""
+    return Path(runs_dir) / "searches" / name
+
+
 def load_spec_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML or TOML spec file into a plain dict (validated by ``SearchSpec.from_dict``)."""
     path = Path(path)
