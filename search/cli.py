@@ -515,16 +515,15 @@ def _cluster(args: argparse.Namespace, name: str, needed: bool = False) -> str |
 
 def _stored_here(args: argparse.Namespace, name: str) -> bool:
     """Whether search ``name`` is in this machine's default store (a local search, not a detached one)."""
-    import optuna
-
     if not (Path(args.runs_dir) / "optuna.db").is_file():
         return False
-    from search.study import default_storage
+    from search.study import default_storage, load_study
 
     try:
-        return name in {s.study_name for s in optuna.get_all_study_summaries(default_storage(args.runs_dir))}
-    except Exception:  # a store this version cannot read: say what was said before
+        load_study(name, default_storage(args.runs_dir))
+    except Exception:  # not there, or a store this version cannot read: say what was said before
         return False
+    return True
 
 
 def _tracking_uri(args: argparse.Namespace, study=None) -> str:
