@@ -8,7 +8,6 @@ screenings (caches keyed by what made them), and exported folders and registered
 from __future__ import annotations
 
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import optuna
 from search.errors import ConfigError
 from search.spec import search_folder
 from search.study import live_driver, shown_url
-from search.tracking import SEARCH_TAG, TRACKED_ATTR, check_tracking
+from search.tracking import SEARCH_TAG, TRACKED_ATTR, check_tracking, set_aside
 
 
 @dataclass
@@ -66,7 +65,4 @@ def _delete_experiment(uri: str, name: str) -> str | None:
     if SEARCH_TAG not in exp.tags:
         raise ConfigError(f"The MLflow experiment {name!r} at {shown_url(uri)} was not made by an edgesearch search; "
                           "delete it in MLflow if it should go, or pass --no-mlflow; nothing was deleted.")
-    moved = f"{name}.deleted-{time.strftime('%Y%m%d-%H%M%S')}"
-    client.rename_experiment(exp.experiment_id, moved)
-    client.delete_experiment(exp.experiment_id)
-    return moved
+    return set_aside(client, exp)

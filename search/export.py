@@ -169,7 +169,7 @@ def _mlflow_run_id(tracking_uri: str | None, search: str, trial: int) -> str | N
 
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(search)
-    if exp is None:
+    if exp is None or exp.lifecycle_stage == "deleted":  # deleted in MLflow: the card is not logged to its runs
         return None
     runs = client.search_runs([exp.experiment_id], f"tags.`edgesearch.trial` = '{trial}'", max_results=1)
     return runs[0].info.run_id if runs else None

@@ -92,9 +92,16 @@ def artifact_root(runs_dir: Path) -> str:
     return (Path(runs_dir).resolve() / "mlartifacts").as_uri()
 
 
-def experiment_id(client, uri: str, runs_dir: Path, name: str, tags: dict[str, str]) -> str:
-    """The experiment ``name``, created if new; a local store keeps its artifacts under ``artifact_root``."""
+def experiment_id(client, uri: str, runs_dir: Path, name: str, tags: dict[str, str], resumed: bool = False) -> str:
+    """The experiment ``name``, created if new; a local store keeps its artifacts under ``artifact_root``. One of
+    that name deleted in MLflow is set aside for a new search, and named for a resumed one to restore."""
     exp = client.get_experiment_by_name(name)
+    if exp is not None and exp.lifecycle_stage == "deleted":
+        if resumed:
+            raise ConfigError(deleted_experiment(exp, uri, "to log the rest of the search beside its runs, or pass "
+                                                 "--no-mlflow; the search's trials are kept in its study."))
+        set_aside(client, exp)
+        exp = None
     if exp is not None:
         if exp.tags.get(VIEW_TAG) != review_view_state():
             client.set_experiment_tag(exp.experiment_id, VIEW_TAG, review_view_state())
@@ -102,6 +109,25 @@ def experiment_id(client, uri: str, runs_dir: Path, name: str, tags: dict[str, s
     location = {"artifact_location": f"{artifact_root(runs_dir)}/{name}"} if uri.startswith("sqlite:") else {}
     return client.create_experiment(name, tags={"mlflow.experimentKind": "custom_model_development",
                                                 VIEW_TAG: review_view_state(), **tags}, **location)
+
+
+def deleted_experiment(exp, uri: str, why: str) -> str:
+    """That a search's experiment was deleted in MLflow (the UI's delete), and how to restore it for ``why``."""
+    return (f"The MLflow experiment {exp.name!r} at {shown_url(uri)} was deleted in MLflow: restore it "
+            f"('MLFLOW_TRACKING_URI={shown_url(uri)} mlflow experiments restore -x {exp.experiment_id}') {why}")
+
+
+def set_aside(client, exp) -> str:
+    """Rename an experiment out of the way of a new one of its name, and leave it deleted (``mlflow gc`` removes it
+    for good); returns its new name. MLflow renames active experiments only."""
+    moved = f"{exp.name}.deleted-{time.strftime('%Y%m%d-%H%M%S')}"
+    while client.get_experiment_by_name(moved) is not None:  # set aside twice in one second
+        moved += "+"
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    client.rename_experiment(exp.experiment_id, moved)
+    client.delete_experiment(exp.experiment_id)
+    return moved
 
 
 def relocate_artifacts(uri: str, runs_dir: Path) -> None:
@@ -179,7 +205,8 @@ class SearchTracker:
         self._plotted_at = float("-inf")
 
     def _experiment(self, runs_dir: Path) -> str:
-        return experiment_id(self.client, self.uri, runs_dir, self.spec.name, {SEARCH_TAG: "true"})
+        return experiment_id(self.client, self.uri, runs_dir, self.spec.name, {SEARCH_TAG: "true"},
+                             resumed=PARENT_ATTR in self.study.user_attrs)
 
     def _parent_run(self) -> str:
         run_id = self.study.user_attrs.get(PARENT_ATTR)

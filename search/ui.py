@@ -79,7 +79,8 @@ def landing_paths(tracking_uri: str, search: str | None) -> list[tuple[str, str]
     from mlflow.tracking import MlflowClient
 
     from search.study import shown_url
-    from search.tracking import SEARCH_TAG, SUMMARY_FILE, VIEW_KEY, VIEW_TAG, review_view_state
+    from search.tracking import (SEARCH_TAG, SUMMARY_FILE, VIEW_KEY, VIEW_TAG, deleted_experiment,
+                                 review_view_state)
 
     client = MlflowClient(tracking_uri)
     if search:
@@ -87,6 +88,9 @@ def landing_paths(tracking_uri: str, search: str | None) -> list[tuple[str, str]
         if exp is None:
             raise ConfigError(f"No search named {search!r} in {shown_url(tracking_uri)}; 'edgesearch list' shows "
                               "them.")
+        if exp.lifecycle_stage == "deleted":
+            raise ConfigError(deleted_experiment(exp, tracking_uri, f"to review it there; 'edgesearch status "
+                                                 f"{search}' shows the search from its study."))
     else:
         found = client.search_experiments(filter_string=f"tags.`{SEARCH_TAG}` = 'true'",
                                           order_by=["creation_time DESC"], max_results=1)

@@ -76,3 +76,33 @@ def test_an_experiment_no_search_made_is_not_deleted(tmp_path, capsys):
     with pytest.raises(Exception, match="No search named 'mine'"):
         load_study("mine", storage)
     assert client.get_experiment_by_name("mine").lifecycle_stage == "active"
+
+
+def test_an_experiment_deleted_in_mlflow_is_named_for_a_resume_and_set_aside_for_a_new_search(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    _search(runs, "gone")
+    storage, client = default_storage(runs), MlflowClient(default_tracking_uri(runs))
+    first = client.get_experiment_by_name("gone").experiment_id
+    client.delete_experiment(first)  # the UI's delete
+
+    # resuming, or reviewing it: told how to restore it, and nothing runs
+    assert main(["--runs-dir", str(runs), "submit", "--name", "gone", "--resume", "--trials", "2"]) == 2
+    said = capsys.readouterr().err
+    assert f"mlflow experiments restore -x {first}" in said and "--no-mlflow" in said
+    assert len(load_study("gone", storage).trials) == 1
+    assert main(["--runs-dir", str(runs), "ui", "gone", "--port", "0"]) == 2
+    assert "was deleted in MLflow" in capsys.readouterr().err
+
+    # the study deleted alone: a new search of the name sets the deleted experiment aside, still deleted
+    assert main(["--runs-dir", str(runs), "delete", "gone", "--yes", "--no-mlflow"]) == 0
+    _search(runs, "gone")
+    old = client.get_experiment(first)
+    assert old.lifecycle_stage == "deleted" and old.name.startswith("gone.deleted-")
+    second = client.get_experiment_by_name("gone")
+    assert second.lifecycle_stage == "active" and second.experiment_id != first
+
+    # deleting a search whose experiment the UI deleted frees the name as well
+    client.delete_experiment(second.experiment_id)
+    assert main(["--runs-dir", str(runs), "delete", "gone", "--yes"]) == 0
+    assert client.get_experiment_by_name("gone") is None
+    assert client.get_experiment(second.experiment_id).name.startswith("gone.deleted-")
