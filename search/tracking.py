@@ -215,6 +215,12 @@ class SearchTracker:
                 self.client.update_run(run_id, status="RUNNING")
             except Exception as exc:
                 if "RESOURCE_DOES_NOT_EXIST" not in str(getattr(exc, "error_code", "")):
+                    if self.client.get_run(run_id).info.lifecycle_stage == "deleted":  # in the UI
+                        raise ConfigError(
+                            f"The MLflow run of search {self.spec.name!r} ({run_id} at {shown_url(self.uri)}) was "
+                            f"deleted in MLflow: restore it ('MLFLOW_TRACKING_URI={shown_url(self.uri)} mlflow runs "
+                            f"restore --run-id {run_id}') to log the rest of the search under it, or pass "
+                            "--no-mlflow; the search's trials are kept in its study.") from None
                     raise
                 where = self.study.user_attrs.get(TRACKING_URI_ATTR)
                 raise ConfigError(

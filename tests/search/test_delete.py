@@ -83,7 +83,12 @@ def test_an_experiment_deleted_in_mlflow_is_named_for_a_resume_and_set_aside_for
     _search(runs, "gone")
     storage, client = default_storage(runs), MlflowClient(default_tracking_uri(runs))
     first = client.get_experiment_by_name("gone").experiment_id
-    client.delete_experiment(first)  # the UI's delete
+    (parent,) = client.search_runs([first], "tags.`edgesearch.role` = 'search'")
+    client.delete_run(parent.info.run_id)  # the UI's delete, of the search's run
+    assert main(["--runs-dir", str(runs), "submit", "--name", "gone", "--resume", "--trials", "2"]) == 2
+    assert f"mlflow runs restore --run-id {parent.info.run_id}" in capsys.readouterr().err
+    client.restore_run(parent.info.run_id)
+    client.delete_experiment(first)  # and of its experiment
 
     # resuming, or reviewing it: told how to restore it, and nothing runs
     assert main(["--runs-dir", str(runs), "submit", "--name", "gone", "--resume", "--trials", "2"]) == 2
