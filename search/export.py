@@ -309,9 +309,11 @@ def export_search(
         searched_runtime = searched_on.runtime
         if "tflite-micro" in (profile.runtime, searched_runtime):
             if not same_target:
-                raise ConfigError(f"Search {search!r} ran on {searched_on.name} ({searched_runtime}); {profile.name} "
-                                  f"runs {profile.runtime}. A TFLite Micro export ships the .tflite its search "
-                                  f"measured: search on {profile.name} itself, then export.")
+                runs = (f"{profile.name} runs {profile.runtime}" if profile.runtime != searched_runtime else
+                        f"its latency, memory and energy on {profile.name} were never emulated")
+                raise ConfigError(f"Search {search!r} ran on {searched_on.name} ({searched_runtime}); {runs}. A "
+                                  f"TFLite Micro export ships the .tflite and the figures its search measured: "
+                                  f"search on {profile.name} itself, then export.")
             card = {**_card_head(search, study, spec, row, trial, reason, profile, searched_on, tracking_uri,
                                  dataset),
                     **_ship_tflm(trial, row, out, dataset, profile, runs_dir)}

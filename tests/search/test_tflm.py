@@ -86,6 +86,10 @@ def test_the_export_is_something_a_board_can_flash(m4_search, digits, tmp_path, 
     if outcome.best is None:
         pytest.fail("the cortex-m4 search found no feasible candidate to export")
     out = tmp_path / "board"
+    # another Cortex-M board: its figures were never emulated, so nothing is relabelled for it
+    assert main(["--runs-dir", str(runs), "export", "--search", spec.name, "--out", str(out), "--no-mlflow",
+                 "--target", "cortex-m7"]) == 2
+    assert "on cortex-m7 were never emulated" in capsys.readouterr().err and not out.exists()
     # through the command line, as a user exports it
     assert main(["--runs-dir", str(runs), "export", "--search", spec.name, "--out", str(out), "--no-mlflow"]) == 0
     assert "verified: test accuracy in the TFLite Micro interpreter" in capsys.readouterr().out
