@@ -1017,7 +1017,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--yes", action="store_true", help="delete it (without it, say what would go and delete nothing)")
     _stores(p)
-    p.add_argument("--no-mlflow", action="store_true", help="leave its MLflow experiment as it is")
+    p.add_argument("--no-mlflow", action="store_true", help="leave its MLflow experiment as it is (a new search of the name is then refused until that "
+                        "experiment is deleted in MLflow: their runs would mix)")
     p.set_defaults(func=cmd_delete)
 
     p = sub.add_parser("logs", help="logs of a detached search (Ray job)")

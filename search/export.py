@@ -162,8 +162,9 @@ def prepare_dir(out: Path, overwrite: bool) -> Path:
     return out
 
 
-def _mlflow_run_id(tracking_uri: str | None, search: str, trial: int) -> str | None:
-    if not tracking_uri:
+def _mlflow_run_id(tracking_uri: str | None, search: str, trial: int, parent: str | None) -> str | None:
+    """The trial's run under the search's own run: an experiment may hold an older search's runs of that name."""
+    if not tracking_uri or not parent:
         return None
     from mlflow.tracking import MlflowClient
 
@@ -171,7 +172,8 @@ def _mlflow_run_id(tracking_uri: str | None, search: str, trial: int) -> str | N
     exp = client.get_experiment_by_name(search)
     if exp is None or exp.lifecycle_stage == "deleted":  # deleted in MLflow: the card is not logged to its runs
         return None
-    runs = client.search_runs([exp.experiment_id], f"tags.`edgesearch.trial` = '{trial}'", max_results=1)
+    runs = client.search_runs([exp.experiment_id], f"tags.`edgesearch.trial` = '{trial}' and "
+                              f"tags.`mlflow.parentRunId` = '{parent}'", max_results=1)
     return runs[0].info.run_id if runs else None
 
 
@@ -438,10 +440,11 @@ def _card_head(search, study, spec, row, trial, reason, profile, searched_on, tr
     names = ("accuracy", "accuracy_test", "balanced_accuracy", "balanced_accuracy_test", "accuracy_test_onnxruntime",
              *searched, "size_bytes", "flash_bytes",
              "tflite_bytes", "tflm_arena_bytes", "peak_activation_bytes", "ram_bytes")
+    parent = study.user_attrs.get("mlflow_parent_run_id")
     return {
         "search": search, "trial": row.number, "why": reason,
-        "mlflow_run_id": _mlflow_run_id(tracking_uri, search, row.number),
-        "mlflow_search_run_id": study.user_attrs.get("mlflow_parent_run_id"),
+        "mlflow_run_id": _mlflow_run_id(tracking_uri, search, row.number, parent),
+        "mlflow_search_run_id": parent,
         "accuracy_floor": (study.user_attrs.get("accuracy_floor") or {}).get("value"),
         "dataset": spec.dataset,
         # its splits as the search read them, and which were drawn here rather than given by the data

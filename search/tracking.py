@@ -102,6 +102,12 @@ def experiment_id(client, uri: str, runs_dir: Path, name: str, tags: dict[str, s
                                                  "--no-mlflow; the search's trials are kept in its study."))
         set_aside(client, exp)
         exp = None
+    if exp is not None and not resumed and client.search_runs([exp.experiment_id], "tags.`edgesearch.role` = 'search'",
+                                                              max_results=1):
+        raise ConfigError(f"The MLflow experiment {name!r} at {shown_url(uri)} already holds the runs of another "
+                          "search of that name (one in another Optuna store, or one deleted with --no-mlflow), which "
+                          "this search's would mix with: choose another --name, or delete that experiment in MLflow; "
+                          "nothing was run.")
     if exp is not None:
         if exp.tags.get(VIEW_TAG) != review_view_state():
             client.set_experiment_tag(exp.experiment_id, VIEW_TAG, review_view_state())

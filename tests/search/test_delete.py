@@ -59,6 +59,12 @@ def test_a_deleted_search_frees_its_name_and_keeps_what_others_share(tmp_path, c
     assert experiment.lifecycle_stage == "active" and experiment.experiment_id != gone.info.experiment_id
     assert old_run.info.run_id not in {r.info.run_id for r in client.search_runs([experiment.experiment_id])}
 
+    # its experiment left in MLflow, the name is not taken again into it: the two searches' runs would mix
+    assert main(["--runs-dir", str(runs), "delete", "again", "--yes", "--no-mlflow"]) == 0
+    assert main(["--runs-dir", str(runs), "submit", "--name", "again", "--trials", "1"]) == 2
+    assert "already holds the runs of another search of that name" in capsys.readouterr().err
+    assert "again" not in [s.study_name for s in optuna.get_all_study_summaries(storage)]  # nothing was run
+
 
 def test_an_experiment_no_search_made_is_not_deleted(tmp_path, capsys):
     runs = tmp_path / "runs"
