@@ -343,14 +343,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
               f"MLflow's thread logged beside the search for another {t.get('logging_background', 0.0):.1f} s)"
               + (f"; a freed worker waited {1e3 * t['dispatch'] / t['dispatches']:.0f} ms on average for its next "
                  "candidate" if t.get("dispatches") else ""))
+    experiment = outcome.experiment or spec.name
     if tracking and outcome.tracking_incomplete:
-        print(f"MLflow: experiment {spec.name!r} in {shown_url(tracking)} lacks what this search logged while the "
+        print(f"MLflow: experiment {experiment!r} in {shown_url(tracking)} lacks what this search logged while the "
               f"store was unreachable (every trial is in the Optuna storage); once it is back: {_program()} "
               f"--runs-dir {args.runs_dir} sync {spec.name}{_same_stores(args, storage)}")
     elif tracking and not tracking.startswith("sqlite:"):
-        print(f"MLflow: experiment {spec.name!r} on the tracking server {shown_url(tracking)}; review it there")
+        print(f"MLflow: experiment {experiment!r} on the tracking server {shown_url(tracking)}; review it there")
     elif tracking:
-        print(f"MLflow: experiment {spec.name!r} in {shown_url(tracking)}; review it with 'make ui' or "
+        print(f"MLflow: experiment {experiment!r} in {shown_url(tracking)}; review it with 'make ui' or "
               f"'edgesearch ui {spec.name}', which prints the link to its runs")
     if outcome.best is not None:
         print(f"deploy it: {_program()} --runs-dir {args.runs_dir} export --search {spec.name}"
@@ -540,13 +541,15 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from search.tracking import check_tracking, default_tracking_uri
     from search.ui import serve
 
-    uri = args.tracking_uri or default_tracking_uri(args.runs_dir)
-    if args.search and not args.tracking_uri and (Path(args.runs_dir) / "optuna.db").is_file():
+    uri, parent = args.tracking_uri or default_tracking_uri(args.runs_dir), None
+    if args.search and (Path(args.runs_dir) / "optuna.db").is_file():
         from search.study import default_storage, load_study
-        from search.tracking import search_tracking_uri
+        from search.tracking import PARENT_ATTR, search_tracking_uri
 
         with contextlib.suppress(EdgeSearchError):  # not stored here: the UI says so on its page
-            uri = search_tracking_uri(load_study(args.search, default_storage(args.runs_dir)), args.runs_dir)
+            study = load_study(args.search, default_storage(args.runs_dir))
+            uri = args.tracking_uri or search_tracking_uri(study, args.runs_dir)
+            parent = study.user_attrs.get(PARENT_ATTR)
     if not uri.startswith("sqlite:"):
         print(f"the tracking store is a server already: open {shown_url(uri)}")
         return 0
@@ -555,7 +558,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
         print("warning: the UI has no authentication; anyone who reaches this host and port can read and change "
               "your runs", file=sys.stderr)
     check_tracking(uri, runs_dir=args.runs_dir)  # creates the store on first use: the landing page is looked up
-    return serve(uri, args.host, args.port, args.search, say=lambda line: print(line, flush=True))
+    return serve(uri, args.host, args.port, args.search, say=lambda line: print(line, flush=True), parent=parent)
 
 
 def _write_spec(runs_dir: Path, spec) -> None:
@@ -662,7 +665,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"no searches in {shown_url(storage)}")
         return 0
     from objectives.pareto import ACCURACY_METRICS
-    from search.study import best_within_budget, rows, search_state, spent_budget, spent_text, stored_spec
+    from search.study import (SPEC_ATTR, best_within_budget, rows, search_state, spent_budget, spent_text,
+                              stored_spec)
 
     table = []
     for s, study in searches:
@@ -676,7 +680,8 @@ def cmd_list(args: argparse.Namespace) -> int:
                      f"{ACCURACY_METRICS[spec.metric]} {best.quality:.4f}, p90 {best.value('latency_ms_p90'):.4g} ms "
                      f"({best.metrics['latency_ms_p90'][2]})")
         except (EdgeSearchError, KeyError):  # a study of another tool, or a spec this version no longer reads
-            spent, state, target, budget, found = f"{s.n_trials} trials", "unknown", "-", "-", "-"
+            state = "unknown" if SPEC_ATTR in study.user_attrs else "not edgesearch's"
+            spent, target, budget, found = f"{s.n_trials} trials", "-", "-", "-"
         table.append((s.study_name, spent, state, target, budget, started, found))
     # the best within budget by validation accuracy (the metric the search ranks by), its p90 latency and where that
     # comes from; `edgesearch status NAME` shows the whole front
@@ -1017,7 +1022,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--yes", action="store_true", help="delete it (without it, say what would go and delete nothing)")
     _stores(p)
-    p.add_argument("--no-mlflow", action="store_true", help="leave its MLflow experiment as it is (a new search of the name is then refused until that "
+    p.add_argument("--no-mlflow", action="store_true",
+                   help="leave its MLflow experiment as it is (a new search of the name is then refused until that "
                         "experiment is deleted in MLflow: their runs would mix)")
     p.set_defaults(func=cmd_delete)
 

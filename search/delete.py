@@ -16,7 +16,7 @@ import optuna
 from search.errors import ConfigError
 from search.spec import search_folder
 from search.study import live_driver, shown_url
-from search.tracking import SEARCH_TAG, TRACKED_ATTR, check_tracking, set_aside
+from search.tracking import PARENT_ATTR, SEARCH_TAG, TRACKED_ATTR, check_tracking, search_experiment, set_aside
 
 
 @dataclass
@@ -42,7 +42,7 @@ def delete_search(study: optuna.Study, runs_dir: Path, tracking_uri: str | None)
     if tracking_uri and study.user_attrs.get(TRACKED_ATTR, True):
         check_tracking(tracking_uri, " (or --no-mlflow: delete the search and leave its MLflow experiment)",
                        runs_dir)
-        experiment = _delete_experiment(tracking_uri, name)
+        experiment = _delete_experiment(tracking_uri, name, study.user_attrs.get(PARENT_ATTR))
     trials = len(study.get_trials(deepcopy=False))
     optuna.delete_study(study_name=name, storage=study._storage)
     folder = search_folder(runs_dir, name)
@@ -53,13 +53,13 @@ def delete_search(study: optuna.Study, runs_dir: Path, tracking_uri: str | None)
     return Deleted(trials, experiment, folder, size)
 
 
-def _delete_experiment(uri: str, name: str) -> str | None:
+def _delete_experiment(uri: str, name: str, parent: str | None) -> str | None:
     """Move the search's experiment out of the way of a new search of the same name, and delete it. An experiment
     of that name that no search made (no ``SEARCH_TAG``) is someone else's: refused."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(name)
+    exp = search_experiment(client, name, parent)
     if exp is None:
         return None
     if SEARCH_TAG not in exp.tags:

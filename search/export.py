@@ -168,8 +168,10 @@ def _mlflow_run_id(tracking_uri: str | None, search: str, trial: int, parent: st
         return None
     from mlflow.tracking import MlflowClient
 
+    from search.tracking import search_experiment
+
     client = MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(search)
+    exp = search_experiment(client, search, parent)
     if exp is None or exp.lifecycle_stage == "deleted":  # deleted in MLflow: the card is not logged to its runs
         return None
     runs = client.search_runs([exp.experiment_id], f"tags.`edgesearch.trial` = '{trial}' and "

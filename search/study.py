@@ -181,9 +181,13 @@ def _holds(storage: optuna.storages.BaseStorage, name: str) -> bool:
 
 def refuse_existing(name: str, storage_url: str, storage=None) -> None:
     """Refuse a new search under a name the store already holds."""
-    if _holds(storage or _storage(storage_url), name):
-        raise ConfigError(f"A search named {name!r} already exists in {shown_url(storage_url)}; "
-                          "pass --resume to continue it or choose another --name.")
+    storage = storage or _storage(storage_url)
+    if _holds(storage, name):
+        own = SPEC_ATTR in storage.get_study_user_attrs(storage.get_study_id_from_name(name))
+        raise ConfigError(f"A search named {name!r} already exists in {shown_url(storage_url)}; pass --resume to "
+                          "continue it or choose another --name." if own else
+                          f"The Optuna storage {shown_url(storage_url)} holds a study {name!r} of another tool; "
+                          "choose another --name.")
 
 
 def create_study(spec: SearchSpec, storage_url: str, resume: bool) -> optuna.Study:
@@ -224,7 +228,11 @@ def load_study(name: str, storage_url: str) -> optuna.Study:
     if not _holds(storage, name):  # the names are listed only for the error
         known = ", ".join(sorted(s.study_name for s in optuna.get_all_study_summaries(storage))) or "none yet"
         raise SearchNotFoundError(f"No search named {name!r} in {shown_url(storage_url)} (searches: {known}).")
-    return optuna.load_study(study_name=name, storage=storage)
+    study = optuna.load_study(study_name=name, storage=storage)
+    if SPEC_ATTR not in study.user_attrs:  # a shared storage's study of another tool: not read, resumed nor deleted
+        raise SearchNotFoundError(f"The study {name!r} in {shown_url(storage_url)} was not made by edgesearch (it "
+                                  "has no search spec); edgesearch leaves it alone: use Optuna for it.")
+    return study
 
 
 def check_same_data(study: optuna.Study, spec: SearchSpec, data, then: str) -> None:

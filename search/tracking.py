@@ -92,10 +92,26 @@ def artifact_root(runs_dir: Path) -> str:
     return (Path(runs_dir).resolve() / "mlartifacts").as_uri()
 
 
-def experiment_id(client, uri: str, runs_dir: Path, name: str, tags: dict[str, str], resumed: bool = False) -> str:
-    """The experiment ``name``, created if new; a local store keeps its artifacts under ``artifact_root``. One of
-    that name deleted in MLflow is set aside for a new search, and named for a resumed one to restore."""
-    exp = client.get_experiment_by_name(name)
+def search_experiment(client, name: str, parent: str | None):
+    """A search's experiment: that of its own run, which a rename in the UI does not move, else the one named after
+    it (a search not yet logged, or logged to another store); None when there is none."""
+    if parent:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return client.get_experiment(client.get_run(parent).info.experiment_id)
+        except MlflowException as exc:
+            if "RESOURCE_DOES_NOT_EXIST" not in str(exc.error_code):
+                raise
+    return client.get_experiment_by_name(name)
+
+
+def experiment_id(client, uri: str, runs_dir: Path, name: str, tags: dict[str, str], parent: str | None = None) -> str:
+    """The experiment of search ``name`` (whose run is ``parent`` when it has logged before), created if new; a local
+    store keeps its artifacts under ``artifact_root``. One deleted in MLflow is set aside for a new search, and named
+    for a resumed one to restore."""
+    resumed = parent is not None
+    exp = search_experiment(client, name, parent)
     if exp is not None and exp.lifecycle_stage == "deleted":
         if resumed:
             raise ConfigError(deleted_experiment(exp, uri, "to log the rest of the search beside its runs, or pass "
@@ -149,10 +165,11 @@ def relocate_artifacts(uri: str, runs_dir: Path) -> None:
         return
     new_root = artifact_root(runs_dir)
     with contextlib.closing(sqlite3.connect(db)) as con, con:  # closed, and committed on the way out
-        located = con.execute("SELECT e.name, e.artifact_location FROM experiments e JOIN experiment_tags t ON "
+        located = con.execute("SELECT e.artifact_location FROM experiments e JOIN experiment_tags t ON "
                               "t.experiment_id = e.experiment_id WHERE t.key = ?", (SEARCH_TAG,)).fetchall()
-        moved = {location[:-len(name) - 1] for name, location in located
-                 if location.endswith(f"/mlartifacts/{name}") and not location.startswith(f"{new_root}/")}
+        # RUNS/mlartifacts/NAME, with the name the search had when it began (a rename in the UI keeps the folder)
+        moved = {location.rpartition("/mlartifacts/")[0] + "/mlartifacts" for (location,) in located
+                 if "/mlartifacts/" in location and not location.startswith(f"{new_root}/")}
         tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         for old_root in moved:
             for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri"),
@@ -204,6 +221,7 @@ class SearchTracker:
         self.client = MlflowClient(tracking_uri)
         self.runs_dir = Path(runs_dir)
         self.experiment_id = self._experiment(runs_dir)
+        self.experiment_name = self.client.get_experiment(self.experiment_id).name
         self.parent_id = self._parent_run()
         self.children: dict[int, str] = self._existing_children()
         self.on_front: dict[int, bool] = {}
@@ -212,7 +230,7 @@ class SearchTracker:
 
     def _experiment(self, runs_dir: Path) -> str:
         return experiment_id(self.client, self.uri, runs_dir, self.spec.name, {SEARCH_TAG: "true"},
-                             resumed=PARENT_ATTR in self.study.user_attrs)
+                             self.study.user_attrs.get(PARENT_ATTR))
 
     def _parent_run(self) -> str:
         run_id = self.study.user_attrs.get(PARENT_ATTR)

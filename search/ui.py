@@ -72,7 +72,7 @@ def stop_tree(pid: int, grace_s: float = STOP_GRACE_S) -> None:
     psutil.wait_procs(alive, timeout=grace_s)
 
 
-def landing_paths(tracking_uri: str, search: str | None) -> list[tuple[str, str]]:
+def landing_paths(tracking_uri: str, search: str | None, parent: str | None = None) -> list[tuple[str, str]]:
     """What to open, as (label, path): the landing page for the runs of the search's experiment (the newest search
     when none is named) in MLflow's model-training view with the review columns, and for the search's summary
     figure; the experiments list when there is no search yet."""
@@ -80,11 +80,11 @@ def landing_paths(tracking_uri: str, search: str | None) -> list[tuple[str, str]
 
     from search.study import shown_url
     from search.tracking import (SEARCH_TAG, SUMMARY_FILE, VIEW_KEY, VIEW_TAG, deleted_experiment,
-                                 review_view_state)
+                                 review_view_state, search_experiment)
 
     client = MlflowClient(tracking_uri)
     if search:
-        exp = client.get_experiment_by_name(search)
+        exp = search_experiment(client, search, parent)  # its own run's: renamed in the UI, it is still the search's
         if exp is None:
             raise ConfigError(f"No search named {search!r} in {shown_url(tracking_uri)}; 'edgesearch list' shows "
                               "them.")
@@ -107,7 +107,8 @@ def landing_paths(tracking_uri: str, search: str | None) -> list[tuple[str, str]
     return paths
 
 
-def serve(tracking_uri: str, host: str, port: int, search: str | None = None, say=print) -> int:
+def serve(tracking_uri: str, host: str, port: int, search: str | None = None, say=print,
+          parent: str | None = None) -> int:
     """Run the MLflow UI until it exits or a stop signal arrives; returns the server's exit code."""
     owner = port_owner(host, port)
     if owner:
@@ -115,7 +116,7 @@ def serve(tracking_uri: str, host: str, port: int, search: str | None = None, sa
     url = f"http://{host}:{port}"
     from search.study import shown_url
 
-    landing = landing_paths(tracking_uri, search)  # an unknown search is refused before anything is said
+    landing = landing_paths(tracking_uri, search, parent)  # an unknown search is refused before anything is said
     say(f"MLflow UI for {shown_url(tracking_uri)} at {url} (Ctrl-C to stop)")
     for label, path in landing:
         say(f"{label}: {url}{path}")

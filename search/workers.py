@@ -322,6 +322,7 @@ class SearchOutcome:
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     # MLflow was unreachable at the end: some trials or the front are not logged (`edgesearch sync` logs them)
     tracking_incomplete: bool = False
+    experiment: str | None = None  # the search's MLflow experiment, by the name it has now (renamed in the UI, say)
 
 
 # os.environ is one dict for every thread, and its iteration reads each key of a snapshot: a key removed meanwhile
@@ -613,7 +614,7 @@ class _Tracking:
             return
         finally:
             self.timings["logging_background"] += time.perf_counter() - started
-        self.report(f"MLflow: experiment {self.spec.name!r} at {shown_url(self.uri)} "
+        self.report(f"MLflow: experiment {self.tracker.experiment_name!r} at {shown_url(self.uri)} "
                     f"(parent run {self.tracker.parent_id})")
         self._wake.set()  # a resumed search may have trials MLflow is missing
         while True:
@@ -910,7 +911,8 @@ def run_search(
     timings["wall"] = time.perf_counter() - wall_started
     return SearchOutcome(spec.name, storage_url, all_rows, front, best_within_budget(all_rows),
                          front_hypervolume(front, search_bounds(study, spec)), timings,
-                         tracking_incomplete=bool(tracker and tracker.pending))
+                         tracking_incomplete=bool(tracker and tracker.pending),
+                         experiment=tracker.tracker.experiment_name if tracker and tracker.tracker else None)
 
 
 def _prepare(ray, study, spec: SearchSpec, profile, report: Reporter, placement: dict,

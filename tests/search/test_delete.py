@@ -84,7 +84,7 @@ def test_an_experiment_no_search_made_is_not_deleted(tmp_path, capsys):
     assert client.get_experiment_by_name("mine").lifecycle_stage == "active"
 
 
-def test_an_experiment_deleted_in_mlflow_is_named_for_a_resume_and_set_aside_for_a_new_search(tmp_path, capsys):
+def test_what_a_user_does_to_a_search_in_the_mlflow_ui_is_kept_or_named(tmp_path, capsys):
     runs = tmp_path / "runs"
     _search(runs, "gone")
     storage, client = default_storage(runs), MlflowClient(default_tracking_uri(runs))
@@ -112,8 +112,35 @@ def test_an_experiment_deleted_in_mlflow_is_named_for_a_resume_and_set_aside_for
     second = client.get_experiment_by_name("gone")
     assert second.lifecycle_stage == "active" and second.experiment_id != first
 
-    # deleting a search whose experiment the UI deleted frees the name as well
+    # renamed in the UI, it is still the search's: a resume logs there, each trial once
+    client.rename_experiment(second.experiment_id, "gone-kept")
+    assert main(["--runs-dir", str(runs), "submit", "--name", "gone", "--resume", "--trials", "2"]) == 0
+    assert "MLflow: experiment 'gone-kept' in" in capsys.readouterr().out
+    assert client.get_experiment_by_name("gone") is None
+    trials = [r.data.tags.get("edgesearch.trial") for r in client.search_runs([second.experiment_id])]
+    assert sorted(t for t in trials if t) == ["0", "1"]
+
+    # deleting a search whose experiment the UI deleted deletes it as well
     client.delete_experiment(second.experiment_id)
     assert main(["--runs-dir", str(runs), "delete", "gone", "--yes"]) == 0
-    assert client.get_experiment_by_name("gone") is None
-    assert client.get_experiment(second.experiment_id).name.startswith("gone.deleted-")
+    assert client.get_experiment(second.experiment_id).name.startswith("gone-kept.deleted-")
+
+
+def test_a_study_of_another_tool_in_a_shared_storage_is_left_alone(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    storage = default_storage(runs)
+    theirs = optuna.create_study(study_name="theirs", storage=storage)
+    theirs.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+
+    assert main(["--runs-dir", str(runs), "list"]) == 0
+    assert "not edgesearch's" in capsys.readouterr().out
+    for command in (["status", "theirs"], ["export", "--search", "theirs", "--out", str(tmp_path / "x")],
+                    ["delete", "theirs", "--yes"], ["submit", "--name", "theirs", "--resume"], ["sync", "theirs"]):
+        assert main(["--runs-dir", str(runs), *command]) == 2, command
+        err = capsys.readouterr().err
+        assert "'theirs'" in err and "was not made by edgesearch" in err and "Traceback" not in err, command
+    assert main(["--runs-dir", str(runs), "submit", "--name", "theirs", "--trials", "1"]) == 2
+    assert "holds a study 'theirs' of another tool; choose another --name" in capsys.readouterr().err
+    kept = optuna.load_study(study_name="theirs", storage=storage)  # untouched: its trials, and no spec written
+    assert len(kept.trials) == 2 and kept.user_attrs == {}
