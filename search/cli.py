@@ -1050,6 +1050,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs_dir.exists() and not args.runs_dir.is_dir():
         parser.error(f"--runs-dir {args.runs_dir} is a file; it names the folder where searches keep their outputs "
                      "and stores")
+    given = getattr(args, "tracking_uri", None)  # for the commands that log to or read MLflow
+    if (given or (hasattr(args, "tracking_uri") and os.environ.get("MLFLOW_TRACKING_URI"))
+            and not getattr(args, "no_mlflow", False)):
+        from search.tracking import file_store_error
+
+        if error := file_store_error(given or os.environ["MLFLOW_TRACKING_URI"]):
+            parser.error(error if given else f"{error} (from $MLFLOW_TRACKING_URI)")
     try:
         return args.func(args)
     except EdgeSearchError as exc:

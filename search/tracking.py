@@ -180,11 +180,26 @@ def relocate_artifacts(uri: str, runs_dir: Path) -> None:
                                 (new_root, len(old_root) + 1, len(old_root) + 1, f"{old_root}/"))
 
 
+def file_store_error(uri: str) -> str | None:
+    """What is wrong with a tracking URI naming a folder: MLflow 3 refuses its file store (``./mlruns``)."""
+    from urllib.parse import urlsplit
+
+    scheme = urlsplit(uri).scheme
+    if scheme and scheme != "file":
+        return None
+    folder = uri[len("file://"):] if uri.startswith("file://") else uri.removeprefix("file:")
+    db = Path(folder).expanduser().resolve().with_suffix(".db")
+    return (f"The MLflow tracking URI {uri} names a folder (MLflow's file store, which MLflow 3 no longer writes); "
+            f"pass a database, e.g. sqlite:///{db}, or a tracking server's http:// URL.")
+
+
 def check_tracking(uri: str, alternative: str = "", runs_dir: Path | None = None) -> None:
     """Fail before any work if the tracking server cannot be reached; ``alternative`` names another way on. With
     ``runs_dir``, a local store that came with its runs folder from elsewhere is adopted (``relocate_artifacts``)."""
     from mlflow.tracking import MlflowClient
 
+    if error := file_store_error(uri):
+        raise ConfigError(f"{error} Nothing was run.")
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     if uri.startswith(("http://", "https://")):
         # each retry of a server that went down was a warning line in the report; the failure itself is reported

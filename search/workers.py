@@ -790,10 +790,11 @@ def run_search(
     get_backend(profile, runs_dir).check()  # a board that is down, before anything is trained for it
     if profile.backend == "local" and not address:
         say_competing_load(report, "this search")
-    if tracking_uri and tracking_uri.startswith(("http://", "https://")):
-        from search.tracking import check_tracking
+    if tracking_uri:
+        from search.tracking import check_tracking, file_store_error
 
-        check_tracking(tracking_uri)  # one request: a server that is down is reported before anything is timed
+        if tracking_uri.startswith(("http://", "https://")) or file_store_error(tracking_uri):
+            check_tracking(tracking_uri)  # one request: a server that is down is reported before anything is timed
     measured = _precisions_measured(spec)
     spec = _narrower_where_faster(_supported_space(spec, profile, report), profile, runs_dir, report, measured)
     if not address:

@@ -110,6 +110,25 @@ def test_unreachable_tracking_server_fails_before_any_work(tmp_path, free_port):
     assert "nowhere" not in [s.study_name for s in optuna.get_all_study_summaries(default_storage(tmp_path))]
 
 
+def test_a_tracking_uri_naming_a_folder_says_what_to_pass_instead(tmp_path, monkeypatch, capsys):
+    from search.cli import main
+
+    spec, lines = SearchSpec(name="folder", trials=1, workers=1, budget=TINY), []
+    with pytest.raises(ConfigError, match=r"names a folder \(MLflow's file store"):
+        run_search(spec, tmp_path, storage_url=default_storage(tmp_path), tracking_uri=f"file://{tmp_path}/mlruns",
+                   report=lines.append)
+    assert not any("timed" in line for line in lines), lines  # refused before anything is timed
+    with pytest.raises(SystemExit) as exited:  # argparse's error: usage, the message, exit code 2
+        main(["--runs-dir", str(tmp_path), "submit", "--name", "folder", "--tracking-uri", "mlruns"])
+    assert exited.value.code == 2
+    assert f"pass a database, e.g. sqlite:///{Path.cwd() / 'mlruns.db'}" in capsys.readouterr().err
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", str(tmp_path / "mlruns"))
+    with pytest.raises(SystemExit) as exited:
+        main(["--runs-dir", str(tmp_path), "sync", "folder"])
+    assert exited.value.code == 2 and "names a folder" in capsys.readouterr().err
+    assert main(["--runs-dir", str(tmp_path), "list"]) == 0  # a command that never reads MLflow is not refused
+
+
 def test_the_service_reports_its_own_time_by_part(tracked_search):
     _, outcome, _, _ = tracked_search
     t = outcome.timings
