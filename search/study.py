@@ -155,6 +155,9 @@ def _storage(url: str, attempts: int = 3) -> optuna.storages.BaseStorage:
 
     from filelock import FileLock
 
+    if "://" not in url:  # a file's path, as a user may give it
+        raise ConfigError(f"The Optuna storage {url!r} is not a database URL: pass sqlite:///"
+                          f"{Path(url).expanduser().resolve()} for a file, or postgresql://USER@HOST:5432/DB.")
     lock = nullcontext()
     if url.startswith("sqlite:///"):
         lock = FileLock(url[len("sqlite:///"):] + ".lock")

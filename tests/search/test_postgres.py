@@ -192,6 +192,9 @@ def test_a_storage_password_is_not_printed(capsys, tmp_path):
         err = capsys.readouterr().err
         assert "Cannot open the Optuna storage 'postgresql://edge:***@127.0.0.1:1/x'" in err
         assert "s3cret" not in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    # a file's path where a URL belongs: the URL to pass instead
+    assert main(["--runs-dir", str(tmp_path), "list", "--storage", "mine.db"]) == 2
+    assert f"is not a database URL: pass sqlite:///{Path.cwd() / 'mine.db'} for a file" in capsys.readouterr().err
 
 
 def test_a_tracking_password_is_not_printed(monkeypatch):
