@@ -16,7 +16,7 @@ from pathlib import Path
 
 from objectives.pareto import ACCURACY_METRICS
 from search.data import CLASS_WEIGHTS
-from search.errors import EdgeSearchError
+from search.errors import EdgeSearchError, stopped_by_signals
 from search.spec import HALVING_FROM_TRIALS, SearchSpec
 
 DEFAULT_RUNS = Path(os.environ.get("EDGESEARCH_RUNS", "runs"))
@@ -1058,7 +1058,8 @@ def main(argv: list[str] | None = None) -> int:
         if error := file_store_error(given or os.environ["MLFLOW_TRACKING_URI"]):
             parser.error(error if given else f"{error} (from $MLFLOW_TRACKING_URI)")
     try:
-        return args.func(args)
+        with stopped_by_signals():  # `kill` and a closed terminal stop a command as Ctrl-C does
+            return args.func(args)
     except EdgeSearchError as exc:
         print(f"edgesearch: error: {exc}", file=sys.stderr)
         return 2

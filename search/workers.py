@@ -34,7 +34,7 @@ from objectives.latency import INFEASIBLE, RETIME, budget_verdict
 from objectives.memory import over_limits
 from objectives.pareto import ACCURACY_METRICS, non_dominated
 from search.candidate import Budget, Candidate, CandidateResult
-from search.errors import CandidateError, ConfigError, Terminated
+from search.errors import CandidateError, ConfigError, stopped_by_signals
 from search.spec import SearchSpace, SearchSpec, check_inputs, check_resources
 from search.tracking import TRACKED_ATTR
 from search.transfer import (
@@ -357,41 +357,6 @@ def _environment(variables: dict[str, str]):
 # - Ray runs its workers at niceness 15, below anything else on the machine: the workers time the candidates, so
 #   they run at the driver's priority, and the driver's MLflow thread below them.
 LOCAL_RAY_CONFIG = {"kill_idle_workers_interval_ms": 0, "worker_niceness": 0}
-
-
-@contextlib.contextmanager
-def stopped_by_signals():
-    """While it lasts, SIGTERM and SIGHUP raise ``Terminated`` in the driver, which stops the search as Ctrl-C does.
-    Entered once Ray runs: ``ray.init`` puts a handler on SIGTERM that dumps a stack trace and ends the process at
-    once, leaving its trials "running" and its MLflow runs open. A signal a caller ignores (``nohup``) stays
-    ignored."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield
-        return
-
-    received = []
-
-    def stop(signum, frame):
-        received.append(signum)
-        raise Terminated(signum)
-
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
-    for s, handler in previous.items():
-        if handler is not signal.SIG_IGN:
-            signal.signal(s, stop)
-    try:
-        yield
-    except KeyboardInterrupt as exc:  # ray.get re-raises what a handler raised as a plain KeyboardInterrupt
-        if received and not isinstance(exc, Terminated):
-            raise Terminated(received[0]) from exc
-        raise
-    finally:
-        for s, handler in previous.items():
-            if handler is not None:
-                signal.signal(s, handler)
 
 
 def start_ray(address: str | None, workers: int):

@@ -97,6 +97,22 @@ def test_a_search_told_to_terminate_stops_as_ctrl_c_stops_it(tmp_path):
                                    "tags.`edgesearch.role` = 'search'")
     assert parent.info.status == "KILLED"
 
+    # an export told to terminate leaves no half-written folder that looks deployable
+    out = tmp_path / "deploy"
+    trial = str(complete_trials(default_storage(tmp_path), "term")[0].number)
+    export = subprocess.Popen(_cli(tmp_path, "export", "--search", "term", "--trial", trial, "--out", str(out),
+                                   "--no-mlflow"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (out / "model.onnx").is_file() and export.poll() is None and time.time() < deadline:
+            time.sleep(0.02)  # copied first; the build and the verification on the artifact take seconds after
+        export.send_signal(signal.SIGTERM)
+        _, err = export.communicate(timeout=120)
+    finally:
+        export.kill()
+    assert export.returncode == 128 + signal.SIGTERM and "edgesearch: stopped by SIGTERM" in err, err[-2000:]
+    assert not out.exists()
+
 
 def test_candidate_over_its_time_limit_fails_and_others_go_on(tmp_path):
     spec = SearchSpec(name="slow", trials=2, workers=2, budget=SLOWER, space=SMALL, timeout_s=2.0)
