@@ -152,6 +152,10 @@ def test_two_searches_at_once_and_a_restarted_driver_on_postgresql(postgres, tmp
     assert main(["--runs-dir", str(tmp_path), "list", "--storage", storage]) == 0
     listed = {line.split()[0]: line.split()[1:3] for line in capsys.readouterr().out.splitlines()[1:]}
     assert listed == {"steady": ["1/1", "done"], "restarted": ["3/3", "done"]}
+    # deleted from the shared database, the other search stays
+    assert main(["--runs-dir", str(tmp_path / "b"), "delete", "steady", "--yes", "--storage", storage]) == 0
+    assert f"deleted search 'steady': 1 trial(s) from {storage}" in capsys.readouterr().out
+    assert {s.study_name for s in optuna.get_all_study_summaries(storage)} == {"restarted"}
 
 
 @pytest.mark.slow  # PostgreSQL runs by default through the two-searches test; MLflow's server through the tracking tests
