@@ -104,6 +104,12 @@ def test_server_down_mid_search_loses_no_metric(tmp_path, free_port, monkeypatch
         # and the report stays the search's own: MLflow's link lines for each run it ends are not printed
         assert "View run" in _end_a_run(uri, quiet=False)  # MLflow's default, which this relies on
         assert _end_a_run(uri, quiet=True) == ""
+        # deleted through the server it remembers: the experiment's name is free there again
+        experiment = client.get_experiment_by_name("flaky").experiment_id
+        assert main(["--runs-dir", str(tmp_path), "delete", "flaky", "--yes"]) == 0
+        assert "its MLflow experiment, renamed 'flaky.deleted-" in capsys.readouterr().out
+        assert client.get_experiment_by_name("flaky") is None
+        assert client.get_experiment(experiment).lifecycle_stage == "deleted"
     finally:
         _stop(server)
 
