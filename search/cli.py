@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -164,7 +165,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     else:
         print(f"emulator vs measured on {args.target}, on {report['held_out']} held-out candidates "
               f"({report['train']} fitted): {_errors_before_after(report)}")
-    print(f"fitted factors written to {report['path']}; searches with --runs-dir {args.runs_dir} apply them")
+    print(f"fitted factors written to {report['path']}; searches with {_runs_option(args)} apply them")
     return 0
 
 
@@ -347,14 +348,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if tracking and outcome.tracking_incomplete:
         print(f"MLflow: experiment {experiment!r} in {shown_url(tracking)} lacks what this search logged while the "
               f"store was unreachable (every trial is in the Optuna storage); once it is back: {_program()} "
-              f"--runs-dir {args.runs_dir} sync {spec.name}{_same_stores(args, storage)}")
+              f"{_runs_option(args)} sync {spec.name}{_same_stores(args, storage)}")
     elif tracking and not tracking.startswith("sqlite:"):
         print(f"MLflow: experiment {experiment!r} on the tracking server {shown_url(tracking)}; review it there")
     elif tracking:
         print(f"MLflow: experiment {experiment!r} in {shown_url(tracking)}; review it with 'make ui' or "
               f"'edgesearch ui {spec.name}', which prints the link to its runs")
     if outcome.best is not None:
-        print(f"deploy it: {_program()} --runs-dir {args.runs_dir} export --search {spec.name}"
+        print(f"deploy it: {_program()} {_runs_option(args)} export --search {spec.name}"
               f"{_same_stores(args, storage)} --out DIR (the best within budget; --trial N or --pick "
               "fastest-above-accuracy X for another)")
     return 0
@@ -394,7 +395,12 @@ def _say_how_to_resume(args: argparse.Namespace, name: str, storage: str) -> Non
 def _resume_command(args: argparse.Namespace, name: str, storage: str, tracked: bool | None = None) -> str:
     """The command that resumes search ``name`` from the stores this command used."""
     stores = _same_stores(args, storage, tracked)
-    return f"{_program()} --runs-dir {args.runs_dir} submit --name {name} --resume{stores}"
+    return f"{_program()} {_runs_option(args)} submit --name {name} --resume{stores}"
+
+
+def _runs_option(args: argparse.Namespace) -> str:
+    """``--runs-dir`` as a shell reads it back: a folder named with a space is quoted."""
+    return f"--runs-dir {shlex.quote(str(args.runs_dir))}"
 
 
 def _program() -> str:
@@ -405,7 +411,7 @@ def _program() -> str:
     if invoked.name != "edgesearch" or shutil.which("edgesearch") == str(invoked.resolve()):
         return "edgesearch"
     relative = os.path.relpath(invoked)
-    return str(invoked.absolute()) if relative.startswith("..") else relative
+    return shlex.quote(str(invoked.absolute()) if relative.startswith("..") else relative)
 
 
 # what a resumed search may change: how it goes on, not what its finished trials mean

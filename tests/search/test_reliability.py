@@ -4,6 +4,7 @@ and fuzzed specs."""
 import contextlib
 import dataclasses
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -73,15 +74,16 @@ def test_a_search_told_to_terminate_stops_as_ctrl_c_stops_it(tmp_path):
     from search.tracking import default_tracking_uri
     from tests.search.conftest import complete_trials
 
+    runs = tmp_path / "my runs"  # a folder a shell must quote
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({"name": "term", "trials": 3, "workers": 1, "recipes": False,
                                     "budget": dataclasses.asdict(SLOWER), "space": {"precision": ["fp32"],
                                                                                     "width": [0.25, 0.5]}}))
-    driver = subprocess.Popen(_cli(tmp_path, "submit", "--spec", str(spec)), stdout=subprocess.PIPE,
+    driver = subprocess.Popen(_cli(runs, "submit", "--spec", str(spec)), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 300
-        while not complete_trials(default_storage(tmp_path), "term") and time.time() < deadline:
+        while not complete_trials(default_storage(runs), "term") and time.time() < deadline:
             time.sleep(0.5)
         driver.send_signal(signal.SIGTERM)
         _, err = driver.communicate(timeout=120)
@@ -89,18 +91,20 @@ def test_a_search_told_to_terminate_stops_as_ctrl_c_stops_it(tmp_path):
         driver.kill()
     assert driver.returncode == 128 + signal.SIGTERM and "edgesearch: stopped by SIGTERM" in err, err[-2000:]
     assert "*** SIGTERM received" not in err
-    assert "search 'term' interrupted before its trial budget" in err and "submit --name term --resume" in err
-    study = load_study("term", default_storage(tmp_path))
+    assert "search 'term' interrupted before its trial budget" in err
+    resume = shlex.split(err.split("continue it (the trials it was running start again) with: ")[1].splitlines()[0])
+    assert resume[1:] == ["--runs-dir", str(runs), "submit", "--name", "term", "--resume"]
+    study = load_study("term", default_storage(runs))
     assert not study.get_trials(states=(TrialState.RUNNING,))  # queued again by the driver itself
-    client = MlflowClient(default_tracking_uri(tmp_path))
+    client = MlflowClient(default_tracking_uri(runs))
     (parent,) = client.search_runs([client.get_experiment_by_name("term").experiment_id],
                                    "tags.`edgesearch.role` = 'search'")
     assert parent.info.status == "KILLED"
 
     # an export told to terminate leaves no half-written folder that looks deployable
     out = tmp_path / "deploy"
-    trial = str(complete_trials(default_storage(tmp_path), "term")[0].number)
-    export = subprocess.Popen(_cli(tmp_path, "export", "--search", "term", "--trial", trial, "--out", str(out),
+    trial = str(complete_trials(default_storage(runs), "term")[0].number)
+    export = subprocess.Popen(_cli(runs, "export", "--search", "term", "--trial", trial, "--out", str(out),
                                    "--no-mlflow"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
