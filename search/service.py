@@ -171,11 +171,19 @@ def submit_job(address: str, name: str, *, spec: SearchSpec | None = None, trial
 
 
 def remembered_address(runs_dir: Path, name: str) -> str | None:
-    """The cluster this client submitted search ``name`` to, if it did (never within a job: it is there)."""
+    """The cluster this client submitted search ``name`` to, if it did (never within a job: it is there). One that
+    no longer answers is said with where it was remembered and the ways on."""
     path = _job_file(runs_dir, name)
-    if os.environ.get(IN_JOB):
+    if os.environ.get(IN_JOB) or not path.is_file():
         return None
-    return json.loads(path.read_text())["address"] if path.is_file() else None
+    address = json.loads(path.read_text())["address"]
+    try:
+        _client(address)
+    except ConfigError as exc:
+        raise ConfigError(f"{str(exc).rstrip('.')}. Search {name!r} was submitted to that cluster from here "
+                          f"({path}): start it again, pass --address with where it runs now, or --storage (and "
+                          "--tracking-uri) with the search's stores to read them directly.") from exc
+    return address
 
 
 def searches_on_cluster(address: str) -> dict:

@@ -3,6 +3,7 @@ and fuzzed specs."""
 
 import contextlib
 import dataclasses
+import json
 import os
 import shlex
 import signal
@@ -491,6 +492,20 @@ def test_logs_and_stop_of_a_search_that_ran_here_say_they_are_for_detached_searc
         assert "Search 'here' ran on this machine, not as a Ray job" in err and "status here" in err
         assert main(["--runs-dir", str(tmp_path), command, "elsewhere"]) == 2
         assert "Search 'elsewhere' was not submitted from this machine: pass --address" in capsys.readouterr().err
+
+
+def test_a_detached_search_whose_cluster_is_gone_says_where_it_was_remembered(tmp_path, free_port, capsys):
+    from search.cli import main
+    from search.spec import search_folder
+
+    job = search_folder(tmp_path, "away") / "job.json"
+    job.parent.mkdir(parents=True)
+    job.write_text(json.dumps({"job_id": "raysubmit_x", "address": f"http://127.0.0.1:{free_port()}"}))
+    for command in (["status", "away"], ["logs", "away"], ["stop", "away"], ["export", "--search", "away", "--out", str(tmp_path / "out")]):
+        assert main(["--runs-dir", str(tmp_path), *command]) == 2, command
+        err = capsys.readouterr().err
+        assert err.startswith("edgesearch: error: Cannot reach the Ray job service at http://127.0.0.1:"), err
+        assert f"Search 'away' was submitted to that cluster from here ({job})" in err and "--storage" in err
 
 
 def test_a_driver_killed_outright_is_told_from_a_running_one(tmp_path, capsys, monkeypatch):
