@@ -185,7 +185,7 @@ def file_store_error(uri: str) -> str | None:
     from urllib.parse import urlsplit
 
     scheme = urlsplit(uri).scheme
-    if scheme and scheme != "file":
+    if (scheme and scheme != "file") or uri == "databricks":  # MLflow's name for a Databricks workspace
         return None
     folder = uri[len("file://"):] if uri.startswith("file://") else uri.removeprefix("file:")
     db = Path(folder).expanduser().resolve().with_suffix(".db")
