@@ -156,8 +156,8 @@ def submit_job(address: str, name: str, *, spec: SearchSpec | None = None, trial
     meta = {_KEY: name, "edgesearch_command": "submit", "edgesearch_runs_dir": runs_dir,
             "edgesearch_storage": storage, "edgesearch_tracking_uri": tracking_uri}
     try:
-        job_id = client.submit_job(entrypoint=_entrypoint(runs_dir, argv + ["--address", "auto", *_stores(meta)]),
-                                   runtime_env=runtime_env, metadata=meta)
+        job_id = _submit(client, entrypoint=_entrypoint(runs_dir, argv + ["--address", "auto", *_stores(meta)]),
+                         runtime_env=runtime_env, metadata=meta)
     except Exception as exc:  # an upload over Ray's size limit, say: said in one line, not a traceback
         raise EdgeSearchError(f"The cluster at {address} refused the search: {type(exc).__name__}: "
                               f"{' '.join(str(exc).split())[:500]}") from exc
@@ -215,14 +215,27 @@ def stop_job(address: str, name: str) -> bool:
     return bool(_client(address).stop_job(find_job(address, name).submission_id))
 
 
+def _submit(client, wait_s: float = 60.0, **job) -> str:
+    """Submit a job; a cluster whose job agent is still starting (a head just started: "No available agent to
+    submit job") is asked again for up to ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
 def _run_beside(address: str, search_job, argv: list[str], timeout_s: float, in_runs: bool = False) -> str:
     """Run an edgesearch command as a job on the cluster, in the runs folder of the search that ``search_job``
     ran; its output. A command that failed there raises its own message (an ``EdgeSearchError``) or its log's tail.
     """
     client = _client(address)
     meta = search_job.metadata
-    job_id = client.submit_job(entrypoint=_entrypoint(meta.get("edgesearch_runs_dir", ""), argv, in_runs),
-                               metadata={_KEY: meta[_KEY], "edgesearch_command": argv[0]})
+    job_id = _submit(client, entrypoint=_entrypoint(meta.get("edgesearch_runs_dir", ""), argv, in_runs),
+                     metadata={_KEY: meta[_KEY], "edgesearch_command": argv[0]})
     deadline = time.monotonic() + timeout_s
     while (status := str(client.get_job_status(job_id).value)) not in _TERMINAL:
         if time.monotonic() > deadline:
