@@ -100,12 +100,15 @@ def ray_cluster(free_port, *options, num_cpus: int = 2, python_dir: Path | None 
            "PATH": os.pathsep.join([first, os.environ.get("PATH", "")])}
     ray_bin = str(Path(sys.executable).parent / "ray")
     subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
-    port, dash = free_port(), free_port()
+    # every port its own: two clusters of one test run (a module's and a test's) on Ray's fixed default agent port
+    # left the second without a job agent ("No available agent to submit job")
+    port, dash, agent = free_port(), free_port(), free_port()
     # its own temp folder, short: Ray's socket paths must fit 107 bytes, and pytest's (more so xdist's) may not
     temp_dir = tempfile.mkdtemp(prefix="esh-")
     try:
         started = subprocess.run([ray_bin, "start", "--head", "--num-cpus", str(num_cpus), "--port", str(port),
                                   "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+                                  "--dashboard-agent-listen-port", str(agent),
                                   "--disable-usage-stats", f"--temp-dir={temp_dir}", "--node-ip-address=127.0.0.1",
                                   *options], env=env, capture_output=True, text=True, timeout=120)
         if started.returncode:

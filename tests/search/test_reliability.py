@@ -454,7 +454,7 @@ def test_a_runs_dir_that_is_a_file_is_refused_in_one_line(tmp_path, capsys):
 
 
 def test_list_reads_a_storage_shared_with_other_tools_in_one_pass(tmp_path, capsys, monkeypatch):
-    """``list`` on a store shared with other Optuna users: their studies are listed as unknown, ours with their
+    """``list`` on a store shared with other Optuna users: their studies are listed as not ours, ours with their
     budget and state, oldest first (unstarted last), from a single summary query (one per search was quadratic in
     the number of searches)."""
     import optuna
@@ -474,9 +474,10 @@ def test_list_reads_a_storage_shared_with_other_tools_in_one_pass(tmp_path, caps
     capsys.readouterr()
     assert main(["--runs-dir", str(tmp_path), "list"]) == 0
     lines = capsys.readouterr().out.splitlines()[1:]
-    assert [line.split()[:4] for line in lines] == [["someone-elses", "3", "trials", "unknown"],
+    assert [line.split()[:4] for line in lines] == [["someone-elses", "3", "trials", "not"],
                                                     ["ours", "0/4", "stopped", "host"],
-                                                    ["empty-other", "0", "trials", "unknown"]]
+                                                    ["empty-other", "0", "trials", "not"]]
+    assert "3 trials  not edgesearch's" in lines[0] and "0 trials  not edgesearch's" in lines[2]
     assert lines[1].endswith("  none feasible yet") and lines[0].endswith("  -")
     assert len(queries) == 1
 
