@@ -271,15 +271,17 @@ class SearchTracker:
         run = self.client.create_run(self.experiment_id, run_name=f"search {self.spec.name}",
                                      tags={"edgesearch.role": "search", "target": self.spec.target,
                                            "dataset": self.spec.dataset})
+        # stored at once: a failure while the spec is logged leaves a run the resume goes on with, not one it takes
+        # for another search's
+        self.study.set_user_attr(PARENT_ATTR, run.info.run_id)
+        # a URI with a password is not stored (nor usable with it hidden): later commands are told to pass it
+        server = not self.uri.startswith("sqlite:") and shown_url(self.uri) == self.uri
+        self.study.set_user_attr(TRACKING_URI_ATTR, self.uri if server else "")
         params = _flatten(self.spec.to_dict())
         for key, value in params.items():
             self.client.log_param(run.info.run_id, key, str(value)[:500])
         self.client.log_dict(run.info.run_id, self.spec.to_dict(), "spec.json")
         self._log_profile(run.info.run_id)
-        self.study.set_user_attr(PARENT_ATTR, run.info.run_id)
-        # a URI with a password is not stored (nor usable with it hidden): later commands are told to pass it
-        server = not self.uri.startswith("sqlite:") and shown_url(self.uri) == self.uri
-        self.study.set_user_attr(TRACKING_URI_ATTR, self.uri if server else "")
         return run.info.run_id
 
     def _log_profile(self, run_id: str) -> None:
