@@ -331,6 +331,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
         with contextlib.suppress(OSError):  # SIGHUP: the terminal may be gone
             _say_how_to_resume(args, spec.name, storage)
         raise
+    except Exception as exc:
+        from search.errors import disk_full
+
+        if disk_full(exc):
+            _say_how_to_resume(args, spec.name, storage, "stopped: the disk is full")
+        raise
     from search.study import CHANCE_ATTR, FLOOR_ATTR, load_study, shown_url
 
     attrs = load_study(spec.name, storage).user_attrs
@@ -372,8 +378,9 @@ def _same_stores(args: argparse.Namespace, storage: str, tracked: bool | None = 
     return where + (f" --tracking-uri '{shown_url(args.tracking_uri)}'" if args.tracking_uri else "")
 
 
-def _say_how_to_resume(args: argparse.Namespace, name: str, storage: str) -> None:
-    """After Ctrl-C: where the search stopped, what was kept and the command that goes on from there."""
+def _say_how_to_resume(args: argparse.Namespace, name: str, storage: str, why: str = "interrupted") -> None:
+    """After Ctrl-C or a full disk: where the search stopped, what was kept and the command that goes on from
+    there."""
     from search.study import finished_count, load_study, search_state, shown_url, stored_spec
 
     try:
@@ -386,8 +393,9 @@ def _say_how_to_resume(args: argparse.Namespace, name: str, storage: str) -> Non
         where = " " + detail
         again = (" (the trials it was running start again)" if detail.startswith("before") else
                  " (the stage goes on with the picks not yet timed)")
-    logged = "" if args.no_mlflow else ", each with its MLflow run"
-    print(f"search {name!r} interrupted{where}: {finished_count(study)} finished trial(s) are kept in "
+    logged = ("" if args.no_mlflow else ", each with its MLflow run" if why == "interrupted" else
+              " (the resume logs to MLflow what it could not)")
+    print(f"search {name!r} {why}{where}: {finished_count(study)} finished trial(s) are kept in "
           f"{shown_url(storage)}{logged}; continue it{again} with: {_resume_command(args, name, storage)}",
           file=sys.stderr, flush=True)
 
@@ -1067,6 +1075,10 @@ def main(argv: list[str] | None = None) -> int:
         with stopped_by_signals():  # `kill` and a closed terminal stop a command as Ctrl-C does
             return args.func(args)
     except EdgeSearchError as exc:
+        from search.errors import disk_full
+
+        if full := disk_full(exc):  # a candidate's stage said why it failed: the disk, not the candidate
+            return _stopped_by_full_disk(args, full)
         print(f"edgesearch: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
@@ -1079,6 +1091,23 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as exc:
+        from search.errors import disk_full
+
+        if not (full := disk_full(exc)):
+            raise
+        return _stopped_by_full_disk(args, full)
+
+
+def _stopped_by_full_disk(args: argparse.Namespace, full: str) -> int:
+    """One line for a full disk, not a traceback; a search has said how to resume it."""
+    out = f", --out {args.out}" if getattr(args, "out", None) else ""
+    where = "" if "(writing" in full else f" (on the disk of the runs folder {args.runs_dir}{out} or a store)"
+    again = "" if args.func is cmd_submit else ", then run the command again"
+    with contextlib.suppress(OSError):
+        print(f"edgesearch: error: {full}{where}; free space on that disk (df -h shows what each has left){again}",
+              file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -6,11 +6,13 @@ that do not know about edgesearch.
 """
 
 import contextlib
+import errno
+import re
 
 from hardware_targets.errors import CandidateError, EdgeSearchError, ProfileError, TargetUnreachableError
 
 __all__ = ["CandidateError", "ConfigError", "DatasetError", "EdgeSearchError", "ProfileError", "SearchNotFoundError",
-           "TargetUnreachableError", "Terminated", "stopped_by_signals"]
+           "TargetUnreachableError", "Terminated", "disk_full", "stopped_by_signals"]
 
 
 class ConfigError(EdgeSearchError, ValueError):
@@ -69,3 +71,30 @@ def stopped_by_signals():
         for s, handler in previous.items():
             if handler is not None:
                 signal.signal(s, handler)
+
+
+# how a full disk reads once SQLite (through SQLAlchemy, Optuna or MLflow) or a Ray worker has reworded it
+_FULL_DISK_WORDS = ("No space left on device", "database or disk is full", "Disk quota exceeded")
+
+
+def disk_full(exc: BaseException) -> str | None:
+    """Where the disk filled up, when ``exc`` comes from a full disk (raised here, in a Ray worker, or by SQLite),
+    else None.
+
+    A full disk is no candidate's fault: recorded as a failed candidate, it would fail every candidate after it and
+    teach the sampler that their knobs fail. Commands stop on it instead, with what was finished kept."""
+    seen, stack = set(), [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            path = getattr(e, "filename2", None) or e.filename
+            return f"no space left on the device (writing {path})" if path else "no space left on the device"
+        if any(words in str(e) for words in _FULL_DISK_WORDS):  # a worker's error keeps its path in its text only
+            named = re.search(r"No space left on device: '([^']+)'(?: -> '([^']+)')?", str(e))
+            return (f"no space left on the device (writing {named[2] or named[1]})" if named else
+                    "no space left on the device")
+        stack += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    return None

@@ -17,6 +17,8 @@ AXES = {"latency_ms_p90": "latency (ms, p90)", "size_bytes": "size (bytes of wei
         "energy_mj": "energy per inference (mJ)"}
 
 
+INTERACTIVE_FILE = "interactive.html"
+
 # Above this ratio between the largest and smallest x, the axis is logarithmic: candidates 100x over the budget
 # would otherwise squeeze every feasible point into one vertical line at the left.
 LOG_AXIS_RATIO = 20.0
@@ -124,7 +126,7 @@ def _draw_scatter(ax, info: ScatterInfo, title: str) -> None:
     ax.legend(fontsize=8)
 
 
-def _html(info: ScatterInfo, path: Path, title: str) -> Path:
+def _scatter_plotly(info: ScatterInfo, title: str):
     import plotly.graph_objects as go
 
     fig = go.Figure()
@@ -141,17 +143,19 @@ def _html(info: ScatterInfo, path: Path, title: str) -> Path:
         fig.add_trace(go.Scatter(x=[p[0] for p in line], y=[p[1] for p in line], mode="lines", line_shape="hv",
                                  name="front in this view"))
     if info.budget is not None:
-        fig.add_vline(x=info.budget, line_dash="dash", annotation_text=f"budget {info.budget:g} ms")
+        # the budget's label left of its line, the region's at its right edge: both at the line wrote one on the other
+        fig.add_vline(x=info.budget, line_dash="dash", annotation_text=f"budget {info.budget:g} ms",
+                      annotation_position="top left")
         fig.add_vrect(x0=info.budget, x1=max([info.budget * 1.05] + [p[0] for p in info.points]) * 1.1,
-                      fillcolor="grey", opacity=0.12, line_width=0, annotation_text="over budget")
+                      fillcolor="grey", opacity=0.12, line_width=0, annotation_text="over budget",
+                      annotation_position="top right")
     if info.log_x:
         fig.update_xaxes(type="log")
     if info.floor is not None:
         fig.add_hline(y=info.floor, line_dash="dot", annotation_text=f"{info.y_label} floor {info.floor:.3f}")
     fig.update_layout(title=title, xaxis_title=f"{info.x_label} [{info.provenance}]",
                       yaxis_title=f"{info.y_label} (validation, compiled artifact)")
-    fig.write_html(str(path), include_plotlyjs=True, full_html=True)
-    return path
+    return fig
 
 
 def summary_columns(metric: str = "accuracy") -> tuple[str, ...]:
@@ -216,23 +220,38 @@ def summary_figure(all_rows: list[Row], front: list[Row], spec: SearchSpec, path
 
 
 def pareto_figures(all_rows: list[Row], front: list[Row], spec: SearchSpec, out_dir: Path, bounds: list[float],
-                   floor: float | None = None) -> list[Path]:
-    """Every plot of the parent run, written to ``out_dir``."""
-    out = []
+                   floor: float | None = None, interactive: bool = True) -> list[Path]:
+    """Every plot of the parent run, written to ``out_dir``: a PNG per view, and with ``interactive`` one HTML page
+    of them all with the knobs on hover (``INTERACTIVE_FILE``)."""
+    out, figures = [], []
     for metric in ("latency_ms_p90", "size_bytes", "energy_mj"):
         info = scatter_info(all_rows, front, metric, spec, floor)
         if info is None:
             continue
         stem = f"pareto_accuracy_vs_{metric.split('_')[0]}"
         title = f"{spec.name}: accuracy vs {metric.split('_')[0]} on {spec.target}"
-        out += [_png(info, out_dir / f"{stem}.png", title), _html(info, out_dir / f"{stem}.html", title)]
+        out.append(_png(info, out_dir / f"{stem}.png", title))
+        if interactive:
+            figures.append(_scatter_plotly(info, title))
     history = hypervolume_history(all_rows, bounds)
     if history:
         out.append(_hypervolume_png(history, out_dir / "hypervolume.png", spec))
-    parallel = _parallel_html(all_rows, out_dir / "knobs_to_objectives.html")
-    if parallel:
-        out.append(parallel)
+    if interactive and (parallel := _parallel_plotly(all_rows)):
+        figures.append(parallel)
+    if figures:
+        out.append(_page(figures, out_dir / INTERACTIVE_FILE, f"{spec.name}: Pareto views and knobs"))
     return out
+
+
+def _page(figures: list, path: Path, title: str) -> Path:
+    """One HTML page of plotly figures that carries plotly.js once: 4.8 MB of script each would make every
+    figure a file of that size in the store, sent again to a tracking server each time it is logged."""
+    import html
+
+    parts = [fig.to_html(full_html=False, include_plotlyjs=i == 0) for i, fig in enumerate(figures)]
+    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
+                    f"<body>{''.join(parts)}</body></html>")
+    return path
 
 
 def _hypervolume_png(history, path: Path, spec: SearchSpec) -> Path:
@@ -246,7 +265,7 @@ def _hypervolume_png(history, path: Path, spec: SearchSpec) -> Path:
     return path
 
 
-def _parallel_html(all_rows: list[Row], path: Path) -> Path | None:
+def _parallel_plotly(all_rows: list[Row]):
     import plotly.graph_objects as go
 
     done = [r for r in all_rows if r.state == "COMPLETE" and r.reused_from is None]
@@ -262,5 +281,4 @@ def _parallel_html(all_rows: list[Row], path: Path) -> Path | None:
     fig = go.Figure(go.Parcoords(line=dict(color=[r.quality for r in done], colorscale="Viridis",
                                            showscale=True), dimensions=dims))
     fig.update_layout(title=f"knobs -> objectives (colour: {ACCURACY_METRICS[metric]})")
-    fig.write_html(str(path), include_plotlyjs=True, full_html=True)
-    return path
+    return fig

@@ -201,6 +201,8 @@ def check_tracking(uri: str, alternative: str = "", runs_dir: Path | None = None
     if error := file_store_error(uri):
         raise ConfigError(f"{error} Nothing was run.")
     logging.getLogger("mlflow").setLevel(logging.ERROR)
+    # a failed write to a SQLite store (a full disk) was a traceback per try; the failure itself is reported
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     if uri.startswith(("http://", "https://")):
         # each retry of a server that went down was a warning line in the report; the failure itself is reported
         logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
@@ -401,7 +403,8 @@ class SearchTracker:
         with tempfile.TemporaryDirectory() as tmp:
             plots = Path(tmp) / "plots"
             plots.mkdir()
-            if pareto_figures(all_rows, front, self.spec, plots, bounds, floor):
+            # the interactive page (plotly.js inside, megabytes) once the search has finished, PNGs while it runs
+            if pareto_figures(all_rows, front, self.spec, plots, bounds, floor, interactive=finished):
                 self.client.log_artifacts(self.parent_id, str(plots), "plots")
             summary = summary_figure(all_rows, front, self.spec, Path(tmp) / SUMMARY_FILE, bounds, floor)
             if summary:

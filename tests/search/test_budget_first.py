@@ -169,7 +169,7 @@ def test_accuracy_floor_is_a_constraint(tmp_path):
     from search.plots import pareto_figures
 
     paths = pareto_figures(outcome.rows, outcome.front, spec, tmp_path, [0.05, 1e5, 1.0], floor["value"])
-    html = next(p for p in paths if p.name == "pareto_accuracy_vs_latency.html").read_text()
+    html = next(p for p in paths if p.name == "interactive.html").read_text()
     assert f"accuracy floor {floor['value']:.3f}" in html
 
 

@@ -287,6 +287,82 @@ def test_corrupted_tuning_records_are_moved_aside(tmp_path, digits):
     assert len(list(records.glob("*.corrupt-*"))) == 2
 
 
+def test_a_full_disk_stops_the_search_and_blames_no_candidate(tmp_path):
+    """A disk that fills up fails every candidate after it: recorded as candidate failures, they would spend the
+    budget and teach the sampler that their knobs fail. The search stops instead, in one message, and a resume on
+    a freed disk finishes it. A real full disk: a full tmpfs where the candidates' files go."""
+    from mlflow import MlflowClient
+
+    from search.tracking import default_tracking_uri
+
+    runs = tmp_path / "runs"
+    candidates = runs / "searches" / "full" / "candidates"
+    candidates.mkdir(parents=True)
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(candidates)],
+                                           capture_output=True).returncode:
+        pytest.skip("a small full disk is a tmpfs, which only root may mount")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"name": "full", "trials": 2, "workers": 1, "recipes": False,
+                                    "budget": dataclasses.asdict(FAST), "space": {"precision": ["fp32"],
+                                                                                  "width": [0.25, 0.5]}}))
+    try:
+        with open(candidates / "filler", "wb") as filler:  # every byte of it taken
+            with contextlib.suppress(OSError):
+                while True:
+                    filler.write(b"\0" * 65536)
+                    filler.flush()
+        stopped = subprocess.run(_cli(runs, "submit", "--spec", str(spec)), capture_output=True, text=True,
+                                 timeout=600)
+    finally:
+        subprocess.run(["umount", "-l", str(candidates)], check=True)
+    err = stopped.stderr
+    assert stopped.returncode == 1, err[-3000:]
+    assert "edgesearch: error: no space left on the device" in err and "free space on that disk" in err, err[-3000:]
+    assert "Traceback" not in err and "search 'full' stopped: the disk is full" in err
+    study = load_study("full", default_storage(runs))
+    # no candidate blamed for the disk: the one it ran is queued again, as after Ctrl-C
+    assert {t.user_attrs["error"] for t in study.get_trials(states=(TrialState.FAIL,))} == \
+        {"interrupted: the driver stopped while it ran"}
+    resume = shlex.split(err.split("continue it (the trials it was running start again) with: ")[1].splitlines()[0])
+    done = subprocess.run([sys.executable, "-m", "search.cli", *resume[1:]], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = load_study("full", default_storage(runs)).get_trials()
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 2
+    client = MlflowClient(default_tracking_uri(runs))
+    logged = client.search_runs([client.get_experiment_by_name("full").experiment_id],
+                                "tags.`mlflow.parentRunId` != ''")
+    assert sorted(int(r.data.tags["edgesearch.trial"]) for r in logged) == [t.number for t in trials]
+
+
+def test_a_full_disk_is_told_from_other_errors_however_it_was_raised(tmp_path):
+    """The forms a full disk takes: a write to /dev/full (ENOSPC, with and without a file name), a SQLite database
+    at its size limit as SQLAlchemy and Optuna raise it, and an error that is not one."""
+    import sqlite3
+
+    from search.errors import disk_full
+
+    with pytest.raises(OSError) as unnamed:
+        with open("/dev/full", "wb") as f:
+            f.write(b"x")
+            f.flush()
+    assert disk_full(unnamed.value) == "no space left on the device"
+    named = OSError(unnamed.value.errno, os.strerror(unnamed.value.errno), str(tmp_path / "model.onnx"))
+    assert disk_full(named) == f"no space left on the device (writing {tmp_path / 'model.onnx'})"
+    assert disk_full(RuntimeError(f"worker: {named}")) == f"no space left on the device (writing {tmp_path / 'model.onnx'})"
+    db = sqlite3.connect(tmp_path / "small.db")
+    db.execute("PRAGMA max_page_count = 2")
+    with pytest.raises(sqlite3.OperationalError) as limit:
+        db.execute("CREATE TABLE t (x BLOB)")
+        db.execute("INSERT INTO t VALUES (zeroblob(100000))")
+    try:
+        raise RuntimeError("An exception is raised during the commit.") from limit.value
+    except RuntimeError as wrapped:
+        assert disk_full(wrapped) == "no space left on the device"
+    assert disk_full(OSError(2, "No such file or directory", "x")) is None
+    assert disk_full(ValueError("bad")) is None
+
+
 def _cli(runs, *args):
     return [sys.executable, "-m", "search.cli", "--runs-dir", str(runs), *args]
 
