@@ -40,13 +40,52 @@ def port_owner(host: str, port: int) -> str | None:
     import psutil
 
     try:
-        for conn in psutil.net_connections(kind="tcp"):
-            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
-                proc = psutil.Process(conn.pid)
-                return f"process {conn.pid} ({' '.join(proc.cmdline())[:120] or proc.name()})"
+        if proc := _listener(port):
+            return f"process {proc.pid} ({' '.join(proc.cmdline())[:120] or proc.name()})"
     except (psutil.AccessDenied, psutil.NoSuchProcess):
         pass
     return "another process"
+
+
+def _listener(port: int):
+    """The process listening on TCP ``port``, where this user may see it."""
+    import psutil
+
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+            return psutil.Process(conn.pid)
+    return None
+
+
+def served_store(port: int) -> tuple[str, int] | None:
+    """The tracking store that an ``edgesearch ui`` listening on ``port`` serves (through its MLflow server, or the
+    server's worker that holds the port), and that ``edgesearch ui``'s process id; else None."""
+    import psutil
+
+    try:
+        proc = _listener(port)
+        for p in [proc, *proc.parents()] if proc else []:
+            command = p.cmdline()
+            if "--backend-store-uri" in command and "--app-name" in command and \
+                    command[command.index("--app-name") + 1:][:1] == ["edgesearch"]:
+                return command[command.index("--backend-store-uri") + 1], p.ppid()
+    except (psutil.AccessDenied, psutil.NoSuchProcess, IndexError):
+        pass
+    return None
+
+
+def free_port_after(host: str, port: int) -> int | None:
+    """The first port above ``port`` that ``host`` can listen on (of the next 100)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for candidate in range(port + 1, min(port + 101, 65536)):
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, candidate))
+                return candidate
+            except OSError:
+                continue
+    return None
 
 
 def stop_tree(pid: int, grace_s: float = STOP_GRACE_S) -> None:
@@ -110,12 +149,22 @@ def landing_paths(tracking_uri: str, search: str | None, parent: str | None = No
 def serve(tracking_uri: str, host: str, port: int, search: str | None = None, say=print,
           parent: str | None = None) -> int:
     """Run the MLflow UI until it exits or a stop signal arrives; returns the server's exit code."""
-    owner = port_owner(host, port)
-    if owner:
-        raise ConfigError(f"Port {port} on {host} is already in use by {owner}; stop it or pass --port.")
-    url = f"http://{host}:{port}"
     from search.study import shown_url
 
+    url = f"http://{host}:{port}"
+    owner = port_owner(host, port)
+    served = served_store(port) if owner else None
+    if served and served[0] == tracking_uri:  # `make ui` again, its first server still up: its links
+        landing = landing_paths(tracking_uri, search, parent)
+        say(f"MLflow UI for {shown_url(tracking_uri)} is already served at {url} by an edgesearch ui started "
+            f"before (process {served[1]}; Ctrl-C where it runs, or kill {served[1]}, stops it)")
+        for label, path in landing:
+            say(f"{label}: {url}{path}")
+        return 0
+    if owner:
+        free = free_port_after(host, port)
+        raise ConfigError(f"Port {port} on {host} is already in use by {owner}; stop it or pass "
+                          f"{f'--port {free} (free)' if free else '--port'}.")
     landing = landing_paths(tracking_uri, search, parent)  # an unknown search is refused before anything is said
     say(f"MLflow UI for {shown_url(tracking_uri)} at {url} (Ctrl-C to stop)")
     for label, path in landing:

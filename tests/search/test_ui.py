@@ -177,6 +177,27 @@ def test_interactive_plots_render_in_the_mlflow_artifact_viewer(ui_server):
     assert shot[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_ui_again_gives_the_running_servers_links_and_another_store_a_free_port(ui_server, tracked_search,
+                                                                                    tmp_path):
+    """`make ui` run twice (the first still up in another terminal): the links of the server already serving the
+    store, not "port in use"; a UI of another runs folder on that port is refused with a port that is free."""
+    url, _, link, summary = ui_server
+    runs, port = tracked_search[3], url.rsplit(":", 1)[1]
+    again = subprocess.run([sys.executable, "-m", "search.cli", "--runs-dir", str(runs), "ui", "--port", port],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    lines = again.stdout.splitlines()
+    assert f"is already served at {url} by an edgesearch ui started before" in lines[0]
+    assert lines[1:] == [f"open: {link}", f"summary: {summary}"]
+    other = subprocess.run([sys.executable, "-m", "search.cli", "--runs-dir", str(tmp_path), "ui", "--port", port],
+                           capture_output=True, text=True, timeout=120)
+    assert other.returncode == 2 and f"Port {port} on 127.0.0.1 is already in use" in other.stderr, other.stderr
+    from search.ui import port_owner
+
+    free = int(re.search(r"pass --port (\d+) \(free\)", other.stderr)[1])
+    assert free > int(port) and port_owner("127.0.0.1", free) is None
+
+
 def _start_ui(runs, port):
     proc = subprocess.Popen([sys.executable, "-m", "search.cli", "--runs-dir", str(runs), "ui", "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
