@@ -301,6 +301,12 @@ def export_search(
     get_backend(profile).check("nothing was exported")  # a board down, a cross compiler missing: before building
     dataset = _searched_dataset(spec, search)
     check_same_data(study, spec, dataset, "export from it")
+    board_figures = None
+    if "tflite-micro" in (profile.runtime, searched_on.runtime) and not same_profile(profile, searched_on):
+        if profile.runtime != searched_on.runtime:
+            raise ConfigError(f"Search {search!r} ran on {searched_on.name} ({searched_on.runtime}); "
+                              f"{profile.name} runs {profile.runtime}. Search on {profile.name} itself, then export.")
+        board_figures = _on_another_board(trial, row, dataset, profile, runs_dir)
     existed = Path(out).resolve().exists()
     out = prepare_dir(out, overwrite)
     with _removed_on_failure(out, existed):
@@ -312,15 +318,10 @@ def export_search(
         same_target = same_profile(profile, searched_on)  # a profile file read from where it is now counts as one
         searched_runtime = searched_on.runtime
         if "tflite-micro" in (profile.runtime, searched_runtime):
-            if not same_target:
-                runs = (f"{profile.name} runs {profile.runtime}" if profile.runtime != searched_runtime else
-                        f"its latency, memory and energy on {profile.name} were never emulated")
-                raise ConfigError(f"Search {search!r} ran on {searched_on.name} ({searched_runtime}); {runs}. A "
-                                  f"TFLite Micro export ships the .tflite and the figures its search measured: "
-                                  f"search on {profile.name} itself, then export.")
             card = {**_card_head(search, study, spec, row, trial, reason, profile, searched_on, tracking_uri,
-                                 dataset),
+                                 dataset, searched=() if board_figures else MOVED_FIGURES),
                     **_ship_tflm(trial, row, out, dataset, profile, runs_dir)}
+            card["metrics"].update(board_figures or {})
             stored = _stored_bytes([out / "model.tflite"], copies=False)  # flashed as is: a copy would save nothing
             card["metrics"].update(stored["metrics"])
             card["gzip_copies"] = stored["gzip_copies"]
@@ -346,7 +347,7 @@ def export_search(
         # Timed before the verification below runs TVM: the runtime's thread pool reads its size once per process.
         # Another target than the search's is measured (or emulated) here: its figures replace the search's.
         remeasured = _remeasure(artifact, onnx_path, precision, dataset.x_val[:1].astype(dtype), profile,
-                                runtime, suffix="_at_export" if same_target else "",
+                                runtime, suffix="_at_export" if same_target else "", runs_dir=runs_dir,
                                 reference_ms=row.value("latency_ms_median") if same_target else None) \
             if profile.backend == "local" or (not same_target and profile.backend == "emulated") else {}
         if precision.startswith("int8") and profile.backend == "local":
@@ -477,6 +478,12 @@ def unfinished(study, spec) -> str | None:
 
 
 def _write_card(card: dict, out: Path, search: str, tracking_uri: str | None, register: bool) -> dict:
+    p90 = card["metrics"].get("latency_ms_p90")
+    if card["target_profile"] != card["measured_on"] and p90 and p90["value"] > card["latency_budget_ms"]:
+        # exported for another target than the search's: its figures there may miss the budget the search kept
+        card["over_budget_on_target"] = (f"p90 {p90['value']:.4g} ms on {card['target_profile']} "
+                                         f"({p90['provenance']}), over the search's budget of "
+                                         f"{card['latency_budget_ms']:g} ms")
     card["artifacts"] = {p.relative_to(out).as_posix(): sha256(p) for p in sorted(out.rglob("*")) if p.is_file()}
     (out / "model_card.json").write_text(json.dumps(card, indent=2, sort_keys=True))
     (out / "MODEL_CARD.md").write_text(model_card_markdown(card))
@@ -534,6 +541,40 @@ _RESOLVER = {"CONV_2D": "AddConv2D", "DEPTHWISE_CONV_2D": "AddDepthwiseConv2D", 
              "MAX_POOL_2D": "AddMaxPool2D", "PAD": "AddPad", "TRANSPOSE": "AddTranspose", "MUL": "AddMul",
              "SQUEEZE": "AddSqueeze", "EXPAND_DIMS": "AddExpandDims", "CONCATENATION": "AddConcatenation",
              "STRIDED_SLICE": "AddStridedSlice", "RELU6": "AddRelu6", "SUM": "AddSum"}
+
+
+# what a board's latency, energy, RAM and flash depend on: re-emulated for another board, never carried over
+MOVED_FIGURES = ("latency_ms_median", "latency_ms_p90", "energy_mj")
+BOARD_FIGURES = (*MOVED_FIGURES, "ram_bytes", "flash_bytes")
+
+
+def _on_another_board(trial, row: Row, dataset, profile, runs_dir: Path) -> dict:
+    """A TFLite Micro trial's figures on another TFLite Micro board: the same .tflite (so the same accuracy and
+    arena), its latency and energy emulated from its operators for ``profile`` (with the board's calibration
+    under ``runs_dir``, as a search on it would), its RAM and flash with that board's runtime. Refused, before
+    anything is written, where it does not fit the board."""
+    from hardware_targets import get_backend
+    from hardware_targets.compile import CompiledArtifact
+    from search.pipeline import limits, tflm_memory_metrics
+    from search.stages.export import input_dtype
+    from search.stages.tflite import arena_bytes
+
+    tflite, onnx = trial_artifact(trial, "tflite", runs_dir), trial_artifact(trial, "onnx", runs_dir)
+    if not tflite or not tflite.is_file():
+        raise ConfigError(f"The measured .tflite of trial {row.number} is gone ({tflite}); re-run the search.")
+    dtype = input_dtype(row.knobs["precision"])
+    graph_only = CompiledArtifact("", dict(profile.tvm_target), (1, *dataset.sample_shape), dtype.name)
+    metrics = dict(get_backend(profile, runs_dir).measure(graph_only, tflite, row.knobs["precision"],
+                                                          dataset.x_val[:1].astype(dtype), EXPORT_TIMING_REPEATS))
+    metrics.update(tflm_memory_metrics(tflite, onnx, arena_bytes(tflite), profile))
+    for name, limit in limits(profile).items():
+        if limit and metrics[name].value > limit:
+            kind = name.split("_")[0].upper() if name.startswith("ram") else "flash"
+            raise ConfigError(f"Trial {row.number} needs {metrics[name].value / 1024:,.0f} KiB of {kind} on "
+                              f"{profile.name} ({metrics[name].provenance}), which has {limit / 1024:,.0f} KiB: "
+                              f"export a smaller trial (--trial N) or search on {profile.name} itself.")
+    return {name: {"value": metrics[name].value, "unit": metrics[name].unit,
+                   "provenance": metrics[name].provenance} for name in BOARD_FIGURES if name in metrics}
 
 
 def _ship_tflm(trial, row: Row, out: Path, dataset, profile, runs_dir: Path) -> dict:
@@ -621,7 +662,7 @@ def input_layout(sample_shape: tuple[int, ...], channels_last: bool = False) -> 
 
 
 def _remeasure(artifact, onnx_path: Path, precision: str, sample, profile, runtime: str, suffix: str,
-               reference_ms: float | None = None) -> dict:
+               reference_ms: float | None = None, runs_dir: Path | None = None) -> dict:
     """Time what ships again with no search running (during a search the other workers share the machine's caches
     and memory bandwidth), in the runtime that ships; for another target than the search's, its only figures.
     A timing whose median reads far slower than ``reference_ms`` (the recorded median of the same artifact) was
@@ -639,7 +680,7 @@ def _remeasure(artifact, onnx_path: Path, precision: str, sample, profile, runti
         if runtime == "onnxruntime":
             return {n.replace("ort_latency", "latency"): m for n, m in time_onnxruntime(
                 ort_session(onnx_path, THREADS_PER_WORKER), sample, EXPORT_TIMING_REPEATS).items()}
-        return get_backend(profile).measure(artifact, onnx_path, precision, sample, EXPORT_TIMING_REPEATS)
+        return get_backend(profile, runs_dir).measure(artifact, onnx_path, precision, sample, EXPORT_TIMING_REPEATS)
 
     got = least_disturbed(timed, lambda g: g["latency_ms_median"].value, reference_ms)[0] if reference_ms else timed()
     names = ("latency_ms_median", "latency_ms_p90") + (() if suffix else ("energy_mj",))
@@ -714,7 +755,8 @@ def model_card_markdown(card: dict) -> str:
                 if card['input'].get('dataset_layout') else "") + ")"
              + (f"; splits: {card['dataset_splits']}" if card.get("dataset_splits") else ""),
              f"- target profile: `{card['target_profile']}` (searched for `{card['measured_on']}`; each figure below "
-             "says whether it was measured, emulated or estimated)",
+             "says whether it was measured, emulated or estimated)"
+             + (f"; **{card['over_budget_on_target']}**" if card.get("over_budget_on_target") else ""),
              f"- host CPU of the search: {_cpu_line(card.get('measured_on_cpu'))}; of this export: "
              f"{_cpu_line(card.get('exported_on_cpu'))}",
              "- knobs: " + ", ".join(f"{k}={v}" for k, v in card["knobs"].items()),

@@ -86,10 +86,6 @@ def test_the_export_is_something_a_board_can_flash(m4_search, digits, tmp_path, 
     if outcome.best is None:
         pytest.fail("the cortex-m4 search found no feasible candidate to export")
     out = tmp_path / "board"
-    # another Cortex-M board: its figures were never emulated, so nothing is relabelled for it
-    assert main(["--runs-dir", str(runs), "export", "--search", spec.name, "--out", str(out), "--no-mlflow",
-                 "--target", "cortex-m7"]) == 2
-    assert "on cortex-m7 were never emulated" in capsys.readouterr().err and not out.exists()
     # through the command line, as a user exports it
     assert main(["--runs-dir", str(runs), "export", "--search", spec.name, "--out", str(out), "--no-mlflow"]) == 0
     assert "verified: test accuracy in the TFLite Micro interpreter" in capsys.readouterr().out
@@ -160,6 +156,55 @@ def test_a_candidate_whose_arena_exceeds_the_ram_is_infeasible(m4_search, tmp_pa
     # screening converted the untrained graph of the same shapes: its arena is the trained one's, so none trains
     assert row.stopped == "screened" and row.value("tflm_arena_bytes") == best.value("tflm_arena_bytes")
     assert all(r.stopped == "screened" for r in rows(study))
+
+
+def test_an_export_to_another_board_emulates_the_same_tflite_there(m4_search, tmp_path, capsys):
+    """The .tflite the search measured on its board, exported for another TFLite Micro board: its latency, energy,
+    RAM and flash are that board's (emulated and estimated there, none carried over), its accuracy and arena the
+    file's own; a board it does not fit is refused before anything is written, and one where it misses the
+    search's latency budget says so."""
+    spec, outcome, runs, _ = m4_search
+    if outcome.best is None:
+        pytest.fail("the cortex-m4 search found no feasible candidate to export")
+    row = outcome.best
+    m7 = load_profile("cortex-m7")
+    out = tmp_path / "m7"
+    assert main(["--runs-dir", str(runs), "export", "--search", spec.name, "--out", str(out), "--no-mlflow",
+                 "--target", "cortex-m7"]) == 0, capsys.readouterr().err
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["target_profile"] == "cortex-m7" and card["measured_on"] == "my-m4" and card["runtime"] == "tflite-micro"
+    figures = card["metrics"]
+    assert figures["latency_ms_p90"]["provenance"] == "emulated" and figures["energy_mj"]["provenance"] == "emulated"
+    # the M7 at 280 MHz with twice the M4's multiply-accumulates per cycle: faster than the M4 figure the search has
+    assert figures["latency_ms_p90"]["value"] < row.value("latency_ms_p90")
+    assert figures["latency_ms_p90"]["value"] != pytest.approx(row.value("latency_ms_p90"))
+    assert figures["ram_bytes"]["value"] == card["tflm"]["arena_bytes"] + m7.runtime_ram_overhead_bytes
+    assert figures["flash_bytes"]["value"] == figures["tflite_file_bytes"]["value"] + m7.runtime_flash_bytes
+    assert figures["accuracy_test"]["value"] == row.value("accuracy_test") and "over_budget_on_target" not in card
+    board = tmp_path / "boards"
+    board.mkdir()
+    m4 = Path(load_profile("cortex-m4").source).read_text()
+    # a board with too little RAM for the arena: refused with what it needs, nothing written
+    (board / "tiny.yaml").write_text(m4.replace("name: cortex-m4", "name: tiny").replace(
+        "sram_bytes: 262144", f"sram_bytes: {card['tflm']['arena_bytes'] // 2}"))
+    assert main(["--runs-dir", str(runs), "export", "--search", spec.name, "--out", str(tmp_path / "tiny"),
+                 "--no-mlflow", "--target", str(board / "tiny.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"needs [\d,]+ KiB of RAM on tiny \(estimated\), which has [\d,]+ KiB", err), err
+    assert not (tmp_path / "tiny").exists()
+    # a board that takes 20 ms to dispatch an operator: over the search's 50 ms budget there, as the card and the
+    # command say
+    (board / "slow.yaml").write_text(m4.replace("name: cortex-m4", "name: slow").replace("op_overhead_us: 20 ",
+                                                                                        "op_overhead_us: 20000 "))
+    slow = tmp_path / "slow"
+    assert main(["--runs-dir", str(runs), "export", "--search", spec.name, "--out", str(slow), "--no-mlflow",
+                 "--target", str(board / "slow.yaml")]) == 0
+    said = capsys.readouterr().out
+    card = json.loads((slow / "model_card.json").read_text())
+    assert card["metrics"]["latency_ms_p90"]["value"] > spec.latency_budget_ms
+    assert "over the search's budget of 50 ms" in card["over_budget_on_target"]
+    assert f"note: {card['over_budget_on_target']}" in said
+    assert card["over_budget_on_target"] in (slow / "MODEL_CARD.md").read_text()
 
 
 def test_a_worker_keeps_its_converter_and_replaces_one_that_died(digits, tmp_path):
