@@ -1018,7 +1018,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--pick", nargs="+", metavar="RULE", help="best-accuracy-within-budget (default) or "
                        "fastest-above-accuracy X")
     p.add_argument("--out", type=Path, required=True, help="directory to write (must be new or empty)")
-    p.add_argument("--target", help="target profile to build the library for [default: the search's target]")
+    p.add_argument("--target", help="target profile to export for: another than the search's is measured or "
+                   "emulated there at export (a TFLite Micro search: another TFLite Micro board, the same .tflite "
+                   "re-emulated) [default: the search's target]")
     p.add_argument("--dataset", help="the search's dataset file where it is on this machine (checked to be the "
                    "same data) [default: the path the search recorded]")
     p.add_argument("--force", action="store_true", help="allow a --trial that is not on the feasible front")
