@@ -56,6 +56,7 @@ class TargetProfile:
     cross_compiler: str | None = None  # e.g. aarch64-linux-gnu-gcc: links the build a board loads over RPC
     runtime: str = "tvm"  # one of RUNTIMES
     runtime_flash_bytes: int | None = None  # tflite-micro: the interpreter and the kernels of a small CNN, in flash
+    tflm_kernels: str | None = None  # tflite-micro: the optimised kernel library to build TFLM with (CMSIS-NN, ESP-NN)
     source: str = ""  # the file it came from
 
     def supports(self, precision: str) -> bool:
@@ -133,6 +134,7 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], bool]] = {
     "cross_compiler": ((str,), False),
     "runtime": ((str,), False),
     "runtime_flash_bytes": ((int,), False),
+    "tflm_kernels": ((str,), False),
 }
 _PER_PRECISION = ("peak_macs_per_cycle", "efficiency", "energy_pj_per_mac")
 # mapping fields -> (accepted value types, what a value is, in words); their keys are text

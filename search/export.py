@@ -498,7 +498,7 @@ def _write_card(card: dict, out: Path, search: str, tracking_uri: str | None, re
 
 
 MAIN_CC = """// A minimal TensorFlow Lite Micro program for the exported model (a sketch: wire the input to your sensor).
-// Build it with TFLM (github.com/tensorflow/tflite-micro) and, for speed, its {kernels} kernels.
+// Build it with TFLM (github.com/tensorflow/tflite-micro) and, for speed, {kernels}.
 #include <cstdint>
 
 #include "model_data.h"
@@ -610,7 +610,8 @@ def _ship_tflm(trial, row: Row, out: Path, dataset, profile, runs_dir: Path) -> 
                                else f"  // {op}: register it (no MicroMutableOpResolver method known to edgesearch)"
                                for op in ops)
     (out / "main.cc").write_text(MAIN_CC.format(
-        kernels="ESP-NN" if profile.name.startswith("esp32") else "CMSIS-NN", arena=arena,
+        kernels=f"its {profile.tflm_kernels} kernels" if profile.tflm_kernels else "the optimised kernels of your "
+        "core", arena=arena,
         arena_aligned=aligned, input_c_type="int8_t" if integer else "float", op_count=len(ops),
         registrations=registrations, input_note=note, input_length=int(np.prod(details["shape"])),
         input_field="int8" if integer else "f",

@@ -120,6 +120,7 @@ def test_the_export_is_something_a_board_can_flash(m4_search, digits, tmp_path, 
     program = (out / "main.cc").read_text()
     assert f"kTensorArenaSize = {card['tflm']['arena_bytes_aligned']};" in program
     assert card["tflm"]["arena_bytes_aligned"] % 16 == 0 and "AddConv2D" in program and "tflm" in card
+    assert "its CMSIS-NN kernels" in program  # the board's file names them (tflm_kernels), not its name's prefix
     assert "TFLite Micro interpreter" in (out / "MODEL_CARD.md").read_text()
     assert "build and flash it with the board's toolchain" in (out / "MODEL_CARD.md").read_text()
     assert card["mlflow_run_id"] is None and "MLflow run: none (exported without MLflow" in (
