@@ -124,6 +124,15 @@ def experiment_id(client, uri: str, runs_dir: Path, name: str, tags: dict[str, s
                           "search of that name (one in another Optuna store, or one deleted with --no-mlflow), which "
                           "this search's would mix with: choose another --name, or delete that experiment in MLflow; "
                           "nothing was run.")
+    if exp is not None and not resumed and exp.tags.get(SEARCH_TAG) != "true":
+        from mlflow.entities import ViewType
+
+        if client.search_runs([exp.experiment_id], run_view_type=ViewType.ALL, max_results=1):
+            raise ConfigError(f"The MLflow experiment {name!r} at {shown_url(uri)} holds runs that edgesearch did not "
+                              "log (another project's), which this search's would mix with, and its view would "
+                              "change: choose another --name, or rename that experiment in MLflow; nothing was run.")
+        for key, value in tags.items():  # an empty one made by hand (say, with its permissions set): the search's now
+            client.set_experiment_tag(exp.experiment_id, key, value)
     if exp is not None:
         if exp.tags.get(VIEW_TAG) != review_view_state():
             client.set_experiment_tag(exp.experiment_id, VIEW_TAG, review_view_state())

@@ -84,6 +84,32 @@ def test_an_experiment_no_search_made_is_not_deleted(tmp_path, capsys):
     assert client.get_experiment_by_name("mine").lifecycle_stage == "active"
 
 
+def test_a_users_own_experiment_of_the_name_is_not_taken_over(tmp_path, capsys):
+    """An experiment of the search's name that another project logs to: the search's runs would mix with its
+    runs and its default view change. One made empty by hand (its permissions set on a shared server) is the
+    search's to use."""
+    from search.tracking import SEARCH_TAG, VIEW_TAG
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    client = MlflowClient(default_tracking_uri(runs))
+    theirs = client.create_experiment("theirs")
+    client.set_terminated(client.create_run(theirs, run_name="my own training").info.run_id)
+    assert main(["--runs-dir", str(runs), "submit", "--name", "theirs", "--trials", "1"]) == 2
+    assert "holds runs that edgesearch did not log (another project's)" in capsys.readouterr().err
+    assert "theirs" not in [s.study_name for s in optuna.get_all_study_summaries(default_storage(runs))]
+    untouched = client.get_experiment(theirs)
+    assert VIEW_TAG not in untouched.tags and SEARCH_TAG not in untouched.tags
+    assert [r.info.run_name for r in client.search_runs([theirs])] == ["my own training"]
+
+    empty = client.create_experiment("empty")
+    _search(runs, "empty")
+    adopted = client.get_experiment(empty)
+    assert adopted.tags[SEARCH_TAG] == "true" and len(client.search_runs([empty])) == 2  # the search's and trial 0
+    assert main(["--runs-dir", str(runs), "delete", "empty", "--yes"]) == 0
+    assert client.get_experiment(empty).lifecycle_stage == "deleted"
+
+
 def test_what_a_user_does_to_a_search_in_the_mlflow_ui_is_kept_or_named(tmp_path, capsys):
     runs = tmp_path / "runs"
     _search(runs, "gone")
