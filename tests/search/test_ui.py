@@ -136,6 +136,8 @@ def _in_sandboxed_frames(url: str, expression: str, done, timeout_s: float = 90.
                     frame = frames.pop()
                     frames += frame.get("childFrames", [])
                     world = await call("Page.createIsolatedWorld", frameId=frame["frame"]["id"])
+                    if "executionContextId" not in world:  # a frame the page replaced meanwhile
+                        continue
                     got = await call("Runtime.evaluate", expression=expression, returnByValue=True,
                                      contextId=world["executionContextId"])
                     values.append(got.get("result", {}).get("value"))
