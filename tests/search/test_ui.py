@@ -3,6 +3,7 @@
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -145,13 +146,14 @@ def _in_sandboxed_frames(url: str, expression: str, done, timeout_s: float = 90.
                     break
             return values, base64.b64decode((await call("Page.captureScreenshot"))["data"])
 
+    tree = []
     with tempfile.TemporaryDirectory() as profile:
         browser = subprocess.Popen([shutil.which("chromium"), *(f for f in CHROMIUM_FLAGS if not f.startswith("--virtual-time")),
                                     "--remote-debugging-port=0",
                                     "--disable-site-isolation-trials",
                                     "--disable-features=IsolateOrigins,site-per-process",
                                     f"--user-data-dir={profile}", "about:blank"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             active = Path(profile) / "DevToolsActivePort"
             for _ in range(300):
@@ -161,9 +163,20 @@ def _in_sandboxed_frames(url: str, expression: str, done, timeout_s: float = 90.
             port = active.read_text().split()[0]
             tabs = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json", timeout=10))
             return asyncio.run(run(next(t for t in tabs if t["type"] == "page")["webSocketDebuggerUrl"]))
-        finally:
-            browser.kill()
+        finally:  # the whole browser, its renderers too: one still writing the profile would outlive its removal
+            import contextlib
+
+            import psutil
+
+            with contextlib.suppress(psutil.NoSuchProcess):
+                tree = [psutil.Process(browser.pid), *psutil.Process(browser.pid).children(recursive=True)]
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(browser.pid, signal.SIGKILL)
+            for proc in tree:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.kill()
             browser.wait(timeout=30)
+            psutil.wait_procs(tree, timeout=30)
 
 
 def test_interactive_plots_render_in_the_mlflow_artifact_viewer(ui_server):
