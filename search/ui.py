@@ -25,18 +25,25 @@ STOP_GRACE_S = 10.0
 LANDING_ROUTE = "/edgesearch/open"  # served by search.ui_app inside the MLflow server
 
 
-def port_owner(host: str, port: int) -> str | None:
-    """None when ``host:port`` can be bound; else who holds it, as far as this user can tell."""
+def _free(host: str, port: int) -> bool:
+    """Whether a server could listen on ``host:port`` now; a port it may not take at all is an error."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
         # as servers bind: a port whose last connections linger in TIME_WAIT is free, a listening one is not
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
-            return None
+            return True
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 raise ConfigError(f"Cannot listen on {host}:{port}: {exc.strerror}.") from exc
+            return False
+
+
+def port_owner(host: str, port: int) -> str | None:
+    """None when ``host:port`` can be bound; else who holds it, as far as this user can tell."""
+    if _free(host, port):
+        return None
     import psutil
 
     try:
@@ -76,16 +83,7 @@ def served_store(port: int) -> tuple[str, int] | None:
 
 def free_port_after(host: str, port: int) -> int | None:
     """The first port above ``port`` that ``host`` can listen on (of the next 100)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    for candidate in range(port + 1, min(port + 101, 65536)):
-        with socket.socket(family, socket.SOCK_STREAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind((host, candidate))
-                return candidate
-            except OSError:
-                continue
-    return None
+    return next((p for p in range(port + 1, min(port + 101, 65536)) if _free(host, p)), None)
 
 
 def stop_tree(pid: int, grace_s: float = STOP_GRACE_S) -> None:
