@@ -17,7 +17,7 @@ from pathlib import Path
 
 from objectives.pareto import ACCURACY_METRICS
 from search.data import CLASS_WEIGHTS
-from search.errors import EdgeSearchError, stopped_by_signals
+from search.errors import ConfigError, EdgeSearchError, stopped_by_signals
 from search.spec import HALVING_FROM_TRIALS, SearchSpec
 
 DEFAULT_RUNS = Path(os.environ.get("EDGESEARCH_RUNS", "runs"))
@@ -52,8 +52,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     cores = os.cpu_count() or 1
     if not 1 <= args.threads <= cores:  # more threads than cores would time contention, not the model
-        from search.errors import ConfigError
-
         raise ConfigError(f"--threads must be between 1 and this machine's {cores} core(s). Got {args.threads} "
                           "instead.")
     profile = load_profile(args.target)
@@ -274,8 +272,6 @@ def _spec_from_args(args: argparse.Namespace):
     if budget:
         data["budget"] = budget
     if "name" not in data:
-        from search.errors import ConfigError
-
         raise ConfigError("A search needs a name: pass --name NAME or set 'name' in the spec file.")
     return _absolute_inputs(SearchSpec.from_dict(data))
 
@@ -332,10 +328,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
             _say_how_to_resume(args, spec.name, storage)
         raise
     except Exception as exc:
-        from search.errors import disk_full
+        from search.errors import write_fault
 
-        if disk_full(exc):
-            _say_how_to_resume(args, spec.name, storage, "stopped: the disk is full")
+        if fault := write_fault(exc):
+            _say_how_to_resume(args, spec.name, storage, f"stopped: {fault.why}")
         raise
     from search.study import CHANCE_ATTR, FLOOR_ATTR, load_study, shown_url
 
@@ -361,7 +357,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(f"MLflow: experiment {experiment!r} in {shown_url(tracking)}; review it with 'make ui' or "
               f"'edgesearch ui {spec.name}', which prints the link to its runs")
     if outcome.best is not None:
-        print(f"deploy it: {_program()} {_runs_option(args)} export --search {spec.name}"
+        print(f"deploy it: {_program()} {_runs_option(args)} export {spec.name}"
               f"{_same_stores(args, storage)} --out DIR (the best within budget; --trial N or --pick "
               "fastest-above-accuracy X for another)")
     return 0
@@ -434,9 +430,6 @@ def _resumed_spec(args: argparse.Namespace, stored, data_recorded: bool = True):
     """The stored spec with the options a resume may change; an option that would change what the finished trials
     mean is refused rather than ignored. --dataset may name the same data file in another place (another machine):
     the search checks its content against the digest it recorded (``data_recorded``) before going on."""
-    import dataclasses
-
-    from search.errors import ConfigError
     from search.spec import input_files
 
     fixed = [{"recipes": "--no-recipes", "halving": "--halving/--no-halving"}.get(
@@ -461,8 +454,6 @@ def _resumed_spec(args: argparse.Namespace, stored, data_recorded: bool = True):
 
 def _resumed_name(args: argparse.Namespace) -> str:
     if not args.name and not args.spec:
-        from search.errors import ConfigError
-
         raise ConfigError("--resume needs the --name of the search to continue.")
     return args.name or _spec_from_args(args).name
 
@@ -517,8 +508,6 @@ def _cluster(args: argparse.Namespace, name: str, needed: bool = False) -> str |
 
     address = args.address or (None if getattr(args, "storage", None) else remembered_address(args.runs_dir, name))
     if needed and not address:
-        from search.errors import ConfigError
-
         if _stored_here(args, name):
             raise ConfigError(f"Search {name!r} ran on this machine, not as a Ray job: `logs` and `stop` are for a "
                               f"search submitted with --detach. `edgesearch status {name}` shows its progress; one "
@@ -708,7 +697,6 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_delete(args: argparse.Namespace) -> int:
     from search.delete import delete_search
-    from search.errors import ConfigError
     from search.spec import search_folder
     from search.study import load_study, shown_url
 
@@ -752,28 +740,26 @@ def cmd_export(args: argparse.Namespace) -> int:
     min_accuracy = None
     if args.pick and args.pick[0] == "fastest-above-accuracy":
         if len(args.pick) != 2:
-            from search.errors import ConfigError
-
             raise ConfigError("--pick fastest-above-accuracy needs a threshold, e.g. 0.95.")
         try:
             min_accuracy = float(args.pick[1])  # its range is Pick's to check
         except ValueError:
-            from search.errors import ConfigError
-
             raise ConfigError(f"--pick fastest-above-accuracy needs a number, e.g. 0.95. Got {args.pick[1]!r} "
                               "instead.") from None
     elif args.pick and (args.pick[0] != "best-accuracy-within-budget" or len(args.pick) != 1):
-        from search.errors import ConfigError
-
         raise ConfigError(f"--pick must be 'best-accuracy-within-budget' or 'fastest-above-accuracy X'; "
                           f"got {' '.join(args.pick)!r}.")
+    if args.search and args.search_option and args.search != args.search_option:
+        raise ConfigError(f"Two searches to export: {args.search!r} and --search {args.search_option!r}; name one.")
+    args.search = args.search or args.search_option
+    if not args.search:
+        raise ConfigError("Name the search to export: edgesearch export NAME --out DIR (`edgesearch list` shows "
+                          "the stored ones).")
     address = _cluster(args, args.search)
     if address:  # a detached search: export where its files are; the folder comes back through MLflow
         from search.service import export_on_cluster
 
         if args.no_mlflow:
-            from search.errors import ConfigError
-
             raise ConfigError("--no-mlflow: an export made on the cluster comes back through MLflow; pass "
                               "--storage to export on a machine that has the search's files instead.")
 
@@ -1012,7 +998,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Copy the measured ONNX of the chosen candidate, build the TVM library for the "
                                    "target, write a model card with every figure and its provenance, verify that the "
                                    "artifacts reproduce the recorded test accuracy, and register the model in MLflow.")
-    p.add_argument("--search", required=True, help="name of a finished (or running) search")
+    p.add_argument("search", nargs="?", help="name of a finished (or running) search")
+    p.add_argument("--search", dest="search_option", metavar="SEARCH", help="the same, given as an option")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--trial", type=int, help="export this trial (must be on the feasible front unless --force)")
     group.add_argument("--pick", nargs="+", metavar="RULE", help="best-accuracy-within-budget (default) or "
@@ -1079,10 +1066,10 @@ def main(argv: list[str] | None = None) -> int:
         with stopped_by_signals():  # `kill` and a closed terminal stop a command as Ctrl-C does
             return args.func(args)
     except EdgeSearchError as exc:
-        from search.errors import disk_full
+        from search.errors import write_fault
 
-        if full := disk_full(exc):  # a candidate's stage said why it failed: the disk, not the candidate
-            return _stopped_by_full_disk(args, full)
+        if fault := write_fault(exc):  # a candidate's stage said why it failed: the disk, not the candidate
+            return _stopped_by_write_fault(args, fault)
         print(f"edgesearch: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
@@ -1096,20 +1083,21 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as exc:
-        from search.errors import disk_full
+        from search.errors import write_fault
 
-        if not (full := disk_full(exc)):
+        if not (fault := write_fault(exc)):
             raise
-        return _stopped_by_full_disk(args, full)
+        return _stopped_by_write_fault(args, fault)
 
 
-def _stopped_by_full_disk(args: argparse.Namespace, full: str) -> int:
-    """One line for a full disk, not a traceback; a search has said how to resume it."""
+def _stopped_by_write_fault(args: argparse.Namespace, fault) -> int:
+    """One line for a full disk, a read-only or forbidden folder, not a traceback; a search has said how to resume
+    it."""
     out = f", --out {args.out}" if getattr(args, "out", None) else ""
-    where = "" if "(writing" in full else f" (on the disk of the runs folder {args.runs_dir}{out} or a store)"
+    where = "" if "(writing" in fault.what else f" (in the runs folder {args.runs_dir}{out} or a store)"
     again = "" if args.func is cmd_submit else ", then run the command again"
     with contextlib.suppress(OSError):
-        print(f"edgesearch: error: {full}{where}; free space on that disk (df -h shows what each has left){again}",
+        print(f"edgesearch: error: {fault.what}{where}; {fault.remedy(getattr(args, 'out', None))}{again}",
               file=sys.stderr)
     return 1
 

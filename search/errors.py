@@ -8,11 +8,13 @@ that do not know about edgesearch.
 import contextlib
 import errno
 import re
+from pathlib import Path
+from typing import NamedTuple
 
 from hardware_targets.errors import CandidateError, EdgeSearchError, ProfileError, TargetUnreachableError
 
 __all__ = ["CandidateError", "ConfigError", "DatasetError", "EdgeSearchError", "ProfileError", "SearchNotFoundError",
-           "TargetUnreachableError", "Terminated", "disk_full", "stopped_by_signals"]
+           "TargetUnreachableError", "Terminated", "WriteFault", "stopped_by_signals", "write_fault"]
 
 
 class ConfigError(EdgeSearchError, ValueError):
@@ -73,28 +75,61 @@ def stopped_by_signals():
                 signal.signal(s, handler)
 
 
-# how a full disk reads once SQLite (through SQLAlchemy, Optuna or MLflow) or a Ray worker has reworded it
-_FULL_DISK_WORDS = ("No space left on device", "database or disk is full", "Disk quota exceeded")
+class WriteFault(NamedTuple):
+    """What keeps every write from working, said for a user: ``what`` happened (where, when known), ``why`` a
+    search stopped in a few words, and what to do (``remedy``)."""
+
+    what: str
+    why: str
+    path: str | None
+    errno: int
+
+    def remedy(self, out: str | Path | None = None) -> str:
+        """What to do; ``out``: the folder the command writes, which a fault inside it names instead of the runs
+        folder."""
+        if self.errno in (errno.ENOSPC, errno.EDQUOT):
+            return "free space on that disk (df -h shows what each has left)"
+        mine = out is not None and self.path is not None and Path(self.path).resolve().is_relative_to(
+            Path(out).resolve())
+        if self.errno == errno.EROFS:
+            return ("pass an --out on a writable file system" if mine else "edgesearch writes beside its stores (locks, "
+                    "caches): copy the runs folder to a writable place and pass --runs-dir there")
+        return ("pass an --out this user may write" if mine else "give this user that folder (one made by another "
+                "user, say with sudo), or copy the runs folder to one it owns and pass --runs-dir there")
 
 
-def disk_full(exc: BaseException) -> str | None:
-    """Where the disk filled up, when ``exc`` comes from a full disk (raised here, in a Ray worker, or by SQLite),
-    else None.
+_FAULTS = {errno.ENOSPC: ("no space left on the device", "the disk is full"),
+           errno.EDQUOT: ("no space left on the device (disk quota exceeded)", "the disk is full"),
+           errno.EROFS: ("read-only file system", "a folder it writes is read-only"),
+           errno.EACCES: ("permission denied", "it may not write a folder it needs")}
+# how each reads once SQLite (through SQLAlchemy, Optuna or MLflow) or a Ray worker has reworded it
+_WORDS = {"No space left on device": errno.ENOSPC, "database or disk is full": errno.ENOSPC,
+          "Disk quota exceeded": errno.EDQUOT, "Read-only file system": errno.EROFS,
+          "attempt to write a readonly database": errno.EROFS, "Permission denied": errno.EACCES}
 
-    A full disk is no candidate's fault: recorded as a failed candidate, it would fail every candidate after it and
-    teach the sampler that their knobs fail. Commands stop on it instead, with what was finished kept."""
+
+def write_fault(exc: BaseException) -> WriteFault | None:
+    """Why nothing can be written, when ``exc`` comes from a full disk, a read-only file system or a folder this
+    user may not write (raised here, in a Ray worker, or by SQLite), else None.
+
+    Such a fault is no candidate's: recorded as a failed candidate, it would fail every candidate after it and teach
+    the sampler that their knobs fail. Commands stop on it instead, with what was finished kept."""
     seen, stack = set(), [exc]
     while stack:
         e = stack.pop()
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            path = getattr(e, "filename2", None) or e.filename
-            return f"no space left on the device (writing {path})" if path else "no space left on the device"
-        if any(words in str(e) for words in _FULL_DISK_WORDS):  # a worker's error keeps its path in its text only
-            named = re.search(r"No space left on device: '([^']+)'(?: -> '([^']+)')?", str(e))
-            return (f"no space left on the device (writing {named[2] or named[1]})" if named else
-                    "no space left on the device")
+        if isinstance(e, OSError) and e.errno in _FAULTS:
+            return _fault(e.errno, getattr(e, "filename2", None) or e.filename)
+        for words, code in _WORDS.items():  # a worker's error keeps its path in its text only
+            if words in str(e):
+                named = re.search(re.escape(words) + r": '([^']+)'(?: -> '([^']+)')?", str(e))
+                return _fault(code, named and (named[2] or named[1]))
         stack += [getattr(e, "cause", None), e.__cause__, e.__context__]
     return None
+
+
+def _fault(code: int, path) -> WriteFault:
+    what, why = _FAULTS[code]
+    return WriteFault(f"{what} (writing {path})" if path else what, why, path and str(path), code)

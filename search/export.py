@@ -301,8 +301,9 @@ def export_search(
     get_backend(profile).check("nothing was exported")  # a board down, a cross compiler missing: before building
     dataset = _searched_dataset(spec, search)
     check_same_data(study, spec, dataset, "export from it")
+    same_target = same_profile(profile, searched_on)  # a profile file read from where it is now counts as one
     board_figures = None
-    if "tflite-micro" in (profile.runtime, searched_on.runtime) and not same_profile(profile, searched_on):
+    if "tflite-micro" in (profile.runtime, searched_on.runtime) and not same_target:
         if profile.runtime != searched_on.runtime:
             raise ConfigError(f"Search {search!r} ran on {searched_on.name} ({searched_on.runtime}); "
                               f"{profile.name} runs {profile.runtime}. Search on {profile.name} itself, then export.")
@@ -315,7 +316,6 @@ def export_search(
 
         onnx_path = out / "model.onnx"
         shutil.copyfile(onnx_src, onnx_path)  # the exact graph that was measured
-        same_target = same_profile(profile, searched_on)  # a profile file read from where it is now counts as one
         searched_runtime = searched_on.runtime
         if "tflite-micro" in (profile.runtime, searched_runtime):
             card = {**_card_head(search, study, spec, row, trial, reason, profile, searched_on, tracking_uri,

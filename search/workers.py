@@ -34,7 +34,7 @@ from objectives.latency import INFEASIBLE, RETIME, budget_verdict
 from objectives.memory import over_limits
 from objectives.pareto import ACCURACY_METRICS, non_dominated
 from search.candidate import Budget, Candidate, CandidateResult
-from search.errors import CandidateError, ConfigError, disk_full, stopped_by_signals
+from search.errors import CandidateError, ConfigError, stopped_by_signals, write_fault
 from search.spec import SearchSpace, SearchSpec, check_inputs, check_resources
 from search.tracking import TRACKED_ATTR
 from search.transfer import (
@@ -231,7 +231,7 @@ def _ship_stage(ray, study, spec: SearchSpec, profile, report: Reporter, placeme
             transport.land(out["files"])
             shipped = out["shipped"]
         except Exception as exc:  # a candidate that cannot be shipped keeps its searched figures
-            _stop_if_disk_full(exc)
+            _stop_on_write_fault(exc)
             report(f"[ship {i + 1}/{len(queue)}] trial {row.number}: failed ({type(exc).__name__}); ships as searched")
             continue
         study.set_user_attr(f"{SHIPPED_PREFIX}{row.number}", shipped)
@@ -508,7 +508,7 @@ def _narrower_where_faster(spec: SearchSpec, profile, runs_dir: Path, report: Re
                                      Path(runs_dir), budget=spec.budget, seed=spec.seed, threads=THREADS_PER_WORKER,
                                      runtime=spec.runtime)
         except Exception as exc:
-            _stop_if_disk_full(exc)
+            _stop_on_write_fault(exc)
             report(f"could not time {kind} against fp32 ({_failure_reason(exc)}); {kind} stays in the search space")
             continue
         figures = ", ".join(f"{ms / f32:.2f}x fp32's at width {w:g} ({ms:.3g} ms on {ms_on} against {f32:.3g} on "
@@ -907,7 +907,7 @@ def _prepare(ray, study, spec: SearchSpec, profile, report: Reporter, placement:
                                                       screen_widest, need_baseline, transport.dataset, profile),
                                      report, what)
         except Exception as exc:
-            _stop_if_disk_full(exc)
+            _stop_on_write_fault(exc)
             if need_baseline:
                 raise ConfigError(f"The fp32 full-width baseline for --max-accuracy-drop failed: "
                                   f"{_failure_reason(exc)}") from exc
@@ -994,7 +994,7 @@ def _teacher_stage(ray, study, spec: SearchSpec, remaining: float, report: Repor
             else:
                 transport.land(message.get("files"))
     except Exception as exc:
-        _stop_if_disk_full(exc)
+        _stop_on_write_fault(exc)
         report(f"the distillation teacher could not be trained ({_failure_reason(exc)}); each distilling candidate "
                "tries it again, and fails on its own if it cannot")
     except BaseException:  # Ctrl-C: the training stops with the driver
@@ -1243,7 +1243,7 @@ class _Driver:
         try:
             out = self.ray.get(ref)
         except Exception as exc:
-            _stop_if_disk_full(exc)
+            _stop_on_write_fault(exc)
             self._fail_job(job, _failure_reason(exc))
             return
         self.timings["transfer_workers"] += out.get("transfer_s", 0.0)
@@ -1384,7 +1384,7 @@ class _Driver:
         try:
             fresh = [CandidateResult.from_dict(d) for d in _get(self.ray, ref)]
         except Exception as exc:
-            _stop_if_disk_full(exc)
+            _stop_on_write_fault(exc)
             self.report(f"re-timing failed ({_failure_reason(exc)}); the figures timed during the search stand")
             fresh = [r for _, r in pending]
         budget = self.spec.latency_budget_ms
@@ -1475,10 +1475,11 @@ def _outcome(row: Row, chance: float | None = None) -> str:
     return text + ("feasible" if row.feasible else f"infeasible: {row.infeasible_because()}")
 
 
-def _stop_if_disk_full(exc: Exception) -> None:
-    """Raise ``exc`` again when a full disk caused it: the search stops (what finished is kept, what ran is queued
-    again) rather than failing each candidate after it on the disk, not on its knobs."""
-    if disk_full(exc):
+def _stop_on_write_fault(exc: Exception) -> None:
+    """Raise ``exc`` again when a full disk or a folder that cannot be written caused it: the search stops (what
+    finished is kept, what ran is queued again) rather than failing each candidate after it on the disk, not on its
+    knobs."""
+    if write_fault(exc):
         raise exc
 
 

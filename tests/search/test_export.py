@@ -289,6 +289,11 @@ def test_export_errors(tracked_search, tmp_path, capsys):
                      "--no-mlflow", "--pick", "fastest-above-accuracy", *said]) == 2
         err = capsys.readouterr().err
         assert "--pick fastest-above-accuracy" in err and len(err.strip().splitlines()) == 1, err
+    for named, said in (([], "Name the search to export: edgesearch export NAME --out DIR"),
+                        (["twice", "--search", spec.name], f"Two searches to export: 'twice' and --search '{spec.name}'")):
+        assert main(["--runs-dir", str(runs), "export", *named, "--out", str(tmp_path / "w"), "--no-mlflow"]) == 2
+        err = capsys.readouterr().err
+        assert said in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "w").exists()
     import yaml
 

@@ -90,7 +90,7 @@ def test_the_same_data_elsewhere_is_taken_and_other_data_refused(moved, tmp_path
     assert main(["--runs-dir", str(runs), "submit", "--name", "moved", "--resume", "--no-mlflow",
                  "--dataset", str(other)]) == 2
     assert "is not the data search 'moved' ran on" in capsys.readouterr().err
-    export = ["--runs-dir", str(runs), "export", "--search", "moved", "--no-mlflow", "--out", str(tmp_path / "out")]
+    export = ["--runs-dir", str(runs), "export", "moved", "--no-mlflow", "--out", str(tmp_path / "out")]
     assert main([*export, "--dataset", str(other)]) == 2
     assert "is not the data search 'moved' ran on" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -137,7 +137,7 @@ def test_two_searches_at_once_and_a_restarted_driver_on_postgresql(postgres, tmp
         assert proc.returncode == 0, err[-2000:]
         assert "feasible Pareto front" in out
         # the next step names the storage, which is not the runs folder's default
-        assert f"export --search {'steady' if proc is steady else 'restarted'} --storage '{storage}' --no-mlflow" in out
+        assert f"export {'steady' if proc is steady else 'restarted'} --storage '{storage}' --no-mlflow" in out
     steady_rows = rows(load_study("steady", storage))
     assert len(steady_rows) == 1 and all(r.state == "COMPLETE" for r in steady_rows)
     study = load_study("restarted", storage)

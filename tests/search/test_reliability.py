@@ -3,6 +3,7 @@ and fuzzed specs."""
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import shlex
@@ -335,21 +336,67 @@ def test_a_full_disk_stops_the_search_and_blames_no_candidate(tmp_path):
     assert sorted(int(r.data.tags["edgesearch.trial"]) for r in logged) == [t.number for t in trials]
 
 
-def test_a_full_disk_is_told_from_other_errors_however_it_was_raised(tmp_path):
+def test_a_folder_that_cannot_be_written_stops_the_search_and_every_command_says_so(tmp_path):
+    """A runs folder on a read-only file system (a results share, a read-only container mount) or one made by
+    another user: the search stops as on a full disk, blaming no candidate, and a command reading the folder says in
+    one line what to do, where it said to start a server. A real read-only bind mount."""
+    runs = tmp_path / "runs"
+    candidates = runs / "searches" / "ro" / "candidates"
+    candidates.mkdir(parents=True)
+    if os.geteuid() != 0 or subprocess.run(["mount", "--bind", "-o", "ro", str(candidates), str(candidates)],
+                                           capture_output=True).returncode:
+        pytest.skip("a read-only bind mount needs root")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"name": "ro", "trials": 2, "workers": 1, "recipes": False,
+                                    "budget": dataclasses.asdict(FAST), "space": {"precision": ["fp32"],
+                                                                                  "width": [0.25, 0.5]}}))
+    try:
+        stopped = subprocess.run(_cli(runs, "submit", "--spec", str(spec)), capture_output=True, text=True,
+                                 timeout=600)
+    finally:
+        subprocess.run(["umount", "-l", str(candidates)], check=True)
+    err = stopped.stderr
+    assert stopped.returncode == 1, err[-3000:]
+    assert f"edgesearch: error: read-only file system (writing {candidates}" in err, err[-3000:]
+    assert "copy the runs folder to a writable place and pass --runs-dir there" in err and "Traceback" not in err
+    assert "search 'ro' stopped: a folder it writes is read-only" in err
+    study = load_study("ro", default_storage(runs))
+    assert {t.user_attrs["error"] for t in study.get_trials(states=(TrialState.FAIL,))} <= \
+        {"interrupted: the driver stopped while it ran"}
+    shared = tmp_path / "shared"  # the whole folder, as a colleague's results on a read-only share
+    shared.mkdir()
+    subprocess.run(["mount", "--bind", "-o", "ro", str(runs), str(shared)], check=True)
+    try:
+        for command in (["list"], ["status", "ro"], ["ui", "--port", "0"]):
+            said = subprocess.run(_cli(shared, *command), capture_output=True, text=True, timeout=120)
+            assert said.returncode == 1 and len(said.stderr.strip().splitlines()) == 1, said.stderr[-3000:]
+            assert said.stderr.startswith(f"edgesearch: error: read-only file system (writing {shared}/"), said.stderr
+            assert "Start the server" not in said.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(shared)], check=True)
+
+
+def test_a_write_fault_is_told_from_other_errors_however_it_was_raised(tmp_path):
     """The forms a full disk takes: a write to /dev/full (ENOSPC, with and without a file name), a SQLite database
-    at its size limit as SQLAlchemy and Optuna raise it, and an error that is not one."""
+    at its size limit as SQLAlchemy and Optuna raise it; a read-only SQLite database and a denied file, in a worker's
+    text too; and errors that are none of them."""
     import sqlite3
 
-    from search.errors import disk_full
+    from search.errors import write_fault
+
+    def what(exc):
+        fault = write_fault(exc)
+        return fault and fault.what
 
     with pytest.raises(OSError) as unnamed:
         with open("/dev/full", "wb") as f:
             f.write(b"x")
             f.flush()
-    assert disk_full(unnamed.value) == "no space left on the device"
+    assert what(unnamed.value) == "no space left on the device"
+    assert write_fault(unnamed.value).why == "the disk is full"
     named = OSError(unnamed.value.errno, os.strerror(unnamed.value.errno), str(tmp_path / "model.onnx"))
-    assert disk_full(named) == f"no space left on the device (writing {tmp_path / 'model.onnx'})"
-    assert disk_full(RuntimeError(f"worker: {named}")) == f"no space left on the device (writing {tmp_path / 'model.onnx'})"
+    assert what(named) == f"no space left on the device (writing {tmp_path / 'model.onnx'})"
+    assert what(RuntimeError(f"worker: {named}")) == f"no space left on the device (writing {tmp_path / 'model.onnx'})"
     db = sqlite3.connect(tmp_path / "small.db")
     db.execute("PRAGMA max_page_count = 2")
     with pytest.raises(sqlite3.OperationalError) as limit:
@@ -358,9 +405,17 @@ def test_a_full_disk_is_told_from_other_errors_however_it_was_raised(tmp_path):
     try:
         raise RuntimeError("An exception is raised during the commit.") from limit.value
     except RuntimeError as wrapped:
-        assert disk_full(wrapped) == "no space left on the device"
-    assert disk_full(OSError(2, "No such file or directory", "x")) is None
-    assert disk_full(ValueError("bad")) is None
+        assert what(wrapped) == "no space left on the device"
+    db.close()
+    read_only = sqlite3.connect(f"file:{tmp_path / 'small.db'}?mode=ro", uri=True)
+    with pytest.raises(sqlite3.OperationalError) as refused:
+        read_only.execute("INSERT INTO t VALUES (1)")
+    assert what(refused.value) == "read-only file system"
+    denied = PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(tmp_path / "teachers"))
+    assert what(RuntimeError(f"worker: {denied}")) == f"permission denied (writing {tmp_path / 'teachers'})"
+    assert "--runs-dir" in write_fault(denied).remedy() and "--out" in write_fault(denied).remedy(tmp_path)
+    assert write_fault(OSError(2, "No such file or directory", "x")) is None
+    assert write_fault(ValueError("bad")) is None
 
 
 def _cli(runs, *args):
