@@ -48,6 +48,7 @@ class Dataset:
     saved_layout: str = ""  # the axis order x was saved in, when channels-last (NHWC, NLC): an export takes it too
     class_names: tuple[str, ...] = ()  # the archive's ``class_names``, label k named class_names[k]; () for none
     unread_keys: tuple[str, ...] = ()  # archive keys edgesearch does not read: most often a misspelt one
+    scaling: str = ""  # how a built-in loader scaled its source into x, in words; "" for data used as stored
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -75,6 +76,12 @@ class Dataset:
             return f"1-D signals, {channels} channel(s) of {length} samples"
         channels, height, width = self.sample_shape
         return f"images, {channels} channel(s) of {height}x{width}"
+
+    def input_values(self) -> str:
+        """The values the model was trained on, in words with their range: a device must feed the same (raw pixel
+        values where training saw them raw), which neither the shape nor the dtype says."""
+        how = self.scaling or "as stored in the dataset file, unscaled"
+        return f"{how}; the training data spans {float(self.x_train.min()):.6g} to {float(self.x_train.max()):.6g}"
 
     def weighted(self, class_weight: str) -> "Dataset":
         """The same data trained with ``class_weight``: a fingerprint of its own, so teachers, baselines and
@@ -186,7 +193,8 @@ def _load_digits() -> Dataset:
     bunch = load_digits()
     x = (bunch.data / 16.0).reshape(-1, 1, 8, 8)
     x_train, x_test, y_train, y_test = _stratified_split(x, bunch.target, TEST_FRACTION)
-    return _finish("digits", "sklearn-digits-v1", x_train, y_train, x_test, y_test, test_from="the set")
+    dataset = _finish("digits", "sklearn-digits-v1", x_train, y_train, x_test, y_test, test_from="the set")
+    return dataclasses.replace(dataset, scaling="scikit-learn's pixel counts (0 to 16) divided by 16")
 
 
 def _load_mnist1d() -> Dataset:
@@ -196,7 +204,9 @@ def _load_mnist1d() -> Dataset:
     mean, std = data["x"].mean(), data["x"].std()
     x_train = ((data["x"] - mean) / std)[:, None, :]
     x_test = ((data["x_test"] - mean) / std)[:, None, :]
-    return _finish("mnist1d", "mnist1d-default-args-v1", x_train, data["y"], x_test, data["y_test"])
+    dataset = _finish("mnist1d", "mnist1d-default-args-v1", x_train, data["y"], x_test, data["y_test"])
+    return dataclasses.replace(dataset, scaling=f"the generated signals standardised: (x {'-' if mean >= 0 else '+'} "
+                               f"{abs(mean):.6g}) / {std:.6g}")
 
 
 _BUILTIN_LOADERS = {"digits": _load_digits, "mnist1d": _load_mnist1d}

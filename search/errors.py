@@ -92,8 +92,8 @@ class WriteFault(NamedTuple):
         mine = out is not None and self.path is not None and Path(self.path).resolve().is_relative_to(
             Path(out).resolve())
         if self.errno == errno.EROFS:
-            return ("pass an --out on a writable file system" if mine else "edgesearch writes beside its stores (locks, "
-                    "caches): copy the runs folder to a writable place and pass --runs-dir there")
+            return ("pass an --out on a writable file system" if mine else "edgesearch writes beside its stores "
+                    "(locks, caches): copy the runs folder to a writable place and pass --runs-dir there")
         return ("pass an --out this user may write" if mine else "give this user that folder (one made by another "
                 "user, say with sudo), or copy the runs folder to one it owns and pass --runs-dir there")
 

@@ -512,6 +512,7 @@ constexpr int kTensorArenaSize = {arena_aligned};
 alignas(16) static uint8_t tensor_arena[kTensorArenaSize];
 
 // One input of the model: {input_note}.
+// Its values as in training: {input_values}.
 constexpr int kInputLength = {input_length};
 
 {class_names}// The class of one input, or -1 if the interpreter fails, -2 if input_len is not kInputLength.
@@ -613,7 +614,8 @@ def _ship_tflm(trial, row: Row, out: Path, dataset, profile, runs_dir: Path) -> 
         kernels=f"its {profile.tflm_kernels} kernels" if profile.tflm_kernels else "the optimised kernels of your "
         "core", arena=arena,
         arena_aligned=aligned, input_c_type="int8_t" if integer else "float", op_count=len(ops),
-        registrations=registrations, input_note=note, input_length=int(np.prod(details["shape"])),
+        registrations=registrations, input_note=note, input_values=dataset.input_values(),
+        input_length=int(np.prod(details["shape"])),
         input_field="int8" if integer else "f",
         output_field="int8" if integer else "f", class_names=_c_class_names(dataset.class_names)))
     predicted = predict_tflm(tflite, dataset.x_test)
@@ -627,7 +629,7 @@ def _ship_tflm(trial, row: Row, out: Path, dataset, profile, runs_dir: Path) -> 
     return {"runtime": "tflite-micro", "tflm": {"arena_bytes": arena, "arena_bytes_aligned": aligned, "ops": ops,
                                                  "input_dtype": str(np.dtype(details["dtype"]))},
             "input": {"shape": [int(d) for d in details["shape"]], "dtype": str(np.dtype(details["dtype"])),
-                      "layout": layout},
+                      "layout": layout, "values": dataset.input_values()},
             "verification": verification,
             "per_class_test": _per_class(predicted, dataset, "TFLite Micro interpreter")}
 
@@ -652,7 +654,8 @@ def model_input(dataset, dtype: str) -> dict:
     """The model card's input of a model that takes channel-first batches of one: shape, dtype, axis order, and the
     channels-last order the dataset was saved in, which predict.py takes too."""
     return {"shape": [1, *dataset.sample_shape], "dtype": dtype, "layout": input_layout(dataset.sample_shape),
-            **({"dataset_layout": dataset.saved_layout} if dataset.saved_layout else {})}
+            **({"dataset_layout": dataset.saved_layout} if dataset.saved_layout else {}),
+            "values": dataset.input_values()}
 
 
 def input_layout(sample_shape: tuple[int, ...], channels_last: bool = False) -> str:
@@ -755,6 +758,7 @@ def model_card_markdown(card: dict) -> str:
              + (f"; predict.py also takes {card['input']['dataset_layout']}, the order the dataset was saved in"
                 if card['input'].get('dataset_layout') else "") + ")"
              + (f"; splits: {card['dataset_splits']}" if card.get("dataset_splits") else ""),
+             *([f"- input values, as in training: {card['input']['values']}"] if card["input"].get("values") else []),
              f"- target profile: `{card['target_profile']}` (searched for `{card['measured_on']}`; each figure below "
              "says whether it was measured, emulated or estimated)"
              + (f"; **{card['over_budget_on_target']}**" if card.get("over_budget_on_target") else ""),

@@ -15,6 +15,8 @@ from search.workers import run_search
 TINY = Budget(epochs=2, finetune_epochs=1, prune_steps=1, tuning_trials=0, timing_repeats=5, front_tuning_trials=0,
               front_tuning_minutes=0, teacher_epochs=2)
 SHIP = dataclasses.replace(TINY, front_tuning_minutes=0.001)
+# the values the digits loader gives a model, as a model card and main.cc must say them for a device to feed
+DIGITS_VALUES = "scikit-learn's pixel counts (0 to 16) divided by 16; the training data spans 0 to 1"
 
 
 def complete_trials(storage: str, name: str) -> list:

@@ -15,6 +15,7 @@ from search.errors import ConfigError
 from hardware_targets.compile import tuning_dir
 from search.export import Pick, elf_machines, export_search
 from search.study import default_storage, load_study
+from tests.search.conftest import DIGITS_VALUES
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +57,9 @@ def test_export_writes_the_deployable_folder(exported, digits):
     assert card["mlflow_run_id"] and f"MLflow run: `{card['mlflow_run_id']}`" in (out / "MODEL_CARD.md").read_text()
     # digits are images, read channel-first: the card says the order the shipped model takes its input in
     assert card["input"]["shape"] == [1, 1, 8, 8] and card["input"]["layout"] == "NCHW"
+    # the values a device must feed, which shape and dtype do not say: digits as the loader scaled them
+    assert card["input"]["values"] == DIGITS_VALUES
+    assert f"- input values, as in training: {DIGITS_VALUES}" in (out / "MODEL_CARD.md").read_text()
     # the card says which splits its figures come from: digits' test and val splits are drawn from sklearn's one set
     splits = (f"{len(digits.x_train)} train / {len(digits.x_val)} val / {len(digits.x_test)} test (drawn here: "
               "test 20% of the set, val 15% of train; stratified by class, seed 0)")
@@ -114,7 +118,8 @@ def test_export_writes_the_deployable_folder(exported, digits):
     saved_hwc = out.parent / "saved_hwc"
     shutil.copytree(out, saved_hwc)
     hwc_card = {**card, "input": model_input(load_npz(out.parent / "hwc.npz"), card["input"]["dtype"])}
-    assert hwc_card["input"] == {**card["input"], "dataset_layout": "NHWC"}
+    assert hwc_card["input"] == {**card["input"], "dataset_layout": "NHWC",
+                                 "values": "as stored in the dataset file, unscaled; the training data spans 0 to 1"}
     (saved_hwc / "model_card.json").write_text(json.dumps(hwc_card))
     assert "predict.py also takes NHWC, the order the dataset was saved in" in model_card_markdown(hwc_card)
     np.save(out.parent / "one_hwc.npy", np.moveaxis(batch[0], 0, -1))

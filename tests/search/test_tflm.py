@@ -18,7 +18,7 @@ from search.stages.tflite import allocates, arena_bytes, interpreter, predict_tf
 from search.study import default_storage, load_study, rows
 from search.tracking import default_tracking_uri
 from search.workers import run_search
-from tests.search.conftest import TINY
+from tests.search.conftest import DIGITS_VALUES, TINY
 
 SMALL = SearchSpace(precision=("fp32", "int8-ptq", "int8-qat"), pruning=("unstructured", "structured"),
                     sparsity=(0.0, 0.5), width=(0.25, 0.5))
@@ -126,7 +126,9 @@ def test_the_export_is_something_a_board_can_flash(m4_search, digits, tmp_path, 
     assert card["mlflow_run_id"] is None and "MLflow run: none (exported without MLflow" in (
         out / "MODEL_CARD.md").read_text()
     # channel-last, as TFLite computes: no layout change on the device
-    assert card["input"] == {"shape": [1, 8, 8, 1], "dtype": card["tflm"]["input_dtype"], "layout": "NHWC"}
+    assert card["input"] == {"shape": [1, 8, 8, 1], "dtype": card["tflm"]["input_dtype"], "layout": "NHWC",
+                             "values": DIGITS_VALUES}
+    assert f"// Its values as in training: {DIGITS_VALUES}." in program  # raw or scaled: what the sensor code feeds
     # the sketch takes exactly one input and allocates the arena once, however often it is called
     assert "constexpr int kInputLength = 64;" in program and "if (input_len != kInputLength) return -2;" in program
     assert program.count("AllocateTensors()") == 1 and "static const bool allocated" in program
