@@ -288,6 +288,37 @@ def test_corrupted_tuning_records_are_moved_aside(tmp_path, digits):
     assert len(list(records.glob("*.corrupt-*"))) == 2
 
 
+def _search_on_mounted_candidates(tmp_path, name: str, mount: list[str], needs: str, before=None):
+    """Run a 2-trial search ``name`` whose candidates' folder is a mount (``mount``: the arguments before the mount
+    point), calling ``before`` with the folder first; returns the runs folder, the candidates' folder and the
+    finished command. Skipped with ``needs`` where mounting is not allowed."""
+    runs = tmp_path / "runs"
+    candidates = runs / "searches" / name / "candidates"
+    candidates.mkdir(parents=True)
+    if os.geteuid() != 0 or subprocess.run(["mount", *mount, str(candidates)], capture_output=True).returncode:
+        pytest.skip(needs)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"name": name, "trials": 2, "workers": 1, "recipes": False,
+                                    "budget": dataclasses.asdict(FAST), "space": {"precision": ["fp32"],
+                                                                                  "width": [0.25, 0.5]}}))
+    try:
+        if before:
+            before(candidates)
+        return runs, candidates, subprocess.run(_cli(runs, "submit", "--spec", str(spec)), capture_output=True,
+                                                text=True, timeout=600)
+    finally:
+        subprocess.run(["umount", "-l", str(candidates)], check=True)
+
+
+def _fill(folder: Path) -> None:
+    """Take every byte of the disk ``folder`` is on."""
+    with open(folder / "filler", "wb") as filler:
+        with contextlib.suppress(OSError):
+            while True:
+                filler.write(b"\0" * 65536)
+                filler.flush()
+
+
 def test_a_full_disk_stops_the_search_and_blames_no_candidate(tmp_path):
     """A disk that fills up fails every candidate after it: recorded as candidate failures, they would spend the
     budget and teach the sampler that their knobs fail. The search stops instead, in one message, and a resume on
@@ -296,26 +327,8 @@ def test_a_full_disk_stops_the_search_and_blames_no_candidate(tmp_path):
 
     from search.tracking import default_tracking_uri
 
-    runs = tmp_path / "runs"
-    candidates = runs / "searches" / "full" / "candidates"
-    candidates.mkdir(parents=True)
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(candidates)],
-                                           capture_output=True).returncode:
-        pytest.skip("a small full disk is a tmpfs, which only root may mount")
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump({"name": "full", "trials": 2, "workers": 1, "recipes": False,
-                                    "budget": dataclasses.asdict(FAST), "space": {"precision": ["fp32"],
-                                                                                  "width": [0.25, 0.5]}}))
-    try:
-        with open(candidates / "filler", "wb") as filler:  # every byte of it taken
-            with contextlib.suppress(OSError):
-                while True:
-                    filler.write(b"\0" * 65536)
-                    filler.flush()
-        stopped = subprocess.run(_cli(runs, "submit", "--spec", str(spec)), capture_output=True, text=True,
-                                 timeout=600)
-    finally:
-        subprocess.run(["umount", "-l", str(candidates)], check=True)
+    runs, _, stopped = _search_on_mounted_candidates(tmp_path, "full", ["-t", "tmpfs", "-o", "size=1m", "tmpfs"],
+                                                     "a small full disk is a tmpfs, which only root may mount", _fill)
     err = stopped.stderr
     assert stopped.returncode == 1, err[-3000:]
     assert "edgesearch: error: no space left on the device" in err and "free space on that disk" in err, err[-3000:]
@@ -340,21 +353,9 @@ def test_a_folder_that_cannot_be_written_stops_the_search_and_every_command_says
     """A runs folder on a read-only file system (a results share, a read-only container mount) or one made by
     another user: the search stops as on a full disk, blaming no candidate, and a command reading the folder says in
     one line what to do, where it said to start a server. A real read-only bind mount."""
-    runs = tmp_path / "runs"
-    candidates = runs / "searches" / "ro" / "candidates"
-    candidates.mkdir(parents=True)
-    if os.geteuid() != 0 or subprocess.run(["mount", "--bind", "-o", "ro", str(candidates), str(candidates)],
-                                           capture_output=True).returncode:
-        pytest.skip("a read-only bind mount needs root")
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump({"name": "ro", "trials": 2, "workers": 1, "recipes": False,
-                                    "budget": dataclasses.asdict(FAST), "space": {"precision": ["fp32"],
-                                                                                  "width": [0.25, 0.5]}}))
-    try:
-        stopped = subprocess.run(_cli(runs, "submit", "--spec", str(spec)), capture_output=True, text=True,
-                                 timeout=600)
-    finally:
-        subprocess.run(["umount", "-l", str(candidates)], check=True)
+    folder = tmp_path / "runs" / "searches" / "ro" / "candidates"  # bound read-only onto itself
+    runs, candidates, stopped = _search_on_mounted_candidates(tmp_path, "ro", ["--bind", "-o", "ro", str(folder)],
+                                                              "a read-only bind mount needs root")
     err = stopped.stderr
     assert stopped.returncode == 1, err[-3000:]
     assert f"edgesearch: error: read-only file system (writing {candidates}" in err, err[-3000:]
