@@ -205,7 +205,9 @@ machine = "arm" if machine.startswith("armv") else machine
 runs_here = library is not None and (not built_for or machine in built_for)
 shipped = "tvm" if card.get("runtime") == "tvm" and runs_here else "onnxruntime"
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("input", nargs="?", help=".npy file of one sample or a batch (N, ...) (zeros if left out)")
+values = (card.get("input") or {}).get("values")
+parser.add_argument("input", nargs="?", help=".npy file of one sample or a batch (N, ...) (zeros if left out)"
+                    + (f"; its values as in training: {values}".replace("%", "%%") if values else ""))
 parser.add_argument("--runtime", choices=["onnxruntime", "tvm"], default=shipped, help=f"[default: {shipped}]")
 args = parser.parse_args()
 if card.get("runtime") == "tvm" and library is not None and not runs_here and args.runtime == "onnxruntime":

@@ -60,6 +60,9 @@ def test_export_writes_the_deployable_folder(exported, digits):
     # the values a device must feed, which shape and dtype do not say: digits as the loader scaled them
     assert card["input"]["values"] == DIGITS_VALUES
     assert f"- input values, as in training: {DIGITS_VALUES}" in (out / "MODEL_CARD.md").read_text()
+    told = subprocess.run([sys.executable, "predict.py", "--help"], cwd=out, capture_output=True, text=True,
+                          timeout=120)
+    assert "its values as in training: scikit-learn's pixel counts" in " ".join(told.stdout.split()), told.stderr
     # the card says which splits its figures come from: digits' test and val splits are drawn from sklearn's one set
     splits = (f"{len(digits.x_train)} train / {len(digits.x_val)} val / {len(digits.x_test)} test (drawn here: "
               "test 20% of the set, val 15% of train; stratified by class, seed 0)")
