@@ -132,8 +132,9 @@ def landing_paths(tracking_uri: str, search: str | None, parent: str | None = No
         found = client.search_experiments(filter_string=f"tags.`{SEARCH_TAG}` = 'true'",
                                           order_by=["creation_time DESC"], max_results=1)
         exp = found[0] if found else None
-    if exp is None:
-        return [("open", "/#/experiments?workflowType=machine_learning")]
+    if exp is None:  # a new runs folder: the experiments list, where a search started next appears
+        return [("open (no search has logged here yet: `make run` or `edgesearch submit` starts one; reload then)",
+                 "/#/experiments?workflowType=machine_learning")]
     if exp.tags.get(VIEW_TAG) != review_view_state():  # a search logged before the view existed
         client.set_experiment_tag(exp.experiment_id, VIEW_TAG, review_view_state())
     paths = [("open", f"{LANDING_ROUTE}?experiment={exp.experiment_id}&view={VIEW_KEY}")]

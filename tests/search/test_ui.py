@@ -260,3 +260,14 @@ def test_an_unknown_search_is_refused_before_the_ui_says_it_is_up(tracked_search
                            "--port", str(free_port())], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "No search named 'no-such-search'" in done.stderr
     assert "MLflow UI for" not in done.stdout and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_new_runs_folder_opens_the_experiments_list_and_says_how_a_search_gets_there(tmp_path):
+    from search.tracking import check_tracking, default_tracking_uri
+    from search.ui import landing_paths
+
+    uri = default_tracking_uri(tmp_path)
+    check_tracking(uri, runs_dir=tmp_path)  # the store `ui` creates in a new runs folder
+    [(label, path)] = landing_paths(uri, None)
+    assert path == "/#/experiments?workflowType=machine_learning"
+    assert "no search has logged here yet" in label and "edgesearch submit" in label
