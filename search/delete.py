@@ -39,7 +39,9 @@ def delete_search(study: optuna.Study, runs_dir: Path, tracking_uri: str | None)
                           "(Ctrl-C in its terminal, or edgesearch stop for a detached search) before deleting it; "
                           "nothing was deleted.")
     experiment = None
-    if tracking_uri and study.user_attrs.get(TRACKED_ATTR, True):
+    # one logged to MLflow once (then resumed with --no-mlflow) has an experiment too, which a new search of the
+    # name would be refused for
+    if tracking_uri and (study.user_attrs.get(TRACKED_ATTR, True) or PARENT_ATTR in study.user_attrs):
         check_tracking(tracking_uri, " (or --no-mlflow: delete the search and leave its MLflow experiment)",
                        runs_dir)
         experiment = _delete_experiment(tracking_uri, name, study.user_attrs.get(PARENT_ATTR))

@@ -486,4 +486,5 @@ def sync_search(study, spec: SearchSpec, tracking_uri: str, runs_dir: Path) -> i
     tracker.sync(rows(study), finished=state == "done")
     if state == "stopped":
         tracker.client.set_terminated(tracker.parent_id, "KILLED")
+    study.set_user_attr(TRACKED_ATTR, True)  # in MLflow now: status, resume hints and delete treat it so
     return len(tracker.children) - before
