@@ -43,6 +43,12 @@ def calibrate_to_references(profile: TargetProfile, runs_dir: Path, progress=lam
     from hardware_targets.workloads import MLPERF_TINY, export_reference
 
     if not profile.calibration_reference:
+        if profile.runtime != "tflite-micro":  # the published results are microcontrollers'; a board runs TVM
+            raise ConfigError(f"Target {profile.name} has no published results to fit its emulator to (those "
+                              "here are microcontrollers'); its figures stay as its profile gives them (emulated). "
+                              "To measure on the board itself, copy its profile with backend: remote and rpc: "
+                              "{host: BOARD, port: 9090} and start python -m tvm.exec.rpc_server there (README, "
+                              "Targets): its figures are then measured, with nothing to calibrate.")
         raise ConfigError(f"Target {profile.name} names no published reference class ('calibration_reference' in "
                           f"{profile.source}); its figures stay as its profile gives them. The references have "
                           f"{published_classes()}.")

@@ -52,6 +52,10 @@ def test_a_stored_calibration_is_applied_while_the_profile_it_was_made_for_is_un
 def test_a_board_with_no_published_reference_says_so(tmp_path):
     with pytest.raises(ConfigError, match="names no published reference class.*The references have core cortex-m4"):
         calibrate(load_profile("esp32-s3"), tmp_path)
+    # a Linux board: no microcontroller's class applies; it is measured over RPC instead
+    with pytest.raises(ConfigError, match="no published results.*backend: remote and rpc:") as told:
+        calibrate(load_profile("rpi4"), tmp_path)
+    assert "cortex-m4" not in str(told.value)
 
 
 def test_a_users_profile_file_is_calibrated_from_the_command_line_with_its_errors_before_and_after(
