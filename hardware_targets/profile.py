@@ -6,6 +6,7 @@ Adding a device means adding ``profiles/<name>.yaml``; nothing in code names a d
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ import yaml
 from hardware_targets.errors import ProfileError
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
+# where a user writing a profile for a new device finds every field filled in, with its source
+_START_FROM = f"; start from the shipped profile nearest the device ({PROFILE_DIR}/NAME.yaml), which has every field."
 BACKENDS = ("local", "remote", "emulated")
 # what runs the model on the device: TVM's runtime (CPU targets), or TensorFlow Lite Micro (microcontrollers,
 # for which TVM 0.27 has no runtime)
@@ -191,12 +194,15 @@ def _validate(data: Any, path: Path) -> TargetProfile:
         raise ProfileError(f"{path}: field names must be text; got {odd!r} (a stray '?', a number or an empty key).")
     unknown = sorted(set(data) - set(_SCHEMA))
     if unknown:
-        raise ProfileError(f"{path}: unknown field(s) {unknown}; known fields: {sorted(_SCHEMA)}.")
+        close = {key: difflib.get_close_matches(key, list(_SCHEMA), n=2, cutoff=0.6) for key in unknown}
+        meant = "; ".join(f"{key}: did you mean {' or '.join(m)}?" for key, m in close.items() if m)
+        raise ProfileError(f"{path}: unknown field(s) {unknown}" + (f" ({meant})" if meant else "")
+                           + f"; known fields: {sorted(_SCHEMA)}.")
     for key, (types, required) in _SCHEMA.items():
         value = data.get(key)
         if value is None:
             if required:
-                raise ProfileError(f"{path}: field '{key}' is required ({_type_names(types)}).")
+                raise ProfileError(f"{path}: field '{key}' is required ({_type_names(types)}){_START_FROM}")
             continue
         bad_bool = isinstance(value, bool) and bool not in types
         if not isinstance(value, types) or bad_bool:
@@ -219,6 +225,9 @@ def _validate(data: Any, path: Path) -> TargetProfile:
             continue
         for p in PRECISION_KEYS:
             v = value.get(p)
+            if p not in value:
+                raise ProfileError(f"{path}: field '{key}' has no {p}: give each of {', '.join(PRECISION_KEYS)} "
+                                   f"(0 for a precision the device has no arithmetic for).")
             if not isinstance(v, _NUM) or isinstance(v, bool) or v < 0:
                 raise ProfileError(f"{path}: field '{key}.{p}' must be a number >= 0 (0 = unsupported); got {v!r}.")
     if data["backend"] not in BACKENDS:
@@ -232,7 +241,7 @@ def _validate(data: Any, path: Path) -> TargetProfile:
     if data["backend"] == "emulated":
         missing = [k for k in _EMULATOR_NEEDS if data.get(k) is None]
         if missing:
-            raise ProfileError(f"{path}: an emulated profile needs field(s) {missing}.")
+            raise ProfileError(f"{path}: an emulated profile needs field(s) {missing}{_START_FROM}")
     for p, flags in (data.get("cpu_flags") or {}).items():
         if p not in PRECISION_KEYS or not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
             raise ProfileError(f"{path}: field 'cpu_flags' maps a precision ({', '.join(PRECISION_KEYS)}) to a list of "

@@ -84,9 +84,12 @@ def test_every_number_in_a_shipped_profile_cites_a_source():
     "extra, message",
     [("clock_mhz: 64\n", "an emulated profile needs field"),
      ("clock_mhz: 64\npeak_macs_per_cycle: {fp32: 1, fp16: 0}\nefficiency: {fp32: 1, fp16: 0, int8: 1}\n"
+      "power_active_mw: 1\n", "field 'peak_macs_per_cycle' has no int8: give each of fp32, fp16, int8"),
+     ("clock_mhz: 64\npeak_macs_per_cycle: {fp32: 1, fp16: 0, int8: fast}\nefficiency: {fp32: 1, fp16: 0, int8: 1}\n"
       "power_active_mw: 1\n", "'peak_macs_per_cycle.int8' must be a number"),
      ("clock_mhz: -5\n", "'clock_mhz' must be >= 0"),
-     ("clock_speed: 64\n", "unknown field")],
+     ("clock_speed: 64\n", "unknown field"),
+     ("power_mw: 8\n", r"unknown field\(s\) \['power_mw'\] \(power_mw: did you mean power_idle_mw or power_active_mw\?\)")],
 )
 def test_emulated_profile_schema(tmp_path, extra, message):
     path = tmp_path / "mcu.yaml"
