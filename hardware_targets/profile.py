@@ -150,6 +150,9 @@ _MAPPINGS: dict[str, tuple[tuple[type, ...], str]] = {
 }
 _RPC_NUMBERS = ("port", "tracker_port", "timeout")
 _EMULATOR_NEEDS = ("clock_mhz", "peak_macs_per_cycle", "efficiency", "power_active_mw")
+# whether a model fits a microcontroller is judged on these: RAM holds the arena and the runtime's own; flash the
+# model and the runtime's code. Left out, a model would be said to fit with the runtime missing from both sums.
+_TFLM_NEEDS = ("sram_bytes", "flash_bytes", "runtime_ram_overhead_bytes", "runtime_flash_bytes")
 
 
 def same_profile(a: TargetProfile, b: TargetProfile) -> bool:
@@ -242,6 +245,10 @@ def _validate(data: Any, path: Path) -> TargetProfile:
         missing = [k for k in _EMULATOR_NEEDS if data.get(k) is None]
         if missing:
             raise ProfileError(f"{path}: an emulated profile needs field(s) {missing}{_START_FROM}")
+    if data.get("runtime") == "tflite-micro" and (missing := [k for k in _TFLM_NEEDS if data.get(k) is None]):
+        raise ProfileError(f"{path}: a TFLite Micro board needs field(s) {missing}: whether a model fits its RAM "
+                           "(arena + the runtime's overhead) and flash (model + the runtime's code) is judged on "
+                           f"them{_START_FROM}")
     for p, flags in (data.get("cpu_flags") or {}).items():
         if p not in PRECISION_KEYS or not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
             raise ProfileError(f"{path}: field 'cpu_flags' maps a precision ({', '.join(PRECISION_KEYS)}) to a list of "

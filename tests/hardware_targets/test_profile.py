@@ -88,6 +88,9 @@ def test_every_number_in_a_shipped_profile_cites_a_source():
      ("clock_mhz: 64\npeak_macs_per_cycle: {fp32: 1, fp16: 0, int8: fast}\nefficiency: {fp32: 1, fp16: 0, int8: 1}\n"
       "power_active_mw: 1\n", "'peak_macs_per_cycle.int8' must be a number"),
      ("clock_mhz: -5\n", "'clock_mhz' must be >= 0"),
+     ("clock_mhz: 64\npeak_macs_per_cycle: {fp32: 1, fp16: 0, int8: 2}\nefficiency: {fp32: 1, fp16: 0, int8: 1}\n"
+      "power_active_mw: 1\nruntime: tflite-micro\nsram_bytes: 262144\nflash_bytes: 1048576\n",
+      r"a TFLite Micro board needs field\(s\) \['runtime_ram_overhead_bytes', 'runtime_flash_bytes'\]"),
      ("clock_speed: 64\n", "unknown field"),
      ("power_mw: 8\n", r"unknown field\(s\) \['power_mw'\] \(power_mw: did you mean power_idle_mw or power_active_mw\?\)")],
 )
