@@ -1094,7 +1094,7 @@ def _stopped_by_write_fault(args: argparse.Namespace, fault) -> int:
     """One line for a full disk, a read-only or forbidden folder, not a traceback; a search has said how to resume
     it."""
     out = f", --out {args.out}" if getattr(args, "out", None) else ""
-    where = "" if "(writing" in fault.what else f" (in the runs folder {args.runs_dir}{out} or a store)"
+    where = "" if fault.path else f" (in the runs folder {args.runs_dir}{out} or a store)"
     again = "" if args.func is cmd_submit else ", then run the command again"
     with contextlib.suppress(OSError):
         print(f"edgesearch: error: {fault.what}{where}; {fault.remedy(getattr(args, 'out', None))}{again}",

@@ -82,16 +82,16 @@ class WriteFault(NamedTuple):
     what: str
     why: str
     path: str | None
-    errno: int
+    code: int  # the errno
 
     def remedy(self, out: str | Path | None = None) -> str:
         """What to do; ``out``: the folder the command writes, which a fault inside it names instead of the runs
         folder."""
-        if self.errno in (errno.ENOSPC, errno.EDQUOT):
+        if self.code in (errno.ENOSPC, errno.EDQUOT):
             return "free space on that disk (df -h shows what each has left)"
         mine = out is not None and self.path is not None and Path(self.path).resolve().is_relative_to(
             Path(out).resolve())
-        if self.errno == errno.EROFS:
+        if self.code == errno.EROFS:
             return ("pass an --out on a writable file system" if mine else "edgesearch writes beside its stores "
                     "(locks, caches): copy the runs folder to a writable place and pass --runs-dir there")
         return ("pass an --out this user may write" if mine else "give this user that folder (one made by another "
@@ -99,7 +99,7 @@ class WriteFault(NamedTuple):
 
 
 _FAULTS = {errno.ENOSPC: ("no space left on the device", "the disk is full"),
-           errno.EDQUOT: ("no space left on the device (disk quota exceeded)", "the disk is full"),
+           errno.EDQUOT: ("disk quota exceeded", "the disk quota is used up"),
            errno.EROFS: ("read-only file system", "a folder it writes is read-only"),
            errno.EACCES: ("permission denied", "it may not write a folder it needs")}
 # how each reads once SQLite (through SQLAlchemy, Optuna or MLflow) or a Ray worker has reworded it

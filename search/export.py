@@ -606,6 +606,7 @@ def _ship_tflm(trial, row: Row, out: Path, dataset, profile, runs_dir: Path) -> 
     quant = details["quantization_parameters"]
     layout = input_layout(dataset.sample_shape, takes_channels_last(details["shape"], dataset.sample_shape))
     zero = int(quant["zero_points"][0]) if integer else 0
+    values = dataset.input_values()
     note = (f"int8, q = round(x / {float(quant['scales'][0]):.8g}) {'-' if zero < 0 else '+'} {abs(zero)}" if integer
             else "float32, as in training") + f"; {[int(d) for d in details['shape']]} in {layout} order" + (
         " (channel-last: a camera's or an interleaved sensor's buffer as it comes)" if layout.endswith("C") else "")
@@ -616,7 +617,7 @@ def _ship_tflm(trial, row: Row, out: Path, dataset, profile, runs_dir: Path) -> 
         kernels=f"its {profile.tflm_kernels} kernels" if profile.tflm_kernels else "the optimised kernels of your "
         "core", arena=arena,
         arena_aligned=aligned, input_c_type="int8_t" if integer else "float", op_count=len(ops),
-        registrations=registrations, input_note=note, input_values=dataset.input_values(),
+        registrations=registrations, input_note=note, input_values=values,
         input_length=int(np.prod(details["shape"])),
         input_field="int8" if integer else "f",
         output_field="int8" if integer else "f", class_names=_c_class_names(dataset.class_names)))
@@ -631,7 +632,7 @@ def _ship_tflm(trial, row: Row, out: Path, dataset, profile, runs_dir: Path) -> 
     return {"runtime": "tflite-micro", "tflm": {"arena_bytes": arena, "arena_bytes_aligned": aligned, "ops": ops,
                                                  "input_dtype": str(np.dtype(details["dtype"]))},
             "input": {"shape": [int(d) for d in details["shape"]], "dtype": str(np.dtype(details["dtype"])),
-                      "layout": layout, "values": dataset.input_values()},
+                      "layout": layout, "values": values},
             "verification": verification,
             "per_class_test": _per_class(predicted, dataset, "TFLite Micro interpreter")}
 
