@@ -738,6 +738,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from search.export import Pick, export_search
 
     min_accuracy = None
+    if args.pick and not (args.search or args.search_option) and \
+            len(args.pick) == (3 if args.pick[0] == "fastest-above-accuracy" else 2):
+        args.search = args.pick.pop()  # `export --pick RULE NAME`: the name came after the rule, which took it
     if args.pick and args.pick[0] == "fastest-above-accuracy":
         if len(args.pick) != 2:
             raise ConfigError("--pick fastest-above-accuracy needs a threshold, e.g. 0.95.")

@@ -297,6 +297,10 @@ def test_export_errors(tracked_search, tmp_path, capsys):
                      "--no-mlflow", "--pick", "fastest-above-accuracy", *said]) == 2
         err = capsys.readouterr().err
         assert "--pick fastest-above-accuracy" in err and len(err.strip().splitlines()) == 1, err
+    # the name after --pick's rule, which took it: the rule is read, then the name (1.01 is out of range)
+    assert main(["--runs-dir", str(runs), "export", "--pick", "fastest-above-accuracy", "1.01", spec.name, "--out",
+                 str(tmp_path / "w"), "--no-mlflow"]) == 2
+    assert "must be between 0 and 1, e.g. 0.95. Got 1.01" in capsys.readouterr().err
     for named, said in (([], "Name the search to export: edgesearch export NAME --out DIR"),
                         (["twice", "--search", spec.name], f"Two searches to export: 'twice' and --search '{spec.name}'")):
         assert main(["--runs-dir", str(runs), "export", *named, "--out", str(tmp_path / "w"), "--no-mlflow"]) == 2
