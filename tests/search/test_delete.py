@@ -16,15 +16,18 @@ from tests.search.conftest import TINY
 ONE = SearchSpace(precision=("fp32",), width=(0.25, 0.25), sparsity=(0.0, 0.0))
 
 
-def _search(runs, name="again"):
+def _search(runs, name="again", tracked=True):
     spec = SearchSpec(name=name, trials=1, workers=1, recipes=False, budget=TINY, space=ONE, latency_budget_ms=100.0)
-    return run_search(spec, runs, storage_url=default_storage(runs), tracking_uri=default_tracking_uri(runs),
-                      report=lambda line: None)
+    return run_search(spec, runs, storage_url=default_storage(runs),
+                      tracking_uri=default_tracking_uri(runs) if tracked else None, report=lambda line: None)
 
 
 def test_a_deleted_search_frees_its_name_and_keeps_what_others_share(tmp_path, capsys):
     runs = tmp_path / "runs"
-    _search(runs)
+    # run with --no-mlflow, then logged by `sync`: in MLflow as any logged search (until 2026-12-06 its delete left
+    # the experiment, and a new search of the name was refused until it was deleted in MLflow by hand)
+    _search(runs, tracked=False)
+    assert main(["--runs-dir", str(runs), "sync", "again"]) == 0
     storage, client = default_storage(runs), MlflowClient(default_tracking_uri(runs))
     (old_run,) = client.search_runs([client.get_experiment_by_name("again").experiment_id],
                                     "tags.`edgesearch.trial` = '0'")
@@ -64,25 +67,6 @@ def test_a_deleted_search_frees_its_name_and_keeps_what_others_share(tmp_path, c
     assert main(["--runs-dir", str(runs), "submit", "--name", "again", "--trials", "1"]) == 2
     assert "already holds the runs of another search of that name" in capsys.readouterr().err
     assert "again" not in [s.study_name for s in optuna.get_all_study_summaries(storage)]  # nothing was run
-
-
-def test_a_search_brought_into_mlflow_later_has_its_experiment_deleted_too(tmp_path, capsys):
-    """Run with --no-mlflow, then logged by `sync`: delete removes its experiment as any logged search's (it left
-    it, and a new search of the name was then refused until the experiment was deleted in MLflow by hand)."""
-    runs = tmp_path / "runs"
-    spec = SearchSpec(name="later", trials=1, workers=1, recipes=False, budget=TINY, space=ONE,
-                      latency_budget_ms=100.0)
-    run_search(spec, runs, storage_url=default_storage(runs), tracking_uri=None, report=lambda line: None)
-    client = MlflowClient(default_tracking_uri(runs))
-    assert main(["--runs-dir", str(runs), "sync", "later"]) == 0
-    logged = client.get_experiment_by_name("later")
-    assert len(client.search_runs([logged.experiment_id])) == 2  # the search's run and its trial's
-    assert main(["--runs-dir", str(runs), "delete", "later", "--yes"]) == 0
-    capsys.readouterr()
-    assert client.get_experiment(logged.experiment_id).lifecycle_stage == "deleted"
-    assert client.get_experiment_by_name("later") is None
-    _search(runs, "later")  # the name is free in MLflow as in the study store
-    assert len(client.search_runs([client.get_experiment_by_name("later").experiment_id])) == 2
 
 
 def test_an_experiment_no_search_made_is_not_deleted(tmp_path, capsys):

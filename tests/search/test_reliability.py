@@ -310,6 +310,12 @@ def _search_on_mounted_candidates(tmp_path, name: str, mount: list[str], needs: 
         subprocess.run(["umount", "-l", str(candidates)], check=True)
 
 
+def _read_only(mount_point: Path) -> None:
+    """Make a bind mount read-only: a second step, which older util-linux does not take from ``--bind -o ro``."""
+    subprocess.run(["mount", "-o", "remount,bind,ro", str(mount_point)], check=True)
+    assert not os.access(mount_point, os.W_OK)
+
+
 def _fill(folder: Path) -> None:
     """Take every byte of the disk ``folder`` is on."""
     with open(folder / "filler", "wb") as filler:
@@ -354,8 +360,8 @@ def test_a_folder_that_cannot_be_written_stops_the_search_and_every_command_says
     another user: the search stops as on a full disk, blaming no candidate, and a command reading the folder says in
     one line what to do, where it said to start a server. A real read-only bind mount."""
     folder = tmp_path / "runs" / "searches" / "ro" / "candidates"  # bound read-only onto itself
-    runs, candidates, stopped = _search_on_mounted_candidates(tmp_path, "ro", ["--bind", "-o", "ro", str(folder)],
-                                                              "a read-only bind mount needs root")
+    runs, candidates, stopped = _search_on_mounted_candidates(tmp_path, "ro", ["--bind", str(folder)],
+                                                              "a read-only bind mount needs root", _read_only)
     err = stopped.stderr
     assert stopped.returncode == 1, err[-3000:]
     assert f"edgesearch: error: read-only file system (writing {candidates}" in err, err[-3000:]
@@ -366,7 +372,8 @@ def test_a_folder_that_cannot_be_written_stops_the_search_and_every_command_says
         {"interrupted: the driver stopped while it ran"}
     shared = tmp_path / "shared"  # the whole folder, as a colleague's results on a read-only share
     shared.mkdir()
-    subprocess.run(["mount", "--bind", "-o", "ro", str(runs), str(shared)], check=True)
+    subprocess.run(["mount", "--bind", str(runs), str(shared)], check=True)
+    _read_only(shared)
     try:
         for command in (["list"], ["status", "ro"], ["ui", "--port", "0"]):
             said = subprocess.run(_cli(shared, *command), capture_output=True, text=True, timeout=120)
