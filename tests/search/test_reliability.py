@@ -373,8 +373,8 @@ def test_a_folder_that_cannot_be_written_stops_the_search_and_every_command_says
     shared = tmp_path / "shared"  # the whole folder, as a colleague's results on a read-only share
     shared.mkdir()
     subprocess.run(["mount", "--bind", str(runs), str(shared)], check=True)
-    _read_only(shared)
     try:
+        _read_only(shared)
         for command in (["list"], ["status", "ro"], ["ui", "--port", "0"]):
             said = subprocess.run(_cli(shared, *command), capture_output=True, text=True, timeout=120)
             assert said.returncode == 1 and len(said.stderr.strip().splitlines()) == 1, said.stderr[-3000:]
