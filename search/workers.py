@@ -365,6 +365,10 @@ def start_ray(address: str | None, workers: int):
     import ray
 
     if ray.is_initialized():
+        if address and not _same_cluster(address, ray.get_runtime_context().gcs_address):
+            raise ConfigError(f"This process is already connected to the Ray cluster at "
+                              f"{ray.get_runtime_context().gcs_address}, not the one at {address}: call "
+                              "ray.shutdown() first, or leave the address out to search on the one it has.")
         return ray
     threads = {"TVM_NUM_THREADS": str(THREADS_PER_WORKER), "OMP_NUM_THREADS": str(THREADS_PER_WORKER)}
     try:
@@ -383,6 +387,53 @@ def start_ray(address: str | None, workers: int):
     except Exception as exc:
         raise ConfigError(f"Cannot start or reach Ray{f' at {address}' if address else ''}: {exc}") from exc
     return ray
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """The host and port of a GCS address given as host:port; None for other forms ("auto", ray://...)."""
+    host, _, port = address.rpartition(":")
+    return (host, int(port)) if host and port.isdigit() and "/" not in host else None
+
+
+def check_cluster(address: str) -> None:
+    """One TCP connection to a host:port cluster address, before any work: Ray retried an address nothing
+    answered at for about 4 minutes, and printed its own retries meanwhile."""
+    import socket
+
+    where = _host_port(address)
+    if where is None:
+        return
+    try:
+        with socket.create_connection(where, timeout=5):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"Nothing answers at the Ray cluster address {address} ({exc.strerror or exc}): start the "
+                          "cluster's head there (`ray start --head`), or pass its address as `ray start` printed it "
+                          "(host:port of its GCS, port 6379 by default).") from exc
+
+
+def _same_cluster(address: str, connected: str) -> bool:
+    """Whether GCS ``address`` names the cluster at ``connected`` (a machine's own names and addresses are one
+    host). Forms other than host:port are taken as naming it."""
+    import socket
+
+    import psutil
+
+    given, here = _host_port(address), _host_port(connected)
+    if given is None or here is None:
+        return True
+    if given[1] != here[1]:
+        return False
+
+    def resolved(name: str) -> str:
+        try:
+            return socket.gethostbyname(name)
+        except OSError:
+            return name
+
+    own = {a.address for addrs in psutil.net_if_addrs().values() for a in addrs}
+    a, b = resolved(given[0]), resolved(here[0])
+    return a == b or ((a.startswith("127.") or a in own) and (b.startswith("127.") or b in own))
 
 
 def _node_kinds(ray) -> dict[str, str]:
@@ -628,6 +679,17 @@ class _Tracking:
             with contextlib.suppress(Exception):  # the store may be what failed
                 self.tracker.client.set_terminated(self.tracker.parent_id, status)
 
+    def withdraw(self) -> None:
+        """Stop the thread and delete the run it opened, for a new search refused before any work: a search run of
+        the name left active would refuse the same command, fixed."""
+        self._abandoned = True
+        self._wake.set()
+        self._thread.join(timeout=30)
+        if self.tracker is not None:
+            with contextlib.suppress(Exception):  # the store may be what failed
+                self.tracker.client.delete_run(self.tracker.parent_id)
+            self.tracker = None
+
     def begin_finish(self) -> None:
         """Let the thread log what is left, the final front and its plots, while Ray shuts down."""
         self._done = True
@@ -755,7 +817,9 @@ def run_search(
             check_same_cpu(stored, spec, host_cpu())
     report(f"dataset {data.summary()}")
     get_backend(profile, runs_dir).check()  # a board that is down, before anything is trained for it
-    if profile.backend == "local" and not address:
+    if address:
+        check_cluster(address)  # an address nothing answers at, before anything is stored
+    elif profile.backend == "local":
         say_competing_load(report, "this search")
     if tracking_uri:
         from search.tracking import check_tracking, file_store_error
@@ -799,18 +863,25 @@ def run_search(
                    + ("; the front ranks by balanced accuracy (mean recall per class)"
                       if spec.metric == "balanced_accuracy" else ""))
 
+            def refused() -> None:
+                """A new search refused before any work leaves nothing under its name, in the study or in MLflow:
+                the same command, fixed, starts afresh."""
+                if resume:
+                    return
+                import optuna
+
+                if tracker is not None:
+                    tracker.withdraw()
+                optuna.delete_study(study_name=spec.name, storage=study._storage)
+
             def tracking_ready() -> None:
-                """No candidate runs before MLflow is reached; a new search whose MLflow is unreachable leaves no
-                study."""
+                """No candidate runs before MLflow is reached."""
                 if tracker is None:
                     return
                 try:
                     tracker.ready()
                 except ConfigError:
-                    if not resume:
-                        import optuna
-
-                        optuna.delete_study(study_name=spec.name, storage=study._storage)
+                    refused()
                     raise
 
             ship_only = remaining <= 0 and shipping_left(study, spec, profile)
@@ -828,6 +899,7 @@ def run_search(
                         ray = start_ray(address, spec.workers)
                 except ConfigError:
                     tracking_ready()  # an unreachable MLflow is the first thing to report
+                    refused()
                     raise
                 try:
                     with stopped_by_signals():  # a kill stops it as Ctrl-C does
@@ -839,10 +911,7 @@ def run_search(
                                                   f"{spec.workers} instead.")
                             placement = measurement_placement(ray, profile, report)
                         except ConfigError:
-                            if not resume:  # refused before any work: the same command, fixed, starts afresh
-                                import optuna
-
-                                optuna.delete_study(study_name=spec.name, storage=study._storage)
+                            refused()
                             raise
                         transport = _Transport(ray, spec, profile, runs_dir, timings)
                         try:

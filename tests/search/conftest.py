@@ -8,7 +8,7 @@ from search.candidate import Budget
 from search.spec import SearchSpace, SearchSpec
 from search.study import default_storage, load_study
 from search.tracking import default_tracking_uri
-from search.workers import run_search
+from search.workers import run_search, start_ray
 
 # no shipping stage: the searches below test other things; SHIP adds the stage's runtime comparison, without
 # tuning, and a cap that every candidate after the first starts past: each is compared all the same
@@ -17,6 +17,28 @@ TINY = Budget(epochs=2, finetune_epochs=1, prune_steps=1, tuning_trials=0, timin
 SHIP = dataclasses.replace(TINY, front_tuning_minutes=0.001)
 # the values the digits loader gives a model, as a model card and main.cc must say them for a device to feed
 DIGITS_VALUES = "scikit-learn's pixel counts (0 to 16) divided by 16; the training data spans 0 to 1"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """One local Ray cluster, started as a search starts its own, serves the in-process searches of the whole run,
+    as a notebook's serves its searches: they reuse workers that have imported torch and TVM (a one-trial search
+    took 9 s on it, 21 s starting its own). A test marked ``own_ray`` starts or joins one of its own; the searches
+    run from the command line start theirs, as ``make run`` does."""
+    import ray
+
+    if item.get_closest_marker("own_ray"):
+        if ray.is_initialized():
+            ray.shutdown()
+    elif not ray.is_initialized():
+        start_ray(None, workers=2)
+
+
+def pytest_sessionfinish(session):
+    import sys
+
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()
 
 
 def complete_trials(storage: str, name: str) -> list:

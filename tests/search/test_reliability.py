@@ -127,14 +127,12 @@ def test_candidate_over_its_time_limit_fails_and_others_go_on(tmp_path):
     assert all("timeout" in r.error for r in outcome.rows)
 
 
+@pytest.mark.own_ray
 def test_a_task_that_holds_every_cpu_leaves_the_idle_worker_running(tmp_path):
     """Ray ends a worker idle while fewer CPUs are free than workers are idle; its exit took a core for seconds
     during the very timing that held every CPU to run alone. The search's own cluster keeps its idle workers, and
     runs them at the driver's priority."""
     import ray
-
-    if ray.is_initialized():
-        pytest.skip("a cluster someone else started keeps its own worker settings")
 
     def together(folder: str) -> int:  # waits for the other task given ``folder``: two worker processes at once
         Path(folder, str(os.getpid())).touch()
@@ -157,6 +155,44 @@ def test_a_task_that_holds_every_cpu_leaves_the_idle_worker_running(tmp_path):
         assert set(ray.get([both.remote(str(tmp_path / "then")) for _ in range(2)])) == workers
         # the workers time candidates at no lower a priority than this process, not at Ray's default niceness of 15
         assert ray.get(ray.remote(num_cpus=1)(lambda: os.nice(0)).remote()) <= os.nice(0)
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.own_ray  # beside the test above: the run's shared cluster is started again once
+def test_a_search_stopped_by_an_error_on_a_cluster_it_was_given_leaves_no_task_running(tmp_path):
+    """A notebook's or ``--address``'s cluster outlives the search: its candidates must stop with it, or they would
+    train on beside the next search's timings."""
+    import ray
+
+    names = ("TVM_NUM_THREADS", "OMP_NUM_THREADS")
+    before = [os.environ.get(k) for k in names]
+    start_ray(None, workers=2)  # as a notebook starts one
+    try:
+        # the local cluster's workers run on the threads a worker has; this process's are left alone
+        threads = ray.remote(num_cpus=1)(lambda: [os.environ.get(k) for k in names])
+        assert ray.get(threads.remote()) == [str(THREADS_PER_WORKER)] * 2
+        assert [os.environ.get(k) for k in names] == before
+        spec = SearchSpec(name="stopped", trials=4, workers=2, recipes=False, budget=FAST,
+                          space=SearchSpace(precision=("fp32",), width=(0.25, 1.0), sparsity=(0.0, 0.0),
+                                            alpha=(1.0, 1.0)))
+
+        def report(line: str) -> None:
+            # the first trial is told after its worker was handed the next candidate: two run when this raises
+            if line.startswith("[1/"):
+                raise RuntimeError("the caller stops the search")
+
+        with pytest.raises(RuntimeError, match="the caller stops"):
+            run_search(spec, tmp_path, storage_url=default_storage(tmp_path), report=report)
+        deadline = time.time() + 300
+        while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"] and time.time() < deadline:
+            time.sleep(0.2)
+        assert ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"]
+        # the candidate handed over just before the error never finished: cancelled, not run to its end
+        finished = list(tmp_path.rglob("result.json"))
+        assert 1 <= len(finished) <= 2, finished
+        assert [t.state for t in load_study("stopped", default_storage(tmp_path)).trials].count(
+            TrialState.COMPLETE) == 1
     finally:
         ray.shutdown()
 
@@ -226,45 +262,6 @@ def test_the_mlflow_thread_does_all_its_mlflow_work_under_the_environment_lock(t
     assert not tracking._thread.is_alive(), lines
     assert [name for name, _ in held][:2] == ["check_tracking", "__init__"] and "sync" in dict(held), held
     assert all(locked for _, locked in held), held
-
-
-def test_a_search_stopped_by_an_error_on_a_cluster_it_was_given_leaves_no_task_running(tmp_path):
-    """A notebook's or ``--address``'s cluster outlives the search: its candidates must stop with it, or they would
-    train on beside the next search's timings."""
-    import ray
-
-    given = ray.is_initialized()  # a cluster someone started; else one started here, as a notebook starts one
-    names = ("TVM_NUM_THREADS", "OMP_NUM_THREADS")
-    before = [os.environ.get(k) for k in names]
-    start_ray(None, workers=2)
-    try:
-        if not given:  # the local cluster's workers run on the threads a worker has; this process's are left alone
-            threads = ray.remote(num_cpus=1)(lambda: [os.environ.get(k) for k in names])
-            assert ray.get(threads.remote()) == [str(THREADS_PER_WORKER)] * 2
-            assert [os.environ.get(k) for k in names] == before
-        spec = SearchSpec(name="stopped", trials=4, workers=2, recipes=False, budget=FAST,
-                          space=SearchSpace(precision=("fp32",), width=(0.25, 1.0), sparsity=(0.0, 0.0),
-                                            alpha=(1.0, 1.0)))
-
-        def report(line: str) -> None:
-            # the first trial is told after its worker was handed the next candidate: two run when this raises
-            if line.startswith("[1/"):
-                raise RuntimeError("the caller stops the search")
-
-        with pytest.raises(RuntimeError, match="the caller stops"):
-            run_search(spec, tmp_path, storage_url=default_storage(tmp_path), report=report)
-        deadline = time.time() + 300
-        while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"] and time.time() < deadline:
-            time.sleep(0.2)
-        assert ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"]
-        # the candidate handed over just before the error never finished: cancelled, not run to its end
-        finished = list(tmp_path.rglob("result.json"))
-        assert 1 <= len(finished) <= 2, finished
-        assert [t.state for t in load_study("stopped", default_storage(tmp_path)).trials].count(
-            TrialState.COMPLETE) == 1
-    finally:
-        if not given:
-            ray.shutdown()
 
 
 def test_corrupted_tuning_records_are_moved_aside(tmp_path, digits):

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from search.errors import ConfigError
 from search.spec import SearchSpace, SearchSpec
 from search.study import (create_study, default_storage, finished_count, knob_names, load_study,
                           requeue_interrupted, rows, search_state, spent_budget, stored_spec, suggest_candidate)
@@ -311,6 +312,7 @@ def ray_head(free_port):
 
 # where nodes can share nothing, that test searches on a cluster it starts and is refused more workers than it has
 @pytest.mark.slow if CAN_SHARE_NOTHING else pytest.mark.usefixtures()
+@pytest.mark.own_ray
 def test_search_on_an_existing_cluster(ray_head, tmp_path):
     spec = SearchSpec(name="on-cluster", trials=2, workers=2, budget=TINY, space=FAST_SPACE)
     outcome = run_search(spec, tmp_path, storage_url=default_storage(tmp_path), address=ray_head["gcs"],
@@ -322,7 +324,43 @@ def test_search_on_an_existing_cluster(ray_head, tmp_path):
                    report=lambda line: None)
 
 
+def test_a_wrong_cluster_address_is_refused_before_any_work_and_leaves_the_name_free(tmp_path, capsys, free_port):
+    """Ray took about 4 minutes to give up on an address nothing answered at, and the empty study it left took the
+    name; a process already on a cluster (this run's shared one, as a notebook's) searched there, not at the
+    address it was given."""
+    import socket
+
+    from search.cli import main
+    from search.tracking import PARENT_ATTR, default_tracking_uri
+
+    runs = tmp_path / "runs"
+    nowhere = f"127.0.0.1:{free_port()}"
+    assert main(["--runs-dir", str(runs), "submit", "--name", "here", "--trials", "1", "--address", nowhere]) == 2
+    said = capsys.readouterr()
+    assert said.err.count("\n") == 1 and f"Nothing answers at the Ray cluster address {nowhere}" in said.err
+    assert "ray start --head" in said.err
+    assert main(["--runs-dir", str(runs), "list"]) == 0 and "here" not in capsys.readouterr().out
+
+    spec = SearchSpec(name="here", trials=1, workers=1, recipes=False, budget=TINY, latency_budget_ms=100.0,
+                      space=SearchSpace(precision=("fp32",), width=(0.25, 0.25), sparsity=(0.0, 0.0)))
+    storage, uri = default_storage(runs), default_tracking_uri(runs)
+    with socket.create_server(("127.0.0.1", 0)) as other:  # something answers there, but not this process's cluster
+        elsewhere = f"127.0.0.1:{other.getsockname()[1]}"
+        with pytest.raises(ConfigError, match=f"already connected to the Ray cluster at .*, not the one at "
+                                              f"{elsewhere}: call ray.shutdown"):
+            run_search(spec, runs, storage_url=storage, address=elsewhere, tracking_uri=uri, report=lambda line: None)
+    assert "here" not in [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    # the same search without the address: refused nothing, and MLflow holds its one search run
+    outcome = run_search(spec, runs, storage_url=storage, tracking_uri=uri, report=lambda line: None)
+    assert [r.state for r in outcome.rows] == ["COMPLETE"]
+    client = MlflowClient(uri)
+    logged = client.search_runs([client.get_experiment_by_name("here").experiment_id],
+                                "tags.`edgesearch.role` = 'search'")
+    assert [r.info.run_id for r in logged] == [load_study("here", storage).user_attrs[PARENT_ATTR]]
+
+
 @pytest.mark.slow  # ~55 s on a slow CPU: a second Ray head; nodes and resources run by default in test_share_nothing
+@pytest.mark.own_ray
 def test_host_candidates_stay_on_nodes_of_the_submitted_cpu_kind(free_port, tmp_path):
     """A cluster whose only node says it is another CPU kind: host figures would mix kinds, so the search is refused
     with what to do; an emulated target runs there."""
@@ -347,6 +385,7 @@ def test_host_candidates_stay_on_nodes_of_the_submitted_cpu_kind(free_port, tmp_
 
 
 @pytest.mark.slow  # a Ray head of its own (~20 s); the detached search runs in the test below, slow too
+@pytest.mark.own_ray
 def test_a_cluster_whose_python_lacks_edgesearch_is_said_when_the_search_is_submitted(free_port, tmp_path):
     """A cluster started from a shell without edgesearch's environment: `submit --detach` said "submitted", and the
     job failed with `python -m search.cli`'s "No module named 'search'", found by a later `status`."""
@@ -380,6 +419,7 @@ def _client_sharing_only_the_network(hidden, own, runs, env):
 
 
 @pytest.mark.slow  # ~3 minutes on a slow CPU; searching on an existing cluster runs by default (test_share_nothing)
+@pytest.mark.own_ray
 @pytest.mark.skipif(not CAN_SHARE_NOTHING,
                     reason="a private mount namespace needs root and unshare (the test machines have both)")
 def test_a_client_sharing_only_the_network_submits_follows_stops_resumes_and_exports(

@@ -22,8 +22,8 @@ from search.workers import run_search
 from tests.search.conftest import TINY
 from tests.servers import CAN_SHARE_NOTHING, node_sharing_nothing, ray_cluster
 
-pytestmark = pytest.mark.skipif(not CAN_SHARE_NOTHING, reason="a private mount namespace needs root and unshare "
-                                "(the test machines have both)")
+pytestmark = [pytest.mark.skipif(not CAN_SHARE_NOTHING, reason="a private mount namespace needs root and unshare "
+                                 "(the test machines have both)"), pytest.mark.own_ray]
 
 
 # one shape, four candidates apart in distillation (a teacher to share); the slow run tunes what ships
