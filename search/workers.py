@@ -396,10 +396,14 @@ def _host_port(address: str) -> tuple[str, int] | None:
 
 
 def check_cluster(address: str) -> None:
-    """One TCP connection to a host:port cluster address, before any work: Ray retried an address nothing
-    answered at for about 4 minutes, and printed its own retries meanwhile."""
+    """Refuse a dashboard's address, and try one TCP connection to a host:port one, before any work: Ray retried an
+    address nothing answered at for about 4 minutes, printing its retries, and took a dashboard's for malformed."""
     import socket
 
+    if address.startswith(("http://", "https://")):
+        raise ConfigError(f"{address} is the address of a Ray cluster's dashboard, which takes a search submitted "
+                          "with --detach (it runs as a job on the cluster); to drive the search from here, pass the "
+                          "cluster's own address instead (HOST:6379, as `ray start --head` printed it).")
     where = _host_port(address)
     if where is None:
         return

@@ -339,6 +339,12 @@ def test_a_wrong_cluster_address_is_refused_before_any_work_and_leaves_the_name_
     said = capsys.readouterr()
     assert said.err.count("\n") == 1 and f"Nothing answers at the Ray cluster address {nowhere}" in said.err
     assert "ray start --head" in said.err
+    # a dashboard's address, as --detach takes it, passed without --detach
+    assert main(["--runs-dir", str(runs), "submit", "--name", "here", "--trials", "1", "--address",
+                 "http://127.0.0.1:8265"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "HOST:6379" in err
+    assert "address of a Ray cluster's dashboard, which takes a search submitted with --detach" in err
     assert main(["--runs-dir", str(runs), "list"]) == 0 and "here" not in capsys.readouterr().out
 
     spec = SearchSpec(name="here", trials=1, workers=1, recipes=False, budget=TINY, latency_budget_ms=100.0,
