@@ -365,10 +365,11 @@ def start_ray(address: str | None, workers: int):
     import ray
 
     if ray.is_initialized():
-        if address and not _same_cluster(address, ray.get_runtime_context().gcs_address):
-            raise ConfigError(f"This process is already connected to the Ray cluster at "
-                              f"{ray.get_runtime_context().gcs_address}, not the one at {address}: call "
-                              "ray.shutdown() first, or leave the address out to search on the one it has.")
+        connected = ray.get_runtime_context().gcs_address
+        if address and not _same_cluster(address, connected):
+            raise ConfigError(f"This process is already connected to the Ray cluster at {connected}, not the one at "
+                              f"{address}: call ray.shutdown() first, or leave the address out to search on the one "
+                              "it has.")
         return ray
     threads = {"TVM_NUM_THREADS": str(THREADS_PER_WORKER), "OMP_NUM_THREADS": str(THREADS_PER_WORKER)}
     try:
@@ -397,7 +398,7 @@ def _host_port(address: str) -> tuple[str, int] | None:
 
 def check_cluster(address: str) -> None:
     """Refuse a dashboard's address, and try one TCP connection to a host:port one, before any work: Ray retried an
-    address nothing answered at for about 4 minutes, printing its retries, and took a dashboard's for malformed."""
+    address nothing answered at for about 4 minutes, printing its retries, and called a dashboard's malformed."""
     import socket
 
     if address.startswith(("http://", "https://")):
@@ -673,12 +674,15 @@ class _Tracking:
     def on_trial(self) -> None:
         self._wake.set()
 
-    def abandon(self, status: str) -> None:
-        """Stop the thread without a final sync (the search failed or was interrupted; what it logged stays) and
-        end the search's run with ``status`` (MLflow's FAILED or KILLED), not left RUNNING; a resume reopens it."""
+    def _stop_thread(self) -> None:
         self._abandoned = True
         self._wake.set()
         self._thread.join(timeout=30)
+
+    def abandon(self, status: str) -> None:
+        """Stop the thread without a final sync (the search failed or was interrupted; what it logged stays) and
+        end the search's run with ``status`` (MLflow's FAILED or KILLED), not left RUNNING; a resume reopens it."""
+        self._stop_thread()
         if self.tracker is not None:
             with contextlib.suppress(Exception):  # the store may be what failed
                 self.tracker.client.set_terminated(self.tracker.parent_id, status)
@@ -686,9 +690,7 @@ class _Tracking:
     def withdraw(self) -> None:
         """Stop the thread and delete the run it opened, for a new search refused before any work: a search run of
         the name left active would refuse the same command, fixed."""
-        self._abandoned = True
-        self._wake.set()
-        self._thread.join(timeout=30)
+        self._stop_thread()
         if self.tracker is not None:
             with contextlib.suppress(Exception):  # the store may be what failed
                 self.tracker.client.delete_run(self.tracker.parent_id)
