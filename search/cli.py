@@ -118,8 +118,12 @@ def cmd_targets(args: argparse.Namespace) -> int:
           f"CPU kind {cpu.key}")
     print(f"  as a Ray worker node for host searches: ray start ... --resources "
           f"'{{\"{cpu_kind_resource(cpu.key)}\": {cpu.cores}}}'")
-    print("  peak MAC/cycle per core derived from the ISA flags: "
-          + ", ".join(f"{k} {v:g}" for k, v in (host.peak_macs_per_cycle or {}).items())
+    derived = cpu.peak_macs_per_cycle()  # a rate the flags give as 0 is the profile's software fallback
+    print("  peak MAC/cycle per core: "
+          + ", ".join(f"{k} {v:g}" + ("" if derived.get(k) else " (no native instructions: the profile's "
+                                                                  "software figure, estimated)")
+                      for k, v in (host.peak_macs_per_cycle or {}).items())
+          + " (the rest derived from the ISA flags)"
           + f"; fp16 {'native' if host.supports('fp16') else 'not native (left out of host searches)'}; "
           f"active power {host.power_active_mw:g} mW per core (estimated, by CPU class)")
     print("  fp16 and int8: timed against fp32 of the same shapes on TVM and onnxruntime when a host search starts, "

@@ -22,7 +22,7 @@ from torch.nn.utils import prune
 
 from search.candidate import Candidate
 from search.data import Dataset
-from search.stages.train import LEARNING_RATE, fit
+from search.stages.train import BATCH_SIZE, LEARNING_RATE, fit
 
 _PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
 # Fine-tuning after a pruning step restarts at twice the training rate, annealed to zero: the surviving weights must
@@ -224,12 +224,31 @@ def qat_as_float(qat: nn.Module) -> nn.Module:
 def quantization_aware_finetune(
     model: nn.Module, candidate: Candidate, dataset: Dataset, teacher: nn.Module | None = None
 ) -> nn.Module:
-    """Insert fake quantization (int8, straight-through estimator) and fine-tune."""
+    """Insert fake quantization (int8, straight-through estimator) and fine-tune; batch-norm statistics are frozen
+    after the first third of the steps and the quantization scales after two thirds, as torch's QAT recipe does, so
+    the last steps train the weights for the statistics and scales that ship. Left moving to the end, they drifted:
+    on 32x32 images stored 0-255, the third fine-tuning epoch took validation accuracy from 0.999 to 0.942, where the
+    frozen schedule kept 1.000 (NOTES.md)."""
+    import torch.ao.nn.intrinsic.qat as fused
+    from torch.ao.quantization import disable_observer
+
     qat = prepare_qat(model, dataset)
     masks = zero_masks(qat)
     epochs = max(1, candidate.budget.finetune_epochs)
+    steps = epochs * -(-len(dataset.x_train) // BATCH_SIZE)
+    done = 0
+
+    def after_step() -> None:
+        nonlocal done
+        reapply_masks(qat, masks)
+        done += 1
+        if done == max(1, steps // 3):
+            qat.apply(fused.freeze_bn_stats)
+        if done == max(1, 2 * steps // 3):
+            qat.apply(disable_observer)
+
     fit(
         qat, dataset, epochs, teacher=teacher, temperature=candidate.temperature, alpha=candidate.alpha,
-        seed=candidate.seed + 2000, lr=3e-3, after_step=lambda: reapply_masks(qat, masks),
+        seed=candidate.seed + 2000, lr=3e-3, after_step=after_step,
     )
     return freeze_qat(qat)

@@ -1,5 +1,6 @@
 """The host is read, not assumed: CPU flags decide which precisions its search space holds."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -144,6 +145,10 @@ def test_targets_lists_every_profile_and_what_this_host_runs(capsys):
     assert f"CPU kind {host_cpu().key}" in out
     assert f"--resources '{{\"edgesearch-cpu-{host_cpu().key}\": {host_cpu().cores}}}'" in out
     assert "unstructured pruning is searched only where" in out and "none of these" in out
+    # a rate the flags give no instructions for is the profile's software figure, not one derived from the flags
+    native_fp16 = host_cpu().has_any(("avx512_fp16", "asimdhp"))
+    assert bool(re.search(r"fp16 [\d.]+ \(no native instructions: the profile's software figure", out)) \
+        is not native_fp16
 
 
 def test_a_process_that_keeps_a_core_busy_is_named_and_this_ones_children_are_not(capsys):
