@@ -948,8 +948,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", dest="timeout_s", type=float, help="per-candidate time limit in seconds")
     p.add_argument("--resume", action="store_true", help="continue the stored search NAME without repeating "
                    "finished trials; trials interrupted by a dead driver are re-queued")
-    p.add_argument("--address", help="an existing Ray cluster (ray://..., host:port, or http://host:8265 with "
-                   "--detach); default: start a local cluster")
+    p.add_argument("--address", help="an existing Ray cluster: host:port of its head (port 6379 by default) "
+                   "from a node of it, or its dashboard URL http://host:8265 with --detach (Ray Client's ray:// is not "
+                   "supported); default: start a local cluster")
     p.add_argument("--detach", action="store_true", help="submit the search as a Ray Job to --address "
                    "(the dashboard URL) and return at once with the job id. The spec and a dataset or profile "
                    "file go with it; the driver runs from the edgesearch installed on the cluster ('python' on "

@@ -7,6 +7,7 @@ that do not know about edgesearch.
 
 import contextlib
 import errno
+import os
 import re
 from pathlib import Path
 from typing import NamedTuple
@@ -14,7 +15,7 @@ from typing import NamedTuple
 from hardware_targets.errors import CandidateError, EdgeSearchError, ProfileError, TargetUnreachableError
 
 __all__ = ["CandidateError", "ConfigError", "DatasetError", "EdgeSearchError", "ProfileError", "SearchNotFoundError",
-           "TargetUnreachableError", "Terminated", "WriteFault", "stopped_by_signals", "write_fault"]
+           "TargetUnreachableError", "Terminated", "WriteFault", "ray_token_advice", "stopped_by_signals", "write_fault"]
 
 
 class ConfigError(EdgeSearchError, ValueError):
@@ -73,6 +74,18 @@ def stopped_by_signals():
         for s, handler in previous.items():
             if handler is not None:
                 signal.signal(s, handler)
+
+
+def ray_token_advice(service: str, exc: BaseException | None = None) -> str:
+    """What to do when a Ray cluster wants a token (Ray 2.60's `ray start --head` turns token authentication on;
+    README): the token missing, or not the cluster's (``exc`` says "invalid" then). Ray's own words ran to a
+    paragraph, or to a warning per retry."""
+    where = "the cluster's token (`ray get-auth-token` on its head node)"
+    if exc is not None and "invalid" in str(exc).lower() and os.environ.get("RAY_AUTH_MODE") == "token":
+        return (f"{service} refused this machine's authentication token ($RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or "
+                f"~/.ray/auth_token): put {where} there.")
+    return f"{service} needs an authentication token: export RAY_AUTH_MODE=token, with {where} in ~/.ray/auth_token " \
+           "or $RAY_AUTH_TOKEN."
 
 
 class WriteFault(NamedTuple):

@@ -20,7 +20,7 @@ import time
 import uuid
 from pathlib import Path
 
-from search.errors import ConfigError, EdgeSearchError, SearchNotFoundError
+from search.errors import ConfigError, EdgeSearchError, SearchNotFoundError, ray_token_advice
 from search.spec import SearchSpec, input_files, search_folder
 
 # the shell on the cluster expands this: the nodes' $EDGESEARCH_RUNS, else a folder in the job user's home
@@ -50,18 +50,8 @@ def _client(address: str):
         return JobSubmissionClient(address)
     except Exception as exc:
         if type(exc).__name__ == "AuthenticationError":  # Ray's own words run to a paragraph: what to do, in one
-            raise ConfigError(_token_refused(address, exc)) from exc
+            raise ConfigError(ray_token_advice(f"The Ray job service at {address}", exc)) from exc
         raise ConfigError(f"Cannot reach the Ray job service at {address}: {type(exc).__name__}: {exc}") from exc
-
-
-def _token_refused(address: str, exc: Exception) -> str:
-    """Token authentication (Ray 2.60's default for job submission, README): a token missing, or not the cluster's."""
-    where = "the cluster's token (`ray get-auth-token` on its head node)"
-    if "invalid" in str(exc).lower():
-        return (f"The Ray job service at {address} refused this machine's authentication token ($RAY_AUTH_TOKEN, "
-                f"$RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token): put {where} there.")
-    return (f"The Ray job service at {address} needs an authentication token: export RAY_AUTH_MODE=token, with "
-            f"{where} in ~/.ray/auth_token or $RAY_AUTH_TOKEN.")
 
 
 # a cluster started from a shell without edgesearch's environment runs jobs with a python that lacks it: said as

@@ -34,7 +34,7 @@ from objectives.latency import INFEASIBLE, RETIME, budget_verdict
 from objectives.memory import over_limits
 from objectives.pareto import ACCURACY_METRICS, non_dominated
 from search.candidate import Budget, Candidate, CandidateResult
-from search.errors import CandidateError, ConfigError, stopped_by_signals, write_fault
+from search.errors import CandidateError, ConfigError, ray_token_advice, stopped_by_signals, write_fault
 from search.spec import SearchSpace, SearchSpec, check_inputs, check_resources
 from search.tracking import TRACKED_ATTR
 from search.transfer import (
@@ -374,7 +374,9 @@ def start_ray(address: str | None, workers: int):
     threads = {"TVM_NUM_THREADS": str(THREADS_PER_WORKER), "OMP_NUM_THREADS": str(THREADS_PER_WORKER)}
     try:
         if address:
-            ray.init(address=address, runtime_env={"env_vars": threads}, logging_level="ERROR", log_to_driver=False)
+            with _native_stderr_held():
+                ray.init(address=address, runtime_env={"env_vars": threads}, logging_level="ERROR",
+                         log_to_driver=False)
         else:
             from hardware_targets.host import cpu_kind_resource, host_cpu
 
@@ -386,25 +388,63 @@ def start_ray(address: str | None, workers: int):
                          resources={cpu_kind_resource(host_cpu().key): workers * THREADS_PER_WORKER},
                          _system_config=LOCAL_RAY_CONFIG)
     except Exception as exc:
+        if address and _auth_error(exc):  # a cluster that wants a token: Ray said why only among its C++ retries
+            raise ConfigError(ray_token_advice(f"The Ray cluster at {address}", _auth_error(exc))) from exc
         raise ConfigError(f"Cannot start or reach Ray{f' at {address}' if address else ''}: {exc}") from exc
     return ray
 
 
+def _auth_error(exc: BaseException) -> BaseException | None:
+    """Ray's authentication error behind a failed connection (its ``ConnectionError`` wraps it)."""
+    while exc is not None:
+        if type(exc).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(exc):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+@contextlib.contextmanager
+def _native_stderr_held():
+    """Hold what is written to file descriptor 2 while the block runs: given back if it succeeds, dropped if it
+    fails, whose one line says why: Ray's GCS client, in C++, wrote a warning per retry for 26 s before failing to
+    reach a cluster that wanted a token."""
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        held.seek(0)
+        sys.stderr.write(held.read().decode(errors="replace"))
+
+
 def _host_port(address: str) -> tuple[str, int] | None:
-    """The host and port of a GCS address given as host:port; None for other forms ("auto", ray://...)."""
+    """The host and port of a GCS address given as host:port; None for other forms ("auto")."""
     host, _, port = address.rpartition(":")
     return (host, int(port)) if host and port.isdigit() and "/" not in host else None
 
 
 def check_cluster(address: str) -> None:
-    """Refuse a dashboard's address, and try one TCP connection to a host:port one, before any work: Ray retried an
-    address nothing answered at for about 4 minutes, printing its retries, and called a dashboard's malformed."""
+    """Refuse a dashboard's address and a Ray Client one, and try one TCP connection to a host:port one, before any
+    work: Ray retried an address nothing answered at for about 4 minutes, printing its retries, and called a
+    dashboard's malformed."""
     import socket
 
     if address.startswith(("http://", "https://")):
         raise ConfigError(f"{address} is the address of a Ray cluster's dashboard, which takes a search submitted "
                           "with --detach (it runs as a job on the cluster); to drive the search from here, pass the "
                           "cluster's own address instead (HOST:6379, as `ray start --head` printed it).")
+    if address.startswith("ray://"):
+        raise ConfigError(f"{address} is a Ray Client address, which edgesearch does not drive a search through (a "
+                          "search driven that way stalled after its first lines): run `edgesearch submit` on a node "
+                          "of the cluster with --address HOST:6379 as `ray start --head` printed it, or submit it from "
+                          "here with --detach and the cluster's dashboard address (http://HOST:8265).")
     where = _host_port(address)
     if where is None:
         return

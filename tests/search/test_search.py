@@ -339,6 +339,11 @@ def test_a_wrong_cluster_address_is_refused_before_any_work_and_leaves_the_name_
     said = capsys.readouterr()
     assert said.err.count("\n") == 1 and f"Nothing answers at the Ray cluster address {nowhere}" in said.err
     assert "ray start --head" in said.err
+    # a Ray Client address: a search driven through one stalled after its first lines
+    assert main(["--runs-dir", str(runs), "submit", "--name", "here", "--trials", "1", "--address",
+                 "ray://127.0.0.1:10001"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ray://127.0.0.1:10001 is a Ray Client address" in err and "--detach" in err
     # a dashboard's address, as --detach takes it, passed without --detach
     assert main(["--runs-dir", str(runs), "submit", "--name", "here", "--trials", "1", "--address",
                  "http://127.0.0.1:8265"]) == 2

@@ -61,7 +61,7 @@ def test_a_search_on_a_node_that_shares_no_disk_ships_its_winner_from_the_driver
             ray.shutdown()
 
         if not tuning:  # the cluster's job service, asked without its token and with another: one line, what to do
-            _refused_without_the_token(cluster["dashboard"])
+            _refused_without_the_token(cluster, tmp_path / "refused")
 
         spec = SearchSpec(name="apart", dataset=str(data), target=str(target), trials=2, workers=2, recipes=False,
                           budget=dataclasses.replace(TINY, front_tuning_minutes=3, front_tuning_trials=tuning),
@@ -108,11 +108,17 @@ def test_a_search_on_a_node_that_shares_no_disk_ships_its_winner_from_the_driver
         assert (tmp_path / "export" / "tuning_records" / "database_tuning_record.json").stat().st_size > 0
 
 
-def _refused_without_the_token(dashboard: str) -> None:
+def _refused_without_the_token(cluster: dict, runs) -> None:
+    """Ray's job service answered a machine without the cluster's token with a paragraph; its GCS (a search driven
+    from a node) with a warning per retry for 26 s, then "Failed to connect", which did not say why."""
     import subprocess
     import sys
 
     plain = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    driven = subprocess.Popen([sys.executable, "-m", "search.cli", "--runs-dir", str(runs), "submit", "--name", "x",
+                               "--trials", "1", "--address", cluster["gcs"]], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, env=plain)
+    dashboard = cluster["dashboard"]
     for env, said in ((plain, "needs an authentication token: export RAY_AUTH_MODE=token"),
                       ({**plain, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 32},
                        "refused this machine's authentication token")):
@@ -120,3 +126,6 @@ def _refused_without_the_token(dashboard: str) -> None:
                               capture_output=True, text=True, env=env, timeout=120)
         assert done.returncode == 2 and said in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1 and "`ray get-auth-token` on its head node" in done.stderr
+    err = driven.communicate(timeout=180)[1]
+    assert driven.returncode == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"The Ray cluster at {cluster['gcs']} needs an authentication token: export RAY_AUTH_MODE=token" in err
