@@ -119,6 +119,10 @@ def ray_cluster(free_port, *options, num_cpus: int = 2, python_dir: Path | None 
         raise
     old = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_AUTH_MODE"] = "token"
+    if "ray" in sys.modules:  # Ray caches the mode when imported: refreshed as Ray does when it turns tokens on
+        from ray._raylet import Config
+
+        Config.initialize("")
     try:
         yield {"gcs": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "env": env, "ray": ray_bin}
     finally:
