@@ -388,8 +388,8 @@ def start_ray(address: str | None, workers: int):
                          resources={cpu_kind_resource(host_cpu().key): workers * THREADS_PER_WORKER},
                          _system_config=LOCAL_RAY_CONFIG)
     except Exception as exc:
-        if address and _auth_error(exc):  # a cluster that wants a token: Ray said why only among its C++ retries
-            raise ConfigError(ray_token_advice(f"The Ray cluster at {address}", _auth_error(exc))) from exc
+        if address and (refused := _auth_error(exc)):  # a cluster that wants a token: said only in C++ retries
+            raise ConfigError(ray_token_advice(f"The Ray cluster at {address}", refused)) from exc
         raise ConfigError(f"Cannot start or reach Ray{f' at {address}' if address else ''}: {exc}") from exc
     return ray
 

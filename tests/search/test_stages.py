@@ -198,6 +198,7 @@ def test_qat_ends_with_the_batch_norms_and_scales_that_ship(digits, tiny_budget,
     import dataclasses
 
     import search.stages.compress as compress
+    from search.stages.train import BATCH_SIZE
 
     states = []
 
@@ -216,7 +217,7 @@ def test_qat_ends_with_the_batch_norms_and_scales_that_ship(digits, tiny_budget,
     model = fit(build_model(digits.sample_shape, 10, 0.5), digits, 1)
     budget = dataclasses.replace(tiny_budget, finetune_epochs=3)
     quantization_aware_finetune(model, Candidate(precision="int8-qat", budget=budget), digits)
-    steps = 3 * -(-len(digits.x_train) // 32)
+    steps = 3 * -(-len(digits.x_train) // BATCH_SIZE)
     assert len(states) == steps
 
     def moved(part, start, stop):  # whether the state changed between steps start and stop (1-based, after each)
