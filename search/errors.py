@@ -76,12 +76,16 @@ def stopped_by_signals():
                 signal.signal(s, handler)
 
 
-def ray_token_advice(service: str, exc: BaseException | None = None) -> str:
-    """What to do when a Ray cluster wants a token (Ray 2.60's `ray start --head` turns token authentication on;
-    README): the token missing, or not the cluster's (``exc`` says "invalid" then). Ray's own words ran to a
-    paragraph, or to a warning per retry."""
+def ray_token_advice(service: str, exc: BaseException) -> str | None:
+    """What to do when ``exc`` says a Ray cluster wants a token (Ray 2.60's `ray start --head` turns token
+    authentication on; README): the token missing, or not the cluster's. None for any other error. Ray's own words
+    ran to a paragraph, or to a warning per retry; its ``ConnectionError`` wraps the authentication error."""
+    while exc is not None and not (type(exc).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(exc)):
+        exc = exc.__cause__ or exc.__context__
+    if exc is None:
+        return None
     where = "the cluster's token (`ray get-auth-token` on its head node)"
-    if exc is not None and "invalid" in str(exc).lower() and os.environ.get("RAY_AUTH_MODE") == "token":
+    if "invalid" in str(exc).lower() and os.environ.get("RAY_AUTH_MODE") == "token":
         return (f"{service} refused this machine's authentication token ($RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or "
                 f"~/.ray/auth_token): put {where} there.")
     return f"{service} needs an authentication token: export RAY_AUTH_MODE=token, with {where} in ~/.ray/auth_token " \

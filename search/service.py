@@ -49,8 +49,8 @@ def _client(address: str):
     try:
         return JobSubmissionClient(address)
     except Exception as exc:
-        if type(exc).__name__ == "AuthenticationError":  # Ray's own words run to a paragraph: what to do, in one
-            raise ConfigError(ray_token_advice(f"The Ray job service at {address}", exc)) from exc
+        if advice := ray_token_advice(f"The Ray job service at {address}", exc):
+            raise ConfigError(advice) from exc
         raise ConfigError(f"Cannot reach the Ray job service at {address}: {type(exc).__name__}: {exc}") from exc
 
 

@@ -388,19 +388,11 @@ def start_ray(address: str | None, workers: int):
                          resources={cpu_kind_resource(host_cpu().key): workers * THREADS_PER_WORKER},
                          _system_config=LOCAL_RAY_CONFIG)
     except Exception as exc:
-        if address and (refused := _auth_error(exc)):  # a cluster that wants a token: said only in C++ retries
-            raise ConfigError(ray_token_advice(f"The Ray cluster at {address}", refused)) from exc
+        # a cluster that wants a token said so only in C++ retries
+        if address and (advice := ray_token_advice(f"The Ray cluster at {address}", exc)):
+            raise ConfigError(advice) from exc
         raise ConfigError(f"Cannot start or reach Ray{f' at {address}' if address else ''}: {exc}") from exc
     return ray
-
-
-def _auth_error(exc: BaseException) -> BaseException | None:
-    """Ray's authentication error behind a failed connection (its ``ConnectionError`` wraps it)."""
-    while exc is not None:
-        if type(exc).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(exc):
-            return exc
-        exc = exc.__cause__ or exc.__context__
-    return None
 
 
 @contextlib.contextmanager
