@@ -36,7 +36,7 @@ def main(program: str, out: str, kind: str, samples: str) -> None:
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
         quantizer = PT2EQuantizer().set_global(
-            get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
+            _unit_free(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)))
         graph = prepare_pt2e(torch.export.export(module, example).module(), quantizer)
         with torch.no_grad():
             for i in range(len(calibration_x)):
@@ -44,6 +44,30 @@ def main(program: str, out: str, kind: str, samples: str) -> None:
         graph = convert_pt2e(graph, fold_quantize=False)
         edge = litert_torch.convert(graph, example, quant_config=QuantConfig(pt2e_quantizer=quantizer))
     edge.export(out)
+
+
+def _unit_free(config):
+    """The converter's int8 configuration without its absolute floor of 2**-12 on every scale: data stored in raw
+    sensor units (int16 counts reach 30,000) train a first convolution whose batch-norm-folded weights are near 1e-4,
+    which that floor quantised to 0 and +-1, leaving a model at chance. Weight scales are floored instead relative to
+    the tensor's widest channel (``_WeightRanges``), which keeps an all-zero channel's int32 bias in range."""
+    import dataclasses
+
+    from torchao.quantization.pt2e.observer import PerChannelMinMaxObserver
+
+    class _WeightRanges(PerChannelMinMaxObserver):
+        def calculate_qparams(self):
+            scale, zero_point = super().calculate_qparams()
+            return torch.maximum(scale, scale.max() * 2.0 ** -10), zero_point
+
+    def unfloored(spec, observer=None):
+        ctr = spec.observer_or_fake_quant_ctr.p
+        keywords = {**ctr.keywords, "eps": torch.finfo(torch.float32).eps}
+        return dataclasses.replace(spec, observer_or_fake_quant_ctr=(observer or ctr.func).with_args(**keywords))
+
+    return dataclasses.replace(config, input_activation=unfloored(config.input_activation),
+                               output_activation=unfloored(config.output_activation),
+                               weight=unfloored(config.weight, _WeightRanges))
 
 
 def serve() -> None:
