@@ -501,6 +501,7 @@ def _write_card(card: dict, out: Path, search: str, tracking_uri: str | None, re
 
 MAIN_CC = """// A minimal TensorFlow Lite Micro program for the exported model (a sketch: wire the input to your sensor).
 // Build it with TFLM (github.com/tensorflow/tflite-micro) and, for speed, {kernels}.
+#include <cmath>
 #include <cstdint>
 
 #include "model_data.h"
@@ -517,7 +518,7 @@ alignas(16) static uint8_t tensor_arena[kTensorArenaSize];
 // Its values as in training: {input_values}.
 constexpr int kInputLength = {input_length};
 
-{class_names}// The class of one input, or -1 if the interpreter fails, -2 if input_len is not kInputLength.
+{quantize_input}{class_names}// The class of one input, or -1 if the interpreter fails, -2 if input_len is not kInputLength.
 int classify(const {input_c_type}* input, int input_len) {{
   if (input_len != kInputLength) return -2;
   const tflite::Model* model = tflite::GetModel(g_model);
@@ -620,7 +621,8 @@ def _ship_tflm(trial, row: Row, out: Path, dataset, profile, runs_dir: Path) -> 
         registrations=registrations, input_note=note, input_values=values,
         input_length=int(np.prod(details["shape"])),
         input_field="int8" if integer else "f",
-        output_field="int8" if integer else "f", class_names=_c_class_names(dataset.class_names)))
+        output_field="int8" if integer else "f", class_names=_c_class_names(dataset.class_names),
+        quantize_input=_c_quantize_input(float(quant["scales"][0]), zero) if integer else ""))
     predicted = predict_tflm(tflite, dataset.x_test)
     got = accuracy(predicted, dataset.y_test)
     recorded, recorded_arena = row.value("accuracy_test"), row.value("tflm_arena_bytes")
@@ -632,9 +634,22 @@ def _ship_tflm(trial, row: Row, out: Path, dataset, profile, runs_dir: Path) -> 
     return {"runtime": "tflite-micro", "tflm": {"arena_bytes": arena, "arena_bytes_aligned": aligned, "ops": ops,
                                                  "input_dtype": str(np.dtype(details["dtype"]))},
             "input": {"shape": [int(d) for d in details["shape"]], "dtype": str(np.dtype(details["dtype"])),
-                      "layout": layout, "values": values},
+                      "layout": layout, "values": values,
+                      **({"quantization": {"scale": float(quant["scales"][0]), "zero_point": zero}} if integer
+                         else {})},
             "verification": verification,
             "per_class_test": _per_class(predicted, dataset, "TFLite Micro interpreter")}
+
+
+def _c_quantize_input(scale: float, zero_point: int) -> str:
+    """main.cc's function from a value as in training to the int8 the model takes. It saturates: the calibrated
+    range may be narrower than the data's (an accelerometer's counts reached 32,104; the int8 input of a model
+    calibrated on them, 29,342), and a plain cast wraps such a value around to a large negative one."""
+    return ("// One input value, as in training, as the model takes it: the quantisation above, saturated to int8.\n"
+            "inline int8_t QuantizeInput(float x) {\n"
+            f"  const long q = std::lround(x / {scale:.9g}f) + ({zero_point});\n"
+            "  return static_cast<int8_t>(q < -128 ? -128 : (q > 127 ? 127 : q));\n"
+            "}\n\n")
 
 
 def _c_class_names(names: tuple[str, ...]) -> str:
@@ -762,6 +777,8 @@ def model_card_markdown(card: dict) -> str:
                 if card['input'].get('dataset_layout') else "") + ")"
              + (f"; splits: {card['dataset_splits']}" if card.get("dataset_splits") else ""),
              *([f"- input values, as in training: {card['input']['values']}"] if card["input"].get("values") else []),
+             *([f"- input quantisation: q = round(x / {q['scale']:.9g}) + ({q['zero_point']}), saturated to int8 "
+                "(`QuantizeInput` in main.cc)"] if (q := card["input"].get("quantization")) else []),
              f"- target profile: `{card['target_profile']}` (searched for `{card['measured_on']}`; each figure below "
              "says whether it was measured, emulated or estimated)"
              + (f"; **{card['over_budget_on_target']}**" if card.get("over_budget_on_target") else ""),

@@ -432,6 +432,29 @@ def test_main_cc_names_the_classes_classify_returns(tmp_path):
     assert ran.stdout.decode("utf-8").splitlines() == list(names)
 
 
+def test_main_cc_quantises_an_input_beyond_the_calibrated_range_to_the_nearest_int8(tmp_path):
+    """The model's int8 input covers the range calibrated on training samples, which can end short of the data's
+    (an accelerometer's counts reached 32,104, the input 29,342): main.cc's QuantizeInput saturates such a value, as
+    the interpreter's own quantisation does, where a plain cast wrapped it around to a large negative int8."""
+    from search.export import _c_quantize_input
+
+    compiler = shutil.which("g++") or shutil.which("c++")
+    if compiler is None:
+        pytest.skip("no C++ compiler on this machine")
+    scale, zero = 161.21971, -55
+    values = np.random.default_rng(0).uniform(-40000, 40000, 400).astype(np.float32)
+    program = tmp_path / "quantise.cc"
+    program.write_text("#include <cmath>\n#include <cstdint>\n#include <cstdio>\n" + _c_quantize_input(scale, zero)
+                       + "int main() { float x; while (std::scanf(\"%f\", &x) == 1) std::printf(\"%d\\n\", "
+                       "QuantizeInput(x)); }\n")
+    subprocess.run([compiler, "-std=c++17", str(program), "-o", str(tmp_path / "quantise")], check=True, timeout=120)
+    ran = subprocess.run([str(tmp_path / "quantise")], input=" ".join(f"{v:.9g}" for v in values).encode(),
+                         capture_output=True, check=True, timeout=60)
+    expected = np.clip(np.round(values / np.float32(scale)) + zero, -128, 127)
+    assert [int(q) for q in ran.stdout.split()] == expected.astype(int).tolist()
+    assert expected.min() == -128 and expected.max() == 127  # values beyond the range on both sides
+
+
 def test_without_a_shipping_stage_the_runtime_the_search_timed_ships(tmp_path):
     """On 32x32 images at width 2 untuned TVM takes many times onnxruntime's time: the search judges the candidate
     on onnxruntime, and with no shipping stage (TINY has none) that is what ships, verified against both recorded

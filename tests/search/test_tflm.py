@@ -126,14 +126,20 @@ def test_the_export_is_something_a_board_can_flash(m4_search, digits, tmp_path, 
     assert card["mlflow_run_id"] is None and "MLflow run: none (exported without MLflow" in (
         out / "MODEL_CARD.md").read_text()
     # channel-last, as TFLite computes: no layout change on the device
-    assert card["input"] == {"shape": [1, 8, 8, 1], "dtype": card["tflm"]["input_dtype"], "layout": "NHWC",
-                             "values": DIGITS_VALUES}
+    assert {k: v for k, v in card["input"].items() if k != "quantization"} == {
+        "shape": [1, 8, 8, 1], "dtype": card["tflm"]["input_dtype"], "layout": "NHWC", "values": DIGITS_VALUES}
     assert f"// Its values as in training: {DIGITS_VALUES}." in program  # raw or scaled: what the sensor code feeds
     # the sketch takes exactly one input and allocates the arena once, however often it is called
     assert "constexpr int kInputLength = 64;" in program and "if (input_len != kInputLength) return -2;" in program
     assert program.count("AllocateTensors()") == 1 and "static const bool allocated" in program
     if card["tflm"]["input_dtype"] == "int8":  # how to quantise the input, with the model's own scale and zero
         assert re.search(r"int8, q = round\(x / [0-9.e-]+\) [+-] [0-9]+;", program)
+        quant = interpreter(out / "model.tflite").get_input_details(0)["quantization_parameters"]
+        assert card["input"]["quantization"] == {"scale": float(quant["scales"][0]),
+                                                 "zero_point": int(quant["zero_points"][0])}
+        assert "inline int8_t QuantizeInput(float x)" in program
+    else:
+        assert "quantization" not in card["input"] and "QuantizeInput" not in program
     assert "[1, 8, 8, 1] in NHWC order" in program and not {"TRANSPOSE", "RESHAPE"} & set(card["tflm"]["ops"])
 
 
