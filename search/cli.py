@@ -593,7 +593,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     spec = stored_spec(study, args.runs_dir)
     from optuna.trial import TrialState
 
-    from search.study import finished_count, search_state, spent_budget, spent_text
+    from search.study import finished_count, running_trials, search_state, spent_budget, spent_text
     from search.tracking import TRACKED_ATTR
 
     all_rows = rows(study)
@@ -608,6 +608,8 @@ def cmd_status(args: argparse.Namespace) -> int:
           + ("; continue it with: " + _resume_command(args, args.name, storage,
                                                         study.user_attrs.get(TRACKED_ATTR, True))
              if state == "stopped" else ""))
+    if state == "running" and (out := running_trials(study)):
+        print(f"running now: {out}; a trial's figures come once it is trained, compiled and measured")
     front = feasible_front(all_rows)
     floor = (study.user_attrs.get(FLOOR_ATTR) or {}).get("value")
     _print_outcome(all_rows, front, best_within_budget(all_rows), front_hypervolume(front, search_bounds(study, spec)),

@@ -409,6 +409,26 @@ def shipping_left(study: optuna.Study, spec: SearchSpec, profile=None) -> bool:
     return profile.backend == "local" and bool(stage_picks(study, spec.latency_budget_ms))
 
 
+def clock(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+def running_trials(study: optuna.Study, now: datetime | None = None) -> str:
+    """The trials out now, each with its main knobs and how long since it was drawn, for another terminal than the
+    driver's: with several minutes of training and tuning per candidate, a count alone does not say whether any
+    moves. Empty when none is out."""
+    now = now or datetime.now()  # Optuna stamps trials in local time
+    out = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        k = trial.params
+        knobs = " ".join(f"{short}={k[name]:g}" for name, short in (("width", "w"), ("sparsity", "s"))
+                         if isinstance(k.get(name), (int, float)))
+        knobs = " ".join(filter(None, (k.get("precision"), knobs))) or "knobs not drawn yet"
+        since = f" for {clock((now - trial.datetime_start).total_seconds())}" if trial.datetime_start else ""
+        out.append(f"trial {trial.number} ({knobs}){since}")
+    return ", ".join(out)
+
+
 def search_state(study: optuna.Study, spec: SearchSpec) -> tuple[str, str]:
     """Where a stored search stands, as (state, detail): running (its driver is at work), stopped (short of its
     trial budget or of its shipping stage, with no driver running it) or done."""

@@ -682,6 +682,10 @@ def test_a_driver_killed_outright_is_told_from_a_running_one(tmp_path, capsys, m
         study.set_user_attr(DRIVER_ATTR, {**mark, "started": psutil.Process(other.pid).create_time()})
         assert search_state(study, spec) == ("running", "1 trial(s) in progress")
         capsys.readouterr()
+        # another terminal sees which trial is out, and since when
+        assert main(["--runs-dir", str(tmp_path), "status", "beating"]) == 0
+        width = study.trials[0].params["width"]  # drawn; SMALL holds the sparsity at 0, which is then not shown
+        assert f"running now: trial 0 (fp32 w={width:g}) for 0m" in capsys.readouterr().out
         assert main(["--runs-dir", str(tmp_path), "submit", "--name", "beating", "--resume", "--no-mlflow"]) == 2
         err = capsys.readouterr().err
         assert f"Search 'beating' is still running (driver process {other.pid} on" in err
