@@ -410,14 +410,15 @@ def shipping_left(study: optuna.Study, spec: SearchSpec, profile=None) -> bool:
 
 
 def clock(seconds: float) -> str:
+    """A duration as 3m07s, as progress lines give it."""
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
-def running_trials(study: optuna.Study, now: datetime | None = None) -> str:
+def running_trials(study: optuna.Study) -> str:
     """The trials out now, each with its main knobs and how long since it was drawn, for another terminal than the
     driver's: with several minutes of training and tuning per candidate, a count alone does not say whether any
     moves. Empty when none is out."""
-    now = now or datetime.now()  # Optuna stamps trials in local time
+    now = datetime.now()  # Optuna stamps trials in local time
     out = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         k = trial.params

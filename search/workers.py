@@ -1625,5 +1625,3 @@ def stored_pace(study, workers: int) -> float | None:
                  if t.datetime_start and t.datetime_complete and trial_cost(t) == 1.0
                  and "reused_from_trial" not in t.user_attrs]
     return sorted(durations)[len(durations) // 2] / max(1, workers) if durations else None
-
-

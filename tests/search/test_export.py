@@ -435,7 +435,7 @@ def test_main_cc_names_the_classes_classify_returns(tmp_path):
 def test_main_cc_quantises_an_input_beyond_the_calibrated_range_to_the_nearest_int8(tmp_path):
     """The model's int8 input covers the range calibrated on training samples, which can end short of the data's
     (an accelerometer's counts reached 32,104, the input 29,342): main.cc's QuantizeInput saturates such a value, as
-    the interpreter's own quantisation does, where a plain cast wrapped it around to a large negative int8."""
+    edgesearch does when it feeds the interpreter, where a plain cast wrapped it around to a large negative int8."""
     from search.export import _c_quantize_input
 
     compiler = shutil.which("g++") or shutil.which("c++")

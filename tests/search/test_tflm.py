@@ -349,7 +349,7 @@ def test_int8_keeps_the_accuracy_of_signals_stored_in_raw_sensor_counts(tmp_path
     batch-norm-folded weights are near 1e-4. The converter's default floor on every scale (2**-12) quantised them
     to 0 and +-1: a 5-class accelerometer search's int8 candidates scored 0.21 where fp32 scored 1.00. A dead
     channel (zero weights) keeps its bias: the scale floor that replaces that one is relative, so the int32 bias
-    fits (with none at all, the channel's scale and the bias's fell to 1e-9, and the bias was clamped)."""
+    fits (with no floor at all, the bias's scale fell to 3e-9 and the bias was clamped)."""
     import torch
 
     from search.candidate import Candidate
