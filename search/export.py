@@ -606,9 +606,9 @@ def _ship_tflm(trial, row: Row, out: Path, dataset, profile, runs_dir: Path) -> 
     integer = np.issubdtype(details["dtype"], np.integer)
     quant = details["quantization_parameters"]
     layout = input_layout(dataset.sample_shape, takes_channels_last(details["shape"], dataset.sample_shape))
-    zero = int(quant["zero_points"][0]) if integer else 0
+    scale, zero = (float(quant["scales"][0]), int(quant["zero_points"][0])) if integer else (1.0, 0)
     values = dataset.input_values()
-    note = (f"int8, q = round(x / {float(quant['scales'][0]):.8g}) {'-' if zero < 0 else '+'} {abs(zero)}" if integer
+    note = (f"int8, q = round(x / {scale:.9g}) {'-' if zero < 0 else '+'} {abs(zero)}" if integer
             else "float32, as in training") + f"; {[int(d) for d in details['shape']]} in {layout} order" + (
         " (channel-last: a camera's or an interleaved sensor's buffer as it comes)" if layout.endswith("C") else "")
     registrations = "\n".join(f"  resolver.{_RESOLVER[op]}();" if op in _RESOLVER
@@ -622,7 +622,7 @@ def _ship_tflm(trial, row: Row, out: Path, dataset, profile, runs_dir: Path) -> 
         input_length=int(np.prod(details["shape"])),
         input_field="int8" if integer else "f",
         output_field="int8" if integer else "f", class_names=_c_class_names(dataset.class_names),
-        quantize_input=_c_quantize_input(float(quant["scales"][0]), zero) if integer else ""))
+        quantize_input=_c_quantize_input(scale, zero) if integer else ""))
     predicted = predict_tflm(tflite, dataset.x_test)
     got = accuracy(predicted, dataset.y_test)
     recorded, recorded_arena = row.value("accuracy_test"), row.value("tflm_arena_bytes")
@@ -635,8 +635,7 @@ def _ship_tflm(trial, row: Row, out: Path, dataset, profile, runs_dir: Path) -> 
                                                  "input_dtype": str(np.dtype(details["dtype"]))},
             "input": {"shape": [int(d) for d in details["shape"]], "dtype": str(np.dtype(details["dtype"])),
                       "layout": layout, "values": values,
-                      **({"quantization": {"scale": float(quant["scales"][0]), "zero_point": zero}} if integer
-                         else {})},
+                      **({"quantization": {"scale": scale, "zero_point": zero}} if integer else {})},
             "verification": verification,
             "per_class_test": _per_class(predicted, dataset, "TFLite Micro interpreter")}
 
