@@ -47,7 +47,8 @@ from search.study import (
     shipping_left, shipping_order, stage_picks, stored_trial, found_under, trial_artifact,
     finished_count, front_hypervolume, narrower_recipe, spent_budget, trial_cost, queued_without_distillation,
     recipes_for, record_failure, record_result, record_reuse, record_screened, requeue_interrupted,
-    resolved_sampler, reusable_trials, rows, search_bounds, set_bounds, shown_url, suggest_candidate,
+    resolved_sampler, reusable_trials, rows, running_trials, search_bounds, set_bounds, shown_url,
+    suggest_candidate,
 )
 
 THREADS_PER_WORKER = 1
@@ -1342,7 +1343,7 @@ class _Driver:
                     del self.in_flight[ref]
                     self._fail_job(job, f"timeout: exceeded the per-candidate limit of {timeout} s")
             if self.in_flight and now - self.said_at >= QUIET_S:
-                self.report(self._still_running(now))
+                self.report(self._still_running())
             return
         ref = ready[0]
         self.landed = time.perf_counter()
@@ -1379,12 +1380,10 @@ class _Driver:
 
     # --- outcomes ------------------------------------------------------------------------------------------
 
-    def _still_running(self, now: float) -> str:
-        """What runs while no line has come for a while: long training on large data is otherwise silent."""
-        jobs = sorted(self.in_flight.values(), key=lambda j: j.trial.number)
-        return ("running: " + ", ".join(
-            f"trial {j.trial.number} ({j.candidate.precision} w={j.candidate.width:g}) for {_clock(now - j.started)}"
-            for j in jobs) + "; a trial's line comes once it is trained, compiled and measured")
+    def _still_running(self) -> str:
+        """What runs while no line has come for a while: long training on large data is otherwise silent. Read from
+        storage, as ``status`` reads it, so a trial waiting to be re-timed shows too."""
+        return f"running: {running_trials(self.study)}; a trial's line comes once it is trained, compiled and measured"
 
     def _told(self, trial, note: str) -> None:
         self.spent += trial_cost(self.study._storage.get_trial(trial._trial_id))
