@@ -150,7 +150,7 @@ def test_class_names_in_the_archive_name_the_labels_and_a_key_not_read_is_said(t
            "layout, class_names)" in ds.summary()
 
 
-def test_labels_saved_as_names_or_whole_floats_are_read_as_class_numbers(tmp_path):
+def test_labels_saved_as_names_whole_floats_or_booleans_are_read_as_class_numbers(tmp_path):
     path = tmp_path / "named.npz"
     good = _good()
     words = np.array(["walk", "run", "sit", "stairs"])
@@ -177,6 +177,15 @@ def test_labels_saved_as_names_or_whole_floats_are_read_as_class_numbers(tmp_pat
     assert as_floats.y_train.dtype == as_integers.y_train.dtype
     np.testing.assert_array_equal(as_floats.y_train, as_integers.y_train)
     np.testing.assert_array_equal(as_floats.x_val, as_integers.x_val)
+    # booleans (a thresholded score) are 0 for False and 1 for True
+    two = {key: (good[key] % 2 if key.startswith("y") else good[key]) for key in good}
+    np.savez(path, **two)
+    as_integers = load_npz(path)
+    np.savez(path, **{**two, "y_train": two["y_train"] == 1, "y_test": two["y_test"] == 1})
+    as_booleans = load_npz(path)
+    assert as_booleans.num_classes == 2 and as_booleans.y_train.dtype == as_integers.y_train.dtype
+    np.testing.assert_array_equal(as_booleans.y_train, as_integers.y_train)
+    np.testing.assert_array_equal(as_booleans.y_test, as_integers.y_test)
 
 
 @pytest.mark.parametrize(
