@@ -1217,6 +1217,7 @@ class _Driver:
         self.rung0: list[tuple[float, float, bool]] = []  # (accuracy, p90 latency, fits) at the first rung
         self.bounds = search_bounds(study, spec)
         self.told: list[tuple[object, int, str]] = []  # (trial, finished count, note) not yet published
+        self.after_told: list[str] = []  # lines about told trials, published after theirs
         self.spent = 0.0  # of the budget, in fully trained candidates (``trial_cost``)
         self.asks = 0
         self.max_asks = max(1, int(ASKS_PER_TRIAL * remaining))
@@ -1436,7 +1437,7 @@ class _Driver:
             return
         with _timed(self.timings, "optuna"):
             self.study.enqueue_trial(narrower[1], user_attrs={"recipe": narrower[0]})
-        self.report(f"recipe {label!r} does not fit the target; next: {narrower[0]!r}")
+        self.after_told.append(f"recipe {label!r} does not fit the target; next: {narrower[0]!r}")
 
     def _fail(self, trial, reason: str) -> None:
         with _timed(self.timings, "optuna"):
@@ -1517,9 +1518,12 @@ class _Driver:
                 self.report(f"{prefix} -> screened out, not trained: {row.error}  ETA {eta}{note}")
             else:
                 self.report(f"{prefix} -> {_outcome(row, self.chance)}  HV {hv:.3f}  ETA {eta}{note}")
+        for line in self.after_told:
+            self.report(line)
         if self.told and self.on_trial:
             self.on_trial()
         self.told.clear()
+        self.after_told.clear()
 
 
 def _shapes_ruled_out(result: CandidateResult, budget_ms: float) -> dict | None:

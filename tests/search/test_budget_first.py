@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 from types import SimpleNamespace
 
 import optuna
@@ -441,7 +442,12 @@ def test_a_recipe_that_cannot_fit_comes_back_narrower_down_to_the_narrowest_widt
                        ("int8 post-training only, width 0.5", 0.5), ("int8 post-training only, width 0.25", 0.25)]
     assert all(t.user_attrs["stopped"] == "screened" for t in trials)  # nothing trained
     assert not any(", width 0" in t.user_attrs.get("recipe", "") for t in trials[4:])  # none under 0.25
-    assert any("does not fit the target; next: 'int8 post-training only, width 0.75'" in ln for ln in lines)
+    # each "next" line follows the line of the trial that did not fit
+    nexts = [k for k, ln in enumerate(lines) if "does not fit the target; next: " in ln]
+    assert lines[nexts[0]] == "recipe 'int8 post-training only' does not fit the target; next: " \
+                              "'int8 post-training only, width 0.75'", lines
+    assert all(re.match(rf"\[0/1\] trial {n}: .* -> screened out, not trained", lines[k - 1])
+               for n, k in enumerate(nexts[:3])), lines
     knobs = dict(trials[3].user_attrs["candidate"])
     assert narrower_recipe("int8 post-training only, width 0.25", knobs, spec) is None
     assert narrower_recipe("x", {**knobs, "width": 1.0}, dataclasses.replace(spec, recipes=False)) is None
