@@ -50,19 +50,41 @@ class Pick:
                               f"0.95. Got {self.min_accuracy} instead.")
 
 
+def _anyway(trained: list[Row], budget_ms: float) -> str:
+    """How to ship a trained candidate that misses a limit, as the user may for a demo or a looser device: the
+    most accurate within the latency budget, else the fastest."""
+    if not trained:
+        return ""
+    within = [r for r in trained if r.value("latency_ms_p90") <= budget_ms]
+    row = max(within, key=lambda r: r.quality) if within else min(trained, key=lambda r: r.value("latency_ms_p90"))
+    which = "most accurate within the budget" if within else "fastest trained"
+    return (f" To export one anyway: --trial {row.number} --force (the {which}: {ACCURACY_METRICS[row.objective]} "
+            f"{row.quality:.4f}, {row.value('latency_ms_p90'):.4g} ms p90).")
+
+
 def choose(all_rows: list[Row], pick: Pick, budget_ms: float) -> tuple[Row, str]:
     """The row to export and a sentence saying why; clear errors when there is none."""
     front = feasible_front(all_rows)
     if pick.trial is not None:
         match = [r for r in all_rows if r.number == pick.trial]
-        if not match or match[0].state != "COMPLETE":
-            raise ConfigError(f"Trial {pick.trial} is not a finished trial of this search.")
-        if match[0] not in front:
+        if not match:
+            raise ConfigError(f"Trial {pick.trial} is not a trial of this search.")
+        row = match[0]
+        if row.stopped == "screened":
+            raise ConfigError(f"Trial {pick.trial} was screened out before training ({row.error}): it has no model "
+                              "to export.")
+        if row.state != "COMPLETE":
+            said = {"FAIL": f"failed ({row.error})", "RUNNING": "still running"}.get(row.state, row.state.lower())
+            raise ConfigError(f"Trial {pick.trial} is not a finished trial of this search: it {said}.")
+        if row not in front:
+            missed = (row.infeasible_because() or "infeasible" if not row.feasible else
+                      f"the same knobs as trial {row.reused_from}, whose result it reuses"
+                      if row.reused_from is not None else "feasible but dominated")
             if not pick.force:
-                raise ConfigError(f"Trial {pick.trial} is not on the feasible Pareto front "
-                                  f"(front: {sorted(r.number for r in front)}); pass --force to export it anyway.")
-            return match[0], f"trial {pick.trial} chosen by hand with --force (not on the feasible front)"
-        return match[0], f"trial {pick.trial} chosen by hand (on the feasible front)"
+                raise ConfigError(f"Trial {pick.trial} is not on the feasible Pareto front ({missed}; front: "
+                                  f"{sorted(r.number for r in front)}); pass --force to export it anyway.")
+            return row, f"candidate picked by hand with --trial and --force, {missed} (not on the feasible front)"
+        return row, "candidate picked by hand with --trial (on the feasible front)"
     feasible = [r for r in all_rows if r.feasible]
     if not feasible:
         timed = [r for r in all_rows if "latency_ms_p90" in r.metrics and r.reused_from is None]
@@ -73,10 +95,10 @@ def choose(all_rows: list[Row], pick: Pick, budget_ms: float) -> tuple[Row, str]
         how = " (screened out before training)" if closest.stopped == "screened" else ""
         message = (f"No candidate is feasible. The closest, trial {closest.number}{how}, takes {p90:.4g} ms (p90) "
                    f"against the {budget_ms:g} ms budget")
-        if over > 0:
-            raise ConfigError(f"{message}, over by {over:.4g} ms.")
-        raise ConfigError(f"{message}, but is {closest.infeasible_because() or 'infeasible'}; the search's last "
-                          "lines say what its candidates missed.")
+        why = closest.infeasible_because() or "infeasible"
+        message += (f", over by {over:.4g} ms." if over > 0 else
+                    f", but is {why}; the search's last lines say what its candidates missed.")
+        raise ConfigError(message + _anyway([r for r in timed if r.stopped != "screened"], budget_ms))
     words = ACCURACY_METRICS[feasible[0].objective]  # the search's accuracy metric
     if pick.min_accuracy is not None:
         good = [r for r in feasible if r.quality >= pick.min_accuracy]

@@ -244,7 +244,7 @@ def test_a_search_without_a_feasible_candidate_says_what_its_candidates_missed()
     from hardware_targets.metric import Metric
     from search.candidate import CandidateResult
     from search.cli import _why_none
-    from search.study import record_result
+    from search.study import record_failure, record_result
 
     study = optuna.create_study(directions=["maximize", "minimize", "minimize", "minimize"])
     study.set_user_attr(FLOOR_ATTR, {"value": 0.99, "baseline": None, "max_drop": None})
@@ -267,8 +267,21 @@ def test_a_search_without_a_feasible_candidate_says_what_its_candidates_missed()
     from search.export import Pick, choose
 
     with pytest.raises(ConfigError, match=r"The closest, trial 0, takes 0.3 ms \(p90\) against the 1 ms budget, but "
-                                          "is below the accuracy floor"):
+                                          "is below the accuracy floor") as refused:
         choose(trained, Pick(), spec.latency_budget_ms)
+    # and how to ship one anyway: the most accurate within the budget (trial 2, within it but over the RAM, is less)
+    assert str(refused.value).endswith(" To export one anyway: --trial 0 --force (the most accurate within the "
+                                       "budget: accuracy 0.9300, 0.3 ms p90).")
+    assert choose(trained, Pick(trial=0, force=True), spec.latency_budget_ms) == (
+        trained[0], "candidate picked by hand with --trial and --force, below the accuracy floor (not on the "
+                    "feasible front)")
+    with pytest.raises(ConfigError, match=r"Trial 1 is not on the feasible Pareto front \(over the latency budget, "
+                                          r"below the accuracy floor; front: \[\]\); pass --force"):
+        choose(trained, Pick(trial=1), spec.latency_budget_ms)
+    record_failure(study, study.ask(), "compile: out of memory")
+    with pytest.raises(ConfigError, match=r"Trial 3 is not a finished trial of this search: it failed \(compile: out "
+                                          r"of memory\)\.$"):
+        choose(rows(study), Pick(trial=3, force=True), spec.latency_budget_ms)
 
 
 def test_a_trained_candidate_over_the_budget_rules_out_its_shapes(digits, host, tiny_budget, shared_runs):

@@ -284,7 +284,8 @@ def test_export_errors(tracked_search, tmp_path, capsys):
     assert sum("result reused" in line for line in lines) == 2 and len(twice.rows) == 3
     with pytest.raises(Exception, match="No search named 'missing'"):
         export_search("missing", tmp_path / "x", storage_url=storage, runs_dir=runs)
-    with pytest.raises(ConfigError, match="not on the feasible Pareto front"):  # a reused result never is
+    with pytest.raises(ConfigError, match=r"not on the feasible Pareto front \(the same knobs as trial 0, whose "
+                                          r"result it reuses; front: \[0\]\)"):  # a reused result never is
         export_search("twice", tmp_path / "y", storage_url=default_storage(runs), runs_dir=runs, pick=Pick(trial=1))
     card = export_search("twice", tmp_path / "forced", storage_url=default_storage(runs), runs_dir=runs,
                          register=False, pick=Pick(trial=1, force=True))
@@ -359,6 +360,10 @@ def test_no_feasible_candidate_says_what_the_closest_misses_by(tmp_path):
     with pytest.raises(ConfigError, match=r"No candidate is feasible. The closest, trial 0 \(screened out before "
                                           r"training\), takes .* ms \(p90\) .*over by"):
         export_search("impossible", tmp_path / "out", storage_url=default_storage(tmp_path), runs_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"Trial 0 was screened out before training \(.* ms .*budget.*\): it has "
+                                          "no model to export"):
+        export_search("impossible", tmp_path / "out", storage_url=default_storage(tmp_path), runs_dir=tmp_path,
+                      pick=Pick(trial=0, force=True))
 
 
 @pytest.mark.slow  # ~50 s: a search and an int8 export; the export runs by default through its other tests
