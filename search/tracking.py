@@ -483,7 +483,9 @@ def sync_search(study, spec: SearchSpec, tracking_uri: str, runs_dir: Path) -> i
     check_tracking(tracking_uri, runs_dir=runs_dir)
     tracker = SearchTracker(spec, study, tracking_uri, runs_dir)
     before = len(tracker.children)
-    tracker.sync(rows(study), finished=state == "done")
+    # a stopped search gets what a finished one has (the interactive page, the front table), which its driver left
+    # out to stop at once; the state digest spares a second sync the redrawing
+    tracker.sync(rows(study), finished=True)
     if state == "stopped":
         tracker.client.set_terminated(tracker.parent_id, "KILLED")
     study.set_user_attr(TRACKED_ATTR, True)  # in MLflow now: status, resume hints and delete treat it so

@@ -68,6 +68,13 @@ def test_killed_worker_fails_its_trial_and_the_search_completes(tmp_path):
     assert any("FAILED - worker died" in line for line in lines)
 
 
+def _artifacts(client, run_id: str, path: str | None = None) -> set[str]:
+    found = set()
+    for item in client.list_artifacts(run_id, path):
+        found |= _artifacts(client, run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
 def test_a_search_told_to_terminate_stops_as_ctrl_c_stops_it(tmp_path):
     """SIGTERM (``kill``, ``docker stop``, a stopped Ray job) mid-search: Ray's own handler ended the driver at once
     with a stack dump, its trials left running and its MLflow run open. Now it stops as Ctrl-C stops it."""
@@ -102,6 +109,12 @@ def test_a_search_told_to_terminate_stops_as_ctrl_c_stops_it(tmp_path):
     (parent,) = client.search_runs([client.get_experiment_by_name("term").experiment_id],
                                    "tags.`edgesearch.role` = 'search'")
     assert parent.info.status == "KILLED"
+    assert "plots/interactive.html" not in _artifacts(client, parent.info.run_id)  # not drawn on the way out
+    # the next status logs what a finished search has, the interactive page and the front's table, and keeps the
+    # run KILLED
+    assert subprocess.run(_cli(runs, "status", "term"), capture_output=True, text=True, timeout=300).returncode == 0
+    assert {"plots/interactive.html", "pareto_front_table.json"} <= _artifacts(client, parent.info.run_id)
+    assert client.get_run(parent.info.run_id).info.status == "KILLED"
 
     # an export told to terminate leaves no half-written folder that looks deployable
     out = tmp_path / "deploy"
