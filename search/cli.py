@@ -883,7 +883,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="host", help="host, or an emulated board with published references "
                    "(cortex-m4, cortex-m7) [default: host]")
     p.add_argument("--candidates", type=int, default=12, help="candidates to measure [default: 12]")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the candidates drawn on the host and of their "
+                   "training [default: 0]")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser(
@@ -980,7 +981,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="progress and Pareto front of a search",
                        description="Show a running or finished search: trials, feasible front, best candidate.")
-    p.add_argument("name")
+    p.add_argument("name", help="the search's name, as given to submit --name ('edgesearch list' lists them)")
     _stores(p, tracking=False)
     p.add_argument("--tracking-uri", help="MLflow tracking URI, caught up if an outage left runs out [default: "
                    "the tracking server the search logged to, else $MLFLOW_TRACKING_URI or sqlite:///RUNS/mlflow.db]")
@@ -994,7 +995,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "tracking server was down when the search ended, or it ran with --no-mlflow), and "
                                    "refresh its front. status does this too when it can reach the store (not for a "
                                    "search run with --no-mlflow), and export before it registers the model.")
-    p.add_argument("name")
+    p.add_argument("name", help="the search's name, as given to submit --name")
     _stores(p)
     p.set_defaults(func=cmd_sync)
 
@@ -1034,7 +1035,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "trials in the storage, its MLflow experiment (renamed, then deleted as MLflow "
                                    "deletes) and its folders under the runs folder. Caches other searches share, "
                                    "exports and registered models stay.")
-    p.add_argument("name")
+    p.add_argument("name", help="the search's name, as given to submit --name")
     p.add_argument("--yes", action="store_true", help="delete it (without it, say what would go and delete nothing)")
     _stores(p)
     p.add_argument("--no-mlflow", action="store_true",
@@ -1042,14 +1043,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "experiment is deleted in MLflow: their runs would mix)")
     p.set_defaults(func=cmd_delete)
 
-    p = sub.add_parser("logs", help="logs of a detached search (Ray job)")
-    p.add_argument("name")
+    p = sub.add_parser("logs", help="logs of a detached search (Ray job)",
+                       description="Print what a search submitted with --detach has printed so far (its Ray job's "
+                                   "log), as its terminal would have shown it. A search run in a terminal prints "
+                                   "there; status shows any search's progress.")
+    p.add_argument("name", help="the search's name, as given to submit --name")
     p.add_argument("--address", help="the dashboard URL (http://HOST:8265) of the cluster a detached search runs "
                    "on [default: the one this machine submitted it to]")
     p.set_defaults(func=cmd_logs)
 
-    p = sub.add_parser("stop", help="stop a detached search (Ray job); resume it later with submit --resume")
-    p.add_argument("name")
+    p = sub.add_parser("stop", help="stop a detached search (Ray job); resume it later with submit --resume",
+                       description="Stop a search submitted with --detach, as Ctrl-C stops one in a terminal: its "
+                                   "finished trials stay in storage and MLflow, the trials it was running start "
+                                   "again on submit --resume, whose command it prints.")
+    p.add_argument("name", help="the search's name, as given to submit --name")
     p.add_argument("--address", help="the dashboard URL (http://HOST:8265) of the cluster a detached search runs "
                    "on [default: the one this machine submitted it to]")
     p.set_defaults(func=cmd_stop)

@@ -145,3 +145,18 @@ def test_a_spec_file_names_its_files_from_its_own_folder_where_the_current_one_h
     err = capsys.readouterr().err
     assert "Dataset file 'gone.npz' does not exist" in err and str(tmp_path) in err and "spec file's folder" in err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*"))
+
+
+def test_every_command_says_what_it_does_and_what_its_arguments_are():
+    """`edgesearch logs --help` printed only its usage: each command's --help now opens with what it does, and
+    every argument, a search's name too, has a line of help."""
+    import argparse
+
+    from search.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert {"submit", "status", "export", "logs", "stop"} <= set(commands)
+    for name, parser in commands.items():
+        assert parser.description, f"'edgesearch {name} --help' does not say what the command does"
+        bare = [a.dest for a in parser._actions if not a.help and not isinstance(a, argparse._HelpAction)]
+        assert not bare, f"'edgesearch {name} --help' gives no help for {bare}"
