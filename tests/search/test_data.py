@@ -184,6 +184,7 @@ def test_labels_saved_as_names_whole_floats_or_booleans_are_read_as_class_number
     np.savez(path, **{**two, "y_train": two["y_train"] == 1, "y_test": two["y_test"] == 1})
     as_booleans = load_npz(path)
     assert as_booleans.num_classes == 2 and as_booleans.y_train.dtype == as_integers.y_train.dtype
+    assert as_booleans.class_names == ("False", "True") and "2 classes (0 False, 1 True)" in as_booleans.summary()
     np.testing.assert_array_equal(as_booleans.y_train, as_integers.y_train)
     np.testing.assert_array_equal(as_booleans.y_test, as_integers.y_test)
 
