@@ -630,7 +630,7 @@ def _ship_tflm(trial, row: Row, out: Path, dataset, profile, runs_dir: Path) -> 
     layout = input_layout(dataset.sample_shape, takes_channels_last(details["shape"], dataset.sample_shape))
     scale, zero = (float(quant["scales"][0]), int(quant["zero_points"][0])) if integer else (1.0, 0)
     values = dataset.input_values()
-    note = (f"int8, q = round(x / {scale:.9g}) {'-' if zero < 0 else '+'} {abs(zero)}" if integer
+    note = (f"int8, {_quantisation(scale, zero)}" if integer
             else "float32, as in training") + f"; {[int(d) for d in details['shape']]} in {layout} order" + (
         " (channel-last: a camera's or an interleaved sensor's buffer as it comes)" if layout.endswith("C") else "")
     registrations = "\n".join(f"  resolver.{_RESOLVER[op]}();" if op in _RESOLVER
@@ -660,6 +660,11 @@ def _ship_tflm(trial, row: Row, out: Path, dataset, profile, runs_dir: Path) -> 
                       **({"quantization": {"scale": scale, "zero_point": zero}} if integer else {})},
             "verification": verification,
             "per_class_test": _per_class(predicted, dataset, "TFLite Micro interpreter")}
+
+
+def _quantisation(scale: float, zero_point: int) -> str:
+    """The int8 input's formula in words, one way in main.cc and on the card."""
+    return f"q = round(x / {scale:.9g}) {'-' if zero_point < 0 else '+'} {abs(zero_point)}"
 
 
 def _c_quantize_input(scale: float, zero_point: int) -> str:
@@ -798,7 +803,7 @@ def model_card_markdown(card: dict) -> str:
                 if card['input'].get('dataset_layout') else "") + ")"
              + (f"; splits: {card['dataset_splits']}" if card.get("dataset_splits") else ""),
              *([f"- input values, as in training: {card['input']['values']}"] if card["input"].get("values") else []),
-             *([f"- input quantisation: q = round(x / {q['scale']:.9g}) + ({q['zero_point']}), saturated to int8 "
+             *([f"- input quantisation: {_quantisation(q['scale'], q['zero_point'])}, saturated to int8 "
                 "(`QuantizeInput` in main.cc)"] if (q := card["input"].get("quantization")) else []),
              f"- target profile: `{card['target_profile']}` (searched for `{card['measured_on']}`; each figure below "
              "says whether it was measured, emulated or estimated)"
