@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hardware_targets.profile import ProfileError, load_profile
 from objectives.pareto import ACCURACY_METRICS
 from search.candidate import PRECISIONS, PRUNING_MODES, Budget, seed_problem
 from search.data import CLASS_WEIGHTS
@@ -137,8 +138,15 @@ class SearchSpec:
 
     @property
     def target_name(self) -> str:
-        """The target as people say it: a profile file's name without its folder (a kept input's path is long)."""
-        return Path(self.target).stem if Path(self.target).suffix in (".yaml", ".yml") else self.target
+        """The target as people say it: a profile file's own `name` (the one its candidates are filed under), or
+        the file's stem where the file cannot be read here; a kept input's path is too long to show."""
+        path = Path(self.target)
+        if path.suffix not in (".yaml", ".yml"):
+            return self.target
+        try:
+            return load_profile(path).name
+        except ProfileError:
+            return path.stem
 
     @property
     def uses_halving(self) -> bool:

@@ -110,6 +110,9 @@ def test_a_submitted_spec_names_its_files_by_absolute_path_so_export_works_from_
     monkeypatch.chdir(tmp_path)
     spec = _absolute_inputs(SearchSpec(name="rel", dataset="sig.npz", target="board.yaml"))
     assert (spec.dataset, spec.target) == (str(tmp_path / "sig.npz"), str(tmp_path / "board.yaml"))
+    # the search says the target as its candidates are filed: by the profile's own name, not the file's
+    assert (spec.target_name, SearchSpec(name="x", target="rpi5").target_name) == ("rpi4", "rpi5")
+    assert SearchSpec(name="x", target=str(tmp_path / "moved.yaml")).target_name == "moved"
     assert _absolute_inputs(SearchSpec(name="gone", dataset="gone.npz")).dataset == "gone.npz"
     monkeypatch.chdir(tmp_path.parent)
     assert _searched_dataset(spec, "rel").sample_shape == (1, 16)
