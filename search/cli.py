@@ -1065,7 +1065,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        _unrecognized(parser, args, extra)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -1105,6 +1107,28 @@ def main(argv: list[str] | None = None) -> int:
         if not (fault := write_fault(exc)):
             raise
         return _stopped_by_write_fault(args, fault)
+
+
+def _unrecognized(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> None:
+    """Refuse options the command does not have, from the command's own usage, naming the options meant
+    (--budget-ms: --latency-budget-ms)."""
+    import difflib
+    import re
+
+    commands = next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+    command = commands.get(getattr(args, "command", None), parser)
+    known = sorted(set(re.findall(r"(?<![\w-])--?[A-Za-z][\w-]*", command.format_help())))
+    hints = []
+    for arg in extra:
+        word = arg.split("=", 1)[0]
+        if not word.startswith("-"):
+            continue
+        meant = difflib.get_close_matches(word, known, n=1, cutoff=0.6) or [
+            k for k in known if len(word.strip("-")) > 2 and word.strip("-") in k][:2]
+        if meant:
+            hints.append(f"{word}: did you mean {' or '.join(meant)}?")
+    command.error(f"unrecognized arguments: {' '.join(extra)}" + (f" ({'; '.join(hints)})" if hints else "")
+                  + f"; see '{command.prog} --help'")
 
 
 def _stopped_by_write_fault(args: argparse.Namespace, fault) -> int:

@@ -163,3 +163,22 @@ def test_every_command_says_what_it_does_and_what_its_arguments_are():
         assert parser.description, f"'edgesearch {name} --help' does not say what the command does"
         bare = [a.dest for a in parser._actions if not a.help and not isinstance(a, argparse._HelpAction)]
         assert not bare, f"'edgesearch {name} --help' gives no help for {bare}"
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["submit", "--budget-ms", "1"], "--budget-ms: did you mean --latency-budget-ms?"),
+    (["submit", "--trails", "3"], "--trails: did you mean --trials?"),
+    (["export", "s", "--out", "o", "--forse"], "--forse: did you mean --force?"),
+    (["status", "s", "stray"], "unrecognized arguments: stray; see 'edgesearch status --help'"),
+])
+def test_a_mistyped_option_is_refused_by_its_command_with_the_option_meant(argv, hint, capsys, tmp_path):
+    """`submit --budget-ms 1` said only "unrecognized arguments", under the usage of edgesearch itself: the
+    command's usage now says it, with the option it most likely meant, before anything runs."""
+    from search.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["--runs-dir", str(tmp_path / "runs"), *argv])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and hint in err
+    assert err.startswith(f"usage: edgesearch {argv[0]} ") and f"edgesearch {argv[0]}: error:" in err
+    assert not (tmp_path / "runs").exists()
