@@ -32,6 +32,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 SPEC_ATTR = "edgesearch_spec"
 REQUEUED_ATTR = "requeued"
 BOUNDS_ATTR = "hv_bounds"  # [latency ms, size bytes, energy mJ]: the unit box of the normalised hypervolume
+TEACHER_ATTR = "teacher"  # the distillation teacher's validation scores: {"accuracy", "balanced_accuracy", ...}
 FLOOR_ATTR = "accuracy_floor"  # {"value", "baseline", "max_drop"} when the search has an accuracy floor
 # 1/K when the dataset's classes are imbalanced (absent otherwise): the balanced accuracy of a model that learned
 # nothing, which the search's lines and tables then show beside accuracy

@@ -22,8 +22,8 @@ from pathlib import Path
 from objectives.pareto import OBJECTIVES, objectives
 from search.errors import ConfigError
 from search.spec import SearchSpec
-from search.study import (FLOOR_ATTR, Row, best_within_budget, feasible_front, front_hypervolume, search_bounds,
-                          search_state, shown_url, stored_trial, trial_artifact)
+from search.study import (FLOOR_ATTR, TEACHER_ATTR, Row, best_within_budget, feasible_front, front_hypervolume,
+                          search_bounds, search_state, shown_url, stored_trial, trial_artifact)
 
 # log_table downloads the table it appends to, and MLflow draws a tqdm bar for that download: a bar in the middle
 # of a resumed search's report, for one small file. Set once at import, before the MLflow thread starts.
@@ -252,6 +252,7 @@ class SearchTracker:
         self.children: dict[int, str] = self._existing_children()
         self.on_front: dict[int, bool] = {}
         self.shipped_logged: set[int] = set()
+        self.teacher_logged = False
         self._plotted_at = float("-inf")
 
     def _experiment(self, runs_dir: Path) -> str:
@@ -390,6 +391,10 @@ class SearchTracker:
         self.client.log_metric(self.parent_id, "hypervolume", hv, step=step)
         self.client.log_metric(self.parent_id, "trials_finished", step, step=step)
         self.client.log_metric(self.parent_id, "front_size", len(front), step=step)
+        teacher = self.study.user_attrs.get(TEACHER_ATTR)
+        if teacher and not self.teacher_logged:  # what distilled candidates learnt from (its torch model)
+            self.client.log_metric(self.parent_id, f"teacher_{self.spec.metric}", teacher[self.spec.metric], step=0)
+            self.teacher_logged = True
         best = best_within_budget(all_rows)
         if best is not None:
             for name, _ in objectives(self.spec.metric):

@@ -42,7 +42,7 @@ from search.transfer import (
 )
 from search.study import (
     ASKED_OUT_ATTR, ASKS_PER_TRIAL, CHANCE_ATTR, DATA_ATTR, FLOOR_ATTR, BOUNDS_ATTR, HALVING_ETA, SHIPPED_PREFIX,
-    SHIPPING_ATTR, STAGE_ATTR, Row, best_within_budget, check_same_cpu, check_same_data, spent_text,
+    SHIPPING_ATTR, STAGE_ATTR, TEACHER_ATTR, Row, best_within_budget, check_same_cpu, check_same_data, spent_text,
     clock as _clock, create_study, driving, feasible_front, load_study, refuse_existing, refuse_second_driver,
     shipping_left, shipping_order, stage_picks, stored_trial, found_under, trial_artifact,
     finished_count, front_hypervolume, narrower_recipe, spent_budget, trial_cost, queued_without_distillation,
@@ -290,7 +290,7 @@ def teacher_task(dataset, seed: int, epochs: int, runs_dir: str, threads: int, i
     epoch ends, then ``{"files": ...}`` (the teacher by value, for a driver that does not share this node's disk)."""
     from search.models import TEACHER_WIDTH
     from search.pipeline import Paths, set_threads
-    from search.stages.train import teacher_path, train_teacher
+    from search.stages.train import teacher_path, teacher_scores, train_teacher
 
     shared = _arrive(runs_dir, inputs)
     set_threads(threads)
@@ -299,6 +299,7 @@ def teacher_task(dataset, seed: int, epochs: int, runs_dir: str, threads: int, i
     yield {"cached": path.exists(), "width": TEACHER_WIDTH}
     for epoch in train_teacher(data, seed, folder, epochs):
         yield {"epoch": epoch}
+    yield {"scores": teacher_scores(data, path)}
     yield {"files": _outputs(shared, runs_dir, path)}
 
 
@@ -1099,6 +1100,11 @@ def _teacher_stage(ray, study, spec: SearchSpec, remaining: float, report: Repor
                     report(f"distillation teacher trained in {_clock(progress.elapsed())}")
                 elif line := progress.line(message["epoch"]):
                     report(line)
+            elif "scores" in message:
+                score = message["scores"][spec.metric]
+                study.set_user_attr(TEACHER_ATTR, {**message["scores"], "metric": spec.metric, "epochs": epochs})
+                report(f"distillation teacher: validation {spec.metric.replace('_', ' ')} {score:.4f} (measured on "
+                       "its fp32 torch model: the teacher is not shipped)")
             else:
                 transport.land(message.get("files"))
     except Exception as exc:

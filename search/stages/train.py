@@ -117,6 +117,18 @@ def torch_accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     return float((pred == y).mean())
 
 
+def teacher_scores(dataset: Dataset, path: Path) -> dict[str, float]:
+    """Validation accuracy and balanced accuracy of a cached teacher: a diagnostic of its torch model (the teacher
+    is never shipped), so a user can tell a teacher worth distilling from."""
+    from objectives.accuracy import accuracy, balanced_accuracy
+
+    model = load_teacher(dataset, path)
+    with torch.no_grad():
+        predictions = model(torch.from_numpy(dataset.x_val)).argmax(1).numpy()
+    return {"accuracy": accuracy(predictions, dataset.y_val),
+            "balanced_accuracy": balanced_accuracy(predictions, dataset.y_val)}
+
+
 def code_version() -> str:
     """Changes whenever the model or training code changes, so stale teachers are not reused."""
     here = Path(__file__).resolve()

@@ -105,13 +105,28 @@ def test_a_distilling_search_trains_its_teacher_first_in_view_and_once(tmp_path,
 
     assert (where("training the distillation teacher first (width 2, 3 epochs, 1 CPU thread(s))")
             < where("teacher: epoch 1/3, ") < where("distillation teacher trained in ")
-            < where("[1/1] trial 0: ")), lines
+            < where("distillation teacher: validation accuracy ") < where("[1/1] trial 0: ")), lines
     assert [p.name.split("-")[-2] for p in (tmp_path / "teachers").glob("*.pt")] == ["e3"]
+    # what the students learn from is shown: the teacher's own validation accuracy, of its torch model
+    import torch
+
+    from search.data import load_dataset
+    from search.stages.train import load_teacher
+
+    data = load_dataset(spec.dataset)
+    with torch.no_grad():
+        teacher = load_teacher(data, next((tmp_path / "teachers").glob("*.pt")))
+        right = teacher(torch.from_numpy(data.x_val)).argmax(1).numpy() == data.y_val
+    scores = load_study("taught", storage).user_attrs["teacher"]
+    assert scores["accuracy"] == pytest.approx(right.mean()) and scores["metric"] == "accuracy"
+    assert f"distillation teacher: validation accuracy {right.mean():.4f} (measured on its fp32 torch model: " \
+           "the teacher is not shipped)" in lines
     assert load_study("taught", storage).trials[0].user_attrs["teacher"] == "cached"  # the stage trained it
 
     again = []
     run_search(dataclasses.replace(spec, name="taught-again"), tmp_path, storage_url=storage, report=again.append)
     assert "distillation teacher (width 2, 3 epochs): cached, not trained again" in again
+    assert f"distillation teacher: validation accuracy {right.mean():.4f}" in " ".join(again)
     assert not any(line.startswith(("training the distillation teacher", "teacher: epoch")) for line in again)
 
     # a distilling space whose one trial is a recipe that does not distil: no teacher is trained for it. And a

@@ -15,7 +15,7 @@ from tests.search.conftest import TINY
 
 
 def test_parent_and_children_match_the_study(tracked_search):
-    spec, outcome, client, _ = tracked_search
+    spec, outcome, client, folder = tracked_search
     exp = client.get_experiment_by_name("tracked")
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     runs = client.search_runs([exp.experiment_id], max_results=100)
@@ -28,6 +28,11 @@ def test_parent_and_children_match_the_study(tracked_search):
     assert parent.info.status == "FINISHED"
     assert parent.data.params["latency_budget_ms"] == "0.05" and parent.data.params["trials"] == "4"
     assert "hypervolume" in parent.data.metrics
+    # the distillation teacher (recipe 4 distils) the student runs learnt from, by its validation accuracy
+    from search.study import load_study
+
+    teacher = load_study("tracked", default_storage(folder)).user_attrs["teacher"]
+    assert parent.data.metrics["teacher_accuracy"] == pytest.approx(teacher["accuracy"]) and 0 < teacher["accuracy"]
     history = client.get_metric_history(parent.info.run_id, "hypervolume")
     # refreshed as trials finished, not only at the end (MLflow's thread runs below the workers, so on a busy
     # machine one refresh may cover several trials): a value logged when some but not all trials had finished
