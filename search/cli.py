@@ -77,6 +77,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if reason:
             print(f"note: {what} on {profile.name}: {reason}; a search leaves it out of its space",
                   file=sys.stderr if quiet else sys.stdout)
+    if candidate.precision.startswith("int8") and (note := dataset.int8_input_note()):
+        print(f"note: {note}", file=sys.stderr if quiet else sys.stdout)
     get_backend(profile, args.runs_dir).check()  # a board that is down, before the candidate is trained
     if profile.backend == "local":
         from search.workers import say_competing_load

@@ -83,6 +83,32 @@ class Dataset:
         how = self.scaling or "as stored in the dataset file, unscaled"
         return f"{how}; the training data spans {float(self.x_train.min()):.6g} to {float(self.x_train.max()):.6g}"
 
+    def int8_input_note(self) -> str | None:
+        """Why int8 candidates would lose the input, or None: an int8 model quantises its whole input with one
+        scale (onnxruntime's and TFLite's converters alike), set by the training data's full range, so a channel
+        whose samples vary by less than one step of it (a channel on a small scale beside a large one, a small
+        signal on a large per-sample offset) reaches the network as a few levels."""
+        x = self.x_train
+        low, high = min(float(x.min()), 0.0), max(float(x.max()), 0.0)  # the range always holds zero
+        step = (high - low) / 255
+        if step == 0:
+            return None
+        spread = np.median(x.std(axis=tuple(range(2, x.ndim))), axis=0)  # per channel, in a typical sample
+        lost = [c for c in range(x.shape[1]) if spread[c] < step]
+        if not lost:
+            return None
+        where = "the input" if x.shape[1] == 1 else f"channel(s) {', '.join(map(str, lost))} of the input"
+        means = x.mean(axis=tuple(range(2, x.ndim)))  # each sample's offset, per channel
+        per_sample = any(means[:, c].std() > step for c in lost)
+        return (f"int8 candidates will see little of {where}: one int8 step of the training data's range "
+                f"({low:.6g} to {high:.6g}) is {step:.3g}, more than a typical sample varies there (median standard "
+                f"deviation {min(spread[c] for c in lost):.3g}), and int8 quantises the whole input with that one "
+                "step. Before saving the dataset, and on the device before the model, "
+                + ("subtract each sample's own mean (its offset moves from sample to sample by more than a step) if "
+                   "the offset tells no class apart, then " if per_sample else "")
+                + "standardise each channel (subtract its training mean, divide by its standard deviation). fp32 "
+                "and fp16 candidates are not affected")
+
     def weighted(self, class_weight: str) -> "Dataset":
         """The same data trained with ``class_weight``: a fingerprint of its own, so teachers, baselines and
         candidates trained one way are never taken for the other's."""

@@ -868,6 +868,8 @@ def run_search(
             check_tracking(tracking_uri)  # one request: a server that is down is reported before anything is timed
     measured = _precisions_measured(spec)
     spec = _narrower_where_faster(_supported_space(spec, profile, report), profile, runs_dir, report, measured)
+    if any(p.startswith("int8") for p in spec.space.precision) and (note := data.int8_input_note()):
+        report(f"note: {note}")
     if not address:
         check_resources(spec)
     with _timed(timings, "optuna"):
