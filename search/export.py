@@ -280,7 +280,7 @@ for i, one in enumerate(x.astype(dtype)):  # one at a time: the model is built f
     logits = run(np.ascontiguousarray(one[None]))
     best = int(np.argmax(logits))
     print(*(["sample", i] if len(x) > 1 else []), "class", best, *([f"({names[best]})"] if names else []), "logits",
-          np.round(logits.astype(np.float64), 3).tolist(), f"({args.runtime})")
+          np.round(logits.astype(np.float64).ravel(), 3).tolist(), f"({args.runtime})")
 '''
 
 

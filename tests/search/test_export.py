@@ -101,6 +101,9 @@ def test_export_writes_the_deployable_folder(exported, digits):
                           cwd=out, capture_output=True, text=True, timeout=120)
     assert [line.split()[:4] for line in many.stdout.splitlines()] == [
         ["sample", str(i), "class", str(k)] for i, k in enumerate(expected)], many.stderr
+    # each sample's logits, one per class: a flat list, as printed for one sample
+    logits = [json.loads(line.split(" logits ", 1)[1].rsplit(" (", 1)[0]) for line in many.stdout.splitlines()]
+    assert [len(one) for one in logits] == [10] * 3 and all(isinstance(v, float) for one in logits for v in one)
     # grey images saved without their channel axis, as edgesearch reads a dataset: the same classes
     np.save(out.parent / "grey.npy", batch[:, 0])
     np.save(out.parent / "one.npy", batch[0, 0])
