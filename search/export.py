@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import numbers
 import shutil
 import uuid
 from dataclasses import dataclass, replace
@@ -540,25 +541,56 @@ alignas(16) static uint8_t tensor_arena[kTensorArenaSize];
 // Its values as in training: {input_values}.
 constexpr int kInputLength = {input_length};
 
-{quantize_input}{class_names}// The class of one input, or -1 if the interpreter fails, -2 if input_len is not kInputLength.
+{quantize_input}{class_names}// The interpreter over the model, set up once, at the first call, as TFLM's examples do in setup(): the
+// operators registered and the arena allocated. Null if the arena cannot hold the model.
+static tflite::MicroInterpreter* Interpreter() {{
+  static tflite::MicroMutableOpResolver<{op_count}> resolver;
+  static tflite::MicroInterpreter* const interpreter = []() -> tflite::MicroInterpreter* {{
+{registrations}
+    static tflite::MicroInterpreter it(tflite::GetModel(g_model), resolver, tensor_arena, kTensorArenaSize);
+    return it.AllocateTensors() == kTfLiteOk ? &it : nullptr;
+  }}();
+  return interpreter;
+}}
+
+// The class of one input, or -1 if the interpreter fails, -2 if input_len is not kInputLength.
 int classify(const {input_c_type}* input, int input_len) {{
   if (input_len != kInputLength) return -2;
-  const tflite::Model* model = tflite::GetModel(g_model);
-  static tflite::MicroMutableOpResolver<{op_count}> resolver;
-{registrations}
-  static tflite::MicroInterpreter interpreter(model, resolver, tensor_arena, kTensorArenaSize);
-  // once, at the first call, as TFLM's examples do in setup(): the arena holds one allocation
-  static const bool allocated = interpreter.AllocateTensors() == kTfLiteOk;
-  if (!allocated) return -1;
-  TfLiteTensor* in = interpreter.input(0);
+  tflite::MicroInterpreter* interpreter = Interpreter();
+  if (interpreter == nullptr) return -1;
+  TfLiteTensor* in = interpreter->input(0);
   for (int i = 0; i < kInputLength; ++i) in->data.{input_field}[i] = input[i];
-  if (interpreter.Invoke() != kTfLiteOk) return -1;
-  TfLiteTensor* out = interpreter.output(0);
+  if (interpreter->Invoke() != kTfLiteOk) return -1;
+  TfLiteTensor* out = interpreter->output(0);
   int best = 0;
   for (int i = 1; i < out->dims->data[out->dims->size - 1]; ++i)
     if (out->data.{output_field}[i] > out->data.{output_field}[best]) best = i;
   return best;
 }}
+
+#ifdef EDGESEARCH_SELF_TEST
+#include "self_test_data.h"
+
+// A check for bringing the board up (compile with -DEDGESEARCH_SELF_TEST and call it once): runs the test samples
+// of self_test_data.h, which the TFLite Micro interpreter ran at export, and returns how many the board classifies
+// otherwise or whose outputs differ from the interpreter's. 0: the port computes what edgesearch measured; -1: the
+// interpreter fails. {tolerance_words}
+int self_test() {{
+  int differ = 0;
+  for (int s = 0; s < kSelfTestCount; ++s) {{
+    const int got = classify(kSelfTestInputs[s], kInputLength);
+    if (got < 0) return -1;
+    const TfLiteTensor* out = Interpreter()->output(0);
+    bool same = got == kSelfTestClasses[s];
+    for (int i = 0; i < kSelfTestOutputLength; ++i) {{
+      const float have = out->data.{output_field}[i], want = kSelfTestOutputs[s][i];
+      same = same && std::fabs(have - want) <= {tolerance};
+    }}
+    differ += same ? 0 : 1;
+  }}
+  return differ;
+}}
+#endif
 """
 # builtin operator -> MicroMutableOpResolver method
 _RESOLVER = {"CONV_2D": "AddConv2D", "DEPTHWISE_CONV_2D": "AddDepthwiseConv2D", "FULLY_CONNECTED": "AddFullyConnected",
@@ -633,9 +665,11 @@ def _ship_tflm(trial, row: Row, out: Path, dataset, profile, runs_dir: Path) -> 
     note = (f"int8, {_quantisation(scale, zero)}" if integer
             else "float32, as in training") + f"; {[int(d) for d in details['shape']]} in {layout} order" + (
         " (channel-last: a camera's or an interleaved sensor's buffer as it comes)" if layout.endswith("C") else "")
-    registrations = "\n".join(f"  resolver.{_RESOLVER[op]}();" if op in _RESOLVER
-                               else f"  // {op}: register it (no MicroMutableOpResolver method known to edgesearch)"
+    registrations = "\n".join(f"    resolver.{_RESOLVER[op]}();" if op in _RESOLVER
+                               else f"    // {op}: register it (no MicroMutableOpResolver method known to edgesearch)"
                                for op in ops)
+    self_test = _self_test(tflite, dataset)
+    (out / SELF_TEST_FILE).write_text(self_test.pop("header"))
     (out / "main.cc").write_text(MAIN_CC.format(
         kernels=f"its {profile.tflm_kernels} kernels" if profile.tflm_kernels else "the optimised kernels of your "
         "core", arena=arena,
@@ -644,7 +678,10 @@ def _ship_tflm(trial, row: Row, out: Path, dataset, profile, runs_dir: Path) -> 
         input_length=int(np.prod(details["shape"])),
         input_field="int8" if integer else "f",
         output_field="int8" if integer else "f", class_names=_c_class_names(dataset.class_names),
-        quantize_input=_c_quantize_input(scale, zero) if integer else ""))
+        quantize_input=_c_quantize_input(scale, zero) if integer else "",
+        tolerance="1.0f" if integer else f"{FLOAT_TOLERANCE:g}f * (1.0f + std::fabs(want))",
+        tolerance_words="An output may differ by one int8 step." if integer else f"An output may differ by "
+        f"{FLOAT_TOLERANCE:g} of its size:\n// a board's float kernels may sum in another order."))
     predicted = predict_tflm(tflite, dataset.x_test)
     got = accuracy(predicted, dataset.y_test)
     recorded, recorded_arena = row.value("accuracy_test"), row.value("tflm_arena_bytes")
@@ -658,8 +695,73 @@ def _ship_tflm(trial, row: Row, out: Path, dataset, profile, runs_dir: Path) -> 
             "input": {"shape": [int(d) for d in details["shape"]], "dtype": str(np.dtype(details["dtype"])),
                       "layout": layout, "values": values,
                       **({"quantization": {"scale": scale, "zero_point": zero}} if integer else {})},
-            "verification": verification,
+            "verification": verification, "self_test": self_test,
             "per_class_test": _per_class(predicted, dataset, "TFLite Micro interpreter")}
+
+
+SELF_TEST_FILE = "self_test_data.h"
+SELF_TEST_BYTES = 16384  # at most this much flash of test inputs, and at least one sample
+FLOAT_TOLERANCE = 1e-4  # of an output's size: a board's float kernels may sum in another order than the host's
+
+
+def _self_test(tflite: Path, dataset) -> dict:
+    """The test samples main.cc's self_test() runs on the board, with the interpreter's outputs for them: one of
+    each class where the interpreter classifies one right with a clear margin (a near tie could flip on a board
+    whose float sums round otherwise), in class order, as many as fit ``SELF_TEST_BYTES``."""
+    import numpy as np
+
+    from search.stages.tflite import model_inputs, tflm_outputs
+
+    inputs = model_inputs(tflite, dataset.x_test)
+    outputs = tflm_outputs(tflite, inputs)
+    top2 = np.sort(outputs.astype(np.float64), axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > (1 if np.issubdtype(outputs.dtype, np.integer)
+                                         else 10 * FLOAT_TOLERANCE * (1 + np.abs(top2[:, 1])))
+    right = (outputs.argmax(axis=1) == dataset.y_test) & clear
+    room = max(1, SELF_TEST_BYTES // inputs[0].nbytes)
+    picked = [int(np.flatnonzero(right & (dataset.y_test == k))[0]) for k in range(dataset.num_classes)
+              if (right & (dataset.y_test == k)).any()][:room] or [0]
+    c_type = "int8_t" if np.issubdtype(inputs.dtype, np.integer) else "float"
+    classes = [int(outputs[i].argmax()) for i in picked]
+    named = [f"{i} (class {k}{' ' + dataset.class_names[k] if dataset.class_names else ''})"
+             for i, k in zip(picked, classes)]
+
+    def rows(values) -> str:
+        per_line = 16 if c_type == "int8_t" else 8
+
+        def lines(row) -> str:
+            flat = [_c_number(v) for v in row.reshape(-1)]
+            return ",\n   ".join(", ".join(flat[i:i + per_line]) for i in range(0, len(flat), per_line))
+
+        return ",\n".join("  {" + lines(row) + "}" for row in values)
+
+    header = (_c_comment("The test samples main.cc's self_test() runs on the board, and the outputs the TFLite "
+                         "Micro interpreter gave them at export (compiled in with -DEDGESEARCH_SELF_TEST only).")
+              + "#pragma once\n#include <cstdint>\n\n"
+              f"constexpr int kSelfTestCount = {len(picked)};\nconstexpr int kSelfTestOutputLength = "
+              f"{outputs.shape[1]};\n\n"
+              + _c_comment(f"Test-split samples {', '.join(named)}, as the model takes them ({c_type}; in its axis "
+                           "order).")
+              + f"const {c_type} kSelfTestInputs[kSelfTestCount][{inputs[0].size}] = "
+              f"{{\n{rows(inputs[picked])}\n}};\n\n// The class the interpreter gave each, and its output tensor.\n"
+              f"const int kSelfTestClasses[kSelfTestCount] = {{{', '.join(map(str, classes))}}};\n"
+              f"const {c_type} kSelfTestOutputs[kSelfTestCount][kSelfTestOutputLength] = {{\n"
+              f"{rows(outputs[picked])}\n}};\n")
+    return {"file": SELF_TEST_FILE, "test_samples": picked, "classes": classes, "header": header}
+
+
+def _c_comment(text: str) -> str:
+    import textwrap
+
+    return "".join(f"// {line}\n" for line in textwrap.wrap(text, 114))
+
+
+def _c_number(value) -> str:
+    """An int8 as is, a float32 in the digits that give it back exactly, as a C++ float literal."""
+    if isinstance(value, numbers.Integral):  # numpy's integers included
+        return str(int(value))
+    text = f"{float(value):.9g}"
+    return (text if any(c in text for c in ".en") else text + ".0") + "f"
 
 
 def _quantisation(scale: float, zero_point: int) -> str:
@@ -893,6 +995,17 @@ def _per_class_lines(figures: dict | None, names=(), up_to: int = 12) -> list[st
                     for c, (n, r, p) in worst[:up_to]]
 
 
+def _self_test_lines(self_test: dict | None) -> str:
+    if not self_test:
+        return ""
+    return (f" To check the port once it runs, build with `-DEDGESEARCH_SELF_TEST` and call `self_test()` (declare "
+            f"`int self_test();`): it runs the {len(self_test['test_samples'])} test sample(s) of "
+            f"`{self_test['file']}` (test split {', '.join(map(str, self_test['test_samples']))}) and returns how "
+            "many the board classifies otherwise, or computes other outputs for, than the TFLite Micro interpreter "
+            "did at export; 0 means it computes what was measured. Leave it out of the shipped build: the samples "
+            "take flash.")
+
+
 def _run_lines(card: dict) -> list[str]:
     """How to run the shipped files where they are going: what a user asks first after an export."""
     versions = card["versions"]
@@ -901,7 +1014,8 @@ def _run_lines(card: dict) -> list[str]:
                 "project for the board, call `classify()` with one input as the comment in `main.cc` describes, "
                 "build and flash it with the board's toolchain."
                 + (" The class number it returns indexes `kClassNames` in `main.cc`, the dataset's class names."
-                   if card.get("class_names") else "")]
+                   if card.get("class_names") else "")
+                + _self_test_lines(card.get("self_test"))]
     arch = ", ".join(card["verification"]["library_architecture"])
     ort_line = f"onnxruntime {versions.get('onnxruntime', '')}".rstrip()
     tvm_line = f"apache-tvm {versions.get('tvm', '')}".rstrip()

@@ -317,25 +317,45 @@ def arena_bytes(path: Path) -> int:
 
 def predict_tflm(path: Path, x: np.ndarray, arena: int | None = None) -> np.ndarray:
     """Class predictions of the ``.tflite`` in the TFLM interpreter for channel-first samples ``x`` (as edgesearch
-    reads data), given in the order the model takes, one at a time; int8 inputs are quantised with the model's own
-    input scale and zero point, as the device code does."""
+    reads data), fed as the device code feeds them (``model_inputs``), one at a time."""
     it = interpreter(path, arena)
-    details = it.get_input_details(0)
+    return _outputs(it, _as_input(it.get_input_details(0), x)).argmax(axis=1)
+
+
+def model_inputs(path: Path, x: np.ndarray) -> np.ndarray:
+    """Channel-first samples ``x`` as the ``.tflite`` takes them: in its axis order, and for an int8 input quantised
+    as main.cc's QuantizeInput does (x / scale in float32, rounded half away from zero as ``std::lround``, plus the
+    zero point, saturated), so the host feeds the interpreter exactly what the board feeds it."""
+    return _as_input(interpreter(path).get_input_details(0), x)
+
+
+def tflm_outputs(path: Path, inputs: np.ndarray) -> np.ndarray:
+    """The raw output tensor of the ``.tflite`` (int8 or float, as the board reads it) for each of ``inputs``,
+    given as the model takes them (``model_inputs``): shape (N, classes)."""
+    return _outputs(interpreter(path), inputs)
+
+
+def _as_input(details: dict, x: np.ndarray) -> np.ndarray:
     dtype = details["dtype"]
-    quant = details["quantization_parameters"]
     if takes_channels_last(details["shape"], x.shape[1:]):
         x = np.moveaxis(x, 1, -1)
+    if not np.issubdtype(dtype, np.integer):
+        return np.ascontiguousarray(x, dtype=dtype)
+    quant = details["quantization_parameters"]
+    scale, zero = np.float32(quant["scales"][0]), int(quant["zero_points"][0])
+    ratio = (x.astype(np.float32) / scale).astype(np.float64)  # float64: |r| + 0.5 is exact for a float32 r
+    info = np.iinfo(dtype)
+    return np.clip(np.sign(ratio) * np.floor(np.abs(ratio) + 0.5) + zero, info.min, info.max).astype(dtype)
+
+
+def _outputs(it, inputs: np.ndarray) -> np.ndarray:
+    """One invocation per sample, with a batch of one, as the board runs the model."""
     out = []
-    for sample in x:
-        sample = sample[None]
-        if np.issubdtype(dtype, np.integer):
-            scale, zero = float(quant["scales"][0]), int(quant["zero_points"][0])
-            info = np.iinfo(dtype)
-            sample = np.clip(np.round(sample / scale) + zero, info.min, info.max).astype(dtype)
-        it.set_input(sample.astype(dtype), 0)
+    for sample in inputs:
+        it.set_input(np.ascontiguousarray(sample[None]), 0)
         it.invoke()
-        out.append(int(np.argmax(it.get_output(0).reshape(-1))))
-    return np.asarray(out)
+        out.append(np.array(it.get_output(0)).reshape(-1))
+    return np.stack(out)
 
 
 def takes_channels_last(shape, sample_shape: tuple[int, ...]) -> bool:

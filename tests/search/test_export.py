@@ -445,6 +445,7 @@ def test_main_cc_quantises_an_input_beyond_the_calibrated_range_to_the_nearest_i
     (an accelerometer's counts reached 32,104, the input 29,342): main.cc's QuantizeInput saturates such a value, as
     edgesearch does when it feeds the interpreter, where a plain cast wrapped it around to a large negative int8."""
     from search.export import _c_quantize_input
+    from search.stages.tflite import _as_input
 
     compiler = shutil.which("g++") or shutil.which("c++")
     if compiler is None:
@@ -459,8 +460,18 @@ def test_main_cc_quantises_an_input_beyond_the_calibrated_range_to_the_nearest_i
     ran = subprocess.run([str(tmp_path / "quantise")], input=" ".join(f"{v:.9g}" for v in values).encode(),
                          capture_output=True, check=True, timeout=60)
     expected = np.clip(np.round(values / np.float32(scale)) + zero, -128, 127)
-    assert [int(q) for q in ran.stdout.split()] == expected.astype(int).tolist()
+    assert [int(q) for q in ran.stdout.split()][:len(values)] == expected.astype(int).tolist()
     assert expected.min() == -128 and expected.max() == 127  # values beyond the range on both sides
+    # exact ties round away from zero, as std::lround does; and so does the host when it feeds the interpreter
+    # (it rounded them to even, so a recorded accuracy could differ from the board's)
+    ties = (np.array([0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 40.5], dtype=np.float32) * np.float32(scale))
+    ran = subprocess.run([str(tmp_path / "quantise")], input=" ".join(f"{v:.9g}" for v in ties).encode(),
+                         capture_output=True, check=True, timeout=60)
+    assert [int(q) for q in ran.stdout.split()] == [1 + zero, -1 + zero, 2 + zero, -2 + zero, 3 + zero, -3 + zero,
+                                                     41 + zero]
+    details = {"dtype": np.int8, "shape": np.array([1, len(ties)]),
+               "quantization_parameters": {"scales": np.array([scale], np.float32), "zero_points": np.array([zero])}}
+    assert _as_input(details, ties[None, None, :])[0, 0].tolist() == [int(q) for q in ran.stdout.split()]
 
 
 def test_without_a_shipping_stage_the_runtime_the_search_timed_ships(tmp_path):

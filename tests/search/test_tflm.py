@@ -131,7 +131,9 @@ def test_the_export_is_something_a_board_can_flash(m4_search, digits, tmp_path, 
     assert f"// Its values as in training: {DIGITS_VALUES}." in program  # raw or scaled: what the sensor code feeds
     # the sketch takes exactly one input and allocates the arena once, however often it is called
     assert "constexpr int kInputLength = 64;" in program and "if (input_len != kInputLength) return -2;" in program
-    assert program.count("AllocateTensors()") == 1 and "static const bool allocated" in program
+    # and registers its operators once: a resolver asked again for an operator it holds logs an error each call
+    assert program.count("AllocateTensors()") == 1 and "static tflite::MicroInterpreter* const interpreter" in program
+    assert all(program.count(f"resolver.{method}();") == 1 for method in re.findall(r"resolver\.(\w+)\(\);", program))
     if card["tflm"]["input_dtype"] == "int8":  # how to quantise the input, with the model's own scale and zero
         assert re.search(r"int8, q = round\(x / [0-9.e-]+\) [+-] [0-9]+;", program)
         quant = interpreter(out / "model.tflite").get_input_details(0)["quantization_parameters"]
@@ -141,6 +143,46 @@ def test_the_export_is_something_a_board_can_flash(m4_search, digits, tmp_path, 
     else:
         assert "quantization" not in card["input"] and "QuantizeInput" not in program
     assert "[1, 8, 8, 1] in NHWC order" in program and not {"TRANSPOSE", "RESHAPE"} & set(card["tflm"]["ops"])
+    _the_self_test_holds_what_the_interpreter_computes(out, card, digits, tmp_path)
+
+
+def _the_self_test_holds_what_the_interpreter_computes(out: Path, card: dict, digits, tmp_path: Path) -> None:
+    """The export's self_test() checks a port against the interpreter's outputs: its data file, compiled and read
+    back, holds test samples of each class as the model takes them, and the outputs TFLM gives for exactly those."""
+    import shutil
+    import subprocess
+
+    from search.stages.tflite import model_inputs, tflm_outputs
+
+    program = (out / "main.cc").read_text()
+    assert "#ifdef EDGESEARCH_SELF_TEST\n#include \"self_test_data.h\"" in program and "int self_test() {" in program
+    assert "-DEDGESEARCH_SELF_TEST" in (out / "MODEL_CARD.md").read_text()
+    picked = card["self_test"]["test_samples"]
+    assert card["self_test"]["file"] == "self_test_data.h" and card["artifacts"]["self_test_data.h"]
+    # one of each class (digits' inputs are small), each one the interpreter classifies right
+    assert sorted(digits.y_test[picked]) == list(range(10)) == sorted(card["self_test"]["classes"])
+    compiler = shutil.which("g++") or shutil.which("c++")
+    if compiler is None:
+        pytest.skip("no C++ compiler on this machine")
+    dump = tmp_path / "dump.cc"
+    dump.write_text('#include <cstdio>\n#include "self_test_data.h"\nint main() {\n'
+                    "  for (int s = 0; s < kSelfTestCount; ++s) {\n"
+                    '    for (auto v : kSelfTestInputs[s]) std::printf("%.9g ", double(v));\n'
+                    '    std::printf("| %d |", kSelfTestClasses[s]);\n'
+                    '    for (auto v : kSelfTestOutputs[s]) std::printf(" %.9g", double(v));\n'
+                    '    std::printf("\\n");\n  }\n}\n')
+    subprocess.run([compiler, "-std=c++17", "-Wall", "-Werror", f"-I{out}", str(dump), "-o", str(tmp_path / "dump")],
+                   check=True, timeout=120)
+    lines = subprocess.run([str(tmp_path / "dump")], capture_output=True, text=True, check=True,
+                           timeout=60).stdout.splitlines()
+    inputs = model_inputs(out / "model.tflite", digits.x_test[picked])
+    outputs = tflm_outputs(out / "model.tflite", inputs)
+    assert len(lines) == len(picked)
+    for line, given, computed, label in zip(lines, inputs, outputs, digits.y_test[picked]):
+        values, cls, outs = line.split("|")
+        assert np.array(values.split(), dtype=np.float64).tolist() == given.reshape(-1).astype(np.float64).tolist()
+        assert np.array(outs.split(), dtype=np.float64).tolist() == computed.astype(np.float64).tolist()
+        assert int(cls) == int(computed.argmax()) == label
 
 
 @pytest.mark.slow  # a second Cortex-M4 search; TFLite Micro runs by default in the test above
