@@ -39,7 +39,7 @@ from search.models import TEACHER_WIDTH, build_model, count_parameters
 from search.spec import search_folder
 from search.stages.compress import prune_model, quantization_aware_finetune
 from search.stages.export import export_onnx, input_dtype, ort_session
-from search.stages.train import fit, load_teacher, teacher_path, train_teacher
+from search.stages.train import fit, load_teacher, teacher_path, teacher_scores, train_teacher
 
 Progress = Callable[[str, str], None]
 
@@ -226,6 +226,9 @@ def evaluate_candidate(
             for trained in train_teacher(dataset, candidate.seed, paths.teachers, epochs):
                 say("teacher", f"epoch {trained}/{epochs}")
             teacher = load_teacher(dataset, path)
+        scores = teacher_scores(dataset, path)
+        say("teacher", f"validation accuracy {scores['accuracy']:.4f}, balanced {scores['balanced_accuracy']:.4f} "
+                       "(measured on its fp32 torch model: the teacher is not shipped)")
         info["teacher"] = "trained by this candidate" if trained else "cached"
 
     # Training with a teacher is reported as "distill", so a stage table shows what distillation costs.

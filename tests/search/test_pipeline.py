@@ -12,10 +12,15 @@ from search.pipeline import Paths, evaluate_candidate
 
 def test_evaluate_candidate_measures_the_compiled_artifact(digits, host, tiny_budget, shared_runs):
     c = Candidate(precision="int8-ptq", sparsity=0.5, temperature=4, alpha=0.5, width=0.5, budget=tiny_budget)
-    stages = []
-    r = evaluate_candidate(c, digits, host, Paths(shared_runs), threads=1, progress=lambda s, m: stages.append(s))
+    stages, said = [], []
+    r = evaluate_candidate(c, digits, host, Paths(shared_runs), threads=1,
+                           progress=lambda s, m: (stages.append(s), said.append(m)))
     order = [s for i, s in enumerate(stages) if not i or stages[i - 1] != s]  # a stage's progress lines as one
     assert order[:3] == ["teacher", "distill", "prune"] and "compile" in order and "accuracy" in order
+    # what the student learns from, said before it learns
+    teacher = float(next(m for m in said if m.startswith("validation accuracy ")).split()[2].rstrip(","))
+    assert teacher > 0.3 and said.index(next(m for m in said if m.startswith("validation accuracy "))) < stages.index(
+        "distill")
     m = r.metrics
     for name in ("latency_ms_median", "latency_ms_p90", "ort_latency_ms_median", "accuracy", "accuracy_test"):
         assert m[name].provenance == "measured"
