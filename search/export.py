@@ -999,11 +999,16 @@ def _self_test_lines(self_test: dict | None) -> str:
     if not self_test:
         return ""
     return (f" To check the port once it runs, build with `-DEDGESEARCH_SELF_TEST` and call `self_test()` (declare "
-            f"`int self_test();`): it runs the {len(self_test['test_samples'])} test sample(s) of "
-            f"`{self_test['file']}` (test split {', '.join(map(str, self_test['test_samples']))}) and returns how "
+            f"`int self_test();`): it runs {len(self_test['test_samples'])} test-split sample(s) kept in "
+            f"`{self_test['file']}` (number {_listed(self_test['test_samples'])}) and returns how "
             "many the board classifies otherwise, or computes other outputs for, than the TFLite Micro interpreter "
             "did at export; 0 means it computes what was measured. Leave it out of the shipped build: the samples "
             "take flash.")
+
+
+def _listed(numbers: list[int], shown: int = 10) -> str:
+    more = f" and {len(numbers) - shown} more, which `model_card.json` lists" if len(numbers) > shown else ""
+    return ", ".join(map(str, numbers[:shown])) + more
 
 
 def _run_lines(card: dict) -> list[str]:
