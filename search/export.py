@@ -541,8 +541,8 @@ alignas(16) static uint8_t tensor_arena[kTensorArenaSize];
 // Its values as in training: {input_values}.
 constexpr int kInputLength = {input_length};
 
-{quantize_input}{class_names}// The interpreter over the model, set up once, at the first call, as TFLM's examples do in setup(): the
-// operators registered and the arena allocated. Null if the arena cannot hold the model.
+{quantize_input}{class_names}// The interpreter, set up once, at the first call, as TFLM's examples do in
+// setup(): the operators registered and the arena allocated. Null if the arena cannot hold the model.
 static tflite::MicroInterpreter* Interpreter() {{
   static tflite::MicroMutableOpResolver<{op_count}> resolver;
   static tflite::MicroInterpreter* const interpreter = []() -> tflite::MicroInterpreter* {{
@@ -642,7 +642,8 @@ def _ship_tflm(trial, row: Row, out: Path, dataset, profile, runs_dir: Path) -> 
 
     from objectives.accuracy import accuracy
     from search.stages.tflite import (
-        ARENA_ALIGNMENT, arena_bytes, c_array, interpreter, op_names, predict_tflm, takes_channels_last,
+        ARENA_ALIGNMENT, arena_bytes, c_array, interpreter, model_inputs, op_names, takes_channels_last,
+        tflm_outputs,
     )
 
     src = trial_artifact(trial, "tflite", runs_dir) or Path("")
@@ -668,7 +669,9 @@ def _ship_tflm(trial, row: Row, out: Path, dataset, profile, runs_dir: Path) -> 
     registrations = "\n".join(f"    resolver.{_RESOLVER[op]}();" if op in _RESOLVER
                                else f"    // {op}: register it (no MicroMutableOpResolver method known to edgesearch)"
                                for op in ops)
-    self_test = _self_test(tflite, dataset)
+    inputs = model_inputs(tflite, dataset.x_test)
+    outputs = tflm_outputs(tflite, inputs)
+    self_test = _self_test(inputs, outputs, dataset)
     (out / SELF_TEST_FILE).write_text(self_test.pop("header"))
     (out / "main.cc").write_text(MAIN_CC.format(
         kernels=f"its {profile.tflm_kernels} kernels" if profile.tflm_kernels else "the optimised kernels of your "
@@ -682,7 +685,7 @@ def _ship_tflm(trial, row: Row, out: Path, dataset, profile, runs_dir: Path) -> 
         tolerance="1.0f" if integer else f"{FLOAT_TOLERANCE:g}f * (1.0f + std::fabs(want))",
         tolerance_words="An output may differ by one int8 step." if integer else f"An output may differ by "
         f"{FLOAT_TOLERANCE:g} of its size:\n// a board's float kernels may sum in another order."))
-    predicted = predict_tflm(tflite, dataset.x_test)
+    predicted = outputs.argmax(axis=1)  # the test split as the board is fed it, as the search measured it
     got = accuracy(predicted, dataset.y_test)
     recorded, recorded_arena = row.value("accuracy_test"), row.value("tflm_arena_bytes")
     verification = {"tflm_test_accuracy": got, "recorded_tflm_test_accuracy": recorded,
@@ -704,16 +707,13 @@ SELF_TEST_BYTES = 16384  # at most this much flash of test inputs, and at least 
 FLOAT_TOLERANCE = 1e-4  # of an output's size: a board's float kernels may sum in another order than the host's
 
 
-def _self_test(tflite: Path, dataset) -> dict:
-    """The test samples main.cc's self_test() runs on the board, with the interpreter's outputs for them: one of
-    each class where the interpreter classifies one right with a clear margin (a near tie could flip on a board
-    whose float sums round otherwise), in class order, as many as fit ``SELF_TEST_BYTES``."""
+def _self_test(inputs, outputs, dataset) -> dict:
+    """The test samples main.cc's self_test() runs on the board, from the test split's ``inputs`` as the model takes
+    them and the interpreter's ``outputs`` for them: one of each class the interpreter classifies right with a clear
+    margin (a near tie could flip on a board whose float sums round otherwise), in class order, as many as fit
+    ``SELF_TEST_BYTES``."""
     import numpy as np
 
-    from search.stages.tflite import model_inputs, tflm_outputs
-
-    inputs = model_inputs(tflite, dataset.x_test)
-    outputs = tflm_outputs(tflite, inputs)
     top2 = np.sort(outputs.astype(np.float64), axis=1)[:, -2:]
     clear = (top2[:, 1] - top2[:, 0]) > (1 if np.issubdtype(outputs.dtype, np.integer)
                                          else 10 * FLOAT_TOLERANCE * (1 + np.abs(top2[:, 1])))
@@ -723,7 +723,7 @@ def _self_test(tflite: Path, dataset) -> dict:
               if (right & (dataset.y_test == k)).any()][:room] or [0]
     c_type = "int8_t" if np.issubdtype(inputs.dtype, np.integer) else "float"
     classes = [int(outputs[i].argmax()) for i in picked]
-    named = [f"{i} (class {k}{' ' + dataset.class_names[k] if dataset.class_names else ''})"
+    named = [f"{i} (class {k}{' ' + ' '.join(dataset.class_names[k].split()) if dataset.class_names else ''})"
              for i, k in zip(picked, classes)]
 
     def rows(values) -> str:
@@ -1006,9 +1006,9 @@ def _self_test_lines(self_test: dict | None) -> str:
             "take flash.")
 
 
-def _listed(numbers: list[int], shown: int = 10) -> str:
-    more = f" and {len(numbers) - shown} more, which `model_card.json` lists" if len(numbers) > shown else ""
-    return ", ".join(map(str, numbers[:shown])) + more
+def _listed(items: list[int], shown: int = 10) -> str:
+    more = f" and {len(items) - shown} more, which `model_card.json` lists" if len(items) > shown else ""
+    return ", ".join(map(str, items[:shown])) + more
 
 
 def _run_lines(card: dict) -> list[str]:
