@@ -182,3 +182,29 @@ def test_a_mistyped_option_is_refused_by_its_command_with_the_option_meant(argv,
     assert stopped.value.code == 2 and hint in err
     assert err.startswith(f"usage: edgesearch {argv[0]} ") and f"edgesearch {argv[0]}: error:" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_taken_name_is_refused_before_the_searchs_files_are_touched(tmp_path, capsys):
+    """`submit --name many` of a name another search holds overwrote that search's spec.json (and, with
+    --keep-inputs, its kept dataset) before it was refused: now nothing is written."""
+    import numpy as np
+
+    from search.cli import _write_spec, main
+    from search.study import create_study, default_storage
+
+    runs = tmp_path / "runs"
+    held = SearchSpec(name="many", dataset=str(tmp_path / "sig.npz"))
+    np.savez(tmp_path / "sig.npz", x=np.zeros((40, 1, 16), np.float32), y=np.arange(40) % 2)
+    create_study(held, default_storage(runs), resume=False)
+    _write_spec(runs, held)
+    kept = runs / "searches" / "many" / "inputs" / "sig.npz"
+    kept.parent.mkdir()
+    kept.write_bytes((tmp_path / "sig.npz").read_bytes())
+    before = {p: p.read_bytes() for p in (runs / "searches" / "many").rglob("*") if p.is_file()}
+    other = tmp_path / "other" / "sig.npz"
+    other.parent.mkdir()
+    np.savez(other, x=np.ones((40, 1, 16), np.float32), y=np.arange(40) % 2)
+    assert main(["--runs-dir", str(runs), "submit", "--name", "many", "--dataset", str(other), "--keep-inputs",
+                 "--no-mlflow"]) == 2
+    assert "A search named 'many' already exists" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in (runs / "searches" / "many").rglob("*") if p.is_file()} == before
