@@ -1078,6 +1078,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    _refuse_unknown_leading_options(parser, sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
     if extra:
         _unrecognized(parser, args, extra)
@@ -1122,6 +1123,28 @@ def main(argv: list[str] | None = None) -> int:
         return _stopped_by_write_fault(args, fault)
 
 
+def _refuse_unknown_leading_options(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """An option before the command that edgesearch does not have (`--run-dir x list`) made argparse take its value
+    for the command ("invalid choice: 'x'"): say which option it is instead."""
+    import difflib
+
+    commands = next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+    known = [o for a in parser._actions for o in a.option_strings]
+    takes_value = {o for a in parser._actions if a.nargs != 0 for o in a.option_strings}
+    args = iter(argv)
+    for arg in args:
+        if arg in commands or arg == "--" or not arg.startswith("-"):
+            return
+        word = arg.split("=", 1)[0]
+        matches = [o for o in known if o.startswith(word)]
+        if not matches:
+            meant = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+            parser.error(f"unrecognized option {word} before the command" + (
+                f" (did you mean {meant[0]}?)" if meant else "") + "; see 'edgesearch --help'")
+        if "=" not in arg and len(matches) == 1 and matches[0] in takes_value:
+            next(args, None)
+
+
 def _unrecognized(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> None:
     """Refuse options the command does not have, from the command's own usage, naming the options meant
     (--budget-ms: --latency-budget-ms)."""
@@ -1131,15 +1154,19 @@ def _unrecognized(parser: argparse.ArgumentParser, args: argparse.Namespace, ext
     commands = next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
     command = commands.get(getattr(args, "command", None), parser)
     known = sorted(set(re.findall(r"(?<![\w-])--?[A-Za-z][\w-]*", command.format_help())))
+    leading = [o for a in parser._actions for o in a.option_strings if o.startswith("--") and o != "--help"]
     hints = []
     for arg in extra:
         word = arg.split("=", 1)[0]
         if not word.startswith("-"):
             continue
-        meant = difflib.get_close_matches(word, known, n=1, cutoff=0.6) or [
+        meant = difflib.get_close_matches(word, known + leading, n=1, cutoff=0.6) or [
             k for k in known if len(word.strip("-")) > 2 and word.strip("-") in k][:2]
-        if meant:
-            hints.append(f"{word}: did you mean {' or '.join(meant)}?")
+        if meant and meant[0] == word:  # an option of edgesearch itself, given after the command
+            hints.append(f"{word} goes before the command: edgesearch {word} ... {args.command} ...")
+        elif meant:
+            hints.append(f"{word}: did you mean {' or '.join(meant)}"
+                         + (", given before the command?" if meant[0] in leading and command is not parser else "?"))
     command.error(f"unrecognized arguments: {' '.join(extra)}" + (f" ({'; '.join(hints)})" if hints else "")
                   + f"; see '{command.prog} --help'")
 

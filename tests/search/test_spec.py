@@ -208,3 +208,19 @@ def test_a_taken_name_is_refused_before_the_searchs_files_are_touched(tmp_path, 
                  "--no-mlflow"]) == 2
     assert "A search named 'many' already exists" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in (runs / "searches" / "many").rglob("*") if p.is_file()} == before
+
+
+def test_an_option_of_edgesearch_itself_mistyped_or_misplaced_is_named(capsys, tmp_path):
+    """`edgesearch --run-dir x list` said "invalid choice: 'x'" (the mistyped option's value taken for the command);
+    `edgesearch list --runs-dir x` did not say the option goes before the command."""
+    from search.cli import main
+
+    for argv, said in ((["--run-dir", str(tmp_path), "list"], "edgesearch: error: unrecognized option --run-dir "
+                        "before the command (did you mean --runs-dir?)"),
+                       (["list", "--runs-dir", str(tmp_path)], "--runs-dir goes before the command: edgesearch "
+                        "--runs-dir ... list ...")):
+        with pytest.raises(SystemExit) as stopped:
+            main(argv)
+        err = capsys.readouterr().err
+        assert stopped.value.code == 2 and said in err and "invalid choice" not in err
+    assert main(["--runs", str(tmp_path / "runs"), "list"]) == 0  # an abbreviation argparse takes still works
