@@ -230,6 +230,7 @@ def evaluate_candidate(
         say("teacher", f"validation accuracy {scores['accuracy']:.4f}, balanced {scores['balanced_accuracy']:.4f} "
                        "(measured on its fp32 torch model: the teacher is not shipped)")
         info["teacher"] = "trained by this candidate" if trained else "cached"
+        info["teacher_scores"] = {**scores, "epochs": epochs}
 
     # Training with a teacher is reported as "distill", so a stage table shows what distillation costs.
     with stage("distill" if teacher else "train", f"training width {candidate.width:g} for {candidate.budget.epochs} epochs"

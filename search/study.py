@@ -549,6 +549,8 @@ def record_result(study: optuna.Study, trial: optuna.Trial, spec: SearchSpec, re
     if floor:
         trial.set_constraint("accuracy_floor", floor["value"] - result.value(spec.metric))
     _set_metrics(trial, metrics)
+    if result.info.get("teacher_scores") and TEACHER_ATTR not in study.user_attrs:  # trained inside this trial
+        study.set_user_attr(TEACHER_ATTR, {**result.info["teacher_scores"], "metric": spec.metric})
     for key in ("provenance", "tuning", "rung", "retimed", "host_cpu", "teacher", "searched_runtime"):
         if result.info.get(key) is not None:
             trial.set_user_attr(key, result.info[key])

@@ -10,7 +10,7 @@ from search.cli import main
 from search.pipeline import Paths, evaluate_candidate
 
 
-def test_evaluate_candidate_measures_the_compiled_artifact(digits, host, tiny_budget, shared_runs):
+def test_evaluate_candidate_measures_the_compiled_artifact(digits, host, tiny_budget, shared_runs, tmp_path):
     c = Candidate(precision="int8-ptq", sparsity=0.5, temperature=4, alpha=0.5, width=0.5, budget=tiny_budget)
     stages, said = [], []
     r = evaluate_candidate(c, digits, host, Paths(shared_runs), threads=1,
@@ -36,6 +36,14 @@ def test_evaluate_candidate_measures_the_compiled_artifact(digits, host, tiny_bu
     assert r.artifacts["onnx"] == str(folder / "model.onnx")
     saved = CandidateResult.from_dict(json.loads((folder / "result.json").read_text()))
     assert saved == r
+    # a search whose teacher a trial trained (no teacher stage before it) stores the teacher's scores from it
+    from search.spec import SearchSpec
+    from search.study import create_study, default_storage, record_result
+
+    study = create_study(SearchSpec(name="taught-in-a-trial", budget=tiny_budget), default_storage(tmp_path), False)
+    record_result(study, study.ask(), SearchSpec(name="taught-in-a-trial", budget=tiny_budget), r)
+    assert round(study.user_attrs["teacher"]["accuracy"], 4) == teacher == round(r.info["teacher_scores"]["accuracy"],
+                                                                                  4)
     # the same knobs trained on another budget get a folder of their own: they no longer overwrite this one's files
     other = dataclasses.replace(c, budget=dataclasses.replace(c.budget, epochs=c.budget.epochs + 1))
     assert Paths(shared_runs).candidate(other, digits, host) != folder
