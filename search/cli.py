@@ -316,25 +316,24 @@ def cmd_submit(args: argparse.Namespace) -> int:
             raise DatasetError(f"Dataset file {spec.dataset} of search {spec.name!r} does not exist here: pass its "
                                "copy on this machine with --dataset PATH (checked to be the same data).")
     else:
-        from search.spec import check_inputs
-        from search.study import refuse_existing
-
         spec = _spec_from_args(args)
-        check_inputs(spec)  # bad input is refused before anything is written
-        # and so is a taken name: the spec file and kept inputs of the search that holds it were overwritten by the
-        # refused one's
-        refuse_existing(spec.name, storage)
-        if args.keep_inputs:
-            spec = _keep_inputs(spec, args.runs_dir)
     from search.spec import check_inputs, check_resources
 
-    check_inputs(spec)
+    check_inputs(spec)  # bad input is refused before anything is written
     if args.address:
         from search.workers import check_cluster
 
         check_cluster(args.address)
     else:
         check_resources(spec)
+    if not args.resume:
+        from search.study import refuse_existing
+
+        # and so is a taken name: the spec file and kept inputs of the search that holds it were overwritten by the
+        # refused one's
+        refuse_existing(spec.name, storage)
+        if args.keep_inputs:
+            spec = _keep_inputs(spec, args.runs_dir)
     _write_spec(args.runs_dir, spec)
     tracking = None if args.no_mlflow else _tracking_uri(args, stored)
     try:

@@ -319,6 +319,12 @@ ASKED_OUT_ATTR = "asked_out"  # candidates asked by a driver that stopped at ASK
 
 DRIVER_ATTR = "driver"  # {"host", "pid", "started", "seen"} while a driver runs the search; None once it ended
 STAGE_ATTR = "stage"  # what a driver does before the first trial (training the teacher, ...) while it does it
+RUNNING_STAGE_ATTR = "running_stage"  # of a trial: the pipeline stage its worker posted last (``StageBoard``)
+# what a running trial's stage is called where people read it
+STAGE_WORDS = {"screen": "screening", "teacher": "training the teacher", "train": "training",
+               "distill": "training (distilling)", "prune": "pruning", "quantize": "quantisation-aware fine-tuning",
+               "export": "exporting", "convert": "converting to TFLite Micro", "compile": "compiling",
+               "measure": "timing", "accuracy": "measuring accuracy"}
 DRIVER_BEAT_S = 30.0
 DRIVER_LOST_S = 180.0  # no beat for this long: the driver was killed outright, or its machine went down
 CLAIM_SETTLE_S = 1.0  # two resumes that both found no driver: each writes its mark, the later one stands
@@ -427,7 +433,9 @@ def running_trials(study: optuna.Study) -> str:
                          if isinstance(k.get(name), (int, float)))
         knobs = " ".join(filter(None, (k.get("precision"), knobs))) or "knobs not drawn yet"
         since = f" for {clock((now - trial.datetime_start).total_seconds())}" if trial.datetime_start else ""
-        out.append(f"trial {trial.number} ({knobs}){since}")
+        stage = trial.user_attrs.get(RUNNING_STAGE_ATTR)
+        doing = f", {STAGE_WORDS.get(stage, stage)}" if stage else ""
+        out.append(f"trial {trial.number} ({knobs}{doing}){since}")
     return ", ".join(out)
 
 

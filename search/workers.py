@@ -42,8 +42,8 @@ from search.transfer import (
 )
 from search.study import (
     ASKED_OUT_ATTR, ASKS_PER_TRIAL, CHANCE_ATTR, DATA_ATTR, FLOOR_ATTR, BOUNDS_ATTR, HALVING_ETA, SHIPPED_PREFIX,
-    SHIPPING_ATTR, STAGE_ATTR, TEACHER_ATTR, Row, best_within_budget, check_same_cpu, check_same_data, spent_text,
-    clock as _clock, create_study, driving, feasible_front, load_study, refuse_existing, refuse_second_driver,
+    RUNNING_STAGE_ATTR, SHIPPING_ATTR, STAGE_ATTR, TEACHER_ATTR, Row, best_within_budget, check_same_cpu,
+    check_same_data, spent_text, clock as _clock, create_study, driving, feasible_front, load_study, refuse_existing, refuse_second_driver,
     shipping_left, shipping_order, stage_picks, stored_trial, found_under, trial_artifact,
     finished_count, front_hypervolume, narrower_recipe, spent_budget, trial_cost, queued_without_distillation,
     recipes_for, record_failure, record_result, record_reuse, record_screened, requeue_interrupted,
@@ -53,6 +53,7 @@ from search.study import (
 
 THREADS_PER_WORKER = 1
 PROGRESS_S = 30.0  # at most one progress line per this many seconds of a long stage before the trials
+STAGE_POLL_S = 5.0  # how often the driver stores the stages running trials are in, at most
 QUIET_S = 120.0  # a search that said nothing for this long says which candidates are running, and for how long
 
 
@@ -115,16 +116,24 @@ def _outputs(shared: bool, runs_dir: str, *paths) -> Bundle | None:
 
 def run_candidate(candidate_dict: dict, dataset, target, runs_dir: str, threads: int,
                   screen_budget_ms: float | None = None, inputs: dict | None = None, runtime: str = "auto", *,
-                  search: str) -> dict:
+                  search: str, board=None, trial: int | None = None) -> dict:
     """Body of the Ray task: screening (when a budget is given), then the pipeline, returned as plain dicts, with
     the candidate's files by value when this node does not share the driver's runs folder. ``runtime`` is the
     spec's: what a local target's candidates are timed on (auto: the faster of untuned TVM and onnxruntime);
-    ``search`` names the search whose folders its files go to.
+    ``search`` names the search whose folders its files go to; each stage trial ``trial`` enters is posted to
+    ``board`` (a ``StageBoard``) where one is given.
 
     ``{"screening": ...}`` alone means the candidate was ruled out before training."""
     from search.pipeline import Paths, evaluate_candidate
     from search.stages.screen import screen_candidate
     from search.stages.train import teacher_path
+
+    posted = [None]
+
+    def progress(stage: str, message: str = "") -> None:
+        if board is not None and stage != posted[0]:
+            posted[0] = stage
+            board.post.remote(trial, stage)  # not waited for: the candidate does not wait on the driver
 
     candidate, data, profile = Candidate.from_dict(candidate_dict), _dataset(dataset), _profile(target)
     started = time.perf_counter()
@@ -132,12 +141,13 @@ def run_candidate(candidate_dict: dict, dataset, target, runs_dir: str, threads:
     moving = time.perf_counter() - started
     screening = None
     if screen_budget_ms is not None:
+        progress("screen")
         screening = screen_candidate(candidate, data, profile, Path(runs_dir), latency_budget_ms=screen_budget_ms,
                                      threads=threads, runtime=runtime)
         if not screening["fits"]:
             return {"screening": screening, "transfer_s": moving}
     paths = Paths(Path(runs_dir), search)
-    result = evaluate_candidate(candidate, data, profile, paths, threads=threads, runtime=runtime)
+    result = evaluate_candidate(candidate, data, profile, paths, threads=threads, runtime=runtime, progress=progress)
     if screening:
         result.stage_seconds["screen"] = screening["seconds"]
     made = [Path(result.artifacts["onnx"]).parent]
@@ -149,6 +159,22 @@ def run_candidate(candidate_dict: dict, dataset, target, runs_dir: str, threads:
     files = _outputs(shared, runs_dir, *made)
     return {"screening": screening, "result": result.to_dict(), "files": files,
             "transfer_s": moving + time.perf_counter() - started}
+
+
+class StageBoard:
+    """Where workers post the stage each running trial is in (a Ray actor without CPUs): the driver takes the posts
+    and stores them with the trials, so `status` and the driver's quiet line say what a long trial is doing, from
+    storage, the one place every reader can reach."""
+
+    def __init__(self) -> None:
+        self.posts: dict[int, str] = {}
+
+    def post(self, trial: int, stage: str) -> None:
+        self.posts[trial] = stage
+
+    def take(self) -> dict[int, str]:
+        posts, self.posts = self.posts, {}
+        return posts
 
 
 def retime_results(result_dicts: list[dict], dataset, target, runs_dir: str, threads: int,
@@ -1205,6 +1231,8 @@ class _Driver:
         self.report = say
         self.chance = study.user_attrs.get(CHANCE_ATTR)  # set on imbalanced classes: lines show balanced accuracy
         self.task = ray.remote(num_cpus=THREADS_PER_WORKER, max_retries=0, **placement)(run_candidate)
+        self.board = ray.remote(num_cpus=0, max_restarts=0)(StageBoard).remote()
+        self.taking = self.board.take.remote()  # the next posts; collected once they are in, never waited for
         # holds every CPU of the search: Ray starts it only when no candidate runs beside it
         self.retime_task = ray.remote(num_cpus=min(spec.workers * THREADS_PER_WORKER, _node_cpus(ray, placement)),
                                       max_retries=0, **placement)(retime_results)
@@ -1329,7 +1357,8 @@ class _Driver:
         candidate = dataclasses.replace(job.candidate, budget=budget)
         ref = self.task.remote(dataclasses.asdict(candidate), self.transport.dataset, self.profile, self.runs_dir,
                                THREADS_PER_WORKER, self.spec.latency_budget_ms if screen else None,
-                               self.transport.inputs(), self.spec.runtime, search=self.spec.name)
+                               self.transport.inputs(), self.spec.runtime, search=self.spec.name,
+                               board=self.board, trial=job.trial.number)
         self.in_flight[ref] = job
         self.running[job.candidate.key()] = job
         if self.landed is not None:
@@ -1340,10 +1369,11 @@ class _Driver:
     def _wait_one(self) -> None:
         timeout = self.spec.timeout_s
         now = time.perf_counter()
-        wait = max(0.1, self.said_at + QUIET_S - now)
+        wait = min(STAGE_POLL_S, max(0.1, self.said_at + QUIET_S - now))
         if timeout:
             wait = min(wait, max(0.1, min(j.started + timeout - now for j in self.in_flight.values())))
         ready, _ = self.ray.wait(list(self.in_flight), num_returns=1, timeout=wait)
+        self._store_stages()
         if not ready:  # a long silence, or the oldest candidate(s) went over the per-candidate time limit
             now = time.perf_counter()
             for ref, job in list(self.in_flight.items()):
@@ -1388,6 +1418,23 @@ class _Driver:
         self._finish(job, result)
 
     # --- outcomes ------------------------------------------------------------------------------------------
+
+    def _store_stages(self) -> None:
+        """Store the stages workers posted with their running trials (a finished trial's last one is dropped). The
+        driver never waits for the board: a board slow to start, or gone, costs the search nothing."""
+        done, _ = self.ray.wait([self.taking], timeout=0)
+        if not done:
+            return
+        try:
+            posts = self.ray.get(self.taking)
+        except Exception:  # the board is gone: stages are a courtesy, the search goes on without them
+            posts = {}
+        self.taking = self.board.take.remote()
+        running = {job.trial.number: job.trial for job in self.in_flight.values()}
+        with _timed(self.timings, "optuna"):
+            for number, stage in posts.items():
+                if number in running:
+                    running[number].set_user_attr(RUNNING_STAGE_ATTR, stage)
 
     def _still_running(self) -> str:
         """What runs while no line has come for a while: long training on large data is otherwise silent. Read from

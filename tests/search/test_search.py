@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 
 from search.errors import ConfigError
 from search.spec import SearchSpace, SearchSpec
-from search.study import (create_study, default_storage, finished_count, knob_names, load_study,
+from search.study import (STAGE_WORDS, create_study, default_storage, finished_count, knob_names, load_study,
                           requeue_interrupted, rows, search_state, spent_budget, stored_spec, suggest_candidate)
 from search.workers import run_search
 from tests.oracles import OBJECTIVES, pareto_front
@@ -141,8 +141,12 @@ def test_a_distilling_search_trains_its_teacher_first_in_view_and_once(tmp_path,
                                "fill the trial budget and none distils") for line in untaught), untaught
     assert not list(fresh.glob("teachers/*.pt")) and any(line.startswith("[1/1] trial 0: int8-ptq") for line in untaught)
     quiet = [line for line in untaught if line.startswith("running: ")]
-    assert quiet and all(re.fullmatch(r"running: trial 0 \(int8-ptq w=1\) for \dm\d\ds; a trial's line comes once "
-                                      "it is trained, compiled and measured", line) for line in quiet), untaught
+    shown = [re.fullmatch(r"running: trial 0 \(int8-ptq w=1(, ([A-Za-z ()-]+))?\) for \dm\d\ds; a trial's line comes "
+                          "once it is trained, compiled and measured", line) for line in quiet]
+    assert quiet and all(shown), untaught
+    # with the stage its worker is in, from storage as `status` reads it
+    stages = [m.group(2) for m in shown if m.group(2)]
+    assert stages and set(stages) <= set(STAGE_WORDS.values()), untaught
     assert untaught.index(quiet[0]) < next(i for i, line in enumerate(untaught) if line.startswith("[1/1] trial 0"))
 
 
