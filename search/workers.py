@@ -43,8 +43,8 @@ from search.transfer import (
 from search.study import (
     ASKED_OUT_ATTR, ASKS_PER_TRIAL, CHANCE_ATTR, DATA_ATTR, FLOOR_ATTR, BOUNDS_ATTR, HALVING_ETA, SHIPPED_PREFIX,
     RUNNING_STAGE_ATTR, SHIPPING_ATTR, STAGE_ATTR, TEACHER_ATTR, Row, best_within_budget, check_same_cpu,
-    check_same_data, spent_text, clock as _clock, create_study, driving, feasible_front, load_study, refuse_existing, refuse_second_driver,
-    shipping_left, shipping_order, stage_picks, stored_trial, found_under, trial_artifact,
+    check_same_data, spent_text, clock as _clock, create_study, driving, feasible_front, load_study,
+    refuse_existing, refuse_second_driver, shipping_left, shipping_order, stage_picks, stored_trial, found_under, trial_artifact,
     finished_count, front_hypervolume, narrower_recipe, spent_budget, trial_cost, queued_without_distillation,
     recipes_for, record_failure, record_result, record_reuse, record_screened, requeue_interrupted,
     resolved_sampler, reusable_trials, rows, running_trials, search_bounds, set_bounds, shown_url,
