@@ -162,22 +162,6 @@ def run_candidate(candidate_dict: dict, dataset, target, runs_dir: str, threads:
             "transfer_s": moving + time.perf_counter() - started}
 
 
-class StageBoard:
-    """Where workers post the stage each running trial is in (a Ray actor without CPUs): the driver takes the posts
-    and stores them with the trials, so `status` and the driver's quiet line say what a long trial is doing, from
-    storage, the one place every reader can reach."""
-
-    def __init__(self) -> None:
-        self.posts: dict[int, str] = {}
-
-    def post(self, trial: int, stage: str) -> None:
-        self.posts[trial] = stage
-
-    def take(self) -> dict[int, str]:
-        posts, self.posts = self.posts, {}
-        return posts
-
-
 def retime_results(result_dicts: list[dict], dataset, target, runs_dir: str, threads: int,
                    inputs: dict | None = None) -> list[dict]:
     """Body of the re-timing task, which holds every CPU of its node so nothing else runs beside it."""
@@ -1232,6 +1216,8 @@ class _Driver:
         self.report = say
         self.chance = study.user_attrs.get(CHANCE_ATTR)  # set on imbalanced classes: lines show balanced accuracy
         self.task = ray.remote(num_cpus=THREADS_PER_WORKER, max_retries=0, **placement)(run_candidate)
+        from search.board import StageBoard
+
         self.board = ray.remote(num_cpus=0, max_restarts=0)(StageBoard).remote()
         self.taking = self.board.take.remote()  # the next posts; collected once they are in, never waited for
         # holds every CPU of the search: Ray starts it only when no candidate runs beside it
