@@ -1421,7 +1421,8 @@ class _Driver:
         with _timed(self.timings, "optuna"):
             for number, stage in posts.items():
                 if number in running:
-                    running[number].set_user_attr(RUNNING_STAGE_ATTR, stage)
+                    with contextlib.suppress(Exception):  # nor does a storage that refuses one
+                        running[number].set_user_attr(RUNNING_STAGE_ATTR, stage)
 
     def _still_running(self) -> str:
         """What runs while no line has come for a while: long training on large data is otherwise silent. Read from
