@@ -37,6 +37,7 @@ FLOOR_ATTR = "accuracy_floor"  # {"value", "baseline", "max_drop"} when the sear
 # 1/K when the dataset's classes are imbalanced (absent otherwise): the balanced accuracy of a model that learned
 # nothing, which the search's lines and tables then show beside accuracy
 CHANCE_ATTR = "chance_balanced_accuracy"
+CLASSES_ATTR = "classes"  # K, the dataset's number of classes: a trial at 1/K balanced accuracy learned nothing
 SAMPLER_ATTR = "sampler_resolved"
 DATA_ATTR = "dataset_content"  # the dataset's content digest when the search started: what its figures hold for
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
@@ -683,11 +684,15 @@ class Row:
                    shipped, others and not feasible, bool(t.user_attrs.get(REQUEUED_ATTR)), violated, objective,
                    t.user_attrs.get("searched_runtime"))
 
-    def accuracy_text(self, chance: float | None = None) -> str:
+    def accuracy_text(self, chance: float | None = None, classes: int | None = None) -> str:
         """Validation accuracy; with its balanced accuracy on imbalanced classes (``chance`` = 1/K) or when the
         search ranks by it, and a model no better than always predicting one class called so: its plain accuracy
-        is the largest class's share."""
+        is the largest class's share. On even classes (``classes`` = K given) a model at 1/K or below is called so
+        too (int8 candidates of data int8 cannot read scored 0.31 of 3 classes, shown as any other figure)."""
         text = f"acc {self.value('accuracy'):.3f}"
+        if chance is None and self.objective == "accuracy" and classes and "balanced_accuracy" in self.metrics:
+            return text + (f" (no better than chance, 1/{classes})"
+                           if self.value("balanced_accuracy") <= 1 / classes + 1e-9 else "")
         if (chance is None and self.objective == "accuracy") or "balanced_accuracy" not in self.metrics:
             return text
         balanced = self.value("balanced_accuracy")

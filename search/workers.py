@@ -41,9 +41,9 @@ from search.transfer import (
     Bundle, mark_driver_disk, pack, receive, shares_disk, unmark_driver_disk,
 )
 from search.study import (
-    ASKED_OUT_ATTR, ASKS_PER_TRIAL, CHANCE_ATTR, DATA_ATTR, FLOOR_ATTR, BOUNDS_ATTR, HALVING_ETA, SHIPPED_PREFIX,
-    RUNNING_STAGE_ATTR, SHIPPING_ATTR, STAGE_ATTR, TEACHER_ATTR, Row, best_within_budget, check_same_cpu,
-    check_same_data, spent_text, clock as _clock, create_study, driving, feasible_front, load_study,
+    ASKED_OUT_ATTR, ASKS_PER_TRIAL, CHANCE_ATTR, CLASSES_ATTR, DATA_ATTR, FLOOR_ATTR, BOUNDS_ATTR, HALVING_ETA,
+    SHIPPED_PREFIX, RUNNING_STAGE_ATTR, SHIPPING_ATTR, STAGE_ATTR, TEACHER_ATTR, Row, best_within_budget,
+    check_same_cpu, check_same_data, spent_text, clock as _clock, create_study, driving, feasible_front, load_study,
     refuse_existing, refuse_second_driver, shipping_left, shipping_order, stage_picks, stored_trial, found_under,
     trial_artifact,
     finished_count, front_hypervolume, narrower_recipe, spent_budget, trial_cost, queued_without_distillation,
@@ -890,6 +890,7 @@ def run_search(
             study.set_user_attr(DATA_ATTR, data.content_digest())
         if data.imbalanced:
             study.set_user_attr(CHANCE_ATTR, 1 / data.num_classes)
+        study.set_user_attr(CLASSES_ATTR, data.num_classes)
     with driving(study, claim=resume):  # status tells a driver killed outright from a running one
         # reaching MLflow (and creating a new store) overlaps Ray's start; no candidate runs before it is reached
         tracker = _Tracking(spec, study, tracking_uri, runs_dir, report, timings) if tracking_uri else None
@@ -1215,6 +1216,7 @@ class _Driver:
 
         self.report = say
         self.chance = study.user_attrs.get(CHANCE_ATTR)  # set on imbalanced classes: lines show balanced accuracy
+        self.classes = study.user_attrs.get(CLASSES_ATTR)  # a trial at chance is called so on even classes too
         self.task = ray.remote(num_cpus=THREADS_PER_WORKER, max_retries=0, **placement)(run_candidate)
         from search.board import StageBoard
 
@@ -1560,7 +1562,7 @@ class _Driver:
             elif row.stopped == "screened":
                 self.report(f"{prefix} -> screened out, not trained: {row.error}  ETA {eta}{note}")
             else:
-                self.report(f"{prefix} -> {_outcome(row, self.chance)}  HV {hv:.3f}  ETA {eta}{note}")
+                self.report(f"{prefix} -> {_outcome(row, self.chance, self.classes)}  HV {hv:.3f}  ETA {eta}{note}")
         for line in self.after_told:
             self.report(line)
         if self.told and self.on_trial:
@@ -1619,9 +1621,9 @@ def _knobs(row: Row) -> str:
             f"T={num('temperature')} a={num('alpha')}" + (f" [{row.recipe}]" if row.recipe else ""))
 
 
-def _outcome(row: Row, chance: float | None = None) -> str:
+def _outcome(row: Row, chance: float | None = None, classes: int | None = None) -> str:
     on = f" on {row.searched_runtime}" if row.searched_runtime == "onnxruntime" else ""  # else untuned TVM, as ever
-    text = (f"{row.accuracy_text(chance)}, p90 {row.value('latency_ms_p90'):.4g} ms "
+    text = (f"{row.accuracy_text(chance, classes)}, p90 {row.value('latency_ms_p90'):.4g} ms "
             f"({row.metrics['latency_ms_p90'][2]}{on}), {row.value('size_bytes') / 1024:.1f} KiB, ")
     if row.stopped:
         return text + f"stopped at {row.stopped}"
