@@ -1122,12 +1122,17 @@ def main(argv: list[str] | None = None) -> int:
         return _stopped_by_write_fault(args, fault)
 
 
+def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """Each command's parser, by name (argparse keeps them on its private subparsers action)."""
+    return next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+
+
 def _refuse_unknown_leading_options(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     """An option before the command that edgesearch does not have (`--run-dir x list`) made argparse take its value
     for the command ("invalid choice: 'x'"): say which option it is instead."""
     import difflib
 
-    commands = next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+    commands = _commands(parser)
     known = [o for a in parser._actions for o in a.option_strings]
     takes_value = {o for a in parser._actions if a.nargs != 0 for o in a.option_strings}
     args = iter(argv)
@@ -1150,7 +1155,7 @@ def _unrecognized(parser: argparse.ArgumentParser, args: argparse.Namespace, ext
     import difflib
     import re
 
-    commands = next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+    commands = _commands(parser)
     command = commands.get(getattr(args, "command", None), parser)
     known = sorted(set(re.findall(r"(?<![\w-])--?[A-Za-z][\w-]*", command.format_help())))
     leading = [o for a in parser._actions for o in a.option_strings if o.startswith("--") and o != "--help"]

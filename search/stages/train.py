@@ -109,12 +109,16 @@ def fit_epochs(
     model.eval()  # reached once the caller has taken the last epoch (``fit`` always does)
 
 
-def torch_accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
-    """Accuracy of the torch model; only for training diagnostics, never reported as the result."""
+def torch_predictions(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    """Classes the torch model gives ``x``; only for diagnostics (training, the teacher), never a shipped figure."""
     model.eval()
     with torch.no_grad():
-        pred = model(torch.from_numpy(x)).argmax(1).numpy()
-    return float((pred == y).mean())
+        return model(torch.from_numpy(x)).argmax(1).numpy()
+
+
+def torch_accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    """Accuracy of the torch model; only for training diagnostics, never reported as the result."""
+    return float((torch_predictions(model, x) == y).mean())
 
 
 def teacher_scores(dataset: Dataset, path: Path) -> dict[str, float]:
@@ -122,9 +126,7 @@ def teacher_scores(dataset: Dataset, path: Path) -> dict[str, float]:
     is never shipped), so a user can tell a teacher worth distilling from."""
     from objectives.accuracy import accuracy, balanced_accuracy
 
-    model = load_teacher(dataset, path)
-    with torch.no_grad():
-        predictions = model(torch.from_numpy(dataset.x_val)).argmax(1).numpy()
+    predictions = torch_predictions(load_teacher(dataset, path), dataset.x_val)
     return {"accuracy": accuracy(predictions, dataset.y_val),
             "balanced_accuracy": balanced_accuracy(predictions, dataset.y_val)}
 
