@@ -248,6 +248,9 @@ LAYOUTS = ("NL", "NCL", "NLC", "NHW", "NCHW", "NHWC")
 _CHANNEL_SIZES = (1, 3, 4)  # grey, RGB, RGBA: a last axis of this size after larger ones is most likely channels
 # Sensor windows are saved (N, L, C) by most loggers and Keras: 3 to 9 axes of an IMU after 32-1024 time steps.
 _MAX_SIGNAL_CHANNELS_LAST = 9
+# A 3-D x with at least this many channels and no more samples than channels may hold grey images (N, H, W): the
+# reading is asked for rather than guessed.
+_MIN_GREY_IMAGE_SIDE = 8
 
 
 def load_npz(path: str | Path) -> Dataset:
@@ -439,6 +442,12 @@ def _looks_channels_last(x: np.ndarray) -> bool:
     return False
 
 
+def _could_be_grey_images(x: np.ndarray) -> bool:
+    """At least as many channels as samples, and several: (28, 28) from Keras' MNIST or (8, 8) from scikit-learn's
+    ``load_digits().images`` are grey images, and signals are most often far longer than they have channels."""
+    return x.ndim == 3 and x.shape[1] >= max(x.shape[2], _MIN_GREY_IMAGE_SIDE)
+
+
 def _channel_first(path: Path, key: str, x: np.ndarray, layout: str | None) -> np.ndarray:
     """``x`` in the order the models read: (N, C, L) for signals, (N, C, H, W) for images."""
     if layout is None:
@@ -450,6 +459,12 @@ def _channel_first(path: Path, key: str, x: np.ndarray, layout: str | None) -> n
                 f"({', '.join(last[1:])}); {kind} are read as ({', '.join(first[1:])}), which would make "
                 f"{x.shape[1]} channels of {'x'.join(map(str, x.shape[2:]))}{unit}. Save the archive with "
                 f"layout='{last}' to have it read as channels-last, or layout='{first}' if that reading is right.")
+        if _could_be_grey_images(x):
+            raise DatasetError(
+                f"{path}: '{key}' holds samples of shape {x.shape[1:]}, which may be grey images (H, W) as well as "
+                f"signals; read as saved, (C, L), they would be {x.shape[1]} channels of {x.shape[2]} samples. Save "
+                "the archive with layout='NHW' to have them read as images of one channel, layout='NLC' for signals "
+                "saved time first, or layout='NCL' if that reading is right.")
         layout = {2: "NL", 3: "NCL", 4: "NCHW"}[x.ndim]
     if len(layout) != x.ndim:
         raise DatasetError(f"{path}: 'layout' is {layout!r}, {len(layout)} axes, but '{key}' has {x.ndim} "

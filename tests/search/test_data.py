@@ -94,9 +94,27 @@ def test_channels_last_signals_without_a_layout_are_refused_with_the_fix(tmp_pat
     assert load_npz(path).sample_shape == (3, 128)
     np.savez(path, **_images((128, 3)), layout="NCL")  # 128 channels of 3 samples it is, if the user says so
     assert load_npz(path).sample_shape == (128, 3)
-    for readable in ((3, 128), (28, 28), (49, 10), (8, 4)):  # channel-first, square, or not clearly channels-last
+    for readable in ((3, 128), (9, 36), (4, 4), (7, 5)):  # channel-first, or too few channels to be images
         np.savez(path, **_images(readable))
         assert load_npz(path).sample_shape == readable
+
+
+def test_samples_that_may_be_grey_images_are_refused_until_the_archive_says(tmp_path):
+    """scikit-learn's digits saved as ``load_digits().images`` were read as 8 channels of 8 samples, where the
+    built-in digits are 1x8x8 images: the same data got another model, without a word."""
+    path = tmp_path / "grey.npz"
+    for shape in ((8, 8), (28, 28), (49, 10), (16, 12)):
+        np.savez(path, **_images(shape))
+        with pytest.raises(DatasetError, match=rf"\({shape[0]}, {shape[1]}\), which may be grey images .* "
+                                               rf"{shape[0]} channels of {shape[1]} samples.*layout='NHW'"):
+            load_npz(path)
+    np.savez(path, **_images((28, 28)), layout="NHW")
+    ds = load_npz(path)
+    assert ds.sample_shape == (1, 28, 28) and "images, 1 channel(s) of 28x28" in ds.summary()
+    np.savez(path, **_images((49, 10)), layout="NLC")  # MFCC frames, time first
+    assert load_npz(path).sample_shape == (10, 49)
+    np.savez(path, **_images((28, 28)), layout="NCL")  # 28-channel signals it is, if the user says so
+    assert load_npz(path).sample_shape == (28, 28)
 
 
 def test_an_archive_of_just_x_and_y_gets_a_stratified_test_split_drawn(tmp_path):
