@@ -377,11 +377,15 @@ def _labels_as_numbers(path: Path, arrays: dict) -> dict:
     """Labels saved as names (strings) become class numbers, in the order of ``class_names`` where the archive has
     it, else sorted (scikit-learn's LabelEncoder order), and ``class_names`` is set to match; labels saved as
     whole floats (a pandas column) become integers, and booleans (a thresholded score) 0 for False and 1 for True,
-    the sorted order again, named so unless the archive names them. Anything else is left for ``_check_y`` to
+    the sorted order again, named so unless the archive names them. A column of labels, (N, 1), as Keras' CIFAR-10
+    and a pandas frame's ``.values`` give them, is one label per sample. Anything else is left for ``_check_y`` to
     refuse."""
     keys = [key for key in ("y", "y_train", "y_val", "y_test") if key in arrays]
-    named = [key for key in keys if arrays[key].dtype.kind in "US"]
     arrays = dict(arrays)
+    for key in keys:
+        if arrays[key].ndim == 2 and arrays[key].shape[1] == 1:
+            arrays[key] = arrays[key][:, 0]
+    named = [key for key in keys if arrays[key].dtype.kind in "US"]
     for key in keys:
         y = arrays[key]
         if y.dtype.kind == "f" and y.ndim == 1 and np.isfinite(y).all() and (y == np.round(y)).all():

@@ -207,6 +207,27 @@ def test_labels_saved_as_names_whole_floats_or_booleans_are_read_as_class_number
     np.testing.assert_array_equal(as_booleans.y_test, as_integers.y_test)
 
 
+def test_a_column_of_labels_is_one_label_per_sample(tmp_path):
+    """Keras' CIFAR-10 gives y as (N, 1), and so does a pandas frame's ``df[["label"]].values``."""
+    path = tmp_path / "column.npz"
+    good = _good()
+    np.savez(path, **good)
+    rows = load_npz(path)
+    words = np.array(["walk", "run", "sit", "stairs"])
+    for column in (lambda y: y[:, None].astype(np.uint8), lambda y: y[:, None].astype(np.float64)):
+        np.savez(path, **{k: column(v) if k.startswith("y") else v for k, v in good.items()})
+        ds = load_npz(path)
+        assert ds.y_train.shape == rows.y_train.shape and ds.num_classes == 4
+        assert np.array_equal(ds.x_val, rows.x_val) and np.array_equal(ds.y_val, rows.y_val)
+    np.savez(path, **{k: words[v][:, None] if k.startswith("y") else v for k, v in good.items()})
+    ds = load_npz(path)
+    assert ds.class_names == ("run", "sit", "stairs", "walk")
+    assert [ds.class_names[k] for k in ds.y_test] == words[good["y_test"]].tolist()
+    np.savez(path, **{**good, "y_train": np.stack([good["y_train"]] * 2, axis=1)})
+    with pytest.raises(DatasetError, match=r"has shape \(40, 2\), one row per sample: if it is one-hot"):
+        load_npz(path)
+
+
 @pytest.mark.parametrize(
     "names, message",
     [
