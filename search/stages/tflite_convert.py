@@ -44,6 +44,28 @@ def main(program: str, out: str, kind: str, samples: str) -> None:
         graph = convert_pt2e(graph, fold_quantize=False)
         edge = litert_torch.convert(graph, example, quant_config=QuantConfig(pt2e_quantizer=quantizer))
     edge.export(out)
+    _strip_names(out)
+
+
+def _strip_names(path: str) -> None:
+    """Drop the tensor and signature names, which the interpreter never reads and the board would flash: the
+    converter names each tensor by its module path, up to 280 bytes, 4 KB of a 25 KB int8 model. LiteRT's own
+    ``strip_strings`` does it; the file is rebuilt with every weight buffer 16-byte aligned, as TFLite's schema asks
+    (``force_align: 16``) and flatc's Python code does not."""
+    import flatbuffers
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    class Aligned(flatbuffers.Builder):
+        def CreateNumpyVector(self, x):
+            self.Prep(16, x.nbytes)
+            return super().CreateNumpyVector(x)
+
+    model = flatbuffer_utils.read_model(path)
+    flatbuffer_utils.strip_strings(model)
+    builder = Aligned(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    with open(path, "wb") as f:
+        f.write(builder.Output())
 
 
 def _unit_free(config):

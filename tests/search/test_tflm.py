@@ -365,6 +365,22 @@ def test_a_qat_model_converts_to_a_fully_integer_tflite_that_computes_what_qat_t
     ptq, fp32 = (convert_tflite(same_shapes, dataclasses.replace(candidate, precision=p), digits, tmp_path / f"{p}.tflite")
                  for p in ("int8-ptq", "fp32"))
     assert constant_bytes(path) == constant_bytes(ptq) < constant_bytes(fp32) / 3
+    for tflite in (path, ptq, fp32):
+        _assert_flashes_no_names_and_aligned_weights(tflite)
+
+
+def _assert_flashes_no_names_and_aligned_weights(path):
+    """The converter named each tensor by its module path (4 KB of a 25 KB model), all of it flashed and never
+    read; TFLite's schema wants each weight buffer 16-byte aligned in the file."""
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+
+    data = path.read_bytes()
+    assert b"torch.ao" not in data and b"search.stages" not in data and b"serving_default" not in data
+    model = schema.Model.GetRootAsModel(data, 0)
+    start = np.frombuffer(data, np.uint8).__array_interface__["data"][0]
+    weights = [model.Buffers(i).DataAsNumpy() for i in range(model.BuffersLength())]
+    offsets = [w.__array_interface__["data"][0] - start for w in weights if isinstance(w, np.ndarray) and w.size]
+    assert offsets and all(offset % 16 == 0 for offset in offsets), offsets
 
 
 def test_a_qat_signal_model_converts_planar_with_the_relus_its_fused_convolutions_apply(tmp_path, mnist1d):
