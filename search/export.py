@@ -785,7 +785,19 @@ def _c_class_names(names: tuple[str, ...]) -> str:
     if not names:
         return ""
     return ("// The dataset's class names: classify() returns an index into this table.\n"
-            f"constexpr const char* kClassNames[] = {{{', '.join(json.dumps(name) for name in names)}}};\n\n")
+            f"constexpr const char* kClassNames[] = {{{', '.join(_c_string(name) for name in names)}}};\n\n")
+
+
+def _c_string(text: str) -> str:
+    """A C string literal of ``text`` in UTF-8 that any compiler reads alike: printable ASCII as is, every other
+    byte a three-digit octal escape. A \\u escape cannot name a letter beyond the BMP (an emoji), a hex escape
+    would take the letters after it as digits, and ``?`` is escaped against trigraphs (C++14 and older)."""
+    def one(byte: int) -> str:
+        if chr(byte) in '"\\?':
+            return "\\" + chr(byte)
+        return chr(byte) if 32 <= byte < 127 else f"\\{byte:03o}"
+
+    return '"' + "".join(one(b) for b in text.encode()) + '"'
 
 
 def _per_class(predicted, dataset, runtime: str) -> dict:
@@ -962,6 +974,7 @@ def _per_class_lines(figures: dict | None, names=(), up_to: int = 12) -> list[st
     and, where the dataset gave ``names``, its name."""
     if not figures:
         return []
+    names = [" ".join(name.split()).replace("|", "\\|") for name in names]  # one table cell each
 
     def label(c: int) -> str:
         return f"{c} ({names[c]})" if names else str(c)

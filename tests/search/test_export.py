@@ -421,6 +421,10 @@ def test_a_card_of_many_classes_lists_the_worst_first_with_what_each_is_taken_fo
     named = [line for line in _per_class_lines(figures, names) if line.startswith("| ") and line[2].isdigit()]
     assert named[:2] == ["| 7 (word7) | 5 | 0.0000 | - | 3 (word3; 5 of 5) |",
                          "| 12 (word12) | 5 | 0.4000 | 1.0000 | 13 (word13; 3 of 5) |"]
+    # a name with the table's bar or a line break in it stays in its cell
+    names[7], names[3] = "on|off", "two\nlines"
+    named = [line for line in _per_class_lines(figures, names) if line.startswith("| 7 ")]
+    assert named == ["| 7 (on\\|off) | 5 | 0.0000 | - | 3 (two lines; 5 of 5) |"]
 
 
 def test_main_cc_names_the_classes_classify_returns(tmp_path):
@@ -428,7 +432,8 @@ def test_main_cc_names_the_classes_classify_returns(tmp_path):
     from search.export import _c_class_names
 
     assert _c_class_names(()) == ""
-    names = ("yes", 'say "hi"', "caf\u00e9", "back\\slash")
+    # beyond the BMP (an emoji, a rare CJK letter), which a \u escape cannot name; a tab; a ? before = or /
+    names = ("yes", 'say "hi"', "caf\u00e9", "back\\slash", "cat \U0001F408", "\U00020000", "tab\there", "??=why??/")
     compiler = shutil.which("g++") or shutil.which("c++")
     if compiler is None:
         pytest.skip("no C++ compiler on this machine")
