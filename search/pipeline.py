@@ -226,7 +226,7 @@ def evaluate_candidate(
             for trained in train_teacher(dataset, candidate.seed, paths.teachers, epochs):
                 say("teacher", f"epoch {trained}/{epochs}")
             teacher = load_teacher(dataset, path)
-        scores = teacher_scores(dataset, path)
+        scores = teacher_scores(teacher, dataset)
         say("teacher", f"validation accuracy {scores['accuracy']:.4f}, balanced {scores['balanced_accuracy']:.4f} "
                        "(measured on its fp32 torch model: the teacher is not shipped)")
         info["teacher"] = "trained by this candidate" if trained else "cached"

@@ -301,7 +301,7 @@ def teacher_task(dataset, seed: int, epochs: int, runs_dir: str, threads: int, i
     epoch ends, then ``{"files": ...}`` (the teacher by value, for a driver that does not share this node's disk)."""
     from search.models import TEACHER_WIDTH
     from search.pipeline import Paths, set_threads
-    from search.stages.train import teacher_path, teacher_scores, train_teacher
+    from search.stages.train import load_teacher, teacher_path, teacher_scores, train_teacher
 
     shared = _arrive(runs_dir, inputs)
     set_threads(threads)
@@ -310,7 +310,7 @@ def teacher_task(dataset, seed: int, epochs: int, runs_dir: str, threads: int, i
     yield {"cached": path.exists(), "width": TEACHER_WIDTH}
     for epoch in train_teacher(data, seed, folder, epochs):
         yield {"epoch": epoch}
-    yield {"scores": teacher_scores(data, path)}
+    yield {"scores": teacher_scores(load_teacher(data, path), data)}
     yield {"files": _outputs(shared, runs_dir, path)}
 
 

@@ -121,12 +121,12 @@ def torch_accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     return float((torch_predictions(model, x) == y).mean())
 
 
-def teacher_scores(dataset: Dataset, path: Path) -> dict[str, float]:
-    """Validation accuracy and balanced accuracy of a cached teacher: a diagnostic of its torch model (the teacher
-    is never shipped), so a user can tell a teacher worth distilling from."""
+def teacher_scores(teacher: nn.Module, dataset: Dataset) -> dict[str, float]:
+    """Validation accuracy and balanced accuracy of the teacher: a diagnostic of its torch model (the teacher is
+    never shipped), so a user can tell a teacher worth distilling from."""
     from objectives.accuracy import accuracy, balanced_accuracy
 
-    predictions = torch_predictions(load_teacher(dataset, path), dataset.x_val)
+    predictions = torch_predictions(teacher, dataset.x_val)
     return {"accuracy": accuracy(predictions, dataset.y_val),
             "balanced_accuracy": balanced_accuracy(predictions, dataset.y_val)}
 
