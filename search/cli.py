@@ -207,10 +207,34 @@ def _why_none(trained) -> str:
             "longer (--epochs, --trials).")
 
 
-def _print_outcome(outcome_rows, front, best, hv, spec, storage, floor=None, chance=None) -> None:
+# how far below the median candidate trained without distillation the teacher must score to be called weak: less is
+# within what one seed's training moves a validation accuracy
+WEAK_TEACHER_MARGIN = 0.02
+
+
+def _weak_teacher(trained, teacher: dict | None) -> str:
+    """A note when the distillation teacher scored below most candidates trained without it: distilling from it
+    then pulls students toward a weaker model (on signals with a large offset the teacher reached 0.71 where
+    students trained alone reached 1.00, and nothing said so). ``teacher`` is the study's stored scores."""
+    metric = (teacher or {}).get("metric", "accuracy")
+    alone = sorted(r.quality for r in trained if r.knobs["alpha"] >= 1.0)
+    if teacher is None or teacher.get(metric) is None or not any(r.knobs["alpha"] < 1.0 for r in trained) \
+            or len(alone) < 2 or teacher[metric] >= alone[len(alone) // 2] - WEAK_TEACHER_MARGIN:
+        return ""
+    from search.models import TEACHER_WIDTH  # torch: only when there is something to say
+
+    above = sum(q > teacher[metric] for q in alone)
+    return (f"note: the distillation teacher (width {TEACHER_WIDTH:g}, {teacher.get('epochs', '?')} epochs) reached "
+            f"validation {ACCURACY_METRICS[metric]} {teacher[metric]:.4f}, below {above} of the {len(alone)} "
+            f"candidates trained without it (best {alone[-1]:.4f}): distilling from it pulls a student toward a "
+            "weaker model. Train it longer (--teacher-epochs), or leave distillation out of the space "
+            "(space.alpha: [1, 1] in a spec file).")
+
+
+def _print_outcome(outcome_rows, front, best, hv, spec, storage, floor=None, chance=None, teacher=None) -> None:
     """The search's end (and ``status``): counts, the front, the best candidate; ``chance`` (1/K, on imbalanced
     classes) adds balanced accuracy, since plain accuracy then rewards always predicting the largest class, as does
-    a search that ranks by it."""
+    a search that ranks by it; ``teacher``, the distillation teacher's stored scores, a note if it was weak."""
     from search.study import shown_url
 
     balanced_too = chance is not None or spec.metric == "balanced_accuracy"
@@ -255,6 +279,8 @@ def _print_outcome(outcome_rows, front, best, hv, spec, storage, floor=None, cha
               f"({best.metrics['latency_ms_p90'][2]}), {best.value('size_bytes') / 1024:.1f} KiB")
     print(f"hypervolume of the feasible front: {hv:.4f} on a 0-1 scale ({ACCURACY_METRICS[spec.metric]}; latency / "
           "budget; size and energy / the search's bounds)")
+    if note := _weak_teacher(done, teacher):
+        print(note)
     for r in failed[-3:]:
         print(f"failed trial {r.number}: {r.error}")
     print(f"stored in {shown_url(storage)} (study {spec.name!r})")
@@ -349,11 +375,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if fault := write_fault(exc):
             _say_how_to_resume(args, spec.name, storage, f"stopped: {fault.why}")
         raise
-    from search.study import CHANCE_ATTR, FLOOR_ATTR, load_study, shown_url
+    from search.study import CHANCE_ATTR, FLOOR_ATTR, TEACHER_ATTR, load_study, shown_url
 
     attrs = load_study(spec.name, storage).user_attrs
     _print_outcome(outcome.rows, outcome.front, outcome.best, outcome.hypervolume, spec, storage,
-                   (attrs.get(FLOOR_ATTR) or {}).get("value"), attrs.get(CHANCE_ATTR))
+                   (attrs.get(FLOOR_ATTR) or {}).get("value"), attrs.get(CHANCE_ATTR), attrs.get(TEACHER_ATTR))
     t = outcome.timings
     if t.get("wall"):
         own = t["ray_start"] + t["optuna"] + t["logging"]
@@ -589,8 +615,8 @@ def _write_spec(runs_dir: Path, spec) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from search.study import (CHANCE_ATTR, FLOOR_ATTR, best_within_budget, feasible_front, front_hypervolume,
-                              load_study, rows, search_bounds, stored_spec)
+    from search.study import (CHANCE_ATTR, FLOOR_ATTR, TEACHER_ATTR, best_within_budget, feasible_front,
+                              front_hypervolume, load_study, rows, search_bounds, stored_spec)
 
     address = _cluster(args, args.name)
     if address:  # a detached search: its stores are the cluster's, so status runs there
@@ -625,7 +651,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     front = feasible_front(all_rows)
     floor = (study.user_attrs.get(FLOOR_ATTR) or {}).get("value")
     _print_outcome(all_rows, front, best_within_budget(all_rows), front_hypervolume(front, search_bounds(study, spec)),
-                   spec, storage, floor, study.user_attrs.get(CHANCE_ATTR))
+                   spec, storage, floor, study.user_attrs.get(CHANCE_ATTR), study.user_attrs.get(TEACHER_ATTR))
     _sync_quietly(study, spec, args)
     return 0
 

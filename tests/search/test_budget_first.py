@@ -563,6 +563,42 @@ def test_on_imbalanced_classes_lines_and_tables_show_balanced_accuracy_and_call_
     assert "balanced" not in capsys.readouterr().out
 
 
+def test_a_teacher_below_the_candidates_trained_without_it_is_called_weak_at_the_end(capsys):
+    """On signals with a large offset the teacher reached 0.71 and students trained alone 1.00; nothing said so."""
+    from hardware_targets.metric import Metric
+    from search.candidate import CandidateResult
+    from search.cli import _print_outcome
+    from search.study import best_within_budget, feasible_front, record_result
+
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize", "minimize"])
+    spec = SearchSpec(name="offset", budget=TINY, latency_budget_ms=1.0)
+    for accuracy, alpha in ((1.0, 1.0), (0.99, 1.0), (0.97, 1.0), (0.63, 0.5)):
+        figures = {"accuracy": accuracy, "accuracy_test": accuracy, "latency_ms_median": 0.5, "latency_ms_p90": 0.5,
+                   "size_bytes": 4000.0, "energy_mj": 0.001}
+        result = CandidateResult(
+            candidate=Candidate(precision="fp32", width=1.0, alpha=alpha, temperature=4.0 if alpha < 1 else 1.0,
+                                budget=TINY),
+            dataset="offset", target="host", metrics={n: Metric(v, "fraction", "measured") for n, v in figures.items()},
+            artifacts={}, stage_seconds={}, versions={}, info={})
+        record_result(study, study.ask(), spec, result)
+    trained = rows(study)
+    front = feasible_front(trained)
+
+    def said(teacher):
+        _print_outcome(trained, front, best_within_budget(trained), 0.5, spec, "sqlite:///offset.db", teacher=teacher)
+        return [line for line in capsys.readouterr().out.splitlines() if "teacher" in line]
+
+    weak = {"accuracy": 0.71, "balanced_accuracy": 0.71, "metric": "accuracy", "epochs": 30}
+    assert said(weak) == [
+        "note: the distillation teacher (width 2, 30 epochs) reached validation accuracy 0.7100, below 3 of the 3 "
+        "candidates trained without it (best 1.0000): distilling from it pulls a student toward a weaker model. "
+        "Train it longer (--teacher-epochs), or leave distillation out of the space (space.alpha: [1, 1] in a spec "
+        "file)."]
+    # within the margin of the median student trained alone (0.99), or no teacher stored: nothing to say
+    assert said({**weak, "accuracy": 0.975}) == [] and said(None) == []
+    assert said({**weak, "accuracy": 0.965})[0].startswith("note: the distillation teacher")
+
+
 def test_a_search_ranked_by_balanced_accuracy_builds_its_front_floor_and_pick_on_it():
     from hardware_targets.metric import Metric
     from search.candidate import CandidateResult
