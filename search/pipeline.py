@@ -228,7 +228,9 @@ def evaluate_candidate(
             teacher = load_teacher(dataset, path)
         scores = teacher_scores(teacher, dataset)
         say("teacher", f"validation accuracy {scores['accuracy']:.4f}, balanced {scores['balanced_accuracy']:.4f} "
-                       "(measured on its fp32 torch model: the teacher is not shipped)")
+                       "(measured on its fp32 torch model: the teacher is not shipped)"
+            + (f"; no better than chance, 1/{dataset.num_classes}: distilling from it teaches nothing"
+               if scores["balanced_accuracy"] <= 1 / dataset.num_classes + 1e-9 else ""))
         info["teacher"] = "trained by this candidate" if trained else "cached"
         info["teacher_scores"] = {**scores, "epochs": epochs}
 

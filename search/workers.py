@@ -1079,6 +1079,17 @@ class EpochProgress:
                 f"ETA {_clock(spent / epoch * (self.epochs - epoch))}")
 
 
+def teacher_line(scores: dict, metric: str, classes: int | None) -> str:
+    """The teacher's validation score in words, called useless where it is no better than chance (a width-2
+    teacher of signals on a large offset predicted one class: 1/3 balanced accuracy, where students reached 1.00)."""
+    at_chance = classes and scores["balanced_accuracy"] <= 1 / classes + 1e-9
+    return (f"distillation teacher: validation {metric.replace('_', ' ')} {scores[metric]:.4f} (measured on its fp32 "
+            "torch model: the teacher is not shipped)"
+            + (f"; no better than chance, 1/{classes}: distilling from it teaches a student nothing. Train it longer "
+               "(--teacher-epochs), or leave distillation out of the space (space.alpha: [1, 1] in a spec file)"
+               if at_chance else ""))
+
+
 def _teacher_stage(ray, study, spec: SearchSpec, remaining: float, report: Reporter, placement: dict,
                    transport: _Transport) -> None:
     """Have the distillation teacher trained before the first trial when the space distils and a distilling
@@ -1115,10 +1126,8 @@ def _teacher_stage(ray, study, spec: SearchSpec, remaining: float, report: Repor
                 elif line := progress.line(message["epoch"]):
                     report(line)
             elif "scores" in message:
-                score = message["scores"][spec.metric]
                 study.set_user_attr(TEACHER_ATTR, {**message["scores"], "metric": spec.metric, "epochs": epochs})
-                report(f"distillation teacher: validation {spec.metric.replace('_', ' ')} {score:.4f} (measured on "
-                       "its fp32 torch model: the teacher is not shipped)")
+                report(teacher_line(message["scores"], spec.metric, study.user_attrs.get(CLASSES_ATTR)))
             else:
                 transport.land(message.get("files"))
     except Exception as exc:

@@ -599,6 +599,20 @@ def test_a_teacher_below_the_candidates_trained_without_it_is_called_weak_at_the
     assert said({**weak, "accuracy": 0.965})[0].startswith("note: the distillation teacher")
 
 
+def test_a_teacher_at_chance_is_called_useless_when_it_is_trained():
+    from search.workers import teacher_line
+
+    at_chance = {"accuracy": 0.3333, "balanced_accuracy": 1 / 3}
+    assert teacher_line(at_chance, "accuracy", 3) == (
+        "distillation teacher: validation accuracy 0.3333 (measured on its fp32 torch model: the teacher is not "
+        "shipped); no better than chance, 1/3: distilling from it teaches a student nothing. Train it longer "
+        "(--teacher-epochs), or leave distillation out of the space (space.alpha: [1, 1] in a spec file)")
+    learned = {"accuracy": 0.9, "balanced_accuracy": 0.6}
+    assert teacher_line(learned, "balanced_accuracy", 3).endswith("validation balanced accuracy 0.6000 (measured on "
+                                                                  "its fp32 torch model: the teacher is not shipped)")
+    assert "chance" not in teacher_line(at_chance, "accuracy", None)  # a search stored before K was
+
+
 def test_a_search_ranked_by_balanced_accuracy_builds_its_front_floor_and_pick_on_it():
     from hardware_targets.metric import Metric
     from search.candidate import CandidateResult
