@@ -327,7 +327,7 @@ def _storage_url(args: argparse.Namespace) -> str:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from search.study import DATA_ATTR, load_study, stored_spec
-    from search.workers import run_search
+    from search.workers import cached_dataset, run_search
 
     if args.detach:
         return _submit_detached(args)
@@ -346,6 +346,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from search.spec import check_inputs, check_resources
 
     check_inputs(spec)  # bad input is refused before anything is written
+    cached_dataset(spec.dataset, spec.class_weight)  # a malformed file too; run_search then finds it loaded
     if args.address:
         from search.workers import check_cluster
 
@@ -521,6 +522,7 @@ def _keep_inputs(spec, runs_dir: Path):
 def _submit_detached(args: argparse.Namespace) -> int:
     """Send the search to the cluster by value; what runs there names only the cluster's folders and stores."""
     from search.service import submit_job, wait_started
+    from search.workers import cached_dataset
 
     where = {"runs_dir": args.cluster_runs_dir or "", "storage": args.storage or "",
              "tracking_uri": "none" if args.no_mlflow else args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", ""),
@@ -534,6 +536,7 @@ def _submit_detached(args: argparse.Namespace) -> int:
 
         spec = _spec_from_args(args)
         check_inputs(spec)  # bad input is refused here, before anything reaches the cluster
+        cached_dataset(spec.dataset, spec.class_weight)  # a malformed file too
         name = spec.name
         job_id = submit_job(args.address, name, spec=spec, **where)
     print(f"submitted search {name!r} as Ray job {job_id} to {args.address}; waiting for it to start ...", flush=True)

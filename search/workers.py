@@ -58,7 +58,7 @@ STAGE_POLL_S = 5.0  # how often the driver stores the stages running trials are 
 QUIET_S = 120.0  # a search that said nothing for this long says which candidates are running, and for how long
 
 
-def _load_dataset(name: str, class_weight: str = "none"):
+def cached_dataset(name: str, class_weight: str = "none"):
     """The dataset, loaded once per process while its file is unchanged (a file rewritten in place is read again)."""
     path = Path(name)
     stamp = (path.stat().st_mtime_ns, path.stat().st_size) if path.is_file() else None
@@ -74,7 +74,7 @@ def _load_dataset_as_of(name: str, class_weight: str, stamp: tuple | None):
 
 @functools.lru_cache(maxsize=4)
 def _checked_dataset(name: str, digest: str, class_weight: str = "none"):
-    data = _load_dataset(name, class_weight)
+    data = cached_dataset(name, class_weight)
     if data.content_digest() != digest:
         raise CandidateError("data", f"built-in dataset {name!r} came out different on this node than on the driver "
                                      f"(content {data.content_digest()} against {digest}): install the same "
@@ -86,7 +86,7 @@ def _dataset(dataset):
     """A built-in dataset by name (each node makes its own: checked against the driver's by content), or a user's
     ``Dataset`` sent by value."""
     if isinstance(dataset, str):
-        return _load_dataset(dataset)
+        return cached_dataset(dataset)
     if isinstance(dataset, tuple):
         return _checked_dataset(*dataset)
     return dataset
@@ -605,7 +605,7 @@ def _narrower_where_faster(spec: SearchSpec, profile, runs_dir: Path, report: Re
         probe, smaller, why = _NARROWER[kind]
         try:
             with quiet_native():  # TVM logs each tuning database it opens
-                timed = against_fp32(probe, spec.space, _load_dataset(spec.dataset, spec.class_weight), profile,
+                timed = against_fp32(probe, spec.space, cached_dataset(spec.dataset, spec.class_weight), profile,
                                      Path(runs_dir), budget=spec.budget, seed=spec.seed, threads=THREADS_PER_WORKER,
                                      runtime=spec.runtime)
         except Exception as exc:
@@ -782,7 +782,7 @@ class _Transport:
         self.root = Path(runs_dir).resolve()
         self.token = mark_driver_disk(self.root)
         # a built-in dataset is made on each node and checked against this one's content; a user's file goes by value
-        self.data = _load_dataset(spec.dataset, spec.class_weight)
+        self.data = cached_dataset(spec.dataset, spec.class_weight)
         self.dataset = ((spec.dataset, self.data.content_digest(), spec.class_weight)
                         if spec.dataset in BUILTIN_DATASETS
                         else ray.put(self.data))
@@ -858,7 +858,7 @@ def run_search(
         refuse_second_driver(load_study(spec.name, storage_url))
     else:  # a name taken is refused before the space's precisions are timed
         refuse_existing(spec.name, storage_url)
-    data = _load_dataset(spec.dataset, spec.class_weight)  # a malformed file stops here, before Ray starts
+    data = cached_dataset(spec.dataset, spec.class_weight)  # a malformed file stops here, before Ray starts
     if resume:
         stored = load_study(spec.name, storage_url)
         check_same_data(stored, spec, data, "resume it")

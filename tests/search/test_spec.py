@@ -210,6 +210,23 @@ def test_a_taken_name_is_refused_before_the_searchs_files_are_touched(tmp_path, 
     assert {p: p.read_bytes() for p in (runs / "searches" / "many").rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.parametrize("detach", [[], ["--detach", "--address", "http://127.0.0.1:9"]])
+def test_a_malformed_dataset_is_refused_before_anything_is_written(tmp_path, capsys, detach):
+    """A dataset file that exists but cannot be read as given (grey images saved without a layout) was found only
+    once the search started: its spec.json and an empty store were left behind, and a detached search would have
+    reached the cluster."""
+    import numpy as np
+
+    from search.cli import main
+
+    np.savez(tmp_path / "grey.npz", x=np.zeros((40, 28, 28), np.uint8), y=np.arange(40) % 2)
+    runs = tmp_path / "runs"
+    assert main(["--runs-dir", str(runs), "submit", "--name", "grey", "--dataset", str(tmp_path / "grey.npz"),
+                 "--no-mlflow", *detach]) == 2
+    assert "which may be grey images" in capsys.readouterr().err
+    assert not runs.exists() or not any(runs.rglob("*"))
+
+
 def test_an_option_of_edgesearch_itself_mistyped_or_misplaced_is_named(capsys, tmp_path):
     """`edgesearch --run-dir x list` said "invalid choice: 'x'" (the mistyped option's value taken for the command);
     `edgesearch list --runs-dir x` did not say the option goes before the command."""
