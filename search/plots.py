@@ -123,7 +123,8 @@ def _draw_scatter(ax, info: ScatterInfo, title: str) -> None:
     ax.set_xlabel(f"{info.x_label} [{info.provenance}]")
     ax.set_ylabel(f"{info.y_label} (validation, compiled artifact)")
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    # below the axes: inside, "best" still covered points (the budget's span leaves it little room)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3, frameon=False)
 
 
 def _scatter_plotly(info: ScatterInfo, title: str):
@@ -168,7 +169,8 @@ def front_table(front: list[Row]) -> list[tuple[str, ...]]:
     table = []
     for r in sorted(front, key=lambda r: -r.quality):
         k = r.knobs
-        table.append((str(r.number), k["precision"], f"{k['width']:g}", f"{k['sparsity']:g} {k['pruning'][:5]}",
+        pruned = f"{k['sparsity']:g} {k['pruning']}" if k["sparsity"] else "0"  # an unpruned model's mode: none
+        table.append((str(r.number), k["precision"], f"{k['width']:g}", pruned,
                       f"{r.quality:.4f}", f"{r.value('latency_ms_p90'):.4g}",
                       f"{r.value('size_bytes') / 1024:.1f}", f"{r.value('energy_mj'):.3g}"))
     return table
@@ -207,7 +209,8 @@ def summary_figure(all_rows: list[Row], front: list[Row], spec: SearchSpec, path
             cells.auto_set_font_size(False)
             cells.set_fontsize(9)
             cells.scale(1, 1.3)
-            ax.set_title(f"the feasible front ({len(table)} candidates); latency {info.provenance}", fontsize=9)
+            ax.set_title(f"the feasible front ({len(table)} candidate{'s' if len(table) > 1 else ''}); latency "
+                         f"{info.provenance}", fontsize=9)
         else:
             ax.set_title("no candidate met the latency budget", fontsize=9)
         fig.suptitle(f"search {spec.name}: {spec.dataset} on {spec.target}, budget {spec.latency_budget_ms:g} ms "

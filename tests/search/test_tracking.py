@@ -174,6 +174,32 @@ def test_feasible_points_stay_apart_when_others_are_far_over_budget():
         plt.close(fig)
 
 
+def test_the_legend_hides_no_point():
+    """The off1 search's points at 0.02 ms and 0.77-0.83 accuracy sat under the legend, which matplotlib's "best"
+    put over them: the budget's shaded span left it no empty corner."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from search.plots import ScatterInfo, _draw_scatter
+
+    points = [(0.0057, 0.978), (0.022, 0.772), (0.022, 0.828), (0.022, 0.344), (0.033, 0.417), (0.052, 0.694)]
+    info = ScatterInfo("latency_ms_p90", "latency (ms, p90)", [(x, y, True, "") for x, y in points],
+                       [(0.0057, 0.978, 5)], 1.0, "measured")
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    try:
+        _draw_scatter(ax, info, "t")
+        fig.tight_layout()
+        fig.canvas.draw()
+        legend = ax.get_legend().get_window_extent()
+        assert not any(legend.contains(px, py) for px, py in ax.transData.transform(points))
+        assert legend.y1 < ax.get_window_extent().y0  # and not on the axes at all
+        assert legend.y0 >= 0  # inside the picture
+    finally:
+        plt.close(fig)
+
+
 def test_front_step_line_holds_only_points_this_view_shows_as_better():
     from search.plots import staircase
 
