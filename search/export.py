@@ -1016,7 +1016,10 @@ def _self_test_lines(self_test: dict | None) -> str:
             f"`{self_test['file']}` (number {_listed(self_test['test_samples'])}) and returns how "
             "many the board classifies otherwise, or computes other outputs for, than the TFLite Micro interpreter "
             "did at export; 0 means it computes what was measured. Leave it out of the shipped build: the samples "
-            "take flash.")
+            "take flash. A PC runs the same check before any board: build TFLM for the host (`make -f "
+            "tensorflow/lite/micro/tools/make/Makefile microlite` in a tflite-micro checkout) and link it with "
+            "`main.cc` and `model_data.cc`, built with `-DEDGESEARCH_SELF_TEST`, and a `main()` that returns "
+            "`self_test()`.")
 
 
 def _listed(items: list[int], shown: int = 10) -> str:
