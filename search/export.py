@@ -231,8 +231,12 @@ parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 values = (card.get("input") or {}).get("values")
 parser.add_argument("input", nargs="?", help=".npy file of one sample or a batch (N, ...) (zeros if left out)"
                     + (f"; its values as in training: {values}".replace("%", "%%") if values else ""))
+parser.add_argument("--input", dest="named_input", metavar="INPUT", help="the same, named")
 parser.add_argument("--runtime", choices=["onnxruntime", "tvm"], default=shipped, help=f"[default: {shipped}]")
 args = parser.parse_args()
+if args.input and args.named_input:
+    parser.error("give the input once, as an argument or as --input")
+args.input = args.input or args.named_input
 if card.get("runtime") == "tvm" and library is not None and not runs_here and args.runtime == "onnxruntime":
     print(f"note: {library.name} is {', '.join(built_for)} code and this machine is {machine}; onnxruntime runs "
           "the same graph here", file=sys.stderr)

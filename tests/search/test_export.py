@@ -111,6 +111,10 @@ def test_export_writes_the_deployable_folder(exported, digits):
         got = subprocess.run([sys.executable, "predict.py", str(out.parent / bare), "--runtime", "onnxruntime"],
                              cwd=out, capture_output=True, text=True, timeout=120)
         assert got.returncode == 0 and got.stdout == lines, got.stderr
+    # the input named, as users also type it
+    named = subprocess.run([sys.executable, "predict.py", "--input", str(out.parent / "batch.npy"), "--runtime",
+                            "onnxruntime"], cwd=out, capture_output=True, text=True, timeout=120)
+    assert named.returncode == 0 and named.stdout == many.stdout, named.stderr
     wrong = subprocess.run([sys.executable, "predict.py", str(out.parent / "hwc.npy")], cwd=out, capture_output=True,
                            text=True, timeout=120)
     assert wrong.returncode == 2 and "np.moveaxis them to NCHW" in wrong.stderr and not wrong.stdout
