@@ -222,13 +222,13 @@ def _weak_teacher(trained, teacher: dict | None) -> str:
             or len(alone) < 2 or teacher[metric] >= alone[len(alone) // 2] - WEAK_TEACHER_MARGIN:
         return ""
     from search.models import TEACHER_WIDTH  # torch: only when there is something to say
+    from search.workers import TEACHER_ADVICE
 
     above = sum(q > teacher[metric] for q in alone)
     return (f"note: the distillation teacher (width {TEACHER_WIDTH:g}, {teacher.get('epochs', '?')} epochs) reached "
             f"validation {ACCURACY_METRICS[metric]} {teacher[metric]:.4f}, below {above} of the {len(alone)} "
             f"candidates trained without it (best {alone[-1]:.4f}): distilling from it pulls a student toward a "
-            "weaker model. Train it longer (--teacher-epochs), or leave distillation out of the space "
-            "(space.alpha: [1, 1] in a spec file).")
+            f"weaker model. {TEACHER_ADVICE}.")
 
 
 def _print_outcome(outcome_rows, front, best, hv, spec, storage, floor=None, chance=None, teacher=None) -> None:

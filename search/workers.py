@@ -1079,14 +1079,18 @@ class EpochProgress:
                 f"ETA {_clock(spent / epoch * (self.epochs - epoch))}")
 
 
+# what a user does about a teacher not worth distilling from
+TEACHER_ADVICE = ("Train it longer (--teacher-epochs), or leave distillation out of the space (space.alpha: [1, 1] in "
+                  "a spec file)")
+
+
 def teacher_line(scores: dict, metric: str, classes: int | None) -> str:
     """The teacher's validation score in words, called useless where it is no better than chance (a width-2
     teacher of signals on a large offset predicted one class: 1/3 balanced accuracy, where students reached 1.00)."""
     at_chance = classes and scores["balanced_accuracy"] <= 1 / classes + 1e-9
     return (f"distillation teacher: validation {metric.replace('_', ' ')} {scores[metric]:.4f} (measured on its fp32 "
             "torch model: the teacher is not shipped)"
-            + (f"; no better than chance, 1/{classes}: distilling from it teaches a student nothing. Train it longer "
-               "(--teacher-epochs), or leave distillation out of the space (space.alpha: [1, 1] in a spec file)"
+            + (f"; no better than chance, 1/{classes}: distilling from it teaches a student nothing. {TEACHER_ADVICE}"
                if at_chance else ""))
 
 
