@@ -41,6 +41,12 @@ def balanced_accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
         return float(balanced_accuracy_score(np.asarray(labels), np.asarray(predictions)))
 
 
+def at_chance(balanced: float, chance: float | None) -> bool:
+    """Whether a balanced accuracy is no better than chance (``chance`` = 1/K): the model does what predicting
+    one class does, however its plain accuracy reads. Float noise of the mean of recalls is not a gain."""
+    return chance is not None and balanced <= chance + 1e-9
+
+
 def per_class(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
     """Support, recall and precision of each class and the confusion matrix (rows: true class, columns: predicted):
     where a model trades one class for another, which a single accuracy hides. A class never predicted has no

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from objectives.accuracy import at_chance
 from objectives.pareto import ACCURACY_METRICS
 from search.data import CLASS_WEIGHTS
 from search.errors import ConfigError, EdgeSearchError, stopped_by_signals
@@ -273,7 +274,7 @@ def _print_outcome(outcome_rows, front, best, hv, spec, storage, floor=None, cha
             value = best.value("balanced_accuracy")
             balanced = (f" (balanced {value:.4f} validation, {best.value('balanced_accuracy_test'):.4f} test"
                         + ("; no better than always predicting the largest class, which its plain accuracy "
-                           "rewards on these imbalanced classes" if chance and value <= chance + 1e-9 else "") + ")")
+                           "rewards on these imbalanced classes" if at_chance(value, chance) else "") + ")")
         print(f"\nbest within budget: trial {best.number}, validation accuracy {best.value('accuracy'):.4f}, "
               f"test accuracy {best.value('accuracy_test'):.4f}{balanced}, p90 {best.value('latency_ms_p90'):.4f} ms "
               f"({best.metrics['latency_ms_p90'][2]}), {best.value('size_bytes') / 1024:.1f} KiB")

@@ -28,7 +28,7 @@ from hardware_targets.compile import CompiledArtifact, compile_tvm
 from hardware_targets.host import host_cpu
 from hardware_targets.metric import Metric
 from hardware_targets.profile import TFLM_PRECISIONS, arithmetic
-from objectives.accuracy import accuracy, balanced_accuracy, predict_onnx, predict_tvm
+from objectives.accuracy import accuracy, at_chance, balanced_accuracy, predict_onnx, predict_tvm
 from objectives.latency import least_disturbed
 from objectives.memory import peak_activation_bytes
 from objectives.size import file_bytes, flash_bytes, weight_bytes
@@ -230,7 +230,7 @@ def evaluate_candidate(
         say("teacher", f"validation accuracy {scores['accuracy']:.4f}, balanced {scores['balanced_accuracy']:.4f} "
                        "(measured on its fp32 torch model: the teacher is not shipped)"
             + (f"; no better than chance, 1/{dataset.num_classes}: distilling from it teaches nothing"
-               if scores["balanced_accuracy"] <= 1 / dataset.num_classes + 1e-9 else ""))
+               if at_chance(scores["balanced_accuracy"], 1 / dataset.num_classes) else ""))
         info["teacher"] = "trained by this candidate" if trained else "cached"
         info["teacher_scores"] = {**scores, "epochs": epochs}
 

@@ -22,6 +22,7 @@ import optuna
 import psutil
 from optuna.trial import FrozenTrial, TrialState
 
+from objectives.accuracy import at_chance
 from objectives.pareto import OBJECTIVES, non_dominated, normalised_hypervolume, objectives
 from search.candidate import Candidate, CandidateResult
 from search.errors import ConfigError, SearchNotFoundError
@@ -692,12 +693,11 @@ class Row:
         text = f"acc {self.value('accuracy'):.3f}"
         if chance is None and self.objective == "accuracy" and classes and "balanced_accuracy" in self.metrics:
             return text + (f" (no better than chance, 1/{classes})"
-                           if self.value("balanced_accuracy") <= 1 / classes + 1e-9 else "")
+                           if at_chance(self.value("balanced_accuracy"), 1 / classes) else "")
         if (chance is None and self.objective == "accuracy") or "balanced_accuracy" not in self.metrics:
             return text
         balanced = self.value("balanced_accuracy")
-        at_chance = chance is not None and balanced <= chance + 1e-9
-        return text + f" (balanced {balanced:.3f}{', no better than chance' if at_chance else ''})"
+        return text + f" (balanced {balanced:.3f}{', no better than chance' if at_chance(balanced, chance) else ''})"
 
     def infeasible_because(self) -> str:
         """Which constraints the trial misses, in words: what a user changes to let such a candidate through."""

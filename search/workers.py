@@ -30,6 +30,7 @@ from typing import Callable
 
 from hardware_targets import get_backend
 from hardware_targets.profile import arithmetic
+from objectives.accuracy import at_chance
 from objectives.latency import INFEASIBLE, RETIME, budget_verdict
 from objectives.memory import over_limits
 from objectives.pareto import ACCURACY_METRICS, non_dominated
@@ -1087,11 +1088,10 @@ TEACHER_ADVICE = ("Train it longer (--teacher-epochs), or leave distillation out
 def teacher_line(scores: dict, metric: str, classes: int | None) -> str:
     """The teacher's validation score in words, called useless where it is no better than chance (a width-2
     teacher of signals on a large offset predicted one class: 1/3 balanced accuracy, where students reached 1.00)."""
-    at_chance = classes and scores["balanced_accuracy"] <= 1 / classes + 1e-9
     return (f"distillation teacher: validation {metric.replace('_', ' ')} {scores[metric]:.4f} (measured on its fp32 "
             "torch model: the teacher is not shipped)"
             + (f"; no better than chance, 1/{classes}: distilling from it teaches a student nothing. {TEACHER_ADVICE}"
-               if at_chance else ""))
+               if classes and at_chance(scores["balanced_accuracy"], 1 / classes) else ""))
 
 
 def _teacher_stage(ray, study, spec: SearchSpec, remaining: float, report: Reporter, placement: dict,
