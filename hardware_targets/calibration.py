@@ -53,7 +53,31 @@ def fit(samples: list[Sample], profile: TargetProfile) -> EmulatorParams:
     call_s, op_s, *inv_eff = coef
     default = EmulatorParams.from_profile(profile).efficiency
     efficiency = {k: (1.0 / v if v > 0 else default.get(k, 1.0)) for k, v in zip(PRECISION_KEYS, inv_eff)}
-    return EmulatorParams({k: float(v) for k, v in efficiency.items()}, float(op_s * 1e6), float(call_s * 1e6))
+    start = EmulatorParams({k: float(v) for k, v in efficiency.items()}, float(op_s * 1e6), float(call_s * 1e6))
+    return _refined(samples, profile, start, overheads=True)
+
+
+def _refined(samples: list[Sample], profile: TargetProfile, start: EmulatorParams, overheads: bool) -> EmulatorParams:
+    """``start`` refined by least squares on the relative errors of the emulator as it predicts, its memory term
+    included: the linear fits leave that term aside, and a board's memory-bound layers (a large fully connected
+    layer in int8 on a Raspberry Pi) were then predicted up to 2x off. The efficiencies of the samples' precisions
+    are free, and with ``overheads`` the call and operator overheads too."""
+    from scipy.optimize import least_squares
+
+    kinds = sorted({arithmetic(s.precision) for s in samples})
+
+    def params(v) -> EmulatorParams:
+        efficiency = {**start.efficiency, **{k: float(1 / x) for k, x in zip(kinds, v[len(v) - len(kinds):])}}
+        return replace(start, efficiency=efficiency,
+                       **({"call_overhead_us": float(v[0]), "op_overhead_us": float(v[1])} if overheads else {}))
+
+    x0 = [*([start.call_overhead_us, start.op_overhead_us] if overheads else []),
+          *(1 / start.efficiency[k] if start.efficiency.get(k, 0) > 0 else 1.0 for k in kinds)]
+    lower = [*([0.0, 0.0] if overheads else []), *[1e-6] * len(kinds)]  # an efficiency is finite and positive
+    x0 = np.maximum(x0, lower)
+    result = least_squares(lambda v: [predicted_s(s, profile, params(v)) / s.measured_s - 1 for s in samples], x0,
+                           bounds=(lower, np.inf))
+    return params(result.x)
 
 
 def fit_efficiency(samples: list[Sample], profile: TargetProfile) -> EmulatorParams:
@@ -70,8 +94,21 @@ def fit_efficiency(samples: list[Sample], profile: TargetProfile) -> EmulatorPar
                   for s in samples])
     inverse = float(a @ b / (a @ a))
     if inverse <= 0:
-        raise ValueError("the published latencies are below the profile's overheads alone; check its op overhead.")
+        raise ValueError(f"the {kind} latencies are below what the profile's overheads alone take (call_overhead_us "
+                         f"{base.call_overhead_us:g}, op_overhead_us {base.op_overhead_us:g} per operator): check that "
+                         "they are in milliseconds, or lower the overheads in the profile.")
     return replace(base, efficiency={**base.efficiency, kind: 1.0 / inverse})
+
+
+def fit_efficiencies(samples: list[Sample], profile: TargetProfile) -> EmulatorParams:
+    """``fit_efficiency`` for each precision the samples hold, the profile's overheads kept: the fit a handful of
+    measurements of a user's board supports."""
+    efficiency = dict(EmulatorParams.from_profile(profile).efficiency)
+    for kind in sorted({arithmetic(s.precision) for s in samples}):
+        fitted = fit_efficiency([s for s in samples if arithmetic(s.precision) == kind], profile)
+        efficiency[kind] = fitted.efficiency[kind]
+    start = replace(EmulatorParams.from_profile(profile), efficiency=efficiency)
+    return _refined(samples, profile, start, overheads=False) if samples else start
 
 
 def predicted_s(sample: Sample, profile: TargetProfile, params: EmulatorParams) -> float:
@@ -115,16 +152,39 @@ def save_calibration(profile: TargetProfile, params: EmulatorParams, report: dic
     return path
 
 
-def load_calibration(profile: TargetProfile, runs_dir: Path) -> EmulatorParams | None:
-    """Fitted factors for a profile from ``runs_dir``, when it was calibrated as it is now (same profile file, and
-    for the host the same CPU kind); else None and the profile's own factors apply."""
+def _stored(profile: TargetProfile, runs_dir: Path) -> dict | None:
+    """The calibration stored for a profile under ``runs_dir``, when it was made for the profile as it is now (same
+    profile file, and for the host the same CPU kind)."""
     path = calibration_path(profile.name, runs_dir)
     if not path.is_file():
         return None
     data = json.loads(path.read_text())
-    if data.get("valid_for") != valid_for(profile):
-        return None
-    return EmulatorParams(**data["params"])
+    return data if data.get("valid_for") == valid_for(profile) else None
+
+
+def load_calibration(profile: TargetProfile, runs_dir: Path) -> EmulatorParams | None:
+    """Fitted factors for a profile from ``runs_dir``; None where there are none for it as it is now, and the
+    profile's own factors apply."""
+    data = _stored(profile, runs_dir)
+    return EmulatorParams(**data["params"]) if data else None
+
+
+def calibration_words(profile: TargetProfile, runs_dir: Path | None) -> str:
+    """Which factors emulate ``profile``'s latency and energy, in words for a search's log and a model card: an
+    emulated figure is only as good as what its emulator was fitted to."""
+    data = _stored(profile, runs_dir) if runs_dir else None
+    if data is None:
+        return "the profile's own factors (not calibrated)"
+    if data.get("kind") == "board measurements":
+        held = data.get("mape_held_out")
+        return (f"factors fitted to {data['train']} timing(s) of the board ({data['source']}; "
+                + (f"median error {held:.1f}% on a timing left out of the fit)" if held is not None
+                   else "one timing: no error measured on another)"))
+    if data.get("kind") == "published references":
+        return (f"factors fitted to {data['train']} published MLPerf Tiny results ({data['engine']} engine; median "
+                f"error {data['mape_calibrated']:.1f}%)")
+    return (f"factors fitted to {data['train']} host measurements (median error {data['mape_calibrated']:.1f}% on "
+            "held-out ones)")
 
 
 def reference_samples(profile: TargetProfile, ops_by_task: dict[str, list[OpCost]]) -> list[tuple[dict, Sample]]:

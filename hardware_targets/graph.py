@@ -128,5 +128,23 @@ def tflite_op_costs(tflite_path: str | Path) -> list[OpCost]:
     return costs
 
 
+def graph_precision(path: str | Path) -> str:
+    """The arithmetic a ``.onnx`` or ``.tflite`` file computes in, read from its weights: int8 where they are
+    stored quantised (QDQ nodes, int8 tensors), fp16 where they are half floats, else fp32."""
+    if Path(path).suffix == ".tflite":
+        from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+
+        model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(Path(path).read_bytes(), 0))
+        types = {t.type for t in model.subgraphs[0].tensors}
+        return ("int8" if schema.TensorType.INT8 in types else
+                "fp16" if schema.TensorType.FLOAT16 in types else "fp32")
+    import onnx
+
+    model = onnx.load(str(path))
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear", "QLinearConv") for n in model.graph.node):
+        return "int8"
+    return "fp16" if any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer) else "fp32"
+
+
 def _trans_b(node) -> bool:
     return any(a.name == "transB" and a.i == 1 for a in node.attribute)

@@ -5,6 +5,7 @@
 - An emulated board is calibrated against published MLPerf Tiny results of its class
   (``hardware_targets/references/mlperf_tiny.yaml``): the four reference workloads are built to their published
   layer plans and emulated at each reference board's clock.
+- Or against what a user timed on their own board: a CSV of exported models and their latencies.
 
 The fit is stored under the runs folder (``calibration/<profile>.json``) with what it is valid for, and every
 search with that runs folder applies it to the profile.
@@ -12,23 +13,32 @@ search with that runs folder applies it to the profile.
 
 from __future__ import annotations
 
+import csv
+import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from hardware_targets import TargetProfile
+from hardware_targets.profile import arithmetic
 from hardware_targets.calibration import (
-    WITHIN, EmulatorParams, Sample, fit, fit_efficiency, mape, predicted_s, published_classes, reference_report,
-    reference_samples, save_calibration, worst_error,
+    WITHIN, EmulatorParams, Sample, fit, fit_efficiencies, fit_efficiency, mape, predicted_s,
+    published_classes, reference_report, reference_samples, save_calibration, worst_error,
 )
-from hardware_targets.graph import op_costs
+from hardware_targets.graph import graph_precision, op_costs, tflite_op_costs
 from search.errors import ConfigError
 
 
 def calibrate(profile: TargetProfile, runs_dir: Path, *, candidates: int = 12, seed: int = 0,
-              progress=lambda line: None) -> dict:
-    """Calibrate ``profile`` the way its backend allows; returns the report (also stored with the fit)."""
+              measured: Path | None = None, progress=lambda line: None) -> dict:
+    """Calibrate ``profile`` the way its backend allows, or to the board timings in the CSV file ``measured``;
+    returns the report (also stored with the fit)."""
+    if measured is not None:
+        if profile.backend != "emulated":
+            raise ConfigError(f"Target {profile.name} is measured where it runs ({profile.backend}): its figures are "
+                              "timings, with no emulator to fit to a file of them. --measured is for emulated boards.")
+        return calibrate_to_measurements(profile, runs_dir, Path(measured), progress=progress)
     if profile.backend == "local":
         return calibrate_host(profile, runs_dir, candidates=candidates, seed=seed, progress=progress)
     if profile.backend == "emulated":
@@ -118,4 +128,135 @@ def calibrate_host(profile: TargetProfile, runs_dir: Path, candidates: int = 12,
               "mape_calibrated": mape(held, profile, params), "worst_uncalibrated": worst_error(held, profile, before),
               "worst_calibrated": worst_error(held, profile, params), "train": len(train), "held_out": len(held)}
     report["path"] = str(save_calibration(profile, params, report, runs_dir))
+    return report
+
+
+# a CSV of board timings: these columns, one row per model timed (``#`` comment lines and blank lines skipped)
+MEASURED_COLUMNS = ("model", "latency_ms")
+OPTIONAL_COLUMNS = ("precision", "clock_mhz")
+PRECISION_NAMES = ("fp32", "fp16", "int8", "int8-ptq", "int8-qat")
+# measurements from which the overheads are fitted as well as the efficiencies, when that predicts the left-out
+# ones better: fewer fit the efficiencies alone (three free factors fit four points and predict a fifth 5x off)
+FULL_FIT_FROM = 5
+
+
+def _model_file(given: str, base: Path, profile: TargetProfile, where: str) -> tuple[Path, str | None]:
+    """The file whose operators the board ran, and the precision its model card gives: an export's folder (its
+    ``model.tflite`` on a TFLite Micro board, else its ``model.onnx``) or the model file itself."""
+    wanted = ".tflite" if profile.runtime == "tflite-micro" else ".onnx"
+    runs = "TensorFlow Lite Micro, so it ran a .tflite" if wanted == ".tflite" else f"{profile.runtime or 'TVM'}, " \
+        "so its operators are those of the model's .onnx"
+    path = Path(given).expanduser()
+    path = path if path.is_absolute() else base / path
+    if path.is_dir():
+        card = path / "model_card.json"
+        precision = json.loads(card.read_text()).get("knobs", {}).get("precision") if card.is_file() else None
+        if not (path / f"model{wanted}").is_file():
+            raise ConfigError(f"{where}: {path} has no model{wanted}; {profile.name} runs {runs}. Give the folder "
+                              f"of an `edgesearch export` for it, or the {wanted} file itself.")
+        return path / f"model{wanted}", precision
+    if not path.is_file():
+        raise ConfigError(f"{where}: {path} does not exist (a relative path is read from the CSV file's folder, "
+                          f"{base.resolve()}).")
+    if path.suffix != wanted:
+        raise ConfigError(f"{where}: {path.name} is not a {wanted} file; {profile.name} runs {runs}.")
+    card = path.parent / "model_card.json"
+    return path, (json.loads(card.read_text()).get("knobs", {}).get("precision") if card.is_file() else None)
+
+
+def _number(text: str, column: str, where: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ConfigError(f"{where}: {column} must be a positive number. Got {text!r} instead.")
+    return value
+
+
+def read_measurements(path: Path, profile: TargetProfile) -> list[tuple[dict, Sample]]:
+    """The rows of a CSV of board timings as samples: each model's operators as ``profile``'s runtime runs them,
+    its precision (the column, else its model card's, else read from its weights) and its measured latency."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Measurements file {str(path)!r} does not exist.")
+    lines = [line for line in path.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    reader = csv.DictReader(lines, skipinitialspace=True)
+    columns = [c.strip() for c in reader.fieldnames or []]
+    missing = [c for c in MEASURED_COLUMNS if c not in columns]
+    unknown = [c for c in columns if c not in MEASURED_COLUMNS + OPTIONAL_COLUMNS]
+    if missing or unknown:
+        problems = ([f"{' and '.join(missing)} missing"] if missing else []) + (
+            [f"{' and '.join(unknown)} not a column this reads"] if unknown else [])
+        raise ConfigError(f"{path}: the first line must name the columns {' and '.join(MEASURED_COLUMNS)} (and "
+                          f"optionally {' and '.join(OPTIONAL_COLUMNS)}); {', '.join(problems)}. Got {columns} "
+                          "instead.")
+    out = []
+    for number, raw in enumerate(reader, start=2):
+        where = f"{path}, row {number}"
+        if None in raw:
+            raise ConfigError(f"{where}: more values than the {len(columns)} columns ({', '.join(columns)}); a "
+                              "model path with a comma in it is quoted, \"like,this\".")
+        row = {k.strip(): (v or "").strip() for k, v in raw.items()}
+        if not row.get("model"):
+            raise ConfigError(f"{where}: no model given.")
+        model, card_precision = _model_file(row["model"], path.parent, profile, where)
+        latency = _number(row.get("latency_ms", ""), "latency_ms", where)
+        clock = _number(row["clock_mhz"], "clock_mhz", where) if row.get("clock_mhz") else None
+        precision = row.get("precision") or card_precision or graph_precision(model)
+        if precision not in PRECISION_NAMES:
+            raise ConfigError(f"{where}: precision must be one of {', '.join(PRECISION_NAMES)}. Got {precision!r} "
+                              "instead.")
+        if reason := profile.arithmetic_reason(precision):
+            raise ConfigError(f"{where}: {profile.name} has {reason}; a {precision} model cannot have run on it.")
+        ops = tflite_op_costs(model) if model.suffix == ".tflite" else op_costs(model)
+        out.append(({"model": row["model"], "file": str(model), "precision": precision, "measured_ms": latency,
+                     "clock_mhz": clock or profile.clock_mhz}, Sample(ops, precision, latency * 1e-3, clock)))
+    if not out:
+        raise ConfigError(f"{path} names its columns but holds no measurement.")
+    return out
+
+
+def _held_out_ratios(samples: list[Sample], profile: TargetProfile, fitter) -> np.ndarray:
+    """Each measurement predicted by a fit made without it, over the measurement."""
+    return np.array([predicted_s(s, profile, fitter(samples[:i] + samples[i + 1:], profile)) / s.measured_s
+                     for i, s in enumerate(samples)])
+
+
+def calibrate_to_measurements(profile: TargetProfile, runs_dir: Path, measured: Path,
+                              progress=lambda line: None) -> dict:
+    """Fit an emulated board's factors to a user's timings of models on that board. Few timings fit the
+    efficiency of each precision they hold; from ``FULL_FIT_FROM`` the overheads are fitted too where that
+    predicts each left-out timing better. Each timing is also predicted by a fit that left it out."""
+    pairs = read_measurements(measured, profile)
+    samples = [s for _, s in pairs]
+    progress(f"{len(samples)} timing(s) on {profile.name} from {measured}")
+    fitters = {"the efficiency of each precision timed, the profile's overheads kept": fit_efficiencies}
+    if len(samples) >= FULL_FIT_FROM:
+        fitters["the efficiency of each precision timed and the call and operator overheads"] = fit
+    try:
+        held = {name: _held_out_ratios(samples, profile, f) for name, f in fitters.items()} if len(samples) > 1 else {}
+        chosen = min(held, key=lambda name: np.median(np.abs(held[name] - 1))) if held else next(iter(fitters))
+        after = fitters[chosen](samples, profile)
+    except ValueError as exc:
+        raise ConfigError(f"{measured}: {exc}") from exc
+    before = EmulatorParams.from_profile(profile)
+    rows = []
+    for i, (row, sample) in enumerate(pairs):
+        ms_before, ms_after = (predicted_s(sample, profile, p) * 1e3 for p in (before, after))
+        rows.append({**row, "emulated_ms_uncalibrated": ms_before, "emulated_ms": ms_after,
+                     "latency_ratio": ms_after / row["measured_ms"],
+                     **({"held_out_ratio": float(held[chosen][i])} if held else {})})
+    kinds = sorted({arithmetic(s.precision) for s in samples})
+    report = {"kind": "board measurements", "source": str(Path(measured).resolve()), "fitted": chosen,
+              "factors": {**{f"{k} efficiency": [before.efficiency.get(k, 0.0), after.efficiency[k]] for k in kinds},
+                          "op overhead us": [before.op_overhead_us, after.op_overhead_us],
+                          "call overhead us": [before.call_overhead_us, after.call_overhead_us]},
+              "measurements": rows, "mape_uncalibrated": mape(samples, profile, before),
+              "mape_calibrated": mape(samples, profile, after),
+              "worst_uncalibrated": worst_error(samples, profile, before),
+              "worst_calibrated": worst_error(samples, profile, after),
+              "mape_held_out": float(np.median(np.abs(held[chosen] - 1)) * 100) if held else None,
+              "train": len(samples), "held_out": 0}
+    report["path"] = str(save_calibration(profile, after, report, runs_dir))
     return report

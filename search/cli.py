@@ -147,8 +147,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from search.calibrate import calibrate
 
     report = calibrate(load_profile(args.target), args.runs_dir, candidates=args.candidates, seed=args.seed,
-                       progress=lambda line: print(line, flush=True))
-    if report["kind"] == "published references":
+                       measured=args.measured, progress=lambda line: print(line, flush=True))
+    if report["kind"] == "board measurements":
+        _print_board_fit(report, args.target)
+    elif report["kind"] == "published references":
         print(f"\n{args.target} emulated against published MLPerf Tiny results (int8; energy at the board's "
               f"published power), aim: within {report['within']}x")
         print(f"{'task':<5}{'board':<15}{'engine':<16}{'published ms':>13}{'emulated ms':>13}{'ratio':>7}"
@@ -165,13 +167,39 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         print(f"engine {report['engine']}, on the {report['train']} references it was fitted on: "
               f"{_errors_before_after(report)}; every reference within {report['within']}x: "
               f"{'yes' if report['all_within'] else 'no'}")
-        print("  (the fit minimises the squared relative errors: it weighs the largest most, and may raise the "
-              "median)")
+        print(LEAST_SQUARES_NOTE)
     else:
         print(f"emulator vs measured on {args.target}, on {report['held_out']} held-out candidates "
               f"({report['train']} fitted): {_errors_before_after(report)}")
-    print(f"fitted factors written to {report['path']}; searches with {_runs_option(args)} apply them")
+    print(f"fitted factors written to {report['path']}" + (" (replacing any earlier fit)" if report["kind"] ==
+                                                              "board measurements" else "")
+          + f"; searches with {_runs_option(args)} apply them, and so do exports to {args.target} of a search made on "
+          "another board")
     return 0
+
+
+LEAST_SQUARES_NOTE = ("  (the fit minimises the squared relative errors: it weighs the largest most, and may raise the "
+                      "median)")
+
+
+def _print_board_fit(report: dict, target: str) -> None:
+    """Each timing of the user's board against the emulator, before and after the fit and held out."""
+    width = max(len("model"), *(len(r["model"]) for r in report["measurements"]))
+    print(f"\n{target} emulated against your timings (emulated / measured: the ratio; held out: the same, "
+          "fitted without that timing)")
+    print(f"{'model':<{width}}  {'precision':<9}{'MHz':>6}{'measured ms':>13}{'profile ms':>12}{'fitted ms':>11}"
+          f"{'ratio':>7}{'held out':>9}")
+    for r in report["measurements"]:
+        print(f"{r['model']:<{width}}  {r['precision']:<9}{r['clock_mhz']:>6g}{r['measured_ms']:>13.4g}"
+              f"{r['emulated_ms_uncalibrated']:>12.4g}{r['emulated_ms']:>11.4g}{r['latency_ratio']:>7.2f}"
+              + (f"{r['held_out_ratio']:>9.2f}" if "held_out_ratio" in r else f"{'-':>9}"))
+    print(f"fitted: {report['fitted']}: " + ", ".join(f"{name} {old:.3g} -> {new:.3g}" for name, (old, new)
+                                                          in report["factors"].items()))
+    print(f"on these timings, {_errors_before_after(report)}")
+    print(LEAST_SQUARES_NOTE)
+    print("held out: " + (f"median absolute error {report['mape_held_out']:.1f}%, each timing predicted by a fit "
+                          "made without it" if report["mape_held_out"] is not None else
+                          "none (one timing: time at least two models to see how well the fit predicts another)"))
 
 
 def _errors_before_after(report: dict) -> str:
@@ -920,13 +948,18 @@ def build_parser() -> argparse.ArgumentParser:
                        description="For the host: evaluate a spread of candidates, fit the emulator's efficiency and "
                                    "overhead factors on two thirds and report its median absolute percentage error "
                                    "on the rest. For an emulated board: fit them to the published MLPerf Tiny "
-                                   "results of its class and report the error against each. Searches with the same "
-                                   "--runs-dir apply the fit.")
-    p.add_argument("--target", default="host", help="host, or an emulated board with published references "
-                   "(cortex-m4, cortex-m7) [default: host]")
+                                   "results of its class, or with --measured to your own timings of exported models "
+                                   "on the board, and report the error against each. Searches and exports with the "
+                                   "same --runs-dir apply the fit.")
+    p.add_argument("--target", default="host", help="host, an emulated board with published references "
+                   "(cortex-m4, cortex-m7), or with --measured any emulated board [default: host]")
     p.add_argument("--candidates", type=int, default=12, help="candidates to measure [default: 12]")
     p.add_argument("--seed", type=int, default=0, help="seed of the candidates drawn on the host and of their "
                    "training [default: 0]")
+    p.add_argument("--measured", type=Path, metavar="CSV", help="fit an emulated board to your own timings of it "
+                   "instead: a CSV with the columns model (an export's folder or its model file, relative to the "
+                   "CSV) and latency_ms (one inference), optionally precision and clock_mhz (when the board ran at "
+                   "another clock than its profile's). Replaces the fit to published results")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser(

@@ -15,10 +15,12 @@ import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from hardware_targets.calibration import calibration_words
 from objectives.pareto import ACCURACY_METRICS
 from search.errors import ConfigError, EdgeSearchError
 from search.study import (
-    Row, best_within_budget, check_same_data, feasible_front, load_study, rows, stored_spec, trial_artifact,
+    EMULATOR_ATTR, Row, best_within_budget, check_same_data, feasible_front, load_study, rows, stored_spec,
+    trial_artifact,
 )
 
 EXPORT_TIMING_REPEATS = 30
@@ -337,6 +339,9 @@ def export_search(
             raise ConfigError(f"Search {search!r} ran on {searched_on.name} ({searched_on.runtime}); "
                               f"{profile.name} runs {profile.runtime}. Search on {profile.name} itself, then export.")
         board_figures = _on_another_board(trial, row, dataset, profile, runs_dir)
+    # which factors emulated the figures: the search's for its own board, those under runs_dir now for another one
+    emulator = (study.user_attrs.get(EMULATOR_ATTR) if same_target else calibration_words(profile, runs_dir)) \
+        if profile.backend == "emulated" else None
     existed = Path(out).resolve().exists()
     out = prepare_dir(out, overwrite)
     with _removed_on_failure(out, existed):
@@ -348,7 +353,7 @@ def export_search(
         searched_runtime = searched_on.runtime
         if "tflite-micro" in (profile.runtime, searched_runtime):
             card = {**_card_head(search, study, spec, row, trial, reason, profile, searched_on, tracking_uri,
-                                 dataset, searched=() if board_figures else MOVED_FIGURES),
+                                 dataset, searched=() if board_figures else MOVED_FIGURES, emulator=emulator),
                     **_ship_tflm(trial, row, out, dataset, profile, runs_dir)}
             card["metrics"].update(board_figures or {})
             stored = _stored_bytes([out / "model.tflite"], copies=False)  # flashed as is: a copy would save nothing
@@ -419,7 +424,8 @@ def export_search(
                                                          ("test accuracy in TVM", got_tvm, recorded_tvm)])
 
         card = _card_head(search, study, spec, row, trial, reason, profile, searched_on, tracking_uri, dataset,
-                          searched=("latency_ms_median", "latency_ms_p90", "energy_mj") if same_target else ())
+                          searched=("latency_ms_median", "latency_ms_p90", "energy_mj") if same_target else (),
+                          emulator=emulator)
         stored = _stored_bytes([onnx_path, library], copies=True)
         card["metrics"].update({**remeasured, **stored["metrics"]})
         card.update({
@@ -460,7 +466,7 @@ def _stored_bytes(model_files: list[Path], copies: bool) -> dict:
 
 
 def _card_head(search, study, spec, row, trial, reason, profile, searched_on, tracking_uri, dataset,
-               searched=("latency_ms_median", "latency_ms_p90", "energy_mj")) -> dict:
+               searched=("latency_ms_median", "latency_ms_p90", "energy_mj"), emulator: str | None = None) -> dict:
     """What every model card says: which candidate, why, from which search, its knobs and its recorded figures."""
     from hardware_targets.host import host_cpu
     from search.pipeline import versions
@@ -483,6 +489,7 @@ def _card_head(search, study, spec, row, trial, reason, profile, searched_on, tr
         "dataset_splits": dataset.summary(),
         **({"class_names": list(dataset.class_names)} if dataset.class_names else {}),
         "target_profile": profile.name, "measured_on": searched_on.name,
+        **({"emulator": emulator} if emulator else {}),
         # the CPU the search's host figures (accuracy always, latency for host targets) were measured on, and this one
         "measured_on_cpu": trial.user_attrs.get("host_cpu"), "exported_on_cpu": host_cpu().summary(),
         "knobs": row.knobs,
@@ -926,6 +933,8 @@ def model_card_markdown(card: dict) -> str:
              f"- target profile: `{card['target_profile']}` (searched for `{card['measured_on']}`; each figure below "
              "says whether it was measured, emulated or estimated)"
              + (f"; **{card['over_budget_on_target']}**" if card.get("over_budget_on_target") else ""),
+             *([f"- emulated latency and energy: the profile's device model with {card['emulator']}"]
+               if card.get("emulator") else []),
              f"- host CPU of the search: {_cpu_line(card.get('measured_on_cpu'))}; of this export: "
              f"{_cpu_line(card.get('exported_on_cpu'))}",
              "- knobs: " + ", ".join(f"{k}={v}" for k, v in card["knobs"].items()),

@@ -38,6 +38,7 @@ FLOOR_ATTR = "accuracy_floor"  # {"value", "baseline", "max_drop"} when the sear
 # 1/K when the dataset's classes are imbalanced (absent otherwise): the balanced accuracy of a model that learned
 # nothing, which the search's lines and tables then show beside accuracy
 CHANCE_ATTR = "chance_balanced_accuracy"
+EMULATOR_ATTR = "emulator"  # which factors emulate an emulated target's figures, in words (a model card says them)
 CLASSES_ATTR = "classes"  # K, the dataset's number of classes: a trial at 1/K balanced accuracy learned nothing
 SAMPLER_ATTR = "sampler_resolved"
 DATA_ATTR = "dataset_content"  # the dataset's content digest when the search started: what its figures hold for

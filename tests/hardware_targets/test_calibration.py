@@ -1,6 +1,8 @@
-"""Emulated boards calibrated against published MLPerf Tiny results, stored under the runs folder and applied."""
+"""Emulated boards calibrated against published MLPerf Tiny results or a user's own timings, stored under the runs
+folder and applied."""
 
 import json
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -8,7 +10,10 @@ from pathlib import Path
 import pytest
 
 from hardware_targets import get_backend, load_profile
-from hardware_targets.calibration import EmulatorParams, Sample, fit_efficiency, load_calibration, percentage_errors
+from hardware_targets.calibration import (
+    EmulatorParams, Sample, calibration_words, fit_efficiency, load_calibration, percentage_errors,
+)
+from hardware_targets.emulator import latency_seconds
 from hardware_targets.graph import op_costs
 from hardware_targets.workloads import export_reference
 from search.calibrate import calibrate
@@ -108,3 +113,90 @@ def test_bad_host_calibration_parameters_are_refused_before_measuring(tmp_path, 
     with pytest.raises(ConfigError, match=message):
         calibrate(load_profile("host"), tmp_path, **kwargs)
     assert not any(tmp_path.iterdir())  # nothing was built
+
+
+def _board_timings(tmp_path: Path, profile, truth: EmulatorParams) -> Path:
+    """A CSV of timings of the four reference models, fp32 and int8, on a board whose factors are ``truth``, with
+    +-3% of timing noise: what a user writes after timing models on their own board."""
+    lines = ["# timed on my board, 100 runs each, median", "model,latency_ms,precision"]
+    noise = iter([1.03, 0.97, 1.02, 0.98, 1.01, 0.99, 1.03, 0.97])
+    for task in L4R5_BEST_MS:
+        onnx_path = export_reference(task, tmp_path / f"{task}.onnx")
+        for precision in ("fp32", "int8"):
+            sample = Sample(op_costs(onnx_path), precision, 1.0)
+            ms = latency_seconds(sample.ops, precision, profile, truth) * 1e3 * next(noise)
+            # the fp32 rows leave the precision to be read from the model's weights
+            lines.append(f"{task}.onnx,{ms:.6g},{precision if precision == 'int8' else ''}")
+    (tmp_path / "timings.csv").write_text("\n".join(lines) + "\n")
+    return tmp_path / "timings.csv"
+
+
+def test_a_board_is_fitted_to_a_users_own_timings_and_predicts_each_one_left_out(tmp_path, capsys):
+    profile = load_profile("rpi4")
+    ours = EmulatorParams.from_profile(profile)
+    # the user's board is slower than its profile says: int8 kernels at 40% of the profile's efficiency, fp32 at 70%,
+    # and three times the per-operator overhead
+    truth = replace(ours, efficiency={**ours.efficiency, "int8": ours.efficiency["int8"] * 0.4,
+                                      "fp32": ours.efficiency["fp32"] * 0.7}, op_overhead_us=ours.op_overhead_us * 3)
+    timings = _board_timings(tmp_path, profile, truth)
+    runs = tmp_path / "runs"
+    assert main(["--runs-dir", str(runs), "calibrate", "--target", "rpi4", "--measured", str(timings)]) == 0
+    said = capsys.readouterr().out
+    report = json.loads((runs / "calibration" / "rpi4.json").read_text())
+    rows = report["measurements"]
+    assert [r["model"] for r in rows] == [f"{t}.onnx" for t in L4R5_BEST_MS for _ in range(2)]
+    assert [r["precision"] for r in rows] == ["fp32", "int8"] * 4  # fp32 read from the weights
+    assert report["mape_uncalibrated"] > 25  # the profile's own factors were far off this board
+    assert report["mape_calibrated"] < 5 and report["mape_held_out"] < 10
+    assert all(0.85 < r["held_out_ratio"] < 1.15 for r in rows), [r["held_out_ratio"] for r in rows]
+    for r in rows:
+        assert re.search(rf"^{re.escape(r['model'])} +{r['precision']} .* {r['held_out_ratio']:.2f}$", said, re.M)
+    assert f"held out: median absolute error {report['mape_held_out']:.1f}%" in said
+    # the fit is applied to what the board's backend emulates from then on, and said so
+    vww = get_backend(profile, runs).measure(None, tmp_path / "vww.onnx", "int8-ptq", None, 1)
+    assert vww["latency_ms_median"].value == pytest.approx(rows[5]["emulated_ms"])
+    assert vww["latency_ms_median"].provenance == "emulated"
+    words = calibration_words(profile, runs)
+    assert f"fitted to 8 timing(s) of the board ({timings.resolve()}; median error" in words
+    assert calibration_words(profile, tmp_path / "elsewhere") == "the profile's own factors (not calibrated)"
+
+
+def test_one_timing_fits_its_precision_exactly_and_says_nothing_was_left_out(tmp_path, capsys):
+    profile = load_profile("rpi4")
+    export_reference("ad", tmp_path / "ad.onnx")
+    (tmp_path / "t.csv").write_text("model,latency_ms,precision,clock_mhz\nad.onnx,0.9,int8,1800\n")
+    assert main(["--runs-dir", str(tmp_path / "runs"), "calibrate", "--target", "rpi4", "--measured",
+                 str(tmp_path / "t.csv")]) == 0
+    said = capsys.readouterr().out
+    row = json.loads((tmp_path / "runs" / "calibration" / "rpi4.json").read_text())["measurements"][0]
+    assert row["emulated_ms"] == pytest.approx(0.9) and row["clock_mhz"] == 1800 and "held_out_ratio" not in row
+    assert "held out: none (one timing" in said
+
+
+@pytest.mark.parametrize("text, target, message", [
+    ("model,latency\nad.onnx,1\n", "rpi4", r"must name the columns model and latency_ms .*latency_ms missing, "
+                                            r"latency not a column"),
+    ("model,latency_ms\nad.onnx,-2\n", "rpi4", r"row 2: latency_ms must be a positive number. Got '-2'"),
+    ("model,latency_ms\nad.onnx,1 ms\n", "rpi4", r"row 2: latency_ms must be a positive number. Got '1 ms'"),
+    ("model,latency_ms\nkws.onnx,1\n", "rpi4", r"row 2: .*kws.onnx does not exist \(a relative path is read from "
+                                               r"the CSV file's folder"),
+    ("model,latency_ms\nad.onnx,1\n", "cortex-m4", r"row 2: ad.onnx is not a .tflite file; cortex-m4 runs "
+                                                   r"TensorFlow Lite Micro"),
+    ("model,latency_ms,precision\nad.onnx,1,fp16\n", "rpi4", r"row 2: rpi4 has no fp16 arithmetic"),
+    ("model,latency_ms,precision\nad.onnx,1,int4\n", "rpi4", r"row 2: precision must be one of"),
+    ("model,latency_ms\nad.onnx,1,3\n", "rpi4", r"row 2: more values than the 2 columns"),
+    ("model,latency_ms\n", "rpi4", r"holds no measurement"),
+    ("model,latency_ms,precision\nad.onnx,0.00001,int8\n", "rpi4", r"below what the profile's overheads alone take"),
+])
+def test_a_bad_timings_file_is_refused_with_its_row_and_nothing_is_stored(tmp_path, text, target, message):
+    export_reference("ad", tmp_path / "ad.onnx")
+    (tmp_path / "t.csv").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        calibrate(load_profile(target), tmp_path / "runs", measured=tmp_path / "t.csv")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_timings_are_for_emulated_boards_only(tmp_path):
+    (tmp_path / "t.csv").write_text("model,latency_ms\n")
+    with pytest.raises(ConfigError, match="host is measured where it runs"):
+        calibrate(load_profile("host"), tmp_path / "runs", measured=tmp_path / "t.csv")

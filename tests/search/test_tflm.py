@@ -513,3 +513,34 @@ def test_the_arena_of_a_long_signal_is_found_where_its_activations_dwarf_its_wei
     assert arena > max(10 * path.stat().st_size, 1 << 20)  # more than an arena sized from the file would hold
     assert arena <= unplanned_tensor_bytes(path) + (1 << 20)  # the planner's reuse, plus its own structures
     assert allocates(path, arena) and not allocates(path, arena - 1)
+
+
+def test_an_export_to_a_board_calibrated_on_its_own_timings_is_emulated_with_them(m4_search, tmp_path, capsys):
+    """A user times the exported model on their own M7 board and fits that board's emulator to it: the next export
+    for the board predicts the timing, and both model cards say which factors emulated their figures."""
+    spec, outcome, runs, lines = m4_search
+    if outcome.best is None:
+        pytest.fail("the cortex-m4 search found no feasible candidate to export")
+    assert "latency and energy emulated for my-m4 with the profile's own factors (not calibrated)" in lines
+    board = tmp_path / "board"
+    assert main(["--runs-dir", str(runs), "export", "--search", spec.name, "--out", str(board), "--no-mlflow"]) == 0
+    card = json.loads((board / "model_card.json").read_text())
+    assert card["emulator"] == "the profile's own factors (not calibrated)"
+    assert "- emulated latency and energy: the profile's device model with the profile's own factors (not " \
+           "calibrated)" in (board / "MODEL_CARD.md").read_text()
+    my_m7 = tmp_path / "my-m7.yaml"
+    my_m7.write_text(Path(load_profile("cortex-m7").source).read_text().replace("name: cortex-m7", "name: my-m7"))
+    (tmp_path / "timings.csv").write_text("model,latency_ms\nboard,4.5\n")  # the export's folder, beside the CSV
+    capsys.readouterr()
+    assert main(["--runs-dir", str(runs), "calibrate", "--target", str(my_m7), "--measured",
+                 str(tmp_path / "timings.csv")]) == 0
+    assert re.search(rf"^board +{card['knobs']['precision']} +280 +4.5 ", capsys.readouterr().out, re.M)
+    m7_board = tmp_path / "m7"
+    assert main(["--runs-dir", str(runs), "export", "--search", spec.name, "--out", str(m7_board), "--no-mlflow",
+                 "--target", str(my_m7)]) == 0
+    m7_card = json.loads((m7_board / "model_card.json").read_text())
+    assert m7_card["metrics"]["latency_ms_median"]["value"] == pytest.approx(4.5, rel=1e-6)
+    assert m7_card["metrics"]["latency_ms_median"]["provenance"] == "emulated"
+    assert m7_card["emulator"].startswith(f"factors fitted to 1 timing(s) of the board ({(tmp_path / 'timings.csv')}"
+                                          "; one timing: no error measured on another)")
+    assert m7_card["emulator"] in (m7_board / "MODEL_CARD.md").read_text()
