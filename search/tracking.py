@@ -22,8 +22,8 @@ from pathlib import Path
 from objectives.pareto import OBJECTIVES, objectives
 from search.errors import ConfigError
 from search.spec import SearchSpec
-from search.study import (FLOOR_ATTR, TEACHER_ATTR, Row, best_within_budget, feasible_front, front_hypervolume,
-                          search_bounds, search_state, shown_url, stored_trial, trial_artifact)
+from search.study import (EMULATOR_ATTR, FLOOR_ATTR, TEACHER_ATTR, Row, best_within_budget, feasible_front,
+                          front_hypervolume, search_bounds, search_state, shown_url, stored_trial, trial_artifact)
 
 # log_table downloads the table it appends to, and MLflow draws a tqdm bar for that download: a bar in the middle
 # of a resumed search's report, for one small file. Set once at import, before the MLflow thread starts.
@@ -249,6 +249,8 @@ class SearchTracker:
         self.experiment_id = self._experiment(runs_dir)
         self.experiment_name = self.client.get_experiment(self.experiment_id).name
         self.parent_id = self._parent_run()
+        if words := study.user_attrs.get(EMULATOR_ATTR):  # what the figures of an emulated target are worth
+            self.client.set_tag(self.parent_id, "emulator", words)
         self.children: dict[int, str] = self._existing_children()
         self.on_front: dict[int, bool] = {}
         self.shipped_logged: set[int] = set()

@@ -79,6 +79,9 @@ def test_a_cortex_m4_search_measures_accuracy_on_the_tflite(m4_search, digits):
         (run,) = client.search_runs([experiment.experiment_id], f"tags.`edgesearch.trial` = '{row.number}'")
         assert {"model/model.tflite", "model/model.onnx"} <= {a.path for a in client.list_artifacts(run.info.run_id,
                                                                                                     "model")}
+    # the search's run says what its emulated figures are worth, as its log did
+    parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+    assert parent.data.tags["emulator"] == "the profile's own factors (not calibrated)"
 
 
 def test_the_export_is_something_a_board_can_flash(m4_search, digits, tmp_path, capsys):
