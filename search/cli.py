@@ -138,6 +138,14 @@ def cmd_targets(args: argparse.Namespace) -> int:
           "target; zeroed weights (unstructured) lower latency only where kernels skip them, and otherwise only the "
           "gzip-compressed model file (every runtime here holds weights dense; export writes a .gz copy of each model "
           "file to send, and its model card gives both sizes)")
+    from hardware_targets.calibration import calibration_words
+
+    fitted = [(name, words) for name in available_profiles() if (p := load_profile(name)).backend == "emulated"
+              and not (words := calibration_words(p, args.runs_dir)).startswith("the profile's own")]
+    print(f"emulated targets calibrated under {args.runs_dir} (searches with it apply the fit): "
+          + ("; ".join(f"{name}, {words}" for name, words in fitted) if fitted else
+             "none (edgesearch calibrate --target BOARD fits one to published results, or with --measured to your "
+             "timings of it)"))
     print("\nsources of every figure: the comments in hardware_targets/profiles/*.yaml")
     return 0
 

@@ -159,6 +159,8 @@ def test_a_board_is_fitted_to_a_users_own_timings_and_predicts_each_one_left_out
     words = calibration_words(profile, runs)
     assert f"fitted to 8 timing(s) of the board ({timings.resolve()}; median error" in words
     assert calibration_words(profile, tmp_path / "elsewhere") == "the profile's own factors (not calibrated)"
+    assert main(["--runs-dir", str(runs), "targets"]) == 0  # where a user looks for what a runs folder holds
+    assert f"calibrated under {runs} (searches with it apply the fit): rpi4, {words}\n" in capsys.readouterr().out
 
 
 def test_one_timing_fits_its_precision_exactly_and_says_nothing_was_left_out(tmp_path, capsys):
