@@ -70,6 +70,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if not quiet:
         print(f"dataset {dataset.summary()}")
+        if profile.backend == "emulated":
+            from hardware_targets.calibration import calibration_words
+
+            print(f"latency and energy emulated for {profile.name} with {calibration_words(profile, args.runs_dir)}")
     # asked for by name, the candidate is built anyway; a search would leave it out of its space, for this reason
     # (a TFLite Micro target refuses such a precision outright, with its own error)
     arithmetic = profile.arithmetic_reason(candidate.precision) if profile.runtime != "tflite-micro" else None

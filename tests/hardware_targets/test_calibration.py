@@ -161,6 +161,16 @@ def test_a_board_is_fitted_to_a_users_own_timings_and_predicts_each_one_left_out
     assert calibration_words(profile, tmp_path / "elsewhere") == "the profile's own factors (not calibrated)"
     assert main(["--runs-dir", str(runs), "targets"]) == 0  # where a user looks for what a runs folder holds
     assert f"calibrated under {runs} (searches with it apply the fit): rpi4, {words}\n" in capsys.readouterr().out
+    # a candidate evaluated for the board is emulated with the fit, and says so
+    assert main(["--runs-dir", str(runs), "evaluate", "--target", "rpi4", "--width", "0.25", "--epochs", "1",
+                 "--finetune-epochs", "0"]) == 0
+    said = capsys.readouterr().out
+    assert f"latency and energy emulated for rpi4 with {words}\n" in said
+    shown = float(re.search(r"^latency_ms_median +([\d.]+) +ms +emulated$", said, re.M).group(1))
+    onnx_path = re.search(r"^artifacts: (\S+model.onnx)$", said, re.M).group(1)
+    fitted, own = (get_backend(profile, where).measure(None, onnx_path, "fp32", None, 1)["latency_ms_median"].value
+                   for where in (runs, None))
+    assert shown == pytest.approx(fitted, rel=1e-3) and shown != pytest.approx(own, rel=0.05)
 
 
 def test_one_timing_fits_its_precision_exactly_and_says_nothing_was_left_out(tmp_path, capsys):
