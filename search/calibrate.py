@@ -180,7 +180,9 @@ def read_measurements(path: Path, profile: TargetProfile) -> list[tuple[dict, Sa
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Measurements file {str(path)!r} does not exist.")
-    lines = [line for line in path.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    # utf-8-sig: a spreadsheet's CSV starts with a byte-order mark, which would be part of the first column's name
+    lines = [line for line in path.read_text(encoding="utf-8-sig").splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
     reader = csv.DictReader(lines, skipinitialspace=True)
     columns = [c.strip() for c in reader.fieldnames or []]
     missing = [c for c in MEASURED_COLUMNS if c not in columns]
@@ -188,7 +190,8 @@ def read_measurements(path: Path, profile: TargetProfile) -> list[tuple[dict, Sa
     if missing or unknown:
         problems = ([f"{' and '.join(missing)} missing"] if missing else []) + (
             [f"{' and '.join(unknown)} not a column this reads"] if unknown else [])
-        raise ConfigError(f"{path}: the first line must name the columns {' and '.join(MEASURED_COLUMNS)} (and "
+        raise ConfigError(f"{path}: the first line must name the comma-separated columns "
+                          f"{' and '.join(MEASURED_COLUMNS)} (and "
                           f"optionally {' and '.join(OPTIONAL_COLUMNS)}); {', '.join(problems)}. Got {columns} "
                           "instead.")
     out = []

@@ -176,7 +176,9 @@ def test_a_board_is_fitted_to_a_users_own_timings_and_predicts_each_one_left_out
 def test_one_timing_fits_its_precision_exactly_and_says_nothing_was_left_out(tmp_path, capsys):
     profile = load_profile("rpi4")
     export_reference("ad", tmp_path / "ad.onnx")
-    (tmp_path / "t.csv").write_text("model,latency_ms,precision,clock_mhz\nad.onnx,0.9,int8,1800\n")
+    # as a spreadsheet saves it: a byte-order mark and Windows line ends
+    (tmp_path / "t.csv").write_bytes("model,latency_ms,precision,clock_mhz\r\nad.onnx,0.9,int8,1800\r\n".encode(
+        "utf-8-sig"))
     assert main(["--runs-dir", str(tmp_path / "runs"), "calibrate", "--target", "rpi4", "--measured",
                  str(tmp_path / "t.csv")]) == 0
     said = capsys.readouterr().out
@@ -186,7 +188,8 @@ def test_one_timing_fits_its_precision_exactly_and_says_nothing_was_left_out(tmp
 
 
 @pytest.mark.parametrize("text, target, message", [
-    ("model,latency\nad.onnx,1\n", "rpi4", r"must name the columns model and latency_ms .*latency_ms missing, "
+    ("model,latency\nad.onnx,1\n", "rpi4", r"must name the comma-separated columns model and latency_ms .*"
+                                            r"latency_ms missing, "
                                             r"latency not a column"),
     ("model,latency_ms\nad.onnx,-2\n", "rpi4", r"row 2: latency_ms must be a positive number. Got '-2'"),
     ("model,latency_ms\nad.onnx,1 ms\n", "rpi4", r"row 2: latency_ms must be a positive number. Got '1 ms'"),
