@@ -178,8 +178,10 @@ def calibration_words(profile: TargetProfile, runs_dir: Path | None) -> str:
     if data.get("kind") == "board measurements":
         held = data.get("mape_held_out")
         return (f"factors fitted to {data['train']} timing(s) of the board ({data['source']}; "
-                + (f"median error {held:.1f}% on a timing left out of the fit)" if held is not None
-                   else "one timing: no error measured on another)"))
+                + (f"median error {held:.1f}% on a timing left out of the fit" if held is not None
+                   else "one timing: no error measured on another")
+                + (f"; active power {data['params']['power_active_mw']:.4g} mW from {data['energy_rows']} energy "
+                   "measurement(s)" if data.get("energy_rows") else "") + ")")
     if data.get("kind") == "published references":
         return (f"factors fitted to {data['train']} published MLPerf Tiny results ({data['engine']} engine; median "
                 f"error {data['mape_calibrated']:.1f}%)")

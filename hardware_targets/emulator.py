@@ -29,6 +29,7 @@ class EmulatorParams:
     efficiency: dict[str, float]
     op_overhead_us: float
     call_overhead_us: float
+    power_active_mw: float | None = None  # fitted to a board's measured energy; None: the profile's power model
 
     @classmethod
     def from_profile(cls, profile: TargetProfile) -> "EmulatorParams":
@@ -62,10 +63,12 @@ def latency_seconds(ops: list[OpCost], precision: str, profile: TargetProfile, p
     return total
 
 
-def energy_joules(ops: list[OpCost], precision: str, profile: TargetProfile, latency_s: float) -> float:
-    """Energy per inference: system power x latency where known, else per-operation energies."""
-    if profile.power_active_mw:
-        return profile.power_active_mw * 1e-3 * latency_s
+def energy_joules(ops: list[OpCost], precision: str, profile: TargetProfile, latency_s: float,
+                  power_mw: float | None = None) -> float:
+    """Energy per inference: system power (``power_mw`` where fitted, else the profile's) x latency where known, else
+    per-operation energies."""
+    if power_mw or profile.power_active_mw:
+        return (power_mw or profile.power_active_mw) * 1e-3 * latency_s
     kind = arithmetic(precision)
     per_mac = (profile.energy_pj_per_mac or HOROWITZ_PJ_PER_MAC).get(kind, 0)
     per_byte = profile.energy_pj_per_byte if profile.energy_pj_per_byte is not None else HOROWITZ_PJ_PER_BYTE

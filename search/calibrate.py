@@ -16,17 +16,19 @@ from __future__ import annotations
 import csv
 import json
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from hardware_targets import TargetProfile
-from hardware_targets.profile import arithmetic
 from hardware_targets.calibration import (
     WITHIN, EmulatorParams, Sample, fit, fit_efficiencies, fit_efficiency, mape, predicted_s,
     published_classes, reference_report, reference_samples, save_calibration, worst_error,
 )
+from hardware_targets.emulator import energy_joules
 from hardware_targets.graph import graph_precision, op_costs, tflite_op_costs
+from hardware_targets.profile import arithmetic
 from search.errors import ConfigError
 
 
@@ -133,7 +135,7 @@ def calibrate_host(profile: TargetProfile, runs_dir: Path, candidates: int = 12,
 
 # a CSV of board timings: these columns, one row per model timed (``#`` comment lines and blank lines skipped)
 MEASURED_COLUMNS = ("model", "latency_ms")
-OPTIONAL_COLUMNS = ("precision", "clock_mhz")
+OPTIONAL_COLUMNS = ("precision", "clock_mhz", "energy_uj")
 PRECISION_NAMES = ("fp32", "fp16", "int8", "int8-ptq", "int8-qat")
 # measurements from which the overheads are fitted as well as the efficiencies, when that predicts the left-out
 # ones better: fewer fit the efficiencies alone (three free factors fit four points and predict a fifth 5x off)
@@ -213,8 +215,9 @@ def read_measurements(path: Path, profile: TargetProfile) -> list[tuple[dict, Sa
         if reason := profile.arithmetic_reason(precision):
             raise ConfigError(f"{where}: {profile.name} has {reason}; a {precision} model cannot have run on it.")
         ops = tflite_op_costs(model) if model.suffix == ".tflite" else op_costs(model)
+        energy = {"measured_uj": _number(row["energy_uj"], "energy_uj", where)} if row.get("energy_uj") else {}
         out.append(({"model": row["model"], "file": str(model), "precision": precision, "measured_ms": latency,
-                     "clock_mhz": clock or profile.clock_mhz}, Sample(ops, precision, latency * 1e-3, clock)))
+                     "clock_mhz": clock or profile.clock_mhz, **energy}, Sample(ops, precision, latency * 1e-3, clock)))
     if not out:
         raise ConfigError(f"{path} names its columns but holds no measurement.")
     return out
@@ -244,17 +247,32 @@ def calibrate_to_measurements(profile: TargetProfile, runs_dir: Path, measured: 
     except ValueError as exc:
         raise ConfigError(f"{measured}: {exc}") from exc
     before = EmulatorParams.from_profile(profile)
+    # the board's active power: energy over latency of the timings that came with an energy (uJ / ms = mW)
+    powers = {i: row["measured_uj"] / row["measured_ms"] for i, (row, _) in enumerate(pairs) if "measured_uj" in row}
+    if powers:
+        after = replace(after, power_active_mw=float(np.median(list(powers.values()))))
     rows = []
     for i, (row, sample) in enumerate(pairs):
         ms_before, ms_after = (predicted_s(sample, profile, p) * 1e3 for p in (before, after))
         rows.append({**row, "emulated_ms_uncalibrated": ms_before, "emulated_ms": ms_after,
                      "latency_ratio": ms_after / row["measured_ms"],
                      **({"held_out_ratio": float(held[chosen][i])} if held else {})})
+        if i in powers:
+            uj_before, uj_after = (energy_joules(sample.ops, sample.precision, profile, ms * 1e-3, p.power_active_mw)
+                                   * 1e6 for ms, p in ((ms_before, before), (ms_after, after)))
+            rows[-1].update({"emulated_uj_uncalibrated": uj_before, "emulated_uj": uj_after,
+                             "energy_ratio": uj_after / row["measured_uj"]})
+            others = [w for j, w in powers.items() if j != i]
+            if others and held:  # the latency and the power each fitted without this row
+                rows[-1]["energy_held_out_ratio"] = float(held[chosen][i] * np.median(others) / powers[i])
     kinds = sorted({arithmetic(s.precision) for s in samples})
     report = {"kind": "board measurements", "source": str(Path(measured).resolve()), "fitted": chosen,
               "factors": {**{f"{k} efficiency": [before.efficiency.get(k, 0.0), after.efficiency[k]] for k in kinds},
                           "op overhead us": [before.op_overhead_us, after.op_overhead_us],
-                          "call overhead us": [before.call_overhead_us, after.call_overhead_us]},
+                          "call overhead us": [before.call_overhead_us, after.call_overhead_us],
+                          **({"active power mW": [profile.power_active_mw or float("nan"), after.power_active_mw]}
+                             if powers else {})},
+              "energy_rows": len(powers),
               "measurements": rows, "mape_uncalibrated": mape(samples, profile, before),
               "mape_calibrated": mape(samples, profile, after),
               "worst_uncalibrated": worst_error(samples, profile, before),

@@ -196,17 +196,25 @@ LEAST_SQUARES_NOTE = ("  (the fit minimises the squared relative errors: it weig
 
 def _print_board_fit(report: dict, target: str) -> None:
     """Each timing of the user's board against the emulator, before and after the fit and held out."""
-    width = max(len("model"), *(len(r["model"]) for r in report["measurements"]))
+    rows, energy = report["measurements"], report.get("energy_rows")
+    width = max(len("model"), *(len(r["model"]) for r in rows))
     print(f"\n{target} emulated against your timings (emulated / measured: the ratio; held out: the same, "
           "fitted without that timing)")
     print(f"{'model':<{width}}  {'precision':<9}{'MHz':>6}{'measured ms':>13}{'profile ms':>12}{'fitted ms':>11}"
-          f"{'ratio':>7}{'held out':>9}")
-    for r in report["measurements"]:
+          f"{'ratio':>7}{'held out':>9}" + (f"{'measured uJ':>13}{'profile uJ':>12}{'fitted uJ':>11}{'ratio':>7}"
+                                           f"{'held out':>9}" if energy else ""))
+    for r in rows:
+        uj = ""
+        if energy:
+            uj = (f"{r['measured_uj']:>13.4g}{r['emulated_uj_uncalibrated']:>12.4g}{r['emulated_uj']:>11.4g}"
+                  f"{r['energy_ratio']:>7.2f}" if "measured_uj" in r else f"{'-':>13}{'-':>12}{'-':>11}{'-':>7}")
+            uj += f"{r['energy_held_out_ratio']:>9.2f}" if "energy_held_out_ratio" in r else f"{'-':>9}"
         print(f"{r['model']:<{width}}  {r['precision']:<9}{r['clock_mhz']:>6g}{r['measured_ms']:>13.4g}"
               f"{r['emulated_ms_uncalibrated']:>12.4g}{r['emulated_ms']:>11.4g}{r['latency_ratio']:>7.2f}"
-              + (f"{r['held_out_ratio']:>9.2f}" if "held_out_ratio" in r else f"{'-':>9}"))
-    print(f"fitted: {report['fitted']}: " + ", ".join(f"{name} {old:.3g} -> {new:.3g}" for name, (old, new)
-                                                          in report["factors"].items()))
+              + (f"{r['held_out_ratio']:>9.2f}" if "held_out_ratio" in r else f"{'-':>9}") + uj)
+    print(f"fitted: {report['fitted']}" + (f", and the active power to the {energy} energy measurement(s)"
+                                           if energy else "") + ": "
+          + ", ".join(f"{name} {old:.3g} -> {new:.3g}" for name, (old, new) in report["factors"].items()))
     print(f"on these timings, {_errors_before_after(report)}")
     print(LEAST_SQUARES_NOTE)
     print("held out: " + (f"median absolute error {report['mape_held_out']:.1f}%, each timing predicted by a fit "
@@ -970,8 +978,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "training [default: 0]")
     p.add_argument("--measured", type=Path, metavar="CSV", help="fit an emulated board to your own timings of it "
                    "instead: a CSV with the columns model (an export's folder or its model file, relative to the "
-                   "CSV) and latency_ms (one inference), optionally precision and clock_mhz (when the board ran at "
-                   "another clock than its profile's). Replaces the fit to published results")
+                   "CSV) and latency_ms (one inference), optionally precision, clock_mhz (when the board ran at "
+                   "another clock than its profile's) and energy_uj (one inference's energy, to fit the board's "
+                   "active power). Replaces the fit to published results")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser(

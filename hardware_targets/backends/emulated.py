@@ -32,6 +32,6 @@ class EmulatedBackend(Backend):
             "latency_ms_p90": Metric(ms, "ms", "emulated"),  # the model is deterministic
             "macs": Metric(float(sum(op.macs for op in ops)), "count", "measured"),
         }
-        joules = energy_joules(ops, precision, self.profile, seconds)
+        joules = energy_joules(ops, precision, self.profile, seconds, self.params.power_active_mw)
         metrics["energy_mj"] = Metric(joules * 1e3, "mJ", "emulated")
         return metrics

@@ -115,18 +115,22 @@ def test_bad_host_calibration_parameters_are_refused_before_measuring(tmp_path, 
     assert not any(tmp_path.iterdir())  # nothing was built
 
 
-def _board_timings(tmp_path: Path, profile, truth: EmulatorParams) -> Path:
+def _board_timings(tmp_path: Path, profile, truth: EmulatorParams, power_mw: float) -> Path:
     """A CSV of timings of the four reference models, fp32 and int8, on a board whose factors are ``truth``, with
-    +-3% of timing noise: what a user writes after timing models on their own board."""
-    lines = ["# timed on my board, 100 runs each, median", "model,latency_ms,precision"]
+    +-3% of timing noise, and the energy of all but one at ``power_mw`` with +-4% of noise: what a user writes
+    after timing models on their own board and measuring its supply."""
+    lines = ["# timed on my board, 100 runs each, median", "model,latency_ms,precision,energy_uj"]
     noise = iter([1.03, 0.97, 1.02, 0.98, 1.01, 0.99, 1.03, 0.97])
+    power_noise = iter([1.04, 0.96, 1.0, 1.02, 0.98, 1.01, 0.97, 1.03])
     for task in L4R5_BEST_MS:
         onnx_path = export_reference(task, tmp_path / f"{task}.onnx")
         for precision in ("fp32", "int8"):
             sample = Sample(op_costs(onnx_path), precision, 1.0)
             ms = latency_seconds(sample.ops, precision, profile, truth) * 1e3 * next(noise)
-            # the fp32 rows leave the precision to be read from the model's weights
-            lines.append(f"{task}.onnx,{ms:.6g},{precision if precision == 'int8' else ''}")
+            uj = power_mw * ms * next(power_noise)  # mW x ms = uJ
+            # the fp32 rows leave the precision to be read from the model's weights; one row has no energy
+            lines.append(f"{task}.onnx,{ms:.6g},{precision if precision == 'int8' else ''},"
+                         + ("" if (task, precision) == ("ic", "int8") else f"{uj:.6g}"))
     (tmp_path / "timings.csv").write_text("\n".join(lines) + "\n")
     return tmp_path / "timings.csv"
 
@@ -138,7 +142,7 @@ def test_a_board_is_fitted_to_a_users_own_timings_and_predicts_each_one_left_out
     # and three times the per-operator overhead
     truth = replace(ours, efficiency={**ours.efficiency, "int8": ours.efficiency["int8"] * 0.4,
                                       "fp32": ours.efficiency["fp32"] * 0.7}, op_overhead_us=ours.op_overhead_us * 3)
-    timings = _board_timings(tmp_path, profile, truth)
+    timings = _board_timings(tmp_path, profile, truth, power_mw=4000)  # the profile says 5,700 mW
     runs = tmp_path / "runs"
     assert main(["--runs-dir", str(runs), "calibrate", "--target", "rpi4", "--measured", str(timings)]) == 0
     said = capsys.readouterr().out
@@ -150,14 +154,22 @@ def test_a_board_is_fitted_to_a_users_own_timings_and_predicts_each_one_left_out
     assert report["mape_calibrated"] < 5 and report["mape_held_out"] < 10
     assert all(0.85 < r["held_out_ratio"] < 1.15 for r in rows), [r["held_out_ratio"] for r in rows]
     for r in rows:
-        assert re.search(rf"^{re.escape(r['model'])} +{r['precision']} .* {r['held_out_ratio']:.2f}$", said, re.M)
+        assert re.search(rf"^{re.escape(r['model'])} +{r['precision']} .* {r['held_out_ratio']:.2f} ", said, re.M)
+    # the active power from the seven energies: about the board's, and each energy predicted without its own row
+    assert report["params"]["power_active_mw"] == pytest.approx(4000, rel=0.03)
+    assert "emulated_uj" not in rows[3] and report["energy_rows"] == 7
+    assert all(0.85 < r["energy_held_out_ratio"] < 1.15 for r in rows if "measured_uj" in r)
+    assert "active power mW 5.7e+03 -> 4e+03" in said
     assert f"held out: median absolute error {report['mape_held_out']:.1f}%" in said
     # the fit is applied to what the board's backend emulates from then on, and said so
     vww = get_backend(profile, runs).measure(None, tmp_path / "vww.onnx", "int8-ptq", None, 1)
     assert vww["latency_ms_median"].value == pytest.approx(rows[5]["emulated_ms"])
-    assert vww["latency_ms_median"].provenance == "emulated"
+    assert vww["energy_mj"].value == pytest.approx(rows[5]["emulated_uj"] * 1e-3)
+    assert vww["latency_ms_median"].provenance == vww["energy_mj"].provenance == "emulated"
     words = calibration_words(profile, runs)
     assert f"fitted to 8 timing(s) of the board ({timings.resolve()}; median error" in words
+    assert words.endswith(f"; active power {report['params']['power_active_mw']:.4g} mW from 7 energy "
+                          "measurement(s))")
     assert calibration_words(profile, tmp_path / "elsewhere") == "the profile's own factors (not calibrated)"
     assert main(["--runs-dir", str(runs), "targets"]) == 0  # where a user looks for what a runs folder holds
     assert f"calibrated under {runs} (searches with it apply the fit): rpi4, {words}\n" in capsys.readouterr().out
@@ -192,6 +204,7 @@ def test_one_timing_fits_its_precision_exactly_and_says_nothing_was_left_out(tmp
                                             r"latency_ms missing, "
                                             r"latency not a column"),
     ("model,latency_ms\nad.onnx,-2\n", "rpi4", r"row 2: latency_ms must be a positive number. Got '-2'"),
+    ("model,latency_ms,energy_uj\nad.onnx,2,0\n", "rpi4", r"row 2: energy_uj must be a positive number. Got '0'"),
     ("model,latency_ms\nad.onnx,1 ms\n", "rpi4", r"row 2: latency_ms must be a positive number. Got '1 ms'"),
     ("model,latency_ms\nkws.onnx,1\n", "rpi4", r"row 2: .*kws.onnx does not exist \(a relative path is read from "
                                                r"the CSV file's folder"),
