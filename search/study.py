@@ -39,6 +39,7 @@ FLOOR_ATTR = "accuracy_floor"  # {"value", "baseline", "max_drop"} when the sear
 # nothing, which the search's lines and tables then show beside accuracy
 CHANCE_ATTR = "chance_balanced_accuracy"
 EMULATOR_ATTR = "emulator"  # which factors emulate an emulated target's figures, in words (a model card says them)
+EMULATOR_FACTORS_ATTR = "emulator_factors"  # and the factors themselves (None: the profile's own), for a resume
 CLASSES_ATTR = "classes"  # K, the dataset's number of classes: a trial at 1/K balanced accuracy learned nothing
 SAMPLER_ATTR = "sampler_resolved"
 DATA_ATTR = "dataset_content"  # the dataset's content digest when the search started: what its figures hold for
@@ -274,6 +275,21 @@ def check_same_cpu(study: optuna.Study, spec: SearchSpec, cpu) -> None:
                           f"kind {cpu.key}), and trials timed here would not compare with those in one front. Resume "
                           "it on a machine of that kind, or start a new search here (the finished trials stay "
                           "stored).")
+
+
+def check_same_emulator(study: optuna.Study, spec: SearchSpec, words: str, factors: dict | None) -> None:
+    """Refuse to resume a search whose figures were emulated with other factors than those its runs folder holds
+    now (``calibrate`` ran since, or the folder was carried without its calibration/): one front would mix two
+    device models' figures."""
+    if EMULATOR_FACTORS_ATTR not in study.user_attrs or study.user_attrs[EMULATOR_FACTORS_ATTR] == factors:
+        return
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        return
+    raise ConfigError(f"Search {spec.name!r} emulated its figures for {spec.target} with "
+                      f"{study.user_attrs.get(EMULATOR_ATTR)}; its runs folder now emulates that board with {words}, "
+                      "and trials emulated now would not compare with those in one front. Put back the calibration "
+                      "file it ran with (calibration/ under the runs folder), or start a new search (the finished "
+                      "trials stay stored).")
 
 
 def stored_spec(study: optuna.Study, runs_dir: Path | None = None) -> SearchSpec:

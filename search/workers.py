@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from hardware_targets import get_backend
-from hardware_targets.calibration import calibration_words
+from hardware_targets.calibration import calibration_words, load_calibration
 from hardware_targets.profile import arithmetic
 from objectives.accuracy import at_chance
 from objectives.latency import INFEASIBLE, RETIME, budget_verdict
@@ -43,10 +43,11 @@ from search.transfer import (
     Bundle, mark_driver_disk, pack, receive, shares_disk, unmark_driver_disk,
 )
 from search.study import (
-    ASKED_OUT_ATTR, ASKS_PER_TRIAL, CHANCE_ATTR, CLASSES_ATTR, DATA_ATTR, EMULATOR_ATTR, FLOOR_ATTR, BOUNDS_ATTR,
-    HALVING_ETA,
+    ASKED_OUT_ATTR, ASKS_PER_TRIAL, CHANCE_ATTR, CLASSES_ATTR, DATA_ATTR, EMULATOR_ATTR, EMULATOR_FACTORS_ATTR,
+    FLOOR_ATTR, BOUNDS_ATTR, HALVING_ETA,
     SHIPPED_PREFIX, RUNNING_STAGE_ATTR, SHIPPING_ATTR, STAGE_ATTR, TEACHER_ATTR, Row, best_within_budget,
-    check_same_cpu, check_same_data, spent_text, clock as _clock, create_study, driving, feasible_front, load_study,
+    check_same_cpu, check_same_data, check_same_emulator, spent_text, clock as _clock, create_study, driving,
+    feasible_front, load_study,
     refuse_existing, refuse_second_driver, shipping_left, shipping_order, stage_picks, stored_trial, found_under,
     trial_artifact,
     finished_count, front_hypervolume, narrower_recipe, spent_budget, trial_cost, queued_without_distillation,
@@ -862,6 +863,9 @@ def run_search(
     else:  # a name taken is refused before the space's precisions are timed
         refuse_existing(spec.name, storage_url)
     data = cached_dataset(spec.dataset, spec.class_weight)  # a malformed file stops here, before Ray starts
+    emulator = calibration_words(profile, runs_dir) if profile.backend == "emulated" else None
+    factors = load_calibration(profile, runs_dir) if emulator else None
+    factors = dataclasses.asdict(factors) if factors else None
     if resume:
         stored = load_study(spec.name, storage_url)
         check_same_data(stored, spec, data, "resume it")
@@ -869,8 +873,9 @@ def run_search(
             from hardware_targets.host import host_cpu
 
             check_same_cpu(stored, spec, host_cpu())
+        elif emulator:
+            check_same_emulator(stored, spec, emulator, factors)
     report(f"dataset {data.summary()}")
-    emulator = calibration_words(profile, runs_dir) if profile.backend == "emulated" else None
     if emulator:
         report(f"latency and energy emulated for {profile.name} with {emulator}")
     get_backend(profile, runs_dir).check()  # a board that is down, before anything is trained for it
@@ -897,8 +902,9 @@ def run_search(
         if data.imbalanced:
             study.set_user_attr(CHANCE_ATTR, 1 / data.num_classes)
         study.set_user_attr(CLASSES_ATTR, data.num_classes)
-        if emulator:  # what the figures of the trials to come are emulated with, for their model cards
+        if emulator:  # what the figures of the trials to come are emulated with, for their model cards and a resume
             study.set_user_attr(EMULATOR_ATTR, emulator)
+            study.set_user_attr(EMULATOR_FACTORS_ATTR, factors)
     with driving(study, claim=resume):  # status tells a driver killed outright from a running one
         # reaching MLflow (and creating a new store) overlaps Ray's start; no candidate runs before it is reached
         tracker = _Tracking(spec, study, tracking_uri, runs_dir, report, timings) if tracking_uri else None

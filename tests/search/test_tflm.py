@@ -547,3 +547,27 @@ def test_an_export_to_a_board_calibrated_on_its_own_timings_is_emulated_with_the
     assert m7_card["emulator"].startswith(f"factors fitted to 1 timing(s) of the board ({(tmp_path / 'timings.csv')}"
                                           "; one timing: no error measured on another)")
     assert m7_card["emulator"] in (m7_board / "MODEL_CARD.md").read_text()
+
+
+def test_a_search_is_not_resumed_with_other_emulator_factors_than_its_trials_had(m4_search, tmp_path, capsys):
+    """Calibrating a board between a search and its resume would put figures of two device models on one front."""
+    spec, outcome, runs, _ = m4_search
+    (tmp_path / "board").mkdir()
+    assert main(["--runs-dir", str(runs), "export", "--search", spec.name, "--out", str(tmp_path / "board" / "e"),
+                 "--no-mlflow"]) == 0
+    (tmp_path / "timings.csv").write_text("model,latency_ms\nboard/e,3.0\n")
+    assert main(["--runs-dir", str(runs), "calibrate", "--target", spec.target, "--measured",
+                 str(tmp_path / "timings.csv")]) == 0
+    before = len(load_study(spec.name, default_storage(runs)).trials)
+    capsys.readouterr()
+    try:
+        assert main(["--runs-dir", str(runs), "submit", "--name", spec.name, "--resume", "--trials", "3",
+                     "--no-mlflow"]) == 2
+        err = capsys.readouterr().err
+        assert (f"Search 'm4' emulated its figures for {spec.target} with the profile's own factors (not calibrated); "
+                "its runs folder now emulates that board with factors fitted to 1 timing(s)") in err, err
+        assert "start a new search (the finished trials stay stored)" in err
+        assert len(load_study(spec.name, default_storage(runs)).trials) == before
+    finally:  # the module's other tests emulate my-m4 as the search did
+        (runs / "calibration" / "my-m4.json").unlink()
+
