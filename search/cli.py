@@ -667,7 +667,7 @@ def _write_spec(runs_dir: Path, spec) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from search.study import (CHANCE_ATTR, FLOOR_ATTR, TEACHER_ATTR, best_within_budget, feasible_front,
+    from search.study import (CHANCE_ATTR, EMULATOR_ATTR, FLOOR_ATTR, TEACHER_ATTR, best_within_budget, feasible_front,
                               front_hypervolume, load_study, rows, search_bounds, stored_spec)
 
     address = _cluster(args, args.name)
@@ -700,6 +700,8 @@ def cmd_status(args: argparse.Namespace) -> int:
              if state == "stopped" else ""))
     if state == "running" and (out := running_trials(study)):
         print(f"running now: {out}; a trial's figures come once it is trained, compiled and measured")
+    if words := study.user_attrs.get(EMULATOR_ATTR):
+        print(f"latency and energy emulated for {spec.target} with {words}")
     front = feasible_front(all_rows)
     floor = (study.user_attrs.get(FLOOR_ATTR) or {}).get("value")
     _print_outcome(all_rows, front, best_within_budget(all_rows), front_hypervolume(front, search_bounds(study, spec)),
