@@ -882,8 +882,9 @@ def cmd_export(args: argparse.Namespace) -> int:
                              tracking_uri=tracking, overwrite=args.overwrite, dataset=args.dataset)
     v = card["verification"]
     print(f"exported trial {card['trial']} ({card['why']}) for {card['target_profile']} to {Path(args.out).resolve()}")
-    if card.get("over_budget_on_target"):
-        print(f"note: {card['over_budget_on_target']}")
+    for key in ("over_budget_on_target", "emulator_since"):
+        if card.get(key):
+            print(f"note: {card[key]}")
     if card.get("search_unfinished"):
         print(f"note: exported while {card['search_unfinished']}; its final winner may differ: export again once it "
               "has finished")

@@ -342,6 +342,7 @@ def export_search(
     # which factors emulated the figures: the search's for its own board, those under runs_dir now for another one
     emulator = (study.user_attrs.get(EMULATOR_ATTR) if same_target else calibration_words(profile, runs_dir)) \
         if profile.backend == "emulated" else None
+    emulator_now = calibration_words(profile, runs_dir) if emulator and same_target else emulator
     existed = Path(out).resolve().exists()
     out = prepare_dir(out, overwrite)
     with _removed_on_failure(out, existed):
@@ -353,7 +354,8 @@ def export_search(
         searched_runtime = searched_on.runtime
         if "tflite-micro" in (profile.runtime, searched_runtime):
             card = {**_card_head(search, study, spec, row, trial, reason, profile, searched_on, tracking_uri,
-                                 dataset, searched=() if board_figures else MOVED_FIGURES, emulator=emulator),
+                                 dataset, searched=() if board_figures else MOVED_FIGURES, emulator=emulator,
+                                 emulator_now=emulator_now),
                     **_ship_tflm(trial, row, out, dataset, profile, runs_dir)}
             card["metrics"].update(board_figures or {})
             stored = _stored_bytes([out / "model.tflite"], copies=False)  # flashed as is: a copy would save nothing
@@ -425,7 +427,7 @@ def export_search(
 
         card = _card_head(search, study, spec, row, trial, reason, profile, searched_on, tracking_uri, dataset,
                           searched=("latency_ms_median", "latency_ms_p90", "energy_mj") if same_target else (),
-                          emulator=emulator)
+                          emulator=emulator, emulator_now=emulator_now)
         stored = _stored_bytes([onnx_path, library], copies=True)
         card["metrics"].update({**remeasured, **stored["metrics"]})
         card.update({
@@ -466,7 +468,8 @@ def _stored_bytes(model_files: list[Path], copies: bool) -> dict:
 
 
 def _card_head(search, study, spec, row, trial, reason, profile, searched_on, tracking_uri, dataset,
-               searched=("latency_ms_median", "latency_ms_p90", "energy_mj"), emulator: str | None = None) -> dict:
+               searched=("latency_ms_median", "latency_ms_p90", "energy_mj"), emulator: str | None = None,
+               emulator_now: str | None = None) -> dict:
     """What every model card says: which candidate, why, from which search, its knobs and its recorded figures."""
     from hardware_targets.host import host_cpu
     from search.pipeline import versions
@@ -490,6 +493,10 @@ def _card_head(search, study, spec, row, trial, reason, profile, searched_on, tr
         **({"class_names": list(dataset.class_names)} if dataset.class_names else {}),
         "target_profile": profile.name, "measured_on": searched_on.name,
         **({"emulator": emulator} if emulator else {}),
+        # the board calibrated since the search: its figures stay the search's, and the card says so
+        **({"emulator_since": f"{profile.name} is emulated with {emulator_now} under this runs folder now; the "
+                              "figures here are the search's (a new search on the board emulates with it)"}
+           if emulator_now != emulator else {}),
         # the CPU the search's host figures (accuracy always, latency for host targets) were measured on, and this one
         "measured_on_cpu": trial.user_attrs.get("host_cpu"), "exported_on_cpu": host_cpu().summary(),
         "knobs": row.knobs,
@@ -933,7 +940,8 @@ def model_card_markdown(card: dict) -> str:
              f"- target profile: `{card['target_profile']}` (searched for `{card['measured_on']}`; each figure below "
              "says whether it was measured, emulated or estimated)"
              + (f"; **{card['over_budget_on_target']}**" if card.get("over_budget_on_target") else ""),
-             *([f"- emulated latency and energy: the profile's device model with {card['emulator']}"]
+             *([f"- emulated latency and energy: the profile's device model with {card['emulator']}"
+                + (f" (**{card['emulator_since']}**)" if card.get("emulator_since") else "")]
                if card.get("emulator") else []),
              f"- host CPU of the search: {_cpu_line(card.get('measured_on_cpu'))}; of this export: "
              f"{_cpu_line(card.get('exported_on_cpu'))}",

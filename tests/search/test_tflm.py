@@ -571,6 +571,15 @@ def test_a_search_is_not_resumed_with_other_emulator_factors_than_its_trials_had
                 "its runs folder now emulates that board with factors fitted to 1 timing(s)") in err, err
         assert "start a new search (the finished trials stay stored)" in err
         assert len(load_study(spec.name, default_storage(runs)).trials) == before
+        # its winner exported now keeps the search's figures, and says the board is emulated otherwise since
+        assert main(["--runs-dir", str(runs), "export", "--search", spec.name, "--out", str(tmp_path / "again"),
+                     "--no-mlflow"]) == 0
+        card = json.loads((tmp_path / "again" / "model_card.json").read_text())
+        first = json.loads((tmp_path / "board" / "e" / "model_card.json").read_text())
+        assert card["metrics"]["latency_ms_p90"] == first["metrics"]["latency_ms_p90"] and "emulator_since" not in first
+        assert card["emulator"] == "the profile's own factors (not calibrated)"
+        assert card["emulator_since"].startswith("my-m4 is emulated with factors fitted to 1 timing(s) of the board")
+        assert f"note: {card['emulator_since']}" in capsys.readouterr().out
     finally:  # the module's other tests emulate my-m4 as the search did
         (runs / "calibration" / "my-m4.json").unlink()
 
