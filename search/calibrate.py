@@ -151,19 +151,24 @@ def _model_file(given: str, base: Path, profile: TargetProfile, where: str) -> t
     path = Path(given).expanduser()
     path = path if path.is_absolute() else base / path
     if path.is_dir():
-        card = path / "model_card.json"
-        precision = json.loads(card.read_text()).get("knobs", {}).get("precision") if card.is_file() else None
         if not (path / f"model{wanted}").is_file():
             raise ConfigError(f"{where}: {path} has no model{wanted}; {profile.name} runs {runs}. Give the folder "
                               f"of an `edgesearch export` for it, or the {wanted} file itself.")
-        return path / f"model{wanted}", precision
+        return path / f"model{wanted}", _card_precision(path / "model_card.json")
     if not path.is_file():
         raise ConfigError(f"{where}: {path} does not exist (a relative path is read from the CSV file's folder, "
                           f"{base.resolve()}).")
     if path.suffix != wanted:
         raise ConfigError(f"{where}: {path.name} is not a {wanted} file; {profile.name} runs {runs}.")
-    card = path.parent / "model_card.json"
-    return path, (json.loads(card.read_text()).get("knobs", {}).get("precision") if card.is_file() else None)
+    return path, _card_precision(path.parent / "model_card.json")
+
+
+def _card_precision(card: Path) -> str | None:
+    """The precision an export's model card gives; None without a readable card (then it is read from the weights)."""
+    try:
+        return json.loads(card.read_text()).get("knobs", {}).get("precision")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _number(text: str, column: str, where: str) -> float:
