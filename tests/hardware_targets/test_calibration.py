@@ -16,7 +16,7 @@ from hardware_targets.calibration import (
 from hardware_targets.emulator import latency_seconds
 from hardware_targets.graph import op_costs
 from hardware_targets.workloads import export_reference
-from search.calibrate import calibrate
+from search.calibrate import calibrate, read_measurements
 from search.cli import main
 from search.errors import ConfigError
 
@@ -228,3 +228,15 @@ def test_timings_are_for_emulated_boards_only(tmp_path):
     (tmp_path / "t.csv").write_text("model,latency_ms\n")
     with pytest.raises(ConfigError, match="host is measured where it runs"):
         calibrate(load_profile("host"), tmp_path / "runs", measured=tmp_path / "t.csv")
+
+
+def test_the_precision_of_a_bare_model_file_is_read_from_its_weights(tmp_path):
+    import numpy as np
+
+    from search.stages.export import quantize_ptq
+
+    fp32 = export_reference("ad", tmp_path / "ad.onnx")
+    quantize_ptq(fp32, tmp_path / "ad_int8.onnx", np.random.default_rng(0).normal(size=(8, 640)).astype(np.float32))
+    (tmp_path / "t.csv").write_text("model,latency_ms\nad.onnx,0.9\nad_int8.onnx,0.6\n")
+    rows = [row for row, _ in read_measurements(tmp_path / "t.csv", load_profile("rpi4"))]
+    assert [r["precision"] for r in rows] == ["fp32", "int8"]

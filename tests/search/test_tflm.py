@@ -11,6 +11,8 @@ import pytest
 import yaml
 
 from hardware_targets import load_profile
+from hardware_targets.graph import graph_precision
+from hardware_targets.profile import arithmetic
 from objectives.accuracy import accuracy
 from search.cli import main
 from search.spec import SearchSpace, SearchSpec
@@ -56,6 +58,9 @@ def test_a_cortex_m4_search_measures_accuracy_on_the_tflite(m4_search, digits):
         assert row.value("flash_bytes") == row.value("tflite_bytes") + m4.runtime_flash_bytes
         if row.knobs["precision"].startswith("int8"):  # fully integer: int8 in, int8 out
             assert np.dtype(interpreter(tflite).get_input_details(0)["dtype"]) == np.int8
+        # what a board's timing of a bare file is taken to be, read from its weights (calibrate --measured)
+        for artifact in (tflite, trial.user_attrs["artifacts"]["onnx"]):
+            assert graph_precision(artifact) == arithmetic(row.knobs["precision"]), artifact
     from hardware_targets.backends.emulated import EmulatedBackend
     from hardware_targets.graph import op_costs, tflite_op_costs
 
