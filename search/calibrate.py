@@ -32,6 +32,10 @@ from hardware_targets.profile import arithmetic
 from search.errors import ConfigError
 
 
+# what --measured takes, in a few words for the errors that point to it
+OWN_TIMINGS = "a CSV of exported models and their latency_ms; edgesearch calibrate --help"
+
+
 def calibrate(profile: TargetProfile, runs_dir: Path, *, candidates: int = 12, seed: int = 0,
               measured: Path | None = None, progress=lambda line: None) -> dict:
     """Calibrate ``profile`` the way its backend allows, or to the board timings in the CSV file ``measured``;
@@ -58,12 +62,14 @@ def calibrate_to_references(profile: TargetProfile, runs_dir: Path, progress=lam
         if profile.runtime != "tflite-micro":  # the published results are microcontrollers'; a board runs TVM
             raise ConfigError(f"Target {profile.name} has no published results to fit its emulator to (those "
                               "here are microcontrollers'); its figures stay as its profile gives them (emulated). "
-                              "To measure on the board itself, copy its profile with backend: remote and rpc: "
+                              f"Fit it to your own timings of the board with --measured FILE ({OWN_TIMINGS}), or "
+                              "measure on the board itself: copy its profile with backend: remote and rpc: "
                               "{host: BOARD, port: 9090} and start python -m tvm.exec.rpc_server there (README, "
                               "Targets): its figures are then measured, with nothing to calibrate.")
         raise ConfigError(f"Target {profile.name} names no published reference class ('calibration_reference' in "
-                          f"{profile.source}); its figures stay as its profile gives them. The references have "
-                          f"{published_classes()}.")
+                          f"{profile.source}); its figures stay as its profile gives them. Fit it to your own "
+                          f"timings of the board with --measured FILE ({OWN_TIMINGS}), or name a class the "
+                          f"references have: {published_classes()}.")
     with tempfile.TemporaryDirectory() as tmp:
         ops = {task: op_costs(export_reference(task, Path(tmp) / f"{task}.onnx")) for task in MLPERF_TINY}
     everything = reference_samples(profile, ops)

@@ -55,10 +55,12 @@ def test_a_stored_calibration_is_applied_while_the_profile_it_was_made_for_is_un
 
 
 def test_a_board_with_no_published_reference_says_so(tmp_path):
-    with pytest.raises(ConfigError, match="names no published reference class.*The references have core cortex-m4"):
+    # the user's own timings are what is left to fit it to
+    with pytest.raises(ConfigError, match="names no published reference class.*your own timings of the board with "
+                                          "--measured FILE.*the references have: core cortex-m4"):
         calibrate(load_profile("esp32-s3"), tmp_path)
-    # a Linux board: no microcontroller's class applies; it is measured over RPC instead
-    with pytest.raises(ConfigError, match="no published results.*backend: remote and rpc:") as told:
+    # a Linux board: no microcontroller's class applies; it is fitted to timings, or measured over RPC instead
+    with pytest.raises(ConfigError, match="no published results.*--measured FILE.*backend: remote and rpc:") as told:
         calibrate(load_profile("rpi4"), tmp_path)
     assert "cortex-m4" not in str(told.value)
 
