@@ -1119,7 +1119,8 @@ def _register(tracking_uri: str, search: str, run_id: str | None, out: Path, car
             **{f"knob.{k}": str(v) for k, v in card["knobs"].items()},
             **{m: f"{f['value']:.6g} {f['unit']} ({f['provenance']})" for m, f in card["metrics"].items()},
             "model.onnx.sha256": card["artifacts"]["model.onnx"], "search": search,
-            "latency_budget_ms": str(card["latency_budget_ms"]), "exported_to": str(out)}
+            "latency_budget_ms": str(card["latency_budget_ms"]), "exported_to": str(out),
+            **({"emulator": card["emulator"]} if card.get("emulator") else {})}
     if card.get("accuracy_floor") is not None:
         tags["accuracy_floor"] = f"{card['accuracy_floor']:.4f}"
     search_run = card.get("mlflow_search_run_id")

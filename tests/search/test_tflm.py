@@ -534,9 +534,14 @@ def test_an_export_to_a_board_calibrated_on_its_own_timings_is_emulated_with_the
     assert f"latency and energy emulated for {spec.target} with the profile's own factors (not calibrated)\n" in \
         capsys.readouterr().out
     board = tmp_path / "board"
-    assert main(["--runs-dir", str(runs), "export", "--search", spec.name, "--out", str(board), "--no-mlflow"]) == 0
+    assert main(["--runs-dir", str(runs), "export", "--search", spec.name, "--out", str(board)]) == 0  # registered
     card = json.loads((board / "model_card.json").read_text())
     assert card["emulator"] == "the profile's own factors (not calibrated)"
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(default_tracking_uri(runs), registry_uri=default_tracking_uri(runs))
+    version = client.get_model_version(f"edgesearch-{spec.name}", card["registered_version"])
+    assert version.tags["emulator"] == card["emulator"]
     assert "- emulated latency and energy: the profile's device model with the profile's own factors (not " \
            "calibrated)" in (board / "MODEL_CARD.md").read_text()
     my_m7 = tmp_path / "my-m7.yaml"
