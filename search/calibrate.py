@@ -219,13 +219,17 @@ def read_measurements(path: Path, profile: TargetProfile) -> list[tuple[dict, Sa
         model, card_precision = _model_file(row["model"], path.parent, profile, where)
         latency = _number(row.get("latency_ms", ""), "latency_ms", where)
         clock = _number(row["clock_mhz"], "clock_mhz", where) if row.get("clock_mhz") else None
-        precision = row.get("precision") or card_precision or graph_precision(model)
+        try:  # read before it is believed: a file cut short in copying, or not a model at all
+            ops = tflite_op_costs(model) if model.suffix == ".tflite" else op_costs(model)
+            precision = row.get("precision") or card_precision or graph_precision(model)
+        except Exception as exc:
+            raise ConfigError(f"{where}: {model} is not a readable {model.suffix} model "
+                              f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}).") from None
         if precision not in PRECISION_NAMES:
             raise ConfigError(f"{where}: precision must be one of {', '.join(PRECISION_NAMES)}. Got {precision!r} "
                               "instead.")
         if reason := profile.arithmetic_reason(precision):
             raise ConfigError(f"{where}: {profile.name} has {reason}; a {precision} model cannot have run on it.")
-        ops = tflite_op_costs(model) if model.suffix == ".tflite" else op_costs(model)
         energy = {"measured_uj": _number(row["energy_uj"], "energy_uj", where)} if row.get("energy_uj") else {}
         out.append(({"model": row["model"], "file": str(model), "precision": precision, "measured_ms": latency,
                      "clock_mhz": clock or profile.clock_mhz, **energy}, Sample(ops, precision, latency * 1e-3, clock)))

@@ -216,10 +216,12 @@ def test_one_timing_fits_its_precision_exactly_and_says_nothing_was_left_out(tmp
     ("model,latency_ms,precision\nad.onnx,1,int4\n", "rpi4", r"row 2: precision must be one of"),
     ("model,latency_ms\nad.onnx,1,3\n", "rpi4", r"row 2: more values than the 2 columns"),
     ("model,latency_ms\n", "rpi4", r"holds no measurement"),
+    ("model,latency_ms\nbroken.onnx,1\n", "rpi4", r"row 2: .*broken.onnx is not a readable .onnx model"),
     ("model,latency_ms,precision\nad.onnx,0.00001,int8\n", "rpi4", r"below what the profile's overheads alone take"),
 ])
 def test_a_bad_timings_file_is_refused_with_its_row_and_nothing_is_stored(tmp_path, text, target, message):
     export_reference("ad", tmp_path / "ad.onnx")
+    (tmp_path / "broken.onnx").write_bytes((tmp_path / "ad.onnx").read_bytes()[:100])  # cut short in copying
     (tmp_path / "t.csv").write_text(text)
     with pytest.raises(ConfigError, match=message):
         calibrate(load_profile(target), tmp_path / "runs", measured=tmp_path / "t.csv")
