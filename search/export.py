@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import numbers
+import shlex
 import shutil
 import uuid
 from dataclasses import dataclass, replace
@@ -343,6 +344,9 @@ def export_search(
     emulator = (study.user_attrs.get(EMULATOR_ATTR) if same_target else calibration_words(profile, runs_dir)) \
         if profile.backend == "emulated" else None
     emulator_now = calibration_words(profile, runs_dir) if emulator and same_target else emulator
+    # the board as the user named it (a profile file of their own by its path): the command a card gives must run
+    calibrate_with = f"edgesearch calibrate --target {shlex.quote(target or spec.target)} --measured FILE" \
+        if emulator else None
     existed = Path(out).resolve().exists()
     out = prepare_dir(out, overwrite)
     with _removed_on_failure(out, existed):
@@ -355,7 +359,7 @@ def export_search(
         if "tflite-micro" in (profile.runtime, searched_runtime):
             card = {**_card_head(search, study, spec, row, trial, reason, profile, searched_on, tracking_uri,
                                  dataset, searched=() if board_figures else MOVED_FIGURES, emulator=emulator,
-                                 emulator_now=emulator_now),
+                                 emulator_now=emulator_now, calibrate_with=calibrate_with),
                     **_ship_tflm(trial, row, out, dataset, profile, runs_dir)}
             card["metrics"].update(board_figures or {})
             stored = _stored_bytes([out / "model.tflite"], copies=False)  # flashed as is: a copy would save nothing
@@ -427,7 +431,7 @@ def export_search(
 
         card = _card_head(search, study, spec, row, trial, reason, profile, searched_on, tracking_uri, dataset,
                           searched=("latency_ms_median", "latency_ms_p90", "energy_mj") if same_target else (),
-                          emulator=emulator, emulator_now=emulator_now)
+                          emulator=emulator, emulator_now=emulator_now, calibrate_with=calibrate_with)
         stored = _stored_bytes([onnx_path, library], copies=True)
         card["metrics"].update({**remeasured, **stored["metrics"]})
         card.update({
@@ -469,7 +473,7 @@ def _stored_bytes(model_files: list[Path], copies: bool) -> dict:
 
 def _card_head(search, study, spec, row, trial, reason, profile, searched_on, tracking_uri, dataset,
                searched=("latency_ms_median", "latency_ms_p90", "energy_mj"), emulator: str | None = None,
-               emulator_now: str | None = None) -> dict:
+               emulator_now: str | None = None, calibrate_with: str | None = None) -> dict:
     """What every model card says: which candidate, why, from which search, its knobs and its recorded figures."""
     from hardware_targets.host import host_cpu
     from search.pipeline import versions
@@ -492,7 +496,7 @@ def _card_head(search, study, spec, row, trial, reason, profile, searched_on, tr
         "dataset_splits": dataset.summary(),
         **({"class_names": list(dataset.class_names)} if dataset.class_names else {}),
         "target_profile": profile.name, "measured_on": searched_on.name,
-        **({"emulator": emulator} if emulator else {}),
+        **({"emulator": emulator, "calibrate_with": calibrate_with} if emulator else {}),
         # the board calibrated since the search: its figures stay the search's, and the card says so
         **({"emulator_since": f"{profile.name} is emulated with {emulator_now} under this runs folder now; the "
                               "figures here are the search's (a new search on the board emulates with it)"}
@@ -1043,6 +1047,16 @@ def _self_test_lines(self_test: dict | None) -> str:
             "`self_test()`.")
 
 
+def _timing_lines(card: dict) -> str:
+    """For an emulated board: how the user's own timing of this model makes the next searches' figures the board's."""
+    if not card.get("emulator"):
+        return ""
+    return (f" Its latency above is emulated, with {card['emulator']}. Once it runs, time one inference on the board "
+            "(the median of many) and fit the emulator to it: a CSV whose first line is `model,latency_ms` (optionally "
+            f"`,energy_uj`) and a row with this folder and the milliseconds, then `{card['calibrate_with']}`; "
+            "searches with that runs folder then emulate the board as it is.")
+
+
 def _listed(items: list[int], shown: int = 10) -> str:
     more = f" and {len(items) - shown} more, which `model_card.json` lists" if len(items) > shown else ""
     return ", ".join(map(str, items[:shown])) + more
@@ -1057,7 +1071,7 @@ def _run_lines(card: dict) -> list[str]:
                 "build and flash it with the board's toolchain."
                 + (" The class number it returns indexes `kClassNames` in `main.cc`, the dataset's class names."
                    if card.get("class_names") else "")
-                + _self_test_lines(card.get("self_test"))]
+                + _self_test_lines(card.get("self_test")) + _timing_lines(card)]
     arch = ", ".join(card["verification"]["library_architecture"])
     ort_line = f"onnxruntime {versions.get('onnxruntime', '')}".rstrip()
     tvm_line = f"apache-tvm {versions.get('tvm', '')}".rstrip()
@@ -1066,7 +1080,8 @@ def _run_lines(card: dict) -> list[str]:
                f"`predict.py` and `model_card.json` (then `gunzip model.tar.gz`); install numpy, {tvm_line} (or "
                "TVM's runtime of that version built on the board) and a C compiler (TVM links `model.tar` into "
                "`model.tar.so` the first time it loads it), and run `python predict.py input.npy`. `--runtime "
-               f"onnxruntime` runs `model.onnx` instead, with {ort_line}; so does any other machine.")
+               f"onnxruntime` runs `model.onnx` instead, with {ort_line}; so does any other machine."
+               + _timing_lines(card))
     else:
         how = (f"`python predict.py input.npy` runs the model in the runtime the card ships it with, here or on a "
                f"machine of the same CPU kind (`model.so` is {arch} code built for the target string in "

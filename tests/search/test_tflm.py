@@ -4,6 +4,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -546,11 +547,17 @@ def test_an_export_to_a_board_calibrated_on_its_own_timings_is_emulated_with_the
            "calibrated)" in (board / "MODEL_CARD.md").read_text()
     my_m7 = tmp_path / "my-m7.yaml"
     my_m7.write_text(Path(load_profile("cortex-m7").source).read_text().replace("name: cortex-m7", "name: my-m7"))
-    (tmp_path / "timings.csv").write_text("model,latency_ms\nboard,4.5\n")  # the export's folder, beside the CSV
+    # exported for the user's M7 board, whose card says how to fit the board to a timing of it; done as it says
+    assert main(["--runs-dir", str(runs), "export", "--search", spec.name, "--out", str(tmp_path / "board7"),
+                 "--no-mlflow", "--target", str(my_m7)]) == 0
+    card7 = json.loads((tmp_path / "board7" / "model_card.json").read_text())
+    assert card7["calibrate_with"] == f"edgesearch calibrate --target {my_m7} --measured FILE"
+    assert f"then `{card7['calibrate_with']}`" in (tmp_path / "board7" / "MODEL_CARD.md").read_text()
+    (tmp_path / "timings.csv").write_text("model,latency_ms\nboard7,4.5\n")  # the export's folder, beside the CSV
     capsys.readouterr()
-    assert main(["--runs-dir", str(runs), "calibrate", "--target", str(my_m7), "--measured",
-                 str(tmp_path / "timings.csv")]) == 0
-    assert re.search(rf"^board +{card['knobs']['precision']} +280 +4.5 ", capsys.readouterr().out, re.M)
+    command = shlex.split(card7["calibrate_with"].replace("FILE", str(tmp_path / "timings.csv")))
+    assert main(["--runs-dir", str(runs), *command[1:]]) == 0
+    assert re.search(rf"^board7 +{card['knobs']['precision']} +280 +4.5 ", capsys.readouterr().out, re.M)
     m7_board = tmp_path / "m7"
     assert main(["--runs-dir", str(runs), "export", "--search", spec.name, "--out", str(m7_board), "--no-mlflow",
                  "--target", str(my_m7)]) == 0
