@@ -59,6 +59,9 @@ def postgres(free_port):
         shutil.rmtree(data, ignore_errors=True)
 
 
+RESTARTED = 5  # trials of the search stopped with Ctrl-C and resumed
+
+
 def _spec(folder: Path, name: str, trials: int) -> Path:
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump({
@@ -90,20 +93,21 @@ def test_two_searches_at_once_and_a_restarted_driver_on_postgresql(postgres, tmp
 
     storage = postgres("optuna")
     steady = _submit(tmp_path / "a", storage, "--spec", str(_spec(tmp_path, "steady", 1)))
-    # three candidates on one worker, stopped as soon as the first has finished: two are still to go
-    stopped = _submit(tmp_path / "b", storage, "--spec", str(_spec(tmp_path, "restarted", 3)),
+    # five candidates on one worker, stopped as soon as the first has finished: four are still to go (with three, a
+    # loaded machine finished them all between the first and the Ctrl-C)
+    stopped = _submit(tmp_path / "b", storage, "--spec", str(_spec(tmp_path, "restarted", RESTARTED)),
                       start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 300
         while not _asked(storage, "restarted") and time.time() < deadline:
-            time.sleep(0.5)
+            time.sleep(0.2)
         # a second driver for it is refused while its own runs: it would re-queue the trials running under it
         capsys.readouterr()
         assert main(["--runs-dir", str(tmp_path / "b"), "submit", "--name", "restarted", "--resume", "--storage",
                      storage, "--no-mlflow"]) == 2
         assert f"Search 'restarted' is still running (driver process {stopped.pid} on " in capsys.readouterr().err
         while len(complete_trials(storage, "restarted")) < 1 and time.time() < deadline:
-            time.sleep(0.5)
+            time.sleep(0.2)
         assert complete_trials(storage, "restarted"), "the second search finished no trial in 300 s"
         stopped.send_signal(signal.SIGINT)  # as a terminal sends it
         _, said = stopped.communicate(timeout=120)
@@ -112,9 +116,10 @@ def test_two_searches_at_once_and_a_restarted_driver_on_postgresql(postgres, tmp
             os.killpg(stopped.pid, signal.SIGKILL)  # whatever of the driver and its Ray cluster is left
         stopped.wait()
     before = {t.number: t.values for t in complete_trials(storage, "restarted")}
-    assert stopped.returncode == 130 and 1 <= len(before) < 3, said[-2000:]
-    assert (f"search 'restarted' interrupted before its trial budget ({len(before)} of 3): {len(before)} finished "
-            f"trial(s) are kept in {storage}; continue it (the trials it was running start again) with: ") in said
+    assert stopped.returncode == 130 and 1 <= len(before) < RESTARTED, said[-2000:]
+    assert (f"search 'restarted' interrupted before its trial budget ({len(before)} of {RESTARTED}): {len(before)} "
+            f"finished trial(s) are kept in {storage}; continue it (the trials it was running start again) "
+            "with: ") in said
     assert f"submit --name restarted --resume --storage '{storage}' --no-mlflow" in said
     # what the stopped driver was running is queued again at once: `status` does not call it running
     assert not load_study("restarted", storage).get_trials(states=(optuna.trial.TrialState.RUNNING,))
@@ -122,7 +127,7 @@ def test_two_searches_at_once_and_a_restarted_driver_on_postgresql(postgres, tmp
     assert main(["--runs-dir", str(tmp_path / "b"), "status", "restarted", "--storage", storage]) == 0
     status = capsys.readouterr().out
     assert (f"0 running; a candidate screened out costs nothing, one stopped by halving a third); stopped: before "
-            f"its trial budget ({len(before)} of 3); continue it with: ") in status
+            f"its trial budget ({len(before)} of {RESTARTED}); continue it with: ") in status
     assert f"submit --name restarted --resume --storage '{storage}' --no-mlflow" in status
     # a resume that would change what the finished trials mean is refused, and changes nothing
     refused = _submit(tmp_path / "b", storage, "--name", "restarted", "--resume", "--latency-budget-ms", "5")
@@ -144,14 +149,14 @@ def test_two_searches_at_once_and_a_restarted_driver_on_postgresql(postgres, tmp
     complete = {t.number: t.values for t in study.trials if t.state.name == "COMPLETE"}
     assert all(complete[n] == v for n, v in before.items())  # finished before the kill: kept, not re-run
     counted = [r for r in rows(study) if not r.interrupted]
-    assert len(counted) == 3
+    assert len(counted) == RESTARTED
     interrupted = len(rows(study)) - len(counted)  # one worker: the candidate it was training when stopped, if any
     assert ("interrupted by a stopped driver" in resumed_out) == bool(interrupted)
     assert {s.study_name for s in optuna.get_all_study_summaries(storage)} == {"steady", "restarted"}
     capsys.readouterr()
     assert main(["--runs-dir", str(tmp_path), "list", "--storage", storage]) == 0
     listed = {line.split()[0]: line.split()[1:3] for line in capsys.readouterr().out.splitlines()[1:]}
-    assert listed == {"steady": ["1/1", "done"], "restarted": ["3/3", "done"]}
+    assert listed == {"steady": ["1/1", "done"], "restarted": [f"{RESTARTED}/{RESTARTED}", "done"]}
     # deleted from the shared database, the other search stays
     assert main(["--runs-dir", str(tmp_path / "b"), "delete", "steady", "--yes", "--storage", storage]) == 0
     assert f"deleted search 'steady': 1 trial(s) from {storage}" in capsys.readouterr().out
