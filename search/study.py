@@ -150,10 +150,18 @@ def make_sampler(spec: SearchSpec, drawn: int = 0) -> optuna.samplers.BaseSample
     return optuna.samplers.RandomSampler(seed=seed)
 
 
+_SERVER_STORAGES: dict[str, optuna.storages.RDBStorage] = {}  # one per database server URL in this process
+
+
 def _storage(url: str, attempts: int = 3) -> optuna.storages.BaseStorage:
     """Open an RDB storage. Two searches starting at once on a new database race in its first-time schema
     creation: for SQLite a file lock serialises it; a server database (PostgreSQL) has no file to lock, so a failed
-    open is tried again once the other search's schema is in place."""
+    open is tried again once the other search's schema is in place.
+
+    A server database's storage is opened once per process: each one keeps a pool of connections until it is
+    garbage-collected, and a process that looks a search up again and again (a poll, a notebook) held enough of them
+    to leave other users' searches none (PostgreSQL allows 100 by default). A pooled connection is checked before use,
+    so a server restarted since still works."""
     import random
     import time
     from contextlib import nullcontext
@@ -163,15 +171,22 @@ def _storage(url: str, attempts: int = 3) -> optuna.storages.BaseStorage:
     if "://" not in url:  # a file's path, as a user may give it
         raise ConfigError(f"The Optuna storage {url!r} is not a database URL: pass sqlite:///"
                           f"{Path(url).expanduser().resolve()} for a file, or postgresql://USER@HOST:5432/DB.")
+    server = not url.startswith("sqlite")
+    if server and url in _SERVER_STORAGES:
+        return _SERVER_STORAGES[url]
     lock = nullcontext()
     if url.startswith("sqlite:///"):
         lock = FileLock(url[len("sqlite:///"):] + ".lock")
     for attempt in range(attempts):
         try:
             with lock:
-                return optuna.storages.RDBStorage(url, heartbeat_interval=None)
+                if not server:
+                    return optuna.storages.RDBStorage(url, heartbeat_interval=None)
+                opened = optuna.storages.RDBStorage(url, heartbeat_interval=None,
+                                                    engine_kwargs={"pool_pre_ping": True})
+                return _SERVER_STORAGES.setdefault(url, opened)
         except Exception as exc:
-            if attempt + 1 < attempts and not url.startswith("sqlite"):
+            if attempt + 1 < attempts and server:
                 time.sleep(1 + random.random())
                 continue
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

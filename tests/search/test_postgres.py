@@ -189,6 +189,40 @@ def test_an_mlflow_tracking_server_on_postgresql_holds_every_candidate(postgres,
                                                                                      "model")}
 
 
+def _backends(storage: str, database: str) -> list[int]:
+    """The server processes of the client connections to ``database``, seen from a connection of its own."""
+    import psycopg
+
+    with psycopg.connect(storage.rsplit("/", 1)[0] + "/postgres") as admin:
+        return [pid for (pid,) in admin.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (database,))]
+
+
+def test_a_process_that_looks_searches_up_again_and_again_leaves_the_server_connections(postgres):
+    """A notebook or a poll looks a search up hundreds of times: every lookup used to open a pool of its own, whose
+    connection stayed open until garbage collection ran, until PostgreSQL refused every user ("too many clients")."""
+    import gc
+
+    from search.errors import SearchNotFoundError
+
+    storage = postgres("lookups")
+    gc.disable()  # as in a busy process, where collection runs seldom
+    try:
+        for _ in range(150):  # more than the server's 100 connections
+            with pytest.raises(SearchNotFoundError, match="No search named 'nothing'"):
+                load_study("nothing", storage)
+    finally:
+        gc.enable()
+    assert len(_backends(storage, "lookups")) <= 2
+    # the server drops them (a restart, an idle timeout): the next lookup connects again
+    import psycopg
+
+    with psycopg.connect(storage.rsplit("/", 1)[0] + "/postgres") as admin:
+        for pid in _backends(storage, "lookups"):
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    with pytest.raises(SearchNotFoundError, match="No search named 'nothing'"):
+        load_study("nothing", storage)
+
+
 def test_a_storage_password_is_not_printed(capsys, tmp_path):
     from search.cli import main
     from search.study import shown_url
