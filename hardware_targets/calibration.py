@@ -162,17 +162,37 @@ def _stored(profile: TargetProfile, runs_dir: Path) -> dict | None:
     return data if data.get("valid_for") == valid_for(profile) else None
 
 
+@dataclass(frozen=True)
+class Emulator:
+    """What emulates a board's latency and energy, from one read of its calibration: the fitted factors (None where
+    the profile's own apply) and, in words for a search's log and a model card, what they were fitted to (an
+    emulated figure is only as good as that)."""
+
+    params: EmulatorParams | None
+    words: str
+
+    def line(self, board: str) -> str:
+        return emulated_line(board, self.words)
+
+
+def emulated_line(board: str, words: str) -> str:
+    """How every command says which factors emulated a board's figures."""
+    return f"latency and energy emulated for {board} with {words}"
+
+
+def emulator_for(profile: TargetProfile, runs_dir: Path | None) -> Emulator:
+    """The factors under ``runs_dir`` for ``profile`` as it is now, or the profile's own."""
+    data = _stored(profile, runs_dir) if runs_dir else None
+    return Emulator(EmulatorParams(**data["params"]) if data else None, _words(data))
+
+
 def load_calibration(profile: TargetProfile, runs_dir: Path) -> EmulatorParams | None:
     """Fitted factors for a profile from ``runs_dir``; None where there are none for it as it is now, and the
     profile's own factors apply."""
-    data = _stored(profile, runs_dir)
-    return EmulatorParams(**data["params"]) if data else None
+    return emulator_for(profile, runs_dir).params
 
 
-def calibration_words(profile: TargetProfile, runs_dir: Path | None) -> str:
-    """Which factors emulate ``profile``'s latency and energy, in words for a search's log and a model card: an
-    emulated figure is only as good as what its emulator was fitted to."""
-    data = _stored(profile, runs_dir) if runs_dir else None
+def _words(data: dict | None) -> str:
     if data is None:
         return "the profile's own factors (not calibrated)"
     if data.get("kind") == "board measurements":

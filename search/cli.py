@@ -71,9 +71,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not quiet:
         print(f"dataset {dataset.summary()}")
         if profile.backend == "emulated":
-            from hardware_targets.calibration import calibration_words
+            from hardware_targets.calibration import emulator_for
 
-            print(f"latency and energy emulated for {profile.name} with {calibration_words(profile, args.runs_dir)}")
+            print(emulator_for(profile, args.runs_dir).line(args.target))
     # asked for by name, the candidate is built anyway; a search would leave it out of its space, for this reason
     # (a TFLite Micro target refuses such a precision outright, with its own error)
     arithmetic = profile.arithmetic_reason(candidate.precision) if profile.runtime != "tflite-micro" else None
@@ -142,10 +142,10 @@ def cmd_targets(args: argparse.Namespace) -> int:
           "target; zeroed weights (unstructured) lower latency only where kernels skip them, and otherwise only the "
           "gzip-compressed model file (every runtime here holds weights dense; export writes a .gz copy of each model "
           "file to send, and its model card gives both sizes)")
-    from hardware_targets.calibration import calibration_words
+    from hardware_targets.calibration import emulator_for
 
-    fitted = [(name, words) for name in available_profiles() if (p := load_profile(name)).backend == "emulated"
-              and not (words := calibration_words(p, args.runs_dir)).startswith("the profile's own")]
+    fitted = [(name, emulator.words) for name in available_profiles() if (p := load_profile(name)).backend == "emulated"
+              and (emulator := emulator_for(p, args.runs_dir)).params is not None]
     print(f"emulated targets calibrated under {args.runs_dir} (searches with it apply the fit): "
           + ("; ".join(f"{name}, {words}" for name, words in fitted) if fitted else
              "none (edgesearch calibrate --target BOARD fits one to published results, or with --measured to your "
@@ -701,7 +701,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if state == "running" and (out := running_trials(study)):
         print(f"running now: {out}; a trial's figures come once it is trained, compiled and measured")
     if words := study.user_attrs.get(EMULATOR_ATTR):
-        print(f"latency and energy emulated for {spec.target} with {words}")
+        from hardware_targets.calibration import emulated_line
+
+        print(emulated_line(spec.target, words))
     front = feasible_front(all_rows)
     floor = (study.user_attrs.get(FLOOR_ATTR) or {}).get("value")
     _print_outcome(all_rows, front, best_within_budget(all_rows), front_hypervolume(front, search_bounds(study, spec)),

@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from hardware_targets.calibration import calibration_words
+from hardware_targets.calibration import emulator_for
 from objectives.pareto import ACCURACY_METRICS
 from search.errors import ConfigError, EdgeSearchError
 from search.study import (
@@ -341,9 +341,9 @@ def export_search(
                               f"{profile.name} runs {profile.runtime}. Search on {profile.name} itself, then export.")
         board_figures = _on_another_board(trial, row, dataset, profile, runs_dir)
     # which factors emulated the figures: the search's for its own board, those under runs_dir now for another one
-    emulator = (study.user_attrs.get(EMULATOR_ATTR) if same_target else calibration_words(profile, runs_dir)) \
-        if profile.backend == "emulated" else None
-    emulator_now = calibration_words(profile, runs_dir) if emulator and same_target else emulator
+    now = emulator_for(profile, runs_dir).words if profile.backend == "emulated" else None
+    emulator = study.user_attrs.get(EMULATOR_ATTR) if now and same_target else now
+    emulator_now = now if emulator else None  # a study stored without the words: nothing to compare with
     # the board as the user named it (a profile file of their own by its path): the command a card gives must run
     calibrate_with = f"edgesearch calibrate --target {shlex.quote(target or spec.target)} --measured FILE" \
         if emulator else None

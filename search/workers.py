@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from hardware_targets import get_backend
-from hardware_targets.calibration import calibration_words, load_calibration
+from hardware_targets.calibration import emulator_for
 from hardware_targets.profile import arithmetic
 from objectives.accuracy import at_chance
 from objectives.latency import INFEASIBLE, RETIME, budget_verdict
@@ -863,9 +863,9 @@ def run_search(
     else:  # a name taken is refused before the space's precisions are timed
         refuse_existing(spec.name, storage_url)
     data = cached_dataset(spec.dataset, spec.class_weight)  # a malformed file stops here, before Ray starts
-    emulator = calibration_words(profile, runs_dir) if profile.backend == "emulated" else None
-    factors = load_calibration(profile, runs_dir) if emulator else None
-    factors = dataclasses.asdict(factors) if factors else None
+    fitted = emulator_for(profile, runs_dir) if profile.backend == "emulated" else None
+    emulator = fitted.words if fitted else None
+    factors = dataclasses.asdict(fitted.params) if fitted and fitted.params else None
     if resume:
         stored = load_study(spec.name, storage_url)
         check_same_data(stored, spec, data, "resume it")
@@ -877,7 +877,7 @@ def run_search(
             check_same_emulator(stored, spec, emulator, factors)
     report(f"dataset {data.summary()}")
     if emulator:
-        report(f"latency and energy emulated for {profile.name} with {emulator}")
+        report(fitted.line(spec.target))
     get_backend(profile, runs_dir).check()  # a board that is down, before anything is trained for it
     if address:
         check_cluster(address)  # an address nothing answers at, before anything is stored

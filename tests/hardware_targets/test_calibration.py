@@ -11,7 +11,7 @@ import pytest
 
 from hardware_targets import get_backend, load_profile
 from hardware_targets.calibration import (
-    EmulatorParams, Sample, calibration_words, fit_efficiency, load_calibration, percentage_errors,
+    Emulator, EmulatorParams, Sample, emulator_for, fit_efficiency, load_calibration, percentage_errors,
 )
 from hardware_targets.emulator import latency_seconds
 from hardware_targets.graph import op_costs
@@ -168,11 +168,11 @@ def test_a_board_is_fitted_to_a_users_own_timings_and_predicts_each_one_left_out
     assert vww["latency_ms_median"].value == pytest.approx(rows[5]["emulated_ms"])
     assert vww["energy_mj"].value == pytest.approx(rows[5]["emulated_uj"] * 1e-3)
     assert vww["latency_ms_median"].provenance == vww["energy_mj"].provenance == "emulated"
-    words = calibration_words(profile, runs)
+    words = emulator_for(profile, runs).words
     assert f"fitted to 8 timing(s) of the board ({timings.resolve()}; median error" in words
     assert words.endswith(f"; active power {report['params']['power_active_mw']:.4g} mW from 7 energy "
                           "measurement(s))")
-    assert calibration_words(profile, tmp_path / "elsewhere") == "the profile's own factors (not calibrated)"
+    assert emulator_for(profile, tmp_path / "elsewhere") == Emulator(None, "the profile's own factors (not calibrated)")
     assert main(["--runs-dir", str(runs), "targets"]) == 0  # where a user looks for what a runs folder holds
     assert f"calibrated under {runs} (searches with it apply the fit): rpi4, {words}\n" in capsys.readouterr().out
     # a candidate evaluated for the board is emulated with the fit, and says so

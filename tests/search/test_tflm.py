@@ -530,8 +530,9 @@ def test_an_export_to_a_board_calibrated_on_its_own_timings_is_emulated_with_the
     spec, outcome, runs, lines = m4_search
     if outcome.best is None:
         pytest.fail("the cortex-m4 search found no feasible candidate to export")
-    assert "latency and energy emulated for my-m4 with the profile's own factors (not calibrated)" in lines
-    assert main(["--runs-dir", str(runs), "status", spec.name]) == 0  # and so does its status, later
+    # the board named as the user named it (here their own profile file), by the search and by its status later
+    assert f"latency and energy emulated for {spec.target} with the profile's own factors (not calibrated)" in lines
+    assert main(["--runs-dir", str(runs), "status", spec.name]) == 0
     assert f"latency and energy emulated for {spec.target} with the profile's own factors (not calibrated)\n" in \
         capsys.readouterr().out
     board = tmp_path / "board"
