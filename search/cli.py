@@ -98,6 +98,39 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pack(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from search.data import load_npz
+    from search.images import pack_images, parse_size
+
+    size = parse_size(args.size) if args.size else None
+    with tqdm(unit=" images", desc=f"reading {args.folder}", disable=None, leave=False) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        packed = pack_images(args.folder, args.out, size, args.grey, progress)
+    width, height = packed.size
+    stored = packed.path.stat().st_size
+    print(f"packed {packed.images} images of {len(packed.classes)} classes into {packed.path} ("
+          + (f"{stored / 1e6:.1f} MB" if stored >= 1e5 else f"{stored / 1e3:.0f} KB") + f"): {width}x{height} pixels, "
+          + ("grey (1 channel)" if packed.channels == 1 else "RGB (3 channels, stored height x width x channel)")
+          + ", 8-bit values 0-255 as decoded (a device feeds the model the same), "
+          + (f"the folder's own splits ({', '.join(packed.splits)})" if packed.splits else
+             "the test and validation splits drawn by each search (stratified, fixed seed)"))
+    if packed.resized:
+        print(f"resized to {width}x{height} (bilinear): {packed.resized} image(s) of another size")
+    if packed.skipped:
+        shown = ", ".join(packed.skipped[:4]) + (f" and {len(packed.skipped) - 4} more" if len(packed.skipped) > 4
+                                                 else "")
+        print(f"not read: {len(packed.skipped)} file(s), not images or not in a class folder ({shown})")
+    print(f"dataset {load_npz(packed.path).summary()}")
+    print(f"search it: edgesearch submit --dataset {shlex.quote(str(packed.path))} --target TARGET "
+          "--latency-budget-ms MS")
+    return 0
+
+
 def cmd_targets(args: argparse.Namespace) -> int:
     from hardware_targets import available_profiles, load_profile
 
@@ -914,7 +947,8 @@ def _add_candidate_options(p: argparse.ArgumentParser) -> None:
     from search.candidate import PRECISIONS, PRUNING_MODES
 
     p.add_argument("--dataset", default="digits", help="built-in dataset (digits, mnist1d) or path of an .npz file "
-                   "with x_train, y_train, x_test, y_test, or x and y [default: digits]")
+                   "with x_train, y_train, x_test, y_test, or x and y (a folder of images: 'edgesearch pack' it) "
+                   "[default: digits]")
     p.add_argument("--target", default="host", help="target profile name or .yaml path; see 'edgesearch targets' "
                    "[default: host]")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="numeric precision of the deployed graph")
@@ -966,6 +1000,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("pack", help="pack a folder of images, one subfolder per class, into a dataset file",
+                       description="Decode a folder of images (PNG, JPEG, BMP, GIF, WebP, TIFF, PNM) with one "
+                                   "subfolder per class, named after it, into the .npz a search reads: 8-bit pixels, "
+                                   "the class names, and the axis order. A folder with train/ and test/ (and val/ or "
+                                   "validation/), each with the class folders, keeps those splits; otherwise each "
+                                   "search draws them. Grey images give one channel, and a colour image makes "
+                                   "every image RGB. Files that are not images are listed and left out; dot files "
+                                   "(.DS_Store, ._*) are not data. Photos are turned upright as their EXIF says.")
+    p.add_argument("folder", type=Path, help="the folder of class folders")
+    p.add_argument("--out", type=Path, required=True, help="the .npz file to write (replaced if it exists)")
+    p.add_argument("--size", help="resize every image to WIDTHxHEIGHT pixels, such as 32x32 (bilinear; aspect not "
+                   "kept); needed when the images have several sizes")
+    p.add_argument("--grey", action="store_true", help="read colour images as grey, one channel (a third of the "
+                   "input, and of the first layer's work)")
+    p.set_defaults(func=cmd_pack)
+
     p = sub.add_parser("targets", help="list the target profiles", description="List the shipped target profiles.")
     p.set_defaults(func=cmd_targets)
 
@@ -996,7 +1046,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", type=Path, help="YAML or TOML file with the spec fields "
                    f"({', '.join(f.name for f in dataclasses.fields(SearchSpec))})")
     p.add_argument("--name", help="search name: the study, MLflow experiment and output folder are named after it")
-    p.add_argument("--dataset", help="digits, mnist1d or an .npz path [default: digits]; on --resume, where the "
+    p.add_argument("--dataset", help="digits, mnist1d or an .npz path (a folder of images: 'edgesearch pack' it) "
+                   "[default: digits]; on --resume, where the "
                    "search's own .npz is on this machine (checked to hold the same data)")
     p.add_argument("--target", help="target profile [default: host]")
     p.add_argument("--latency-budget-ms", dest="latency_budget_ms", type=float,

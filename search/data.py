@@ -1,4 +1,5 @@
-"""Datasets, loaded by one function from a built-in name or a user ``.npz`` file.
+"""Datasets, loaded by one function from a built-in name or a user ``.npz`` file (a folder of images is packed
+into one by ``search.images``).
 
 Nothing is downloaded: ``digits`` ships inside scikit-learn and ``mnist1d`` is
 generated locally by its procedural generator. Splits are stratified with a
@@ -253,9 +254,21 @@ _MAX_SIGNAL_CHANNELS_LAST = 9
 _MIN_GREY_IMAGE_SIDE = 8
 
 
+def is_a_folder(path: Path) -> str:
+    """What to do with a folder given as a dataset: pack it (``search.images``) into the one file a search reads."""
+    import shlex
+
+    packed = shlex.quote(f"{path.resolve().name or 'images'}.npz")
+    return (f"Dataset {str(path)!r} is a folder; a search reads one .npz file. For a folder of images with one "
+            f"subfolder per class, pack it first: edgesearch pack {shlex.quote(str(path))} --out {packed} (see "
+            f"edgesearch pack --help), then pass --dataset {packed}.")
+
+
 def load_npz(path: str | Path) -> Dataset:
     """Load and validate a user dataset; every problem names the key at fault."""
     path = Path(path)
+    if path.is_dir():
+        raise DatasetError(is_a_folder(path))
     if not path.is_file():
         raise DatasetError(f"Dataset file {str(path)!r} does not exist"
                            + ("." if path.is_absolute() else f" (a relative path is read from {Path.cwd()})."))

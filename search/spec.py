@@ -290,8 +290,11 @@ def check_inputs(spec: SearchSpec):
         raise ProfileError(f"Profile file {spec.target!r} does not exist {where}.")
     profile = load_profile(spec.target)
     if spec.dataset not in BUILTIN_DATASETS and not Path(spec.dataset).is_file():
+        from search.data import is_a_folder
         from search.errors import DatasetError
 
+        if Path(spec.dataset).is_dir():
+            raise DatasetError(is_a_folder(Path(spec.dataset)))
         if "dataset" in files:  # a file the user meant: say where it was looked for
             raise DatasetError(f"Dataset file {spec.dataset!r} does not exist {where}.")
         raise DatasetError(f"Unknown dataset {spec.dataset!r}: expected one of {list(BUILTIN_DATASETS)} "

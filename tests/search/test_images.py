@@ -1,0 +1,183 @@
+"""A folder of images with one subfolder per class, packed into the dataset file a search reads."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from search.cli import main
+from search.data import load_dataset
+
+
+def _image(rng, size=(12, 10), grey=False) -> Image.Image:
+    """A random image of ``size`` (width, height): its exact pixels are what a packed file must hold."""
+    width, height = size
+    shape = (height, width) if grey else (height, width, 3)
+    return Image.fromarray(rng.integers(0, 256, size=shape, dtype=np.uint8))
+
+
+def _folder(root: Path, classes=("cat", "dog", "owl"), per_class=8, **image) -> dict[Path, Image.Image]:
+    rng = np.random.default_rng(0)
+    saved = {}
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            path = root / name / f"{i}.{'png' if i % 2 else 'bmp'}"  # lossless: the pixels read back exactly
+            saved[path] = _image(rng, **image)
+            saved[path].save(path)
+    return saved
+
+
+def _pack(capsys, *args) -> tuple[int, str, str]:
+    code = main(["pack", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_folder_of_class_folders_packs_into_the_images_a_search_reads(tmp_path, capsys):
+    saved = _folder(tmp_path / "pets")
+    (tmp_path / "pets" / "notes.txt").write_text("taken in May")  # beside the class folders: no class
+    (tmp_path / "pets" / "cat" / "labels.csv").write_text("x")
+    (tmp_path / "pets" / "dog" / ".DS_Store").write_bytes(b"\0")  # a dot file is not data, nor said
+    (tmp_path / "pets" / "owl" / "._3.png").write_bytes(b"\0\5\26\7")  # macOS' metadata twin of 3.png
+    code, out, err = _pack(capsys, tmp_path / "pets", "--out", tmp_path / "pets.npz")
+    assert code == 0, err
+    assert f"packed 24 images of 3 classes into {tmp_path / 'pets.npz'} (" in out
+    assert "12x10 pixels, RGB (3 channels, stored height x width x channel), 8-bit values 0-255" in out
+    assert "not read: 2 file(s), not images or not in a class folder (cat/labels.csv, notes.txt)" in out
+    assert "DS_Store" not in out and "._3" not in out
+    with np.load(tmp_path / "pets.npz") as archive:
+        assert list(archive["class_names"]) == ["cat", "dog", "owl"] and str(archive["layout"]) == "NHWC"
+        x, y = archive["x"], archive["y"]
+    order = sorted(saved, key=lambda p: (p.parent.name, p.name))
+    assert x.dtype == np.uint8 and x.shape == (24, 10, 12, 3)
+    for i, path in enumerate(order):
+        assert np.array_equal(x[i], np.asarray(saved[path])) and y[i] == path.parent.name
+    # as a search reads it: channel first, each class named, the splits drawn
+    data = load_dataset(str(tmp_path / "pets.npz"))
+    assert data.sample_shape == (3, 10, 12) and data.class_names == ("cat", "dog", "owl")
+    assert data.saved_layout == "NHWC" and len(data.x_train) + len(data.x_val) + len(data.x_test) == 24
+    assert f"dataset {data.summary()}" in out
+    first = data.x_test[0].transpose(1, 2, 0)
+    assert any(np.array_equal(first, np.asarray(image)) for image in saved.values())
+
+
+def test_grey_images_pack_as_one_channel_and_colour_ones_as_grey_when_asked(tmp_path, capsys):
+    _folder(tmp_path / "grey", grey=True)
+    assert _pack(capsys, tmp_path / "grey", "--out", tmp_path / "grey.npz")[0] == 0
+    data = load_dataset(str(tmp_path / "grey.npz"))
+    assert data.sample_shape == (1, 10, 12) and data.saved_layout == ""
+    saved = _folder(tmp_path / "colour")
+    code, out, _ = _pack(capsys, tmp_path / "colour", "--out", tmp_path / "colour.npz", "--grey")
+    assert code == 0 and "grey (1 channel)" in out
+    with np.load(tmp_path / "colour.npz") as archive:
+        first = sorted(saved, key=lambda p: (p.parent.name, p.name))[0]
+        assert np.array_equal(archive["x"][0], np.asarray(saved[first].convert("L")))
+
+
+def test_a_folder_of_train_test_and_val_keeps_its_splits(tmp_path, capsys):
+    for split, count in (("train", 6), ("test", 3), ("validation", 2)):
+        _folder(tmp_path / "set" / split, per_class=count)
+    code, out, err = _pack(capsys, tmp_path / "set", "--out", tmp_path / "set.npz")
+    assert code == 0, err
+    assert "the folder's own splits (train, test, val)" in out
+    data = load_dataset(str(tmp_path / "set.npz"))
+    assert (len(data.x_train), len(data.x_test), len(data.x_val)) == (18, 9, 6) and data.drawn == ""
+    assert list(np.bincount(data.y_test)) == [3, 3, 3]
+
+
+def test_images_of_several_sizes_are_refused_until_a_size_is_given(tmp_path, capsys):
+    saved = _folder(tmp_path / "pets")
+    rng = np.random.default_rng(1)
+    for i, size in enumerate([(40, 30), (40, 30), (7, 9)]):
+        _image(rng, size).save(tmp_path / "pets" / "dog" / f"big{i}.png")
+    code, _, err = _pack(capsys, tmp_path / "pets", "--out", tmp_path / "pets.npz")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert ("images of 3 sizes: 24 of 12x10 (such as cat/0.bmp), 2 of 40x30 (such as dog/big0.png), 1 of 7x9 "
+            "(such as dog/big2.png). A model takes one input size: pass --size WxH") in err
+    assert not (tmp_path / "pets.npz").exists()
+    code, out, err = _pack(capsys, tmp_path / "pets", "--out", tmp_path / "pets.npz", "--size", "16x8")
+    assert code == 0, err
+    assert "resized to 16x8 (bilinear): 27 image(s) of another size" in out
+    with np.load(tmp_path / "pets.npz") as archive:
+        assert archive["x"].shape == (27, 8, 16, 3)
+        first = sorted(saved, key=lambda p: (p.parent.name, p.name))[0]
+        assert np.array_equal(archive["x"][0], np.asarray(saved[first].resize((16, 8), Image.Resampling.BILINEAR)))
+
+
+def test_a_photo_is_packed_upright_as_its_exif_orientation_says(tmp_path, capsys):
+    _folder(tmp_path / "pets", size=(10, 12))  # portrait: 10 wide, 12 high
+    rng = np.random.default_rng(2)
+    photo = _image(rng, (12, 10))  # stored landscape by the camera, with "rotate 90 clockwise to show"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo.save(tmp_path / "pets" / "owl" / "phone.jpg", exif=exif, quality=100)
+    code, _, err = _pack(capsys, tmp_path / "pets", "--out", tmp_path / "pets.npz")
+    assert code == 0, err  # one size: the photo, turned upright, is 10x12 like the others
+    with np.load(tmp_path / "pets.npz") as archive:
+        assert archive["x"].shape[1:] == (12, 10, 3)
+
+
+@pytest.mark.parametrize("case, said", [
+    ("corrupt", "dog/5.png in {root} is not a readable image ("),
+    ("16-bit", "cat/deep.png in {root} has I;16 pixels (16-bit or floating point); pack reads 8-bit images"),
+    ("no classes", "{root} holds no class folders: put each class's images in a subfolder named after the class"),
+    ("one class", "{root}: one class folder ('cat'); a classifier needs at least 2."),
+    ("empty class", "{root}: class folder(s) 'eel' hold no image file ("),
+    ("test class not trained", "{root}: test/ has class folder(s) 'eel' that train/ has not (cat, dog, owl)"),
+    ("train without test", "{root} has a train/ folder, so it is read as splits, each with one subfolder per class; "
+                           "it needs test/ beside it."),
+    ("too few to split", "{root} packed: cannot draw the test split (20% of 'x', stratified by class): "),
+    ("too few to split", "members are: [0, 1, 2] Add images of every class. Or give the folder splits of its own: "
+                         "train/ and test/ (and val/), each with the class folders."),
+    ("out not npz", "--out must name a .npz file (the dataset a search reads); got "),
+    ("bad size", "--size must be WIDTHxHEIGHT in pixels, such as 32x32"),
+])
+def test_a_folder_that_makes_no_dataset_is_refused_in_one_line_and_writes_nothing(tmp_path, capsys, case, said):
+    root, out = tmp_path / "pets", tmp_path / "pets.npz"
+    args = []
+    if case == "corrupt":
+        _folder(root)
+        (root / "dog" / "5.png").write_bytes(b"\x89PNG\r\n\x1a\n not the rest")
+    elif case == "16-bit":
+        _folder(root)
+        Image.fromarray(np.full((10, 12), 40000, dtype=np.uint16)).save(root / "cat" / "deep.png")
+    elif case == "no classes":
+        root.mkdir()
+        _image(np.random.default_rng(0)).save(root / "0.png")
+    elif case == "one class":
+        _folder(root, classes=("cat",))
+    elif case == "empty class":
+        _folder(root)
+        (root / "eel").mkdir()
+        (root / "eel" / "notes.txt").write_text("none yet")
+    elif case == "test class not trained":
+        _folder(root / "train")
+        _folder(root / "test", classes=("cat", "eel"), per_class=2)
+    elif case == "train without test":
+        _folder(root / "train")
+    elif case == "too few to split":
+        _folder(root, per_class=1)
+    elif case == "out not npz":
+        _folder(root)
+        out = tmp_path / "pets.zip"
+    else:
+        _folder(root)
+        args = ["--size", "32 by 32"]
+    code, _, err = _pack(capsys, root, "--out", out, *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert said.format(root=root) in err
+    assert not out.exists() and not list(tmp_path.glob(".*partial*"))
+
+
+def test_a_folder_given_as_the_dataset_is_told_how_to_pack_it(tmp_path, capsys):
+    _folder(tmp_path / "pets")
+    runs = tmp_path / "runs"
+    for command in (["evaluate", "--epochs", "1"], ["submit", "--name", "pets", "--trials", "1", "--no-mlflow"]):
+        assert main(["--runs-dir", str(runs), *command, "--dataset", str(tmp_path / "pets")]) == 2
+        err = capsys.readouterr().err
+        assert (f"Dataset '{tmp_path / 'pets'}' is a folder; a search reads one .npz file. For a folder of images "
+                f"with one subfolder per class, pack it first: edgesearch pack {tmp_path / 'pets'} --out pets.npz")\
+            in err
+    assert not (runs / "searches").exists()
