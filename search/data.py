@@ -50,6 +50,7 @@ class Dataset:
     class_names: tuple[str, ...] = ()  # the archive's ``class_names``, label k named class_names[k]; () for none
     unread_keys: tuple[str, ...] = ()  # archive keys edgesearch does not read: most often a misspelt one
     scaling: str = ""  # how a built-in loader scaled its source into x, in words; "" for data used as stored
+    from_images: bool = False  # packed from image files (``search.images``): an export's predict.py reads one too
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -241,7 +242,8 @@ _BUILTIN_LOADERS = {"digits": _load_digits, "mnist1d": _load_mnist1d}
 _REQUIRED_KEYS = ("x_train", "y_train", "x_test", "y_test")
 _SPLIT_KEYS = (*_REQUIRED_KEYS, "x_val", "y_val")
 # every key an archive may hold: the splits (or x, y), the axis order and the names of the classes
-ARCHIVE_KEYS = (*_SPLIT_KEYS, "x", "y", "layout", "class_names")
+ARCHIVE_KEYS = (*_SPLIT_KEYS, "x", "y", "layout", "class_names")  # and edgesearch pack's own from_images
+IMAGE_PIXELS = "8-bit pixel values (0 to 255) as decoded from the image files by edgesearch pack, unscaled"
 NAMES_SHOWN = 8  # class names on the dataset's line; the model card lists them all
 # the axis orders an archive's optional ``layout`` may name (N samples, C channels, L length, H height, W width);
 # each is read into channel-first order, a missing C axis as one channel
@@ -292,6 +294,7 @@ def load_npz(path: str | Path) -> Dataset:
                            "(optionally x_val, y_val), or just x and y, of which a stratified test split is drawn.")
     layout = _layout(path, arrays.pop("layout", None))
     names = arrays.pop("class_names", None)
+    from_images = bool(arrays.pop("from_images", np.array(False)).any())
     unread = tuple(sorted(key for key in arrays if key not in _SPLIT_KEYS))
     if ("x_val" in arrays) != ("y_val" in arrays):
         raise DatasetError(f"{path}: 'x_val' and 'y_val' must be given together or not at all.")
@@ -342,7 +345,8 @@ def load_npz(path: str | Path) -> Dataset:
             path.stem, f"npz-{digest}", x["train"], arrays["y_train"], x["test"], arrays["y_test"],
             x.get("val"), arrays.get("y_val"), test_from, layout or "",
         )
-        return dataclasses.replace(dataset, class_names=class_names, unread_keys=unread)
+        return dataclasses.replace(dataset, class_names=class_names, unread_keys=unread, from_images=from_images,
+                                   scaling=IMAGE_PIXELS if from_images else "")
     except ValueError as exc:  # scikit-learn's split: a class with one training sample, or fewer samples than classes
         # scikit-learn's split takes ceil(15% of n) samples, which must hold one of each class, as must the rest
         need = next(n for n in range(2 * num_classes, 10**6)

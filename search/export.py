@@ -209,7 +209,8 @@ PREDICT_PY = '''"""Classify inputs with the exported model, in the runtime the m
 
 python predict.py [input.npy] [--runtime onnxruntime|tvm]. input.npy holds one sample or a batch of them, in the
 axis order the model card's input layout names (a single channel's axis may be left out), or in the channels-last
-order the searched dataset was saved in (its dataset_layout). TVM runs model.so, or
+order the searched dataset was saved in (its dataset_layout). A model trained on a folder of images packed by
+edgesearch pack also takes an image file (it needs Pillow), read as pack read them. TVM runs model.so, or
 model.tar on the board it was built for (linked there on first use: TVM needs a C compiler for that); elsewhere,
 and with model.onnx or model.onnx.gz alone, onnxruntime runs the same graph.
 """
@@ -222,6 +223,7 @@ from pathlib import Path
 
 import numpy as np
 
+IMAGE_SUFFIXES = ()
 here = Path(__file__).resolve().parent
 card = json.loads((here / "model_card.json").read_text()) if (here / "model_card.json").is_file() else {}
 library = next((here / name for name in ("model.so", "model.tar") if (here / name).is_file()), None)
@@ -233,6 +235,7 @@ shipped = "tvm" if card.get("runtime") == "tvm" and runs_here else "onnxruntime"
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 values = (card.get("input") or {}).get("values")
 parser.add_argument("input", nargs="?", help=".npy file of one sample or a batch (N, ...) (zeros if left out)"
+                    + ("; or an image file" if (card.get("input") or {}).get("image_files") else "")
                     + (f"; its values as in training: {values}".replace("%", "%%") if values else ""))
 parser.add_argument("--input", dest="named_input", metavar="INPUT", help="the same, named")
 parser.add_argument("--runtime", choices=["onnxruntime", "tvm"], default=shipped, help=f"[default: {shipped}]")
@@ -268,7 +271,23 @@ else:
     dtype = np.dtype(np.float16 if "float16" in inp.type else np.float32)
     run = lambda x: session.run(None, {inp.name: x})[0]
 sample = tuple(shape[1:])
-x = np.load(args.input) if args.input else np.zeros(shape, dtype)
+if args.input and Path(args.input).suffix.lower() in IMAGE_SUFFIXES:
+    if not (card.get("input") or {}).get("image_files"):
+        parser.error(f"{args.input} is an image file, and this model was not trained on images packed from files: "
+                     f"pass a .npy of its input ({(card.get('input') or {}).get('values', 'as in training')})")
+    try:
+        from PIL import Image, ImageOps
+    except ImportError:
+        parser.error("reading an image file needs Pillow: pip install pillow (or pass a .npy)")
+    channels, height, width = sample
+    with Image.open(args.input) as image:  # as edgesearch pack read the training images
+        image = ImageOps.exif_transpose(image).convert("L" if channels == 1 else "RGB")
+        if image.size != (width, height):
+            image = image.resize((width, height), Image.Resampling.BILINEAR)
+        pixels = np.asarray(image, dtype=np.uint8)
+    x = (pixels[None] if channels == 1 else pixels.transpose(2, 0, 1))[None]
+else:
+    x = np.load(args.input) if args.input else np.zeros(shape, dtype)
 if x.shape == sample:
     x = x[None]
 elif sample[0] == 1 and x.shape == sample[1:]:  # one channel: its axis may be left out, as edgesearch reads data
@@ -290,6 +309,13 @@ for i, one in enumerate(x.astype(dtype)):  # one at a time: the model is built f
     print(*(["sample", i] if len(x) > 1 else []), "class", best, *([f"({names[best]})"] if names else []), "logits",
           np.round(logits.astype(np.float64).ravel(), 3).tolist(), f"({args.runtime})")
 '''
+
+
+def predict_py() -> str:
+    """predict.py, reading the image files ``edgesearch pack`` reads."""
+    from search.images import IMAGE_SUFFIXES
+
+    return PREDICT_PY.replace("IMAGE_SUFFIXES = ()", f"IMAGE_SUFFIXES = {tuple(sorted(IMAGE_SUFFIXES))!r}", 1)
 
 
 def export_search(
@@ -401,7 +427,7 @@ def export_search(
             (out / "tuning_records").mkdir()  # only where there are records: an untuned build has none to ship
             for name in ("database_workload.json", "database_tuning_record.json"):
                 shutil.copyfile(records / name, out / "tuning_records" / name)
-        (out / "predict.py").write_text(PREDICT_PY)
+        (out / "predict.py").write_text(predict_py())
 
         # Verification: the shipped ONNX and a host build must reproduce the recorded test accuracies exactly.
         # What the TVM build scored: its own figure where a TVM build ships; else, beside onnxruntime's as its own,
@@ -835,7 +861,9 @@ def model_input(dataset, dtype: str) -> dict:
     channels-last order the dataset was saved in, which predict.py takes too."""
     return {"shape": [1, *dataset.sample_shape], "dtype": dtype, "layout": input_layout(dataset.sample_shape),
             **({"dataset_layout": dataset.saved_layout} if dataset.saved_layout else {}),
-            "values": dataset.input_values()}
+            "values": dataset.input_values(),
+            **({"image_files": "decoded, made upright, converted and resized (bilinear) as edgesearch pack did"}
+               if dataset.from_images else {})}
 
 
 def input_layout(sample_shape: tuple[int, ...], channels_last: bool = False) -> str:
@@ -936,7 +964,9 @@ def model_card_markdown(card: dict) -> str:
              f"- dataset: `{card['dataset']}`; input {card['input']['shape']} {card['input']['dtype']}"
              f" ({card['input'].get('layout', '?')}"
              + (f"; predict.py also takes {card['input']['dataset_layout']}, the order the dataset was saved in"
-                if card['input'].get('dataset_layout') else "") + ")"
+                if card['input'].get('dataset_layout') else "")
+             + ("; and an image file, as the dataset was packed from them" if card['input'].get('image_files')
+                else "") + ")"
              + (f"; splits: {card['dataset_splits']}" if card.get("dataset_splits") else ""),
              *([f"- input values, as in training: {card['input']['values']}"] if card["input"].get("values") else []),
              *([f"- input quantisation: {_quantisation(q['scale'], q['zero_point'])}, saturated to int8 "

@@ -183,7 +183,7 @@ def pack_images(folder: str | Path, out: str | Path, size: tuple[int, int] | Non
         if progress:
             progress(done, len(listed))
     layout = "NHW" if channels == 1 else "NHWC"
-    arrays = {"class_names": np.array(names), "layout": np.array(layout)}
+    arrays = {"class_names": np.array(names), "layout": np.array(layout), "from_images": np.array(True)}
     for split in splits:
         key = "" if split == "all" else f"_{split}"
         arrays[f"x{key}"], arrays[f"y{key}"] = np.stack(x[split]), np.array(y[split])

@@ -1,5 +1,8 @@
 """A folder of images with one subfolder per class, packed into the dataset file a search reads."""
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +61,9 @@ def test_a_folder_of_class_folders_packs_into_the_images_a_search_reads(tmp_path
     data = load_dataset(str(tmp_path / "pets.npz"))
     assert data.sample_shape == (3, 10, 12) and data.class_names == ("cat", "dog", "owl")
     assert data.saved_layout == "NHWC" and len(data.x_train) + len(data.x_val) + len(data.x_test) == 24
+    assert data.from_images and data.input_values().startswith(
+        "8-bit pixel values (0 to 255) as decoded from the image files by edgesearch pack, unscaled; the training data "
+        "spans 0 to 255")
     assert f"dataset {data.summary()}" in out
     first = data.x_test[0].transpose(1, 2, 0)
     assert any(np.array_equal(first, np.asarray(image)) for image in saved.values())
@@ -181,3 +187,48 @@ def test_a_folder_given_as_the_dataset_is_told_how_to_pack_it(tmp_path, capsys):
                 f"with one subfolder per class, pack it first: edgesearch pack {tmp_path / 'pets'} --out pets.npz")\
             in err
     assert not (runs / "searches").exists()
+
+
+def _predict(folder: Path, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "predict.py", *map(str, args), "--runtime", "onnxruntime"], cwd=folder,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_the_predict_py_of_a_model_of_packed_images_reads_an_image_as_pack_read_them(tmp_path, capsys):
+    """A user of a folder of photos classifies a photo, not an array: predict.py decodes, converts and resizes it as
+    the training images were packed, so it runs the model on the values it was trained on."""
+    from search.candidate import Candidate
+    from search.export import model_input, predict_py
+    from search.models import build_model
+    from search.stages.export import export_onnx
+    from tests.search.conftest import TINY
+
+    saved = _folder(tmp_path / "pets")
+    assert _pack(capsys, tmp_path / "pets", "--out", tmp_path / "pets.npz")[0] == 0
+    data = load_dataset(str(tmp_path / "pets.npz"))
+    out = tmp_path / "export"
+    export_onnx(build_model(data.sample_shape, data.num_classes, 0.5).eval(),
+                Candidate(precision="fp32", width=0.5, budget=TINY), data, out / "model.onnx")
+    card = {"runtime": "onnxruntime", "input": model_input(data, "float32"), "class_names": list(data.class_names)}
+    (out / "model_card.json").write_text(json.dumps(card))
+    (out / "predict.py").write_text(predict_py())
+    first, other = sorted(saved)[:2]
+    np.save(tmp_path / "first.npy", np.asarray(saved[first]).transpose(2, 0, 1))  # as the search read it
+    by_image, by_array, another = (_predict(out, p) for p in (first, tmp_path / "first.npy", other))
+    assert by_image.returncode == 0, by_image.stderr
+    assert by_image.stdout == by_array.stdout != another.stdout and "logits" in by_image.stdout
+    # a photo of another size, with an alpha channel: converted and resized as pack --size would
+    rng = np.random.default_rng(5)
+    photo = Image.fromarray(rng.integers(0, 256, size=(30, 40, 4), dtype=np.uint8))
+    photo.save(tmp_path / "photo.png")
+    np.save(tmp_path / "photo.npy", np.asarray(photo.convert("RGB").resize((12, 10), Image.Resampling.BILINEAR))
+            .transpose(2, 0, 1))
+    assert _predict(out, tmp_path / "photo.png").stdout == _predict(out, tmp_path / "photo.npy").stdout
+    assert "; or an image file" in _predict(out, "--help").stdout
+    # a model trained on values of another kind: an image's pixels are not its input, and it says what is
+    card["input"].pop("image_files")
+    (out / "model_card.json").write_text(json.dumps(card))
+    refused = _predict(out, first)
+    assert refused.returncode == 2
+    assert (f"{first} is an image file, and this model was not trained on images packed from files: pass a .npy of "
+            "its input (") in refused.stderr
