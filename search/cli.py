@@ -102,29 +102,38 @@ def cmd_pack(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from search.data import load_npz
-    from search.images import pack_images, parse_size
+    from search.pack import pack_folder, parse_size
 
     size = parse_size(args.size) if args.size else None
-    with tqdm(unit=" images", desc=f"reading {args.folder}", disable=None, leave=False) as bar:
+    with tqdm(unit=" files", desc=f"reading {args.folder}", disable=None, leave=False) as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
 
-        packed = pack_images(args.folder, args.out, size, args.grey, progress)
-    width, height = packed.size
+        packed = pack_folder(args.folder, args.out, size, args.grey, progress)
     stored = packed.path.stat().st_size
-    print(f"packed {packed.images} images of {len(packed.classes)} classes into {packed.path} ("
-          + (f"{stored / 1e6:.1f} MB" if stored >= 1e5 else f"{stored / 1e3:.0f} KB") + f"): {width}x{height} pixels, "
-          + ("grey (1 channel)" if packed.channels == 1 else "RGB (3 channels, stored height x width x channel)")
-          + ", 8-bit values 0-255 as decoded (a device feeds the model the same), "
+    first, second = packed.shape
+    if packed.kind == "images":
+        what = (f"{first}x{second} pixels, " + ("grey (1 channel)" if packed.channels == 1 else
+                                                "RGB (3 channels, stored height x width x channel)")
+                + ", 8-bit values 0-255 as decoded (a device feeds the model the same)")
+    else:
+        what = (f"windows of {first} samples x {second} channel(s)"
+                + (f" ({', '.join(packed.channel_names)})" if packed.channel_names else "")
+                + ", values as read (float32; a device feeds the model the same)"
+                + (f"; column(s) {', '.join(packed.time_columns)} left out: a time, not a signal"
+                   if packed.time_columns else ""))
+    print(f"packed {packed.samples} {packed.kind if packed.kind == 'images' else 'signal windows'} of "
+          f"{len(packed.classes)} classes into {packed.path} ("
+          + (f"{stored / 1e6:.1f} MB" if stored >= 1e5 else f"{stored / 1e3:.0f} KB") + f"): {what}; "
           + (f"the folder's own splits ({', '.join(packed.splits)})" if packed.splits else
              "the test and validation splits drawn by each search (stratified, fixed seed)"))
     if packed.resized:
-        print(f"resized to {width}x{height} (bilinear): {packed.resized} image(s) of another size")
+        print(f"resized to {first}x{second} (bilinear): {packed.resized} image(s) of another size")
     if packed.skipped:
         shown = ", ".join(packed.skipped[:4]) + (f" and {len(packed.skipped) - 4} more" if len(packed.skipped) > 4
                                                  else "")
-        print(f"not read: {len(packed.skipped)} file(s), not images or not in a class folder ({shown})")
+        print(f"not read: {len(packed.skipped)} file(s), not data or not in a class folder ({shown})")
     print(f"dataset {load_npz(packed.path).summary()}")
     print(f"search it: edgesearch submit --dataset {shlex.quote(str(packed.path))} --target TARGET "
           "--latency-budget-ms MS")
@@ -1000,19 +1009,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("pack", help="pack a folder of images, one subfolder per class, into a dataset file",
-                       description="Decode a folder of images (PNG, JPEG, BMP, GIF, WebP, TIFF, PNM) with one "
-                                   "subfolder per class, named after it, into the .npz a search reads: 8-bit pixels, "
-                                   "the class names, and the axis order. A folder with train/ and test/ (and val/ or "
+    p = sub.add_parser("pack", help="pack a folder of images or signal files, a subfolder per class, into a dataset",
+                       description="Read a folder with one subfolder per class, named after it, into the .npz a "
+                                   "search reads, with the class names and the axis order. Images (PNG, JPEG, BMP, "
+                                   "GIF, WebP, TIFF, PNM): 8-bit pixels; grey images give one channel, and a colour "
+                                   "image makes every image RGB; photos are turned upright as their EXIF says. "
+                                   "Signals: one window per CSV file (a row per sample, a column per channel, "
+                                   "an optional first line of column names; a time column is left out) or .npy file "
+                                   "((L,) or (L, C)), all of one length. A folder with train/ and test/ (and val/ or "
                                    "validation/), each with the class folders, keeps those splits; otherwise each "
-                                   "search draws them. Grey images give one channel, and a colour image makes "
-                                   "every image RGB. Files that are not images are listed and left out; dot files "
-                                   "(.DS_Store, ._*) are not data. Photos are turned upright as their EXIF says.")
+                                   "search draws them. Other files are listed and left out; dot files (.DS_Store, "
+                                   "._*) are not data.")
     p.add_argument("folder", type=Path, help="the folder of class folders")
     p.add_argument("--out", type=Path, required=True, help="the .npz file to write (replaced if it exists)")
-    p.add_argument("--size", help="resize every image to WIDTHxHEIGHT pixels, such as 32x32 (bilinear; aspect not "
-                   "kept); needed when the images have several sizes")
-    p.add_argument("--grey", action="store_true", help="read colour images as grey, one channel (a third of the "
+    p.add_argument("--size", help="images: resize every image to WIDTHxHEIGHT pixels, such as 32x32 (bilinear; "
+                   "aspect not kept); needed when the images have several sizes")
+    p.add_argument("--grey", action="store_true", help="images: read colour as grey, one channel (a third of the "
                    "input, and of the first layer's work)")
     p.set_defaults(func=cmd_pack)
 

@@ -1,5 +1,5 @@
-"""Datasets, loaded by one function from a built-in name or a user ``.npz`` file (a folder of images is packed
-into one by ``search.images``).
+"""Datasets, loaded by one function from a built-in name or a user ``.npz`` file (a folder of images or signal files
+is packed into one by ``search.pack``).
 
 Nothing is downloaded: ``digits`` ships inside scikit-learn and ``mnist1d`` is
 generated locally by its procedural generator. Splits are stratified with a
@@ -50,7 +50,7 @@ class Dataset:
     class_names: tuple[str, ...] = ()  # the archive's ``class_names``, label k named class_names[k]; () for none
     unread_keys: tuple[str, ...] = ()  # archive keys edgesearch does not read: most often a misspelt one
     scaling: str = ""  # how a built-in loader scaled its source into x, in words; "" for data used as stored
-    from_images: bool = False  # packed from image files (``search.images``): an export's predict.py reads one too
+    from_images: bool = False  # packed from image files (``search.pack``): an export's predict.py reads one too
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -257,13 +257,13 @@ _MIN_GREY_IMAGE_SIDE = 8
 
 
 def is_a_folder(path: Path) -> str:
-    """What to do with a folder given as a dataset: pack it (``search.images``) into the one file a search reads."""
+    """What to do with a folder given as a dataset: pack it (``search.pack``) into the one file a search reads."""
     import shlex
 
     packed = shlex.quote(f"{path.resolve().name or 'images'}.npz")
-    return (f"Dataset {str(path)!r} is a folder; a search reads one .npz file. For a folder of images with one "
-            f"subfolder per class, pack it first: edgesearch pack {shlex.quote(str(path))} --out {packed} (see "
-            f"edgesearch pack --help), then pass --dataset {packed}.")
+    return (f"Dataset {str(path)!r} is a folder; a search reads one .npz file. For a folder of images or signal "
+            f"files with one subfolder per class, pack it first: edgesearch pack {shlex.quote(str(path))} --out "
+            f"{packed} (see edgesearch pack --help), then pass --dataset {packed}.")
 
 
 def load_npz(path: str | Path) -> Dataset:

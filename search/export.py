@@ -313,7 +313,7 @@ for i, one in enumerate(x.astype(dtype)):  # one at a time: the model is built f
 
 def predict_py() -> str:
     """predict.py, reading the image files ``edgesearch pack`` reads."""
-    from search.images import IMAGE_SUFFIXES
+    from search.pack import IMAGE_SUFFIXES
 
     return PREDICT_PY.replace("IMAGE_SUFFIXES = ()", f"IMAGE_SUFFIXES = {tuple(sorted(IMAGE_SUFFIXES))!r}", 1)
 

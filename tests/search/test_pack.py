@@ -1,4 +1,4 @@
-"""A folder of images with one subfolder per class, packed into the dataset file a search reads."""
+"""A folder of images or signal files with one subfolder per class, packed into the dataset file a search reads."""
 
 import json
 import subprocess
@@ -48,7 +48,7 @@ def test_a_folder_of_class_folders_packs_into_the_images_a_search_reads(tmp_path
     assert code == 0, err
     assert f"packed 24 images of 3 classes into {tmp_path / 'pets.npz'} (" in out
     assert "12x10 pixels, RGB (3 channels, stored height x width x channel), 8-bit values 0-255" in out
-    assert "not read: 2 file(s), not images or not in a class folder (cat/labels.csv, notes.txt)" in out
+    assert "not read: 2 file(s), not data or not in a class folder (cat/labels.csv, notes.txt)" in out
     assert "DS_Store" not in out and "._3" not in out
     with np.load(tmp_path / "pets.npz") as archive:
         assert list(archive["class_names"]) == ["cat", "dog", "owl"] and str(archive["layout"]) == "NHWC"
@@ -130,7 +130,7 @@ def test_a_photo_is_packed_upright_as_its_exif_orientation_says(tmp_path, capsys
     ("16-bit", "cat/deep.png in {root} has I;16 pixels (16-bit or floating point); pack reads 8-bit images"),
     ("no classes", "{root} holds no class folders: put each class's images in a subfolder named after the class"),
     ("one class", "{root}: one class folder ('cat'); a classifier needs at least 2."),
-    ("empty class", "{root}: class folder(s) 'eel' hold no image file ("),
+    ("empty class", "{root}: class folder(s) 'eel' hold no image file (.bmp, .gif, "),
     ("test class not trained", "{root}: test/ has class folder(s) 'eel' that train/ has not (cat, dog, owl)"),
     ("train without test", "{root} has a train/ folder, so it is read as splits, each with one subfolder per class; "
                            "it needs test/ beside it."),
@@ -183,9 +183,9 @@ def test_a_folder_given_as_the_dataset_is_told_how_to_pack_it(tmp_path, capsys):
     for command in (["evaluate", "--epochs", "1"], ["submit", "--name", "pets", "--trials", "1", "--no-mlflow"]):
         assert main(["--runs-dir", str(runs), *command, "--dataset", str(tmp_path / "pets")]) == 2
         err = capsys.readouterr().err
-        assert (f"Dataset '{tmp_path / 'pets'}' is a folder; a search reads one .npz file. For a folder of images "
-                f"with one subfolder per class, pack it first: edgesearch pack {tmp_path / 'pets'} --out pets.npz")\
-            in err
+        assert (f"Dataset '{tmp_path / 'pets'}' is a folder; a search reads one .npz file. For a folder of images or "
+                f"signal files with one subfolder per class, pack it first: edgesearch pack {tmp_path / 'pets'} "
+                "--out pets.npz") in err
     assert not (runs / "searches").exists()
 
 
@@ -232,3 +232,113 @@ def test_the_predict_py_of_a_model_of_packed_images_reads_an_image_as_pack_read_
     assert refused.returncode == 2
     assert (f"{first} is an image file, and this model was not trained on images packed from files: pass a .npy of "
             "its input (") in refused.stderr
+
+
+def _windows(root: Path, length=32, per_class=8, header="timestamp,ax,ay,az", sep=",") -> dict[Path, np.ndarray]:
+    """Accelerometer-like windows, one CSV per window, with a time column as loggers write it."""
+    rng = np.random.default_rng(3)
+    saved = {}
+    for k, name in enumerate(("walk", "run", "sit")):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            window = (rng.normal(size=(length, 3)) * (k + 1)).round(4)
+            times = np.arange(length)[:, None] * 20.0
+            lines = ([header] if header else []) + [sep.join(f"{v:g}" for v in row)
+                                                    for row in np.hstack([times, window])]
+            path = root / name / f"{i}.csv"
+            path.write_text("\n".join(lines) + "\n")
+            saved[path] = window
+    return saved
+
+
+def test_a_folder_of_csv_windows_packs_into_signals_without_their_time_column(tmp_path, capsys):
+    saved = _windows(tmp_path / "har")
+    np.save(tmp_path / "har" / "sit" / "extra.npy", np.ones((32, 3)))  # a window saved with numpy, beside CSVs
+    code, out, err = _pack(capsys, tmp_path / "har", "--out", tmp_path / "har.npz")
+    assert code == 0, err
+    assert ("packed 25 signal windows of 3 classes into " in out and "windows of 32 samples x 3 channel(s) (ax, ay, "
+            "az), values as read (float32; a device feeds the model the same); column(s) timestamp left out: a time, "
+            "not a signal") in out
+    with np.load(tmp_path / "har.npz") as archive:
+        assert str(archive["layout"]) == "NLC" and list(archive["class_names"]) == ["run", "sit", "walk"]
+        x, y = archive["x"], archive["y"]
+    order = sorted([*saved, tmp_path / "har" / "sit" / "extra.npy"], key=lambda p: (p.parent.name, p.name))
+    for i, path in enumerate(order):
+        expected = saved[path] if path in saved else np.ones((32, 3))
+        assert np.array_equal(x[i], expected.astype(np.float32)) and y[i] == path.parent.name
+    data = load_dataset(str(tmp_path / "har.npz"))
+    assert data.sample_shape == (3, 32) and data.saved_layout == "NLC" and not data.from_images
+    assert data.reads_as() == "1-D signals, 3 channel(s) of 32 samples"
+
+
+@pytest.mark.parametrize("sep, header", [(";", "ax;ay;az"), ("\t", ""), (" ", "")])
+def test_csv_windows_separated_otherwise_or_without_names_read_alike(tmp_path, capsys, sep, header):
+    saved = _windows(tmp_path / "har", header=header, sep=sep)
+    if header:  # no time column here: every column a channel
+        for path, window in saved.items():
+            path.write_text("\n".join([header, *(sep.join(f"{v:g}" for v in row) for row in window)]) + "\n")
+    code, out, err = _pack(capsys, tmp_path / "har", "--out", tmp_path / "har.npz")
+    assert code == 0, err
+    with np.load(tmp_path / "har.npz") as archive:
+        first = sorted(saved, key=lambda p: (p.parent.name, p.name))[0]
+        channels = saved[first] if header else np.hstack([np.arange(32)[:, None] * 20.0, saved[first]])
+        assert np.array_equal(archive["x"][0], channels.astype(np.float32))
+
+
+def test_one_column_windows_are_one_channel_signals(tmp_path, capsys):
+    rng = np.random.default_rng(4)
+    for name in ("tone", "noise"):
+        (tmp_path / "mic" / name).mkdir(parents=True)
+        for i in range(8):
+            np.savetxt(tmp_path / "mic" / name / f"{i}.csv", rng.normal(size=64))
+    assert _pack(capsys, tmp_path / "mic", "--out", tmp_path / "mic.npz")[0] == 0
+    data = load_dataset(str(tmp_path / "mic.npz"))
+    assert data.sample_shape == (1, 64) and data.saved_layout == ""
+
+
+@pytest.mark.parametrize("case, said", [
+    ("lengths", "{root}: windows of 2 shapes: 23 of 32 samples x 3 channel(s) (such as run/0.csv), 1 of 30 samples x "
+                "3 channel(s) (such as walk/7.csv). A model takes one input length: cut or pad every window"),
+    ("column order", "walk/7.csv in {root} has the columns ay, ax, az where run/0.csv has ax, ay, az: every window's "
+                     "channels must come in one order."),
+    ("ragged", "walk/7.csv in {root} is not a table of numbers (Some errors were detected !"),
+    ("not a number", "walk/7.csv in {root} has a missing, non-numeric or infinite value (sample 2, channel ay; "
+                     "counted from 0): fill or drop it, then pack again."),
+    ("missing value", "walk/7.csv in {root} has a missing, non-numeric or infinite value (sample 2, channel ax; "
+                      "counted from 0)"),
+    ("size for signals", "--size and --grey are for images; {root} holds signal files."),
+])
+def test_signal_windows_that_make_no_dataset_are_refused_in_one_line(tmp_path, capsys, case, said):
+    root = tmp_path / "har"
+    saved = _windows(root)
+    last, args = root / "walk" / "7.csv", []
+    lines = last.read_text().splitlines()
+    if case == "lengths":
+        last.write_text("\n".join(lines[:-2]) + "\n")
+    elif case == "column order":
+        last.write_text("\n".join(["timestamp,ay,ax,az", *lines[1:]]) + "\n")
+    elif case == "ragged":
+        last.write_text("\n".join([*lines[:3], "40,1,2", *lines[4:]]) + "\n")
+    elif case == "not a number":
+        last.write_text("\n".join([*lines[:3], "40,1.0,high,3", *lines[4:]]) + "\n")
+    elif case == "missing value":
+        last.write_text("\n".join([*lines[:3], "40,,1,2", *lines[4:]]) + "\n")
+    else:
+        args = ["--size", "32x32"]
+    assert saved
+    code, _, err = _pack(capsys, root, "--out", tmp_path / "har.npz", *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert said.format(root=root) in err
+    assert not (tmp_path / "har.npz").exists()
+
+
+def test_windows_saved_by_a_spreadsheet_read_as_the_same_windows(tmp_path, capsys):
+    """Excel's "CSV UTF-8" starts with a byte-order mark and ends lines with CRLF: the time column is still found."""
+    saved = _windows(tmp_path / "har")
+    for path in saved:
+        path.write_text(path.read_text().replace("\n", "\r\n"), encoding="utf-8-sig")
+    code, out, err = _pack(capsys, tmp_path / "har", "--out", tmp_path / "har.npz")
+    assert code == 0 and "column(s) timestamp left out" in out and "(ax, ay, az)" in out, err
+    with np.load(tmp_path / "har.npz") as archive:
+        first = sorted(saved, key=lambda p: (p.parent.name, p.name))[0]
+        assert np.array_equal(archive["x"][0], saved[first].astype(np.float32))
