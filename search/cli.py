@@ -101,7 +101,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_pack(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from search.data import load_npz
     from search.pack import pack_folder, parse_size
 
     size = parse_size(args.size) if args.size else None
@@ -134,7 +133,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
         shown = ", ".join(packed.skipped[:4]) + (f" and {len(packed.skipped) - 4} more" if len(packed.skipped) > 4
                                                  else "")
         print(f"not read: {len(packed.skipped)} file(s), not data or not in a class folder ({shown})")
-    print(f"dataset {load_npz(packed.path).summary()}")
+    print(f"dataset {packed.summary}")
     print(f"search it: edgesearch submit --dataset {shlex.quote(str(packed.path))} --target TARGET "
           "--latency-budget-ms MS")
     return 0

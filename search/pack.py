@@ -9,6 +9,7 @@ files again at each start would cost more than the file.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections import Counter
@@ -45,6 +46,7 @@ class Packed:
     skipped: list[str] = field(default_factory=list)  # files that are not data (another suffix), relative
     channel_names: tuple[str, ...] = ()  # a CSV header's names of the signal's channels
     time_columns: tuple[str, ...] = ()  # CSV columns left out as times of the samples
+    summary: str = ""  # the dataset as a search reads it (``Dataset.summary``)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -168,9 +170,10 @@ def pack_folder(folder: str | Path, out: str | Path, size: tuple[int, int] | Non
         key = "" if split == "all" else f"_{split}"
         arrays[f"x{key}"] = np.stack([x for (s, _, _), x in zip(listed, samples) if s == split])
         arrays[f"y{key}"] = np.array([name for s, name, _ in listed if s == split])
-    _save(arrays, out, folder, "images" if images else "windows")
+    summary = _save(arrays, out, folder, "images" if images else "windows")
     given = tuple(split for split in splits if split != "all")
-    return Packed(out, "images" if images else "signals", len(listed), names, splits=given, skipped=skipped, **read)
+    return Packed(out, "images" if images else "signals", len(listed), names, splits=given, skipped=skipped,
+                  summary=summary, **read)
 
 
 def _images(paths: list[Path], folder: Path, size, grey: bool, progress) -> tuple[list, dict, dict]:
@@ -249,7 +252,7 @@ def _csv(path: Path, folder: Path) -> tuple[np.ndarray, tuple[str, ...], tuple[s
 def _signals(paths: list[Path], folder: Path, progress) -> tuple[list, dict, dict]:
     """Each window as (samples, channels), float32: from a CSV (``_csv``) or an .npy of shape (L,) or (L, C).
     Every window must have one length and one set of channels, named alike where the files name them."""
-    samples, shapes, example, names, times = [], Counter(), {}, None, ()
+    samples, shapes, example, names, named_in, times = [], Counter(), {}, None, None, ()
     for done, path in enumerate(paths, 1):
         rel = path.relative_to(folder)
         if path.suffix.lower() == ".npy":
@@ -275,10 +278,9 @@ def _signals(paths: list[Path], folder: Path, progress) -> tuple[list, dict, dic
         if named:
             if names is not None and named != names:
                 raise DatasetError(f"{rel} in {folder} has the columns {', '.join(named)} where "
-                                   f"{example['named']} has {', '.join(names)}: every window's channels must come "
+                                   f"{named_in} has {', '.join(names)}: every window's channels must come "
                                    "in one order.")
-            names, times = named, left
-            example.setdefault("named", rel)
+            names, times, named_in = named, left, named_in or rel
         shapes[window.shape] += 1
         example.setdefault(window.shape, rel)
         samples.append(window.astype(np.float32))
@@ -299,8 +301,8 @@ def _signals(paths: list[Path], folder: Path, progress) -> tuple[list, dict, dic
                              "time_columns": times}
 
 
-def _save(arrays: dict, out: Path, folder: Path, what: str) -> None:
-    """Write ``out`` whole or not at all, once it loads as a search loads it."""
+def _save(arrays: dict, out: Path, folder: Path, what: str) -> str:
+    """Write ``out`` whole or not at all, once it loads as a search loads it; returns its summary as read."""
     from search.data import load_npz
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -308,7 +310,7 @@ def _save(arrays: dict, out: Path, folder: Path, what: str) -> None:
     try:
         np.savez_compressed(partial, **arrays)
         try:
-            load_npz(partial)  # refused as a search would refuse it (too few files of a class to split, ...)
+            read = load_npz(partial)  # refused as a search would refuse it (too few files of a class to split, ...)
         except DatasetError as exc:  # said of the folder: the file it would have been is not there
             said = re.sub(r"Save the archive with .*?, or with more (\w+ )?samples",
                           lambda m: f"Add {m[1] or ''}{what}", str(exc).replace(str(partial), f"{folder} packed"))
@@ -317,3 +319,4 @@ def _save(arrays: dict, out: Path, folder: Path, what: str) -> None:
         os.replace(partial, out)
     finally:
         partial.unlink(missing_ok=True)
+    return dataclasses.replace(read, name=out.stem).summary()  # named after the file, as a search names it
