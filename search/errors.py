@@ -46,7 +46,11 @@ def stopped_by_signals():
     """While it lasts, SIGTERM and SIGHUP raise ``Terminated``, which stops a command as Ctrl-C does (an export
     removes its half-written folder). A search enters it again once Ray runs: ``ray.init`` puts a handler on SIGTERM
     that dumps a stack trace and ends the process at once, leaving its trials "running" and its MLflow runs open. A
-    signal a caller ignores (``nohup``) stays ignored."""
+    signal a caller ignores (``nohup``) stays ignored.
+
+    A library the signal interrupts may end in an error of its own rather than let the interrupt through: psycopg
+    cancels the query Ctrl-C interrupted, and Optuna reports "an exception is raised during the commit". After a
+    signal, any error is the signal's stop (the search says how to resume it), not a failure."""
     import signal
     import threading
 
@@ -58,17 +62,24 @@ def stopped_by_signals():
 
     def stop(signum, frame):
         received.append(signum)
-        raise Terminated(signum)
+        raise Terminated(signum) if signum != signal.SIGINT else KeyboardInterrupt
 
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    def stopped_by() -> KeyboardInterrupt:
+        return Terminated(received[0]) if received[0] != signal.SIGINT else KeyboardInterrupt()
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     for s, handler in previous.items():
         if handler is not signal.SIG_IGN:
             signal.signal(s, stop)
     try:
         yield
     except KeyboardInterrupt as exc:  # ray.get re-raises what a handler raised as a plain KeyboardInterrupt
-        if received and not isinstance(exc, Terminated):
-            raise Terminated(received[0]) from exc
+        if received and not isinstance(exc, Terminated) and received[0] != signal.SIGINT:
+            raise stopped_by() from exc
+        raise
+    except Exception as exc:
+        if received:
+            raise stopped_by() from exc
         raise
     finally:
         for s, handler in previous.items():

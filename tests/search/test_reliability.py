@@ -751,3 +751,29 @@ def test_two_resumes_at_once_never_both_drive(tmp_path):
     finally:
         for d in drivers:
             d.kill()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_error_a_library_raises_for_a_signal_stops_the_command_as_the_signal(signum):
+    """psycopg cancels the query that Ctrl-C interrupted, and Optuna then reports "an exception is raised during the
+    commit": a search on PostgreSQL stopped with Ctrl-C ended in that error (exit 1) instead of saying how to resume
+    it. After a signal, an error is the signal's stop."""
+    from search.errors import Terminated, stopped_by_signals
+
+    def interrupted_query():
+        try:
+            os.kill(os.getpid(), signum)
+            time.sleep(5)  # the handler runs here, as it does inside a client's wait for the server
+        except KeyboardInterrupt as exc:
+            raise RuntimeError("An exception is raised during the commit.") from exc
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        with stopped_by_signals():
+            interrupted_query()
+    assert isinstance(stopped.value, Terminated) == (signum == signal.SIGTERM)
+    assert isinstance(stopped.value.__cause__, RuntimeError)
+    with pytest.raises(RuntimeError, match="during the commit"):  # without a signal, an error is an error
+        with stopped_by_signals():
+            raise RuntimeError("An exception is raised during the commit.")
+    assert {s: signal.getsignal(s) for s in before} == before  # the handlers are given back
