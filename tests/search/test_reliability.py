@@ -767,13 +767,19 @@ def test_an_error_a_library_raises_for_a_signal_stops_the_command_as_the_signal(
         except KeyboardInterrupt as exc:
             raise RuntimeError("An exception is raised during the commit.") from exc
 
-    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    with pytest.raises(KeyboardInterrupt) as stopped:
-        with stopped_by_signals():
-            interrupted_query()
-    assert isinstance(stopped.value, Terminated) == (signum == signal.SIGTERM)
-    assert isinstance(stopped.value.__cause__, RuntimeError)
-    with pytest.raises(RuntimeError, match="during the commit"):  # without a signal, an error is an error
-        with stopped_by_signals():
-            raise RuntimeError("An exception is raised during the commit.")
-    assert {s: signal.getsignal(s) for s in before} == before  # the handlers are given back
+    # Python's own Ctrl-C handler, as a command in a terminal starts with: a test run a shell started in the
+    # background inherits SIGINT ignored, which the context keeps ignored
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        with pytest.raises(KeyboardInterrupt) as stopped:
+            with stopped_by_signals():
+                interrupted_query()
+        assert isinstance(stopped.value, Terminated) == (signum == signal.SIGTERM)
+        assert isinstance(stopped.value.__cause__, RuntimeError)
+        with pytest.raises(RuntimeError, match="during the commit"):  # without a signal, an error is an error
+            with stopped_by_signals():
+                raise RuntimeError("An exception is raised during the commit.")
+        assert {s: signal.getsignal(s) for s in before} == before  # the handlers are given back
+    finally:
+        signal.signal(signal.SIGINT, previous)
