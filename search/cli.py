@@ -955,8 +955,8 @@ def _add_candidate_options(p: argparse.ArgumentParser) -> None:
     from search.candidate import PRECISIONS, PRUNING_MODES
 
     p.add_argument("--dataset", default="digits", help="built-in dataset (digits, mnist1d) or path of an .npz file "
-                   "with x_train, y_train, x_test, y_test, or x and y (a folder of images: 'edgesearch pack' it) "
-                   "[default: digits]")
+                   "with x_train, y_train, x_test, y_test, or x and y (a folder of images or CSV windows: "
+                   "'edgesearch pack' it) [default: digits]")
     p.add_argument("--target", default="host", help="target profile name or .yaml path; see 'edgesearch targets' "
                    "[default: host]")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="numeric precision of the deployed graph")
@@ -1057,8 +1057,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", type=Path, help="YAML or TOML file with the spec fields "
                    f"({', '.join(f.name for f in dataclasses.fields(SearchSpec))})")
     p.add_argument("--name", help="search name: the study, MLflow experiment and output folder are named after it")
-    p.add_argument("--dataset", help="digits, mnist1d or an .npz path (a folder of images: 'edgesearch pack' it) "
-                   "[default: digits]; on --resume, where the "
+    p.add_argument("--dataset", help="digits, mnist1d or an .npz path (a folder of images or CSV windows: "
+                   "'edgesearch pack' it) [default: digits]; on --resume, where the "
                    "search's own .npz is on this machine (checked to hold the same data)")
     p.add_argument("--target", help="target profile [default: host]")
     p.add_argument("--latency-budget-ms", dest="latency_budget_ms", type=float,
