@@ -209,8 +209,9 @@ PREDICT_PY = '''"""Classify inputs with the exported model, in the runtime the m
 
 python predict.py [input.npy] [--runtime onnxruntime|tvm]. input.npy holds one sample or a batch of them, in the
 axis order the model card's input layout names (a single channel's axis may be left out), or in the channels-last
-order the searched dataset was saved in (its dataset_layout). A model trained on a folder of images packed by
-edgesearch pack also takes an image file (it needs Pillow), read as pack read them. TVM runs model.so, or
+order the searched dataset was saved in (its dataset_layout). A model of signals also takes a window as a .csv
+(a line per sample, a column per channel), and one trained on a folder of images packed by edgesearch pack an image
+file (it needs Pillow), each read as edgesearch pack reads them. TVM runs model.so, or
 model.tar on the board it was built for (linked there on first use: TVM needs a C compiler for that); elsewhere,
 and with model.onnx or model.onnx.gz alone, onnxruntime runs the same graph.
 """
@@ -224,6 +225,7 @@ from pathlib import Path
 import numpy as np
 
 IMAGE_SUFFIXES = ()
+read_window = None
 here = Path(__file__).resolve().parent
 card = json.loads((here / "model_card.json").read_text()) if (here / "model_card.json").is_file() else {}
 library = next((here / name for name in ("model.so", "model.tar") if (here / name).is_file()), None)
@@ -236,6 +238,8 @@ parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 values = (card.get("input") or {}).get("values")
 parser.add_argument("input", nargs="?", help=".npy file of one sample or a batch (N, ...) (zeros if left out)"
                     + ("; or an image file" if (card.get("input") or {}).get("image_files") else "")
+                    + ("; or a window as a .csv, a line per sample" if len((card.get("input") or {}).get("shape")
+                                                                          or ()) == 3 else "")
                     + (f"; its values as in training: {values}".replace("%", "%%") if values else ""))
 parser.add_argument("--input", dest="named_input", metavar="INPUT", help="the same, named")
 parser.add_argument("--runtime", choices=["onnxruntime", "tvm"], default=shipped, help=f"[default: {shipped}]")
@@ -271,7 +275,11 @@ else:
     dtype = np.dtype(np.float16 if "float16" in inp.type else np.float32)
     run = lambda x: session.run(None, {inp.name: x})[0]
 sample = tuple(shape[1:])
-if args.input and Path(args.input).suffix.lower() in IMAGE_SUFFIXES:
+signals = len(sample) == 2  # (channels, samples in time)
+path = Path(args.input) if args.input else None
+if path is not None and not path.is_file():
+    parser.error(f"{args.input} " + ("is a folder: pass one file" if path.is_dir() else "does not exist"))
+if path is not None and path.suffix.lower() in IMAGE_SUFFIXES:
     if not (card.get("input") or {}).get("image_files"):
         parser.error(f"{args.input} is an image file, and this model was not trained on images packed from files: "
                      f"pass a .npy of its input ({(card.get('input') or {}).get('values', 'as in training')})")
@@ -286,8 +294,26 @@ if args.input and Path(args.input).suffix.lower() in IMAGE_SUFFIXES:
             image = image.resize((width, height), Image.Resampling.BILINEAR)
         pixels = np.asarray(image, dtype=np.uint8)
     x = (pixels[None] if channels == 1 else pixels.transpose(2, 0, 1))[None]
+elif path is not None and path.suffix.lower() == ".csv":
+    if not signals:
+        parser.error(f"{args.input} is a CSV file, and this model takes images of shape {sample}: pass a .npy")
+    try:
+        window = read_window(path.read_text(encoding="utf-8", errors="replace"))[0]
+    except ValueError as exc:
+        parser.error(f"{args.input} {exc}")
+    if window.shape != sample[::-1]:
+        parser.error(f"{args.input} is a window of {window.shape[0]} samples x {window.shape[1]} channel(s); the "
+                     f"model takes windows of {sample[1]} samples x {sample[0]} channel(s), one line per sample")
+    x = window.T[None]  # a line per sample in the file; the model takes the channels first
 else:
-    x = np.load(args.input) if args.input else np.zeros(shape, dtype)
+    try:
+        x = np.load(path, allow_pickle=False) if path else np.zeros(shape, dtype)
+    except (OSError, ValueError) as exc:
+        parser.error(f"{args.input} is not a .npy array ({exc}): save the input with numpy.save(file, array)"
+                     + (", or pass a window as a .csv" if signals else ""))
+if not np.issubdtype(x.dtype, np.number) or not np.isfinite(x).all():
+    parser.error(f"{args.input} holds " + ("a missing, non-numeric or infinite value" if np.issubdtype(
+                 x.dtype, np.number) else f"{x.dtype} values") + ": the model takes numbers, as in training")
 if x.shape == sample:
     x = x[None]
 elif sample[0] == 1 and x.shape == sample[1:]:  # one channel: its axis may be left out, as edgesearch reads data
@@ -312,10 +338,14 @@ for i, one in enumerate(x.astype(dtype)):  # one at a time: the model is built f
 
 
 def predict_py() -> str:
-    """predict.py, reading the image files ``edgesearch pack`` reads."""
-    from search.pack import IMAGE_SUFFIXES
+    """predict.py, reading the image files and CSV windows ``edgesearch pack`` reads, with pack's own reader of a
+    window: the script runs where edgesearch is not installed."""
+    import inspect
 
-    return PREDICT_PY.replace("IMAGE_SUFFIXES = ()", f"IMAGE_SUFFIXES = {tuple(sorted(IMAGE_SUFFIXES))!r}", 1)
+    from search.pack import IMAGE_SUFFIXES, read_window
+
+    return (PREDICT_PY.replace("IMAGE_SUFFIXES = ()", f"IMAGE_SUFFIXES = {tuple(sorted(IMAGE_SUFFIXES))!r}", 1)
+            .replace("read_window = None\n", f"\n\n{inspect.getsource(read_window)}\n\n", 1))
 
 
 def export_search(
@@ -957,16 +987,22 @@ def _cpu_line(cpu: dict | None) -> str:
     return "not recorded" if not cpu else f"{cpu['model']} ({' '.join(cpu['isa']) or 'no ISA flags read'})"
 
 
+def _predict_takes(card: dict) -> str:
+    """What predict.py reads besides an array in the model's own layout, where the export ships one (an MCU's
+    does not)."""
+    given = card["input"]
+    takes = ([f"{given['dataset_layout']}, the order the dataset was saved in"] if given.get("dataset_layout") else [])
+    takes += (["an image file, as the dataset was packed from them"] if given.get("image_files") else
+              ["a window as a .csv, a line per sample"] if len(given["shape"]) == 3 else [])
+    return f"; predict.py also takes {' and '.join(takes)}" if takes and "predict.py" in card["artifacts"] else ""
+
+
 def model_card_markdown(card: dict) -> str:
     lines = [f"# Model card: {card['search']} / trial {card['trial']}", "",
              f"Chosen as the {card['why']}." + (f" Exported while {card['search_unfinished']}: the search's final "
                                                  "winner may differ." if card.get("search_unfinished") else ""), "",
              f"- dataset: `{card['dataset']}`; input {card['input']['shape']} {card['input']['dtype']}"
-             f" ({card['input'].get('layout', '?')}"
-             + (f"; predict.py also takes {card['input']['dataset_layout']}, the order the dataset was saved in"
-                if card['input'].get('dataset_layout') else "")
-             + ("; and an image file, as the dataset was packed from them" if card['input'].get('image_files')
-                else "") + ")"
+             f" ({card['input'].get('layout', '?')}{_predict_takes(card)})"
              + (f"; splits: {card['dataset_splits']}" if card.get("dataset_splits") else ""),
              *([f"- input values, as in training: {card['input']['values']}"] if card["input"].get("values") else []),
              *([f"- input quantisation: {_quantisation(q['scale'], q['zero_point'])}, saturated to int8 "

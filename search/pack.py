@@ -27,8 +27,6 @@ SPLITS = {"train": "train", "test": "test", "val": "val", "validation": "val"}  
 GREY_MODES = frozenset({"1", "L", "LA"})  # 8-bit grey (and black-and-white): read as one channel
 DEEP_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})  # 16-bit or float pixels: not 8-bit
 SHOWN = 4  # example files or sizes a message names
-# a CSV column of the time of each sample, not a signal: a model fed it would learn when a window was recorded
-TIME_COLUMN = re.compile(r"(?i)^\s*(timestamp|time|t|time_?(ms|us|s)|ms|seconds|elapsed)\s*$")
 
 
 @dataclass
@@ -216,37 +214,50 @@ def _images(paths: list[Path], folder: Path, size, grey: bool, progress) -> tupl
     return samples, arrays, {"shape": target, "channels": channels, "resized": resized}
 
 
-def _csv(path: Path, folder: Path) -> tuple[np.ndarray, tuple[str, ...], tuple[str, ...]]:
-    """A CSV window: rows are samples in time, columns channels, separated by commas, semicolons, tabs or spaces;
-    a first line with a field that is no number is the channels' names, and a time column among them is left
-    out. Returns the window, its channels' names and the time columns left out."""
-    rel = path.relative_to(folder)
-    lines = [line for line in path.read_text(encoding="utf-8-sig", errors="replace").splitlines() if line.strip()]
+def read_window(text: str):
+    """A CSV window, read alike by ``edgesearch pack`` and an export's predict.py (which carries this function's
+    source): rows are samples in time, columns channels, separated by commas, semicolons, tabs or spaces; a first
+    line with a field that is no number names the channels, and a time column among them is left out (a model fed
+    it would learn when a window was recorded). Returns the window (an empty or unreadable cell is NaN), its
+    channels' names and the time columns left out; raises ValueError saying what is not a window."""
+    import re
+
+    import numpy as np
+
+    time_column = re.compile(r"(?i)^\s*(timestamp|time|t|time_?(ms|us|s)|ms|seconds|elapsed)\s*$")
+    lines = [line for line in text.lstrip("\ufeff").splitlines() if line.strip()]
     if not lines:
-        raise DatasetError(f"{rel} in {folder} is empty: remove it, or fill it with the window's samples.")
+        raise ValueError("is empty: a window is one line per sample, of every channel's value")
     first = lines[0]
     sep = next((c for c in (",", ";", "\t") if c in first), None)
     fields = [f.strip().strip('"') for f in (first.split(sep) if sep else first.split())]
 
-    def number(text: str) -> bool:
+    def number(field: str) -> bool:
         try:
-            float(text)
+            float(field)
             return True
         except ValueError:
             return False
 
     header = not all(number(f) for f in fields)
     names = tuple(fields) if header else ()
-    times = [i for i, name in enumerate(names) if TIME_COLUMN.match(name)]
+    times = [i for i, name in enumerate(names) if time_column.match(name)]
     keep = [i for i in range(len(fields)) if i not in times]
-    try:  # an empty or unreadable cell is NaN here, and named with its place by the caller
+    try:
         window = np.genfromtxt(lines[1:] if header else lines, delimiter=sep, ndmin=2, dtype=np.float64,
                                usecols=keep if times else None)
     except ValueError as exc:
-        raise DatasetError(f"{rel} in {folder} is not a table of numbers ({' '.join(str(exc).split())}): each line "
-                           "one sample of every channel, separated by commas, and at most one line of column names "
-                           "first.") from None
+        raise ValueError(f"is not a table of numbers ({' '.join(str(exc).split())}): each line one sample of every "
+                         "channel, separated by commas, and at most one line of column names first") from None
     return window, tuple(names[i] for i in keep) if names else (), tuple(names[i] for i in times)
+
+
+def _csv(path: Path, folder: Path) -> tuple[np.ndarray, tuple[str, ...], tuple[str, ...]]:
+    try:
+        return read_window(path.read_text(encoding="utf-8", errors="replace"))
+    except ValueError as exc:
+        raise DatasetError(f"{path.relative_to(folder)} in {folder} {exc}: mend or remove it, then pack "
+                           "again.") from None
 
 
 def _signals(paths: list[Path], folder: Path, progress) -> tuple[list, dict, dict]:

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,18 @@ def test_a_folder_of_class_folders_packs_into_the_images_a_search_reads(tmp_path
     assert f"dataset {data.summary()}" in out
     first = data.x_test[0].transpose(1, 2, 0)
     assert any(np.array_equal(first, np.asarray(image)) for image in saved.values())
+
+
+def test_the_same_folder_packed_again_is_the_same_file(tmp_path, capsys):
+    """Unchanged files packed again keep the dataset's fingerprint, which keys its teacher and screenings (numpy
+    stamps no time on an archive's members, and pack reads the files in a sorted order)."""
+    _folder(tmp_path / "pets")
+    first, again = tmp_path / "first.npz", tmp_path / "again.npz"
+    assert _pack(capsys, tmp_path / "pets", "--out", first)[0] == 0
+    time.sleep(2.1)  # past the 2 s steps of a zip member's time
+    assert _pack(capsys, tmp_path / "pets", "--out", again)[0] == 0
+    assert first.read_bytes() == again.read_bytes()
+    assert load_dataset(str(first)).fingerprint == load_dataset(str(again)).fingerprint
 
 
 def test_grey_images_pack_as_one_channel_and_colour_ones_as_grey_when_asked(tmp_path, capsys):
@@ -225,6 +238,10 @@ def test_the_predict_py_of_a_model_of_packed_images_reads_an_image_as_pack_read_
             .transpose(2, 0, 1))
     assert _predict(out, tmp_path / "photo.png").stdout == _predict(out, tmp_path / "photo.npy").stdout
     assert "; or an image file" in _predict(out, "--help").stdout
+    (tmp_path / "window.csv").write_text("1,2,3\n4,5,6\n")
+    refused = _predict(out, tmp_path / "window.csv")
+    assert refused.returncode == 2 and (f"{tmp_path / 'window.csv'} is a CSV file, and this model takes images of "
+                                        "shape (3, 10, 12): pass a .npy") in refused.stderr
     # a model trained on values of another kind: an image's pixels are not its input, and it says what is
     card["input"].pop("image_files")
     (out / "model_card.json").write_text(json.dumps(card))
@@ -342,3 +359,47 @@ def test_windows_saved_by_a_spreadsheet_read_as_the_same_windows(tmp_path, capsy
     with np.load(tmp_path / "har.npz") as archive:
         first = sorted(saved, key=lambda p: (p.parent.name, p.name))[0]
         assert np.array_equal(archive["x"][0], saved[first].astype(np.float32))
+
+
+def test_the_predict_py_of_a_model_of_signals_reads_a_csv_window_as_pack_read_them(tmp_path, capsys):
+    """A logger writes a window as a CSV: predict.py classifies it as the array pack made of it, and refuses a window
+    it cannot run, a missing file or a file that is not an array in one line each."""
+    from search.candidate import Candidate
+    from search.export import _predict_takes, model_input, predict_py
+    from search.models import build_model
+    from search.stages.export import export_onnx
+    from tests.search.conftest import TINY
+
+    saved = _windows(tmp_path / "har")
+    assert _pack(capsys, tmp_path / "har", "--out", tmp_path / "har.npz")[0] == 0
+    data = load_dataset(str(tmp_path / "har.npz"))
+    out = tmp_path / "export"
+    export_onnx(build_model(data.sample_shape, data.num_classes, 0.5).eval(),
+                Candidate(precision="fp32", width=0.5, budget=TINY), data, out / "model.onnx")
+    card = {"runtime": "onnxruntime", "input": model_input(data, "float32"), "class_names": list(data.class_names)}
+    (out / "model_card.json").write_text(json.dumps(card))
+    (out / "predict.py").write_text(predict_py())
+    first, other = sorted(saved)[:2]
+    np.save(tmp_path / "first.npy", saved[first].T)  # channels first, as the search read it
+    by_csv, by_array, another = (_predict(out, p) for p in (first, tmp_path / "first.npy", other))
+    assert by_csv.returncode == 0, by_csv.stderr
+    assert by_csv.stdout == by_array.stdout != another.stdout and "logits" in by_csv.stdout
+    assert "; or a window as a .csv, a line per sample" in _predict(out, "--help").stdout
+    assert _predict_takes({**card, "artifacts": {"predict.py": ""}}) == ("; predict.py also takes NLC, the order the "
+                                                                        "dataset was saved in and a window as a .csv, "
+                                                                        "a line per sample")
+    assert _predict_takes({**card, "artifacts": {"model.tflite": ""}}) == ""  # an MCU's export has no predict.py
+
+    lines = first.read_text().splitlines()
+    (tmp_path / "short.csv").write_text("\n".join(lines[:-2]) + "\n")
+    (tmp_path / "gap.csv").write_text("\n".join([*lines[:3], "40,,1,2", *lines[4:]]) + "\n")
+    (tmp_path / "notes.npy").write_text("not an array\n")
+    for name, said in [("short.csv", f"{tmp_path / 'short.csv'} is a window of 30 samples x 3 channel(s); the model "
+                                     "takes windows of 32 samples x 3 channel(s), one line per sample"),
+                       ("gap.csv", f"{tmp_path / 'gap.csv'} holds a missing, non-numeric or infinite value: the "
+                                   "model takes numbers, as in training"),
+                       ("notes.npy", f"{tmp_path / 'notes.npy'} is not a .npy array ("),
+                       ("absent.npy", f"{tmp_path / 'absent.npy'} does not exist")]:
+        refused = _predict(out, tmp_path / name)
+        assert refused.returncode == 2 and said in refused.stderr and "Traceback" not in refused.stderr, name
+        assert len(refused.stderr.strip().splitlines()) == 2 and not refused.stdout  # argparse's usage, then it
