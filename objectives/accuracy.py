@@ -41,10 +41,16 @@ def balanced_accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
         return float(balanced_accuracy_score(np.asarray(labels), np.asarray(predictions)))
 
 
+def chance_shortfall(balanced: float, chance: float) -> float:
+    """How far a balanced accuracy is from beating chance (``chance`` = 1/K), as an Optuna constraint: above 0
+    where the model does no more than predicting one class does. Float noise of the mean of recalls is no gain."""
+    return chance + 1e-9 - balanced
+
+
 def at_chance(balanced: float, chance: float | None) -> bool:
-    """Whether a balanced accuracy is no better than chance (``chance`` = 1/K): the model does what predicting
-    one class does, however its plain accuracy reads. Float noise of the mean of recalls is not a gain."""
-    return chance is not None and balanced <= chance + 1e-9
+    """Whether a balanced accuracy is no better than chance: the model does what predicting one class does,
+    however its plain accuracy reads."""
+    return chance is not None and chance_shortfall(balanced, chance) >= 0
 
 
 def per_class(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:

@@ -22,7 +22,7 @@ import optuna
 import psutil
 from optuna.trial import FrozenTrial, TrialState
 
-from objectives.accuracy import at_chance
+from objectives.accuracy import at_chance, chance_shortfall
 from objectives.pareto import OBJECTIVES, non_dominated, normalised_hypervolume, objectives
 from search.candidate import Candidate, CandidateResult
 from search.errors import ConfigError, SearchNotFoundError
@@ -587,9 +587,15 @@ def record_result(study: optuna.Study, trial: optuna.Trial, spec: SearchSpec, re
     real but for a smaller training budget, so they inform the sampler without entering the front."""
     metrics = _metric_tuples(result)
     _set_limits(trial, spec, metrics, result.info.get("limits"))
-    floor = study.user_attrs.get(FLOOR_ATTR)
+    attrs = study.user_attrs
+    floor = attrs.get(FLOOR_ATTR)
     if floor:
         trial.set_constraint("accuracy_floor", floor["value"] - result.value(spec.metric))
+    if attrs.get(CLASSES_ATTR) and "balanced_accuracy" in result.metrics:
+        # a model no better than predicting one class does not do the task, however fast or small: it is kept off
+        # the front (and the shipping stage's tuning), and the sampler learns to avoid what made it
+        trial.set_constraint("above_chance", chance_shortfall(result.value("balanced_accuracy"),
+                                                              1 / attrs[CLASSES_ATTR]))
     _set_metrics(trial, metrics)
     if result.info.get("teacher_scores") and TEACHER_ATTR not in study.user_attrs:  # trained inside this trial
         study.set_user_attr(TEACHER_ATTR, {**result.info["teacher_scores"], "metric": spec.metric})
@@ -738,7 +744,8 @@ class Row:
 
 # a constraint's name as Optuna stores it, and what exceeding it means
 CONSTRAINT_WORDS = {"latency_budget": "over the latency budget", "fits_ram": "over the RAM",
-                    "fits_flash": "over the flash", "accuracy_floor": "below the accuracy floor"}
+                    "fits_flash": "over the flash", "accuracy_floor": "below the accuracy floor",
+                    "above_chance": "no better than chance"}
 
 
 # constraints that a shipped figure changes: (kind, metric); latency_budget = p90 / budget - 1 (relative),

@@ -284,6 +284,37 @@ def test_a_search_without_a_feasible_candidate_says_what_its_candidates_missed()
         choose(rows(study), Pick(trial=3, force=True), spec.latency_budget_ms)
 
 
+def test_a_candidate_no_better_than_chance_is_infeasible_however_fast_or_small():
+    """int8 with heavy channel pruning of 81 signal windows scored 1/3 of 3 classes, and, the smallest, stood on the
+    front and was tuned by the shipping stage: a model that predicts one class does not do the task."""
+    from hardware_targets.metric import Metric
+    from search.candidate import CandidateResult
+    from search.cli import _why_none
+    from search.study import CLASSES_ATTR, feasible_front, record_result
+
+    def search(classes):
+        study = optuna.create_study(directions=["maximize", "minimize", "minimize", "minimize"])
+        if classes:
+            study.set_user_attr(CLASSES_ATTR, classes)
+        spec = SearchSpec(name="chance", budget=TINY, latency_budget_ms=1.0)
+        for balanced, p90, size in ((1 / 3, 0.1, 1000.0), (0.8, 0.3, 4000.0)):  # at chance: the fastest, smallest
+            figures = {"accuracy": balanced, "accuracy_test": balanced, "balanced_accuracy": balanced,
+                       "latency_ms_median": p90, "latency_ms_p90": p90, "size_bytes": size, "energy_mj": 0.001}
+            record_result(study, study.ask(), spec, CandidateResult(
+                candidate=Candidate(precision="fp32", width=0.5, budget=TINY), dataset="har", target="host",
+                metrics={n: Metric(v, "", "measured") for n, v in figures.items()}, artifacts={}, stage_seconds={},
+                versions={}, info={}))
+        return study, rows(study)
+
+    study, three = search(3)
+    assert study.trials[0].constraints["above_chance"] > 0 >= study.trials[1].constraints["above_chance"]
+    assert [r.infeasible_because() for r in three] == ["no better than chance", ""]
+    assert [r.number for r in feasible_front(three)] == [1]
+    assert _why_none(three[:1]).startswith(": of 1 trained, 1 no better than chance (")
+    _, unknown = search(None)  # a search stored before its number of classes was: judged as it was
+    assert [r.number for r in feasible_front(unknown)] == [0, 1]
+
+
 def test_a_trained_candidate_over_the_budget_rules_out_its_shapes(digits, host, tiny_budget, shared_runs):
     """Latency and memories follow the shapes: the trained figure is the better measurement of them, so a later
     candidate of the same shapes is recorded from it, free, with the figures that ruled it out."""

@@ -543,7 +543,8 @@ def test_a_search_of_imbalanced_classes_trains_them_balanced_and_ranks_by_balanc
         "name": "skewed", "dataset": str(tmp_path / "skewed.npz"), "trials": 3, "workers": 1,
         "latency_budget_ms": 1.0, "class_weight": "balanced", "metric": "balanced_accuracy",
         "space": {"precision": ["fp32"], "sparsity": [0.0, 0.0], "alpha": [1.0, 1.0], "width": [0.25, 0.5]},
-        "budget": dataclasses.asdict(TINY)}))
+        # 10 epochs: in 2, every candidate still predicted the larger class (balanced 0.5), which is infeasible
+        "budget": dataclasses.asdict(dataclasses.replace(TINY, epochs=10))}))
     assert main(["--runs-dir", str(tmp_path), "submit", "--spec", str(spec)]) == 0
     out = capsys.readouterr().out
     assert "2 classes, imbalanced (training samples per class" in out.splitlines()[0]
