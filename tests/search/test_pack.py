@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from search.cli import main
@@ -207,24 +208,31 @@ def _predict(folder: Path, *args) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-def test_the_predict_py_of_a_model_of_packed_images_reads_an_image_as_pack_read_them(tmp_path, capsys):
-    """A user of a folder of photos classifies a photo, not an array: predict.py decodes, converts and resizes it as
-    the training images were packed, so it runs the model on the values it was trained on."""
+def _exported(capsys, folder: Path, out: Path) -> dict:
+    """``folder`` packed, and an untrained model of its data exported to ``out`` with predict.py and a card, as
+    ``edgesearch export`` writes them: what predict.py reads is the point, not what the model learned."""
     from search.candidate import Candidate
     from search.export import model_input, predict_py
     from search.models import build_model
     from search.stages.export import export_onnx
     from tests.search.conftest import TINY
 
-    saved = _folder(tmp_path / "pets")
-    assert _pack(capsys, tmp_path / "pets", "--out", tmp_path / "pets.npz")[0] == 0
-    data = load_dataset(str(tmp_path / "pets.npz"))
-    out = tmp_path / "export"
+    assert _pack(capsys, folder, "--out", folder.with_suffix(".npz"))[0] == 0
+    data = load_dataset(str(folder.with_suffix(".npz")))
+    torch.manual_seed(0)  # an untrained model's outputs differ little between inputs: one set of weights, always
     export_onnx(build_model(data.sample_shape, data.num_classes, 0.5).eval(),
                 Candidate(precision="fp32", width=0.5, budget=TINY), data, out / "model.onnx")
     card = {"runtime": "onnxruntime", "input": model_input(data, "float32"), "class_names": list(data.class_names)}
     (out / "model_card.json").write_text(json.dumps(card))
     (out / "predict.py").write_text(predict_py())
+    return card
+
+
+def test_the_predict_py_of_a_model_of_packed_images_reads_an_image_as_pack_read_them(tmp_path, capsys):
+    """A user of a folder of photos classifies a photo, not an array: predict.py decodes, converts and resizes it as
+    the training images were packed, so it runs the model on the values it was trained on."""
+    saved, out = _folder(tmp_path / "pets"), tmp_path / "export"
+    card = _exported(capsys, tmp_path / "pets", out)
     first, other = sorted(saved)[:2]
     np.save(tmp_path / "first.npy", np.asarray(saved[first]).transpose(2, 0, 1))  # as the search read it
     by_image, by_array, another = (_predict(out, p) for p in (first, tmp_path / "first.npy", other))
@@ -364,22 +372,12 @@ def test_windows_saved_by_a_spreadsheet_read_as_the_same_windows(tmp_path, capsy
 def test_the_predict_py_of_a_model_of_signals_reads_a_csv_window_as_pack_read_them(tmp_path, capsys):
     """A logger writes a window as a CSV: predict.py classifies it as the array pack made of it, and refuses a window
     it cannot run, a missing file or a file that is not an array in one line each."""
-    from search.candidate import Candidate
-    from search.export import _predict_takes, model_input, predict_py
-    from search.models import build_model
-    from search.stages.export import export_onnx
-    from tests.search.conftest import TINY
+    from search.export import _predict_takes
 
-    saved = _windows(tmp_path / "har")
-    assert _pack(capsys, tmp_path / "har", "--out", tmp_path / "har.npz")[0] == 0
-    data = load_dataset(str(tmp_path / "har.npz"))
-    out = tmp_path / "export"
-    export_onnx(build_model(data.sample_shape, data.num_classes, 0.5).eval(),
-                Candidate(precision="fp32", width=0.5, budget=TINY), data, out / "model.onnx")
-    card = {"runtime": "onnxruntime", "input": model_input(data, "float32"), "class_names": list(data.class_names)}
-    (out / "model_card.json").write_text(json.dumps(card))
-    (out / "predict.py").write_text(predict_py())
-    first, other = sorted(saved)[:2]
+    saved, out = _windows(tmp_path / "har"), tmp_path / "export"
+    card = _exported(capsys, tmp_path / "har", out)
+    first = sorted(saved)[0]
+    other = next(path for path in sorted(saved) if path.parent != first.parent)  # another class's window
     np.save(tmp_path / "first.npy", saved[first].T)  # channels first, as the search read it
     by_csv, by_array, another = (_predict(out, p) for p in (first, tmp_path / "first.npy", other))
     assert by_csv.returncode == 0, by_csv.stderr
