@@ -68,11 +68,13 @@ system-packages:
 test-setup:
 	$(MAKE) --no-print-directory -j3 $(STAMP) $(MCU_STAMP) system-packages
 
+# PYTHONFAULTHANDLER: a native crash (TVM, Ray, onnxruntime) prints every thread's stack, also once pytest has
+# reported, when the interpreter tears the libraries down (one run ended so, in a bare "Segmentation fault")
 test: test-setup
-	$(BIN)/python -m pytest -m "not slow" -q --durations=20
+	PYTHONFAULTHANDLER=1 $(BIN)/python -m pytest -m "not slow" -q --durations=20
 
 test-all: test-setup
-	$(BIN)/python -m pytest -q
+	PYTHONFAULTHANDLER=1 $(BIN)/python -m pytest -q
 
 # Benchmarks (not tests): runs/bench/results.json and REPORT.md. BENCH_ARGS=--quick for a short run.
 bench: setup
