@@ -60,12 +60,12 @@ def stopped_by_signals():
 
     received = []
 
-    def stop(signum, frame):
-        received.append(signum)
-        raise Terminated(signum) if signum != signal.SIGINT else KeyboardInterrupt
-
     def stopped_by() -> KeyboardInterrupt:
         return Terminated(received[0]) if received[0] != signal.SIGINT else KeyboardInterrupt()
+
+    def stop(signum, frame):
+        received.append(signum)
+        raise stopped_by()
 
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     for s, handler in previous.items():

@@ -33,6 +33,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 SPEC_ATTR = "edgesearch_spec"
 REQUEUED_ATTR = "requeued"
 BOUNDS_ATTR = "hv_bounds"  # [latency ms, size bytes, energy mJ]: the unit box of the normalised hypervolume
+WIDEST_MARGIN = 1.1  # a bound taken from the widest model lies this far beyond it, so that model adds volume too
 TEACHER_ATTR = "teacher"  # the distillation teacher's validation scores: {"accuracy", "balanced_accuracy", ...}
 FLOOR_ATTR = "accuracy_floor"  # {"value", "baseline", "max_drop"} when the search has an accuracy floor
 # 1/K when the dataset's classes are imbalanced (absent otherwise): the balanced accuracy of a model that learned
@@ -344,6 +345,26 @@ def requeue_interrupted(study: optuna.Study) -> int:
             study.enqueue_trial(t.params, skip_if_exists=False, user_attrs={"recipe": recipe} if recipe else None)
         count += 1
     return count
+
+
+def settle_stopped(study: optuna.Study) -> None:
+    """What a driver that stops leaves in storage: its running trials queued again, a shipping stage marked stopped.
+
+    The signal that stopped it can have cut a storage commit short and left that connection, transaction open, in
+    the pool: SQLite then refuses every other writer ("database is locked"). Closing the pooled connections ends
+    that transaction; a search still running in this process opens new ones as it needs them."""
+    engine = getattr(getattr(study._storage, "_backend", study._storage), "engine", None)
+    for attempt in range(2):
+        if engine is not None:
+            engine.dispose()
+        try:
+            requeue_interrupted(study)
+            if study.user_attrs.get(SHIPPING_ATTR) == "running":
+                study.set_user_attr(SHIPPING_ATTR, "stopped")
+            return
+        except Exception:
+            if attempt:
+                raise
 
 
 HALVING_ETA = 3  # successive halving: a third of the epochs at the first rung, the best third goes on

@@ -44,14 +44,14 @@ from search.transfer import (
 )
 from search.study import (
     ASKED_OUT_ATTR, ASKS_PER_TRIAL, CHANCE_ATTR, CLASSES_ATTR, DATA_ATTR, EMULATOR_ATTR, EMULATOR_FACTORS_ATTR,
-    FLOOR_ATTR, BOUNDS_ATTR, HALVING_ETA,
+    FLOOR_ATTR, BOUNDS_ATTR, HALVING_ETA, WIDEST_MARGIN,
     SHIPPED_PREFIX, RUNNING_STAGE_ATTR, SHIPPING_ATTR, STAGE_ATTR, TEACHER_ATTR, Row, best_within_budget,
     check_same_cpu, check_same_data, check_same_emulator, spent_text, clock as _clock, create_study, driving,
     feasible_front, load_study,
     refuse_existing, refuse_second_driver, shipping_left, shipping_order, stage_picks, stored_trial, found_under,
     trial_artifact,
     finished_count, front_hypervolume, narrower_recipe, spent_budget, trial_cost, queued_without_distillation,
-    recipes_for, record_failure, record_result, record_reuse, record_screened, requeue_interrupted,
+    recipes_for, record_failure, record_result, record_reuse, record_screened, requeue_interrupted, settle_stopped,
     resolved_sampler, reusable_trials, rows, running_trials, search_bounds, set_bounds, shown_url,
     suggest_candidate,
 )
@@ -1005,10 +1005,12 @@ def run_search(
         except BaseException as exc:
             # this driver stops (Ctrl-C, an error) and its Ray tasks with it: what it ran is queued again for a resume,
             # not left "running" (only a driver killed outright leaves that, for the resume to re-queue)
-            with contextlib.suppress(Exception):
-                requeue_interrupted(study)
-                if study.user_attrs.get(SHIPPING_ATTR) == "running":
-                    study.set_user_attr(SHIPPING_ATTR, "stopped")
+            try:
+                settle_stopped(study)
+            except Exception as error:  # the stop is what is reported; this says what a resume will have to do
+                cause = error.__cause__ or error
+                report(f"could not queue the running trials again ({type(cause).__name__}: "
+                       f"{str(cause).splitlines()[0] if str(cause) else ''}); a resume queues them")
             if tracker:  # no thread left logging behind a failed search; its MLflow run says it stopped
                 tracker.abandon("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
             raise
@@ -1056,9 +1058,12 @@ def _prepare(ray, study, spec: SearchSpec, profile, report: Reporter, placement:
     if need_bounds and (not screen_widest or "widest" in out):
         widest = out.get("widest", {})
         sources = ["latency: the budget",
-                   "size: the target's flash" if size else "size: the widest model of the space",
-                   "energy: active power x budget" if energy else "energy: the widest model of the space"]
-        set_bounds(study, spec, size or widest["size_bytes"], energy or widest["energy_mj"], "; ".join(sources))
+                   "size: the target's flash" if size else
+                   f"size: {WIDEST_MARGIN:g}x the widest model's {widest['size_bytes']:.0f} B",
+                   "energy: active power x budget" if energy else
+                   f"energy: {WIDEST_MARGIN:g}x the widest model's {widest['energy_mj']:.6g} mJ"]
+        set_bounds(study, spec, size or WIDEST_MARGIN * widest["size_bytes"],
+                   energy or WIDEST_MARGIN * widest["energy_mj"], "; ".join(sources))
     if need_baseline:
         base = out["baseline"]
         words = ACCURACY_METRICS[spec.metric]
