@@ -9,6 +9,7 @@ import optuna
 import pytest
 
 from objectives.latency import noise_ms
+from objectives.pareto import normalised_hypervolume
 from search.candidate import Candidate
 from search.cli import main
 from search.spec import SearchSpace, SearchSpec
@@ -52,6 +53,10 @@ def test_recipes_come_first_and_the_front_covers_every_feasible_recipe(tmp_path,
     assert 0 < outcome.hypervolume <= 1
     bounds = load_study("recipes", f"sqlite:///{tmp_path}/o.db").user_attrs[BOUNDS_ATTR]
     assert bounds["values"][0] == 0.1 and "widest model" in bounds["source"]
+    # the widest model lies inside the box: at perfect accuracy it adds volume (on the bound itself it added none)
+    widest = float(re.search(r"size: 1.1x the widest model's (\d+) B", bounds["source"]).group(1))
+    assert bounds["values"][1] == pytest.approx(1.1 * widest)
+    assert normalised_hypervolume([[1.0, 0.05, widest, 0.5 * bounds["values"][2]]], bounds["values"]) > 0
     # run without MLflow, the search is read by `status` without being logged to it (no outage to catch up on)
     assert main(["--runs-dir", str(tmp_path), "status", "recipes", "--storage", f"sqlite:///{tmp_path}/o.db"]) == 0
     printed = capsys.readouterr().out
