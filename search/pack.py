@@ -218,7 +218,8 @@ def read_window(text: str):
     """A CSV window, read alike by ``edgesearch pack`` and an export's predict.py (which carries this function's
     source): rows are samples in time, columns channels, separated by commas, semicolons, tabs or spaces; a first
     line with a field that is no number names the channels, and a time column among them is left out (a model fed
-    it would learn when a window was recorded). Returns the window (an empty or unreadable cell is NaN), its
+    it would learn when a window was recorded). A single line of numbers is one channel's samples, written as a row
+    (a window of one sample classifies nothing). Returns the window (an empty or unreadable cell is NaN), its
     channels' names and the time columns left out; raises ValueError saying what is not a window."""
     import re
 
@@ -249,6 +250,8 @@ def read_window(text: str):
     except ValueError as exc:
         raise ValueError(f"is not a table of numbers ({' '.join(str(exc).split())}): each line one sample of every "
                          "channel, separated by commas, and at most one line of column names first") from None
+    if not header and len(lines) == 1:
+        window = window.T
     return window, tuple(names[i] for i in keep) if names else (), tuple(names[i] for i in times)
 
 

@@ -310,12 +310,13 @@ def test_csv_windows_separated_otherwise_or_without_names_read_alike(tmp_path, c
         assert np.array_equal(archive["x"][0], channels.astype(np.float32))
 
 
-def test_one_column_windows_are_one_channel_signals(tmp_path, capsys):
+def test_one_column_and_one_row_windows_are_one_channel_signals(tmp_path, capsys):
     rng = np.random.default_rng(4)
     for name in ("tone", "noise"):
         (tmp_path / "mic" / name).mkdir(parents=True)
-        for i in range(8):
-            np.savetxt(tmp_path / "mic" / name / f"{i}.csv", rng.normal(size=64))
+        for i in range(8):  # half as a column, half as one row, as a spreadsheet may save a window
+            np.savetxt(tmp_path / "mic" / name / f"{i}.csv", rng.normal(size=(1, 64) if i % 2 else 64),
+                       delimiter=",")
     assert _pack(capsys, tmp_path / "mic", "--out", tmp_path / "mic.npz")[0] == 0
     data = load_dataset(str(tmp_path / "mic.npz"))
     assert data.sample_shape == (1, 64) and data.saved_layout == ""
