@@ -1071,8 +1071,8 @@ def _quality_lines(q: dict, heading: str, plots_made: list[str]) -> list[str]:
              "(p90" + (f"; the untrained fp32 graph's at width {q['budget_width']:g} on this machine"
                        if q.get("budget_width") else "") + ")"
              + (f", accuracy floor {q['min_accuracy']:g} (validation)" if q.get("min_accuracy") else "")
-             + ". Hypervolume is normalised (accuracy; latency / budget; size and energy / the widest model of "
-             "the space), so it lies in [0, 1].", "",
+             + ". Hypervolume is normalised (accuracy; latency / budget; size and energy / 1.1x the widest model "
+             "of the space), so it lies in [0, 1].", "",
              "The trial budget counts training: a candidate screened out costs nothing, one stopped at the first "
              "rung of halving a third.", "",
              "| search | trial budget | candidates asked | trained fully | hypervolume | worker time on "
