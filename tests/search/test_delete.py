@@ -87,6 +87,7 @@ def test_an_experiment_no_search_made_is_not_deleted(tmp_path, capsys):
     assert client.get_experiment_by_name("mine").lifecycle_stage == "active"
 
 
+@pytest.mark.slow  # ~18 s; by default the other tests here run a search into its own experiment
 def test_a_users_own_experiment_of_the_name_is_not_taken_over(tmp_path, capsys):
     """An experiment of the search's name that another project logs to: the search's runs would mix with its
     runs and its default view change. One made empty by hand (its permissions set on a shared server) is the

@@ -335,6 +335,7 @@ def _fill(folder: Path) -> None:
                 filler.flush()
 
 
+@pytest.mark.slow  # ~50 s; by default the read-only runs folder stops a search on the same write-fault path
 def test_a_full_disk_stops_the_search_and_blames_no_candidate(tmp_path):
     """A disk that fills up fails every candidate after it: recorded as candidate failures, they would spend the
     budget and teach the sampler that their knobs fail. The search stops instead, in one message, and a resume on

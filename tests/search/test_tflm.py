@@ -524,6 +524,7 @@ def test_the_arena_of_a_long_signal_is_found_where_its_activations_dwarf_its_wei
     assert allocates(path, arena) and not allocates(path, arena - 1)
 
 
+@pytest.mark.slow  # ~15 s; by default test_calibration fits a profile from the command line and applies it
 def test_an_export_to_a_board_calibrated_on_its_own_timings_is_emulated_with_them(m4_search, tmp_path, capsys):
     """A user times the exported model on their own M7 board and fits that board's emulator to it: the next export
     for the board predicts the timing, and both model cards say which factors emulated their figures."""
