@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hardware_targets.errors import CandidateError
+from hardware_targets.errors import CandidateError, first_line
 from hardware_targets.integer import (
     TENSOR_INTRIN,
     import_x86_intrinsics,
@@ -498,7 +498,7 @@ def compile_tvm(
     except CandidateError:
         raise
     except Exception as exc:
-        raise CandidateError("compile", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        raise CandidateError("compile", first_line(exc, named=True)) from exc
     return CompiledArtifact(
         library=str(out_path), target=dict(target), input_shape=tuple(input_shape), input_dtype=input_dtype,
         tasks_total=total, tasks_tuned=tuned, tasks_reused=reused, tasks_left=left, tuning_seconds=tuning_seconds,

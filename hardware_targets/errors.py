@@ -28,3 +28,12 @@ class CandidateError(EdgeSearchError, RuntimeError):
 
     def __reduce__(self):  # keeps (stage, message) across process boundaries (Ray workers)
         return (type(self), (self.stage, self.message))
+
+
+def first_line(exc: BaseException, named: bool = False) -> str:
+    """An error in one line, for a message that goes on after it (a database's or a compiler's can run to pages):
+    its message's first line, led by its type's name when ``named``; the name alone when it has no message."""
+    lines = str(exc).strip().splitlines()
+    if not lines:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {lines[0]}" if named else lines[0]

@@ -12,10 +12,11 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
-from hardware_targets.errors import CandidateError, EdgeSearchError, ProfileError, TargetUnreachableError
+from hardware_targets.errors import CandidateError, EdgeSearchError, ProfileError, TargetUnreachableError, first_line
 
 __all__ = ["CandidateError", "ConfigError", "DatasetError", "EdgeSearchError", "ProfileError", "SearchNotFoundError",
-           "TargetUnreachableError", "Terminated", "WriteFault", "ray_token_advice", "stopped_by_signals", "write_fault"]
+           "TargetUnreachableError", "Terminated", "WriteFault", "first_line", "ray_token_advice", "stopped_by_signals",
+           "write_fault"]
 
 
 class ConfigError(EdgeSearchError, ValueError):

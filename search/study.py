@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 from objectives.accuracy import at_chance, chance_shortfall
 from objectives.pareto import OBJECTIVES, non_dominated, normalised_hypervolume, objectives
 from search.candidate import Candidate, CandidateResult
-from search.errors import ConfigError, SearchNotFoundError
+from search.errors import ConfigError, SearchNotFoundError, first_line
 from search.spec import SearchSpec, input_files
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -190,8 +190,7 @@ def _storage(url: str, attempts: int = 3) -> optuna.storages.BaseStorage:
             if attempt + 1 < attempts and server:
                 time.sleep(1 + random.random())
                 continue
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ConfigError(f"Cannot open the Optuna storage '{shown_url(url)}': {first}") from exc
+            raise ConfigError(f"Cannot open the Optuna storage '{shown_url(url)}': {first_line(exc)}") from exc
 
 
 def _holds(storage: optuna.storages.BaseStorage, name: str) -> bool:

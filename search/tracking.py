@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from objectives.pareto import OBJECTIVES, objectives
-from search.errors import ConfigError
+from search.errors import ConfigError, first_line
 from search.spec import SearchSpec
 from search.study import (EMULATOR_ATTR, FLOOR_ATTR, TEACHER_ATTR, Row, best_within_budget, feasible_front,
                           front_hypervolume, search_bounds, search_state, shown_url, stored_trial, trial_artifact)
@@ -229,8 +229,7 @@ def check_tracking(uri: str, alternative: str = "", runs_dir: Path | None = None
             if runs_dir is not None:
                 relocate_artifacts(uri, runs_dir)
     except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        first = re.sub(r"(://[^:/@\s]+:)[^@/\s]+@", r"\1***@", first).rstrip(".")  # MLflow repeats the URL
+        first = re.sub(r"(://[^:/@\s]+:)[^@/\s]+@", r"\1***@", first_line(exc)).rstrip(".")  # MLflow repeats the URL
         raise ConfigError(f"Cannot reach the MLflow tracking store at {shown_url(uri)}: {first}. Start the server or "
                           f"pass another --tracking-uri{alternative}; nothing was run.") from exc
 

@@ -36,7 +36,7 @@ from objectives.latency import INFEASIBLE, RETIME, budget_verdict
 from objectives.memory import over_limits
 from objectives.pareto import ACCURACY_METRICS, non_dominated
 from search.candidate import Budget, Candidate, CandidateResult
-from search.errors import CandidateError, ConfigError, ray_token_advice, stopped_by_signals, write_fault
+from search.errors import CandidateError, ConfigError, first_line, ray_token_advice, stopped_by_signals, write_fault
 from search.spec import SearchSpace, SearchSpec, check_inputs, check_resources
 from search.tracking import TRACKED_ATTR
 from search.transfer import (
@@ -717,7 +717,7 @@ class _Tracking:
             self.pending = False
         except Exception as exc:
             self.pending = True
-            self.report(f"MLflow logging failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+            self.report(f"MLflow logging failed ({first_line(exc, named=True)}); "
                         "will retry after the next trial")
 
     def on_trial(self) -> None:
@@ -1009,8 +1009,8 @@ def run_search(
                 settle_stopped(study)
             except Exception as error:  # the stop is what is reported; this says what a resume will have to do
                 cause = error.__cause__ or error
-                report(f"could not queue the running trials again ({type(cause).__name__}: "
-                       f"{str(cause).splitlines()[0] if str(cause) else ''}); a resume queues them")
+                report(f"could not queue the running trials again ({first_line(cause, named=True)}); "
+                       "a resume queues them")
             if tracker:  # no thread left logging behind a failed search; its MLflow run says it stopped
                 tracker.abandon("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
             raise
@@ -1675,7 +1675,7 @@ def _failure_reason(exc: Exception) -> str:
     if isinstance(cause, CandidateError):
         return str(cause)
     if cause is not None:
-        return f"{type(cause).__name__}: {cause}".splitlines()[0]
+        return first_line(cause, named=True)
     name = type(exc).__name__
     if "WorkerCrashed" in name or "ActorDied" in name or "NodeDied" in name or "OutOfMemory" in name:
         return f"worker died: {name}"
