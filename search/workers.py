@@ -282,15 +282,54 @@ def widest_candidate(spec: SearchSpec) -> Candidate:
                      budget=spec.budget, seed=spec.seed)
 
 
+OUT_OF_REACH = 2.0  # a measured figure this many times the budget refuses a search: more than load slows a timing
+
+
+def fastest_candidates(spec: SearchSpec) -> list[Candidate]:
+    """The smallest models the space holds, one per kind of arithmetic, the narrower kinds first: the narrowest width
+    with the most pruned. Latency and memory only grow with width and with the channels or weights kept, so if none
+    of these fits the target, no candidate of the space can."""
+    s = spec.space
+    pruning = "structured" if "structured" in s.pruning else s.pruning[0]
+    kinds = {arithmetic(p): p for p in reversed(("int8-ptq", "int8-qat", "fp16", "fp32")) if p in s.precision}
+    return [Candidate(precision=kinds[k], pruning=pruning, sparsity=s.sparsity[1], width=s.width[0],
+                      budget=spec.budget, seed=spec.seed) for k in ("int8", "fp16", "fp32") if k in kinds]
+
+
+def _smallest_words(c: Candidate) -> str:
+    pruned = (f", {c.sparsity:.0%} of its channels pruned" if c.pruning == "structured" else
+              f", {c.sparsity:.0%} of its weights zeroed") if c.sparsity else ""
+    return f"{c.precision} at width {c.width:g}{pruned}"
+
+
 def prepare_search(spec_dict: dict, runs_dir: str, threads: int, bounds: bool, baseline: bool, dataset,
-                   target) -> dict:
-    """Body of the task that fixes what a search is judged by before its first trial: the figures of the largest
-    model of the space (bounds of the normalised hypervolume) and the fp32 full-width baseline's accuracy."""
+                   target, reach: bool = False) -> dict:
+    """Body of the task that fixes what a search is judged by before its first trial: whether the space holds any
+    model that fits the target (``reach``: its fastest models screened, until one fits; none fitting, nothing more
+    is done), the figures of the largest model of the space (bounds of the normalised hypervolume) and the fp32
+    full-width baseline's accuracy."""
     from search.pipeline import Paths, baseline_accuracy
     from search.stages.screen import screen_candidate
 
     spec = SearchSpec.from_dict(spec_dict)
     data, out = _dataset(dataset), {}
+    if reach:
+        out["fastest"] = []
+        for candidate in fastest_candidates(spec):
+            screening = screen_candidate(candidate, data, _profile(target), Path(runs_dir),
+                                         latency_budget_ms=spec.latency_budget_ms, threads=threads,
+                                         runtime=spec.runtime)
+            median, _, provenance = screening["metrics"]["latency_ms_median"]
+            memory = over_limits({name: figure[0] for name, figure in screening["metrics"].items()},
+                                 screening["limits"])
+            # a timing can be slowed by other work on the machine: only one far over the budget rules it out here
+            ruled_out = memory or (not screening["fits"] and (provenance != "measured"
+                                                              or median > OUT_OF_REACH * spec.latency_budget_ms))
+            out["fastest"].append((_smallest_words(candidate), screening["reason"] if ruled_out else None, median))
+            if not ruled_out:
+                break
+        else:
+            return out
     if bounds:
         screening = screen_candidate(widest_candidate(spec), data, _profile(target), Path(runs_dir),
                                      latency_budget_ms=spec.latency_budget_ms, threads=threads, runtime=spec.runtime)
@@ -908,6 +947,7 @@ def run_search(
     with driving(study, claim=resume):  # status tells a driver killed outright from a running one
         # reaching MLflow (and creating a new store) overlaps Ray's start; no candidate runs before it is reached
         tracker = _Tracking(spec, study, tracking_uri, runs_dir, report, timings) if tracking_uri else None
+        withdrawn = False  # a refused new search leaves no study behind to settle
         try:
             requeued = requeue_interrupted(study) if resume else 0
             if requeued:
@@ -934,6 +974,7 @@ def run_search(
             def refused() -> None:
                 """A new search refused before any work leaves nothing under its name, in the study or in MLflow:
                 the same command, fixed, starts afresh."""
+                nonlocal withdrawn
                 if resume:
                     return
                 import optuna
@@ -941,6 +982,7 @@ def run_search(
                 if tracker is not None:
                     tracker.withdraw()
                 optuna.delete_study(study_name=spec.name, storage=study._storage)
+                withdrawn = True
 
             def tracking_ready() -> None:
                 """No candidate runs before MLflow is reached."""
@@ -983,7 +1025,11 @@ def run_search(
                             raise
                         transport = _Transport(ray, spec, profile, runs_dir, timings)
                         try:
-                            _prepare(ray, study, spec, profile, report, placement, transport)
+                            try:
+                                _prepare(ray, study, spec, profile, report, placement, transport)
+                            except ConfigError:  # a budget out of the space's reach, a baseline that failed
+                                refused()
+                                raise
                             if remaining > 0:
                                 with _stage(study, "training the distillation teacher, before the first trial"):
                                     _teacher_stage(ray, study, spec, remaining, report, placement, transport)
@@ -1006,7 +1052,8 @@ def run_search(
             # this driver stops (Ctrl-C, an error) and its Ray tasks with it: what it ran is queued again for a resume,
             # not left "running" (only a driver killed outright leaves that, for the resume to re-queue)
             try:
-                settle_stopped(study)
+                if not withdrawn:
+                    settle_stopped(study)
             except Exception as error:  # the stop is what is reported; this says what a resume will have to do
                 cause = error.__cause__ or error
                 report(f"could not queue the running trials again ({first_line(cause, named=True)}); "
@@ -1034,16 +1081,19 @@ def _prepare(ray, study, spec: SearchSpec, profile, report: Reporter, placement:
     if not need_bounds and not need_baseline:
         return
     screen_widest = need_bounds and (size is None or energy is None)
-    if screen_widest or need_baseline:
+    reach = need_bounds and not finished_count(study)  # a new search: is its budget within reach?
+    if screen_widest or need_baseline or reach:
         if need_baseline:
             report(f"the fp32 full-width baseline for the accuracy floor (width 1, {spec.budget.epochs} epochs, "
                    "compiled and measured like a candidate): cached, or trained once per dataset and budget")
         task = ray.remote(num_cpus=THREADS_PER_WORKER, max_retries=0, **placement)(prepare_search)
-        what = "the fp32 full-width baseline" if need_baseline else "screening the widest model"
+        what = ("the fp32 full-width baseline" if need_baseline else
+                "screening the widest model" if screen_widest else "screening the smallest models")
         try:
             with _stage(study, f"training {what} for the accuracy floor" if need_baseline else what):
                 out = _get_reporting(ray, task.remote(spec.to_dict(), str(transport.root), THREADS_PER_WORKER,
-                                                      screen_widest, need_baseline, transport.dataset, profile),
+                                                      screen_widest, need_baseline, transport.dataset, profile,
+                                                      reach),
                                      report, what)
         except Exception as exc:
             _stop_on_write_fault(exc)
@@ -1051,8 +1101,9 @@ def _prepare(ray, study, spec: SearchSpec, profile, report: Reporter, placement:
                 raise ConfigError(f"The fp32 full-width baseline for --max-accuracy-drop failed: "
                                   f"{_failure_reason(exc)}") from exc
             out = {}
-            report(f"could not screen the widest model ({_failure_reason(exc)}); hypervolume bounds come from "
-                   "the trials")
+            report(f"could not screen {'the widest model' if screen_widest else 'the smallest models'} "
+                   f"({_failure_reason(exc)})" + ("; hypervolume bounds come from the trials" if screen_widest else ""))
+        _within_reach(out.get("fastest"), spec, profile)
     else:
         out = {}
     if need_bounds and (not screen_widest or "widest" in out):
@@ -1075,6 +1126,20 @@ def _prepare(ray, study, spec: SearchSpec, profile, report: Reporter, placement:
     elif spec.min_accuracy is not None and need_bounds:
         words = ACCURACY_METRICS[spec.metric]
         report(f"{words} floor {spec.min_accuracy:g} (validation {words} of the compiled artifact)")
+
+
+def _within_reach(fastest: list | None, spec: SearchSpec, profile) -> None:
+    """Refuse a new search whose space holds no model that fits the target: screening its smallest models (seconds)
+    says so at once, where the search would screen out every candidate it asks and end with nothing trained."""
+    if not fastest or fastest[-1][1] is None:
+        return
+    words, reason, median_ms = min(fastest, key=lambda screened: screened[2])
+    raise ConfigError(f"No candidate of the search space fits {profile.name}: its fastest, {words}, screened "
+                      f"untrained: {reason}. "
+                      + (f"Raise --latency-budget-ms (latency_budget_ms in a spec) above {median_ms:.4g} ms or choose "
+                         "a faster target" if "budget" in reason else
+                         "Choose a target with more memory or give the model a smaller input")
+                      + "; nothing was trained.")
 
 
 class EpochProgress:

@@ -12,6 +12,7 @@ from objectives.latency import noise_ms
 from objectives.pareto import normalised_hypervolume
 from search.candidate import Candidate
 from search.cli import main
+from search.errors import ConfigError
 from search.spec import SearchSpace, SearchSpec
 from search.study import (
     BOUNDS_ATTR, FLOOR_ATTR, RECIPES, SHIPPING_ATTR, load_study, rows, spent_budget, stored_spec,
@@ -476,20 +477,41 @@ def test_fp16_and_int8_leave_the_default_host_space_where_their_graphs_are_slowe
     assert not (tmp_path / "b").exists()
 
 
+# on an emulated board, whose figures do not vary: only the space's channel pruning brings a model under the budget
+PRUNED_ONLY = SearchSpace(precision=("int8-ptq",), pruning=("structured",), sparsity=(0.0, 0.5),
+                          temperature=(1.0, 1.0), alpha=(1.0, 1.0), width=(0.25, 1.0))
+BOARD = "cortex-m4"
+
+
+def _only_pruning_fits(runs) -> float:
+    """A latency budget on ``BOARD`` between the narrowest unpruned int8 model and the same with half its channels
+    pruned, the space's smallest: every recipe of ``PRUNED_ONLY``, at any width, is over it, and the space is not."""
+    from hardware_targets import load_profile
+    from search.data import load_dataset
+    from search.stages.screen import screen_candidate
+
+    digits, board = load_dataset("digits"), load_profile(BOARD)
+    narrowest, smallest = (screen_candidate(Candidate(precision="int8-ptq", pruning="structured", sparsity=s,
+                                                      width=0.25, budget=TINY), digits, board, runs,
+                                            latency_budget_ms=1.0)["metrics"]["latency_ms_median"][0]
+                           for s in (0.0, 0.5))
+    assert smallest < narrowest / 1.2, (smallest, narrowest)
+    return (smallest * narrowest) ** 0.5
+
+
 def test_a_recipe_that_cannot_fit_comes_back_narrower_down_to_the_narrowest_width(tmp_path):
     from search.study import narrower_recipe
 
-    space = SearchSpace(precision=("int8-ptq",), pruning=("structured",), sparsity=(0.0, 0.0), temperature=(1.0, 1.0),
-                        alpha=(1.0, 1.0), width=(0.25, 1.0))
-    spec = SearchSpec(name="narrower", trials=1, workers=1, budget=TINY, space=space, latency_budget_ms=1e-4)
+    spec = SearchSpec(name="narrower", trials=1, workers=1, budget=TINY, space=PRUNED_ONLY, target=BOARD,
+                      sampler="random", latency_budget_ms=_only_pruning_fits(tmp_path))
     lines = []
     run_search(spec, tmp_path, storage_url=f"sqlite:///{tmp_path}/o.db", report=lines.append)
     trials = sorted(load_study("narrower", f"sqlite:///{tmp_path}/o.db").trials, key=lambda t: t.number)
     recipes = [(t.user_attrs.get("recipe"), t.user_attrs["candidate"]["width"]) for t in trials[:4]]
-    # 0.1 us fits nothing: the one recipe of this space is screened at every width of the grid, widest first
+    # the one recipe of this space (unpruned) is screened at every width of the grid, widest first
     assert recipes == [("int8 post-training only", 1.0), ("int8 post-training only, width 0.75", 0.75),
                        ("int8 post-training only, width 0.5", 0.5), ("int8 post-training only, width 0.25", 0.25)]
-    assert all(t.user_attrs["stopped"] == "screened" for t in trials)  # nothing trained
+    assert all(t.user_attrs["stopped"] == "screened" for t in trials[:4])  # nothing trained
     assert not any(", width 0" in t.user_attrs.get("recipe", "") for t in trials[4:])  # none under 0.25
     # each "next" line follows the line of the trial that did not fit
     nexts = [k for k, ln in enumerate(lines) if "does not fit the target; next: " in ln]
@@ -505,21 +527,54 @@ def test_a_recipe_that_cannot_fit_comes_back_narrower_down_to_the_narrowest_widt
 def test_a_search_that_stops_asking_as_all_is_screened_out_says_so_in_status_and_export(tmp_path):
     """At most 5 candidates are asked per trial of budget. A search that stopped there is not one interrupted:
     status and an export's note say why it ended short of its budget."""
-    from search.export import unfinished
+    from search.errors import ConfigError
+    from search.export import Pick, export_search, unfinished
     from search.study import search_state, stored_spec
 
-    space = SearchSpace(precision=("int8-ptq", "fp32"), pruning=("structured",), sparsity=(0.0, 0.5),
-                        temperature=(1.0, 1.0), alpha=(1.0, 1.0), width=(0.25, 1.0))
-    spec = SearchSpec(name="asked-out", trials=1, workers=1, budget=TINY, space=space, latency_budget_ms=1e-4)
-    lines = []
-    run_search(spec, tmp_path, storage_url=f"sqlite:///{tmp_path}/o.db", report=lines.append)
-    study = load_study("asked-out", f"sqlite:///{tmp_path}/o.db")
-    assert [t.user_attrs["stopped"] for t in study.trials] == ["screened"] * 5  # five recipes, none repeated
+    space = dataclasses.replace(PRUNED_ONLY, precision=("int8-ptq", "fp32"))
+    # random draws: a model-guided sampler goes for the pruned corner of the space that fits, as it should
+    spec = SearchSpec(name="asked-out", trials=1, workers=1, budget=TINY, space=space, target=BOARD, sampler="random",
+                      latency_budget_ms=_only_pruning_fits(tmp_path))
+    lines, storage = [], f"sqlite:///{tmp_path}/o.db"
+    run_search(spec, tmp_path, storage_url=storage, report=lines.append)
+    study = load_study("asked-out", storage)
+    assert [t.user_attrs["stopped"] for t in study.trials] == ["screened"] * 5  # recipes and narrower ones
     assert any(line.startswith("stopped after 5 candidates, 5 per trial of budget") for line in lines)
     state, detail = search_state(study, stored_spec(study))
     assert state == "stopped" and detail.startswith("before its trial budget (0 of 1): its driver stopped after 5 "
                                                     "candidates, 5 per trial of budget, as most were screened out")
     assert unfinished(study, stored_spec(study)) == f"the search had stopped {detail}"
+    # an export says how far the closest candidate is from the budget, and that a screened one has no model
+    with pytest.raises(ConfigError, match=r"No candidate is feasible. The closest, trial \d+ \(screened out before "
+                                          r"training\), takes .* ms \(p90\) .*over by"):
+        export_search("asked-out", tmp_path / "out", storage_url=storage, runs_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"Trial 0 was screened out before training \(.* ms .*budget.*\): it has "
+                                          "no model to export"):
+        export_search("asked-out", tmp_path / "out", storage_url=storage, runs_dir=tmp_path,
+                      pick=Pick(trial=0, force=True))
+
+
+def test_a_budget_no_model_of_the_space_can_meet_is_refused_before_any_training(tmp_path, capsys):
+    """A budget under the space's smallest models screened out every candidate it asked, for minutes, and ended
+    with nothing trained; those models screened first (seconds) refuse it, naming the fastest, and leave the name
+    free."""
+    space = SearchSpace(precision=("fp32",), pruning=("structured",), sparsity=(0.0, 0.5), width=(0.25, 1.0))
+    spec = SearchSpec(name="out-of-reach", trials=2, workers=1, budget=TINY, space=space, latency_budget_ms=1e-6)
+    storage, uri = f"sqlite:///{tmp_path}/o.db", default_tracking_uri(tmp_path)
+    lines = []
+    with pytest.raises(ConfigError, match=r"^No candidate of the search space fits host: its fastest, fp32 at width "
+                                          r"0.25, 50% of its channels pruned, screened untrained: [\d.e-]+ ms "
+                                          r"\(measured, .*\) is over the 1e-06 ms budget. Raise --latency-budget-ms "
+                                          r"\(latency_budget_ms in a spec\) above [\d.e-]+ ms or choose a faster "
+                                          r"target; nothing was trained.$"):
+        run_search(spec, tmp_path, storage_url=storage, tracking_uri=uri, report=lines.append)
+    assert not [line for line in lines if " -> " in line or "could not" in line], lines  # no trial, no other error
+    assert "out-of-reach" not in optuna.get_all_study_names(storage)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("out-of-reach")
+    assert experiment is None or not client.search_runs([experiment.experiment_id])  # no run left to refuse a retry
 
 
 def test_the_eta_is_unknown_until_a_candidate_has_trained_then_follows_the_pace():

@@ -356,24 +356,6 @@ def test_export_errors(tracked_search, tmp_path, capsys):
     assert (full / "keep.txt").read_text() == "mine"
 
 
-def test_no_feasible_candidate_says_what_the_closest_misses_by(tmp_path):
-    from search.candidate import Budget
-    from search.spec import SearchSpace, SearchSpec
-    from search.workers import run_search
-
-    spec = SearchSpec(name="impossible", trials=1, workers=1, latency_budget_ms=1e-6,
-                      budget=Budget(epochs=1, finetune_epochs=0, prune_steps=1, timing_repeats=3, teacher_epochs=2),
-                      space=SearchSpace(precision=("fp32",), width=(0.25, 0.25), sparsity=(0.0, 0.0)))
-    run_search(spec, tmp_path, storage_url=default_storage(tmp_path), report=lambda line: None)
-    with pytest.raises(ConfigError, match=r"No candidate is feasible. The closest, trial 0 \(screened out before "
-                                          r"training\), takes .* ms \(p90\) .*over by"):
-        export_search("impossible", tmp_path / "out", storage_url=default_storage(tmp_path), runs_dir=tmp_path)
-    with pytest.raises(ConfigError, match=r"Trial 0 was screened out before training \(.* ms .*budget.*\): it has "
-                                          "no model to export"):
-        export_search("impossible", tmp_path / "out", storage_url=default_storage(tmp_path), runs_dir=tmp_path,
-                      pick=Pick(trial=0, force=True))
-
-
 @pytest.mark.slow  # ~50 s: a search and an int8 export; the export runs by default through its other tests
 def test_an_int8_card_says_whether_int8_is_faster_than_fp32(tmp_path):
     from search.export import INT8_FASTER
