@@ -320,12 +320,12 @@ def prepare_search(spec_dict: dict, runs_dir: str, threads: int, bounds: bool, b
                                          latency_budget_ms=spec.latency_budget_ms, threads=threads,
                                          runtime=spec.runtime)
             median, _, provenance = screening["metrics"]["latency_ms_median"]
-            memory = over_limits({name: figure[0] for name, figure in screening["metrics"].items()},
-                                 screening["limits"])
+            over_budget = screening["over_budget"]
             # a timing can be slowed by other work on the machine: only one far over the budget rules it out here
-            ruled_out = memory or (not screening["fits"] and (provenance != "measured"
-                                                              or median > OUT_OF_REACH * spec.latency_budget_ms))
-            out["fastest"].append((_smallest_words(candidate), screening["reason"] if ruled_out else None, median))
+            ruled_out = screening["over_memory"] or (over_budget and (
+                provenance != "measured" or median > OUT_OF_REACH * spec.latency_budget_ms))
+            out["fastest"].append((_smallest_words(candidate), screening["reason"] if ruled_out else None, median,
+                                   over_budget))
             if not ruled_out:
                 break
         else:
@@ -1133,11 +1133,11 @@ def _within_reach(fastest: list | None, spec: SearchSpec, profile) -> None:
     says so at once, where the search would screen out every candidate it asks and end with nothing trained."""
     if not fastest or fastest[-1][1] is None:
         return
-    words, reason, median_ms = min(fastest, key=lambda screened: screened[2])
+    words, reason, median_ms, over_budget = min(fastest, key=lambda screened: screened[2])
     raise ConfigError(f"No candidate of the search space fits {profile.name}: its fastest, {words}, screened "
                       f"untrained: {reason}. "
                       + (f"Raise --latency-budget-ms (latency_budget_ms in a spec) above {median_ms:.4g} ms or choose "
-                         "a faster target" if "budget" in reason else
+                         "a faster target" if over_budget else
                          "Choose a target with more memory or give the model a smaller input")
                       + "; nothing was trained.")
 

@@ -164,8 +164,9 @@ def screen_candidate(candidate: Candidate, dataset: Dataset, profile: TargetProf
     """Whether ``candidate`` can fit ``profile``'s latency budget and memories, from its untrained graph, in the
     runtime it would ship on untuned (``runtime``: auto = the faster of TVM and onnxruntime on a local target).
 
-    Returns ``fits``, a ``reason`` when it cannot, the figures of the untrained graph (``metrics``, each
-    ``[value, unit, provenance]``), the target's ``limits``, ``seconds`` spent and whether it was ``cached``."""
+    Returns ``fits``, a ``reason`` when it cannot (and which: ``over_budget``, ``over_memory``), the figures of the
+    untrained graph (``metrics``, each ``[value, unit, provenance]``), the target's ``limits``, ``seconds`` spent and
+    whether it was ``cached``."""
     from search.pipeline import limits
 
     started = time.perf_counter()
@@ -179,12 +180,15 @@ def screen_candidate(candidate: Candidate, dataset: Dataset, profile: TargetProf
     median = metrics["latency_ms_median"][0]
     provenance = metrics["latency_ms_median"][2]
     reasons = []
-    if clearly_over_budget(median, latency_budget_ms, provenance):
+    over_budget = clearly_over_budget(median, latency_budget_ms, provenance)
+    if over_budget:
         reasons.append(f"{median:.4g} ms ({provenance}, untrained graph of the same shapes) is over the "
                        f"{latency_budget_ms:g} ms budget")
-    reasons += over_limits({name: figure[0] for name, figure in metrics.items()}, limits(profile))
-    return {"fits": not reasons, "reason": "; ".join(reasons) or None, "metrics": metrics,
-            "limits": limits(profile), "seconds": time.perf_counter() - started, "cached": cached}
+    memory = over_limits({name: figure[0] for name, figure in metrics.items()}, limits(profile))
+    reasons += memory
+    return {"fits": not reasons, "reason": "; ".join(reasons) or None, "over_budget": over_budget,
+            "over_memory": bool(memory), "metrics": metrics, "limits": limits(profile),
+            "seconds": time.perf_counter() - started, "cached": cached}
 
 
 def against_fp32(precision: str, space, dataset: Dataset, profile: TargetProfile, root: Path, *, budget, seed: int,
